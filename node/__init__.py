@@ -1,0 +1,8 @@
+"""p2pchat's node runtime: configuration, identity, host layer, logs, metrics and role composition."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("p2pchat")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

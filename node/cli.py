@@ -1,0 +1,210 @@
+"""The ``p2pchat`` command line.
+
+Usage::
+
+    p2pchat [options]                 run the node (default role: peer)
+    p2pchat id [options]              print this node's PeerId, creating the identity if needed
+    p2pchat config check FILE         validate FILE (with presets and environment) and print
+                                      the effective configuration
+
+Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from p2pchat.node import __version__
+from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, P2PChatError
+from p2pchat.node.config import Config, load_config
+
+PROG = "p2pchat"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: error: {message} (see {PROG} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _node_options() -> argparse.ArgumentParser:
+    """Options shared by the node and its subcommands; SUPPRESS keeps unset flags out."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument(
+        "--role", metavar="ROLES",
+        help="peer | bootstrap | relay | archiver, or a comma list (default: peer)",
+    )
+    common.add_argument("--config", metavar="FILE", type=Path, help="YAML configuration file")
+    common.add_argument("--data-dir", metavar="DIR", help="identity and store directory")
+    common.add_argument(
+        "--listen", metavar="MULTIADDR", action="append",
+        help="listen address (repeatable or comma list), e.g. /ip4/0.0.0.0/tcp/4001",
+    )
+    common.add_argument(
+        "--announce", metavar="MULTIADDR", action="append",
+        help="address advertised to peers instead of the listen addresses (repeatable)",
+    )
+    common.add_argument(
+        "--bootstrap", metavar="MULTIADDR", action="append",
+        help="bootstrap peer, /.../p2p/<peer id> (repeatable or comma list)",
+    )
+    common.add_argument("--room", help="chat room to join (also: CHAT_TOPIC)")
+    common.add_argument(
+        "--metrics", metavar="HOST:PORT|off", help="metrics/health endpoint address, or off"
+    )
+    common.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="log level"
+    )
+    common.add_argument(
+        "--log-format", choices=("auto", "json", "console"),
+        help="auto: console on a TTY, JSON lines otherwise",
+    )
+    return common
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = _node_options()
+    parser = _Parser(
+        prog=PROG,
+        parents=[common],
+        description="Decentralized chat node on libp2p. Without a subcommand, runs the node.",
+        epilog="Environment: P2PCHAT_SECTION__KEY overrides config keys, e.g. "
+        "P2PCHAT_NODE__LISTEN; CHAT_TOPIC selects the room.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser(
+        "id", parents=[common], help="print this node's PeerId (creates the identity if needed)"
+    )
+    config_cmd = commands.add_parser("config", help="configuration tools")
+    config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION",
+                                           parser_class=_Parser, required=True)
+    check = config_sub.add_parser(
+        "check", help="validate a config file and print the effective configuration"
+    )
+    check.add_argument("file", type=Path, help="YAML configuration file")
+    return parser
+
+
+def _flags_to_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Map the flags that were given to nested config keys (the highest-precedence layer)."""
+    given = vars(args)
+    settings: dict[str, Any] = {}
+    node: dict[str, Any] = {}
+    if "role" in given:
+        settings["roles"] = args.role
+    if "data_dir" in given:
+        node["data_dir"] = args.data_dir
+    for flag in ("listen", "announce", "bootstrap"):
+        if flag in given:
+            node[flag] = [item for value in given[flag] for item in value.split(",") if item]
+    if node:
+        settings["node"] = node
+    if "room" in given:
+        settings["chat"] = {"room": args.room}
+    if "metrics" in given:
+        settings["metrics"] = (
+            {"enabled": False} if args.metrics == "off" else {"enabled": True, "listen": args.metrics}
+        )
+    log = {key: given[f"log_{key}"] for key in ("level", "format") if f"log_{key}" in given}
+    if log:
+        settings["log"] = log
+    return settings
+
+
+def _first_user_error(error: BaseException) -> P2PChatError | None:
+    """Find a user-facing error inside (possibly nested) exception groups from nurseries."""
+    if isinstance(error, P2PChatError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _print_error(error: P2PChatError) -> int:
+    kind = "config error" if error.exit_code == EXIT_USAGE else "error"
+    sys.stderr.write(f"{PROG}: {kind}: {error}\n")
+    return error.exit_code
+
+
+def _cmd_config_check(file: Path) -> int:
+    config = load_config(file=file)
+    sys.stdout.write(config.to_yaml())
+    return EXIT_OK
+
+
+def _cmd_id(config: Config) -> int:
+    from p2pchat.node.p2p.identity import load_or_create_identity
+
+    identity = load_or_create_identity(config.data_dir())
+    sys.stdout.write(identity.peer_id_text + "\n")
+    if identity.created:
+        sys.stderr.write(f"{PROG}: created a new identity in {identity.path}\n")
+    return EXIT_OK
+
+
+def _cmd_run(config: Config) -> int:
+    import trio
+
+    from p2pchat.node.logs import bind_node, configure_logging, get_logger
+    from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.node.runtime import run_node
+    from p2pchat.roles import create_roles
+
+    configure_logging(
+        level=config.log.level, fmt=config.log.format, libp2p_level=config.log.libp2p_level
+    )
+    identity = load_or_create_identity(config.data_dir())
+    bind_node(role=",".join(config.roles), peer_id=identity.peer_id_text)
+    log = get_logger("p2pchat")
+    log.info(
+        "starting",
+        version=__version__,
+        identity=str(identity.path),
+        new_identity=identity.created,
+    )
+    try:
+        trio.run(run_node, config, identity, create_roles(list(config.roles)))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        return EXIT_OK
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            return _cmd_config_check(args.file)
+        config = load_config(file=getattr(args, "config", None), flags=_flags_to_settings(args))
+        if args.command == "id":
+            return _cmd_id(config)
+        return _cmd_run(config)
+    except BaseException as error:
+        user_error = _first_user_error(error)
+        if user_error is None:
+            raise
+        return _print_error(user_error)
+
+
+def run() -> NoReturn:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        code = EXIT_RUNTIME
+    raise SystemExit(code)

@@ -1,0 +1,402 @@
+"""The one typed configuration model of a node, and how it is assembled from its sources.
+
+Precedence, lowest first: the model's defaults < the role presets (``config/<role>.yaml``, in the
+order the roles are named) < the YAML file < the environment (``P2PCHAT_SECTION__KEY``, plus the
+legacy ``CHAT_TOPIC``) < command-line flags. Every default lives in the model below; a preset or a
+file only overrides. Any invalid value becomes a :class:`~p2pchat.node.errors.ConfigError` whose
+message is one line naming the key and where the bad value came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import multiaddr
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from p2pchat.node.errors import ConfigError
+
+ENV_PREFIX = "P2PCHAT_"
+ENV_NESTING = "__"
+LEGACY_ROOM_ENV = "CHAT_TOPIC"
+
+RoleName = Literal["peer", "bootstrap", "relay", "archiver"]
+ROLE_NAMES: tuple[RoleName, ...] = ("peer", "bootstrap", "relay", "archiver")
+
+
+# --- value types --------------------------------------------------------------------------------
+
+
+def _split_commas(value: Any) -> Any:
+    """Accept ``"a,b"`` where a list is expected, so lists can be given in env vars and flags."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _parse_multiaddr(value: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(value)
+    except Exception as exc:  # the library raises several unrelated types for bad input
+        raise ValueError(f"invalid multiaddr {value!r}: {exc}") from None
+
+
+def _protocol_names(addr: multiaddr.Multiaddr) -> list[str]:
+    return [proto.name for proto in addr.protocols()]
+
+
+def _check_listen_addr(value: str) -> str:
+    names = _protocol_names(_parse_multiaddr(value))
+    if len(names) < 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+        raise ValueError(f"listen address {value!r} must be /ip4|ip6/<addr>/tcp/<port>[/ws]")
+    if names[2:] not in ([], ["ws"]):
+        raise ValueError(f"listen address {value!r}: only TCP and WebSocket (/ws) are supported")
+    return value
+
+
+def _check_announce_addr(value: str) -> str:
+    names = _protocol_names(_parse_multiaddr(value))
+    if "p2p" in names:
+        raise ValueError(f"announce address {value!r} must not contain /p2p/ (it is added)")
+    return value
+
+
+def _check_peer_addr(value: str) -> str:
+    addr = _parse_multiaddr(value)
+    names = _protocol_names(addr)
+    if not names or names[-1] != "p2p":
+        raise ValueError(f"peer address {value!r} must end with /p2p/<peer id>")
+    if len(names) < 2:
+        raise ValueError(f"peer address {value!r} has no transport part before /p2p/")
+    return value
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (port 0-65535)")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{value!r}: host must be an IP address") from None
+    return value
+
+
+def _check_room(value: str) -> str:
+    if not value or len(value) > 64 or not all(ch.isalnum() or ch in "-_." for ch in value):
+        raise ValueError(f"room {value!r} must be 1-64 characters of letters, digits, - _ .")
+    return value
+
+
+ListenAddr = Annotated[str, AfterValidator(_check_listen_addr)]
+AnnounceAddr = Annotated[str, AfterValidator(_check_announce_addr)]
+PeerAddr = Annotated[str, AfterValidator(_check_peer_addr)]
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+RoomName = Annotated[str, AfterValidator(_check_room)]
+
+
+ListenAddrs = Annotated[list[ListenAddr], BeforeValidator(_split_commas)]
+AnnounceAddrs = Annotated[list[AnnounceAddr], BeforeValidator(_split_commas)]
+PeerAddrs = Annotated[list[PeerAddr], BeforeValidator(_split_commas)]
+MuxerNames = Annotated[list[Literal["yamux", "mplex"]], BeforeValidator(_split_commas)]
+RoleNames = Annotated[list[RoleName], BeforeValidator(_split_commas)]
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class NodeSection(_Section):
+    """Identity, storage and networking shared by every role."""
+
+    data_dir: Path | None = Field(
+        default=None,
+        description="Identity and store live here; default: $XDG_DATA_HOME/p2pchat "
+        "(~/.local/share/p2pchat).",
+    )
+    listen: ListenAddrs = Field(
+        default=["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws"],
+        description="Listen multiaddrs: TCP and WebSocket; port 0 picks a free port. A TCP and "
+        "a /ws address on the same port share one socket.",
+    )
+    announce: AnnounceAddrs = Field(
+        default=[],
+        description="Addresses advertised to other peers instead of the listen addresses "
+        "(public IP or DNS name behind port forwarding).",
+    )
+    bootstrap: PeerAddrs = Field(
+        default=[],
+        description="Peers dialled at start and re-dialled with backoff while disconnected "
+        "(multiaddrs ending in /p2p/<peer id>).",
+    )
+    muxers: MuxerNames = Field(
+        default=["yamux", "mplex"], min_length=1, description="Stream muxers, preferred first."
+    )
+    max_connections: int = Field(default=300, ge=1, le=100_000)
+    dial_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds per dial.")
+    bootstrap_backoff_max: float = Field(
+        default=60.0, ge=1, le=3600, description="Longest wait between bootstrap re-dials (s)."
+    )
+
+
+class LogSection(_Section):
+    """Structured logs on stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+    libp2p_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="error",
+        description="Level for py-libp2p's own (very noisy) loggers, routed into ours.",
+    )
+
+
+class MetricsSection(_Section):
+    """The HTTP endpoint serving /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    listen: HostPort = Field(default="127.0.0.1:9464", description="host:port; port 0 = any free.")
+
+
+class ChatSection(_Section):
+    """The chat peer role."""
+
+    room: RoomName = Field(default="p2p-chat-default", description="Room joined at start.")
+    name: str | None = Field(default=None, max_length=32, description="Display name.")
+    max_message_bytes: int = Field(default=4096, ge=64, le=1 << 20)
+
+
+class Config(_Section):
+    """A node's whole configuration."""
+
+    roles: RoleNames = Field(
+        default=["peer"], min_length=1, description="Roles this process runs."
+    )
+    node: NodeSection = Field(default_factory=NodeSection)
+    log: LogSection = Field(default_factory=LogSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    chat: ChatSection = Field(default_factory=ChatSection)
+
+    def data_dir(self) -> Path:
+        """The effective data directory (the configured one or the XDG default)."""
+        if self.node.data_dir is not None:
+            return self.node.data_dir.expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(xdg) / "p2pchat"
+
+    def to_yaml(self) -> str:
+        """The effective configuration as YAML (what ``p2pchat config check`` prints)."""
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+# --- assembling the sources ---------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """One source of settings: its label for error messages and its nested mapping."""
+
+    label: str
+    data: dict[str, Any]
+    # dotted key path -> more precise label (for env vars and flags, the variable or flag name)
+    key_labels: dict[str, str] = field(default_factory=dict)
+
+
+def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{label}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping of sections")
+    return data
+
+
+def _preset_dirs() -> list[Path]:
+    """Where the presets are: ``config/`` ships as the namespace package ``p2pchat.presets``.
+
+    importlib.resources cannot read a namespace package whose path holds an editable-install
+    hook entry, so the directories are taken from the package spec instead.
+    """
+    spec = importlib.util.find_spec("p2pchat.presets")
+    locations = spec.submodule_search_locations if spec is not None else None
+    return [Path(entry) for entry in locations or [] if Path(entry).is_dir()]
+
+
+def _preset(role: str) -> dict[str, Any]:
+    label = f"preset config/{role}.yaml"
+    for directory in _preset_dirs():
+        path = directory / f"{role}.yaml"
+        if path.is_file():
+            break
+    else:
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping")
+    return data
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        child = target.setdefault(key, {})
+        if not isinstance(child, dict):
+            child = target[key] = {}
+        target = child
+    target[path[-1]] = value
+
+
+def _env_layer(environ: Mapping[str, str]) -> _Layer:
+    layer = _Layer("environment", {})
+    if (room := environ.get(LEGACY_ROOM_ENV)) is not None:
+        _set_path(layer.data, ["chat", "room"], room)
+        layer.key_labels["chat.room"] = f"environment {LEGACY_ROOM_ENV}"
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
+        if not all(path):
+            raise ConfigError(f"environment {name}: malformed name (use P2PCHAT_SECTION__KEY)")
+        _set_path(layer.data, path, environ[name])
+        layer.key_labels[".".join(path)] = f"environment {name}"
+    return layer
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        yield path
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, f"{path}.")
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _source_of(loc: tuple[int | str, ...], provenance: Mapping[str, str]) -> str:
+    keys = [str(part) for part in loc if not isinstance(part, int)]
+    for end in range(len(keys), 0, -1):
+        label = provenance.get(".".join(keys[:end]))
+        if label is not None:
+            return label
+    return "defaults"
+
+
+def _explain(exc: ValidationError, provenance: Mapping[str, str]) -> str:
+    error = exc.errors(include_url=False)[0]
+    loc = tuple(
+        part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))
+    )
+    key = _format_loc(loc) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "literal_error":
+        message = f"got {error['input']!r}; {message.lower()}"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{key} (from {_source_of(loc, provenance)}): {message}{suffix}"
+
+
+def _roles_from(layers: list[_Layer]) -> list[str]:
+    """The roles chosen by the highest layer that names them (presets depend on them)."""
+    for layer in reversed(layers):
+        if "roles" in layer.data:
+            value = layer.data["roles"]
+            names = _split_commas(value)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return []  # let the model report the type error with its source
+            return names
+    return ["peer"]
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Assemble and validate the configuration from every source.
+
+    Args:
+        file: a YAML config file, or None.
+        environ: the environment to read ``P2PCHAT_*`` and ``CHAT_TOPIC`` from (default: os.environ).
+        flags: nested settings from command-line flags (already mapped to config keys).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: one line naming the bad key and its source.
+    """
+    environ = os.environ if environ is None else environ
+    upper: list[_Layer] = []
+    if file is not None:
+        upper.append(_Layer(f"file {file}", _read_yaml(file, f"config file {file}")))
+    upper.append(_env_layer(environ))
+    if flags:
+        upper.append(_Layer("command line", dict(flags)))
+
+    roles = _roles_from(upper)
+    presets = [
+        _Layer(f"preset config/{role}.yaml", _preset(role)) for role in roles if role in ROLE_NAMES
+    ]
+
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for layer in [*presets, *upper]:
+        merged = _deep_merge(merged, layer.data)
+        for path in _leaf_paths(layer.data):
+            provenance[path] = layer.key_labels.get(path, layer.label)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, provenance)) from None

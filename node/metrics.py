@@ -1,0 +1,96 @@
+"""Prometheus metrics: an observer that turns node events into series.
+
+Names follow go-libp2p where a series exists there (operators already have dashboards for them),
+``p2pchat_*`` otherwise. Label values are bounded: never a peer id or an address. Each node owns a
+registry, so several nodes in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from p2pchat.node import __version__
+from p2pchat.node.p2p.host import ConnectionInfo
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_CONNECTION_LABELS = ("dir", "transport", "security", "muxer")
+
+
+class NodeMetrics:
+    """The node-level series; roles add theirs to :attr:`registry`."""
+
+    def __init__(self, roles: list[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        build_info = Gauge(
+            "p2pchat_build_info",
+            "Always 1; labels carry the version and the roles this process runs.",
+            ("version", "roles"),
+            registry=self.registry,
+        )
+        build_info.labels(version=__version__, roles=",".join(roles)).set(1)
+        self.connections_opened = Counter(
+            "libp2p_swarm_connections_opened",
+            "Connections opened (go-libp2p name and labels).",
+            _CONNECTION_LABELS,
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "libp2p_swarm_connections_closed",
+            "Connections closed (go-libp2p name and labels).",
+            _CONNECTION_LABELS,
+            registry=self.registry,
+        )
+        self.connected_peers = Gauge(
+            "p2pchat_connected_peers", "Peers with at least one open connection.",
+            registry=self.registry,
+        )
+        self.handler_failures = Counter(
+            "p2pchat_stream_handler_failures",
+            "Stream handlers that raised; the stream was reset and the node kept running.",
+            ("protocol",),
+            registry=self.registry,
+        )
+        self.bootstrap_dials = Counter(
+            "p2pchat_bootstrap_dials",
+            "Dials to configured bootstrap peers, by outcome.",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "p2pchat_ready", "1 once every role has started and the listeners are bound.",
+            registry=self.registry,
+        )
+        self._open_by_peer: dict[str, int] = {}
+
+    # HostObserver -------------------------------------------------------------------------------
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        """Count an opened connection and track the peer."""
+        self.connections_opened.labels(*self._labels(info)).inc()
+        self._open_by_peer[info.peer_id] = self._open_by_peer.get(info.peer_id, 0) + 1
+        self.connected_peers.set(len(self._open_by_peer))
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        """Count a closed connection and forget the peer once its last connection closed."""
+        self.connections_closed.labels(*self._labels(info)).inc()
+        remaining = self._open_by_peer.get(info.peer_id, 0) - 1
+        if remaining > 0:
+            self._open_by_peer[info.peer_id] = remaining
+        else:
+            self._open_by_peer.pop(info.peer_id, None)
+        self.connected_peers.set(len(self._open_by_peer))
+
+    def handler_failed(self, protocol: str, error: BaseException) -> None:
+        """Count a stream handler that raised."""
+        self.handler_failures.labels(protocol=protocol).inc()
+
+    # exposition ---------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series in the registry."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def _labels(info: ConnectionInfo) -> tuple[str, str, str, str]:
+        return info.direction, info.transport, info.security, info.muxer

@@ -1,0 +1,351 @@
+"""The p2pchat host: a py-libp2p host built and run with every known trap neutralised.
+
+Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
+
+1. a raising stream handler kills the host -> every handler, the library's own included, is
+   wrapped by :func:`guard_handler`: the failure is logged and counted, the stream reset;
+2. plaintext and secio are accepted inbound -> the security options hold Noise only;
+4. every dial waits 250 ms -> ``max_connections_per_peer=1`` ends the happy-eyeballs wait at the
+   first connection;
+10. a failed bind only logs a warning -> :meth:`P2PHost.run` checks every listen address got bound
+    and raises :class:`StartupError` otherwise;
+12. the AutoConnector dials up to 200 peerstore peers -> it is replaced by one that never dials;
+    connections are the node's decision (bootstrap, discovery), not the peerstore's.
+
+Traps 3, 5-9, 13 concern capabilities built in later modules (GossipSub, relay, AutoNAT, mDNS,
+Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
+``p2pchat.node.logs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from p2pchat.node.errors import P2PChatError, StartupError
+from p2pchat.node.p2p.addresses import advertised_addrs_factory
+from p2pchat.node.p2p.identity import Identity
+
+log = logging.getLogger("p2pchat.host")
+
+Stream = INetStream
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+
+_MUXERS: dict[str, tuple[str, type[Any]]] = {
+    "yamux": (YAMUX_PROTOCOL_ID, Yamux),
+    "mplex": (MPLEX_PROTOCOL_ID, Mplex),
+}
+
+
+class DialError(P2PChatError):
+    """A peer could not be reached (bad address, unreachable, wrong peer id, timeout)."""
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What the node learns about a connection; labels follow go-libp2p's swarm metrics."""
+
+    peer_id: str
+    direction: str  # inbound | outbound | unknown
+    transport: str  # tcp | websocket | other
+    security: str  # e.g. /noise
+    muxer: str  # e.g. /yamux/1.0.0
+
+
+class HostObserver(Protocol):
+    """Receives the host's events; the metrics module and the node implement it."""
+
+    def connection_opened(self, info: ConnectionInfo) -> None: ...
+
+    def connection_closed(self, info: ConnectionInfo) -> None: ...
+
+    def handler_failed(self, protocol: str, error: BaseException) -> None: ...
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The host-level settings, taken from the node config section."""
+
+    listen: Sequence[str]
+    announce: Sequence[str] = ()
+    muxers: Sequence[str] = ("yamux", "mplex")
+    max_connections: int = 300
+    dial_timeout: float = 10.0
+
+
+# --- trap 1: guarded handlers -------------------------------------------------------------------
+
+
+def guard_handler(
+    protocol: str, handler: StreamHandler, on_failure: Callable[[str, BaseException], None]
+) -> StreamHandler:
+    """Wrap a stream handler so that an exception is reported and the stream reset.
+
+    Cancellation (a ``BaseException``) still propagates: shutting down must stay possible.
+    """
+    if getattr(handler, "__p2pchat_guarded__", False):
+        return handler
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception as error:
+            on_failure(protocol, error)
+            try:
+                await stream.reset()
+            except Exception:  # the stream may already be gone; nothing more to clean up
+                log.debug("reset after handler failure failed", exc_info=True)
+
+    guarded.__p2pchat_guarded__ = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def _install_handler_guard(
+    host: IHost, on_failure: Callable[[str, BaseException], None]
+) -> None:
+    """Guard the handlers already registered and every handler registered later.
+
+    The library registers its own handlers (identify, ping, pubsub, kad) through the same
+    multiselect table, so patching that table covers handlers we do not create ourselves.
+    """
+    multiselect = host.get_mux()
+    for protocol, handler in list(multiselect.handlers.items()):
+        if protocol is not None and handler is not None:
+            multiselect.handlers[protocol] = guard_handler(str(protocol), handler, on_failure)
+    original_add = multiselect.add_handler
+
+    def add_handler(protocol: TProtocol | None, handler: StreamHandler | None) -> None:
+        if protocol is not None and handler is not None:
+            handler = guard_handler(str(protocol), handler, on_failure)
+        original_add(protocol, handler)
+
+    multiselect.add_handler = add_handler
+
+
+# --- trap 12: no dial storms --------------------------------------------------------------------
+
+
+class _NeverDialingAutoConnector(AutoConnector):  # type: ignore[misc]
+    """Keeps the swarm's bookkeeping calls working but never dials peerstore peers."""
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    swarm = host.get_network()
+    swarm.auto_connector = _NeverDialingAutoConnector(
+        swarm=swarm, auto_connect_interval=swarm.connection_config.auto_connect_interval
+    )
+
+
+# --- connection events --------------------------------------------------------------------------
+
+
+def _transport_label(conn: INetConn) -> str:
+    layer: Any = conn.muxed_conn
+    for _ in range(8):
+        name = type(layer).__name__.lower()
+        if "websocket" in name:
+            return "websocket"
+        if "tcp" in name:
+            return "tcp"
+        layer = (
+            getattr(layer, "secured_conn", None)
+            or getattr(layer, "conn", None)
+            or getattr(layer, "stream", None)
+        )
+        if layer is None:
+            break
+    return "other"
+
+
+def connection_info(conn: INetConn) -> ConnectionInfo:
+    """Describe a live connection with go-libp2p's metric label values."""
+    direction = str(getattr(conn, "direction", "unknown")).lower()
+    if direction not in ("inbound", "outbound"):
+        direction = "unknown"
+    return ConnectionInfo(
+        peer_id=str(conn.muxed_conn.peer_id),
+        direction=direction,
+        transport=_transport_label(conn),
+        security=str(conn.get_negotiated_security_protocol() or "unknown"),
+        muxer=str(conn.get_negotiated_muxer_protocol() or "unknown"),
+    )
+
+
+class _ConnectionNotifee(INotifee):  # type: ignore[misc]
+    def __init__(self, observer: HostObserver) -> None:
+        self._observer = observer
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._observer.connection_opened(connection_info(conn))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._observer.connection_closed(connection_info(conn))
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+# --- the host -----------------------------------------------------------------------------------
+
+
+def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Multiaddr]) -> IHost:
+    noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
+    connection_config = ConnectionConfig(
+        max_connections=settings.max_connections,
+        max_connections_per_peer=1,
+        dial_timeout=settings.dial_timeout,
+    )
+    return new_host(
+        key_pair=identity.key_pair,
+        sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
+        muxer_opt=muxers,
+        listen_addrs=listen,
+        connection_config=connection_config,
+        addrs_factory=advertised_addrs_factory(settings.announce),
+    )
+
+
+def _unbound(requested: Sequence[multiaddr.Multiaddr], bound: Sequence[multiaddr.Multiaddr]) -> list[str]:
+    """The requested listen addresses that have no bound counterpart (same stack, same port)."""
+
+    def shape(addr: multiaddr.Multiaddr) -> tuple[tuple[str, ...], str]:
+        names = tuple(proto.name for proto in addr.protocols())
+        return names, str(addr.value_for_protocol("tcp"))
+
+    bound_shapes = [shape(addr) for addr in bound]
+    missing = []
+    for addr in requested:
+        names, port = shape(addr)
+        matches = [b for b in bound_shapes if b[0] == names and (port == "0" or b[1] == port)]
+        if not matches:
+            missing.append(str(addr))
+    return missing
+
+
+class P2PHost:
+    """The node's door to libp2p: identity, listeners, connections and stream handlers.
+
+    Create it, then enter :meth:`run`; the other methods are valid inside ``run`` only.
+    """
+
+    def __init__(self, identity: Identity, settings: HostSettings, observer: HostObserver) -> None:
+        self._identity = identity
+        self._settings = settings
+        self._observer = observer
+        self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
+        self._host = _build(identity, settings, self._listen)
+        _install_handler_guard(self._host, observer.handler_failed)
+        _disable_auto_connector(self._host)
+        self._host.get_network().register_notifee(_ConnectionNotifee(observer))
+
+    @property
+    def peer_id(self) -> str:
+        """This node's PeerId as text."""
+        return self._identity.peer_id_text
+
+    @property
+    def libp2p_host(self) -> IHost:
+        """The wrapped py-libp2p host, for capability modules of this package only."""
+        return self._host
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Listen on every configured address; leave stops listeners and closes connections.
+
+        Raises:
+            StartupError: a listen address could not be bound.
+        """
+        async with self._host.run(self._listen):
+            missing = _unbound(self._listen, self._host.get_transport_addrs())
+            if missing:
+                raise StartupError(
+                    f"cannot listen on {', '.join(missing)} (address in use, or not an address "
+                    "of this machine)"
+                )
+            yield
+
+    def listen_addrs(self) -> list[str]:
+        """The bound listen addresses (without /p2p/)."""
+        return [str(addr) for addr in self._host.get_transport_addrs()]
+
+    def advertised_addrs(self) -> list[str]:
+        """The addresses other peers are told to dial, each ending in /p2p/<this peer>."""
+        return [str(addr) for addr in self._host.get_addrs()]
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``; the handler is guarded (see :func:`guard_handler`)."""
+        self._host.set_stream_handler(TProtocol(protocol), handler)
+
+    async def new_stream(self, peer_id: str, protocols: Sequence[str]) -> INetStream:
+        """Open a stream to a connected (or known) peer for the first protocol it supports."""
+        return await self._host.new_stream(
+            ID.from_base58(peer_id), [TProtocol(p) for p in protocols]
+        )
+
+    async def connect(self, peer_addr: str) -> str:
+        """Dial a peer by a multiaddr ending in /p2p/<id>; return its PeerId.
+
+        Raises:
+            DialError: the address is invalid or the peer could not be reached in time.
+        """
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(peer_addr))
+        except Exception as error:
+            raise DialError(f"invalid peer address {peer_addr!r}: {error}") from None
+        if info.peer_id == self._identity.peer_id:
+            raise DialError(f"{peer_addr} is this node itself")
+        try:
+            with trio.fail_after(self._settings.dial_timeout):
+                await self._host.connect(info)
+        except trio.TooSlowError:
+            raise DialError(f"dial {peer_addr}: timed out") from None
+        except Exception as error:
+            raise DialError(f"dial {peer_addr}: {error}") from None
+        return str(info.peer_id)
+
+    def is_connected(self, peer_id: str) -> bool:
+        """Whether at least one connection to ``peer_id`` is open."""
+        try:
+            return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
+        except ValueError:
+            return False
+
+    def connected_peers(self) -> list[str]:
+        """PeerIds of every connected peer."""
+        return [str(peer) for peer in self._host.get_network().connections]
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every open connection, described."""
+        return [connection_info(conn) for conn in self._host.get_network().get_connections()]

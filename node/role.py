@@ -1,0 +1,47 @@
+"""What a role is: an independent module that declares what it serves and runs as a node task.
+
+Modelled on rust-libp2p's NetworkBehaviour composed into a Swarm: the node owns the host, the
+store and the metrics; each enabled role gets a :class:`NodeContext`, registers its protocols and
+runs as a child of the node's nursery. Roles never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import structlog
+import trio
+
+from p2pchat.node.config import Config
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.store import Store
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Everything a role may use; nothing here exposes py-libp2p directly."""
+
+    config: Config
+    host: P2PHost
+    store: Store
+    metrics: NodeMetrics
+    log: structlog.stdlib.BoundLogger
+
+
+class Role(Protocol):
+    """A role of the node.
+
+    ``run`` registers the role's protocol handlers, calls ``task_status.started()`` once it
+    serves, then runs until cancelled. It must not return early unless it has nothing left to do,
+    and must leave nothing running when cancelled (structured concurrency).
+    """
+
+    name: ClassVar[str]
+    protocols: ClassVar[Sequence[str]]
+
+    async def run(
+        self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...

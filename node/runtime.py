@@ -1,0 +1,170 @@
+"""The node: owns the host, the store, the metrics endpoint and the roles, in one nursery.
+
+Lifecycle: open the store, start the operator endpoint, bind the listeners, start every role
+(each reports ``started``), then the node is ready: ``/readyz`` turns 200 and a ``node ready``
+log line lists the bound addresses. SIGINT or SIGTERM cancels everything; the store is closed
+last. A watchdog ends the process if shutdown takes longer than :data:`SHUTDOWN_GRACE` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from p2pchat.node.config import Config
+from p2pchat.node.errors import EXIT_RUNTIME
+from p2pchat.node.http import make_app, serve_http
+from p2pchat.node.logs import get_logger
+from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
+from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
+from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.role import NodeContext, Role
+from p2pchat.node.store import Store
+
+SHUTDOWN_GRACE = 4.0
+BOOTSTRAP_FIRST_BACKOFF = 1.0
+BOOTSTRAP_CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class _Observer:
+    """The host's observer: logs each event and forwards it to the metrics."""
+
+    metrics: NodeMetrics
+    log: structlog.stdlib.BoundLogger
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        self.metrics.connection_opened(info)
+        self.log.info(
+            "peer connected", remote=info.peer_id, dir=info.direction, transport=info.transport
+        )
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        self.metrics.connection_closed(info)
+        self.log.info("peer disconnected", remote=info.peer_id, dir=info.direction)
+
+    def handler_failed(self, protocol: str, error: BaseException) -> None:
+        self.metrics.handler_failed(protocol, error)
+        self.log.error(
+            "stream handler failed; stream reset, node continues",
+            protocol=protocol,
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error,
+        )
+
+
+@dataclass
+class _Readiness:
+    ready: bool = False
+    events: list[str] = field(default_factory=list)
+
+
+def host_settings(config: Config) -> HostSettings:
+    """The host layer's settings from the node section of the config."""
+    node = config.node
+    return HostSettings(
+        listen=node.listen,
+        announce=node.announce,
+        muxers=node.muxers,
+        max_connections=node.max_connections,
+        dial_timeout=node.dial_timeout,
+    )
+
+
+async def _keep_connected(
+    host: P2PHost, peer_addr: str, metrics: NodeMetrics, log: structlog.stdlib.BoundLogger,
+    backoff_max: float,
+) -> None:
+    """Dial a bootstrap peer, and re-dial it with exponential backoff whenever disconnected."""
+    backoff = BOOTSTRAP_FIRST_BACKOFF
+    peer_id: str | None = None
+    while True:
+        if peer_id is not None and host.is_connected(peer_id):
+            backoff = BOOTSTRAP_FIRST_BACKOFF
+            await trio.sleep(BOOTSTRAP_CHECK_INTERVAL)
+            continue
+        try:
+            peer_id = await host.connect(peer_addr)
+        except DialError as error:
+            metrics.bootstrap_dials.labels(outcome="failure").inc()
+            log.warning("bootstrap dial failed", addr=peer_addr, error=str(error), retry_in=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max)
+            continue
+        metrics.bootstrap_dials.labels(outcome="success").inc()
+        log.info("bootstrap peer connected", addr=peer_addr)
+
+
+async def _stop_on_signal(
+    cancel_scope: trio.CancelScope, log: structlog.stdlib.BoundLogger,
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            _arm_watchdog(log)
+            cancel_scope.cancel()
+            return
+
+
+def _arm_watchdog(log: structlog.stdlib.BoundLogger) -> None:
+    """Guarantee the process ends even if a library task ignores cancellation."""
+
+    def expire() -> None:
+        log.error("shutdown took too long; exiting", grace_seconds=SHUTDOWN_GRACE)
+        os._exit(EXIT_RUNTIME)
+
+    timer = threading.Timer(SHUTDOWN_GRACE, expire)
+    timer.daemon = True
+    timer.start()
+
+
+async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) -> None:
+    """Run the node until SIGINT or SIGTERM.
+
+    Raises:
+        StartupError: a listener or the metrics endpoint could not be bound.
+        StoreError: the store cannot be opened.
+    """
+    log = get_logger("p2pchat.node")
+    metrics = NodeMetrics(list(config.roles))
+    readiness = _Readiness()
+    store = Store.open(config.data_dir() / "store")
+    try:
+        host = P2PHost(identity, host_settings(config), _Observer(metrics, log))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signal, nursery.cancel_scope, log)
+            metrics_addr = None
+            if config.metrics.enabled:
+                app = make_app(metrics.render, CONTENT_TYPE, lambda: readiness.ready)
+                metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
+            async with host.run():
+                context = NodeContext(config, host, store, metrics, log)
+                async with trio.open_nursery() as roles_nursery:
+                    for role in roles:
+                        await roles_nursery.start(role.run, context)
+                    for peer_addr in config.node.bootstrap:
+                        roles_nursery.start_soon(
+                            _keep_connected, host, peer_addr, metrics, log,
+                            config.node.bootstrap_backoff_max,
+                        )
+                    readiness.ready = True
+                    metrics.ready.set(1)
+                    log.info(
+                        "node ready",
+                        roles=list(config.roles),
+                        listen=host.listen_addrs(),
+                        advertised=host.advertised_addrs(),
+                        metrics=metrics_addr,
+                        data_dir=str(config.data_dir()),
+                    )
+    finally:
+        store.close()
+        log.info("stopped")

@@ -1,0 +1,18 @@
+"""The roles a node can run; each is a module that never imports another role."""
+
+from __future__ import annotations
+
+from p2pchat.node.role import Role
+from p2pchat.roles.archiver import ArchiverRole
+from p2pchat.roles.bootstrap import BootstrapRole
+from p2pchat.roles.peer import PeerRole
+from p2pchat.roles.relay import RelayRole
+
+ROLE_TYPES: dict[str, type[Role]] = {
+    role.name: role for role in (PeerRole, BootstrapRole, RelayRole, ArchiverRole)
+}
+
+
+def create_roles(names: list[str]) -> list[Role]:
+    """Instantiate the named roles in the given order (names are validated by the config)."""
+    return [ROLE_TYPES[name]() for name in dict.fromkeys(names)]
