@@ -1,4 +1,4 @@
-"""p2pchat's node runtime: configuration, identity, host layer, logs, metrics and role composition."""
+"""p2pchat node runtime: config, identity, host layer, logs, metrics and role composition."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from p2pchat.node import __version__
-from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, P2PChatError
 from p2pchat.node.config import Config, load_config
+from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, P2PChatError
 
 PROG = "p2pchat"
 
@@ -33,25 +33,32 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _node_options() -> argparse.ArgumentParser:
+def _node_options() -> _Parser:
     """Options shared by the node and its subcommands; SUPPRESS keeps unset flags out."""
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
-        "--role", metavar="ROLES",
+        "--role",
+        metavar="ROLES",
         help="peer | bootstrap | relay | archiver, or a comma list (default: peer)",
     )
     common.add_argument("--config", metavar="FILE", type=Path, help="YAML configuration file")
     common.add_argument("--data-dir", metavar="DIR", help="identity and store directory")
     common.add_argument(
-        "--listen", metavar="MULTIADDR", action="append",
+        "--listen",
+        metavar="MULTIADDR",
+        action="append",
         help="listen address (repeatable or comma list), e.g. /ip4/0.0.0.0/tcp/4001",
     )
     common.add_argument(
-        "--announce", metavar="MULTIADDR", action="append",
+        "--announce",
+        metavar="MULTIADDR",
+        action="append",
         help="address advertised to peers instead of the listen addresses (repeatable)",
     )
     common.add_argument(
-        "--bootstrap", metavar="MULTIADDR", action="append",
+        "--bootstrap",
+        metavar="MULTIADDR",
+        action="append",
         help="bootstrap peer, /.../p2p/<peer id> (repeatable or comma list)",
     )
     common.add_argument("--room", help="chat room to join (also: CHAT_TOPIC)")
@@ -62,13 +69,14 @@ def _node_options() -> argparse.ArgumentParser:
         "--log-level", choices=("debug", "info", "warning", "error"), help="log level"
     )
     common.add_argument(
-        "--log-format", choices=("auto", "json", "console"),
+        "--log-format",
+        choices=("auto", "json", "console"),
         help="auto: console on a TTY, JSON lines otherwise",
     )
     return common
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> _Parser:
     common = _node_options()
     parser = _Parser(
         prog=PROG,
@@ -83,8 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "id", parents=[common], help="print this node's PeerId (creates the identity if needed)"
     )
     config_cmd = commands.add_parser("config", help="configuration tools")
-    config_sub = config_cmd.add_subparsers(dest="config_command", metavar="ACTION",
-                                           parser_class=_Parser, required=True)
+    config_sub = config_cmd.add_subparsers(
+        dest="config_command", metavar="ACTION", parser_class=_Parser, required=True
+    )
     check = config_sub.add_parser(
         "check", help="validate a config file and print the effective configuration"
     )
@@ -110,7 +119,9 @@ def _flags_to_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["chat"] = {"room": args.room}
     if "metrics" in given:
         settings["metrics"] = (
-            {"enabled": False} if args.metrics == "off" else {"enabled": True, "listen": args.metrics}
+            {"enabled": False}
+            if args.metrics == "off"
+            else {"enabled": True, "listen": args.metrics}
         )
     log = {key: given[f"log_{key}"] for key in ("level", "format") if f"log_{key}" in given}
     if log:
@@ -154,7 +165,6 @@ def _cmd_id(config: Config) -> int:
 
 def _cmd_run(config: Config) -> int:
     import trio
-
     from p2pchat.node.logs import bind_node, configure_logging, get_logger
     from p2pchat.node.p2p.identity import load_or_create_identity
     from p2pchat.node.runtime import run_node

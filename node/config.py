@@ -9,16 +9,17 @@ message is one line naming the key and where the bad value came from.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import multiaddr
 import yaml
+from p2pchat.node.errors import ConfigError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,8 +28,6 @@ from pydantic import (
     Field,
     ValidationError,
 )
-
-from p2pchat.node.errors import ConfigError
 
 ENV_PREFIX = "P2PCHAT_"
 ENV_NESTING = "__"
@@ -166,8 +165,9 @@ class LogSection(_Section):
         default="auto", description="auto: console on a TTY, JSON lines otherwise."
     )
     libp2p_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
-        default="error",
-        description="Level for py-libp2p's own (very noisy) loggers, routed into ours.",
+        default="critical",
+        description="Level for py-libp2p's own loggers, routed into ours. The library logs "
+        "routine events (a refused dial) as errors; p2pchat logs those itself, with context.",
     )
 
 
@@ -189,9 +189,7 @@ class ChatSection(_Section):
 class Config(_Section):
     """A node's whole configuration."""
 
-    roles: RoleNames = Field(
-        default=["peer"], min_length=1, description="Roles this process runs."
-    )
+    roles: RoleNames = Field(default=["peer"], min_length=1, description="Roles this process runs.")
     node: NodeSection = Field(default_factory=NodeSection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
@@ -333,7 +331,9 @@ def _source_of(loc: tuple[int | str, ...], provenance: Mapping[str, str]) -> str
 def _explain(exc: ValidationError, provenance: Mapping[str, str]) -> str:
     error = exc.errors(include_url=False)[0]
     loc = tuple(
-        part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))
+        part
+        for part in error["loc"]
+        if not (isinstance(part, str) and part.startswith("function-"))
     )
     key = _format_loc(loc) or "(top level)"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -368,7 +368,7 @@ def load_config(
 
     Args:
         file: a YAML config file, or None.
-        environ: the environment to read ``P2PCHAT_*`` and ``CHAT_TOPIC`` from (default: os.environ).
+        environ: where ``P2PCHAT_*`` and ``CHAT_TOPIC`` are read (default: os.environ).
         flags: nested settings from command-line flags (already mapped to config keys).
 
     Returns:

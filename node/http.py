@@ -13,7 +13,6 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
-
 from p2pchat.node.errors import StartupError
 
 Scope = MutableMapping[str, Any]
@@ -22,7 +21,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def make_app(render_metrics: Callable[[], bytes], content_type: str, is_ready: Callable[[], bool]) -> ASGIApp:
+def make_app(
+    render_metrics: Callable[[], bytes], content_type: str, is_ready: Callable[[], bool]
+) -> ASGIApp:
     """Build the ASGI app for the three endpoints (GET and HEAD only)."""
 
     async def respond(send: Send, status: int, body: bytes, ctype: bytes, head: bool) -> None:
@@ -78,11 +79,20 @@ async def serve_http(
     async def serve_app(
         *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+        await serve(app, config, task_status=task_status)
 
     try:
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(serve_app)
             task_status.started(binds[0].removeprefix("http://"))
-    except OSError as error:
-        raise StartupError(f"metrics endpoint {listen}: {error.strerror or error}") from None
+    except* OSError as group:
+        # Hypercorn binds inside its own nurseries, so the error arrives wrapped in groups.
+        error = _first_leaf(group)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise StartupError(f"metrics endpoint {listen}: {reason}") from None
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -7,11 +7,10 @@ registry, so several nodes in one process (tests) do not collide.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
 from p2pchat.node import __version__
 from p2pchat.node.p2p.host import ConnectionInfo
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _CONNECTION_LABELS = ("dir", "transport", "security", "muxer")
@@ -42,7 +41,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.connected_peers = Gauge(
-            "p2pchat_connected_peers", "Peers with at least one open connection.",
+            "p2pchat_connected_peers",
+            "Peers with at least one open connection.",
             registry=self.registry,
         )
         self.handler_failures = Counter(
@@ -58,7 +58,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.ready = Gauge(
-            "p2pchat_ready", "1 once every role has started and the listeners are bound.",
+            "p2pchat_ready",
+            "1 once every role has started and the listeners are bound.",
             registry=self.registry,
         )
         self._open_by_peer: dict[str, int] = {}

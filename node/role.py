@@ -13,7 +13,6 @@ from typing import ClassVar, Protocol
 
 import structlog
 import trio
-
 from p2pchat.node.config import Config
 from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.host import P2PHost

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import structlog
 import trio
-
 from p2pchat.node.config import Config
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
@@ -78,7 +77,10 @@ def host_settings(config: Config) -> HostSettings:
 
 
 async def _keep_connected(
-    host: P2PHost, peer_addr: str, metrics: NodeMetrics, log: structlog.stdlib.BoundLogger,
+    host: P2PHost,
+    peer_addr: str,
+    metrics: NodeMetrics,
+    log: structlog.stdlib.BoundLogger,
     backoff_max: float,
 ) -> None:
     """Dial a bootstrap peer, and re-dial it with exponential backoff whenever disconnected."""
@@ -102,8 +104,10 @@ async def _keep_connected(
 
 
 async def _stop_on_signal(
-    cancel_scope: trio.CancelScope, log: structlog.stdlib.BoundLogger,
-    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    cancel_scope: trio.CancelScope,
+    log: structlog.stdlib.BoundLogger,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
@@ -152,7 +156,11 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         await roles_nursery.start(role.run, context)
                     for peer_addr in config.node.bootstrap:
                         roles_nursery.start_soon(
-                            _keep_connected, host, peer_addr, metrics, log,
+                            _keep_connected,
+                            host,
+                            peer_addr,
+                            metrics,
+                            log,
                             config.node.bootstrap_backoff_max,
                         )
                     readiness.ready = True

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rocksdict import Options, Rdict
-
 from p2pchat.node.errors import StoreError
+from rocksdict import Options, Rdict
 
 SCHEMA_KEY = b"meta/schema"
 SCHEMA_VERSION = b"1"

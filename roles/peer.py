@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
-
 from p2pchat.node.role import NodeContext
 
 

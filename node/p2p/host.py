@@ -10,7 +10,9 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
 10. a failed bind only logs a warning -> :meth:`P2PHost.run` checks every listen address got bound
     and raises :class:`StartupError` otherwise;
 12. the AutoConnector dials up to 200 peerstore peers -> it is replaced by one that never dials;
-    connections are the node's decision (bootstrap, discovery), not the peerstore's.
+    connections are the node's decision (bootstrap, discovery), not the peerstore's;
+17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
+    (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff.
 
 Traps 3, 5-9, 13 concern capabilities built in later modules (GossipSub, relay, AutoNAT, mDNS,
 Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
@@ -40,7 +42,6 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-
 from p2pchat.node.errors import P2PChatError, StartupError
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.identity import Identity
@@ -119,9 +120,7 @@ def guard_handler(
     return guarded
 
 
-def _install_handler_guard(
-    host: IHost, on_failure: Callable[[str, BaseException], None]
-) -> None:
+def _install_handler_guard(host: IHost, on_failure: Callable[[str, BaseException], None]) -> None:
     """Guard the handlers already registered and every handler registered later.
 
     The library registers its own handlers (identify, ping, pubsub, kad) through the same
@@ -237,7 +236,9 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
     )
 
 
-def _unbound(requested: Sequence[multiaddr.Multiaddr], bound: Sequence[multiaddr.Multiaddr]) -> list[str]:
+def _unbound(
+    requested: Sequence[multiaddr.Multiaddr], bound: Sequence[multiaddr.Multiaddr]
+) -> list[str]:
     """The requested listen addresses that have no bound counterpart (same stack, same port)."""
 
     def shape(addr: multiaddr.Multiaddr) -> tuple[tuple[str, ...], str]:
@@ -326,6 +327,10 @@ class P2PHost:
             raise DialError(f"invalid peer address {peer_addr!r}: {error}") from None
         if info.peer_id == self._identity.peer_id:
             raise DialError(f"{peer_addr} is this node itself")
+        # The swarm refuses for 60 s to dial a peer whose addresses all failed once (its
+        # "negative cache"). Our dials come with their own backoff, so a peer that restarted
+        # must be reachable on the next attempt, not a minute later.
+        self._host.get_network()._negative_peer_cache.evict(str(info.peer_id))
         try:
             with trio.fail_after(self._settings.dial_timeout):
                 await self._host.connect(info)

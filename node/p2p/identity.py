@@ -17,7 +17,6 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
-
 from p2pchat.node.errors import IdentityError
 
 IDENTITY_FILE = "identity.key"

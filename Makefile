@@ -1,0 +1,43 @@
+# p2pchat — the two commands a fresh machine needs: `make run` and `make test`.
+# Everything else (lint, typecheck, bench) is reachable from here too.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The typecheck tree maps the p2pchat.* package names onto node/ and roles/ for mypy, which
+# cannot see through setuptools' editable-install hooks. It also puts trio's own (inline, current)
+# types ahead of the outdated trio-typing stubs that py-libp2p drags in.
+TYPECHECK_TREE := build/typecheck
+
+.PHONY: run test lint typecheck unit install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/p2pchat --role peer
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/p2pchat
+	ln -s $(CURDIR)/node $(TYPECHECK_TREE)/p2pchat/node
+	ln -s $(CURDIR)/roles $(TYPECHECK_TREE)/p2pchat/roles
+	ln -s "$$($(BIN)/python -c 'import os, trio; print(os.path.dirname(trio.__file__))')" $(TYPECHECK_TREE)/trio
+	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p p2pchat.node -p p2pchat.roles
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

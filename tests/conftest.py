@@ -1,0 +1,190 @@
+"""Shared test helpers: start real ``p2pchat`` processes on 127.0.0.1 and talk to them.
+
+Every node listens on port 0 (the OS picks a free port) and reports its bound addresses in its
+``node ready`` JSON log line, which :class:`NodeProcess` waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+START_TIMEOUT = 60.0  # generous: shared CI machines can be slow to import libp2p
+
+
+def p2pchat_command() -> list[str]:
+    """The installed console script, or the module when run from a bare checkout."""
+    script = shutil.which("p2pchat", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "p2pchat.node"]
+
+
+def node_env(**extra: str) -> dict[str, str]:
+    """A clean environment: no P2PCHAT_* or CHAT_TOPIC leaking from the developer's shell."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("P2PCHAT_") and key != "CHAT_TOPIC"
+    }
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``p2pchat ARGS`` to completion and capture its output."""
+    return subprocess.run(
+        [*p2pchat_command(), *args],
+        capture_output=True,
+        text=True,
+        env=env or node_env(),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@dataclass
+class NodeProcess:
+    """A running ``p2pchat`` process and what its logs said."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    raw_stderr: list[str] = field(default_factory=list)
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.ready["peer_id"])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.ready['metrics']}"
+
+    def addr(self, transport: str = "tcp") -> str:
+        """A dialable /ip4/127.0.0.1 address of this node ending in /p2p/<id>."""
+        for addr in self.ready["advertised"]:
+            is_ws = "/ws/" in addr
+            if addr.startswith("/ip4/127.0.0.1/") and is_ws == (transport == "ws"):
+                return str(addr)
+        raise AssertionError(f"no 127.0.0.1 {transport} address in {self.ready['advertised']}")
+
+    def wait_for(self, event: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Wait for a JSON log line whose event is ``event``; fail if the process exits first."""
+        for entry in self.log:
+            if entry.get("event") == event:
+                return entry
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    raise AssertionError(
+                        f"p2pchat exited ({self.proc.returncode}) before {event!r}:\n"
+                        + "".join(self.raw_stderr[-30:])
+                    ) from None
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.log.append(entry)
+            if entry.get("event") == event:
+                return entry
+        raise AssertionError(f"no {event!r} within {timeout}s:\n" + "".join(self.raw_stderr[-30:]))
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        """GET a path of the metrics endpoint: (status, body)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample in /metrics (0.0 when absent)."""
+        status, text = self.http_get("/metrics")
+        assert status == 200
+        return metric_value(text, name, **labels)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the first sample ``name`` whose labels include ``labels`` (0.0 if none)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def start_node(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+) -> NodeProcess:
+    """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready."""
+    command = [
+        *p2pchat_command(),
+        "--data-dir",
+        str(data_dir),
+        "--log-format",
+        "json",
+        *args,
+    ]
+    if "--listen" not in args:
+        command += ["--listen", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/tcp/0/ws"]
+    if "--metrics" not in args:
+        command += ["--metrics", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or node_env(),
+    )
+    node = NodeProcess(proc=proc, data_dir=data_dir)
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            node.raw_stderr.append(line)
+            node.lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    if wait_ready:
+        node.ready = node.wait_for("node ready")
+    return node
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    """Collects started nodes and kills whatever is still running at the end of the test."""
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=10)
