@@ -61,6 +61,11 @@ class Store:
             self.db.flush(wait=True)
             self.db.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
     def size_bytes(self) -> int:
         """Bytes the store occupies on disk."""
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

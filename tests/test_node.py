@@ -152,8 +152,22 @@ def test_listen_address_in_use_is_a_clear_runtime_error(tmp_path: Path) -> None:
     assert code == 1
     errors = [line for line in node.raw_stderr if line.startswith("p2pchat: error:")]
     assert len(errors) == 1, node.raw_stderr
-    assert f"/ip4/127.0.0.1/tcp/{port}" in errors[0]
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in errors[0]
     assert "Traceback" not in "".join(node.raw_stderr)
+
+
+def test_a_port_held_by_another_node_is_refused(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    # The library's listeners set SO_REUSEPORT: without the host layer's probe, the second node
+    # would share the port and the kernel would split incoming connections between the two.
+    first = start_node(tmp_path / "a")
+    nodes.append(first)
+    port = first.addr("tcp").split("/")[4]
+    second = start_node(tmp_path / "b", "--listen", f"/ip4/127.0.0.1/tcp/{port}", wait_ready=False)
+    nodes.append(second)
+    assert second.proc.wait(timeout=60) == 1
+    errors = [line for line in second.raw_stderr if line.startswith("p2pchat: error:")]
+    assert len(errors) == 1, second.raw_stderr
+    assert f"port {port}" in errors[0]
 
 
 def test_metrics_address_in_use_is_a_clear_runtime_error(tmp_path: Path) -> None:

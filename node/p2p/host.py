@@ -11,6 +11,9 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     and raises :class:`StartupError` otherwise;
 12. the AutoConnector dials up to 200 peerstore peers -> it is replaced by one that never dials;
     connections are the node's decision (bootstrap, discovery), not the peerstore's;
+18. (not in the notes) TCP listeners set SO_REUSEPORT (for hole punching), so a second process
+    binds a port already in use without error and the kernel splits connections between the two
+    -> :meth:`P2PHost.run` first probes each fixed port with an exclusive bind;
 17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
     (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff.
 
@@ -22,6 +25,7 @@ Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -255,6 +259,31 @@ def _unbound(
     return missing
 
 
+def _ensure_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
+    """Fail if a fixed listen port is already served by another socket.
+
+    A plain bind (SO_REUSEADDR only, so TIME_WAIT leftovers do not count) fails on a port with a
+    listening socket, even one that set SO_REUSEPORT, which the library's own bind would share.
+    """
+    for ip, port in sorted({_ip_port(addr) for addr in listen}):
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ip, port))
+            except OSError as error:
+                raise StartupError(
+                    f"cannot listen on {ip} port {port}: {error.strerror or error}"
+                ) from None
+
+
+def _ip_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
+    ip = addr.value_for_protocol("ip4") or addr.value_for_protocol("ip6")
+    return str(ip), int(addr.value_for_protocol("tcp"))
+
+
 class P2PHost:
     """The node's door to libp2p: identity, listeners, connections and stream handlers.
 
@@ -288,6 +317,7 @@ class P2PHost:
         Raises:
             StartupError: a listen address could not be bound.
         """
+        _ensure_ports_free(self._listen)
         async with self._host.run(self._listen):
             missing = _unbound(self._listen, self._host.get_transport_addrs())
             if missing:
@@ -339,6 +369,10 @@ class P2PHost:
         except Exception as error:
             raise DialError(f"dial {peer_addr}: {error}") from None
         return str(info.peer_id)
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (no error if there is none)."""
+        await self._host.disconnect(ID.from_base58(peer_id))
 
     def is_connected(self, peer_id: str) -> bool:
         """Whether at least one connection to ``peer_id`` is open."""
