@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,10 +22,10 @@ from libp2p.network.auto_connector import AutoConnector
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
-
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import load_or_create_identity
+
 from tests.conftest import NodeProcess, start_node
 
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws")
@@ -63,9 +63,9 @@ def loopback_addr(host: P2PHost, ws: bool = False) -> str:
     return next(a for a in host.advertised_addrs() if ("/ws/" in a) == ws)
 
 
-async def wait_until(check: object, timeout: float = 20) -> None:
+async def wait_until(check: Callable[[], object], timeout: float = 20) -> None:
     with trio.fail_after(timeout):
-        while not check():  # type: ignore[operator]
+        while not check():
             await trio.sleep(0.02)
 
 

@@ -6,10 +6,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from p2pchat.node.config import Config
 from p2pchat.node.metrics import NodeMetrics
+from pydantic import BaseModel
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

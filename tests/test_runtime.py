@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import trio
-
 from p2pchat.node.config import load_config
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.role import NodeContext
