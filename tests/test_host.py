@@ -23,6 +23,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
 from p2pchat.node.errors import StartupError
+from p2pchat.node.p2p.addresses import expand_unspecified
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import load_or_create_identity
 
@@ -231,3 +232,32 @@ async def test_insecure_dialers_are_refused_by_a_real_node(
     async with running_host(tmp_path / "honest") as (honest, _):
         await honest.connect(node.addr("tcp"))
         assert honest.is_connected(node.peer_id)
+
+
+async def test_announce_addresses_replace_the_listen_addresses(tmp_path: Path) -> None:
+    announce = ("/ip4/203.0.113.7/tcp/4001", "/dns4/relay.example.org/tcp/4001/ws")
+    identity = load_or_create_identity(tmp_path)
+    host = P2PHost(
+        identity, HostSettings(listen=LOOPBACK[:1], announce=announce), RecordingObserver()
+    )
+    async with host.run():
+        assert host.advertised_addrs() == [f"{a}/p2p/{host.peer_id}" for a in announce]
+        assert host.listen_addrs()[0].startswith("/ip4/127.0.0.1/tcp/")
+
+
+def test_unspecified_listen_addresses_are_advertised_per_interface() -> None:
+    listen = [
+        multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4001"),
+        multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4001/ws"),
+        multiaddr.Multiaddr("/ip6/::/tcp/4001"),
+        multiaddr.Multiaddr("/ip4/192.0.2.1/tcp/5"),
+    ]
+    ips = {"ip4": ["127.0.0.1", "192.0.2.1"], "ip6": ["::1"]}
+    assert [str(a) for a in expand_unspecified(listen, ips)] == [
+        "/ip4/127.0.0.1/tcp/4001",
+        "/ip4/192.0.2.1/tcp/4001",
+        "/ip4/127.0.0.1/tcp/4001/ws",
+        "/ip4/192.0.2.1/tcp/4001/ws",
+        "/ip6/::1/tcp/4001",
+        "/ip4/192.0.2.1/tcp/5",
+    ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -142,18 +143,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_listen_address_in_use_is_a_clear_runtime_error(tmp_path: Path) -> None:
+def failure_line(node: NodeProcess, exit_code: int) -> str:
+    """Wait for a node that must fail at startup; return its one error line."""
+    assert node.proc.wait(timeout=60) == exit_code, node.raw_stderr
+    prefix = "p2pchat: config error:" if exit_code == 2 else "p2pchat: error:"
+    errors = [line for line in node.raw_stderr if line.startswith(prefix)]
+    assert len(errors) == 1, node.raw_stderr
+    assert "Traceback" not in "".join(node.raw_stderr)
+    return errors[0]
+
+
+@contextlib.contextmanager
+def port_in_use() -> Iterator[int]:
+    """A loopback port held by a plain listening socket for the duration."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield int(taken.getsockname()[1])
+
+
+def test_listen_address_in_use_is_a_clear_runtime_error(tmp_path: Path) -> None:
+    with port_in_use() as port:
         node = start_node(tmp_path, "--listen", f"/ip4/127.0.0.1/tcp/{port}", wait_ready=False)
-        code = node.proc.wait(timeout=60)
-    assert code == 1
-    errors = [line for line in node.raw_stderr if line.startswith("p2pchat: error:")]
-    assert len(errors) == 1, node.raw_stderr
-    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in errors[0]
-    assert "Traceback" not in "".join(node.raw_stderr)
+        line = failure_line(node, 1)
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in line
 
 
 def test_a_port_held_by_another_node_is_refused(tmp_path: Path, nodes: list[NodeProcess]) -> None:
@@ -164,33 +177,21 @@ def test_a_port_held_by_another_node_is_refused(tmp_path: Path, nodes: list[Node
     port = first.addr("tcp").split("/")[4]
     second = start_node(tmp_path / "b", "--listen", f"/ip4/127.0.0.1/tcp/{port}", wait_ready=False)
     nodes.append(second)
-    assert second.proc.wait(timeout=60) == 1
-    errors = [line for line in second.raw_stderr if line.startswith("p2pchat: error:")]
-    assert len(errors) == 1, second.raw_stderr
-    assert f"port {port}" in errors[0]
+    assert f"port {port}" in failure_line(second, 1)
 
 
 def test_metrics_address_in_use_is_a_clear_runtime_error(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with port_in_use() as port:
         node = start_node(tmp_path, "--metrics", f"127.0.0.1:{port}", wait_ready=False)
-        code = node.proc.wait(timeout=60)
-    assert code == 1
-    errors = [line for line in node.raw_stderr if line.startswith("p2pchat: error:")]
-    assert len(errors) == 1, node.raw_stderr
-    assert f"metrics endpoint 127.0.0.1:{port}" in errors[0]
+        line = failure_line(node, 1)
+    assert f"metrics endpoint 127.0.0.1:{port}" in line
 
 
 def test_a_data_dir_in_use_is_refused(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     first = start_node(tmp_path)
     nodes.append(first)
     second = start_node(tmp_path, wait_ready=False)
-    assert second.proc.wait(timeout=60) == 2
-    errors = [line for line in second.raw_stderr if line.startswith("p2pchat: config error:")]
-    assert len(errors) == 1, second.raw_stderr
-    assert "in use by another p2pchat process" in errors[0]
+    assert "in use by another p2pchat process" in failure_line(second, 2)
     assert first.http_get("/readyz")[0] == 200
 
 
