@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # types ahead of the outdated trio-typing stubs that py-libp2p drags in.
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: run test lint typecheck unit install clean
+.PHONY: run test lint typecheck unit install clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: $(STAMP)
 	ln -s $(CURDIR)/roles $(TYPECHECK_TREE)/p2pchat/roles
 	ln -s "$$($(BIN)/python -c 'import os, trio; print(os.path.dirname(trio.__file__))')" $(TYPECHECK_TREE)/trio
 	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p p2pchat.node -p p2pchat.roles
+
+# Regenerate the protobuf code of the wire formats (committed; CI checks it is current).
+proto: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
+		--python_out=node/wire --mypy_out=node/wire node/wire/chat.proto
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest

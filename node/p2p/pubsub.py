@@ -1,0 +1,204 @@
+"""GossipSub for chat rooms, with py-libp2p's lossy defaults fixed (trap 3).
+
+What the library does by default, and what this module does instead:
+
+- ``heartbeat_interval`` 120 s -> 1 s (the spec's value), so meshes form and repair quickly;
+- spam protection limits every forwarder (and our own publishes) to 10 msg/s per topic and
+  silently drops the rest -> off: honest bursts must arrive; abuse is bounded by message size
+  limits and validation instead;
+- eclipse protection wants mesh peers from 3 distinct IPs -> off: peers of one LAN, one NAT or one
+  test machine share an address;
+- the per-peer outbound queue and the subscription channel hold 32 messages and drop the rest ->
+  :data:`QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer line);
+- StrictSign is kept (sign every message, verify every signature), and a message that fails
+  verification is counted before the library drops it.
+
+Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
+``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
+again later (history sync).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub import pubsub as libp2p_pubsub_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub, signature_validator
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.tools.anyio_service import background_trio_service
+from p2pchat.node.p2p.host import P2PHost
+
+# Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.
+QUEUE_SIZE = 8192
+MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
+
+# The queue sizes are module-level constants and default arguments inside the library, read
+# when a subscription or a peer queue is created. One pubsub runs per process, so setting them
+# here, once, is safe. Re-check on every library upgrade.
+libp2p_pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = QUEUE_SIZE
+libp2p_pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=QUEUE_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    """A verified message received on (or published to) a topic."""
+
+    topic: str
+    data: bytes
+    sender: str  # PeerId of the signer (StrictSign: verified)
+    seqno: bytes
+    envelope: bytes  # the signed pubsub Message protobuf, as on the wire
+
+
+class GossipObserver(Protocol):
+    """Receives pubsub drop events (for metrics)."""
+
+    def message_dropped(self, topic: str, reason: str) -> None: ...
+
+
+PayloadValidator = Callable[[bytes], str | None]
+"""Checks a payload before it is accepted and forwarded: None if valid, else a drop reason."""
+
+
+def to_gossip_message(message: rpc_pb2.Message, topic: str) -> GossipMessage:
+    """Describe a library pubsub message."""
+    return GossipMessage(
+        topic=topic,
+        data=bytes(message.data),
+        sender=str(ID(message.from_id)),
+        seqno=bytes(message.seqno),
+        envelope=message.SerializeToString(),
+    )
+
+
+def envelope_data(envelope: bytes) -> bytes:
+    """The payload inside a signed envelope (no verification: for envelopes we stored)."""
+    message = rpc_pb2.Message()
+    message.ParseFromString(envelope)
+    return bytes(message.data)
+
+
+def verify_envelope(envelope: bytes) -> GossipMessage | None:
+    """Parse and verify a stored signed envelope (StrictSign rules); None if it does not verify.
+
+    Used for messages that arrive outside GossipSub (history sync), so that whoever serves them
+    cannot forge or alter one.
+    """
+    message = rpc_pb2.Message()
+    try:
+        message.ParseFromString(envelope)
+    except Exception:
+        return None
+    if len(message.topicIDs) != 1 or not message.signature or not message.key:
+        return None
+    try:
+        if not signature_validator(message):
+            return None
+    except Exception:
+        return None
+    return to_gossip_message(message, message.topicIDs[0])
+
+
+class _CountingPubsub(Pubsub):  # type: ignore[misc]
+    """Pubsub that reports messages failing signature verification before dropping them."""
+
+    def __init__(self, observer: GossipObserver, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._observer = observer
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+            try:
+                valid = signature_validator(msg)
+            except Exception:
+                valid = False
+            if not valid:
+                for topic in msg.topicIDs[:1]:
+                    self._observer.message_dropped(str(topic), "bad_signature")
+                return
+        await super().push_msg(msg_forwarder, msg)
+
+
+class Gossip:
+    """The node's GossipSub: join topics, publish, and receive verified messages."""
+
+    def __init__(self, host: P2PHost, observer: GossipObserver) -> None:
+        self._observer = observer
+        self._router = GossipSub(
+            protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=False,
+        )
+        self._pubsub = _CountingPubsub(
+            observer,
+            host.libp2p_host,
+            self._router,
+            strict_signing=True,
+            max_inbound_rpc_size=MAX_RPC_BYTES,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the pubsub services until cancelled."""
+        async with (
+            background_trio_service(self._pubsub),
+            background_trio_service(self._router),
+        ):
+            await self._pubsub.wait_until_ready()
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def join(self, topic: str, validator: PayloadValidator) -> AsyncIterator[GossipMessage]:
+        """Subscribe to ``topic``; yield every verified message that passes ``validator``.
+
+        A message the validator rejects is counted with its reason, not delivered and not
+        forwarded to other peers. Leaving (:meth:`leave`) ends the iteration.
+        """
+
+        def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
+            reason = validator(bytes(message.data))
+            if reason is not None:
+                self._observer.message_dropped(topic, reason)
+                return False
+            return True
+
+        self._pubsub.set_topic_validator(topic, validate, False)
+        subscription = await self._pubsub.subscribe(topic)
+        return _iterate(subscription, topic)
+
+    async def leave(self, topic: str) -> None:
+        """Unsubscribe from ``topic``."""
+        await self._pubsub.unsubscribe(topic)
+        self._pubsub.remove_topic_validator(topic)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Sign and publish ``data`` on ``topic`` (to the mesh, or fanout if not joined)."""
+        await self._pubsub.publish(topic, data)
+
+    def subscribers(self, topic: str) -> list[str]:
+        """Peers known to be subscribed to ``topic``."""
+        return sorted(str(peer) for peer in self._pubsub.peer_topics.get(topic, ()))
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Peers in our mesh for ``topic``."""
+        return sorted(str(peer) for peer in self._router.mesh.get(topic, ()))
+
+
+async def _iterate(subscription: object, topic: str) -> AsyncIterator[GossipMessage]:
+    receive = subscription.get  # type: ignore[attr-defined]
+    while True:
+        try:
+            message = await receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        yield to_gossip_message(message, topic)

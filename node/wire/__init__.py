@@ -1,0 +1,1 @@
+"""Wire formats as sans-IO codecs: pure functions over bytes, no sockets, tested with vectors."""

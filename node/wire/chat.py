@@ -1,0 +1,175 @@
+"""The chat payload codec (schema: ``chat.proto`` beside this file), sans-IO.
+
+:func:`encode` turns a payload record into bytes; :func:`decode` turns untrusted bytes from the
+network into a payload record or raises :class:`WireError` whose ``reason`` is the label under
+which the drop is counted. Decoding never allocates more than ``max_payload_bytes`` worth of
+input: larger inputs are refused before parsing.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+from google.protobuf.message import DecodeError
+from p2pchat.node.wire import chat_pb2
+
+WIRE_VERSION = 1
+MESSAGE_ID_BYTES = 16
+MAX_NAME_CHARS = 32
+MAX_ROOM_CHARS = 64
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+
+DropReason = Literal["malformed", "unsupported_version", "oversized", "invalid"]
+
+
+class WireError(ValueError):
+    """Bytes that are not an acceptable chat payload; ``reason`` says why, for drop counters."""
+
+    def __init__(self, reason: DropReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: DropReason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ChatText:
+    """A message typed by a user (see ``ChatText`` in chat.proto)."""
+
+    id: bytes
+    room: str
+    sender_name: str
+    text: str
+    sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NameAnnouncement:
+    """A user's display name (see ``NameAnnouncement`` in chat.proto)."""
+
+    id: bytes
+    name: str
+    sent_at_ms: int
+
+
+ChatPayload = ChatText | NameAnnouncement
+
+
+def new_message_id() -> bytes:
+    """A fresh random message id."""
+    return os.urandom(MESSAGE_ID_BYTES)
+
+
+def _has_control_chars(text: str, allowed: str = "") -> bool:
+    return any(unicodedata.category(ch).startswith("C") and ch not in allowed for ch in text)
+
+
+def validate_name(name: str) -> str:
+    """Return the cleaned display name, or raise ValueError with a one-line reason.
+
+    Control characters are refused everywhere a remote string reaches the console: an escape
+    sequence in a name or message could rewrite the user's terminal.
+    """
+    cleaned = name.strip()
+    if not 1 <= len(cleaned) <= MAX_NAME_CHARS:
+        raise ValueError(f"a name has 1 to {MAX_NAME_CHARS} characters")
+    if _has_control_chars(cleaned):
+        raise ValueError("a name cannot contain control characters")
+    return cleaned
+
+
+def validate_room(room: str) -> str:
+    """Return ``room`` if it is a valid room name, else raise ValueError with a one-line reason.
+
+    Same rule as the ``chat.room`` setting: 1-64 letters, digits, ``-``, ``_``, ``.``.
+    """
+    if not 1 <= len(room) <= MAX_ROOM_CHARS or not all(ch.isalnum() or ch in "-_." for ch in room):
+        raise ValueError(f"room {room!r} must be 1-64 characters of letters, digits, - _ .")
+    return room
+
+
+def encode(payload: ChatPayload) -> bytes:
+    """Serialize a payload (callers check sizes and names before sending)."""
+    envelope = chat_pb2.ChatEnvelope(version=WIRE_VERSION)
+    if isinstance(payload, ChatText):
+        envelope.text.CopyFrom(
+            chat_pb2.ChatText(
+                id=payload.id,
+                room=payload.room,
+                sender_name=payload.sender_name,
+                text=payload.text,
+                sent_at_ms=payload.sent_at_ms,
+            )
+        )
+    else:
+        envelope.name.CopyFrom(
+            chat_pb2.NameAnnouncement(
+                id=payload.id, name=payload.name, sent_at_ms=payload.sent_at_ms
+            )
+        )
+    return envelope.SerializeToString()
+
+
+def decode(
+    data: bytes, *, max_text_bytes: int, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> ChatPayload:
+    """Parse and check an untrusted payload.
+
+    Raises:
+        WireError: ``oversized`` (payload or text too large), ``malformed`` (not the schema,
+            or no body), ``unsupported_version``, ``invalid`` (bad id, room, name, time or
+            control characters).
+    """
+    if len(data) > max_payload_bytes:
+        raise WireError("oversized", f"payload of {len(data)} bytes over {max_payload_bytes}")
+    envelope = chat_pb2.ChatEnvelope()
+    try:
+        envelope.ParseFromString(data)
+    except (DecodeError, ValueError) as error:  # ValueError: invalid UTF-8 in a string field
+        raise WireError("malformed", f"not a chat payload: {error}") from None
+    if envelope.version != WIRE_VERSION:
+        raise WireError("unsupported_version", f"payload version {envelope.version}")
+    body = envelope.WhichOneof("body")
+    if body == "text":
+        return _check_text(envelope.text, max_text_bytes)
+    if body == "name":
+        return _check_name(envelope.name)
+    raise WireError("malformed", "payload has no body")
+
+
+def _check_common(message_id: bytes, sent_at_ms: int) -> None:
+    if len(message_id) != MESSAGE_ID_BYTES:
+        raise WireError("invalid", f"message id of {len(message_id)} bytes")
+    if sent_at_ms == 0:
+        raise WireError("invalid", "no send time")
+
+
+def _check_text(message: chat_pb2.ChatText, max_text_bytes: int) -> ChatText:
+    _check_common(message.id, message.sent_at_ms)
+    size = len(message.text.encode())
+    if size > max_text_bytes:
+        raise WireError("oversized", f"text of {size} bytes over {max_text_bytes}")
+    try:
+        room = validate_room(message.room)
+        sender_name = validate_name(message.sender_name)
+    except ValueError as error:
+        raise WireError("invalid", str(error)) from None
+    if _has_control_chars(message.text, allowed="\n\t"):
+        raise WireError("invalid", "text contains control characters")
+    return ChatText(
+        id=bytes(message.id),
+        room=room,
+        sender_name=sender_name,
+        text=message.text,
+        sent_at_ms=message.sent_at_ms,
+    )
+
+
+def _check_name(message: chat_pb2.NameAnnouncement) -> NameAnnouncement:
+    _check_common(message.id, message.sent_at_ms)
+    try:
+        name = validate_name(message.name)
+    except ValueError as error:
+        raise WireError("invalid", str(error)) from None
+    return NameAnnouncement(id=bytes(message.id), name=name, sent_at_ms=message.sent_at_ms)
