@@ -63,6 +63,11 @@ def _node_options() -> _Parser:
     )
     common.add_argument("--room", help="chat room to join (also: CHAT_TOPIC)")
     common.add_argument(
+        "--json",
+        action="store_true",
+        help="chat front end for scripts: JSON events on stdout, commands from stdin",
+    )
+    common.add_argument(
         "--metrics", metavar="HOST:PORT|off", help="metrics/health endpoint address, or off"
     )
     common.add_argument(
@@ -115,8 +120,13 @@ def _flags_to_settings(args: argparse.Namespace) -> dict[str, Any]:
             node[flag] = [item for value in given[flag] for item in value.split(",") if item]
     if node:
         settings["node"] = node
+    chat: dict[str, Any] = {}
     if "room" in given:
-        settings["chat"] = {"room": args.room}
+        chat["room"] = args.room
+    if given.get("json"):
+        chat["ui"] = "json"
+    if chat:
+        settings["chat"] = chat
     if "metrics" in given:
         settings["metrics"] = (
             {"enabled": False}

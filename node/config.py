@@ -183,7 +183,20 @@ class ChatSection(_Section):
 
     room: RoomName = Field(default="p2p-chat-default", description="Room joined at start.")
     name: str | None = Field(default=None, max_length=32, description="Display name.")
-    max_message_bytes: int = Field(default=4096, ge=64, le=1 << 20)
+    max_message_bytes: int = Field(
+        default=4096, ge=64, le=1 << 20, description="Largest message text (UTF-8 bytes)."
+    )
+    ui: Literal["auto", "console", "json", "none"] = Field(
+        default="auto",
+        description="auto: the console on a terminal, none (headless, events logged) otherwise; "
+        "json: one JSON object per event on stdout, commands and messages read from stdin.",
+    )
+    history_max_messages: int = Field(
+        default=100_000, ge=1, description="Messages kept per room; the oldest go first."
+    )
+    history_max_age_days: float = Field(
+        default=365.0, gt=0, description="Messages older than this are deleted."
+    )
 
 
 class Config(_Section):

@@ -7,7 +7,7 @@ runs as a child of the node's nursery. Roles never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -28,6 +28,7 @@ class NodeContext:
     store: Store
     metrics: NodeMetrics
     log: structlog.stdlib.BoundLogger
+    request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
 
 
 class Role(Protocol):

@@ -150,7 +150,9 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                 app = make_app(metrics.render, CONTENT_TYPE, lambda: readiness.ready)
                 metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
             async with host.run():
-                context = NodeContext(config, host, store, metrics, log)
+                context = NodeContext(
+                    config, host, store, metrics, log, nursery.cancel_scope.cancel
+                )
                 async with trio.open_nursery() as roles_nursery:
                     for role in roles:
                         await roles_nursery.start(role.run, context)

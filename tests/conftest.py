@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ def run_cli(
 
 @dataclass
 class NodeProcess:
-    """A running ``p2pchat`` process and what its logs said."""
+    """A running ``p2pchat`` process and what its logs (and, with --json, stdout) said."""
 
     proc: subprocess.Popen[str]
     data_dir: Path
@@ -69,6 +69,41 @@ class NodeProcess:
     log: list[dict[str, Any]] = field(default_factory=list)
     raw_stderr: list[str] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
+    chat_queue: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    chat: list[dict[str, Any]] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        """Type a line into the chat (needs --json)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def next_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = START_TIMEOUT
+    ) -> dict[str, Any]:
+        """The next chat event (after those already consumed) matching ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.chat_queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"p2pchat exited ({self.proc.returncode}); chat events: {self.chat}"
+                    ) from None
+                continue
+            self.chat.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no matching chat event within {timeout}s; saw {self.chat[-20:]}")
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Every chat event received so far and not yet consumed."""
+        while True:
+            try:
+                self.chat.append(self.chat_queue.get_nowait())
+            except queue.Empty:
+                return self.chat
 
     @property
     def peer_id(self) -> str:
@@ -157,9 +192,10 @@ def start_node(
         command += ["--listen", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/tcp/0/ws"]
     if "--metrics" not in args:
         command += ["--metrics", "127.0.0.1:0"]
+    interactive = "--json" in args
     proc = subprocess.Popen(
         command,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -167,13 +203,20 @@ def start_node(
     )
     node = NodeProcess(proc=proc, data_dir=data_dir)
 
-    def pump() -> None:
+    def pump_stderr() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             node.raw_stderr.append(line)
             node.lines.put(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    def pump_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            node.chat_queue.put(json.loads(line))
+
+    threading.Thread(target=pump_stderr, daemon=True).start()
+    if interactive:
+        threading.Thread(target=pump_stdout, daemon=True).start()
     if wait_ready:
         node.ready = node.wait_for("node ready")
     return node

@@ -1,0 +1,72 @@
+"""What the chat service tells its front ends: frozen event records with a JSON form.
+
+Front ends (console, ``--json``, headless) only render these; they never reach into the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A chat message, live or from history."""
+
+    room: str
+    id: str  # hex message id
+    sender: str  # PeerId
+    sender_name: str
+    text: str
+    sent_at_ms: int
+    own: bool
+    history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """A peer joined or left a room (appeared in or vanished from its subscribers)."""
+
+    change: str  # joined | left
+    room: str
+    peer: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeEvent:
+    """Something the user should know (queued message, name change, discovered peer...)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A command or message that could not be carried out, and why."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    """The answer to a command: text for people and the same facts as data for scripts."""
+
+    command: str
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+ChatEvent = MessageEvent | PeerEvent | NoticeEvent | ErrorEvent | OutputEvent
+
+_TYPES: dict[type, str] = {
+    MessageEvent: "message",
+    PeerEvent: "peer",
+    NoticeEvent: "notice",
+    ErrorEvent: "error",
+    OutputEvent: "output",
+}
+
+
+def to_json_object(event: ChatEvent) -> dict[str, Any]:
+    """The event as one JSON object: ``{"type": ..., **fields}``."""
+    return {"type": _TYPES[type(event)], **asdict(event)}

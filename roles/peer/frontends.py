@@ -1,0 +1,130 @@
+"""Front ends of the chat peer: JSON lines for scripts, a line console, and headless.
+
+Each takes the service (to hand it input lines) and the channel of events it renders, and
+returns when the user quits (``/quit``, ``/exit``, end of input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+import structlog
+import trio
+import trio.lowlevel
+from p2pchat.roles.peer.commands import render_message, short_id
+from p2pchat.roles.peer.events import (
+    ChatEvent,
+    ErrorEvent,
+    MessageEvent,
+    NoticeEvent,
+    OutputEvent,
+    PeerEvent,
+    to_json_object,
+)
+from p2pchat.roles.peer.service import ChatService
+
+MAX_LINE_BYTES = 64 * 1024
+Events = trio.MemoryReceiveChannel[ChatEvent]
+
+
+async def stdin_lines() -> AsyncIterator[str | None]:
+    """Lines from stdin without blocking the event loop; None stands for an over-long line."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    buffer = b""
+    discarding = False
+    async with stream:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                if buffer and not discarding:
+                    yield buffer.decode(errors="replace")
+                return
+            buffer += chunk
+            while (newline := buffer.find(b"\n")) >= 0:
+                line, buffer = buffer[:newline], buffer[newline + 1 :]
+                if discarding:
+                    discarding = False
+                    continue
+                yield line.decode(errors="replace")
+            if len(buffer) > MAX_LINE_BYTES:
+                buffer, discarding = b"", True
+                yield None
+
+
+def render_text(event: ChatEvent) -> str:
+    """How the console shows an event."""
+    if isinstance(event, MessageEvent):
+        return render_message(event.sender_name, event.sender, event.text, event.sent_at_ms)
+    if isinstance(event, PeerEvent):
+        verb = "joined" if event.change == "joined" else "left"
+        return f"* {event.name} ({short_id(event.peer)}) {verb} {event.room}"
+    if isinstance(event, NoticeEvent):
+        return f"* {event.text}"
+    if isinstance(event, ErrorEvent):
+        return f"! {event.text}"
+    return event.text
+
+
+async def _drive(service: ChatService, events: Events, show: Callable[[ChatEvent], None]) -> None:
+    async def show_events() -> None:
+        async for event in events:
+            show(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(show_events)
+        async for line in stdin_lines():
+            if line is None:
+                show(ErrorEvent(f"input line longer than {MAX_LINE_BYTES} bytes ignored"))
+            elif not await service.handle_line(line):
+                break
+        # Let the events of the last command reach the user before leaving.
+        await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                show(events.receive_nowait())
+            except trio.WouldBlock:
+                break
+        nursery.cancel_scope.cancel()
+
+
+async def run_json(service: ChatService, events: Events, out: TextIO = sys.stdout) -> None:
+    """One JSON object per event on stdout; stdin lines are commands or messages."""
+
+    def show(event: ChatEvent) -> None:
+        out.write(json.dumps(to_json_object(event), ensure_ascii=False) + "\n")
+        out.flush()
+
+    show(
+        OutputEvent(
+            "ready", "chat ready", {"peer_id": service.peer_id, "room": service.current_room}
+        )
+    )
+    await _drive(service, events, show)
+
+
+async def run_console(service: ChatService, events: Events, out: TextIO = sys.stdout) -> None:
+    """A line-mode console on stdout."""
+
+    def show(event: ChatEvent) -> None:
+        out.write(render_text(event) + "\n")
+        out.flush()
+
+    show(
+        NoticeEvent(
+            f"you are {service.display_name} ({short_id(service.peer_id)}) in "
+            f"{service.current_room}; /help lists the commands"
+        )
+    )
+    await _drive(service, events, show)
+
+
+async def run_headless(events: Events, log: structlog.stdlib.BoundLogger) -> None:
+    """No user: every event becomes a log line."""
+    async for event in events:
+        log.info(
+            "chat " + type(event).__name__.removesuffix("Event").lower(), **to_json_object(event)
+        )

@@ -1,0 +1,475 @@
+"""The chat service: rooms over GossipSub, signed messages, local history, queued sends.
+
+Data flow of one message (see the architecture note): a typed line is validated and encoded,
+published signed on the room's topic; every receiver (the sender included, through its own
+subscription) verifies it, decodes it, deduplicates it by id against the history, stores it
+with its signed envelope, and emits a :class:`MessageEvent` to the front end.
+
+A message typed while nobody else is in the room is kept in the store as pending and published
+as soon as a peer joins the room; the user is told it is queued.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.p2p.pubsub import Gossip, GossipMessage, envelope_data
+from p2pchat.node.role import NodeContext
+from p2pchat.node.wire.chat import (
+    ChatText,
+    NameAnnouncement,
+    WireError,
+    decode,
+    encode,
+    new_message_id,
+    validate_name,
+    validate_room,
+)
+from p2pchat.roles.peer.commands import (
+    DEFAULT_HISTORY,
+    HELP,
+    Command,
+    Invalid,
+    Send,
+    parse_line,
+    short_id,
+)
+from p2pchat.roles.peer.events import (
+    ChatEvent,
+    ErrorEvent,
+    MessageEvent,
+    NoticeEvent,
+    OutputEvent,
+    PeerEvent,
+)
+from p2pchat.roles.peer.metrics import ChatMetrics
+
+NAME_KEY = b"peer/name"
+PENDING_PREFIX = b"pend/"
+MEMBER_POLL_INTERVAL = 0.5
+RETENTION_INTERVAL = 3600.0
+ANONYMOUS = "anon"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Room:
+    name: str
+    scope: trio.CancelScope
+    members: set[str] = field(default_factory=set)
+
+
+class ChatService:
+    """Rooms, messages, names and history of one chat peer; front ends call :meth:`handle_line`."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        gossip: Gossip,
+        history: History,
+        metrics: ChatMetrics,
+        emit: Callable[[ChatEvent], None],
+    ) -> None:
+        self._ctx = ctx
+        self._gossip = gossip
+        self._history = history
+        self._metrics = metrics
+        self._emit = emit
+        self._me = ctx.host.peer_id
+        self._settings = ctx.config.chat
+        self._rooms: dict[str, _Room] = {}
+        self._current = ctx.config.chat.room
+        self._names: dict[str, str] = {}
+        stored_name = ctx.store.db.get(NAME_KEY)
+        self._name: str | None = (
+            stored_name.decode() if stored_name is not None else ctx.config.chat.name
+        )
+        self._nursery: trio.Nursery | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join the configured room, then keep rooms, members and retention going."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._join(self._current)
+            nursery.start_soon(self._watch_members)
+            nursery.start_soon(self._apply_retention_periodically)
+            task_status.started()
+
+    @property
+    def peer_id(self) -> str:
+        return self._me
+
+    @property
+    def current_room(self) -> str:
+        return self._current
+
+    @property
+    def display_name(self) -> str:
+        return self._name or ANONYMOUS
+
+    # --- input -----------------------------------------------------------------------------------
+
+    async def handle_line(self, line: str) -> bool:
+        """Act on one input line; False when the user asked to quit."""
+        parsed = parse_line(line)
+        if parsed is None:
+            return True
+        if isinstance(parsed, Invalid):
+            self._emit(ErrorEvent(parsed.hint))
+        elif isinstance(parsed, Send):
+            await self.send(parsed.text)
+        elif isinstance(parsed, Command):
+            if parsed.name == "quit":
+                return False
+            await self._run_command(parsed)
+        return True
+
+    async def _run_command(self, command: Command) -> None:
+        name, argument = command.name, command.argument
+        if name == "help":
+            self._emit(OutputEvent("help", HELP))
+        elif name == "peers":
+            self._emit(self._peers_output())
+        elif name == "name":
+            await self.set_name(argument)
+        elif name == "history":
+            self._show_history(int(argument) if argument else DEFAULT_HISTORY)
+        elif name == "info":
+            self._emit(self._info_output())
+        elif name == "join":
+            await self.join(argument)
+        elif name == "leave":
+            await self.leave(argument or self._current)
+        elif name == "rooms":
+            rooms = sorted(self._rooms)
+            listing = ", ".join(f"{r} (current)" if r == self._current else r for r in rooms)
+            self._emit(
+                OutputEvent(
+                    "rooms", f"rooms: {listing}", {"rooms": rooms, "current": self._current}
+                )
+            )
+        elif name == "switch":
+            self.switch(argument)
+
+    # --- messages --------------------------------------------------------------------------------
+
+    async def send(self, text: str) -> None:
+        """Send ``text`` to the current room (queued while nobody else is in it)."""
+        size = len(text.encode())
+        limit = self._settings.max_message_bytes
+        if size > limit:
+            self._emit(ErrorEvent(f"message not sent: {size} bytes, the limit is {limit}"))
+            return
+        message = ChatText(
+            id=new_message_id(),
+            room=self._current,
+            sender_name=self.display_name,
+            text=text,
+            sent_at_ms=now_ms(),
+        )
+        try:
+            data = encode(message)
+            decode(data, max_text_bytes=limit)  # what peers will accept, checked before sending
+        except (WireError, ValueError) as error:
+            self._emit(ErrorEvent(f"message not sent: {error}"))
+            return
+        if not self._others_in(self._current):
+            self._ctx.store.db[_pending_key(message)] = data
+            self._emit(
+                NoticeEvent(
+                    f"nobody else is in {self._current} yet: message queued, it will be "
+                    "delivered when a peer joins"
+                )
+            )
+            return
+        await self._publish(self._current, data)
+
+    async def _publish(self, room: str, data: bytes) -> None:
+        await self._gossip.publish(room, data)
+        self._metrics.published.inc()
+
+    async def _flush_pending(self, room: str) -> None:
+        prefix = _pending_prefix(room)
+        queued = [
+            (key, value)
+            for key, value in self._ctx.store.db.items(from_key=prefix)
+            if isinstance(key, bytes) and key.startswith(prefix)
+        ]
+        for key, data in queued:
+            await self._publish(room, data)
+            del self._ctx.store.db[key]
+        if queued:
+            self._emit(NoticeEvent(f"delivered {len(queued)} queued message(s) to {room}"))
+
+    def _accept(self, room: str, message: GossipMessage) -> None:
+        """A verified message from the room's subscription: decode, dedup, store, show."""
+        try:
+            payload = decode(message.data, max_text_bytes=self._settings.max_message_bytes)
+        except WireError as error:  # the validator already dropped these; defensive
+            self._metrics.dropped.labels(reason=error.reason).inc()
+            return
+        own = message.sender == self._me
+        if isinstance(payload, NameAnnouncement):
+            self._learn_name(message.sender, payload.name, own)
+            return
+        stored = StoredMessage(
+            room=room,
+            message_id=payload.id,
+            sent_at_ms=payload.sent_at_ms,
+            received_at_ms=now_ms(),
+            sender=message.sender,
+            envelope=message.envelope,
+        )
+        if not self._history.add(stored):
+            self._metrics.dropped.labels(reason="duplicate").inc()
+            return
+        if not own:
+            self._metrics.received.inc()
+            self._names.setdefault(message.sender, payload.sender_name)
+        self._emit(
+            MessageEvent(
+                room=room,
+                id=payload.id.hex(),
+                sender=message.sender,
+                sender_name=payload.sender_name,
+                text=payload.text,
+                sent_at_ms=payload.sent_at_ms,
+                own=own,
+            )
+        )
+
+    def _validator(self, room: str) -> Callable[[bytes], str | None]:
+        limit = self._settings.max_message_bytes
+
+        def validate(data: bytes) -> str | None:
+            # Counting is the pubsub layer's job (it reports every reason returned here).
+            try:
+                payload = decode(data, max_text_bytes=limit)
+            except WireError as error:
+                return error.reason
+            if isinstance(payload, ChatText) and payload.room != room:
+                return "wrong_room"
+            return None
+
+        return validate
+
+    # --- names -----------------------------------------------------------------------------------
+
+    async def set_name(self, name: str) -> None:
+        """Validate, persist and announce a new display name."""
+        try:
+            cleaned = validate_name(name)
+        except ValueError as error:
+            self._emit(ErrorEvent(str(error)))
+            return
+        self._name = cleaned
+        self._ctx.store.db[NAME_KEY] = cleaned.encode()
+        self._emit(NoticeEvent(f"you are now {cleaned} ({short_id(self._me)})"))
+        for room in list(self._rooms):
+            await self._announce_name(room)
+
+    async def _announce_name(self, room: str) -> None:
+        if self._name is None or not self._others_in(room):
+            return
+        announcement = NameAnnouncement(id=new_message_id(), name=self._name, sent_at_ms=now_ms())
+        await self._gossip.publish(room, encode(announcement))
+
+    def _learn_name(self, peer: str, name: str, own: bool) -> None:
+        previous = self._names.get(peer)
+        self._names[peer] = name
+        if not own and previous != name:
+            was = f"{previous} " if previous else ""
+            self._emit(NoticeEvent(f"{was}({short_id(peer)}) is now known as {name}"))
+
+    def name_of(self, peer: str) -> str:
+        """The last name ``peer`` announced or used, or ``anon``."""
+        if peer == self._me:
+            return self.display_name
+        return self._names.get(peer, ANONYMOUS)
+
+    # --- rooms -----------------------------------------------------------------------------------
+
+    async def join(self, room: str) -> None:
+        """Join ``room`` (if needed) and make it current."""
+        try:
+            room = validate_room(room)
+        except ValueError as error:
+            self._emit(ErrorEvent(str(error)))
+            return
+        if room not in self._rooms:
+            await self._join(room)
+        self._current = room
+        self._emit(NoticeEvent(f"joined {room}"))
+
+    async def _join(self, room: str) -> None:
+        assert self._nursery is not None
+        messages = await self._gossip.join(room, self._validator(room))
+        scope = trio.CancelScope()
+        self._rooms[room] = _Room(room, scope)
+
+        async def receive() -> None:
+            with scope:
+                async for message in messages:
+                    self._accept(room, message)
+
+        self._nursery.start_soon(receive)
+        self._metrics.rooms.set(len(self._rooms))
+
+    async def leave(self, room: str) -> None:
+        """Leave ``room``; the last room cannot be left (use /quit)."""
+        if room not in self._rooms:
+            self._emit(ErrorEvent(f"you are not in {room}"))
+            return
+        if len(self._rooms) == 1:
+            self._emit(ErrorEvent(f"{room} is your only room; use /quit to leave the chat"))
+            return
+        self._rooms.pop(room).scope.cancel()
+        await self._gossip.leave(room)
+        if self._current == room:
+            self._current = sorted(self._rooms)[0]
+        self._metrics.rooms.set(len(self._rooms))
+        self._emit(NoticeEvent(f"left {room}; current room: {self._current}"))
+
+    def switch(self, room: str) -> None:
+        """Make a joined room current."""
+        if room not in self._rooms:
+            self._emit(ErrorEvent(f"you are not in {room}; /join {room} first"))
+            return
+        self._current = room
+        self._emit(NoticeEvent(f"current room: {room}"))
+
+    def _others_in(self, room: str) -> bool:
+        return any(peer != self._me for peer in self._gossip.subscribers(room))
+
+    async def _watch_members(self) -> None:
+        """Announce peers joining and leaving rooms; greet newcomers with our name and queue."""
+        while True:
+            for room in list(self._rooms.values()):
+                members = set(self._gossip.subscribers(room.name)) - {self._me}
+                joined, left = members - room.members, room.members - members
+                room.members = members
+                for peer in sorted(joined):
+                    self._emit(PeerEvent("joined", room.name, peer, self.name_of(peer)))
+                for peer in sorted(left):
+                    self._emit(PeerEvent("left", room.name, peer, self.name_of(peer)))
+                if joined:
+                    await self._announce_name(room.name)
+                    await self._flush_pending(room.name)
+            self._metrics.room_peers.set(
+                len(self._rooms[self._current].members) if self._current in self._rooms else 0
+            )
+            await trio.sleep(MEMBER_POLL_INTERVAL)
+
+    async def _apply_retention_periodically(self) -> None:
+        max_age_ms = int(self._settings.history_max_age_days * 86_400_000)
+        while True:
+            for room in self._history.rooms():
+                self._history.apply_retention(
+                    room,
+                    max_count=self._settings.history_max_messages,
+                    max_age_ms=max_age_ms,
+                    now_ms=now_ms(),
+                )
+            self._metrics.store_bytes.set(self._ctx.store.size_bytes())
+            await trio.sleep(RETENTION_INTERVAL)
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def _show_history(self, limit: int) -> None:
+        messages = self._history.last(self._current, limit)
+        if not messages:
+            self._emit(NoticeEvent(f"no messages in {self._current} yet"))
+        for stored in messages:
+            try:
+                payload = decode(stored_payload(stored), max_text_bytes=1 << 20)
+            except (WireError, ValueError):
+                continue
+            if isinstance(payload, ChatText):
+                self._emit(
+                    MessageEvent(
+                        room=stored.room,
+                        id=payload.id.hex(),
+                        sender=stored.sender,
+                        sender_name=payload.sender_name,
+                        text=payload.text,
+                        sent_at_ms=payload.sent_at_ms,
+                        own=stored.sender == self._me,
+                        history=True,
+                    )
+                )
+
+    def _peers_output(self) -> OutputEvent:
+        connections = {c.peer_id: c for c in self._ctx.host.connections()}
+        members = sorted(self._rooms[self._current].members) if self._current in self._rooms else []
+        peers = []
+        lines = [f"connected peers: {len(connections)}"]
+        for peer, info in sorted(connections.items()):
+            kind = "relayed" if info.transport == "p2p-circuit" else "direct"
+            in_room = peer in members
+            peers.append(
+                {"peer": peer, "name": self.name_of(peer), "connection": kind, "in_room": in_room}
+            )
+            mark = " *" if in_room else ""
+            lines.append(f"  {self.name_of(peer)} ({short_id(peer)}) {kind}{mark}")
+        lines.append(f"in {self._current}: {len(members)} other peer(s) (marked *)")
+        for peer in members:
+            if peer not in connections:
+                lines.append(f"  {self.name_of(peer)} ({short_id(peer)}) via the mesh")
+        return OutputEvent(
+            "peers",
+            "\n".join(lines),
+            {"peers": peers, "room": self._current, "room_members": members},
+        )
+
+    def _info_output(self) -> OutputEvent:
+        host = self._ctx.host
+        listen, advertised = host.listen_addrs(), host.advertised_addrs()
+        roles, rooms = list(self._ctx.config.roles), sorted(self._rooms)
+        store_bytes = self._ctx.store.size_bytes()
+        text = "\n".join(
+            [
+                f"peer id:      {self._me}",
+                f"name:         {self.display_name}",
+                f"listening:    {', '.join(listen)}",
+                f"advertised:   {', '.join(advertised)}",
+                f"roles:        {', '.join(roles)}",
+                f"rooms:        {', '.join(rooms)} (current: {self._current})",
+                "reachability: unknown (AutoNAT comes with the relay role)",
+                f"store:        {store_bytes} bytes",
+            ]
+        )
+        data = {
+            "peer_id": self._me,
+            "name": self.display_name,
+            "listen": listen,
+            "advertised": advertised,
+            "roles": roles,
+            "rooms": rooms,
+            "current_room": self._current,
+            "reachability": "unknown",
+            "store_bytes": store_bytes,
+        }
+        return OutputEvent("info", text, data)
+
+
+def stored_payload(stored: StoredMessage) -> bytes:
+    """The chat payload inside a stored signed envelope."""
+    return envelope_data(stored.envelope)
+
+
+def _pending_prefix(room: str) -> bytes:
+    return PENDING_PREFIX + room.encode() + b"\x00"
+
+
+def _pending_key(message: ChatText) -> bytes:
+    """Pending messages sort by send time, so a queue is flushed in the order it was typed."""
+    return _pending_prefix(message.room) + message.sent_at_ms.to_bytes(8, "big") + message.id

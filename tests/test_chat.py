@@ -1,0 +1,130 @@
+"""The chat peer role end to end: real ``p2pchat --json`` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import NodeProcess, start_node
+
+WAIT = 60.0
+
+
+def chat_peer(path: Path, nodes: list[NodeProcess], *args: str) -> NodeProcess:
+    node = start_node(path, "--json", *args)
+    nodes.append(node)
+    node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    return node
+
+
+def is_message(text: str) -> Any:
+    return lambda e: e["type"] == "message" and e["text"] == text
+
+
+def wait_members(node: NodeProcess, count: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if node.metric("p2pchat_room_peers") >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"room never had {count} other members")
+
+
+def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    wait_members(b, 2)
+    assert a.metric("p2pchat_connected_peers") == 1  # A and C never connect: B relays
+    a.say("hello from A")
+    got = c.next_event(is_message("hello from A"), timeout=WAIT)
+    assert got["sender"] == a.peer_id
+    assert got["room"] == "p2p-chat-default"
+    assert got["own"] is False
+    assert a.next_event(is_message("hello from A"))["own"] is True
+    c.say("and back from C")
+    assert a.next_event(is_message("and back from C"), timeout=WAIT)["sender"] == c.peer_id
+    assert c.metric("p2pchat_messages_received_total") == 1
+    assert a.metric("p2pchat_messages_published_total") == 1
+
+
+def test_names_are_announced_and_shown_with_the_peer_id(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    wait_members(a, 1)
+    a.say("/name Alice")
+    notice = b.next_event(lambda e: e["type"] == "notice" and "Alice" in e["text"], timeout=WAIT)
+    assert a.peer_id[-4:] in notice["text"]
+    a.say("hi, it's me")
+    assert b.next_event(is_message("hi, it's me"), timeout=WAIT)["sender_name"] == "Alice"
+    a.say("/name " + "x" * 40)
+    assert a.next_event(lambda e: e["type"] == "error")["text"]
+
+
+def test_history_survives_a_restart(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    wait_members(a, 1)
+    for text in ("one", "two", "three"):
+        a.say(text)
+        b.next_event(is_message(text), timeout=WAIT)
+    assert b.stop() == 0
+    again = chat_peer(tmp_path / "b", nodes)
+    again.say("/history 2")
+    first = again.next_event(lambda e: e["type"] == "message")
+    second = again.next_event(lambda e: e["type"] == "message")
+    assert [first["text"], second["text"]] == ["two", "three"]
+    assert first["history"] and second["history"]
+    assert first["sender"] == a.peer_id
+
+
+def test_a_message_typed_alone_is_queued_and_delivered_when_a_peer_joins(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    a.say("anyone here?")
+    queued = a.next_event(lambda e: e["type"] == "notice")
+    assert "queued" in queued["text"]
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    got = b.next_event(is_message("anyone here?"), timeout=WAIT)
+    assert got["sender"] == a.peer_id
+
+
+def test_oversized_text_is_refused_on_send(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    a.say("é" * 2049)  # 4098 bytes of UTF-8, over the 4 KiB default
+    error = a.next_event(lambda e: e["type"] == "error")
+    assert "4098 bytes" in error["text"] and "4096" in error["text"]
+
+
+def test_commands_answer_and_unknown_ones_hint(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    wait_members(a, 1)
+    a.say("/frobnicate")
+    assert "/help" in a.next_event(lambda e: e["type"] == "error")["text"]
+    a.say("/help")
+    assert "/history" in a.next_event(lambda e: e["type"] == "output")["text"]
+    a.say("/info")
+    info = a.next_event(lambda e: e["type"] == "output" and e["command"] == "info")
+    assert info["data"]["peer_id"] == a.peer_id
+    assert info["data"]["rooms"] == ["p2p-chat-default"]
+    a.say("/peers")
+    peers = a.next_event(lambda e: e["type"] == "output" and e["command"] == "peers")
+    assert peers["data"]["peers"][0]["peer"] == b.peer_id
+    assert peers["data"]["peers"][0]["connection"] == "direct"
+    assert peers["data"]["room_members"] == [b.peer_id]
+    a.say("/join side-room")
+    a.next_event(lambda e: e["type"] == "notice" and "joined side-room" in e["text"])
+    a.say("/rooms")
+    rooms = a.next_event(lambda e: e["type"] == "output" and e["command"] == "rooms")
+    assert rooms["data"] == {"rooms": ["p2p-chat-default", "side-room"], "current": "side-room"}
+    a.say("/switch p2p-chat-default")
+    a.next_event(lambda e: e["type"] == "notice" and "current room" in e["text"])
+    a.say("/leave side-room")
+    a.next_event(lambda e: e["type"] == "notice" and "left side-room" in e["text"])
+    a.say("/quit")
+    assert a.proc.wait(timeout=30) == 0
