@@ -1,0 +1,122 @@
+"""Hostile GossipSub input against a real chat peer: dropped, counted, never shown or stored.
+
+The attacker is an in-process py-libp2p pubsub whose own checks are off (no StrictSign), so it
+can put anything on the wire: unsigned messages, forged senders, and signed but invalid payloads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+from libp2p.tools.anyio_service import background_trio_service
+from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.identity import Identity, load_or_create_identity
+from p2pchat.node.wire.chat import ChatText, encode, new_message_id
+
+from tests.conftest import NodeProcess, start_node
+from tests.test_host import RecordingObserver
+
+ROOM = "p2p-chat-default"
+
+
+def payload(text: str = "hello", room: str = ROOM) -> bytes:
+    return encode(
+        ChatText(
+            id=new_message_id(),
+            room=room,
+            sender_name="Mallory",
+            text=text,
+            sent_at_ms=int(time.time() * 1000),
+        )
+    )
+
+
+def signed(
+    identity: Identity, data: bytes, seqno: int, claimed: ID | None = None
+) -> rpc_pb2.Message:
+    message = rpc_pb2.Message(
+        data=data,
+        topicIDs=[ROOM],
+        from_id=(claimed or identity.peer_id).to_bytes(),
+        seqno=seqno.to_bytes(8, "big"),
+    )
+    private_key = identity.key_pair.private_key
+    message.signature = private_key.sign(
+        PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
+    )
+    message.key = identity.key_pair.public_key.serialize()
+    return message
+
+
+async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    victim = start_node(tmp_path / "victim", "--json")
+    nodes.append(victim)
+    victim.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+
+    identity = load_or_create_identity(tmp_path / "mallory")
+    honest_friend = load_or_create_identity(tmp_path / "friend")
+    host = P2PHost(identity, HostSettings(listen=("/ip4/127.0.0.1/tcp/0",)), RecordingObserver())
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V11],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=1,
+        spam_protection_enabled=False,
+        eclipse_protection_enabled=False,
+    )
+    pubsub = Pubsub(host.libp2p_host, router, strict_signing=False)
+    async with host.run(), background_trio_service(pubsub), background_trio_service(router):
+        await pubsub.wait_until_ready()
+        await pubsub.subscribe(ROOM)
+        await host.connect(victim.addr())
+        with trio.fail_after(30):
+            while ID.from_base58(victim.peer_id) not in pubsub.peer_topics.get(ROOM, set()):
+                await trio.sleep(0.1)
+
+        unsigned = rpc_pb2.Message(
+            data=payload("unsigned"),
+            topicIDs=[ROOM],
+            from_id=identity.peer_id.to_bytes(),
+            seqno=b"\x00" * 7 + b"\x01",
+        )
+        forged = signed(identity, payload("forged"), 2, claimed=honest_friend.peer_id)
+        tampered = signed(identity, payload("original"), 3)
+        tampered.data = payload("tampered")
+        attacks = [
+            unsigned,
+            forged,
+            tampered,
+            signed(identity, payload("x" * 5000), 4),  # oversized text
+            signed(identity, b"\x0a\xff\xff garbage", 5),  # malformed
+            signed(identity, payload("elsewhere", room="other-room"), 6),  # wrong room
+        ]
+        for message in attacks:
+            await pubsub.push_msg(pubsub.my_id, message)
+        await pubsub.push_msg(pubsub.my_id, signed(identity, payload("the honest one"), 7))
+
+        got = await trio.to_thread.run_sync(
+            lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
+        )
+    assert got["text"] == "the honest one"  # the only message shown
+    assert got["sender"] == identity.peer_id_text
+
+    def dropped(reason: str) -> float:
+        return victim.metric("p2pchat_messages_dropped_total", reason=reason)
+
+    assert dropped("bad_signature") == 3
+    assert dropped("oversized") == 1
+    assert dropped("malformed") == 1
+    assert dropped("wrong_room") == 1
+    assert victim.metric("p2pchat_messages_received_total") == 1
+    assert not [e for e in victim.drain_events() if e["type"] == "message" and e is not got]
+    assert victim.http_get("/readyz")[0] == 200

@@ -1,0 +1,104 @@
+"""The chat payload codec: vectors, every drop reason, and random bytes never crash it."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+from p2pchat.node.wire import chat_pb2
+from p2pchat.node.wire.chat import (
+    ChatText,
+    NameAnnouncement,
+    WireError,
+    decode,
+    encode,
+    new_message_id,
+    validate_name,
+    validate_room,
+)
+
+ID = bytes(range(16))
+TEXT = ChatText(
+    id=ID, room="lobby", sender_name="Bob", text="Hi Alice!", sent_at_ms=1_700_000_000_000
+)
+# The encoding of TEXT, fixed: a change here is a wire-format change (bump the version).
+TEXT_VECTOR = bytes.fromhex(
+    "080112300a10000102030405060708090a0b0c0d0e0f12056c6f6262791a03426f6222094869"
+    "20416c696365212880d095ffbc31"
+)
+
+
+def test_text_encodes_to_the_fixed_vector_and_back() -> None:
+    assert encode(TEXT) == TEXT_VECTOR
+    assert decode(TEXT_VECTOR, max_text_bytes=4096) == TEXT
+
+
+def test_name_announcement_round_trips() -> None:
+    announcement = NameAnnouncement(id=new_message_id(), name="Alice", sent_at_ms=5)
+    assert decode(encode(announcement), max_text_bytes=4096) == announcement
+
+
+def reason_of(data: bytes, max_text_bytes: int = 4096) -> str:
+    with pytest.raises(WireError) as raised:
+        decode(data, max_text_bytes=max_text_bytes)
+    return raised.value.reason
+
+
+def with_text(**changes: object) -> bytes:
+    fields = {"id": ID, "room": "lobby", "sender_name": "Bob", "text": "hi", "sent_at_ms": 1}
+    fields.update(changes)
+    return encode(ChatText(**fields))  # type: ignore[arg-type]
+
+
+def test_each_drop_reason() -> None:
+    assert reason_of(b"\xff\xff\xff") == "malformed"
+    assert reason_of(b"") == "unsupported_version"  # version 0: an empty message
+    assert reason_of(chat_pb2.ChatEnvelope(version=1).SerializeToString()) == "malformed"
+    future = chat_pb2.ChatEnvelope(version=2)
+    future.text.room = "lobby"
+    assert reason_of(future.SerializeToString()) == "unsupported_version"
+    assert reason_of(with_text(id=b"short")) == "invalid"
+    assert reason_of(with_text(sent_at_ms=0)) == "invalid"
+    assert reason_of(with_text(room="no spaces")) == "invalid"
+    assert reason_of(with_text(sender_name="")) == "invalid"
+    assert reason_of(with_text(sender_name="\x1b[2Jevil")) == "invalid"
+    assert reason_of(with_text(text="clear\x1b[2J")) == "invalid"
+    assert reason_of(with_text(text="x" * 4097)) == "oversized"
+
+
+def test_text_size_limit_counts_utf8_bytes() -> None:
+    at_limit = "é" * 2048  # 4096 bytes
+    assert decode(with_text(text=at_limit), max_text_bytes=4096)
+    assert reason_of(with_text(text=at_limit + "x")) == "oversized"
+    assert decode(with_text(text="line one\n\tline two"), max_text_bytes=4096)
+
+
+def test_a_huge_payload_is_refused_before_parsing() -> None:
+    assert reason_of(b"\x00" * (10 * 1024 * 1024)) == "oversized"
+
+
+def test_random_bytes_only_ever_raise_wire_errors() -> None:
+    rng = random.Random(1)
+    for _ in range(2000):
+        data = rng.randbytes(rng.randrange(0, 200))
+        with contextlib.suppress(WireError):
+            decode(data, max_text_bytes=4096)
+    # Mutations of a valid payload too: every single-byte change.
+    for index in range(len(TEXT_VECTOR)):
+        for value in (0x00, 0x7F, 0x80, 0xFF):
+            mutated = bytearray(TEXT_VECTOR)
+            mutated[index] = value
+            with contextlib.suppress(WireError):
+                decode(bytes(mutated), max_text_bytes=4096)
+
+
+def test_name_and_room_rules() -> None:
+    assert validate_name("  Alice  ") == "Alice"
+    for bad in ("", "   ", "x" * 33, "a\nb", "bell\x07"):
+        with pytest.raises(ValueError):
+            validate_name(bad)
+    assert validate_room("p2p-chat_default.2") == "p2p-chat_default.2"
+    for bad in ("", "a b", "x" * 65, "a/b", "a\x00b"):
+        with pytest.raises(ValueError):
+            validate_room(bad)
