@@ -43,6 +43,20 @@ def _add_node_fields(
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time, so the chat console's stdout/stderr
+    proxy (which prints above the prompt) also carries log lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def use_json(fmt: str, stream: TextIO) -> bool:
     """Whether ``fmt`` (auto | json | console) means JSON lines on ``stream``."""
     if fmt == "auto":
@@ -83,7 +97,10 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(stream)
+    # Logs to a terminal follow sys.stderr, so the chat console can print them above its prompt;
+    # logs redirected to a file or pipe stay there.
+    follow = stream is sys.stderr and stream.isatty()
+    handler: logging.Handler = logging.StreamHandler(_CurrentStderr() if follow else stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -6,13 +6,17 @@ Every node listens on port 0 (the OS picks a free port) and reports its bound ad
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import urllib.error
@@ -22,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyte
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 START_TIMEOUT = 60.0  # generous: shared CI machines can be slow to import libp2p
+TERMINAL_COLUMNS, TERMINAL_ROWS = 120, 40
 
 
 def p2pchat_command() -> list[str]:
@@ -71,6 +77,34 @@ class NodeProcess:
     ready: dict[str, Any] = field(default_factory=dict)
     chat_queue: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
     chat: list[dict[str, Any]] = field(default_factory=list)
+    terminal: int | None = None  # the pty master, for nodes started with terminal=True
+    screen: list[str] = field(default_factory=list)  # raw terminal output, as received
+
+    def type_keys(self, keys: str) -> None:
+        """Type into the node's terminal (needs terminal=True)."""
+        assert self.terminal is not None
+        os.write(self.terminal, keys.encode())
+
+    def screen_text(self) -> str:
+        """What a person would read: the output replayed on a VT100 emulator (scrollback
+        included), one line per row, trailing blanks trimmed."""
+        screen = pyte.HistoryScreen(TERMINAL_COLUMNS, TERMINAL_ROWS, history=10_000)
+        pyte.Stream(screen).feed("".join(self.screen))
+        rows = [
+            "".join(char.data for char in (row[x] for x in range(TERMINAL_COLUMNS)))
+            for row in screen.history.top
+        ]
+        rows += list(screen.display)
+        return "\n".join(row.rstrip() for row in rows)
+
+    def wait_screen(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> None:
+        """Wait until ``text`` has appeared ``count`` times on the terminal."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.screen_text().count(text) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not shown {count}x; screen:\n{self.screen_text()[-3000:]}")
 
     def say(self, line: str) -> None:
         """Type a line into the chat (needs --json)."""
@@ -177,7 +211,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 def start_node(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    terminal: bool = False,
 ) -> NodeProcess:
     """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready."""
     command = [
@@ -193,15 +231,39 @@ def start_node(
     if "--metrics" not in args:
         command += ["--metrics", "127.0.0.1:0"]
     interactive = "--json" in args
+    master = slave = None
+    if terminal:  # stdin and stdout on a pseudo-terminal; stderr (JSON logs) stays a pipe
+        master, slave = pty.openpty()
+        size = struct.pack("HHHH", TERMINAL_ROWS, TERMINAL_COLUMNS, 0, 0)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, size)
     proc = subprocess.Popen(
         command,
-        stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdin=slave if terminal else subprocess.PIPE if interactive else subprocess.DEVNULL,
+        stdout=slave if terminal else subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env or node_env(),
+        # No cursor-position requests: the test's terminal does not answer them.
+        env={**(env or node_env()), "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+        if terminal
+        else env or node_env(),
     )
-    node = NodeProcess(proc=proc, data_dir=data_dir)
+    node = NodeProcess(proc=proc, data_dir=data_dir, terminal=master)
+    if slave is not None:
+        os.close(slave)
+
+    def pump_terminal() -> None:
+        assert master is not None
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            node.screen.append(data.decode(errors="replace"))
+
+    if terminal:
+        threading.Thread(target=pump_terminal, daemon=True).start()
 
     def pump_stderr() -> None:
         assert proc.stderr is not None

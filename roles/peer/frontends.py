@@ -106,8 +106,8 @@ async def run_json(service: ChatService, events: Events, out: TextIO = sys.stdou
     await _drive(service, events, show)
 
 
-async def run_console(service: ChatService, events: Events, out: TextIO = sys.stdout) -> None:
-    """A line-mode console on stdout."""
+async def run_lines(service: ChatService, events: Events, out: TextIO = sys.stdout) -> None:
+    """Plain text lines in and out, for a console without a terminal (pipes)."""
 
     def show(event: ChatEvent) -> None:
         out.write(render_text(event) + "\n")

@@ -14,8 +14,9 @@ import trio
 from p2pchat.node.history import History
 from p2pchat.node.p2p.pubsub import Gossip
 from p2pchat.node.role import NodeContext
+from p2pchat.roles.peer.console import run_console
 from p2pchat.roles.peer.events import ChatEvent
-from p2pchat.roles.peer.frontends import run_console, run_headless, run_json
+from p2pchat.roles.peer.frontends import run_headless, run_json, run_lines
 from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.service import ChatService
 
@@ -54,6 +55,11 @@ class PeerRole:
             if ui == "none":
                 await run_headless(receive, ctx.log)
                 return
-            await (run_json if ui == "json" else run_console)(service, receive)
+            if ui == "json":
+                await run_json(service, receive)
+            elif sys.stdin.isatty():
+                await run_console(service, receive, ctx.config.data_dir() / "input_history")
+            else:  # console asked for without a terminal: plain lines in, plain lines out
+                await run_lines(service, receive)
             ctx.log.info("chat closed by the user")
             ctx.request_stop()

@@ -108,6 +108,10 @@ class ChatService:
     def peer_id(self) -> str:
         return self._me
 
+    def room_names(self) -> list[str]:
+        """The rooms this peer is in (safe to call from the console's thread)."""
+        return list(self._rooms)
+
     @property
     def current_room(self) -> str:
         return self._current

@@ -1,0 +1,113 @@
+"""Chat delivery over a 3-peer line A-B-C (C reachable only through B), real processes.
+
+Scenarios (issue #3 targets):
+- ``burst``: A sends 2,000 messages as fast as it can take them; delivered count at C and
+  latency p50/p99 (target: 2,000 of 2,000, p99 < 1 s);
+- ``paced``: A sends 500 msg/s for 10 s; latency p50/p99 at C (target: p99 < 20 ms).
+
+Latency is end to end as a user sees it: from the moment the benchmark writes the line to A's
+stdin to the moment C's JSON event for it is read from C's stdout.
+
+Usage: python -m tests.bench.chat [burst|paced ...]; prints one JSON object per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import NodeProcess, start_node
+
+BURST = 2000
+PACED_RATE = 500
+PACED_SECONDS = 10
+DELIVERY_TIMEOUT = 120.0
+
+
+def _line(tmp: Path) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
+    a = start_node(tmp / "a", "--json")
+    b = start_node(tmp / "b", "--json", "--bootstrap", a.addr())
+    c = start_node(tmp / "c", "--json", "--bootstrap", b.addr())
+    deadline = time.monotonic() + 60
+    while b.metric("p2pchat_room_peers") < 2 or a.metric("p2pchat_room_peers") < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the A-B-C line did not form")
+        time.sleep(0.2)
+    time.sleep(2)  # let the mesh settle past a few heartbeats
+    return a, b, c
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _run(scenario: str, count: int, interval: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
+        a, b, c = _line(Path(tmp))
+        sent: dict[str, float] = {}
+        received: dict[str, float] = {}
+        done = threading.Event()
+
+        def collect() -> None:
+            while len(received) < count:
+                try:
+                    event = c.next_event(lambda e: e["type"] == "message", DELIVERY_TIMEOUT)
+                except AssertionError:
+                    break
+                received[event["text"]] = time.monotonic()
+            done.set()
+
+        threading.Thread(target=collect, daemon=True).start()
+        began = time.monotonic()
+        for index in range(count):
+            text = f"{scenario} {index}"
+            if interval:
+                target = began + index * interval
+                while (now := time.monotonic()) < target:
+                    time.sleep(min(target - now, 0.001))
+            sent[text] = time.monotonic()
+            a.say(text)
+        send_seconds = time.monotonic() - began
+        done.wait(DELIVERY_TIMEOUT + 10)
+        latencies = [(received[t] - sent[t]) * 1000 for t in received if t in sent]
+        result = {
+            "scenario": scenario,
+            "topology": "A-B-C line, C only via B, 127.0.0.1",
+            "sent": count,
+            "delivered_at_c": len(received),
+            "send_seconds": round(send_seconds, 3),
+            "rate_at_c_per_s": round(len(received) / max(max(received.values()) - began, 1e-9), 1)
+            if received
+            else 0.0,
+            "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
+            "latency_ms_p99": round(_percentile(latencies, 0.99), 2) if latencies else None,
+            "latency_ms_max": round(max(latencies), 2) if latencies else None,
+        }
+        for node in (a, b, c):
+            node.stop()
+        return result
+
+
+def main(argv: list[str]) -> int:
+    scenarios = argv or ["burst", "paced"]
+    for scenario in scenarios:
+        if scenario == "burst":
+            result = _run("burst", BURST, 0.0)
+        elif scenario == "paced":
+            result = _run("paced", PACED_RATE * PACED_SECONDS, 1 / PACED_RATE)
+        else:
+            print(f"unknown scenario {scenario!r}; use burst or paced", file=sys.stderr)
+            return 2
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""The interactive console, driven through a pseudo-terminal like a person would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import NodeProcess, start_node
+from tests.test_chat import chat_peer, is_message, wait_members
+
+PROMPT = "p2p-chat-default>"
+
+
+def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    bob = chat_peer(tmp_path / "bob", nodes)
+    alice = start_node(tmp_path / "alice", "--bootstrap", bob.addr(), terminal=True)
+    nodes.append(alice)
+    alice.wait_screen(PROMPT)
+    wait_members(alice, 1)
+
+    alice.type_keys("/name Alice\r")
+    bob.next_event(lambda e: e["type"] == "notice" and "Alice" in e["text"])
+    alice.wait_screen("you are now Alice")
+
+    alice.type_keys("/hel\t")  # tab completion of a command
+    alice.wait_screen(f"{PROMPT} /help")
+    alice.type_keys("\r")
+    alice.wait_screen("Anything else is sent to the current room.")
+
+    # A message arrives while a line is half typed: the line survives and is sent whole.
+    alice.type_keys("hel")
+    alice.wait_screen(f"{PROMPT} hel")
+    bob.say("incoming while you type")
+    alice.wait_screen("incoming while you type")
+    alice.type_keys("lo there\r")
+    got = bob.next_event(is_message("hello there"))
+    assert got["sender_name"] == "Alice"
+    alice.wait_screen(f"Alice ({alice.peer_id[:6]}…{alice.peer_id[-4:]}): hello there")
+
+    alice.type_keys("/peers\r")
+    alice.wait_screen("connected peers: 1")
+    alice.type_keys("/info\r")
+    alice.wait_screen(f"peer id:      {alice.peer_id}")
+    alice.type_keys("/history 5\r")
+    alice.wait_screen("incoming while you type", count=2)
+    alice.type_keys("/join side\r")
+    alice.wait_screen("joined side")
+    alice.type_keys("/rooms\r")
+    alice.wait_screen("rooms: p2p-chat-default, side (current)")
+    alice.type_keys("/switch p2p-chat-default\r")
+    alice.wait_screen("current room: p2p-chat-default")
+    alice.type_keys("/leave side\r")
+    alice.wait_screen("left side")
+    alice.type_keys("/bogus\r")
+    alice.wait_screen("unknown command /bogus")
+    alice.type_keys("/quit\r")
+    assert alice.proc.wait(timeout=30) == 0
+
+
+def test_ctrl_d_leaves_cleanly(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    alice = start_node(tmp_path / "alice", terminal=True)
+    nodes.append(alice)
+    alice.wait_screen(PROMPT)
+    alice.type_keys("\x04")
+    assert alice.proc.wait(timeout=30) == 0
