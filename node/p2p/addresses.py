@@ -8,6 +8,7 @@ explicit announce addresses.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import ifaddr
@@ -54,16 +55,32 @@ def expand_unspecified(
     return result
 
 
+ADVERTISED_REFRESH_SECONDS = 30.0
+
+
 def advertised_addrs_factory(
-    announce: Sequence[str],
+    announce: Sequence[str], clock: Callable[[], float] = time.monotonic
 ) -> Callable[[list[multiaddr.Multiaddr]], list[multiaddr.Multiaddr]]:
-    """The address factory given to the host: fixed announce addresses, or expanded listen ones."""
+    """The address factory given to the host: fixed announce addresses, or expanded listen ones.
+
+    py-libp2p calls it for every pubsub RPC it sends (to check its signed peer record), so the
+    result is computed at most every :data:`ADVERTISED_REFRESH_SECONDS`, or when the listen
+    addresses change: enumerating interfaces each time cost a quarter of a relaying peer's CPU.
+    """
     fixed = [multiaddr.Multiaddr(text) for text in announce]
+    last_candidates: list[multiaddr.Multiaddr] = []
+    advertised: list[multiaddr.Multiaddr] = []
+    computed_at = float("-inf")
 
     def factory(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        nonlocal last_candidates, advertised, computed_at
         if fixed:
             return list(fixed)
-        return expand_unspecified(candidates, interface_ips())
+        now = clock()
+        if now - computed_at >= ADVERTISED_REFRESH_SECONDS or candidates != last_candidates:
+            advertised = expand_unspecified(candidates, interface_ips())
+            last_candidates, computed_at = list(candidates), now
+        return list(advertised)
 
     return factory
 
