@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # types ahead of the outdated trio-typing stubs that py-libp2p drags in.
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: run test lint typecheck unit install clean proto
+.PHONY: run test lint typecheck unit install clean proto bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.chat burst paced
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
