@@ -157,6 +157,17 @@ class NodeSection(_Section):
     )
 
 
+class DiscoverySection(_Section):
+    """How peers find each other besides the bootstrap list."""
+
+    mdns: bool = Field(
+        default=True, description="Announce and discover peers on the LAN with mDNS."
+    )
+    max_peers: int = Field(
+        default=50, ge=1, le=10_000, description="Discovered peers are connected up to this many."
+    )
+
+
 class LogSection(_Section):
     """Structured logs on stderr."""
 
@@ -204,6 +215,7 @@ class Config(_Section):
 
     roles: RoleNames = Field(default=["peer"], min_length=1, description="Roles this process runs.")
     node: NodeSection = Field(default_factory=NodeSection)
+    discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)

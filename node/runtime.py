@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 from p2pchat.node.config import Config
+from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
 
@@ -156,6 +158,10 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                 async with trio.open_nursery() as roles_nursery:
                     for role in roles:
                         await roles_nursery.start(role.run, context)
+                    if config.discovery.mdns:
+                        connector = DiscoveryConnector(host, config.discovery.max_peers, log)
+                        roles_nursery.start_soon(connector.run)
+                        await roles_nursery.start(run_mdns, host, connector.found)
                     for peer_addr in config.node.bootstrap:
                         roles_nursery.start_soon(
                             _keep_connected,

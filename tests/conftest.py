@@ -47,6 +47,9 @@ def node_env(**extra: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if not key.startswith("P2PCHAT_") and key != "CHAT_TOPIC"
     }
+    # Tests never run mDNS on the machine's real interfaces; the mDNS test enables it inside
+    # network namespaces it creates.
+    env["P2PCHAT_DISCOVERY__MDNS"] = "false"
     env.update(extra)
     return env
 
@@ -216,9 +219,11 @@ def start_node(
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
     terminal: bool = False,
+    netns: str | None = None,
 ) -> NodeProcess:
     """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready."""
     command = [
+        *(["ip", "netns", "exec", netns] if netns else []),
         *p2pchat_command(),
         "--data-dir",
         str(data_dir),

@@ -62,6 +62,7 @@ async def test_readyz_only_after_listening_and_every_role_started(tmp_path: Path
         flags={
             "node": {"data_dir": str(tmp_path), "listen": ["/ip4/127.0.0.1/tcp/0"]},
             "metrics": {"listen": metrics},
+            "discovery": {"mdns": False},
         },
     )
     first, second = GatedRole(), GatedRole()

@@ -1,0 +1,57 @@
+"""Connects the peers that discovery finds (mDNS today), up to a bound, without dial storms.
+
+Discovery only reports; this decides: a found peer is dialled if we are not already connected
+to it, fewer than ``max_peers`` peers are connected, and it did not fail in the last
+:data:`RETRY_AFTER` seconds. Dials run one at a time, so a LAN full of peers cannot trigger a
+storm of simultaneous handshakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import structlog
+import trio
+from p2pchat.node.p2p.host import DialError, P2PHost
+
+RETRY_AFTER = 30.0
+QUEUE_SIZE = 256
+
+
+class DiscoveryConnector:
+    """Receives discovered peers (:meth:`found`) and dials them from :meth:`run`."""
+
+    def __init__(self, host: P2PHost, max_peers: int, log: structlog.stdlib.BoundLogger) -> None:
+        self._host = host
+        self._max_peers = max_peers
+        self._log = log
+        self._send, self._receive = trio.open_memory_channel[tuple[str, list[str]]](QUEUE_SIZE)
+        self._failed_at: dict[str, float] = {}
+        self.discovered: set[str] = set()
+
+    def found(self, peer: tuple[str, list[str]]) -> None:
+        """Report a discovered peer (call from the trio loop); excess reports are dropped."""
+        with contextlib.suppress(trio.WouldBlock):
+            self._send.send_nowait(peer)
+
+    async def run(self) -> None:
+        """Dial discovered peers until cancelled."""
+        async for peer_id, addrs in self._receive:
+            if peer_id not in self.discovered:
+                self.discovered.add(peer_id)
+                self._log.info("peer discovered", remote=peer_id, addrs=addrs)
+            if self._host.is_connected(peer_id):
+                continue
+            if len(self._host.connected_peers()) >= self._max_peers:
+                continue
+            if time.monotonic() - self._failed_at.get(peer_id, float("-inf")) < RETRY_AFTER:
+                continue
+            for addr in addrs:
+                try:
+                    await self._host.connect(addr)
+                    break
+                except DialError as error:
+                    self._log.debug("discovered peer not reachable", addr=addr, error=str(error))
+            else:
+                self._failed_at[peer_id] = time.monotonic()
