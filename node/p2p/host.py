@@ -14,6 +14,8 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
 18. (not in the notes) TCP listeners set SO_REUSEPORT (for hole punching), so a second process
     binds a port already in use without error and the kernel splits connections between the two
     -> :meth:`P2PHost.run` first probes each fixed port with an exclusive bind;
+19. (not in the notes) Yamux sends a window update after nearly every read -> go-yamux's rule,
+    see :mod:`p2pchat.node.p2p.yamux_window`;
 17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
     (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff.
 
@@ -47,6 +49,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
+from p2pchat.node.p2p import yamux_window  # noqa: F401  (imported for its fix; see module)
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.identity import Identity
 

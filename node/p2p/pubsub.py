@@ -21,12 +21,15 @@ again later (history sync).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+from libp2p.abc import IHost
 from libp2p.peer.id import ID
+from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
 from libp2p.pubsub import pubsub as libp2p_pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -44,6 +47,56 @@ MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
 # here, once, is safe. Re-check on every library upgrade.
 libp2p_pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = QUEUE_SIZE
 libp2p_pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=QUEUE_SIZE)
+
+# py-libp2p attaches this node's signed peer record to every pubsub RPC it sends and verifies
+# the one in every RPC it receives: per message, per peer, an address lookup plus an Ed25519
+# verification. Profiles of a relaying peer put that at about a quarter of its CPU. The record
+# only changes when our addresses do, so it is rebuilt at most every RECORD_REFRESH_SECONDS, and
+# a record byte-identical to one already verified for the same peer is not verified again.
+RECORD_REFRESH_SECONDS = 10.0
+MAX_REMEMBERED_RECORDS = 10_000
+
+
+def _cached_record_sender(
+    build: Callable[[IHost], tuple[bytes, bool]],
+) -> Callable[[IHost], tuple[bytes, bool]]:
+    cache: dict[int, tuple[float, bytes]] = {}
+
+    def env_to_send_in_rpc(host: IHost) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        cached = cache.get(id(host))
+        if cached is not None and now - cached[0] < RECORD_REFRESH_SECONDS:
+            return cached[1], False
+        envelope, created = build(host)
+        cache[id(host)] = (now, envelope)
+        return envelope, created
+
+    return env_to_send_in_rpc
+
+
+def _remembering_record_consumer(
+    consume: Callable[[rpc_pb2.RPC, IHost, ID], bool],
+) -> Callable[[rpc_pb2.RPC, IHost, ID], bool]:
+    verified: dict[ID, bytes] = {}
+
+    def maybe_consume_signed_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
+        if message.HasField("senderRecord") and verified.get(peer_id) == message.senderRecord:
+            return True
+        accepted = consume(message, host, peer_id)
+        if accepted and message.HasField("senderRecord"):
+            if len(verified) >= MAX_REMEMBERED_RECORDS:
+                verified.clear()  # bounded memory; the cost is one more verification per peer
+            verified[peer_id] = bytes(message.senderRecord)
+        return accepted
+
+    return maybe_consume_signed_record
+
+
+for _module in (libp2p_pubsub_module, libp2p_gossipsub_module):
+    _module.env_to_send_in_RPC = _cached_record_sender(_module.env_to_send_in_RPC)
+    _module.maybe_consume_signed_record = _remembering_record_consumer(
+        _module.maybe_consume_signed_record
+    )
 
 
 @dataclass(frozen=True, slots=True)
