@@ -29,6 +29,7 @@ class NodeContext:
     metrics: NodeMetrics
     log: structlog.stdlib.BoundLogger
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
+    discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS) has reported
 
 
 class Role(Protocol):

@@ -152,14 +152,20 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                 app = make_app(metrics.render, CONTENT_TYPE, lambda: readiness.ready)
                 metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
             async with host.run():
+                connector = DiscoveryConnector(host, config.discovery.max_peers, log)
                 context = NodeContext(
-                    config, host, store, metrics, log, nursery.cancel_scope.cancel
+                    config,
+                    host,
+                    store,
+                    metrics,
+                    log,
+                    request_stop=nursery.cancel_scope.cancel,
+                    discovered_peers=lambda: frozenset(connector.discovered),
                 )
                 async with trio.open_nursery() as roles_nursery:
                     for role in roles:
                         await roles_nursery.start(role.run, context)
                     if config.discovery.mdns:
-                        connector = DiscoveryConnector(host, config.discovery.max_peers, log)
                         roles_nursery.start_soon(connector.run)
                         await roles_nursery.start(run_mdns, host, connector.found)
                     for peer_addr in config.node.bootstrap:

@@ -37,6 +37,7 @@ def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[Nod
     c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
     wait_members(b, 2)
     assert a.metric("p2pchat_connected_peers") == 1  # A and C never connect: B relays
+    b.next_event(lambda e: e["type"] == "notice" and e["text"].startswith("connected to"))
     a.say("hello from A")
     got = c.next_event(is_message("hello from A"), timeout=WAIT)
     assert got["sender"] == a.peer_id

@@ -92,6 +92,8 @@ class ChatService:
             stored_name.decode() if stored_name is not None else ctx.config.chat.name
         )
         self._nursery: trio.Nursery | None = None
+        self._connected: set[str] = set()
+        self._discovered: frozenset[str] = frozenset()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -354,9 +356,23 @@ class ChatService:
     def _others_in(self, room: str) -> bool:
         return any(peer != self._me for peer in self._gossip.subscribers(room))
 
+    def _notice_peer_changes(self) -> None:
+        """Notices for peers discovered on the LAN and for connections opened and closed."""
+        discovered = self._ctx.discovered_peers()
+        for peer in sorted(discovered - self._discovered):
+            self._emit(NoticeEvent(f"discovered {short_id(peer)} on the local network"))
+        self._discovered = discovered
+        connected = set(self._ctx.host.connected_peers())
+        for peer in sorted(connected - self._connected):
+            self._emit(NoticeEvent(f"connected to {self.name_of(peer)} ({short_id(peer)})"))
+        for peer in sorted(self._connected - connected):
+            self._emit(NoticeEvent(f"disconnected from {self.name_of(peer)} ({short_id(peer)})"))
+        self._connected = connected
+
     async def _watch_members(self) -> None:
         """Announce peers joining and leaving rooms; greet newcomers with our name and queue."""
         while True:
+            self._notice_peer_changes()
             for room in list(self._rooms.values()):
                 members = set(self._gossip.subscribers(room.name)) - {self._me}
                 joined, left = members - room.members, room.members - members
