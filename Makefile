@@ -39,7 +39,12 @@ proto: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
 		--python_out=node/wire --mypy_out=node/wire node/wire/chat.proto
 
-unit: $(STAMP)
+# The js-libp2p peer of the interop test, pinned by its package-lock.json.
+JS_PEER := tests/interop/js
+$(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
+	cd $(JS_PEER) && npm ci --no-audit --no-fund --loglevel=error
+
+unit: $(STAMP) $(JS_PEER)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

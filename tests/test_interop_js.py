@@ -1,0 +1,111 @@
+"""Interop with js-libp2p: p2pchat peers and a js-libp2p GossipSub peer share a room.
+
+The js peer (tests/interop/js/peer.mjs: Noise, Yamux, GossipSub with StrictSign) sits between
+two p2pchat peers that are not connected to each other, so every message between them crosses
+js-libp2p's mesh; and the js peer publishes a chat payload itself. `.ci/run` installs its pinned
+packages (`npm ci`); without node or them, this test fails, it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
+
+from tests.conftest import NodeProcess, start_node
+from tests.test_chat import is_message
+
+JS_PEER = Path(__file__).parent / "interop" / "js" / "peer.mjs"
+ROOM = "p2p-chat-default"
+WAIT = 60.0
+
+
+class JsPeer:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["node", str(JS_PEER), ROOM],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=JS_PEER.parent,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.ready = self.next(lambda e: "ready" in e)["ready"]
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def next(self, predicate: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                event = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    assert self.proc.stderr is not None
+                    raise AssertionError(f"js peer exited: {self.proc.stderr.read()}") from None
+                continue
+            if predicate(event):
+                return event
+        raise AssertionError("js peer: no matching output")
+
+    def publish(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"publish {data.hex()}\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def test_chat_crosses_a_js_libp2p_peer_both_ways(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    js = JsPeer()
+    try:
+        js_id, js_addr = js.ready["peer_id"], js.ready["addrs"][0]
+        peers = []
+        for name in ("a", "c"):
+            node = start_node(tmp_path / name, "--json", "--bootstrap", js_addr)
+            nodes.append(node)
+            node.next_event(lambda e: e["type"] == "peer" and e["peer"] == js_id, timeout=WAIT)
+            peers.append(node)
+        a, c = peers
+        assert a.metric("p2pchat_connected_peers") == 1  # A and C only meet through js
+
+        a.say("hello through js-libp2p")
+        got = c.next_event(is_message("hello through js-libp2p"), timeout=WAIT)
+        assert got["sender"] == a.peer_id
+        seen_by_js = js.next(lambda e: "message" in e)["message"]
+        assert seen_by_js["from"] == a.peer_id
+        assert decode(bytes.fromhex(seen_by_js["data_hex"]), max_text_bytes=4096).text == (  # type: ignore[union-attr]
+            "hello through js-libp2p"
+        )
+
+        js.publish(
+            encode(
+                ChatText(
+                    id=new_message_id(),
+                    room=ROOM,
+                    sender_name="js",
+                    text="signed in js",
+                    sent_at_ms=int(time.time() * 1000),
+                )
+            )
+        )
+        for node in (a, c):
+            from_js = node.next_event(is_message("signed in js"), timeout=WAIT)
+            assert from_js["sender"] == js_id
+            assert from_js["sender_name"] == "js"
+        assert a.metric("p2pchat_messages_dropped_total", reason="bad_signature") == 0
+    finally:
+        js.stop()
