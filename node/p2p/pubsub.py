@@ -11,7 +11,7 @@ What the library does by default, and what this module does instead:
 - the per-peer outbound queue and the subscription channel hold 32 messages and drop the rest ->
   :data:`QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer line);
 - StrictSign is kept (sign every message, verify every signature), and a message that fails
-  verification is counted before the library drops it.
+  verification is counted before the library drops it (verified once, not twice).
 
 Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
 ``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
@@ -159,24 +159,27 @@ def verify_envelope(envelope: bytes) -> GossipMessage | None:
     return to_gossip_message(message, message.topicIDs[0])
 
 
-class _CountingPubsub(Pubsub):  # type: ignore[misc]
-    """Pubsub that reports messages failing signature verification before dropping them."""
+class _ReportingSignatureCheck:
+    """Stands in for the library's signature check inside its pubsub module: the same verdict,
+    but a failure is reported (for the drop counter) before the library silently drops the
+    message. The library calls it after its seen-cache check, so each bad message counts once."""
 
-    def __init__(self, observer: GossipObserver, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self._observer = observer
+    def __init__(self) -> None:
+        self.observer: GossipObserver | None = None
 
-    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
-        if msg_forwarder != self.my_id and not self._is_msg_seen(msg):
-            try:
-                valid = signature_validator(msg)
-            except Exception:
-                valid = False
-            if not valid:
-                for topic in msg.topicIDs[:1]:
-                    self._observer.message_dropped(str(topic), "bad_signature")
-                return
-        await super().push_msg(msg_forwarder, msg)
+    def __call__(self, message: rpc_pb2.Message) -> bool:
+        try:
+            valid = bool(signature_validator(message))
+        except Exception:
+            valid = False
+        if not valid and self.observer is not None:
+            for topic in message.topicIDs[:1]:
+                self.observer.message_dropped(str(topic), "bad_signature")
+        return valid
+
+
+_signature_check = _ReportingSignatureCheck()
+libp2p_pubsub_module.signature_validator = _signature_check
 
 
 class Gossip:
@@ -193,8 +196,8 @@ class Gossip:
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,
         )
-        self._pubsub = _CountingPubsub(
-            observer,
+        _signature_check.observer = observer  # one pubsub per process
+        self._pubsub = Pubsub(
             host.libp2p_host,
             self._router,
             strict_signing=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 from p2pchat.roles.peer.commands import COMMANDS, short_id
 from p2pchat.roles.peer.events import ChatEvent, NoticeEvent
-from p2pchat.roles.peer.frontends import render_text
+from p2pchat.roles.peer.frontends import render_text, show_pending
 from p2pchat.roles.peer.service import ChatService
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -89,10 +89,6 @@ async def run_console(
                 if line is None or not await service.handle_line(line):
                     break
                 # Show what the command produced before the next prompt is drawn.
-                while True:
-                    try:
-                        show(events.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                show_pending(events, show)
             nursery.cancel_scope.cancel()
     sys.stdout.flush()

@@ -69,6 +69,15 @@ def render_text(event: ChatEvent) -> str:
     return event.text
 
 
+def show_pending(events: Events, show: Callable[[ChatEvent], None]) -> None:
+    """Show every event already queued, without waiting for more."""
+    while True:
+        try:
+            show(events.receive_nowait())
+        except trio.WouldBlock:
+            return
+
+
 async def _drive(service: ChatService, events: Events, show: Callable[[ChatEvent], None]) -> None:
     async def show_events() -> None:
         async for event in events:
@@ -83,11 +92,7 @@ async def _drive(service: ChatService, events: Events, show: Callable[[ChatEvent
                 break
         # Let the events of the last command reach the user before leaving.
         await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                show(events.receive_nowait())
-            except trio.WouldBlock:
-                break
+        show_pending(events, show)
         nursery.cancel_scope.cancel()
 
 

@@ -241,16 +241,18 @@ class ChatService:
         if not own:
             self._metrics.received.inc()
             self._names.setdefault(message.sender, payload.sender_name)
-        self._emit(
-            MessageEvent(
-                room=room,
-                id=payload.id.hex(),
-                sender=message.sender,
-                sender_name=payload.sender_name,
-                text=payload.text,
-                sent_at_ms=payload.sent_at_ms,
-                own=own,
-            )
+        self._emit(self._message_event(payload, message.sender, history=False))
+
+    def _message_event(self, payload: ChatText, sender: str, *, history: bool) -> MessageEvent:
+        return MessageEvent(
+            room=payload.room,
+            id=payload.id.hex(),
+            sender=sender,
+            sender_name=payload.sender_name,
+            text=payload.text,
+            sent_at_ms=payload.sent_at_ms,
+            own=sender == self._me,
+            history=history,
         )
 
     def _validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -414,18 +416,7 @@ class ChatService:
             except (WireError, ValueError):
                 continue
             if isinstance(payload, ChatText):
-                self._emit(
-                    MessageEvent(
-                        room=stored.room,
-                        id=payload.id.hex(),
-                        sender=stored.sender,
-                        sender_name=payload.sender_name,
-                        text=payload.text,
-                        sent_at_ms=payload.sent_at_ms,
-                        own=stored.sender == self._me,
-                        history=True,
-                    )
-                )
+                self._emit(self._message_event(payload, stored.sender, history=True))
 
     def _peers_output(self) -> OutputEvent:
         connections = {c.peer_id: c for c in self._ctx.host.connections()}
