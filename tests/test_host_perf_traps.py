@@ -118,3 +118,42 @@ async def test_yamux_still_moves_more_than_a_window(tmp_path: Path) -> None:
                 await stream.write(b"y" * 16384)
             await done.wait()
     assert received == total
+
+
+class _NoDrops:
+    def message_dropped(self, topic: str, reason: str) -> None:
+        raise AssertionError(f"unexpected drop: {reason}")
+
+
+async def test_idontwant_only_for_messages_of_a_kilobyte_or_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent_for: list[bytes] = []
+    original = gossipsub_module.GossipSub._emit_idontwant_for_message
+
+    async def recording(self: object, msg_id: bytes, topic_ids: object) -> None:
+        sent_for.append(msg_id)
+        await original(self, msg_id, topic_ids)
+
+    monkeypatch.setattr(gossipsub_module.GossipSub, "_emit_idontwant_for_message", recording)
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        a, b = p2pchat_pubsub.Gossip(a_host, _NoDrops()), p2pchat_pubsub.Gossip(b_host, _NoDrops())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.join("room", lambda data: None)
+            received = await b.join("room", lambda data: None)
+            await a_host.connect(loopback_addr(b_host))
+            with trio.fail_after(20):
+                while not a.subscribers("room"):
+                    await trio.sleep(0.05)
+            await a.publish("room", b"small")
+            await a.publish("room", b"L" * 2048)
+            with trio.fail_after(20):
+                got = [(await received.__anext__()).data for _ in range(2)]
+            nursery.cancel_scope.cancel()
+    assert got == [b"small", b"L" * 2048]
+    assert len(sent_for) == 2  # the large message, once when A published and once at B

@@ -10,6 +10,7 @@ What the library does by default, and what this module does instead:
   test machine share an address;
 - the per-peer outbound queue and the subscription channel hold 32 messages and drop the rest ->
   :data:`QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer line);
+- IDONTWANT is sent for every message, however small -> only from 1 KiB, as go-libp2p does;
 - StrictSign is kept (sign every message, verify every signature), and a message that fails
   verification is counted before the library drops it (verified once, not twice).
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -182,12 +183,36 @@ _signature_check = _ReportingSignatureCheck()
 libp2p_pubsub_module.signature_validator = _signature_check
 
 
+IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
+
+
+class _ChatGossipSub(GossipSub):  # type: ignore[misc]
+    """GossipSub that sends IDONTWANT only for messages of at least :data:`IDONTWANT_MIN_BYTES`.
+
+    py-libp2p sends an IDONTWANT control message to every v1.2 mesh peer for every message it
+    publishes or forwards, however small, its own included. For chat-sized messages that costs
+    more than the duplicate it might save; go-libp2p skips messages under 1 KiB.
+    """
+
+    _idontwant_worthy = True
+
+    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
+        # GossipSub.publish reaches its IDONTWANT step without an await in between, so the flag
+        # cannot be changed by another task before it is read.
+        self._idontwant_worthy = pubsub_msg.ByteSize() >= IDONTWANT_MIN_BYTES
+        await super().publish(msg_forwarder, pubsub_msg)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        if self._idontwant_worthy:
+            await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+
 class Gossip:
     """The node's GossipSub: join topics, publish, and receive verified messages."""
 
     def __init__(self, host: P2PHost, observer: GossipObserver) -> None:
         self._observer = observer
-        self._router = GossipSub(
+        self._router = _ChatGossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             degree=6,
             degree_low=4,
