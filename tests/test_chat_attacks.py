@@ -102,7 +102,10 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
         ]
         for message in attacks:
             await pubsub.push_msg(pubsub.my_id, message)
-        await pubsub.push_msg(pubsub.my_id, signed(identity, payload("the honest one"), 7))
+        honest = payload("the honest one")
+        await pubsub.push_msg(pubsub.my_id, signed(identity, honest, 7))
+        # The same chat message again under a new GossipSub seqno: shown and stored once.
+        await pubsub.push_msg(pubsub.my_id, signed(identity, honest, 8))
 
         got = await trio.to_thread.run_sync(
             lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
@@ -117,6 +120,10 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
     assert dropped("oversized") == 1
     assert dropped("malformed") == 1
     assert dropped("wrong_room") == 1
+    deadline = time.monotonic() + 30
+    while dropped("duplicate") < 1 and time.monotonic() < deadline:
+        await trio.sleep(0.1)
+    assert dropped("duplicate") == 1
     assert victim.metric("p2pchat_messages_received_total") == 1
     assert not [e for e in victim.drain_events() if e["type"] == "message" and e is not got]
     assert victim.http_get("/readyz")[0] == 200

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import NodeProcess, start_node
 from tests.test_chat import chat_peer, is_message, wait_members
 
@@ -56,9 +58,15 @@ def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProces
     assert alice.proc.wait(timeout=30) == 0
 
 
-def test_ctrl_d_leaves_cleanly(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+# Ctrl-D ends input on an empty line (on a non-empty one it deletes, as in a shell);
+# Ctrl-C leaves even with half a line typed.
+@pytest.mark.parametrize("keys", ["\x04", "half a line\x03"], ids=["ctrl-d", "ctrl-c"])
+def test_ctrl_d_and_ctrl_c_leave_cleanly(
+    tmp_path: Path, nodes: list[NodeProcess], keys: str
+) -> None:
     alice = start_node(tmp_path / "alice", terminal=True)
     nodes.append(alice)
     alice.wait_screen(PROMPT)
-    alice.type_keys("\x04")
+    alice.type_keys(keys)
     assert alice.proc.wait(timeout=30) == 0
+    alice.wait_for("stopped")

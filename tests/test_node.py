@@ -91,11 +91,14 @@ def test_bootstrap_is_redialled_after_its_restart(tmp_path: Path, nodes: list[No
     eventually(lambda: again.metric("p2pchat_connected_peers") == 1)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("sig", "role"),
+    [(signal.SIGTERM, "archiver"), (signal.SIGINT, "archiver"), (signal.SIGTERM, "peer")],
+)
 def test_signal_stops_the_node_cleanly_within_5_seconds(
-    tmp_path: Path, nodes: list[NodeProcess], sig: int
+    tmp_path: Path, nodes: list[NodeProcess], sig: int, role: str
 ) -> None:
-    node = start_node(tmp_path, "--role", "archiver")
+    node = start_node(tmp_path, "--role", role, *(["--json"] if role == "peer" else []))
     nodes.append(node)
     began = time.monotonic()
     code = node.stop(sig, timeout=30)
@@ -104,7 +107,7 @@ def test_signal_stops_the_node_cleanly_within_5_seconds(
     assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
     node.wait_for("stopped")
     # the store was closed cleanly: the next start opens it without complaint
-    again = start_node(tmp_path, "--role", "archiver")
+    again = start_node(tmp_path, "--role", role)
     nodes.append(again)
     assert again.stop() == 0
 
