@@ -9,6 +9,8 @@ import pytest
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.store import Store
 
+MAX_MS = (1 << 64) - 1
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
@@ -29,61 +31,141 @@ def message(room: str, sent_at_ms: int, n: int | None = None) -> StoredMessage:
     )
 
 
-def test_order_is_by_send_time_whatever_the_insert_order(store: Store) -> None:
+def times(messages: list[StoredMessage]) -> list[int]:
+    return [m.sent_at_ms for m in messages]
+
+
+def test_order_is_by_send_time_then_id_whatever_the_insert_order(store: Store) -> None:
     history = History(store)
-    for sent in (30, 10, 20):
-        assert history.add(message("lobby", sent))
-    assert [m.sent_at_ms for m in history.last("lobby", 10)] == [10, 20, 30]
-    assert history.last("lobby", 10)[0] == message("lobby", 10)
+    for sent, n in ((30, 3), (10, 1), (20, 22), (20, 21), (1000, 4)):
+        assert history.add(message("lobby", sent, n))
+    assert times(history.last("lobby", 10)) == [10, 20, 20, 30, 1000]
+    assert [m.message_id[-1] for m in history.range("lobby", 20, 21)] == [21, 22]
+    assert history.last("lobby", 10)[0] == message("lobby", 10, 1)
+
+
+def test_every_field_round_trips(store: Store) -> None:
+    history = History(store)
+    stored = StoredMessage(
+        room="café.room",
+        message_id=b"\xff" * 16,
+        sent_at_ms=1_700_000_000_000,
+        received_at_ms=MAX_MS,
+        sender="12D3KooWÜnïcode",
+        envelope=bytes(range(256)) * 1000,
+    )
+    empty = StoredMessage("café.room", b"\x00" * 16, 0, 0, "", b"")
+    assert history.add_many([stored, empty]) == 2
+    assert history.last("café.room", 2) == [empty, stored]
+    assert history.rooms() == ["café.room"]
 
 
 def test_duplicates_are_refused_and_not_counted(store: Store) -> None:
     history = History(store)
     assert history.add(message("lobby", 10))
     assert not history.add(message("lobby", 10))
-    assert history.add_many([message("lobby", 20), message("lobby", 20), message("lobby", 10)]) == 1
+    assert not history.add(message("lobby", 99, n=10))  # same id, other time: still a duplicate
+    assert history.count("lobby") == 1
+    assert times(history.last("lobby", 10)) == [10]
+    assert history.contains("lobby", message("lobby", 10).message_id)
+    assert not history.contains("other", message("lobby", 10).message_id)
+    assert history.add(message("other", 10))  # ids are per room
+    assert history.count("lobby") == 1 and history.count("other") == 1
+
+
+def test_add_many_skips_duplicates_inside_the_batch_and_counts_per_room(store: Store) -> None:
+    history = History(store)
+    assert history.add(message("lobby", 10))
+    batch = [message("lobby", 20), message("lobby", 20), message("lobby", 10), message("dev", 20)]
+    assert history.add_many(batch) == 2
+    assert history.count("lobby") == 2 and history.count("dev") == 1
+    assert times(history.last("lobby", 10)) == [10, 20]
+    assert history.add_many([]) == 0
+    assert history.add_many([message("lobby", 20)]) == 0
     assert history.count("lobby") == 2
-    assert history.contains("lobby", message("lobby", 20).message_id)
-    assert not history.contains("other", message("lobby", 20).message_id)
 
 
 def test_last_returns_the_newest_oldest_first(store: Store) -> None:
     history = History(store)
     history.add_many(message("lobby", sent) for sent in range(1, 101))
-    assert [m.sent_at_ms for m in history.last("lobby", 3)] == [98, 99, 100]
+    assert times(history.last("lobby", 3)) == [98, 99, 100]
+    assert times(history.last("lobby", 1000)) == list(range(1, 101))
+    assert history.last("lobby", 0) == []
     assert history.newest_sent_at("lobby") == 100
     assert history.newest_sent_at("empty") is None
     assert history.last("empty", 5) == []
 
 
+def test_last_finds_a_message_at_the_very_end_of_the_key_space(store: Store) -> None:
+    history = History(store)
+    history.add(message("lobby", 5))
+    history.add(StoredMessage("lobby", b"\xff" * 16, MAX_MS, 1, "12D3KooWSender", b"e"))
+    history.add(message("lobbz", 1))  # the next room in byte order
+    assert times(history.last("lobby", 10)) == [5, MAX_MS]
+    assert history.newest_sent_at("lobby") == MAX_MS
+    assert times(history.range("lobby", MAX_MS)) == [MAX_MS]
+    assert times(history.range("lobby", 0, MAX_MS)) == [5]
+
+
 def test_range_bounds_and_limit(store: Store) -> None:
     history = History(store)
     history.add_many(message("lobby", sent) for sent in range(10, 60, 10))
-    assert [m.sent_at_ms for m in history.range("lobby", 20, 40)] == [20, 30]  # [start, end)
-    assert [m.sent_at_ms for m in history.range("lobby", 21)] == [30, 40, 50]
-    assert [m.sent_at_ms for m in history.range("lobby", 0, limit=2)] == [10, 20]
+    assert times(history.range("lobby", 20, 40)) == [20, 30]  # [start, end)
+    assert times(history.range("lobby", 21)) == [30, 40, 50]
+    assert times(history.range("lobby", 0, limit=2)) == [10, 20]
+    assert times(history.range("lobby", 30, 31, limit=5)) == [30]
+    assert times(history.range("lobby", -5, 1 << 70)) == [10, 20, 30, 40, 50]
+    assert history.range("lobby", 0, limit=0) == []
+    assert history.range("lobby", 40, 20) == []
+    assert history.range("lobby", 51) == []
+    assert history.range("lobby", 30, 30) == []
 
 
 def test_rooms_are_isolated_even_when_names_share_a_prefix(store: Store) -> None:
     history = History(store)
-    for index, room in enumerate(("a", "a.b", "ab", "a-")):
+    names = ("a", "a.b", "ab", "a-", "b")
+    for index, room in enumerate(names):
         history.add_many(message(room, sent, n=sent * 10 + index) for sent in range(1, 4))
-    for room in ("a", "a.b", "ab", "a-"):
+    for room in names:
         assert [m.room for m in history.last(room, 100)] == [room] * 3
+        assert [m.room for m in history.range(room, 0)] == [room] * 3
         assert history.count(room) == 3
-    assert sorted(history.rooms()) == ["a", "a-", "a.b", "ab"]
+    assert sorted(history.rooms()) == sorted(names)
+    assert history.apply_retention("a", max_count=0, max_age_ms=None, now_ms=0) == 3
+    assert [history.count(room) for room in names] == [0, 3, 3, 3, 3]
+    assert history.last("a", 10) == []
+    assert history.last("a.b", 10) != []
 
 
 def test_retention_by_count_and_by_age(store: Store) -> None:
     history = History(store)
     history.add_many(message("lobby", sent) for sent in range(1, 11))
+    assert history.apply_retention("lobby", max_count=None, max_age_ms=None, now_ms=100) == 0
     assert history.apply_retention("lobby", max_count=6, max_age_ms=None, now_ms=100) == 4
-    assert [m.sent_at_ms for m in history.last("lobby", 100)] == [5, 6, 7, 8, 9, 10]
+    assert times(history.last("lobby", 100)) == [5, 6, 7, 8, 9, 10]
+    assert history.apply_retention("lobby", max_count=6, max_age_ms=None, now_ms=100) == 0
     assert history.apply_retention("lobby", max_count=None, max_age_ms=93, now_ms=100) == 2
-    assert [m.sent_at_ms for m in history.last("lobby", 100)] == [7, 8, 9, 10]
-    assert history.count("lobby") == 4
+    assert times(history.last("lobby", 100)) == [7, 8, 9, 10]  # 7 == now - max_age is kept
+    assert history.apply_retention("lobby", max_count=3, max_age_ms=1000, now_ms=100) == 1
+    assert history.apply_retention("lobby", max_count=100, max_age_ms=91, now_ms=100) == 1
+    assert times(history.last("lobby", 100)) == [9, 10]
+    assert history.count("lobby") == 2
     assert not history.contains("lobby", message("lobby", 5).message_id)
     assert history.add(message("lobby", 5))  # a deleted id may be stored again
+    assert history.count("lobby") == 3
+
+
+def test_count_stays_exact_and_an_emptied_room_is_no_longer_listed(store: Store) -> None:
+    history = History(store)
+    for round_ in range(3):
+        assert history.add_many(message("lobby", sent) for sent in range(1, 21)) == 20
+        assert history.add_many(message("lobby", sent) for sent in range(1, 21)) == 0
+        assert history.count("lobby") == 20 == len(history.range("lobby", 0))
+        assert history.apply_retention("lobby", max_count=5, max_age_ms=None, now_ms=0) == 15
+        assert history.count("lobby") == 5 == len(history.range("lobby", 0))
+        assert history.apply_retention("lobby", max_count=None, max_age_ms=0, now_ms=1000) == 5
+        assert history.count("lobby") == 0 == len(history.range("lobby", 0)), round_
+        assert history.rooms() == []
 
 
 def test_history_persists_across_reopen(tmp_path: Path) -> None:
@@ -92,20 +174,55 @@ def test_history_persists_across_reopen(tmp_path: Path) -> None:
     first.close()
     again = Store.open(tmp_path / "s")
     try:
-        assert History(again).count("lobby") == 3
-        assert History(again).last("lobby", 1)[0] == message("lobby", 3)
+        history = History(again)
+        assert history.count("lobby") == 3
+        assert history.last("lobby", 1)[0] == message("lobby", 3)
+        assert history.rooms() == ["lobby"]
+        assert not history.add(message("lobby", 2))
     finally:
         again.close()
 
 
 def test_ten_thousand_messages_then_the_last_page(store: Store) -> None:
     history = History(store)
-    assert history.add_many(message("lobby", sent) for sent in range(1, 10_001)) == 10_000
+    sends = [(sent * 7919) % 10_000 + 1 for sent in range(10_000)]  # every time, shuffled
+    assert history.add_many(message("lobby", sent) for sent in sends) == 10_000
     page = history.last("lobby", 50)
-    assert [m.sent_at_ms for m in page] == list(range(9_951, 10_001))
+    assert times(page) == list(range(9_951, 10_001))
+    assert page[-1] == message("lobby", 10_000)
     assert history.count("lobby") == 10_000
 
 
-def test_a_room_name_with_nul_is_refused(store: Store) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        message("a\x00b", 1),
+        message("", 1),
+        StoredMessage("lobby", b"short", 1, 1, "s", b""),
+        StoredMessage("lobby", b"\x01" * 16, -1, 1, "s", b""),
+        StoredMessage("lobby", b"\x01" * 16, 1 << 64, 1, "s", b""),
+        StoredMessage("lobby", b"\x01" * 16, 1, 1, "s" * 70_000, b""),
+    ],
+)
+def test_invalid_messages_are_refused_and_nothing_of_the_batch_is_written(
+    store: Store, bad: StoredMessage
+) -> None:
+    history = History(store)
     with pytest.raises(ValueError):
-        History(store).add(message("a\x00b", 1))
+        history.add_many([message("lobby", 1), bad])
+    assert history.count("lobby") == 0
+    assert history.rooms() == []
+
+
+def test_a_room_name_with_nul_is_refused_everywhere(store: Store) -> None:
+    history = History(store)
+    with pytest.raises(ValueError, match="room"):
+        history.count("a\x00b")
+    with pytest.raises(ValueError, match="room"):
+        history.last("a\x00b", 1)
+    with pytest.raises(ValueError, match="room"):
+        history.range("a\x00b", 0)
+    with pytest.raises(ValueError, match="room"):
+        history.contains("a\x00b", b"\x00" * 16)
+    with pytest.raises(ValueError, match="room"):
+        history.apply_retention("a\x00b", max_count=1, max_age_ms=None, now_ms=0)
