@@ -26,14 +26,14 @@ from tests.test_host import RecordingObserver
 ROOM = "p2p-chat-default"
 
 
-def payload(text: str = "hello", room: str = ROOM) -> bytes:
+def payload(text: str = "hello", room: str = ROOM, ahead_ms: int = 0) -> bytes:
     return encode(
         ChatText(
             id=new_message_id(),
             room=room,
             sender_name="Mallory",
             text=text,
-            sent_at_ms=int(time.time() * 1000),
+            sent_at_ms=int(time.time() * 1000) + ahead_ms,
         )
     )
 
@@ -99,6 +99,7 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
             signed(identity, payload("x" * 5000), 4),  # oversized text
             signed(identity, b"\x0a\xff\xff garbage", 5),  # malformed
             signed(identity, payload("elsewhere", room="other-room"), 6),  # wrong room
+            signed(identity, payload("from the future", ahead_ms=3_600_000), 9),  # dated an hour ahead
         ]
         for message in attacks:
             await pubsub.push_msg(pubsub.my_id, message)
@@ -120,6 +121,7 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
     assert dropped("oversized") == 1
     assert dropped("malformed") == 1
     assert dropped("wrong_room") == 1
+    assert dropped("future_timestamp") == 1
     deadline = time.monotonic() + 30
     while dropped("duplicate") < 1 and time.monotonic() < deadline:
         await trio.sleep(0.1)

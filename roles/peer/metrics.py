@@ -20,7 +20,7 @@ class ChatMetrics:
         self.dropped = Counter(
             "p2pchat_messages_dropped",
             "Messages dropped on receive, by reason (bad_signature, malformed, oversized, "
-            "invalid, unsupported_version, wrong_room, duplicate).",
+            "invalid, unsupported_version, wrong_room, future_timestamp, duplicate).",
             ("reason",),
             registry=registry,
         )

@@ -53,6 +53,7 @@ PENDING_PREFIX = b"pend/"
 MEMBER_POLL_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
 ANONYMOUS = "anon"
+MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000  # how far a sender's clock may run ahead of ours
 
 
 def now_ms() -> int:
@@ -266,6 +267,10 @@ class ChatService:
                 return error.reason
             if isinstance(payload, ChatText) and payload.room != room:
                 return "wrong_room"
+            # History is ordered by the sender's clock: a message dated ahead of ours would stay
+            # "newest" and outlive age-based retention.
+            if payload.sent_at_ms > now_ms() + MAX_CLOCK_AHEAD_MS:
+                return "future_timestamp"
             return None
 
         return validate
