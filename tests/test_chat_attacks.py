@@ -99,7 +99,7 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
             signed(identity, payload("x" * 5000), 4),  # oversized text
             signed(identity, b"\x0a\xff\xff garbage", 5),  # malformed
             signed(identity, payload("elsewhere", room="other-room"), 6),  # wrong room
-            signed(identity, payload("from the future", ahead_ms=3_600_000), 9),  # dated an hour ahead
+            signed(identity, payload("late", ahead_ms=3_600_000), 9),  # an hour ahead
         ]
         for message in attacks:
             await pubsub.push_msg(pubsub.my_id, message)
