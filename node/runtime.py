@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 import trio
@@ -63,7 +63,6 @@ class _Observer:
 @dataclass
 class _Readiness:
     ready: bool = False
-    events: list[str] = field(default_factory=list)
 
 
 def host_settings(config: Config) -> HostSettings:
