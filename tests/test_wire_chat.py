@@ -74,8 +74,35 @@ def test_text_size_limit_counts_utf8_bytes() -> None:
     assert decode(with_text(text="line one\n\tline two"), max_text_bytes=4096)
 
 
-def test_a_huge_payload_is_refused_before_parsing() -> None:
+def test_a_huge_payload_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_parsing() -> None:
+        raise AssertionError("an oversized payload reached the parser")
+
+    monkeypatch.setattr(chat_pb2, "ChatEnvelope", no_parsing)
     assert reason_of(b"\x00" * (10 * 1024 * 1024)) == "oversized"
+
+
+def test_the_payload_limit_is_inclusive() -> None:
+    size = len(TEXT_VECTOR)
+    assert decode(TEXT_VECTOR, max_text_bytes=4096, max_payload_bytes=size) == TEXT
+    with pytest.raises(WireError) as raised:
+        decode(TEXT_VECTOR, max_text_bytes=4096, max_payload_bytes=size - 1)
+    assert raised.value.reason == "oversized"
+
+
+def test_name_announcement_drop_reasons() -> None:
+    def announcement(**changes: object) -> bytes:
+        fields = {"id": ID, "name": "Alice", "sent_at_ms": 1}
+        fields.update(changes)
+        return encode(NameAnnouncement(**fields))  # type: ignore[arg-type]
+
+    assert decode(announcement(name="  Alice "), max_text_bytes=1).name == "Alice"  # type: ignore[union-attr]
+    assert reason_of(announcement(id=b"")) == "invalid"
+    assert reason_of(announcement(id=bytes(17))) == "invalid"
+    assert reason_of(announcement(sent_at_ms=0)) == "invalid"
+    assert reason_of(announcement(name="")) == "invalid"
+    assert reason_of(announcement(name="x" * 33)) == "invalid"
+    assert reason_of(announcement(name="\x1b]0;pwned\x07")) == "invalid"
 
 
 def test_random_bytes_only_ever_raise_wire_errors() -> None:
@@ -95,10 +122,18 @@ def test_random_bytes_only_ever_raise_wire_errors() -> None:
 
 def test_name_and_room_rules() -> None:
     assert validate_name("  Alice  ") == "Alice"
-    for bad in ("", "   ", "x" * 33, "a\nb", "bell\x07"):
+    for bad in ("", "   ", "x" * 33, "a\nb", "a\u2028b", "bell\x07", "\x1b[31mred"):
         with pytest.raises(ValueError):
             validate_name(bad)
     assert validate_room("p2p-chat_default.2") == "p2p-chat_default.2"
     for bad in ("", "a b", "x" * 65, "a/b", "a\x00b"):
         with pytest.raises(ValueError):
             validate_room(bad)
+
+
+def test_texts_allow_emoji_sequences_but_not_terminal_tricks() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # joined by zero-width joiners
+    assert decode(with_text(text=f"hi {family}"), max_text_bytes=4096)
+    assert decode(with_text(text="new emoji \U0001fae8"), max_text_bytes=4096)
+    for bad in ("\x1b[31mred", "bell\x07", "abc\u202edcba", "x\u2066y\u2069", "cr\rlf"):
+        assert reason_of(with_text(text=bad)) == "invalid", bad

@@ -65,17 +65,41 @@ def _has_control_chars(text: str, allowed: str = "") -> bool:
     return any(unicodedata.category(ch).startswith("C") and ch not in allowed for ch in text)
 
 
+# Bidirectional overrides and isolates: they make a terminal show text in another order than it
+# was written (the "Trojan Source" class), so a message could display a forged line.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unsafe_in_text(text: str) -> bool:
+    """Control characters (except newline and tab), surrogates and bidi controls.
+
+    Texts are checked less strictly than names: format characters such as the zero-width joiner
+    of emoji sequences (👨‍👩‍👧) and unassigned code points (emoji newer than this Python's
+    tables) are ordinary text, and refusing them would make acceptance depend on a receiver's
+    Python version.
+    """
+    for ch in text:
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in "\n\t") or category == "Cs" or ch in _BIDI_CONTROLS:
+            return True
+    return False
+
+
 def validate_name(name: str) -> str:
     """Return the cleaned display name, or raise ValueError with a one-line reason.
 
-    Control characters are refused everywhere a remote string reaches the console: an escape
-    sequence in a name or message could rewrite the user's terminal.
+    A name is 1-32 characters after stripping surrounding whitespace, on one line, with no
+    control characters (Unicode category C*). Control characters are refused everywhere a remote
+    string reaches the console: an escape sequence (ESC, CSI) in a name or message could rewrite
+    the user's terminal, and a line break would let a name forge a line of its own.
     """
     cleaned = name.strip()
     if not 1 <= len(cleaned) <= MAX_NAME_CHARS:
         raise ValueError(f"a name has 1 to {MAX_NAME_CHARS} characters")
     if _has_control_chars(cleaned):
         raise ValueError("a name cannot contain control characters")
+    if any(unicodedata.category(ch) in ("Zl", "Zp") for ch in cleaned):  # U+2028, U+2029
+        raise ValueError("a name is a single line")
     return cleaned
 
 
@@ -116,6 +140,10 @@ def decode(
 ) -> ChatPayload:
     """Parse and check an untrusted payload.
 
+    The size is checked before parsing, so the parser never sees more than ``max_payload_bytes``.
+    A text may contain newlines and tabs but no other control characters: the console prints
+    texts verbatim, and an escape sequence from a remote peer would be run by the terminal.
+
     Raises:
         WireError: ``oversized`` (payload or text too large), ``malformed`` (not the schema,
             or no body), ``unsupported_version``, ``invalid`` (bad id, room, name, time or
@@ -155,7 +183,7 @@ def _check_text(message: chat_pb2.ChatText, max_text_bytes: int) -> ChatText:
         sender_name = validate_name(message.sender_name)
     except ValueError as error:
         raise WireError("invalid", str(error)) from None
-    if _has_control_chars(message.text, allowed="\n\t"):
+    if _unsafe_in_text(message.text):
         raise WireError("invalid", "text contains control characters")
     return ChatText(
         id=bytes(message.id),
