@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 from p2pchat.roles.peer.commands import COMMANDS, short_id
 from p2pchat.roles.peer.events import ChatEvent, NoticeEvent
-from p2pchat.roles.peer.frontends import render_text, show_pending
+from p2pchat.roles.peer.frontends import render_text
 from p2pchat.roles.peer.service import ChatService
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -67,28 +67,39 @@ async def run_console(
         except (EOFError, KeyboardInterrupt):
             return None
 
+    async def run_command(line: str) -> tuple[bool, str]:
+        with service.capturing() as answer:
+            keep_going = await service.handle_line(line)
+        return keep_going, "".join(render_text(event) + "\n" for event in answer)
+
+    terminal = sys.stdout
+
+    def converse() -> None:
+        """The prompt loop, in a worker thread: prompt_toolkit runs its own event loop."""
+        while (line := prompt()) is not None:
+            keep_going, answer = trio.from_thread.run(run_command, line)
+            # No prompt is drawn between two prompts: the answer goes straight to the terminal,
+            # so it is complete before the next prompt appears (the stdout proxy writes from
+            # its own thread, later, and could land in the middle of the new prompt).
+            terminal.write(answer)
+            terminal.flush()
+            if not keep_going:
+                return
+
+    greeting = NoticeEvent(
+        f"you are {service.display_name} ({short_id(service.peer_id)}) in "
+        f"{service.current_room}; /help lists the commands"
+    )
+    terminal.write(render_text(greeting) + "\n")
     with patch_stdout(raw=True):
 
-        def show(event: ChatEvent) -> None:
-            print(render_text(event), flush=True)
-
         async def show_events() -> None:
+            # Events that arrive while a prompt is shown: the proxy prints them above it.
             async for event in events:
-                show(event)
+                print(render_text(event), flush=True)
 
-        show(
-            NoticeEvent(
-                f"you are {service.display_name} ({short_id(service.peer_id)}) in "
-                f"{service.current_room}; /help lists the commands"
-            )
-        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(show_events)
-            while True:
-                line = await trio.to_thread.run_sync(prompt, abandon_on_cancel=True)
-                if line is None or not await service.handle_line(line):
-                    break
-                # Show what the command produced before the next prompt is drawn.
-                show_pending(events, show)
+            await trio.to_thread.run_sync(converse, abandon_on_cancel=True)
             nursery.cancel_scope.cancel()
-    sys.stdout.flush()
+    terminal.flush()

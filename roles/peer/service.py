@@ -12,7 +12,8 @@ as soon as a peer joins the room; the user is told it is queued.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -124,6 +125,20 @@ class ChatService:
         return self._name or ANONYMOUS
 
     # --- input -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def capturing(self) -> Iterator[list[ChatEvent]]:
+        """Collect the events emitted inside the block instead of sending them to the front end.
+
+        The console uses it to print a command's answer itself, before drawing the next prompt.
+        """
+        captured: list[ChatEvent] = []
+        emit = self._emit
+        self._emit = captured.append
+        try:
+            yield captured
+        finally:
+            self._emit = emit
 
     async def handle_line(self, line: str) -> bool:
         """Act on one input line; False when the user asked to quit."""
