@@ -129,3 +129,22 @@ def test_commands_answer_and_unknown_ones_hint(tmp_path: Path, nodes: list[NodeP
     a.next_event(lambda e: e["type"] == "notice" and "left side-room" in e["text"])
     a.say("/quit")
     assert a.proc.wait(timeout=30) == 0
+
+
+def test_a_2000_message_burst_reaches_every_peer_of_a_line(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # py-libp2p's defaults deliver 16 of 2,000 here (32-slot queues, 10 msg/s per forwarder).
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    wait_members(b, 2)
+    wait_members(c, 1)
+    burst = [f"burst {index}" for index in range(2000)]
+    a.say("\n".join(burst))
+    for node in (b, c):
+        seen: set[str] = set()
+        while len(seen) < len(burst):
+            seen.add(node.next_event(lambda e: e["type"] == "message", timeout=120)["text"])
+        assert seen == set(burst)
+    assert c.metric("p2pchat_messages_received_total") == 2000  # each stored and shown once
