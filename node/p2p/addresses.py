@@ -83,9 +83,3 @@ def advertised_addrs_factory(
         return list(advertised)
 
     return factory
-
-
-def transport_of(addr: multiaddr.Multiaddr) -> str:
-    """``tcp`` or ``websocket`` (go-libp2p's transport label names) for a listen address."""
-    names = [proto.name for proto in addr.protocols()]
-    return "websocket" if "ws" in names else "tcp"

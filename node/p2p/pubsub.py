@@ -139,27 +139,6 @@ def envelope_data(envelope: bytes) -> bytes:
     return bytes(message.data)
 
 
-def verify_envelope(envelope: bytes) -> GossipMessage | None:
-    """Parse and verify a stored signed envelope (StrictSign rules); None if it does not verify.
-
-    Used for messages that arrive outside GossipSub (history sync), so that whoever serves them
-    cannot forge or alter one.
-    """
-    message = rpc_pb2.Message()
-    try:
-        message.ParseFromString(envelope)
-    except Exception:
-        return None
-    if len(message.topicIDs) != 1 or not message.signature or not message.key:
-        return None
-    try:
-        if not signature_validator(message):
-            return None
-    except Exception:
-        return None
-    return to_gossip_message(message, message.topicIDs[0])
-
-
 class _ReportingSignatureCheck:
     """Stands in for the library's signature check inside its pubsub module: the same verdict,
     but a failure is reported (for the drop counter) before the library silently drops the
@@ -269,10 +248,6 @@ class Gossip:
     def subscribers(self, topic: str) -> list[str]:
         """Peers known to be subscribed to ``topic``."""
         return sorted(str(peer) for peer in self._pubsub.peer_topics.get(topic, ()))
-
-    def mesh_peers(self, topic: str) -> list[str]:
-        """Peers in our mesh for ``topic``."""
-        return sorted(str(peer) for peer in self._router.mesh.get(topic, ()))
 
 
 async def _iterate(subscription: object, topic: str) -> AsyncIterator[GossipMessage]:

@@ -11,6 +11,7 @@ as soon as a peer joins the room; the user is told it is queued.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -221,11 +222,13 @@ class ChatService:
 
     async def _flush_pending(self, room: str) -> None:
         prefix = _pending_prefix(room)
-        queued = [
-            (key, value)
-            for key, value in self._ctx.store.db.items(from_key=prefix)
-            if isinstance(key, bytes) and key.startswith(prefix)
-        ]
+        # Keys sort, so the room's queue is one contiguous run starting at its prefix.
+        queued = list(
+            itertools.takewhile(
+                lambda item: item[0].startswith(prefix),
+                self._ctx.store.db.items(from_key=prefix),
+            )
+        )
         for key, data in queued:
             await self._publish(room, data)
             del self._ctx.store.db[key]
@@ -432,7 +435,7 @@ class ChatService:
             self._emit(NoticeEvent(f"no messages in {self._current} yet"))
         for stored in messages:
             try:
-                payload = decode(stored_payload(stored), max_text_bytes=1 << 20)
+                payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
             except (WireError, ValueError):
                 continue
             if isinstance(payload, ChatText):
@@ -490,11 +493,6 @@ class ChatService:
             "store_bytes": store_bytes,
         }
         return OutputEvent("info", text, data)
-
-
-def stored_payload(stored: StoredMessage) -> bytes:
-    """The chat payload inside a stored signed envelope."""
-    return envelope_data(stored.envelope)
 
 
 def _pending_prefix(room: str) -> bytes:
