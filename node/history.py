@@ -126,10 +126,10 @@ class History:
 
     def add(self, message: StoredMessage) -> bool:
         """Store ``message``; False (and nothing written) if its id is already in the room."""
-        return self.add_many([message]) == 1
+        return bool(self.add_many([message]))
 
-    def add_many(self, messages: Iterable[StoredMessage]) -> int:
-        """Store the new ones of ``messages`` in one write batch; returns how many were new.
+    def add_many(self, messages: Iterable[StoredMessage]) -> list[StoredMessage]:
+        """Store the new ones of ``messages`` in one write batch; returns them, in order.
 
         Ids already stored for their room, or repeated within ``messages``, are skipped.
 
@@ -140,6 +140,7 @@ class History:
         batch = WriteBatch(raw_mode=True)
         added: dict[str, int] = {}
         seen: set[bytes] = set()
+        new: list[StoredMessage] = []
         for message in messages:
             _check(message)
             id_key = _room(_HID, message.room) + message.message_id
@@ -150,12 +151,13 @@ class History:
             batch.put(key, _encode_value(message))
             batch.put(id_key, key)
             added[message.room] = added.get(message.room, 0) + 1
-        if not added:
-            return 0
-        for room, new in added.items():
-            self._put_count(batch, room, self.count(room) + new)
+            new.append(message)
+        if not new:
+            return new
+        for room, count in added.items():
+            self._put_count(batch, room, self.count(room) + count)
         self._db.write(batch)
-        return sum(added.values())
+        return new
 
     def contains(self, room: str, message_id: bytes) -> bool:
         """Whether ``message_id`` is stored for ``room``."""

@@ -11,6 +11,13 @@ What the library does by default, and what this module does instead:
 - the per-peer outbound queue and the subscription channel hold 32 messages and drop the rest ->
   :data:`QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer line);
 - IDONTWANT is sent for every message, however small -> only from 1 KiB, as go-libp2p does;
+- every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
+  RPCs queued for a peer are merged into one, up to :data:`COALESCE_BYTES`, as go-libp2p's
+  ``appendOrMergeRPC`` does;
+- the validation-result cache is an LRU kept in a list, O(n) per message -> an O(1) one;
+- every received message is processed in a task of its own, and starting a task scans every
+  live task of the service (quadratic under a burst) -> one worker processes received messages
+  in arrival order (:class:`_ChatPubsub`);
 - StrictSign is kept (sign every message, verify every signature), and a message that fails
   verification is counted before the library drops it (verified once, not twice).
 
@@ -23,10 +30,12 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import structlog
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
@@ -34,7 +43,7 @@ from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
 from libp2p.pubsub import pubsub as libp2p_pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub, signature_validator
+from libp2p.pubsub.pubsub import Pubsub, ValidationResult, signature_validator
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from p2pchat.node.p2p.host import P2PHost
@@ -42,12 +51,94 @@ from p2pchat.node.p2p.host import P2PHost
 # Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.
 QUEUE_SIZE = 8192
 MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
+# Received messages handled back to back, and delivered to a room as one batch, at most: bounds
+# the work done between two checkpoints.
+MAX_BATCH = 256
 
 # The queue sizes are module-level constants and default arguments inside the library, read
 # when a subscription or a peer queue is created. One pubsub runs per process, so setting them
 # here, once, is safe. Re-check on every library upgrade.
 libp2p_pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = QUEUE_SIZE
-libp2p_pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=QUEUE_SIZE)
+
+# Merged RPCs stay far below the receiver's 1 MiB limit and keep one write short.
+COALESCE_BYTES = 64 * 1024
+
+
+class _CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
+    """A peer's outbound queue whose :meth:`pop` merges every RPC already waiting behind the
+    first one (up to :data:`COALESCE_BYTES`) into it.
+
+    Under load this turns N stream writes into one; when idle it costs nothing, so latency is
+    unchanged. Merging is protobuf ``MergeFrom``: repeated fields (messages, subscriptions,
+    control entries) are concatenated in queue order, which is what a receiver would have
+    processed anyway. Relies on the base class keeping its items in ``_queue`` (re-check on
+    every library upgrade).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_size=QUEUE_SIZE)
+        self._held: rpc_pb2.RPC | None = None  # popped, but did not fit the last merge
+
+    def __len__(self) -> int:
+        return int(super().__len__()) + (self._held is not None)
+
+    async def pop(self) -> rpc_pb2.RPC | None:
+        if self._held is not None:
+            first, self._held = self._held, None
+        else:
+            first = await super().pop()
+            if first is None:
+                return None
+        size = first.ByteSize()
+        while size < COALESCE_BYTES:
+            following = self._queue.pop()
+            if following is None:
+                break
+            following_size = following.ByteSize()
+            if size + following_size > COALESCE_BYTES:
+                self._held = following
+                break
+            first.MergeFrom(following)
+            size += following_size
+        return first
+
+
+libp2p_pubsub_module.RpcQueue = _CoalescingRpcQueue
+
+
+class _ValidationResults:
+    """The library's validation-result cache (same interface, same LRU and TTL rules) with O(1)
+    operations; the library's keeps its LRU order in a list and scans it for every message."""
+
+    def __init__(self, ttl: float, max_size: int) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self._results: OrderedDict[bytes, ValidationResult] = OrderedDict()
+
+    def get(self, msg_id: bytes) -> ValidationResult | None:
+        result = self._results.get(msg_id)
+        if result is None:
+            return None
+        if time.time() - result.timestamp > self.ttl:
+            del self._results[msg_id]
+            return None
+        self._results.move_to_end(msg_id)
+        return result
+
+    def put(self, msg_id: bytes, result: ValidationResult) -> None:
+        self._results[msg_id] = result
+        self._results.move_to_end(msg_id)
+        while len(self._results) > self.max_size:
+            self._results.popitem(last=False)
+
+    def clear_expired(self) -> None:
+        oldest_kept = time.time() - self.ttl
+        while self._results:
+            msg_id, result = next(iter(self._results.items()))
+            if result.timestamp >= oldest_kept:
+                return
+            del self._results[msg_id]
+
 
 # py-libp2p attaches this node's signed peer record to every pubsub RPC it sends and verifies
 # the one in every RPC it receives: per message, per peer, an address lookup plus an Ed25519
@@ -121,12 +212,18 @@ PayloadValidator = Callable[[bytes], str | None]
 """Checks a payload before it is accepted and forwarded: None if valid, else a drop reason."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer_id_text(from_id: bytes) -> str:
+    # base58 of the same few senders, once per message, was ~5% of a peer's CPU in a burst.
+    return str(ID(from_id))
+
+
 def to_gossip_message(message: rpc_pb2.Message, topic: str) -> GossipMessage:
     """Describe a library pubsub message."""
     return GossipMessage(
         topic=topic,
         data=bytes(message.data),
-        sender=str(ID(message.from_id)),
+        sender=_peer_id_text(bytes(message.from_id)),
         seqno=bytes(message.seqno),
         envelope=message.SerializeToString(),
     )
@@ -146,8 +243,14 @@ class _ReportingSignatureCheck:
 
     def __init__(self) -> None:
         self.observer: GossipObserver | None = None
+        # The message this node has just signed and is publishing: verifying our own fresh
+        # signature proves nothing and was a sixth of a sending peer's CPU.
+        self.signed_here: rpc_pb2.Message | None = None
 
     def __call__(self, message: rpc_pb2.Message) -> bool:
+        if message is self.signed_here:
+            self.signed_here = None
+            return True
         try:
             valid = bool(signature_validator(message))
         except Exception:
@@ -160,6 +263,94 @@ class _ReportingSignatureCheck:
 
 _signature_check = _ReportingSignatureCheck()
 libp2p_pubsub_module.signature_validator = _signature_check
+
+
+log = structlog.get_logger("p2pchat.pubsub")
+
+
+class _ManagerView:
+    """The pubsub service's task manager as :class:`_ChatPubsub` shows it to the library: the
+    same in every way, except that starting ``push_msg`` for a received message queues it."""
+
+    def __init__(self, manager: Any, push: Callable[..., Any], enqueue: Callable[..., None]):
+        self.wrapped = manager
+        self._push = push
+        self._enqueue = enqueue
+
+    def run_task(self, async_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if async_fn == self._push:
+            self._enqueue(*args)
+        else:
+            self.wrapped.run_task(async_fn, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+class _ChatPubsub(Pubsub):  # type: ignore[misc]
+    """Pubsub whose received messages are validated and forwarded by one worker, in order.
+
+    The library starts a task per received message (``manager.run_task(self.push_msg, ...)``);
+    each start scans every live task of the service to find its parent, so a burst of N costs
+    O(N^2), and one failing message would stop the whole service. Here they go into a bounded
+    queue (:data:`QUEUE_SIZE`; past it a message is dropped and counted as ``queue_full``) that
+    :meth:`process_received` drains; a message whose processing fails is logged and counted.
+    """
+
+    def __init__(self, *args: Any, observer: GossipObserver, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._observer = observer
+        self._received_in, self._received_out = trio.open_memory_channel[
+            tuple[ID, rpc_pb2.Message]
+        ](QUEUE_SIZE)
+        self._view: _ManagerView | None = None
+        self._my_id_bytes = self.my_id.to_bytes()
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # Pubsub.publish signs ``msg`` and hands it straight here; the signature check runs
+        # before push_msg's first await, so the mark cannot leak to another message.
+        if msg_forwarder == self.my_id and msg.from_id == self._my_id_bytes:
+            _signature_check.signed_here = msg
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        finally:
+            _signature_check.signed_here = None
+
+    @property
+    def manager(self) -> Any:
+        real = super().manager
+        if self._view is None or self._view.wrapped is not real:
+            self._view = _ManagerView(real, self.push_msg, self._enqueue_received)
+        return self._view
+
+    def _enqueue_received(self, forwarder: ID, message: rpc_pb2.Message) -> None:
+        try:
+            self._received_in.send_nowait((forwarder, message))
+        except trio.WouldBlock:
+            for topic in message.topicIDs[:1]:
+                self._observer.message_dropped(str(topic), "queue_full")
+
+    async def process_received(self) -> None:
+        """Validate, deliver and forward received messages in arrival order until cancelled.
+
+        Messages already queued are processed back to back (up to :data:`MAX_BATCH` between
+        checkpoints): their subscribers then receive them together and can store a burst in
+        one write instead of one per message.
+        """
+        while True:
+            batch = [await self._received_out.receive()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._received_out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for forwarder, message in batch:
+                try:
+                    await self.push_msg(forwarder, message)
+                except Exception:
+                    log.warning("processing a received message failed", exc_info=True)
+                    for topic in message.topicIDs[:1]:
+                        self._observer.message_dropped(str(topic), "internal_error")
 
 
 IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
@@ -201,12 +392,15 @@ class Gossip:
             eclipse_protection_enabled=False,
         )
         _signature_check.observer = observer  # one pubsub per process
-        self._pubsub = Pubsub(
+        self._pubsub = _ChatPubsub(
             host.libp2p_host,
             self._router,
             strict_signing=True,
             max_inbound_rpc_size=MAX_RPC_BYTES,
+            observer=observer,
         )
+        cache = self._pubsub.validation_cache
+        self._pubsub.validation_cache = _ValidationResults(cache.ttl, cache.max_size)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pubsub services until cancelled."""
@@ -215,11 +409,16 @@ class Gossip:
             background_trio_service(self._router),
         ):
             await self._pubsub.wait_until_ready()
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pubsub.process_received)
+                task_status.started()
 
-    async def join(self, topic: str, validator: PayloadValidator) -> AsyncIterator[GossipMessage]:
-        """Subscribe to ``topic``; yield every verified message that passes ``validator``.
+    async def join(
+        self, topic: str, validator: PayloadValidator
+    ) -> AsyncIterator[list[GossipMessage]]:
+        """Subscribe to ``topic``; yield every verified message that passes ``validator``, in
+        arrival order, in batches: each batch holds what had arrived when it was taken (at
+        least one message, at most :data:`MAX_BATCH`), so a burst can be stored in one write.
 
         A message the validator rejects is counted with its reason, not delivered and not
         forwarded to other peers. Leaving (:meth:`leave`) ends the iteration.
@@ -250,11 +449,22 @@ class Gossip:
         return sorted(str(peer) for peer in self._pubsub.peer_topics.get(topic, ()))
 
 
-async def _iterate(subscription: object, topic: str) -> AsyncIterator[GossipMessage]:
-    receive = subscription.get  # type: ignore[attr-defined]
+async def _iterate(subscription: object, topic: str) -> AsyncIterator[list[GossipMessage]]:
+    channel: trio.MemoryReceiveChannel[rpc_pb2.Message]
+    channel = subscription.receive_channel  # type: ignore[attr-defined]
     while True:
         try:
-            message = await receive()
+            batch = [await channel.receive()]
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return
-        yield to_gossip_message(message, topic)
+        ended = False
+        while len(batch) < MAX_BATCH and not ended:
+            try:
+                batch.append(channel.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                ended = True
+        yield [to_gossip_message(message, topic) for message in batch]
+        if ended:
+            return
