@@ -220,8 +220,13 @@ def start_node(
     wait_ready: bool = True,
     terminal: bool = False,
     netns: str | None = None,
+    read_output: bool = True,
 ) -> NodeProcess:
-    """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready."""
+    """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready.
+
+    With --json, stdout is read into :attr:`NodeProcess.chat_queue` unless ``read_output`` is
+    False (then nobody reads it unless the test does).
+    """
     command = [
         *(["ip", "netns", "exec", netns] if netns else []),
         *p2pchat_command(),
@@ -282,7 +287,7 @@ def start_node(
             node.chat_queue.put(json.loads(line))
 
     threading.Thread(target=pump_stderr, daemon=True).start()
-    if interactive:
+    if interactive and read_output:
         threading.Thread(target=pump_stdout, daemon=True).start()
     if wait_ready:
         node.ready = node.wait_for("node ready")

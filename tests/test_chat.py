@@ -148,3 +148,39 @@ def test_a_2000_message_burst_reaches_every_peer_of_a_line(
             seen.add(node.next_event(lambda e: e["type"] == "message", timeout=120)["text"])
         assert seen == set(burst)
     assert c.metric("p2pchat_messages_received_total") == 2000  # each stored and shown once
+
+
+def test_a_peer_whose_output_nobody_reads_still_relays(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # B's stdout is a pipe nobody drains: once its 64 KiB fill up, writes would block. They must
+    # block only B's output, never the node: C, reachable only through B, gets everything.
+    a = chat_peer(tmp_path / "a", nodes)
+    b = start_node(tmp_path / "b", "--json", "--bootstrap", a.addr(), read_output=False)
+    nodes.append(b)
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    wait_members(b, 2)
+    wait_members(c, 1)
+    texts = [f"filler {index:04d} " + "x" * 200 for index in range(1000)]  # ~300 KB of B output
+    a.say("\n".join(texts))
+    seen: set[str] = set()
+    while len(seen) < len(texts):
+        seen.add(c.next_event(lambda e: e["type"] == "message", timeout=120)["text"])
+    assert seen == set(texts)
+    assert b.proc.poll() is None
+    assert b.metric("p2pchat_messages_received_total") == len(texts)
+
+
+def test_a_peer_whose_output_reader_is_gone_stops_cleanly(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # As in `p2pchat --json | head -1`: the reader exits; the peer ends as on end of input.
+    node = start_node(tmp_path / "a", "--json", read_output=False)
+    nodes.append(node)
+    assert node.proc.stdout is not None
+    assert '"ready"' in node.proc.stdout.readline()
+    node.proc.stdout.close()
+    node.say("/help")
+    assert node.proc.wait(timeout=WAIT) == 0
+    stderr = "".join(node.raw_stderr)
+    assert "Traceback" not in stderr, stderr[-2000:]
