@@ -314,3 +314,12 @@ async def test_a_message_whose_processing_fails_is_counted_and_the_next_one_arri
                         break
             nursery.cancel_scope.cancel()
     assert drops.reasons == ["internal_error"]
+
+
+def test_only_an_rpc_over_the_limit_is_split() -> None:
+    queue = p2pchat_pubsub._CoalescingRpcQueue()
+    small = _rpc(b"a", b"b")
+    assert queue.split_rpc(small) == [small]
+    half = b"x" * (queue.max_message_size // 2 + 16)
+    parts = queue.split_rpc(_rpc(half, half))
+    assert [_payloads(part) for part in parts] == [[half], [half]]

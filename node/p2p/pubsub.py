@@ -82,6 +82,12 @@ class _CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
     def __len__(self) -> int:
         return int(super().__len__()) + (self._held is not None)
 
+    def split_rpc(self, rpc: rpc_pb2.RPC) -> list[rpc_pb2.RPC]:
+        # The library walks every item of every RPC to size it, even one far below the limit.
+        if rpc.ByteSize() <= self.max_message_size:
+            return [rpc]
+        return list(super().split_rpc(rpc))
+
     async def pop(self) -> rpc_pb2.RPC | None:
         if self._held is not None:
             first, self._held = self._held, None
