@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -168,6 +168,36 @@ class DiscoverySection(_Section):
     )
 
 
+class DhtSection(_Section):
+    """The Kad-DHT: bootstrap nodes serve it; chat peers use it to find the members of their
+    rooms (room rendezvous)."""
+
+    enabled: bool = Field(
+        default=True, description="Run the DHT (and room rendezvous, for chat peers)."
+    )
+    mode: Literal["auto", "server", "client"] = Field(
+        default="auto",
+        description="server answers queries and stores records; client only asks. auto: "
+        "server with the bootstrap role, client otherwise.",
+    )
+    lookup_interval_max: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds between room lookups at most (they start at 1 s and double).",
+    )
+    reprovide_interval: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between re-announcements of this node's rooms.",
+    )
+
+    def server_mode(self, roles: Sequence[str]) -> bool:
+        """Whether this node serves the DHT."""
+        return self.mode == "server" or (self.mode == "auto" and "bootstrap" in roles)
+
+
 class LogSection(_Section):
     """Structured logs on stderr."""
 
@@ -216,6 +246,7 @@ class Config(_Section):
     roles: RoleNames = Field(default=["peer"], min_length=1, description="Roles this process runs.")
     node: NodeSection = Field(default_factory=NodeSection)
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
+    dht: DhtSection = Field(default_factory=DhtSection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)
@@ -422,6 +453,15 @@ def load_config(
         for path in _leaf_paths(layer.data):
             provenance[path] = layer.key_labels.get(path, layer.label)
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, provenance)) from None
+    if "bootstrap" in config.roles and not (
+        config.dht.enabled and config.dht.server_mode(config.roles)
+    ):
+        where = provenance.get("dht.enabled") or provenance.get("dht.mode") or "defaults"
+        raise ConfigError(
+            f"the bootstrap role serves the DHT: dht.enabled must be true and dht.mode auto "
+            f"or server ({where})"
+        )
+    return config

@@ -57,6 +57,23 @@ class NodeMetrics:
             ("outcome",),
             registry=self.registry,
         )
+        self.dht_routing_table_peers = Gauge(
+            "p2pchat_dht_routing_table_peers",
+            "Peers in the Kad-DHT routing table (0 without a DHT).",
+            registry=self.registry,
+        )
+        self.rendezvous_lookups = Counter(
+            "p2pchat_rendezvous_lookups",
+            "Room-member lookups in the DHT, by outcome (found, none, error).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.rendezvous_provides = Counter(
+            "p2pchat_rendezvous_provides",
+            "Announcements of this node's rooms in the DHT, by outcome (accepted, refused, error).",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "p2pchat_ready",
             "1 once every role has started and the listeners are bound.",

@@ -16,6 +16,7 @@ import trio
 from p2pchat.node.config import Config
 from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.rendezvous import Rendezvous
 from p2pchat.node.store import Store
 
 
@@ -29,7 +30,8 @@ class NodeContext:
     metrics: NodeMetrics
     log: structlog.stdlib.BoundLogger
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
-    discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS) has reported
+    discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS, DHT) has reported
+    rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
 
 
 class Role(Protocol):

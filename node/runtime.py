@@ -23,9 +23,11 @@ from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
+from p2pchat.node.p2p.dht import Dht
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.mdns import run_mdns
+from p2pchat.node.rendezvous import Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
 
@@ -153,20 +155,28 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                 metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
             async with host.run():
                 connector = DiscoveryConnector(host, config.discovery.max_peers, log)
-                context = NodeContext(
-                    config,
-                    host,
-                    store,
-                    metrics,
-                    log,
-                    request_stop=nursery.cancel_scope.cancel,
-                    discovered_peers=lambda: frozenset(connector.discovered),
-                )
+                rendezvous = None
                 async with trio.open_nursery() as roles_nursery:
+                    if config.dht.enabled:
+                        dht = Dht(host, server=config.dht.server_mode(config.roles))
+                        await roles_nursery.start(dht.run)
+                        metrics.dht_routing_table_peers.set_function(dht.routing_table_size)
+                        rendezvous = Rendezvous(dht, connector.found, config.dht, metrics, log)
+                    context = NodeContext(
+                        config,
+                        host,
+                        store,
+                        metrics,
+                        log,
+                        request_stop=nursery.cancel_scope.cancel,
+                        discovered_peers=lambda: frozenset(connector.discovered),
+                        rendezvous=rendezvous,
+                    )
                     for role in roles:
                         await roles_nursery.start(role.run, context)
-                    if config.discovery.mdns:
+                    if config.discovery.mdns or config.dht.enabled:
                         roles_nursery.start_soon(connector.run)
+                    if config.discovery.mdns:
                         await roles_nursery.start(run_mdns, host, connector.found)
                     for peer_addr in config.node.bootstrap:
                         roles_nursery.start_soon(

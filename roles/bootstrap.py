@@ -1,7 +1,9 @@
 """The bootstrap role: a stable node peers dial first to find each other.
 
-At this stage it is a stable, always-on peer that accepts connections; the Kad-DHT server and
-room rendezvous are issue #4.
+It serves the Kad-DHT (the node runs it in server mode when this role is on; see
+:mod:`p2pchat.node.p2p.dht`): peers that know only a bootstrap node announce their rooms to it
+and learn the other members from it (:mod:`p2pchat.node.rendezvous`). It never joins a room, so
+it is never part of a chat mesh and never sees chat traffic.
 """
 
 from __future__ import annotations
@@ -10,19 +12,20 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
+from p2pchat.node.p2p.dht import PROTOCOL_ID
 from p2pchat.node.role import NodeContext
 
 
 class BootstrapRole:
-    """Bootstrap node."""
+    """Bootstrap node: a DHT server with a stable identity and address."""
 
     name: ClassVar[str] = "bootstrap"
-    protocols: ClassVar[Sequence[str]] = ()
+    protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID,)
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start serving and wait for cancellation."""
-        ctx.log.info("bootstrap role started")
+        """Start serving and wait for cancellation (the DHT itself is run by the node)."""
+        ctx.log.info("bootstrap role started", dht_protocol=PROTOCOL_ID)
         task_status.started()
         await trio.sleep_forever()

@@ -43,6 +43,7 @@ from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
@@ -383,6 +384,15 @@ class P2PHost:
             return bool(self._host.get_network().get_connections(ID.from_base58(peer_id)))
         except ValueError:
             return False
+
+    def peer_protocols(self, peer_id: str) -> list[str]:
+        """The protocols ``peer_id`` said it speaks (identify); empty if not known yet."""
+        try:
+            return [
+                str(p) for p in self._host.get_peerstore().get_protocols(ID.from_base58(peer_id))
+            ]
+        except (PeerStoreError, ValueError):  # unknown peer, or an unparsable id
+            return []
 
     def connected_peers(self) -> list[str]:
         """PeerIds of every connected peer."""

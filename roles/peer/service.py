@@ -369,8 +369,12 @@ class ChatService:
 
         async def receive() -> None:
             with scope:
-                async for batch in messages:
-                    self._accept(room, batch)
+                async with trio.open_nursery() as room_tasks:
+                    if self._ctx.rendezvous is not None:
+                        room_tasks.start_soon(self._ctx.rendezvous.run_room, room)
+                    async for batch in messages:
+                        self._accept(room, batch)
+                    room_tasks.cancel_scope.cancel()
 
         self._nursery.start_soon(receive)
         self._metrics.rooms.set(len(self._rooms))

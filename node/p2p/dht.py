@@ -1,0 +1,163 @@
+"""Kad-DHT for rendezvous, on py-libp2p's ``KadDHT``, with its traps handled.
+
+What the library does, and what this module does instead:
+
+- the routing table is never filled from connections (trap 13): a peer is only learned through
+  lookups -> every connected peer that speaks the DHT protocol (learned through identify) is
+  added, checked every :data:`SWEEP_SECONDS`;
+- ``find_providers`` returns one provider several times (trap 13) -> deduplicated, and this
+  node is never its own result;
+- ``find_providers`` answers from the local provider store whenever it holds anything for the
+  key, and it holds our own record once we provide it, or the providers a previous lookup found:
+  two peers that both advertise a room never find each other, and nobody finds a later joiner
+  -> our lookups always ask the network (the local entries are set aside during the lookup);
+- a server adds every peer that opens a DHT stream to it to its routing table ("it must be a
+  server"), though clients open streams too; it then refers others to peers that cannot answer
+  -> a peer enters the table only once identify shows it serves the DHT protocol;
+- while the routing table holds fewer than 5 peers, every lookup (provide, find) also starts from
+  every connected peer and every peer in the peerstore, so each room lookup dials peers that
+  were never asked for, clients and long-gone peers included -> lookups see only the routing
+  table (:class:`_TableOnlyHost`);
+- ``protocol_prefix`` is accepted but ignored: streams always use ``/ipfs/kad/1.0.0``, and the
+  routing table's server-mode check tests that id -> we use that id (:data:`PROTOCOL_ID`) and do
+  the server-mode check ourselves;
+- provider records carry the addresses of ``host.get_addrs()``, which are this node's advertised
+  addresses (see :mod:`p2pchat.node.p2p.addresses`), so they are dialable.
+
+Server mode (bootstrap nodes) answers queries and stores records; client mode (chat peers)
+only asks, as go-libp2p's peers behind NAT do, and is never added to other routing tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.kad_dht.common import PROTOCOL_ID as _LIBRARY_PROTOCOL_ID
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.tools.anyio_service import background_trio_service
+from p2pchat.node.p2p.host import P2PHost
+
+PROTOCOL_ID = str(_LIBRARY_PROTOCOL_ID)
+SWEEP_SECONDS = 1.0
+_SHA2_256_MULTIHASH = b"\x12\x20"  # multihash code and length of a sha2-256 digest
+
+
+def content_key(namespace: str, name: str) -> bytes:
+    """The DHT key of ``name`` within ``namespace``: a sha2-256 multihash, as CIDs use."""
+    digest = hashlib.sha256(f"/p2pchat/{namespace}/{name}".encode()).digest()
+    return _SHA2_256_MULTIHASH + digest
+
+
+class _TableOnlyHost:
+    """The host as the library's lookups see it: the connected peers and the peerstore's peer
+    list are narrowed to the routing table; everything else is the host itself."""
+
+    def __init__(self, host: IHost, table: Callable[[], list[ID]]) -> None:
+        self._host = host
+        self._table = table
+
+    def get_connected_peers(self) -> list[ID]:
+        in_table = set(self._table())
+        return [peer for peer in self._host.get_connected_peers() if peer in in_table]
+
+    def get_peerstore(self) -> _TablePeerstore:
+        return _TablePeerstore(self._host.get_peerstore(), self._table)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+class _TablePeerstore:
+    def __init__(self, peerstore: Any, table: Callable[[], list[ID]]) -> None:
+        self._peerstore = peerstore
+        self._table = table
+
+    def peer_ids(self) -> list[ID]:
+        return list(self._table())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._peerstore, name)
+
+
+class Dht:
+    """The node's DHT: run it (:meth:`run`), then provide and find keys."""
+
+    def __init__(self, host: P2PHost, *, server: bool) -> None:
+        self._host = host
+        self.server = server
+        mode = DHTMode.SERVER if server else DHTMode.CLIENT
+        self._kad = KadDHT(host.libp2p_host, mode, enable_random_walk=False)
+        self._add_to_table = self._kad.add_peer
+        # The library's inbound handler calls self.add_peer: route it through the check.
+        self._kad.add_peer = self._add_if_server
+        routing = self._kad.peer_routing
+        routing.host = _TableOnlyHost(routing.host, self._kad.routing_table.get_peer_ids)
+        self._in_table: set[str] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve (in server mode) and keep the routing table filled until cancelled."""
+        async with background_trio_service(self._kad):
+            task_status.started()
+            while True:
+                await self._add_connected_servers()
+                await trio.sleep(SWEEP_SECONDS)
+
+    async def _add_connected_servers(self) -> None:
+        connected = set(self._host.connected_peers())
+        self._in_table &= connected | {str(peer) for peer in self._kad.routing_table.get_peer_ids()}
+        for peer in connected - self._in_table:
+            # Not identified yet, or a client: checked again next sweep.
+            if await self._add_if_server(ID.from_base58(peer)):
+                self._in_table.add(peer)
+
+    async def _add_if_server(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
+        if PROTOCOL_ID not in self._host.peer_protocols(str(peer_id)):
+            return False
+        return bool(await self._add_to_table(peer_id, skip_server_mode_check=True))
+
+    def routing_table_size(self) -> int:
+        """Peers in the routing table."""
+        return int(self._kad.get_routing_table_size())
+
+    async def provide(self, key: bytes) -> bool:
+        """Announce this node as a provider of ``key`` to the peers closest to it.
+
+        Returns whether at least one peer accepted the record.
+        """
+        return bool(await self._kad.provide(key.hex()))
+
+    async def find_providers(self, key: bytes, count: int = 20) -> list[tuple[str, list[str]]]:
+        """Up to ``count`` providers of ``key`` other than this node: (PeerId, dialable
+        addresses ending in /p2p/<id>), each provider once."""
+        found: dict[str, list[str]] = {}
+        for info in await self._network_providers(key, count):
+            peer = str(info.peer_id)
+            if peer == self._host.peer_id:
+                continue
+            addrs = found.setdefault(peer, [])
+            for addr in info.addrs:
+                text = str(addr)
+                if "/p2p/" not in text:
+                    text = f"{text}/p2p/{peer}"
+                if text not in addrs:
+                    addrs.append(text)
+        return list(found.items())
+
+    async def _network_providers(self, key: bytes, count: int) -> list[PeerInfo]:
+        store = self._kad.provider_store
+        set_aside = store.providers.pop(key, None)
+        try:
+            return list(await store.find_providers(key, count))
+        finally:
+            if set_aside:
+                # Keep records this node stores for others (server mode); what arrived during
+                # the lookup is newer and wins.
+                current = store.providers.setdefault(key, {})
+                for peer, record in set_aside.items():
+                    current.setdefault(peer, record)

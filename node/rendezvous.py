@@ -1,0 +1,86 @@
+"""Room rendezvous: find the other members of a room through the DHT.
+
+A peer in a room announces itself as a provider of the room's key (a hash of the room name, so
+the DHT never sees the name) and looks the key up; the providers it finds go to the discovery
+connector, which dials them within its bounds. Two peers that only know a bootstrap node thus
+meet and mesh. Lookups start at 1 s and back off to ``dht.lookup_interval_max``; an announcement
+nobody accepted (no DHT server reachable yet) is retried at the lookup pace, an accepted one
+every ``dht.reprovide_interval``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+import trio
+from p2pchat.node.config import DhtSection
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.dht import Dht, content_key
+
+FIRST_LOOKUP_DELAY = 1.0
+QUERY_TIMEOUT = 30.0  # one provide or lookup, whatever the library's own timeouts do
+
+FoundPeer = Callable[[tuple[str, list[str]]], None]
+
+
+def room_key(room: str) -> bytes:
+    """The DHT key under which the members of ``room`` announce themselves."""
+    return content_key("room", room)
+
+
+class Rendezvous:
+    """Announces rooms in the DHT and reports the members it finds to ``found``."""
+
+    def __init__(
+        self,
+        dht: Dht,
+        found: FoundPeer,
+        settings: DhtSection,
+        metrics: NodeMetrics,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._dht = dht
+        self._found = found
+        self._settings = settings
+        self._metrics = metrics
+        self._log = log
+
+    async def run_room(self, room: str) -> None:
+        """Announce and look up ``room`` until cancelled (when the node leaves the room)."""
+        key = room_key(room)
+        delay = FIRST_LOOKUP_DELAY
+        next_provide = trio.current_time()
+        while True:
+            if trio.current_time() >= next_provide:
+                accepted = await self._provide(room, key)
+                pause = self._settings.reprovide_interval if accepted else delay
+                next_provide = trio.current_time() + pause
+            await self._look_up(room, key)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self._settings.lookup_interval_max)
+
+    async def _provide(self, room: str, key: bytes) -> bool:
+        try:
+            with trio.fail_after(QUERY_TIMEOUT):
+                accepted = await self._dht.provide(key)
+        except Exception as error:  # the library raises its own errors for network failures
+            self._metrics.rendezvous_provides.labels(outcome="error").inc()
+            self._log.debug("room announcement failed", room=room, error=repr(error))
+            return False
+        self._metrics.rendezvous_provides.labels(
+            outcome="accepted" if accepted else "refused"
+        ).inc()
+        return accepted
+
+    async def _look_up(self, room: str, key: bytes) -> None:
+        try:
+            with trio.fail_after(QUERY_TIMEOUT):
+                members = await self._dht.find_providers(key)
+        except Exception as error:
+            self._metrics.rendezvous_lookups.labels(outcome="error").inc()
+            self._log.debug("room lookup failed", room=room, error=repr(error))
+            return
+        self._metrics.rendezvous_lookups.labels(outcome="found" if members else "none").inc()
+        for member in members:
+            self._found(member)
