@@ -193,3 +193,16 @@ def test_an_error_below_an_override_is_reported_from_its_own_source(tmp_path: Pa
     # ... and an override from a higher layer fixes it
     fixed = load_config(file=file, environ={"P2PCHAT_NODE__DIAL_TIMEOUT": "2.5"})
     assert fixed.node.dial_timeout == 2.5
+
+
+def test_dht_mode_follows_the_roles_and_a_bootstrap_node_must_serve_it() -> None:
+    peer = load_config(environ={})
+    assert peer.dht.enabled and not peer.dht.server_mode(peer.roles)
+    boot = load_config(environ={}, flags={"roles": "bootstrap"})
+    assert boot.dht.server_mode(boot.roles)
+    forced = load_config(environ={"P2PCHAT_DHT__MODE": "server"})
+    assert forced.dht.server_mode(forced.roles)
+    with pytest.raises(ConfigError, match=r"bootstrap role serves the DHT.*P2PCHAT_DHT__ENABLED"):
+        load_config(environ={"P2PCHAT_DHT__ENABLED": "false"}, flags={"roles": "bootstrap"})
+    with pytest.raises(ConfigError, match=r"dht\.mode auto or server"):
+        load_config(environ={"P2PCHAT_DHT__MODE": "client"}, flags={"roles": "bootstrap"})
