@@ -90,11 +90,16 @@ def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) ->
         time.sleep(0.2)
 
 
+def bootstrap_node(path: Path, nodes: list[NodeProcess]) -> NodeProcess:
+    node = start_node(path, "--role", "bootstrap")
+    nodes.append(node)
+    return node
+
+
 def test_two_peers_that_know_only_a_bootstrap_node_meet_and_chat(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    boot = start_node(tmp_path / "boot", "--role", "bootstrap")
-    nodes.append(boot)
+    boot = bootstrap_node(tmp_path / "boot", nodes)
     a = chat_peer(tmp_path / "a", nodes, "--bootstrap", boot.addr())
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", boot.addr())
     wait_members(a, 1)
@@ -117,8 +122,7 @@ def test_two_peers_that_know_only_a_bootstrap_node_meet_and_chat(
 def test_a_later_member_is_found_and_without_the_dht_nobody_meets(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    boot = start_node(tmp_path / "boot", "--role", "bootstrap")
-    nodes.append(boot)
+    boot = bootstrap_node(tmp_path / "boot", nodes)
     a = chat_peer(tmp_path / "a", nodes, "--bootstrap", boot.addr())
     wait_metric(a, "p2pchat_rendezvous_provides_total", 1, outcome="accepted")
     # The control: a peer with the DHT off knows the same bootstrap node and nobody else.

@@ -8,6 +8,9 @@ stopping the service); our own fresh signatures verified again.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,47 @@ class _NoDrops:
         raise AssertionError(f"unexpected drop: {reason}")
 
 
+@dataclass
+class _Room:
+    """Two Gossip instances on two connected hosts, both in "room"; B's messages arrive in
+    ``received``."""
+
+    a: p2pchat_pubsub.Gossip
+    b: p2pchat_pubsub.Gossip
+    received: AsyncIterator[list[p2pchat_pubsub.GossipMessage]]
+
+    async def collect(self, until: Callable[[list[bytes]], bool]) -> list[bytes]:
+        """The payloads B receives, until ``until`` says enough."""
+        got: list[bytes] = []
+        with trio.fail_after(30):
+            async for batch in self.received:
+                got += [message.data for message in batch]
+                if until(got):
+                    return got
+        return got
+
+
+@asynccontextmanager
+async def _room(tmp_path: Path, a_drops: object, b_drops: object) -> AsyncIterator[_Room]:
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        a = p2pchat_pubsub.Gossip(a_host, a_drops)  # type: ignore[arg-type]
+        b = p2pchat_pubsub.Gossip(b_host, b_drops)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.join("room", lambda data: None)
+            received = await b.join("room", lambda data: None)
+            await a_host.connect(loopback_addr(b_host))
+            with trio.fail_after(20):
+                while not a.subscribers("room"):
+                    await trio.sleep(0.05)
+            yield _Room(a, b, received)
+            nursery.cancel_scope.cancel()
+
+
 async def test_idontwant_only_for_messages_of_a_kilobyte_or_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,29 +183,10 @@ async def test_idontwant_only_for_messages_of_a_kilobyte_or_more(
         await original(self, msg_id, topic_ids)
 
     monkeypatch.setattr(gossipsub_module.GossipSub, "_emit_idontwant_for_message", recording)
-    async with (
-        running_host(tmp_path / "a") as (a_host, _),
-        running_host(tmp_path / "b") as (b_host, _),
-    ):
-        a, b = p2pchat_pubsub.Gossip(a_host, _NoDrops()), p2pchat_pubsub.Gossip(b_host, _NoDrops())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.join("room", lambda data: None)
-            received = await b.join("room", lambda data: None)
-            await a_host.connect(loopback_addr(b_host))
-            with trio.fail_after(20):
-                while not a.subscribers("room"):
-                    await trio.sleep(0.05)
-            await a.publish("room", b"small")
-            await a.publish("room", b"L" * 2048)
-            got: list[bytes] = []
-            with trio.fail_after(20):
-                async for batch in received:
-                    got += [message.data for message in batch]
-                    if len(got) >= 2:
-                        break
-            nursery.cancel_scope.cancel()
+    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+        await room.a.publish("room", b"small")
+        await room.a.publish("room", b"L" * 2048)
+        got = await room.collect(lambda got: len(got) >= 2)
     assert got == [b"small", b"L" * 2048]
     assert len(sent_for) == 2  # the large message, once when A published and once at B
 
@@ -242,31 +267,17 @@ async def test_received_messages_are_handled_in_order_by_one_worker_not_a_task_e
     monkeypatch.setattr(p2pchat_pubsub, "signature_validator", counting_verify)
     drops = _Drops()
     total = 500
-    async with (
-        running_host(tmp_path / "a") as (a_host, _),
-        running_host(tmp_path / "b") as (b_host, _),
-    ):
-        a, b = p2pchat_pubsub.Gossip(a_host, _Drops()), p2pchat_pubsub.Gossip(b_host, drops)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.join("room", lambda data: None)
-            received = await b.join("room", lambda data: None)
-            await a_host.connect(loopback_addr(b_host))
-            with trio.fail_after(20):
-                while not a.subscribers("room"):
-                    await trio.sleep(0.05)
-            for n in range(total):
-                await a.publish("room", b"%d" % n)
-            got: list[bytes] = []
-            batches = 0
-            with trio.fail_after(30):
-                async for batch in received:
-                    batches += 1
-                    got += [message.data for message in batch]
-                    if len(got) >= total:
-                        break
-            nursery.cancel_scope.cancel()
+    batches = 0
+
+    def count_batches(got: list[bytes]) -> bool:
+        nonlocal batches
+        batches += 1
+        return len(got) >= total
+
+    async with _room(tmp_path, _Drops(), drops) as room:
+        for n in range(total):
+            await room.a.publish("room", b"%d" % n)
+        got = await room.collect(count_batches)
     assert got == [b"%d" % n for n in range(total)]
     assert batches < total  # a burst arrives in batches, so it can be stored in few writes
     assert "push_msg" not in started
@@ -289,30 +300,11 @@ async def test_a_message_whose_processing_fails_is_counted_and_the_next_one_arri
 
     monkeypatch.setattr(gossipsub_module.GossipSub, "publish", failing)
     drops = _Drops()
-    async with (
-        running_host(tmp_path / "a") as (a_host, _),
-        running_host(tmp_path / "b") as (b_host, _),
-    ):
-        a, b = p2pchat_pubsub.Gossip(a_host, _Drops()), p2pchat_pubsub.Gossip(b_host, drops)
-        failing_router.append(b._router)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.join("room", lambda data: None)
-            received = await b.join("room", lambda data: None)
-            await a_host.connect(loopback_addr(b_host))
-            with trio.fail_after(20):
-                while not a.subscribers("room"):
-                    await trio.sleep(0.05)
-            await a.publish("room", b"poison")
-            await a.publish("room", b"after")
-            got: list[bytes] = []
-            with trio.fail_after(20):
-                async for batch in received:
-                    got += [message.data for message in batch]
-                    if b"after" in got:
-                        break
-            nursery.cancel_scope.cancel()
+    async with _room(tmp_path, _Drops(), drops) as room:
+        failing_router.append(room.b._router)
+        await room.a.publish("room", b"poison")
+        await room.a.publish("room", b"after")
+        await room.collect(lambda got: b"after" in got)
     assert drops.reasons == ["internal_error"]
 
 
