@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 # Regenerate the protobuf code of the wire formats (committed; CI checks it is current).
 proto: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
-		--python_out=node/wire --mypy_out=node/wire node/wire/chat.proto
+		--python_out=node/wire --mypy_out=node/wire node/wire/chat.proto node/wire/autonat.proto
 
 # The js-libp2p peer of the interop test, pinned by its package-lock.json.
 JS_PEER := tests/interop/js

@@ -198,6 +198,25 @@ class DhtSection(_Section):
         return self.mode == "server" or (self.mode == "auto" and "bootstrap" in roles)
 
 
+class AutoNatSection(_Section):
+    """AutoNAT v1: servers dial peers back so that peers learn whether they are reachable."""
+
+    service: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Answer dial-back requests. auto: with the bootstrap or relay role.",
+    )
+    probe: bool = Field(default=True, description="Ask connected AutoNAT servers about us.")
+    probe_interval: float = Field(
+        default=300.0, gt=0, le=86_400, description="Seconds between reachability probes."
+    )
+
+    def serves(self, roles: Sequence[str]) -> bool:
+        """Whether this node answers dial-back requests."""
+        if self.service == "auto":
+            return "bootstrap" in roles or "relay" in roles
+        return self.service == "on"
+
+
 class LogSection(_Section):
     """Structured logs on stderr."""
 
@@ -247,6 +266,7 @@ class Config(_Section):
     node: NodeSection = Field(default_factory=NodeSection)
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     dht: DhtSection = Field(default_factory=DhtSection)
+    autonat: AutoNatSection = Field(default_factory=AutoNatSection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)

@@ -74,6 +74,26 @@ class NodeMetrics:
             ("outcome",),
             registry=self.registry,
         )
+        self.autonat_reachability = Gauge(
+            "libp2p_autonat_reachability_status",
+            "This node's reachability as AutoNAT found it: 0 unknown, 1 public, 2 private "
+            "(go-libp2p's name and values).",
+            registry=self.registry,
+        )
+        self.autonat_probes = Counter(
+            "p2pchat_autonat_probes",
+            "Reachability probes this node sent, by the server's answer (ok, e_dial_error, "
+            "e_dial_refused, e_bad_request, e_internal_error) or bad_response / error.",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.autonat_dialbacks = Counter(
+            "p2pchat_autonat_dialbacks",
+            "Dial-back requests this node answered, by status (ok, e_dial_error, e_dial_refused, "
+            "e_bad_request).",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "p2pchat_ready",
             "1 once every role has started and the listeners are bound.",

@@ -32,6 +32,7 @@ class NodeContext:
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
     discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS, DHT) has reported
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
+    reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
 
 
 class Role(Protocol):

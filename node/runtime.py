@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 import trio
+from p2pchat.node.autonat import AutoNatClient, AutoNatServer
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
@@ -24,6 +25,7 @@ from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.dht import Dht
+from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.mdns import run_mdns
@@ -162,6 +164,13 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         await roles_nursery.start(dht.run)
                         metrics.dht_routing_table_peers.set_function(dht.routing_table_size)
                         rendezvous = Rendezvous(dht, connector.found, config.dht, metrics, log)
+                    if config.autonat.serves(config.roles):
+                        dial_back = DialBack()
+                        await roles_nursery.start(dial_back.run)
+                        AutoNatServer(host, dial_back, metrics, log).install()
+                    autonat = AutoNatClient(host, config.autonat.probe_interval, metrics, log)
+                    if config.autonat.probe:
+                        roles_nursery.start_soon(autonat.run)
                     context = NodeContext(
                         config,
                         host,
@@ -171,6 +180,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         request_stop=nursery.cancel_scope.cancel,
                         discovered_peers=lambda: frozenset(connector.discovered),
                         rendezvous=rendezvous,
+                        reachability=lambda: autonat.reachability,
                     )
                     for role in roles:
                         await roles_nursery.start(role.run, context)

@@ -206,3 +206,13 @@ def test_dht_mode_follows_the_roles_and_a_bootstrap_node_must_serve_it() -> None
         load_config(environ={"P2PCHAT_DHT__ENABLED": "false"}, flags={"roles": "bootstrap"})
     with pytest.raises(ConfigError, match=r"dht\.mode auto or server"):
         load_config(environ={"P2PCHAT_DHT__MODE": "client"}, flags={"roles": "bootstrap"})
+
+
+def test_autonat_service_follows_the_roles_unless_set() -> None:
+    assert not load_config(environ={}).autonat.serves(["peer"])
+    for roles in ("bootstrap", "relay", "archiver,relay"):
+        config = load_config(environ={}, flags={"roles": roles})
+        assert config.autonat.serves(config.roles)
+    assert not load_config(environ={}, flags={"roles": "archiver"}).autonat.serves(["archiver"])
+    forced = load_config(environ={"P2PCHAT_AUTONAT__SERVICE": "on"})
+    assert forced.autonat.serves(forced.roles)

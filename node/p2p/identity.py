@@ -103,3 +103,36 @@ def load_or_create_identity(data_dir: Path) -> Identity:
     return Identity(
         key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key), path=path, created=created
     )
+
+
+def ephemeral_identity() -> Identity:
+    """A fresh identity that lives in memory only (for helper hosts such as AutoNAT's
+    dial-back dialer, which must not look like this node)."""
+    key_pair = create_new_key_pair()
+    return Identity(
+        key_pair=key_pair,
+        peer_id=ID.from_pubkey(key_pair.public_key),
+        path=Path("/dev/null"),  # never read or written
+        created=True,
+    )
+
+
+def peer_id_text(raw: bytes) -> str:
+    """The text form of a binary PeerId (as protocols carry it).
+
+    Raises:
+        ValueError: ``raw`` is not a PeerId.
+    """
+    if not _is_multihash(raw):
+        raise ValueError("not a PeerId")
+    return str(ID(raw).to_base58())
+
+
+def peer_id_bytes(text: str) -> bytes:
+    """The binary form of a PeerId given as text."""
+    return bytes(ID.from_base58(text).to_bytes())
+
+
+def _is_multihash(raw: bytes) -> bool:
+    # identity (0x00) or sha2-256 (0x12) multihash with a one-byte length that matches
+    return len(raw) >= 2 and raw[0] in (0x00, 0x12) and raw[1] == len(raw) - 2

@@ -493,6 +493,7 @@ class ChatService:
         listen, advertised = host.listen_addrs(), host.advertised_addrs()
         roles, rooms = list(self._ctx.config.roles), sorted(self._rooms)
         store_bytes = self._ctx.store.size_bytes()
+        reachability = self._ctx.reachability()
         text = "\n".join(
             [
                 f"peer id:      {self._me}",
@@ -501,7 +502,7 @@ class ChatService:
                 f"advertised:   {', '.join(advertised)}",
                 f"roles:        {', '.join(roles)}",
                 f"rooms:        {', '.join(rooms)} (current: {self._current})",
-                "reachability: unknown (AutoNAT comes with the relay role)",
+                f"reachability: {reachability} (AutoNAT)",
                 f"store:        {store_bytes} bytes",
             ]
         )
@@ -513,7 +514,7 @@ class ChatService:
             "roles": roles,
             "rooms": rooms,
             "current_room": self._current,
-            "reachability": "unknown",
+            "reachability": reachability,
             "store_bytes": store_bytes,
         }
         return OutputEvent("info", text, data)

@@ -1,0 +1,224 @@
+"""AutoNAT v1: servers dial peers back; peers learn whether they are reachable from outside.
+
+Server (bootstrap and relay roles, ``autonat.service``): a peer sends the addresses it believes
+it can be reached at; the server dials back only those on the IP address it observes the peer
+at (never a third party's: no amplification), on a new connection from a separate identity
+(:mod:`p2pchat.node.p2p.dialback`), never for a peer whose address it cannot observe, and at
+most :data:`PEER_REQUESTS` per peer and :data:`GLOBAL_REQUESTS` in all per
+:data:`THROTTLE_PERIOD` (go-libp2p's limits).
+
+Client (every node, ``autonat.probe``): asks up to :data:`SERVERS_PER_ROUND` connected servers
+each round. Any OK makes the node ``public``; dial errors and no OK make it ``private``;
+a round with no verdict (no server, refusals, failures) keeps the previous state (``unknown``
+until the first verdict).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import multiaddr
+import structlog
+import trio
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.dialback import DialBack
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
+from p2pchat.node.p2p.streams import Stream, StreamOrigin, read_frame, stream_origin
+from p2pchat.node.wire.autonat import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_ID,
+    AutoNatWireError,
+    DialRequest,
+    DialResponse,
+    Status,
+    decode_request,
+    decode_response,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+
+Reachability = Literal["unknown", "public", "private"]
+REACHABILITY_VALUES: dict[Reachability, int] = {"unknown": 0, "public": 1, "private": 2}  # go's
+
+THROTTLE_PERIOD = 60.0
+PEER_REQUESTS = 3
+GLOBAL_REQUESTS = 30
+REQUEST_TIMEOUT = 10.0  # to read a request, or (client) to get an answer after the dial-back
+SERVERS_PER_ROUND = 3
+FIRST_PROBE_DELAY = 1.0
+
+
+class Throttle:
+    """Fixed-window request counting per peer and in all; :meth:`allow` counts a request."""
+
+    def __init__(self, per_peer: int, total: int, period: float) -> None:
+        self._per_peer = per_peer
+        self._total = total
+        self._period = period
+        self._window_start = float("-inf")
+        self._counts: dict[str, int] = {}
+
+    def allow(self, peer: str, now: float | None = None) -> bool:
+        """Whether ``peer`` may have one more request now (and count it if so)."""
+        now = time.monotonic() if now is None else now
+        if now - self._window_start >= self._period:
+            self._window_start, self._counts = now, {}
+        if sum(self._counts.values()) >= self._total or self._counts.get(peer, 0) >= self._per_peer:
+            return False
+        self._counts[peer] = self._counts.get(peer, 0) + 1
+        return True
+
+
+def dialable_at(addrs: tuple[bytes, ...], observed_ip: str) -> list[str]:
+    """The TCP addresses among ``addrs`` (binary multiaddrs) whose IP is ``observed_ip``, as
+    text without /p2p/; anything unparsable or on another IP is left out."""
+    chosen: list[str] = []
+    for raw in addrs:
+        try:
+            addr = multiaddr.Multiaddr(raw)
+            names = [protocol.name for protocol in addr.protocols()]
+            ip = addr.value_for_protocol(names[0]) if names[0] in ("ip4", "ip6") else None
+        except Exception:  # the multiaddr library raises many types for bad bytes
+            continue
+        if ip != observed_ip or len(names) < 2 or names[1] != "tcp":
+            continue
+        text = str(addr).split("/p2p/")[0]
+        if text not in chosen:
+            chosen.append(text)
+    return chosen
+
+
+class AutoNatServer:
+    """Answers dial-back requests; register it with :meth:`install` once ``dial_back`` runs."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        dial_back: DialBack,
+        metrics: NodeMetrics,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._host = host
+        self._dial_back = dial_back
+        self._metrics = metrics
+        self._log = log
+        self._throttle = Throttle(PEER_REQUESTS, GLOBAL_REQUESTS, THROTTLE_PERIOD)
+
+    def install(self) -> None:
+        """Serve the AutoNAT protocol."""
+        self._host.set_stream_handler(PROTOCOL_ID, self._handle)
+
+    async def _handle(self, stream: Stream) -> None:
+        origin = stream_origin(stream)
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+            response = await self.answer(origin, decode_request(payload))
+        except (FrameError, AutoNatWireError, trio.TooSlowError) as error:
+            response = DialResponse(Status.E_BAD_REQUEST, str(error))
+        self._metrics.autonat_dialbacks.labels(outcome=response.status.name.lower()).inc()
+        await stream.write(encode(response))
+        await stream.close()
+
+    async def answer(self, origin: StreamOrigin, request: DialRequest) -> DialResponse:
+        """The verdict on ``request`` from the peer described by ``origin``."""
+        try:
+            claimed = peer_id_text(request.peer_id)
+        except ValueError:
+            return DialResponse(Status.E_BAD_REQUEST, "peer id is not a valid PeerId")
+        if claimed != origin.peer_id:
+            return DialResponse(Status.E_BAD_REQUEST, "peer id differs from the connection's")
+        if origin.remote_ip is None:
+            return DialResponse(Status.E_DIAL_REFUSED, "no dial-back without an observed address")
+        if not self._throttle.allow(origin.peer_id):
+            return DialResponse(Status.E_DIAL_REFUSED, "too many requests")
+        candidates = dialable_at(request.addrs, origin.remote_ip)
+        if not candidates:
+            return DialResponse(Status.E_DIAL_REFUSED, "no TCP address at the observed IP")
+        reached = await self._dial_back.first_reachable(origin.peer_id, candidates)
+        self._log.debug(
+            "autonat dial-back", remote=origin.peer_id, tried=candidates, reached=reached
+        )
+        if reached is None:
+            return DialResponse(Status.E_DIAL_ERROR, "dial-back failed")
+        return DialResponse(Status.OK, addr=multiaddr.Multiaddr(reached).to_bytes())
+
+
+class AutoNatClient:
+    """Probes this node's reachability; :attr:`reachability` is the current verdict."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        interval: float,
+        metrics: NodeMetrics,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._host = host
+        self._interval = interval
+        self._metrics = metrics
+        self._log = log
+        self._peer_id_bytes = peer_id_bytes(host.peer_id)
+        self.reachability: Reachability = "unknown"
+        metrics.autonat_reachability.set(REACHABILITY_VALUES["unknown"])
+
+    async def run(self) -> None:
+        """Probe until cancelled: soon after servers appear, then every ``interval``."""
+        while True:
+            servers = [
+                peer
+                for peer in self._host.connected_peers()
+                if PROTOCOL_ID in self._host.peer_protocols(peer)
+            ]
+            if not servers:
+                await trio.sleep(FIRST_PROBE_DELAY)
+                continue
+            random.shuffle(servers)
+            verdicts = [await self._ask(server) for server in servers[:SERVERS_PER_ROUND]]
+            self._decide(verdicts)
+            await trio.sleep(self._interval)
+
+    def _decide(self, verdicts: list[Status | None]) -> None:
+        if Status.OK in verdicts:
+            state: Reachability = "public"
+        elif Status.E_DIAL_ERROR in verdicts:
+            state = "private"
+        else:
+            return
+        if state != self.reachability:
+            self._log.info("reachability", reachability=state)
+        self.reachability = state
+        self._metrics.autonat_reachability.set(REACHABILITY_VALUES[state])
+
+    async def _ask(self, server: str) -> Status | None:
+        addrs = tuple(
+            multiaddr.Multiaddr(addr.split("/p2p/")[0]).to_bytes()
+            for addr in self._host.advertised_addrs()
+        )
+        try:
+            # The server dials back within its own 15 s before it answers.
+            with trio.fail_after(REQUEST_TIMEOUT + 20):
+                stream = await self._host.new_stream(server, [PROTOCOL_ID])
+                try:
+                    await stream.write(encode(DialRequest(self._peer_id_bytes, addrs)))
+                    payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+                finally:
+                    await stream.close()
+            response = decode_response(payload)
+        except (FrameError, AutoNatWireError, trio.TooSlowError) as error:
+            self._metrics.autonat_probes.labels(outcome="bad_response").inc()
+            self._log.debug("autonat probe failed", server=server, error=str(error))
+            return None
+        except Exception as error:  # the library's stream errors (reset, refused protocol)
+            self._metrics.autonat_probes.labels(outcome="error").inc()
+            self._log.debug("autonat probe failed", server=server, error=repr(error))
+            return None
+        self._metrics.autonat_probes.labels(outcome=response.status.name.lower()).inc()
+        return response.status
+
+
+ReachabilitySource = Callable[[], Reachability]

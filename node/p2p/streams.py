@@ -1,0 +1,52 @@
+"""Reading framed messages from libp2p streams, and where a stream came from.
+
+py-libp2p's ``stream.read(n)`` returns up to ``n`` bytes (trap 14): protocols must frame their
+messages themselves. :func:`read_frame` does it with the sans-IO decoder of
+:mod:`p2pchat.node.wire.framing`, bounded in size and time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from libp2p.abc import INetStream
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+
+READ_CHUNK = 4096
+
+Stream = INetStream
+"""A libp2p stream, for code outside the host layer that handles one (read, write, close)."""
+
+
+async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
+    """The next frame of ``stream`` (callers bound the wait with their own deadline).
+
+    Raises:
+        FrameError: a malformed or oversized frame, or the stream ended first.
+    """
+    while True:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            raise FrameError("the stream ended before a whole frame")
+        frames = decoder.feed(chunk)
+        if frames:
+            if len(frames) > 1 or decoder.buffered:
+                raise FrameError("more than one message where one was expected")
+            return frames[0]
+
+
+@dataclass(frozen=True)
+class StreamOrigin:
+    """Who opened a stream, and from which IP address (None when not known, e.g. relayed)."""
+
+    peer_id: str
+    remote_ip: str | None
+
+
+def stream_origin(stream: INetStream) -> StreamOrigin:
+    """Describe the remote end of ``stream``."""
+    remote = stream.get_remote_address()
+    return StreamOrigin(
+        peer_id=str(stream.muxed_conn.peer_id),
+        remote_ip=str(remote[0]) if remote else None,
+    )

@@ -1,0 +1,172 @@
+"""AutoNAT: the codecs, the server's rules, and real processes told the truth about their
+ports (py-libp2p's own AutoNAT dials back over the existing connection and calls every port
+open)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+from pathlib import Path
+
+import multiaddr
+import pytest
+from p2pchat.node.autonat import Throttle, dialable_at
+from p2pchat.node.wire.autonat import (
+    MAX_ADDRS,
+    MAX_MESSAGE_BYTES,
+    AutoNatWireError,
+    DialRequest,
+    DialResponse,
+    Status,
+    decode_request,
+    decode_response,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError, encode_uvarint, frame
+
+from tests.conftest import NodeProcess
+from tests.test_chat import chat_peer
+from tests.test_dht import bootstrap_node, wait_metric
+
+PEER = bytes.fromhex("0024080112201c4c2d45b6c6b6d6e2d5a8c2e3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4")
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+def test_frames_survive_any_split_of_the_stream() -> None:
+    payloads = [b"", b"a", b"x" * 300, b"y" * 5000]
+    stream = b"".join(frame(p) for p in payloads)
+    for step in (1, 2, 7, 64, len(stream)):
+        decoder = FrameDecoder(max_frame_bytes=8192)
+        got: list[bytes] = []
+        for start in range(0, len(stream), step):
+            got += decoder.feed(stream[start : start + step])
+        assert got == payloads and decoder.buffered == 0
+
+
+def test_a_length_bomb_is_refused_before_anything_is_buffered() -> None:
+    decoder = FrameDecoder(max_frame_bytes=4096)
+    with pytest.raises(FrameError, match="4096"):
+        decoder.feed(encode_uvarint(4 * 1024**3))  # "a 4 GB frame follows"
+    with pytest.raises(FrameError, match="malformed"):
+        FrameDecoder(max_frame_bytes=1 << 70).feed(b"\xff" * 11)
+
+
+def test_random_bytes_only_ever_raise_the_decoders_own_errors() -> None:
+    rng = random.Random(7)
+    valid = encode(DialRequest(PEER, (multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1").to_bytes(),)))
+    for _ in range(5000):
+        data = bytearray(rng.randbytes(rng.randrange(0, 80)))
+        if rng.random() < 0.5:  # mutate a valid message rather than pure noise
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        with contextlib.suppress(FrameError):
+            FrameDecoder(max_frame_bytes=MAX_MESSAGE_BYTES).feed(bytes(data))
+        for decode in (decode_request, decode_response):
+            with contextlib.suppress(AutoNatWireError):
+                decode(bytes(data[1:]))
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def test_messages_round_trip_and_match_the_spec_bytes() -> None:
+    addr = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001").to_bytes()
+    request = DialRequest(PEER, (addr,))
+    [payload] = FrameDecoder(MAX_MESSAGE_BYTES).feed(encode(request))
+    # type DIAL (field 1 = 0), dial (field 2) { peer (field 1) { id (1), addrs (2) } }
+    assert payload.startswith(b"\x08\x00\x12")
+    assert decode_request(payload) == request
+    response = DialResponse(Status.E_DIAL_ERROR, "dial-back failed")
+    [payload] = FrameDecoder(MAX_MESSAGE_BYTES).feed(encode(response))
+    assert payload.startswith(b"\x08\x01\x1a")  # type DIAL_RESPONSE, dialResponse (field 3)
+    assert decode_response(payload) == response
+
+
+def test_bad_messages_are_refused_and_address_lists_bounded() -> None:
+    with pytest.raises(AutoNatWireError, match="expected a DIAL message"):
+        decode_request(FrameDecoder(MAX_MESSAGE_BYTES).feed(encode(DialResponse(Status.OK)))[0])
+    with pytest.raises(AutoNatWireError, match="without a peer id"):
+        decode_request(b"\x08\x00\x12\x00")
+    with pytest.raises(AutoNatWireError, match="unknown status"):
+        decode_response(b"\x08\x01\x1a\x02\x08\x07")  # status 7: undefined, not OK
+    with pytest.raises(AutoNatWireError, match="missing"):
+        decode_response(b"\x08\x01\x1a\x00")
+    with pytest.raises(AutoNatWireError, match="limit"):
+        decode_request(b"\x00" * (MAX_MESSAGE_BYTES + 1))
+    many = tuple(b"\x04\x7f\x00\x00\x01\x06" + bytes([n, 0]) for n in range(MAX_ADDRS * 2))
+    [payload] = FrameDecoder(MAX_MESSAGE_BYTES).feed(encode(DialRequest(PEER, many)))
+    assert len(decode_request(payload).addrs) == MAX_ADDRS
+
+
+# --- the server's rules -------------------------------------------------------------------------
+
+
+def _bin(text: str) -> bytes:
+    return multiaddr.Multiaddr(text).to_bytes()
+
+
+def test_only_tcp_addresses_at_the_observed_ip_are_dialled() -> None:
+    addrs = (
+        _bin("/ip4/10.0.0.5/tcp/4001"),
+        _bin("/ip4/192.0.2.9/tcp/4001"),  # someone else's address: never dialled
+        _bin("/ip4/10.0.0.5/udp/4001/quic-v1"),
+        _bin("/ip4/10.0.0.5/tcp/4002/ws"),
+        b"\xff\xfe junk",
+        _bin("/ip4/10.0.0.5/tcp/4001"),
+    )
+    assert dialable_at(addrs, "10.0.0.5") == ["/ip4/10.0.0.5/tcp/4001", "/ip4/10.0.0.5/tcp/4002/ws"]
+    assert dialable_at(addrs, "203.0.113.1") == []
+
+
+def test_requests_are_throttled_per_peer_and_in_all() -> None:
+    throttle = Throttle(per_peer=3, total=5, period=60)
+    assert [throttle.allow("a", now=0) for _ in range(4)] == [True, True, True, False]
+    assert [throttle.allow(p, now=1) for p in "bcd"] == [True, True, False]  # 5 in all
+    assert throttle.allow("a", now=61)  # a new window
+
+
+# --- real processes -----------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again once the socket is
+
+
+def info_reachability(node: NodeProcess) -> str:
+    node.say("/info")
+    info = node.next_event(lambda e: e["type"] == "output" and e["command"] == "info")
+    return str(info["data"]["reachability"])
+
+
+def test_an_open_port_is_public_and_a_closed_one_private(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    boot = bootstrap_node(tmp_path / "boot", nodes)
+    open_peer = chat_peer(tmp_path / "open", nodes, "--bootstrap", boot.addr())
+    # Listens on a port of its own but tells everyone a port nobody listens on: what a peer
+    # behind a NAT without port forwarding looks like from outside.
+    hidden = chat_peer(
+        tmp_path / "hidden",
+        nodes,
+        "--bootstrap",
+        boot.addr(),
+        "--announce",
+        f"/ip4/127.0.0.1/tcp/{closed_port()}",
+    )
+    wait_metric(open_peer, "libp2p_autonat_reachability_status", 1)
+    wait_metric(hidden, "libp2p_autonat_reachability_status", 2)
+    assert info_reachability(open_peer) == "public"
+    assert info_reachability(hidden) == "private"
+    assert hidden.metric("p2pchat_autonat_probes_total", outcome="e_dial_error") >= 1
+    assert boot.metric("p2pchat_autonat_dialbacks_total", outcome="ok") >= 1
+    assert boot.metric("p2pchat_autonat_dialbacks_total", outcome="e_dial_error") >= 1
+    # "private" is itself the proof that the dial-back needed a new connection: reusing the
+    # hidden peer's open connection to the bootstrap node (the library's way) would have
+    # succeeded. Nothing ever reached the hidden peer's advertised port:
+    assert hidden.metric("libp2p_swarm_connections_opened_total", dir="inbound") == 0
