@@ -34,10 +34,11 @@ typecheck: $(STAMP)
 	ln -s "$$($(BIN)/python -c 'import os, trio; print(os.path.dirname(trio.__file__))')" $(TYPECHECK_TREE)/trio
 	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p p2pchat.node -p p2pchat.roles
 
-# Regenerate the protobuf code of the wire formats (committed; CI checks it is current).
+# Regenerate the protobuf code of the wire formats (committed; tests/test_packaging.py checks
+# that it is current).
 proto: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
-		--python_out=node/wire --mypy_out=node/wire node/wire/chat.proto node/wire/autonat.proto
+		--python_out=node/wire --mypy_out=node/wire node/wire/*.proto
 
 # The js-libp2p peer of the interop test, pinned by its package-lock.json.
 JS_PEER := tests/interop/js
