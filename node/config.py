@@ -101,7 +101,25 @@ def _check_room(value: str) -> str:
     return value
 
 
+def _check_allow_entry(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+        return value
+    except ValueError:
+        pass
+    # Imported here: it loads py-libp2p (~0.5 s), which `--help` and most config errors
+    # should not wait for.
+    from p2pchat.node.p2p.identity import peer_id_bytes
+
+    try:
+        peer_id_bytes(value)
+    except Exception:  # the base58 and multihash decoders raise several types
+        raise ValueError(f"{value!r} is neither a PeerId nor a network (CIDR)") from None
+    return value
+
+
 ListenAddr = Annotated[str, AfterValidator(_check_listen_addr)]
+AllowEntry = Annotated[str, AfterValidator(_check_allow_entry)]
 AnnounceAddr = Annotated[str, AfterValidator(_check_announce_addr)]
 PeerAddr = Annotated[str, AfterValidator(_check_peer_addr)]
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
@@ -217,6 +235,34 @@ class AutoNatSection(_Section):
         return self.service == "on"
 
 
+class RelaySection(_Section):
+    """The relay role's Circuit Relay v2 limits (defaults: go-libp2p's), all enforced."""
+
+    reservation_ttl: float = Field(
+        default=3600.0, gt=0, le=86_400, description="Seconds a reservation lasts."
+    )
+    max_reservations: int = Field(default=128, ge=1, le=100_000, description="Reservations in all.")
+    max_reservations_per_ip: int = Field(
+        default=8, ge=1, le=100_000, description="Reservations per IP address."
+    )
+    max_circuits: int = Field(
+        default=16, ge=1, le=10_000, description="Relayed connections per peer at a time."
+    )
+    circuit_duration: int = Field(
+        default=120, ge=1, le=86_400, description="Seconds a relayed connection may last."
+    )
+    circuit_data: int = Field(
+        default=128 * 1024,
+        ge=1024,
+        le=1 << 40,
+        description="Bytes a relayed connection may carry in each direction.",
+    )
+    allow: Annotated[list[AllowEntry], BeforeValidator(_split_commas)] = Field(
+        default_factory=list,
+        description="If set, only these PeerIds and networks (CIDR) may reserve or connect.",
+    )
+
+
 class LogSection(_Section):
     """Structured logs on stderr."""
 
@@ -267,6 +313,7 @@ class Config(_Section):
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     dht: DhtSection = Field(default_factory=DhtSection)
     autonat: AutoNatSection = Field(default_factory=AutoNatSection)
+    relay: RelaySection = Field(default_factory=RelaySection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)

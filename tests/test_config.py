@@ -216,3 +216,21 @@ def test_autonat_service_follows_the_roles_unless_set() -> None:
     assert not load_config(environ={}, flags={"roles": "archiver"}).autonat.serves(["archiver"])
     forced = load_config(environ={"P2PCHAT_AUTONAT__SERVICE": "on"})
     assert forced.autonat.serves(forced.roles)
+
+
+def test_relay_limits_default_to_go_libp2p_and_the_allow_list_is_checked() -> None:
+    relay = load_config(environ={}, flags={"roles": "relay"}).relay
+    assert (relay.max_reservations, relay.max_reservations_per_ip, relay.max_circuits) == (
+        128,
+        8,
+        16,
+    )
+    assert (relay.reservation_ttl, relay.circuit_duration, relay.circuit_data) == (
+        3600,
+        120,
+        131072,
+    )
+    allowed = load_config(environ={"P2PCHAT_RELAY__ALLOW": f"10.0.0.0/8, {PEER_ID}"})
+    assert allowed.relay.allow == ["10.0.0.0/8", PEER_ID]
+    with pytest.raises(ConfigError, match=r"relay\.allow\[0\].*'not-a-thing' is neither"):
+        load_config(environ={"P2PCHAT_RELAY__ALLOW": "not-a-thing"})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from p2pchat.node.config import Config
 from p2pchat.node.metrics import NodeMetrics
+from p2pchat.roles.relay.metrics import RelayMetrics
 from pydantic import BaseModel
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -29,7 +30,9 @@ def test_every_config_key_is_documented_with_its_default() -> None:
 
 
 def test_every_metric_family_is_documented() -> None:
-    for family in NodeMetrics(["peer"]).registry.collect():
+    metrics = NodeMetrics(["peer", "relay"])
+    RelayMetrics(metrics.registry)
+    for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in README, f"README does not document metric {name}"
 

@@ -162,5 +162,3 @@ def test_the_allow_list_admits_listed_peers_and_networks_only() -> None:
     denied = relay.open_circuit("12D3KooWStranger", "203.0.113.2", PEER_TEXT, now=1)
     assert denied.status == Status.PERMISSION_DENIED
     assert AllowList().admits("anyone", None)
-    with pytest.raises(ValueError, match="'not-a-thing' is neither a PeerId nor a network"):
-        AllowList.parse(["not-a-thing"])

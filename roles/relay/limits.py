@@ -19,7 +19,6 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from p2pchat.node.p2p.identity import peer_id_bytes
 from p2pchat.node.wire.circuit import Status
 
 
@@ -44,11 +43,8 @@ class AllowList:
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> AllowList:
-        """From config entries: a PeerId, or a CIDR network (``10.0.0.0/8``, ``::1/128``).
-
-        Raises:
-            ValueError: an entry is neither (the message names it).
-        """
+        """From config entries (validated there): a CIDR network (``10.0.0.0/8``, ``::1/128``,
+        a bare address) or else a PeerId."""
         peers: set[str] = set()
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in entries:
@@ -57,10 +53,6 @@ class AllowList:
                 continue
             except ValueError:
                 pass
-            try:
-                peer_id_bytes(entry)
-            except Exception:  # the base58 and multihash decoders raise several types
-                raise ValueError(f"{entry!r} is neither a PeerId nor a network (CIDR)") from None
             peers.add(entry)
         return cls(frozenset(peers), tuple(networks))
 
@@ -119,6 +111,10 @@ class RelayResources:
             return Decision(Status.RESERVATION_REFUSED, "ip_limit")
         self._slots[peer] = _Slot(ip, expire)
         return Decision(Status.OK, "new", expire)
+
+    def holders(self) -> list[str]:
+        """Peers holding a reservation (expired ones included until :meth:`expire`)."""
+        return list(self._slots)
 
     def release(self, peer: str) -> None:
         """Drop ``peer``'s reservation (it disconnected, or asked)."""

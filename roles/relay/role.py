@@ -1,6 +1,7 @@
-"""The relay role: Circuit Relay v2 hop server and AutoNAT service (issue #4).
+"""The relay role: a Circuit Relay v2 hop server with go-libp2p's limits, all enforced.
 
-At this stage it only takes part in the node's lifecycle.
+The node answers AutoNAT for it (``autonat.service`` auto includes the relay role). Limits and
+the allow-list come from the ``relay`` config section.
 """
 
 from __future__ import annotations
@@ -10,18 +11,33 @@ from typing import ClassVar
 
 import trio
 from p2pchat.node.role import NodeContext
+from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
+from p2pchat.roles.relay.hop import HopServer
+from p2pchat.roles.relay.limits import AllowList, RelayLimits, RelayResources
+from p2pchat.roles.relay.metrics import RelayMetrics
 
 
 class RelayRole:
     """Relay node."""
 
     name: ClassVar[str] = "relay"
-    protocols: ClassVar[Sequence[str]] = ()
+    protocols: ClassVar[Sequence[str]] = (HOP_PROTOCOL_ID,)
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start serving and wait for cancellation."""
-        ctx.log.info("relay role started")
+        """Serve the hop protocol until cancelled."""
+        settings = ctx.config.relay
+        limits = RelayLimits(
+            reservation_ttl=settings.reservation_ttl,
+            max_reservations=settings.max_reservations,
+            max_reservations_per_ip=settings.max_reservations_per_ip,
+            max_circuits=settings.max_circuits,
+            circuit_duration=settings.circuit_duration,
+            circuit_data=settings.circuit_data,
+        )
+        resources = RelayResources(limits, AllowList.parse(settings.allow))
+        HopServer(ctx.host, resources, RelayMetrics(ctx.metrics.registry), ctx.log).install()
+        ctx.log.info("relay role started", limits=limits.__dict__, allow=settings.allow)
         task_status.started()
         await trio.sleep_forever()

@@ -1,0 +1,251 @@
+"""The peer side of Circuit Relay v2: reserve a slot on a relay, open a circuit through one, and
+accept the circuits a relay brings.
+
+Trap 5 of shared/notes/py-libp2p-0.8.1.md: the library's relay client is not wired into the
+swarm. Here the hop and stop exchanges run on our own codec
+(:mod:`p2pchat.node.wire.circuit`), and :func:`dial_through` / :func:`upgrade_inbound` turn
+the relayed stream into an ordinary libp2p connection (Noise and a muxer on top, added to the
+swarm), so GossipSub, identify and every other protocol work over it unchanged.
+
+Every exchange is bounded: one message of at most ``MAX_MESSAGE_BYTES``, within
+``RESPONSE_TIMEOUT`` seconds. Failures of any kind come out as :class:`CircuitError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.abc import INetStream
+from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
+from libp2p.peer.id import ID
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
+from p2pchat.node.p2p.streams import read_frame
+from p2pchat.node.wire.circuit import (
+    HOP_PROTOCOL_ID,
+    MAX_MESSAGE_BYTES,
+    STOP_PROTOCOL_ID,
+    CircuitWireError,
+    Connect,
+    HopStatus,
+    Limit,
+    Reservation,
+    Reserve,
+    Status,
+    StopConnect,
+    StopStatus,
+    decode_hop,
+    decode_stop,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+
+RESPONSE_TIMEOUT = 10.0
+
+
+class CircuitError(Exception):
+    """A reservation or circuit that did not come about; ``status`` is the relay's (or the
+    destination's) answer when there was one."""
+
+    def __init__(self, detail: str, status: Status | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A reservation the relay granted, and the limit its circuits will have."""
+
+    reservation: Reservation
+    limit: Limit | None
+
+
+def circuit_addr(relay_addr: str, relay: str, target: str) -> str:
+    """``target``'s address through ``relay`` (``relay_addr`` without its /p2p/ part)."""
+    return f"{relay_addr}/p2p/{relay}/p2p-circuit/p2p/{target}"
+
+
+def split_circuit_addr(addr: str) -> tuple[str, str, str] | None:
+    """``(relay address with /p2p/relay, relay, target)`` of a circuit address; None if ``addr``
+    is not one (no ``/p2p-circuit``, or not ending in ``/p2p/<target>``)."""
+    head, marker, tail = addr.partition("/p2p-circuit")
+    if not marker or not tail.startswith("/p2p/") or "/p2p/" not in head:
+        return None
+    relay = head.rsplit("/p2p/", 1)[1]
+    target = tail.removeprefix("/p2p/")
+    if not relay or not target or "/" in target or "/" in relay:
+        return None
+    return head, relay, target
+
+
+async def _ask(stream: INetStream, message: Reserve | Connect) -> HopStatus:
+    await stream.write(encode(message))
+    answer = decode_hop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+    if not isinstance(answer, HopStatus):
+        raise CircuitError(f"the relay answered with {type(answer).__name__}, not STATUS")
+    if answer.status != Status.OK:
+        raise CircuitError(f"the relay answered {answer.status.name}", answer.status)
+    return answer
+
+
+async def request_reservation(host: P2PHost, relay: str) -> Granted:
+    """Reserve (or renew) a slot on the connected ``relay``.
+
+    Raises:
+        CircuitError: refused (``status`` says why), or no well-formed answer in time.
+    """
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
+            try:
+                answer = await _ask(stream, Reserve())
+            finally:
+                await _close_quietly(stream)
+    except CircuitError:
+        raise
+    except (CircuitWireError, FrameError) as error:
+        raise CircuitError(f"bad answer from relay {relay}: {error}") from None
+    except trio.TooSlowError:
+        raise CircuitError(f"relay {relay} did not answer in time") from None
+    except Exception as error:  # stream negotiation and I/O failures
+        raise CircuitError(f"reservation on {relay}: {error}") from None
+    if answer.reservation is None:
+        raise CircuitError(f"relay {relay} said OK but granted no reservation")
+    return Granted(answer.reservation, answer.limit)
+
+
+async def request_circuit(
+    host: P2PHost, relay: str, target: str
+) -> tuple[INetStream, Limit | None]:
+    """A raw stream to ``target`` through the connected ``relay``, and the circuit's limit.
+
+    Raises:
+        CircuitError: refused (``status`` says why), or no well-formed answer in time.
+    """
+    stream = None
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
+            answer = await _ask(stream, Connect(peer_id_bytes(target)))
+    except BaseException as error:
+        if stream is not None:
+            await _close_quietly(stream)
+        if isinstance(error, CircuitError | trio.Cancelled | KeyboardInterrupt):
+            raise
+        if isinstance(error, CircuitWireError | FrameError):
+            raise CircuitError(f"bad answer from relay {relay}: {error}") from None
+        if isinstance(error, trio.TooSlowError):
+            raise CircuitError(f"relay {relay} did not connect {target} in time") from None
+        if isinstance(error, Exception):
+            raise CircuitError(f"circuit via {relay}: {error}") from None
+        raise
+    return stream, answer.limit
+
+
+async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
+    """Answer a relay's stop CONNECT on ``stream``: the source PeerId and the circuit's limit.
+
+    A malformed request is answered MALFORMED_MESSAGE (as the spec says) before raising.
+
+    Raises:
+        CircuitError: no well-formed CONNECT in time.
+    """
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            request = decode_stop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+            if not isinstance(request, StopConnect):
+                raise CircuitWireError(Status.UNEXPECTED_MESSAGE, "expected CONNECT")
+            source = peer_id_text(request.peer_id)
+            await stream.write(encode(StopStatus(Status.OK)))
+    except (CircuitWireError, FrameError, ValueError) as error:
+        status = error.status if isinstance(error, CircuitWireError) else Status.MALFORMED_MESSAGE
+        await _answer_quietly(stream, StopStatus(status))
+        raise CircuitError(f"bad stop request: {error}", status) from None
+    except trio.TooSlowError:
+        raise CircuitError("no stop request in time") from None
+    except Exception as error:  # the relay went away mid-exchange
+        raise CircuitError(f"stop exchange failed: {error}") from None
+    return source, request.limit
+
+
+# --- relayed streams as libp2p connections ------------------------------------------------------
+
+
+async def dial_through(host: P2PHost, relay: str, target: str) -> None:
+    """Connect to ``target`` through the connected ``relay``: a circuit, secured and muxed like
+    any connection and added to the swarm.
+
+    Raises:
+        CircuitError: the circuit or its upgrade failed.
+    """
+    stream, _ = await request_circuit(host, relay, target)
+    raw = RawConnection(
+        stream=stream,
+        initiator=True,
+        connection_type=ConnectionType.RELAYED,
+        addresses=[multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")],
+    )
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            await host.libp2p_host.get_network().upgrade_outbound_raw_conn(
+                raw, ID.from_base58(target)
+            )
+    except trio.TooSlowError:
+        await _close_quietly(stream)
+        raise CircuitError(f"securing the circuit to {target} timed out") from None
+    except Exception as error:  # security (wrong peer) or muxer negotiation failed
+        await _close_quietly(stream)
+        raise CircuitError(f"securing the circuit to {target}: {error}") from None
+
+
+async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> None:
+    """Make an accepted circuit from ``source`` a libp2p connection of ``host``.
+
+    Raises:
+        CircuitError: the security or muxer handshake failed.
+    """
+    relay = str(stream.muxed_conn.peer_id)
+    addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source}")
+    raw = RawConnection(
+        stream=stream, initiator=False, connection_type=ConnectionType.RELAYED, addresses=[addr]
+    )
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            await host.libp2p_host.get_network().upgrade_inbound_raw_conn(raw, addr)
+    except trio.TooSlowError:
+        await _close_quietly(stream)
+        raise CircuitError(f"securing the circuit from {source} timed out") from None
+    except Exception as error:
+        await _close_quietly(stream)
+        raise CircuitError(f"securing the circuit from {source}: {error}") from None
+
+
+def serve_circuits(host: P2PHost, on_failure: Callable[[CircuitError], None] | None = None) -> None:
+    """Accept circuits relays bring to ``host`` (the stop protocol), as libp2p connections."""
+
+    async def handle(stream: INetStream) -> None:
+        try:
+            source, _ = await accept_circuit(stream)
+            await upgrade_inbound(host, stream, source)
+        except CircuitError as error:
+            if on_failure is not None:
+                on_failure(error)
+
+    host.set_stream_handler(STOP_PROTOCOL_ID, handle)
+
+
+async def _answer_quietly(stream: INetStream, message: StopStatus) -> None:
+    try:
+        await stream.write(encode(message))
+    except Exception:  # the relay is gone; nothing to tell
+        return
+
+
+async def _close_quietly(stream: INetStream) -> None:
+    try:
+        await stream.close()
+    except Exception:  # already gone
+        return

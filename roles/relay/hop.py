@@ -1,0 +1,228 @@
+"""The Circuit Relay v2 hop server: reservations, and circuits relayed within their limits.
+
+One request per hop stream, as the spec has it. RESERVE is answered from
+:class:`~p2pchat.roles.relay.limits.RelayResources`; CONNECT opens a stop stream to the
+destination, and once it accepts, copies bytes both ways until either side ends, a direction
+exceeds ``circuit_data`` bytes or ``circuit_duration`` seconds pass; over a limit both streams
+are reset, as go-libp2p does. Reservations of peers that have disconnected are released before
+each decision, so a peer that connects, reserves and leaves cannot hold a slot for an hour.
+"""
+
+from __future__ import annotations
+
+import time
+
+import multiaddr
+import structlog
+import trio
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
+from p2pchat.node.p2p.streams import Stream, read_frame, stream_origin
+from p2pchat.node.wire.circuit import (
+    HOP_PROTOCOL_ID,
+    MAX_MESSAGE_BYTES,
+    STOP_PROTOCOL_ID,
+    CircuitWireError,
+    Connect,
+    HopStatus,
+    Limit,
+    Reservation,
+    Reserve,
+    Status,
+    StopConnect,
+    StopStatus,
+    decode_hop,
+    decode_stop,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.roles.relay.limits import RelayResources
+from p2pchat.roles.relay.metrics import RelayMetrics
+
+REQUEST_TIMEOUT = 10.0  # to read a request; and for the destination to answer a stop CONNECT
+COPY_CHUNK = 16 * 1024
+
+
+class HopServer:
+    """Serves the hop protocol on ``host``; call :meth:`install` once."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        resources: RelayResources,
+        metrics: RelayMetrics,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._host = host
+        self._resources = resources
+        self._metrics = metrics
+        self._log = log
+        limits = resources.limits
+        self._limit = Limit(duration=limits.circuit_duration, data=limits.circuit_data)
+
+    def install(self) -> None:
+        """Serve ``/libp2p/circuit/relay/0.2.0/hop``."""
+        self._host.set_stream_handler(HOP_PROTOCOL_ID, self._handle)
+        self._metrics.status.set(1)
+
+    async def _handle(self, stream: Stream) -> None:
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+            request = decode_hop(payload)
+        except (FrameError, CircuitWireError, trio.TooSlowError) as error:
+            status = error.status if isinstance(error, CircuitWireError) else None
+            await self._answer(stream, HopStatus(status or Status.MALFORMED_MESSAGE))
+            self._metrics.connection_rejections.labels(reason="malformed").inc()
+            await stream.reset()
+            return
+        if isinstance(request, Reserve):
+            await self._reserve(stream)
+        elif isinstance(request, Connect):
+            await self._connect(stream, request)
+        else:
+            await self._answer(stream, HopStatus(Status.UNEXPECTED_MESSAGE))
+            await stream.close()
+
+    def _release_departed(self) -> None:
+        for peer in self._resources.holders():
+            if not self._host.is_connected(peer):
+                self._resources.release(peer)
+                self._metrics.reservations.labels(type="closed").inc()
+        self._metrics.reservations_held.set(self._resources.reservations)
+
+    async def _reserve(self, stream: Stream) -> None:
+        origin = stream_origin(stream)
+        now = time.monotonic()
+        self._release_departed()
+        self._metrics.reservations.labels(type="closed").inc(self._resources.expire(now))
+        decision = self._resources.reserve(origin.peer_id, origin.remote_ip, now)
+        self._metrics.reservations_held.set(self._resources.reservations)
+        if decision.status != Status.OK:
+            self._metrics.reservation_rejections.labels(reason=decision.reason).inc()
+            await self._answer(stream, HopStatus(decision.status))
+            await stream.close()
+            return
+        self._metrics.reservations.labels(
+            type="renewed" if decision.reason == "renewed" else "opened"
+        ).inc()
+        reservation = Reservation(
+            expire=int(time.time() + (decision.expire - now)),
+            addrs=tuple(
+                multiaddr.Multiaddr(addr).to_bytes() for addr in self._host.advertised_addrs()
+            ),
+        )
+        await self._answer(stream, HopStatus(Status.OK, reservation, self._limit))
+        await stream.close()
+
+    async def _connect(self, stream: Stream, request: Connect) -> None:
+        origin = stream_origin(stream)
+        try:
+            target = peer_id_text(request.peer_id)
+        except ValueError:
+            self._metrics.connection_rejections.labels(reason="bad_peer_id").inc()
+            await self._answer(stream, HopStatus(Status.MALFORMED_MESSAGE))
+            await stream.close()
+            return
+        self._release_departed()
+        decision = self._resources.open_circuit(
+            origin.peer_id, origin.remote_ip, target, time.monotonic()
+        )
+        if decision.status != Status.OK:
+            self._metrics.connection_rejections.labels(reason=decision.reason).inc()
+            await self._answer(stream, HopStatus(decision.status))
+            await stream.close()
+            return
+        try:
+            destination = await self._open_stop(origin.peer_id, target)
+            if destination is None:
+                self._metrics.connection_rejections.labels(reason="connection_failed").inc()
+                await self._answer(stream, HopStatus(Status.CONNECTION_FAILED))
+                await stream.close()
+                return
+            await self._answer(stream, HopStatus(Status.OK, limit=self._limit))
+            self._metrics.connections.labels(type="opened").inc()
+            began = time.monotonic()
+            try:
+                await self._relay(stream, destination)
+            finally:
+                self._metrics.connections.labels(type="closed").inc()
+                self._metrics.connection_duration.observe(time.monotonic() - began)
+        finally:
+            self._resources.close_circuit(origin.peer_id, target)
+
+    async def _open_stop(self, source: str, target: str) -> Stream | None:
+        """A stop stream to ``target`` that accepted ``source``'s circuit, or None."""
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                destination = await self._host.new_stream(target, [STOP_PROTOCOL_ID])
+                await destination.write(encode(StopConnect(peer_id_bytes(source), self._limit)))
+                answer = decode_stop(await read_frame(destination, FrameDecoder(MAX_MESSAGE_BYTES)))
+        except Exception as error:  # dial, stream and decode failures all mean "failed"
+            self._log.debug("stop stream failed", target=target, error=repr(error))
+            return None
+        if answer != StopStatus(Status.OK):
+            await destination.reset()
+            return None
+        return destination
+
+    async def _relay(self, source: Stream, destination: Stream) -> None:
+        """Copy both ways within the circuit's limits; reset both if one is exceeded."""
+        over: list[str] = []
+        with trio.move_on_after(self._resources.limits.circuit_duration) as timer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._copy, source, destination, over, nursery.cancel_scope)
+                nursery.start_soon(self._copy, destination, source, over, nursery.cancel_scope)
+        if timer.cancelled_caught:
+            over.append("duration")
+        if over:
+            self._metrics.limit_resets.labels(limit=over[0]).inc()
+            for end in (source, destination):
+                with trio.CancelScope(shield=True):
+                    await _quietly_reset(end)
+        else:
+            for end in (source, destination):
+                await _quietly_close(end)
+
+    async def _copy(
+        self, reader: Stream, writer: Stream, over: list[str], circuit: trio.CancelScope
+    ) -> None:
+        budget = self._resources.limits.circuit_data
+        try:
+            while True:
+                chunk = await reader.read(COPY_CHUNK)
+                if not chunk:
+                    await writer.close_write()  # half-close: the other direction may go on
+                    return
+                if len(chunk) > budget:
+                    await writer.write(chunk[:budget])
+                    self._metrics.data_transferred.inc(budget)
+                    over.append("data")
+                    circuit.cancel()
+                    return
+                budget -= len(chunk)
+                await writer.write(chunk)
+                self._metrics.data_transferred.inc(len(chunk))
+        except Exception:  # either end reset or went away: the circuit is over
+            circuit.cancel()
+
+    @staticmethod
+    async def _answer(stream: Stream, message: HopStatus) -> None:
+        try:
+            await stream.write(encode(message))
+        except Exception:  # the asker is gone; nothing to tell
+            return
+
+
+async def _quietly_reset(stream: Stream) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # already gone
+        return
+
+
+async def _quietly_close(stream: Stream) -> None:
+    try:
+        await stream.close()
+    except Exception:  # already gone
+        return
