@@ -62,6 +62,22 @@ async def test_yamux_batches_window_updates_like_go_yamux(
     assert not small, f"{len(small)} small window updates for 50 reads of 100 bytes"
 
 
+class _FakeHost:
+    """Just the peerstore calls the record cache makes."""
+
+    def __init__(self) -> None:
+        self.local_record: object = object()
+
+    def get_peerstore(self) -> _FakeHost:
+        return self
+
+    def get_local_record(self) -> object:
+        return self.local_record
+
+    def get_peer_record(self, peer: ID) -> None:
+        return None
+
+
 def test_our_signed_peer_record_is_built_once_per_refresh_period() -> None:
     calls: list[object] = []
 
@@ -70,11 +86,16 @@ def test_our_signed_peer_record_is_built_once_per_refresh_period() -> None:
         return b"record", True
 
     send = p2pchat_pubsub._cached_record_sender(build)  # type: ignore[arg-type]
-    host = object()
+    host = _FakeHost()
     assert send(host) == (b"record", True)  # type: ignore[arg-type]
     for _ in range(100):
         assert send(host) == (b"record", False)  # type: ignore[arg-type]
     assert len(calls) == 1
+    # The library issued a new local record (identify does when our addresses change): ours
+    # must follow at once, or receivers holding the newer one drop our RPCs (trap 21).
+    host.local_record = object()
+    send(host)  # type: ignore[arg-type]
+    assert len(calls) == 2
     assert pubsub_module.env_to_send_in_RPC.__name__ == "env_to_send_in_rpc"
     assert gossipsub_module.env_to_send_in_RPC.__name__ == "env_to_send_in_rpc"
 
@@ -90,7 +111,7 @@ def test_a_peer_record_is_verified_once_and_a_different_one_again() -> None:
     check = p2pchat_pubsub._remembering_record_consumer(consume)  # type: ignore[arg-type]
     peer = ID(b"peer-one")
     good, forged = rpc_pb2.RPC(senderRecord=b"good"), rpc_pb2.RPC(senderRecord=b"forged")
-    host = object()
+    host = _FakeHost()
     assert all(check(good, host, peer) for _ in range(10))  # type: ignore[arg-type]
     assert not check(forged, host, peer)  # type: ignore[arg-type]
     assert not check(forged, host, peer)  # type: ignore[arg-type]  # refusals are not remembered

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 from libp2p.abc import IHost
+from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
 from libp2p.pubsub import pubsub as libp2p_pubsub_module
@@ -155,21 +156,44 @@ RECORD_REFRESH_SECONDS = 10.0
 MAX_REMEMBERED_RECORDS = 10_000
 
 
+#
+# Trap 21 (not in the notes): a receiver drops a whole RPC, subscriptions included, when its
+# record is older than one it already has for the sender (identify may have brought a newer
+# one). A peer whose addresses changed (a relay reservation) and whose first RPC still carried
+# the previous record was then never known to be subscribed. So the cached record is dropped as
+# soon as the library issues a new local record (identify does, on address changes), and a
+# validly signed but stale record no longer costs the message it came with.
+
+
 def _cached_record_sender(
     build: Callable[[IHost], tuple[bytes, bool]],
 ) -> Callable[[IHost], tuple[bytes, bool]]:
-    cache: dict[int, tuple[float, bytes]] = {}
+    cache: dict[int, tuple[float, bytes, object]] = {}
 
     def env_to_send_in_rpc(host: IHost) -> tuple[bytes, bool]:
         now = time.monotonic()
         cached = cache.get(id(host))
-        if cached is not None and now - cached[0] < RECORD_REFRESH_SECONDS:
+        local = host.get_peerstore().get_local_record()
+        if cached is not None and cached[2] is local and now - cached[0] < RECORD_REFRESH_SECONDS:
             return cached[1], False
         envelope, created = build(host)
-        cache[id(host)] = (now, envelope)
+        cache[id(host)] = (now, envelope, host.get_peerstore().get_local_record())
         return envelope, created
 
     return env_to_send_in_rpc
+
+
+def _is_stale_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
+    """Whether the RPC's record is validly signed by ``peer_id`` but not newer than the one
+    already stored for it."""
+    stored = host.get_peerstore().get_peer_record(peer_id)
+    if stored is None:
+        return False
+    try:
+        _, record = consume_envelope(message.senderRecord, "libp2p-peer-record")
+    except Exception:  # bad signature or encoding: not merely stale
+        return False
+    return bool(record.peer_id == peer_id and record.seq <= stored.record().seq)
 
 
 def _remembering_record_consumer(
@@ -181,6 +205,8 @@ def _remembering_record_consumer(
         if message.HasField("senderRecord") and verified.get(peer_id) == message.senderRecord:
             return True
         accepted = consume(message, host, peer_id)
+        if not accepted and message.HasField("senderRecord"):
+            return _is_stale_record(message, host, peer_id)
         if accepted and message.HasField("senderRecord"):
             if len(verified) >= MAX_REMEMBERED_RECORDS:
                 verified.clear()  # bounded memory; the cost is one more verification per peer
