@@ -235,6 +235,29 @@ class AutoNatSection(_Section):
         return self.service == "on"
 
 
+class AutoRelaySection(_Section):
+    """A peer that is not publicly reachable keeps reservations on relays (Circuit Relay v2)."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Reserve relay slots. auto: while AutoNAT finds this node private.",
+    )
+    relays: Annotated[list[PeerAddr], BeforeValidator(_split_commas)] = Field(
+        default_factory=list,
+        description="Relays to use (multiaddrs ending in /p2p/<id>), kept connected.",
+    )
+    discover: bool = Field(
+        default=True,
+        description="Also use connected peers that serve the relay protocol, and relays "
+        "announced in the DHT.",
+    )
+    reservations: int = Field(default=2, ge=1, le=16, description="Relays to hold a slot on.")
+
+    def wanted(self, reachability: str) -> bool:
+        """Whether to hold reservations, given AutoNAT's verdict."""
+        return self.mode == "on" or (self.mode == "auto" and reachability == "private")
+
+
 class RelaySection(_Section):
     """The relay role's Circuit Relay v2 limits (defaults: go-libp2p's), all enforced."""
 
@@ -314,6 +337,7 @@ class Config(_Section):
     dht: DhtSection = Field(default_factory=DhtSection)
     autonat: AutoNatSection = Field(default_factory=AutoNatSection)
     relay: RelaySection = Field(default_factory=RelaySection)
+    autorelay: AutoRelaySection = Field(default_factory=AutoRelaySection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)

@@ -94,6 +94,32 @@ class NodeMetrics:
             ("outcome",),
             registry=self.registry,
         )
+        # Auto-relay, after go-libp2p's libp2p_autorelay_* series.
+        self.autorelay_requests = Counter(
+            "libp2p_autorelay_reservation_requests_outcome",
+            "Reservation requests to relays, by request_type (new, refresh) and outcome "
+            "(success, a refusal status in lower case, error).",
+            ("request_type", "outcome"),
+            registry=self.registry,
+        )
+        self.autorelay_opened = Counter(
+            "libp2p_autorelay_reservations_opened",
+            "Reservations obtained.",
+            registry=self.registry,
+        )
+        self.autorelay_closed = Counter(
+            "libp2p_autorelay_reservations_closed",
+            "Reservations ended (relay gone, renewal refused, expired, no longer needed).",
+            registry=self.registry,
+        )
+        self.autorelay_reservations = Gauge(
+            "p2pchat_autorelay_reservations", "Reservations held now.", registry=self.registry
+        )
+        self.autorelay_addresses = Gauge(
+            "libp2p_autorelay_relay_addresses_count",
+            "Circuit addresses this node advertises.",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "p2pchat_ready",
             "1 once every role has started and the listeners are bound.",
@@ -118,6 +144,10 @@ class NodeMetrics:
         else:
             self._open_by_peer.pop(info.peer_id, None)
         self.connected_peers.set(len(self._open_by_peer))
+
+    def bootstrap_dial(self, succeeded: bool) -> None:
+        """Count a dial of a configured bootstrap peer."""
+        self.bootstrap_dials.labels(outcome="success" if succeeded else "failure").inc()
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         """Count a stream handler that raised."""

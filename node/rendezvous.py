@@ -5,7 +5,8 @@ the DHT never sees the name) and looks the key up; the providers it finds go to 
 connector, which dials them within its bounds. Two peers that only know a bootstrap node thus
 meet and mesh. Lookups start at 1 s and back off to ``dht.lookup_interval_max``; an announcement
 nobody accepted (no DHT server reachable yet) is retried at the lookup pace, an accepted one
-every ``dht.reprovide_interval``.
+every ``dht.reprovide_interval``, or sooner once this node's advertised addresses change (a relay
+reservation came or went): the record carries them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def room_key(room: str) -> bytes:
     return content_key("room", room)
 
 
+RELAY_KEY = content_key("service", "circuit-relay-v2")
+"""The DHT key under which relay nodes announce themselves (auto-relay looks it up)."""
+
+
 class Rendezvous:
     """Announces rooms in the DHT and reports the members it finds to ``found``."""
 
@@ -39,8 +44,10 @@ class Rendezvous:
         settings: DhtSection,
         metrics: NodeMetrics,
         log: structlog.stdlib.BoundLogger,
+        advertised: Callable[[], list[str]] = list,
     ) -> None:
         self._dht = dht
+        self._advertised = advertised
         self._found = found
         self._settings = settings
         self._metrics = metrics
@@ -51,14 +58,39 @@ class Rendezvous:
         key = room_key(room)
         delay = FIRST_LOOKUP_DELAY
         next_provide = trio.current_time()
+        provided_with: list[str] | None = None
         while True:
-            if trio.current_time() >= next_provide:
+            moved = provided_with is not None and self._advertised() != provided_with
+            if moved or trio.current_time() >= next_provide:
+                addrs = self._advertised()
                 accepted = await self._provide(room, key)
+                provided_with = addrs if accepted else None
                 pause = self._settings.reprovide_interval if accepted else delay
                 next_provide = trio.current_time() + pause
             await self._look_up(room, key)
             await trio.sleep(delay)
             delay = min(delay * 2, self._settings.lookup_interval_max)
+
+    async def announce(self, what: str, key: bytes) -> None:
+        """Keep this node announced as a provider of ``key`` until cancelled (``what`` names
+        it in the logs): retried at the lookup pace until accepted, then renewed every
+        ``dht.reprovide_interval``."""
+        delay = FIRST_LOOKUP_DELAY
+        while True:
+            if await self._provide(what, key):
+                await trio.sleep(self._settings.reprovide_interval)
+            else:
+                await trio.sleep(delay)
+                delay = min(delay * 2, self._settings.lookup_interval_max)
+
+    async def find(self, what: str, key: bytes) -> list[tuple[str, list[str]]]:
+        """The providers of ``key`` the DHT knows of now (none if the lookup failed)."""
+        try:
+            with trio.fail_after(QUERY_TIMEOUT):
+                return await self._dht.find_providers(key)
+        except Exception as error:  # the library raises its own errors for network failures
+            self._log.debug("lookup failed", what=what, error=repr(error))
+            return []
 
     async def _provide(self, room: str, key: bytes) -> bool:
         try:

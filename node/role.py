@@ -33,6 +33,7 @@ class NodeContext:
     discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS, DHT) has reported
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
+    relays: Callable[[], list[str]] = list  # relays holding a reservation for this node
 
 
 class Role(Protocol):

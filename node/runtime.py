@@ -14,19 +14,22 @@ import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 import trio
 from p2pchat.node.autonat import AutoNatClient, AutoNatServer
+from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
+from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.dht import Dht
 from p2pchat.node.p2p.dialback import DialBack
-from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
+from p2pchat.node.p2p.host import ConnectionInfo, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.rendezvous import Rendezvous
@@ -34,8 +37,6 @@ from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
 
 SHUTDOWN_GRACE = 4.0
-BOOTSTRAP_FIRST_BACKOFF = 1.0
-BOOTSTRAP_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -80,33 +81,6 @@ def host_settings(config: Config) -> HostSettings:
         max_connections=node.max_connections,
         dial_timeout=node.dial_timeout,
     )
-
-
-async def _keep_connected(
-    host: P2PHost,
-    peer_addr: str,
-    metrics: NodeMetrics,
-    log: structlog.stdlib.BoundLogger,
-    backoff_max: float,
-) -> None:
-    """Dial a bootstrap peer, and re-dial it with exponential backoff whenever disconnected."""
-    backoff = BOOTSTRAP_FIRST_BACKOFF
-    peer_id: str | None = None
-    while True:
-        if peer_id is not None and host.is_connected(peer_id):
-            backoff = BOOTSTRAP_FIRST_BACKOFF
-            await trio.sleep(BOOTSTRAP_CHECK_INTERVAL)
-            continue
-        try:
-            peer_id = await host.connect(peer_addr)
-        except DialError as error:
-            metrics.bootstrap_dials.labels(outcome="failure").inc()
-            log.warning("bootstrap dial failed", addr=peer_addr, error=str(error), retry_in=backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, backoff_max)
-            continue
-        metrics.bootstrap_dials.labels(outcome="success").inc()
-        log.info("bootstrap peer connected", addr=peer_addr)
 
 
 async def _stop_on_signal(
@@ -163,7 +137,14 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         dht = Dht(host, server=config.dht.server_mode(config.roles))
                         await roles_nursery.start(dht.run)
                         metrics.dht_routing_table_peers.set_function(dht.routing_table_size)
-                        rendezvous = Rendezvous(dht, connector.found, config.dht, metrics, log)
+                        rendezvous = Rendezvous(
+                            dht,
+                            connector.found,
+                            config.dht,
+                            metrics,
+                            log,
+                            advertised=host.advertised_addrs,
+                        )
                     if config.autonat.serves(config.roles):
                         dial_back = DialBack()
                         await roles_nursery.start(dial_back.run)
@@ -171,6 +152,15 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     autonat = AutoNatClient(host, config.autonat.probe_interval, metrics, log)
                     if config.autonat.probe:
                         roles_nursery.start_soon(autonat.run)
+                    autorelay = AutoRelay(
+                        host,
+                        config.autorelay,
+                        lambda: autonat.reachability,
+                        metrics,
+                        log,
+                        rendezvous=rendezvous,
+                    )
+                    await roles_nursery.start(autorelay.run)
                     context = NodeContext(
                         config,
                         host,
@@ -181,6 +171,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         discovered_peers=lambda: frozenset(connector.discovered),
                         rendezvous=rendezvous,
                         reachability=lambda: autonat.reachability,
+                        relays=lambda: autorelay.relays,
                     )
                     for role in roles:
                         await roles_nursery.start(role.run, context)
@@ -190,12 +181,15 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         await roles_nursery.start(run_mdns, host, connector.found)
                     for peer_addr in config.node.bootstrap:
                         roles_nursery.start_soon(
-                            _keep_connected,
-                            host,
-                            peer_addr,
-                            metrics,
-                            log,
-                            config.node.bootstrap_backoff_max,
+                            partial(
+                                keep_connected,
+                                host,
+                                peer_addr,
+                                what="bootstrap",
+                                backoff_max=config.node.bootstrap_backoff_max,
+                                log=log,
+                                on_dial=metrics.bootstrap_dial,
+                            )
                         )
                     # Everything allocated so far (py-libp2p alone is ~85 MB of objects) lives
                     # as long as the process: keep it out of the collector's full passes, each

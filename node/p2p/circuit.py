@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
 from libp2p.abc import INetStream
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
-from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import read_frame
 from p2pchat.node.wire.circuit import (
@@ -42,6 +42,9 @@ from p2pchat.node.wire.circuit import (
     encode,
 )
 from p2pchat.node.wire.framing import FrameDecoder, FrameError
+
+if TYPE_CHECKING:  # the host dials circuit addresses with this module
+    from p2pchat.node.p2p.host import P2PHost
 
 RESPONSE_TIMEOUT = 10.0
 

@@ -143,7 +143,8 @@ class Dht:
             addrs = found.setdefault(peer, [])
             for addr in info.addrs:
                 text = str(addr)
-                if "/p2p/" not in text:
+                # A circuit address holds the relay's /p2p/ part before the provider's.
+                if not text.endswith(f"/p2p/{peer}"):
                     text = f"{text}/p2p/{peer}"
                 if text not in addrs:
                     addrs.append(text)

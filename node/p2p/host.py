@@ -7,6 +7,8 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
 2. plaintext and secio are accepted inbound -> the security options hold Noise only;
 4. every dial waits 250 ms -> ``max_connections_per_peer=1`` ends the happy-eyeballs wait at the
    first connection;
+5. the relay client is not wired into the swarm -> :meth:`P2PHost.connect` dials circuit
+   addresses itself (:mod:`p2pchat.node.p2p.circuit`);
 10. a failed bind only logs a warning -> :meth:`P2PHost.run` checks every listen address got bound
     and raises :class:`StartupError` otherwise;
 12. the AutoConnector dials up to 200 peerstore peers -> it is replaced by one that never dials;
@@ -17,9 +19,12 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
 19. (not in the notes) Yamux sends a window update after nearly every read -> go-yamux's rule,
     see :mod:`p2pchat.node.p2p.yamux_window`;
 17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
-    (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff.
+    (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff;
+20. (not in the notes) ``get_addrs()`` cuts a circuit address at the relay's /p2p/ and claims
+    the relay's IP and port under this node's PeerId -> circuit addresses are appended after it
+    (:meth:`P2PHost.set_circuit_addrs`).
 
-Traps 3, 5-9, 13 concern capabilities built in later modules (GossipSub, relay, AutoNAT, mDNS,
+Traps 3, 6-9, 13 concern capabilities built in later modules (GossipSub, relay, AutoNAT, mDNS,
 Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
 ``p2pchat.node.logs``.
 """
@@ -41,6 +46,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
@@ -52,6 +58,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
 from p2pchat.node.p2p import yamux_window  # noqa: F401  (imported for its fix; see module)
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
+from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
 
 log = logging.getLogger("p2pchat.host")
@@ -171,6 +178,11 @@ def _disable_auto_connector(host: IHost) -> None:
 def _transport_label(conn: INetConn) -> str:
     layer: Any = conn.muxed_conn
     for _ in range(8):
+        if (
+            isinstance(layer, RawConnection)
+            and layer.get_connection_type() == ConnectionType.RELAYED
+        ):
+            return "p2p-circuit"
         name = type(layer).__name__.lower()
         if "websocket" in name:
             return "websocket"
@@ -244,6 +256,21 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
     )
 
 
+def _advertise_circuit_addrs(
+    host: IHost, circuit_addrs: Callable[[], list[multiaddr.Multiaddr]]
+) -> None:
+    """Trap 20: ``get_addrs()`` strips everything from an address's first /p2p/ on and appends
+    this node's, so a circuit address (``.../p2p/<relay>/p2p-circuit``) would come out as the
+    relay's IP and port claimed under our PeerId. Circuit addresses are appended after it."""
+    library_get_addrs = host.get_addrs
+    own = multiaddr.Multiaddr(f"/p2p/{host.get_id()}")
+
+    def get_addrs() -> list[multiaddr.Multiaddr]:
+        return list(library_get_addrs()) + [addr.encapsulate(own) for addr in circuit_addrs()]
+
+    host.get_addrs = get_addrs
+
+
 def _unbound(
     requested: Sequence[multiaddr.Multiaddr], bound: Sequence[multiaddr.Multiaddr]
 ) -> list[str]:
@@ -300,6 +327,8 @@ class P2PHost:
         self._observer = observer
         self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
         self._host = _build(identity, settings, self._listen)
+        self._circuit_addrs: list[multiaddr.Multiaddr] = []
+        _advertise_circuit_addrs(self._host, lambda: self._circuit_addrs)
         _install_handler_guard(self._host, observer.handler_failed)
         _disable_auto_connector(self._host)
         self._host.get_network().register_notifee(_ConnectionNotifee(observer))
@@ -339,6 +368,11 @@ class P2PHost:
         """The addresses other peers are told to dial, each ending in /p2p/<this peer>."""
         return [str(addr) for addr in self._host.get_addrs()]
 
+    def set_circuit_addrs(self, addrs: Sequence[str]) -> None:
+        """Advertise these ``.../p2p/<relay>/p2p-circuit`` addresses too (identify, DHT): the
+        relays that hold a reservation for this node. Replaces the previous set."""
+        self._circuit_addrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol``; the handler is guarded (see :func:`guard_handler`)."""
         self._host.set_stream_handler(TProtocol(protocol), handler)
@@ -352,9 +386,15 @@ class P2PHost:
     async def connect(self, peer_addr: str) -> str:
         """Dial a peer by a multiaddr ending in /p2p/<id>; return its PeerId.
 
+        A circuit address (``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<id>``) is dialled through
+        that relay (connected first if need be): trap 5, the library's swarm refuses them.
+
         Raises:
             DialError: the address is invalid or the peer could not be reached in time.
         """
+        circuit = split_circuit_addr(peer_addr)
+        if circuit is not None:
+            return await self._connect_through(peer_addr, *circuit)
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(peer_addr))
         except Exception as error:
@@ -373,6 +413,21 @@ class P2PHost:
         except Exception as error:
             raise DialError(f"dial {peer_addr}: {error}") from None
         return str(info.peer_id)
+
+    async def _connect_through(
+        self, peer_addr: str, relay_addr: str, relay: str, target: str
+    ) -> str:
+        if target == self.peer_id:
+            raise DialError(f"{peer_addr} is this node itself")
+        if self.is_connected(target):
+            return target
+        if not self.is_connected(relay):
+            await self.connect(relay_addr)
+        try:
+            await dial_through(self, relay, target)
+        except CircuitError as error:
+            raise DialError(f"dial {peer_addr}: {error}") from None
+        return target
 
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (no error if there is none)."""

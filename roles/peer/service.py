@@ -494,6 +494,7 @@ class ChatService:
         roles, rooms = list(self._ctx.config.roles), sorted(self._rooms)
         store_bytes = self._ctx.store.size_bytes()
         reachability = self._ctx.reachability()
+        relays = self._ctx.relays()
         text = "\n".join(
             [
                 f"peer id:      {self._me}",
@@ -503,6 +504,7 @@ class ChatService:
                 f"roles:        {', '.join(roles)}",
                 f"rooms:        {', '.join(rooms)} (current: {self._current})",
                 f"reachability: {reachability} (AutoNAT)",
+                f"relays:       {', '.join(relays) or 'none'}",
                 f"store:        {store_bytes} bytes",
             ]
         )
@@ -515,6 +517,7 @@ class ChatService:
             "rooms": rooms,
             "current_room": self._current,
             "reachability": reachability,
+            "relays": relays,
             "store_bytes": store_bytes,
         }
         return OutputEvent("info", text, data)

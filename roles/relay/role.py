@@ -1,7 +1,8 @@
 """The relay role: a Circuit Relay v2 hop server with go-libp2p's limits, all enforced.
 
 The node answers AutoNAT for it (``autonat.service`` auto includes the relay role). Limits and
-the allow-list come from the ``relay`` config section.
+the allow-list come from the ``relay`` config section. With the DHT on, the relay announces
+itself under :data:`~p2pchat.node.rendezvous.RELAY_KEY`, where auto-relay looks for relays.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
+from p2pchat.node.rendezvous import RELAY_KEY
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
 from p2pchat.roles.relay.hop import HopServer
@@ -40,4 +42,6 @@ class RelayRole:
         HopServer(ctx.host, resources, RelayMetrics(ctx.metrics.registry), ctx.log).install()
         ctx.log.info("relay role started", limits=limits.__dict__, allow=settings.allow)
         task_status.started()
+        if ctx.rendezvous is not None:  # so that auto-relay finds this relay in the DHT
+            await ctx.rendezvous.announce("relay service", RELAY_KEY)
         await trio.sleep_forever()

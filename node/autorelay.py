@@ -1,0 +1,243 @@
+"""Auto-relay: a peer others cannot dial keeps slots on relays and advertises its circuit
+addresses, so that they can reach it through them.
+
+While wanted (``autorelay.mode`` on, or auto and AutoNAT says private), it holds
+``autorelay.reservations`` reservations, chosen from the configured relays (kept connected, with
+backoff) and, with ``autorelay.discover``, from connected peers whose identify shows the hop
+protocol, and when those are too few, from relays announced in the DHT (looked up from 1 s
+apart, doubling, to every :data:`RETRY_AFTER` seconds, then connected). A reservation is renewed
+when three quarters of its time are gone; one whose relay disconnects, refuses a renewal or
+expires is dropped and another relay is tried (failover). A relay that refused or failed is not
+asked again for :data:`RETRY_AFTER` seconds. The circuit addresses (``<relay
+addr>/p2p/<relay>/p2p-circuit``) go into the host's advertised addresses, hence into identify
+and the DHT provider records of room rendezvous.
+
+Every node also accepts the circuits relays bring to it (the stop protocol), as ordinary
+libp2p connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import multiaddr
+import structlog
+import trio
+from p2pchat.node.config import AutoRelaySection
+from p2pchat.node.keepalive import keep_connected
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.circuit import CircuitError, request_reservation, serve_circuits
+from p2pchat.node.p2p.host import DialError, P2PHost
+from p2pchat.node.rendezvous import RELAY_KEY, Rendezvous
+from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
+
+CHECK_INTERVAL = 1.0
+RETRY_AFTER = 60.0
+FIRST_LOOKUP_DELAY = 1.0
+RENEW_AT = 0.75  # of a reservation's lifetime
+RELAY_BACKOFF_MAX = 60.0
+
+
+@dataclass
+class _Held:
+    """A reservation this node holds."""
+
+    relay: str
+    addrs: list[str]  # circuit addresses through the relay, without /p2p/<this node>
+    expire: float  # time.time() seconds
+    renew_at: float
+
+
+def circuit_addrs(relay: str, relay_addrs: list[bytes], fallback: list[str]) -> list[str]:
+    """This node's circuit addresses through ``relay``: one per address the relay announced
+    in its reservation (``fallback``, the addresses we know it by, when it announced none)."""
+    texts = []
+    for raw in relay_addrs:
+        try:
+            texts.append(str(multiaddr.Multiaddr(raw)))
+        except Exception:  # the relay's bytes are not a multiaddr: skip that one
+            continue
+    result = []
+    for text in texts or fallback:
+        if "/p2p-circuit" in text:
+            continue
+        base = text.removesuffix(f"/p2p/{relay}")
+        if "/p2p/" in base:  # another peer's address: not the relay's
+            continue
+        addr = f"{base}/p2p/{relay}/p2p-circuit"
+        if addr not in result:
+            result.append(addr)
+    return result
+
+
+class AutoRelay:
+    """Keeps this node reachable through relays while it needs to be."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        settings: AutoRelaySection,
+        reachability: Callable[[], str],
+        metrics: NodeMetrics,
+        log: structlog.stdlib.BoundLogger,
+        rendezvous: Rendezvous | None = None,
+    ) -> None:
+        self._host = host
+        self._rendezvous = rendezvous
+        self._lookup_delay = FIRST_LOOKUP_DELAY / 2
+        self._next_lookup = float("-inf")
+        self._settings = settings
+        self._reachability = reachability
+        self._metrics = metrics
+        self._log = log
+        self._held: dict[str, _Held] = {}
+        self._configured: dict[str, str] = {}  # relay PeerId -> configured address
+        self._failed_at: dict[str, float] = {}
+        self._advertised: list[str] = []
+
+    @property
+    def relays(self) -> list[str]:
+        """The relays holding a reservation for this node."""
+        return list(self._held)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept circuits; hold reservations while wanted; until cancelled."""
+        serve_circuits(self._host, self._inbound_failed)
+        for addr in self._settings.relays:
+            self._configured[addr.rsplit("/p2p/", 1)[1]] = addr
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for addr in self._settings.relays:
+                nursery.start_soon(
+                    partial(
+                        keep_connected,
+                        self._host,
+                        addr,
+                        what="relay",
+                        backoff_max=RELAY_BACKOFF_MAX,
+                        log=self._log,
+                    )
+                )
+            while True:
+                await self._step()
+                await trio.sleep(CHECK_INTERVAL)
+
+    def _inbound_failed(self, error: CircuitError) -> None:
+        self._log.info("relayed connection refused", error=str(error))
+
+    async def _step(self) -> None:
+        now = time.time()
+        for relay, held in list(self._held.items()):
+            if not self._host.is_connected(relay) or now >= held.expire:
+                self._drop(relay, "relay disconnected" if now < held.expire else "expired")
+            elif now >= held.renew_at:
+                await self._reserve(relay, renewal=True)
+        wanted = self._settings.wanted(self._reachability())
+        if not wanted:
+            for relay in list(self._held):
+                self._drop(relay, "not needed (publicly reachable)")
+        else:
+            candidates = self._candidates()
+            if len(self._held) + len(candidates) < self._settings.reservations:
+                await self._find_relays()
+                candidates = self._candidates()
+            for relay in candidates:
+                if len(self._held) >= self._settings.reservations:
+                    break
+                await self._reserve(relay, renewal=False)
+        self._advertise()
+
+    async def _find_relays(self) -> None:
+        """Connect relays announced in the DHT (at most every RETRY_AFTER seconds); connected,
+        they become candidates."""
+        now = time.monotonic()
+        if not self._settings.discover or self._rendezvous is None:
+            return
+        if now < self._next_lookup:
+            return
+        # Until a lookup connects a relay (the DHT may not be reachable yet), retry at 1 s,
+        # doubling up to RETRY_AFTER; after one that did, wait RETRY_AFTER.
+        self._lookup_delay = min(self._lookup_delay * 2, RETRY_AFTER)
+        self._next_lookup = now + self._lookup_delay
+        wanted = self._settings.reservations - len(self._held)
+        for relay, addrs in await self._rendezvous.find("relays", RELAY_KEY):
+            if wanted <= 0:
+                return
+            if relay in self._held or self._host.is_connected(relay):
+                continue
+            if now - self._failed_at.get(relay, float("-inf")) < RETRY_AFTER:
+                continue
+            for addr in addrs:
+                if "/p2p-circuit" in addr:  # a relay reachable only through a relay: no use
+                    continue
+                try:
+                    await self._host.connect(addr)
+                except DialError:
+                    continue
+                self._log.info("relay found in the DHT", relay=relay, addr=addr)
+                self._next_lookup = now + RETRY_AFTER
+                wanted -= 1
+                break
+            else:
+                self._failed_at[relay] = now
+
+    def _candidates(self) -> list[str]:
+        """Connected relays to try, configured ones first; not those held or recently failed."""
+        now = time.monotonic()
+        found = [peer for peer in self._configured if self._host.is_connected(peer)]
+        if self._settings.discover:
+            found += [
+                peer
+                for peer in self._host.connected_peers()
+                if peer not in self._configured
+                and HOP_PROTOCOL_ID in self._host.peer_protocols(peer)
+            ]
+        return [
+            peer
+            for peer in found
+            if peer not in self._held
+            and now - self._failed_at.get(peer, float("-inf")) >= RETRY_AFTER
+        ]
+
+    async def _reserve(self, relay: str, *, renewal: bool) -> None:
+        kind = "refresh" if renewal else "new"
+        try:
+            granted = await request_reservation(self._host, relay)
+        except CircuitError as error:
+            outcome = error.status.name.lower() if error.status is not None else "error"
+            self._metrics.autorelay_requests.labels(request_type=kind, outcome=outcome).inc()
+            self._failed_at[relay] = time.monotonic()
+            self._log.warning("relay reservation failed", relay=relay, error=str(error))
+            if renewal:
+                self._drop(relay, "renewal refused")
+            return
+        self._metrics.autorelay_requests.labels(request_type=kind, outcome="success").inc()
+        now = time.time()
+        expire = float(granted.reservation.expire)
+        if expire <= now:  # a relay clock far off ours: trust neither, renew soon
+            expire = now + RETRY_AFTER
+        addrs = circuit_addrs(relay, list(granted.reservation.addrs), self._known_addrs(relay))
+        self._held[relay] = _Held(relay, addrs, expire, now + (expire - now) * RENEW_AT)
+        if not renewal:
+            self._metrics.autorelay_opened.inc()
+            self._log.info("relay reservation", relay=relay, addrs=addrs, expire=int(expire))
+
+    def _known_addrs(self, relay: str) -> list[str]:
+        configured = self._configured.get(relay)
+        return [configured] if configured else []
+
+    def _drop(self, relay: str, why: str) -> None:
+        if self._held.pop(relay, None) is not None:
+            self._metrics.autorelay_closed.inc()
+            self._log.info("relay reservation lost", relay=relay, reason=why)
+
+    def _advertise(self) -> None:
+        addrs = [addr for held in self._held.values() for addr in held.addrs]
+        self._metrics.autorelay_reservations.set(len(self._held))
+        self._metrics.autorelay_addresses.set(len(addrs))
+        if addrs != self._advertised:
+            self._advertised = addrs
+            self._host.set_circuit_addrs(addrs)
