@@ -53,6 +53,7 @@ test: lint typecheck unit
 # Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.chat burst paced
+	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

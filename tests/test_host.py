@@ -19,6 +19,7 @@ import trio
 from libp2p import new_host
 from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
@@ -261,3 +262,18 @@ def test_unspecified_listen_addresses_are_advertised_per_interface() -> None:
         "/ip6/::1/tcp/4001",
         "/ip4/192.0.2.1/tcp/5",
     ]
+
+
+def test_the_connection_limit_is_the_pruning_point_too(tmp_path: Path) -> None:
+    """Trap 22: the library prunes connections above its high watermark (300) whatever
+    max_connections says, and refuses a max_connections below it."""
+    with pytest.raises(ValueError, match="high_watermark"):
+        ConnectionConfig(max_connections=50)
+    for limit in (50, 1000):
+        host = P2PHost(
+            load_or_create_identity(tmp_path / str(limit)),
+            HostSettings(listen=LOOPBACK, max_connections=limit),
+            RecordingObserver(),
+        )
+        config = host.libp2p_host.get_network().connection_config
+        assert (config.max_connections, config.high_watermark) == (limit, limit)

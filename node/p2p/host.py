@@ -20,6 +20,9 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     see :mod:`p2pchat.node.p2p.yamux_window`;
 17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
     (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff;
+22. (not in the notes) connections above ``high_watermark`` (300) are pruned whatever
+    ``max_connections`` allows, and a ``max_connections`` under 300 is refused -> the
+    watermarks follow ``node.max_connections``;
 20. (not in the notes) ``get_addrs()`` cuts a circuit address at the relay's /p2p/ and claims
     the relay's IP and port under this node's PeerId -> circuit addresses are appended after it
     (:meth:`P2PHost.set_circuit_addrs`).
@@ -45,6 +48,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import LOW_WATERMARK as LIBRARY_LOW_WATERMARK
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
@@ -243,6 +247,10 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
     connection_config = ConnectionConfig(
         max_connections=settings.max_connections,
+        # Trap 22: the pruner cuts connections above high_watermark (default 300) whatever
+        # max_connections says, and a max_connections below 300 fails validation.
+        high_watermark=settings.max_connections,
+        low_watermark=min(LIBRARY_LOW_WATERMARK, settings.max_connections),
         max_connections_per_peer=1,
         dial_timeout=settings.dial_timeout,
     )
