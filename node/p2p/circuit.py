@@ -13,7 +13,7 @@ Every exchange is bounded: one message of at most ``MAX_MESSAGE_BYTES``, within
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from libp2p.abc import INetStream
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import read_frame
+from p2pchat.node.p2p.streams import close_quietly, read_frame, write_quietly
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -66,11 +66,6 @@ class Granted:
     limit: Limit | None
 
 
-def circuit_addr(relay_addr: str, relay: str, target: str) -> str:
-    """``target``'s address through ``relay`` (``relay_addr`` without its /p2p/ part)."""
-    return f"{relay_addr}/p2p/{relay}/p2p-circuit/p2p/{target}"
-
-
 def split_circuit_addr(addr: str) -> tuple[str, str, str] | None:
     """``(relay address with /p2p/relay, relay, target)`` of a circuit address; None if ``addr``
     is not one (no ``/p2p-circuit``, or not ending in ``/p2p/<target>``)."""
@@ -84,14 +79,33 @@ def split_circuit_addr(addr: str) -> tuple[str, str, str] | None:
     return head, relay, target
 
 
-async def _ask(stream: INetStream, message: Reserve | Connect) -> HopStatus:
-    await stream.write(encode(message))
-    answer = decode_hop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+async def _hop_request(
+    host: P2PHost, relay: str, message: Reserve | Connect, what: str
+) -> tuple[INetStream, HopStatus]:
+    """Send ``message`` to the connected ``relay`` on a new hop stream: the stream and the
+    relay's OK. On any failure the stream is closed and :class:`CircuitError` raised (``what``
+    names the request in its message)."""
+    stream = None
+    try:
+        with trio.fail_after(RESPONSE_TIMEOUT):
+            stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
+            await stream.write(encode(message))
+            answer = decode_hop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+    except Exception as error:
+        if stream is not None:
+            await close_quietly(stream)
+        if isinstance(error, CircuitWireError | FrameError):
+            raise CircuitError(f"bad answer from relay {relay}: {error}") from None
+        if isinstance(error, trio.TooSlowError):
+            raise CircuitError(f"relay {relay} did not answer {what} in time") from None
+        raise CircuitError(f"{what} via {relay}: {error}") from None  # stream or I/O failure
     if not isinstance(answer, HopStatus):
+        await close_quietly(stream)
         raise CircuitError(f"the relay answered with {type(answer).__name__}, not STATUS")
     if answer.status != Status.OK:
+        await close_quietly(stream)
         raise CircuitError(f"the relay answered {answer.status.name}", answer.status)
-    return answer
+    return stream, answer
 
 
 async def request_reservation(host: P2PHost, relay: str) -> Granted:
@@ -100,21 +114,8 @@ async def request_reservation(host: P2PHost, relay: str) -> Granted:
     Raises:
         CircuitError: refused (``status`` says why), or no well-formed answer in time.
     """
-    try:
-        with trio.fail_after(RESPONSE_TIMEOUT):
-            stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
-            try:
-                answer = await _ask(stream, Reserve())
-            finally:
-                await _close_quietly(stream)
-    except CircuitError:
-        raise
-    except (CircuitWireError, FrameError) as error:
-        raise CircuitError(f"bad answer from relay {relay}: {error}") from None
-    except trio.TooSlowError:
-        raise CircuitError(f"relay {relay} did not answer in time") from None
-    except Exception as error:  # stream negotiation and I/O failures
-        raise CircuitError(f"reservation on {relay}: {error}") from None
+    stream, answer = await _hop_request(host, relay, Reserve(), "the reservation")
+    await close_quietly(stream)
     if answer.reservation is None:
         raise CircuitError(f"relay {relay} said OK but granted no reservation")
     return Granted(answer.reservation, answer.limit)
@@ -128,23 +129,11 @@ async def request_circuit(
     Raises:
         CircuitError: refused (``status`` says why), or no well-formed answer in time.
     """
-    stream = None
     try:
-        with trio.fail_after(RESPONSE_TIMEOUT):
-            stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
-            answer = await _ask(stream, Connect(peer_id_bytes(target)))
-    except BaseException as error:
-        if stream is not None:
-            await _close_quietly(stream)
-        if isinstance(error, CircuitError | trio.Cancelled | KeyboardInterrupt):
-            raise
-        if isinstance(error, CircuitWireError | FrameError):
-            raise CircuitError(f"bad answer from relay {relay}: {error}") from None
-        if isinstance(error, trio.TooSlowError):
-            raise CircuitError(f"relay {relay} did not connect {target} in time") from None
-        if isinstance(error, Exception):
-            raise CircuitError(f"circuit via {relay}: {error}") from None
-        raise
+        connect = Connect(peer_id_bytes(target))
+    except Exception:  # the base58 and multihash decoders raise several types
+        raise CircuitError(f"{target!r} is not a PeerId") from None
+    stream, answer = await _hop_request(host, relay, connect, f"the circuit to {target}")
     return stream, answer.limit
 
 
@@ -165,7 +154,7 @@ async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
             await stream.write(encode(StopStatus(Status.OK)))
     except (CircuitWireError, FrameError, ValueError) as error:
         status = error.status if isinstance(error, CircuitWireError) else Status.MALFORMED_MESSAGE
-        await _answer_quietly(stream, StopStatus(status))
+        await write_quietly(stream, encode(StopStatus(status)))
         raise CircuitError(f"bad stop request: {error}", status) from None
     except trio.TooSlowError:
         raise CircuitError("no stop request in time") from None
@@ -185,23 +174,16 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
         CircuitError: the circuit or its upgrade failed.
     """
     stream, _ = await request_circuit(host, relay, target)
+    addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")
     raw = RawConnection(
-        stream=stream,
-        initiator=True,
-        connection_type=ConnectionType.RELAYED,
-        addresses=[multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")],
+        stream, initiator=True, connection_type=ConnectionType.RELAYED, addresses=[addr]
     )
-    try:
-        with trio.fail_after(RESPONSE_TIMEOUT):
-            await host.libp2p_host.get_network().upgrade_outbound_raw_conn(
-                raw, ID.from_base58(target)
-            )
-    except trio.TooSlowError:
-        await _close_quietly(stream)
-        raise CircuitError(f"securing the circuit to {target} timed out") from None
-    except Exception as error:  # security (wrong peer) or muxer negotiation failed
-        await _close_quietly(stream)
-        raise CircuitError(f"securing the circuit to {target}: {error}") from None
+    network = host.libp2p_host.get_network()
+    await _secured(
+        stream,
+        lambda: network.upgrade_outbound_raw_conn(raw, ID.from_base58(target)),
+        f"the circuit to {target}",
+    )
 
 
 async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> None:
@@ -213,17 +195,26 @@ async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> Non
     relay = str(stream.muxed_conn.peer_id)
     addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source}")
     raw = RawConnection(
-        stream=stream, initiator=False, connection_type=ConnectionType.RELAYED, addresses=[addr]
+        stream, initiator=False, connection_type=ConnectionType.RELAYED, addresses=[addr]
     )
+    network = host.libp2p_host.get_network()
+    await _secured(
+        stream, lambda: network.upgrade_inbound_raw_conn(raw, addr), f"the circuit from {source}"
+    )
+
+
+async def _secured(stream: INetStream, upgrade: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run the swarm's upgrade (Noise, muxer; the connection joins the swarm) of a relayed
+    stream within RESPONSE_TIMEOUT; on failure close the stream and raise CircuitError."""
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
-            await host.libp2p_host.get_network().upgrade_inbound_raw_conn(raw, addr)
+            await upgrade()
     except trio.TooSlowError:
-        await _close_quietly(stream)
-        raise CircuitError(f"securing the circuit from {source} timed out") from None
-    except Exception as error:
-        await _close_quietly(stream)
-        raise CircuitError(f"securing the circuit from {source}: {error}") from None
+        await close_quietly(stream)
+        raise CircuitError(f"securing {what} timed out") from None
+    except Exception as error:  # security (wrong peer) or muxer negotiation failed
+        await close_quietly(stream)
+        raise CircuitError(f"securing {what}: {error}") from None
 
 
 def serve_circuits(host: P2PHost, on_failure: Callable[[CircuitError], None] | None = None) -> None:
@@ -238,17 +229,3 @@ def serve_circuits(host: P2PHost, on_failure: Callable[[CircuitError], None] | N
                 on_failure(error)
 
     host.set_stream_handler(STOP_PROTOCOL_ID, handle)
-
-
-async def _answer_quietly(stream: INetStream, message: StopStatus) -> None:
-    try:
-        await stream.write(encode(message))
-    except Exception:  # the relay is gone; nothing to tell
-        return
-
-
-async def _close_quietly(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception:  # already gone
-        return

@@ -50,3 +50,27 @@ def stream_origin(stream: INetStream) -> StreamOrigin:
         peer_id=str(stream.muxed_conn.peer_id),
         remote_ip=str(remote[0]) if remote else None,
     )
+
+
+async def write_quietly(stream: INetStream, data: bytes) -> None:
+    """Write ``data`` unless the other end is gone (then there is nobody to tell)."""
+    try:
+        await stream.write(data)
+    except Exception:  # reset, closed or broken underneath: all mean "gone"
+        return
+
+
+async def close_quietly(stream: INetStream) -> None:
+    """Close ``stream``; one already reset or closed is left as it is."""
+    try:
+        await stream.close()
+    except Exception:  # already gone
+        return
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    """Reset ``stream``; one already reset or closed is left as it is."""
+    try:
+        await stream.reset()
+    except Exception:  # already gone
+        return

@@ -17,7 +17,14 @@ import structlog
 import trio
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import Stream, read_frame, stream_origin
+from p2pchat.node.p2p.streams import (
+    Stream,
+    close_quietly,
+    read_frame,
+    reset_quietly,
+    stream_origin,
+    write_quietly,
+)
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -72,17 +79,16 @@ class HopServer:
             request = decode_hop(payload)
         except (FrameError, CircuitWireError, trio.TooSlowError) as error:
             status = error.status if isinstance(error, CircuitWireError) else None
-            await self._answer(stream, HopStatus(status or Status.MALFORMED_MESSAGE))
+            await write_quietly(stream, encode(HopStatus(status or Status.MALFORMED_MESSAGE)))
             self._metrics.connection_rejections.labels(reason="malformed").inc()
-            await stream.reset()
+            await reset_quietly(stream)
             return
         if isinstance(request, Reserve):
             await self._reserve(stream)
         elif isinstance(request, Connect):
             await self._connect(stream, request)
         else:
-            await self._answer(stream, HopStatus(Status.UNEXPECTED_MESSAGE))
-            await stream.close()
+            await _finish(stream, HopStatus(Status.UNEXPECTED_MESSAGE))
 
     def _release_departed(self) -> None:
         for peer in self._resources.holders():
@@ -100,8 +106,7 @@ class HopServer:
         self._metrics.reservations_held.set(self._resources.reservations)
         if decision.status != Status.OK:
             self._metrics.reservation_rejections.labels(reason=decision.reason).inc()
-            await self._answer(stream, HopStatus(decision.status))
-            await stream.close()
+            await _finish(stream, HopStatus(decision.status))
             return
         self._metrics.reservations.labels(
             type="renewed" if decision.reason == "renewed" else "opened"
@@ -112,8 +117,7 @@ class HopServer:
                 multiaddr.Multiaddr(addr).to_bytes() for addr in self._host.advertised_addrs()
             ),
         )
-        await self._answer(stream, HopStatus(Status.OK, reservation, self._limit))
-        await stream.close()
+        await _finish(stream, HopStatus(Status.OK, reservation, self._limit))
 
     async def _connect(self, stream: Stream, request: Connect) -> None:
         origin = stream_origin(stream)
@@ -121,8 +125,7 @@ class HopServer:
             target = peer_id_text(request.peer_id)
         except ValueError:
             self._metrics.connection_rejections.labels(reason="bad_peer_id").inc()
-            await self._answer(stream, HopStatus(Status.MALFORMED_MESSAGE))
-            await stream.close()
+            await _finish(stream, HopStatus(Status.MALFORMED_MESSAGE))
             return
         self._release_departed()
         decision = self._resources.open_circuit(
@@ -130,17 +133,15 @@ class HopServer:
         )
         if decision.status != Status.OK:
             self._metrics.connection_rejections.labels(reason=decision.reason).inc()
-            await self._answer(stream, HopStatus(decision.status))
-            await stream.close()
+            await _finish(stream, HopStatus(decision.status))
             return
         try:
             destination = await self._open_stop(origin.peer_id, target)
             if destination is None:
                 self._metrics.connection_rejections.labels(reason="connection_failed").inc()
-                await self._answer(stream, HopStatus(Status.CONNECTION_FAILED))
-                await stream.close()
+                await _finish(stream, HopStatus(Status.CONNECTION_FAILED))
                 return
-            await self._answer(stream, HopStatus(Status.OK, limit=self._limit))
+            await write_quietly(stream, encode(HopStatus(Status.OK, limit=self._limit)))
             self._metrics.connections.labels(type="opened").inc()
             began = time.monotonic()
             try:
@@ -162,7 +163,7 @@ class HopServer:
             self._log.debug("stop stream failed", target=target, error=repr(error))
             return None
         if answer != StopStatus(Status.OK):
-            await destination.reset()
+            await reset_quietly(destination)
             return None
         return destination
 
@@ -179,10 +180,10 @@ class HopServer:
             self._metrics.limit_resets.labels(limit=over[0]).inc()
             for end in (source, destination):
                 with trio.CancelScope(shield=True):
-                    await _quietly_reset(end)
+                    await reset_quietly(end)
         else:
             for end in (source, destination):
-                await _quietly_close(end)
+                await close_quietly(end)
 
     async def _copy(
         self, reader: Stream, writer: Stream, over: list[str], circuit: trio.CancelScope
@@ -206,23 +207,8 @@ class HopServer:
         except Exception:  # either end reset or went away: the circuit is over
             circuit.cancel()
 
-    @staticmethod
-    async def _answer(stream: Stream, message: HopStatus) -> None:
-        try:
-            await stream.write(encode(message))
-        except Exception:  # the asker is gone; nothing to tell
-            return
 
-
-async def _quietly_reset(stream: Stream) -> None:
-    try:
-        await stream.reset()
-    except Exception:  # already gone
-        return
-
-
-async def _quietly_close(stream: Stream) -> None:
-    try:
-        await stream.close()
-    except Exception:  # already gone
-        return
+async def _finish(stream: Stream, answer: HopStatus) -> None:
+    """Send the one answer a hop stream gets, and close it (quietly: the asker may be gone)."""
+    await write_quietly(stream, encode(answer))
+    await close_quietly(stream)
