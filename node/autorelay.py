@@ -43,9 +43,8 @@ RELAY_BACKOFF_MAX = 60.0
 
 @dataclass
 class _Held:
-    """A reservation this node holds."""
+    """A reservation this node holds (keyed by its relay)."""
 
-    relay: str
     addrs: list[str]  # circuit addresses through the relay, without /p2p/<this node>
     expire: float  # time.time() seconds
     renew_at: float
@@ -87,16 +86,16 @@ class AutoRelay:
     ) -> None:
         self._host = host
         self._rendezvous = rendezvous
-        self._lookup_delay = FIRST_LOOKUP_DELAY / 2
+        self._lookup_delay = FIRST_LOOKUP_DELAY
         self._next_lookup = float("-inf")
         self._settings = settings
         self._reachability = reachability
         self._metrics = metrics
         self._log = log
         self._held: dict[str, _Held] = {}
-        self._configured: dict[str, str] = {}  # relay PeerId -> configured address
+        # relay PeerId -> configured address
+        self._configured = {addr.rsplit("/p2p/", 1)[1]: addr for addr in settings.relays}
         self._failed_at: dict[str, float] = {}
-        self._advertised: list[str] = []
 
     @property
     def relays(self) -> list[str]:
@@ -106,8 +105,6 @@ class AutoRelay:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept circuits; hold reservations while wanted; until cancelled."""
         serve_circuits(self._host, self._inbound_failed)
-        for addr in self._settings.relays:
-            self._configured[addr.rsplit("/p2p/", 1)[1]] = addr
         task_status.started()
         async with trio.open_nursery() as nursery:
             for addr in self._settings.relays:
@@ -151,8 +148,7 @@ class AutoRelay:
         self._advertise()
 
     async def _find_relays(self) -> None:
-        """Connect relays announced in the DHT (at most every RETRY_AFTER seconds); connected,
-        they become candidates."""
+        """Connect relays announced in the DHT; connected, they become candidates."""
         now = time.monotonic()
         if not self._settings.discover or self._rendezvous is None:
             return
@@ -160,8 +156,8 @@ class AutoRelay:
             return
         # Until a lookup connects a relay (the DHT may not be reachable yet), retry at 1 s,
         # doubling up to RETRY_AFTER; after one that did, wait RETRY_AFTER.
-        self._lookup_delay = min(self._lookup_delay * 2, RETRY_AFTER)
         self._next_lookup = now + self._lookup_delay
+        self._lookup_delay = min(self._lookup_delay * 2, RETRY_AFTER)
         wanted = self._settings.reservations - len(self._held)
         for relay, addrs in await self._rendezvous.find("relays", RELAY_KEY):
             if wanted <= 0:
@@ -220,7 +216,7 @@ class AutoRelay:
         if expire <= now:  # a relay clock far off ours: trust neither, renew soon
             expire = now + RETRY_AFTER
         addrs = circuit_addrs(relay, list(granted.reservation.addrs), self._known_addrs(relay))
-        self._held[relay] = _Held(relay, addrs, expire, now + (expire - now) * RENEW_AT)
+        self._held[relay] = _Held(addrs, expire, now + (expire - now) * RENEW_AT)
         if not renewal:
             self._metrics.autorelay_opened.inc()
             self._log.info("relay reservation", relay=relay, addrs=addrs, expire=int(expire))
@@ -238,6 +234,4 @@ class AutoRelay:
         addrs = [addr for held in self._held.values() for addr in held.addrs]
         self._metrics.autorelay_reservations.set(len(self._held))
         self._metrics.autorelay_addresses.set(len(addrs))
-        if addrs != self._advertised:
-            self._advertised = addrs
-            self._host.set_circuit_addrs(addrs)
+        self._host.set_circuit_addrs(addrs)

@@ -30,14 +30,8 @@ class RelayRole:
     ) -> None:
         """Serve the hop protocol until cancelled."""
         settings = ctx.config.relay
-        limits = RelayLimits(
-            reservation_ttl=settings.reservation_ttl,
-            max_reservations=settings.max_reservations,
-            max_reservations_per_ip=settings.max_reservations_per_ip,
-            max_circuits=settings.max_circuits,
-            circuit_duration=settings.circuit_duration,
-            circuit_data=settings.circuit_data,
-        )
+        # The config section holds the limits under the same names, and the allow-list.
+        limits = RelayLimits(**settings.model_dump(exclude={"allow"}))
         resources = RelayResources(limits, AllowList.parse(settings.allow))
         HopServer(ctx.host, resources, RelayMetrics(ctx.metrics.registry), ctx.log).install()
         ctx.log.info("relay role started", limits=limits.__dict__, allow=settings.allow)
