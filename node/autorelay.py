@@ -159,7 +159,7 @@ class AutoRelay:
         self._next_lookup = now + self._lookup_delay
         self._lookup_delay = min(self._lookup_delay * 2, RETRY_AFTER)
         wanted = self._settings.reservations - len(self._held)
-        for relay, addrs in await self._rendezvous.find("relays", RELAY_KEY):
+        for relay, addrs in await self._rendezvous.find("relays", RELAY_KEY) or []:
             if wanted <= 0:
                 return
             if relay in self._held or self._host.is_connected(relay):

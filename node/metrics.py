@@ -70,7 +70,8 @@ class NodeMetrics:
         )
         self.rendezvous_provides = Counter(
             "p2pchat_rendezvous_provides",
-            "Announcements of this node's rooms in the DHT, by outcome (accepted, refused, error).",
+            "Announcements of this node's rooms (and a relay's service) in the DHT, by outcome "
+            "(accepted, refused, error).",
             ("outcome",),
             registry=self.registry,
         )

@@ -63,7 +63,7 @@ class Rendezvous:
             moved = provided_with is not None and self._advertised() != provided_with
             if moved or trio.current_time() >= next_provide:
                 addrs = self._advertised()
-                accepted = await self._provide(room, key)
+                accepted = await self._provide(f"room {room}", key)
                 provided_with = addrs if accepted else None
                 pause = self._settings.reprovide_interval if accepted else delay
                 next_provide = trio.current_time() + pause
@@ -83,22 +83,23 @@ class Rendezvous:
                 await trio.sleep(delay)
                 delay = min(delay * 2, self._settings.lookup_interval_max)
 
-    async def find(self, what: str, key: bytes) -> list[tuple[str, list[str]]]:
-        """The providers of ``key`` the DHT knows of now (none if the lookup failed)."""
+    async def find(self, what: str, key: bytes) -> list[tuple[str, list[str]]] | None:
+        """The providers of ``key`` the DHT knows of now; None if the lookup failed (``what``
+        names it in the log)."""
         try:
             with trio.fail_after(QUERY_TIMEOUT):
                 return await self._dht.find_providers(key)
         except Exception as error:  # the library raises its own errors for network failures
             self._log.debug("lookup failed", what=what, error=repr(error))
-            return []
+            return None
 
-    async def _provide(self, room: str, key: bytes) -> bool:
+    async def _provide(self, what: str, key: bytes) -> bool:
         try:
             with trio.fail_after(QUERY_TIMEOUT):
                 accepted = await self._dht.provide(key)
         except Exception as error:  # the library raises its own errors for network failures
             self._metrics.rendezvous_provides.labels(outcome="error").inc()
-            self._log.debug("room announcement failed", room=room, error=repr(error))
+            self._log.debug("announcement failed", what=what, error=repr(error))
             return False
         self._metrics.rendezvous_provides.labels(
             outcome="accepted" if accepted else "refused"
@@ -106,12 +107,9 @@ class Rendezvous:
         return accepted
 
     async def _look_up(self, room: str, key: bytes) -> None:
-        try:
-            with trio.fail_after(QUERY_TIMEOUT):
-                members = await self._dht.find_providers(key)
-        except Exception as error:
+        members = await self.find(f"room {room}", key)
+        if members is None:
             self._metrics.rendezvous_lookups.labels(outcome="error").inc()
-            self._log.debug("room lookup failed", room=room, error=repr(error))
             return
         self._metrics.rendezvous_lookups.labels(outcome="found" if members else "none").inc()
         for member in members:
