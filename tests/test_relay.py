@@ -95,6 +95,18 @@ async def read_all(stream: Stream) -> bytes:
     return received
 
 
+async def reserved_circuit(
+    relay: NodeProcess, source: P2PHost, destination: P2PHost
+) -> tuple[Stream, Limit | None, Stream]:
+    """``destination`` reserves and accepts; ``source`` opens a circuit to it: (the source's
+    stream, the circuit's limit, the destination's stream)."""
+    send, accepted = trio.open_memory_channel[Stream](1)
+    accept_into(destination, send)
+    assert await reserve_status(destination, relay) == Status.OK
+    stream, limit = await request_circuit(source, relay.peer_id, destination.peer_id)
+    return stream, limit, await accepted.receive()
+
+
 # --- reservations -------------------------------------------------------------------------------
 
 
@@ -179,12 +191,8 @@ async def test_a_circuit_is_reset_past_its_data_limit(
 ) -> None:
     relay = relay_node(tmp_path, nodes, circuit_data="4096")
     async with clients(tmp_path, relay, 2) as (source, destination):
-        send, accepted = trio.open_memory_channel[Stream](1)
-        accept_into(destination, send)
-        assert await reserve_status(destination, relay) == Status.OK
-        stream, limit = await request_circuit(source, relay.peer_id, destination.peer_id)
+        stream, limit, far_end = await reserved_circuit(relay, source, destination)
         assert limit is not None and limit.data == 4096
-        far_end = await accepted.receive()
         await stream.write(b"x" * 5000)
         with trio.fail_after(20):
             received = await read_all(far_end)
@@ -197,12 +205,8 @@ async def test_a_circuit_is_reset_past_its_duration(
 ) -> None:
     relay = relay_node(tmp_path, nodes, circuit_duration="2")
     async with clients(tmp_path, relay, 2) as (source, destination):
-        send, accepted = trio.open_memory_channel[Stream](1)
-        accept_into(destination, send)
-        assert await reserve_status(destination, relay) == Status.OK
-        stream, limit = await request_circuit(source, relay.peer_id, destination.peer_id)
+        stream, limit, far_end = await reserved_circuit(relay, source, destination)
         assert limit is not None and limit.duration == 2
-        far_end = await accepted.receive()
         await stream.write(b"still here")
         with trio.fail_after(30):
             received = await read_all(far_end)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,51 +44,75 @@ def _line(tmp: Path) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
     return a, b, c
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@dataclass
+class Delivery:
+    """When each message was written to the sender and read from the receiver."""
+
+    began: float
+    send_seconds: float
+    sent: dict[str, float]
+    received: dict[str, float]
+
+    def latencies_ms(self) -> list[float]:
+        return [(self.received[t] - self.sent[t]) * 1000 for t in self.received if t in self.sent]
+
+
+def deliver(
+    sender: NodeProcess, receiver: NodeProcess, prefix: str, count: int, interval: float
+) -> Delivery:
+    """Type ``count`` messages into ``sender`` (one every ``interval`` s; 0: as fast as it
+    takes them) and time each one's arrival at ``receiver``, end to end as a user sees it."""
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    done = threading.Event()
+
+    def collect() -> None:
+        while len(received) < count:
+            try:
+                event = receiver.next_event(lambda e: e["type"] == "message", DELIVERY_TIMEOUT)
+            except AssertionError:
+                break
+            received[event["text"]] = time.monotonic()
+        done.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    began = time.monotonic()
+    for index in range(count):
+        text = f"{prefix} {index}"
+        if interval:
+            target = began + index * interval
+            while (now := time.monotonic()) < target:
+                time.sleep(min(target - now, 0.001))
+        sent[text] = time.monotonic()
+        sender.say(text)
+    send_seconds = time.monotonic() - began
+    done.wait(DELIVERY_TIMEOUT + 10)
+    return Delivery(began, send_seconds, sent, received)
 
 
 def _run(scenario: str, count: int, interval: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
         a, b, c = _line(Path(tmp))
-        sent: dict[str, float] = {}
-        received: dict[str, float] = {}
-        done = threading.Event()
-
-        def collect() -> None:
-            while len(received) < count:
-                try:
-                    event = c.next_event(lambda e: e["type"] == "message", DELIVERY_TIMEOUT)
-                except AssertionError:
-                    break
-                received[event["text"]] = time.monotonic()
-            done.set()
-
-        threading.Thread(target=collect, daemon=True).start()
-        began = time.monotonic()
-        for index in range(count):
-            text = f"{scenario} {index}"
-            if interval:
-                target = began + index * interval
-                while (now := time.monotonic()) < target:
-                    time.sleep(min(target - now, 0.001))
-            sent[text] = time.monotonic()
-            a.say(text)
-        send_seconds = time.monotonic() - began
-        done.wait(DELIVERY_TIMEOUT + 10)
-        latencies = [(received[t] - sent[t]) * 1000 for t in received if t in sent]
+        delivery = deliver(a, c, scenario, count, interval)
+        received, began = delivery.received, delivery.began
+        latencies = delivery.latencies_ms()
         result = {
             "scenario": scenario,
             "topology": "A-B-C line, C only via B, 127.0.0.1",
             "sent": count,
             "delivered_at_c": len(received),
-            "send_seconds": round(send_seconds, 3),
+            "send_seconds": round(delivery.send_seconds, 3),
             "rate_at_c_per_s": round(len(received) / max(max(received.values()) - began, 1e-9), 1)
             if received
             else 0.0,
             "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
-            "latency_ms_p99": round(_percentile(latencies, 0.99), 2) if latencies else None,
+            "latency_ms_p99": round(percentile(latencies, 0.99), 2) if latencies else None,
             "latency_ms_max": round(max(latencies), 2) if latencies else None,
         }
         for node in (a, b, c):

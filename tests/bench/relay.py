@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import trio
 from p2pchat.node.p2p.circuit import request_reservation
 
+from tests.bench.chat import deliver, percentile
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_autorelay import CHAT_FRIENDLY, tcp_circuit
 from tests.test_host import running_host
@@ -34,7 +34,6 @@ from tests.test_host import running_host
 RESERVATIONS = int(os.environ.get("BENCH_RESERVATIONS", "250"))
 RELAYED_MESSAGES = 500
 RELAYED_RATE = 50
-DELIVERY_TIMEOUT = 120.0
 
 
 def _rss_kib(pid: int) -> int:
@@ -42,11 +41,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def _reserve_all(tmp: Path, relay: NodeProcess, count: int) -> tuple[int, int]:
@@ -128,37 +122,15 @@ def relayed_latency() -> dict[str, Any]:
                     raise RuntimeError("the relayed pair did not form")
                 time.sleep(0.2)
             time.sleep(2)
-            sent: dict[str, float] = {}
-            received: dict[str, float] = {}
-            done = threading.Event()
-
-            def collect() -> None:
-                while len(received) < RELAYED_MESSAGES:
-                    try:
-                        event = a.next_event(lambda e: e["type"] == "message", DELIVERY_TIMEOUT)
-                    except AssertionError:
-                        break
-                    received[event["text"]] = time.monotonic()
-                done.set()
-
-            threading.Thread(target=collect, daemon=True).start()
-            began = time.monotonic()
-            for index in range(RELAYED_MESSAGES):
-                target = began + index / RELAYED_RATE
-                while (now := time.monotonic()) < target:
-                    time.sleep(min(target - now, 0.001))
-                text = f"relayed {index}"
-                sent[text] = time.monotonic()
-                b.say(text)
-            done.wait(DELIVERY_TIMEOUT + 10)
-            latencies = [(received[t] - sent[t]) * 1000 for t in received if t in sent]
+            delivery = deliver(b, a, "relayed", RELAYED_MESSAGES, 1 / RELAYED_RATE)
+            latencies = delivery.latencies_ms()
             return {
                 "scenario": "relayed_latency",
                 "rate_per_second": RELAYED_RATE,
                 "sent": RELAYED_MESSAGES,
-                "delivered": len(received),
+                "delivered": len(delivery.received),
                 "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
-                "latency_ms_p99": round(_percentile(latencies, 0.99), 1) if latencies else None,
+                "latency_ms_p99": round(percentile(latencies, 0.99), 1) if latencies else None,
                 "relayed_bytes": relay.metric("libp2p_relaysvc_data_transferred_bytes_total"),
             }
         finally:
