@@ -13,22 +13,22 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     and raises :class:`StartupError` otherwise;
 12. the AutoConnector dials up to 200 peerstore peers -> it is replaced by one that never dials;
     connections are the node's decision (bootstrap, discovery), not the peerstore's;
+17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
+    (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff;
 18. (not in the notes) TCP listeners set SO_REUSEPORT (for hole punching), so a second process
     binds a port already in use without error and the kernel splits connections between the two
     -> :meth:`P2PHost.run` first probes each fixed port with an exclusive bind;
 19. (not in the notes) Yamux sends a window update after nearly every read -> go-yamux's rule,
     see :mod:`p2pchat.node.p2p.yamux_window`;
-17. (not in the notes) a peer whose addresses all failed once is refused by the swarm for 60 s
-    (its negative cache) -> :meth:`P2PHost.connect` clears the entry: callers own their backoff;
-22. (not in the notes) connections above ``high_watermark`` (300) are pruned whatever
-    ``max_connections`` allows, and a ``max_connections`` under 300 is refused -> the
-    watermarks follow ``node.max_connections``;
 20. (not in the notes) ``get_addrs()`` cuts a circuit address at the relay's /p2p/ and claims
     the relay's IP and port under this node's PeerId -> circuit addresses are appended after it
-    (:meth:`P2PHost.set_circuit_addrs`).
+    (:meth:`P2PHost.set_circuit_addrs`);
+22. (not in the notes) connections above ``high_watermark`` (300) are pruned whatever
+    ``max_connections`` allows, and a ``max_connections`` under 300 is refused -> the
+    watermarks follow ``node.max_connections``.
 
-Traps 3, 6-9, 13 concern capabilities built in later modules (GossipSub, relay, AutoNAT, mDNS,
-Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
+Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
+AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
 ``p2pchat.node.logs``.
 """
 
