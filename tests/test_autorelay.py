@@ -125,7 +125,18 @@ def test_a_peer_with_a_dead_direct_address_is_found_in_the_dht_and_reached_via_r
         P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
     )
     tcp_circuit(a, hub)
-    b = start_node(tmp_path / "b", "--json", "--bootstrap", hub.addr())
+    # B cannot be dialled either (a dead port, no relay): A's lookup finds B too, and would
+    # otherwise connect to it directly first. So the only way the two meet is B -> relay -> A.
+    b = start_node(
+        tmp_path / "b",
+        "--json",
+        "--bootstrap",
+        hub.addr(),
+        env=node_env(
+            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
+            P2PCHAT_AUTORELAY__MODE="off",
+        ),
+    )
     nodes.append(b)
     wait_members(b, 1)
     a.say("you found me behind my relay")
