@@ -91,12 +91,16 @@ class ConnectionInfo:
     muxer: str  # e.g. /yamux/1.0.0
 
 
-class HostObserver(Protocol):
-    """Receives the host's events; the metrics module and the node implement it."""
+class ConnectionWatcher(Protocol):
+    """Told of every connection opened and closed. Called inline by the swarm: must not block."""
 
     def connection_opened(self, info: ConnectionInfo) -> None: ...
 
     def connection_closed(self, info: ConnectionInfo) -> None: ...
+
+
+class HostObserver(ConnectionWatcher, Protocol):
+    """Receives the host's events; the metrics module and the node implement it."""
 
     def handler_failed(self, protocol: str, error: BaseException) -> None: ...
 
@@ -179,8 +183,9 @@ def _disable_auto_connector(host: IHost) -> None:
 # --- connection events --------------------------------------------------------------------------
 
 
-def _transport_label(conn: INetConn) -> str:
-    layer: Any = conn.muxed_conn
+def transport_label(layer: Any) -> str:
+    """``p2p-circuit``, ``websocket``, ``tcp`` or ``other``: what carries ``layer`` (a muxed,
+    secured or raw connection), found by walking down the layers beneath it."""
     for _ in range(8):
         if (
             isinstance(layer, RawConnection)
@@ -210,14 +215,14 @@ def connection_info(conn: INetConn) -> ConnectionInfo:
     return ConnectionInfo(
         peer_id=str(conn.muxed_conn.peer_id),
         direction=direction,
-        transport=_transport_label(conn),
+        transport=transport_label(conn.muxed_conn),
         security=str(conn.get_negotiated_security_protocol() or "unknown"),
         muxer=str(conn.get_negotiated_muxer_protocol() or "unknown"),
     )
 
 
 class _ConnectionNotifee(INotifee):  # type: ignore[misc]
-    def __init__(self, observer: HostObserver) -> None:
+    def __init__(self, observer: ConnectionWatcher) -> None:
         self._observer = observer
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
@@ -339,7 +344,7 @@ class P2PHost:
         _advertise_circuit_addrs(self._host, lambda: self._circuit_addrs)
         _install_handler_guard(self._host, observer.handler_failed)
         _disable_auto_connector(self._host)
-        self._host.get_network().register_notifee(_ConnectionNotifee(observer))
+        self.watch_connections(observer)
 
     @property
     def peer_id(self) -> str:
@@ -380,6 +385,10 @@ class P2PHost:
         """Advertise these ``.../p2p/<relay>/p2p-circuit`` addresses too (identify, DHT): the
         relays that hold a reservation for this node. Replaces the previous set."""
         self._circuit_addrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+
+    def watch_connections(self, watcher: ConnectionWatcher) -> None:
+        """Tell ``watcher`` of every connection opened or closed from now on."""
+        self._host.get_network().register_notifee(_ConnectionNotifee(watcher))
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol``; the handler is guarded (see :func:`guard_handler`)."""

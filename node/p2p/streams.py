@@ -18,16 +18,21 @@ Stream = INetStream
 """A libp2p stream, for code outside the host layer that handles one (read, write, close)."""
 
 
+class StreamEnded(FrameError):
+    """The other end closed the stream before a whole frame arrived."""
+
+
 async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
     """The next frame of ``stream`` (callers bound the wait with their own deadline).
 
     Raises:
-        FrameError: a malformed or oversized frame, or the stream ended first.
+        StreamEnded: the stream ended first.
+        FrameError: a malformed or oversized frame.
     """
     while True:
         chunk = await stream.read(READ_CHUNK)
         if not chunk:
-            raise FrameError("the stream ended before a whole frame")
+            raise StreamEnded("the stream ended before a whole frame")
         frames = decoder.feed(chunk)
         if frames:
             if len(frames) > 1 or decoder.buffered:

@@ -1,0 +1,182 @@
+"""Direct connections to a peer already reached through a relay: the host layer's part of hole
+punching (DCUtR, driven by :mod:`p2pchat.node.holepunch`).
+
+A TCP hole punch is a simultaneous open: both peers dial each other's NAT-mapped address at about
+the same time, each *from its listen port*, so that each NAT has an outbound mapping for the SYN
+that arrives from the other side, and a port-preserving NAT maps the listen port to the same
+port outside. py-libp2p 0.8.1 binds a dial to a source when asked (its TCP listeners set
+SO_REUSEPORT for this) and can upgrade a dialled socket as the responder. After a simultaneous
+open both ends have "dialled", so the security roles are fixed by DCUtR instead: the peer that
+dialled through the relay is the initiator, the peer that received the relayed connection the
+responder (go-libp2p's rule).
+
+Everything here is bounded: at most :data:`MAX_DIAL_ADDRS` addresses per attempt, dialled
+together, within :data:`DIAL_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream
+from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
+from p2pchat.node.p2p.host import P2PHost, transport_label
+
+DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
+MAX_DIAL_ADDRS = 8  # addresses dialled per attempt: a peer cannot make us dial a long list
+MAX_PUNCH_ADDRS = 16  # addresses we offer in CONNECT
+
+
+def tcp_addrs(addrs: Iterable[str]) -> list[str]:
+    """The plain TCP addresses (``/ip4|ip6/<ip>/tcp/<port>``, any ``/p2p/`` suffix dropped) among
+    ``addrs``, in order, without duplicates; circuit, WebSocket, unspecified and unparsable
+    addresses are left out."""
+    result: list[str] = []
+    for text in addrs:
+        if "/p2p-circuit" in text:
+            continue
+        parts = text.split("/p2p/", 1)[0].split("/")
+        # ['', 'ip4', '<ip>', 'tcp', '<port>'] and nothing more
+        if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+            continue
+        try:
+            ip = ipaddress.ip_address(parts[2])
+            port = int(parts[4])
+        except ValueError:
+            continue
+        if ip.is_unspecified or not 0 < port < 65536:
+            continue
+        addr = f"/{parts[1]}/{ip}/tcp/{port}"
+        if addr not in result:
+            result.append(addr)
+    return result
+
+
+def punch_addrs(
+    observed: Sequence[str], listen: Sequence[str], advertised: Sequence[str]
+) -> list[str]:
+    """The addresses to offer a peer in a DCUtR CONNECT.
+
+    First the predictions: each IP that others observed us at, with each TCP listen port (what a
+    port-preserving NAT maps a dial from the listen port to; the observed ports themselves belong
+    to ephemeral dials and are useless for a punch). Then our advertised TCP addresses (right
+    for a node that is not behind NAT at all). Pure, for testing with vectors.
+    """
+    ports: dict[str, list[str]] = {}  # ip4 / ip6 -> listen ports
+    for addr in tcp_addrs(_unspecified_ok(listen)):
+        ports.setdefault(addr.split("/")[1], []).append(addr.rsplit("/", 1)[1])
+    predicted = []
+    for addr in tcp_addrs(observed):
+        head = addr.rsplit("/", 1)[0]  # /ip4/<ip>/tcp
+        predicted += [f"{head}/{port}" for port in ports.get(addr.split("/")[1], [])]
+    return tcp_addrs(predicted + list(advertised))[:MAX_PUNCH_ADDRS]
+
+
+def _unspecified_ok(listen: Sequence[str]) -> list[str]:
+    # tcp_addrs drops unspecified IPs; for listen addresses only the port matters.
+    return [addr.replace("/0.0.0.0/", "/127.0.0.1/").replace("/::/", "/::1/") for addr in listen]
+
+
+# --- the live host ------------------------------------------------------------------------------
+
+
+def _connections(host: P2PHost, peer: str) -> list[INetConn]:
+    try:
+        return list(host.libp2p_host.get_network().get_connections(ID.from_base58(peer)))
+    except ValueError:  # not a PeerId
+        return []
+
+
+def _is_relayed(conn: INetConn) -> bool:
+    return transport_label(conn.muxed_conn) == "p2p-circuit"
+
+
+def has_direct_connection(host: P2PHost, peer: str) -> bool:
+    """Whether a connection to ``peer`` that does not go through a relay is open."""
+    return any(not _is_relayed(conn) for conn in _connections(host, peer))
+
+
+def is_relayed_stream(stream: INetStream) -> bool:
+    """Whether ``stream`` runs over a relayed connection."""
+    return transport_label(stream.muxed_conn) == "p2p-circuit"
+
+
+async def close_relayed(host: P2PHost, peer: str) -> int:
+    """Close the relayed connections to ``peer``, if a direct one is open; how many closed."""
+    if not has_direct_connection(host, peer):
+        return 0
+    closed = 0
+    for conn in _connections(host, peer):
+        if _is_relayed(conn):
+            try:
+                await conn.close()
+            except Exception:  # already going away
+                continue
+            closed += 1
+    return closed
+
+
+def peer_tcp_addrs(host: P2PHost, peer: str) -> list[str]:
+    """The TCP addresses the peerstore holds for ``peer`` (identify, DHT, configuration)."""
+    try:
+        addrs = host.libp2p_host.get_peerstore().addrs(ID.from_base58(peer))
+    except (PeerStoreError, ValueError):
+        return []
+    return tcp_addrs(str(addr) for addr in addrs)
+
+
+def own_punch_addrs(host: P2PHost) -> list[str]:
+    """What this node offers in a DCUtR CONNECT (see :func:`punch_addrs`)."""
+    manager: Any = getattr(host.libp2p_host, "_observed_addr_manager", None)
+    # One observer is enough to learn our NAT's IP for a punch; the library waits for four
+    # before advertising an observed address, which a peer with one relay never reaches.
+    observed = [str(addr) for addr in manager.addrs(min_observers=1)] if manager else []
+    return punch_addrs(observed, host.listen_addrs(), host.advertised_addrs())
+
+
+def _listen_source(host: P2PHost, family: str) -> tuple[str, int] | None:
+    """The (ip, port) of our TCP listener of ``family``: hole-punch dials leave from it."""
+    for text in host.listen_addrs():
+        parts = text.split("/")
+        if len(parts) == 5 and parts[1] == family and parts[3] == "tcp":
+            return parts[2], int(parts[4])
+    return None
+
+
+async def _dial_one(host: P2PHost, peer: str, addr: str, *, punch: bool, initiator: bool) -> None:
+    swarm: Any = host.libp2p_host.get_network()
+    target = multiaddr.Multiaddr(addr)
+    source = _listen_source(host, addr.split("/")[1]) if punch else None
+    if initiator:
+        # One attempt, no library retries: DCUtR runs its own rounds.
+        await swarm._dial_addr_single_attempt(target, ID.from_base58(peer), source)
+    else:
+        await swarm.dial_addr_as_responder(target, ID.from_base58(peer), source)
+
+
+async def dial_direct(
+    host: P2PHost, peer: str, addrs: Sequence[str], *, punch: bool, initiator: bool = True
+) -> bool:
+    """Dial ``peer`` at its TCP ``addrs`` (the first :data:`MAX_DIAL_ADDRS`) all at once, each
+    dial from our listen port if ``punch``, upgrading as the security ``initiator`` or the
+    responder. Whether a direct connection to ``peer`` is open afterwards (ours, or the peer's
+    dial that arrived meanwhile). Never raises for a failed dial."""
+    targets = tcp_addrs(addrs)[:MAX_DIAL_ADDRS]
+
+    async def attempt(addr: str, done: trio.CancelScope) -> None:
+        try:
+            await _dial_one(host, peer, addr, punch=punch, initiator=initiator)
+        except Exception:  # refused, unreachable, wrong peer, handshake failed: next address
+            return
+        done.cancel()
+
+    with trio.move_on_after(DIAL_TIMEOUT) as scope:
+        async with trio.open_nursery() as nursery:
+            for addr in targets:
+                nursery.start_soon(attempt, addr, scope)
+    return has_direct_connection(host, peer)
