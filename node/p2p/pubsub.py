@@ -19,7 +19,12 @@ What the library does by default, and what this module does instead:
   live task of the service (quadratic under a burst) -> one worker processes received messages
   in arrival order (:class:`_ChatPubsub`);
 - StrictSign is kept (sign every message, verify every signature), and a message that fails
-  verification is counted before the library drops it (verified once, not twice).
+  verification is counted before the library drops it (verified once, not twice);
+- (trap 23, not in the notes) a peer's pubsub streams stay on the connection they were opened
+  on; when it closes while another connection to the peer stays open (a relayed connection
+  replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
+  them until a write fails, then forgets the peer's subscriptions -> when a direct connection
+  to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`).
 
 Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
 ``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
@@ -47,7 +52,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationResult, signature_validator
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
-from p2pchat.node.p2p.host import P2PHost
+from libp2p.utils import encode_varint_prefixed
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
 
 # Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.
 QUEUE_SIZE = 8192
@@ -55,6 +61,7 @@ MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
 # Received messages handled back to back, and delivered to a room as one batch, at most: bounds
 # the work done between two checkpoints.
 MAX_BATCH = 256
+MOVE_QUEUE = 256  # direct connections waiting for a pubsub stream move
 
 # The queue sizes are module-level constants and default arguments inside the library, read
 # when a subscription or a peer queue is created. One pubsub runs per process, so setting them
@@ -79,6 +86,18 @@ class _CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__(max_size=QUEUE_SIZE)
         self._held: rpc_pb2.RPC | None = None  # popped, but did not fit the last merge
+
+    def hand_over(self) -> _CoalescingRpcQueue:
+        """A new queue holding everything still waiting here, in order; this one is closed, so
+        its consumer ends once its current write (if any) is done."""
+        successor = _CoalescingRpcQueue()
+        if self._held is not None:
+            successor.push(self._held)
+            self._held = None
+        while (item := self._queue.pop()) is not None:
+            successor.push(item)
+        self.close()
+        return successor
 
     def __len__(self) -> int:
         return int(super().__len__()) + (self._held is not None)
@@ -362,6 +381,38 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             for topic in message.topicIDs[:1]:
                 self._observer.message_dropped(str(topic), "queue_full")
 
+    async def move_to(self, peer_id: ID) -> bool:
+        """Move our outbound stream to ``peer_id`` off a relayed connection, onto the best one
+        the swarm now has (a direct one), keeping the messages queued for it (trap 23).
+
+        The new stream starts with the hello (our subscriptions), as any pubsub stream does; the
+        peer reads both streams until the old one ends with its connection. Whether it moved.
+        """
+        old = self.peers.get(peer_id)
+        if old is None or transport_label(old.muxed_conn) != "p2p-circuit":
+            return False
+        stream = await self.host.new_stream(peer_id, self.protocols)
+        if (
+            transport_label(stream.muxed_conn) == "p2p-circuit"
+            or self.peers.get(peer_id) is not old
+        ):
+            await stream.close()  # nothing better to move to, or the peer re-registered meanwhile
+            return False
+        await stream.write(encode_varint_prefixed(self.get_hello_packet().SerializeToString()))
+        if self.peers.get(peer_id) is not old:
+            await stream.close()
+            return False
+        queue = self.peer_queues.get(peer_id)
+        successor = queue.hand_over() if isinstance(queue, _CoalescingRpcQueue) else None
+        if successor is None:
+            if queue is not None:
+                queue.close()
+            successor = _CoalescingRpcQueue()
+        self.peers[peer_id] = stream
+        self.peer_queues[peer_id] = successor
+        self.manager.run_task(self.handle_sending_messages, peer_id, stream, successor)
+        return True
+
     async def process_received(self) -> None:
         """Validate, deliver and forward received messages in arrival order until cancelled.
 
@@ -413,7 +464,10 @@ class Gossip:
     """The node's GossipSub: join topics, publish, and receive verified messages."""
 
     def __init__(self, host: P2PHost, observer: GossipObserver) -> None:
+        self._host = host
         self._observer = observer
+        # peers with a new direct connection, whose stream may have to move off a relay
+        self._direct_in, self._direct_out = trio.open_memory_channel[str](MOVE_QUEUE)
         self._router = _ChatGossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
             degree=6,
@@ -443,7 +497,27 @@ class Gossip:
             await self._pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pubsub.process_received)
+                nursery.start_soon(self._move_streams)
+                self._host.watch_connections(self)
                 task_status.started()
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        if info.transport != "p2p-circuit":
+            try:
+                self._direct_in.send_nowait(info.peer_id)
+            except trio.WouldBlock:  # the library's own recovery remains (trap 23)
+                log.warning("pubsub stream move queue full", peer=info.peer_id)
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        return None
+
+    async def _move_streams(self) -> None:
+        async for peer in self._direct_out:
+            try:
+                if await self._pubsub.move_to(ID.from_base58(peer)):
+                    log.info("pubsub stream moved to a direct connection", peer=peer)
+            except Exception as error:  # the connection went away meanwhile
+                log.info("pubsub stream move failed", peer=peer, error=str(error))
 
     async def join(
         self, topic: str, validator: PayloadValidator
