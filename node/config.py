@@ -258,6 +258,15 @@ class AutoRelaySection(_Section):
         return self.mode == "on" or (self.mode == "auto" and reachability == "private")
 
 
+class HolePunchSection(_Section):
+    """Direct connections by hole punching (DCUtR) once a peer is reached through a relay."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Upgrade relayed connections to direct ones (DCUtR), and help peers do it.",
+    )
+
+
 class RelaySection(_Section):
     """The relay role's Circuit Relay v2 limits (defaults: go-libp2p's), all enforced."""
 
@@ -338,6 +347,7 @@ class Config(_Section):
     autonat: AutoNatSection = Field(default_factory=AutoNatSection)
     relay: RelaySection = Field(default_factory=RelaySection)
     autorelay: AutoRelaySection = Field(default_factory=AutoRelaySection)
+    holepunch: HolePunchSection = Field(default_factory=HolePunchSection)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)

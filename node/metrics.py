@@ -121,6 +121,28 @@ class NodeMetrics:
             "Circuit addresses this node advertises.",
             registry=self.registry,
         )
+        # Hole punching (DCUtR), after go-libp2p's libp2p_holepunch_* series.
+        self.holepunch_outcomes = Counter(
+            "libp2p_holepunch_outcomes",
+            "Hole punches, by side (initiator, receiver), num_attempts and outcome (success, "
+            "failed, no_suitable_address).",
+            ("side", "num_attempts", "outcome"),
+            registry=self.registry,
+        )
+        self.holepunch_direct_dials = Counter(
+            "libp2p_holepunch_direct_dials",
+            "Direct dials tried before hole punching (the peer advertised an address), by "
+            "outcome (success, failed).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.holepunch_protocol_errors = Counter(
+            "p2pchat_holepunch_protocol_errors",
+            "DCUtR exchanges dropped: malformed, oversized or unexpected messages, timeouts, or a "
+            "DCUtR stream over a connection that is not relayed.",
+            ("side",),
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "p2pchat_ready",
             "1 once every role has started and the listeners are bound.",

@@ -23,6 +23,7 @@ from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
+from p2pchat.node.holepunch import HolePunch
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.logs import get_logger
@@ -161,6 +162,8 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         rendezvous=rendezvous,
                     )
                     await roles_nursery.start(autorelay.run)
+                    if config.holepunch.enabled:
+                        await roles_nursery.start(HolePunch(host, metrics, log).run)
                     context = NodeContext(
                         config,
                         host,

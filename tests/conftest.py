@@ -82,6 +82,7 @@ class NodeProcess:
     chat: list[dict[str, Any]] = field(default_factory=list)
     terminal: int | None = None  # the pty master, for nodes started with terminal=True
     screen: list[str] = field(default_factory=list)  # raw terminal output, as received
+    netns: str | None = None  # the network namespace the node runs in, if not the test's own
 
     def type_keys(self, keys: str) -> None:
         """Type into the node's terminal (needs terminal=True)."""
@@ -185,6 +186,8 @@ class NodeProcess:
 
     def http_get(self, path: str) -> tuple[int, str]:
         """GET a path of the metrics endpoint: (status, body)."""
+        if self.netns is not None:  # the endpoint is on the namespace's own loopback
+            return _http_get_in(self.netns, self.metrics_url + path)
         try:
             with urllib.request.urlopen(self.metrics_url + path, timeout=10) as response:
                 return response.status, response.read().decode()
@@ -202,6 +205,29 @@ class NodeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
+
+
+_GET = """
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as response:
+        status, body = response.status, response.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+sys.stdout.write(str(status) + "\\n" + body.decode())
+"""
+
+
+def _http_get_in(netns: str, url: str) -> tuple[int, str]:
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _GET, url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    status, _, body = result.stdout.partition("\n")
+    return int(status), body
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -257,7 +283,7 @@ def start_node(
         if terminal
         else env or node_env(),
     )
-    node = NodeProcess(proc=proc, data_dir=data_dir, terminal=master)
+    node = NodeProcess(proc=proc, data_dir=data_dir, terminal=master, netns=netns)
     if slave is not None:
         os.close(slave)
 

@@ -88,7 +88,14 @@ def dead_port() -> int:
 
 def test_peers_chat_through_a_relay(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     relay = relay_node(tmp_path / "relay", nodes)
-    a = relayed_peer(tmp_path / "a", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())
+    # On loopback A could dial B directly: no upgrade here (see the next test, and
+    # tests/test_holepunch.py for hole punching through NAT).
+    a = relayed_peer(
+        tmp_path / "a",
+        nodes,
+        P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
+        P2PCHAT_HOLEPUNCH__ENABLED="false",
+    )
     circuit = tcp_circuit(a, relay)
     assert circuit == f"{relay.addr()}/p2p-circuit"
     # B knows nothing but A's address through the relay.
@@ -109,6 +116,30 @@ def test_peers_chat_through_a_relay(tmp_path: Path, nodes: list[NodeProcess]) ->
     assert a.metric("p2pchat_autorelay_reservations") == 1
     assert a.metric("libp2p_autorelay_relay_addresses_count") >= 1
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") == 1
+
+
+def test_a_relayed_connection_to_a_dialable_peer_becomes_direct(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # DCUtR's first step: the peer that received the relayed connection dials the other's
+    # advertised address; no hole punch is needed, and chat moves to the direct connection.
+    relay = relay_node(tmp_path / "relay", nodes)
+    a = relayed_peer(tmp_path / "a", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())
+    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
+    b = start_node(tmp_path / "b", "--json", "--bootstrap", circuit)
+    nodes.append(b)
+    logged(a, "direct connection without hole punch", peer=b.peer_id)
+    logged(a, "relayed connection closed; chat is direct", peer=b.peer_id)
+    wait_members(a, 1)
+    wait_members(b, 1)
+    b.say("now direct")
+    assert a.next_event(is_message("now direct"), timeout=WAIT)["sender"] == b.peer_id
+    a.say("indeed")
+    assert b.next_event(is_message("indeed"), timeout=WAIT)["sender"] == a.peer_id
+    peers = command(b, "/peers", "peers")
+    assert {p["peer"]: p["connection"] for p in peers["peers"]}[a.peer_id] == "direct"
+    assert a.metric("libp2p_holepunch_direct_dials_total", outcome="success") == 1
+    assert a.metric("libp2p_holepunch_outcomes_total") == 0  # no punch was needed
 
 
 def test_a_peer_with_a_dead_direct_address_is_found_in_the_dht_and_reached_via_relay(

@@ -1,0 +1,278 @@
+"""Hole punching (DCUtR, libp2p/specs relay/DCUtR.md): a relayed connection becomes a direct
+one where the NATs allow it, and chat moves to it.
+
+The peer that *received* a relayed connection (it holds a relay reservation because others
+cannot dial it) is the initiator. Once identify has brought the other side's addresses and
+protocols, it
+
+1. dials the addresses the peer advertises, in case one is reachable (a "direct dial");
+2. otherwise opens a ``/libp2p/dcutr`` stream over the relayed connection and, up to
+   :data:`MAX_ATTEMPTS` times on that stream, sends CONNECT with its own addresses and times
+   the peer's CONNECT answer as the round trip, sends SYNC, waits half the round trip and dials
+   the peer's addresses from its listen port, while the peer, on SYNC, dials ours at once: a
+   TCP simultaneous open through both NATs (see :mod:`p2pchat.node.p2p.direct`).
+
+On success new streams take the direct connection at once (the swarm prefers direct ones) and
+the relayed connection is closed :data:`GRACE` seconds later; GossipSub re-opens its stream on
+the direct connection. On failure everything stays on the relay. Outcomes are counted per side
+(initiator, receiver) in ``libp2p_holepunch_outcomes_total``, as go-libp2p does.
+
+The receiver serves DCUtR only over relayed connections, one exchange per peer at a time, at
+most :data:`MAX_ATTEMPTS` rounds. Malformed, oversized, unexpected or late messages end the
+exchange and are counted; they never reach the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import multiaddr
+import structlog
+import trio
+from libp2p.abc import INetStream
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.direct import (
+    close_relayed,
+    dial_direct,
+    has_direct_connection,
+    is_relayed_stream,
+    own_punch_addrs,
+    peer_tcp_addrs,
+    tcp_addrs,
+)
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
+from p2pchat.node.p2p.streams import StreamEnded, close_quietly, read_frame, reset_quietly
+from p2pchat.node.wire.dcutr import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_ID,
+    Connect,
+    DcutrWireError,
+    Record,
+    Sync,
+    decode,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+
+MAX_ATTEMPTS = 3  # the spec: the initiator retries twice
+IDENTIFY_WAIT = 10.0  # seconds to wait for identify before giving up on a relayed connection
+MESSAGE_TIMEOUT = 10.0  # per message over the relay
+ROUND_TIMEOUT = 30.0  # receiver: from one round's start to its SYNC (the peer dials in between)
+GRACE = 2.0  # seconds the relayed connection stays open after a direct one is up
+QUEUE = 64  # relayed connections waiting for a hole punch; more are left on the relay
+
+
+class _ProtocolError(Exception):
+    """The other side broke the exchange (the message says how)."""
+
+
+def _addr_bytes(addrs: Sequence[str]) -> tuple[bytes, ...]:
+    return tuple(multiaddr.Multiaddr(addr).to_bytes() for addr in addrs)
+
+
+def _addr_texts(raw: Sequence[bytes]) -> list[str]:
+    texts = []
+    for item in raw:
+        try:
+            texts.append(str(multiaddr.Multiaddr(item)))
+        except Exception:  # not a multiaddr: skip that one (a peer's garbage costs it only that)
+            continue
+    return tcp_addrs(texts)
+
+
+async def _receive(stream: INetStream, expected: type[Record]) -> Record:
+    try:
+        record = decode(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+    except StreamEnded:
+        raise
+    except (DcutrWireError, FrameError) as error:
+        raise _ProtocolError(str(error)) from None
+    if not isinstance(record, expected):
+        raise _ProtocolError(f"expected {expected.__name__}, got {type(record).__name__}")
+    return record
+
+
+class HolePunch:
+    """Upgrades this node's relayed connections to direct ones, and helps peers do the same."""
+
+    def __init__(self, host: P2PHost, metrics: NodeMetrics, log: structlog.stdlib.BoundLogger):
+        self._host = host
+        self._metrics = metrics
+        self._log = log
+        self._initiating: set[str] = set()  # peers we punch towards now
+        self._serving: set[str] = set()  # peers whose DCUtR exchange we serve now
+        self._send, self._receive = trio.open_memory_channel[str](QUEUE)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve DCUtR and punch for every inbound relayed connection, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._host.set_stream_handler(PROTOCOL_ID, self._serve)
+            self._host.watch_connections(self)
+            task_status.started()
+            async for peer in self._receive:
+                if peer not in self._initiating:
+                    nursery.start_soon(self._initiate, peer)
+
+    # --- ConnectionWatcher ---
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        if info.transport == "p2p-circuit" and info.direction == "inbound":
+            try:
+                self._send.send_nowait(info.peer_id)
+            except trio.WouldBlock:
+                self._log.warning("hole punch queue full; peer stays relayed", peer=info.peer_id)
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        return None
+
+    # --- initiator: the side that received the relayed connection ---
+
+    async def _initiate(self, peer: str) -> None:
+        self._initiating.add(peer)
+        try:
+            if not await self._speaks_dcutr(peer) or has_direct_connection(self._host, peer):
+                return
+            if await self._direct_dial(peer):
+                self._migrate(peer)
+                return
+            await self._punch(peer)
+        finally:
+            self._initiating.discard(peer)
+
+    async def _speaks_dcutr(self, peer: str) -> bool:
+        with trio.move_on_after(IDENTIFY_WAIT):
+            while self._host.is_connected(peer):
+                protocols = self._host.peer_protocols(peer)
+                if protocols:
+                    return PROTOCOL_ID in protocols
+                await trio.sleep(0.1)
+        return False
+
+    async def _direct_dial(self, peer: str) -> bool:
+        addrs = peer_tcp_addrs(self._host, peer)
+        if not addrs:
+            return False
+        reached = await dial_direct(self._host, peer, addrs, punch=False)
+        self._metrics.holepunch_direct_dials.labels(
+            outcome="success" if reached else "failed"
+        ).inc()
+        if reached:
+            self._log.info("direct connection without hole punch", peer=peer)
+        return reached
+
+    async def _punch(self, peer: str) -> None:
+        ours = own_punch_addrs(self._host)
+        if not ours:
+            self._finished("initiator", peer, 1, "no_suitable_address")
+            return
+        try:
+            with trio.fail_after(MESSAGE_TIMEOUT):
+                stream = await self._host.new_stream(peer, [PROTOCOL_ID])
+        except Exception as error:  # the relayed connection went away, or the peer refused
+            self._log.info("hole punch stream failed", peer=peer, error=str(error))
+            return
+        attempt = 0
+        try:
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                with trio.fail_after(MESSAGE_TIMEOUT):
+                    started = trio.current_time()
+                    await stream.write(encode(Connect(_addr_bytes(ours))))
+                    answer = await _receive(stream, Connect)
+                    rtt = trio.current_time() - started
+                    assert isinstance(answer, Connect)
+                    theirs = _addr_texts(answer.addrs)
+                    if not theirs:
+                        self._finished("initiator", peer, attempt, "no_suitable_address")
+                        return
+                    await stream.write(encode(Sync()))
+                # The peer dials when SYNC arrives, half a round trip from now: so do we.
+                await trio.sleep(rtt / 2)
+                if await dial_direct(self._host, peer, theirs, punch=True, initiator=False):
+                    self._finished("initiator", peer, attempt, "success", rtt=rtt)
+                    return
+            self._finished("initiator", peer, MAX_ATTEMPTS, "failed")
+        except (_ProtocolError, StreamEnded, trio.TooSlowError) as error:
+            self._protocol_error("initiator", peer, error)
+            await reset_quietly(stream)
+        except Exception as error:  # the stream or its connection died
+            self._log.info("hole punch ended", peer=peer, attempt=attempt, error=str(error))
+        finally:
+            await close_quietly(stream)
+
+    # --- receiver: the side that dialled through the relay ---
+
+    async def _serve(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if not is_relayed_stream(stream):
+            # Nothing to upgrade, and a peer must not make us dial arbitrary addresses.
+            self._protocol_error("receiver", peer, _ProtocolError("not over a relayed connection"))
+            await reset_quietly(stream)
+            return
+        if peer in self._serving:
+            await reset_quietly(stream)
+            return
+        self._serving.add(peer)
+        attempt = 0
+        try:
+            ours = own_punch_addrs(self._host)
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                with trio.fail_after(ROUND_TIMEOUT):
+                    request = await _receive(stream, Connect)
+                    assert isinstance(request, Connect)
+                    await stream.write(encode(Connect(_addr_bytes(ours))))
+                    await _receive(stream, Sync)
+                theirs = _addr_texts(request.addrs)
+                if not theirs or not ours:
+                    self._finished("receiver", peer, attempt, "no_suitable_address")
+                    return
+                if await dial_direct(self._host, peer, theirs, punch=True, initiator=True):
+                    self._finished("receiver", peer, attempt, "success")
+                    return
+            self._finished("receiver", peer, MAX_ATTEMPTS, "failed")
+        except StreamEnded:  # the initiator gave up (or succeeded by its own dial)
+            if attempt > 1:
+                outcome = "success" if has_direct_connection(self._host, peer) else "failed"
+                self._finished("receiver", peer, attempt - 1, outcome)
+        except (_ProtocolError, trio.TooSlowError) as error:
+            self._protocol_error("receiver", peer, error)
+            await reset_quietly(stream)
+        except Exception as error:  # the stream or its connection died
+            self._log.info("hole punch ended", peer=peer, attempt=attempt, error=str(error))
+        finally:
+            self._serving.discard(peer)
+            await close_quietly(stream)
+
+    # --- both sides ---
+
+    def _finished(self, side: str, peer: str, attempts: int, outcome: str, **extra: float) -> None:
+        self._metrics.holepunch_outcomes.labels(
+            side=side, num_attempts=str(attempts), outcome=outcome
+        ).inc()
+        if outcome == "success":
+            self._log.info("hole punch succeeded", peer=peer, side=side, attempts=attempts, **extra)
+            self._migrate(peer)
+        else:
+            self._log.info(
+                "hole punch failed; staying relayed",
+                peer=peer,
+                side=side,
+                attempts=attempts,
+                outcome=outcome,
+            )
+
+    def _protocol_error(self, side: str, peer: str, error: BaseException) -> None:
+        self._metrics.holepunch_protocol_errors.labels(side=side).inc()
+        what = "timed out" if isinstance(error, trio.TooSlowError) else str(error)
+        self._log.warning("hole punch exchange dropped", peer=peer, side=side, error=what)
+
+    def _migrate(self, peer: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_relayed_later, peer)
+
+    async def _close_relayed_later(self, peer: str) -> None:
+        await trio.sleep(GRACE)
+        closed = await close_relayed(self._host, peer)
+        if closed:
+            self._log.info("relayed connection closed; chat is direct", peer=peer, closed=closed)

@@ -1,0 +1,119 @@
+"""A NAT lab of network namespaces, after libp2p's hole-punch-interop test plan.
+
+    dialer (10.77.1.2) -- router D --+                        +-- router L -- listener (10.77.2.2)
+                         10.77.1.1   | 10.77.0.2    10.77.0.3 |   10.77.2.1
+                                     +------ "internet" ------+
+                                             10.77.0.0/24
+                                     relay 10.77.0.1 (bridge)
+
+Each router masquerades its LAN behind its internet address with iptables and drops unsolicited
+inbound connections (a home router's default; a RST instead would kill the simultaneous open).
+``MASQUERADE`` keeps a connection's source port when it can: a port-preserving ("cone-like")
+NAT, which hole punching can traverse. With ``--random-fully`` every connection gets a random
+port: the symmetric NAT hole punching cannot predict. Routers have no route to the other LAN,
+so the peers can reach each other only through the relay, or through the holes they punch.
+
+The relay namespace holds the internet's bridge, so the relay is a host on it. Nothing leaves
+the namespaces; needs root, iproute2 and iptables (CI installs both), and the test fails
+without them. The kernel here has no netem, so links add no delay.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+NATS = ("port-preserving", "symmetric")
+
+
+def sh(*args: str) -> None:
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Namespace names and addresses of one lab."""
+
+    relay_ns: str
+    relay_ip: str
+    dialer_ns: str
+    dialer_ip: str
+    listener_ns: str
+    listener_ip: str
+    routers: dict[str, str]  # router namespace -> its internet address
+
+
+def _router(tag: str, side: str, index: int, relay_ns: str, nat: str) -> tuple[str, str, str]:
+    """Create a router and its peer's namespace for LAN ``index``; (router ns, peer ns, peer ip)."""
+    router, peer = f"p2pc-r{side}{tag}", f"p2pc-{side}{tag}"
+    wan, bridge_port, lan, peer_if = (f"{p}{side}{tag}" for p in ("w", "b", "l", "p"))
+    wan_ip, lan_net = f"10.77.0.{index + 1}", f"10.77.{index}"
+    for ns in (router, peer):
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    # the router's internet side: a port of the relay namespace's bridge
+    sh("ip", "link", "add", wan, "type", "veth", "peer", "name", bridge_port)
+    sh("ip", "link", "set", wan, "netns", router)
+    sh("ip", "link", "set", bridge_port, "netns", relay_ns)
+    sh("ip", "-n", relay_ns, "link", "set", bridge_port, "master", "br0", "up")
+    sh("ip", "-n", router, "addr", "add", f"{wan_ip}/24", "dev", wan)
+    sh("ip", "-n", router, "link", "set", wan, "up")
+    # the LAN: router and peer
+    sh("ip", "link", "add", lan, "type", "veth", "peer", "name", peer_if)
+    sh("ip", "link", "set", lan, "netns", router)
+    sh("ip", "link", "set", peer_if, "netns", peer)
+    sh("ip", "-n", router, "addr", "add", f"{lan_net}.1/24", "dev", lan)
+    sh("ip", "-n", router, "link", "set", lan, "up")
+    sh("ip", "-n", peer, "addr", "add", f"{lan_net}.2/24", "dev", peer_if)
+    sh("ip", "-n", peer, "link", "set", peer_if, "up")
+    sh("ip", "-n", peer, "route", "add", "default", "via", f"{lan_net}.1")
+    # NAT and firewall
+    ns_exec = ("ip", "netns", "exec", router)
+    sh(*ns_exec, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    masquerade = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE"]
+    if nat == "symmetric":
+        masquerade.append("--random-fully")
+    sh(*ns_exec, *masquerade)
+    new = ("-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
+    sh(*ns_exec, "iptables", "-A", "INPUT", "-i", wan, *new)
+    sh(*ns_exec, "iptables", "-A", "FORWARD", "-i", wan, *new)
+    return router, peer, f"{lan_net}.2"
+
+
+@contextmanager
+def nat_lab(nat: str) -> Iterator[Lab]:
+    """Build the lab with both routers doing ``nat`` (one of :data:`NATS`); tear it down after."""
+    assert nat in NATS
+    tag = str(os.getpid() % 10000)
+    relay_ns = f"p2pc-relay{tag}"
+    created = [relay_ns]
+    try:
+        sh("ip", "netns", "add", relay_ns)
+        sh("ip", "-n", relay_ns, "link", "set", "lo", "up")
+        sh("ip", "-n", relay_ns, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", relay_ns, "addr", "add", "10.77.0.1/24", "dev", "br0")
+        sh("ip", "-n", relay_ns, "link", "set", "br0", "up")
+        routers = {}
+        peers = {}
+        for side, index in (("d", 1), ("l", 2)):
+            created += [f"p2pc-r{side}{tag}", f"p2pc-{side}{tag}"]
+            router, peer, ip = _router(tag, side, index, relay_ns, nat)
+            routers[router] = f"10.77.0.{index + 1}"
+            peers[side] = (peer, ip)
+        yield Lab(
+            relay_ns=relay_ns,
+            relay_ip="10.77.0.1",
+            dialer_ns=peers["d"][0],
+            dialer_ip=peers["d"][1],
+            listener_ns=peers["l"][0],
+            listener_ip=peers["l"][1],
+            routers=routers,
+        )
+    finally:
+        for ns in created:  # deleting a namespace deletes its veth ends, and so their peers
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

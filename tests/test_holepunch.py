@@ -1,0 +1,105 @@
+"""Hole punching (DCUtR) through real NAT: network namespaces, veth links, iptables masquerade.
+
+A listener behind one NAT holds a reservation on a relay; a dialer behind another NAT reaches it
+through the relay, and the two try to punch through both NATs. Port-preserving NAT: they end
+on a direct connection, the relayed one is closed and chat goes on directly. Symmetric NAT
+(random ports): every attempt fails, they stay relayed, and chat still works.
+See tests/nat_lab.py for the topology.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.nat_lab import Lab, nat_lab
+from tests.test_autorelay import CHAT_FRIENDLY, command, logged
+from tests.test_chat import WAIT, is_message, wait_members
+
+PUNCH_WAIT = 90.0  # three attempts of up to 5 s each, after identify, on a loaded machine
+
+
+@pytest.fixture(params=["port-preserving", "symmetric"])
+def lab(request: pytest.FixtureRequest) -> Iterator[tuple[str, Lab]]:
+    with nat_lab(request.param) as built:
+        yield request.param, built
+
+
+def _start(
+    path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
+) -> NodeProcess:
+    node = start_node(
+        path,
+        *args,
+        "--listen",
+        f"/ip4/{ip}/tcp/0",
+        "--metrics",
+        "127.0.0.1:0",
+        env=node_env(**env),
+        netns=ns,
+    )
+    nodes.append(node)
+    return node
+
+
+def test_hole_punch_through_nat(
+    tmp_path: Path, nodes: list[NodeProcess], lab: tuple[str, Lab]
+) -> None:
+    nat, net = lab
+    relay = _start(
+        tmp_path / "relay", nodes, net.relay_ns, net.relay_ip, "--role", "relay", **CHAT_FRIENDLY
+    )
+    relay_addr = next(
+        a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{net.relay_ip}/tcp/")
+    )
+    listener = _start(
+        tmp_path / "listener",
+        nodes,
+        net.listener_ns,
+        net.listener_ip,
+        "--json",
+        P2PCHAT_AUTORELAY__MODE="on",
+        P2PCHAT_AUTORELAY__RELAYS=relay_addr,
+    )
+    listener.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    circuit = f"{relay_addr}/p2p-circuit/p2p/{listener.peer_id}"
+    logged(listener, "relay reservation", relay=relay.peer_id)
+    # The dialer knows nothing but the listener's address through the relay.
+    dialer = _start(
+        tmp_path / "dialer", nodes, net.dialer_ns, net.dialer_ip, "--json", "--bootstrap", circuit
+    )
+    dialer.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    wait_members(listener, 1)
+    wait_members(dialer, 1)
+
+    if nat == "port-preserving":
+        punched = logged(listener, "hole punch succeeded", timeout=PUNCH_WAIT, peer=dialer.peer_id)
+        assert punched["side"] == "initiator"
+        logged(dialer, "hole punch succeeded", timeout=PUNCH_WAIT, peer=listener.peer_id)
+        logged(listener, "relayed connection closed; chat is direct", timeout=PUNCH_WAIT)
+        expected = "direct"
+        outcome = "success"
+    else:
+        failed = logged(listener, "hole punch failed; staying relayed", timeout=PUNCH_WAIT)
+        assert (failed["attempts"], failed["outcome"]) == (3, "failed")
+        expected = "relayed"
+        outcome = "failed"
+
+    # Chat works both ways, on whichever connection the peers ended up with.
+    wait_members(listener, 1)
+    wait_members(dialer, 1)
+    dialer.say(f"hello across {nat} NAT")
+    got = listener.next_event(is_message(f"hello across {nat} NAT"), timeout=WAIT)
+    assert got["sender"] == dialer.peer_id
+    listener.say("and back")
+    assert dialer.next_event(is_message("and back"), timeout=WAIT)["sender"] == listener.peer_id
+
+    peers = command(dialer, "/peers", "peers")
+    kinds = {p["peer"]: p["connection"] for p in peers["peers"]}
+    assert kinds[listener.peer_id] == expected
+    for node, side in ((listener, "initiator"), (dialer, "receiver")):
+        assert node.metric("libp2p_holepunch_outcomes_total", side=side, outcome=outcome) == 1, side
+        assert node.metric("p2pchat_holepunch_protocol_errors_total", side=side) == 0
