@@ -37,6 +37,7 @@ from p2pchat.node.wire.circuit import (
 )
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint, frame
 
+from tests.bench.relay import reserve_all
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_host import running_host, wait_until
 
@@ -46,8 +47,12 @@ RESETS = "p2pchat_relay_circuit_resets_total"
 
 
 def relay_node(tmp_path: Path, nodes: list[NodeProcess], **limits: str) -> NodeProcess:
-    """A relay process with ``limits`` set through the environment (``max_circuits="1"``)."""
-    env = node_env(**{f"P2PCHAT_RELAY__{key.upper()}": value for key, value in limits.items()})
+    """A relay process with ``limits`` set through the environment (``max_circuits="1"``),
+    and room for 400 connections."""
+    env = node_env(
+        P2PCHAT_NODE__MAX_CONNECTIONS="400",
+        **{f"P2PCHAT_RELAY__{key.upper()}": value for key, value in limits.items()},
+    )
     node = start_node(tmp_path / "relay", "--role", "relay", env=env)
     nodes.append(node)
     return node
@@ -278,3 +283,20 @@ async def test_a_malformed_stop_request_is_answered_malformed(tmp_path: Path) ->
         assert decode_stop(payload) == StopStatus(Status.MALFORMED_MESSAGE)
         await wait_until(lambda: failures)
         assert failures[0].status == Status.MALFORMED_MESSAGE
+
+
+async def test_a_relay_holds_more_reservations_than_the_librarys_inbound_ceiling(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """Trap 24: py-libp2p's own resource manager admits 256 inbound connections whatever
+    node.max_connections says; the host's follows the setting."""
+    count = 270
+    relay = relay_node(
+        tmp_path,
+        nodes,
+        max_reservations=str(count),
+        max_reservations_per_ip=str(count),
+    )
+    granted, _ = await reserve_all(tmp_path, relay, count)
+    assert granted == count
+    assert relay.proc.poll() is None

@@ -25,7 +25,12 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     (:meth:`P2PHost.set_circuit_addrs`);
 22. (not in the notes) connections above ``high_watermark`` (300) are pruned whatever
     ``max_connections`` allows, and a ``max_connections`` under 300 is refused -> the
-    watermarks follow ``node.max_connections``.
+    watermarks follow ``node.max_connections``;
+24. (not in the notes) ``new_host`` creates a resource manager of its own that admits 256
+    established inbound connections (and 10,000 streams) whatever ``max_connections`` says,
+    and whose circuit breaker refuses every connection for 60 s after 5 failures -> the host
+    gets one sized from ``node.max_connections``, without the breaker
+    (:func:`_resource_manager`).
 
 Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
 AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
@@ -54,6 +59,8 @@ from libp2p.network.connection.raw_connection import ConnectionType, RawConnecti
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
+from libp2p.rcmgr import ResourceLimits, ResourceManager, new_resource_manager
+from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
@@ -247,6 +254,36 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
 # --- the host -----------------------------------------------------------------------------------
 
 
+STREAMS_PER_CONNECTION = 64  # identify, ping, pubsub both ways, DHT queries, relay circuits
+
+
+def _resource_manager(max_connections: int) -> ResourceManager:
+    """py-libp2p's resource manager with limits that follow ``max_connections`` (trap 24).
+
+    The swarm counts connections against it in each direction and in total: each may reach
+    ``max_connections`` (the swarm's own limit, checked at registration, is the one that binds).
+    Pending handshakes are bounded at a quarter of it (at least 64, the library's value). The
+    circuit breaker, which turns five failed connections into a minute of refusing everyone,
+    is off: a peer that fails its handshakes must not lock others out.
+    """
+    limits = ConnectionLimits(
+        max_pending_inbound=max(64, max_connections // 4),
+        max_pending_outbound=max(64, max_connections // 4),
+        max_established_inbound=max_connections,
+        max_established_outbound=max_connections,
+        max_established_per_peer=8,
+        max_established_total=max_connections,
+    )
+    return new_resource_manager(
+        limits=ResourceLimits(
+            max_connections=max_connections,
+            max_streams=max(10_000, max_connections * STREAMS_PER_CONNECTION),
+        ),
+        connection_limits=limits,
+        enable_circuit_breaker=False,
+    )
+
+
 def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Multiaddr]) -> IHost:
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
@@ -266,6 +303,7 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
         listen_addrs=listen,
         connection_config=connection_config,
         addrs_factory=advertised_addrs_factory(settings.announce),
+        resource_manager=_resource_manager(settings.max_connections),
     )
 
 

@@ -43,7 +43,7 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def _reserve_all(tmp: Path, relay: NodeProcess, count: int) -> tuple[int, int]:
+async def reserve_all(tmp: Path, relay: NodeProcess, count: int) -> tuple[int, int]:
     """Reserve ``count`` slots, one client each; (granted, relay RSS in KiB while held)."""
     granted = 0
     release = trio.Event()
@@ -85,13 +85,13 @@ def reservations() -> dict[str, Any]:
             time.sleep(2)
             idle = _rss_kib(relay.proc.pid)
             began = time.monotonic()
-            granted, held = trio.run(_reserve_all, Path(tmp), relay, RESERVATIONS)
+            granted, held = trio.run(reserve_all, Path(tmp), relay, RESERVATIONS)
             seconds = time.monotonic() - began
             return {
                 "scenario": "reservations",
                 "reservations_requested": RESERVATIONS,
                 "reservations_granted": granted,
-                "seconds_to_reserve_all": round(seconds, 1),
+                "seconds_toreserve_all": round(seconds, 1),
                 "relay_rss_idle_mib": round(idle / 1024, 1),
                 "relay_rss_held_mib": round(held / 1024, 1),
                 "kib_per_reservation": round((held - idle) / max(granted, 1), 1),
