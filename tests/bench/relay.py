@@ -91,7 +91,7 @@ def reservations() -> dict[str, Any]:
                 "scenario": "reservations",
                 "reservations_requested": RESERVATIONS,
                 "reservations_granted": granted,
-                "seconds_toreserve_all": round(seconds, 1),
+                "seconds_to_reserve_all": round(seconds, 1),
                 "relay_rss_idle_mib": round(idle / 1024, 1),
                 "relay_rss_held_mib": round(held / 1024, 1),
                 "kib_per_reservation": round((held - idle) / max(granted, 1), 1),
