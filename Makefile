@@ -54,6 +54,7 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
+	$(BIN)/python -m tests.bench.holepunch
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

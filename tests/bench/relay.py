@@ -110,7 +110,12 @@ def relayed_latency() -> dict[str, Any]:
             a = start_node(
                 base / "a",
                 "--json",
-                env=node_env(P2PCHAT_AUTORELAY__MODE="on", P2PCHAT_AUTORELAY__RELAYS=relay.addr()),
+                env=node_env(
+                    P2PCHAT_AUTORELAY__MODE="on",
+                    P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
+                    # On loopback A would dial B directly: keep the pair on the relay.
+                    P2PCHAT_HOLEPUNCH__ENABLED="false",
+                ),
             )
             nodes.append(a)
             circuit = tcp_circuit(a, relay)
