@@ -30,10 +30,10 @@ BAD_EXCHANGES = {
 
 async def _exchange(host: P2PHost, peer: str, data: bytes) -> bytes:
     """Open a DCUtR stream to ``peer``, send ``data``, return what comes back before it ends."""
-    stream = await host.new_stream(peer, [PROTOCOL_ID])
     try:
+        stream = await host.new_stream(peer, [PROTOCOL_ID])
         await stream.write(data)
-    except Exception:  # already reset: the peer refused before reading (a direct connection)
+    except Exception:  # reset already: the peer refused before reading (a direct connection)
         return b""
     received = b""
     with trio.move_on_after(30):
