@@ -10,9 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
 from p2pchat.node.wire import autonat_pb2
-from p2pchat.node.wire.framing import frame
+from p2pchat.node.wire.framing import frame, parse_message
 
 PROTOCOL_ID = "/libp2p/autonat/1.0.0"
 MAX_MESSAGE_BYTES = 4096  # go-libp2p's limit for AutoNAT messages
@@ -71,13 +70,10 @@ def encode(message: DialRequest | DialResponse) -> bytes:
 
 
 def _parse(payload: bytes) -> autonat_pb2.Message:
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise AutoNatWireError(f"message of {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     message = _Message()
-    try:
-        message.ParseFromString(payload)
-    except DecodeError as error:
-        raise AutoNatWireError(f"not an AutoNAT message: {error}") from None
+    problem = parse_message(message, payload, MAX_MESSAGE_BYTES, "an AutoNAT message")
+    if problem is not None:
+        raise AutoNatWireError(problem)
     return message
 
 

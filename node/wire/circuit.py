@@ -12,9 +12,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
 from p2pchat.node.wire import circuit_pb2
-from p2pchat.node.wire.framing import frame
+from p2pchat.node.wire.framing import frame, parse_message
 
 HOP_PROTOCOL_ID = "/libp2p/circuit/relay/0.2.0/hop"
 STOP_PROTOCOL_ID = "/libp2p/circuit/relay/0.2.0/stop"
@@ -138,15 +137,9 @@ def encode(record: HopRecord | StopRecord) -> bytes:
 
 
 def _parse(payload: bytes, message: _Hop | _Stop) -> None:
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise CircuitWireError(
-            Status.MALFORMED_MESSAGE,
-            f"message of {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}",
-        )
-    try:
-        message.ParseFromString(payload)
-    except DecodeError as error:
-        raise CircuitWireError(Status.MALFORMED_MESSAGE, f"not a relay message: {error}") from None
+    problem = parse_message(message, payload, MAX_MESSAGE_BYTES, "a relay message")
+    if problem is not None:
+        raise CircuitWireError(Status.MALFORMED_MESSAGE, problem)
     # proto2 enums are closed: an undefined value is set aside and the field reads as its
     # default, which here would turn garbage into RESERVE or CONNECT.
     if not message.HasField("type"):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
 from p2pchat.node.wire import dcutr_pb2
-from p2pchat.node.wire.framing import frame
+from p2pchat.node.wire.framing import frame, parse_message
 
 PROTOCOL_ID = "/libp2p/dcutr"
 MAX_MESSAGE_BYTES = 4096  # the spec's limit ("SHOULD refuse ... larger than 4 KiB")
@@ -54,13 +53,10 @@ def decode(payload: bytes) -> Record:
     Raises:
         DcutrWireError: too large, not a HolePunch message, or of no known type.
     """
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise DcutrWireError(f"message of {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     message = _HolePunch()
-    try:
-        message.ParseFromString(payload)
-    except DecodeError as error:
-        raise DcutrWireError(f"not a DCUtR message: {error}") from None
+    problem = parse_message(message, payload, MAX_MESSAGE_BYTES, "a DCUtR message")
+    if problem is not None:
+        raise DcutrWireError(problem)
     # proto2 enums are closed: an unknown type is set aside and the field reads as unset.
     if not message.HasField("type"):
         raise DcutrWireError("missing or unknown message type")

@@ -8,6 +8,8 @@ the decoder's limit (the "uvarint length bomb") gets a :class:`FrameError`, neve
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError, Message
+
 MAX_VARINT_BYTES = 10  # enough for any 64-bit length; more is malformed
 
 
@@ -18,6 +20,18 @@ class FrameError(ValueError):
 def frame(payload: bytes) -> bytes:
     """``payload`` with its varint length prefix."""
     return encode_uvarint(len(payload)) + payload
+
+
+def parse_message(message: Message, payload: bytes, limit: int, name: str) -> str | None:
+    """Parse one frame's ``payload`` into the protobuf ``message``: None if it went well, else
+    why the payload is not acceptable (over ``limit`` bytes, or not ``name``)."""
+    if len(payload) > limit:
+        return f"message of {len(payload)} bytes; the limit is {limit}"
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as error:
+        return f"not {name}: {error}"
+    return None
 
 
 def encode_uvarint(value: int) -> bytes:
