@@ -25,6 +25,7 @@ exchange and are counted; they never reach the node.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import multiaddr
 import structlog
@@ -47,7 +48,6 @@ from p2pchat.node.wire.dcutr import (
     PROTOCOL_ID,
     Connect,
     DcutrWireError,
-    Record,
     Sync,
     decode,
     encode,
@@ -60,6 +60,9 @@ MESSAGE_TIMEOUT = 10.0  # per message over the relay
 ROUND_TIMEOUT = 30.0  # receiver: from one round's start to its SYNC (the peer dials in between)
 GRACE = 2.0  # seconds the relayed connection stays open after a direct one is up
 QUEUE = 64  # relayed connections waiting for a hole punch; more are left on the relay
+
+
+_R = TypeVar("_R", Connect, Sync)
 
 
 class _ProtocolError(Exception):
@@ -80,7 +83,8 @@ def _addr_texts(raw: Sequence[bytes]) -> list[str]:
     return tcp_addrs(texts)
 
 
-async def _receive(stream: INetStream, expected: type[Record]) -> Record:
+async def _receive(stream: INetStream, expected: type[_R]) -> _R:
+    """The next message, which must be an ``expected``; StreamEnded passes through."""
     try:
         record = decode(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
     except StreamEnded:
@@ -181,7 +185,6 @@ class HolePunch:
                     await stream.write(encode(Connect(_addr_bytes(ours))))
                     answer = await _receive(stream, Connect)
                     rtt = trio.current_time() - started
-                    assert isinstance(answer, Connect)
                     theirs = _addr_texts(answer.addrs)
                     if not theirs:
                         self._finished("initiator", peer, attempt, "no_suitable_address")
@@ -220,7 +223,6 @@ class HolePunch:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 with trio.fail_after(ROUND_TIMEOUT):
                     request = await _receive(stream, Connect)
-                    assert isinstance(request, Connect)
                     await stream.write(encode(Connect(_addr_bytes(ours))))
                     await _receive(stream, Sync)
                 theirs = _addr_texts(request.addrs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import multiaddr
@@ -31,6 +32,25 @@ DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
 MAX_DIAL_ADDRS = 8  # addresses dialled per attempt: a peer cannot make us dial a long list
 MAX_PUNCH_ADDRS = 16  # addresses we offer in CONNECT
 
+IPAddress = IPv4Address | IPv6Address
+
+
+def _tcp_endpoint(text: str) -> tuple[str, IPAddress, int] | None:
+    """``(family, ip, port)`` of a plain TCP address (``/ip4|ip6/<ip>/tcp/<port>``, any
+    ``/p2p/`` suffix ignored); None for circuit, WebSocket and unparsable addresses."""
+    if "/p2p-circuit" in text:
+        return None
+    parts = text.split("/p2p/", 1)[0].split("/")
+    # ['', 'ip4', '<ip>', 'tcp', '<port>'] and nothing more
+    if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        return None
+    try:
+        ip = ipaddress.ip_address(parts[2])
+        port = int(parts[4])
+    except ValueError:
+        return None
+    return (parts[1], ip, port) if 0 < port < 65536 else None
+
 
 def tcp_addrs(addrs: Iterable[str]) -> list[str]:
     """The plain TCP addresses (``/ip4|ip6/<ip>/tcp/<port>``, any ``/p2p/`` suffix dropped) among
@@ -38,20 +58,11 @@ def tcp_addrs(addrs: Iterable[str]) -> list[str]:
     addresses are left out."""
     result: list[str] = []
     for text in addrs:
-        if "/p2p-circuit" in text:
+        endpoint = _tcp_endpoint(text)
+        if endpoint is None or endpoint[1].is_unspecified:
             continue
-        parts = text.split("/p2p/", 1)[0].split("/")
-        # ['', 'ip4', '<ip>', 'tcp', '<port>'] and nothing more
-        if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
-            continue
-        try:
-            ip = ipaddress.ip_address(parts[2])
-            port = int(parts[4])
-        except ValueError:
-            continue
-        if ip.is_unspecified or not 0 < port < 65536:
-            continue
-        addr = f"/{parts[1]}/{ip}/tcp/{port}"
+        family, ip, port = endpoint
+        addr = f"/{family}/{ip}/tcp/{port}"
         if addr not in result:
             result.append(addr)
     return result
@@ -67,19 +78,16 @@ def punch_addrs(
     to ephemeral dials and are useless for a punch). Then our advertised TCP addresses (right
     for a node that is not behind NAT at all). Pure, for testing with vectors.
     """
-    ports: dict[str, list[str]] = {}  # ip4 / ip6 -> listen ports
-    for addr in tcp_addrs(_unspecified_ok(listen)):
-        ports.setdefault(addr.split("/")[1], []).append(addr.rsplit("/", 1)[1])
+    ports: dict[str, list[int]] = {}  # ip4 / ip6 -> listen ports
+    for endpoint in map(_tcp_endpoint, listen):
+        if endpoint is not None:
+            ports.setdefault(endpoint[0], []).append(endpoint[2])
     predicted = []
-    for addr in tcp_addrs(observed):
-        head = addr.rsplit("/", 1)[0]  # /ip4/<ip>/tcp
-        predicted += [f"{head}/{port}" for port in ports.get(addr.split("/")[1], [])]
+    for endpoint in map(_tcp_endpoint, observed):
+        if endpoint is not None:  # an unspecified observed IP falls out in tcp_addrs below
+            family, ip, _ = endpoint
+            predicted += [f"/{family}/{ip}/tcp/{port}" for port in ports.get(family, [])]
     return tcp_addrs(predicted + list(advertised))[:MAX_PUNCH_ADDRS]
-
-
-def _unspecified_ok(listen: Sequence[str]) -> list[str]:
-    # tcp_addrs drops unspecified IPs; for listen addresses only the port matters.
-    return [addr.replace("/0.0.0.0/", "/127.0.0.1/").replace("/::/", "/::1/") for addr in listen]
 
 
 # --- the live host ------------------------------------------------------------------------------
@@ -141,10 +149,9 @@ def own_punch_addrs(host: P2PHost) -> list[str]:
 
 def _listen_source(host: P2PHost, family: str) -> tuple[str, int] | None:
     """The (ip, port) of our TCP listener of ``family``: hole-punch dials leave from it."""
-    for text in host.listen_addrs():
-        parts = text.split("/")
-        if len(parts) == 5 and parts[1] == family and parts[3] == "tcp":
-            return parts[2], int(parts[4])
+    for endpoint in map(_tcp_endpoint, host.listen_addrs()):
+        if endpoint is not None and endpoint[0] == family:
+            return str(endpoint[1]), endpoint[2]
     return None
 
 
