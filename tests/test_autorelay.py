@@ -79,6 +79,23 @@ def command(node: NodeProcess, line: str, name: str) -> dict[str, Any]:
     return dict(event["data"])
 
 
+def chat_both_ways(a: NodeProcess, b: NodeProcess, there: str, back: str) -> None:
+    """Once each sees the other in the room, ``b`` says ``there`` and ``a`` receives it from
+    ``b``; then ``a`` says ``back`` and ``b`` receives it from ``a``."""
+    wait_members(a, 1)
+    wait_members(b, 1)
+    b.say(there)
+    assert a.next_event(is_message(there), timeout=WAIT)["sender"] == b.peer_id
+    a.say(back)
+    assert b.next_event(is_message(back), timeout=WAIT)["sender"] == a.peer_id
+
+
+def connection_kind(node: NodeProcess, peer: str) -> str:
+    """``direct`` or ``relayed``: how ``/peers`` on ``node`` shows its connection to ``peer``."""
+    peers = command(node, "/peers", "peers")
+    return str({p["peer"]: p["connection"] for p in peers["peers"]}[peer])
+
+
 def dead_port() -> int:
     """A loopback TCP port nothing listens on (connections to it are refused)."""
     with socket.socket() as probe:
@@ -101,14 +118,8 @@ def test_peers_chat_through_a_relay(tmp_path: Path, nodes: list[NodeProcess]) ->
     # B knows nothing but A's address through the relay.
     b = start_node(tmp_path / "b", "--json", "--bootstrap", f"{circuit}/p2p/{a.peer_id}")
     nodes.append(b)
-    wait_members(a, 1)
-    wait_members(b, 1)
-    b.say("hello through the relay")
-    assert a.next_event(is_message("hello through the relay"), timeout=WAIT)["sender"] == b.peer_id
-    a.say("and back")
-    assert b.next_event(is_message("and back"), timeout=WAIT)["sender"] == a.peer_id
-    peers = command(b, "/peers", "peers")
-    assert {p["peer"]: p["connection"] for p in peers["peers"]}[a.peer_id] == "relayed"
+    chat_both_ways(a, b, "hello through the relay", "and back")
+    assert connection_kind(b, a.peer_id) == "relayed"
     info = command(a, "/info", "info")
     assert f"{circuit}/p2p/{a.peer_id}" in info["advertised"]
     assert info["relays"] == [relay.peer_id]
@@ -130,14 +141,8 @@ def test_a_relayed_connection_to_a_dialable_peer_becomes_direct(
     nodes.append(b)
     logged(a, "direct connection without hole punch", peer=b.peer_id)
     logged(a, "relayed connection closed; chat is direct", peer=b.peer_id)
-    wait_members(a, 1)
-    wait_members(b, 1)
-    b.say("now direct")
-    assert a.next_event(is_message("now direct"), timeout=WAIT)["sender"] == b.peer_id
-    a.say("indeed")
-    assert b.next_event(is_message("indeed"), timeout=WAIT)["sender"] == a.peer_id
-    peers = command(b, "/peers", "peers")
-    assert {p["peer"]: p["connection"] for p in peers["peers"]}[a.peer_id] == "direct"
+    chat_both_ways(a, b, "now direct", "indeed")
+    assert connection_kind(b, a.peer_id) == "direct"
     assert a.metric("libp2p_holepunch_direct_dials_total", outcome="success") == 1
     assert a.metric("libp2p_holepunch_outcomes_total") == 0  # no punch was needed
 

@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.nat_lab import Lab, nat_lab
-from tests.test_autorelay import CHAT_FRIENDLY, command, logged
-from tests.test_chat import WAIT, is_message, wait_members
+from tests.test_autorelay import CHAT_FRIENDLY, chat_both_ways, connection_kind, logged
+from tests.test_chat import wait_members
 
 PUNCH_WAIT = 90.0  # three attempts of up to 5 s each, after identify, on a loaded machine
 
@@ -89,17 +89,8 @@ def test_hole_punch_through_nat(
         outcome = "failed"
 
     # Chat works both ways, on whichever connection the peers ended up with.
-    wait_members(listener, 1)
-    wait_members(dialer, 1)
-    dialer.say(f"hello across {nat} NAT")
-    got = listener.next_event(is_message(f"hello across {nat} NAT"), timeout=WAIT)
-    assert got["sender"] == dialer.peer_id
-    listener.say("and back")
-    assert dialer.next_event(is_message("and back"), timeout=WAIT)["sender"] == listener.peer_id
-
-    peers = command(dialer, "/peers", "peers")
-    kinds = {p["peer"]: p["connection"] for p in peers["peers"]}
-    assert kinds[listener.peer_id] == expected
+    chat_both_ways(listener, dialer, f"hello across {nat} NAT", "and back")
+    assert connection_kind(dialer, listener.peer_id) == expected
     for node, side in ((listener, "initiator"), (dialer, "receiver")):
         assert node.metric("libp2p_holepunch_outcomes_total", side=side, outcome=outcome) == 1, side
         assert node.metric("p2pchat_holepunch_protocol_errors_total", side=side) == 0
