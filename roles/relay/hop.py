@@ -4,8 +4,8 @@ One request per hop stream, as the spec has it. RESERVE is answered from
 :class:`~p2pchat.roles.relay.limits.RelayResources`; CONNECT opens a stop stream to the
 destination, and once it accepts, copies bytes both ways until either side ends, a direction
 exceeds ``circuit_data`` bytes or ``circuit_duration`` seconds pass; over a limit both streams
-are reset, as go-libp2p does. Reservations of peers that have disconnected are released before
-each decision, so a peer that connects, reserves and leaves cannot hold a slot for an hour.
+are reset, as go-libp2p does. A reservation is released when its holder's last connection
+closes, so a peer that connects, reserves and leaves cannot hold a slot for an hour.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import multiaddr
 import structlog
 import trio
-from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
@@ -70,6 +70,7 @@ class HopServer:
     def install(self) -> None:
         """Serve ``/libp2p/circuit/relay/0.2.0/hop``."""
         self._host.set_stream_handler(HOP_PROTOCOL_ID, self._handle)
+        self._host.watch_connections(self)
         self._metrics.status.set(1)
 
     async def _handle(self, stream: Stream) -> None:
@@ -90,17 +91,19 @@ class HopServer:
         else:
             await _finish(stream, HopStatus(Status.UNEXPECTED_MESSAGE))
 
-    def _release_departed(self) -> None:
-        for peer in self._resources.holders():
-            if not self._host.is_connected(peer):
-                self._resources.release(peer)
-                self._metrics.reservations.labels(type="closed").inc()
-        self._metrics.reservations_held.set(self._resources.reservations)
+    # --- ConnectionWatcher: a reservation ends with its holder's last connection ---
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        return None
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        if not self._host.is_connected(info.peer_id) and self._resources.release(info.peer_id):
+            self._metrics.reservations.labels(type="closed").inc()
+            self._metrics.reservations_held.set(self._resources.reservations)
 
     async def _reserve(self, stream: Stream) -> None:
         origin = stream_origin(stream)
         now = time.monotonic()
-        self._release_departed()
         self._metrics.reservations.labels(type="closed").inc(self._resources.expire(now))
         decision = self._resources.reserve(origin.peer_id, origin.remote_ip, now)
         self._metrics.reservations_held.set(self._resources.reservations)
@@ -127,7 +130,6 @@ class HopServer:
             self._metrics.connection_rejections.labels(reason="bad_peer_id").inc()
             await _finish(stream, HopStatus(Status.MALFORMED_MESSAGE))
             return
-        self._release_departed()
         decision = self._resources.open_circuit(
             origin.peer_id, origin.remote_ip, target, time.monotonic()
         )

@@ -112,13 +112,9 @@ class RelayResources:
         self._slots[peer] = _Slot(ip, expire)
         return Decision(Status.OK, "new", expire)
 
-    def holders(self) -> list[str]:
-        """Peers holding a reservation (expired ones included until :meth:`expire`)."""
-        return list(self._slots)
-
-    def release(self, peer: str) -> None:
-        """Drop ``peer``'s reservation (it disconnected, or asked)."""
-        self._slots.pop(peer, None)
+    def release(self, peer: str) -> bool:
+        """Drop ``peer``'s reservation (it disconnected, or asked); whether it held one."""
+        return self._slots.pop(peer, None) is not None
 
     def has_reservation(self, peer: str, now: float) -> bool:
         """Whether ``peer`` holds a live reservation."""
