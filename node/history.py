@@ -4,8 +4,11 @@ Key layout (RocksDB's byte order is the history order, (sent_at_ms, message_id))
 
 - ``hist/<room>\\x00<sent_at_ms: 8 bytes big-endian><message id>`` -> the stored message;
 - ``hid/<room>\\x00<message id>`` -> the ``hist/`` key (dedup, lookups, deletes);
-- ``hcnt/<room>`` -> the room's message count, 8 bytes big-endian, written in the same write
-  batch as the messages it counts (so :meth:`History.count` is one read); absent when zero.
+- ``hcnt/<room>`` -> the room's message count and stored bytes (keys + values), 8 bytes
+  big-endian each, written in the same write batch as the messages they count (so
+  :meth:`History.count` and :meth:`History.size` are one read); absent when the room is empty.
+  Stores written before sizes were kept hold the count alone; their size reads as 0 until the
+  room is emptied.
 
 Value layout (format 1): ``0x01``, received_at_ms (8 bytes big-endian), sender length (2 bytes
 big-endian), the sender PeerId text (UTF-8), then the signed envelope to the end. Room, send
@@ -14,6 +17,11 @@ time and id are in the key.
 Room names never contain ``\\x00`` (they are letters, digits, ``-_.``), so one room's keys all
 lie in ``[hist/<room>\\x00, hist/<room>\\x01)`` and never inside another room's range, even when
 one name is a prefix of another. Times are unsigned 64-bit milliseconds.
+
+Durability: ``add_many(..., sync=True)`` returns only once the batch is in the write-ahead
+log on disk (fdatasync), so a message it reported as added survives ``kill -9`` and power loss;
+the archiver acknowledges nothing before that. Without ``sync`` a crash of the process (not of
+the machine) loses nothing either: RocksDB has written the WAL, the kernel holds it.
 
 Not thread-safe: each method reads then writes without a lock (fine on one trio thread).
 """
@@ -25,9 +33,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p2pchat.node.store import Store
-from rocksdict import WriteBatch
+from rocksdict import WriteBatch, WriteOptions
 
 MESSAGE_ID_BYTES = 16
+
+MAX_PAGE = 500  # the most messages one page or lookup returns
 
 _HIST = b"hist/"
 _HID = b"hid/"
@@ -35,8 +45,32 @@ _HCNT = b"hcnt/"
 _FORMAT = 1
 _HEADER = struct.Struct(">BQH")  # format, received_at_ms, sender length
 _U64 = struct.Struct(">Q")
+_TOTALS = struct.Struct(">QQ")  # message count, bytes
 _MAX_MS = (1 << 64) - 1
 _MAX_SENDER = (1 << 16) - 1
+
+
+def _synced() -> WriteOptions:
+    options = WriteOptions()
+    options.sync = True
+    return options
+
+
+_SYNCED = _synced()
+
+
+class UnknownCursor(ValueError):
+    """A page cursor that names no message of the room (never "start from anywhere")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a room's history, oldest first; ``more`` when the range holds further
+    messages in the direction of travel (continue from ``messages[-1]`` going forward, from
+    ``messages[0]`` going backward)."""
+
+    messages: list[StoredMessage]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +109,11 @@ def _at(room_prefix: bytes, ms: int) -> bytes:
     if ms > _MAX_MS:
         return _end(room_prefix)
     return room_prefix + _U64.pack(ms)
+
+
+def _entry_bytes(key: bytes, value: bytes, id_key: bytes) -> int:
+    """What one message adds to its room's size: both of its entries."""
+    return len(key) + len(value) + len(id_key) + len(key)
 
 
 def _count_key(room: str) -> bytes:
@@ -128,17 +167,20 @@ class History:
         """Store ``message``; False (and nothing written) if its id is already in the room."""
         return bool(self.add_many([message]))
 
-    def add_many(self, messages: Iterable[StoredMessage]) -> list[StoredMessage]:
+    def add_many(
+        self, messages: Iterable[StoredMessage], *, sync: bool = False
+    ) -> list[StoredMessage]:
         """Store the new ones of ``messages`` in one write batch; returns them, in order.
 
-        Ids already stored for their room, or repeated within ``messages``, are skipped.
+        Ids already stored for their room, or repeated within ``messages``, are skipped. With
+        ``sync``, returns only after the batch is synced to disk (see the module's note).
 
         Raises:
             ValueError: a message has a bad room name, an id that is not 16 bytes, a time
                 outside 0..2**64-1 or a sender over 65535 bytes; nothing is written then.
         """
         batch = WriteBatch(raw_mode=True)
-        added: dict[str, int] = {}
+        added: dict[str, tuple[int, int]] = {}  # room -> (messages, bytes) added
         seen: set[bytes] = set()
         new: list[StoredMessage] = []
         for message in messages:
@@ -148,15 +190,21 @@ class History:
                 continue
             seen.add(id_key)
             key = _room(_HIST, message.room) + _U64.pack(message.sent_at_ms) + message.message_id
-            batch.put(key, _encode_value(message))
+            value = _encode_value(message)
+            batch.put(key, value)
             batch.put(id_key, key)
-            added[message.room] = added.get(message.room, 0) + 1
+            count, size = added.get(message.room, (0, 0))
+            added[message.room] = (count + 1, size + _entry_bytes(key, value, id_key))
             new.append(message)
         if not new:
             return new
-        for room, count in added.items():
-            self._put_count(batch, room, self.count(room) + count)
-        self._db.write(batch)
+        for room, (count, size) in added.items():
+            old_count, old_size = self._totals(room)
+            self._put_totals(batch, room, old_count + count, old_size + size)
+        if sync:
+            self._db.write(batch, _SYNCED)
+        else:
+            self._db.write(batch)
         return new
 
     def contains(self, room: str, message_id: bytes) -> bool:
@@ -165,8 +213,97 @@ class History:
 
     def count(self, room: str) -> int:
         """Messages stored for ``room`` (one read)."""
+        return self._totals(room)[0]
+
+    def size(self, room: str) -> int:
+        """Bytes ``room``'s messages occupy in the store (keys and values, before compression)."""
+        return self._totals(room)[1]
+
+    def _totals(self, room: str) -> tuple[int, int]:
         raw = self._db.get(_count_key(room))
-        return int(_U64.unpack(raw)[0]) if raw is not None else 0
+        if raw is None:
+            return 0, 0
+        if len(raw) == _U64.size:  # written before sizes were kept
+            return int(_U64.unpack(raw)[0]), 0
+        count, size = _TOTALS.unpack(raw)
+        return int(count), int(size)
+
+    def lookup(self, room: str, message_ids: Iterable[bytes]) -> list[StoredMessage]:
+        """The messages of ``room`` among ``message_ids`` (unknown ids are left out), in
+        history order."""
+        prefix = _room(_HIST, room)
+        id_prefix = _room(_HID, room)
+        found: list[StoredMessage] = []
+        for message_id in dict.fromkeys(message_ids):
+            key = self._db.get(id_prefix + message_id)
+            if key is None:
+                continue
+            value = self._db.get(key)
+            if value is not None:
+                found.append(_decode(room, prefix, key, value))
+        found.sort(key=lambda m: (m.sent_at_ms, m.message_id))
+        return found
+
+    def page(
+        self,
+        room: str,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        after: bytes | None = None,
+        limit: int = 50,
+        forward: bool = True,
+    ) -> Page:
+        """Up to ``limit`` messages with ``start_ms <= sent_at_ms < end_ms`` (None: unbounded),
+        oldest first. Forward takes the oldest of the range, backward the newest.
+
+        ``after`` is a cursor: the id of the last message of the previous page in the
+        direction of travel; the page continues strictly beyond it. Reads at most ``limit + 1``
+        entries.
+
+        Raises:
+            UnknownCursor: ``after`` is not a message of ``room``.
+            ValueError: ``limit`` is not 1..:data:`MAX_PAGE`.
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be 1..{MAX_PAGE}, not {limit}")
+        prefix = _room(_HIST, room)
+        low = _at(prefix, start_ms) if start_ms is not None else prefix
+        high = _at(prefix, end_ms) if end_ms is not None else _end(prefix)
+        cursor: bytes | None = None
+        if after is not None:
+            cursor = self._db.get(_room(_HID, room) + after) if after else None
+            if cursor is None:
+                raise UnknownCursor(f"cursor {after.hex()} is not a message of room {room}")
+        found: list[StoredMessage] = []
+        it = self._db.iter()
+        if forward:
+            lower = low if cursor is None else max(low, cursor)
+            it.seek(lower)
+            if it.valid() and it.key() == cursor:
+                it.next()
+            while it.valid() and len(found) <= limit:
+                key = it.key()
+                if key >= high:  # also true for every key after the room's range
+                    break
+                found.append(_decode(room, prefix, key, it.value()))
+                it.next()
+        else:
+            upper = high if cursor is None else min(high, cursor)  # exclusive
+            it.seek_for_prev(upper)
+            if it.valid() and it.key() >= upper:
+                it.prev()
+            while it.valid() and len(found) <= limit:
+                key = it.key()
+                if key < low:  # also true for every key before the room's range
+                    break
+                found.append(_decode(room, prefix, key, it.value()))
+                it.prev()
+        more = len(found) > limit
+        del found[limit:]
+        if not forward:
+            found.reverse()
+        return Page(found, more)
 
     def last(self, room: str, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages of ``room``, oldest first.
@@ -226,44 +363,57 @@ class History:
         return rooms
 
     def apply_retention(
-        self, room: str, *, max_count: int | None, max_age_ms: int | None, now_ms: int
+        self,
+        room: str,
+        *,
+        max_count: int | None,
+        max_age_ms: int | None,
+        now_ms: int,
+        max_bytes: int | None = None,
     ) -> int:
-        """Delete the room's oldest messages beyond ``max_count``, and every message sent before
-        ``now_ms - max_age_ms``, in one write batch. ``None`` disables that limit.
+        """Delete the room's oldest messages beyond ``max_count`` or ``max_bytes`` (see
+        :meth:`size`), and every message sent before ``now_ms - max_age_ms``, in one write
+        batch. ``None`` disables that limit.
 
         Walks from the oldest message and stops at the first one it keeps. Returns the number
         deleted.
 
         Raises:
-            ValueError: ``max_count`` or ``max_age_ms`` is negative.
+            ValueError: a limit is negative.
         """
-        if (max_count is not None and max_count < 0) or (max_age_ms is not None and max_age_ms < 0):
-            raise ValueError("max_count and max_age_ms must not be negative")
+        limits = (max_count, max_age_ms, max_bytes)
+        if any(limit is not None and limit < 0 for limit in limits):
+            raise ValueError("max_count, max_age_ms and max_bytes must not be negative")
         prefix = _room(_HIST, room)
         id_prefix = _room(_HID, room)
-        count = self.count(room)
+        count, size = self._totals(room)
         excess = max(0, count - max_count) if max_count is not None else 0
         too_old = _at(prefix, now_ms - max_age_ms) if max_age_ms is not None else prefix
         batch = WriteBatch(raw_mode=True)
-        deleted = 0
+        deleted = freed = 0
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
             key = it.key()
-            if not key.startswith(prefix) or (deleted >= excess and key >= too_old):
+            over_size = max_bytes is not None and size - freed > max_bytes
+            if not key.startswith(prefix) or (
+                deleted >= excess and key >= too_old and not over_size
+            ):
                 break
+            id_key = id_prefix + key[len(prefix) + _U64.size :]
             batch.delete(key)
-            batch.delete(id_prefix + key[len(prefix) + _U64.size :])
+            batch.delete(id_key)
             deleted += 1
+            freed += _entry_bytes(key, it.value(), id_key)
             it.next()
         if deleted:
-            self._put_count(batch, room, count - deleted)
+            self._put_totals(batch, room, count - deleted, max(0, size - freed))
             self._db.write(batch)
         return deleted
 
     @staticmethod
-    def _put_count(batch: WriteBatch, room: str, count: int) -> None:
+    def _put_totals(batch: WriteBatch, room: str, count: int, size: int) -> None:
         if count:
-            batch.put(_count_key(room), _U64.pack(count))
+            batch.put(_count_key(room), _TOTALS.pack(count, size))
         else:
             batch.delete(_count_key(room))

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from p2pchat.node.history import History, StoredMessage
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from p2pchat.node.history import MAX_PAGE, History, StoredMessage, UnknownCursor
 from p2pchat.node.store import Store
 
 MAX_MS = (1 << 64) - 1
@@ -226,3 +228,131 @@ def test_a_room_name_with_nul_is_refused_everywhere(store: Store) -> None:
         history.contains("a\x00b", b"\x00" * 16)
     with pytest.raises(ValueError, match="room"):
         history.apply_retention("a\x00b", max_count=1, max_age_ms=None, now_ms=0)
+
+
+# --- pages, cursors, lookups (the history protocol's storage side) --------------------------------
+
+
+def walk(
+    history: History, room: str, start: int | None, end: int | None, limit: int, forward: bool
+) -> tuple[list[StoredMessage], int]:
+    """Every message of the range by following cursors; (messages in history order, pages)."""
+    pages: list[list[StoredMessage]] = []
+    cursor: bytes | None = None
+    while True:
+        page = history.page(
+            room, start_ms=start, end_ms=end, after=cursor, limit=limit, forward=forward
+        )
+        assert len(page.messages) <= limit
+        assert page.messages or not page.more  # an empty page never promises more
+        pages.append(page.messages)
+        if not page.more:
+            break
+        assert len(page.messages) == limit  # a short page is the last
+        cursor = (page.messages[-1] if forward else page.messages[0]).message_id
+    if not forward:
+        pages.reverse()
+    return [m for page in pages for m in page], len(pages)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sent=st.lists(st.integers(0, 40), max_size=60),
+    start=st.one_of(st.none(), st.integers(-5, 45)),
+    end=st.one_of(st.none(), st.integers(-5, 45)),
+    limit=st.integers(1, 7),
+    forward=st.booleans(),
+)
+def test_pages_cover_the_range_exactly_once_in_both_directions(
+    tmp_path_factory: pytest.TempPathFactory,
+    sent: list[int],
+    start: int | None,
+    end: int | None,
+    limit: int,
+    forward: bool,
+) -> None:
+    store = Store.open(tmp_path_factory.mktemp("pages") / "store")
+    try:
+        history = History(store)
+        messages = [message("lobby", ms, n=index) for index, ms in enumerate(sent)]
+        history.add_many(messages)
+        history.add_many(message("lobbyist", ms, n=1000 + ms) for ms in range(0, 41, 5))
+        history.add_many(message("lobb", ms, n=2000 + ms) for ms in range(0, 41, 5))
+        expected = sorted(
+            (
+                m
+                for m in messages
+                if (start is None or m.sent_at_ms >= start) and (end is None or m.sent_at_ms < end)
+            ),
+            key=lambda m: (m.sent_at_ms, m.message_id),
+        )
+        got, pages = walk(history, "lobby", start, end, limit, forward)
+        assert got == expected
+        assert pages == max(1, -(-len(expected) // limit))
+    finally:
+        store.close()
+
+
+def test_page_bounds_are_inclusive_start_exclusive_end(store: Store) -> None:
+    history = History(store)
+    history.add_many(message("lobby", sent) for sent in (10, 20, 30))
+    history.add(message("lobby", 20, n=21))
+    page = history.page("lobby", start_ms=20, end_ms=30)
+    assert times(page.messages) == [20, 20] and not page.more
+    assert times(history.page("lobby", start_ms=20, end_ms=20).messages) == []
+    assert times(history.page("lobby", start_ms=31).messages) == []
+    newest = history.page("lobby", limit=2, forward=False)
+    assert times(newest.messages) == [20, 30] and newest.more
+
+
+def test_unknown_cursors_are_errors_never_everything(store: Store) -> None:
+    history = History(store)
+    history.add_many(message("lobby", sent) for sent in range(1, 6))
+    history.add(message("other", 100))
+    for cursor in (b"", b"\x00" * 16, (100).to_bytes(16, "big"), b"short"):
+        with pytest.raises(UnknownCursor):
+            history.page("lobby", after=cursor)
+    with pytest.raises(ValueError, match="limit"):
+        history.page("lobby", limit=MAX_PAGE + 1)
+    with pytest.raises(ValueError, match="limit"):
+        history.page("lobby", limit=0)
+    # a cursor outside the time range continues from the range's edge, never beyond it
+    after_3 = history.page("lobby", start_ms=4, after=(2).to_bytes(16, "big"))
+    assert times(after_3.messages) == [4, 5]
+    before_4 = history.page("lobby", end_ms=3, after=(5).to_bytes(16, "big"), forward=False)
+    assert times(before_4.messages) == [1, 2]
+
+
+def test_lookup_finds_only_the_rooms_own_ids_in_history_order(store: Store) -> None:
+    history = History(store)
+    history.add_many(message("lobby", sent) for sent in (3, 1, 2))
+    history.add(message("other", 9))
+    ids = [(n).to_bytes(16, "big") for n in (2, 9, 3, 42, 2)]
+    assert times(history.lookup("lobby", ids)) == [2, 3]
+    assert history.lookup("lobby", []) == []
+
+
+def test_size_is_kept_per_room_and_bounds_retention(store: Store) -> None:
+    history = History(store)
+    history.add_many(message("lobby", sent) for sent in range(11, 21))  # all the same size
+    history.add(message("other", 11))
+    per_message = history.size("other")
+    assert per_message > 0 and history.size("lobby") == 10 * per_message
+    deleted = history.apply_retention(
+        "lobby", max_count=None, max_age_ms=None, now_ms=0, max_bytes=4 * per_message
+    )
+    assert deleted == 6 and times(history.last("lobby", 10)) == [17, 18, 19, 20]
+    assert history.size("lobby") == 4 * per_message
+    history.apply_retention("lobby", max_count=0, max_age_ms=None, now_ms=0)
+    assert (history.count("lobby"), history.size("lobby")) == (0, 0)
+
+
+def test_synced_adds_survive_reopening(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    History(store).add_many([message("lobby", 1), message("lobby", 2)], sync=True)
+    store.close()
+    reopened = Store.open(tmp_path / "store")
+    try:
+        assert times(History(reopened).last("lobby", 5)) == [1, 2]
+    finally:
+        reopened.close()
