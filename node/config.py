@@ -337,6 +337,76 @@ class ChatSection(_Section):
     )
 
 
+class HistorySection(_Section):
+    """The history protocol: serving the local store, and catching up after being away."""
+
+    serve: bool = Field(
+        default=True,
+        description="Chat peers answer history queries from their local store (archivers "
+        "always do).",
+    )
+    rate: float = Field(
+        default=20.0, gt=0, le=10_000, description="History queries per second per peer."
+    )
+    burst: int = Field(
+        default=40, ge=1, le=100_000, description="History queries a peer may make at once."
+    )
+    catchup: bool = Field(
+        default=True, description="Fetch missed messages on start and on every reconnect."
+    )
+    catchup_sources: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="Sources asked per room and catch-up (all of them if fewer; the results "
+        "are merged, so one source cannot hide messages unnoticed).",
+    )
+    catchup_max_messages: int = Field(
+        default=50_000, ge=1, le=10_000_000, description="Messages per room and source at most."
+    )
+    catchup_lookback_days: float = Field(
+        default=7.0, gt=0, description="How far back to fetch a room this node has no history of."
+    )
+    catchup_overlap_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Fetch from this long before the newest stored message (senders' clocks "
+        "differ; duplicates are dropped).",
+    )
+
+
+class RetentionPolicy(_Section):
+    """How much of a room an archiver keeps; the oldest messages go first. null: no limit."""
+
+    max_age_days: float | None = Field(default=365.0, gt=0)
+    max_messages: int | None = Field(default=10_000_000, ge=1)
+    max_bytes: int | None = Field(default=10 * 1024**3, ge=1024)
+
+
+class ArchiverSection(_Section):
+    """The archiver role: which rooms it keeps, and for how long."""
+
+    rooms: Annotated[list[RoomName], BeforeValidator(_split_commas)] = Field(
+        default_factory=lambda: ["p2p-chat-default"], description="Rooms archived from the start."
+    )
+    all_rooms: bool = Field(
+        default=False,
+        description="Also archive every room a connected peer is subscribed to.",
+    )
+    max_rooms: int = Field(default=1000, ge=1, le=100_000, description="Rooms archived at most.")
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    room_retention: dict[RoomName, RetentionPolicy] = Field(
+        default_factory=dict, description="Per-room retention, replacing `retention` for them."
+    )
+    retention_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between retention passes."
+    )
+
+    def policy(self, room: str) -> RetentionPolicy:
+        """The retention policy of ``room``."""
+        return self.room_retention.get(room, self.retention)
+
+
 class Config(_Section):
     """A node's whole configuration."""
 
@@ -351,6 +421,8 @@ class Config(_Section):
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)
+    history: HistorySection = Field(default_factory=HistorySection)
+    archiver: ArchiverSection = Field(default_factory=ArchiverSection)
 
     def data_dir(self) -> Path:
         """The effective data directory (the configured one or the XDG default)."""
@@ -564,5 +636,12 @@ def load_config(
         raise ConfigError(
             f"the bootstrap role serves the DHT: dht.enabled must be true and dht.mode auto "
             f"or server ({where})"
+        )
+    if "peer" in config.roles and "archiver" in config.roles:
+        # Both would run their own GossipSub on one host; a chat peer already keeps and serves
+        # its history, so run the archiver as a process of its own.
+        raise ConfigError(
+            f"roles peer and archiver cannot share a process ({provenance.get('roles', 'roles')});"
+            " run the archiver as its own process"
         )
     return config

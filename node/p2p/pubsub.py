@@ -280,13 +280,6 @@ def to_gossip_message(message: rpc_pb2.Message, topic: str) -> GossipMessage:
     )
 
 
-def envelope_data(envelope: bytes) -> bytes:
-    """The payload inside a signed envelope (no verification: for envelopes we stored)."""
-    message = rpc_pb2.Message()
-    message.ParseFromString(envelope)
-    return bytes(message.data)
-
-
 class _ReportingSignatureCheck:
     """Stands in for the library's signature check inside its pubsub module: the same verdict,
     but a failure is reported (for the drop counter) before the library silently drops the
@@ -549,6 +542,10 @@ class Gossip:
     async def publish(self, topic: str, data: bytes) -> None:
         """Sign and publish ``data`` on ``topic`` (to the mesh, or fanout if not joined)."""
         await self._pubsub.publish(topic, data)
+
+    def known_topics(self) -> list[str]:
+        """Topics at least one connected peer is subscribed to."""
+        return sorted(topic for topic, peers in self._pubsub.peer_topics.items() if peers)
 
     def subscribers(self, topic: str) -> list[str]:
         """Peers known to be subscribed to ``topic``."""

@@ -22,7 +22,10 @@ MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 64
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 
-DropReason = Literal["malformed", "unsupported_version", "oversized", "invalid"]
+DropReason = Literal[
+    "malformed", "unsupported_version", "oversized", "invalid", "wrong_room", "future_timestamp"
+]
+MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000  # how far a sender's clock may run ahead of ours
 
 
 class WireError(ValueError):
@@ -201,3 +204,21 @@ def _check_name(message: chat_pb2.NameAnnouncement) -> NameAnnouncement:
     except ValueError as error:
         raise WireError("invalid", str(error)) from None
     return NameAnnouncement(id=bytes(message.id), name=name, sent_at_ms=message.sent_at_ms)
+
+
+def decode_for_room(data: bytes, room: str, *, max_text_bytes: int, now_ms: int) -> ChatPayload:
+    """Decode a payload received on ``room``'s topic, as every receiver must check it: a text
+    must name that room (so a signed message cannot be replayed into another room), and no
+    payload may be dated more than :data:`MAX_CLOCK_AHEAD_MS` ahead of ``now_ms`` (history is
+    ordered by the sender's clock: a message from the future would stay "newest" and outlive
+    age-based retention).
+
+    Raises:
+        WireError: as :func:`decode`, or with reason ``wrong_room`` / ``future_timestamp``.
+    """
+    payload = decode(data, max_text_bytes=max_text_bytes)
+    if isinstance(payload, ChatText) and payload.room != room:
+        raise WireError("wrong_room", f"a message for room {payload.room!r}")
+    if payload.sent_at_ms > now_ms + MAX_CLOCK_AHEAD_MS:
+        raise WireError("future_timestamp", "sent in the future")
+    return payload

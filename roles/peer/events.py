@@ -56,7 +56,20 @@ class OutputEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-ChatEvent = MessageEvent | PeerEvent | NoticeEvent | ErrorEvent | OutputEvent
+@dataclass(frozen=True, slots=True)
+class CaughtUpEvent:
+    """Messages of a room that arrived while this peer was away, now fetched and stored."""
+
+    room: str
+    count: int  # new messages stored
+    sources: list[str]  # PeerIds of the history sources that answered
+
+    @property
+    def text(self) -> str:
+        return f"{self.count} messages while you were away in {self.room} (/history shows them)"
+
+
+ChatEvent = MessageEvent | PeerEvent | NoticeEvent | ErrorEvent | OutputEvent | CaughtUpEvent
 
 _TYPES: dict[type, str] = {
     MessageEvent: "message",
@@ -64,6 +77,7 @@ _TYPES: dict[type, str] = {
     NoticeEvent: "notice",
     ErrorEvent: "error",
     OutputEvent: "output",
+    CaughtUpEvent: "caught_up",
 }
 
 

@@ -18,6 +18,7 @@ import trio
 import trio.lowlevel
 from p2pchat.roles.peer.commands import render_message, short_id
 from p2pchat.roles.peer.events import (
+    CaughtUpEvent,
     ChatEvent,
     ErrorEvent,
     MessageEvent,
@@ -63,7 +64,7 @@ def render_text(event: ChatEvent) -> str:
     if isinstance(event, PeerEvent):
         verb = "joined" if event.change == "joined" else "left"
         return f"* {event.name} ({short_id(event.peer)}) {verb} {event.room}"
-    if isinstance(event, NoticeEvent):
+    if isinstance(event, NoticeEvent | CaughtUpEvent):
         return f"* {event.text}"
     if isinstance(event, ErrorEvent):
         return f"! {event.text}"

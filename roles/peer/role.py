@@ -1,7 +1,8 @@
 """The chat peer role: what end users run (``p2pchat --role peer``, the default).
 
-Composes the node's GossipSub (rooms), the local history and the chat service, and runs the
-front end chosen by ``chat.ui``. Quitting the front end stops the node.
+Composes the node's GossipSub (rooms), the local history, the chat service, the history server
+(``history.serve``) and catch-up (``history.catchup``), and runs the front end chosen by
+``chat.ui``. Quitting the front end stops the node.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
+from p2pchat.node.catchup import CatchUp, CatchUpMetrics
 from p2pchat.node.history import History
 from p2pchat.node.p2p.pubsub import Gossip
 from p2pchat.node.role import NodeContext
+from p2pchat.node.store_client import StoreClient, StoreClientMetrics
+from p2pchat.node.store_server import StoreServer, StoreServerMetrics
+from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
 from p2pchat.roles.peer.console import run_console
 from p2pchat.roles.peer.events import ChatEvent
 from p2pchat.roles.peer.frontends import run_headless, run_json, run_lines
@@ -27,7 +32,12 @@ class PeerRole:
     """Chat peer."""
 
     name: ClassVar[str] = "peer"
-    protocols: ClassVar[Sequence[str]] = ("/meshsub/1.2.0", "/meshsub/1.1.0", "/meshsub/1.0.0")
+    protocols: ClassVar[Sequence[str]] = (
+        "/meshsub/1.2.0",
+        "/meshsub/1.1.0",
+        "/meshsub/1.0.0",
+        STORE_QUERY,
+    )
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -43,12 +53,49 @@ class PeerRole:
             except trio.WouldBlock:  # nobody reads (headless and stalled): never block chat
                 ctx.log.warning("chat event dropped: front end is not keeping up")
 
-        service = ChatService(ctx, gossip, History(ctx.store), metrics, emit)
+        history = History(ctx.store)
+        settings = ctx.config.history
+        if settings.serve:
+            StoreServer(
+                ctx.host,
+                history,
+                StoreServerMetrics(ctx.metrics.registry),
+                ctx.log,
+                rate=settings.rate,
+                burst=settings.burst,
+            ).install()
+        catch_up: CatchUp | None = None
+        service = ChatService(
+            ctx,
+            gossip,
+            history,
+            metrics,
+            emit,
+            on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
+        )
+        if settings.catchup:
+            client = StoreClient(
+                ctx.host,
+                StoreClientMetrics(ctx.metrics.registry),
+                ctx.config.chat.max_message_bytes,
+            )
+            catch_up = CatchUp(
+                ctx.host,
+                history,
+                client,
+                settings,
+                service.room_names,
+                service.caught_up,
+                CatchUpMetrics(ctx.metrics.registry),
+                ctx.log,
+            )
         ui = ctx.config.chat.ui
         if ui == "auto":
             ui = "console" if sys.stdin.isatty() else "none"
         async with trio.open_nursery() as nursery:
             await nursery.start(gossip.run)
+            if catch_up is not None:
+                await nursery.start(catch_up.run)
             await nursery.start(service.run)
             ctx.log.info("peer role started", room=service.current_room, ui=ui)
             task_status.started()

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 
 import trio
 from p2pchat.node.history import History, StoredMessage
-from p2pchat.node.p2p.pubsub import Gossip, GossipMessage, envelope_data
+from p2pchat.node.p2p.envelopes import envelope_data
+from p2pchat.node.p2p.pubsub import Gossip, GossipMessage
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import (
     ChatText,
     NameAnnouncement,
     WireError,
     decode,
+    decode_for_room,
     encode,
     new_message_id,
     validate_name,
@@ -41,6 +43,7 @@ from p2pchat.roles.peer.commands import (
     short_id,
 )
 from p2pchat.roles.peer.events import (
+    CaughtUpEvent,
     ChatEvent,
     ErrorEvent,
     MessageEvent,
@@ -55,7 +58,6 @@ PENDING_PREFIX = b"pend/"
 MEMBER_POLL_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
 ANONYMOUS = "anon"
-MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000  # how far a sender's clock may run ahead of ours
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 
 
@@ -80,8 +82,12 @@ class ChatService:
         history: History,
         metrics: ChatMetrics,
         emit: Callable[[ChatEvent], None],
+        on_join: Callable[[str], None] = lambda room: None,
     ) -> None:
+        """``on_join`` is told each room this peer joins (catch-up fetches what it missed)."""
         self._ctx = ctx
+        self._on_join = on_join
+        self._last_sent_ms = 0
         self._gossip = gossip
         self._history = history
         self._metrics = metrics
@@ -128,6 +134,11 @@ class ChatService:
         return self._name or ANONYMOUS
 
     # --- input -----------------------------------------------------------------------------------
+
+    def caught_up(self, room: str, count: int, sources: list[str]) -> None:
+        """Tell the user how many messages of ``room`` arrived while they were away."""
+        if count:
+            self._emit(CaughtUpEvent(room, count, sources))
 
     @contextmanager
     def capturing(self) -> Iterator[list[ChatEvent]]:
@@ -199,7 +210,7 @@ class ChatService:
             room=self._current,
             sender_name=self.display_name,
             text=text,
-            sent_at_ms=now_ms(),
+            sent_at_ms=self._next_send_time(),
         )
         try:
             data = encode(message)
@@ -217,6 +228,13 @@ class ChatService:
             )
             return
         await self._publish(self._current, data)
+
+    def _next_send_time(self) -> int:
+        """Now, but always later than this peer's previous message: history is ordered by
+        (send time, random id), so two lines typed or pasted within one millisecond would
+        otherwise show in random order everywhere."""
+        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1)
+        return self._last_sent_ms
 
     async def _publish(self, room: str, data: bytes) -> None:
         await self._gossip.publish(room, data)
@@ -297,15 +315,9 @@ class ChatService:
         def validate(data: bytes) -> str | None:
             # Counting is the pubsub layer's job (it reports every reason returned here).
             try:
-                payload = decode(data, max_text_bytes=limit)
+                payload = decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
             except WireError as error:
                 return error.reason
-            if isinstance(payload, ChatText) and payload.room != room:
-                return "wrong_room"
-            # History is ordered by the sender's clock: a message dated ahead of ours would stay
-            # "newest" and outlive age-based retention.
-            if payload.sent_at_ms > now_ms() + MAX_CLOCK_AHEAD_MS:
-                return "future_timestamp"
             if len(self._validated) >= MAX_VALIDATED:
                 self._validated.clear()  # bounded: the cost is decoding those again
             self._validated[data] = payload
@@ -378,6 +390,7 @@ class ChatService:
 
         self._nursery.start_soon(receive)
         self._metrics.rooms.set(len(self._rooms))
+        self._on_join(room)
 
     async def leave(self, room: str) -> None:
         """Leave ``room``; the last room cannot be left (use /quit)."""

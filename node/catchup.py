@@ -1,0 +1,196 @@
+"""Catch-up: fetch what a peer missed while it was away, from more than one source.
+
+When a room is joined (so at start) and whenever a peer that serves history connects (so on
+every reconnect), each joined room is fetched from the sources not asked in the last
+:data:`REASK_AFTER` seconds: connected peers that speak the history protocol (archivers, and
+chat peers serving their local store), at most ``history.catchup_sources`` of them, all at once.
+The range starts ``history.catchup_overlap_seconds`` before the newest message already stored
+(clocks of senders differ), or ``history.catchup_lookback_days`` ago for a room with no history.
+
+Every message is verified (:func:`p2pchat.node.store_client.verify_entry`); the union of what
+the sources returned is stored once per id. A source that completed its walk but lacks messages
+another one returned is logged and counted (``p2pchat_history_source_gaps_total``): that is how
+a source hiding messages gets noticed. A peer that was itself offline lacks messages honestly,
+so this is a signal for operators, not a verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+import trio
+import trio.lowlevel
+from p2pchat.node.config import HistorySection
+from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
+from p2pchat.node.store_client import Fetched, SourceError, StoreClient
+from p2pchat.node.wire.store_query import PROTOCOL_ID
+from prometheus_client import CollectorRegistry, Counter
+
+SETTLE = 1.0  # after a trigger: let identify finish and other connections arrive
+IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
+REASK_AFTER = 60.0
+WRITE_BATCH = 1000
+
+CaughtUp = Callable[[str, int, list[str]], None]
+"""Told (room, new messages stored, sources that answered) after each room's catch-up."""
+
+
+class CatchUpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stored = Counter(
+            "p2pchat_history_caught_up",
+            "Messages a catch-up stored that this node did not have.",
+            registry=registry,
+        )
+        self.source_gaps = Counter(
+            "p2pchat_history_source_gaps",
+            "Messages a history source lacked that another source of the same catch-up had.",
+            registry=registry,
+        )
+        self.source_errors = Counter(
+            "p2pchat_history_source_errors",
+            "History sources that failed during a catch-up (unreachable, refused, broken).",
+            registry=registry,
+        )
+
+
+class CatchUp:
+    """See the module's note. ``rooms`` lists the rooms to keep caught up."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        history: History,
+        client: StoreClient,
+        settings: HistorySection,
+        rooms: Callable[[], list[str]],
+        on_caught_up: CaughtUp,
+        metrics: CatchUpMetrics,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._host = host
+        self._history = history
+        self._client = client
+        self._settings = settings
+        self._rooms = rooms
+        self._on_caught_up = on_caught_up
+        self._metrics = metrics
+        self._log = log
+        self._pending: set[str] = set()
+        self._wake = trio.Event()
+        self._asked: dict[tuple[str, str], float] = {}  # (room, source) -> when
+
+    def request(self, room: str) -> None:
+        """Catch ``room`` up as soon as sources are known (safe to call from any task)."""
+        self._pending.add(room)
+        self._wake.set()
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        self._pending.update(self._rooms())
+        self._wake.set()
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        return None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Catch rooms up as triggers arrive, until cancelled."""
+        self._host.watch_connections(self)
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(SETTLE)
+            sources = await self._sources()
+            rooms, self._pending = sorted(self._pending), set()
+            for room in rooms:
+                if room in self._rooms():
+                    await self.catch_up(room, sources)
+
+    async def _sources(self) -> list[str]:
+        """Connected peers serving history (waiting briefly for identify to name protocols)."""
+        deadline = trio.current_time() + IDENTIFY_WAIT
+        while True:
+            peers = self._host.connected_peers()
+            unknown = [p for p in peers if not self._host.peer_protocols(p)]
+            if not unknown or trio.current_time() >= deadline:
+                return [p for p in peers if PROTOCOL_ID in self._host.peer_protocols(p)]
+            await trio.sleep(0.2)
+
+    async def catch_up(self, room: str, sources: list[str]) -> int:
+        """Fetch ``room`` from the sources not asked lately; store and report what is new."""
+        now = time.monotonic()
+        fresh = [
+            s for s in sources if now - self._asked.get((room, s), -REASK_AFTER) >= REASK_AFTER
+        ]
+        chosen = fresh[: self._settings.catchup_sources]
+        if not chosen:
+            return 0
+        for source in chosen:
+            self._asked[(room, source)] = now
+        start_ms = self._start_ms(room)
+        results: list[Fetched] = []
+
+        async def fetch(source: str) -> None:
+            try:
+                results.append(
+                    await self._client.fetch_range(
+                        source, room, start_ms, self._settings.catchup_max_messages
+                    )
+                )
+            except SourceError as error:
+                self._metrics.source_errors.inc()
+                self._log.info("history source failed", room=room, source=source, error=str(error))
+
+        async with trio.open_nursery() as nursery:
+            for source in chosen:
+                nursery.start_soon(fetch, source)
+        union: dict[bytes, StoredMessage] = {}
+        for fetched in results:
+            for message in fetched.messages:
+                union.setdefault(message.message_id, message)
+        self._report_gaps(room, results, union)
+        ordered = sorted(union.values(), key=lambda m: (m.sent_at_ms, m.message_id))
+        stored = 0
+        for first in range(0, len(ordered), WRITE_BATCH):
+            stored += len(self._history.add_many(ordered[first : first + WRITE_BATCH]))
+            await trio.lowlevel.checkpoint()  # a big catch-up must not stall live chat
+        self._metrics.stored.inc(stored)
+        answered = [fetched.source for fetched in results]
+        self._log.info(
+            "history caught up", room=room, new=stored, fetched=len(union), sources=answered
+        )
+        if answered:
+            self._on_caught_up(room, stored, answered)
+        return stored
+
+    def _stale(self, room: str, source: str, now: float) -> bool:
+        return now - self._asked[(room, source)] >= REASK_AFTER
+
+    def _start_ms(self, room: str) -> int:
+        newest = self._history.newest_sent_at(room)
+        if newest is None:
+            lookback_ms = int(self._settings.catchup_lookback_days * 86_400_000)
+            return max(0, int(time.time() * 1000) - lookback_ms)
+        return max(0, newest - int(self._settings.catchup_overlap_seconds * 1000))
+
+    def _report_gaps(
+        self, room: str, results: list[Fetched], union: dict[bytes, StoredMessage]
+    ) -> None:
+        if len(results) < 2:
+            return
+        for fetched in results:
+            if not fetched.complete:
+                continue
+            held = {message.message_id for message in fetched.messages}
+            missing = len(union.keys() - held)
+            if missing:
+                self._metrics.source_gaps.inc(missing)
+                self._log.warning(
+                    "history source lacks messages another source has",
+                    room=room,
+                    source=fetched.source,
+                    missing=missing,
+                )

@@ -1,0 +1,206 @@
+"""Asking a peer or an archiver for history, and trusting none of what comes back.
+
+:func:`verify_entry` checks one returned message as a live one is checked: the envelope's
+StrictSign signature, its topic, the chat payload inside it (decodable, a text, of this room),
+and that the id and time the server put beside it are the signed ones. Anything else is dropped
+and counted by reason in ``p2pchat_history_rejected_total``: a lying server can withhold
+messages (which asking several sources exposes, see :mod:`p2pchat.node.catchup`), but it cannot
+inject, alter or move a message to another room.
+
+:class:`StoreClient` walks a room's range page by page on one stream and refuses a server whose
+cursor does not advance, or which sends more than asked for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+from p2pchat.node.history import StoredMessage
+from p2pchat.node.p2p.envelopes import EnvelopeError, verify_envelope
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.streams import Stream, close_quietly, read_frame
+from p2pchat.node.wire.chat import ChatText, WireError, decode_for_room
+from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.node.wire.store_query import (
+    MAX_LIMIT,
+    MAX_REPLY_BYTES,
+    PROTOCOL_ID,
+    Entry,
+    Query,
+    Reply,
+    Status,
+    StoreWireError,
+    decode_reply,
+    encode_query,
+)
+from prometheus_client import CollectorRegistry, Counter
+
+REPLY_TIMEOUT = 15.0
+
+
+class SourceError(Exception):
+    """A history source that failed: unreachable, refused, broke the protocol or timed out."""
+
+
+class StoreClientMetrics:
+    """What history fetches brought: accepted, rejected by reason, queries by outcome."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rejected = Counter(
+            "p2pchat_history_rejected",
+            "Messages from history sources dropped, by reason (bad_signature, malformed, "
+            "wrong_room, mismatch, not_text, future_timestamp, oversized, invalid, "
+            "unsupported_version).",
+            ("reason",),
+            registry=registry,
+        )
+        self.fetched = Counter(
+            "p2pchat_history_fetched",
+            "Messages from history sources that verified (before de-duplication).",
+            registry=registry,
+        )
+        self.queries = Counter(
+            "p2pchat_history_queries",
+            "History queries this node sent, by outcome (ok, bad_request, too_many_requests, "
+            "unavailable, error).",
+            ("outcome",),
+            registry=registry,
+        )
+
+
+class Rejected(ValueError):
+    """An entry that failed verification; ``reason`` labels the counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def verify_entry(entry: Entry, room: str, max_text_bytes: int, now_ms: int) -> StoredMessage:
+    """The stored form of ``entry`` if it is a genuine chat text of ``room``.
+
+    Raises:
+        Rejected: see the module's note; ``reason`` says which check failed.
+    """
+    if not entry.envelope:
+        raise Rejected("malformed", "no envelope")
+    try:
+        verified = verify_envelope(entry.envelope)
+    except EnvelopeError as error:
+        raise Rejected(error.reason, str(error)) from None
+    if verified.topic != room:
+        raise Rejected("wrong_room", f"envelope is for topic {verified.topic!r}")
+    try:
+        payload = decode_for_room(verified.data, room, max_text_bytes=max_text_bytes, now_ms=now_ms)
+    except WireError as error:
+        raise Rejected(error.reason, str(error)) from None
+    if not isinstance(payload, ChatText):
+        raise Rejected("not_text", "not a chat text")
+    if payload.id != entry.message_id or payload.sent_at_ms != entry.sent_at_ms:
+        raise Rejected("mismatch", "id or time beside the envelope is not the signed one")
+    return StoredMessage(
+        room=room,
+        message_id=payload.id,
+        sent_at_ms=payload.sent_at_ms,
+        received_at_ms=now_ms,
+        sender=verified.sender,
+        envelope=entry.envelope,
+    )
+
+
+@dataclass
+class Fetched:
+    """What one source returned for one walk: verified messages, and how many were rejected."""
+
+    source: str
+    messages: list[StoredMessage]
+    rejected: int
+    complete: bool  # the walk reached the end of the range (not cut by max_messages)
+
+
+class StoreClient:
+    """Queries history sources (see the module's note)."""
+
+    def __init__(self, host: P2PHost, metrics: StoreClientMetrics, max_text_bytes: int) -> None:
+        self._host = host
+        self._metrics = metrics
+        self._max_text_bytes = max_text_bytes
+        self._request_ids = itertools.count(1)
+
+    async def fetch_range(
+        self, peer: str, room: str, start_ms: int | None, max_messages: int
+    ) -> Fetched:
+        """Every verified message of ``room`` sent at or after ``start_ms`` that ``peer``
+        holds, oldest first, at most ``max_messages``.
+
+        Raises:
+            SourceError: the peer could not be asked, refused, or broke the protocol.
+        """
+        fetched = Fetched(peer, [], 0, complete=False)
+        async for entries, last in self._pages(peer, room, start_ms, max_messages):
+            now_ms = int(time.time() * 1000)
+            for entry in entries:
+                try:
+                    fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now_ms))
+                except Rejected as error:
+                    fetched.rejected += 1
+                    self._metrics.rejected.labels(reason=error.reason).inc()
+            fetched.complete = last
+        self._metrics.fetched.inc(len(fetched.messages))
+        return fetched
+
+    async def _pages(
+        self, peer: str, room: str, start_ms: int | None, max_messages: int
+    ) -> AsyncIterator[tuple[tuple[Entry, ...], bool]]:
+        try:
+            stream = await self._host.new_stream(peer, [PROTOCOL_ID])
+        except Exception as error:  # no connection, protocol not supported, ...
+            self._metrics.queries.labels(outcome="error").inc()
+            raise SourceError(f"cannot open a history stream: {error}") from None
+        decoder = FrameDecoder(MAX_REPLY_BYTES)
+        cursor: bytes | None = None
+        received = 0
+        try:
+            while received < max_messages:
+                limit = min(MAX_LIMIT, max_messages - received)
+                query = Query(next(self._request_ids), room, start_ms, None, cursor, limit)
+                reply = await self._ask(stream, decoder, query)
+                if len(reply.entries) > limit:
+                    raise SourceError(f"{len(reply.entries)} messages where {limit} were asked")
+                received += len(reply.entries)
+                if reply.next_cursor is not None and (
+                    not reply.entries or reply.next_cursor != reply.entries[-1].message_id
+                ):
+                    raise SourceError("the cursor does not advance past the page")
+                last = reply.next_cursor is None
+                yield reply.entries, last
+                if last:
+                    return
+                cursor = reply.next_cursor
+        finally:
+            await close_quietly(stream)
+
+    async def _ask(self, stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
+        try:
+            with trio.fail_after(REPLY_TIMEOUT):
+                await stream.write(encode_query(query))
+                reply = decode_reply(await read_frame(stream, decoder))
+        except trio.TooSlowError:
+            self._metrics.queries.labels(outcome="error").inc()
+            raise SourceError(f"no reply within {REPLY_TIMEOUT:.0f} s") from None
+        except (FrameError, StoreWireError) as error:
+            self._metrics.queries.labels(outcome="error").inc()
+            raise SourceError(f"bad reply: {error}") from None
+        except Exception as error:  # the stream was reset or the connection closed
+            self._metrics.queries.labels(outcome="error").inc()
+            raise SourceError(f"stream failed: {error}") from None
+        self._metrics.queries.labels(outcome=reply.status.name.lower()).inc()
+        if reply.status is not Status.OK:
+            raise SourceError(f"refused: {reply.status.name} {reply.status_text}".strip())
+        if reply.request_id != query.request_id:
+            raise SourceError("reply to another request")
+        return reply

@@ -1,0 +1,59 @@
+"""The archiver's series (nwaku's archive names, ``p2pchat_`` prefix; no room or peer labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+INSERT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ArchiveMetrics:
+    """Messages held and inserted, write time, errors, drops, rooms, retention."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Gauge(
+            "p2pchat_archive_messages", "Messages held by the archive.", registry=registry
+        )
+        self.inserted = Counter(
+            "p2pchat_archive_inserted",
+            "Messages written and synced to disk (acknowledged); duplicates are not counted.",
+            registry=registry,
+        )
+        self.insert_duration = Histogram(
+            "p2pchat_archive_insert_duration_seconds",
+            "Time to write and sync one batch of messages.",
+            buckets=INSERT_BUCKETS,
+            registry=registry,
+        )
+        self.insert_batch = Histogram(
+            "p2pchat_archive_insert_batch_messages",
+            "Messages per synced write.",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "p2pchat_archive_errors",
+            "Archive failures, by type (write, retention).",
+            ("type",),
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "p2pchat_archive_dropped",
+            "Messages refused before archiving, by reason (bad_signature, malformed, oversized, "
+            "invalid, unsupported_version, wrong_room, future_timestamp).",
+            ("reason",),
+            registry=registry,
+        )
+        self.rooms = Gauge("p2pchat_archive_rooms", "Rooms being archived.", registry=registry)
+        self.retention_deleted = Counter(
+            "p2pchat_archive_retention_deleted",
+            "Messages deleted by retention (age, count or size).",
+            registry=registry,
+        )
+        self.store_bytes = Gauge(
+            "p2pchat_archive_store_bytes", "Bytes the store occupies on disk.", registry=registry
+        )
+
+    def message_dropped(self, topic: str, reason: str) -> None:
+        """GossipObserver: a message failed verification or validation."""
+        self.dropped.labels(reason=reason).inc()

@@ -1,0 +1,111 @@
+"""Store-and-forward end to end: real ``p2pchat`` processes on 127.0.0.1 and real RocksDB.
+
+A peer that is offline while others chat gets every message when it returns, in order, with
+nothing lost or duplicated: through an archiver, and with no archiver through another peer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import NodeProcess, start_node
+from tests.test_chat import WAIT, chat_peer, is_message, wait_members
+
+ROOM = "p2p-chat-default"
+# GossipSub keeps recent messages for 5 heartbeats (1 s each) and offers them to peers that
+# (re)join the mesh: a peer back within that window gets them live. Being away longer than
+# that is what catch-up is for, so the tests stay away longer.
+AWAY = 7.0
+
+
+def archiver(path: Path, nodes: list[NodeProcess], *args: str) -> NodeProcess:
+    node = start_node(path, "--role", "archiver", *args)
+    nodes.append(node)
+    return node
+
+
+def wait_metric(node: NodeProcess, name: str, value: float, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.metric(name) >= value:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never reached {value} (is {node.metric(name)})")
+
+
+def history_texts(node: NodeProcess, count: int) -> list[str]:
+    """The texts ``/history`` shows when asked for one more than ``count`` messages."""
+    node.say(f"/history {count + 1}")
+    node.say("/info")  # its answer marks the end of the history's
+    texts: list[str] = []
+    while True:
+        event = node.next_event(lambda e: e["type"] in ("message", "output"), timeout=WAIT)
+        if event["type"] == "output":
+            return texts
+        if event["history"]:
+            texts.append(event["text"])
+
+
+def caught_up(node: NodeProcess) -> dict[str, Any]:
+    return node.next_event(lambda e: e["type"] == "caught_up", timeout=WAIT)
+
+
+def chat_while_away(sender: NodeProcess, witness: NodeProcess, texts: list[str]) -> None:
+    for text in texts:
+        sender.say(text)
+    witness.next_event(is_message(texts[-1]), timeout=WAIT)
+
+
+def test_offline_peer_catches_up_through_an_archiver(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    store = archiver(tmp_path / "archiver", nodes)
+    a = chat_peer(tmp_path / "a", nodes, "--bootstrap", store.addr())
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", store.addr())
+    wait_members(a, 1)  # the archiver: A and B meet only through it
+    wait_members(b, 1)
+    a.say("before B left")
+    b.next_event(is_message("before B left"), timeout=WAIT)
+    assert b.stop() == 0
+
+    missed = [f"missed {n}" for n in range(1, 31)]
+    for text in missed:
+        a.say(text)
+    wait_metric(store, "p2pchat_archive_inserted_total", 31)
+    time.sleep(AWAY)
+
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", store.addr())
+    event = caught_up(b)
+    assert event["room"] == ROOM and event["count"] == 30
+    assert store.peer_id in event["sources"]
+    assert history_texts(b, 31) == ["before B left", *missed]  # in order, once each
+    assert b.metric("p2pchat_history_rejected_total") == 0
+    assert store.metric("p2pchat_archive_messages") == 31
+    assert store.metric("p2pchat_store_queries_total", status="ok") >= 1
+
+
+def test_offline_peer_catches_up_from_another_peer_without_an_archiver(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", a.addr())
+    wait_members(a, 2)
+    c.say("all three here")
+    b.next_event(is_message("all three here"), timeout=WAIT)
+    assert b.stop() == 0
+
+    missed = [f"while B was away {n}" for n in range(1, 11)]
+    chat_while_away(a, c, missed[:5])
+    chat_while_away(c, a, missed[5:])
+    time.sleep(AWAY)
+
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    assert caught_up(b)["count"] == 10
+    assert history_texts(b, 11) == ["all three here", *missed]
+    # Reconnecting again brings nothing twice.
+    b.say("/history 1")
+    assert b.next_event(lambda e: e["type"] == "message")["text"] == missed[-1]
+    assert b.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0
