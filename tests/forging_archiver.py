@@ -1,0 +1,119 @@
+"""A lying history server, the test double of tests/test_archive_forgery.py.
+
+``python -m tests.forging_archiver DATA_DIR`` serves the history protocol from the store in
+DATA_DIR on 127.0.0.1, prints ``{"peer_id": ..., "addr": ...}`` on one line, and runs until
+killed. Every reply is the honest one, then falsified:
+
+- message 2 is withheld;
+- message 3's text is altered, its signature kept;
+- message 4 is swapped for a genuine, signed message of another room (listed under 4's id);
+- message 5 is listed with another send time than the one signed;
+- a message claiming to be from message 1's sender, signed by this server's own key, is
+  injected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+from libp2p.pubsub.pb import rpc_pb2
+from p2pchat.node.history import History
+from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.p2p.streams import Stream, StreamEnded, read_frame
+from p2pchat.node.store import Store
+from p2pchat.node.store_server import answer
+from p2pchat.node.wire.chat import ChatText, decode, encode
+from p2pchat.node.wire.framing import FrameDecoder
+from p2pchat.node.wire.store_query import (
+    MAX_QUERY_BYTES,
+    PROTOCOL_ID,
+    Entry,
+    Reply,
+    decode_query,
+    encode_reply,
+)
+
+OTHER_ROOM_ID = 104  # tests/test_archive_forgery.py stores messages 100.. in another room
+
+
+class _Quiet:
+    def connection_opened(self, info: object) -> None: ...
+    def connection_closed(self, info: object) -> None: ...
+    def handler_failed(self, protocol: str, error: BaseException) -> None: ...
+
+
+def _number(entry: Entry) -> int:
+    return int.from_bytes(entry.message_id, "big")
+
+
+def _altered(envelope: bytes) -> bytes:
+    message = rpc_pb2.Message()
+    message.ParseFromString(envelope)
+    payload = decode(bytes(message.data), max_text_bytes=4096)
+    assert isinstance(payload, ChatText)
+    message.data = encode(replace(payload, text="ALTERED by the archiver"))
+    return message.SerializeToString()
+
+
+def _forged(envelope: bytes, forger_key: object) -> Entry:
+    """A new message in the name of ``envelope``'s sender, signed with the forger's key."""
+    message = rpc_pb2.Message()
+    message.ParseFromString(envelope)
+    payload = decode(bytes(message.data), max_text_bytes=4096)
+    assert isinstance(payload, ChatText)
+    fake = replace(payload, id=(999).to_bytes(16, "big"), text="INJECTED by the archiver")
+    message.data = encode(fake)
+    message.signature = forger_key.sign(b"libp2p-pubsub:" + message.SerializeToString())  # type: ignore[attr-defined]
+    return Entry(fake.id, fake.sent_at_ms, message.SerializeToString())
+
+
+def falsify(reply: Reply, history: History, forger_key: object) -> Reply:
+    entries: list[Entry] = []
+    for entry in reply.entries:
+        number = _number(entry)
+        if number == 2:
+            continue
+        if number == 3:
+            entry = replace(entry, envelope=_altered(entry.envelope))
+        elif number == 4:
+            other = next(m for m in history.rooms() if m != "p2p-chat-default")
+            swapped = history.lookup(other, [OTHER_ROOM_ID.to_bytes(16, "big")])[0]
+            entry = replace(entry, envelope=swapped.envelope)
+        elif number == 5:
+            entry = replace(entry, sent_at_ms=entry.sent_at_ms + 1000)
+        elif number == 1:
+            entries.append(_forged(entry.envelope, forger_key))
+        entries.append(entry)
+    return replace(reply, entries=tuple(entries))
+
+
+async def main(data_dir: Path) -> None:
+    identity = load_or_create_identity(data_dir)
+    store = Store.open(data_dir / "store")
+    history = History(store)
+    host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), _Quiet())
+
+    async def serve(stream: Stream) -> None:
+        decoder = FrameDecoder(MAX_QUERY_BYTES)
+        while True:
+            try:
+                query = decode_query(await read_frame(stream, decoder))
+            except StreamEnded:
+                return
+            reply = falsify(answer(history, query), history, identity.key_pair.private_key)
+            await stream.write(encode_reply(reply))
+
+    async with host.run():
+        host.set_stream_handler(PROTOCOL_ID, serve)
+        addr = host.advertised_addrs()[0]
+        print(json.dumps({"peer_id": host.peer_id, "addr": addr}), flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    trio.run(main, Path(sys.argv[1]))

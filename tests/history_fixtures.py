@@ -1,0 +1,79 @@
+"""Room histories of genuine signed messages, written straight into a node's store (so a test
+or benchmark can start an archiver that already holds them), and a store-query client."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.p2p.envelopes import sign_envelope
+from p2pchat.node.p2p.identity import Identity, load_or_create_identity
+from p2pchat.node.p2p.streams import Stream, read_frame
+from p2pchat.node.store import Store
+from p2pchat.node.wire.chat import ChatText, encode
+from p2pchat.node.wire.framing import FrameDecoder
+from p2pchat.node.wire.store_query import MAX_REPLY_BYTES, Query, Reply, decode_reply, encode_query
+
+ROOM = "p2p-chat-default"
+
+
+def signed_message(
+    signer: Identity, room: str, n: int, sent_at_ms: int, text: str | None = None
+) -> StoredMessage:
+    """Message number ``n`` (its id is ``n`` big-endian) of ``room``, signed by ``signer``."""
+    payload = ChatText(
+        id=n.to_bytes(16, "big"),
+        room=room,
+        sender_name="filler",
+        text=text if text is not None else f"message {n}",
+        sent_at_ms=sent_at_ms,
+    )
+    return StoredMessage(
+        room=room,
+        message_id=payload.id,
+        sent_at_ms=sent_at_ms,
+        received_at_ms=sent_at_ms,
+        sender=signer.peer_id_text,
+        envelope=sign_envelope(signer, room, encode(payload)),
+    )
+
+
+def make_messages(
+    signer: Identity,
+    room: str,
+    count: int,
+    *,
+    first_id: int = 1,
+    first_ms: int | None = None,
+    step_ms: int = 10,
+) -> list[StoredMessage]:
+    """``count`` messages numbered from ``first_id``, ``step_ms`` apart, the first at
+    ``first_ms`` (default: an hour ago)."""
+    start = first_ms if first_ms is not None else int(time.time() * 1000) - 3_600_000
+    return [signed_message(signer, room, first_id + i, start + i * step_ms) for i in range(count)]
+
+
+def fill_store(data_dir: Path, messages: list[StoredMessage], batch: int = 10_000) -> None:
+    """Write ``messages`` into the store a node started on ``data_dir`` will open."""
+    store = Store.open(data_dir / "store")
+    try:
+        history = History(store)
+        for first in range(0, len(messages), batch):
+            history.add_many(messages[first : first + batch])
+    finally:
+        store.close()
+
+
+def signer(path: Path) -> Identity:
+    return load_or_create_identity(path)
+
+
+async def ask(stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
+    """Send ``query`` on ``stream`` and read its reply (no verification)."""
+    await stream.write(encode_query(query))
+    return decode_reply(await read_frame(stream, decoder))
+
+
+def reply_decoder() -> FrameDecoder:
+    return FrameDecoder(MAX_REPLY_BYTES)
