@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 	$(BIN)/python -m tests.bench.holepunch
+	$(BIN)/python -m tests.bench.archive ingest query catchup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
