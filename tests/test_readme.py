@@ -6,8 +6,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from p2pchat.node.catchup import CatchUpMetrics
 from p2pchat.node.config import Config
 from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.store_client import StoreClientMetrics
+from p2pchat.node.store_server import StoreServerMetrics
+from p2pchat.roles.archiver.metrics import ArchiveMetrics
+from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.relay.metrics import RelayMetrics
 from pydantic import BaseModel
 
@@ -32,6 +37,14 @@ def test_every_config_key_is_documented_with_its_default() -> None:
 def test_every_metric_family_is_documented() -> None:
     metrics = NodeMetrics(["peer", "relay"])
     RelayMetrics(metrics.registry)
+    for role_metrics in (
+        ArchiveMetrics,
+        StoreServerMetrics,
+        StoreClientMetrics,
+        CatchUpMetrics,
+        ChatMetrics,
+    ):
+        role_metrics(metrics.registry)
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in README, f"README does not document metric {name}"
