@@ -23,7 +23,7 @@ import structlog
 import trio
 import trio.lowlevel
 from p2pchat.node.config import HistorySection
-from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID
@@ -173,7 +173,7 @@ class CatchUp:
         newest = self._history.newest_sent_at(room)
         if newest is None:
             lookback_ms = int(self._settings.catchup_lookback_days * 86_400_000)
-            return max(0, int(time.time() * 1000) - lookback_ms)
+            return max(0, now_ms() - lookback_ms)
         return max(0, newest - int(self._settings.catchup_overlap_seconds * 1000))
 
     def _report_gaps(

@@ -29,6 +29,7 @@ Not thread-safe: each method reads then writes without a lock (fine on one trio 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ _U64 = struct.Struct(">Q")
 _TOTALS = struct.Struct(">QQ")  # message count, bytes
 _MAX_MS = (1 << 64) - 1
 _MAX_SENDER = (1 << 16) - 1
+
+
+def now_ms() -> int:
+    """The wall clock in Unix milliseconds, the unit of every history time."""
+    return int(time.time() * 1000)
 
 
 def _synced() -> WriteOptions:

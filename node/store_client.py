@@ -14,12 +14,11 @@ cursor does not advance, or which sends more than asked for.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import trio
-from p2pchat.node.history import StoredMessage
+from p2pchat.node.history import StoredMessage, now_ms
 from p2pchat.node.p2p.envelopes import EnvelopeError, verify_envelope
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.streams import Stream, close_quietly, read_frame
@@ -142,10 +141,10 @@ class StoreClient:
         """
         fetched = Fetched(peer, [], 0, complete=False)
         async for entries, last in self._pages(peer, room, start_ms, max_messages):
-            now_ms = int(time.time() * 1000)
+            now = now_ms()
             for entry in entries:
                 try:
-                    fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now_ms))
+                    fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now))
                 except Rejected as error:
                     fetched.rejected += 1
                     self._metrics.rejected.labels(reason=error.reason).inc()

@@ -20,17 +20,13 @@ from functools import partial
 import structlog
 import trio
 from p2pchat.node.config import ArchiverSection
-from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.wire.chat import ChatText, WireError, decode
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 QUEUE_BATCHES = 64  # batches of up to 256 messages waiting for the writer
 MAX_WRITE = 4096  # messages per synced write
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Archive:

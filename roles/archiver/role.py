@@ -8,13 +8,12 @@ history queries (:mod:`p2pchat.node.store_server`) so peers that were offline ca
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import ClassVar
 
 import trio
-from p2pchat.node.history import History
+from p2pchat.node.history import History, now_ms
 from p2pchat.node.p2p.pubsub import Gossip
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_server import StoreServer, StoreServerMetrics
@@ -87,7 +86,7 @@ class ArchiverRole:
 
         def validate(data: bytes) -> str | None:
             try:
-                decode_for_room(data, room, max_text_bytes=limit, now_ms=int(time.time() * 1000))
+                decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
             except WireError as error:
                 return error.reason
             return None

@@ -12,13 +12,12 @@ as soon as a peer joins the room; the user is told it is queued.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import trio
-from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.pubsub import Gossip, GossipMessage
 from p2pchat.node.role import NodeContext
@@ -59,10 +58,6 @@ MEMBER_POLL_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
 ANONYMOUS = "anon"
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.history_fixtures import ROOM, ask, fill_store, make_messages, reply_decoder, signer
+from tests.test_archive import wait_metric
 from tests.test_host import running_host
 
 ARCHIVE_SIZE = int(os.environ.get("BENCH_ARCHIVE_SIZE", "1000000"))
@@ -60,11 +61,11 @@ def ingest(base: Path) -> dict[str, Any]:
     publisher = start_node(base / "publisher", "--json", "--bootstrap", archiver.addr())
     try:
         burst = 3000
-        _wait_metric(publisher, "p2pchat_room_peers", 1)
+        wait_metric(publisher, "p2pchat_room_peers", 1)
         started = time.perf_counter()
         for n in range(burst):
             publisher.say(f"burst message {n}")
-        _wait_metric(archiver, "p2pchat_archive_inserted_total", burst, timeout=120)
+        wait_metric(archiver, "p2pchat_archive_inserted_total", burst, timeout=120)
         e2e_seconds = time.perf_counter() - started
         stored = int(archiver.metric("p2pchat_archive_inserted_total"))
     finally:
@@ -80,14 +81,6 @@ def ingest(base: Path) -> dict[str, Any]:
         "e2e_lost": burst - stored,
         "target_msgs_per_s": 10_000,
     }
-
-
-def _wait_metric(node: NodeProcess, name: str, value: float, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while node.metric(name) < value:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} stayed below {value}")
-        time.sleep(0.05)
 
 
 def _fill_large(data_dir: Path, count: int) -> tuple[int, int]:
