@@ -166,6 +166,26 @@ async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
 # --- relayed streams as libp2p connections ------------------------------------------------------
 
 
+def _circuit_conn_addr(relay_stream: INetStream, relay: str, peer: str) -> multiaddr.Multiaddr:
+    """The remote address of a relayed connection to ``peer``: the relay's transport address,
+    then ``/p2p/<relay>/p2p-circuit/p2p/<peer>`` (js-libp2p's form; go-libp2p's also starts
+    with the relay's transport address).
+
+    py-libp2p's identify reports this address to ``peer`` as its observed address, and
+    js-libp2p 3 fails the whole identify exchange on an observed address that does not start
+    with an IP or DNS name (``addObservedAddr`` throws): with the bare
+    ``/p2p/<relay>/p2p-circuit/...`` a js peer never learnt our protocols over a relay, so it
+    never started DCUtR. The bare form is left only when the relay connection cannot tell its
+    transport address."""
+    suffix = f"/p2p/{relay}/p2p-circuit/p2p/{peer}"
+    try:
+        below = [str(a) for a in relay_stream.muxed_conn.get_transport_addresses()]
+    except Exception:  # a connection that cannot tell: the bare form
+        below = []
+    transport = [a.split("/p2p/", 1)[0] for a in below if "/p2p-circuit" not in a]
+    return multiaddr.Multiaddr((transport[0] if transport and transport[0] else "") + suffix)
+
+
 async def dial_through(host: P2PHost, relay: str, target: str) -> None:
     """Connect to ``target`` through the connected ``relay``: a circuit, secured and muxed like
     any connection and added to the swarm.
@@ -174,7 +194,7 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
         CircuitError: the circuit or its upgrade failed.
     """
     stream, _ = await request_circuit(host, relay, target)
-    addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{target}")
+    addr = _circuit_conn_addr(stream, relay, target)
     raw = RawConnection(
         stream, initiator=True, connection_type=ConnectionType.RELAYED, addresses=[addr]
     )
@@ -193,7 +213,7 @@ async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> Non
         CircuitError: the security or muxer handshake failed.
     """
     relay = str(stream.muxed_conn.peer_id)
-    addr = multiaddr.Multiaddr(f"/p2p/{relay}/p2p-circuit/p2p/{source}")
+    addr = _circuit_conn_addr(stream, relay, source)
     raw = RawConnection(
         stream, initiator=False, connection_type=ConnectionType.RELAYED, addresses=[addr]
     )
