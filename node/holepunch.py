@@ -10,7 +10,9 @@ protocols, it
    :data:`MAX_ATTEMPTS` times on that stream, sends CONNECT with its own addresses and times
    the peer's CONNECT answer as the round trip, sends SYNC, waits half the round trip and dials
    the peer's addresses from its listen port, while the peer, on SYNC, dials ours at once: a
-   TCP simultaneous open through both NATs (see :mod:`p2pchat.node.p2p.direct`).
+   TCP simultaneous open through both NATs (see :mod:`p2pchat.node.p2p.direct`). A peer that
+   ends the stream after a failed round (go-libp2p and js-libp2p serve one round per stream)
+   gets the next round on a new stream.
 
 On success new streams take the direct connection at once (the swarm prefers direct ones) and
 the relayed connection is closed :data:`GRACE` seconds later; GossipSub re-opens its stream on
@@ -166,29 +168,53 @@ class HolePunch:
             self._log.info("direct connection without hole punch", peer=peer)
         return reached
 
+    async def _open_stream(self, peer: str) -> INetStream | None:
+        try:
+            with trio.fail_after(MESSAGE_TIMEOUT):
+                return await self._host.new_stream(peer, [PROTOCOL_ID])
+        except Exception as error:  # the relayed connection went away, or the peer refused
+            self._log.info("hole punch stream failed", peer=peer, error=str(error))
+            return None
+
+    async def _connect_round(self, stream: INetStream, ours: list[str]) -> tuple[float, Connect]:
+        """Send our CONNECT, receive the peer's: (the round trip in seconds, its CONNECT)."""
+        with trio.fail_after(MESSAGE_TIMEOUT):
+            started = trio.current_time()
+            await stream.write(encode(Connect(_addr_bytes(ours))))
+            answer = await _receive(stream, Connect)
+            return trio.current_time() - started, answer
+
     async def _punch(self, peer: str) -> None:
         ours = own_punch_addrs(self._host)
         if not ours:
             self._finished("initiator", peer, 1, "no_suitable_address")
             return
-        try:
-            with trio.fail_after(MESSAGE_TIMEOUT):
-                stream = await self._host.new_stream(peer, [PROTOCOL_ID])
-        except Exception as error:  # the relayed connection went away, or the peer refused
-            self._log.info("hole punch stream failed", peer=peer, error=str(error))
+        stream = await self._open_stream(peer)
+        if stream is None:
             return
         attempt = 0
         try:
             for attempt in range(1, MAX_ATTEMPTS + 1):
-                with trio.fail_after(MESSAGE_TIMEOUT):
-                    started = trio.current_time()
-                    await stream.write(encode(Connect(_addr_bytes(ours))))
-                    answer = await _receive(stream, Connect)
-                    rtt = trio.current_time() - started
-                    theirs = _addr_texts(answer.addrs)
-                    if not theirs:
-                        self._finished("initiator", peer, attempt, "no_suitable_address")
+                try:
+                    rtt, answer = await self._connect_round(stream, ours)
+                except (_ProtocolError, trio.TooSlowError):
+                    raise
+                except Exception:  # the stream ended, or was reset or closed
+                    if attempt == 1:
+                        raise
+                    # go-libp2p and js-libp2p serve one round per stream and end it after a
+                    # failed one (they open a new stream per attempt; the spec reuses the
+                    # stream): the next round goes on a new stream.
+                    await close_quietly(stream)
+                    if (fresh := await self._open_stream(peer)) is None:
                         return
+                    stream = fresh
+                    rtt, answer = await self._connect_round(stream, ours)
+                theirs = _addr_texts(answer.addrs)
+                if not theirs:
+                    self._finished("initiator", peer, attempt, "no_suitable_address")
+                    return
+                with trio.fail_after(MESSAGE_TIMEOUT):
                     await stream.write(encode(Sync()))
                 # The peer dials when SYNC arrives, half a round trip from now: so do we.
                 await trio.sleep(rtt / 2)
