@@ -3,7 +3,7 @@
     dialer (10.77.1.2) -- router D --+                        +-- router L -- listener (10.77.2.2)
                          10.77.1.1   | 10.77.0.2    10.77.0.3 |   10.77.2.1
                                      +------ "internet" ------+
-                                             10.77.0.0/24
+                                     10.77.0.0/24 (by default)
                                      relay 10.77.0.1 (bridge)
 
 Each router masquerades its LAN behind its internet address with iptables and drops unsolicited
@@ -16,6 +16,11 @@ so the peers can reach each other only through the relay, or through the holes t
 The relay namespace holds the internet's bridge, so the relay is a host on it. Nothing leaves
 the namespaces; needs root, iproute2 and iptables (CI installs both), and the test fails
 without them. The kernel here has no netem, so links add no delay.
+
+The internet's /24 can be moved (``nat_lab(nat, internet="...")``; the LANs stay 10.77.1.0/24
+and 10.77.2.0/24): a peer that refuses private addresses for hole punching, as js-libp2p does,
+needs the NATs' outside addresses to look public. No namespace has a route beyond the lab, so
+whatever the range, its packets stay inside.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 NATS = ("port-preserving", "symmetric")
+DEFAULT_INTERNET = "10.77.0"  # the internet /24 unless a test asks for another one
 
 
 def sh(*args: str) -> None:
@@ -47,12 +53,19 @@ class Lab:
     listener_ip: str
     routers: dict[str, str]  # router namespace -> its internet address
 
+    def outside_ip(self, peer_ns: str) -> str:
+        """The internet address that the NAT in front of ``peer_ns`` (dialer or listener) maps
+        its peer's connections to."""
+        return self.routers[peer_ns.replace("p2pc-", "p2pc-r", 1)]
 
-def _router(tag: str, side: str, index: int, relay_ns: str, nat: str) -> tuple[str, str, str]:
+
+def _router(
+    tag: str, side: str, index: int, relay_ns: str, nat: str, internet: str
+) -> tuple[str, str, str]:
     """Create a router and its peer's namespace for LAN ``index``; (router ns, peer ns, peer ip)."""
     router, peer = f"p2pc-r{side}{tag}", f"p2pc-{side}{tag}"
     wan, bridge_port, lan, peer_if = (f"{p}{side}{tag}" for p in ("w", "b", "l", "p"))
-    wan_ip, lan_net = f"10.77.0.{index + 1}", f"10.77.{index}"
+    wan_ip, lan_net = f"{internet}.{index + 1}", f"10.77.{index}"
     for ns in (router, peer):
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -86,9 +99,14 @@ def _router(tag: str, side: str, index: int, relay_ns: str, nat: str) -> tuple[s
 
 
 @contextmanager
-def nat_lab(nat: str) -> Iterator[Lab]:
-    """Build the lab with both routers doing ``nat`` (one of :data:`NATS`); tear it down after."""
+def nat_lab(nat: str, internet: str = DEFAULT_INTERNET) -> Iterator[Lab]:
+    """Build the lab with both routers doing ``nat`` (one of :data:`NATS`); tear it down after.
+
+    ``internet`` is the first three octets of the internet's /24: the relay is ``.1``, router D
+    ``.2`` and router L ``.3``. It must not overlap the LANs (10.77.1.0/24, 10.77.2.0/24).
+    """
     assert nat in NATS
+    assert internet.count(".") == 2 and internet not in ("10.77.1", "10.77.2"), internet
     tag = str(os.getpid() % 10000)
     relay_ns = f"p2pc-relay{tag}"
     created = [relay_ns]
@@ -96,18 +114,18 @@ def nat_lab(nat: str) -> Iterator[Lab]:
         sh("ip", "netns", "add", relay_ns)
         sh("ip", "-n", relay_ns, "link", "set", "lo", "up")
         sh("ip", "-n", relay_ns, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", relay_ns, "addr", "add", "10.77.0.1/24", "dev", "br0")
+        sh("ip", "-n", relay_ns, "addr", "add", f"{internet}.1/24", "dev", "br0")
         sh("ip", "-n", relay_ns, "link", "set", "br0", "up")
         routers = {}
         peers = {}
         for side, index in (("d", 1), ("l", 2)):
             created += [f"p2pc-r{side}{tag}", f"p2pc-{side}{tag}"]
-            router, peer, ip = _router(tag, side, index, relay_ns, nat)
-            routers[router] = f"10.77.0.{index + 1}"
+            router, peer, ip = _router(tag, side, index, relay_ns, nat, internet)
+            routers[router] = f"{internet}.{index + 1}"
             peers[side] = (peer, ip)
         yield Lab(
             relay_ns=relay_ns,
-            relay_ip="10.77.0.1",
+            relay_ip=f"{internet}.1",
             dialer_ns=peers["d"][0],
             dialer_ip=peers["d"][1],
             listener_ns=peers["l"][0],

@@ -1,0 +1,169 @@
+// A js-libp2p peer for p2pchat's hole-punching interop test (tests/test_interop_js_dcutr.py):
+// TCP, Noise, Yamux, identify, GossipSub (StrictSign) on one topic, the circuit relay v2
+// transport and js-libp2p's own DCUtR service. Run it inside a network namespace.
+//
+// usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
+//                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
+//   --listen IP        listen on /ip4/IP/tcp/0
+//   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay
+//   --dial CIRCUIT_MA  once ready, dial that (relayed) address
+//   --dial-port PORT   every outbound TCP dial leaves from local port PORT (see below)
+//   --announce MA      announce MA besides the listen and circuit addresses
+//   --fix-dcutr-roles  make DCUtR's B side the server of the simultaneous open (see below)
+//
+// js-libp2p 3 ignores TCP observed addresses (identify, js-libp2p#2620) and dials from
+// ephemeral ports, so on its own it has no TCP address a hole punch can reach. The test makes
+// it punchable the way an operator of a known port-preserving NAT would: dial from one fixed
+// port and announce that port at the NAT's public IP. A TCP simultaneous open meets the
+// dialling socket itself, so that port needs no listener.
+//
+// stdout, one JSON object per line:
+//   {"ready": {"peer_id", "addrs"}}
+//   {"reservation": {"addrs"}}                      the circuit addresses, once reserved
+//   {"connection": {"event": "open"|"close", "peer", "addr", "direction", "limited", "relayed"}}
+//   {"dialed": MA} / {"published": N} / {"connections": [...]} / {"error": TEXT}
+//   {"message": {"from", "topic", "data_hex"}}      every GossipSub message received
+// stdin: "publish <hex>" publishes those bytes on the topic; "connections" lists connections.
+import './node20.mjs'
+import { createLibp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { gossipsub } from '@libp2p/gossipsub'
+import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { dcutr } from '@libp2p/dcutr'
+import { CODE_P2P, multiaddr } from '@multiformats/multiaddr'
+import readline from 'node:readline'
+import { parseArgs } from 'node:util'
+
+const { values: opts } = parseArgs({
+  options: {
+    topic: { type: 'string' },
+    listen: { type: 'string' },
+    reserve: { type: 'string' },
+    dial: { type: 'string' },
+    'dial-port': { type: 'string' },
+    announce: { type: 'string' },
+    'fix-dcutr-roles': { type: 'boolean' }
+  }
+})
+if (opts.topic == null || opts.listen == null) {
+  throw new Error('--topic and --listen are required')
+}
+const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+const describe = (conn) => ({
+  peer: conn.remotePeer.toString(),
+  addr: conn.remoteAddr.toString(),
+  direction: conn.direction,
+  limited: conn.limits != null,
+  relayed: conn.remoteAddr.getComponents().some(c => c.name === 'p2p-circuit')
+})
+const isCircuit = (ma) => ma.toString().includes('/p2p-circuit')
+
+// js-libp2p 3.3.11 cannot be the server of a TCP simultaneous open, which DCUtR asks of B (the
+// peer that received the relayed connection; the spec: "A is assumed to be the client and B the
+// server"). @libp2p/dcutr asks connectionManager.openConnection for `initiator: false`, but
+// (1) the connection manager's dial queue does not hand that option on to the transport, so B
+// negotiates multistream-select and Noise as a client, and (2) even when it arrives, Yamux takes
+// its role from the socket's direction, which is 'outbound' for any dial. Against a
+// spec-following A (a client) both fail the handshake. --fix-dcutr-roles gives the DCUtR
+// service a connection manager that notes the addresses it dials with `initiator: false`, and
+// upgrades the outbound sockets to exactly those addresses as a server throughout (the socket
+// marked 'inbound', the upgrader told `initiator: false`). Nothing else changes.
+function dialDcutrAsResponder (node) {
+  const { connectionManager, upgrader } = node.components
+  const key = (ma) => ma.decapsulateCode(CODE_P2P).toString()
+  const asServer = new Set()
+  node.services.dcutr.connectionManager = new Proxy(connectionManager, {
+    get (target, prop) {
+      if (prop === 'openConnection') {
+        return async (addrs, options = {}) => {
+          const list = (Array.isArray(addrs) ? addrs : [addrs]).map(key)
+          if (options.initiator === false) {
+            list.forEach(addr => asServer.add(addr))
+          }
+          try {
+            return await target.openConnection(addrs, options)
+          } finally {
+            if (options.initiator === false) {
+              list.forEach(addr => asServer.delete(addr))
+            }
+          }
+        }
+      }
+      const value = Reflect.get(target, prop)
+      return typeof value === 'function' ? value.bind(target) : value
+    }
+  })
+  const upgradeOutbound = upgrader.upgradeOutbound.bind(upgrader)
+  upgrader.upgradeOutbound = async (maConn, options) => {
+    if (!asServer.has(key(maConn.remoteAddr))) {
+      return upgradeOutbound(maConn, options)
+    }
+    maConn.direction = 'inbound'
+    return upgradeOutbound(maConn, { ...options, initiator: false })
+  }
+}
+
+const listen = [`/ip4/${opts.listen}/tcp/0`]
+if (opts.reserve != null) {
+  listen.push(`${opts.reserve}/p2p-circuit`)
+}
+const node = await createLibp2p({
+  addresses: {
+    listen,
+    appendAnnounce: opts.announce != null ? [opts.announce] : []
+  },
+  transports: [
+    // localPort is a net.connect option; @libp2p/tcp passes dialOpts through to it
+    tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
+    circuitRelayTransport()
+  ],
+  connectionEncrypters: [noise()],
+  streamMuxers: [yamux()],
+  services: {
+    identify: identify(),
+    dcutr: dcutr(),
+    pubsub: gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true, globalSignaturePolicy: 'StrictSign' })
+  }
+})
+node.addEventListener('connection:open', (event) => say({ connection: { event: 'open', ...describe(event.detail) } }))
+node.addEventListener('connection:close', (event) => say({ connection: { event: 'close', ...describe(event.detail) } }))
+node.services.pubsub.subscribe(opts.topic)
+node.services.pubsub.addEventListener('message', (event) => {
+  const msg = event.detail
+  say({ message: { from: msg.from?.toString(), topic: msg.topic, data_hex: Buffer.from(msg.data).toString('hex') } })
+})
+if (opts['fix-dcutr-roles']) {
+  dialDcutrAsResponder(node)
+}
+say({ ready: { peer_id: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) } })
+if (opts.reserve != null) {
+  // start() has waited for the circuit listener, which waits for the reservation
+  say({ reservation: { addrs: node.getMultiaddrs().filter(isCircuit).map(String) } })
+}
+if (opts.dial != null) {
+  try {
+    await node.dial(multiaddr(opts.dial))
+    say({ dialed: opts.dial })
+  } catch (error) {
+    say({ error: String(error) })
+  }
+}
+
+const lines = readline.createInterface({ input: process.stdin })
+for await (const line of lines) {
+  const [command, arg] = line.trim().split(' ')
+  try {
+    if (command === 'publish') {
+      await node.services.pubsub.publish(opts.topic, Buffer.from(arg, 'hex'))
+      say({ published: arg.length / 2 })
+    } else if (command === 'connections') {
+      say({ connections: node.getConnections().map(describe) })
+    }
+  } catch (error) {
+    say({ error: String(error) })
+  }
+}
+await node.stop()

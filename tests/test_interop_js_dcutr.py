@@ -1,0 +1,367 @@
+"""Hole punching with js-libp2p: p2pchat's DCUtR and js-libp2p's meet through real NAT.
+
+The NAT lab of tests/nat_lab.py (port-preserving NATs that drop unsolicited inbound
+connections), a p2pchat relay on its "internet", and a mixed pair: one peer is p2pchat, the
+other js-libp2p 3 (tests/interop/js/punch.mjs: circuit relay v2 transport, @libp2p/dcutr,
+GossipSub with StrictSign), each behind its own NAT. Both directions run:
+
+* ``js-dialer``: p2pchat reserves a slot on the relay (autorelay); js dials p2pchat's circuit
+  address. p2pchat received the relayed connection, so it runs DCUtR's initiating side
+  (``B`` in the spec; our metric side ``initiator``) and js-libp2p serves it (``A``).
+* ``js-listener-roles-fixed``: js reserves; p2pchat dials the js peer's circuit address. js-libp2p
+  initiates (``B``) and p2pchat serves (``A``, our side ``receiver``).
+
+Each must end with the pair on a direct (non-relayed) TCP connection as both sides report it,
+p2pchat counting one successful hole punch and no protocol error, and chat crossing that
+direct connection both ways, with nothing relayed left between them. `.ci/run` installs the
+pinned js packages (`npm ci`); without node or them this test fails, it never skips.
+
+What js-libp2p 3.3.11 does (read in node_modules) shapes the lab and the js peer:
+
+* @libp2p/dcutr dials only "public" addresses (``isPublicAndDialable``; @libp2p/utils'
+  ``isPrivate`` covers 10/8, 100.64/10, 198.18/15 and the TEST-NETs) and drops a CONNECT
+  without one. So the lab's internet is :data:`INTERNET`, a range js counts as public; no
+  namespace has a route out of the lab, so nothing is sent beyond it.
+* It ignores observed TCP addresses (@libp2p/identify, js-libp2p#2620) and dials from
+  ephemeral ports, so by itself it has no address a TCP hole punch can reach. The js peer is
+  set up as an operator of a known port-preserving NAT would do it: every dial leaves from
+  :data:`JS_DIAL_PORT`, announced at its router's internet address.
+* As ``B`` it cannot be the server of the simultaneous open, which the spec makes it: the
+  ``initiator: false`` its DCUtR asks for is lost in the connection manager's dial queue, and
+  its Yamux takes the client role from the dialled socket anyway. Against p2pchat, a
+  spec-following ``A`` (a client, as rust-libp2p's), both handshakes fail: with stock js-libp2p
+  as ``B`` a hole punch to p2pchat cannot succeed. (go-libp2p's default roles are the reverse
+  of the spec's, go-libp2p#3171.) For ``js-listener-roles-fixed`` the js peer runs with
+  ``--fix-dcutr-roles``, which repairs exactly that in the js process (see punch.mjs), so this
+  direction proves p2pchat's ``A`` side against js-libp2p's unchanged DCUtR exchange; the
+  ``js-dialer`` direction runs stock js-libp2p.
+
+Through symmetric NATs every punch fails; with js-libp2p serving, p2pchat must still make its
+three attempts and record the failure (js-libp2p, like go-libp2p, serves one round per stream).
+
+It caught two p2pchat bugs. Relayed connections were addressed ``/p2p/<relay>/p2p-circuit/...``,
+identify reports that as the peer's observed address, and js-libp2p fails the whole identify
+on an observed address without an IP (see ``_circuit_conn_addr`` in node/p2p/circuit.py), so
+a js peer never learnt our protocols over a relay and never started DCUtR. And p2pchat's
+initiator retried only on the stream of its first round, which js-libp2p ends after a failed
+round: it gave up after one attempt without recording an outcome (node/holepunch.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.nat_lab import Lab, nat_lab
+from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
+from tests.test_chat import is_message, wait_members
+
+JS_PUNCH = Path(__file__).parent / "interop" / "js" / "punch.mjs"
+ROOM = "p2p-chat-default"
+INTERNET = "11.77.0"  # not private for js-libp2p (see the module docstring); stays in the lab
+JS_DIAL_PORT = 24001  # below the ephemeral range, so no listener on port 0 can take it
+WAIT = 60.0
+PUNCH_WAIT = 90.0  # identify, a 5 s direct-dial attempt, up to three punch rounds of 5 s
+
+
+class JsPunchPeer:
+    """punch.mjs in a network namespace; its JSON lines are kept, its stderr too (for failures)."""
+
+    def __init__(self, netns: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "node", str(JS_PUNCH), "--topic", ROOM, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=JS_PUNCH.parent,
+            env={**os.environ, "DEBUG": "libp2p:dcutr*"},  # its DCUtR log, for failures
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump_stdout, daemon=True).start()
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self.ready = self.next(lambda e: "ready" in e)["ready"]
+
+    def _pump_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.ready["peer_id"])
+
+    def next(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> dict[str, Any]:
+        """The first output line (already seen or still to come) matching ``predicate``."""
+        for event in self.seen:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"js peer exited: {''.join(self.stderr)[-3000:]}"
+                    ) from None
+                continue
+            self.seen.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"js peer: no matching output in {timeout}s; saw {self.seen[-20:]}")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The js peer's open connections, as it lists them now."""
+        before = len(self.seen)
+        self.send("connections")
+        self.next(lambda e: "connections" in e and self.seen.index(e) >= before)
+        return list(next(e for e in self.seen[before:] if "connections" in e)["connections"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The NAT lab on :data:`INTERNET`; port-preserving NATs unless parametrized otherwise."""
+    with nat_lab(getattr(request, "param", "port-preserving"), internet=INTERNET) as built:
+        yield built
+
+
+@pytest.fixture
+def js_peers() -> Iterator[list[JsPunchPeer]]:
+    """Collects started js peers and kills them at the end of the test, whatever happened;
+    their DCUtR logs go to the captured output (shown when the test fails)."""
+    started: list[JsPunchPeer] = []
+    yield started
+    for peer in started:
+        peer.stop()
+        print(f"js peer {peer.ready.get('peer_id')} stderr:\n{''.join(peer.stderr)[-6000:]}")
+
+
+def _node(
+    path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
+) -> NodeProcess:
+    node = start_node(
+        path,
+        *args,
+        "--listen",
+        f"/ip4/{ip}/tcp/0",
+        "--metrics",
+        "127.0.0.1:0",
+        env=node_env(**env),
+        netns=ns,
+    )
+    nodes.append(node)
+    return node
+
+
+def _js(js_peers: list[JsPunchPeer], lab: Lab, ns: str, ip: str, *args: str) -> JsPunchPeer:
+    peer = JsPunchPeer(
+        ns,
+        "--listen",
+        ip,
+        "--dial-port",
+        str(JS_DIAL_PORT),
+        "--announce",
+        f"/ip4/{lab.outside_ip(ns)}/tcp/{JS_DIAL_PORT}",
+        *args,
+    )
+    js_peers.append(peer)
+    return peer
+
+
+@dataclass(frozen=True)
+class Pair:
+    py: NodeProcess
+    js: JsPunchPeer
+    py_ns: str  # the namespace p2pchat runs in
+    py_side: str  # p2pchat's side in libp2p_holepunch_outcomes_total
+
+
+def _pair(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer], js_role: str
+) -> Pair:
+    """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
+    listener's circuit address. Returns once the relayed connection is open."""
+    relay = _node(
+        tmp_path / "relay", nodes, lab.relay_ns, lab.relay_ip, "--role", "relay", **CHAT_FRIENDLY
+    )
+    relay_addr = next(
+        a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
+    )
+    if js_role == "js-listener-roles-fixed":
+        js = _js(
+            js_peers,
+            lab,
+            lab.listener_ns,
+            lab.listener_ip,
+            "--reserve",
+            relay_addr,
+            "--fix-dcutr-roles",
+        )
+        circuit = f"{relay_addr}/p2p-circuit/p2p/{js.peer_id}"
+        assert circuit in js.next(lambda e: "reservation" in e)["reservation"]["addrs"]
+        pair = Pair(
+            _node(
+                tmp_path / "py",
+                nodes,
+                lab.dialer_ns,
+                lab.dialer_ip,
+                "--json",
+                "--bootstrap",
+                circuit,
+            ),
+            js,
+            lab.dialer_ns,
+            "receiver",
+        )
+    else:
+        py = _node(
+            tmp_path / "py",
+            nodes,
+            lab.listener_ns,
+            lab.listener_ip,
+            "--json",
+            P2PCHAT_AUTORELAY__MODE="on",
+            P2PCHAT_AUTORELAY__RELAYS=relay_addr,
+        )
+        logged(py, "relay reservation", relay=relay.peer_id)
+        circuit = f"{relay_addr}/p2p-circuit/p2p/{py.peer_id}"
+        js = _js(js_peers, lab, lab.dialer_ns, lab.dialer_ip, "--dial", circuit)
+        pair = Pair(py, js, lab.listener_ns, "initiator")
+    pair.py.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    # They meet through the relay: the only way, each NAT drops the other's connections.
+    first = js.next(lambda e: e.get("connection", {}).get("peer") == pair.py.peer_id)
+    assert first["connection"]["relayed"] and first["connection"]["limited"], first
+    return pair
+
+
+def _total(node: NodeProcess, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` in ``node``'s /metrics whose labels include ``labels``."""
+    status, text = node.http_get("/metrics")
+    assert status == 200
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _open_relayed(node: NodeProcess) -> float:
+    """How many relayed connections ``node`` has open, by its swarm's opened/closed counters."""
+    opened = _total(node, "libp2p_swarm_connections_opened_total", transport="p2p-circuit")
+    return opened - _total(node, "libp2p_swarm_connections_closed_total", transport="p2p-circuit")
+
+
+def _connection(event: str, peer: str, *, relayed: bool) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: the js peer's ``event`` (open, close) of a (non-)relayed connection."""
+    return lambda e: (
+        e.get("connection", {}).get("event") == event
+        and e["connection"]["peer"] == peer
+        and e["connection"]["relayed"] == relayed
+    )
+
+
+@pytest.mark.parametrize("js_role", ["js-dialer", "js-listener-roles-fixed"])
+def test_hole_punch_between_p2pchat_and_js_libp2p(
+    lab: Lab,  # first: built first, torn down after every process is gone
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    js_peers: list[JsPunchPeer],
+    js_role: str,
+) -> None:
+    pair = _pair(lab, tmp_path, nodes, js_peers, js_role)
+    py, js = pair.py, pair.js
+
+    # They hole punch, and both see a direct connection through the other's NAT.
+    punched = logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    assert punched["side"] == pair.py_side
+    direct = js.next(_connection("open", py.peer_id, relayed=False), timeout=PUNCH_WAIT)
+    assert not direct["connection"]["limited"]
+    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(pair.py_ns)}/tcp/")
+
+    # Chat both ways. js-libp2p runs no GossipSub on a limited (relayed) connection and the
+    # relay joins no room, so these messages can only cross the direct connection.
+    wait_members(py, 1)
+    py.say("hello js, directly")
+    seen = js.next(lambda e: "message" in e, timeout=WAIT)["message"]
+    assert seen["from"] == py.peer_id
+    text = decode(bytes.fromhex(seen["data_hex"]), max_text_bytes=4096).text  # type: ignore[union-attr]
+    assert text == "hello js, directly"
+    chat = ChatText(
+        id=new_message_id(),
+        room=ROOM,
+        sender_name="js",
+        text="hello p2pchat, directly",
+        sent_at_ms=int(time.time() * 1000),
+    )
+    js.send(f"publish {encode(chat).hex()}")
+    got = py.next_event(is_message("hello p2pchat, directly"), timeout=WAIT)
+    assert (got["sender"], got["sender_name"]) == (js.peer_id, "js")
+
+    # The relayed connection is gone on both sides; p2pchat counted one clean success.
+    js.next(_connection("close", py.peer_id, relayed=True), timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while _open_relayed(py) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _open_relayed(py) == 0
+    assert connection_kind(py, js.peer_id) == "direct"
+    to_py = [c for c in js.connections() if c["peer"] == py.peer_id]
+    assert to_py and not any(c["relayed"] for c in to_py), to_py
+    outcomes = "libp2p_holepunch_outcomes_total"
+    assert _total(py, outcomes, side=pair.py_side, outcome="success", num_attempts="1") == 1
+    assert _total(py, outcomes) == 1  # and no other outcome, on either side
+    assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
+
+
+@pytest.mark.parametrize("lab", ["symmetric"], indirect=True)
+def test_a_failed_hole_punch_with_js_libp2p_takes_three_attempts(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # Symmetric NATs: every punch fails. js-libp2p serves one DCUtR round per stream and ends
+    # it after a failed one; p2pchat initiates, so it must go on with a new stream for each
+    # of its three attempts, then give up cleanly (an outcome, no protocol error).
+    pair = _pair(lab, tmp_path, nodes, js_peers, "js-dialer")
+    py, js = pair.py, pair.js
+    failed = logged(py, "hole punch failed; staying relayed", timeout=PUNCH_WAIT, peer=js.peer_id)
+    assert (failed["side"], failed["attempts"], failed["outcome"]) == ("initiator", 3, "failed")
+    outcomes = "libp2p_holepunch_outcomes_total"
+    assert _total(py, outcomes, side="initiator", outcome="failed", num_attempts="3") == 1
+    assert _total(py, outcomes) == 1
+    assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
+    # They stay on the relay (js-libp2p runs no chat there: GossipSub skips limited connections).
+    assert connection_kind(py, js.peer_id) == "relayed"
+    to_py = [c for c in js.connections() if c["peer"] == py.peer_id]
+    assert to_py and all(c["relayed"] and c["limited"] for c in to_py), to_py
