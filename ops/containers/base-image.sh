@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the local base image when no registry can supply one: a minimal Debian bookworm made by
+# mmdebstrap from Debian's package mirror and imported into the engine. Prints the image's tag.
+# Idempotent: an image already built from the same package list is reused.
+#
+# Its python3 is 3.11, the machine's minor version, so wheels built here install in it. The
+# Dockerfile takes it as BASE_IMAGE (its default, python:3.11-slim-bookworm, needs a registry).
+set -euo pipefail
+
+PACKAGES="python3,python3-venv,python3-pip,iproute2,iptables,ca-certificates,tini"
+# The tag names the package list, so changing the list builds a new image.
+TAG="p2pchat-base:bookworm-$(printf '%s' "$PACKAGES" | sha256sum | cut -c1-12)"
+
+if docker image inspect "$TAG" >/dev/null 2>&1; then
+    echo "$TAG"
+    exit 0
+fi
+command -v mmdebstrap >/dev/null 2>&1 || { echo "base-image: no mmdebstrap (run ops/containers/engine.sh)" >&2; exit 1; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+echo "base-image: mmdebstrap bookworm ($PACKAGES)" >&2
+mmdebstrap --quiet --variant=minbase --include="$PACKAGES" bookworm "$work/base.tar" >&2
+docker import --change 'CMD ["/bin/bash"]' "$work/base.tar" "$TAG" >/dev/null
+echo "$TAG"
