@@ -4,11 +4,12 @@ Archivers serve it, and so does every chat peer unless ``history.serve`` is off.
 carries queries one at a time, each answered by one reply. What a client can make a server
 spend is bounded:
 
-- a query frame is at most 16 KiB, a page at most 500 messages and 2 MiB (the rest is behind
-  ``next_cursor``); a malformed or invalid query gets BAD_REQUEST, and a frame that cannot even
-  be read ends the stream after that answer;
+- a query frame is at most 16 KiB, a page or a lookup at most 500 messages and 2 MiB (the
+  rest is behind ``next_cursor``); a malformed or invalid query gets BAD_REQUEST, and a frame
+  that cannot even be read ends the stream after that answer;
 - each peer has a token bucket (``history.rate`` per second, ``history.burst`` at once): past
-  it, TOO_MANY_REQUESTS, costing one read of the frame and nothing else;
+  it, TOO_MANY_REQUESTS (with the query's request id), costing one read and decode of the
+  frame and nothing else;
 - :data:`MAX_STREAMS_PER_PEER` streams per peer and :data:`MAX_STREAMS` in all are served at
   a time; any more are answered UNAVAILABLE and closed;
 - a stream idle for :data:`IDLE_TIMEOUT` seconds is closed.
@@ -89,8 +90,7 @@ def _entry(message: StoredMessage, ids_only: bool) -> Entry:
 def answer(history: History, query: Query) -> Reply:
     """The reply to a valid ``query`` from ``history`` (sans-IO: no stream, no clock)."""
     if query.message_ids:
-        found = history.lookup(query.room, query.message_ids)
-        return Reply(query.request_id, Status.OK, entries=_within_budget(found, query)[0])
+        return _lookup(history, query)
     try:
         page = history.page(
             query.room,
@@ -108,6 +108,21 @@ def answer(history: History, query: Query) -> Reply:
     cursor = entries[-1].message_id if more and entries else None
     ordered = entries if query.forward else entries[::-1]
     return Reply(query.request_id, Status.OK, entries=ordered, next_cursor=cursor)
+
+
+def _lookup(history: History, query: Query) -> Reply:
+    """A lookup by ids: the found messages in history order, after ``query.cursor`` if given;
+    cut by the size budget with ``next_cursor`` at the last one sent."""
+    found = history.lookup(query.room, query.message_ids)
+    if query.cursor is not None:
+        at = history.lookup(query.room, [query.cursor])
+        if not at:
+            return Reply(query.request_id, Status.BAD_REQUEST, "unknown cursor for this room")
+        mark = (at[0].sent_at_ms, at[0].message_id)
+        found = [m for m in found if (m.sent_at_ms, m.message_id) > mark]
+    entries, cut = _within_budget(found, query)
+    cursor = entries[-1].message_id if cut else None
+    return Reply(query.request_id, Status.OK, entries=entries, next_cursor=cursor)
 
 
 def _within_budget(messages: list[StoredMessage], query: Query) -> tuple[tuple[Entry, ...], bool]:
@@ -188,16 +203,19 @@ class StoreServer:
 
     def _reply(self, peer: str, payload: bytes) -> Reply:
         started = time.perf_counter()
+        # Decoded before the rate limit (a frame is at most 16 KiB: cheap) so that even a
+        # refusal names its request; bad queries count against the limit too.
+        try:
+            query: Query | BadQuery = decode_query(payload)
+        except BadQuery as error:
+            query = error
         if not self._limit.allow(peer, time.monotonic()):
-            reply = Reply(0, Status.TOO_MANY_REQUESTS, "rate limit; slow down")
+            reply = Reply(query.request_id, Status.TOO_MANY_REQUESTS, "rate limit; slow down")
+        elif isinstance(query, BadQuery):
+            reply = Reply(query.request_id, Status.BAD_REQUEST, str(query))
         else:
-            try:
-                query = decode_query(payload)
-            except BadQuery as error:
-                reply = Reply(error.request_id, Status.BAD_REQUEST, str(error))
-            else:
-                reply = answer(self._history, query)
-                self._metrics.query_duration.observe(time.perf_counter() - started)
+            reply = answer(self._history, query)
+            self._metrics.query_duration.observe(time.perf_counter() - started)
         self._count(reply.status)
         if reply.status is not Status.OK:
             self._log.debug("history query refused", peer=peer, status=reply.status.name)

@@ -12,14 +12,32 @@ from pathlib import Path
 
 import pytest
 import trio
-from p2pchat.node.history import StoredMessage
+from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.streams import Stream, read_frame
+from p2pchat.node.store import Store
+from p2pchat.node.store_server import answer
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint
-from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Reply, Status, decode_reply
+from p2pchat.node.wire.store_query import (
+    MAX_REPLY_BYTES,
+    PROTOCOL_ID,
+    Query,
+    Reply,
+    Status,
+    decode_reply,
+    encode_reply,
+)
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.history_fixtures import ROOM, ask, fill_store, make_messages, reply_decoder, signer
+from tests.history_fixtures import (
+    ROOM,
+    ask,
+    fill_store,
+    make_messages,
+    reply_decoder,
+    signed_message,
+    signer,
+)
 from tests.test_host import running_host
 
 COUNT = 23
@@ -180,10 +198,10 @@ async def test_a_query_flood_is_rate_limited_per_peer(tmp_path: Path) -> None:
         async with running_host(tmp_path / "client") as (host, _):
             stream = await connected_stream(host, node)
             decoder = reply_decoder()
-            statuses = [
-                (await ask(stream, decoder, Query(n, ROOM, limit=500))).status
-                for n in range(1, 201)
-            ]
+            replies = [await ask(stream, decoder, Query(n, ROOM, limit=500)) for n in range(1, 201)]
+            statuses = [reply.status for reply in replies]
+            # Every answer, a refusal too, names the request it answers.
+            assert [reply.request_id for reply in replies] == list(range(1, 201))
             assert statuses[:10] == [Status.OK] * 10  # the burst
             assert statuses.count(Status.TOO_MANY_REQUESTS) >= 150
             # Another peer is not held back by the first one's flood.
@@ -194,3 +212,35 @@ async def test_a_query_flood_is_rate_limited_per_peer(tmp_path: Path) -> None:
         assert node.metric("p2pchat_store_queries_total", status="too_many_requests") >= 150
     finally:
         node.stop()
+
+
+def test_a_lookup_over_the_reply_budget_is_cut_and_continues_after_its_cursor(
+    tmp_path: Path,
+) -> None:
+    # 300 messages of ~8 KiB: a 300-id lookup is ~2.4 MiB, over the 2 MiB a reply may carry.
+    key = signer(tmp_path / "signer")
+    messages = [signed_message(key, ROOM, n, 1_000 + n, text="x" * 8000) for n in range(1, 301)]
+    store = Store.open(tmp_path / "store")
+    try:
+        history = History(store)
+        history.add_many(messages)
+        wanted = (*(m.message_id for m in reversed(messages)), (999).to_bytes(16, "big"))
+        got: list[bytes] = []
+        cursor = None
+        for request_id in range(1, 4):
+            reply = answer(history, Query(request_id, ROOM, message_ids=wanted, cursor=cursor))
+            assert reply.status is Status.OK
+            assert len(encode_reply(reply)) <= MAX_REPLY_BYTES
+            got += [e.message_id for e in reply.entries]
+            if (cursor := reply.next_cursor) is None:
+                break
+            assert cursor == reply.entries[-1].message_id
+        # Cut once, then complete: every known id exactly once, in history order.
+        assert request_id == 2
+        assert got == [m.message_id for m in messages]
+        unknown = answer(
+            history, Query(9, ROOM, message_ids=wanted, cursor=(999).to_bytes(16, "big"))
+        )
+        assert unknown.status is Status.BAD_REQUEST and "cursor" in unknown.status_text
+    finally:
+        store.close()

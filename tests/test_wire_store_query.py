@@ -34,6 +34,7 @@ def test_queries_round_trip() -> None:
         Query(7, "lobby"),
         Query(8, "lobby", start_ms=0, end_ms=2**64 - 1, cursor=ID, limit=500, forward=False),
         Query(9, "lobby", message_ids=(ID, ID[::-1]), ids_only=True),
+        Query(10, "lobby", message_ids=(ID,), cursor=ID[::-1]),  # a lookup's next page
     ):
         assert decode_query(payload(encode_query(query), MAX_QUERY_BYTES)) == query
 
@@ -52,7 +53,7 @@ def test_limit_zero_means_the_default() -> None:
         (Query(3, "lobby", cursor=b"short"), "cursor"),
         (Query(3, "lobby", message_ids=(b"x",)), "16 bytes"),
         (Query(3, "lobby", message_ids=(ID,) * 501), "at most 500"),
-        (Query(3, "lobby", message_ids=(ID,), cursor=ID), "no time range"),
+        (Query(3, "lobby", message_ids=(ID,), end_ms=9), "no time range"),
     ],
 )
 def test_bad_queries_name_the_problem_and_keep_the_request_id(query: Query, problem: str) -> None:

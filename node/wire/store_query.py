@@ -51,7 +51,8 @@ class Query:
     """One query: a time range of a room (paged by ``cursor``), or a lookup of ids.
 
     ``limit`` is 1..:data:`MAX_LIMIT`; ``cursor`` and every id are 16 bytes; a lookup has no
-    range and no cursor. :func:`decode_query` only ever returns queries that hold to this.
+    range (its ``cursor``, from a lookup reply cut by the size budget, continues after that
+    message in history order). :func:`decode_query` only ever returns queries that hold to this.
     """
 
     request_id: int
@@ -141,8 +142,8 @@ def decode_query(payload: bytes) -> Query:
             raise bad(f"{len(ids)} message ids; at most {MAX_LIMIT} per lookup")
         if any(len(message_id) != MESSAGE_ID_BYTES for message_id in ids):
             raise bad(f"a message id is not {MESSAGE_ID_BYTES} bytes")
-        if start is not None or end is not None or cursor is not None:
-            raise bad("a lookup by message ids takes no time range and no cursor")
+        if start is not None or end is not None:
+            raise bad("a lookup by message ids takes no time range")
     return Query(
         request_id=request_id,
         room=room,

@@ -98,7 +98,8 @@ class StoreQuery(_message.Message):
     cursor: _builtins.bytes
     """Continue after this message (the reply's next_cursor: a 16-byte message id). Empty: from the
     start of the range in `direction`. A cursor the server does not hold for this room is a
-    BAD_REQUEST.
+    BAD_REQUEST. With message_ids: the lookup goes on with the found messages after this one
+    in history order (oldest first), for a lookup whose reply was cut by the size budget.
     """
     limit: _builtins.int
     """Messages per page: 0 means 50; at most 500. A server may return fewer (a reply is at most
@@ -109,7 +110,9 @@ class StoreQuery(_message.Message):
     """Presence query: entries carry id and time only, no envelope."""
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Lookup: these messages of the room (16-byte ids, at most 500); unknown ids are left out."""
+        """Lookup: these messages of the room (16-byte ids, at most 500); unknown ids are left out.
+        The found ones come in history order; a reply over 2 MiB is cut and sets next_cursor.
+        """
 
     def __init__(
         self,
@@ -183,7 +186,9 @@ class StoreReply(_message.Message):
     status_text: _builtins.str
     """why, for anything but OK"""
     next_cursor: _builtins.bytes
-    """Present only when more messages of the range lie beyond this page in the query's direction."""
+    """Present only when more messages of the range lie beyond this page in the query's direction
+    (for a lookup: more of the found messages lie beyond the 2 MiB cut).
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreEntry]:
         """Oldest first, whatever the direction."""
