@@ -2,8 +2,9 @@
 
 When a room is joined (so at start) and whenever a peer that serves history connects (so on
 every reconnect), each joined room is fetched from the sources not asked in the last
-:data:`REASK_AFTER` seconds: connected peers that speak the history protocol (archivers, and
-chat peers serving their local store), at most ``history.catchup_sources`` of them, all at once.
+:data:`REASK_AFTER` seconds or disconnected from since they were asked: connected peers that
+speak the history protocol (archivers, and chat peers serving their local store), at most
+``history.catchup_sources`` of them, all at once.
 The range starts ``history.catchup_overlap_seconds`` before the newest message already stored
 (clocks of senders differ), or ``history.catchup_lookback_days`` ago for a room with no history.
 
@@ -93,7 +94,10 @@ class CatchUp:
         self._wake.set()
 
     def connection_closed(self, info: ConnectionInfo) -> None:
-        return None
+        # Whatever was sent while we are apart is missed: when it is back, ask it again at
+        # once, however recently it was asked (REASK_AFTER only damps other peers' triggers).
+        for key in [k for k in self._asked if k[1] == info.peer_id]:
+            del self._asked[key]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch rooms up as triggers arrive, until cancelled."""
