@@ -6,6 +6,8 @@ Usage::
     p2pchat id [options]              print this node's PeerId, creating the identity if needed
     p2pchat config check FILE         validate FILE (with presets and environment) and print
                                       the effective configuration
+    p2pchat history ADDR [--room R] [--since WHEN] [--limit N] [--json]
+                                      ask a history source for a room's messages, verified
 
 Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure.
 """
@@ -20,7 +22,7 @@ from typing import Any, NoReturn
 
 from p2pchat.node import __version__
 from p2pchat.node.config import Config, load_config
-from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, P2PChatError
+from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ConfigError, P2PChatError
 
 PROG = "p2pchat"
 
@@ -94,6 +96,21 @@ def _build_parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.add_parser(
         "id", parents=[common], help="print this node's PeerId (creates the identity if needed)"
+    )
+    history = commands.add_parser(
+        "history",
+        parents=[common],
+        help="ask an archiver or peer for a room's messages (verified), e.g. to check an archive",
+    )
+    history.add_argument("addr", metavar="MULTIADDR", help="the source, /.../p2p/<peer id>")
+    history.add_argument(
+        "--since", metavar="WHEN", help="from this long ago (90s, 15m, 2h, 7d) or an ISO time"
+    )
+    history.add_argument(
+        "--limit", type=int, default=1000, help="messages at most, oldest first (default 1000)"
+    )
+    history.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds for the whole query (default 30)"
     )
     config_cmd = commands.add_parser("config", help="configuration tools")
     config_sub = config_cmd.add_subparsers(
@@ -173,6 +190,28 @@ def _cmd_id(config: Config) -> int:
     return EXIT_OK
 
 
+def _cmd_history(config: Config, args: argparse.Namespace) -> int:
+    from p2pchat.node.history_cli import run_query
+    from p2pchat.node.logs import configure_logging
+
+    # A one-off command: only what goes wrong, and never the library's per-attempt dial errors
+    # (the failure is reported once, as the command's error line).
+    configure_logging(level="warning", fmt=config.log.format, libp2p_level="critical")
+    if not 1 <= args.limit <= 10_000_000:
+        raise ConfigError(f"--limit {args.limit}: must be 1..10000000")
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: must be positive")
+    return run_query(
+        args.addr,
+        config.chat.room,
+        getattr(args, "since", None),
+        args.limit,
+        config.chat.max_message_bytes,
+        bool(getattr(args, "json", False)),
+        args.timeout,
+    )
+
+
 def _cmd_run(config: Config) -> int:
     import trio
     from p2pchat.node.logs import bind_node, configure_logging, get_logger
@@ -208,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(file=getattr(args, "config", None), flags=_flags_to_settings(args))
         if args.command == "id":
             return _cmd_id(config)
+        if args.command == "history":
+            return _cmd_history(config, args)
         return _cmd_run(config)
     except BaseException as error:
         user_error = _first_user_error(error)

@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 from libp2p.pubsub.pb import rpc_pb2
 from p2pchat.node.history import History
-from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.p2p.streams import Stream, StreamEnded, read_frame
 from p2pchat.node.store import Store
@@ -39,12 +39,6 @@ from p2pchat.node.wire.store_query import (
 )
 
 OTHER_ROOM_ID = 104  # tests/test_archive_forgery.py stores messages 100.. in another room
-
-
-class _Quiet:
-    def connection_opened(self, info: object) -> None: ...
-    def connection_closed(self, info: object) -> None: ...
-    def handler_failed(self, protocol: str, error: BaseException) -> None: ...
 
 
 def _number(entry: Entry) -> int:
@@ -96,7 +90,7 @@ async def main(data_dir: Path) -> None:
     identity = load_or_create_identity(data_dir)
     store = Store.open(data_dir / "store")
     history = History(store)
-    host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), _Quiet())
+    host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
 
     async def serve(stream: Stream) -> None:
         decoder = FrameDecoder(MAX_QUERY_BYTES)

@@ -112,6 +112,19 @@ class HostObserver(ConnectionWatcher, Protocol):
     def handler_failed(self, protocol: str, error: BaseException) -> None: ...
 
 
+class QuietObserver:
+    """A host observer that records nothing, for one-off clients (``p2pchat history``)."""
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        return None
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        return None
+
+    def handler_failed(self, protocol: str, error: BaseException) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class HostSettings:
     """The host-level settings, taken from the node config section."""
