@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # types ahead of the outdated trio-typing stubs that py-libp2p drags in.
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: run test lint typecheck unit install clean proto bench
+.PHONY: run test lint typecheck unit install clean proto bench image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
+
+# The container image p2pchat:local (Dockerfile), built with no image registry: local base
+# image and wheelhouse (ops/containers/README.md).
+image: $(STAMP)
+	ops/containers/image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
