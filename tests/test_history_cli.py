@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def test_history_prints_a_rooms_messages_in_order(archive: NodeProcess) -> None:
     assert len(other.stdout.splitlines()) == 5
     recent = run_cli("history", archive.addr(), "--room", ROOM, "--since", "30m")
     assert recent.returncode == 0 and recent.stdout == ""
+
+    # Each client went away at the end of its walk: the server saw each stream end cleanly.
+    deadline = time.monotonic() + 30
+    while archive.metric("p2pchat_store_query_streams") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert archive.metric("p2pchat_store_query_streams") == 0
+    assert archive.metric("p2pchat_stream_handler_failures_total") == 0
 
 
 def test_history_from_a_forging_archive_shows_only_genuine_messages(tmp_path: Path) -> None:

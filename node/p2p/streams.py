@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
 from p2pchat.node.wire.framing import FrameDecoder, FrameError
 
 READ_CHUNK = 4096
@@ -30,7 +31,12 @@ async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
         FrameError: a malformed or oversized frame.
     """
     while True:
-        chunk = await stream.read(READ_CHUNK)
+        try:
+            chunk = await stream.read(READ_CHUNK)
+        except (StreamEOF, StreamReset, StreamClosed):
+            # py-libp2p ends a stream by raising, not by returning b"" as its interface says:
+            # unmapped, a client closing its history stream failed the handler with a traceback.
+            chunk = b""
         if not chunk:
             raise StreamEnded("the stream ended before a whole frame")
         frames = decoder.feed(chunk)
