@@ -320,6 +320,25 @@ def start_node(
     return node
 
 
+def start_node_in(
+    netns: str, ip: str, path: Path, nodes: list[NodeProcess], *args: str, **env: str
+) -> NodeProcess:
+    """Start ``p2pchat`` in network namespace ``netns``, listening on TCP at ``ip`` and serving
+    metrics on the namespace's loopback; ``env`` adds P2PCHAT_* settings. Kept in ``nodes``."""
+    node = start_node(
+        path,
+        *args,
+        "--listen",
+        f"/ip4/{ip}/tcp/0",
+        "--metrics",
+        "127.0.0.1:0",
+        env=node_env(**env),
+        netns=netns,
+    )
+    nodes.append(node)
+    return node
+
+
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     """Collects started nodes and kills whatever is still running at the end of the test."""

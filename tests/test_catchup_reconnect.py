@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import sh
 from tests.test_archive import AWAY, caught_up, history_texts, wait_metric
 from tests.test_autorelay import logged
@@ -67,27 +67,10 @@ def link() -> Iterator[Link]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def _node(
-    path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
-) -> NodeProcess:
-    node = start_node(
-        path,
-        *args,
-        "--listen",
-        f"/ip4/{ip}/tcp/0",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**env),
-        netns=ns,
-    )
-    nodes.append(node)
-    return node
-
-
 def _chat_peer(
     path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
 ) -> NodeProcess:
-    node = _node(path, nodes, ns, ip, "--json", *args, **env)
+    node = start_node_in(ns, ip, path, nodes, "--json", *args, **env)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node
 
@@ -97,7 +80,7 @@ def test_a_peer_cut_off_while_running_catches_up_when_the_network_heals(
     tmp_path: Path,
     nodes: list[NodeProcess],
 ) -> None:
-    store = _node(tmp_path / "archiver", nodes, link.a, SIDE_A, "--role", "archiver")
+    store = start_node_in(link.a, SIDE_A, tmp_path / "archiver", nodes, "--role", "archiver")
     store_addr = next(a for a in store.ready["advertised"] if a.startswith(f"/ip4/{SIDE_A}/tcp/"))
     sender = _chat_peer(tmp_path / "sender", nodes, link.a, SIDE_A, "--bootstrap", store_addr)
     away = _chat_peer(

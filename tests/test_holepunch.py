@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import Lab, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, chat_both_ways, connection_kind, logged
 from tests.test_chat import wait_members
@@ -28,38 +28,21 @@ def lab(request: pytest.FixtureRequest) -> Iterator[tuple[str, Lab]]:
         yield request.param, built
 
 
-def _start(
-    path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
-) -> NodeProcess:
-    node = start_node(
-        path,
-        *args,
-        "--listen",
-        f"/ip4/{ip}/tcp/0",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**env),
-        netns=ns,
-    )
-    nodes.append(node)
-    return node
-
-
 def test_hole_punch_through_nat(
     tmp_path: Path, nodes: list[NodeProcess], lab: tuple[str, Lab]
 ) -> None:
     nat, net = lab
-    relay = _start(
-        tmp_path / "relay", nodes, net.relay_ns, net.relay_ip, "--role", "relay", **CHAT_FRIENDLY
+    relay = start_node_in(
+        net.relay_ns, net.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
     )
     relay_addr = next(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{net.relay_ip}/tcp/")
     )
-    listener = _start(
-        tmp_path / "listener",
-        nodes,
+    listener = start_node_in(
         net.listener_ns,
         net.listener_ip,
+        tmp_path / "listener",
+        nodes,
         "--json",
         P2PCHAT_AUTORELAY__MODE="on",
         P2PCHAT_AUTORELAY__RELAYS=relay_addr,
@@ -68,8 +51,8 @@ def test_hole_punch_through_nat(
     circuit = f"{relay_addr}/p2p-circuit/p2p/{listener.peer_id}"
     logged(listener, "relay reservation", relay=relay.peer_id)
     # The dialer knows nothing but the listener's address through the relay.
-    dialer = _start(
-        tmp_path / "dialer", nodes, net.dialer_ns, net.dialer_ip, "--json", "--bootstrap", circuit
+    dialer = start_node_in(
+        net.dialer_ns, net.dialer_ip, tmp_path / "dialer", nodes, "--json", "--bootstrap", circuit
     )
     dialer.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     wait_members(listener, 1)

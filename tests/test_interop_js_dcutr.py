@@ -64,7 +64,7 @@ import pytest
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import Lab, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
 from tests.test_chat import is_message, wait_members
@@ -169,23 +169,6 @@ def js_peers() -> Iterator[list[JsPunchPeer]]:
         print(f"js peer {peer.ready.get('peer_id')} stderr:\n{''.join(peer.stderr)[-6000:]}")
 
 
-def _node(
-    path: Path, nodes: list[NodeProcess], ns: str, ip: str, *args: str, **env: str
-) -> NodeProcess:
-    node = start_node(
-        path,
-        *args,
-        "--listen",
-        f"/ip4/{ip}/tcp/0",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**env),
-        netns=ns,
-    )
-    nodes.append(node)
-    return node
-
-
 def _js(js_peers: list[JsPunchPeer], lab: Lab, ns: str, ip: str, *args: str) -> JsPunchPeer:
     peer = JsPunchPeer(
         ns,
@@ -214,8 +197,8 @@ def _pair(
 ) -> Pair:
     """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
     listener's circuit address. Returns once the relayed connection is open."""
-    relay = _node(
-        tmp_path / "relay", nodes, lab.relay_ns, lab.relay_ip, "--role", "relay", **CHAT_FRIENDLY
+    relay = start_node_in(
+        lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
     )
     relay_addr = next(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
@@ -233,11 +216,11 @@ def _pair(
         circuit = f"{relay_addr}/p2p-circuit/p2p/{js.peer_id}"
         assert circuit in js.next(lambda e: "reservation" in e)["reservation"]["addrs"]
         pair = Pair(
-            _node(
-                tmp_path / "py",
-                nodes,
+            start_node_in(
                 lab.dialer_ns,
                 lab.dialer_ip,
+                tmp_path / "py",
+                nodes,
                 "--json",
                 "--bootstrap",
                 circuit,
@@ -247,11 +230,11 @@ def _pair(
             "receiver",
         )
     else:
-        py = _node(
-            tmp_path / "py",
-            nodes,
+        py = start_node_in(
             lab.listener_ns,
             lab.listener_ip,
+            tmp_path / "py",
+            nodes,
             "--json",
             P2PCHAT_AUTORELAY__MODE="on",
             P2PCHAT_AUTORELAY__RELAYS=relay_addr,
