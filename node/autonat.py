@@ -74,9 +74,20 @@ class Throttle:
 
 
 def dialable_at(addrs: tuple[bytes, ...], observed_ip: str) -> list[str]:
-    """The TCP addresses among ``addrs`` (binary multiaddrs) whose IP is ``observed_ip``, as
-    text without /p2p/; anything unparsable or on another IP is left out."""
-    chosen: list[str] = []
+    """The addresses to dial back for the claimed ``addrs`` (binary multiaddrs), all at
+    ``observed_ip``, as text without /p2p/.
+
+    Only the observed IP is ever dialled, so no third party can be made a target. A claimed
+    TCP address on another IP (a peer behind a NAT knows only its private addresses) is tried
+    at the observed IP with its port and transport, as go-libp2p's AutoNAT service does: where
+    the NAT forwards that port the dial-back reaches the peer, otherwise it fails and the peer
+    learns it is private (refusing such a peer left it "unknown" for good, so it never sought
+    a relay). Addresses claimed at the observed IP come first, plain TCP before WebSocket;
+    duplicates, circuit, non-TCP and unparsable addresses are left out.
+    """
+    family = "ip6" if ":" in observed_ip else "ip4"
+    exact: list[str] = []
+    moved: list[str] = []
     for raw in addrs:
         try:
             addr = multiaddr.Multiaddr(raw)
@@ -84,11 +95,15 @@ def dialable_at(addrs: tuple[bytes, ...], observed_ip: str) -> list[str]:
             ip = addr.value_for_protocol(names[0]) if names[0] in ("ip4", "ip6") else None
         except Exception:  # the multiaddr library raises many types for bad bytes
             continue
-        if ip != observed_ip or len(names) < 2 or names[1] != "tcp":
+        if ip is None or len(names) < 2 or names[1] != "tcp" or "p2p-circuit" in names:
             continue
-        text = str(addr).split("/p2p/")[0]
-        if text not in chosen:
-            chosen.append(text)
+        rest = str(addr).split("/p2p/")[0].split("/", 3)[3]  # "tcp/<port>[/ws]"
+        (exact if ip == observed_ip else moved).append(f"/{family}/{observed_ip}/{rest}")
+    chosen: list[str] = []
+    for group in (exact, moved):
+        for text in sorted(group, key=lambda text: text.count("/") > 4):  # stable: TCP first
+            if text not in chosen:
+                chosen.append(text)
     return chosen
 
 
@@ -138,7 +153,7 @@ class AutoNatServer:
             return DialResponse(Status.E_DIAL_REFUSED, "too many requests")
         candidates = dialable_at(request.addrs, origin.remote_ip)
         if not candidates:
-            return DialResponse(Status.E_DIAL_REFUSED, "no TCP address at the observed IP")
+            return DialResponse(Status.E_DIAL_REFUSED, "no TCP address to dial back")
         reached = await self._dial_back.first_reachable(origin.peer_id, candidates)
         self._log.debug(
             "autonat dial-back", remote=origin.peer_id, tried=candidates, reached=reached

@@ -25,7 +25,9 @@ from p2pchat.node.wire.autonat import (
 )
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, encode_uvarint, frame
 
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, start_node_in
+from tests.nat_lab import nat_lab
+from tests.test_autorelay import logged
 from tests.test_chat import chat_peer
 from tests.test_dht import bootstrap_node, wait_metric
 
@@ -111,15 +113,37 @@ def _bin(text: str) -> bytes:
 
 def test_only_tcp_addresses_at_the_observed_ip_are_dialled() -> None:
     addrs = (
-        _bin("/ip4/10.0.0.5/tcp/4001"),
-        _bin("/ip4/192.0.2.9/tcp/4001"),  # someone else's address: never dialled
-        _bin("/ip4/10.0.0.5/udp/4001/quic-v1"),
         _bin("/ip4/10.0.0.5/tcp/4002/ws"),
+        _bin("/ip4/10.0.0.5/tcp/4001"),
+        _bin("/ip4/10.0.0.5/udp/4001/quic-v1"),
         b"\xff\xfe junk",
         _bin("/ip4/10.0.0.5/tcp/4001"),
+        _bin("/dns4/example.org/tcp/4003"),
+        _bin(
+            "/ip4/10.0.0.5/tcp/4011/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"
+        ),
     )
+    # Plain TCP before WebSocket; no duplicates, no QUIC, DNS, circuit or junk.
     assert dialable_at(addrs, "10.0.0.5") == ["/ip4/10.0.0.5/tcp/4001", "/ip4/10.0.0.5/tcp/4002/ws"]
-    assert dialable_at(addrs, "203.0.113.1") == []
+
+
+def test_a_claimed_address_on_another_ip_is_tried_at_the_observed_ip() -> None:
+    # A peer behind NAT claims only private addresses; its ports are tried at the IP it is
+    # observed at (go-libp2p's rule), never at the claimed IP: nobody else is dialled.
+    addrs = (
+        _bin("/ip4/192.168.1.7/tcp/4101/ws"),
+        _bin("/ip4/192.168.1.7/tcp/4101"),
+        _bin("/ip4/127.0.0.1/tcp/4101"),
+        _bin("/ip4/203.0.113.1/tcp/4001"),
+    )
+    assert dialable_at(addrs, "203.0.113.1") == [
+        "/ip4/203.0.113.1/tcp/4001",  # claimed at the observed IP: first
+        "/ip4/203.0.113.1/tcp/4101",
+        "/ip4/203.0.113.1/tcp/4101/ws",
+    ]
+    assert dialable_at((_bin("/ip4/192.168.1.7/tcp/4101"),), "2001:db8::1") == [
+        "/ip6/2001:db8::1/tcp/4101"
+    ]
 
 
 def test_requests_are_throttled_per_peer_and_in_all() -> None:
@@ -170,3 +194,24 @@ def test_an_open_port_is_public_and_a_closed_one_private(
     # hidden peer's open connection to the bootstrap node (the library's way) would have
     # succeeded. Nothing ever reached the hidden peer's advertised port:
     assert hidden.metric("libp2p_swarm_connections_opened_total", dir="inbound") == 0
+
+
+def test_a_peer_behind_nat_learns_it_is_private_and_reserves_a_relay_slot(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Behind a NAT a peer knows only its private address. The server tries that port at the
+    # address it sees the peer at (the NAT's, which drops the dial), so the peer learns it is
+    # private and, with auto-relay left on "auto", takes a slot on the relay. A server that
+    # refused such a peer left it "unknown" for good, never seeking a relay.
+    with nat_lab("port-preserving") as lab:
+        hub = start_node_in(
+            lab.relay_ns, lab.relay_ip, tmp_path / "hub", nodes, "--role", "bootstrap,relay"
+        )
+        hub_addr = next(a for a in hub.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/"))
+        peer = start_node_in(
+            lab.dialer_ns, lab.dialer_ip, tmp_path / "peer", nodes, "--bootstrap", hub_addr
+        )
+        wait_metric(peer, "libp2p_autonat_reachability_status", 2)
+        logged(peer, "relay reservation", relay=hub.peer_id)
+        assert hub.metric("p2pchat_autonat_dialbacks_total", outcome="e_dial_error") >= 1
+        assert peer.metric("libp2p_swarm_connections_opened_total", dir="inbound") == 0

@@ -34,6 +34,7 @@ class DialBack:
     def __init__(self, dial_timeout: float = DIAL_TIMEOUT) -> None:
         settings = HostSettings(listen=(), dial_timeout=dial_timeout)
         self._host = P2PHost(ephemeral_identity(), settings, _Quiet())
+        self._timeout = dial_timeout
         self._slots = trio.Semaphore(MAX_CONCURRENT_DIALS)
 
     @property
@@ -49,13 +50,16 @@ class DialBack:
 
     async def first_reachable(self, peer_id: str, addrs: list[str]) -> str | None:
         """The first of ``addrs`` (without /p2p/) at which ``peer_id`` answers on a new
-        connection, or None. Each successful connection is closed again at once."""
+        connection, or None. Each successful connection is closed again at once. The addresses
+        are tried in turn within one dial timeout in all (go-libp2p's single deadline), so the
+        asking peer, who waits for the answer, gets one whatever the number of addresses."""
         async with self._slots:
-            for addr in addrs:
-                try:
-                    await self._host.connect(f"{addr}/p2p/{peer_id}")
-                except DialError:
-                    continue
-                await self._host.disconnect(peer_id)
-                return addr
+            with trio.move_on_after(self._timeout):
+                for addr in addrs:
+                    try:
+                        await self._host.connect(f"{addr}/p2p/{peer_id}")
+                    except DialError:
+                        continue
+                    await self._host.disconnect(peer_id)
+                    return addr
             return None
