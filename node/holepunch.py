@@ -14,6 +14,11 @@ protocols, it
    ends the stream after a failed round (go-libp2p and js-libp2p serve one round per stream)
    gets the next round on a new stream.
 
+Two peers that both hold reservations may dial each other through relays at the same moment (room
+rendezvous finds each to the other): each then received a relayed connection and would
+initiate, and two punches at once through the same ports defeat each other. Then the peer with
+the smaller PeerId initiates and the other one only answers (go-libp2p leaves it to chance).
+
 On success new streams take the direct connection at once (the swarm prefers direct ones) and
 the relayed connection is closed :data:`GRACE` seconds later; GossipSub re-opens its stream on
 the direct connection. On failure everything stays on the relay. Outcomes are counted per side
@@ -38,6 +43,7 @@ from p2pchat.node.p2p.direct import (
     close_relayed,
     dial_direct,
     has_direct_connection,
+    has_outbound_relayed,
     is_relayed_stream,
     own_punch_addrs,
     peer_tcp_addrs,
@@ -140,12 +146,27 @@ class HolePunch:
         try:
             if not await self._speaks_dcutr(peer) or has_direct_connection(self._host, peer):
                 return
+            if self._leaves_punch_to(peer):
+                return
             if await self._direct_dial(peer):
                 self._migrate(peer)
+                return
+            if self._leaves_punch_to(peer):  # the peer's relayed connection came meanwhile
                 return
             await self._punch(peer)
         finally:
             self._initiating.discard(peer)
+
+    def _leaves_punch_to(self, peer: str) -> bool:
+        """Whether ``peer`` initiates, not us, although we received a relayed connection from
+        it: we also dialled it through a relay (or already answer its exchange), and its
+        PeerId is the smaller one."""
+        if peer > self._host.peer_id:
+            return False
+        if peer in self._serving or has_outbound_relayed(self._host, peer):
+            self._log.info("hole punch left to the peer (both dialled through relays)", peer=peer)
+            return True
+        return False
 
     async def _speaks_dcutr(self, peer: str) -> bool:
         with trio.move_on_after(IDENTIFY_WAIT):
@@ -222,7 +243,14 @@ class HolePunch:
                     self._finished("initiator", peer, attempt, "success", rtt=rtt)
                     return
             self._finished("initiator", peer, MAX_ATTEMPTS, "failed")
-        except (_ProtocolError, StreamEnded, trio.TooSlowError) as error:
+        except StreamEnded as error:
+            if attempt == 1 and peer < self._host.peer_id:
+                # It initiated too, and has the smaller PeerId: it refused ours (see _serve).
+                self._log.info("hole punch left to the peer (both initiated)", peer=peer)
+            else:
+                self._protocol_error("initiator", peer, error)
+            await reset_quietly(stream)
+        except (_ProtocolError, trio.TooSlowError) as error:
             self._protocol_error("initiator", peer, error)
             await reset_quietly(stream)
         except Exception as error:  # the stream or its connection died
@@ -240,6 +268,11 @@ class HolePunch:
             await reset_quietly(stream)
             return
         if peer in self._serving:
+            await reset_quietly(stream)
+            return
+        if peer in self._initiating and self._host.peer_id < peer:
+            # Both received a relayed connection and initiated: ours goes on (the smaller
+            # PeerId initiates), the peer answers it.
             await reset_quietly(stream)
             return
         self._serving.add(peer)

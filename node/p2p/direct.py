@@ -26,7 +26,7 @@ import trio
 from libp2p.abc import INetConn, INetStream
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
-from p2pchat.node.p2p.host import P2PHost, transport_label
+from p2pchat.node.p2p.host import P2PHost, connection_info, transport_label
 
 DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
 MAX_DIAL_ADDRS = 8  # addresses dialled per attempt: a peer cannot make us dial a long list
@@ -107,6 +107,14 @@ def _is_relayed(conn: INetConn) -> bool:
 def has_direct_connection(host: P2PHost, peer: str) -> bool:
     """Whether a connection to ``peer`` that does not go through a relay is open."""
     return any(not _is_relayed(conn) for conn in _connections(host, peer))
+
+
+def has_outbound_relayed(host: P2PHost, peer: str) -> bool:
+    """Whether we dialled ``peer`` through a relay (and that connection is open)."""
+    return any(
+        _is_relayed(conn) and connection_info(conn).direction == "outbound"
+        for conn in _connections(host, peer)
+    )
 
 
 def is_relayed_stream(stream: INetStream) -> bool:
