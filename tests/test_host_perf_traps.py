@@ -8,10 +8,12 @@ stopping the service); our own fresh signatures verified again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -336,3 +338,22 @@ def test_only_an_rpc_over_the_limit_is_split() -> None:
     half = b"x" * (queue.max_message_size // 2 + 16)
     parts = queue.split_rpc(_rpc(half, half))
     assert [_payloads(part) for part in parts] == [[half], [half]]
+
+
+async def test_the_heartbeat_stays_at_one_second_in_a_small_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # py-libp2p's "adaptive gossip" rates a mesh of fewer than 6 peers unhealthy and then, for
+    # "faster recovery", sets the heartbeat to 30-60 s: a chat room of a few peers always is
+    # such a mesh, so 30 s after start its meshes were repaired once a minute, and its message
+    # cache (5 heartbeats) kept minutes of messages, replayed to every peer that (re)joined
+    # (seen in the container NAT lab: a peer back after 40 s got them live, not by catch-up).
+    offset = [0.0]
+    clock = SimpleNamespace(**vars(time))
+    clock.time = lambda: time.time() + offset[0]
+    monkeypatch.setattr(gossipsub_module, "time", clock)
+    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+        offset[0] = 31.0  # the library's first health update is due at the next heartbeat
+        await trio.sleep(2.5)  # a few heartbeats
+        for gossip in (room.a, room.b):
+            assert gossip._router.heartbeat_interval == 1

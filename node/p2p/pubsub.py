@@ -3,6 +3,10 @@
 What the library does by default, and what this module does instead:
 
 - ``heartbeat_interval`` 120 s -> 1 s (the spec's value), so meshes form and repair quickly;
+- "adaptive gossip" rates any mesh of fewer than 6 peers (every small room) unhealthy and then
+  sets the heartbeat to 30-60 s, and the mesh degrees and gossip factor with it -> off: the
+  heartbeat stays at 1 s (at 30-60 s the message cache held minutes of messages, replayed to
+  every peer that rejoined a room), and the degrees are the ones below;
 - spam protection limits every forwarder (and our own publishes) to 10 msg/s per topic and
   silently drops the rest -> off: honest bursts must arrive; abuse is bounded by message size
   limits and validation instead;
@@ -469,6 +473,7 @@ class Gossip:
             heartbeat_interval=1,
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,
+            adaptive_gossip_enabled=False,
         )
         _signature_check.observer = observer  # one pubsub per process
         self._pubsub = _ChatPubsub(
