@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
+	$(BIN)/python -m tests.bench.nat port-preserving symmetric
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).
