@@ -110,3 +110,11 @@ def labs(
         left = started.close()
         print(f"\nNAT lab logs: {workdir}")
         assert not left, f"the NAT labs left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def lab(labs: Labs, request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """The topology of the module's ``NAT`` type, up and met; taken down after the module."""
+    started = labs.get(request.module.NAT)
+    yield started
+    started.down()

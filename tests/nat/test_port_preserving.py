@@ -9,9 +9,6 @@ The topology is up and its peers have met before the first test (see conftest.py
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.nat.checks import (
     PUNCH_WAIT,
@@ -23,19 +20,12 @@ from tests.nat.checks import (
     mappings,
     peers,
 )
-from tests.nat.conftest import Labs
 from tests.nat.lab import Topology
 from tests.test_archive import AWAY, caught_up, history_texts
 from tests.test_chat import WAIT, is_message
 
+# The topology, up and met, comes from conftest.py's `lab` fixture, by this NAT type.
 NAT = "port-preserving"
-
-
-@pytest.fixture(scope="module")
-def lab(labs: Labs) -> Iterator[Topology]:
-    started = labs.get(NAT)
-    yield started
-    started.down()
 
 
 def test_hole_punching_makes_the_relayed_connection_direct(lab: Topology) -> None:

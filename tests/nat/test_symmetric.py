@@ -8,10 +8,6 @@ The topology is up and its peers have met before the first test (see conftest.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.nat.checks import (
     chat_over,
     check_isolation,
@@ -20,17 +16,10 @@ from tests.nat.checks import (
     mapped_listen_port,
     peers,
 )
-from tests.nat.conftest import Labs
 from tests.nat.lab import Topology
 
+# The topology, up and met, comes from conftest.py's `lab` fixture, by this NAT type.
 NAT = "symmetric"
-
-
-@pytest.fixture(scope="module")
-def lab(labs: Labs) -> Iterator[Topology]:
-    started = labs.get(NAT)
-    yield started
-    started.down()
 
 
 def test_peers_behind_different_nats_chat_through_the_relay(lab: Topology) -> None:
