@@ -10,22 +10,11 @@ fresh connection to the address being tested.
 from __future__ import annotations
 
 import trio
-from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
+from p2pchat.node.p2p.host import DialError, HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import ephemeral_identity
 
 DIAL_TIMEOUT = 15.0  # go-libp2p's AutoNAT dial timeout
 MAX_CONCURRENT_DIALS = 4
-
-
-class _Quiet:
-    def connection_opened(self, info: ConnectionInfo) -> None:
-        return None
-
-    def connection_closed(self, info: ConnectionInfo) -> None:
-        return None
-
-    def handler_failed(self, protocol: str, error: BaseException) -> None:
-        return None
 
 
 class DialBack:
@@ -33,7 +22,7 @@ class DialBack:
 
     def __init__(self, dial_timeout: float = DIAL_TIMEOUT) -> None:
         settings = HostSettings(listen=(), dial_timeout=dial_timeout)
-        self._host = P2PHost(ephemeral_identity(), settings, _Quiet())
+        self._host = P2PHost(ephemeral_identity(), settings, QuietObserver())
         self._timeout = dial_timeout
         self._slots = trio.Semaphore(MAX_CONCURRENT_DIALS)
 

@@ -113,7 +113,8 @@ class HostObserver(ConnectionWatcher, Protocol):
 
 
 class QuietObserver:
-    """A host observer that records nothing, for one-off clients (``p2pchat history``)."""
+    """A host observer that records nothing, for one-off clients (``p2pchat history``, the
+    AutoNAT dial-back dialer)."""
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         return None
