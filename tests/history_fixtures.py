@@ -1,9 +1,15 @@
 """Room histories of genuine signed messages, written straight into a node's store (so a test
-or benchmark can start an archiver that already holds them), and a store-query client."""
+or benchmark can start an archiver that already holds them), a store-query client, and the
+forging archiver test double run as a process."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from p2pchat.node.history import History, StoredMessage
@@ -77,3 +83,21 @@ async def ask(stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
 
 def reply_decoder() -> FrameDecoder:
     return FrameDecoder(MAX_REPLY_BYTES)
+
+
+@contextmanager
+def forging_archiver(data_dir: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Run tests/forging_archiver.py on the store in ``data_dir``: its ``{"peer_id", "addr"}``;
+    killed on exit."""
+    liar = subprocess.Popen(
+        [sys.executable, "-m", "tests.forging_archiver", str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert liar.stdout is not None
+        yield dict(json.loads(liar.stdout.readline()))
+    finally:
+        liar.kill()
+        liar.wait(timeout=10)

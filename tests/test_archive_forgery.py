@@ -8,13 +8,10 @@ counts the messages the liar withheld or replaced as gaps of that source.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.history_fixtures import ROOM, fill_store, make_messages, signer
+from tests.history_fixtures import ROOM, fill_store, forging_archiver, make_messages, signer
 from tests.test_archive import caught_up, history_texts
 from tests.test_chat import chat_peer
 
@@ -28,15 +25,7 @@ def test_forged_history_is_detected_and_dropped(tmp_path: Path, nodes: list[Node
     fill_store(tmp_path / "liar", archive)
     honest = start_node(tmp_path / "honest", "--role", "archiver")
     nodes.append(honest)
-    liar = subprocess.Popen(
-        [sys.executable, "-m", "tests.forging_archiver", str(tmp_path / "liar")],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=node_env(),
-    )
-    try:
-        assert liar.stdout is not None
-        forger = json.loads(liar.stdout.readline())
+    with forging_archiver(tmp_path / "liar", node_env()) as forger:
         peer = chat_peer(
             tmp_path / "peer", nodes, "--bootstrap", f"{honest.addr()},{forger['addr']}"
         )
@@ -53,6 +42,3 @@ def test_forged_history_is_detected_and_dropped(tmp_path: Path, nodes: list[Node
         assert rejected == {"bad_signature": 2, "wrong_room": 1, "mismatch": 1}
         assert peer.metric("p2pchat_history_source_gaps_total") == 4  # 2 withheld, 3-5 replaced
         assert peer.metric("p2pchat_history_caught_up_total") == COUNT
-    finally:
-        liar.kill()
-        liar.wait(timeout=10)

@@ -8,8 +8,6 @@ prints only the genuine messages and reports the rejected ones. Bad input gets o
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
-from tests.history_fixtures import ROOM, fill_store, make_messages, signer
+from tests.history_fixtures import ROOM, fill_store, forging_archiver, make_messages, signer
 
 COUNT = 23
 
@@ -74,15 +72,7 @@ def test_history_from_a_forging_archive_shows_only_genuine_messages(tmp_path: Pa
         tmp_path / "liar",
         make_messages(key, ROOM, 20) + make_messages(key, "elsewhere", 5, first_id=100),
     )
-    liar = subprocess.Popen(
-        [sys.executable, "-m", "tests.forging_archiver", str(tmp_path / "liar")],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=node_env(),
-    )
-    try:
-        assert liar.stdout is not None
-        forger = json.loads(liar.stdout.readline())
+    with forging_archiver(tmp_path / "liar", node_env()) as forger:
         result = run_cli("history", forger["addr"], "--room", ROOM, "--json")
         assert result.returncode == 0, result.stderr
         texts = [json.loads(line)["text"] for line in result.stdout.splitlines()]
@@ -90,9 +80,6 @@ def test_history_from_a_forging_archive_shows_only_genuine_messages(tmp_path: Pa
         assert texts and set(texts) <= {f"message {n}" for n in range(1, 21)}
         assert len(texts) == len(set(texts))
         assert "4 rejected (forged or altered)" in result.stderr
-    finally:
-        liar.kill()
-        liar.wait(timeout=10)
 
 
 @pytest.mark.parametrize(
