@@ -143,6 +143,9 @@ async def test_reservations_are_limited_in_total(tmp_path: Path, nodes: list[Nod
         assert await reserve_status(second, relay) == Status.OK
         assert await reserve_status(third, relay) == Status.RESERVATION_REFUSED
         assert relay.metric(RESERVATION_REJECTIONS, reason="total_limit") == 1
+        # The limit is exported beside the count (the near-limit alert divides by it).
+        assert relay.metric("p2pchat_relay_reservations") == 2
+        assert relay.metric("p2pchat_relay_max_reservations") == 2
 
 
 async def test_the_allow_list_keeps_other_peers_out(

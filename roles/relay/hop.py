@@ -72,6 +72,7 @@ class HopServer:
         self._host.set_stream_handler(HOP_PROTOCOL_ID, self._handle)
         self._host.watch_connections(self)
         self._metrics.status.set(1)
+        self._metrics.reservations_limit.set(self._resources.limits.max_reservations)
 
     async def _handle(self, stream: Stream) -> None:
         try:

@@ -58,3 +58,9 @@ class RelayMetrics:
         self.reservations_held = Gauge(
             "p2pchat_relay_reservations", "Reservations currently held.", registry=registry
         )
+        # The limit beside the count, so dashboards and alerts need not know the config.
+        self.reservations_limit = Gauge(
+            "p2pchat_relay_max_reservations",
+            "relay.max_reservations: the most reservations this relay grants.",
+            registry=registry,
+        )
