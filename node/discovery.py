@@ -1,4 +1,5 @@
-"""Connects the peers that discovery finds (mDNS today), up to a bound, without dial storms.
+"""Connects the peers that discovery finds (mDNS on the LAN, room rendezvous in the DHT), up
+to a bound, without dial storms.
 
 Discovery only reports; this decides: a found peer is dialled if we are not already connected
 to it, fewer than ``max_peers`` peers are connected, and it did not fail in the last
@@ -26,21 +27,22 @@ class DiscoveryConnector:
         self._host = host
         self._max_peers = max_peers
         self._log = log
-        self._send, self._receive = trio.open_memory_channel[tuple[str, list[str]]](QUEUE_SIZE)
+        self._send, self._receive = trio.open_memory_channel[tuple[str, list[str], str]](QUEUE_SIZE)
         self._failed_at: dict[str, float] = {}
-        self.discovered: set[str] = set()
+        self.discovered: dict[str, str] = {}  # PeerId -> how it was first found
 
-    def found(self, peer: tuple[str, list[str]]) -> None:
-        """Report a discovered peer (call from the trio loop); excess reports are dropped."""
+    def found(self, peer: tuple[str, list[str]], via: str = "mdns") -> None:
+        """Report a peer (PeerId, addresses) that discovery ``via`` ("mdns", "dht") found; call
+        from the trio loop. Excess reports are dropped."""
         with contextlib.suppress(trio.WouldBlock):
-            self._send.send_nowait(peer)
+            self._send.send_nowait((*peer, via))
 
     async def run(self) -> None:
         """Dial discovered peers until cancelled."""
-        async for peer_id, addrs in self._receive:
+        async for peer_id, addrs, via in self._receive:
             if peer_id not in self.discovered:
-                self.discovered.add(peer_id)
-                self._log.info("peer discovered", remote=peer_id, addrs=addrs)
+                self.discovered[peer_id] = via
+                self._log.info("peer discovered", remote=peer_id, addrs=addrs, via=via)
             if self._host.is_connected(peer_id):
                 continue
             if len(self._host.connected_peers()) >= self._max_peers:

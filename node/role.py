@@ -7,7 +7,7 @@ runs as a child of the node's nursery. Roles never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -30,7 +30,8 @@ class NodeContext:
     metrics: NodeMetrics
     log: structlog.stdlib.BoundLogger
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
-    discovered_peers: Callable[[], frozenset[str]]  # peers discovery (mDNS, DHT) has reported
+    # PeerId -> how discovery found it: "mdns" (on the LAN) or "dht" (room rendezvous)
+    discovered_peers: Callable[[], Mapping[str, str]]
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
     relays: Callable[[], list[str]] = list  # relays holding a reservation for this node

@@ -140,7 +140,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         metrics.dht_routing_table_peers.set_function(dht.routing_table_size)
                         rendezvous = Rendezvous(
                             dht,
-                            connector.found,
+                            partial(connector.found, via="dht"),
                             config.dht,
                             metrics,
                             log,
@@ -171,7 +171,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         metrics,
                         log,
                         request_stop=nursery.cancel_scope.cancel,
-                        discovered_peers=lambda: frozenset(connector.discovered),
+                        discovered_peers=lambda: dict(connector.discovered),
                         rendezvous=rendezvous,
                         reachability=lambda: autonat.reachability,
                         relays=lambda: autorelay.relays,

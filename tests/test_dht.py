@@ -117,6 +117,11 @@ def test_two_peers_that_know_only_a_bootstrap_node_meet_and_chat(
     found += b.metric("p2pchat_rendezvous_lookups_total", outcome="found")
     assert found >= 1
     assert a.metric("p2pchat_rendezvous_provides_total", outcome="accepted") >= 1
+    # Whoever found the other in the DHT says so, and not that it was on the local network.
+    notices = [e["text"] for node in (a, b) for e in node.drain_events() if e["type"] == "notice"]
+    in_dht = {f"discovered {p.peer_id[:6]}…{p.peer_id[-4:]} in the DHT" for p in (a, b)}
+    assert in_dht & set(notices), notices
+    assert not [text for text in notices if "local network" in text]
 
 
 def test_a_later_member_is_found_and_without_the_dht_nobody_meets(

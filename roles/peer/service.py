@@ -99,7 +99,7 @@ class ChatService:
         )
         self._nursery: trio.Nursery | None = None
         self._connected: set[str] = set()
-        self._discovered: frozenset[str] = frozenset()
+        self._discovered: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -414,11 +414,13 @@ class ChatService:
         return any(peer != self._me for peer in self._gossip.subscribers(room))
 
     def _notice_peer_changes(self) -> None:
-        """Notices for peers discovered on the LAN and for connections opened and closed."""
+        """Notices for peers discovered (on the LAN, or in the DHT as members of our rooms) and
+        for connections opened and closed."""
         discovered = self._ctx.discovered_peers()
-        for peer in sorted(discovered - self._discovered):
-            self._emit(NoticeEvent(f"discovered {short_id(peer)} on the local network"))
-        self._discovered = discovered
+        for peer in sorted(discovered.keys() - self._discovered):
+            where = "on the local network" if discovered[peer] == "mdns" else "in the DHT"
+            self._emit(NoticeEvent(f"discovered {short_id(peer)} {where}"))
+        self._discovered = set(discovered)
         connected = set(self._ctx.host.connected_peers())
         for peer in sorted(connected - self._connected):
             self._emit(NoticeEvent(f"connected to {self.name_of(peer)} ({short_id(peer)})"))
