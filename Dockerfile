@@ -69,8 +69,12 @@ RUN groupadd --gid 10001 p2pchat && \
     mkdir -p /data /run/p2pchat && \
     chown p2pchat:p2pchat /data /run/p2pchat && chmod 0700 /data
 COPY --from=build /opt/p2pchat /opt/p2pchat
+# PROMPT_TOOLKIT_NO_CPR: a peer's console in a container usually has a TTY nobody is attached
+# to, which never answers prompt_toolkit's cursor-position request; it then wrote a warning
+# into the console. Without CPR only the completion menu's reserved space is guessed.
 ENV PATH=/opt/p2pchat/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
+    PROMPT_TOOLKIT_NO_CPR=1 \
     P2PCHAT_NODE__DATA_DIR=/data \
     P2PCHAT_METRICS__LISTEN=0.0.0.0:9464
 USER p2pchat
