@@ -27,7 +27,7 @@ from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import Stream, StreamOrigin, read_frame, stream_origin
+from p2pchat.node.p2p.streams import Stream, StreamOrigin, read_single_frame, stream_origin
 from p2pchat.node.wire.autonat import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -39,7 +39,7 @@ from p2pchat.node.wire.autonat import (
     decode_response,
     encode,
 )
-from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.node.wire.framing import FrameError
 
 Reachability = Literal["unknown", "public", "private"]
 REACHABILITY_VALUES: dict[Reachability, int] = {"unknown": 0, "public": 1, "private": 2}  # go's
@@ -131,7 +131,7 @@ class AutoNatServer:
         origin = stream_origin(stream)
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+                payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
             response = await self.answer(origin, decode_request(payload))
         except (FrameError, AutoNatWireError, trio.TooSlowError) as error:
             response = DialResponse(Status.E_BAD_REQUEST, str(error))
@@ -220,7 +220,7 @@ class AutoNatClient:
                 stream = await self._host.new_stream(server, [PROTOCOL_ID])
                 try:
                     await stream.write(encode(DialRequest(self._peer_id_bytes, addrs)))
-                    payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+                    payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
                 finally:
                     await stream.close()
             response = decode_response(payload)

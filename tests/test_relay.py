@@ -22,7 +22,7 @@ from p2pchat.node.p2p.circuit import (
     request_reservation,
 )
 from p2pchat.node.p2p.host import P2PHost, Stream
-from p2pchat.node.p2p.streams import read_frame
+from p2pchat.node.p2p.streams import read_single_frame
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -35,7 +35,7 @@ from p2pchat.node.wire.circuit import (
     decode_stop,
     encode,
 )
-from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint, frame
+from p2pchat.node.wire.framing import encode_uvarint, frame
 
 from tests.bench.relay import reserve_all
 from tests.conftest import NodeProcess, node_env, start_node
@@ -243,7 +243,7 @@ async def _raw_hop_exchange(host: P2PHost, relay: NodeProcess, data: bytes) -> H
     stream = await host.new_stream(relay.peer_id, [HOP_PROTOCOL_ID])
     await stream.write(data)
     with trio.fail_after(20):
-        answer = decode_hop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+        answer = decode_hop(await read_single_frame(stream, MAX_MESSAGE_BYTES))
     assert isinstance(answer, HopStatus)
     return answer
 
@@ -282,7 +282,7 @@ async def test_a_malformed_stop_request_is_answered_malformed(tmp_path: Path) ->
         stream = await a.new_stream(b.peer_id, [STOP_PROTOCOL_ID])
         await stream.write(frame(b"\x08\x00"))  # CONNECT without a peer
         with trio.fail_after(20):
-            payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+            payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
         assert decode_stop(payload) == StopStatus(Status.MALFORMED_MESSAGE)
         await wait_until(lambda: failures)
         assert failures[0].status == Status.MALFORMED_MESSAGE

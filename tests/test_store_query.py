@@ -25,6 +25,7 @@ from p2pchat.node.wire.store_query import (
     Reply,
     Status,
     decode_reply,
+    encode_query,
     encode_reply,
 )
 
@@ -153,12 +154,19 @@ async def test_pagination_conformance(
             reply = await ask(stream, decoder, query)
             assert (reply.status, reply.request_id) == (Status.BAD_REQUEST, query.request_id), what
             assert reply.status_text and not reply.entries and reply.next_cursor is None, what
-        # Bytes that are no query at all, then the stream still answers.
+        # Bytes that are no query at all get a BAD_REQUEST, and the stream still answers.
         await stream.write(encode_uvarint(3) + b"\xff\xff\xff")
-        reply = await ask(stream, decoder, Query(70, ROOM, limit=1))
-        assert reply.status is Status.BAD_REQUEST
+        assert decode_reply(await read_frame(stream, decoder)).status is Status.BAD_REQUEST
         reply = await ask(stream, decoder, Query(71, ROOM, limit=1))
-        assert reply.status is Status.OK and ids(reply) == [1]
+        assert (reply.status, reply.request_id, ids(reply)) == (Status.OK, 71, [1])
+
+        # Queries sent before the previous answer was read (pipelined, here in one write) are
+        # each answered, in order.
+        await stream.write(encode_query(Query(72, ROOM, limit=1)) + encode_query(Query(73, ROOM)))
+        first = decode_reply(await read_frame(stream, decoder))
+        second = decode_reply(await read_frame(stream, decoder))
+        assert (first.request_id, ids(first)) == (72, [1])
+        assert (second.request_id, len(second.entries)) == (73, COUNT)
 
         # A length bomb: refused without reading it, and the stream is closed.
         bomb = await host.new_stream(node.peer_id, [PROTOCOL_ID])

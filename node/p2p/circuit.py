@@ -23,7 +23,7 @@ from libp2p.abc import INetStream
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import close_quietly, read_frame, write_quietly
+from p2pchat.node.p2p.streams import close_quietly, read_single_frame, write_quietly
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -41,7 +41,7 @@ from p2pchat.node.wire.circuit import (
     decode_stop,
     encode,
 )
-from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.node.wire.framing import FrameError
 
 if TYPE_CHECKING:  # the host dials circuit addresses with this module
     from p2pchat.node.p2p.host import P2PHost
@@ -90,7 +90,7 @@ async def _hop_request(
         with trio.fail_after(RESPONSE_TIMEOUT):
             stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
             await stream.write(encode(message))
-            answer = decode_hop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+            answer = decode_hop(await read_single_frame(stream, MAX_MESSAGE_BYTES))
     except Exception as error:
         if stream is not None:
             await close_quietly(stream)
@@ -147,7 +147,7 @@ async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
     """
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
-            request = decode_stop(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+            request = decode_stop(await read_single_frame(stream, MAX_MESSAGE_BYTES))
             if not isinstance(request, StopConnect):
                 raise CircuitWireError(Status.UNEXPECTED_MESSAGE, "expected CONNECT")
             source = peer_id_text(request.peer_id)

@@ -24,13 +24,17 @@ class StreamEnded(FrameError):
 
 
 async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
-    """The next frame of ``stream`` (callers bound the wait with their own deadline).
+    """The next frame of ``stream`` (callers bound the wait with their own deadline). Bytes read
+    past it stay in ``decoder`` for the next call, so a peer that sends its next request before
+    reading our answer is served in order; the decoder holds at most one read beyond a frame,
+    and a stream is read only while no whole frame is buffered.
 
     Raises:
         StreamEnded: the stream ended first.
         FrameError: a malformed or oversized frame.
     """
-    while True:
+    complete = decoder.next_frame()
+    while complete is None:
         try:
             chunk = await stream.read(READ_CHUNK)
         except (StreamEOF, StreamReset, StreamClosed):
@@ -39,11 +43,25 @@ async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
             chunk = b""
         if not chunk:
             raise StreamEnded("the stream ended before a whole frame")
-        frames = decoder.feed(chunk)
-        if frames:
-            if len(frames) > 1 or decoder.buffered:
-                raise FrameError("more than one message where one was expected")
-            return frames[0]
+        complete = decoder.next_frame(chunk)
+    return complete
+
+
+async def read_single_frame(stream: INetStream, max_frame_bytes: int) -> bytes:
+    """The one frame ``stream`` carries next where nothing may follow it unasked: a message
+    answered before the peer may speak again, or one after which the stream carries other
+    bytes (a relay's STATUS, then the relayed connection). Bytes seen past it are an error,
+    never silently dropped.
+
+    Raises:
+        StreamEnded: the stream ended first.
+        FrameError: a malformed or oversized frame, or bytes after it.
+    """
+    decoder = FrameDecoder(max_frame_bytes)
+    complete = await read_frame(stream, decoder)
+    if decoder.buffered:
+        raise FrameError("more than one message where one was expected")
+    return complete
 
 
 @dataclass(frozen=True)

@@ -67,18 +67,30 @@ class FrameDecoder:
         Raises:
             FrameError: the stream announces a frame over the limit or a malformed length.
         """
-        self._buffer += data
         frames: list[bytes] = []
-        while True:
-            header = self._read_length()
-            if header is None:
-                return frames
-            length, header_bytes = header
-            end = header_bytes + length
-            if len(self._buffer) < end:
-                return frames
-            frames.append(bytes(self._buffer[header_bytes:end]))
-            del self._buffer[:end]
+        while (complete := self.next_frame(data)) is not None:
+            frames.append(complete)
+            data = b""
+        return frames
+
+    def next_frame(self, data: bytes = b"") -> bytes | None:
+        """Add ``data``; return the first complete frame, or None. Frames after it stay
+        buffered for the next call (a peer may send its next message before our answer).
+
+        Raises:
+            FrameError: the stream announces a frame over the limit or a malformed length.
+        """
+        self._buffer += data
+        header = self._read_length()
+        if header is None:
+            return None
+        length, header_bytes = header
+        end = header_bytes + length
+        if len(self._buffer) < end:
+            return None
+        complete = bytes(self._buffer[header_bytes:end])
+        del self._buffer[:end]
+        return complete
 
     def _read_length(self) -> tuple[int, int] | None:
         value = 0

@@ -20,7 +20,7 @@ from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
     close_quietly,
-    read_frame,
+    read_single_frame,
     reset_quietly,
     stream_origin,
     write_quietly,
@@ -42,7 +42,7 @@ from p2pchat.node.wire.circuit import (
     decode_stop,
     encode,
 )
-from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.node.wire.framing import FrameError
 from p2pchat.roles.relay.limits import RelayResources
 from p2pchat.roles.relay.metrics import RelayMetrics
 
@@ -77,7 +77,7 @@ class HopServer:
     async def _handle(self, stream: Stream) -> None:
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                payload = await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+                payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
             request = decode_hop(payload)
         except (FrameError, CircuitWireError, trio.TooSlowError) as error:
             status = error.status if isinstance(error, CircuitWireError) else None
@@ -161,7 +161,7 @@ class HopServer:
             with trio.fail_after(REQUEST_TIMEOUT):
                 destination = await self._host.new_stream(target, [STOP_PROTOCOL_ID])
                 await destination.write(encode(StopConnect(peer_id_bytes(source), self._limit)))
-                answer = decode_stop(await read_frame(destination, FrameDecoder(MAX_MESSAGE_BYTES)))
+                answer = decode_stop(await read_single_frame(destination, MAX_MESSAGE_BYTES))
         except Exception as error:  # dial, stream and decode failures all mean "failed"
             self._log.debug("stop stream failed", target=target, error=repr(error))
             return None
