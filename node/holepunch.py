@@ -50,7 +50,7 @@ from p2pchat.node.p2p.direct import (
     tcp_addrs,
 )
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
-from p2pchat.node.p2p.streams import StreamEnded, close_quietly, read_frame, reset_quietly
+from p2pchat.node.p2p.streams import StreamEnded, close_quietly, read_single_frame, reset_quietly
 from p2pchat.node.wire.dcutr import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -60,7 +60,7 @@ from p2pchat.node.wire.dcutr import (
     decode,
     encode,
 )
-from p2pchat.node.wire.framing import FrameDecoder, FrameError
+from p2pchat.node.wire.framing import FrameError
 
 MAX_ATTEMPTS = 3  # the spec: the initiator retries twice
 IDENTIFY_WAIT = 10.0  # seconds to wait for identify before giving up on a relayed connection
@@ -94,7 +94,7 @@ def _addr_texts(raw: Sequence[bytes]) -> list[str]:
 async def _receive(stream: INetStream, expected: type[_R]) -> _R:
     """The next message, which must be an ``expected``; StreamEnded passes through."""
     try:
-        record = decode(await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES)))
+        record = decode(await read_single_frame(stream, MAX_MESSAGE_BYTES))
     except StreamEnded:
         raise
     except (DcutrWireError, FrameError) as error:
@@ -111,7 +111,8 @@ class HolePunch:
         self._host = host
         self._metrics = metrics
         self._log = log
-        self._initiating: set[str] = set()  # peers we punch towards now
+        self._initiating: set[str] = set()  # peers we may punch towards (checks, dials, rounds)
+        self._punching: set[str] = set()  # peers we run a DCUtR exchange with, as initiator
         self._serving: set[str] = set()  # peers whose DCUtR exchange we serve now
         self._send, self._receive = trio.open_memory_channel[str](QUEUE)
         self._nursery: trio.Nursery | None = None
@@ -159,11 +160,12 @@ class HolePunch:
 
     def _leaves_punch_to(self, peer: str) -> bool:
         """Whether ``peer`` initiates, not us, although we received a relayed connection from
-        it: we also dialled it through a relay (or already answer its exchange), and its
+        it: we already answer its exchange, or we also dialled it through a relay and its
         PeerId is the smaller one."""
-        if peer > self._host.peer_id:
-            return False
-        if peer in self._serving or has_outbound_relayed(self._host, peer):
+        if peer in self._serving:
+            self._log.info("hole punch left to the peer (it initiated first)", peer=peer)
+            return True
+        if peer < self._host.peer_id and has_outbound_relayed(self._host, peer):
             self._log.info("hole punch left to the peer (both dialled through relays)", peer=peer)
             return True
         return False
@@ -206,6 +208,13 @@ class HolePunch:
             return trio.current_time() - started, answer
 
     async def _punch(self, peer: str) -> None:
+        self._punching.add(peer)
+        try:
+            await self._punch_rounds(peer)
+        finally:
+            self._punching.discard(peer)
+
+    async def _punch_rounds(self, peer: str) -> None:
         ours = own_punch_addrs(self._host)
         if not ours:
             self._finished("initiator", peer, 1, "no_suitable_address")
@@ -270,9 +279,10 @@ class HolePunch:
         if peer in self._serving:
             await reset_quietly(stream)
             return
-        if peer in self._initiating and self._host.peer_id < peer:
+        if peer in self._punching and self._host.peer_id < peer:
             # Both received a relayed connection and initiated: ours goes on (the smaller
-            # PeerId initiates), the peer answers it.
+            # PeerId initiates), the peer answers it. (Before our exchange opens, the peer's
+            # is served, and ours is not started: see _leaves_punch_to.)
             await reset_quietly(stream)
             return
         self._serving.add(peer)
@@ -297,6 +307,9 @@ class HolePunch:
                 outcome = "success" if has_direct_connection(self._host, peer) else "failed"
                 self._finished("receiver", peer, attempt - 1, outcome)
         except (_ProtocolError, trio.TooSlowError) as error:
+            # Over once dropped: the peer's next exchange may arrive while the reset is sent,
+            # and must be served, not refused as a second one at the same time.
+            self._serving.discard(peer)
             self._protocol_error("receiver", peer, error)
             await reset_quietly(stream)
         except Exception as error:  # the stream or its connection died

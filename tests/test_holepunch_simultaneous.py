@@ -21,7 +21,7 @@ import trio
 from libp2p.abc import INetStream
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import load_or_create_identity
-from p2pchat.node.p2p.streams import FrameDecoder, StreamEnded, read_frame
+from p2pchat.node.p2p.streams import StreamEnded, read_single_frame
 from p2pchat.node.wire.dcutr import MAX_MESSAGE_BYTES, PROTOCOL_ID, Connect, decode, encode
 
 from tests.conftest import NodeProcess
@@ -68,9 +68,7 @@ async def _both_initiate(
         await host.connect(circuit)
         with trio.fail_after(60):
             theirs = await incoming.receive()
-            assert isinstance(
-                decode(await read_frame(theirs, FrameDecoder(MAX_MESSAGE_BYTES))), Connect
-            )
+            assert isinstance(decode(await read_single_frame(theirs, MAX_MESSAGE_BYTES)), Connect)
         try:
             yield peer, host, theirs
         finally:
@@ -91,7 +89,7 @@ async def _reply(stream: INetStream) -> bytes | None:
     """The next frame on ``stream``, or None when the peer ended or reset it."""
     with trio.fail_after(30):
         try:
-            return await read_frame(stream, FrameDecoder(MAX_MESSAGE_BYTES))
+            return await read_single_frame(stream, MAX_MESSAGE_BYTES)
         except StreamEnded:
             return None
 
