@@ -16,6 +16,16 @@ def peers(lab: Topology) -> tuple[LabPeer, LabPeer]:
     return lab.peers["peer-a"], lab.peers["peer-b"]
 
 
+def met_through_the_relay(lab: Topology) -> tuple[LabPeer, LabPeer]:
+    """The two peers, once shown to have met through the relay: whoever dialled did it
+    through the other's circuit address, and the relay opened the relayed connection."""
+    a, b = peers(lab)
+    metric = "libp2p_swarm_connections_opened_total"
+    assert sum(node.metric(metric, dir="outbound", transport="p2p-circuit") for node in (a, b))
+    assert lab.metric("relay", "libp2p_relaysvc_connections_total", type="opened") >= 1
+    return a, b
+
+
 def logged_by_either(
     nodes: tuple[LabPeer, LabPeer], event: str, timeout: float = PUNCH_WAIT, **fields: Any
 ) -> tuple[LabPeer, dict[str, Any]]:

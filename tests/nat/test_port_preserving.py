@@ -18,6 +18,7 @@ from tests.nat.checks import (
     logged_by_either,
     mapped_listen_port,
     mappings,
+    met_through_the_relay,
     peers,
 )
 from tests.nat.lab import Topology
@@ -29,11 +30,7 @@ NAT = "port-preserving"
 
 
 def test_hole_punching_makes_the_relayed_connection_direct(lab: Topology) -> None:
-    a, b = peers(lab)
-    # They met through the relay: whoever dialled did it through the other's circuit address.
-    metric = "libp2p_swarm_connections_opened_total"
-    assert sum(node.metric(metric, dir="outbound", transport="p2p-circuit") for node in (a, b))
-    assert lab.metric("relay", "libp2p_relaysvc_connections_total", type="opened") >= 1
+    a, b = met_through_the_relay(lab)
 
     initiator, punched = logged_by_either((a, b), "hole punch succeeded", side="initiator")
     assert punched["side"] == "initiator"

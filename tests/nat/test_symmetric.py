@@ -14,6 +14,7 @@ from tests.nat.checks import (
     logged,
     logged_by_either,
     mapped_listen_port,
+    met_through_the_relay,
     peers,
 )
 from tests.nat.lab import Topology
@@ -23,10 +24,7 @@ NAT = "symmetric"
 
 
 def test_peers_behind_different_nats_chat_through_the_relay(lab: Topology) -> None:
-    a, b = peers(lab)
-    metric = "libp2p_swarm_connections_opened_total"
-    assert sum(node.metric(metric, dir="outbound", transport="p2p-circuit") for node in (a, b))
-    assert lab.metric("relay", "libp2p_relaysvc_connections_total", type="opened") >= 1
+    a, b = met_through_the_relay(lab)
     for node in (a, b):  # each holds a slot on the relay, found unreachable by AutoNAT
         assert node.metric("p2pchat_autorelay_reservations") == 1
     relayed = chat_over(lab, "relayed", "hello through the relay", "and back through it")
