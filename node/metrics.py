@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from p2pchat.node import __version__
 from p2pchat.node.p2p.host import ConnectionInfo
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -21,6 +21,9 @@ class NodeMetrics:
 
     def __init__(self, roles: list[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU, resident memory, open and max file descriptors, start time), as every
+        # Prometheus client exports them on its default registry, which a node does not use.
+        ProcessCollector(registry=self.registry)
         build_info = Gauge(
             "p2pchat_build_info",
             "Always 1; labels carry the version and the roles this process runs.",
