@@ -247,11 +247,13 @@ def start_node(
     terminal: bool = False,
     netns: str | None = None,
     read_output: bool = True,
+    discard_output: bool = False,
 ) -> NodeProcess:
     """Start ``p2pchat`` with loopback-only listeners and JSON logs; wait until it is ready.
 
     With --json, stdout is read into :attr:`NodeProcess.chat_queue` unless ``read_output`` is
-    False (then nobody reads it unless the test does).
+    False (then nobody reads it unless the test does) or ``discard_output`` is True (then it
+    goes to /dev/null: a benchmark's own reading must not compete with the nodes for CPU).
     """
     command = [
         *(["ip", "netns", "exec", netns] if netns else []),
@@ -275,7 +277,7 @@ def start_node(
     proc = subprocess.Popen(
         command,
         stdin=slave if terminal else subprocess.PIPE if interactive else subprocess.DEVNULL,
-        stdout=slave if terminal else subprocess.PIPE,
+        stdout=slave if terminal else subprocess.DEVNULL if discard_output else subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         # No cursor-position requests: the test's terminal does not answer them.
@@ -313,7 +315,7 @@ def start_node(
             node.chat_queue.put(json.loads(line))
 
     threading.Thread(target=pump_stderr, daemon=True).start()
-    if interactive and read_output:
+    if interactive and read_output and not discard_output:
         threading.Thread(target=pump_stdout, daemon=True).start()
     if wait_ready:
         node.ready = node.wait_for("node ready")

@@ -116,10 +116,17 @@ def relayed_latency() -> dict[str, Any]:
                     # On loopback A would dial B directly: keep the pair on the relay.
                     P2PCHAT_HOLEPUNCH__ENABLED="false",
                 ),
+                read_output=False,  # read and timed by deliver()
             )
             nodes.append(a)
             circuit = tcp_circuit(a, relay)
-            b = start_node(base / "b", "--json", "--bootstrap", f"{circuit}/p2p/{a.peer_id}")
+            b = start_node(
+                base / "b",
+                "--json",
+                "--bootstrap",
+                f"{circuit}/p2p/{a.peer_id}",
+                discard_output=True,
+            )
             nodes.append(b)
             deadline = time.monotonic() + 60
             while a.metric("p2pchat_room_peers") < 1 or b.metric("p2pchat_room_peers") < 1:
