@@ -5,7 +5,8 @@ The peer that *received* a relayed connection (it holds a relay reservation beca
 cannot dial it) is the initiator. Once identify has brought the other side's addresses and
 protocols, it
 
-1. dials the addresses the peer advertises, in case one is reachable (a "direct dial");
+1. dials the public (or loopback) addresses the peer advertises, in case one is reachable (a
+   "direct dial"; its private LAN addresses are skipped, as go-libp2p does);
 2. otherwise opens a ``/libp2p/dcutr`` stream over the relayed connection and, up to
    :data:`MAX_ATTEMPTS` times on that stream, sends CONNECT with its own addresses and times
    the peer's CONNECT answer as the round trip, sends SYNC, waits half the round trip and dials
@@ -48,6 +49,7 @@ from p2pchat.node.p2p.direct import (
     own_punch_addrs,
     peer_tcp_addrs,
     tcp_addrs,
+    worth_a_direct_dial,
 )
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.p2p.streams import StreamEnded, close_quietly, read_single_frame, reset_quietly
@@ -180,7 +182,7 @@ class HolePunch:
         return False
 
     async def _direct_dial(self, peer: str) -> bool:
-        addrs = peer_tcp_addrs(self._host, peer)
+        addrs = worth_a_direct_dial(peer_tcp_addrs(self._host, peer))
         if not addrs:
             return False
         reached = await dial_direct(self._host, peer, addrs, punch=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from p2pchat.node.p2p.direct import MAX_PUNCH_ADDRS, punch_addrs, tcp_addrs
+from p2pchat.node.p2p.direct import MAX_PUNCH_ADDRS, punch_addrs, tcp_addrs, worth_a_direct_dial
 from p2pchat.node.wire import dcutr_pb2
 from p2pchat.node.wire.dcutr import (
     MAX_ADDRS,
@@ -69,6 +69,24 @@ def test_tcp_addrs_keep_plain_dialable_tcp_only() -> None:
             "/ip6/::1/tcp/4002",
         ]
     ) == ["/ip4/10.0.0.1/tcp/4001", "/ip6/::1/tcp/4002"]
+
+
+def test_only_public_and_loopback_addresses_are_dialled_before_a_punch() -> None:
+    # A NATed peer's LAN addresses lead nowhere from another network (or to one of our own
+    # LAN's hosts): go-libp2p skips them; loopback is a peer on this host.
+    assert worth_a_direct_dial(
+        [
+            "/ip4/192.168.1.7/tcp/4001",
+            "/ip4/10.0.0.1/tcp/4001",
+            "/ip4/100.64.0.9/tcp/4001",  # carrier-grade NAT space
+            "/ip4/203.0.113.5/tcp/4001",  # documentation range: not global either
+            "/ip4/127.0.0.1/tcp/4002",
+            "/ip4/8.8.8.8/tcp/4001/p2p/12D3KooWabc",
+            "/ip6/fd00::1/tcp/4001",
+            "/ip6/2606:4700::1/tcp/4001",
+            "/ip4/8.8.8.8/tcp/4001/ws",
+        ]
+    ) == ["/ip4/127.0.0.1/tcp/4002", "/ip4/8.8.8.8/tcp/4001", "/ip6/2606:4700::1/tcp/4001"]
 
 
 def test_punch_addrs_predict_the_nat_mapping_of_the_listen_port() -> None:

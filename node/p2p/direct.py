@@ -68,6 +68,20 @@ def tcp_addrs(addrs: Iterable[str]) -> list[str]:
     return result
 
 
+def worth_a_direct_dial(addrs: Iterable[str]) -> list[str]:
+    """The TCP addresses among ``addrs`` worth dialling before a hole punch: public ones (as
+    go-libp2p does) and loopback ones (a peer on this host). A peer behind NAT advertises its
+    private LAN addresses; dialled from another network they lead nowhere (the dial waits out
+    its timeout when no "unreachable" comes back) or, worse, to some other host that happens to
+    have that address on our own LAN."""
+    chosen = []
+    for addr in tcp_addrs(addrs):
+        endpoint = _tcp_endpoint(addr)
+        if endpoint is not None and (endpoint[1].is_global or endpoint[1].is_loopback):
+            chosen.append(addr)
+    return chosen
+
+
 def punch_addrs(
     observed: Sequence[str], listen: Sequence[str], advertised: Sequence[str]
 ) -> list[str]:
