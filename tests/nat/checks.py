@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.nat.lab import PEERS, PUBLIC, ROUTERS, LabPeer, Topology, probe
+from tests.nat.lab import PEERS, PUBLIC, ROUTERS, LabPeer, Topology, conntrack, probe
 from tests.test_autorelay import chat_both_ways, connection_kind
 
 PUNCH_WAIT = 120.0  # identify, a direct dial, three rounds of up to 5 s, on a loaded machine
@@ -68,7 +68,7 @@ def mappings(lab: Topology, router: str, peer: str) -> list[tuple[int, int]]:
     other = next(r for r in ROUTERS if r != router)
     inside = f"src={lab.ip(peer)} dst={lab.ip(other)} "
     found = []
-    for entry in lab.exec(router, "cat", "/proc/net/nf_conntrack").splitlines():
+    for entry in conntrack(lab, router):
         if " tcp " not in entry or inside not in entry:
             continue
         # The original direction's ports come first (the LAN side), the reply's last: its
@@ -100,7 +100,7 @@ def mapped_listen_port(lab: Topology, peer: str, router: str) -> int:
         "    pass\n"
     )
     lab.exec(peer, "python3", "-c", code)
-    for entry in lab.exec(router, "cat", "/proc/net/nf_conntrack").splitlines():
+    for entry in conntrack(lab, router):
         if f"dst={lab.ip(other)} sport={port} dport={target} " in entry:
             return int([part[6:] for part in entry.split() if part.startswith("dport=")][-1])
     raise AssertionError(f"{router} tracks no dial from {peer}:{port}")

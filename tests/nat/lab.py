@@ -477,23 +477,8 @@ class LabPeer:
                 if isinstance(entry, dict):
                     self.log.append(entry)
 
-    def drain_events(self) -> list[dict[str, Any]]:
-        while True:
-            try:
-                self.chat.append(self.chat_queue.get_nowait())
-            except queue.Empty:
-                return self.chat
-
     def metric(self, name: str, **labels: str) -> float:
         return self.lab.metric(self.service, name, **labels)
-
-    def http_get(self, path: str) -> tuple[int, str]:
-        url = f"http://{self.ip}:{METRICS_PORT}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
 
 
 def probe(lab: Topology, source: str, targets: Iterable[tuple[str, int]]) -> dict[str, str]:
