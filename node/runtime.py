@@ -1,9 +1,11 @@
 """The node: owns the host, the store, the metrics endpoint and the roles, in one nursery.
 
-Lifecycle: open the store, start the operator endpoint, bind the listeners, start every role
-(each reports ``started``), then the node is ready: ``/readyz`` turns 200 and a ``node ready``
-log line lists the bound addresses. SIGINT or SIGTERM cancels everything; the store is closed
-last. A watchdog ends the process if shutdown takes longer than :data:`SHUTDOWN_GRACE` seconds.
+Lifecycle: open the store, start the operator endpoint and the host, start every role (each
+reports ``started``), bind the listeners (only now: a peer that connects must find every
+protocol served), dial bootstrap peers and start discovery; then the node is ready:
+``/readyz`` turns 200 and a ``node ready`` log line lists the bound addresses. SIGINT or
+SIGTERM cancels everything; the store is closed last. A watchdog ends the process if shutdown
+takes longer than :data:`SHUTDOWN_GRACE` seconds.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
             if config.metrics.enabled:
                 app = make_app(metrics.render, CONTENT_TYPE, lambda: readiness.ready)
                 metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
-            async with host.run():
+            # Listening waits until every role has installed its protocol handlers (trap 25).
+            async with host.run(listen=False):
                 connector = DiscoveryConnector(host, config.discovery.max_peers, log)
                 rendezvous = None
                 async with trio.open_nursery() as roles_nursery:
@@ -178,6 +181,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     )
                     for role in roles:
                         await roles_nursery.start(role.run, context)
+                    await host.listen()
                     if config.discovery.mdns or config.dht.enabled:
                         roles_nursery.start_soon(connector.run)
                     if config.discovery.mdns:

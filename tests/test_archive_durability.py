@@ -62,8 +62,9 @@ def wait_ingesting(publisher: NodeProcess, archiver: NodeProcess, trial: int) ->
     probe = 0
     while archiver.metric("p2pchat_archive_inserted_total") < 1:
         if time.monotonic() >= deadline:
-            # Seen once in CI (seed 643404, trial 1), not reproduced: the logs tell what the
-            # two sides' pubsub did after the restart.
+            # Seen once in CI (seed 643404, trial 1): the publisher had redialled the archiver
+            # while it was starting (tests/test_startup_order.py). The logs tell the two sides'
+            # story if it happens again.
             raise AssertionError(
                 "the archiver never received a message\n--- publisher ---\n"
                 + "".join(publisher.raw_stderr[-60:])

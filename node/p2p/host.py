@@ -30,7 +30,13 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     established inbound connections (and 10,000 streams) whatever ``max_connections`` says,
     and whose circuit breaker refuses every connection for 60 s after 5 failures -> the host
     gets one sized from ``node.max_connections``, without the breaker
-    (:func:`_resource_manager`).
+    (:func:`_resource_manager`);
+25. (not in the notes) identify answers with the protocols that have handlers at that moment,
+    and a peer keeps that list for the whole connection (nothing is pushed when a handler is
+    added later): a peer that connected while a node was starting never saw the roles'
+    protocols (catch-up, AutoRelay, hole punching and the DHT choose peers by them) ->
+    :meth:`P2PHost.run` can start without listening, and the node listens (:meth:`P2PHost.listen`)
+    once its roles are installed.
 
 Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
 AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
@@ -409,21 +415,38 @@ class P2PHost:
         return self._host
 
     @asynccontextmanager
-    async def run(self) -> AsyncIterator[None]:
-        """Listen on every configured address; leave stops listeners and closes connections.
+    async def run(self, *, listen: bool = True) -> AsyncIterator[None]:
+        """Run the host, and listen on every configured address unless ``listen`` is False
+        (then :meth:`listen` opens the listeners later); leave stops listeners and closes
+        connections.
+
+        A node starts with ``listen=False`` and listens once every protocol it serves has its
+        handler (trap 25): a peer that connected earlier would be told an incomplete protocol
+        list by identify and keep it for the whole connection.
 
         Raises:
-            StartupError: a listen address could not be bound.
+            StartupError: a fixed listen port is already taken, or (with ``listen``) an address
+                could not be bound.
         """
         _ensure_ports_free(self._listen)
-        async with self._host.run(self._listen):
-            missing = _unbound(self._listen, self._host.get_transport_addrs())
-            if missing:
-                raise StartupError(
-                    f"cannot listen on {', '.join(missing)} (address in use, or not an address "
-                    "of this machine)"
-                )
+        async with self._host.run([]):
+            if listen:
+                await self.listen()
             yield
+
+    async def listen(self) -> None:
+        """Open a listener on every configured address (once, inside :meth:`run`).
+
+        Raises:
+            StartupError: an address could not be bound.
+        """
+        await self._host.get_network().listen(*self._listen)
+        missing = _unbound(self._listen, self._host.get_transport_addrs())
+        if missing:
+            raise StartupError(
+                f"cannot listen on {', '.join(missing)} (address in use, or not an address "
+                "of this machine)"
+            )
 
     def listen_addrs(self) -> list[str]:
         """The bound listen addresses (without /p2p/)."""

@@ -28,7 +28,10 @@ What the library does by default, and what this module does instead:
   on; when it closes while another connection to the peer stays open (a relayed connection
   replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
   them until a write fails, then forgets the peer's subscriptions -> when a direct connection
-  to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`).
+  to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`);
+- (trap 26, not in the notes) pubsub learns of peers only from connections opened after it was
+  created: a peer already connected is never sent our subscriptions, so it never sends us a
+  message -> when the pubsub starts, every connected peer is registered, as go-libp2p does.
 
 Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
 ``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
@@ -378,6 +381,13 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             for topic in message.topicIDs[:1]:
                 self._observer.message_dropped(str(topic), "queue_full")
 
+    def add_connected_peers(self, peers: Iterable[str]) -> None:
+        """Register peers connected before this pubsub existed (trap 26), in the background
+        and with the library's retries, exactly as it registers a peer that connects now (a
+        peer it has registered meanwhile is skipped)."""
+        for peer in peers:
+            self.manager.run_task(self._handle_new_peer_with_retry, ID.from_base58(peer))
+
     async def move_to(self, peer_id: ID) -> bool:
         """Move our outbound stream to ``peer_id`` off a relayed connection, onto the best one
         the swarm now has (a direct one), keeping the messages queued for it (trap 23).
@@ -493,6 +503,7 @@ class Gossip:
             background_trio_service(self._router),
         ):
             await self._pubsub.wait_until_ready()
+            self._pubsub.add_connected_peers(self._host.connected_peers())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pubsub.process_received)
                 nursery.start_soon(self._move_streams)

@@ -1,0 +1,85 @@
+"""A starting node serves its first connection fully, and pubsub reaches peers that connected
+before it started.
+
+Seen in CI: an archiver restarted after ``kill -9`` stored nothing for a minute. Its peer had
+redialled it while it was starting, between the listener opening and the archiver role
+starting: that peer's identify answer lacked the roles' protocols (catch-up, AutoRelay and
+hole punching decide by them) and the archiver's pubsub, created later, never learned of the
+connection, so it never sent its subscriptions and was never sent a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from p2pchat.node.p2p import pubsub as p2pchat_pubsub
+from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_PROTOCOL_ID
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.history_fixtures import ROOM
+from tests.test_autorelay import dead_port
+from tests.test_host import loopback_addr, running_host, wait_until
+
+
+class _NoDrops:
+    def message_dropped(self, topic: str, reason: str) -> None:
+        raise AssertionError(f"dropped ({reason})")
+
+
+async def test_the_first_connection_to_a_starting_archiver_finds_its_protocols_and_rooms(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    archiver_id = load_or_create_identity(tmp_path / "archiver").peer_id_text
+    port = dead_port()
+    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{archiver_id}"
+    async with running_host(tmp_path / "client") as (client, _):
+        gossip = p2pchat_pubsub.Gossip(client, _NoDrops())  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gossip.run)
+            await gossip.join(ROOM, lambda data: None)
+            archiver = start_node(
+                tmp_path / "archiver",
+                "--role",
+                "archiver",
+                "--listen",
+                f"/ip4/127.0.0.1/tcp/{port}",
+                env=node_env(),
+                wait_ready=False,
+            )
+            nodes.append(archiver)
+            # Dial as soon as anything listens: the first connection the node accepts.
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        await client.connect(address)
+                        break
+                    except Exception:
+                        assert archiver.proc.poll() is None, "".join(archiver.raw_stderr)
+                        await trio.sleep(0.002)
+            await wait_until(lambda: client.peer_protocols(archiver_id))
+            assert STORE_PROTOCOL_ID in client.peer_protocols(archiver_id)
+            await wait_until(lambda: archiver_id in gossip.subscribers(ROOM))
+            nursery.cancel_scope.cancel()
+
+
+async def test_pubsub_reaches_peers_connected_before_it_started(tmp_path: Path) -> None:
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        await a_host.connect(loopback_addr(b_host))
+        a = p2pchat_pubsub.Gossip(a_host, _NoDrops())  # type: ignore[arg-type]
+        b = p2pchat_pubsub.Gossip(b_host, _NoDrops())  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.join("room", lambda data: None)
+            received = await b.join("room", lambda data: None)
+            await wait_until(lambda: a.subscribers("room") and b.subscribers("room"))
+            await a.publish("room", b"hello")
+            with trio.fail_after(20):
+                batch = await received.__anext__()
+            assert [message.data for message in batch] == [b"hello"]
+            nursery.cancel_scope.cancel()
