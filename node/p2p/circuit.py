@@ -23,7 +23,12 @@ from libp2p.abc import INetStream
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import close_quietly, read_single_frame, write_quietly
+from p2pchat.node.p2p.streams import (
+    close_quietly,
+    read_frame_exactly,
+    read_single_frame,
+    write_quietly,
+)
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -90,7 +95,9 @@ async def _hop_request(
         with trio.fail_after(RESPONSE_TIMEOUT):
             stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
             await stream.write(encode(message))
-            answer = decode_hop(await read_single_frame(stream, MAX_MESSAGE_BYTES))
+            # After a CONNECT's OK the stream is the relayed connection: its first bytes may
+            # come with the answer.
+            answer = decode_hop(await read_frame_exactly(stream, MAX_MESSAGE_BYTES))
     except Exception as error:
         if stream is not None:
             await close_quietly(stream)

@@ -35,23 +35,47 @@ async def read_frame(stream: INetStream, decoder: FrameDecoder) -> bytes:
     """
     complete = decoder.next_frame()
     while complete is None:
-        try:
-            chunk = await stream.read(READ_CHUNK)
-        except (StreamEOF, StreamReset, StreamClosed):
-            # py-libp2p ends a stream by raising, not by returning b"" as its interface says:
-            # unmapped, a client closing its history stream failed the handler with a traceback.
-            chunk = b""
-        if not chunk:
-            raise StreamEnded("the stream ended before a whole frame")
-        complete = decoder.next_frame(chunk)
+        complete = decoder.next_frame(await _read_some(stream, READ_CHUNK))
     return complete
+
+
+async def read_frame_exactly(stream: INetStream, max_frame_bytes: int) -> bytes:
+    """The frame ``stream`` carries next, read without taking a byte past it: what follows
+    belongs to the stream's next reader (a relay's STATUS OK, then the relayed connection,
+    whose first bytes may arrive with it). Costs a read per length byte.
+
+    Raises:
+        StreamEnded: the stream ended first.
+        FrameError: a malformed or oversized frame.
+    """
+    decoder = FrameDecoder(max_frame_bytes)
+    complete = None
+    while complete is None:
+        complete = decoder.next_frame(await _read_some(stream, decoder.bytes_wanted))
+    return complete
+
+
+async def _read_some(stream: INetStream, n: int) -> bytes:
+    """1 to ``n`` bytes of ``stream``.
+
+    Raises:
+        StreamEnded: the stream has ended.
+    """
+    try:
+        chunk: bytes = await stream.read(n)
+    except (StreamEOF, StreamReset, StreamClosed):
+        # py-libp2p ends a stream by raising, not by returning b"" as its interface says:
+        # unmapped, a client closing its history stream failed the handler with a traceback.
+        chunk = b""
+    if not chunk:
+        raise StreamEnded("the stream ended before a whole frame")
+    return chunk
 
 
 async def read_single_frame(stream: INetStream, max_frame_bytes: int) -> bytes:
     """The one frame ``stream`` carries next where nothing may follow it unasked: a message
-    answered before the peer may speak again, or one after which the stream carries other
-    bytes (a relay's STATUS, then the relayed connection). Bytes seen past it are an error,
-    never silently dropped.
+    answered before the peer may speak again. Bytes seen past it are an error, never silently
+    dropped. (A frame that other bytes may follow at once: :func:`read_frame_exactly`.)
 
     Raises:
         StreamEnded: the stream ended first.

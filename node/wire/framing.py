@@ -17,6 +17,10 @@ class FrameError(ValueError):
     """Bytes that cannot be a valid frame (over-long varint, or a frame over the limit)."""
 
 
+class FrameTooLarge(FrameError):
+    """A frame announced over the decoder's limit."""
+
+
 def frame(payload: bytes) -> bytes:
     """``payload`` with its varint length prefix."""
     return encode_uvarint(len(payload)) + payload
@@ -61,6 +65,21 @@ class FrameDecoder:
         """Bytes received but not yet returned as a frame."""
         return len(self._buffer)
 
+    @property
+    def bytes_wanted(self) -> int:
+        """How many more bytes the next frame needs: exactly what completes it once its length
+        is known (0 if it is complete), else 1 (its length is still arriving). A reader that
+        never asks for more never takes a byte past the frame.
+
+        Raises:
+            FrameError: the length buffered so far is over the limit or malformed.
+        """
+        header = self._read_length()
+        if header is None:
+            return 1
+        length, header_bytes = header
+        return max(header_bytes + length - len(self._buffer), 0)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every frame now complete, in order.
 
@@ -98,7 +117,7 @@ class FrameDecoder:
             byte = self._buffer[index]
             value |= (byte & 0x7F) << (7 * index)
             if value > self.max_frame_bytes:
-                raise FrameError(
+                raise FrameTooLarge(
                     f"frame of {value}+ bytes announced; the limit is {self.max_frame_bytes}"
                 )
             if not byte & 0x80:

@@ -20,6 +20,7 @@ from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
     close_quietly,
+    read_frame_exactly,
     read_single_frame,
     reset_quietly,
     stream_origin,
@@ -81,9 +82,10 @@ class HopServer:
             request = decode_hop(payload)
         except (FrameError, CircuitWireError, trio.TooSlowError) as error:
             status = error.status if isinstance(error, CircuitWireError) else None
-            await write_quietly(stream, encode(HopStatus(status or Status.MALFORMED_MESSAGE)))
             self._metrics.connection_rejections.labels(reason="malformed").inc()
-            await reset_quietly(stream)
+            # Closed, not reset, after the answer (as go-libp2p does): a reset may overtake
+            # the answer, and the asker's muxer then drops it unread.
+            await _finish(stream, HopStatus(status or Status.MALFORMED_MESSAGE))
             return
         if isinstance(request, Reserve):
             await self._reserve(stream)
@@ -161,7 +163,9 @@ class HopServer:
             with trio.fail_after(REQUEST_TIMEOUT):
                 destination = await self._host.new_stream(target, [STOP_PROTOCOL_ID])
                 await destination.write(encode(StopConnect(peer_id_bytes(source), self._limit)))
-                answer = decode_stop(await read_single_frame(destination, MAX_MESSAGE_BYTES))
+                # The destination may start its side of the relayed connection right after
+                # its OK, in the same read.
+                answer = decode_stop(await read_frame_exactly(destination, MAX_MESSAGE_BYTES))
         except Exception as error:  # dial, stream and decode failures all mean "failed"
             self._log.debug("stop stream failed", target=target, error=repr(error))
             return None
