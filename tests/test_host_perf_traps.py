@@ -3,7 +3,8 @@
 Each test fails on the unpatched library: a WINDOW_UPDATE per Yamux read, a signed peer record
 rebuilt for every pubsub RPC, and one re-verified for every RPC received; an RPC written per
 message; an O(n) validation cache; a task started per received message (and a failure in one
-stopping the service); our own fresh signatures verified again.
+stopping the service); our own fresh signatures verified again; a stream read per varint byte
+of a pubsub RPC; a socket receive per read of a TCP connection.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 import trio
+import trio.testing
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
+from libp2p.io.trio import TrioTCPStream
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
@@ -24,6 +29,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from p2pchat.node.p2p import pubsub as p2pchat_pubsub
+from p2pchat.node.wire.framing import encode_uvarint
 
 from tests.test_host import loopback_addr, running_host
 
@@ -357,3 +363,78 @@ async def test_the_heartbeat_stays_at_one_second_in_a_small_room(
         await trio.sleep(2.5)  # a few heartbeats
         for gossip in (room.a, room.b):
             assert gossip._router.heartbeat_interval == 1
+
+
+class _ChunkedStream:
+    """A stream whose reads return the given chunks in turn (then end), counting the reads."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.reads = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.reads += 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def _varint_framed(*payloads: bytes) -> bytes:
+    return b"".join(encode_uvarint(len(p)) + p for p in payloads)
+
+
+async def test_pubsub_rpcs_that_arrive_together_are_read_with_one_stream_read() -> None:
+    read_rpc = pubsub_module.read_varint_prefixed_bytes_limited  # what the library calls
+    rpcs = [b"a" * 10, b"b" * 300, b"c"]
+    stream = _ChunkedStream(_varint_framed(*rpcs)[:-2], _varint_framed(*rpcs)[-2:])
+    assert [await read_rpc(stream, 1 << 20) for _ in rpcs] == rpcs
+    assert stream.reads == 2  # the library read each varint byte, then each body, alone
+
+    with pytest.raises(MessageTooLarge):
+        await read_rpc(_ChunkedStream(encode_uvarint(2_000_000)), 1 << 20)
+    with pytest.raises(ParseError):
+        await read_rpc(_ChunkedStream(b"\xff" * 11), 1 << 80)
+    with pytest.raises(IncompleteReadError):
+        await read_rpc(_ChunkedStream(_varint_framed(b"cut short")[:-1]), 1 << 20)
+
+
+async def test_pubsub_reads_received_rpcs_through_our_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    ours = pubsub_module.read_varint_prefixed_bytes_limited
+
+    async def counting(stream: object, max_length: int) -> bytes:
+        calls.append(max_length)
+        return await ours(stream, max_length)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(pubsub_module, "read_varint_prefixed_bytes_limited", counting)
+    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+        await room.a.publish("room", b"through the reader")
+        assert await room.collect(lambda got: bool(got)) == [b"through the reader"]
+    assert calls  # the library still reads RPCs through the module-level name we replace
+
+
+async def test_a_tcp_stream_serves_small_reads_from_one_receive() -> None:
+    sender, receiver = trio.testing.memory_stream_pair()
+    receives = 0
+    receive_some = receiver.receive_some
+
+    async def counting(max_bytes: int | None = None) -> bytes:
+        nonlocal receives
+        receives += 1
+        return await receive_some(max_bytes)
+
+    receiver.receive_some = counting  # type: ignore[method-assign]
+    tcp = TrioTCPStream(receiver)  # type: ignore[arg-type]
+    await sender.send_all(b"\x00\x05hello\x00\x03abc")
+    # Noise's pattern: an exact read of a 2-byte length, then one of the body.
+    assert [await tcp.read(2), await tcp.read(5), await tcp.read(2), await tcp.read(3)] == [
+        b"\x00\x05",
+        b"hello",
+        b"\x00\x03",
+        b"abc",
+    ]
+    assert receives == 1  # the library: one receive per read
+    await sender.send_all(b"tail")
+    await sender.aclose()
+    assert await tcp.read(100) == b"tail"
+    assert await tcp.read(100) == b""  # the end of the stream, as the library reports it

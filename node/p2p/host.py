@@ -73,7 +73,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import yamux_window  # noqa: F401  (imported for its fix; see module)
+from p2pchat.node.p2p import tcp_reads, yamux_window  # noqa: F401  (imported for their fixes)
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity

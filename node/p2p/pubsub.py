@@ -60,6 +60,7 @@ from libp2p.pubsub.pubsub import Pubsub, ValidationResult, signature_validator
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
+from p2pchat.node.p2p import pubsub_reader  # noqa: F401  (imported for its fix; see module)
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
 
 # Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.

@@ -1,0 +1,61 @@
+"""Pubsub RPCs read from a stream in whole chunks (a py-libp2p trap not in the notes).
+
+py-libp2p reads each pubsub RPC's varint length one byte per ``stream.read(1)``, then the body
+with another read. Every read of a py-libp2p stream takes two or three trio locks, and each
+acquisition is a checkpoint that yields to the scheduler: a chat message cost a receiving peer
+about ten trips through trio's run loop (and ``epoll_wait``) before it was even parsed.
+
+Importing this module replaces the reader the library's pubsub uses: one read takes whatever
+the stream has (up to :data:`READ_CHUNK` bytes), and every RPC in it is served from a
+per-stream :class:`~p2pchat.node.wire.framing.FrameDecoder` before the stream is read again.
+Limits and errors stay the library's: an RPC announced over the limit raises
+``MessageTooLarge`` before anything is buffered, a malformed length raises ``ParseError``, and
+the end of the stream raises what the stream raises. Re-check on every library upgrade
+(``tests/test_host_perf_traps.py`` fails if the library stops calling the reader).
+"""
+
+from __future__ import annotations
+
+from weakref import WeakKeyDictionary
+
+from libp2p.abc import INetStream
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
+from libp2p.pubsub import pubsub as libp2p_pubsub_module
+from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge
+
+READ_CHUNK = 64 * 1024
+
+_decoders: WeakKeyDictionary[INetStream, FrameDecoder] = WeakKeyDictionary()
+
+
+async def read_rpc(stream: INetStream, max_length: int) -> bytes:
+    """The next varint-prefixed RPC of ``stream``, of at most ``max_length`` bytes.
+
+    Raises:
+        MessageTooLarge: the RPC is announced over ``max_length``.
+        ParseError: a malformed length prefix.
+        IncompleteReadError: the stream ended inside an RPC (or returned no bytes).
+    """
+    decoder = _decoders.get(stream)
+    if decoder is None:
+        decoder = _decoders[stream] = FrameDecoder(max_length)
+    try:
+        complete = decoder.next_frame()
+        while complete is None:
+            chunk = await stream.read(READ_CHUNK)
+            if not chunk:
+                raise IncompleteReadError(
+                    "stream ended inside a pubsub RPC",
+                    expected_bytes=1,
+                    received_bytes=0,
+                )
+            complete = decoder.next_frame(chunk)
+    except FrameTooLarge as error:
+        raise MessageTooLarge(str(error)) from error
+    except FrameError as error:
+        raise ParseError(str(error)) from error
+    return complete
+
+
+libp2p_pubsub_module.read_varint_prefixed_bytes_limited = read_rpc

@@ -1,0 +1,48 @@
+"""TCP connections read in chunks (a py-libp2p trap not in the notes).
+
+Noise reads each message as two exact reads of the TCP stream (its 2-byte length, then its
+body), and py-libp2p's TCP stream passes each read to the socket as asked: two ``recv`` calls
+per message, each behind a trio lock, so four trips through trio's run loop before one chat
+message is decrypted, and a fifth ``recv`` that finds nothing.
+
+Importing this module wraps ``TrioTCPStream.read``: a read the stream's buffer can answer is
+answered from it, without a system call or a lock; otherwise one library read asks the socket
+for up to :data:`READ_CHUNK` bytes (at least what was asked) and keeps what is left over, in
+order, for the next reads. Nothing else reads the socket behind the stream, so callers see the
+same bytes; end of stream and errors are the library's own. Re-check on every library upgrade
+(``tests/test_host_perf_traps.py``).
+"""
+
+from __future__ import annotations
+
+from libp2p.io.trio import TrioTCPStream
+
+READ_CHUNK = 64 * 1024
+
+_library_read = TrioTCPStream.read
+
+
+async def _read_in_chunks(self: TrioTCPStream, n: int | None = None) -> bytes:
+    """Up to ``n`` bytes (all that is buffered or arrives in one receive, if None)."""
+    buffer: bytearray | None = getattr(self, "_p2pchat_unread", None)
+    if buffer:
+        if n is None or n >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:n])
+            del buffer[:n]
+        return data
+    if n is not None and n <= 0:
+        return b""
+    chunk: bytes = await _library_read(self, max(n or 0, READ_CHUNK))
+    if n is None or len(chunk) <= n:
+        return chunk
+    if buffer is None:
+        buffer = bytearray()
+        self._p2pchat_unread = buffer
+    buffer += memoryview(chunk)[n:]
+    return chunk[:n]
+
+
+TrioTCPStream.read = _read_in_chunks
