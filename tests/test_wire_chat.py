@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import random
+import unicodedata
 
 import pytest
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import (
+    _BIDI_CONTROLS,
     ChatText,
     NameAnnouncement,
     WireError,
@@ -17,6 +19,7 @@ from p2pchat.node.wire.chat import (
     validate_name,
     validate_room,
 )
+from p2pchat.node.wire.chat import _unsafe_in_text as unsafe_in_text
 
 ID = bytes(range(16))
 TEXT = ChatText(
@@ -137,3 +140,12 @@ def test_texts_allow_emoji_sequences_but_not_terminal_tricks() -> None:
     assert decode(with_text(text="new emoji \U0001fae8"), max_text_bytes=4096)
     for bad in ("\x1b[31mred", "bell\x07", "abc\u202edcba", "x\u2066y\u2069", "cr\rlf"):
         assert reason_of(with_text(text=bad)) == "invalid", bad
+
+
+def test_the_text_check_refuses_exactly_controls_surrogates_and_bidi_overrides() -> None:
+    # The check is one regex; this is its definition by Unicode category, over every code point.
+    for code in range(0x110000):
+        ch = chr(code)
+        category = unicodedata.category(ch)
+        unsafe = (category == "Cc" and ch not in "\n\t") or category == "Cs" or ch in _BIDI_CONTROLS
+        assert unsafe_in_text(f"a{ch}b") == unsafe, hex(code)
