@@ -5,7 +5,7 @@ Front ends (console, ``--json``, headless) only render these; they never reach i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -81,6 +81,17 @@ _TYPES: dict[type, str] = {
 }
 
 
+# Events whose fields are all scalars are read field by field: ``asdict`` recurses into and
+# copies every value, and a chat message's JSON line is written for every message received.
+_FLAT_FIELDS: dict[type, tuple[str, ...]] = {
+    kind: tuple(f.name for f in fields(kind))
+    for kind in (MessageEvent, PeerEvent, NoticeEvent, ErrorEvent)
+}
+
+
 def to_json_object(event: ChatEvent) -> dict[str, Any]:
     """The event as one JSON object: ``{"type": ..., **fields}``."""
+    names = _FLAT_FIELDS.get(type(event))
+    if names is not None:
+        return {"type": _TYPES[type(event)], **{name: getattr(event, name) for name in names}}
     return {"type": _TYPES[type(event)], **asdict(event)}
