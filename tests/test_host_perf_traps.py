@@ -438,3 +438,13 @@ async def test_a_tcp_stream_serves_small_reads_from_one_receive() -> None:
     await sender.aclose()
     assert await tcp.read(100) == b"tail"
     assert await tcp.read(100) == b""  # the end of the stream, as the library reports it
+
+
+async def test_no_timestamp_is_kept_per_message_published_or_forwarded(tmp_path: Path) -> None:
+    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+        for n in range(50):
+            await room.a.publish("room", b"m%d" % n)
+        assert len(await room.collect(lambda got: len(got) >= 50)) == 50
+        for gossip in (room.a, room.b):  # the publisher, and the receiver that forwarded
+            kept = gossip._router.recent_message_deliveries
+            assert sum(len(times) for times in kept.values()) == 0  # the library: 50 each

@@ -31,7 +31,10 @@ What the library does by default, and what this module does instead:
   to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`);
 - (trap 26, not in the notes) pubsub learns of peers only from connections opened after it was
   created: a peer already connected is never sent our subscriptions, so it never sends us a
-  message -> when the pubsub starts, every connected peer is registered, as go-libp2p does.
+  message -> when the pubsub starts, every connected peer is registered, as go-libp2p does;
+- (trap 27, not in the notes) with adaptive gossip off, the time of every message published
+  or forwarded is kept forever (only the health check trims that list) -> dropped after each
+  publish (:class:`_ChatGossipSub`).
 
 Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
 ``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
@@ -448,11 +451,16 @@ IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
 
 
 class _ChatGossipSub(GossipSub):  # type: ignore[misc]
-    """GossipSub that sends IDONTWANT only for messages of at least :data:`IDONTWANT_MIN_BYTES`.
+    """GossipSub that sends IDONTWANT only for messages of at least :data:`IDONTWANT_MIN_BYTES`,
+    and that does not keep a timestamp of every message forever.
 
     py-libp2p sends an IDONTWANT control message to every v1.2 mesh peer for every message it
     publishes or forwards, however small, its own included. For chat-sized messages that costs
     more than the duplicate it might save; go-libp2p skips messages under 1 KiB.
+
+    It also appends the time of every message published or forwarded to a per-topic list that
+    only adaptive gossip's health check trims; with adaptive gossip off (see the module's
+    notes) the list grew by one float per message for the life of the process (trap 27).
     """
 
     _idontwant_worthy = True
@@ -462,6 +470,7 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         # cannot be changed by another task before it is read.
         self._idontwant_worthy = pubsub_msg.ByteSize() >= IDONTWANT_MIN_BYTES
         await super().publish(msg_forwarder, pubsub_msg)
+        self.recent_message_deliveries.clear()  # read by adaptive gossip only, which is off
 
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
         if self._idontwant_worthy:
