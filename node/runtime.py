@@ -40,10 +40,6 @@ from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
 
 SHUTDOWN_GRACE = 4.0
-# The collector's youngest generation is examined after 700 allocations by default: every
-# message or two under chat load. A young generation of 20,000 objects holds a few MB at most,
-# and cut a chat peer's CPU per message by a few percent in the paced benchmark.
-GC_THRESHOLDS = (20_000, 50, 100)
 
 
 @dataclass
@@ -206,7 +202,6 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     # as long as the process: keep it out of the collector's full passes, each
                     # of which took 25-75 ms of loop time over those objects.
                     gc.freeze()
-                    gc.set_threshold(*GC_THRESHOLDS)
                     readiness.ready = True
                     metrics.ready.set(1)
                     log.info(

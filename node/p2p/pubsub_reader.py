@@ -10,14 +10,18 @@ the stream has (up to :data:`READ_CHUNK` bytes), and every RPC in it is served f
 per-stream :class:`~p2pchat.node.wire.framing.FrameDecoder` before the stream is read again.
 Limits and errors stay the library's: an RPC announced over the limit raises
 ``MessageTooLarge`` before anything is buffered, a malformed length raises ``ParseError``, and
-the end of the stream raises what the stream raises. Re-check on every library upgrade
-(``tests/test_host_perf_traps.py`` fails if the library stops calling the reader).
+the end of the stream raises what the stream raises. An RPC served from the buffer is still a
+checkpoint, as a stream read is: handed over back to back, a burst's RPCs reached the
+processing task in one late heap instead of flowing (see :mod:`p2pchat.node.p2p.tcp_reads`).
+Re-check on every library upgrade (``tests/test_host_perf_traps.py`` fails if the library stops
+calling the reader).
 """
 
 from __future__ import annotations
 
 from weakref import WeakKeyDictionary
 
+import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import ParseError
 from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
@@ -42,6 +46,9 @@ async def read_rpc(stream: INetStream, max_length: int) -> bytes:
         decoder = _decoders[stream] = FrameDecoder(max_length)
     try:
         complete = decoder.next_frame()
+        if complete is not None:
+            await trio.lowlevel.checkpoint()  # buffered: no read, but still a checkpoint
+            return complete
         while complete is None:
             chunk = await stream.read(READ_CHUNK)
             if not chunk:
