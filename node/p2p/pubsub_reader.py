@@ -1,9 +1,9 @@
 """Pubsub RPCs read from a stream in whole chunks (a py-libp2p trap not in the notes).
 
 py-libp2p reads each pubsub RPC's varint length one byte per ``stream.read(1)``, then the body
-with another read. Every read of a py-libp2p stream takes two or three trio locks, and each
-acquisition is a checkpoint that yields to the scheduler: a chat message cost a receiving peer
-about ten trips through trio's run loop (and ``epoll_wait``) before it was even parsed.
+with another read. Every read of a py-libp2p stream goes through the stream, Yamux and its
+window bookkeeping and takes two or three trio locks, each a trip through trio's run loop: a
+chat message cost a receiving peer three reads and about ten trips before it was parsed.
 
 Importing this module replaces the reader the library's pubsub uses: one read takes whatever
 the stream has (up to :data:`READ_CHUNK` bytes), and every RPC in it is served from a

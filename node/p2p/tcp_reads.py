@@ -2,8 +2,8 @@
 
 Noise reads each message as two exact reads of the TCP stream (its 2-byte length, then its
 body), and py-libp2p's TCP stream passes each read to the socket as asked: two ``recv`` calls
-per message, each behind a trio lock, so four trips through trio's run loop before one chat
-message is decrypted, and a fifth ``recv`` that finds nothing.
+per message, each behind a trio lock (two trips through trio's run loop per read), and a third
+``recv`` that finds nothing.
 
 Importing this module wraps ``TrioTCPStream.read``: a read the stream's buffer can answer is
 answered from it, without a system call or a lock; otherwise one library read asks the socket
