@@ -8,7 +8,7 @@ runs as a child of the node's nursery. Roles never import each other.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import structlog
@@ -35,14 +35,18 @@ class NodeContext:
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
     relays: Callable[[], list[str]] = list  # relays holding a reservation for this node
+    # Set once the node listens, after every role has started: what a role shows its user
+    # (addresses, a "ready" line) waits for it.
+    listening: trio.Event = field(default_factory=trio.Event)
 
 
 class Role(Protocol):
     """A role of the node.
 
     ``run`` registers the role's protocol handlers, calls ``task_status.started()`` once it
-    serves, then runs until cancelled. It must not return early unless it has nothing left to do,
-    and must leave nothing running when cancelled (structured concurrency).
+    serves, then runs until cancelled. The node opens its listeners only after every role has
+    started (``ctx.listening`` is set then). It must not return early unless it has nothing
+    left to do, and must leave nothing running when cancelled (structured concurrency).
     """
 
     name: ClassVar[str]

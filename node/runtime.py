@@ -182,6 +182,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     for role in roles:
                         await roles_nursery.start(role.run, context)
                     await host.listen()
+                    context.listening.set()
                     if config.discovery.mdns or config.dht.enabled:
                         roles_nursery.start_soon(connector.run)
                     if config.discovery.mdns:

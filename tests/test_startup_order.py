@@ -83,3 +83,14 @@ async def test_pubsub_reaches_peers_connected_before_it_started(tmp_path: Path) 
                 batch = await received.__anext__()
             assert [message.data for message in batch] == [b"hello"]
             nursery.cancel_scope.cancel()
+
+
+def test_a_peer_answers_commands_only_once_it_listens(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A script that asks right away must not be told an empty address list.
+    peer = start_node(tmp_path / "peer", "--json", env=node_env(), wait_ready=False)
+    nodes.append(peer)
+    peer.say("/info")
+    info = peer.next_event(lambda event: event.get("command") == "info")
+    assert info["data"]["listen"] and info["data"]["advertised"]

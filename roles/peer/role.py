@@ -99,6 +99,9 @@ class PeerRole:
             await nursery.start(service.run)
             ctx.log.info("peer role started", room=service.current_room, ui=ui)
             task_status.started()
+            # The front end answers commands (/info shows the listen addresses) and says
+            # "ready" only once the node listens.
+            await ctx.listening.wait()
             if ui == "none":
                 await run_headless(receive, ctx.log)
                 return
