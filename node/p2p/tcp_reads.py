@@ -26,7 +26,12 @@ _library_read = TrioTCPStream.read
 
 
 async def _read_in_chunks(self: TrioTCPStream, n: int | None = None) -> bytes:
-    """Up to ``n`` bytes (all that is buffered or arrives in one receive, if None)."""
+    """Up to ``n`` bytes (all that is buffered or arrives in one receive, if None or
+    negative: libp2p readers use -1 for "what there is")."""
+    if n == 0:
+        return b""
+    if n is not None and n < 0:
+        n = None
     buffer: bytearray | None = getattr(self, "_p2pchat_unread", None)
     if buffer:
         if n is None or n >= len(buffer):
@@ -37,8 +42,6 @@ async def _read_in_chunks(self: TrioTCPStream, n: int | None = None) -> bytes:
             del buffer[:n]
         await trio.lowlevel.checkpoint()
         return data
-    if n is not None and n <= 0:
-        return b""
     chunk: bytes = await _library_read(self, max(n or 0, READ_CHUNK))
     if n is None or len(chunk) <= n:
         return chunk
