@@ -29,7 +29,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from p2pchat.node.p2p import pubsub as p2pchat_pubsub
-from p2pchat.node.wire.framing import encode_uvarint
+from p2pchat.node.wire.framing import encode_uvarint, frame
 
 from tests.test_host import loopback_addr, running_host
 
@@ -155,7 +155,7 @@ async def test_yamux_still_moves_more_than_a_window(tmp_path: Path) -> None:
     assert received == total
 
 
-class _NoDrops:
+class NoDrops:
     def message_dropped(self, topic: str, reason: str) -> None:
         raise AssertionError(f"unexpected drop: {reason}")
 
@@ -212,7 +212,7 @@ async def test_idontwant_only_for_messages_of_a_kilobyte_or_more(
         await original(self, msg_id, topic_ids)
 
     monkeypatch.setattr(gossipsub_module.GossipSub, "_emit_idontwant_for_message", recording)
-    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+    async with _room(tmp_path, NoDrops(), NoDrops()) as room:
         await room.a.publish("room", b"small")
         await room.a.publish("room", b"L" * 2048)
         got = await room.collect(lambda got: len(got) >= 2)
@@ -358,7 +358,7 @@ async def test_the_heartbeat_stays_at_one_second_in_a_small_room(
     clock = SimpleNamespace(**vars(time))
     clock.time = lambda: time.time() + offset[0]
     monkeypatch.setattr(gossipsub_module, "time", clock)
-    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+    async with _room(tmp_path, NoDrops(), NoDrops()) as room:
         offset[0] = 31.0  # the library's first health update is due at the next heartbeat
         await trio.sleep(2.5)  # a few heartbeats
         for gossip in (room.a, room.b):
@@ -378,7 +378,7 @@ class _ChunkedStream:
 
 
 def _varint_framed(*payloads: bytes) -> bytes:
-    return b"".join(encode_uvarint(len(p)) + p for p in payloads)
+    return b"".join(map(frame, payloads))
 
 
 async def test_pubsub_rpcs_that_arrive_together_are_read_with_one_stream_read() -> None:
@@ -410,7 +410,7 @@ async def test_pubsub_reads_received_rpcs_through_our_reader(
         return await ours(stream, max_length)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(pubsub_module, "read_varint_prefixed_bytes_limited", counting)
-    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+    async with _room(tmp_path, NoDrops(), NoDrops()) as room:
         await room.a.publish("room", b"through the reader")
         assert await room.collect(lambda got: bool(got)) == [b"through the reader"]
     assert calls  # the library still reads RPCs through the module-level name we replace
@@ -438,6 +438,8 @@ async def test_a_tcp_stream_serves_small_reads_from_one_receive() -> None:
     with trio.testing.assert_checkpoints():  # from the buffer, but a checkpoint as before
         assert await tcp.read(3) == b"abc"
     assert receives == 1  # the library: one receive per read
+    await sender.send_all(b"more")
+    assert await tcp.read(-1) == b"more"  # -1: what there is, not an end of stream
     await sender.send_all(b"tail")
     await sender.aclose()
     assert await tcp.read(100) == b"tail"
@@ -445,7 +447,7 @@ async def test_a_tcp_stream_serves_small_reads_from_one_receive() -> None:
 
 
 async def test_no_timestamp_is_kept_per_message_published_or_forwarded(tmp_path: Path) -> None:
-    async with _room(tmp_path, _NoDrops(), _NoDrops()) as room:
+    async with _room(tmp_path, NoDrops(), NoDrops()) as room:
         for n in range(50):
             await room.a.publish("room", b"m%d" % n)
         assert len(await room.collect(lambda got: len(got) >= 50)) == 50

@@ -21,11 +21,7 @@ from tests.conftest import NodeProcess, node_env, start_node
 from tests.history_fixtures import ROOM
 from tests.test_autorelay import dead_port
 from tests.test_host import loopback_addr, running_host, wait_until
-
-
-class _NoDrops:
-    def message_dropped(self, topic: str, reason: str) -> None:
-        raise AssertionError(f"dropped ({reason})")
+from tests.test_host_perf_traps import NoDrops
 
 
 async def test_the_first_connection_to_a_starting_archiver_finds_its_protocols_and_rooms(
@@ -35,7 +31,7 @@ async def test_the_first_connection_to_a_starting_archiver_finds_its_protocols_a
     port = dead_port()
     address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{archiver_id}"
     async with running_host(tmp_path / "client") as (client, _):
-        gossip = p2pchat_pubsub.Gossip(client, _NoDrops())  # type: ignore[arg-type]
+        gossip = p2pchat_pubsub.Gossip(client, NoDrops())  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             await nursery.start(gossip.run)
             await gossip.join(ROOM, lambda data: None)
@@ -70,8 +66,8 @@ async def test_pubsub_reaches_peers_connected_before_it_started(tmp_path: Path) 
         running_host(tmp_path / "b") as (b_host, _),
     ):
         await a_host.connect(loopback_addr(b_host))
-        a = p2pchat_pubsub.Gossip(a_host, _NoDrops())  # type: ignore[arg-type]
-        b = p2pchat_pubsub.Gossip(b_host, _NoDrops())  # type: ignore[arg-type]
+        a = p2pchat_pubsub.Gossip(a_host, NoDrops())  # type: ignore[arg-type]
+        b = p2pchat_pubsub.Gossip(b_host, NoDrops())  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             await nursery.start(a.run)
             await nursery.start(b.run)
