@@ -287,13 +287,13 @@ async def test_received_messages_are_handled_in_order_by_one_worker_not_a_task_e
 
     monkeypatch.setattr(TrioManager, "run_task", recording)
     verified: list[bytes] = []
-    verify = p2pchat_pubsub.signature_validator
+    verify = p2pchat_pubsub.has_valid_signature
 
     def counting_verify(message: rpc_pb2.Message) -> bool:
         verified.append(bytes(message.data))
         return bool(verify(message))
 
-    monkeypatch.setattr(p2pchat_pubsub, "signature_validator", counting_verify)
+    monkeypatch.setattr(p2pchat_pubsub, "has_valid_signature", counting_verify)
     drops = _Drops()
     total = 500
     batches = 0

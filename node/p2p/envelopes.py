@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX, signature_validator
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.pubsub import to_gossip_message
+from p2pchat.node.p2p.signatures import has_valid_signature, signed_bytes
 
 MAX_ENVELOPE_BYTES = 2 * 1024 * 1024
 
@@ -62,11 +62,7 @@ def verify_envelope(envelope: bytes) -> VerifiedEnvelope:
         raise EnvelopeError("malformed", "not a pubsub message") from None
     if len(message.topicIDs) != 1:
         raise EnvelopeError("malformed", f"{len(message.topicIDs)} topics, not one")
-    try:
-        valid = bool(signature_validator(message))
-    except Exception:  # a key or PeerId that does not even parse
-        valid = False
-    if not valid:
+    if not has_valid_signature(message):
         raise EnvelopeError("bad_signature", "signature does not verify")
     gossip = to_gossip_message(message, message.topicIDs[0])
     return VerifiedEnvelope(topic=gossip.topic, sender=gossip.sender, data=gossip.data)
@@ -82,8 +78,6 @@ def sign_envelope(identity: Identity, topic: str, data: bytes) -> bytes:
         seqno=os.urandom(8),
     )
     private_key = identity.key_pair.private_key
-    message.signature = private_key.sign(
-        PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
-    )
+    message.signature = private_key.sign(signed_bytes(message))
     message.key = identity.key_pair.public_key.serialize()
     return message.SerializeToString()

@@ -22,8 +22,10 @@ What the library does by default, and what this module does instead:
 - every received message is processed in a task of its own, and starting a task scans every
   live task of the service (quadratic under a burst) -> one worker processes received messages
   in arrival order (:class:`_ChatPubsub`);
-- StrictSign is kept (sign every message, verify every signature), and a message that fails
-  verification is counted before the library drops it (verified once, not twice);
+- StrictSign is kept (sign every message, verify every signature), with go-libp2p's rules and
+  each sender's key resolved once, not per message (:mod:`~p2pchat.node.p2p.signatures`), and a
+  message that fails verification is counted before the library drops it (verified once, not
+  twice);
 - (trap 23, not in the notes) a peer's pubsub streams stay on the connection they were opened
   on; when it closes while another connection to the peer stays open (a relayed connection
   replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
@@ -59,12 +61,13 @@ from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
 from libp2p.pubsub import pubsub as libp2p_pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub, ValidationResult, signature_validator
+from libp2p.pubsub.pubsub import Pubsub, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
 from p2pchat.node.p2p import pubsub_reader  # noqa: F401  (imported for its fix; see module)
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
+from p2pchat.node.p2p.signatures import has_valid_signature
 
 # Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.
 QUEUE_SIZE = 8192
@@ -292,8 +295,9 @@ def to_gossip_message(message: rpc_pb2.Message, topic: str) -> GossipMessage:
 
 
 class _ReportingSignatureCheck:
-    """Stands in for the library's signature check inside its pubsub module: the same verdict,
-    but a failure is reported (for the drop counter) before the library silently drops the
+    """Stands in for the library's signature check inside its pubsub module: our check
+    (:mod:`~p2pchat.node.p2p.signatures`: go-libp2p's rules, each sender's key resolved once),
+    and a failure is reported (for the drop counter) before the library silently drops the
     message. The library calls it after its seen-cache check, so each bad message counts once."""
 
     def __init__(self) -> None:
@@ -306,10 +310,7 @@ class _ReportingSignatureCheck:
         if message is self.signed_here:
             self.signed_here = None
             return True
-        try:
-            valid = bool(signature_validator(message))
-        except Exception:
-            valid = False
+        valid = has_valid_signature(message)
         if not valid and self.observer is not None:
             for topic in message.topicIDs[:1]:
                 self.observer.message_dropped(str(topic), "bad_signature")
