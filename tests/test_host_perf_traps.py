@@ -1,14 +1,16 @@
 """The host layer's fixes for py-libp2p's per-message costs keep their behaviour.
 
-Each test fails on the unpatched library: a WINDOW_UPDATE per Yamux read, a signed peer record
-rebuilt for every pubsub RPC, and one re-verified for every RPC received; an RPC written per
-message; an O(n) validation cache; a task started per received message (and a failure in one
-stopping the service); our own fresh signatures verified again; a stream read per varint byte
-of a pubsub RPC; a socket receive per read of a TCP connection.
+Each test fails on the unpatched library: a WINDOW_UPDATE per Yamux read (and its tuning
+switches read from the environment for every frame), a signed peer record rebuilt for every
+pubsub RPC, and one re-verified for every RPC received; an RPC written per message; an O(n)
+validation cache; a task started per received message (and a failure in one stopping the
+service); our own fresh signatures verified again; a stream read per varint byte of a pubsub
+RPC; a socket receive per read of a TCP connection.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,11 +36,20 @@ from p2pchat.node.wire.framing import encode_uvarint, frame
 from tests.test_host import loopback_addr, running_host
 
 
-async def test_yamux_batches_window_updates_like_go_yamux(
+async def test_yamux_batches_window_updates_like_go_yamux_and_reads_its_switches_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     updates: list[int] = []
     original = YamuxStream.send_window_update
+    switches_read: list[str] = []
+    getenv = os.getenv
+
+    def recording_getenv(name: str, default: str | None = None) -> str | None:
+        if name.startswith("PY_YAMUX_"):
+            switches_read.append(name)
+        return getenv(name, default)
+
+    monkeypatch.setattr(os, "getenv", recording_getenv)
 
     async def counting(self: YamuxStream, delta: int, skip_lock: bool = False) -> None:
         updates.append(delta)
@@ -68,6 +79,7 @@ async def test_yamux_batches_window_updates_like_go_yamux(
     # carry 100-byte deltas. 5 KB is far below half a window: go-yamux sends none for them.
     small = [delta for delta in updates if delta <= 50 * 100]
     assert not small, f"{len(small)} small window updates for 50 reads of 100 bytes"
+    assert not switches_read, f"the environment read {len(switches_read)} times"
 
 
 class _FakeHost:

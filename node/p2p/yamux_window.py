@@ -15,6 +15,8 @@ library's behaviour returns).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
@@ -31,6 +33,22 @@ async def _send_window_update_like_go_yamux(self: YamuxStream, *, bytes_read: in
         await self.send_window_update(increment, skip_lock=True)
 
 
+def _read_once(switch: Callable[[], object]) -> Callable[[], object]:
+    value = switch()
+    return lambda: value
+
+
 YamuxStream._auto_tune_and_send_window_update = _send_window_update_like_go_yamux
-# The library also reads its tuning switches from os.environ on every read.
+
+# The library reads its PY_YAMUX_* tuning switches from os.environ on every frame it receives
+# and every window check (one to three lookups a message, ~1% of a relaying peer's CPU). The
+# environment does not change under a running node: each switch is read once, here. Its debug
+# log stays off.
 yamux_module._perf_yamux_debug_enabled = lambda: False
+for _switch in (
+    "_yamux_data_read_timeout",
+    "_yamux_disable_hysteresis",
+    "_yamux_release_on_read",
+    "_yamux_batch_threshold_divisor",
+):
+    setattr(yamux_module, _switch, _read_once(getattr(yamux_module, _switch)))
