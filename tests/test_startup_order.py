@@ -74,6 +74,7 @@ async def test_pubsub_reaches_peers_connected_before_it_started(tmp_path: Path) 
             await a.join("room", lambda data: None)
             received = await b.join("room", lambda data: None)
             await wait_until(lambda: a.subscribers("room") and b.subscribers("room"))
+            assert a.has_subscribers("room") and not a.has_subscribers("elsewhere")
             await a.publish("room", b"hello")
             with trio.fail_after(20):
                 batch = await received.__anext__()

@@ -213,7 +213,7 @@ class ChatService:
         except (WireError, ValueError) as error:
             self._emit(ErrorEvent(f"message not sent: {error}"))
             return
-        if not self._others_in(self._current):
+        if not self._gossip.has_subscribers(self._current):
             self._ctx.store.db[_pending_key(message)] = data
             self._emit(
                 NoticeEvent(
@@ -336,7 +336,7 @@ class ChatService:
             await self._announce_name(room)
 
     async def _announce_name(self, room: str) -> None:
-        if self._name is None or not self._others_in(room):
+        if self._name is None or not self._gossip.has_subscribers(room):
             return
         announcement = NameAnnouncement(id=new_message_id(), name=self._name, sent_at_ms=now_ms())
         await self._gossip.publish(room, encode(announcement))
@@ -409,9 +409,6 @@ class ChatService:
             return
         self._current = room
         self._emit(NoticeEvent(f"current room: {room}"))
-
-    def _others_in(self, room: str) -> bool:
-        return any(peer != self._me for peer in self._gossip.subscribers(room))
 
     def _notice_peer_changes(self) -> None:
         """Notices for peers discovered (on the LAN, or in the DHT as members of our rooms) and
