@@ -22,7 +22,7 @@ from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient, StoreClientMetrics
-from p2pchat.node.wire.chat import ChatText, decode
+from p2pchat.node.wire.chat import ChatText, decode, text_for_display
 from prometheus_client import CollectorRegistry
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -82,7 +82,7 @@ class Shown:
 
     def line(self) -> str:
         when = datetime.fromtimestamp(self.sent_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{when}  {self.sender_name} ({self.sender[-6:]}): {self.text}"
+        return f"{when}  {self.sender_name} ({self.sender[-6:]}): {text_for_display(self.text)}"
 
     def json(self) -> str:
         return json.dumps(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from p2pchat.node.wire.chat import text_for_display
+
 HELP = """Commands:
   /help              this help
   /peers             connected peers and room members (name, id, direct or relayed)
@@ -95,5 +97,7 @@ def clock(ms: int) -> str:
 
 
 def render_message(sender_name: str, sender: str, text: str, sent_at_ms: int) -> str:
-    """One chat line. The short PeerId always follows the name: names alone can be spoofed."""
-    return f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): {text}"
+    """A chat message as the console shows it. The short PeerId always follows the name: names
+    alone can be spoofed; the lines of a multi-line text are indented, so none can pass for a
+    message of its own."""
+    return f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): {text_for_display(text)}"
