@@ -69,9 +69,11 @@ def test_history_survives_a_restart(tmp_path: Path, nodes: list[NodeProcess]) ->
     a = chat_peer(tmp_path / "a", nodes)
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
     wait_members(a, 1)
+    empty_store = b.metric("p2pchat_store_bytes")
     for text in ("one", "two", "three"):
         a.say(text)
         b.next_event(is_message(text), timeout=WAIT)
+    assert b.metric("p2pchat_store_bytes") > empty_store  # measured live, not once an hour
     assert b.stop() == 0
     again = chat_peer(tmp_path / "b", nodes)
     again.say("/history 2")

@@ -44,6 +44,7 @@ class PeerRole:
     ) -> None:
         """Start GossipSub and the room, report started, then run the front end."""
         metrics = ChatMetrics(ctx.metrics.registry)
+        metrics.store_bytes.set_function(ctx.store.size_bytes)  # measured when scraped
         gossip = Gossip(ctx.host, metrics)
         send, receive = trio.open_memory_channel[ChatEvent](EVENT_BUFFER)
 

@@ -455,7 +455,6 @@ class ChatService:
                     max_age_ms=max_age_ms,
                     now_ms=now_ms(),
                 )
-            self._metrics.store_bytes.set(self._ctx.store.size_bytes())
             await trio.sleep(RETENTION_INTERVAL)
 
     # --- outputs ---------------------------------------------------------------------------------
