@@ -8,6 +8,7 @@ fail if the library changes under us, then show the host layer's fix.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from libp2p import new_host
 from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.secio import transport as secio
@@ -277,3 +279,30 @@ def test_the_connection_limit_is_the_pruning_point_too(tmp_path: Path) -> None:
         )
         config = host.libp2p_host.get_network().connection_config
         assert (config.max_connections, config.high_watermark) == (limit, limit)
+
+
+async def test_a_restarted_peer_is_dialled_at_the_address_given_not_at_a_stale_one(
+    tmp_path: Path,
+) -> None:
+    # py-libp2p dials one address per transport, the first it knows for the peer: once an
+    # address of the previous run (a random port, learned by identify or from the DHT) came
+    # first, it hid the fixed one given to connect, and every re-dial of a bootstrap peer went
+    # to the dead port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listen = ("/ip4/127.0.0.1/tcp/0", f"/ip4/127.0.0.1/tcp/{port}")
+    async with running_host(tmp_path / "client") as (client, _):
+        async with running_host(tmp_path / "server", listen) as (server, _):
+            fixed = next(a for a in server.advertised_addrs() if f"/tcp/{port}/" in a)
+            server_id = ID.from_base58(server.peer_id)
+            await client.connect(fixed)
+            peerstore = client.libp2p_host.get_peerstore()
+            await wait_until(lambda: len(peerstore.addrs(server_id)) >= 2)  # identify told both
+            stale = [a for a in peerstore.addrs(server_id) if f"/tcp/{port}" not in str(a)]
+        await wait_until(lambda: not client.is_connected(str(server_id)))
+        peerstore.clear_addrs(server_id)
+        peerstore.add_addrs(server_id, stale, 3600)  # as a DHT answer from before the restart
+        async with running_host(tmp_path / "server", listen) as (server, _):
+            with trio.fail_after(20):
+                assert await client.connect(fixed) == server.peer_id

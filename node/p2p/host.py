@@ -36,7 +36,13 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     added later): a peer that connected while a node was starting never saw the roles'
     protocols (catch-up, AutoRelay, hole punching and the DHT choose peers by them) ->
     :meth:`P2PHost.run` can start without listening, and the node listens (:meth:`P2PHost.listen`)
-    once its roles are installed.
+    once its roles are installed;
+28. (not in the notes) the swarm dials one address per transport, the first the peerstore lists
+    for the peer, not the one :meth:`P2PHost.connect` was given: a stale address listed first
+    (a restarted peer's old random port) made every re-dial of a bootstrap peer fail -> the
+    given address is put first;
+29. (not in the notes) leaving the library host's ``run()`` leaves its listeners open -> closed
+    when :meth:`P2PHost.run` ends.
 
 Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
 AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
@@ -274,6 +280,8 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
 # --- the host -----------------------------------------------------------------------------------
 
 
+LISTENER_CLOSE_SECONDS = 5.0
+PEERSTORE_DIAL_TTL = 120  # what the library's connect() gives the addresses it is handed
 STREAMS_PER_CONNECTION = 64  # identify, ping, pubsub both ways, DHT queries, relay circuits
 
 
@@ -430,9 +438,21 @@ class P2PHost:
         """
         _ensure_ports_free(self._listen)
         async with self._host.run([]):
-            if listen:
-                await self.listen()
-            yield
+            try:
+                if listen:
+                    await self.listen()
+                yield
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._close_listeners()
+
+    async def _close_listeners(self) -> None:
+        # Trap 29: leaving the library host's run() never closes its listeners: the listening
+        # sockets outlived the host, so the same process could not listen there again.
+        network = self._host.get_network()
+        for listener in list(network.listeners.values()):
+            with trio.move_on_after(LISTENER_CLOSE_SECONDS):
+                await listener.close()
 
     async def listen(self) -> None:
         """Open a listener on every configured address (once, inside :meth:`run`).
@@ -497,6 +517,7 @@ class P2PHost:
         # "negative cache"). Our dials come with their own backoff, so a peer that restarted
         # must be reachable on the next attempt, not a minute later.
         self._host.get_network()._negative_peer_cache.evict(str(info.peer_id))
+        self._put_first(info.peer_id, info.addrs)
         try:
             with trio.fail_after(self._settings.dial_timeout):
                 await self._host.connect(info)
@@ -505,6 +526,22 @@ class P2PHost:
         except Exception as error:
             raise DialError(f"dial {peer_addr}: {error}") from None
         return str(info.peer_id)
+
+    def _put_first(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        # Trap 28: the swarm dials one address per transport, the first the peerstore lists
+        # for the peer, whatever address connect() was given; a stale one listed first (the
+        # random port of a peer's previous run, from identify or a DHT answer) hid the given
+        # one for good. Known addresses are kept, after the given ones.
+        peerstore = self._host.get_peerstore()
+        try:
+            listed = list(peerstore.addrs(peer))
+        except PeerStoreError:  # not known, or expired
+            listed = []
+        if listed[: len(addrs)] == addrs or self.is_connected(str(peer)):
+            return  # nothing to reorder, or nothing will be dialled
+        known = [addr for addr in listed if addr not in addrs]
+        peerstore.clear_addrs(peer)
+        peerstore.add_addrs(peer, [*addrs, *known], PEERSTORE_DIAL_TTL)
 
     async def _connect_through(
         self, peer_addr: str, relay_addr: str, relay: str, target: str
