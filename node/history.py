@@ -28,12 +28,14 @@ Not thread-safe: each method reads then writes without a lock (fine on one trio 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p2pchat.node.store import Store
+from p2pchat.node.wire.chat import ChatText
 from rocksdict import WriteBatch, WriteOptions
 
 MESSAGE_ID_BYTES = 16
@@ -79,16 +81,44 @@ class Page:
     more: bool
 
 
+def history_id(sender: str, chosen_id: bytes) -> bytes:
+    """The id a chat message is stored, served and shown under: the first 16 bytes of SHA-256
+    over its sender's PeerId (text, UTF-8), a NUL, and the id the sender chose for it.
+
+    A sender chooses its messages' ids, so anybody can choose somebody else's: keyed by that id
+    alone, a peer that saw Alice's message and sent one of its own under the same id (signed by
+    itself: valid) had Alice's message dropped as a duplicate wherever its copy came first.
+    Bound to the signer, an id can only collide with the same sender's own messages.
+    """
+    digest = hashlib.sha256(sender.encode() + b"\x00" + chosen_id).digest()
+    return digest[:MESSAGE_ID_BYTES]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """One message of a room's history."""
 
     room: str
-    message_id: bytes  # 16 bytes, unique per message
+    message_id: bytes  # 16 bytes, unique per message: history_id() of its sender and payload id
     sent_at_ms: int  # sender's clock: the ordering key
     received_at_ms: int  # our clock when stored
     sender: str  # sender PeerId text
     envelope: bytes  # the signed GossipSub message, serialized (opaque here)
+
+    @classmethod
+    def of_text(
+        cls, text: ChatText, sender: str, envelope: bytes, received_at_ms: int
+    ) -> StoredMessage:
+        """The history entry of chat text ``text``, verified as signed by ``sender`` in
+        ``envelope``."""
+        return cls(
+            room=text.room,
+            message_id=history_id(sender, text.id),
+            sent_at_ms=text.sent_at_ms,
+            received_at_ms=received_at_ms,
+            sender=sender,
+            envelope=envelope,
+        )
 
 
 def _room_name(room: str) -> bytes:

@@ -2,7 +2,8 @@
 
 :func:`verify_entry` checks one returned message as a live one is checked: the envelope's
 StrictSign signature, its topic, the chat payload inside it (decodable, a text, of this room),
-and that the id and time the server put beside it are the signed ones. Anything else is dropped
+and that the id and time the server put beside it are the signed ones (the id: the history id
+of the signed sender and payload id). Anything else is dropped
 and counted by reason in ``p2pchat_history_rejected_total``: a lying server can withhold
 messages (which asking several sources exposes, see :mod:`p2pchat.node.catchup`), but it cannot
 inject, alter or move a message to another room.
@@ -99,16 +100,10 @@ def verify_entry(entry: Entry, room: str, max_text_bytes: int, now_ms: int) -> S
         raise Rejected(error.reason, str(error)) from None
     if not isinstance(payload, ChatText):
         raise Rejected("not_text", "not a chat text")
-    if payload.id != entry.message_id or payload.sent_at_ms != entry.sent_at_ms:
+    stored = StoredMessage.of_text(payload, verified.sender, entry.envelope, now_ms)
+    if stored.message_id != entry.message_id or stored.sent_at_ms != entry.sent_at_ms:
         raise Rejected("mismatch", "id or time beside the envelope is not the signed one")
-    return StoredMessage(
-        room=room,
-        message_id=payload.id,
-        sent_at_ms=payload.sent_at_ms,
-        received_at_ms=now_ms,
-        sender=verified.sender,
-        envelope=entry.envelope,
-    )
+    return stored
 
 
 @dataclass

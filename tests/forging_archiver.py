@@ -38,11 +38,9 @@ from p2pchat.node.wire.store_query import (
     encode_reply,
 )
 
+from tests.history_fixtures import chosen_number
+
 OTHER_ROOM_ID = 104  # tests/test_archive_forgery.py stores messages 100.. in another room
-
-
-def _number(entry: Entry) -> int:
-    return int.from_bytes(entry.message_id, "big")
 
 
 def _altered(envelope: bytes) -> bytes:
@@ -69,14 +67,16 @@ def _forged(envelope: bytes, forger_key: object) -> Entry:
 def falsify(reply: Reply, history: History, forger_key: object) -> Reply:
     entries: list[Entry] = []
     for entry in reply.entries:
-        number = _number(entry)
+        number = chosen_number(entry.envelope)
         if number == 2:
             continue
         if number == 3:
             entry = replace(entry, envelope=_altered(entry.envelope))
         elif number == 4:
             other = next(m for m in history.rooms() if m != "p2p-chat-default")
-            swapped = history.lookup(other, [OTHER_ROOM_ID.to_bytes(16, "big")])[0]
+            swapped = next(
+                m for m in history.last(other, 100) if chosen_number(m.envelope) == OTHER_ROOM_ID
+            )
             entry = replace(entry, envelope=swapped.envelope)
         elif number == 5:
             entry = replace(entry, sent_at_ms=entry.sent_at_ms + 1000)

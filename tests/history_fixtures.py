@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from p2pchat.node.history import History, StoredMessage
+from libp2p.pubsub.pb import rpc_pb2
+from p2pchat.node.history import History, StoredMessage, history_id
 from p2pchat.node.p2p.envelopes import sign_envelope
 from p2pchat.node.p2p.identity import Identity, load_or_create_identity
 from p2pchat.node.p2p.streams import Stream, read_frame
 from p2pchat.node.store import Store
-from p2pchat.node.wire.chat import ChatText, encode
+from p2pchat.node.wire.chat import ChatText, decode, encode
 from p2pchat.node.wire.framing import FrameDecoder
 from p2pchat.node.wire.store_query import MAX_REPLY_BYTES, Query, Reply, decode_reply, encode_query
 
@@ -27,7 +28,8 @@ ROOM = "p2p-chat-default"
 def signed_message(
     signer: Identity, room: str, n: int, sent_at_ms: int, text: str | None = None
 ) -> StoredMessage:
-    """Message number ``n`` (its id is ``n`` big-endian) of ``room``, signed by ``signer``."""
+    """Message number ``n`` of ``room`` (the id its sender chose is ``n`` big-endian; its
+    history id is derived from that, see :func:`history_id`), signed by ``signer``."""
     payload = ChatText(
         id=n.to_bytes(16, "big"),
         room=room,
@@ -35,14 +37,32 @@ def signed_message(
         text=text if text is not None else f"message {n}",
         sent_at_ms=sent_at_ms,
     )
-    return StoredMessage(
-        room=room,
-        message_id=payload.id,
-        sent_at_ms=sent_at_ms,
-        received_at_ms=sent_at_ms,
-        sender=signer.peer_id_text,
-        envelope=sign_envelope(signer, room, encode(payload)),
-    )
+    envelope = sign_envelope(signer, room, encode(payload))
+    message = StoredMessage.of_text(payload, signer.peer_id_text, envelope, sent_at_ms)
+    _NUMBERS[message.message_id] = n
+    return message
+
+
+_NUMBERS: dict[bytes, int] = {}  # history id -> n, for every message made in this process
+
+
+def number(message_id: bytes) -> int:
+    """The ``n`` of the message :func:`signed_message` made, in this process, with history id
+    ``message_id``."""
+    return _NUMBERS[message_id]
+
+
+def history_id_of(signer: str, n: int) -> bytes:
+    """The history id of message ``n`` by ``signer`` (PeerId text): made or not."""
+    return history_id(signer, n.to_bytes(16, "big"))
+
+
+def chosen_number(envelope: bytes) -> int:
+    """The ``n`` of a message :func:`signed_message` made (anywhere), read from its envelope."""
+    message = rpc_pb2.Message()
+    message.ParseFromString(envelope)
+    payload = decode(bytes(message.data), max_text_bytes=1 << 20)
+    return int.from_bytes(payload.id, "big")
 
 
 def make_messages(

@@ -7,6 +7,8 @@ can put anything on the wire: unsigned messages, forged senders, and signed but 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -26,10 +28,12 @@ from tests.test_host import RecordingObserver
 ROOM = "p2p-chat-default"
 
 
-def payload(text: str = "hello", room: str = ROOM, ahead_ms: int = 0) -> bytes:
+def payload(
+    text: str = "hello", room: str = ROOM, ahead_ms: int = 0, id: bytes | None = None
+) -> bytes:
     return encode(
         ChatText(
-            id=new_message_id(),
+            id=id or new_message_id(),
             room=room,
             sender_name="Mallory",
             text=text,
@@ -55,9 +59,12 @@ def signed(
     return message
 
 
-async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
+@asynccontextmanager
+async def attacker(
     tmp_path: Path, nodes: list[NodeProcess]
-) -> None:
+) -> AsyncIterator[tuple[NodeProcess, Pubsub, Identity, Identity]]:
+    """A ``--json`` victim process, and an attacker's pubsub (no checks of its own) in its
+    room; also yields the attacker's identity and an honest peer's, whose keys it holds."""
     victim = start_node(tmp_path / "victim", "--json")
     nodes.append(victim)
     victim.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
@@ -82,7 +89,13 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
         with trio.fail_after(30):
             while ID.from_base58(victim.peer_id) not in pubsub.peer_topics.get(ROOM, set()):
                 await trio.sleep(0.1)
+        yield victim, pubsub, identity, honest_friend
 
+
+async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    async with attacker(tmp_path, nodes) as (victim, pubsub, identity, honest_friend):
         unsigned = rpc_pb2.Message(
             data=payload("unsigned"),
             topicIDs=[ROOM],
@@ -129,3 +142,26 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
     assert victim.metric("p2pchat_messages_received_total") == 1
     assert not [e for e in victim.drain_events() if e["type"] == "message" and e is not got]
     assert victim.http_get("/readyz")[0] == 200
+
+
+async def test_an_id_chosen_by_one_sender_cannot_hide_another_senders_message(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Mallory relays a copy of the id of Alice's message under its own (valid) signature before
+    # Alice's message arrives: keyed by the id alone, Alice's was then a "duplicate".
+    async with attacker(tmp_path, nodes) as (victim, pubsub, mallory, alice):
+        chosen = new_message_id()
+        await pubsub.push_msg(pubsub.my_id, signed(mallory, payload("squatted", id=chosen), 1))
+        await pubsub.push_msg(pubsub.my_id, signed(alice, payload("genuine", id=chosen), 1))
+        shown = [
+            await trio.to_thread.run_sync(
+                lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
+            )
+            for _ in range(2)
+        ]
+    assert [(e["text"], e["sender"]) for e in shown] == [
+        ("squatted", mallory.peer_id_text),
+        ("genuine", alice.peer_id_text),
+    ]
+    assert shown[0]["id"] != shown[1]["id"]
+    assert victim.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from p2pchat.node.history import MAX_PAGE, History, StoredMessage, UnknownCursor
+from p2pchat.node.history import MAX_PAGE, History, StoredMessage, UnknownCursor, history_id
 from p2pchat.node.store import Store
 
 MAX_MS = (1 << 64) - 1
@@ -356,3 +356,14 @@ def test_synced_adds_survive_reopening(tmp_path: Path) -> None:
         assert times(History(reopened).last("lobby", 5)) == [1, 2]
     finally:
         reopened.close()
+
+
+def test_a_history_id_binds_the_chosen_id_to_its_sender() -> None:
+    chosen = b"\x07" * 16
+    alice, mallory = "12D3KooWAlice", "12D3KooWMallory"
+    assert history_id(alice, chosen) == history_id(alice, chosen)  # every node agrees
+    assert history_id(alice, chosen) != history_id(mallory, chosen)
+    assert history_id(alice, chosen) != history_id(alice, b"\x08" * 16)
+    assert len(history_id(alice, chosen)) == 16
+    # A fixed vector, for other implementations of the history protocol to check against.
+    assert history_id(alice, chosen).hex() == "34fe56871475eee6c54c4f76f10e2144"

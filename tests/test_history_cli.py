@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
-from tests.history_fixtures import ROOM, fill_store, forging_archiver, make_messages, signer
+from tests.history_fixtures import (
+    ROOM,
+    fill_store,
+    forging_archiver,
+    history_id_of,
+    make_messages,
+    signer,
+)
 
 COUNT = 23
 
@@ -48,7 +55,7 @@ def test_history_prints_a_rooms_messages_in_order(archive: NodeProcess) -> None:
     assert result.returncode == 0, result.stderr
     shown = [json.loads(line) for line in result.stdout.splitlines()]
     assert [m["text"] for m in shown] == [f"message {n}" for n in range(1, 6)]
-    assert shown[0]["id"] == (1).to_bytes(16, "big").hex()
+    assert shown[0]["id"] == history_id_of(shown[0]["sender"], 1).hex()
     assert shown[0]["sender_name"] == "filler" and shown[0]["sent_at_ms"] > 0
     assert "more exist" in result.stderr
 

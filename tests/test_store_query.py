@@ -34,7 +34,9 @@ from tests.history_fixtures import (
     ROOM,
     ask,
     fill_store,
+    history_id_of,
     make_messages,
+    number,
     reply_decoder,
     signed_message,
     signer,
@@ -65,7 +67,7 @@ def archive(tmp_path: Path) -> Iterator[tuple[NodeProcess, list[StoredMessage]]]
 
 
 def ids(reply: Reply) -> list[int]:
-    return [int.from_bytes(e.message_id, "big") for e in reply.entries]
+    return [number(e.message_id) for e in reply.entries]
 
 
 async def walk(
@@ -98,7 +100,8 @@ async def test_pagination_conformance(
     tmp_path: Path, archive: tuple[NodeProcess, list[StoredMessage]]
 ) -> None:
     node, messages = archive
-    t = {int.from_bytes(m.message_id, "big"): m.sent_at_ms for m in messages}
+    t = {number(m.message_id): m.sent_at_ms for m in messages}
+    sender = messages[0].sender
     async with running_host(tmp_path / "client") as (host, _):
         stream = await connected_stream(host, node)
         decoder = reply_decoder()
@@ -126,8 +129,8 @@ async def test_pagination_conformance(
 
         # Lookups and presence queries.
         found = await ask(stream, decoder, Query(50, ROOM, message_ids=(
-            (7).to_bytes(16, "big"), (3).to_bytes(16, "big"), (999).to_bytes(16, "big"),
-            (100).to_bytes(16, "big"))))  # fmt: skip
+            history_id_of(sender, 7), history_id_of(sender, 3), history_id_of(sender, 999),
+            history_id_of(sender, 100))))  # fmt: skip
         assert found.status is Status.OK and ids(found) == [3, 7]  # 100 is another room's
         assert all(e.envelope for e in found.entries)
         presence = await ask(stream, decoder, Query(51, ROOM, limit=500, ids_only=True))
@@ -139,7 +142,7 @@ async def test_pagination_conformance(
         # Refusals: each a BAD_REQUEST naming the problem, and the stream goes on.
         bad = {
             "unknown cursor": Query(60, ROOM, cursor=(999).to_bytes(16, "big")),
-            "another room's cursor": Query(61, ROOM, cursor=(100).to_bytes(16, "big")),
+            "another room's cursor": Query(61, ROOM, cursor=history_id_of(sender, 100)),
             "malformed cursor": Query(62, ROOM, cursor=b"\x01" * 5),
             "huge limit": Query(63, ROOM, limit=100_000),
             "start after end": Query(64, ROOM, start_ms=t[9], end_ms=t[2]),

@@ -66,7 +66,9 @@ class ChatText(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.bytes
-    """16 random bytes chosen by the sender; receivers show and store a message once per id."""
+    """16 random bytes chosen by the sender; receivers show and store a message once per sender
+    and id (one sender's id never hides another's message).
+    """
     room: _builtins.str
     """The room, equal to the GossipSub topic it was published on (checked by receivers)."""
     sender_name: _builtins.str

@@ -150,7 +150,10 @@ class StoreEntry(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     id: _builtins.bytes
-    """the chat message id (16 bytes)"""
+    """The message's history id (16 bytes): the first 16 bytes of SHA-256 over the sender's
+    PeerId (base58 text, UTF-8), a 0 byte and the ChatText id, so that one sender cannot
+    claim another's id. Cursors and lookups use these ids too.
+    """
     sent_at_ms: _builtins.int
     """the sender's send time, as in the signed payload"""
     envelope: _builtins.bytes

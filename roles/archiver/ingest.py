@@ -88,14 +88,7 @@ class Archive:
             if not isinstance(payload, ChatText):  # name announcements are not history
                 continue
             stored.append(
-                StoredMessage(
-                    room=room,
-                    message_id=payload.id,
-                    sent_at_ms=payload.sent_at_ms,
-                    received_at_ms=received,
-                    sender=message.sender,
-                    envelope=message.envelope,
-                )
+                StoredMessage.of_text(payload, message.sender, message.envelope, received)
             )
         return stored
 

@@ -269,14 +269,7 @@ class ChatService:
             if isinstance(payload, NameAnnouncement):
                 self._learn_name(message.sender, payload.name, message.sender == self._me)
                 continue
-            stored = StoredMessage(
-                room=room,
-                message_id=payload.id,
-                sent_at_ms=payload.sent_at_ms,
-                received_at_ms=now_ms(),
-                sender=message.sender,
-                envelope=message.envelope,
-            )
+            stored = StoredMessage.of_text(payload, message.sender, message.envelope, now_ms())
             texts.append((stored, payload))
         if not texts:
             return
@@ -290,17 +283,19 @@ class ChatService:
             if stored.sender != self._me:
                 self._metrics.received.inc()
                 self._names.setdefault(stored.sender, payload.sender_name)
-            self._emit(self._message_event(payload, stored.sender, history=False))
+            self._emit(self._message_event(payload, stored, history=False))
 
-    def _message_event(self, payload: ChatText, sender: str, *, history: bool) -> MessageEvent:
+    def _message_event(
+        self, payload: ChatText, stored: StoredMessage, *, history: bool
+    ) -> MessageEvent:
         return MessageEvent(
             room=payload.room,
-            id=payload.id.hex(),
-            sender=sender,
+            id=stored.message_id.hex(),
+            sender=stored.sender,
             sender_name=payload.sender_name,
             text=payload.text,
             sent_at_ms=payload.sent_at_ms,
-            own=sender == self._me,
+            own=stored.sender == self._me,
             history=history,
         )
 
@@ -469,7 +464,7 @@ class ChatService:
             except (WireError, ValueError):
                 continue
             if isinstance(payload, ChatText):
-                self._emit(self._message_event(payload, stored.sender, history=True))
+                self._emit(self._message_event(payload, stored, history=True))
 
     def _peers_output(self) -> OutputEvent:
         connections = {c.peer_id: c for c in self._ctx.host.connections()}
