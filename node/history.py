@@ -4,6 +4,8 @@ Key layout (RocksDB's byte order is the history order, (sent_at_ms, message_id))
 
 - ``hist/<room>\\x00<sent_at_ms: 8 bytes big-endian><message id>`` -> the stored message;
 - ``hid/<room>\\x00<message id>`` -> the ``hist/`` key (dedup, lookups, deletes);
+- ``hmeta/ids`` -> present once every id is a history id (:func:`history_id`; stores written
+  before 2026-12-02 are re-keyed once, when opened);
 - ``hcnt/<room>`` -> the room's message count and stored bytes (keys + values), 8 bytes
   big-endian each, written in the same write batch as the messages they count (so
   :meth:`History.count` and :meth:`History.size` are one read); absent when the room is empty.
@@ -34,8 +36,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+from libp2p.pubsub.pb import rpc_pb2
 from p2pchat.node.store import Store
-from p2pchat.node.wire.chat import ChatText
+from p2pchat.node.wire.chat import ChatText, WireError, decode
 from rocksdict import WriteBatch, WriteOptions
 
 MESSAGE_ID_BYTES = 16
@@ -46,6 +50,11 @@ _HIST = b"hist/"
 _HID = b"hid/"
 _HCNT = b"hcnt/"
 _FORMAT = 1
+# Present once every stored message id is its history_id() (stores written before 2026-12-02
+# used the id the sender chose); see History._bind_ids_to_senders.
+_IDS_KEY = b"hmeta/ids"
+_IDS_BOUND = b"\x01"
+_REKEY_BATCH = 20_000  # writes per batch while re-keying
 _HEADER = struct.Struct(">BQH")  # format, received_at_ms, sender length
 _U64 = struct.Struct(">Q")
 _TOTALS = struct.Struct(">QQ")  # message count, bytes
@@ -92,6 +101,17 @@ def history_id(sender: str, chosen_id: bytes) -> bytes:
     """
     digest = hashlib.sha256(sender.encode() + b"\x00" + chosen_id).digest()
     return digest[:MESSAGE_ID_BYTES]
+
+
+def _chosen_id(envelope: bytes) -> bytes | None:
+    """The id the sender chose for the chat text inside ``envelope``; None if it holds none."""
+    message = rpc_pb2.Message()
+    try:
+        message.ParseFromString(envelope)
+        payload = decode(bytes(message.data), max_text_bytes=1 << 20)
+    except (DecodeError, WireError, ValueError):
+        return None
+    return payload.id if isinstance(payload, ChatText) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +218,39 @@ class History:
 
     def __init__(self, store: Store) -> None:
         self._db = store.db
+        if self._db.get(_IDS_KEY) is None:
+            self._bind_ids_to_senders()
+
+    def _bind_ids_to_senders(self) -> None:
+        """Once per store: re-key the messages stored before ids were bound to their senders
+        (under the id the sender chose) under their :func:`history_id`, so that a message
+        caught up again is a duplicate, not a second copy.
+
+        Key lengths do not change, so neither do counts and sizes. Safe to interrupt: a message
+        already re-keyed is skipped when the work is resumed at the next start.
+        """
+        batch = WriteBatch(raw_mode=True)
+        for room in self.rooms():
+            prefix, id_prefix = _room(_HIST, room), _room(_HID, room)
+            it = self._db.iter()  # a snapshot: the keys written below are not visited
+            it.seek(prefix)
+            while it.valid() and it.key().startswith(prefix):
+                key, value = it.key(), it.value()
+                message = _decode(room, prefix, key, value)
+                chosen = _chosen_id(message.envelope)
+                bound = history_id(message.sender, chosen) if chosen is not None else None
+                if bound is not None and bound != message.message_id:
+                    new_key = key[:-MESSAGE_ID_BYTES] + bound
+                    batch.delete(key)
+                    batch.delete(id_prefix + message.message_id)
+                    batch.put(new_key, value)
+                    batch.put(id_prefix + bound, new_key)
+                if len(batch) >= _REKEY_BATCH:
+                    self._db.write(batch)
+                    batch = WriteBatch(raw_mode=True)
+                it.next()
+        batch.put(_IDS_KEY, _IDS_BOUND)
+        self._db.write(batch, _SYNCED)
 
     def add(self, message: StoredMessage) -> bool:
         """Store ``message``; False (and nothing written) if its id is already in the room."""

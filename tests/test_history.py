@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from p2pchat.node.history import MAX_PAGE, History, StoredMessage, UnknownCursor, history_id
 from p2pchat.node.store import Store
+
+from tests.history_fixtures import make_messages, signer
 
 MAX_MS = (1 << 64) - 1
 
@@ -367,3 +370,25 @@ def test_a_history_id_binds_the_chosen_id_to_its_sender() -> None:
     assert len(history_id(alice, chosen)) == 16
     # A fixed vector, for other implementations of the history protocol to check against.
     assert history_id(alice, chosen).hex() == "34fe56871475eee6c54c4f76f10e2144"
+
+
+def test_a_store_from_before_ids_were_bound_to_senders_is_rekeyed_once(
+    store: Store, tmp_path: Path
+) -> None:
+    genuine = make_messages(signer(tmp_path / "signer"), "lobby", 30)
+    # As stored before: under the id the sender chose (here n, big-endian).
+    old_style = [replace(m, message_id=(n + 1).to_bytes(16, "big")) for n, m in enumerate(genuine)]
+    not_chat = StoredMessage("lobby", b"\xee" * 16, 1, 1, "12D3KooWSomebody", b"not a message")
+    History(store).add_many([*old_style, not_chat])
+    totals = History(store).count("lobby"), History(store).size("lobby")
+    del store.db[b"hmeta/ids"]  # what a store of that time lacks
+
+    history = History(store)
+    assert [m.message_id for m in history.range("lobby", 0) if m != not_chat] == [
+        m.message_id for m in genuine
+    ]
+    assert history.lookup("lobby", [b"\xee" * 16]) == [not_chat]  # left as it was
+    assert (history.count("lobby"), history.size("lobby")) == totals
+    assert not history.add(genuine[3])  # caught up again: a duplicate, not a second copy
+    assert history.lookup("lobby", [genuine[5].message_id])[0].envelope == genuine[5].envelope
+    assert History(store).range("lobby", 0) == history.range("lobby", 0)  # once is enough
