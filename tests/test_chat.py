@@ -48,6 +48,12 @@ def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[Nod
     assert a.next_event(is_message("and back from C"), timeout=WAIT)["sender"] == c.peer_id
     assert c.metric("p2pchat_messages_received_total") == 1
     assert a.metric("p2pchat_messages_published_total") == 1
+    # C is connected to B only, yet /peers shows A: heard in the room through the mesh.
+    c.say("/peers")
+    peers = c.next_event(lambda e: e["type"] == "output" and e["command"] == "peers")
+    assert [p["peer"] for p in peers["data"]["peers"]] == [b.peer_id]
+    assert [p["peer"] for p in peers["data"]["via_mesh"]] == [a.peer_id]
+    assert "through the mesh" in peers["text"] and a.peer_id[-4:] in peers["text"]
 
 
 def test_names_are_announced_and_shown_with_the_peer_id(

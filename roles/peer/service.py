@@ -12,6 +12,7 @@ as soon as a peer joins the room; the user is told it is queued.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from p2pchat.roles.peer.commands import (
     Command,
     Invalid,
     Send,
+    clock,
     parse_line,
     short_id,
 )
@@ -56,6 +58,8 @@ NAME_KEY = b"peer/name"
 PENDING_PREFIX = b"pend/"
 MEMBER_POLL_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
+MAX_HEARD = 256  # senders remembered per room for /peers
+HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
 ANONYMOUS = "anon"
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 
@@ -64,7 +68,16 @@ MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 class _Room:
     name: str
     scope: trio.CancelScope
-    members: set[str] = field(default_factory=set)
+    members: set[str] = field(default_factory=set)  # subscribed peers we are connected to
+    # Senders heard in the room (PeerId -> when, ms), the newest MAX_HEARD: the members that
+    # only the mesh connects us to, whom pubsub does not list.
+    heard: OrderedDict[str, int] = field(default_factory=OrderedDict)
+
+    def hear(self, sender: str, at_ms: int) -> None:
+        self.heard[sender] = at_ms
+        self.heard.move_to_end(sender)
+        while len(self.heard) > MAX_HEARD:
+            self.heard.popitem(last=False)
 
 
 class ChatService:
@@ -257,7 +270,10 @@ class ChatService:
         and not shown again.
         """
         texts: list[tuple[StoredMessage, ChatText]] = []
+        joined, received_at = self._rooms.get(room), now_ms()
         for message in messages:
+            if joined is not None and message.sender != self._me:
+                joined.hear(message.sender, received_at)
             # The validator decoded it moments ago (decoding twice was ~5% of a peer's CPU).
             payload = self._validated.pop(message.data, None)
             if payload is None:
@@ -269,7 +285,7 @@ class ChatService:
             if isinstance(payload, NameAnnouncement):
                 self._learn_name(message.sender, payload.name, message.sender == self._me)
                 continue
-            stored = StoredMessage.of_text(payload, message.sender, message.envelope, now_ms())
+            stored = StoredMessage.of_text(payload, message.sender, message.envelope, received_at)
             texts.append((stored, payload))
         if not texts:
             return
@@ -480,13 +496,29 @@ class ChatService:
             mark = " *" if in_room else ""
             lines.append(f"  {self.name_of(peer)} ({short_id(peer)}) {kind}{mark}")
         lines.append(f"in {self._current}: {len(members)} other peer(s) (marked *)")
-        for peer in members:
-            if peer not in connections:
-                lines.append(f"  {self.name_of(peer)} ({short_id(peer)}) via the mesh")
+        # Members reached only through other peers: pubsub lists just its neighbours, so these
+        # are the senders heard in the room lately.
+        room = self._rooms.get(self._current)
+        recent = now_ms() - HEARD_RECENTLY_MS
+        via_mesh: list[dict[str, object]] = []
+        mesh_lines = []
+        for peer, at_ms in reversed(room.heard.items()) if room is not None else ():
+            if at_ms >= recent and peer not in connections:
+                name = self.name_of(peer)
+                via_mesh.append({"peer": peer, "name": name, "heard_at_ms": at_ms})
+                mesh_lines.append(f"  {name} ({short_id(peer)}) at {clock(at_ms)}")
+        if mesh_lines:
+            lines.append(f"heard in {self._current} through the mesh (last ten minutes):")
+            lines += mesh_lines
         return OutputEvent(
             "peers",
             "\n".join(lines),
-            {"peers": peers, "room": self._current, "room_members": members},
+            {
+                "peers": peers,
+                "room": self._current,
+                "room_members": members,
+                "via_mesh": via_mesh,
+            },
         )
 
     def _info_output(self) -> OutputEvent:
