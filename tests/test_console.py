@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,29 @@ from tests.conftest import NodeProcess, start_node
 from tests.test_chat import chat_peer, is_message, wait_members
 
 PROMPT = "p2p-chat-default>"
+
+
+def _line_redrawn_below(message: str, typed: str) -> Callable[[str], bool]:
+    """Whether the screen shows ``message`` on a line of its own, and the half-typed line
+    ``typed`` again below it (the prompt was redrawn, not overwritten or split)."""
+
+    def check(screen: str) -> bool:
+        lines = [line for line in screen.splitlines() if line.strip()]
+        shown = [i for i, line in enumerate(lines) if message in line]
+        if not shown:
+            return False
+        at = shown[-1]
+        return lines[at].startswith("[") and typed in lines[at + 1 :]
+
+    return check
+
+
+def wait_for_screen(node: NodeProcess, check: Callable[[str], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check(node.screen_text()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"screen not as expected:\n{node.screen_text()[-3000:]}")
+        time.sleep(0.05)
 
 
 def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProcess]) -> None:
@@ -33,6 +58,7 @@ def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProces
     alice.wait_screen(f"{PROMPT} hel")
     bob.say("incoming while you type")
     alice.wait_screen("incoming while you type")
+    wait_for_screen(alice, _line_redrawn_below("incoming while you type", f"{PROMPT} hel"))
     alice.type_keys("lo there\r")
     got = bob.next_event(is_message("hello there"))
     assert got["sender_name"] == "Alice"
@@ -59,8 +85,10 @@ def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProces
 
 
 # Ctrl-D ends input on an empty line (on a non-empty one it deletes, as in a shell);
-# Ctrl-C leaves even with half a line typed.
-@pytest.mark.parametrize("keys", ["\x04", "half a line\x03"], ids=["ctrl-d", "ctrl-c"])
+# Ctrl-C leaves even with half a line typed; /exit is /quit.
+@pytest.mark.parametrize(
+    "keys", ["\x04", "half a line\x03", "/exit\r"], ids=["ctrl-d", "ctrl-c", "exit"]
+)
 def test_ctrl_d_and_ctrl_c_leave_cleanly(
     tmp_path: Path, nodes: list[NodeProcess], keys: str
 ) -> None:
