@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import NodeProcess, start_node
+from tests.conftest import NodeProcess, node_env, start_node
 
 WAIT = 60.0
 
@@ -88,6 +88,36 @@ def test_history_survives_a_restart(tmp_path: Path, nodes: list[NodeProcess]) ->
     assert [first["text"], second["text"]] == ["two", "three"]
     assert first["history"] and second["history"]
     assert first["sender"] == a.peer_id
+
+
+def test_a_full_room_is_trimmed_as_messages_arrive(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = chat_peer(tmp_path / "a", nodes)
+    b = start_node(
+        tmp_path / "b",
+        "--json",
+        "--bootstrap",
+        a.addr(),
+        env=node_env(P2PCHAT_CHAT__HISTORY_MAX_MESSAGES="20"),
+    )
+    nodes.append(b)
+    wait_members(a, 1)
+    for n in range(45):
+        a.say(f"number {n}")
+    b.next_event(is_message("number 44"), timeout=WAIT)
+    b.say("/history 100")
+    b.say("/rooms")  # answered after the last history line
+    shown: list[str] = []
+    while True:
+        event = b.next_event(lambda e: e.get("history") or e.get("command") == "rooms")
+        if not event.get("history"):
+            break
+        shown.append(event["text"])
+    # Trimmed as they came, not at the hourly pass: never over the cap of 20 by more than
+    # 1% of it (at least one message).
+    assert 20 <= len(shown) <= 21 and shown[-1] == "number 44"
+    assert shown == [f"number {n}" for n in range(45 - len(shown), 45)]
 
 
 def test_a_message_typed_alone_is_queued_and_delivered_when_a_peer_joins(

@@ -290,6 +290,8 @@ class ChatService:
         if not texts:
             return
         new = {id(stored) for stored in self._history.add_many(stored for stored, _ in texts)}
+        if new:
+            self._keep_count_within_cap(room)
         duplicates = len(texts) - len(new)
         if duplicates:
             self._metrics.dropped.labels(reason="duplicate").inc(duplicates)
@@ -455,6 +457,14 @@ class ChatService:
                 len(self._rooms[self._current].members) if self._current in self._rooms else 0
             )
             await trio.sleep(MEMBER_POLL_INTERVAL)
+
+    def _keep_count_within_cap(self, room: str) -> None:
+        """Trim ``room`` to ``history_max_messages`` as messages arrive, not only at the hourly
+        pass: a busy room would overrun the cap for up to an hour. Trimmed once it is 1% over,
+        so that a full room costs one delete batch per 1% of new messages, not one each."""
+        cap = self._settings.history_max_messages
+        if self._history.count(room) > cap + max(1, cap // 100):
+            self._history.apply_retention(room, max_count=cap, max_age_ms=None, now_ms=now_ms())
 
     async def _apply_retention_periodically(self) -> None:
         max_age_ms = int(self._settings.history_max_age_days * 86_400_000)
