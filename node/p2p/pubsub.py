@@ -34,6 +34,10 @@ What the library does by default, and what this module does instead:
 - (trap 26, not in the notes) pubsub learns of peers only from connections opened after it was
   created: a peer already connected is never sent our subscriptions, so it never sends us a
   message -> when the pubsub starts, every connected peer is registered, as go-libp2p does;
+- (trap 30, not in the notes) GossipSub writes to a peer's stream from its send queue and
+  from its own tasks, and Yamux lets another writer in between the frames of a large write:
+  the peer got two RPCs interleaved and reset the stream -> one RPC at a time per stream
+  (:meth:`_ChatPubsub.write_msg`);
 - (trap 27, not in the notes) with adaptive gossip off, the time of every message published
   or forwarded is kept forever (only the health check trims that list) -> dropped after each
   publish (:class:`_ChatGossipSub`).
@@ -51,10 +55,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import structlog
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
@@ -361,6 +366,25 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         ](QUEUE_SIZE)
         self._view: _ManagerView | None = None
         self._my_id_bytes = self.my_id.to_bytes()
+        self._write_locks: WeakKeyDictionary[INetStream, trio.Lock] = WeakKeyDictionary()
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Trap 30: besides a peer's send queue, GossipSub writes to the same stream itself
+        # (recent and pending messages for a peer that has just subscribed), and Yamux writes
+        # a large RPC as several frames, letting other writers in between: the peer read the
+        # two RPCs' bytes interleaved, could not parse them, and reset the stream (a restarted
+        # archiver then received nothing). One RPC at a time per stream, here.
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        try:
+            lock.acquire_nowait()  # no extra trip through the run loop when nobody writes
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            return bool(await super().write_msg(stream, rpc_msg))
+        finally:
+            lock.release()
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         # Pubsub.publish signs ``msg`` and hands it straight here; the signature check runs
