@@ -5,7 +5,7 @@ switches read from the environment for every frame), a signed peer record rebuil
 pubsub RPC, and one re-verified for every RPC received; an RPC written per message; an O(n)
 validation cache; a task started per received message (and a failure in one stopping the
 service); our own fresh signatures verified again; a stream read per varint byte of a pubsub
-RPC; a socket receive per read of a TCP connection.
+RPC; a socket receive per read of a TCP connection; every peer scored for every message.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -28,6 +29,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.score import PeerScorer
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.tools.anyio_service.trio_manager import TrioManager
 from p2pchat.node.p2p import pubsub as p2pchat_pubsub
@@ -466,3 +468,26 @@ async def test_no_timestamp_is_kept_per_message_published_or_forwarded(tmp_path:
         for gossip in (room.a, room.b):  # the publisher, and the receiver that forwarded
             kept = gossip._router.recent_message_deliveries
             assert sum(len(times) for times in kept.values()) == 0  # the library: 50 each
+
+
+async def test_peers_are_not_scored_for_every_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With all weights at zero (the library's defaults) scores stay 0: scoring only cost CPU.
+    calls: list[str] = []
+    for method in ("allow_gossip", "is_graylisted", "allow_publish", "on_first_delivery"):
+        original = getattr(PeerScorer, method)
+
+        def counting(
+            self: PeerScorer, *args: object, _name: str = method, _f: Any = original
+        ) -> Any:
+            calls.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(PeerScorer, method, counting)
+    async with _room(tmp_path, NoDrops(), NoDrops()) as room:
+        for n in range(50):
+            await room.a.publish("room", b"%d" % n)
+        got = await room.collect(lambda got: len(got) >= 50)
+    assert len(got) == 50
+    assert not calls, f"{len(calls)} scorer calls for 50 messages"

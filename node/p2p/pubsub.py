@@ -18,6 +18,8 @@ What the library does by default, and what this module does instead:
 - every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
   RPCs queued for a peer are merged into one, up to :data:`COALESCE_BYTES`, as go-libp2p's
   ``appendOrMergeRPC`` does;
+- peer scoring runs for every message with all weights zero (scores stay 0) -> off, as in
+  go-libp2p unless configured;
 - the validation-result cache is an LRU kept in a list, O(n) per message -> an O(1) one;
 - every received message is processed in a task of its own, and starting a task scans every
   live task of the service (quadratic under a burst) -> one worker processes received messages
@@ -520,6 +522,10 @@ class Gossip:
             eclipse_protection_enabled=False,
             adaptive_gossip_enabled=False,
         )
+        # Peer scoring is off, as in go-libp2p unless configured (WithPeerScore): py-libp2p
+        # scores every peer for every message forwarded with all weights at zero, so scores
+        # stay 0 and no threshold can trip, at 7-10% of a relaying peer's CPU in a burst.
+        self._router.scorer = None
         _signature_check.observer = observer  # one pubsub per process
         self._pubsub = _ChatPubsub(
             host.libp2p_host,
