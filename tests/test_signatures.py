@@ -127,3 +127,14 @@ def test_senders_keys_are_resolved_once_and_remembered_within_a_bound() -> None:
     info = signatures.signing_key.cache_info()
     assert (info.misses, info.hits) == (1, 99)
     assert info.maxsize == signatures.REMEMBERED_SIGNERS
+
+
+def test_oversized_senders_and_keys_are_refused_before_they_are_remembered() -> None:
+    signatures.signing_key.cache_clear()
+    message = signed(ed25519_key_pair())
+    message.key = b"\x08\x01\x12" + b"k" * (1 << 20)  # a megabyte of "key"
+    assert not has_valid_signature(message)
+    message = signed(ed25519_key_pair())
+    message.from_id = b"\x00" * 1000
+    assert not has_valid_signature(message)
+    assert signatures.signing_key.cache_info().currsize == 0  # nothing of either kept

@@ -28,6 +28,10 @@ from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX
 
 SIGNING_PREFIX: bytes = PUBSUB_SIGNING_PREFIX.encode()
 REMEMBERED_SIGNERS = 4096  # (sender, key) pairs; past it the least recently used is resolved anew
+# Larger than any PeerId or public key libp2p uses (an RSA-8192 key is ~1.1 KB): the cache keeps
+# what it is given, so without a bound 4,096 garbage keys of a megabyte would be held in memory.
+MAX_PEER_ID_BYTES = 128
+MAX_KEY_BYTES = 2048
 
 
 @functools.lru_cache(maxsize=REMEMBERED_SIGNERS)
@@ -60,6 +64,8 @@ def signed_bytes(message: rpc_pb2.Message) -> bytes:
 def has_valid_signature(message: rpc_pb2.Message) -> bool:
     """Whether ``message`` is signed by the key of the PeerId it names (never raises)."""
     if not message.signature:
+        return False
+    if len(message.from_id) > MAX_PEER_ID_BYTES or len(message.key) > MAX_KEY_BYTES:
         return False
     public_key = signing_key(bytes(message.from_id), bytes(message.key))
     if public_key is None:
