@@ -306,3 +306,23 @@ async def test_a_restarted_peer_is_dialled_at_the_address_given_not_at_a_stale_o
         async with running_host(tmp_path / "server", listen) as (server, _):
             with trio.fail_after(20):
                 assert await client.connect(fixed) == server.peer_id
+
+
+async def test_the_given_address_is_put_first_without_losing_the_peers_signed_record(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_host(tmp_path / "client") as (client, _),
+        running_host(tmp_path / "server") as (server, _),
+    ):
+        server_id = ID.from_base58(server.peer_id)
+        await client.connect(loopback_addr(server))
+        peerstore = client.libp2p_host.get_peerstore()
+        await wait_until(lambda: peerstore.get_peer_record(server_id) is not None)
+        await client.disconnect(server.peer_id)
+        await wait_until(lambda: not client.is_connected(server.peer_id))
+        record = peerstore.get_peer_record(server_id)
+        last = peerstore.addrs(server_id)[-1]
+        client._put_first(server_id, [last])
+        assert peerstore.addrs(server_id)[0] == last
+        assert peerstore.get_peer_record(server_id) is record  # clear_addrs() dropped it

@@ -281,7 +281,6 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
 
 
 LISTENER_CLOSE_SECONDS = 5.0
-PEERSTORE_DIAL_TTL = 120  # what the library's connect() gives the addresses it is handed
 STREAMS_PER_CONNECTION = 64  # identify, ping, pubsub both ways, DHT queries, relay circuits
 
 
@@ -531,17 +530,15 @@ class P2PHost:
         # Trap 28: the swarm dials one address per transport, the first the peerstore lists
         # for the peer, whatever address connect() was given; a stale one listed first (the
         # random port of a peer's previous run, from identify or a DHT answer) hid the given
-        # one for good. Known addresses are kept, after the given ones.
-        peerstore = self._host.get_peerstore()
-        try:
-            listed = list(peerstore.addrs(peer))
-        except PeerStoreError:  # not known, or expired
-            listed = []
-        if listed[: len(addrs)] == addrs or self.is_connected(str(peer)):
-            return  # nothing to reorder, or nothing will be dialled
-        known = [addr for addr in listed if addr not in addrs]
-        peerstore.clear_addrs(peer)
-        peerstore.add_addrs(peer, [*addrs, *known], PEERSTORE_DIAL_TTL)
+        # one for good. Known addresses are kept, after the given ones. Reordered in place:
+        # clear_addrs() would also drop the peer's signed record (DHT and PX answers carry it,
+        # and it is what an older, replayed record is compared against).
+        if self.is_connected(str(peer)):
+            return  # nothing will be dialled
+        data = self._host.get_peerstore().peer_data_map.get(peer)
+        if data is None or data.addrs[: len(addrs)] == addrs:
+            return  # unknown (connect() adds the given addresses), or already first
+        data.addrs = [*addrs, *(addr for addr in data.addrs if addr not in addrs)]
 
     async def _connect_through(
         self, peer_addr: str, relay_addr: str, relay: str, target: str
