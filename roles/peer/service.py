@@ -74,7 +74,8 @@ class _Room:
     heard: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def hear(self, sender: str, at_ms: int) -> None:
-        self.heard[sender] = at_ms
+        """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept)."""
+        self.heard[sender] = max(at_ms, self.heard.get(sender, 0))
         self.heard.move_to_end(sender)
         while len(self.heard) > MAX_HEARD:
             self.heard.popitem(last=False)
@@ -272,8 +273,6 @@ class ChatService:
         texts: list[tuple[StoredMessage, ChatText]] = []
         joined, received_at = self._rooms.get(room), now_ms()
         for message in messages:
-            if joined is not None and message.sender != self._me:
-                joined.hear(message.sender, received_at)
             # The validator decoded it moments ago (decoding twice was ~5% of a peer's CPU).
             payload = self._validated.pop(message.data, None)
             if payload is None:
@@ -282,6 +281,10 @@ class ChatService:
                 except WireError as error:  # the validator already dropped these; defensive
                     self._metrics.dropped.labels(reason=error.reason).inc()
                     continue
+            if joined is not None and message.sender != self._me:
+                # When it was signed, not when it reached us: an old message replayed by
+                # somebody else does not make its sender look present.
+                joined.hear(message.sender, min(received_at, payload.sent_at_ms))
             if isinstance(payload, NameAnnouncement):
                 self._learn_name(message.sender, payload.name, message.sender == self._me)
                 continue
