@@ -227,7 +227,9 @@ class History:
         caught up again is a duplicate, not a second copy.
 
         Key lengths do not change, so neither do counts and sizes. Safe to interrupt: a message
-        already re-keyed is skipped when the work is resumed at the next start.
+        already re-keyed is skipped when the work is resumed at the next start. A message whose
+        history id is already taken (an old store could hold another sender's message under
+        any id) stays under its old id: re-keying it would overwrite or unindex the other one.
         """
         batch = WriteBatch(raw_mode=True)
         for room in self.rooms():
@@ -236,10 +238,18 @@ class History:
             it.seek(prefix)
             while it.valid() and it.key().startswith(prefix):
                 key, value = it.key(), it.value()
-                message = _decode(room, prefix, key, value)
+                try:
+                    message = _decode(room, prefix, key, value)
+                except ValueError:  # a format this version does not read: left as it is
+                    it.next()
+                    continue
                 chosen = _chosen_id(message.envelope)
                 bound = history_id(message.sender, chosen) if chosen is not None else None
-                if bound is not None and bound != message.message_id:
+                if (
+                    bound is not None
+                    and bound != message.message_id
+                    and self._db.get(id_prefix + bound) is None
+                ):
                     new_key = key[:-MESSAGE_ID_BYTES] + bound
                     batch.delete(key)
                     batch.delete(id_prefix + message.message_id)

@@ -392,3 +392,24 @@ def test_a_store_from_before_ids_were_bound_to_senders_is_rekeyed_once(
     assert not history.add(genuine[3])  # caught up again: a duplicate, not a second copy
     assert history.lookup("lobby", [genuine[5].message_id])[0].envelope == genuine[5].envelope
     assert History(store).range("lobby", 0) == history.range("lobby", 0)  # once is enough
+
+
+@pytest.mark.parametrize("squatter_time", [0, 10, 20], ids=["before", "same time", "after"])
+def test_rekeying_never_overwrites_a_message_that_holds_the_id_it_needs(
+    store: Store, tmp_path: Path, squatter_time: int
+) -> None:
+    # An old store kept messages under ids their senders chose: Mallory's could sit under the
+    # history id Alice's message is about to get.
+    alice = make_messages(signer(tmp_path / "alice"), "lobby", 1, first_ms=10)[0]
+    squat = make_messages(signer(tmp_path / "mallory"), "lobby", 1, first_ms=squatter_time)[0]
+    old_alice = replace(alice, message_id=(1).to_bytes(16, "big"))
+    old_squat = replace(squat, message_id=alice.message_id)
+    History(store).add_many([old_alice, old_squat])
+    del store.db[b"hmeta/ids"]
+
+    history = History(store)
+    kept = history.range("lobby", 0)
+    assert sorted(m.envelope for m in kept) == sorted([alice.envelope, squat.envelope])
+    assert history.count("lobby") == 2
+    for message in kept:  # each still found under the id it is listed with
+        assert history.lookup("lobby", [message.message_id]) == [message]
