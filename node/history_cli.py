@@ -9,6 +9,7 @@ catch-up verifies it (signature, room, id and time); what fails is counted, not 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient, StoreClientMetrics
-from p2pchat.node.wire.chat import ChatText, decode, text_for_display
+from p2pchat.node.terminal_text import text_for_display
+from p2pchat.node.wire.chat import ChatText, decode
 from prometheus_client import CollectorRegistry
+from prompt_toolkit.utils import get_cwidth
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -80,9 +83,11 @@ class Shown:
             payload.text,
         )
 
-    def line(self) -> str:
+    def line(self, width: int | None = None) -> str:
+        """One message, for a terminal ``width`` columns wide (None: not a terminal)."""
         when = datetime.fromtimestamp(self.sent_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{when}  {self.sender_name} ({self.sender[-6:]}): {text_for_display(self.text)}"
+        header = f"{when}  {self.sender_name} ({self.sender[-6:]}): "
+        return header + text_for_display(self.text, start_column=get_cwidth(header), width=width)
 
     def json(self) -> str:
         return json.dumps(
@@ -124,9 +129,10 @@ def show(
     err: Callable[[str], object] = sys.stderr.write,
 ) -> None:
     """Print the messages (one line or JSON object each) and a summary line on ``err``."""
+    width = shutil.get_terminal_size().columns if out.isatty() else None
     for message in fetched.messages:
         shown = Shown.of(message, max_text_bytes)
-        out.write((shown.json() if as_json else shown.line()) + "\n")
+        out.write((shown.json() if as_json else shown.line(width)) + "\n")
     more = "" if fetched.complete else " (more exist: raise --limit)"
     rejected = f", {fetched.rejected} rejected (forged or altered)" if fetched.rejected else ""
     err(f"{len(fetched.messages)} messages from {fetched.source}{rejected}{more}\n")

@@ -94,22 +94,6 @@ def _unsafe_in_text(text: str) -> bool:
     return _UNSAFE_IN_TEXT.search(text) is not None
 
 
-# The line breaks a text may hold (CR is refused by the text rules; U+2028 and U+2029 break
-# lines on some terminals).
-_LINE_BREAKS = re.compile("[\n\u2028\u2029]")
-CONTINUATION = "\n    | "
-
-
-def text_for_display(text: str) -> str:
-    """``text`` as a console shows it after a message header: every line after the first
-    starts with :data:`CONTINUATION`'s indented bar.
-
-    Texts may hold line breaks (other clients send multi-line messages), and a line of its own
-    could otherwise pass for a message header with somebody else's name and short PeerId.
-    """
-    return _LINE_BREAKS.sub(CONTINUATION, text)
-
-
 # Both validators are pure and see the same few names and rooms in every message received.
 @functools.lru_cache(maxsize=1024)
 def validate_name(name: str) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from p2pchat.node.wire.chat import text_for_display
+from p2pchat.node.terminal_text import text_for_display
+from prompt_toolkit.utils import get_cwidth
 
 HELP = """Commands:
   /help              this help
@@ -96,8 +97,11 @@ def clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
 
 
-def render_message(sender_name: str, sender: str, text: str, sent_at_ms: int) -> str:
-    """A chat message as the console shows it. The short PeerId always follows the name: names
-    alone can be spoofed; the lines of a multi-line text are indented, so none can pass for a
-    message of its own."""
-    return f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): {text_for_display(text)}"
+def render_message(
+    sender_name: str, sender: str, text: str, sent_at_ms: int, width: int | None = None
+) -> str:
+    """A chat message as the console shows it on a terminal ``width`` columns wide (None: not
+    a terminal). The short PeerId always follows the name: names alone can be spoofed; every
+    row of the text after the first is indented, so none can pass for a message of its own."""
+    header = f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): "
+    return header + text_for_display(text, start_column=get_cwidth(header), width=width)

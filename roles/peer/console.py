@@ -8,6 +8,7 @@ garbles the line being typed. Ctrl-C and Ctrl-D at the prompt leave the chat lik
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,9 +71,13 @@ async def run_console(
     async def run_command(line: str) -> tuple[bool, str]:
         with service.capturing() as answer:
             keep_going = await service.handle_line(line)
-        return keep_going, "".join(render_text(event) + "\n" for event in answer)
+        width = terminal_width()
+        return keep_going, "".join(render_text(event, width) + "\n" for event in answer)
 
     terminal = sys.stdout
+
+    def terminal_width() -> int:
+        return shutil.get_terminal_size().columns  # asked each time: terminals are resized
 
     def converse() -> None:
         """The prompt loop, in a worker thread: prompt_toolkit runs its own event loop."""
@@ -96,7 +101,7 @@ async def run_console(
         async def show_events() -> None:
             # Events that arrive while a prompt is shown: the proxy prints them above it.
             async for event in events:
-                print(render_text(event), flush=True)
+                print(render_text(event, terminal_width()), flush=True)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(show_events)

@@ -57,10 +57,11 @@ async def stdin_lines() -> AsyncIterator[str | None]:
                 yield None
 
 
-def render_text(event: ChatEvent) -> str:
-    """How the console shows an event."""
+def render_text(event: ChatEvent, width: int | None = None) -> str:
+    """How the console shows an event, on a terminal ``width`` columns wide (None: output
+    that is not a terminal)."""
     if isinstance(event, MessageEvent):
-        return render_message(event.sender_name, event.sender, event.text, event.sent_at_ms)
+        return render_message(event.sender_name, event.sender, event.text, event.sent_at_ms, width)
     if isinstance(event, PeerEvent):
         verb = "joined" if event.change == "joined" else "left"
         return f"* {event.name} ({short_id(event.peer)}) {verb} {event.room}"
