@@ -1,4 +1,4 @@
-"""Serving the history protocol (``/p2pchat/store-query/1.0.0``) from the local history.
+"""Serving the history protocol (``/p2pchat/store-query/2.0.0``) from the local history.
 
 Archivers serve it, and so does every chat peer unless ``history.serve`` is off. A stream
 carries queries one at a time, each answered by one reply. What a client can make a server

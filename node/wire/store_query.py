@@ -17,7 +17,10 @@ from p2pchat.node.wire import store_query_pb2 as pb
 from p2pchat.node.wire.chat import MESSAGE_ID_BYTES, validate_room
 from p2pchat.node.wire.framing import frame, parse_message
 
-PROTOCOL_ID = "/p2pchat/store-query/1.0.0"
+# 2.0.0 (2026-12-02): ids are history ids (see StoreEntry.id). A 1.0.0 server listed the ids
+# senders chose, which clients of 2.0.0 would refuse as not the signed ones; the protocols
+# do not meet instead.
+PROTOCOL_ID = "/p2pchat/store-query/2.0.0"
 MAX_QUERY_BYTES = 16 * 1024
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 REPLY_BUDGET_BYTES = 2 * 1024 * 1024  # messages per reply, so one reply always fits its frame
