@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
-from libp2p.pubsub.pb import rpc_pb2
+from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.store import Store
 from p2pchat.node.wire.chat import ChatText, WireError, decode
 from rocksdict import WriteBatch, WriteOptions
@@ -105,10 +105,8 @@ def history_id(sender: str, chosen_id: bytes) -> bytes:
 
 def _chosen_id(envelope: bytes) -> bytes | None:
     """The id the sender chose for the chat text inside ``envelope``; None if it holds none."""
-    message = rpc_pb2.Message()
     try:
-        message.ParseFromString(envelope)
-        payload = decode(bytes(message.data), max_text_bytes=1 << 20)
+        payload = decode(envelope_data(envelope), max_text_bytes=1 << 20)
     except (DecodeError, WireError, ValueError):
         return None
     return payload.id if isinstance(payload, ChatText) else None
