@@ -23,10 +23,9 @@ from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient, StoreClientMetrics
-from p2pchat.node.terminal_text import text_for_display
+from p2pchat.node.terminal_text import after_header
 from p2pchat.node.wire.chat import ChatText, decode
 from prometheus_client import CollectorRegistry
-from prompt_toolkit.utils import get_cwidth
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -87,7 +86,7 @@ class Shown:
         """One message, for a terminal ``width`` columns wide (None: not a terminal)."""
         when = datetime.fromtimestamp(self.sent_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         header = f"{when}  {self.sender_name} ({self.sender[-6:]}): "
-        return header + text_for_display(self.text, start_column=get_cwidth(header), width=width)
+        return after_header(header, self.text, width)
 
     def json(self) -> str:
         return json.dumps(

@@ -53,3 +53,8 @@ def text_for_display(text: str, *, start_column: int = 0, width: int | None = No
         rows.append("".join(row))
         column = len(INDENT)
     return CONTINUATION.join(rows)
+
+
+def after_header(header: str, text: str, width: int | None) -> str:
+    """``header`` followed by ``text`` as :func:`text_for_display` shows it after it."""
+    return header + text_for_display(text, start_column=get_cwidth(header), width=width)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from p2pchat.node.terminal_text import text_for_display
-from prompt_toolkit.utils import get_cwidth
+from p2pchat.node.terminal_text import after_header
 
 HELP = """Commands:
   /help              this help
@@ -104,4 +103,4 @@ def render_message(
     a terminal). The short PeerId always follows the name: names alone can be spoofed; every
     row of the text after the first is indented, so none can pass for a message of its own."""
     header = f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): "
-    return header + text_for_display(text, start_column=get_cwidth(header), width=width)
+    return after_header(header, text, width)
