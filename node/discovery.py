@@ -5,6 +5,10 @@ Discovery only reports; this decides: a found peer is dialled if we are not alre
 to it, fewer than ``max_peers`` peers are connected, and it did not fail in the last
 :data:`RETRY_AFTER` seconds. Dials run one at a time, so a LAN full of peers cannot trigger a
 storm of simultaneous handshakes.
+
+What it remembers per peer (how it was found, when a dial failed) is bounded: the newest
+``max_remembered`` peers of each (:data:`MAX_REMEMBERED` by default). Forgetting a peer costs
+at most a second "discovered" notice or an early redial, never unbounded memory.
 """
 
 from __future__ import annotations
@@ -14,22 +18,31 @@ import time
 
 import structlog
 import trio
+from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.p2p.host import DialError, P2PHost
 
 RETRY_AFTER = 30.0
 QUEUE_SIZE = 256
+MAX_REMEMBERED = 1024  # peers whose discovery and last failed dial are remembered
 
 
 class DiscoveryConnector:
     """Receives discovered peers (:meth:`found`) and dials them from :meth:`run`."""
 
-    def __init__(self, host: P2PHost, max_peers: int, log: structlog.stdlib.BoundLogger) -> None:
+    def __init__(
+        self,
+        host: P2PHost,
+        max_peers: int,
+        log: structlog.stdlib.BoundLogger,
+        max_remembered: int = MAX_REMEMBERED,
+    ) -> None:
         self._host = host
         self._max_peers = max_peers
         self._log = log
         self._send, self._receive = trio.open_memory_channel[tuple[str, list[str], str]](QUEUE_SIZE)
-        self._failed_at: dict[str, float] = {}
-        self.discovered: dict[str, str] = {}  # PeerId -> how it was first found
+        self._failed_at: BoundedDict[str, float] = BoundedDict(max_remembered)
+        # PeerId -> how it was first found (the newest max_remembered peers)
+        self.discovered: BoundedDict[str, str] = BoundedDict(max_remembered)
 
     def found(self, peer: tuple[str, list[str]], via: str = "mdns") -> None:
         """Report a peer (PeerId, addresses) that discovery ``via`` ("mdns", "dht") found; call
@@ -43,6 +56,8 @@ class DiscoveryConnector:
             if peer_id not in self.discovered:
                 self.discovered[peer_id] = via
                 self._log.info("peer discovered", remote=peer_id, addrs=addrs, via=via)
+            else:
+                self.discovered.touch(peer_id)  # still around: forget newcomers first
             if self._host.is_connected(peer_id):
                 continue
             if len(self._host.connected_peers()) >= self._max_peers:

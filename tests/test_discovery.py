@@ -1,0 +1,68 @@
+"""The discovery connector's memory of peers stays bounded however many peers are found."""
+
+from __future__ import annotations
+
+import structlog
+import trio
+import trio.testing
+from p2pchat.node.discovery import MAX_REMEMBERED, DiscoveryConnector
+from p2pchat.node.p2p.host import DialError
+
+from tests.peer_ids import fresh_peer_ids
+
+FLOOD = 10_000
+
+
+class _UnreachableHost:
+    """Connected to nobody; every dial fails."""
+
+    def __init__(self) -> None:
+        self.dialled: list[str] = []
+
+    def is_connected(self, peer: str) -> bool:
+        return False
+
+    def connected_peers(self) -> list[str]:
+        return []
+
+    async def connect(self, addr: str) -> None:
+        self.dialled.append(addr)
+        raise DialError(f"{addr}: unreachable")
+
+
+async def test_a_flood_of_fresh_peers_is_remembered_up_to_the_bound() -> None:
+    host = _UnreachableHost()
+    connector = DiscoveryConnector(host, 50, structlog.get_logger())  # type: ignore[arg-type]
+    peers = list(fresh_peer_ids(FLOOD))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connector.run)
+        for n, peer in enumerate(peers):
+            connector.found((peer, [f"/ip4/10.0.0.1/tcp/{n}"]), via="dht")
+            if n % 100 == 99:
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(connector.discovered) <= MAX_REMEMBERED
+                assert len(connector._failed_at) <= MAX_REMEMBERED
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(host.dialled) == FLOOD  # every one was still dialled once
+    assert list(connector.discovered) == peers[-MAX_REMEMBERED:]
+    assert list(connector._failed_at) == peers[-MAX_REMEMBERED:]
+    assert set(connector.discovered.values()) == {"dht"}
+
+
+async def test_a_peer_found_again_is_kept_over_newcomers_and_not_redialled_early() -> None:
+    host = _UnreachableHost()
+    connector = DiscoveryConnector(host, 50, structlog.get_logger(), max_remembered=3)  # type: ignore[arg-type]
+    known, *newcomers = list(fresh_peer_ids(4))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connector.run)
+        connector.found((known, ["/ip4/10.0.0.1/tcp/1"]))
+        for peer in newcomers[:2]:
+            connector.found((peer, ["/ip4/10.0.0.2/tcp/1"]))
+        connector.found((known, ["/ip4/10.0.0.1/tcp/1"]))  # within RETRY_AFTER: not dialled
+        connector.found((newcomers[2], ["/ip4/10.0.0.3/tcp/1"]))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert host.dialled.count("/ip4/10.0.0.1/tcp/1") == 1
+    assert list(connector.discovered) == [newcomers[1], known, newcomers[2]]
+    assert connector.discovered[known] == "mdns"
