@@ -13,6 +13,9 @@ the sources returned is stored once per id. A source that completed its walk but
 another one returned is logged and counted (``p2pchat_history_source_gaps_total``): that is how
 a source hiding messages gets noticed. A peer that was itself offline lacks messages honestly,
 so this is a signal for operators, not a verdict.
+
+When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
+pairs: a source forgotten early is merely asked again sooner.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 import structlog
 import trio
 import trio.lowlevel
+from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
@@ -33,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 SETTLE = 1.0  # after a trigger: let identify finish and other connections arrive
 IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
 REASK_AFTER = 60.0
+MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 WRITE_BATCH = 1000
 
 CaughtUp = Callable[[str, int, list[str]], None]
@@ -82,7 +87,8 @@ class CatchUp:
         self._log = log
         self._pending: set[str] = set()
         self._wake = trio.Event()
-        self._asked: dict[tuple[str, str], float] = {}  # (room, source) -> when
+        # (room, source) -> when it was last asked
+        self._asked: BoundedDict[tuple[str, str], float] = BoundedDict(MAX_ASKED)
 
     def request(self, room: str) -> None:
         """Catch ``room`` up as soon as sources are known (safe to call from any task)."""
@@ -169,9 +175,6 @@ class CatchUp:
         if answered:
             self._on_caught_up(room, stored, answered)
         return stored
-
-    def _stale(self, room: str, source: str, now: float) -> bool:
-        return now - self._asked[(room, source)] >= REASK_AFTER
 
     def _start_ms(self, room: str) -> int:
         newest = self._history.newest_sent_at(room)

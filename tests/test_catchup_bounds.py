@@ -1,0 +1,72 @@
+"""Catch-up remembers when it asked each source for a bounded number of (room, source) pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from p2pchat.node.catchup import MAX_ASKED, CatchUp, CatchUpMetrics
+from p2pchat.node.config import HistorySection
+from p2pchat.node.history import History
+from p2pchat.node.p2p.host import ConnectionInfo
+from p2pchat.node.store import Store
+from p2pchat.node.store_client import Fetched
+from prometheus_client import CollectorRegistry
+
+from tests.peer_ids import fresh_peer_ids
+
+FLOOD = 10_000
+ROOM = "p2p-chat-default"
+
+
+class _EmptySources:
+    """Every source answers at once, with nothing."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def fetch_range(
+        self, source: str, room: str, start_ms: int, max_messages: int
+    ) -> Fetched:
+        self.asked.append(source)
+        return Fetched(source, [], 0, True)
+
+
+def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
+    store = Store.open(tmp_path / "store")
+    return CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        History(store),
+        client,  # type: ignore[arg-type]
+        HistorySection(catchup_sources=16),
+        lambda: [ROOM],
+        lambda room, count, sources: None,
+        CatchUpMetrics(CollectorRegistry()),
+        structlog.get_logger(),
+    )
+
+
+async def test_a_flood_of_fresh_sources_is_remembered_up_to_the_bound(tmp_path: Path) -> None:
+    client = _EmptySources()
+    catch_up = _catch_up(tmp_path, client)
+    sources = list(fresh_peer_ids(FLOOD))
+    for first in range(0, FLOOD, 16):
+        await catch_up.catch_up(ROOM, sources[first : first + 16])
+        assert len(catch_up._asked) <= MAX_ASKED
+    assert sorted(client.asked) == sorted(sources)  # sources of one catch-up are asked at once
+    assert set(catch_up._asked) == {(ROOM, source) for source in sources[-MAX_ASKED:]}
+    # Asked lately: not asked again; forgotten: asked again.
+    await catch_up.catch_up(ROOM, [sources[-1], sources[0]])
+    assert client.asked[FLOOD:] == [sources[0]]
+
+
+async def test_a_source_that_disconnected_is_asked_again_at_once(tmp_path: Path) -> None:
+    client = _EmptySources()
+    catch_up = _catch_up(tmp_path, client)
+    source, other = fresh_peer_ids(2)
+    await catch_up.catch_up(ROOM, [source, other])
+    await catch_up.catch_up(ROOM, [source, other])
+    assert sorted(client.asked) == sorted([source, other])
+    catch_up.connection_closed(ConnectionInfo(source, "inbound", "tcp", "/noise", "/yamux/1.0.0"))
+    await catch_up.catch_up(ROOM, [source, other])
+    assert client.asked[2:] == [source]
