@@ -23,9 +23,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/p2pchat --role peer
 
+# lint-imports checks the architecture's import contracts ([tool.importlinter] in pyproject.toml,
+# explained in docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(STAMP)
 	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/p2pchat
