@@ -5,10 +5,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The typecheck tree maps the p2pchat.* package names onto node/ and roles/ for mypy, which
-# cannot see through setuptools' editable-install hooks. It also puts trio's own (inline, current)
-# types ahead of the outdated trio-typing stubs that py-libp2p drags in.
-TYPECHECK_TREE := build/typecheck
 
 .PHONY: run test lint typecheck unit install clean proto bench image
 
@@ -30,12 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache --no-logo
 
+# mypy over p2pchat.node and p2pchat.roles, read from node/ and roles/ (tools/typecheck.py says
+# why mypy alone cannot map them, and how trio's own types win over trio-typing's stubs).
 typecheck: $(STAMP)
-	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/p2pchat
-	ln -s $(CURDIR)/node $(TYPECHECK_TREE)/p2pchat/node
-	ln -s $(CURDIR)/roles $(TYPECHECK_TREE)/p2pchat/roles
-	ln -s "$$($(BIN)/python -c 'import os, trio; print(os.path.dirname(trio.__file__))')" $(TYPECHECK_TREE)/trio
-	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p p2pchat.node -p p2pchat.roles
+	$(BIN)/python tools/typecheck.py
 
 # Regenerate the protobuf code of the wire formats (committed; tests/test_packaging.py checks
 # that it is current).
