@@ -69,8 +69,8 @@ async def run_console(
             return None
 
     async def run_command(line: str) -> tuple[bool, str]:
-        with service.capturing() as answer:
-            keep_going = await service.handle_line(line)
+        # The answer of this line only: events that arrive meanwhile go to show_events.
+        keep_going, answer = await service.execute(line)
         width = terminal_width()
         return keep_going, "".join(render_text(event, width) + "\n" for event in answer)
 

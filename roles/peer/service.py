@@ -1,45 +1,42 @@
 """The chat service: rooms over GossipSub, signed messages, local history, queued sends.
 
 Data flow of one message (see the architecture note): a typed line is validated and encoded,
-published signed on the room's topic; every receiver (the sender included, through its own
-subscription) verifies it, decodes it, deduplicates it by id against the history, stores it
-with its signed envelope, and emits a :class:`MessageEvent` to the front end.
+published signed on the room's topic (:mod:`~p2pchat.roles.peer.outbox`); every receiver (the
+sender included, through its own subscription) verifies it, decodes it, deduplicates it by id
+against the history, stores it with its signed envelope, and emits a :class:`MessageEvent` to
+the front end (:mod:`~p2pchat.roles.peer.inbound`).
 
 A message typed while nobody else is in the room is kept in the store as pending and published
 as soon as a peer joins the room; the user is told it is queued.
+
+:class:`ChatService` is the facade the role and the front ends use; it composes the parts:
+rooms (:mod:`~p2pchat.roles.peer.rooms`), membership (:mod:`~p2pchat.roles.peer.membership`),
+names (:mod:`~p2pchat.roles.peer.names`), the inbound pipeline, the outbox and pending queue,
+retention (:mod:`~p2pchat.roles.peer.retention`) and presentation
+(:mod:`~p2pchat.roles.peer.presentation`).
+
+Two streams of events reach the user: live events (messages, peers coming and going, notices),
+emitted to the front end as they happen; and the answer to one command, collected for that
+call alone (:meth:`ChatService.execute`), so a message arriving while a command awaits (a
+``/join`` subscribing) is shown as a message, never inside the command's answer.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
 
 import trio
-from p2pchat.node.history import History, StoredMessage, now_ms
-from p2pchat.node.p2p.envelopes import envelope_data
-from p2pchat.node.p2p.pubsub import Gossip, GossipMessage
+from p2pchat.node.history import History, now_ms
+from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.role import NodeContext
-from p2pchat.node.wire.chat import (
-    ChatText,
-    NameAnnouncement,
-    WireError,
-    decode,
-    decode_for_room,
-    encode,
-    new_message_id,
-    validate_name,
-    validate_room,
-)
+from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.roles.peer.commands import (
     DEFAULT_HISTORY,
     HELP,
     Command,
     Invalid,
     Send,
-    clock,
     parse_line,
     short_id,
 )
@@ -47,73 +44,100 @@ from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
     ErrorEvent,
-    MessageEvent,
     NoticeEvent,
     OutputEvent,
     PeerEvent,
 )
+from p2pchat.roles.peer.inbound import Inbound
+from p2pchat.roles.peer.membership import POLL_INTERVAL, Membership, MembershipChanges
 from p2pchat.roles.peer.metrics import ChatMetrics
+from p2pchat.roles.peer.names import MAX_KNOWN_NAMES, Names
+from p2pchat.roles.peer.outbox import Outbox, PendingQueue
+from p2pchat.roles.peer.presentation import (
+    NodeFacts,
+    connection_notice,
+    discovered_notice,
+    history_events,
+    info_output,
+    peers_output,
+    rooms_output,
+)
+from p2pchat.roles.peer.retention import Retention
+from p2pchat.roles.peer.rooms import Room, Rooms
 
-NAME_KEY = b"peer/name"
-PENDING_PREFIX = b"pend/"
-MEMBER_POLL_INTERVAL = 0.5
-RETENTION_INTERVAL = 3600.0
-MAX_HEARD = 256  # senders remembered per room for /peers
 HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
-ANONYMOUS = "anon"
-MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
+
+Reply = Callable[[ChatEvent], None]
+"""Collects the answer of one command."""
 
 
-@dataclass
-class _Room:
-    name: str
-    scope: trio.CancelScope
-    members: set[str] = field(default_factory=set)  # subscribed peers we are connected to
-    # Senders heard in the room (PeerId -> when, ms), the newest MAX_HEARD: the members that
-    # only the mesh connects us to, whom pubsub does not list.
-    heard: OrderedDict[str, int] = field(default_factory=OrderedDict)
+class RoomPubsub(Protocol):
+    """What the chat service needs of the node's pubsub (:class:`~p2pchat.node.p2p.pubsub.Gossip`
+    provides it)."""
 
-    def hear(self, sender: str, at_ms: int) -> None:
-        """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept)."""
-        self.heard[sender] = max(at_ms, self.heard.get(sender, 0))
-        self.heard.move_to_end(sender)
-        while len(self.heard) > MAX_HEARD:
-            self.heard.popitem(last=False)
+    async def join(
+        self, topic: str, validator: Callable[[bytes], str | None]
+    ) -> AsyncIterator[list[GossipMessage]]: ...
+
+    async def leave(self, topic: str) -> None: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    def has_subscribers(self, topic: str) -> bool: ...
+
+    def subscribers(self, topic: str) -> Iterable[str]: ...
 
 
 class ChatService:
-    """Rooms, messages, names and history of one chat peer; front ends call :meth:`handle_line`."""
+    """Rooms, messages, names and history of one chat peer; front ends call :meth:`execute`
+    (or :meth:`handle_line`) with each input line and render the events ``emit`` is given."""
 
     def __init__(
         self,
         ctx: NodeContext,
-        gossip: Gossip,
+        gossip: RoomPubsub,
         history: History,
         metrics: ChatMetrics,
         emit: Callable[[ChatEvent], None],
         on_join: Callable[[str], None] = lambda room: None,
     ) -> None:
-        """``on_join`` is told each room this peer joins (catch-up fetches what it missed)."""
+        """``emit`` receives live events; ``on_join`` is told each room this peer joins
+        (catch-up fetches what it missed)."""
         self._ctx = ctx
         self._on_join = on_join
-        self._last_sent_ms = 0
         self._gossip = gossip
         self._history = history
         self._metrics = metrics
         self._emit = emit
         self._me = ctx.host.peer_id
-        self._settings = ctx.config.chat
-        self._rooms: dict[str, _Room] = {}
-        self._current = ctx.config.chat.room
-        self._names: dict[str, str] = {}
-        self._validated: dict[bytes, ChatText | NameAnnouncement] = {}  # payload -> decoded
-        stored_name = ctx.store.db.get(NAME_KEY)
-        self._name: str | None = (
-            stored_name.decode() if stored_name is not None else ctx.config.chat.name
+        settings = ctx.config.chat
+        self._rooms = Rooms(settings.room)
+        # chat.max_known_names would size this (proposed config key; default below).
+        self._names = Names(self._me, ctx.store.db, settings.name, MAX_KNOWN_NAMES)
+        self._retention = Retention(
+            history, settings.history_max_messages, settings.history_max_age_days
+        )
+        self._inbound = Inbound(
+            self._me,
+            history,
+            self._names,
+            self._rooms,
+            metrics,
+            settings.max_message_bytes,
+            self._retention.trim_if_over,
+            emit,
+        )
+        self._outbox = Outbox(
+            gossip, PendingQueue(ctx.store.db), metrics, settings.max_message_bytes
+        )
+        self._membership = Membership(
+            self._me,
+            self._rooms,
+            gossip.subscribers,
+            ctx.host.connected_peers,
+            ctx.discovered_peers,
         )
         self._nursery: trio.Nursery | None = None
-        self._connected: set[str] = set()
-        self._discovered: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -121,9 +145,9 @@ class ChatService:
         """Join the configured room, then keep rooms, members and retention going."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._join(self._current)
+            await self._join(self._rooms.current)
             nursery.start_soon(self._watch_members)
-            nursery.start_soon(self._apply_retention_periodically)
+            nursery.start_soon(self._retention.run)
             task_status.started()
 
     @property
@@ -132,447 +156,217 @@ class ChatService:
 
     def room_names(self) -> list[str]:
         """The rooms this peer is in (safe to call from the console's thread)."""
-        return list(self._rooms)
+        return self._rooms.names()
 
     @property
     def current_room(self) -> str:
-        return self._current
+        return self._rooms.current
 
     @property
     def display_name(self) -> str:
-        return self._name or ANONYMOUS
+        return self._names.display_name
 
-    # --- input -----------------------------------------------------------------------------------
+    def name_of(self, peer: str) -> str:
+        """The last name ``peer`` announced or used, or ``anon``."""
+        return self._names.name_of(peer)
 
     def caught_up(self, room: str, count: int, sources: list[str]) -> None:
         """Tell the user how many messages of ``room`` arrived while they were away."""
         if count:
             self._emit(CaughtUpEvent(room, count, sources))
 
-    @contextmanager
-    def capturing(self) -> Iterator[list[ChatEvent]]:
-        """Collect the events emitted inside the block instead of sending them to the front end.
+    # --- input -----------------------------------------------------------------------------------
 
-        The console uses it to print a command's answer itself, before drawing the next prompt.
-        """
-        captured: list[ChatEvent] = []
-        emit = self._emit
-        self._emit = captured.append
-        try:
-            yield captured
-        finally:
-            self._emit = emit
+    async def execute(self, line: str) -> tuple[bool, list[ChatEvent]]:
+        """Act on one input line. Returns False when the user asked to quit, and the answer:
+        the events this line produced (errors, notices, command output), collected for this
+        call only. Live events meanwhile still go to ``emit``."""
+        answer: list[ChatEvent] = []
+        keep_going = await self._act(line, answer.append)
+        return keep_going, answer
 
     async def handle_line(self, line: str) -> bool:
-        """Act on one input line; False when the user asked to quit."""
+        """Act on one input line and emit its answer after it; False when the user asked to
+        quit."""
+        keep_going, answer = await self.execute(line)
+        for event in answer:
+            self._emit(event)
+        return keep_going
+
+    async def _act(self, line: str, reply: Reply) -> bool:
         parsed = parse_line(line)
         if parsed is None:
             return True
         if isinstance(parsed, Invalid):
-            self._emit(ErrorEvent(parsed.hint))
+            reply(ErrorEvent(parsed.hint))
         elif isinstance(parsed, Send):
-            await self.send(parsed.text)
+            answer = await self._outbox.send(self._rooms.current, self.display_name, parsed.text)
+            if answer is not None:
+                reply(answer)
         elif isinstance(parsed, Command):
             if parsed.name == "quit":
                 return False
-            await self._run_command(parsed)
+            await self._run_command(parsed, reply)
         return True
 
-    async def _run_command(self, command: Command) -> None:
+    async def _run_command(self, command: Command, reply: Reply) -> None:
         name, argument = command.name, command.argument
+        current = self._rooms.current
         if name == "help":
-            self._emit(OutputEvent("help", HELP))
+            reply(OutputEvent("help", HELP))
         elif name == "peers":
-            self._emit(self._peers_output())
+            reply(self._peers_output())
         elif name == "name":
-            await self.set_name(argument)
+            await self._set_name(argument, reply)
         elif name == "history":
-            self._show_history(int(argument) if argument else DEFAULT_HISTORY)
+            limit = int(argument) if argument else DEFAULT_HISTORY
+            for event in history_events(current, self._history.last(current, limit), self._me):
+                reply(event)
         elif name == "info":
-            self._emit(self._info_output())
+            reply(self._info_output())
         elif name == "join":
-            await self.join(argument)
+            await self._join_command(argument, reply)
         elif name == "leave":
-            await self.leave(argument or self._current)
+            await self._leave(argument or current, reply)
         elif name == "rooms":
-            rooms = sorted(self._rooms)
-            listing = ", ".join(f"{r} (current)" if r == self._current else r for r in rooms)
-            self._emit(
-                OutputEvent(
-                    "rooms", f"rooms: {listing}", {"rooms": rooms, "current": self._current}
-                )
-            )
+            reply(rooms_output(self._rooms.names(), current))
         elif name == "switch":
-            self.switch(argument)
-
-    # --- messages --------------------------------------------------------------------------------
-
-    async def send(self, text: str) -> None:
-        """Send ``text`` to the current room (queued while nobody else is in it)."""
-        size = len(text.encode())
-        limit = self._settings.max_message_bytes
-        if size > limit:
-            self._emit(ErrorEvent(f"message not sent: {size} bytes, the limit is {limit}"))
-            return
-        message = ChatText(
-            id=new_message_id(),
-            room=self._current,
-            sender_name=self.display_name,
-            text=text,
-            sent_at_ms=self._next_send_time(),
-        )
-        try:
-            data = encode(message)
-            decode(data, max_text_bytes=limit)  # what peers will accept, checked before sending
-        except (WireError, ValueError) as error:
-            self._emit(ErrorEvent(f"message not sent: {error}"))
-            return
-        if not self._gossip.has_subscribers(self._current):
-            self._ctx.store.db[_pending_key(message)] = data
-            self._emit(
-                NoticeEvent(
-                    f"nobody else is in {self._current} yet: message queued, it will be "
-                    "delivered when a peer joins"
-                )
-            )
-            return
-        await self._publish(self._current, data)
-
-    def _next_send_time(self) -> int:
-        """Now, but always later than this peer's previous message: history is ordered by
-        (send time, random id), so two lines typed or pasted within one millisecond would
-        otherwise show in random order everywhere."""
-        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1)
-        return self._last_sent_ms
-
-    async def _publish(self, room: str, data: bytes) -> None:
-        await self._gossip.publish(room, data)
-        self._metrics.published.inc()
-
-    async def _flush_pending(self, room: str) -> None:
-        prefix = _pending_prefix(room)
-        # Keys sort, so the room's queue is one contiguous run starting at its prefix.
-        queued = list(
-            itertools.takewhile(
-                lambda item: item[0].startswith(prefix),
-                self._ctx.store.db.items(from_key=prefix),
-            )
-        )
-        for key, data in queued:
-            await self._publish(room, data)
-            del self._ctx.store.db[key]
-        if queued:
-            self._emit(NoticeEvent(f"delivered {len(queued)} queued message(s) to {room}"))
-
-    def _accept(self, room: str, messages: list[GossipMessage]) -> None:
-        """Verified messages from the room's subscription: decode, dedup, store, show.
-
-        The chat texts of one batch are stored in one write; duplicates (by id) are counted
-        and not shown again.
-        """
-        texts: list[tuple[StoredMessage, ChatText]] = []
-        joined, received_at = self._rooms.get(room), now_ms()
-        for message in messages:
-            # The validator decoded it moments ago (decoding twice was ~5% of a peer's CPU).
-            payload = self._validated.pop(message.data, None)
-            if payload is None:
-                try:
-                    payload = decode(message.data, max_text_bytes=self._settings.max_message_bytes)
-                except WireError as error:  # the validator already dropped these; defensive
-                    self._metrics.dropped.labels(reason=error.reason).inc()
-                    continue
-            if joined is not None and message.sender != self._me:
-                # When it was signed, not when it reached us: an old message replayed by
-                # somebody else does not make its sender look present.
-                joined.hear(message.sender, min(received_at, payload.sent_at_ms))
-            if isinstance(payload, NameAnnouncement):
-                self._learn_name(message.sender, payload.name, message.sender == self._me)
-                continue
-            stored = StoredMessage.of_text(payload, message.sender, message.envelope, received_at)
-            texts.append((stored, payload))
-        if not texts:
-            return
-        new = {id(stored) for stored in self._history.add_many(stored for stored, _ in texts)}
-        if new:
-            self._keep_count_within_cap(room)
-        duplicates = len(texts) - len(new)
-        if duplicates:
-            self._metrics.dropped.labels(reason="duplicate").inc(duplicates)
-        for stored, payload in texts:
-            if id(stored) not in new:
-                continue
-            if stored.sender != self._me:
-                self._metrics.received.inc()
-                self._names.setdefault(stored.sender, payload.sender_name)
-            self._emit(self._message_event(payload, stored, history=False))
-
-    def _message_event(
-        self, payload: ChatText, stored: StoredMessage, *, history: bool
-    ) -> MessageEvent:
-        return MessageEvent(
-            room=payload.room,
-            id=stored.message_id.hex(),
-            sender=stored.sender,
-            sender_name=payload.sender_name,
-            text=payload.text,
-            sent_at_ms=payload.sent_at_ms,
-            own=stored.sender == self._me,
-            history=history,
-        )
-
-    def _validator(self, room: str) -> Callable[[bytes], str | None]:
-        limit = self._settings.max_message_bytes
-
-        def validate(data: bytes) -> str | None:
-            # Counting is the pubsub layer's job (it reports every reason returned here).
-            try:
-                payload = decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
-            except WireError as error:
-                return error.reason
-            if len(self._validated) >= MAX_VALIDATED:
-                self._validated.clear()  # bounded: the cost is decoding those again
-            self._validated[data] = payload
-            return None
-
-        return validate
+            self._switch(argument, reply)
 
     # --- names -----------------------------------------------------------------------------------
 
-    async def set_name(self, name: str) -> None:
+    async def _set_name(self, name: str, reply: Reply) -> None:
         """Validate, persist and announce a new display name."""
         try:
-            cleaned = validate_name(name)
+            cleaned = self._names.set_own(name)
         except ValueError as error:
-            self._emit(ErrorEvent(str(error)))
+            reply(ErrorEvent(str(error)))
             return
-        self._name = cleaned
-        self._ctx.store.db[NAME_KEY] = cleaned.encode()
-        self._emit(NoticeEvent(f"you are now {cleaned} ({short_id(self._me)})"))
-        for room in list(self._rooms):
+        reply(NoticeEvent(f"you are now {cleaned} ({short_id(self._me)})"))
+        for room in self._rooms.names():
             await self._announce_name(room)
 
     async def _announce_name(self, room: str) -> None:
-        if self._name is None or not self._gossip.has_subscribers(room):
+        name = self._names.own
+        if name is None or not self._gossip.has_subscribers(room):
             return
-        announcement = NameAnnouncement(id=new_message_id(), name=self._name, sent_at_ms=now_ms())
+        announcement = NameAnnouncement(id=new_message_id(), name=name, sent_at_ms=now_ms())
         await self._gossip.publish(room, encode(announcement))
-
-    def _learn_name(self, peer: str, name: str, own: bool) -> None:
-        previous = self._names.get(peer)
-        self._names[peer] = name
-        if not own and previous != name:
-            was = f"{previous} " if previous else ""
-            self._emit(NoticeEvent(f"{was}({short_id(peer)}) is now known as {name}"))
-
-    def name_of(self, peer: str) -> str:
-        """The last name ``peer`` announced or used, or ``anon``."""
-        if peer == self._me:
-            return self.display_name
-        return self._names.get(peer, ANONYMOUS)
 
     # --- rooms -----------------------------------------------------------------------------------
 
-    async def join(self, room: str) -> None:
+    async def _join_command(self, room: str, reply: Reply) -> None:
         """Join ``room`` (if needed) and make it current."""
         try:
             room = validate_room(room)
         except ValueError as error:
-            self._emit(ErrorEvent(str(error)))
+            reply(ErrorEvent(str(error)))
             return
         if room not in self._rooms:
             await self._join(room)
-        self._current = room
-        self._emit(NoticeEvent(f"joined {room}"))
+        self._rooms.switch(room)
+        reply(NoticeEvent(f"joined {room}"))
 
-    async def _join(self, room: str) -> None:
+    async def _join(self, name: str) -> None:
         assert self._nursery is not None
-        messages = await self._gossip.join(room, self._validator(room))
-        scope = trio.CancelScope()
-        self._rooms[room] = _Room(room, scope)
+        messages = await self._gossip.join(name, self._inbound.validator(name))
+        room = Room(name)
+        self._rooms.add(room)
 
         async def receive() -> None:
-            with scope:
+            with room.scope:
                 async with trio.open_nursery() as room_tasks:
                     if self._ctx.rendezvous is not None:
-                        room_tasks.start_soon(self._ctx.rendezvous.run_room, room)
+                        room_tasks.start_soon(self._ctx.rendezvous.run_room, name)
                     async for batch in messages:
-                        self._accept(room, batch)
+                        self._inbound.accept(name, batch)
                     room_tasks.cancel_scope.cancel()
 
         self._nursery.start_soon(receive)
         self._metrics.rooms.set(len(self._rooms))
-        self._on_join(room)
+        self._on_join(name)
 
-    async def leave(self, room: str) -> None:
+    async def _leave(self, room: str, reply: Reply) -> None:
         """Leave ``room``; the last room cannot be left (use /quit)."""
-        if room not in self._rooms:
-            self._emit(ErrorEvent(f"you are not in {room}"))
+        try:
+            left = self._rooms.remove(room)
+        except KeyError:
+            reply(ErrorEvent(f"you are not in {room}"))
             return
-        if len(self._rooms) == 1:
-            self._emit(ErrorEvent(f"{room} is your only room; use /quit to leave the chat"))
+        except ValueError:
+            reply(ErrorEvent(f"{room} is your only room; use /quit to leave the chat"))
             return
-        self._rooms.pop(room).scope.cancel()
+        left.scope.cancel()
         await self._gossip.leave(room)
-        if self._current == room:
-            self._current = sorted(self._rooms)[0]
         self._metrics.rooms.set(len(self._rooms))
-        self._emit(NoticeEvent(f"left {room}; current room: {self._current}"))
+        reply(NoticeEvent(f"left {room}; current room: {self._rooms.current}"))
 
-    def switch(self, room: str) -> None:
+    def _switch(self, room: str, reply: Reply) -> None:
         """Make a joined room current."""
-        if room not in self._rooms:
-            self._emit(ErrorEvent(f"you are not in {room}; /join {room} first"))
+        try:
+            self._rooms.switch(room)
+        except KeyError:
+            reply(ErrorEvent(f"you are not in {room}; /join {room} first"))
             return
-        self._current = room
-        self._emit(NoticeEvent(f"current room: {room}"))
+        reply(NoticeEvent(f"current room: {room}"))
 
-    def _notice_peer_changes(self) -> None:
-        """Notices for peers discovered (on the LAN, or in the DHT as members of our rooms) and
-        for connections opened and closed."""
-        discovered = self._ctx.discovered_peers()
-        for peer in sorted(discovered.keys() - self._discovered):
-            where = "on the local network" if discovered[peer] == "mdns" else "in the DHT"
-            self._emit(NoticeEvent(f"discovered {short_id(peer)} {where}"))
-        self._discovered = set(discovered)
-        connected = set(self._ctx.host.connected_peers())
-        for peer in sorted(connected - self._connected):
-            self._emit(NoticeEvent(f"connected to {self.name_of(peer)} ({short_id(peer)})"))
-        for peer in sorted(self._connected - connected):
-            self._emit(NoticeEvent(f"disconnected from {self.name_of(peer)} ({short_id(peer)})"))
-        self._connected = connected
+    # --- membership ------------------------------------------------------------------------------
 
     async def _watch_members(self) -> None:
-        """Announce peers joining and leaving rooms; greet newcomers with our name and queue."""
+        """Every :data:`POLL_INTERVAL` seconds, look at who is around and act on the changes
+        (to become a reaction to pubsub and connection events once the host emits them)."""
         while True:
-            self._notice_peer_changes()
-            for room in list(self._rooms.values()):
-                members = set(self._gossip.subscribers(room.name)) - {self._me}
-                joined, left = members - room.members, room.members - members
-                room.members = members
-                for peer in sorted(joined):
-                    self._emit(PeerEvent("joined", room.name, peer, self.name_of(peer)))
-                for peer in sorted(left):
-                    self._emit(PeerEvent("left", room.name, peer, self.name_of(peer)))
-                if joined:
-                    await self._announce_name(room.name)
-                    await self._flush_pending(room.name)
-            self._metrics.room_peers.set(
-                len(self._rooms[self._current].members) if self._current in self._rooms else 0
-            )
-            await trio.sleep(MEMBER_POLL_INTERVAL)
+            await self.members_changed(self._membership.refresh())
+            await trio.sleep(POLL_INTERVAL)
 
-    def _keep_count_within_cap(self, room: str) -> None:
-        """Trim ``room`` to ``history_max_messages`` as messages arrive, not only at the hourly
-        pass: a busy room would overrun the cap for up to an hour. Trimmed once it is 1% over,
-        so that a full room costs one delete batch per 1% of new messages, not one each."""
-        cap = self._settings.history_max_messages
-        if self._history.count(room) > cap + max(1, cap // 100):
-            self._history.apply_retention(room, max_count=cap, max_age_ms=None, now_ms=now_ms())
-
-    async def _apply_retention_periodically(self) -> None:
-        max_age_ms = int(self._settings.history_max_age_days * 86_400_000)
-        while True:
-            for room in self._history.rooms():
-                self._history.apply_retention(
-                    room,
-                    max_count=self._settings.history_max_messages,
-                    max_age_ms=max_age_ms,
-                    now_ms=now_ms(),
-                )
-            await trio.sleep(RETENTION_INTERVAL)
+    async def members_changed(self, changes: MembershipChanges) -> None:
+        """Tell the user who was discovered, connected, disconnected, joined and left; greet
+        the rooms someone joined with our name and deliver their queued messages."""
+        for peer, via in changes.discovered:
+            self._emit(discovered_notice(peer, via))
+        for peer in changes.connected:
+            self._emit(connection_notice(peer, self.name_of(peer), opened=True))
+        for peer in changes.disconnected:
+            self._emit(connection_notice(peer, self.name_of(peer), opened=False))
+        for room in self._rooms.names():
+            joined = changes.joined.get(room, [])
+            for peer in joined:
+                self._emit(PeerEvent("joined", room, peer, self.name_of(peer)))
+            for peer in changes.left.get(room, []):
+                self._emit(PeerEvent("left", room, peer, self.name_of(peer)))
+            if joined:
+                await self._announce_name(room)
+                delivered = await self._outbox.flush(room)
+                if delivered:
+                    self._emit(NoticeEvent(f"delivered {delivered} queued message(s) to {room}"))
+        current = self._rooms.current_room()
+        self._metrics.room_peers.set(len(current.members) if current is not None else 0)
 
     # --- outputs ---------------------------------------------------------------------------------
 
-    def _show_history(self, limit: int) -> None:
-        messages = self._history.last(self._current, limit)
-        if not messages:
-            self._emit(NoticeEvent(f"no messages in {self._current} yet"))
-        for stored in messages:
-            try:
-                payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
-            except (WireError, ValueError):
-                continue
-            if isinstance(payload, ChatText):
-                self._emit(self._message_event(payload, stored, history=True))
-
     def _peers_output(self) -> OutputEvent:
-        connections = {c.peer_id: c for c in self._ctx.host.connections()}
-        members = sorted(self._rooms[self._current].members) if self._current in self._rooms else []
-        peers = []
-        lines = [f"connected peers: {len(connections)}"]
-        for peer, info in sorted(connections.items()):
-            kind = "relayed" if info.transport == "p2p-circuit" else "direct"
-            in_room = peer in members
-            peers.append(
-                {"peer": peer, "name": self.name_of(peer), "connection": kind, "in_room": in_room}
-            )
-            mark = " *" if in_room else ""
-            lines.append(f"  {self.name_of(peer)} ({short_id(peer)}) {kind}{mark}")
-        lines.append(f"in {self._current}: {len(members)} other peer(s) (marked *)")
-        # Members reached only through other peers: pubsub lists just its neighbours, so these
-        # are the senders heard in the room lately.
-        room = self._rooms.get(self._current)
-        recent = now_ms() - HEARD_RECENTLY_MS
-        via_mesh: list[dict[str, object]] = []
-        mesh_lines = []
-        for peer, at_ms in reversed(room.heard.items()) if room is not None else ():
-            if at_ms >= recent and peer not in connections:
-                name = self.name_of(peer)
-                via_mesh.append({"peer": peer, "name": name, "heard_at_ms": at_ms})
-                mesh_lines.append(f"  {name} ({short_id(peer)}) at {clock(at_ms)}")
-        if mesh_lines:
-            lines.append(f"heard in {self._current} through the mesh (last ten minutes):")
-            lines += mesh_lines
-        return OutputEvent(
-            "peers",
-            "\n".join(lines),
-            {
-                "peers": peers,
-                "room": self._current,
-                "room_members": members,
-                "via_mesh": via_mesh,
-            },
+        room = self._rooms.current_room()
+        return peers_output(
+            self._ctx.host.connections(),
+            self._rooms.current,
+            room.members if room is not None else (),
+            room.heard_since(now_ms() - HEARD_RECENTLY_MS) if room is not None else (),
+            self.name_of,
         )
 
     def _info_output(self) -> OutputEvent:
         host = self._ctx.host
-        listen, advertised = host.listen_addrs(), host.advertised_addrs()
-        roles, rooms = list(self._ctx.config.roles), sorted(self._rooms)
-        store_bytes = self._ctx.store.size_bytes()
-        reachability = self._ctx.reachability()
-        relays = self._ctx.relays()
-        text = "\n".join(
-            [
-                f"peer id:      {self._me}",
-                f"name:         {self.display_name}",
-                f"listening:    {', '.join(listen)}",
-                f"advertised:   {', '.join(advertised)}",
-                f"roles:        {', '.join(roles)}",
-                f"rooms:        {', '.join(rooms)} (current: {self._current})",
-                f"reachability: {reachability} (AutoNAT)",
-                f"relays:       {', '.join(relays) or 'none'}",
-                f"store:        {store_bytes} bytes",
-            ]
+        return info_output(
+            NodeFacts(
+                peer_id=self._me,
+                name=self.display_name,
+                listen=host.listen_addrs(),
+                advertised=host.advertised_addrs(),
+                roles=list(self._ctx.config.roles),
+                rooms=sorted(self._rooms.names()),
+                current_room=self._rooms.current,
+                reachability=self._ctx.reachability(),
+                relays=self._ctx.relays(),
+                store_bytes=self._ctx.store.size_bytes(),
+            )
         )
-        data = {
-            "peer_id": self._me,
-            "name": self.display_name,
-            "listen": listen,
-            "advertised": advertised,
-            "roles": roles,
-            "rooms": rooms,
-            "current_room": self._current,
-            "reachability": reachability,
-            "relays": relays,
-            "store_bytes": store_bytes,
-        }
-        return OutputEvent("info", text, data)
-
-
-def _pending_prefix(room: str) -> bytes:
-    return PENDING_PREFIX + room.encode() + b"\x00"
-
-
-def _pending_key(message: ChatText) -> bytes:
-    """Pending messages sort by send time, so a queue is flushed in the order it was typed."""
-    return _pending_prefix(message.room) + message.sent_at_ms.to_bytes(8, "big") + message.id

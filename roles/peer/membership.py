@@ -1,0 +1,75 @@
+"""Membership: who is around, as changes since the last look.
+
+:meth:`Membership.refresh` compares what the node knows now (peers discovered, peers connected,
+each joined room's subscribers) with what it saw last time, updates each room's members and
+returns the differences. Today the service calls it every :data:`POLL_INTERVAL` seconds; when
+the host layer emits pubsub subscribe/unsubscribe and connection events, the same method is
+called on each event instead, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from p2pchat.roles.peer.rooms import Rooms
+
+POLL_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class MembershipChanges:
+    """What changed since the previous :meth:`Membership.refresh`, each list sorted."""
+
+    discovered: list[tuple[str, str]] = field(default_factory=list)  # (PeerId, "mdns" | "dht")
+    connected: list[str] = field(default_factory=list)
+    disconnected: list[str] = field(default_factory=list)
+    joined: dict[str, list[str]] = field(default_factory=dict)  # room -> peers (rooms in order)
+    left: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Membership:
+    """Tracks peers discovered and connected, and the members of ``rooms``.
+
+    Args:
+        me: this peer's PeerId (never a member of its own rooms).
+        rooms: the joined rooms; their ``members`` are updated in place.
+        subscribers: the peers known to be subscribed to a room.
+        connected: the peers this node is connected to.
+        discovered: PeerId -> how discovery found it.
+    """
+
+    def __init__(
+        self,
+        me: str,
+        rooms: Rooms,
+        subscribers: Callable[[str], Iterable[str]],
+        connected: Callable[[], Iterable[str]],
+        discovered: Callable[[], Mapping[str, str]],
+    ) -> None:
+        self._me = me
+        self._rooms = rooms
+        self._subscribers = subscribers
+        self._connected_now = connected
+        self._discovered_now = discovered
+        self._connected: set[str] = set()
+        self._discovered: set[str] = set()
+
+    def refresh(self) -> MembershipChanges:
+        """Look at the node's state now; return what changed since the previous call."""
+        discovered = self._discovered_now()
+        found = [(peer, discovered[peer]) for peer in sorted(discovered.keys() - self._discovered)]
+        self._discovered = set(discovered)
+        connected = set(self._connected_now())
+        opened, closed = sorted(connected - self._connected), sorted(self._connected - connected)
+        self._connected = connected
+        joined: dict[str, list[str]] = {}
+        left: dict[str, list[str]] = {}
+        for room in self._rooms:
+            members = set(self._subscribers(room.name)) - {self._me}
+            if members - room.members:
+                joined[room.name] = sorted(members - room.members)
+            if room.members - members:
+                left[room.name] = sorted(room.members - members)
+            room.members = members
+        return MembershipChanges(found, opened, closed, joined, left)

@@ -1,0 +1,95 @@
+"""Names: this peer's display name (kept in the store) and the names other peers use.
+
+A name is a claim, not an identity: the front ends always show it beside the short PeerId.
+Other peers' names are remembered for the newest ``max_known`` peers only (any key pair makes
+a fresh PeerId, so the table must not grow with what strangers send); a forgotten peer reads as
+``anon`` until it speaks or announces its name again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.wire.chat import validate_name
+
+NAME_KEY = b"peer/name"
+ANONYMOUS = "anon"
+MAX_KNOWN_NAMES = 10_000  # other peers whose name is remembered
+
+
+@dataclass(frozen=True, slots=True)
+class NameChange:
+    """``peer`` announced ``name``; it was known as ``previous`` (None: not known)."""
+
+    peer: str
+    previous: str | None
+    name: str
+
+
+class Names:
+    """This peer's name and the names of others; no I/O but the store's name key.
+
+    ``db`` is the node's key-value store (``ctx.store.db``): this peer's name is kept under
+    :data:`NAME_KEY`, which wins over ``configured`` (the name set in the config).
+    """
+
+    def __init__(
+        self, me: str, db: Any, configured: str | None, max_known: int = MAX_KNOWN_NAMES
+    ) -> None:
+        self._me = me
+        self._db = db
+        stored = db.get(NAME_KEY)
+        self._own: str | None = stored.decode() if stored is not None else configured
+        self._known: BoundedDict[str, str] = BoundedDict(max_known)
+
+    @property
+    def own(self) -> str | None:
+        """The name this peer chose, or None."""
+        return self._own
+
+    @property
+    def display_name(self) -> str:
+        """The name this peer's messages carry: its own, or ``anon``."""
+        return self._own or ANONYMOUS
+
+    def set_own(self, name: str) -> str:
+        """Validate ``name``, keep it in the store and return it cleaned.
+
+        Raises:
+            ValueError: the name is not acceptable (the message says why).
+        """
+        cleaned = validate_name(name)
+        self._own = cleaned
+        self._db[NAME_KEY] = cleaned.encode()
+        return cleaned
+
+    def name_of(self, peer: str) -> str:
+        """The last name ``peer`` announced or used, or ``anon``."""
+        if peer == self._me:
+            return self.display_name
+        return self._known.get(peer, ANONYMOUS)
+
+    def announced(self, peer: str, name: str) -> NameChange | None:
+        """``peer`` signed an announcement of ``name``: remember it. Returns the change to tell
+        the user about, or None (this peer itself, or the name it was already known by)."""
+        if peer == self._me:
+            return None
+        previous = self._known.get(peer)
+        self._known[peer] = name
+        return NameChange(peer, previous, name) if previous != name else None
+
+    def used(self, peer: str, name: str) -> None:
+        """``peer`` signed a message carrying ``name``: known by it unless it announced one,
+        and remembered as recently heard from."""
+        if peer == self._me:
+            return
+        if peer in self._known:
+            self._known.touch(peer)
+        else:
+            self._known[peer] = name
+
+    def __len__(self) -> int:
+        """How many other peers' names are remembered."""
+        return len(self._known)

@@ -1,0 +1,133 @@
+"""Outbox: what this peer sends, and the queue of what waits for someone to receive it.
+
+A typed text is checked against what peers accept (size, encoding), stamped with a send time
+later than this peer's previous one, and published signed on its room's topic. A text typed
+while nobody else is in the room is kept in the store (:class:`PendingQueue`) and published,
+in typing order, once a peer joins (:meth:`Outbox.flush`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Protocol
+
+from p2pchat.node.history import now_ms
+from p2pchat.node.wire.chat import ChatText, WireError, decode, encode, new_message_id
+from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent
+from p2pchat.roles.peer.metrics import ChatMetrics
+
+PENDING_PREFIX = b"pend/"
+
+
+class Publisher(Protocol):
+    """The part of the node's pubsub the outbox uses."""
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    def has_subscribers(self, topic: str) -> bool: ...
+
+
+def _pending_prefix(room: str) -> bytes:
+    return PENDING_PREFIX + room.encode() + b"\x00"
+
+
+def _pending_key(message: ChatText) -> bytes:
+    """Pending messages sort by send time, so a queue is flushed in the order it was typed."""
+    return _pending_prefix(message.room) + message.sent_at_ms.to_bytes(8, "big") + message.id
+
+
+class PendingQueue:
+    """Encoded messages waiting for their room to have a receiver, in the node's store.
+
+    Key layout: ``pend/<room>\\x00<sent_at_ms: 8 bytes big-endian><message id>`` -> the
+    encoded message. Room names never contain ``\\x00``, so one room's queue is one contiguous
+    run of keys, in send-time order. Only this peer adds to it (never a remote peer).
+    """
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    def put(self, message: ChatText, data: bytes) -> None:
+        """Queue ``data``, the encoding of ``message``, for ``message.room``."""
+        self._db[_pending_key(message)] = data
+
+    def queued(self, room: str) -> list[tuple[bytes, bytes]]:
+        """(key, data) of every message queued for ``room``, oldest first."""
+        prefix = _pending_prefix(room)
+        return list(
+            itertools.takewhile(
+                lambda item: item[0].startswith(prefix), self._db.items(from_key=prefix)
+            )
+        )
+
+    def remove(self, key: bytes) -> None:
+        """Forget one queued message (once it is published)."""
+        del self._db[key]
+
+
+class Outbox:
+    """Sends texts to rooms (see the module's note)."""
+
+    def __init__(
+        self,
+        pubsub: Publisher,
+        pending: PendingQueue,
+        metrics: ChatMetrics,
+        max_text_bytes: int,
+    ) -> None:
+        self._pubsub = pubsub
+        self._pending = pending
+        self._metrics = metrics
+        self._max_text_bytes = max_text_bytes
+        self._last_sent_ms = 0
+
+    async def send(self, room: str, sender_name: str, text: str) -> ChatEvent | None:
+        """Publish ``text`` to ``room`` as ``sender_name``, or queue it while nobody else is in
+        the room. Returns what to tell the user: an error (not sent), a notice (queued), or
+        None (published; it shows when it comes back through the room's subscription)."""
+        size = len(text.encode())
+        if size > self._max_text_bytes:
+            return ErrorEvent(
+                f"message not sent: {size} bytes, the limit is {self._max_text_bytes}"
+            )
+        message = ChatText(
+            id=new_message_id(),
+            room=room,
+            sender_name=sender_name,
+            text=text,
+            sent_at_ms=self._next_send_time(),
+        )
+        try:
+            data = encode(message)
+            decode(data, max_text_bytes=self._max_text_bytes)  # what peers accept, checked now
+        except (WireError, ValueError) as error:
+            return ErrorEvent(f"message not sent: {error}")
+        if not self._pubsub.has_subscribers(room):
+            self._pending.put(message, data)
+            return NoticeEvent(
+                f"nobody else is in {room} yet: message queued, it will be delivered when a "
+                "peer joins"
+            )
+        await self.publish(room, data)
+        return None
+
+    async def publish(self, room: str, data: bytes) -> None:
+        """Publish encoded ``data`` on ``room``'s topic and count it."""
+        await self._pubsub.publish(room, data)
+        self._metrics.published.inc()
+
+    async def flush(self, room: str) -> int:
+        """Publish every message queued for ``room``, oldest first; returns how many. Each is
+        removed from the queue once published (a failure leaves the rest queued)."""
+        queued = self._pending.queued(room)
+        for key, data in queued:
+            await self.publish(room, data)
+            self._pending.remove(key)
+        return len(queued)
+
+    def _next_send_time(self) -> int:
+        """Now, but always later than this peer's previous message: history is ordered by
+        (send time, random id), so two lines typed or pasted within one millisecond would
+        otherwise show in random order everywhere."""
+        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1)
+        return self._last_sent_ms

@@ -1,0 +1,157 @@
+"""Test doubles for the chat service's parts: a node without a network, a pubsub in memory.
+
+:class:`FakePubsub` behaves like the node's pubsub as the chat service sees it: joining a
+topic installs its validator and returns the topic's batches; publishing signs the payload
+with this peer's identity and delivers it back through its own subscription (as GossipSub
+does); :meth:`FakePubsub.deliver` plays a message from another peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import trio
+from p2pchat.node.config import Config
+from p2pchat.node.history import History
+from p2pchat.node.p2p.envelopes import sign_envelope
+from p2pchat.node.p2p.host import ConnectionInfo
+from p2pchat.node.p2p.identity import Identity, ephemeral_identity
+from p2pchat.node.p2p.pubsub import GossipMessage
+from p2pchat.node.role import NodeContext
+from p2pchat.node.store import Store
+from p2pchat.roles.peer.events import ChatEvent
+from p2pchat.roles.peer.metrics import ChatMetrics
+from p2pchat.roles.peer.service import ChatService
+from prometheus_client import CollectorRegistry
+
+Validator = Callable[[bytes], str | None]
+
+
+@dataclass
+class FakeHost:
+    identity: Identity
+    connected: list[str] = field(default_factory=list)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id_text
+
+    def connected_peers(self) -> list[str]:
+        return list(self.connected)
+
+    def connections(self) -> list[ConnectionInfo]:
+        return [
+            ConnectionInfo(p, "outbound", "tcp", "/noise", "/yamux/1.0.0") for p in self.connected
+        ]
+
+    def listen_addrs(self) -> list[str]:
+        return ["/ip4/127.0.0.1/tcp/4001"]
+
+    def advertised_addrs(self) -> list[str]:
+        return ["/ip4/127.0.0.1/tcp/4001"]
+
+
+class FakePubsub:
+    def __init__(self, me: Identity) -> None:
+        self._me = me
+        self.validators: dict[str, Validator] = {}
+        self._send: dict[str, trio.MemorySendChannel[list[GossipMessage]]] = {}
+        self.members: dict[str, set[str]] = {}
+        self.published: list[tuple[str, bytes]] = []
+        self.dropped: list[str] = []
+        # Awaited inside join(topic), after subscribing and before join returns.
+        self.while_joining: Callable[[str], Awaitable[None]] | None = None
+
+    async def join(self, topic: str, validator: Validator) -> AsyncIterator[list[GossipMessage]]:
+        send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
+        self.validators[topic], self._send[topic] = validator, send
+        if self.while_joining is not None:
+            await self.while_joining(topic)
+
+        async def batches() -> AsyncIterator[list[GossipMessage]]:
+            async with receive:
+                async for batch in receive:
+                    yield batch
+
+        return batches()
+
+    async def leave(self, topic: str) -> None:
+        self.validators.pop(topic)
+        await self._send.pop(topic).aclose()
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self.published.append((topic, data))
+        if topic in self._send:
+            self.deliver(topic, [(self._me, data)])
+
+    def has_subscribers(self, topic: str) -> bool:
+        return bool(self.members.get(topic, set()) - {self._me.peer_id_text})
+
+    def subscribers(self, topic: str) -> list[str]:
+        return sorted(self.members.get(topic, ()))
+
+    def deliver(self, topic: str, messages: list[tuple[Identity | str, bytes]]) -> None:
+        """One batch of messages from the given signers (an Identity signs a real envelope; a
+        bare PeerId gets an empty one), each passed through the topic's validator first."""
+        batch = []
+        for signer, data in messages:
+            reason = self.validators[topic](data)
+            if reason is not None:
+                self.dropped.append(reason)
+                continue
+            if isinstance(signer, str):
+                sender, envelope = signer, b""
+            else:
+                sender, envelope = signer.peer_id_text, sign_envelope(signer, topic, data)
+            batch.append(GossipMessage(topic, data, sender, b"", envelope))
+        if batch:
+            self._send[topic].send_nowait(batch)
+
+
+@dataclass
+class Chat:
+    service: ChatService
+    pubsub: FakePubsub
+    host: FakeHost
+    store: Store
+    events: list[ChatEvent]
+    discovered: dict[str, str]
+    joined: list[str]
+
+
+@contextmanager
+def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
+    """A chat service on a fresh store (not yet running: start ``chat.service.run``)."""
+    me = ephemeral_identity()
+    host = FakeHost(me)
+    pubsub = FakePubsub(me)
+    store = Store.open(tmp_path / "store")
+    events: list[ChatEvent] = []
+    discovered: dict[str, str] = {}
+    joined: list[str] = []
+    config = Config.model_validate({"chat": chat})
+    ctx = NodeContext(
+        config=config,
+        host=host,  # type: ignore[arg-type]
+        store=store,
+        metrics=None,  # type: ignore[arg-type]
+        log=structlog.get_logger(),
+        request_stop=lambda: None,
+        discovered_peers=lambda: discovered,
+    )
+    service = ChatService(
+        ctx,
+        pubsub,
+        History(store),
+        ChatMetrics(CollectorRegistry()),
+        events.append,
+        on_join=joined.append,
+    )
+    try:
+        yield Chat(service, pubsub, host, store, events, discovered, joined)
+    finally:
+        store.close()

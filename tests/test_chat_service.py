@@ -1,0 +1,198 @@
+"""The chat service with its parts together, on a pubsub in memory (no network, no process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+from p2pchat.node.history import now_ms
+from p2pchat.node.p2p.identity import ephemeral_identity
+from p2pchat.node.wire.chat import ChatText, NameAnnouncement, encode, new_message_id
+from p2pchat.roles.peer.events import (
+    CaughtUpEvent,
+    ErrorEvent,
+    MessageEvent,
+    NoticeEvent,
+    OutputEvent,
+    PeerEvent,
+)
+from p2pchat.roles.peer.names import MAX_KNOWN_NAMES
+
+from tests.chat_fakes import chat_service
+from tests.peer_ids import fresh_peer_ids
+
+ROOM = "p2p-chat-default"
+
+
+def text(room: str, words: str, name: str = "Bob") -> bytes:
+    return encode(
+        ChatText(id=new_message_id(), room=room, sender_name=name, text=words, sent_at_ms=now_ms())
+    )
+
+
+def announcement(name: str) -> bytes:
+    return encode(NameAnnouncement(id=new_message_id(), name=name, sent_at_ms=now_ms()))
+
+
+async def test_a_message_arriving_during_join_is_shown_as_a_message_not_in_the_answer(
+    tmp_path: Path,
+) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+
+            async def bob_speaks_while_joining(topic: str) -> None:
+                if topic == "side":
+                    chat.pubsub.deliver(ROOM, [(bob, text(ROOM, "hello during join"))])
+                    await trio.testing.wait_all_tasks_blocked()  # it is received meanwhile
+
+            chat.pubsub.while_joining = bob_speaks_while_joining
+            keep_going, answer = await chat.service.execute("/join side")
+            assert keep_going
+            assert answer == [NoticeEvent("joined side")]
+            shown = [e for e in chat.events if isinstance(e, MessageEvent)]
+            assert [(e.text, e.sender, e.room) for e in shown] == [
+                ("hello during join", bob.peer_id_text, ROOM)
+            ]
+            assert chat.service.current_room == "side"
+            assert chat.joined == [ROOM, "side"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_handle_line_emits_the_answer_after_the_live_events(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+
+            async def bob_speaks_while_joining(topic: str) -> None:
+                chat.pubsub.deliver(ROOM, [(bob, text(ROOM, "meanwhile"))])
+                await trio.testing.wait_all_tasks_blocked()
+
+            chat.pubsub.while_joining = bob_speaks_while_joining
+            assert await chat.service.handle_line("/join side")
+            assert [type(e) for e in chat.events] == [MessageEvent, NoticeEvent]
+            assert not await chat.service.handle_line("/quit")
+            nursery.cancel_scope.cancel()
+
+
+async def test_commands_answer_for_themselves(tmp_path: Path) -> None:
+    with chat_service(tmp_path, name="Alice") as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            service = chat.service
+
+            async def answer(line: str) -> list[object]:
+                keep_going, events = await service.execute(line)
+                assert keep_going
+                return list(events)
+
+            assert await answer("") == []
+            assert await answer("/bogus") == [
+                ErrorEvent("unknown command /bogus; type /help for the list")
+            ]
+            (help_text,) = await answer("/help")
+            assert isinstance(help_text, OutputEvent) and "/join <room>" in help_text.text
+            assert await answer("/history") == [NoticeEvent(f"no messages in {ROOM} yet")]
+            assert await answer("/join side") == [NoticeEvent("joined side")]
+            (rooms,) = await answer("/rooms")
+            assert isinstance(rooms, OutputEvent)
+            assert rooms.text == f"rooms: {ROOM}, side (current)"
+            assert await answer("/switch nowhere") == [
+                ErrorEvent("you are not in nowhere; /join nowhere first")
+            ]
+            assert await answer(f"/switch {ROOM}") == [NoticeEvent(f"current room: {ROOM}")]
+            assert await answer("/leave side") == [NoticeEvent(f"left side; current room: {ROOM}")]
+            assert await answer("/leave side") == [ErrorEvent("you are not in side")]
+            assert await answer(f"/leave {ROOM}") == [
+                ErrorEvent(f"{ROOM} is your only room; use /quit to leave the chat")
+            ]
+            (info,) = await answer("/info")
+            assert isinstance(info, OutputEvent)
+            assert info.data["name"] == "Alice" and info.data["rooms"] == [ROOM]
+            (peers,) = await answer("/peers")
+            assert isinstance(peers, OutputEvent) and peers.text.startswith("connected peers: 0")
+            (renamed,) = await answer("/name Carol")
+            assert isinstance(renamed, NoticeEvent) and renamed.text.startswith("you are now Carol")
+            assert service.display_name == "Carol"
+            (too_long,) = await answer("x" * 5000)
+            assert isinstance(too_long, ErrorEvent) and "the limit is 4096" in too_long.text
+            assert chat.events == []  # nothing of the above was live
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    bob = ephemeral_identity().peer_id_text
+    with chat_service(tmp_path, name="Alice") as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            _, answer = await chat.service.execute("first")
+            await chat.service.execute("second")
+            assert len(answer) == 1 and "message queued" in answer[0].text  # type: ignore[union-attr]
+            assert chat.pubsub.published == []
+            chat.pubsub.members[ROOM] = {bob}
+            chat.host.connected.append(bob)
+            chat.discovered[bob] = "mdns"
+            await trio.sleep(1)
+            notices = [e.text for e in chat.events if isinstance(e, NoticeEvent)]
+            assert notices[0].startswith("discovered") and notices[0].endswith("local network")
+            assert notices[1].startswith("connected to anon (")
+            assert notices[2] == f"delivered 2 queued message(s) to {ROOM}"
+            assert PeerEvent("joined", ROOM, bob, "anon") in chat.events
+            # Our name first, then the queue in the order it was typed; both come back to us.
+            assert [topic for topic, _ in chat.pubsub.published] == [ROOM] * 3
+            mine = [e.text for e in chat.events if isinstance(e, MessageEvent) and e.own]
+            assert mine == ["first", "second"]
+            _, answer = await chat.service.execute("third")
+            assert answer == []  # published: shown when it comes back, as a live message
+            chat.pubsub.members[ROOM] = set()
+            chat.host.connected.clear()
+            await trio.sleep(1)
+            assert PeerEvent("left", ROOM, bob, "anon") in chat.events
+            nursery.cancel_scope.cancel()
+
+
+async def test_names_duplicates_and_catch_up_reach_the_user_live(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            data = text(ROOM, "once")
+            chat.pubsub.deliver(ROOM, [(bob, announcement("Bobby")), (bob, data), (bob, data)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert chat.events[0] == NoticeEvent(
+                f"({bob.peer_id_text[:6]}…{bob.peer_id_text[-4:]}) is now known as Bobby"
+            )
+            assert [e.text for e in chat.events[1:] if isinstance(e, MessageEvent)] == ["once"]
+            assert chat.service.name_of(bob.peer_id_text) == "Bobby"
+            chat.service.caught_up(ROOM, 0, [])
+            chat.service.caught_up(ROOM, 3, ["source"])
+            assert chat.events[-1] == CaughtUpEvent(ROOM, 3, ["source"])
+            _, history = await chat.service.execute("/history 5")
+            assert [e.text for e in history if isinstance(e, MessageEvent)] == ["once"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_fresh_signers_announcing_names_is_remembered_up_to_the_bound(
+    tmp_path: Path,
+) -> None:
+    flood = MAX_KNOWN_NAMES + 2_000
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            signers = list(fresh_peer_ids(flood))
+            for first in range(0, flood, 500):
+                batch = signers[first : first + 500]
+                chat.pubsub.deliver(ROOM, [(peer, announcement("mallory")) for peer in batch])
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(chat.service._names) <= MAX_KNOWN_NAMES
+            assert len(chat.service._names) == MAX_KNOWN_NAMES
+            assert chat.service.name_of(signers[-1]) == "mallory"
+            assert chat.service.name_of(signers[0]) == "anon"  # the oldest were forgotten
+            room = chat.service._rooms.get(ROOM)
+            assert room is not None and len(room.heard) == 256
+            nursery.cancel_scope.cancel()
