@@ -27,7 +27,16 @@ from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
-from p2pchat.node.p2p.streams import Stream, StreamOrigin, read_single_frame, stream_origin
+from p2pchat.node.p2p.streams import (
+    Stream,
+    StreamEnded,
+    StreamError,
+    StreamOrigin,
+    close_quietly,
+    read_single_frame,
+    stream_origin,
+    write_quietly,
+)
 from p2pchat.node.wire.autonat import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -133,11 +142,12 @@ class AutoNatServer:
             with trio.fail_after(REQUEST_TIMEOUT):
                 payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
             response = await self.answer(origin, decode_request(payload))
-        except (FrameError, AutoNatWireError, trio.TooSlowError) as error:
+        except (FrameError, StreamEnded, AutoNatWireError, trio.TooSlowError) as error:
             response = DialResponse(Status.E_BAD_REQUEST, str(error))
         self._metrics.autonat_dialbacks.labels(outcome=response.status.name.lower()).inc()
-        await stream.write(encode(response))
-        await stream.close()
+        # Quietly: a peer that left before its answer is no failure of this handler.
+        await write_quietly(stream, encode(response))
+        await close_quietly(stream)
 
     async def answer(self, origin: StreamOrigin, request: DialRequest) -> DialResponse:
         """The verdict on ``request`` from the peer described by ``origin``."""
@@ -222,13 +232,14 @@ class AutoNatClient:
                     await stream.write(encode(DialRequest(self._peer_id_bytes, addrs)))
                     payload = await read_single_frame(stream, MAX_MESSAGE_BYTES)
                 finally:
-                    await stream.close()
+                    await close_quietly(stream)
             response = decode_response(payload)
-        except (FrameError, AutoNatWireError, trio.TooSlowError) as error:
+        except (FrameError, StreamEnded, AutoNatWireError, trio.TooSlowError) as error:
+            # No well-formed answer: malformed, ended (or reset) before it, or late.
             self._metrics.autonat_probes.labels(outcome="bad_response").inc()
             self._log.debug("autonat probe failed", server=server, error=str(error))
             return None
-        except Exception as error:  # the library's stream errors (reset, refused protocol)
+        except StreamError as error:  # no stream: refused protocol, not connected, timed out
             self._metrics.autonat_probes.labels(outcome="error").inc()
             self._log.debug("autonat probe failed", server=server, error=repr(error))
             return None

@@ -38,21 +38,26 @@ from typing import TypeVar
 import multiaddr
 import structlog
 import trio
-from libp2p.abc import INetStream
 from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.direct import (
     close_relayed,
     dial_direct,
     has_direct_connection,
     has_outbound_relayed,
-    is_relayed_stream,
     own_punch_addrs,
     peer_tcp_addrs,
     tcp_addrs,
     worth_a_direct_dial,
 )
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
-from p2pchat.node.p2p.streams import StreamEnded, close_quietly, read_single_frame, reset_quietly
+from p2pchat.node.p2p.streams import (
+    Stream,
+    StreamEnded,
+    StreamError,
+    close_quietly,
+    read_single_frame,
+    reset_quietly,
+)
 from p2pchat.node.wire.dcutr import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -93,8 +98,9 @@ def _addr_texts(raw: Sequence[bytes]) -> list[str]:
     return tcp_addrs(texts)
 
 
-async def _receive(stream: INetStream, expected: type[_R]) -> _R:
-    """The next message, which must be an ``expected``; StreamEnded passes through."""
+async def _receive(stream: Stream, expected: type[_R]) -> _R:
+    """The next message, which must be an ``expected``; StreamEnded (a reset included)
+    passes through."""
     try:
         record = decode(await read_single_frame(stream, MAX_MESSAGE_BYTES))
     except StreamEnded:
@@ -193,15 +199,18 @@ class HolePunch:
             self._log.info("direct connection without hole punch", peer=peer)
         return reached
 
-    async def _open_stream(self, peer: str) -> INetStream | None:
+    async def _open_stream(self, peer: str) -> Stream | None:
         try:
             with trio.fail_after(MESSAGE_TIMEOUT):
                 return await self._host.new_stream(peer, [PROTOCOL_ID])
-        except Exception as error:  # the relayed connection went away, or the peer refused
+        except StreamError as error:  # the relayed connection went away, or the peer refused
             self._log.info("hole punch stream failed", peer=peer, error=str(error))
             return None
+        except trio.TooSlowError:
+            self._log.info("hole punch stream failed", peer=peer, error="timed out")
+            return None
 
-    async def _connect_round(self, stream: INetStream, ours: list[str]) -> tuple[float, Connect]:
+    async def _connect_round(self, stream: Stream, ours: list[str]) -> tuple[float, Connect]:
         """Send our CONNECT, receive the peer's: (the round trip in seconds, its CONNECT)."""
         with trio.fail_after(MESSAGE_TIMEOUT):
             started = trio.current_time()
@@ -229,9 +238,7 @@ class HolePunch:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
                     rtt, answer = await self._connect_round(stream, ours)
-                except (_ProtocolError, trio.TooSlowError):
-                    raise
-                except Exception:  # the stream ended, or was reset or closed
+                except StreamError:  # the stream ended, or was reset or closed
                     if attempt == 1:
                         raise
                     # go-libp2p and js-libp2p serve one round per stream and end it after a
@@ -254,7 +261,7 @@ class HolePunch:
                     self._finished("initiator", peer, attempt, "success", rtt=rtt)
                     return
             self._finished("initiator", peer, MAX_ATTEMPTS, "failed")
-        except StreamEnded as error:
+        except StreamEnded as error:  # ended, reset or closed: the peer dropped the exchange
             if attempt == 1 and peer < self._host.peer_id:
                 # It initiated too, and has the smaller PeerId: it refused ours (see _serve).
                 self._log.info("hole punch left to the peer (both initiated)", peer=peer)
@@ -264,16 +271,16 @@ class HolePunch:
         except (_ProtocolError, trio.TooSlowError) as error:
             self._protocol_error("initiator", peer, error)
             await reset_quietly(stream)
-        except Exception as error:  # the stream or its connection died
+        except StreamError as error:  # any other failure of the stream: the exchange is over
             self._log.info("hole punch ended", peer=peer, attempt=attempt, error=str(error))
         finally:
             await close_quietly(stream)
 
     # --- receiver: the side that dialled through the relay ---
 
-    async def _serve(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        if not is_relayed_stream(stream):
+    async def _serve(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        if not stream.relayed:
             # Nothing to upgrade, and a peer must not make us dial arbitrary addresses.
             self._protocol_error("receiver", peer, _ProtocolError("not over a relayed connection"))
             await reset_quietly(stream)
@@ -304,7 +311,7 @@ class HolePunch:
                     self._finished("receiver", peer, attempt, "success")
                     return
             self._finished("receiver", peer, MAX_ATTEMPTS, "failed")
-        except StreamEnded:  # the initiator gave up (or succeeded by its own dial)
+        except StreamEnded:  # the initiator gave up (or succeeded by its own dial), or reset
             if attempt > 1:
                 outcome = "success" if has_direct_connection(self._host, peer) else "failed"
                 self._finished("receiver", peer, attempt - 1, outcome)
@@ -314,7 +321,7 @@ class HolePunch:
             self._serving.discard(peer)
             self._protocol_error("receiver", peer, error)
             await reset_quietly(stream)
-        except Exception as error:  # the stream or its connection died
+        except StreamError as error:  # the stream or its connection died
             self._log.info("hole punch ended", peer=peer, attempt=attempt, error=str(error))
         finally:
             self._serving.discard(peer)

@@ -22,7 +22,7 @@ import trio
 from p2pchat.node.history import StoredMessage, now_ms
 from p2pchat.node.p2p.envelopes import EnvelopeError, verify_envelope
 from p2pchat.node.p2p.host import P2PHost
-from p2pchat.node.p2p.streams import Stream, close_quietly, read_frame
+from p2pchat.node.p2p.streams import Stream, StreamError, close_quietly, read_frame
 from p2pchat.node.wire.chat import ChatText, WireError, decode_for_room
 from p2pchat.node.wire.framing import FrameDecoder, FrameError
 from p2pchat.node.wire.store_query import (
@@ -152,7 +152,7 @@ class StoreClient:
     ) -> AsyncIterator[tuple[tuple[Entry, ...], bool]]:
         try:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
-        except Exception as error:  # no connection, protocol not supported, ...
+        except StreamError as error:  # no connection, protocol not supported, ...
             self._metrics.queries.labels(outcome="error").inc()
             raise SourceError(f"cannot open a history stream: {error}") from None
         decoder = FrameDecoder(MAX_REPLY_BYTES)
@@ -189,7 +189,7 @@ class StoreClient:
         except (FrameError, StoreWireError) as error:
             self._metrics.queries.labels(outcome="error").inc()
             raise SourceError(f"bad reply: {error}") from None
-        except Exception as error:  # the stream was reset or the connection closed
+        except StreamError as error:  # the stream ended, was reset, or its connection closed
             self._metrics.queries.labels(outcome="error").inc()
             raise SourceError(f"stream failed: {error}") from None
         self._metrics.queries.labels(outcome=reply.status.name.lower()).inc()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.streams import StreamEnded, StreamError
 from p2pchat.node.wire.dcutr import MAX_MESSAGE_BYTES, PROTOCOL_ID, Connect, Sync, encode
 from p2pchat.node.wire.framing import encode_uvarint, frame
 
@@ -33,14 +34,14 @@ async def _exchange(host: P2PHost, peer: str, data: bytes) -> bytes:
     try:
         stream = await host.new_stream(peer, [PROTOCOL_ID])
         await stream.write(data)
-    except Exception:  # reset already: the peer refused before reading (a direct connection)
+    except StreamError:  # reset already: the peer refused before reading (a direct connection)
         return b""
     received = b""
     with trio.move_on_after(30):
         try:
-            while chunk := await stream.read(4096):
-                received += chunk
-        except Exception:  # reset: the expected end
+            while True:
+                received += await stream.read(4096)
+        except StreamEnded:  # reset (a StreamEnded too): the expected end
             pass
     return received
 

@@ -18,10 +18,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from libp2p.abc import INetStream
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import load_or_create_identity
-from p2pchat.node.p2p.streams import StreamEnded, read_single_frame
+from p2pchat.node.p2p.streams import Stream, StreamEnded, StreamError, read_single_frame
 from p2pchat.node.wire.dcutr import MAX_MESSAGE_BYTES, PROTOCOL_ID, Connect, decode, encode
 
 from tests.conftest import NodeProcess
@@ -46,7 +45,7 @@ def _identity_dir(tmp_path: Path, than: str, smaller: bool) -> Path:
 @asynccontextmanager
 async def _both_initiate(
     tmp_path: Path, nodes: list[NodeProcess], smaller: bool
-) -> AsyncIterator[tuple[NodeProcess, P2PHost, INetStream]]:
+) -> AsyncIterator[tuple[NodeProcess, P2PHost, Stream]]:
     """(the peer, the host, the peer's DCUtR stream to the host after its CONNECT was read):
     the peer is initiating; the test initiates too (:func:`_initiate`)."""
     relay = relay_node(tmp_path / "relay", nodes)
@@ -57,10 +56,10 @@ async def _both_initiate(
         host,
         _,
     ):
-        incoming_send, incoming = trio.open_memory_channel[INetStream](1)
+        incoming_send, incoming = trio.open_memory_channel[Stream](1)
         done = trio.Event()
 
-        async def handler(stream: INetStream) -> None:
+        async def handler(stream: Stream) -> None:
             await incoming_send.send(stream)
             await done.wait()  # the stream stays the test's until the end
 
@@ -85,7 +84,7 @@ def _logged(node: NodeProcess, event: str) -> bool:
     return any(entry.get("event") == event for entry in node.log)
 
 
-async def _reply(stream: INetStream) -> bytes | None:
+async def _reply(stream: Stream) -> bytes | None:
     """The next frame on ``stream``, or None when the peer ended or reset it."""
     with trio.fail_after(30):
         try:
@@ -100,7 +99,7 @@ async def _initiate(host: P2PHost, peer: str) -> bytes | None:
     try:
         stream = await host.new_stream(peer, [PROTOCOL_ID])
         await stream.write(encode(Connect(NOWHERE)))
-    except Exception:  # reset already: the library raises several types for it
+    except StreamError:  # refused, or reset already
         return None
     return await _reply(stream)
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import P2PHost
-from p2pchat.node.p2p.streams import Stream, read_frame
+from p2pchat.node.p2p.streams import Stream, StreamEnded, read_frame
 from p2pchat.node.store import Store
 from p2pchat.node.store_server import answer
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint
@@ -185,11 +185,12 @@ async def test_pagination_conformance(
 
 
 async def ended(stream: Stream) -> bool:
-    """Whether the other end has closed ``stream`` (read gives EOF, or the library raises)."""
+    """Whether the other end has closed ``stream`` (a read raises StreamEnded)."""
     try:
-        return await stream.read(1) == b""
-    except Exception:  # py-libp2p reports the end of a stream as StreamEOF
+        await stream.read(1)
+    except StreamEnded:  # closed, or reset (a StreamEnded too)
         return True
+    return False
 
 
 async def ask_after_write(stream: Stream) -> Reply:

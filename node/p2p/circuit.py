@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
-from libp2p.abc import INetStream
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
+    Stream,
+    StreamError,
     close_quietly,
     read_frame_exactly,
     read_single_frame,
@@ -86,11 +87,12 @@ def split_circuit_addr(addr: str) -> tuple[str, str, str] | None:
 
 async def _hop_request(
     host: P2PHost, relay: str, message: Reserve | Connect, what: str
-) -> tuple[INetStream, HopStatus]:
+) -> tuple[Stream, HopStatus]:
     """Send ``message`` to the connected ``relay`` on a new hop stream: the stream and the
     relay's OK. On any failure the stream is closed and :class:`CircuitError` raised (``what``
     names the request in its message)."""
-    stream = None
+    stream: Stream | None = None
+    failure: CircuitError | None
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
             stream = await host.new_stream(relay, [HOP_PROTOCOL_ID])
@@ -98,14 +100,19 @@ async def _hop_request(
             # After a CONNECT's OK the stream is the relayed connection: its first bytes may
             # come with the answer.
             answer = decode_hop(await read_frame_exactly(stream, MAX_MESSAGE_BYTES))
-    except Exception as error:
+    except (CircuitWireError, FrameError) as error:
+        failure = CircuitError(f"bad answer from relay {relay}: {error}")
+    except trio.TooSlowError:
+        failure = CircuitError(f"relay {relay} did not answer {what} in time")
+    except StreamError as error:  # refused, reset or ended before the answer
+        failure = CircuitError(f"{what} via {relay}: {error}")
+    else:
+        failure = None
+    if failure is not None:
         if stream is not None:
             await close_quietly(stream)
-        if isinstance(error, CircuitWireError | FrameError):
-            raise CircuitError(f"bad answer from relay {relay}: {error}") from None
-        if isinstance(error, trio.TooSlowError):
-            raise CircuitError(f"relay {relay} did not answer {what} in time") from None
-        raise CircuitError(f"{what} via {relay}: {error}") from None  # stream or I/O failure
+        raise failure
+    assert stream is not None  # for mypy: the answer came over it
     if not isinstance(answer, HopStatus):
         await close_quietly(stream)
         raise CircuitError(f"the relay answered with {type(answer).__name__}, not STATUS")
@@ -128,9 +135,7 @@ async def request_reservation(host: P2PHost, relay: str) -> Granted:
     return Granted(answer.reservation, answer.limit)
 
 
-async def request_circuit(
-    host: P2PHost, relay: str, target: str
-) -> tuple[INetStream, Limit | None]:
+async def request_circuit(host: P2PHost, relay: str, target: str) -> tuple[Stream, Limit | None]:
     """A raw stream to ``target`` through the connected ``relay``, and the circuit's limit.
 
     Raises:
@@ -144,7 +149,7 @@ async def request_circuit(
     return stream, answer.limit
 
 
-async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
+async def accept_circuit(stream: Stream) -> tuple[str, Limit | None]:
     """Answer a relay's stop CONNECT on ``stream``: the source PeerId and the circuit's limit.
 
     A malformed request is answered MALFORMED_MESSAGE (as the spec says) before raising.
@@ -165,7 +170,7 @@ async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
         raise CircuitError(f"bad stop request: {error}", status) from None
     except trio.TooSlowError:
         raise CircuitError("no stop request in time") from None
-    except Exception as error:  # the relay went away mid-exchange
+    except StreamError as error:  # the relay went away mid-exchange
         raise CircuitError(f"stop exchange failed: {error}") from None
     return source, request.limit
 
@@ -173,7 +178,7 @@ async def accept_circuit(stream: INetStream) -> tuple[str, Limit | None]:
 # --- relayed streams as libp2p connections ------------------------------------------------------
 
 
-def _circuit_conn_addr(relay_stream: INetStream, relay: str, peer: str) -> multiaddr.Multiaddr:
+def _circuit_conn_addr(relay_stream: Stream, relay: str, peer: str) -> multiaddr.Multiaddr:
     """The remote address of a relayed connection to ``peer``: the relay's transport address,
     then ``/p2p/<relay>/p2p-circuit/p2p/<peer>`` (js-libp2p's form; go-libp2p's also starts
     with the relay's transport address).
@@ -186,9 +191,9 @@ def _circuit_conn_addr(relay_stream: INetStream, relay: str, peer: str) -> multi
     transport address."""
     suffix = f"/p2p/{relay}/p2p-circuit/p2p/{peer}"
     try:
-        below = [str(a) for a in relay_stream.muxed_conn.get_transport_addresses()]
-    except Exception:  # a connection that cannot tell: the bare form
-        below = []
+        below = [str(a) for a in relay_stream.library_stream.muxed_conn.get_transport_addresses()]
+    except Exception:  # best effort: a connection that cannot tell (a muxer without the
+        below = []  # method, an address the multiaddr library will not build): the bare form
     transport = [a.split("/p2p/", 1)[0] for a in below if "/p2p-circuit" not in a]
     return multiaddr.Multiaddr((transport[0] if transport and transport[0] else "") + suffix)
 
@@ -202,8 +207,13 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
     """
     stream, _ = await request_circuit(host, relay, target)
     addr = _circuit_conn_addr(stream, relay, target)
+    # The library's stream beneath ours carries the connection: the swarm reads and writes
+    # it itself, and its errors are the library's to handle.
     raw = RawConnection(
-        stream, initiator=True, connection_type=ConnectionType.RELAYED, addresses=[addr]
+        stream.library_stream,
+        initiator=True,
+        connection_type=ConnectionType.RELAYED,
+        addresses=[addr],
     )
     network = host.libp2p_host.get_network()
     await _secured(
@@ -213,16 +223,19 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
     )
 
 
-async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> None:
+async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> None:
     """Make an accepted circuit from ``source`` a libp2p connection of ``host``.
 
     Raises:
         CircuitError: the security or muxer handshake failed.
     """
-    relay = str(stream.muxed_conn.peer_id)
+    relay = stream.remote_peer
     addr = _circuit_conn_addr(stream, relay, source)
     raw = RawConnection(
-        stream, initiator=False, connection_type=ConnectionType.RELAYED, addresses=[addr]
+        stream.library_stream,
+        initiator=False,
+        connection_type=ConnectionType.RELAYED,
+        addresses=[addr],
     )
     network = host.libp2p_host.get_network()
     await _secured(
@@ -230,7 +243,7 @@ async def upgrade_inbound(host: P2PHost, stream: INetStream, source: str) -> Non
     )
 
 
-async def _secured(stream: INetStream, upgrade: Callable[[], Awaitable[object]], what: str) -> None:
+async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> None:
     """Run the swarm's upgrade (Noise, muxer; the connection joins the swarm) of a relayed
     stream within RESPONSE_TIMEOUT; on failure close the stream and raise CircuitError."""
     try:
@@ -239,7 +252,9 @@ async def _secured(stream: INetStream, upgrade: Callable[[], Awaitable[object]],
     except trio.TooSlowError:
         await close_quietly(stream)
         raise CircuitError(f"securing {what} timed out") from None
-    except Exception as error:  # security (wrong peer) or muxer negotiation failed
+    except Exception as error:  # security (wrong peer) or muxer negotiation failed: the
+        # library's whole upgrade runs on the remote's bytes and raises more than its own
+        # error types (decoders, crypto); the host layer maps them all here, once
         await close_quietly(stream)
         raise CircuitError(f"securing {what}: {error}") from None
 
@@ -247,7 +262,7 @@ async def _secured(stream: INetStream, upgrade: Callable[[], Awaitable[object]],
 def serve_circuits(host: P2PHost, on_failure: Callable[[CircuitError], None] | None = None) -> None:
     """Accept circuits relays bring to ``host`` (the stop protocol), as libp2p connections."""
 
-    async def handle(stream: INetStream) -> None:
+    async def handle(stream: Stream) -> None:
         try:
             source, _ = await accept_circuit(stream)
             await upgrade_inbound(host, stream, source)

@@ -23,7 +23,7 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import INetConn, INetStream
+from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
 from p2pchat.node.p2p.host import P2PHost, connection_info, transport_label
@@ -131,11 +131,6 @@ def has_outbound_relayed(host: P2PHost, peer: str) -> bool:
     )
 
 
-def is_relayed_stream(stream: INetStream) -> bool:
-    """Whether ``stream`` runs over a relayed connection."""
-    return transport_label(stream.muxed_conn) == "p2p-circuit"
-
-
 async def close_relayed(host: P2PHost, peer: str) -> int:
     """Close the relayed connections to ``peer``, if a direct one is open; how many closed."""
     if not has_direct_connection(host, peer):
@@ -145,8 +140,8 @@ async def close_relayed(host: P2PHost, peer: str) -> int:
         if _is_relayed(conn):
             try:
                 await conn.close()
-            except Exception:  # already going away
-                continue
+            except Exception:  # already going away; the library's connection close raises
+                continue  # whatever its layers do (muxer, security, transport): none matters
             closed += 1
     return closed
 
@@ -200,7 +195,9 @@ async def dial_direct(
     async def attempt(addr: str, done: trio.CancelScope) -> None:
         try:
             await _dial_one(host, peer, addr, punch=punch, initiator=initiator)
-        except Exception:  # refused, unreachable, wrong peer, handshake failed: next address
+        except Exception:  # refused, unreachable, wrong peer, handshake failed: next address.
+            # The host layer's one mapping of the library's dial failures, which come from every
+            # layer (swarm, transport, Noise, muxer) and are not all its own types.
             return
         done.cancel()
 

@@ -44,6 +44,10 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
 29. (not in the notes) leaving the library host's ``run()`` leaves its listeners open -> closed
     when :meth:`P2PHost.run` ends.
 
+Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
+:class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
+mapped there (reads, writes, close, reset) and in :meth:`P2PHost.new_stream` (opening), once.
+
 Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
 AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
 ``p2pchat.node.logs``.
@@ -64,10 +68,10 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import LOW_WATERMARK as LIBRARY_LOW_WATERMARK
 from libp2p.network.config import ConnectionConfig
-from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
@@ -83,11 +87,15 @@ from p2pchat.node.p2p import tcp_reads, yamux_window  # noqa: F401  (imported fo
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
+from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
+from p2pchat.node.p2p.streams import transport_label as transport_label  # re-exported
 
 log = logging.getLogger("p2pchat.host")
 
-Stream = INetStream
-StreamHandler = Callable[[INetStream], Awaitable[None]]
+StreamHandler = Callable[[Stream], Awaitable[None]]
+"""A protocol's handler, given each inbound stream (see :meth:`P2PHost.set_stream_handler`)."""
+_LibraryHandler = Callable[[INetStream], Awaitable[None]]
 
 _MUXERS: dict[str, tuple[str, type[Any]]] = {
     "yamux": (YAMUX_PROTOCOL_ID, Yamux),
@@ -153,9 +161,10 @@ class HostSettings:
 
 
 def guard_handler(
-    protocol: str, handler: StreamHandler, on_failure: Callable[[str, BaseException], None]
-) -> StreamHandler:
-    """Wrap a stream handler so that an exception is reported and the stream reset.
+    protocol: str, handler: _LibraryHandler, on_failure: Callable[[str, BaseException], None]
+) -> _LibraryHandler:
+    """Wrap a library-level stream handler (ours, adapted by :meth:`P2PHost.set_stream_handler`,
+    or the library's own) so that an exception is reported and the stream reset.
 
     Cancellation (a ``BaseException``) still propagates: shutting down must stay possible.
     """
@@ -165,12 +174,10 @@ def guard_handler(
     async def guarded(stream: INetStream) -> None:
         try:
             await handler(stream)
-        except Exception as error:
+        except Exception as error:  # trap 1: whatever a handler raises (a bug included), the
+            # host must survive it; the library's handlers raise its errors unmapped, too
             on_failure(protocol, error)
-            try:
-                await stream.reset()
-            except Exception:  # the stream may already be gone; nothing more to clean up
-                log.debug("reset after handler failure failed", exc_info=True)
+            await reset_quietly(Stream(stream))  # it may already be gone: nothing more to do
 
     guarded.__p2pchat_guarded__ = True  # type: ignore[attr-defined]
     return guarded
@@ -188,7 +195,7 @@ def _install_handler_guard(host: IHost, on_failure: Callable[[str, BaseException
             multiselect.handlers[protocol] = guard_handler(str(protocol), handler, on_failure)
     original_add = multiselect.add_handler
 
-    def add_handler(protocol: TProtocol | None, handler: StreamHandler | None) -> None:
+    def add_handler(protocol: TProtocol | None, handler: _LibraryHandler | None) -> None:
         if protocol is not None and handler is not None:
             handler = guard_handler(str(protocol), handler, on_failure)
         original_add(protocol, handler)
@@ -214,30 +221,6 @@ def _disable_auto_connector(host: IHost) -> None:
 
 
 # --- connection events --------------------------------------------------------------------------
-
-
-def transport_label(layer: Any) -> str:
-    """``p2p-circuit``, ``websocket``, ``tcp`` or ``other``: what carries ``layer`` (a muxed,
-    secured or raw connection), found by walking down the layers beneath it."""
-    for _ in range(8):
-        if (
-            isinstance(layer, RawConnection)
-            and layer.get_connection_type() == ConnectionType.RELAYED
-        ):
-            return "p2p-circuit"
-        name = type(layer).__name__.lower()
-        if "websocket" in name:
-            return "websocket"
-        if "tcp" in name:
-            return "tcp"
-        layer = (
-            getattr(layer, "secured_conn", None)
-            or getattr(layer, "conn", None)
-            or getattr(layer, "stream", None)
-        )
-        if layer is None:
-            break
-    return "other"
 
 
 def connection_info(conn: INetConn) -> ConnectionInfo:
@@ -393,6 +376,32 @@ def _ip_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
     return str(ip), int(addr.value_for_protocol("tcp"))
 
 
+# What the library's new_stream raises when a stream cannot be opened: its own errors (swarm,
+# multiselect, muxer), and the transports' where they leak untranslated.
+_OPEN_ERRORS: tuple[type[BaseException], ...] = (
+    BaseLibp2pError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    OSError,
+)
+
+
+def _open_failure(error: BaseException, peer: str, protocols: Sequence[str]) -> Exception:
+    """The project's error for a failed ``new_stream``: StreamTimeout for a negotiation that
+    timed out, StreamRefused otherwise. The library says "timed out" in a message only (a
+    MultiselectClientError, wrapped in a StreamFailure), so the chain's messages are read."""
+    causes: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(causes) < 8:
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    detail = "; ".join(text for text in causes if text) or type(error).__name__
+    what = f"stream to {peer} for {', '.join(protocols)}"
+    if any("timed out" in text for text in causes):
+        return StreamTimeout(f"{what}: timed out ({detail})")
+    return StreamRefused(f"{what}: {detail}")
+
+
 class P2PHost:
     """The node's door to libp2p: identity, listeners, connections and stream handlers.
 
@@ -485,14 +494,31 @@ class P2PHost:
         self._host.get_network().register_notifee(_ConnectionNotifee(watcher))
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
-        """Serve ``protocol``; the handler is guarded (see :func:`guard_handler`)."""
-        self._host.set_stream_handler(TProtocol(protocol), handler)
+        """Serve ``protocol``: ``handler`` gets each inbound stream as a :class:`Stream`, and
+        is guarded (see :func:`guard_handler`)."""
 
-    async def new_stream(self, peer_id: str, protocols: Sequence[str]) -> INetStream:
-        """Open a stream to a connected (or known) peer for the first protocol it supports."""
-        return await self._host.new_stream(
-            ID.from_base58(peer_id), [TProtocol(p) for p in protocols]
-        )
+        async def adapted(library_stream: INetStream) -> None:
+            await handler(Stream(library_stream))
+
+        self._host.set_stream_handler(TProtocol(protocol), adapted)
+
+    async def new_stream(self, peer_id: str, protocols: Sequence[str]) -> Stream:
+        """A stream to a connected (or known) peer, for the first of ``protocols`` it speaks.
+
+        Raises:
+            StreamRefused: the peer speaks none of ``protocols``, is not connected and could
+                not be dialled, or ``peer_id`` is not a PeerId.
+            StreamTimeout: the protocol negotiation did not finish in the library's time.
+        """
+        try:
+            peer = ID.from_base58(peer_id)
+        except ValueError:
+            raise StreamRefused(f"{peer_id!r} is not a PeerId") from None
+        try:
+            library_stream = await self._host.new_stream(peer, [TProtocol(p) for p in protocols])
+        except _OPEN_ERRORS as error:
+            raise _open_failure(error, peer_id, protocols) from None
+        return Stream(library_stream)
 
     async def connect(self, peer_addr: str) -> str:
         """Dial a peer by a multiaddr ending in /p2p/<id>; return its PeerId.
@@ -508,7 +534,7 @@ class P2PHost:
             return await self._connect_through(peer_addr, *circuit)
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(peer_addr))
-        except Exception as error:
+        except Exception as error:  # the multiaddr and PeerId decoders raise many types
             raise DialError(f"invalid peer address {peer_addr!r}: {error}") from None
         if info.peer_id == self._identity.peer_id:
             raise DialError(f"{peer_addr} is this node itself")
@@ -522,7 +548,8 @@ class P2PHost:
                 await self._host.connect(info)
         except trio.TooSlowError:
             raise DialError(f"dial {peer_addr}: timed out") from None
-        except Exception as error:
+        except Exception as error:  # the host layer's one mapping of a failed dial: the
+            # library's come from every layer (swarm, transport, Noise, muxer), not all its own
             raise DialError(f"dial {peer_addr}: {error}") from None
         return str(info.peer_id)
 

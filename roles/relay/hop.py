@@ -19,6 +19,7 @@ from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
+    StreamError,
     close_quietly,
     read_frame_exactly,
     read_single_frame,
@@ -166,7 +167,8 @@ class HopServer:
                 # The destination may start its side of the relayed connection right after
                 # its OK, in the same read.
                 answer = decode_stop(await read_frame_exactly(destination, MAX_MESSAGE_BYTES))
-        except Exception as error:  # dial, stream and decode failures all mean "failed"
+        except (StreamError, FrameError, CircuitWireError, trio.TooSlowError) as error:
+            # not reachable, refused, ended, malformed or late: all mean "failed"
             self._log.debug("stop stream failed", target=target, error=repr(error))
             return None
         if answer != StopStatus(Status.OK):
@@ -198,10 +200,9 @@ class HopServer:
         budget = self._resources.limits.circuit_data
         try:
             while True:
+                # The end of either direction ends the circuit (both ends are then closed by
+                # _relay): a read never returns b"", it raises StreamEnded.
                 chunk = await reader.read(COPY_CHUNK)
-                if not chunk:
-                    await writer.close_write()  # half-close: the other direction may go on
-                    return
                 if len(chunk) > budget:
                     await writer.write(chunk[:budget])
                     self._metrics.data_transferred.inc(budget)
@@ -211,7 +212,7 @@ class HopServer:
                 budget -= len(chunk)
                 await writer.write(chunk)
                 self._metrics.data_transferred.inc(len(chunk))
-        except Exception:  # either end reset or went away: the circuit is over
+        except StreamError:  # either end finished, reset or went away: the circuit is over
             circuit.cancel()
 
 
