@@ -83,7 +83,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import tcp_reads, yamux_window  # noqa: F401  (imported for their fixes)
+from p2pchat.node.p2p import patches
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
@@ -409,6 +409,11 @@ class P2PHost:
     """
 
     def __init__(self, identity: Identity, settings: HostSettings, observer: HostObserver) -> None:
+        """Raises:
+        LibraryMismatch: the installed py-libp2p is not the one the host layer patches
+            (:mod:`~p2pchat.node.p2p.patches`).
+        """
+        patches.apply()
         self._identity = identity
         self._settings = settings
         self._observer = observer

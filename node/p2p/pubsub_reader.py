@@ -5,7 +5,8 @@ with another read. Every read of a py-libp2p stream goes through the stream, Yam
 window bookkeeping and takes two or three trio locks, each a trip through trio's run loop: a
 chat message cost a receiving peer three reads and about ten trips before it was parsed.
 
-Importing this module replaces the reader the library's pubsub uses: one read takes whatever
+:mod:`~p2pchat.node.p2p.patches` installs :func:`read_rpc` as the reader the library's pubsub
+uses: one read takes whatever
 the stream has (up to :data:`READ_CHUNK` bytes), and every RPC in it is served from a
 per-stream :class:`~p2pchat.node.wire.framing.FrameDecoder` before the stream is read again.
 Limits and errors stay the library's: an RPC announced over the limit raises
@@ -25,7 +26,6 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.exceptions import ParseError
 from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
-from libp2p.pubsub import pubsub as libp2p_pubsub_module
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge
 
 READ_CHUNK = 64 * 1024
@@ -63,6 +63,3 @@ async def read_rpc(stream: INetStream, max_length: int) -> bytes:
     except FrameError as error:
         raise ParseError(str(error)) from error
     return complete
-
-
-libp2p_pubsub_module.read_varint_prefixed_bytes_limited = read_rpc

@@ -14,11 +14,20 @@ py-libp2p's check decodes the PeerId, unpacks and re-derives the key for every m
 the same few senders over and over (a tenth of the check: 66 -> 60 us per Ed25519 message
 here). Here the key for a (``from``, ``key``) pair is resolved once and remembered (bounded,
 least recently used); the signature of every message is still verified.
+
+The library's pubsub calls one module-level ``signature_validator(msg)`` with nothing but the
+message. :func:`signature_check_of_caller` (installed there by
+:mod:`~p2pchat.node.p2p.patches`) hands that call to the check of the pubsub that is pushing
+the message (:data:`current_check`, set by that pubsub around its ``push_msg``): the state of a
+check (who counts drops, which message the node has just signed) belongs to its pubsub, not to
+the module, so several pubsubs can run in one process.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from contextvars import ContextVar
 
 from libp2p.crypto.keys import PublicKey
 from libp2p.crypto.serialization import deserialize_public_key
@@ -74,3 +83,22 @@ def has_valid_signature(message: rpc_pb2.Message) -> bool:
         return bool(public_key.verify(signed_bytes(message), bytes(message.signature)))
     except Exception:  # a signature of the wrong length or shape for its key type
         return False
+
+
+SignatureCheck = Callable[[rpc_pb2.Message], bool]
+
+current_check: ContextVar[SignatureCheck | None] = ContextVar(
+    "p2pchat_signature_check", default=None
+)
+"""The check of the pubsub whose ``push_msg`` runs in this task (None outside one)."""
+
+
+def signature_check_of_caller(library_check: SignatureCheck) -> SignatureCheck:
+    """A stand-in for the library's ``signature_validator``: the check of the pubsub pushing
+    the message (:data:`current_check`), or the library's own outside one of ours."""
+
+    def signature_validator(message: rpc_pb2.Message) -> bool:
+        check = current_check.get()
+        return library_check(message) if check is None else check(message)
+
+    return signature_validator

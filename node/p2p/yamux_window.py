@@ -7,7 +7,8 @@ intent) sends one only once the window has fallen by at least half, so a stream 
 messages costs no update traffic at all. Profiles of a relaying chat peer showed a sixth of its
 CPU in these updates.
 
-Importing this module replaces the method on ``YamuxStream``: the update logic becomes
+:mod:`~p2pchat.node.p2p.patches` installs :func:`send_window_update_like_go_yamux` on
+``YamuxStream``: the update logic becomes
 go-yamux's ``sendWindowUpdate`` (``delta < max/2 => no update``), keeping py-libp2p's window
 auto-tuning. Re-check on every library upgrade (``tests/test_host_perf_traps.py`` fails if the
 library's behaviour returns).
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 
-async def _send_window_update_like_go_yamux(self: YamuxStream, *, bytes_read: int = 0) -> None:
+async def send_window_update_like_go_yamux(self: YamuxStream, *, bytes_read: int = 0) -> None:
     increment = 0
     async with self.window_lock:
         buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
@@ -33,22 +33,23 @@ async def _send_window_update_like_go_yamux(self: YamuxStream, *, bytes_read: in
         await self.send_window_update(increment, skip_lock=True)
 
 
-def _read_once(switch: Callable[[], object]) -> Callable[[], object]:
+def read_once(switch: Callable[[], object]) -> Callable[[], object]:
+    """``switch``, read now and answered from then on without reading the environment: the
+    library reads its PY_YAMUX_* tuning switches from os.environ on every frame it receives and
+    every window check (one to three lookups a message, ~1% of a relaying peer's CPU), and the
+    environment does not change under a running node."""
     value = switch()
     return lambda: value
 
 
-YamuxStream._auto_tune_and_send_window_update = _send_window_update_like_go_yamux
+def never() -> bool:
+    """The library's debug-log switch, off for good (read per frame otherwise)."""
+    return False
 
-# The library reads its PY_YAMUX_* tuning switches from os.environ on every frame it receives
-# and every window check (one to three lookups a message, ~1% of a relaying peer's CPU). The
-# environment does not change under a running node: each switch is read once, here. Its debug
-# log stays off.
-yamux_module._perf_yamux_debug_enabled = lambda: False
-for _switch in (
+
+SWITCHES = (
     "_yamux_data_read_timeout",
     "_yamux_disable_hysteresis",
     "_yamux_release_on_read",
     "_yamux_batch_threshold_divisor",
-):
-    setattr(yamux_module, _switch, _read_once(getattr(yamux_module, _switch)))
+)

@@ -1,0 +1,214 @@
+"""Every change p2pchat makes to py-libp2p's own behaviour, in one table, applied in one call.
+
+Most of the library's traps (shared/notes/py-libp2p-0.8.1.md, the README's trap table) are
+handled by subclassing or through the library's injection points (``new_host``'s options, the
+pubsub and GossipSub constructors, a replaced AutoConnector instance): those live where the
+host and the pubsub are built. What is left can only be changed where the library keeps it, as
+a module-level name or a class attribute, and is listed here, in :data:`PATCHES`.
+
+:func:`apply` installs them. The host calls it (:class:`~p2pchat.node.p2p.host.P2PHost`), never
+an import: importing p2pchat changes nothing in the library. It is idempotent, and it refuses
+to start, with one clear line, when
+
+- the installed py-libp2p is not the version these patches were written for
+  (:data:`WRITTEN_FOR`): an upgrade must be re-checked patch by patch, and the tests named in
+  the table fail when the library's own behaviour comes back;
+- a name it replaces does not exist (or no longer holds what it replaced before):
+  the library changed under us.
+
+Either check failing changes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from libp2p.io.trio import TrioTCPStream
+from libp2p.pubsub import floodsub as floodsub_module
+from libp2p.pubsub import gossipsub as gossipsub_module
+from libp2p.pubsub import pubsub as pubsub_module
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from p2pchat.node.errors import StartupError
+from p2pchat.node.p2p import pubsub_reader, records, tcp_reads, yamux_window
+from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
+from p2pchat.node.p2p.signatures import signature_check_of_caller
+
+LIBRARY = "libp2p"
+WRITTEN_FOR = "0.8.1"
+
+
+class LibraryMismatch(StartupError):
+    """The installed py-libp2p is not the one the host layer was written for."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One replaced name: ``owner.attribute`` becomes ``replace(original)``.
+
+    ``trap`` says what the library does wrong; ``test`` names the test that fails when the
+    library's own behaviour comes back (the README's trap table lists the same).
+    """
+
+    owner: Any  # a module or a class of the library
+    attribute: str
+    replace: Callable[[Any], Any]
+    trap: str
+    test: str
+
+    @property
+    def target(self) -> str:
+        """The replaced name, dotted: ``libp2p.pubsub.pubsub.RpcQueue``."""
+        owner = self.owner
+        if isinstance(owner, ModuleType):
+            return f"{owner.__name__}.{self.attribute}"
+        where = getattr(owner, "__qualname__", type(owner).__name__)
+        return f"{getattr(owner, '__module__', '?')}.{where}.{self.attribute}"
+
+
+def _constant(value: Any) -> Callable[[Any], Any]:
+    return lambda original: value
+
+
+PERF_TESTS = "tests/test_host_perf_traps.py"
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        TrioTCPStream,
+        "read",
+        tcp_reads.reading_in_chunks,
+        "Noise reads a message as two exact TCP reads, each a recv behind a trio lock",
+        f"{PERF_TESTS}::test_a_tcp_stream_serves_small_reads_from_one_receive",
+    ),
+    Patch(
+        YamuxStream,
+        "_auto_tune_and_send_window_update",
+        _constant(yamux_window.send_window_update_like_go_yamux),
+        "Yamux sends a window update after nearly every read",
+        f"{PERF_TESTS}::test_yamux_batches_window_updates_like_go_yamux_and_reads_its_switches_once",
+    ),
+    Patch(
+        yamux_module,
+        "_perf_yamux_debug_enabled",
+        _constant(yamux_window.never),
+        "Yamux reads its PY_YAMUX_* switches from the environment for every frame",
+        f"{PERF_TESTS}::test_yamux_batches_window_updates_like_go_yamux_and_reads_its_switches_once",
+    ),
+    *(
+        Patch(
+            yamux_module,
+            switch,
+            yamux_window.read_once,
+            "Yamux reads its PY_YAMUX_* switches from the environment for every frame",
+            f"{PERF_TESTS}::test_yamux_batches_window_updates_like_go_yamux_and_reads_its_switches_once",
+        )
+        for switch in yamux_window.SWITCHES
+    ),
+    Patch(
+        pubsub_module,
+        "read_varint_prefixed_bytes_limited",
+        _constant(pubsub_reader.read_rpc),
+        "pubsub reads each RPC's length one byte per stream read",
+        f"{PERF_TESTS}::test_pubsub_reads_received_rpcs_through_our_reader",
+    ),
+    Patch(
+        pubsub_module,
+        "SUBSCRIPTION_CHANNEL_SIZE",
+        _constant(QUEUE_SIZE),
+        "a subscription holds 32 messages and drops the rest (trap 3)",
+        "tests/test_chat.py::test_a_2000_message_burst_reaches_every_peer_of_a_line",
+    ),
+    Patch(
+        pubsub_module,
+        "RpcQueue",
+        _constant(CoalescingRpcQueue),
+        "a peer's outbound queue holds 32 RPCs (trap 3), one write each",
+        f"{PERF_TESTS}::test_rpcs_queued_for_a_peer_leave_merged_in_order_within_the_budget",
+    ),
+    *(
+        Patch(
+            module,
+            "env_to_send_in_RPC",
+            records.cached_record_sender,
+            "our signed peer record is rebuilt for every pubsub RPC sent",
+            f"{PERF_TESTS}::test_our_signed_peer_record_is_built_once_per_refresh_period",
+        )
+        for module in (pubsub_module, gossipsub_module, floodsub_module)
+    ),
+    *(
+        Patch(
+            module,
+            "maybe_consume_signed_record",
+            records.remembering_record_consumer,
+            "a peer's record is verified for every RPC received; a stale one drops the RPC",
+            f"{PERF_TESTS}::test_a_peer_record_is_verified_once_and_a_different_one_again",
+        )
+        for module in (pubsub_module, gossipsub_module, floodsub_module)
+    ),
+    Patch(
+        pubsub_module,
+        "signature_validator",
+        signature_check_of_caller,
+        "signature failures are dropped silently; our own fresh signatures are verified",
+        "tests/test_chat_attacks.py::test_forged_unsigned_and_invalid_messages_are_dropped_and_counted",
+    ),
+)
+
+_installed: dict[tuple[int, str], Any] = {}  # (id(owner), attribute) -> what we put there
+
+
+def installed_version() -> str:
+    """The version of py-libp2p this process imports."""
+    return importlib.metadata.version(LIBRARY)
+
+
+def check_version(installed: str) -> None:
+    """Raises:
+    LibraryMismatch: ``installed`` is not :data:`WRITTEN_FOR`.
+    """
+    if installed != WRITTEN_FOR:
+        raise LibraryMismatch(
+            f"py-libp2p {installed} is installed, but p2pchat's host layer was written for "
+            f"{WRITTEN_FOR} and changes its internals (node/p2p/patches.py): "
+            f"install {LIBRARY}=={WRITTEN_FOR}"
+        )
+
+
+def check_targets(patches: tuple[Patch, ...]) -> None:
+    """Raises:
+    LibraryMismatch: a name a patch replaces is missing.
+    """
+    for patch in patches:
+        if not hasattr(patch.owner, patch.attribute):
+            raise LibraryMismatch(
+                f"py-libp2p has no {patch.target}, which p2pchat replaces ({patch.trap}): "
+                f"install {LIBRARY}=={WRITTEN_FOR}"
+            )
+
+
+def apply(patches: tuple[Patch, ...] = PATCHES, *, version: str | None = None) -> None:
+    """Install every patch once; later calls change nothing.
+
+    Raises:
+        LibraryMismatch: the library is not the version these patches were written for, or a
+            replaced name is gone; nothing is changed then.
+    """
+    check_version(installed_version() if version is None else version)
+    check_targets(patches)
+    for patch in patches:
+        key = (id(patch.owner), patch.attribute)
+        if key in _installed:
+            continue  # applied before (and what replaced it since, a test's probe, stays)
+        replacement = patch.replace(getattr(patch.owner, patch.attribute))
+        setattr(patch.owner, patch.attribute, replacement)
+        _installed[key] = replacement
+
+
+def applied(patch: Patch) -> bool:
+    """Whether ``patch`` is in place now."""
+    key = (id(patch.owner), patch.attribute)
+    return key in _installed and getattr(patch.owner, patch.attribute) is _installed[key]
