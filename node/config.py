@@ -374,6 +374,11 @@ class HistorySection(_Section):
         "differ; duplicates are dropped).",
     )
 
+    def serves(self, roles: Sequence[str]) -> bool:
+        """Whether this node answers history queries: an archiver always, a chat peer with
+        ``serve``."""
+        return "archiver" in roles or ("peer" in roles and self.serve)
+
 
 class RetentionPolicy(_Section):
     """How much of a room an archiver keeps; the oldest messages go first. null: no limit."""
@@ -636,12 +641,5 @@ def load_config(
         raise ConfigError(
             f"the bootstrap role serves the DHT: dht.enabled must be true and dht.mode auto "
             f"or server ({where})"
-        )
-    if "peer" in config.roles and "archiver" in config.roles:
-        # Both would run their own GossipSub on one host; a chat peer already keeps and serves
-        # its history, so run the archiver as a process of its own.
-        raise ConfigError(
-            f"roles peer and archiver cannot share a process ({provenance.get('roles', 'roles')});"
-            " run the archiver as its own process"
         )
     return config

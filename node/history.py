@@ -25,13 +25,15 @@ log on disk (fdatasync), so a message it reported as added survives ``kill -9`` 
 the archiver acknowledges nothing before that. Without ``sync`` a crash of the process (not of
 the machine) loses nothing either: RocksDB has written the WAL, the kernel holds it.
 
-Not thread-safe: each method reads then writes without a lock (fine on one trio thread).
+Writes are serialized by a lock (each reads counts, then writes them): an archiver writes from a
+worker thread while a chat peer of the same node writes from the event loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -216,6 +218,10 @@ class History:
 
     def __init__(self, store: Store) -> None:
         self._db = store.db
+        self._writing = threading.Lock()
+        # A write not yet synced to disk (a chat peer's): a synced add_many that finds only
+        # such messages still syncs them, so what an archiver acknowledges is on disk.
+        self._unsynced = False
         if self._db.get(_IDS_KEY) is None:
             self._bind_ids_to_senders()
 
@@ -276,6 +282,10 @@ class History:
             ValueError: a message has a bad room name, an id that is not 16 bytes, a time
                 outside 0..2**64-1 or a sender over 65535 bytes; nothing is written then.
         """
+        with self._writing:
+            return self._add_many(messages, sync)
+
+    def _add_many(self, messages: Iterable[StoredMessage], sync: bool) -> list[StoredMessage]:
         batch = WriteBatch(raw_mode=True)
         added: dict[str, tuple[int, int]] = {}  # room -> (messages, bytes) added
         seen: set[bytes] = set()
@@ -294,6 +304,9 @@ class History:
             added[message.room] = (count + 1, size + _entry_bytes(key, value, id_key))
             new.append(message)
         if not new:
+            if sync and self._unsynced:
+                self._db.flush_wal(True)
+                self._unsynced = False
             return new
         for room, (count, size) in added.items():
             old_count, old_size = self._totals(room)
@@ -302,6 +315,7 @@ class History:
             self._db.write(batch, _SYNCED)
         else:
             self._db.write(batch)
+        self._unsynced = not sync
         return new
 
     def contains(self, room: str, message_id: bytes) -> bool:
@@ -446,6 +460,16 @@ class History:
         newest = self.last(room, 1)
         return newest[0].sent_at_ms if newest else None
 
+    def total_count(self) -> int:
+        """Messages stored in every room together (one pass over the rooms' counts)."""
+        total = 0
+        it = self._db.iter()
+        it.seek(_HCNT)
+        while it.valid() and it.key().startswith(_HCNT):
+            total += _U64.unpack_from(it.value())[0]  # the count leads both value formats
+            it.next()
+        return int(total)
+
     def rooms(self) -> list[str]:
         """Every room that has at least one stored message, in byte order of the name."""
         rooms: list[str] = []
@@ -481,6 +505,17 @@ class History:
         limits = (max_count, max_age_ms, max_bytes)
         if any(limit is not None and limit < 0 for limit in limits):
             raise ValueError("max_count, max_age_ms and max_bytes must not be negative")
+        with self._writing:
+            return self._apply_retention(room, max_count, max_age_ms, now_ms, max_bytes)
+
+    def _apply_retention(
+        self,
+        room: str,
+        max_count: int | None,
+        max_age_ms: int | None,
+        now_ms: int,
+        max_bytes: int | None,
+    ) -> int:
         prefix = _room(_HIST, room)
         id_prefix = _room(_HID, room)
         count, size = self._totals(room)

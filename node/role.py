@@ -14,8 +14,10 @@ from typing import ClassVar, Protocol
 import structlog
 import trio
 from p2pchat.node.config import Config
+from p2pchat.node.history import History
 from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, NodeGossip
 from p2pchat.node.rendezvous import Rendezvous
 from p2pchat.node.store import Store
 
@@ -38,10 +40,24 @@ class NodeContext:
     # Set once the node listens, after every role has started: what a role shows its user
     # (addresses, a "ready" line) waits for it.
     listening: trio.Event = field(default_factory=trio.Event)
+    # The node's one pubsub and its message history, when a role in rooms runs (``in_rooms``).
+    gossip: NodeGossip | None = None
+    history: History | None = None
+
+    def rooms(self, observer: GossipObserver) -> tuple[Gossip, History]:
+        """The node's pubsub as this role uses it (its drops told to ``observer``), and the
+        node's history. Only for roles with ``in_rooms``."""
+        if self.gossip is None or self.history is None:
+            raise RuntimeError("rooms are only for roles with in_rooms = True")
+        return self.gossip.handle(observer), self.history
 
 
 class Role(Protocol):
     """A role of the node.
+
+    A role that is ``in_rooms`` (chat rooms: GossipSub topics and their history) uses the
+    node's one pubsub and history (:meth:`NodeContext.rooms`); the node runs them only when
+    such a role is on.
 
     ``run`` registers the role's protocol handlers, calls ``task_status.started()`` once it
     serves, then runs until cancelled. The node opens its listeners only after every role has
@@ -51,6 +67,7 @@ class Role(Protocol):
 
     name: ClassVar[str]
     protocols: ClassVar[Sequence[str]]
+    in_rooms: ClassVar[bool]
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

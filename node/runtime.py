@@ -25,6 +25,7 @@ from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
+from p2pchat.node.history import History
 from p2pchat.node.holepunch import HolePunch
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.keepalive import keep_connected
@@ -35,9 +36,11 @@ from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import ConnectionInfo, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.mdns import run_mdns
+from p2pchat.node.p2p.pubsub import NodeGossip
 from p2pchat.node.rendezvous import Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
+from p2pchat.node.store_server import StoreServer, StoreServerMetrics
 
 SHUTDOWN_GRACE = 4.0
 
@@ -167,6 +170,21 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     await roles_nursery.start(autorelay.run)
                     if config.holepunch.enabled:
                         await roles_nursery.start(HolePunch(host, metrics, log).run)
+                    # Rooms: one pubsub and one history for every role in them.
+                    gossip, history = None, None
+                    if any(role.in_rooms for role in roles):
+                        history = History(store)
+                        gossip = NodeGossip(host)
+                        await roles_nursery.start(gossip.run)
+                    if history is not None and config.history.serves(config.roles):
+                        StoreServer(
+                            host,
+                            history,
+                            StoreServerMetrics(metrics.registry),
+                            log,
+                            rate=config.history.rate,
+                            burst=config.history.burst,
+                        ).install()
                     context = NodeContext(
                         config,
                         host,
@@ -178,6 +196,8 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         rendezvous=rendezvous,
                         reachability=lambda: autonat.reachability,
                         relays=lambda: autorelay.relays,
+                        gossip=gossip,
+                        history=history,
                     )
                     for role in roles:
                         await roles_nursery.start(role.run, context)

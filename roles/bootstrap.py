@@ -21,6 +21,7 @@ class BootstrapRole:
 
     name: ClassVar[str] = "bootstrap"
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID,)
+    in_rooms: ClassVar[bool] = False
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

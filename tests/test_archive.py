@@ -109,3 +109,34 @@ def test_offline_peer_catches_up_from_another_peer_without_an_archiver(
     b.say("/history 1")
     assert b.next_event(lambda e: e["type"] == "message")["text"] == missed[-1]
     assert b.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0
+
+
+def test_a_chat_peer_that_also_archives_chats_archives_and_serves_catch_up(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # One process, two roles in the same room: one pubsub, one history.
+    hub = chat_peer(tmp_path / "hub", nodes, "--role", "peer,archiver")
+    a = chat_peer(tmp_path / "a", nodes, "--bootstrap", hub.addr())
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", hub.addr())
+    wait_members(a, 1)
+    wait_members(b, 1)
+    a.say("before B left")
+    hub.next_event(is_message("before B left"), timeout=WAIT)  # the hub's user sees it
+    b.next_event(is_message("before B left"), timeout=WAIT)
+    hub.say("from the hub")
+    a.next_event(is_message("from the hub"), timeout=WAIT)
+    assert b.stop() == 0
+
+    missed = [f"missed {n}" for n in range(1, 21)]
+    chat_while_away(a, hub, missed)
+    wait_metric(hub, "p2pchat_archive_messages", 22)  # held durably, whoever stored it first
+    time.sleep(AWAY)
+
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", hub.addr())
+    event = caught_up(b)
+    assert event["count"] == 20 and hub.peer_id in event["sources"]
+    assert history_texts(b, 22) == ["before B left", "from the hub", *missed]
+    # Stored once: the chat peer and the archiver of the hub share the room's history.
+    assert hub.metric("p2pchat_archive_messages") == 22
+    assert history_texts(hub, 22) == ["before B left", "from the hub", *missed]
+    assert hub.metric("p2pchat_messages_dropped_total", reason="bad_signature") == 0

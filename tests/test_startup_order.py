@@ -31,9 +31,10 @@ async def test_the_first_connection_to_a_starting_archiver_finds_its_protocols_a
     port = dead_port()
     address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{archiver_id}"
     async with running_host(tmp_path / "client") as (client, _):
-        gossip = p2pchat_pubsub.Gossip(client, NoDrops())  # type: ignore[arg-type]
+        node_gossip = p2pchat_pubsub.NodeGossip(client)
+        gossip = node_gossip.handle(NoDrops())  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
-            await nursery.start(gossip.run)
+            await nursery.start(node_gossip.run)
             await gossip.join(ROOM, lambda data: None)
             archiver = start_node(
                 tmp_path / "archiver",
@@ -66,11 +67,12 @@ async def test_pubsub_reaches_peers_connected_before_it_started(tmp_path: Path) 
         running_host(tmp_path / "b") as (b_host, _),
     ):
         await a_host.connect(loopback_addr(b_host))
-        a = p2pchat_pubsub.Gossip(a_host, NoDrops())  # type: ignore[arg-type]
-        b = p2pchat_pubsub.Gossip(b_host, NoDrops())  # type: ignore[arg-type]
+        a_node, b_node = p2pchat_pubsub.NodeGossip(a_host), p2pchat_pubsub.NodeGossip(b_host)
+        a = a_node.handle(NoDrops())  # type: ignore[arg-type]
+        b = b_node.handle(NoDrops())  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
+            await nursery.start(a_node.run)
+            await nursery.start(b_node.run)
             await a.join("room", lambda data: None)
             received = await b.join("room", lambda data: None)
             await wait_until(lambda: a.subscribers("room") and b.subscribers("room"))

@@ -13,11 +13,12 @@ What the library does by default, and what this module does instead:
 - eclipse protection wants mesh peers from 3 distinct IPs -> off: peers of one LAN, one NAT or one
   test machine share an address;
 - the per-peer outbound queue and the subscription channel hold 32 messages and drop the rest ->
-  :data:`QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer line);
+  :data:`~p2pchat.node.p2p.rpc_queue.QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer
+  line; installed by :mod:`~p2pchat.node.p2p.patches`);
 - IDONTWANT is sent for every message, however small -> only from 1 KiB, as go-libp2p does;
 - every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
-  RPCs queued for a peer are merged into one, up to :data:`COALESCE_BYTES`, as go-libp2p's
-  ``appendOrMergeRPC`` does;
+  RPCs queued for a peer are merged into one, as go-libp2p's ``appendOrMergeRPC`` does
+  (:mod:`~p2pchat.node.p2p.rpc_queue`);
 - peer scoring runs for every message with all weights zero (scores stay 0) -> off, as in
   go-libp2p unless configured;
 - the validation-result cache is an LRU kept in a list, O(n) per message -> an O(1) one;
@@ -27,7 +28,7 @@ What the library does by default, and what this module does instead:
 - StrictSign is kept (sign every message, verify every signature), with go-libp2p's rules and
   each sender's key resolved once, not per message (:mod:`~p2pchat.node.p2p.signatures`), and a
   message that fails verification is counted before the library drops it (verified once, not
-  twice);
+  twice); the check and its state belong to the pubsub instance, not to the module;
 - (trap 23, not in the notes) a peer's pubsub streams stay on the connection they were opened
   on; when it closes while another connection to the peer stays open (a relayed connection
   replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
@@ -44,9 +45,14 @@ What the library does by default, and what this module does instead:
   or forwarded is kept forever (only the health check trims that list) -> dropped after each
   publish (:class:`_ChatGossipSub`).
 
-Roles use :class:`Gossip`; the message they receive is a :class:`GossipMessage` whose
-``envelope`` is the signed pubsub message as sent on the wire, so it can be stored and verified
-again later (history sync).
+One pubsub runs per node (:class:`NodeGossip`, owned and run by the node); each role gets its
+own :class:`Gossip` from it (:meth:`NodeGossip.handle`), with its own drop counters, and joins
+rooms with its own validator: several roles (a chat peer and an archiver) can be in one room in
+one process. The message a role receives is a :class:`GossipMessage` whose ``envelope`` is the
+signed pubsub message as sent on the wire, so it can be stored and verified again later
+(history sync). Peers subscribing to and leaving topics are events
+(:class:`TopicSubscribed`, :class:`TopicUnsubscribed`; :meth:`NodeGossip.watch_subscriptions`),
+as rust-libp2p's ``gossipsub::Event::Subscribed`` / ``Unsubscribed``.
 """
 
 from __future__ import annotations
@@ -55,102 +61,28 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 import structlog
 import trio
-from libp2p.abc import IHost, INetStream
-from libp2p.peer.envelope import consume_envelope
+from libp2p.abc import INetStream
 from libp2p.peer.id import ID
-from libp2p.pubsub import gossipsub as libp2p_gossipsub_module
-from libp2p.pubsub import pubsub as libp2p_pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationResult
-from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
-from p2pchat.node.p2p import pubsub_reader  # noqa: F401  (imported for its fix; see module)
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
-from p2pchat.node.p2p.signatures import has_valid_signature
+from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
+from p2pchat.node.p2p.signatures import current_check, has_valid_signature
 
-# Sized for bursts: 4 KiB messages x 8,192 = 32 MiB worst case per queue, bounded.
-QUEUE_SIZE = 8192
 MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
 # Received messages handled back to back, and delivered to a room as one batch, at most: bounds
 # the work done between two checkpoints.
 MAX_BATCH = 256
 MOVE_QUEUE = 256  # direct connections waiting for a pubsub stream move
-
-# The queue sizes are module-level constants and default arguments inside the library, read
-# when a subscription or a peer queue is created. One pubsub runs per process, so setting them
-# here, once, is safe. Re-check on every library upgrade.
-libp2p_pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = QUEUE_SIZE
-
-# Merged RPCs stay far below the receiver's 1 MiB limit and keep one write short.
-COALESCE_BYTES = 64 * 1024
-
-
-class _CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
-    """A peer's outbound queue whose :meth:`pop` merges every RPC already waiting behind the
-    first one (up to :data:`COALESCE_BYTES`) into it.
-
-    Under load this turns N stream writes into one; when idle it costs nothing, so latency is
-    unchanged. Merging is protobuf ``MergeFrom``: repeated fields (messages, subscriptions,
-    control entries) are concatenated in queue order, which is what a receiver would have
-    processed anyway. Relies on the base class keeping its items in ``_queue`` (re-check on
-    every library upgrade).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(max_size=QUEUE_SIZE)
-        self._held: rpc_pb2.RPC | None = None  # popped, but did not fit the last merge
-
-    def hand_over(self) -> _CoalescingRpcQueue:
-        """A new queue holding everything still waiting here, in order; this one is closed, so
-        its consumer ends once its current write (if any) is done."""
-        successor = _CoalescingRpcQueue()
-        if self._held is not None:
-            successor.push(self._held)
-            self._held = None
-        while (item := self._queue.pop()) is not None:
-            successor.push(item)
-        self.close()
-        return successor
-
-    def __len__(self) -> int:
-        return int(super().__len__()) + (self._held is not None)
-
-    def split_rpc(self, rpc: rpc_pb2.RPC) -> list[rpc_pb2.RPC]:
-        # The library walks every item of every RPC to size it, even one far below the limit.
-        if rpc.ByteSize() <= self.max_message_size:
-            return [rpc]
-        return list(super().split_rpc(rpc))
-
-    async def pop(self) -> rpc_pb2.RPC | None:
-        if self._held is not None:
-            first, self._held = self._held, None
-        else:
-            first = await super().pop()
-            if first is None:
-                return None
-        size = first.ByteSize()
-        while size < COALESCE_BYTES:
-            following = self._queue.pop()
-            if following is None:
-                break
-            following_size = following.ByteSize()
-            if size + following_size > COALESCE_BYTES:
-                self._held = following
-                break
-            first.MergeFrom(following)
-            size += following_size
-        return first
-
-
-libp2p_pubsub_module.RpcQueue = _CoalescingRpcQueue
 
 
 class _ValidationResults:
@@ -187,82 +119,6 @@ class _ValidationResults:
             del self._results[msg_id]
 
 
-# py-libp2p attaches this node's signed peer record to every pubsub RPC it sends and verifies
-# the one in every RPC it receives: per message, per peer, an address lookup plus an Ed25519
-# verification. Profiles of a relaying peer put that at about a quarter of its CPU. The record
-# only changes when our addresses do, so it is rebuilt at most every RECORD_REFRESH_SECONDS, and
-# a record byte-identical to one already verified for the same peer is not verified again.
-RECORD_REFRESH_SECONDS = 10.0
-MAX_REMEMBERED_RECORDS = 10_000
-
-
-#
-# Trap 21 (not in the notes): a receiver drops a whole RPC, subscriptions included, when its
-# record is older than one it already has for the sender (identify may have brought a newer
-# one). A peer whose addresses changed (a relay reservation) and whose first RPC still carried
-# the previous record was then never known to be subscribed. So the cached record is dropped as
-# soon as the library issues a new local record (identify does, on address changes), and a
-# validly signed but stale record no longer costs the message it came with.
-
-
-def _cached_record_sender(
-    build: Callable[[IHost], tuple[bytes, bool]],
-) -> Callable[[IHost], tuple[bytes, bool]]:
-    cache: dict[int, tuple[float, bytes, object]] = {}
-
-    def env_to_send_in_rpc(host: IHost) -> tuple[bytes, bool]:
-        now = time.monotonic()
-        cached = cache.get(id(host))
-        local = host.get_peerstore().get_local_record()
-        if cached is not None and cached[2] is local and now - cached[0] < RECORD_REFRESH_SECONDS:
-            return cached[1], False
-        envelope, created = build(host)
-        cache[id(host)] = (now, envelope, host.get_peerstore().get_local_record())
-        return envelope, created
-
-    return env_to_send_in_rpc
-
-
-def _is_stale_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
-    """Whether the RPC's record is validly signed by ``peer_id`` but not newer than the one
-    already stored for it."""
-    stored = host.get_peerstore().get_peer_record(peer_id)
-    if stored is None:
-        return False
-    try:
-        _, record = consume_envelope(message.senderRecord, "libp2p-peer-record")
-    except Exception:  # bad signature or encoding: not merely stale
-        return False
-    return bool(record.peer_id == peer_id and record.seq <= stored.record().seq)
-
-
-def _remembering_record_consumer(
-    consume: Callable[[rpc_pb2.RPC, IHost, ID], bool],
-) -> Callable[[rpc_pb2.RPC, IHost, ID], bool]:
-    verified: dict[ID, bytes] = {}
-
-    def maybe_consume_signed_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
-        if message.HasField("senderRecord") and verified.get(peer_id) == message.senderRecord:
-            return True
-        accepted = consume(message, host, peer_id)
-        if not accepted and message.HasField("senderRecord"):
-            return _is_stale_record(message, host, peer_id)
-        if accepted and message.HasField("senderRecord"):
-            if len(verified) >= MAX_REMEMBERED_RECORDS:
-                verified.clear()  # bounded memory; the cost is one more verification per peer
-            verified[peer_id] = bytes(message.senderRecord)
-        return accepted
-
-    return maybe_consume_signed_record
-
-
-for _module in (libp2p_pubsub_module, libp2p_gossipsub_module):
-    _module.env_to_send_in_RPC = _cached_record_sender(_module.env_to_send_in_RPC)
-    _module.maybe_consume_signed_record = _remembering_record_consumer(
-        _module.maybe_consume_signed_record
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class GossipMessage:
     """A verified message received on (or published to) a topic."""
@@ -272,6 +128,25 @@ class GossipMessage:
     sender: str  # PeerId of the signer (StrictSign: verified)
     seqno: bytes
     envelope: bytes  # the signed pubsub Message protobuf, as on the wire
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSubscribed:
+    """A peer told us it joined ``topic`` (rust-libp2p: ``gossipsub::Event::Subscribed``)."""
+
+    peer_id: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicUnsubscribed:
+    """A peer left ``topic``, or went away while in it (``gossipsub::Event::Unsubscribed``)."""
+
+    peer_id: str
+    topic: str
+
+
+SubscriptionEvent = TopicSubscribed | TopicUnsubscribed
 
 
 class GossipObserver(Protocol):
@@ -301,14 +176,18 @@ def to_gossip_message(message: rpc_pb2.Message, topic: str) -> GossipMessage:
     )
 
 
-class _ReportingSignatureCheck:
-    """Stands in for the library's signature check inside its pubsub module: our check
-    (:mod:`~p2pchat.node.p2p.signatures`: go-libp2p's rules, each sender's key resolved once),
-    and a failure is reported (for the drop counter) before the library silently drops the
-    message. The library calls it after its seen-cache check, so each bad message counts once."""
+DropReport = Callable[[str, str], None]
+"""Told of a message dropped in the pubsub layer: (topic, reason)."""
 
-    def __init__(self) -> None:
-        self.observer: GossipObserver | None = None
+
+class _ReportingSignatureCheck:
+    """The signature check of one pubsub: ours (:mod:`~p2pchat.node.p2p.signatures`: go-libp2p's
+    rules, each sender's key resolved once), and a failure is reported (for the drop counters)
+    before the library silently drops the message. The library calls it after its seen-cache
+    check, so each bad message counts once."""
+
+    def __init__(self, report: DropReport) -> None:
+        self._report = report
         # The message this node has just signed and is publishing: verifying our own fresh
         # signature proves nothing and was a sixth of a sending peer's CPU.
         self.signed_here: rpc_pb2.Message | None = None
@@ -318,14 +197,10 @@ class _ReportingSignatureCheck:
             self.signed_here = None
             return True
         valid = has_valid_signature(message)
-        if not valid and self.observer is not None:
+        if not valid:
             for topic in message.topicIDs[:1]:
-                self.observer.message_dropped(str(topic), "bad_signature")
+                self._report(str(topic), "bad_signature")
         return valid
-
-
-_signature_check = _ReportingSignatureCheck()
-libp2p_pubsub_module.signature_validator = _signature_check
 
 
 log = structlog.get_logger("p2pchat.pubsub")
@@ -360,9 +235,11 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
     :meth:`process_received` drains; a message whose processing fails is logged and counted.
     """
 
-    def __init__(self, *args: Any, observer: GossipObserver, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, report: DropReport, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._observer = observer
+        self._report = report
+        self._signature_check = _ReportingSignatureCheck(report)
+        self.subscription_events: Callable[[SubscriptionEvent], None] = lambda event: None
         self._received_in, self._received_out = trio.open_memory_channel[
             tuple[ID, rpc_pb2.Message]
         ](QUEUE_SIZE)
@@ -389,14 +266,36 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             lock.release()
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # The library's module-level signature_validator asks current_check (see
+        # signatures.signature_check_of_caller) for the check of the pubsub pushing the message.
         # Pubsub.publish signs ``msg`` and hands it straight here; the signature check runs
         # before push_msg's first await, so the mark cannot leak to another message.
+        check = self._signature_check
         if msg_forwarder == self.my_id and msg.from_id == self._my_id_bytes:
-            _signature_check.signed_here = msg
+            check.signed_here = msg
+        token = current_check.set(check)
         try:
             await super().push_msg(msg_forwarder, msg)
         finally:
-            _signature_check.signed_here = None
+            current_check.reset(token)
+            check.signed_here = None
+
+    def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
+        topic = sub_message.topicid
+        before = origin_id in self.peer_topics.get(topic, ())
+        super().handle_subscription(origin_id, sub_message)
+        after = origin_id in self.peer_topics.get(topic, ())
+        if after and not before:
+            self.subscription_events(TopicSubscribed(str(origin_id), topic))
+        elif before and not after:
+            self.subscription_events(TopicUnsubscribed(str(origin_id), topic))
+
+    def _handle_dead_peer(self, peer_id: ID) -> None:
+        topics = [topic for topic, peers in self.peer_topics.items() if peer_id in peers]
+        super()._handle_dead_peer(peer_id)
+        for topic in topics:
+            if peer_id not in self.peer_topics.get(topic, ()):
+                self.subscription_events(TopicUnsubscribed(str(peer_id), topic))
 
     @property
     def manager(self) -> Any:
@@ -410,7 +309,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             self._received_in.send_nowait((forwarder, message))
         except trio.WouldBlock:
             for topic in message.topicIDs[:1]:
-                self._observer.message_dropped(str(topic), "queue_full")
+                self._report(str(topic), "queue_full")
 
     def add_connected_peers(self, peers: Iterable[str]) -> None:
         """Register peers connected before this pubsub existed (trap 26), in the background
@@ -441,11 +340,11 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             await stream.close()
             return False
         queue = self.peer_queues.get(peer_id)
-        successor = queue.hand_over() if isinstance(queue, _CoalescingRpcQueue) else None
+        successor = queue.hand_over() if isinstance(queue, CoalescingRpcQueue) else None
         if successor is None:
             if queue is not None:
                 queue.close()
-            successor = _CoalescingRpcQueue()
+            successor = CoalescingRpcQueue()
         self.peers[peer_id] = stream
         self.peer_queues[peer_id] = successor
         self.manager.run_task(self.handle_sending_messages, peer_id, stream, successor)
@@ -471,7 +370,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
                 except Exception:
                     log.warning("processing a received message failed", exc_info=True)
                     for topic in message.topicIDs[:1]:
-                        self._observer.message_dropped(str(topic), "internal_error")
+                        self._report(str(topic), "internal_error")
 
 
 IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
@@ -504,12 +403,54 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
 
 
-class Gossip:
-    """The node's GossipSub: join topics, publish, and receive verified messages."""
+@dataclass(eq=False)
+class _Joiner:
+    """One role in one topic: its validator, where its drops are counted, and its queue of
+    delivered messages (at most :data:`QUEUE_SIZE` waiting; past it, dropped as ``queue_full``)."""
 
-    def __init__(self, host: P2PHost, observer: GossipObserver) -> None:
+    topic: str
+    validator: PayloadValidator
+    observer: GossipObserver
+    send: trio.MemorySendChannel[list[GossipMessage]]
+    receive: trio.MemoryReceiveChannel[list[GossipMessage]]
+    waiting: int = 0
+
+    def deliver(self, batch: list[GossipMessage]) -> None:
+        if self.waiting + len(batch) > QUEUE_SIZE:
+            for _ in batch:
+                self.observer.message_dropped(self.topic, "queue_full")
+            return
+        try:
+            self.send.send_nowait(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the role left meanwhile
+        self.waiting += len(batch)
+
+    async def batches(self) -> AsyncIterator[list[GossipMessage]]:
+        async with self.receive:
+            async for batch in self.receive:
+                self.waiting -= len(batch)
+                yield batch
+
+
+@dataclass(eq=False)
+class _Topic:
+    """A topic the node is subscribed to, and the roles in it."""
+
+    joiners: list[_Joiner] = field(default_factory=list)
+    fan_out: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class NodeGossip:
+    """The node's one GossipSub, owned and run by the node (:meth:`run`); roles use it through
+    the :class:`Gossip` each gets from :meth:`handle`.
+
+    A topic is subscribed to once, however many roles join it; each message that every joined
+    role's validator accepts is delivered to each of them, in arrival order.
+    """
+
+    def __init__(self, host: P2PHost) -> None:
         self._host = host
-        self._observer = observer
         # peers with a new direct connection, whose stream may have to move off a relay
         self._direct_in, self._direct_out = trio.open_memory_channel[str](MOVE_QUEUE)
         self._router = _ChatGossipSub(
@@ -526,16 +467,23 @@ class Gossip:
         # scores every peer for every message forwarded with all weights at zero, so scores
         # stay 0 and no threshold can trip, at 7-10% of a relaying peer's CPU in a burst.
         self._router.scorer = None
-        _signature_check.observer = observer  # one pubsub per process
         self._pubsub = _ChatPubsub(
             host.libp2p_host,
             self._router,
             strict_signing=True,
             max_inbound_rpc_size=MAX_RPC_BYTES,
-            observer=observer,
+            report=self._report_drop,
         )
         cache = self._pubsub.validation_cache
         self._pubsub.validation_cache = _ValidationResults(cache.ttl, cache.max_size)
+        self._pubsub.subscription_events = self._subscription_event
+        self._topics: dict[str, _Topic] = {}
+        self._subscription_watchers: list[Callable[[SubscriptionEvent], None]] = []
+        self._nursery: trio.Nursery | None = None
+
+    def handle(self, observer: GossipObserver) -> Gossip:
+        """A role's access to the pubsub; its drops are told to ``observer``."""
+        return Gossip(self, observer)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pubsub services until cancelled."""
@@ -546,10 +494,20 @@ class Gossip:
             await self._pubsub.wait_until_ready()
             self._pubsub.add_connected_peers(self._host.connected_peers())
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._pubsub.process_received)
                 nursery.start_soon(self._move_streams)
                 self._host.watch_connections(self)
                 task_status.started()
+
+    def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None:
+        """Tell ``watcher`` of every peer that joins or leaves a topic from now on. Called
+        inline by the pubsub: it must not block."""
+        self._subscription_watchers.append(watcher)
+
+    def _subscription_event(self, event: SubscriptionEvent) -> None:
+        for watcher in self._subscription_watchers:
+            watcher(event)
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         if info.transport != "p2p-circuit":
@@ -569,32 +527,52 @@ class Gossip:
             except Exception as error:  # the connection went away meanwhile
                 log.info("pubsub stream move failed", peer=peer, error=str(error))
 
-    async def join(
-        self, topic: str, validator: PayloadValidator
-    ) -> AsyncIterator[list[GossipMessage]]:
-        """Subscribe to ``topic``; yield every verified message that passes ``validator``, in
-        arrival order, in batches: each batch holds what had arrived when it was taken (at
-        least one message, at most :data:`MAX_BATCH`), so a burst can be stored in one write.
+    def _report_drop(self, topic: str, reason: str) -> None:
+        joined = self._topics.get(topic)
+        for joiner in joined.joiners if joined is not None else ():
+            joiner.observer.message_dropped(topic, reason)
 
-        A message the validator rejects is counted with its reason, not delivered and not
-        forwarded to other peers. Leaving (:meth:`leave`) ends the iteration.
-        """
+    async def _join(self, joiner: _Joiner) -> None:
+        topic = joiner.topic
+        joined = self._topics.get(topic)
+        if joined is not None:
+            joined.joiners.append(joiner)
+            return
+        if self._nursery is None:
+            raise RuntimeError("the node's pubsub is not running")
+        joined = self._topics[topic] = _Topic([joiner])
 
         def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
-            reason = validator(bytes(message.data))
-            if reason is not None:
-                self._observer.message_dropped(topic, reason)
-                return False
-            return True
+            data = bytes(message.data)
+            accepted = True
+            for each in joined.joiners:
+                reason = each.validator(data)
+                if reason is not None:
+                    each.observer.message_dropped(topic, reason)
+                    accepted = False
+            return accepted
 
         self._pubsub.set_topic_validator(topic, validate, False)
         subscription = await self._pubsub.subscribe(topic)
-        return _iterate(subscription, topic)
+        self._nursery.start_soon(self._fan_out, topic, joined, subscription)
 
-    async def leave(self, topic: str) -> None:
-        """Unsubscribe from ``topic``."""
-        await self._pubsub.unsubscribe(topic)
-        self._pubsub.remove_topic_validator(topic)
+    async def _leave(self, joiner: _Joiner) -> None:
+        joiner.send.close()
+        joined = self._topics.get(joiner.topic)
+        if joined is None or joiner not in joined.joiners:
+            return
+        joined.joiners.remove(joiner)
+        if not joined.joiners:
+            del self._topics[joiner.topic]
+            joined.fan_out.cancel()
+            await self._pubsub.unsubscribe(joiner.topic)
+            self._pubsub.remove_topic_validator(joiner.topic)
+
+    async def _fan_out(self, topic: str, joined: _Topic, subscription: object) -> None:
+        with joined.fan_out:
+            async for batch in _iterate(subscription, topic):
+                for joiner in joined.joiners:
+                    joiner.deliver(batch)
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Sign and publish ``data`` on ``topic`` (to the mesh, or fanout if not joined)."""
@@ -613,6 +591,69 @@ class Gossip:
     def subscribers(self, topic: str) -> list[str]:
         """Peers known to be subscribed to ``topic``."""
         return sorted(str(peer) for peer in self._pubsub.peer_topics.get(topic, ()))
+
+
+class Gossip:
+    """A role's access to the node's pubsub (:meth:`NodeGossip.handle`): its rooms, each
+    joined with its validator, and its own drop counters."""
+
+    def __init__(self, node: NodeGossip, observer: GossipObserver) -> None:
+        self._node = node
+        self._observer = observer
+        self._joined: dict[str, _Joiner] = {}
+
+    async def join(
+        self, topic: str, validator: PayloadValidator
+    ) -> AsyncIterator[list[GossipMessage]]:
+        """Subscribe to ``topic``; yield every verified message that passes ``validator`` (and
+        the validators of other roles in it), in arrival order, in batches: each batch holds
+        what had arrived when it was taken (at least one message, at most :data:`MAX_BATCH`),
+        so a burst can be stored in one write.
+
+        A message the validator rejects is counted with its reason, not delivered and not
+        forwarded to other peers. Leaving (:meth:`leave`) ends the iteration.
+
+        Raises:
+            ValueError: this role is in ``topic`` already.
+        """
+        if topic in self._joined:
+            raise ValueError(f"already joined {topic!r}")
+        send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
+        joiner = _Joiner(topic, validator, self._observer, send, receive)
+        self._joined[topic] = joiner
+        try:
+            await self._node._join(joiner)
+        except BaseException:
+            del self._joined[topic]
+            raise
+        return joiner.batches()
+
+    async def leave(self, topic: str) -> None:
+        """Leave ``topic`` (the node unsubscribes once no role is in it)."""
+        joiner = self._joined.pop(topic, None)
+        if joiner is not None:
+            await self._node._leave(joiner)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Sign and publish ``data`` on ``topic`` (to the mesh, or fanout if not joined)."""
+        await self._node.publish(topic, data)
+
+    def known_topics(self) -> list[str]:
+        """Topics at least one connected peer is subscribed to."""
+        return self._node.known_topics()
+
+    def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None:
+        """Tell ``watcher`` of every peer that joins or leaves a topic from now on (it must not
+        block)."""
+        self._node.watch_subscriptions(watcher)
+
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether another peer is known to be subscribed to ``topic``."""
+        return self._node.has_subscribers(topic)
+
+    def subscribers(self, topic: str) -> list[str]:
+        """Peers known to be subscribed to ``topic``."""
+        return self._node.subscribers(topic)
 
 
 async def _iterate(subscription: object, topic: str) -> AsyncIterator[list[GossipMessage]]:

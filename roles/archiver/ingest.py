@@ -49,7 +49,7 @@ class Archive:
             QUEUE_BATCHES
         )
         self._lock = trio.Lock()
-        self._held = sum(history.count(room) for room in history.rooms())
+        self._held = history.total_count()
         metrics.messages.set(self._held)
 
     @property
@@ -106,7 +106,9 @@ class Archive:
             self._metrics.insert_duration.observe(time.perf_counter() - started)
         self._metrics.insert_batch.observe(len(messages))
         self._metrics.inserted.inc(len(new))
-        self._held += len(new)
+        # Counted from the store, not added up: a chat peer of the same node may have stored
+        # some of these first (synced now by this write, but not new to the store).
+        self._held = self._history.total_count()
         self._metrics.messages.set(self._held)
 
     def _add_synced(self, messages: list[StoredMessage]) -> list[StoredMessage]:

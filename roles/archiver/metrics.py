@@ -16,7 +16,8 @@ class ArchiveMetrics:
         )
         self.inserted = Counter(
             "p2pchat_archive_inserted",
-            "Messages written and synced to disk (acknowledged); duplicates are not counted.",
+            "Messages written and synced to disk (acknowledged); duplicates are not counted, "
+            "nor, in a process that is also a chat peer, messages it stored first.",
             registry=registry,
         )
         self.insert_duration = Histogram(

@@ -1,9 +1,11 @@
 """The archiver role (``p2pchat --role archiver``): keeps rooms' history durably and serves it.
 
 It joins the configured rooms' GossipSub topics (and, with ``archiver.all_rooms``, every room a
-connected peer is subscribed to, up to ``archiver.max_rooms``), verifies every message as a
-chat peer does, writes it synced to disk (:mod:`p2pchat.roles.archiver.ingest`), and answers
-history queries (:mod:`p2pchat.node.store_server`) so peers that were offline catch up.
+connected peer subscribes to, as it does, up to ``archiver.max_rooms``), verifies every message
+as a chat peer does, and writes it synced to disk (:mod:`p2pchat.roles.archiver.ingest`); the
+node answers history queries from it (:mod:`p2pchat.node.store_server`) so peers that were
+offline catch up. With the chat peer in the same process, both use the node's one pubsub and
+history: the room's messages are stored once, and the tighter retention applies.
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ from functools import partial
 from typing import ClassVar
 
 import trio
-from p2pchat.node.history import History, now_ms
-from p2pchat.node.p2p.pubsub import Gossip
+from p2pchat.node.history import now_ms
+from p2pchat.node.p2p.pubsub import Gossip, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.role import NodeContext
-from p2pchat.node.store_server import StoreServer, StoreServerMetrics
 from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 from p2pchat.roles.archiver.ingest import Archive
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
-ROOM_SCAN_INTERVAL = 2.0
+# Room names heard of and not yet joined, at most: a flood of junk subscriptions cannot grow it.
+MAX_ROOMS_HEARD = 1024
 
 
 class ArchiverRole:
@@ -30,6 +32,7 @@ class ArchiverRole:
 
     name: ClassVar[str] = "archiver"
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID, "/meshsub/1.2.0", "/meshsub/1.1.0")
+    in_rooms: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._rooms: set[str] = set()
@@ -41,25 +44,16 @@ class ArchiverRole:
         settings = ctx.config.archiver
         metrics = ArchiveMetrics(ctx.metrics.registry)
         metrics.store_bytes.set_function(ctx.store.size_bytes)
-        history = History(ctx.store)
-        gossip = Gossip(ctx.host, metrics)
+        gossip, history = ctx.rooms(metrics)
         archive = Archive(history, settings, metrics, ctx.log, ctx.config.chat.max_message_bytes)
-        StoreServer(
-            ctx.host,
-            history,
-            StoreServerMetrics(ctx.metrics.registry),
-            ctx.log,
-            rate=ctx.config.history.rate,
-            burst=ctx.config.history.burst,
-        ).install()
         async with trio.open_nursery() as nursery:
-            await nursery.start(gossip.run)
             await nursery.start(archive.run)
             join = partial(self._join, ctx, gossip, archive, metrics, nursery)
             for room in settings.rooms:
                 await join(room)
             if settings.all_rooms:
-                nursery.start_soon(self._join_rooms_heard_of, ctx, gossip, join)
+                heard = self._rooms_heard_of(gossip)
+                nursery.start_soon(self._join_rooms_heard_of, heard, join)
             ctx.log.info(
                 "archiver role started",
                 rooms=sorted(self._rooms),
@@ -102,16 +96,50 @@ class ArchiverRole:
 
         nursery.start_soon(ingest)
 
+    def _rooms_heard_of(self, gossip: Gossip) -> _RoomsHeardOf:
+        """Room names peers subscribe to, from now on and those known already."""
+        heard = _RoomsHeardOf(self._rooms)
+        gossip.watch_subscriptions(heard.event)
+        for topic in gossip.known_topics():
+            heard.add(topic)
+        return heard
+
     async def _join_rooms_heard_of(
-        self, ctx: NodeContext, gossip: Gossip, join: Callable[[str], Awaitable[None]]
+        self, heard: _RoomsHeardOf, join: Callable[[str], Awaitable[None]]
     ) -> None:
         while True:
-            for topic in gossip.known_topics():
-                if topic in self._rooms:
-                    continue
-                try:
-                    room = validate_room(topic)
-                except ValueError:
-                    continue  # not a chat room's topic
+            for room in await heard.take():
                 await join(room)
-            await trio.sleep(ROOM_SCAN_INTERVAL)
+
+
+class _RoomsHeardOf:
+    """Room names that peers subscribed to and that are not archived yet, as events bring them
+    (at most :data:`MAX_ROOMS_HEARD` waiting; topics that are not room names are ignored)."""
+
+    def __init__(self, archived: set[str]) -> None:
+        self._archived = archived
+        self._waiting: dict[str, None] = {}
+        self._arrived = trio.Event()
+
+    def event(self, event: SubscriptionEvent) -> None:
+        if isinstance(event, TopicSubscribed):
+            self.add(event.topic)
+
+    def add(self, topic: str) -> None:
+        if topic in self._archived or topic in self._waiting:
+            return
+        if len(self._waiting) >= MAX_ROOMS_HEARD:
+            return
+        try:
+            validate_room(topic)
+        except ValueError:
+            return  # not a chat room's topic
+        self._waiting[topic] = None
+        self._arrived.set()
+
+    async def take(self) -> list[str]:
+        """The rooms waiting, once there is at least one."""
+        await self._arrived.wait()
+        self._arrived = trio.Event()
+        rooms, self._waiting = list(self._waiting), {}
+        return rooms

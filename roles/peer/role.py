@@ -1,8 +1,8 @@
 """The chat peer role: what end users run (``p2pchat --role peer``, the default).
 
-Composes the node's GossipSub (rooms), the local history, the chat service, the history server
-(``history.serve``) and catch-up (``history.catchup``), and runs the front end chosen by
-``chat.ui``. Quitting the front end stops the node.
+Uses the node's GossipSub (rooms) and history, and composes the chat service and catch-up
+(``history.catchup``); the node serves the history (``history.serve``). Runs the front end
+chosen by ``chat.ui``. Quitting the front end stops the node.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from typing import ClassVar
 
 import trio
 from p2pchat.node.catchup import CatchUp, CatchUpMetrics
-from p2pchat.node.history import History
-from p2pchat.node.p2p.pubsub import Gossip
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient, StoreClientMetrics
-from p2pchat.node.store_server import StoreServer, StoreServerMetrics
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
 from p2pchat.roles.peer.console import run_console
 from p2pchat.roles.peer.events import ChatEvent
@@ -38,14 +35,15 @@ class PeerRole:
         "/meshsub/1.0.0",
         STORE_QUERY,
     )
+    in_rooms: ClassVar[bool] = True
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start GossipSub and the room, report started, then run the front end."""
+        """Join the room, report started, then run the front end."""
         metrics = ChatMetrics(ctx.metrics.registry)
         metrics.store_bytes.set_function(ctx.store.size_bytes)  # measured when scraped
-        gossip = Gossip(ctx.host, metrics)
+        gossip, history = ctx.rooms(metrics)
         send, receive = trio.open_memory_channel[ChatEvent](EVENT_BUFFER)
 
         def emit(event: ChatEvent) -> None:
@@ -54,17 +52,7 @@ class PeerRole:
             except trio.WouldBlock:  # nobody reads (headless and stalled): never block chat
                 ctx.log.warning("chat event dropped: front end is not keeping up")
 
-        history = History(ctx.store)
         settings = ctx.config.history
-        if settings.serve:
-            StoreServer(
-                ctx.host,
-                history,
-                StoreServerMetrics(ctx.metrics.registry),
-                ctx.log,
-                rate=settings.rate,
-                burst=settings.burst,
-            ).install()
         catch_up: CatchUp | None = None
         service = ChatService(
             ctx,
@@ -94,7 +82,6 @@ class PeerRole:
         if ui == "auto":
             ui = "console" if sys.stdin.isatty() else "none"
         async with trio.open_nursery() as nursery:
-            await nursery.start(gossip.run)
             if catch_up is not None:
                 await nursery.start(catch_up.run)
             await nursery.start(service.run)

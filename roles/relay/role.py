@@ -24,6 +24,7 @@ class RelayRole:
 
     name: ClassVar[str] = "relay"
     protocols: ClassVar[Sequence[str]] = (HOP_PROTOCOL_ID,)
+    in_rooms: ClassVar[bool] = False
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
