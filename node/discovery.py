@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -43,6 +44,12 @@ class DiscoveryConnector:
         self._failed_at: BoundedDict[str, float] = BoundedDict(max_remembered)
         # PeerId -> how it was first found (the newest max_remembered peers)
         self.discovered: BoundedDict[str, str] = BoundedDict(max_remembered)
+        self._watchers: list[Callable[[str, str], None]] = []
+
+    def watch(self, watcher: Callable[[str, str], None]) -> None:
+        """Tell ``watcher`` (PeerId, how) of every peer discovered from now on, once each while
+        it is remembered; it must not block."""
+        self._watchers.append(watcher)
 
     def found(self, peer: tuple[str, list[str]], via: str = "mdns") -> None:
         """Report a peer (PeerId, addresses) that discovery ``via`` ("mdns", "dht") found; call
@@ -56,6 +63,8 @@ class DiscoveryConnector:
             if peer_id not in self.discovered:
                 self.discovered[peer_id] = via
                 self._log.info("peer discovered", remote=peer_id, addrs=addrs, via=via)
+                for watcher in self._watchers:
+                    watcher(peer_id, via)
             else:
                 self.discovered.touch(peer_id)  # still around: forget newcomers first
             if self._host.is_connected(peer_id):

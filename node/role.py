@@ -34,6 +34,8 @@ class NodeContext:
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
     # PeerId -> how discovery found it: "mdns" (on the LAN) or "dht" (room rendezvous)
     discovered_peers: Callable[[], Mapping[str, str]]
+    # Tells a watcher (PeerId, how) of each peer discovery finds from now on.
+    watch_discoveries: Callable[[Callable[[str, str], None]], None] = lambda watcher: None
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
     relays: Callable[[], list[str]] = list  # relays holding a reservation for this node

@@ -193,6 +193,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         log,
                         request_stop=nursery.cancel_scope.cancel,
                         discovered_peers=lambda: dict(connector.discovered),
+                        watch_discoveries=connector.watch,
                         rendezvous=rendezvous,
                         reachability=lambda: autonat.reachability,
                         relays=lambda: autorelay.relays,

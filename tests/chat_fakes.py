@@ -20,7 +20,12 @@ from p2pchat.node.history import History
 from p2pchat.node.p2p.envelopes import sign_envelope
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.p2p.identity import Identity, ephemeral_identity
-from p2pchat.node.p2p.pubsub import GossipMessage
+from p2pchat.node.p2p.pubsub import (
+    GossipMessage,
+    SubscriptionEvent,
+    TopicSubscribed,
+    TopicUnsubscribed,
+)
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store import Store
 from p2pchat.roles.peer.events import ChatEvent
@@ -35,6 +40,10 @@ Validator = Callable[[bytes], str | None]
 class FakeHost:
     identity: Identity
     connected: list[str] = field(default_factory=list)
+    watchers: list[object] = field(default_factory=list)
+
+    def watch_connections(self, watcher: object) -> None:
+        self.watchers.append(watcher)
 
     @property
     def peer_id(self) -> str:
@@ -65,6 +74,10 @@ class FakePubsub:
         self.dropped: list[str] = []
         # Awaited inside join(topic), after subscribing and before join returns.
         self.while_joining: Callable[[str], Awaitable[None]] | None = None
+        self.watchers: list[Callable[[SubscriptionEvent], None]] = []
+
+    def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None:
+        self.watchers.append(watcher)
 
     async def join(self, topic: str, validator: Validator) -> AsyncIterator[list[GossipMessage]]:
         send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
@@ -121,6 +134,32 @@ class Chat:
     events: list[ChatEvent]
     discovered: dict[str, str]
     joined: list[str]
+    discovery_watchers: list[Callable[[str, str], None]]
+
+    def peer_arrives(self, peer: str, room: str, via: str = "mdns") -> None:
+        """``peer`` is discovered, connects and joins ``room``, each with its event."""
+        self.discovered[peer] = via
+        for watch in self.discovery_watchers:
+            watch(peer, via)
+        self.host.connected.append(peer)
+        for watcher in self.host.watchers:
+            watcher.connection_opened(  # type: ignore[attr-defined]
+                ConnectionInfo(peer, "outbound", "tcp", "/noise", "/yamux/1.0.0")
+            )
+        self.pubsub.members.setdefault(room, set()).add(peer)
+        for subscribed in self.pubsub.watchers:
+            subscribed(TopicSubscribed(peer, room))
+
+    def peer_leaves(self, peer: str, room: str) -> None:
+        """``peer`` leaves ``room`` and disconnects, each with its event."""
+        self.pubsub.members.get(room, set()).discard(peer)
+        for unsubscribed in self.pubsub.watchers:
+            unsubscribed(TopicUnsubscribed(peer, room))
+        self.host.connected.remove(peer)
+        for watcher in self.host.watchers:
+            watcher.connection_closed(  # type: ignore[attr-defined]
+                ConnectionInfo(peer, "outbound", "tcp", "/noise", "/yamux/1.0.0")
+            )
 
 
 @contextmanager
@@ -133,6 +172,7 @@ def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
     events: list[ChatEvent] = []
     discovered: dict[str, str] = {}
     joined: list[str] = []
+    discovery_watchers: list[Callable[[str, str], None]] = []
     config = Config.model_validate({"chat": chat})
     ctx = NodeContext(
         config=config,
@@ -142,6 +182,7 @@ def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
         log=structlog.get_logger(),
         request_stop=lambda: None,
         discovered_peers=lambda: discovered,
+        watch_discoveries=discovery_watchers.append,
     )
     service = ChatService(
         ctx,
@@ -152,6 +193,6 @@ def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
         on_join=joined.append,
     )
     try:
-        yield Chat(service, pubsub, host, store, events, discovered, joined)
+        yield Chat(service, pubsub, host, store, events, discovered, joined, discovery_watchers)
     finally:
         store.close()

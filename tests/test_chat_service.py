@@ -134,10 +134,8 @@ async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
             await chat.service.execute("second")
             assert len(answer) == 1 and "message queued" in answer[0].text  # type: ignore[union-attr]
             assert chat.pubsub.published == []
-            chat.pubsub.members[ROOM] = {bob}
-            chat.host.connected.append(bob)
-            chat.discovered[bob] = "mdns"
-            await trio.sleep(1)
+            chat.peer_arrives(bob, ROOM)
+            await trio.testing.wait_all_tasks_blocked()
             notices = [e.text for e in chat.events if isinstance(e, NoticeEvent)]
             assert notices[0].startswith("discovered") and notices[0].endswith("local network")
             assert notices[1].startswith("connected to anon (")
@@ -149,9 +147,8 @@ async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
             assert mine == ["first", "second"]
             _, answer = await chat.service.execute("third")
             assert answer == []  # published: shown when it comes back, as a live message
-            chat.pubsub.members[ROOM] = set()
-            chat.host.connected.clear()
-            await trio.sleep(1)
+            chat.peer_leaves(bob, ROOM)
+            await trio.testing.wait_all_tasks_blocked()
             assert PeerEvent("left", ROOM, bob, "anon") in chat.events
             nursery.cancel_scope.cancel()
 

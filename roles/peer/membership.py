@@ -2,9 +2,9 @@
 
 :meth:`Membership.refresh` compares what the node knows now (peers discovered, peers connected,
 each joined room's subscribers) with what it saw last time, updates each room's members and
-returns the differences. Today the service calls it every :data:`POLL_INTERVAL` seconds; when
-the host layer emits pubsub subscribe/unsubscribe and connection events, the same method is
-called on each event instead, and nothing else changes.
+returns the differences. The service calls it when something may have changed
+(:class:`ChangeSignal`: a peer discovered, a connection opened or closed, a peer subscribing to
+or leaving a topic, this peer joining or leaving a room), once for all that happened meanwhile.
 """
 
 from __future__ import annotations
@@ -12,9 +12,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import trio
+from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.roles.peer.rooms import Rooms
 
-POLL_INTERVAL = 0.5
+
+class ChangeSignal:
+    """Raised by events that may change who is around (it is a host connection watcher, and
+    :meth:`note` takes any event's arguments); :meth:`wait` returns once at least one came
+    since the previous wait, however many."""
+
+    def __init__(self) -> None:
+        self._raised = trio.Event()
+
+    def note(self, *_: object) -> None:
+        self._raised.set()
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        self._raised.set()
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        self._raised.set()
+
+    async def wait(self) -> None:
+        await self._raised.wait()
+        self._raised = trio.Event()
 
 
 @dataclass(frozen=True)

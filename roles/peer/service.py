@@ -28,7 +28,7 @@ from typing import Protocol
 
 import trio
 from p2pchat.node.history import History, now_ms
-from p2pchat.node.p2p.pubsub import GossipMessage
+from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.roles.peer.commands import (
@@ -49,7 +49,7 @@ from p2pchat.roles.peer.events import (
     PeerEvent,
 )
 from p2pchat.roles.peer.inbound import Inbound
-from p2pchat.roles.peer.membership import POLL_INTERVAL, Membership, MembershipChanges
+from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
 from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.names import MAX_KNOWN_NAMES, Names
 from p2pchat.roles.peer.outbox import Outbox, PendingQueue
@@ -86,6 +86,8 @@ class RoomPubsub(Protocol):
     def has_subscribers(self, topic: str) -> bool: ...
 
     def subscribers(self, topic: str) -> Iterable[str]: ...
+
+    def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
 class ChatService:
@@ -137,6 +139,10 @@ class ChatService:
             ctx.host.connected_peers,
             ctx.discovered_peers,
         )
+        self._changes = ChangeSignal()
+        gossip.watch_subscriptions(self._changes.note)
+        ctx.host.watch_connections(self._changes)
+        ctx.watch_discoveries(self._changes.note)
         self._nursery: trio.Nursery | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -284,6 +290,7 @@ class ChatService:
 
         self._nursery.start_soon(receive)
         self._metrics.rooms.set(len(self._rooms))
+        self._changes.note()  # its members, already subscribed, raise no event
         self._on_join(name)
 
     async def _leave(self, room: str, reply: Reply) -> None:
@@ -298,6 +305,7 @@ class ChatService:
             return
         left.scope.cancel()
         await self._gossip.leave(room)
+        self._changes.note()
         self._metrics.rooms.set(len(self._rooms))
         reply(NoticeEvent(f"left {room}; current room: {self._rooms.current}"))
 
@@ -313,11 +321,11 @@ class ChatService:
     # --- membership ------------------------------------------------------------------------------
 
     async def _watch_members(self) -> None:
-        """Every :data:`POLL_INTERVAL` seconds, look at who is around and act on the changes
-        (to become a reaction to pubsub and connection events once the host emits them)."""
+        """Look at who is around and act on the changes, at start and whenever an event may
+        have changed it (events during one pass bring one more pass)."""
         while True:
             await self.members_changed(self._membership.refresh())
-            await trio.sleep(POLL_INTERVAL)
+            await self._changes.wait()
 
     async def members_changed(self, changes: MembershipChanges) -> None:
         """Tell the user who was discovered, connected, disconnected, joined and left; greet
