@@ -127,7 +127,8 @@ class CatchUp:
             unknown = [p for p in peers if not self._host.peer_protocols(p)]
             if not unknown or trio.current_time() >= deadline:
                 return [p for p in peers if PROTOCOL_ID in self._host.peer_protocols(p)]
-            await trio.sleep(0.2)
+            with trio.move_on_at(deadline):
+                await self._host.identify_received()
 
     async def catch_up(self, room: str, sources: list[str]) -> int:
         """Fetch ``room`` from the sources not asked lately; store and report what is new."""

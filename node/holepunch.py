@@ -184,7 +184,7 @@ class HolePunch:
                 protocols = self._host.peer_protocols(peer)
                 if protocols:
                     return PROTOCOL_ID in protocols
-                await trio.sleep(0.1)
+                await self._host.identify_received()
         return False
 
     async def _direct_dial(self, peer: str) -> bool:

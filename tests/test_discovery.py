@@ -66,3 +66,19 @@ async def test_a_peer_found_again_is_kept_over_newcomers_and_not_redialled_early
     assert host.dialled.count("/ip4/10.0.0.1/tcp/1") == 1
     assert list(connector.discovered) == [newcomers[1], known, newcomers[2]]
     assert connector.discovered[known] == "mdns"
+
+
+async def test_watchers_are_told_of_each_peer_once_when_it_is_first_found() -> None:
+    host = _UnreachableHost()
+    connector = DiscoveryConnector(host, 50, structlog.get_logger())  # type: ignore[arg-type]
+    told: list[tuple[str, str]] = []
+    connector.watch(lambda peer, via: told.append((peer, via)))
+    first, second = fresh_peer_ids(2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connector.run)
+        connector.found((first, ["/ip4/10.0.0.1/tcp/1"]), via="mdns")
+        connector.found((first, ["/ip4/10.0.0.1/tcp/1"]), via="mdns")
+        connector.found((second, ["/ip4/10.0.0.2/tcp/1"]), via="dht")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert told == [(first, "mdns"), (second, "dht")]

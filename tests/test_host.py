@@ -27,7 +27,13 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.security.secio import transport as secio
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p.addresses import expand_unspecified
-from p2pchat.node.p2p.host import ConnectionInfo, DialError, HostSettings, P2PHost
+from p2pchat.node.p2p.host import (
+    ConnectionInfo,
+    DialError,
+    HostSettings,
+    IdentifyReceived,
+    P2PHost,
+)
 from p2pchat.node.p2p.identity import load_or_create_identity
 
 from tests.conftest import NodeProcess, start_node
@@ -138,6 +144,28 @@ async def test_connections_are_observed_with_go_libp2p_labels(tmp_path: Path) ->
         assert a.connected_peers() == [b.peer_id]
         await b.disconnect(a.peer_id)
         await wait_until(lambda: a_seen.closed and b_seen.closed)
+
+
+async def test_identify_received_is_an_event_with_the_peers_protocols(tmp_path: Path) -> None:
+    async with (
+        running_host(tmp_path / "a") as (a, _),
+        running_host(tmp_path / "b") as (b, _),
+    ):
+
+        async def serve(stream: object) -> None:
+            return None
+
+        a.set_stream_handler("/p2pchat/test-identify/1.0.0", serve)  # type: ignore[arg-type]
+        received: list[IdentifyReceived] = []
+        b.watch_identify(received.append)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.identify_received)  # woken by the next identify
+                await b.connect(loopback_addr(a))
+        from_a = [event for event in received if event.peer_id == a.peer_id]
+        assert from_a and "/p2pchat/test-identify/1.0.0" in from_a[-1].protocols
+        assert ConnectionInfo(a.peer_id, "outbound", "p2p-circuit", "", "").relayed
+        assert not ConnectionInfo(a.peer_id, "outbound", "tcp", "", "").relayed
 
 
 async def test_mplex_is_negotiated_when_it_is_the_only_muxer(tmp_path: Path) -> None:

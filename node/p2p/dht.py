@@ -3,8 +3,8 @@
 What the library does, and what this module does instead:
 
 - the routing table is never filled from connections (trap 13): a peer is only learned through
-  lookups -> every connected peer that speaks the DHT protocol (learned through identify) is
-  added, checked every :data:`SWEEP_SECONDS`;
+  lookups -> every connected peer that speaks the DHT protocol is added when identify says so
+  (:class:`~p2pchat.node.p2p.host.IdentifyReceived`);
 - ``find_providers`` returns one provider several times (trap 13) -> deduplicated, and this
   node is never its own result;
 - ``find_providers`` answers from the local provider store whenever it holds anything for the
@@ -41,10 +41,9 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
-from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.host import IdentifyReceived, P2PHost
 
 PROTOCOL_ID = str(_LIBRARY_PROTOCOL_ID)
-SWEEP_SECONDS = 1.0
 _SHA2_256_MULTIHASH = b"\x12\x20"  # multihash code and length of a sha2-256 digest
 
 
@@ -98,23 +97,31 @@ class Dht:
         self._kad.add_peer = self._add_if_server
         routing = self._kad.peer_routing
         routing.host = _TableOnlyHost(routing.host, self._kad.routing_table.get_peer_ids)
-        self._in_table: set[str] = set()
+        # Connected peers identify has named since they were last looked at (at most the
+        # node's connections: identify runs on connections only).
+        self._identified: set[str] = set()
+        self._wake = trio.Event()
+
+    def _identify_received(self, event: IdentifyReceived) -> None:
+        if PROTOCOL_ID in event.protocols:
+            self._identified.add(event.peer_id)
+            self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve (in server mode) and keep the routing table filled until cancelled."""
+        """Serve (in server mode) and keep the routing table filled until cancelled: every
+        connected peer identify shows serving the DHT is added, those connected before this
+        started included."""
         async with background_trio_service(self._kad):
+            self._host.watch_identify(self._identify_received)
+            self._identified.update(self._host.connected_peers())
             task_status.started()
             while True:
-                await self._add_connected_servers()
-                await trio.sleep(SWEEP_SECONDS)
-
-    async def _add_connected_servers(self) -> None:
-        connected = set(self._host.connected_peers())
-        self._in_table &= connected | {str(peer) for peer in self._kad.routing_table.get_peer_ids()}
-        for peer in connected - self._in_table:
-            # Not identified yet, or a client: checked again next sweep.
-            if await self._add_if_server(ID.from_base58(peer)):
-                self._in_table.add(peer)
+                peers, self._identified = self._identified, set()
+                for peer in sorted(peers):
+                    if self._host.is_connected(peer):  # a client is refused by the check
+                        await self._add_if_server(ID.from_base58(peer))
+                await self._wake.wait()
+                self._wake = trio.Event()
 
     async def _add_if_server(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
         if PROTOCOL_ID not in self._host.peer_protocols(str(peer_id)):

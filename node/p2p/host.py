@@ -113,9 +113,23 @@ class ConnectionInfo:
 
     peer_id: str
     direction: str  # inbound | outbound | unknown
-    transport: str  # tcp | websocket | other
+    transport: str  # tcp | websocket | p2p-circuit | other
     security: str  # e.g. /noise
     muxer: str  # e.g. /yamux/1.0.0
+
+    @property
+    def relayed(self) -> bool:
+        """Whether the connection runs through a relay (a limited one), not directly."""
+        return self.transport == "p2p-circuit"
+
+
+@dataclass(frozen=True)
+class IdentifyReceived:
+    """A peer told us who it is (identify, or identify push): the protocols it speaks now
+    (rust-libp2p: ``identify::Event::Received``)."""
+
+    peer_id: str
+    protocols: tuple[str, ...]
 
 
 class ConnectionWatcher(Protocol):
@@ -218,6 +232,27 @@ def _disable_auto_connector(host: IHost) -> None:
     swarm.auto_connector = _NeverDialingAutoConnector(
         swarm=swarm, auto_connect_interval=swarm.connection_config.auto_connect_interval
     )
+
+
+# --- identify events ----------------------------------------------------------------------------
+
+
+def _report_identify(host: IHost, report: Callable[[IdentifyReceived], None]) -> None:
+    """Report every identify this host receives.
+
+    The library has no event for it: identify and identify push both end in
+    ``update_peerstore_from_identify``, which replaces the peer's protocols with one
+    ``add_protocols`` call on the host's peerstore, and nothing else calls that method. So this
+    host's peerstore object (not the class) reports each call once it is done.
+    """
+    peerstore = host.get_peerstore()
+    add_protocols = peerstore.add_protocols
+
+    def add_protocols_and_report(peer_id: ID, protocols: Sequence[str]) -> None:
+        add_protocols(peer_id, protocols)
+        report(IdentifyReceived(str(peer_id), tuple(str(p) for p in protocols)))
+
+    peerstore.add_protocols = add_protocols_and_report
 
 
 # --- connection events --------------------------------------------------------------------------
@@ -424,6 +459,9 @@ class P2PHost:
         _install_handler_guard(self._host, observer.handler_failed)
         _disable_auto_connector(self._host)
         self.watch_connections(observer)
+        self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []
+        self._identified = trio.Event()  # set (and replaced) at each identify received
+        _report_identify(self._host, self._identify_received)
 
     @property
     def peer_id(self) -> str:
@@ -493,6 +531,21 @@ class P2PHost:
         """Advertise these ``.../p2p/<relay>/p2p-circuit`` addresses too (identify, DHT): the
         relays that hold a reservation for this node. Replaces the previous set."""
         self._circuit_addrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+
+    def watch_identify(self, watcher: Callable[[IdentifyReceived], None]) -> None:
+        """Tell ``watcher`` of every identify (or identify push) received from now on. Called
+        inline: it must not block."""
+        self._identify_watchers.append(watcher)
+
+    async def identify_received(self) -> None:
+        """Wait until the next identify (or identify push) from any peer has been received."""
+        await self._identified.wait()
+
+    def _identify_received(self, event: IdentifyReceived) -> None:
+        self._identified.set()
+        self._identified = trio.Event()
+        for watcher in self._identify_watchers:
+            watcher(event)
 
     def watch_connections(self, watcher: ConnectionWatcher) -> None:
         """Tell ``watcher`` of every connection opened or closed from now on."""
