@@ -41,10 +41,16 @@ from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
+from p2pchat.node.errors import P2PChatError
 from p2pchat.node.p2p.host import IdentifyReceived, P2PHost
 
 PROTOCOL_ID = str(_LIBRARY_PROTOCOL_ID)
 _SHA2_256_MULTIHASH = b"\x12\x20"  # multihash code and length of a sha2-256 digest
+
+
+class DhtError(P2PChatError):
+    """A DHT query failed (the network, or the peers asked); the library's own errors are
+    mapped to it here, so callers need not know them."""
 
 
 def content_key(namespace: str, name: str) -> bytes:
@@ -136,14 +142,28 @@ class Dht:
         """Announce this node as a provider of ``key`` to the peers closest to it.
 
         Returns whether at least one peer accepted the record.
+
+        Raises:
+            DhtError: the announcement failed.
         """
-        return bool(await self._kad.provide(key.hex()))
+        try:
+            return bool(await self._kad.provide(key.hex()))
+        except Exception as error:  # the library raises assorted errors for network failures
+            raise DhtError(f"provide failed: {error!r}") from error
 
     async def find_providers(self, key: bytes, count: int = 20) -> list[tuple[str, list[str]]]:
         """Up to ``count`` providers of ``key`` other than this node: (PeerId, dialable
-        addresses ending in /p2p/<id>), each provider once."""
+        addresses ending in /p2p/<id>), each provider once.
+
+        Raises:
+            DhtError: the lookup failed.
+        """
+        try:
+            infos = await self._network_providers(key, count)
+        except Exception as error:  # the library raises assorted errors for network failures
+            raise DhtError(f"lookup failed: {error!r}") from error
         found: dict[str, list[str]] = {}
-        for info in await self._network_providers(key, count):
+        for info in infos:
             peer = str(info.peer_id)
             if peer == self._host.peer_id:
                 continue
