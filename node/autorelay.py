@@ -26,6 +26,7 @@ from functools import partial
 import multiaddr
 import structlog
 import trio
+from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import AutoRelaySection
 from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.metrics import NodeMetrics
@@ -36,6 +37,7 @@ from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
 
 CHECK_INTERVAL = 1.0
 RETRY_AFTER = 60.0
+MAX_REMEMBERED_RELAYS = 1024  # relays whose last failure is remembered
 FIRST_LOOKUP_DELAY = 1.0
 RENEW_AT = 0.75  # of a reservation's lifetime
 RELAY_BACKOFF_MAX = 60.0
@@ -95,7 +97,8 @@ class AutoRelay:
         self._held: dict[str, _Held] = {}
         # relay PeerId -> configured address
         self._configured = {addr.rsplit("/p2p/", 1)[1]: addr for addr in settings.relays}
-        self._failed_at: dict[str, float] = {}
+        # Keyed by any peer that offers the relay protocol, so bounded: fresh identities are free.
+        self._failed_at: BoundedDict[str, float] = BoundedDict(MAX_REMEMBERED_RELAYS)
 
     @property
     def relays(self) -> list[str]:

@@ -184,6 +184,13 @@ class DiscoverySection(_Section):
     max_peers: int = Field(
         default=50, ge=1, le=10_000, description="Discovered peers are connected up to this many."
     )
+    max_remembered_peers: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Discovered peers remembered (how found, when a dial failed); the least "
+        "recently seen are forgotten first.",
+    )
 
 
 class DhtSection(_Section):
@@ -331,6 +338,13 @@ class ChatSection(_Section):
     )
     history_max_messages: int = Field(
         default=100_000, ge=1, description="Messages kept per room; the oldest go first."
+    )
+    max_known_names: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Other peers' names remembered; the least recently heard are forgotten "
+        "first (a fresh key per message cannot grow it without bound).",
     )
     history_max_age_days: float = Field(
         default=365.0, gt=0, description="Messages older than this are deleted."

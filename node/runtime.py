@@ -137,7 +137,12 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                 metrics_addr = await nursery.start(serve_http, config.metrics.listen, app)
             # Listening waits until every role has installed its protocol handlers (trap 25).
             async with host.run(listen=False):
-                connector = DiscoveryConnector(host, config.discovery.max_peers, log)
+                connector = DiscoveryConnector(
+                    host,
+                    config.discovery.max_peers,
+                    log,
+                    max_remembered=config.discovery.max_remembered_peers,
+                )
                 rendezvous = None
                 async with trio.open_nursery() as roles_nursery:
                     if config.dht.enabled:

@@ -51,7 +51,7 @@ from p2pchat.roles.peer.events import (
 from p2pchat.roles.peer.inbound import Inbound
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
 from p2pchat.roles.peer.metrics import ChatMetrics
-from p2pchat.roles.peer.names import MAX_KNOWN_NAMES, Names
+from p2pchat.roles.peer.names import Names
 from p2pchat.roles.peer.outbox import Outbox, PendingQueue
 from p2pchat.roles.peer.presentation import (
     NodeFacts,
@@ -114,8 +114,7 @@ class ChatService:
         self._me = ctx.host.peer_id
         settings = ctx.config.chat
         self._rooms = Rooms(settings.room)
-        # chat.max_known_names would size this (proposed config key; default below).
-        self._names = Names(self._me, ctx.store.db, settings.name, MAX_KNOWN_NAMES)
+        self._names = Names(self._me, ctx.store.db, settings.name, settings.max_known_names)
         self._retention = Retention(
             history, settings.history_max_messages, settings.history_max_age_days
         )
