@@ -18,12 +18,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import multiaddr
 import structlog
 import trio
-from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
@@ -51,7 +50,6 @@ from p2pchat.node.wire.autonat import (
 from p2pchat.node.wire.framing import FrameError
 
 Reachability = Literal["unknown", "public", "private"]
-REACHABILITY_VALUES: dict[Reachability, int] = {"unknown": 0, "public": 1, "private": 2}  # go's
 
 THROTTLE_PERIOD = 60.0
 PEER_REQUESTS = 3
@@ -116,6 +114,38 @@ def dialable_at(addrs: tuple[bytes, ...], observed_ip: str) -> list[str]:
     return chosen
 
 
+class AutoNatServerObserver(Protocol):
+    """What the AutoNAT server reports (the metrics implement it). Called inline."""
+
+    def dialback_answered(self, status: str) -> None:
+        """A dial-back request was answered with ``status``, the response status in lower
+        case (``ok``, ``e_dial_error``, ``e_dial_refused``, ``e_bad_request``)."""
+
+
+class AutoNatClientObserver(Protocol):
+    """What the AutoNAT client reports (the metrics implement it). Called inline."""
+
+    def probe_answered(self, outcome: str) -> None:
+        """A probe ended: the server's status in lower case (``ok``, ``e_dial_error``, ...),
+        ``bad_response`` (no well-formed answer) or ``error`` (no stream)."""
+
+    def reachability_decided(self, reachability: Reachability) -> None:
+        """A round of probes reached a verdict (the same as before, or a new one)."""
+
+
+class QuietAutoNatObserver:
+    """An AutoNAT observer (server and client) that records nothing, for tests."""
+
+    def dialback_answered(self, status: str) -> None:
+        return None
+
+    def probe_answered(self, outcome: str) -> None:
+        return None
+
+    def reachability_decided(self, reachability: Reachability) -> None:
+        return None
+
+
 class AutoNatServer:
     """Answers dial-back requests; register it with :meth:`install` once ``dial_back`` runs."""
 
@@ -123,12 +153,12 @@ class AutoNatServer:
         self,
         host: P2PHost,
         dial_back: DialBack,
-        metrics: NodeMetrics,
+        observer: AutoNatServerObserver,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._host = host
         self._dial_back = dial_back
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._throttle = Throttle(PEER_REQUESTS, GLOBAL_REQUESTS, THROTTLE_PERIOD)
 
@@ -144,7 +174,7 @@ class AutoNatServer:
             response = await self.answer(origin, decode_request(payload))
         except (FrameError, StreamEnded, AutoNatWireError, trio.TooSlowError) as error:
             response = DialResponse(Status.E_BAD_REQUEST, str(error))
-        self._metrics.autonat_dialbacks.labels(outcome=response.status.name.lower()).inc()
+        self._observer.dialback_answered(response.status.name.lower())
         # Quietly: a peer that left before its answer is no failure of this handler.
         await write_quietly(stream, encode(response))
         await close_quietly(stream)
@@ -180,16 +210,15 @@ class AutoNatClient:
         self,
         host: P2PHost,
         interval: float,
-        metrics: NodeMetrics,
+        observer: AutoNatClientObserver,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._host = host
         self._interval = interval
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._peer_id_bytes = peer_id_bytes(host.peer_id)
         self.reachability: Reachability = "unknown"
-        metrics.autonat_reachability.set(REACHABILITY_VALUES["unknown"])
 
     async def run(self) -> None:
         """Probe until cancelled: soon after servers appear, then every ``interval``."""
@@ -217,7 +246,7 @@ class AutoNatClient:
         if state != self.reachability:
             self._log.info("reachability", reachability=state)
         self.reachability = state
-        self._metrics.autonat_reachability.set(REACHABILITY_VALUES[state])
+        self._observer.reachability_decided(state)
 
     async def _ask(self, server: str) -> Status | None:
         addrs = tuple(
@@ -236,14 +265,14 @@ class AutoNatClient:
             response = decode_response(payload)
         except (FrameError, StreamEnded, AutoNatWireError, trio.TooSlowError) as error:
             # No well-formed answer: malformed, ended (or reset) before it, or late.
-            self._metrics.autonat_probes.labels(outcome="bad_response").inc()
+            self._observer.probe_answered("bad_response")
             self._log.debug("autonat probe failed", server=server, error=str(error))
             return None
         except StreamError as error:  # no stream: refused protocol, not connected, timed out
-            self._metrics.autonat_probes.labels(outcome="error").inc()
+            self._observer.probe_answered("error")
             self._log.debug("autonat probe failed", server=server, error=repr(error))
             return None
-        self._metrics.autonat_probes.labels(outcome=response.status.name.lower()).inc()
+        self._observer.probe_answered(response.status.name.lower())
         return response.status
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import multiaddr
 import structlog
@@ -29,7 +30,6 @@ import trio
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import AutoRelaySection
 from p2pchat.node.keepalive import keep_connected
-from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.circuit import CircuitError, request_reservation, serve_circuits
 from p2pchat.node.p2p.host import DialError, P2PHost
 from p2pchat.node.rendezvous import RELAY_KEY, Rendezvous
@@ -74,6 +74,39 @@ def circuit_addrs(relay: str, relay_addrs: list[bytes], fallback: list[str]) -> 
     return result
 
 
+class AutoRelayObserver(Protocol):
+    """What AutoRelay reports (the metrics implement it). Called inline: must not block."""
+
+    def reservation_requested(self, request_type: str, outcome: str) -> None:
+        """A request to a relay ended. ``request_type``: ``new`` or ``refresh``; ``outcome``:
+        ``success``, the relay's refusal status in lower case, or ``error``."""
+
+    def reservation_opened(self) -> None:
+        """A reservation was obtained (not a renewal)."""
+
+    def reservation_closed(self) -> None:
+        """A reservation held ended (relay gone, renewal refused, expired, not needed)."""
+
+    def reservations_advertised(self, reservations: int, addresses: int) -> None:
+        """The reservations held and the circuit addresses advertised, now."""
+
+
+class QuietAutoRelayObserver:
+    """An AutoRelay observer that records nothing, for tests."""
+
+    def reservation_requested(self, request_type: str, outcome: str) -> None:
+        return None
+
+    def reservation_opened(self) -> None:
+        return None
+
+    def reservation_closed(self) -> None:
+        return None
+
+    def reservations_advertised(self, reservations: int, addresses: int) -> None:
+        return None
+
+
 class AutoRelay:
     """Keeps this node reachable through relays while it needs to be."""
 
@@ -82,7 +115,7 @@ class AutoRelay:
         host: P2PHost,
         settings: AutoRelaySection,
         reachability: Callable[[], str],
-        metrics: NodeMetrics,
+        observer: AutoRelayObserver,
         log: structlog.stdlib.BoundLogger,
         rendezvous: Rendezvous | None = None,
     ) -> None:
@@ -92,7 +125,7 @@ class AutoRelay:
         self._next_lookup = float("-inf")
         self._settings = settings
         self._reachability = reachability
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._held: dict[str, _Held] = {}
         # relay PeerId -> configured address
@@ -207,13 +240,13 @@ class AutoRelay:
             granted = await request_reservation(self._host, relay)
         except CircuitError as error:
             outcome = error.status.name.lower() if error.status is not None else "error"
-            self._metrics.autorelay_requests.labels(request_type=kind, outcome=outcome).inc()
+            self._observer.reservation_requested(kind, outcome)
             self._failed_at[relay] = time.monotonic()
             self._log.warning("relay reservation failed", relay=relay, error=str(error))
             if renewal:
                 self._drop(relay, "renewal refused")
             return
-        self._metrics.autorelay_requests.labels(request_type=kind, outcome="success").inc()
+        self._observer.reservation_requested(kind, "success")
         now = time.time()
         expire = float(granted.reservation.expire)
         if expire <= now:  # a relay clock far off ours: trust neither, renew soon
@@ -221,7 +254,7 @@ class AutoRelay:
         addrs = circuit_addrs(relay, list(granted.reservation.addrs), self._known_addrs(relay))
         self._held[relay] = _Held(addrs, expire, now + (expire - now) * RENEW_AT)
         if not renewal:
-            self._metrics.autorelay_opened.inc()
+            self._observer.reservation_opened()
             self._log.info("relay reservation", relay=relay, addrs=addrs, expire=int(expire))
 
     def _known_addrs(self, relay: str) -> list[str]:
@@ -230,11 +263,10 @@ class AutoRelay:
 
     def _drop(self, relay: str, why: str) -> None:
         if self._held.pop(relay, None) is not None:
-            self._metrics.autorelay_closed.inc()
+            self._observer.reservation_closed()
             self._log.info("relay reservation lost", relay=relay, reason=why)
 
     def _advertise(self) -> None:
         addrs = [addr for held in self._held.values() for addr in held.addrs]
-        self._metrics.autorelay_reservations.set(len(self._held))
-        self._metrics.autorelay_addresses.set(len(addrs))
+        self._observer.reservations_advertised(len(self._held), len(addrs))
         self._host.set_circuit_addrs(addrs)

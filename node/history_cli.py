@@ -22,10 +22,14 @@ from p2pchat.node.history import StoredMessage, now_ms
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import ephemeral_identity
-from p2pchat.node.store_client import Fetched, SourceError, StoreClient, StoreClientMetrics
+from p2pchat.node.store_client import (
+    Fetched,
+    QuietStoreClientObserver,
+    SourceError,
+    StoreClient,
+)
 from p2pchat.node.terminal_text import after_header
 from p2pchat.node.wire.chat import ChatText, decode
-from prometheus_client import CollectorRegistry
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -111,7 +115,7 @@ async def fetch(
         HistoryQueryError: it refused or broke the protocol.
     """
     host = P2PHost(ephemeral_identity(), HostSettings(listen=()), QuietObserver())
-    client = StoreClient(host, StoreClientMetrics(CollectorRegistry()), max_text_bytes)
+    client = StoreClient(host, QuietStoreClientObserver(), max_text_bytes)
     async with host.run():
         peer = await host.connect(addr)
         try:

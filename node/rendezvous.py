@@ -12,11 +12,11 @@ reservation came or went): the record carries them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 import trio
 from p2pchat.node.config import DhtSection
-from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.dht import Dht, content_key
 
 FIRST_LOOKUP_DELAY = 1.0
@@ -34,6 +34,27 @@ RELAY_KEY = content_key("service", "circuit-relay-v2")
 """The DHT key under which relay nodes announce themselves (auto-relay looks it up)."""
 
 
+class RendezvousObserver(Protocol):
+    """What rendezvous reports (the metrics implement it). Called inline: must not block."""
+
+    def provide_finished(self, outcome: str) -> None:
+        """An announcement ended: ``accepted``, ``refused`` (no DHT server took it) or
+        ``error``."""
+
+    def lookup_finished(self, outcome: str) -> None:
+        """A room-member lookup ended: ``found``, ``none`` or ``error``."""
+
+
+class QuietRendezvousObserver:
+    """A rendezvous observer that records nothing (tests, one-off tools)."""
+
+    def provide_finished(self, outcome: str) -> None:
+        return None
+
+    def lookup_finished(self, outcome: str) -> None:
+        return None
+
+
 class Rendezvous:
     """Announces rooms in the DHT and reports the members it finds to ``found``."""
 
@@ -42,7 +63,7 @@ class Rendezvous:
         dht: Dht,
         found: FoundPeer,
         settings: DhtSection,
-        metrics: NodeMetrics,
+        observer: RendezvousObserver,
         log: structlog.stdlib.BoundLogger,
         advertised: Callable[[], list[str]] = list,
     ) -> None:
@@ -50,7 +71,7 @@ class Rendezvous:
         self._advertised = advertised
         self._found = found
         self._settings = settings
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
 
     async def run_room(self, room: str) -> None:
@@ -98,19 +119,17 @@ class Rendezvous:
             with trio.fail_after(QUERY_TIMEOUT):
                 accepted = await self._dht.provide(key)
         except Exception as error:  # the library raises its own errors for network failures
-            self._metrics.rendezvous_provides.labels(outcome="error").inc()
+            self._observer.provide_finished("error")
             self._log.debug("announcement failed", what=what, error=repr(error))
             return False
-        self._metrics.rendezvous_provides.labels(
-            outcome="accepted" if accepted else "refused"
-        ).inc()
+        self._observer.provide_finished("accepted" if accepted else "refused")
         return accepted
 
     async def _look_up(self, room: str, key: bytes) -> None:
         members = await self.find(f"room {room}", key)
         if members is None:
-            self._metrics.rendezvous_lookups.labels(outcome="error").inc()
+            self._observer.lookup_finished("error")
             return
-        self._metrics.rendezvous_lookups.labels(outcome="found" if members else "none").inc()
+        self._observer.lookup_finished("found" if members else "none")
         for member in members:
             self._found(member)

@@ -33,14 +33,14 @@ from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.dht import Dht
 from p2pchat.node.p2p.dialback import DialBack
-from p2pchat.node.p2p.host import ConnectionInfo, HostSettings, P2PHost
+from p2pchat.node.p2p.host import ConnectionInfo, HostObserver, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.p2p.pubsub import NodeGossip
 from p2pchat.node.rendezvous import Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
-from p2pchat.node.store_server import StoreServer, StoreServerMetrics
+from p2pchat.node.store_server import StoreServer
 
 SHUTDOWN_GRACE = 4.0
 
@@ -49,7 +49,7 @@ SHUTDOWN_GRACE = 4.0
 class _Observer:
     """The host's observer: logs each event and forwards it to the metrics."""
 
-    metrics: NodeMetrics
+    metrics: HostObserver
     log: structlog.stdlib.BoundLogger
 
     def connection_opened(self, info: ConnectionInfo) -> None:
@@ -128,7 +128,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
     readiness = _Readiness()
     store = Store.open(config.data_dir() / "store")
     try:
-        host = P2PHost(identity, host_settings(config), _Observer(metrics, log))
+        host = P2PHost(identity, host_settings(config), _Observer(metrics.swarm, log))
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal, nursery.cancel_scope, log)
             metrics_addr = None
@@ -148,27 +148,29 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     if config.dht.enabled:
                         dht = Dht(host, server=config.dht.server_mode(config.roles))
                         await roles_nursery.start(dht.run)
-                        metrics.dht_routing_table_peers.set_function(dht.routing_table_size)
+                        metrics.dht.measure_routing_table(dht.routing_table_size)
                         rendezvous = Rendezvous(
                             dht,
                             partial(connector.found, via="dht"),
                             config.dht,
-                            metrics,
+                            metrics.dht,
                             log,
                             advertised=host.advertised_addrs,
                         )
                     if config.autonat.serves(config.roles):
                         dial_back = DialBack()
                         await roles_nursery.start(dial_back.run)
-                        AutoNatServer(host, dial_back, metrics, log).install()
-                    autonat = AutoNatClient(host, config.autonat.probe_interval, metrics, log)
+                        AutoNatServer(host, dial_back, metrics.autonat, log).install()
+                    autonat = AutoNatClient(
+                        host, config.autonat.probe_interval, metrics.autonat, log
+                    )
                     if config.autonat.probe:
                         roles_nursery.start_soon(autonat.run)
                     autorelay = AutoRelay(
                         host,
                         config.autorelay,
                         lambda: autonat.reachability,
-                        metrics,
+                        metrics.autorelay,
                         log,
                         rendezvous=rendezvous,
                     )
@@ -185,7 +187,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                         StoreServer(
                             host,
                             history,
-                            StoreServerMetrics(metrics.registry),
+                            metrics.history_server,
                             log,
                             rate=config.history.rate,
                             burst=config.history.burst,
@@ -222,7 +224,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                                 what="bootstrap",
                                 backoff_max=config.node.bootstrap_backoff_max,
                                 log=log,
-                                on_dial=metrics.bootstrap_dial,
+                                on_dial=metrics.swarm.bootstrap_dial,
                             )
                         )
                     # Everything allocated so far (py-libp2p alone is ~85 MB of objects) lives
@@ -230,7 +232,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     # of which took 25-75 ms of loop time over those objects.
                     gc.freeze()
                     readiness.ready = True
-                    metrics.ready.set(1)
+                    metrics.status.node_ready()
                     log.info(
                         "node ready",
                         roles=list(config.roles),

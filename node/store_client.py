@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from p2pchat.node.history import StoredMessage, now_ms
@@ -37,7 +38,6 @@ from p2pchat.node.wire.store_query import (
     decode_reply,
     encode_query,
 )
-from prometheus_client import CollectorRegistry, Counter
 
 REPLY_TIMEOUT = 15.0
 
@@ -46,30 +46,31 @@ class SourceError(Exception):
     """A history source that failed: unreachable, refused, broke the protocol or timed out."""
 
 
-class StoreClientMetrics:
-    """What history fetches brought: accepted, rejected by reason, queries by outcome."""
+class StoreClientObserver(Protocol):
+    """What the history client reports (the metrics implement it). Called inline."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.rejected = Counter(
-            "p2pchat_history_rejected",
-            "Messages from history sources dropped, by reason (bad_signature, malformed, "
-            "wrong_room, mismatch, not_text, future_timestamp, oversized, invalid, "
-            "unsupported_version).",
-            ("reason",),
-            registry=registry,
-        )
-        self.fetched = Counter(
-            "p2pchat_history_fetched",
-            "Messages from history sources that verified (before de-duplication).",
-            registry=registry,
-        )
-        self.queries = Counter(
-            "p2pchat_history_queries",
-            "History queries this node sent, by outcome (ok, bad_request, too_many_requests, "
-            "unavailable, error).",
-            ("outcome",),
-            registry=registry,
-        )
+    def entry_rejected(self, reason: str) -> None:
+        """A returned message failed :func:`verify_entry`; ``reason`` is :attr:`Rejected.reason`."""
+
+    def entries_fetched(self, count: int) -> None:
+        """A walk of one source ended with ``count`` verified messages."""
+
+    def query_finished(self, outcome: str) -> None:
+        """A query ended: the reply's status in lower case (``ok``, ``bad_request``,
+        ``too_many_requests``, ``unavailable``), or ``error`` (no stream, no or a bad reply)."""
+
+
+class QuietStoreClientObserver:
+    """A history client observer that records nothing (``p2pchat history``, tests)."""
+
+    def entry_rejected(self, reason: str) -> None:
+        return None
+
+    def entries_fetched(self, count: int) -> None:
+        return None
+
+    def query_finished(self, outcome: str) -> None:
+        return None
 
 
 class Rejected(ValueError):
@@ -119,9 +120,9 @@ class Fetched:
 class StoreClient:
     """Queries history sources (see the module's note)."""
 
-    def __init__(self, host: P2PHost, metrics: StoreClientMetrics, max_text_bytes: int) -> None:
+    def __init__(self, host: P2PHost, observer: StoreClientObserver, max_text_bytes: int) -> None:
         self._host = host
-        self._metrics = metrics
+        self._observer = observer
         self._max_text_bytes = max_text_bytes
         self._request_ids = itertools.count(1)
 
@@ -142,9 +143,9 @@ class StoreClient:
                     fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now))
                 except Rejected as error:
                     fetched.rejected += 1
-                    self._metrics.rejected.labels(reason=error.reason).inc()
+                    self._observer.entry_rejected(error.reason)
             fetched.complete = last
-        self._metrics.fetched.inc(len(fetched.messages))
+        self._observer.entries_fetched(len(fetched.messages))
         return fetched
 
     async def _pages(
@@ -153,7 +154,7 @@ class StoreClient:
         try:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
         except StreamError as error:  # no connection, protocol not supported, ...
-            self._metrics.queries.labels(outcome="error").inc()
+            self._observer.query_finished("error")
             raise SourceError(f"cannot open a history stream: {error}") from None
         decoder = FrameDecoder(MAX_REPLY_BYTES)
         cursor: bytes | None = None
@@ -184,15 +185,15 @@ class StoreClient:
                 await stream.write(encode_query(query))
                 reply = decode_reply(await read_frame(stream, decoder))
         except trio.TooSlowError:
-            self._metrics.queries.labels(outcome="error").inc()
+            self._observer.query_finished("error")
             raise SourceError(f"no reply within {REPLY_TIMEOUT:.0f} s") from None
         except (FrameError, StoreWireError) as error:
-            self._metrics.queries.labels(outcome="error").inc()
+            self._observer.query_finished("error")
             raise SourceError(f"bad reply: {error}") from None
         except StreamError as error:  # the stream ended, was reset, or its connection closed
-            self._metrics.queries.labels(outcome="error").inc()
+            self._observer.query_finished("error")
             raise SourceError(f"stream failed: {error}") from None
-        self._metrics.queries.labels(outcome=reply.status.name.lower()).inc()
+        self._observer.query_finished(reply.status.name.lower())
         if reply.status is not Status.OK:
             raise SourceError(f"refused: {reply.status.name} {reply.status_text}".strip())
         if reply.request_id != query.request_id:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Protocol
 
 import structlog
 import trio
@@ -50,37 +51,43 @@ from p2pchat.node.wire.store_query import (
     encode_reply,
     entry_wire_bytes,
 )
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client import Counter as PromCounter
 
 IDLE_TIMEOUT = 30.0
 MAX_STREAMS = 256
 MAX_STREAMS_PER_PEER = 4
-QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-class StoreServerMetrics:
-    """Queries answered, by status; query time; streams being served."""
+class StoreServerObserver(Protocol):
+    """What the history server reports (the metrics implement it). Called inline."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.queries = PromCounter(
-            "p2pchat_store_queries",
-            "History queries answered, by status (ok, bad_request, too_many_requests, "
-            "unavailable).",
-            ("status",),
-            registry=registry,
-        )
-        self.query_duration = Histogram(
-            "p2pchat_archive_query_duration_seconds",
-            "Time to answer one history query from the local store (read and encode).",
-            buckets=QUERY_BUCKETS,
-            registry=registry,
-        )
-        self.streams = Gauge(
-            "p2pchat_store_query_streams",
-            "History protocol streams being served now.",
-            registry=registry,
-        )
+    def stream_opened(self) -> None:
+        """A history stream is served from now (not one refused for the stream limits)."""
+
+    def stream_closed(self) -> None:
+        """A stream told to :meth:`stream_opened` is over."""
+
+    def query_answered(self, status: str) -> None:
+        """A query was answered with ``status`` in lower case (``ok``, ``bad_request``,
+        ``too_many_requests``, ``unavailable``), refusals of whole streams included."""
+
+    def query_read(self, seconds: float) -> None:
+        """A valid query within the rate limit took ``seconds`` to answer from the store."""
+
+
+class QuietStoreServerObserver:
+    """A history server observer that records nothing, for tests."""
+
+    def stream_opened(self) -> None:
+        return None
+
+    def stream_closed(self) -> None:
+        return None
+
+    def query_answered(self, status: str) -> None:
+        return None
+
+    def query_read(self, seconds: float) -> None:
+        return None
 
 
 def _entry(message: StoredMessage, ids_only: bool) -> Entry:
@@ -146,7 +153,7 @@ class StoreServer:
         self,
         host: P2PHost,
         history: History,
-        metrics: StoreServerMetrics,
+        observer: StoreServerObserver,
         log: structlog.stdlib.BoundLogger,
         *,
         rate: float,
@@ -154,7 +161,7 @@ class StoreServer:
     ) -> None:
         self._host = host
         self._history = history
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._limit = PeerRateLimit(rate, burst)
         self._streams: Counter[str] = Counter()
@@ -174,14 +181,14 @@ class StoreServer:
             await close_quietly(stream)
             return
         self._streams[peer] += 1
-        self._metrics.streams.inc()
+        self._observer.stream_opened()
         try:
             await self._serve_queries(stream, peer)
         finally:
             self._streams[peer] -= 1
             if not self._streams[peer]:
                 del self._streams[peer]
-            self._metrics.streams.dec()
+            self._observer.stream_closed()
             await close_quietly(stream)
 
     async def _serve_queries(self, stream: Stream, peer: str) -> None:
@@ -215,11 +222,11 @@ class StoreServer:
             reply = Reply(query.request_id, Status.BAD_REQUEST, str(query))
         else:
             reply = answer(self._history, query)
-            self._metrics.query_duration.observe(time.perf_counter() - started)
+            self._observer.query_read(time.perf_counter() - started)
         self._count(reply.status)
         if reply.status is not Status.OK:
             self._log.debug("history query refused", peer=peer, status=reply.status.name)
         return reply
 
     def _count(self, status: Status) -> None:
-        self._metrics.queries.labels(status=status.name.lower()).inc()
+        self._observer.query_answered(status.name.lower())

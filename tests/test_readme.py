@@ -6,11 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from p2pchat.node.catchup import CatchUpMetrics
 from p2pchat.node.config import Config
-from p2pchat.node.metrics import NodeMetrics
-from p2pchat.node.store_client import StoreClientMetrics
-from p2pchat.node.store_server import StoreServerMetrics
+from p2pchat.node.metrics import CatchUpMetrics, NodeMetrics, StoreClientMetrics, StoreServerMetrics
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.relay.metrics import RelayMetrics

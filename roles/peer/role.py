@@ -14,7 +14,7 @@ from typing import ClassVar
 import trio
 from p2pchat.node.catchup import CatchUp, CatchUpMetrics
 from p2pchat.node.role import NodeContext
-from p2pchat.node.store_client import StoreClient, StoreClientMetrics
+from p2pchat.node.store_client import StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
 from p2pchat.roles.peer.console import run_console
 from p2pchat.roles.peer.events import ChatEvent
@@ -64,9 +64,7 @@ class PeerRole:
         )
         if settings.catchup:
             client = StoreClient(
-                ctx.host,
-                StoreClientMetrics(ctx.metrics.registry),
-                ctx.config.chat.max_message_bytes,
+                ctx.host, ctx.metrics.history_client, ctx.config.chat.max_message_bytes
             )
             catch_up = CatchUp(
                 ctx.host,

@@ -1,0 +1,44 @@
+"""Hole punching (DCUtR), after go-libp2p's libp2p_holepunch_* series."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class HolePunchMetrics:
+    """Implements :class:`~p2pchat.node.holepunch.HolePunchObserver`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "libp2p_holepunch_outcomes",
+            "Hole punches, by side (initiator, receiver), num_attempts and outcome (success, "
+            "failed, no_suitable_address).",
+            ("side", "num_attempts", "outcome"),
+            registry=registry,
+        )
+        self.direct_dials = Counter(
+            "libp2p_holepunch_direct_dials",
+            "Direct dials tried before hole punching (the peer advertised an address), by "
+            "outcome (success, failed).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.protocol_errors = Counter(
+            "p2pchat_holepunch_protocol_errors",
+            "DCUtR exchanges dropped: malformed, oversized or unexpected messages, timeouts, or a "
+            "DCUtR stream over a connection that is not relayed.",
+            ("side",),
+            registry=registry,
+        )
+
+    def direct_dial_finished(self, succeeded: bool) -> None:
+        """Count a direct dial tried before hole punching."""
+        self.direct_dials.labels(outcome="success" if succeeded else "failed").inc()
+
+    def punch_finished(self, side: str, attempts: int, outcome: str) -> None:
+        """Count a hole punch by side, attempts (a few: the protocol bounds them) and outcome."""
+        self.outcomes.labels(side=side, num_attempts=str(attempts), outcome=outcome).inc()
+
+    def exchange_dropped(self, side: str) -> None:
+        """Count a DCUtR exchange dropped for breaking the protocol or timing out."""
+        self.protocol_errors.labels(side=side).inc()
