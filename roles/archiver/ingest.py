@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from functools import partial
+from typing import Protocol
 
 import structlog
 import trio
@@ -23,10 +24,34 @@ from p2pchat.node.config import ArchiverSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.wire.chat import ChatText, WireError, decode
-from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 QUEUE_BATCHES = 64  # batches of up to 256 messages waiting for the writer
 MAX_WRITE = 4096  # messages per synced write
+
+
+class ArchiveObserver(Protocol):
+    """What the archive's write path reports (the role's metrics implement it). Called
+    inline."""
+
+    def message_dropped(self, topic: str, reason: str) -> None:
+        """A message of room ``topic`` could not be decoded for archiving (``reason``: the
+        :class:`~p2pchat.node.wire.chat.WireError` reason)."""
+
+    def messages_held(self, count: int) -> None:
+        """The archive holds ``count`` messages now."""
+
+    def batch_written(self, seconds: float, size: int, new: int) -> None:
+        """A batch of ``size`` messages was written and synced in ``seconds``: acknowledged;
+        ``new`` of them were new to the store."""
+
+    def write_failed(self) -> None:
+        """A batch could not be written (disk full, I/O error); the node goes on."""
+
+    def retention_failed(self) -> None:
+        """Retention failed for one room."""
+
+    def messages_deleted(self, count: int) -> None:
+        """A retention pass deleted ``count`` (> 0) messages."""
 
 
 class Archive:
@@ -36,13 +61,13 @@ class Archive:
         self,
         history: History,
         settings: ArchiverSection,
-        metrics: ArchiveMetrics,
+        observer: ArchiveObserver,
         log: structlog.stdlib.BoundLogger,
         max_text_bytes: int,
     ) -> None:
         self._history = history
         self._settings = settings
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._max_text_bytes = max_text_bytes
         self._send, self._receive = trio.open_memory_channel[tuple[str, list[GossipMessage]]](
@@ -50,7 +75,7 @@ class Archive:
         )
         self._lock = trio.Lock()
         self._held = history.total_count()
-        metrics.messages.set(self._held)
+        observer.messages_held(self._held)
 
     @property
     def held(self) -> int:
@@ -83,7 +108,7 @@ class Archive:
             try:  # validated by the subscription already; decoding again is ~10 us
                 payload = decode(message.data, max_text_bytes=self._max_text_bytes)
             except WireError as error:
-                self._metrics.dropped.labels(reason=error.reason).inc()
+                self._observer.message_dropped(room, error.reason)
                 continue
             if not isinstance(payload, ChatText):  # name announcements are not history
                 continue
@@ -100,16 +125,15 @@ class Archive:
             try:
                 new = await trio.to_thread.run_sync(self._add_synced, messages)
             except Exception as error:  # disk full, I/O error: counted, logged, node goes on
-                self._metrics.errors.labels(type="write").inc()
+                self._observer.write_failed()
                 self._log.error("archive write failed", messages=len(messages), error=str(error))
                 return
-            self._metrics.insert_duration.observe(time.perf_counter() - started)
-        self._metrics.insert_batch.observe(len(messages))
-        self._metrics.inserted.inc(len(new))
+            took = time.perf_counter() - started
+        self._observer.batch_written(took, len(messages), len(new))
         # Counted from the store, not added up: a chat peer of the same node may have stored
         # some of these first (synced now by this write, but not new to the store).
         self._held = self._history.total_count()
-        self._metrics.messages.set(self._held)
+        self._observer.messages_held(self._held)
 
     def _add_synced(self, messages: list[StoredMessage]) -> list[StoredMessage]:
         return self._history.add_many(messages, sync=True)
@@ -140,11 +164,11 @@ class Archive:
                         )
                     )
                 except Exception as error:
-                    self._metrics.errors.labels(type="retention").inc()
+                    self._observer.retention_failed()
                     self._log.error("archive retention failed", room=room, error=str(error))
         if deleted:
             self._held -= deleted
-            self._metrics.messages.set(self._held)
-            self._metrics.retention_deleted.inc(deleted)
+            self._observer.messages_held(self._held)
+            self._observer.messages_deleted(deleted)
             self._log.info("archive retention deleted messages", deleted=deleted)
         return deleted

@@ -1,6 +1,12 @@
-"""The archiver's series (nwaku's archive names, ``p2pchat_`` prefix; no room or peer labels)."""
+"""The archiver's series (nwaku's archive names, ``p2pchat_`` prefix; no room or peer labels).
+
+:class:`ArchiveMetrics` implements the pubsub's :class:`~p2pchat.node.p2p.pubsub.GossipObserver`
+and the archiver's :class:`~p2pchat.roles.archiver.role.ArchiverObserver`; only the role wires it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -8,9 +14,14 @@ INSERT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class ArchiveMetrics:
-    """Messages held and inserted, write time, errors, drops, rooms, retention."""
+    """Messages held and inserted, write time, errors, drops, rooms, retention, store size.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``store_size`` (bytes the store occupies) is read at each scrape.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, store_size: Callable[[], float] | None = None
+    ) -> None:
         self.messages = Gauge(
             "p2pchat_archive_messages", "Messages held by the archive.", registry=registry
         )
@@ -54,7 +65,36 @@ class ArchiveMetrics:
         self.store_bytes = Gauge(
             "p2pchat_archive_store_bytes", "Bytes the store occupies on disk.", registry=registry
         )
+        if store_size is not None:
+            self.store_bytes.set_function(store_size)
 
     def message_dropped(self, topic: str, reason: str) -> None:
-        """GossipObserver: a message failed verification or validation."""
+        """A message failed verification or validation; ``topic`` is not a label (unbounded)."""
         self.dropped.labels(reason=reason).inc()
+
+    def messages_held(self, count: int) -> None:
+        """The archive holds ``count`` messages now."""
+        self.messages.set(count)
+
+    def batch_written(self, seconds: float, size: int, new: int) -> None:
+        """A batch of ``size`` messages was written and synced in ``seconds``; ``new`` of them
+        were new to the store."""
+        self.insert_duration.observe(seconds)
+        self.insert_batch.observe(size)
+        self.inserted.inc(new)
+
+    def write_failed(self) -> None:
+        """A batch could not be written."""
+        self.errors.labels(type="write").inc()
+
+    def retention_failed(self) -> None:
+        """Retention failed for one room."""
+        self.errors.labels(type="retention").inc()
+
+    def messages_deleted(self, count: int) -> None:
+        """Retention deleted ``count`` messages."""
+        self.retention_deleted.inc(count)
+
+    def rooms_archived(self, count: int) -> None:
+        """``count`` rooms are being archived now."""
+        self.rooms.set(count)

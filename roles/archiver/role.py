@@ -12,19 +12,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import trio
 from p2pchat.node.history import now_ms
-from p2pchat.node.p2p.pubsub import Gossip, SubscriptionEvent, TopicSubscribed
+from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
 from p2pchat.node.wire.store_query import PROTOCOL_ID
-from p2pchat.roles.archiver.ingest import Archive
+from p2pchat.roles.archiver.ingest import Archive, ArchiveObserver
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 # Room names heard of and not yet joined, at most: a flood of junk subscriptions cannot grow it.
 MAX_ROOMS_HEARD = 1024
+
+
+class ArchiverObserver(ArchiveObserver, GossipObserver, Protocol):
+    """What the archiver reports: its write path, the pubsub's drops, and its rooms (the role's
+    metrics implement it)."""
+
+    def rooms_archived(self, count: int) -> None:
+        """``count`` rooms are being archived now."""
 
 
 class ArchiverRole:
@@ -42,8 +50,7 @@ class ArchiverRole:
     ) -> None:
         """Join the rooms, start writing and serving, then run until cancelled."""
         settings = ctx.config.archiver
-        metrics = ArchiveMetrics(ctx.metrics.registry)
-        metrics.store_bytes.set_function(ctx.store.size_bytes)
+        metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store.size_bytes)
         gossip, history = ctx.rooms(metrics)
         archive = Archive(history, settings, metrics, ctx.log, ctx.config.chat.max_message_bytes)
         async with trio.open_nursery() as nursery:
@@ -67,7 +74,7 @@ class ArchiverRole:
         ctx: NodeContext,
         gossip: Gossip,
         archive: Archive,
-        metrics: ArchiveMetrics,
+        observer: ArchiverObserver,
         nursery: trio.Nursery,
         room: str,
     ) -> None:
@@ -87,7 +94,7 @@ class ArchiverRole:
 
         messages = await gossip.join(room, validate)
         self._rooms.add(room)
-        metrics.rooms.set(len(self._rooms))
+        observer.rooms_archived(len(self._rooms))
         ctx.log.info("archiving room", room=room)
 
         async def ingest() -> None:

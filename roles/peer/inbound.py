@@ -11,13 +11,13 @@ to the history (by sender and id) are shown, once. Duplicates are counted, not s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.wire.chat import ChatText, NameAnnouncement, WireError, decode, decode_for_room
 from p2pchat.roles.peer.events import ChatEvent
-from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.names import Names
 from p2pchat.roles.peer.presentation import message_event, name_change_notice
 from p2pchat.roles.peer.rooms import Rooms
@@ -25,6 +25,21 @@ from p2pchat.roles.peer.rooms import Rooms
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 
 Payload = ChatText | NameAnnouncement
+
+
+class InboundObserver(Protocol):
+    """What the inbound pipeline reports (the role's metrics implement it). Called inline."""
+
+    def message_dropped(self, topic: str, reason: str) -> None:
+        """A message of room ``topic`` could not be decoded (``reason``: the
+        :class:`~p2pchat.node.wire.chat.WireError` reason); the validator drops these first,
+        so this is a defensive count."""
+
+    def duplicates_dropped(self, count: int) -> None:
+        """``count`` texts of one batch were already in the history: not shown again."""
+
+    def message_received(self) -> None:
+        """A text from another peer was new: stored and shown."""
 
 
 class Inbound:
@@ -42,7 +57,7 @@ class Inbound:
         history: History,
         names: Names,
         rooms: Rooms,
-        metrics: ChatMetrics,
+        observer: InboundObserver,
         max_text_bytes: int,
         stored: Callable[[str], object],
         emit: Callable[[ChatEvent], None],
@@ -51,7 +66,7 @@ class Inbound:
         self._history = history
         self._names = names
         self._rooms = rooms
-        self._metrics = metrics
+        self._observer = observer
         self._max_text_bytes = max_text_bytes
         self._stored = stored
         self._emit = emit
@@ -83,7 +98,7 @@ class Inbound:
                 try:
                     payload = decode(message.data, max_text_bytes=self._max_text_bytes)
                 except WireError as error:  # the validator already dropped these; defensive
-                    self._metrics.dropped.labels(reason=error.reason).inc()
+                    self._observer.message_dropped(room, error.reason)
                     continue
             if joined is not None and message.sender != self._me:
                 # When it was signed, not when it reached us: an old message replayed by
@@ -103,11 +118,11 @@ class Inbound:
             self._stored(room)
         duplicates = len(texts) - len(new)
         if duplicates:
-            self._metrics.dropped.labels(reason="duplicate").inc(duplicates)
+            self._observer.duplicates_dropped(duplicates)
         for stored, payload in texts:
             if id(stored) not in new:
                 continue
             if stored.sender != self._me:
-                self._metrics.received.inc()
+                self._observer.message_received()
                 self._names.used(stored.sender, payload.sender_name)
             self._emit(message_event(payload, stored, self._me, history=False))

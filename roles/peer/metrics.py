@@ -1,14 +1,29 @@
-"""The chat peer's series, registered in the node's registry (no room or peer labels)."""
+"""The chat peer's series, registered in the node's registry (no room or peer labels).
+
+:class:`ChatMetrics` implements the observers of the peer's parts: the pubsub's
+:class:`~p2pchat.node.p2p.pubsub.GossipObserver`,
+:class:`~p2pchat.roles.peer.inbound.InboundObserver`,
+:class:`~p2pchat.roles.peer.outbox.OutboxObserver` and
+:class:`~p2pchat.roles.peer.service.ChatObserver`. Only the role wires it; the parts never
+import it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class ChatMetrics:
-    """Messages published, received and dropped (by reason); rooms; members; store size."""
+    """Messages published, received and dropped (by reason); rooms; members; store size.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``store_size`` (bytes the local store occupies) is read at each scrape.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, store_size: Callable[[], float] | None = None
+    ) -> None:
         self.published = Counter(
             "p2pchat_messages_published", "Chat messages this peer published.", registry=registry
         )
@@ -31,7 +46,30 @@ class ChatMetrics:
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
+        if store_size is not None:
+            self.store_bytes.set_function(store_size)
 
     def message_dropped(self, topic: str, reason: str) -> None:
-        """GossipObserver: a message failed verification in the pubsub layer."""
+        """A message failed verification or validation (the pubsub layer, or the inbound
+        pipeline's own decoding); ``topic`` is not a label (unbounded)."""
         self.dropped.labels(reason=reason).inc()
+
+    def duplicates_dropped(self, count: int) -> None:
+        """``count`` texts of a batch were already in the history."""
+        self.dropped.labels(reason="duplicate").inc(count)
+
+    def message_received(self) -> None:
+        """A text from another peer was stored and shown."""
+        self.received.inc()
+
+    def message_published(self) -> None:
+        """This peer published a text."""
+        self.published.inc()
+
+    def rooms_joined(self, count: int) -> None:
+        """This peer is in ``count`` rooms now."""
+        self.rooms.set(count)
+
+    def room_members(self, count: int) -> None:
+        """``count`` other peers are in the current room now."""
+        self.room_peers.set(count)

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from p2pchat.node.history import now_ms
 from p2pchat.node.wire.chat import ChatText, WireError, decode, encode, new_message_id
 from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent
-from p2pchat.roles.peer.metrics import ChatMetrics
 
 PENDING_PREFIX = b"pend/"
 
@@ -65,6 +64,13 @@ class PendingQueue:
         del self._db[key]
 
 
+class OutboxObserver(Protocol):
+    """What the outbox reports (the role's metrics implement it). Called inline."""
+
+    def message_published(self) -> None:
+        """A text was published on its room's topic (sent now, or delivered from the queue)."""
+
+
 class Outbox:
     """Sends texts to rooms (see the module's note)."""
 
@@ -72,12 +78,12 @@ class Outbox:
         self,
         pubsub: Publisher,
         pending: PendingQueue,
-        metrics: ChatMetrics,
+        observer: OutboxObserver,
         max_text_bytes: int,
     ) -> None:
         self._pubsub = pubsub
         self._pending = pending
-        self._metrics = metrics
+        self._observer = observer
         self._max_text_bytes = max_text_bytes
         self._last_sent_ms = 0
 
@@ -114,7 +120,7 @@ class Outbox:
     async def publish(self, room: str, data: bytes) -> None:
         """Publish encoded ``data`` on ``room``'s topic and count it."""
         await self._pubsub.publish(room, data)
-        self._metrics.published.inc()
+        self._observer.message_published()
 
     async def flush(self, room: str) -> int:
         """Publish every message queued for ``room``, oldest first; returns how many. Each is

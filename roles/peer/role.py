@@ -41,8 +41,7 @@ class PeerRole:
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Join the room, report started, then run the front end."""
-        metrics = ChatMetrics(ctx.metrics.registry)
-        metrics.store_bytes.set_function(ctx.store.size_bytes)  # measured when scraped
+        metrics = ChatMetrics(ctx.metrics.registry, store_size=ctx.store.size_bytes)
         gossip, history = ctx.rooms(metrics)
         send, receive = trio.open_memory_channel[ChatEvent](EVENT_BUFFER)
 

@@ -48,11 +48,10 @@ from p2pchat.roles.peer.events import (
     OutputEvent,
     PeerEvent,
 )
-from p2pchat.roles.peer.inbound import Inbound
+from p2pchat.roles.peer.inbound import Inbound, InboundObserver
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
-from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.names import Names
-from p2pchat.roles.peer.outbox import Outbox, PendingQueue
+from p2pchat.roles.peer.outbox import Outbox, OutboxObserver, PendingQueue
 from p2pchat.roles.peer.presentation import (
     NodeFacts,
     connection_notice,
@@ -90,6 +89,16 @@ class RoomPubsub(Protocol):
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
+class ChatObserver(InboundObserver, OutboxObserver, Protocol):
+    """What the chat service and its parts report (the role's metrics implement it)."""
+
+    def rooms_joined(self, count: int) -> None:
+        """This peer is in ``count`` rooms now."""
+
+    def room_members(self, count: int) -> None:
+        """``count`` other peers are in the current room now (after each membership pass)."""
+
+
 class ChatService:
     """Rooms, messages, names and history of one chat peer; front ends call :meth:`execute`
     (or :meth:`handle_line`) with each input line and render the events ``emit`` is given."""
@@ -99,7 +108,7 @@ class ChatService:
         ctx: NodeContext,
         gossip: RoomPubsub,
         history: History,
-        metrics: ChatMetrics,
+        observer: ChatObserver,
         emit: Callable[[ChatEvent], None],
         on_join: Callable[[str], None] = lambda room: None,
     ) -> None:
@@ -109,7 +118,7 @@ class ChatService:
         self._on_join = on_join
         self._gossip = gossip
         self._history = history
-        self._metrics = metrics
+        self._observer = observer
         self._emit = emit
         self._me = ctx.host.peer_id
         settings = ctx.config.chat
@@ -123,13 +132,13 @@ class ChatService:
             history,
             self._names,
             self._rooms,
-            metrics,
+            observer,
             settings.max_message_bytes,
             self._retention.trim_if_over,
             emit,
         )
         self._outbox = Outbox(
-            gossip, PendingQueue(ctx.store.db), metrics, settings.max_message_bytes
+            gossip, PendingQueue(ctx.store.db), observer, settings.max_message_bytes
         )
         self._membership = Membership(
             self._me,
@@ -288,7 +297,7 @@ class ChatService:
                     room_tasks.cancel_scope.cancel()
 
         self._nursery.start_soon(receive)
-        self._metrics.rooms.set(len(self._rooms))
+        self._observer.rooms_joined(len(self._rooms))
         self._changes.note()  # its members, already subscribed, raise no event
         self._on_join(name)
 
@@ -305,7 +314,7 @@ class ChatService:
         left.scope.cancel()
         await self._gossip.leave(room)
         self._changes.note()
-        self._metrics.rooms.set(len(self._rooms))
+        self._observer.rooms_joined(len(self._rooms))
         reply(NoticeEvent(f"left {room}; current room: {self._rooms.current}"))
 
     def _switch(self, room: str, reply: Reply) -> None:
@@ -347,7 +356,7 @@ class ChatService:
                 if delivered:
                     self._emit(NoticeEvent(f"delivered {delivered} queued message(s) to {room}"))
         current = self._rooms.current_room()
-        self._metrics.room_peers.set(len(current.members) if current is not None else 0)
+        self._observer.room_members(len(current.members) if current is not None else 0)
 
     # --- outputs ---------------------------------------------------------------------------------
 

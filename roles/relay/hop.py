@@ -11,6 +11,7 @@ closes, so a peer that connects, reserves and leaves cannot hold a slot for an h
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import multiaddr
 import structlog
@@ -46,10 +47,48 @@ from p2pchat.node.wire.circuit import (
 )
 from p2pchat.node.wire.framing import FrameError
 from p2pchat.roles.relay.limits import RelayResources
-from p2pchat.roles.relay.metrics import RelayMetrics
 
 REQUEST_TIMEOUT = 10.0  # to read a request; and for the destination to answer a stop CONNECT
 COPY_CHUNK = 16 * 1024
+
+
+class HopObserver(Protocol):
+    """What the hop server reports (the role's metrics implement it). Called inline."""
+
+    def service_started(self, max_reservations: int) -> None:
+        """The hop protocol is served, granting at most ``max_reservations``."""
+
+    def reservation_granted(self, renewed: bool) -> None:
+        """A reservation was opened, or renewed."""
+
+    def reservation_refused(self, reason: str) -> None:
+        """A reservation was refused (``reason``: the limits' decision)."""
+
+    def reservations_closed(self, count: int) -> None:
+        """``count`` reservations ended: expired (reported before each reservation request,
+        0 included), or their holder's last connection closed."""
+
+    def reservations_changed(self, held: int) -> None:
+        """The relay holds ``held`` reservations now."""
+
+    def request_malformed(self) -> None:
+        """A hop request could not be read (malformed, oversized or late)."""
+
+    def circuit_refused(self, reason: str) -> None:
+        """A circuit was refused: the limits' reason, ``bad_peer_id`` or
+        ``connection_failed`` (the destination could not be reached or refused)."""
+
+    def circuit_opened(self) -> None:
+        """A circuit was accepted by its destination and relays from now."""
+
+    def circuit_closed(self, seconds: float) -> None:
+        """A circuit told to :meth:`circuit_opened` ended after ``seconds``."""
+
+    def circuit_reset(self, limit: str) -> None:
+        """A circuit was reset for exceeding ``limit`` (``data`` or ``duration``)."""
+
+    def bytes_relayed(self, count: int) -> None:
+        """``count`` bytes were relayed, in either direction."""
 
 
 class HopServer:
@@ -59,12 +98,12 @@ class HopServer:
         self,
         host: P2PHost,
         resources: RelayResources,
-        metrics: RelayMetrics,
+        observer: HopObserver,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._host = host
         self._resources = resources
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         limits = resources.limits
         self._limit = Limit(duration=limits.circuit_duration, data=limits.circuit_data)
@@ -73,8 +112,7 @@ class HopServer:
         """Serve ``/libp2p/circuit/relay/0.2.0/hop``."""
         self._host.set_stream_handler(HOP_PROTOCOL_ID, self._handle)
         self._host.watch_connections(self)
-        self._metrics.status.set(1)
-        self._metrics.reservations_limit.set(self._resources.limits.max_reservations)
+        self._observer.service_started(self._resources.limits.max_reservations)
 
     async def _handle(self, stream: Stream) -> None:
         try:
@@ -83,7 +121,7 @@ class HopServer:
             request = decode_hop(payload)
         except (FrameError, CircuitWireError, trio.TooSlowError) as error:
             status = error.status if isinstance(error, CircuitWireError) else None
-            self._metrics.connection_rejections.labels(reason="malformed").inc()
+            self._observer.request_malformed()
             # Closed, not reset, after the answer (as go-libp2p does): a reset may overtake
             # the answer, and the asker's muxer then drops it unread.
             await _finish(stream, HopStatus(status or Status.MALFORMED_MESSAGE))
@@ -102,22 +140,20 @@ class HopServer:
 
     def connection_closed(self, info: ConnectionInfo) -> None:
         if not self._host.is_connected(info.peer_id) and self._resources.release(info.peer_id):
-            self._metrics.reservations.labels(type="closed").inc()
-            self._metrics.reservations_held.set(self._resources.reservations)
+            self._observer.reservations_closed(1)
+            self._observer.reservations_changed(self._resources.reservations)
 
     async def _reserve(self, stream: Stream) -> None:
         origin = stream_origin(stream)
         now = time.monotonic()
-        self._metrics.reservations.labels(type="closed").inc(self._resources.expire(now))
+        self._observer.reservations_closed(self._resources.expire(now))
         decision = self._resources.reserve(origin.peer_id, origin.remote_ip, now)
-        self._metrics.reservations_held.set(self._resources.reservations)
+        self._observer.reservations_changed(self._resources.reservations)
         if decision.status != Status.OK:
-            self._metrics.reservation_rejections.labels(reason=decision.reason).inc()
+            self._observer.reservation_refused(decision.reason)
             await _finish(stream, HopStatus(decision.status))
             return
-        self._metrics.reservations.labels(
-            type="renewed" if decision.reason == "renewed" else "opened"
-        ).inc()
+        self._observer.reservation_granted(renewed=decision.reason == "renewed")
         reservation = Reservation(
             expire=int(time.time() + (decision.expire - now)),
             addrs=tuple(
@@ -131,30 +167,29 @@ class HopServer:
         try:
             target = peer_id_text(request.peer_id)
         except ValueError:
-            self._metrics.connection_rejections.labels(reason="bad_peer_id").inc()
+            self._observer.circuit_refused("bad_peer_id")
             await _finish(stream, HopStatus(Status.MALFORMED_MESSAGE))
             return
         decision = self._resources.open_circuit(
             origin.peer_id, origin.remote_ip, target, time.monotonic()
         )
         if decision.status != Status.OK:
-            self._metrics.connection_rejections.labels(reason=decision.reason).inc()
+            self._observer.circuit_refused(decision.reason)
             await _finish(stream, HopStatus(decision.status))
             return
         try:
             destination = await self._open_stop(origin.peer_id, target)
             if destination is None:
-                self._metrics.connection_rejections.labels(reason="connection_failed").inc()
+                self._observer.circuit_refused("connection_failed")
                 await _finish(stream, HopStatus(Status.CONNECTION_FAILED))
                 return
             await write_quietly(stream, encode(HopStatus(Status.OK, limit=self._limit)))
-            self._metrics.connections.labels(type="opened").inc()
+            self._observer.circuit_opened()
             began = time.monotonic()
             try:
                 await self._relay(stream, destination)
             finally:
-                self._metrics.connections.labels(type="closed").inc()
-                self._metrics.connection_duration.observe(time.monotonic() - began)
+                self._observer.circuit_closed(time.monotonic() - began)
         finally:
             self._resources.close_circuit(origin.peer_id, target)
 
@@ -186,7 +221,7 @@ class HopServer:
         if timer.cancelled_caught:
             over.append("duration")
         if over:
-            self._metrics.limit_resets.labels(limit=over[0]).inc()
+            self._observer.circuit_reset(over[0])
             for end in (source, destination):
                 with trio.CancelScope(shield=True):
                     await reset_quietly(end)
@@ -205,13 +240,13 @@ class HopServer:
                 chunk = await reader.read(COPY_CHUNK)
                 if len(chunk) > budget:
                     await writer.write(chunk[:budget])
-                    self._metrics.data_transferred.inc(budget)
+                    self._observer.bytes_relayed(budget)
                     over.append("data")
                     circuit.cancel()
                     return
                 budget -= len(chunk)
                 await writer.write(chunk)
-                self._metrics.data_transferred.inc(len(chunk))
+                self._observer.bytes_relayed(len(chunk))
         except StreamError:  # either end finished, reset or went away: the circuit is over
             circuit.cancel()
 

@@ -1,4 +1,8 @@
-"""The relay's series, with go-libp2p's ``libp2p_relaysvc_*`` names (no peer or address labels)."""
+"""The relay's series, with go-libp2p's ``libp2p_relaysvc_*`` names (no peer or address labels).
+
+:class:`RelayMetrics` implements :class:`~p2pchat.roles.relay.hop.HopObserver`; only the role
+wires it.
+"""
 
 from __future__ import annotations
 
@@ -64,3 +68,49 @@ class RelayMetrics:
             "relay.max_reservations: the most reservations this relay grants.",
             registry=registry,
         )
+
+    def service_started(self, max_reservations: int) -> None:
+        """The hop protocol is served, granting at most ``max_reservations``."""
+        self.status.set(1)
+        self.reservations_limit.set(max_reservations)
+
+    def reservation_granted(self, renewed: bool) -> None:
+        """A reservation was opened, or renewed."""
+        self.reservations.labels(type="renewed" if renewed else "opened").inc()
+
+    def reservation_refused(self, reason: str) -> None:
+        """A reservation was refused, by the limits' reason."""
+        self.reservation_rejections.labels(reason=reason).inc()
+
+    def reservations_closed(self, count: int) -> None:
+        """``count`` reservations ended (expired, or their holder left); 0 is reported too."""
+        self.reservations.labels(type="closed").inc(count)
+
+    def reservations_changed(self, held: int) -> None:
+        """The relay holds ``held`` reservations now."""
+        self.reservations_held.set(held)
+
+    def request_malformed(self) -> None:
+        """A hop request could not be read (malformed, oversized or late)."""
+        self.connection_rejections.labels(reason="malformed").inc()
+
+    def circuit_refused(self, reason: str) -> None:
+        """A circuit was refused, by reason."""
+        self.connection_rejections.labels(reason=reason).inc()
+
+    def circuit_opened(self) -> None:
+        """A circuit was accepted by its destination and relays from now."""
+        self.connections.labels(type="opened").inc()
+
+    def circuit_closed(self, seconds: float) -> None:
+        """A circuit told to :meth:`circuit_opened` ended after ``seconds``."""
+        self.connections.labels(type="closed").inc()
+        self.connection_duration.observe(seconds)
+
+    def circuit_reset(self, limit: str) -> None:
+        """A circuit was reset for exceeding ``limit`` (``data`` or ``duration``)."""
+        self.limit_resets.labels(limit=limit).inc()
+
+    def bytes_relayed(self, count: int) -> None:
+        """``count`` bytes were relayed (either direction)."""
+        self.data_transferred.inc(count)
