@@ -220,8 +220,9 @@ class AutoNatClient:
         self._peer_id_bytes = peer_id_bytes(host.peer_id)
         self.reachability: Reachability = "unknown"
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Probe until cancelled: soon after servers appear, then every ``interval``."""
+        task_status.started()
         while True:
             servers = [
                 peer

@@ -57,8 +57,9 @@ class DiscoveryConnector:
         with contextlib.suppress(trio.WouldBlock):
             self._send.send_nowait((*peer, via))
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Dial discovered peers until cancelled."""
+        task_status.started()
         async for peer_id, addrs, via in self._receive:
             if peer_id not in self.discovered:
                 self.discovered[peer_id] = via

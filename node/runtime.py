@@ -1,8 +1,10 @@
 """The node: owns the host, the store, the metrics endpoint and the roles, in one nursery.
 
-Lifecycle: open the store, start the operator endpoint and the host, start every role (each
-reports ``started``), bind the listeners (only now: a peer that connects must find every
-protocol served), dial bootstrap peers and start discovery; then the node is ready:
+Lifecycle: open the store, start the operator endpoint and the host, start the capabilities
+switched on (:data:`p2pchat.node.parts.PARTS`, in order) and every role (each reports
+``started``), bind the listeners (only now: a peer that connects must find every protocol
+served), start the parts that need listeners (discovery, mDNS, bootstrap dials); then the node
+is ready:
 ``/readyz`` turns 200 and a ``node ready`` log line lists the bound addresses. SIGINT or
 SIGTERM cancels everything; the store is closed last. A watchdog ends the process if shutdown
 takes longer than :data:`SHUTDOWN_GRACE` seconds.
@@ -16,31 +18,20 @@ import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import structlog
 import trio
-from p2pchat.node.autonat import AutoNatClient, AutoNatServer
-from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
-from p2pchat.node.history import History
-from p2pchat.node.holepunch import HolePunch
 from p2pchat.node.http import make_app, serve_http
-from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
-from p2pchat.node.p2p.dht import Dht
-from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import ConnectionInfo, HostObserver, HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity
-from p2pchat.node.p2p.mdns import run_mdns
-from p2pchat.node.p2p.pubsub import NodeGossip
-from p2pchat.node.rendezvous import Rendezvous
-from p2pchat.node.role import NodeContext, Role
+from p2pchat.node.parts import Wiring, start_parts
+from p2pchat.node.role import Role
 from p2pchat.node.store import Store
-from p2pchat.node.store_server import StoreServer
 
 SHUTDOWN_GRACE = 4.0
 
@@ -143,90 +134,15 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     log,
                     max_remembered=config.discovery.max_remembered_peers,
                 )
-                rendezvous = None
-                async with trio.open_nursery() as roles_nursery:
-                    if config.dht.enabled:
-                        dht = Dht(host, server=config.dht.server_mode(config.roles))
-                        await roles_nursery.start(dht.run)
-                        metrics.dht.measure_routing_table(dht.routing_table_size)
-                        rendezvous = Rendezvous(
-                            dht,
-                            partial(connector.found, via="dht"),
-                            config.dht,
-                            metrics.dht,
-                            log,
-                            advertised=host.advertised_addrs,
-                        )
-                    if config.autonat.serves(config.roles):
-                        dial_back = DialBack()
-                        await roles_nursery.start(dial_back.run)
-                        AutoNatServer(host, dial_back, metrics.autonat, log).install()
-                    autonat = AutoNatClient(
-                        host, config.autonat.probe_interval, metrics.autonat, log
-                    )
-                    if config.autonat.probe:
-                        roles_nursery.start_soon(autonat.run)
-                    autorelay = AutoRelay(
-                        host,
-                        config.autorelay,
-                        lambda: autonat.reachability,
-                        metrics.autorelay,
-                        log,
-                        rendezvous=rendezvous,
-                    )
-                    await roles_nursery.start(autorelay.run)
-                    if config.holepunch.enabled:
-                        await roles_nursery.start(HolePunch(host, metrics, log).run)
-                    # Rooms: one pubsub and one history for every role in them.
-                    gossip, history = None, None
-                    if any(role.in_rooms for role in roles):
-                        history = History(store)
-                        gossip = NodeGossip(host)
-                        await roles_nursery.start(gossip.run)
-                    if history is not None and config.history.serves(config.roles):
-                        StoreServer(
-                            host,
-                            history,
-                            metrics.history_server,
-                            log,
-                            rate=config.history.rate,
-                            burst=config.history.burst,
-                        ).install()
-                    context = NodeContext(
-                        config,
-                        host,
-                        store,
-                        metrics,
-                        log,
-                        request_stop=nursery.cancel_scope.cancel,
-                        discovered_peers=lambda: dict(connector.discovered),
-                        watch_discoveries=connector.watch,
-                        rendezvous=rendezvous,
-                        reachability=lambda: autonat.reachability,
-                        relays=lambda: autorelay.relays,
-                        gossip=gossip,
-                        history=history,
-                    )
+                wiring = Wiring(config, roles, host, store, metrics, log, connector)
+                async with trio.open_nursery() as parts_nursery:
+                    await start_parts(parts_nursery, wiring, "start")
+                    context = wiring.context(request_stop=nursery.cancel_scope.cancel)
                     for role in roles:
-                        await roles_nursery.start(role.run, context)
+                        await parts_nursery.start(role.run, context)
                     await host.listen()
                     context.listening.set()
-                    if config.discovery.mdns or config.dht.enabled:
-                        roles_nursery.start_soon(connector.run)
-                    if config.discovery.mdns:
-                        await roles_nursery.start(run_mdns, host, connector.found)
-                    for peer_addr in config.node.bootstrap:
-                        roles_nursery.start_soon(
-                            partial(
-                                keep_connected,
-                                host,
-                                peer_addr,
-                                what="bootstrap",
-                                backoff_max=config.node.bootstrap_backoff_max,
-                                log=log,
-                                on_dial=metrics.swarm.bootstrap_dial,
-                            )
-                        )
+                    await start_parts(parts_nursery, wiring, "listening")
                     # Everything allocated so far (py-libp2p alone is ~85 MB of objects) lives
                     # as long as the process: keep it out of the collector's full passes, each
                     # of which took 25-75 ms of loop time over those objects.
@@ -236,6 +152,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     log.info(
                         "node ready",
                         roles=list(config.roles),
+                        capabilities=wiring.started,
                         listen=host.listen_addrs(),
                         advertised=host.advertised_addrs(),
                         metrics=metrics_addr,

@@ -21,6 +21,7 @@ class GatedRole:
 
     name: ClassVar[str] = "gated"
     protocols: ClassVar[Sequence[str]] = ("/test/gated/1.0.0",)
+    in_rooms: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.release = trio.Event()

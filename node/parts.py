@@ -1,0 +1,263 @@
+"""The node's capabilities in one list: what each is, the config that switches it on, and when
+it starts (:data:`PARTS`).
+
+The composition root (:func:`p2pchat.node.runtime.run_node`) starts the parts of the ``start``
+phase in this order, then the roles, then opens the listeners (a peer that connects must find
+every protocol served: trap 25), then starts the parts of the ``listening`` phase. A part is
+built from the :class:`Wiring`, the node's shared pieces, and may leave what it provides there
+for the parts after it and for the roles (:meth:`Wiring.context`).
+
+To add a capability: write a class with ``run(*, task_status)`` (:class:`Capability`), give it
+a config switch, and add a :class:`Part` here, where its dependencies are already built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+import structlog
+import trio
+from p2pchat.node.autonat import AutoNatClient, AutoNatServer, Reachability
+from p2pchat.node.autorelay import AutoRelay
+from p2pchat.node.capability import Capability
+from p2pchat.node.config import Config
+from p2pchat.node.discovery import DiscoveryConnector
+from p2pchat.node.history import History
+from p2pchat.node.holepunch import HolePunch
+from p2pchat.node.keepalive import keep_connected
+from p2pchat.node.metrics import NodeMetrics
+from p2pchat.node.p2p.dht import Dht
+from p2pchat.node.p2p.dialback import DialBack
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.mdns import run_mdns
+from p2pchat.node.p2p.pubsub import NodeGossip
+from p2pchat.node.rendezvous import Rendezvous
+from p2pchat.node.role import NodeContext, Role
+from p2pchat.node.store import Store
+from p2pchat.node.store_server import StoreServer
+
+Phase = Literal["start", "listening"]
+
+
+@dataclass
+class Wiring:
+    """What the parts are built from, and what the parts built so far provide."""
+
+    config: Config
+    roles: Sequence[Role]
+    host: P2PHost
+    store: Store
+    metrics: NodeMetrics
+    log: structlog.stdlib.BoundLogger
+    connector: DiscoveryConnector
+    dht: Dht | None = None
+    rendezvous: Rendezvous | None = None
+    autonat: AutoNatClient | None = None
+    autorelay: AutoRelay | None = None
+    gossip: NodeGossip | None = None
+    history: History | None = None
+    started: list[str] = field(default_factory=list)  # the parts running, in start order
+
+    def reachability(self) -> Reachability:
+        """AutoNAT's verdict on this node ("unknown" while not probing)."""
+        return self.autonat.reachability if self.autonat is not None else "unknown"
+
+    def relays(self) -> list[str]:
+        """The relays holding a reservation for this node."""
+        return self.autorelay.relays if self.autorelay is not None else []
+
+    def context(self, request_stop: Callable[[], None]) -> NodeContext:
+        """What the roles get of the node."""
+        return NodeContext(
+            self.config,
+            self.host,
+            self.store,
+            self.metrics,
+            self.log,
+            request_stop=request_stop,
+            discovered_peers=lambda: dict(self.connector.discovered),
+            watch_discoveries=self.connector.watch,
+            rendezvous=self.rendezvous,
+            reachability=self.reachability,
+            relays=self.relays,
+            gossip=self.gossip,
+            history=self.history,
+        )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One capability: its name, the config that switches it on (for people), the test of
+    that config, how to build it, and the phase it starts in."""
+
+    name: str
+    switch: str
+    enabled: Callable[[Config, Sequence[Role]], bool]
+    build: Callable[[Wiring], Capability]
+    phase: Phase = "start"
+
+
+def _in_rooms(roles: Sequence[Role]) -> bool:
+    return any(role.in_rooms for role in roles)
+
+
+def _dht(w: Wiring) -> Capability:
+    dht = w.dht = Dht(w.host, server=w.config.dht.server_mode(w.config.roles))
+    w.metrics.dht.measure_routing_table(dht.routing_table_size)
+    w.rendezvous = Rendezvous(
+        dht,
+        partial(w.connector.found, via="dht"),
+        w.config.dht,
+        w.metrics.dht,
+        w.log,
+        advertised=w.host.advertised_addrs,
+    )
+    return dht
+
+
+class _AutoNatService:
+    """Answers AutoNAT dial-back requests, dialling back from a throwaway identity."""
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        dial_back = DialBack()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dial_back.run)
+            AutoNatServer(self._w.host, dial_back, self._w.metrics.autonat, self._w.log).install()
+            task_status.started()
+
+
+def _autonat(w: Wiring) -> Capability:
+    w.autonat = AutoNatClient(w.host, w.config.autonat.probe_interval, w.metrics.autonat, w.log)
+    return w.autonat
+
+
+def _autorelay(w: Wiring) -> Capability:
+    w.autorelay = AutoRelay(
+        w.host,
+        w.config.autorelay,
+        w.reachability,
+        w.metrics.autorelay,
+        w.log,
+        rendezvous=w.rendezvous,
+    )
+    return w.autorelay
+
+
+def _holepunch(w: Wiring) -> Capability:
+    return HolePunch(w.host, w.metrics, w.log)
+
+
+def _rooms(w: Wiring) -> Capability:
+    w.history = History(w.store)
+    w.gossip = NodeGossip(w.host)
+    return w.gossip
+
+
+class _HistoryServer:
+    """Answers history queries from the node's history (``history.serve``; archivers always)."""
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        w = self._w
+        assert w.history is not None  # the rooms part comes first
+        StoreServer(
+            w.host,
+            w.history,
+            w.metrics.history_server,
+            w.log,
+            rate=w.config.history.rate,
+            burst=w.config.history.burst,
+        ).install()
+        task_status.started()
+        await trio.sleep_forever()  # handlers only: nothing to run
+
+
+def _discovery(w: Wiring) -> Capability:
+    return w.connector
+
+
+class _Mdns:
+    """Announces this node on the LAN and reports the peers found there to discovery."""
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await run_mdns(self._w.host, self._w.connector.found, task_status=task_status)
+
+
+class _BootstrapDials:
+    """Keeps the configured bootstrap peers connected, re-dialling with backoff."""
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        w = self._w
+        async with trio.open_nursery() as nursery:
+            for peer_addr in w.config.node.bootstrap:
+                nursery.start_soon(
+                    partial(
+                        keep_connected,
+                        w.host,
+                        peer_addr,
+                        what="bootstrap",
+                        backoff_max=w.config.node.bootstrap_backoff_max,
+                        log=w.log,
+                        on_dial=w.metrics.swarm.bootstrap_dial,
+                    )
+                )
+            task_status.started()
+
+
+PARTS: tuple[Part, ...] = (
+    Part("dht", "dht.enabled", lambda c, roles: c.dht.enabled, _dht),
+    Part(
+        "autonat-server",
+        "autonat.service",
+        lambda c, roles: c.autonat.serves(c.roles),
+        _AutoNatService,
+    ),
+    Part("autonat", "autonat.probe", lambda c, roles: c.autonat.probe, _autonat),
+    Part("autorelay", "autorelay.mode", lambda c, roles: True, _autorelay),
+    Part("holepunch", "holepunch.enabled", lambda c, roles: c.holepunch.enabled, _holepunch),
+    Part("rooms", "a role in rooms (peer, archiver)", lambda c, roles: _in_rooms(roles), _rooms),
+    Part(
+        "history-server",
+        "history.serve (archivers always)",
+        lambda c, roles: _in_rooms(roles) and c.history.serves(c.roles),
+        _HistoryServer,
+    ),
+    Part(
+        "discovery",
+        "discovery.mdns or dht.enabled",
+        lambda c, roles: c.discovery.mdns or c.dht.enabled,
+        _discovery,
+        phase="listening",
+    ),
+    Part("mdns", "discovery.mdns", lambda c, roles: c.discovery.mdns, _Mdns, phase="listening"),
+    Part(
+        "bootstrap",
+        "node.bootstrap",
+        lambda c, roles: bool(c.node.bootstrap),
+        _BootstrapDials,
+        phase="listening",
+    ),
+)
+
+
+async def start_parts(nursery: trio.Nursery, wiring: Wiring, phase: Phase) -> None:
+    """Build and start, in order, every part of ``phase`` that the config switches on; each
+    has reported started when this returns."""
+    for part in PARTS:
+        if part.phase == phase and part.enabled(wiring.config, wiring.roles):
+            await nursery.start(part.build(wiring).run)
+            wiring.started.append(part.name)
