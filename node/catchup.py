@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 import trio
@@ -32,7 +33,6 @@ from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID
-from prometheus_client import CollectorRegistry, Counter
 
 SETTLE = 1.0  # after a trigger: let identify finish and other connections arrive
 IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
@@ -44,23 +44,31 @@ CaughtUp = Callable[[str, int, list[str]], None]
 """Told (room, new messages stored, sources that answered) after each room's catch-up."""
 
 
-class CatchUpMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.stored = Counter(
-            "p2pchat_history_caught_up",
-            "Messages a catch-up stored that this node did not have.",
-            registry=registry,
-        )
-        self.source_gaps = Counter(
-            "p2pchat_history_source_gaps",
-            "Messages a history source lacked that another source of the same catch-up had.",
-            registry=registry,
-        )
-        self.source_errors = Counter(
-            "p2pchat_history_source_errors",
-            "History sources that failed during a catch-up (unreachable, refused, broken).",
-            registry=registry,
-        )
+class CatchUpObserver(Protocol):
+    """What catch-up reports (the metrics implement it). Called inline: must not block."""
+
+    def caught_up(self, stored: int) -> None:
+        """One room's catch-up stored ``stored`` messages this node did not have (0 included)."""
+
+    def source_lacked(self, missing: int) -> None:
+        """A source that completed its walk lacked ``missing`` messages another source of the
+        same catch-up returned."""
+
+    def source_failed(self) -> None:
+        """A source failed during a catch-up (unreachable, refused, broke the protocol)."""
+
+
+class QuietCatchUpObserver:
+    """A catch-up observer that records nothing, for tests."""
+
+    def caught_up(self, stored: int) -> None:
+        return None
+
+    def source_lacked(self, missing: int) -> None:
+        return None
+
+    def source_failed(self) -> None:
+        return None
 
 
 class CatchUp:
@@ -74,7 +82,7 @@ class CatchUp:
         settings: HistorySection,
         rooms: Callable[[], list[str]],
         on_caught_up: CaughtUp,
-        metrics: CatchUpMetrics,
+        observer: CatchUpObserver,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self._host = host
@@ -83,7 +91,7 @@ class CatchUp:
         self._settings = settings
         self._rooms = rooms
         self._on_caught_up = on_caught_up
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._pending: set[str] = set()
         self._wake = trio.Event()
@@ -152,7 +160,7 @@ class CatchUp:
                     )
                 )
             except SourceError as error:
-                self._metrics.source_errors.inc()
+                self._observer.source_failed()
                 self._log.info("history source failed", room=room, source=source, error=str(error))
 
         async with trio.open_nursery() as nursery:
@@ -168,7 +176,7 @@ class CatchUp:
         for first in range(0, len(ordered), WRITE_BATCH):
             stored += len(self._history.add_many(ordered[first : first + WRITE_BATCH]))
             await trio.lowlevel.checkpoint()  # a big catch-up must not stall live chat
-        self._metrics.stored.inc(stored)
+        self._observer.caught_up(stored)
         answered = [fetched.source for fetched in results]
         self._log.info(
             "history caught up", room=room, new=stored, fetched=len(union), sources=answered
@@ -195,7 +203,7 @@ class CatchUp:
             held = {message.message_id for message in fetched.messages}
             missing = len(union.keys() - held)
             if missing:
-                self._metrics.source_gaps.inc(missing)
+                self._observer.source_lacked(missing)
                 self._log.warning(
                     "history source lacks messages another source has",
                     room=room,

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import structlog
-from p2pchat.node.catchup import MAX_ASKED, CatchUp, CatchUpMetrics
+from p2pchat.node.catchup import MAX_ASKED, CatchUp, QuietCatchUpObserver
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
 from p2pchat.node.store_client import Fetched
-from prometheus_client import CollectorRegistry
 
 from tests.peer_ids import fresh_peer_ids
 
@@ -41,7 +40,7 @@ def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
         HistorySection(catchup_sources=16),
         lambda: [ROOM],
         lambda room, count, sources: None,
-        CatchUpMetrics(CollectorRegistry()),
+        QuietCatchUpObserver(),
         structlog.get_logger(),
     )
 

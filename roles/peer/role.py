@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
-from p2pchat.node.catchup import CatchUp, CatchUpMetrics
+from p2pchat.node.catchup import CatchUp
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
@@ -72,7 +72,7 @@ class PeerRole:
                 settings,
                 service.room_names,
                 service.caught_up,
-                CatchUpMetrics(ctx.metrics.registry),
+                ctx.metrics.catch_up,
                 ctx.log,
             )
         ui = ctx.config.chat.ui
