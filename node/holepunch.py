@@ -33,12 +33,11 @@ exchange and are counted; they never reach the node.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import multiaddr
 import structlog
 import trio
-from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.direct import (
     close_relayed,
     dial_direct,
@@ -112,12 +111,42 @@ async def _receive(stream: Stream, expected: type[_R]) -> _R:
     return record
 
 
+class HolePunchObserver(Protocol):
+    """What hole punching reports (the metrics implement it). Called inline: must not block."""
+
+    def direct_dial_finished(self, succeeded: bool) -> None:
+        """A direct dial tried before hole punching (the peer advertised an address) ended."""
+
+    def punch_finished(self, side: str, attempts: int, outcome: str) -> None:
+        """A hole punch ended. ``side``: ``initiator`` or ``receiver``; ``attempts``: at most
+        :data:`MAX_ATTEMPTS`; ``outcome``: ``success``, ``failed`` or ``no_suitable_address``."""
+
+    def exchange_dropped(self, side: str) -> None:
+        """A DCUtR exchange was dropped: a malformed, oversized or unexpected message, a
+        timeout, or a DCUtR stream over a connection that is not relayed."""
+
+
+class QuietHolePunchObserver:
+    """A hole punching observer that records nothing, for tests."""
+
+    def direct_dial_finished(self, succeeded: bool) -> None:
+        return None
+
+    def punch_finished(self, side: str, attempts: int, outcome: str) -> None:
+        return None
+
+    def exchange_dropped(self, side: str) -> None:
+        return None
+
+
 class HolePunch:
     """Upgrades this node's relayed connections to direct ones, and helps peers do the same."""
 
-    def __init__(self, host: P2PHost, metrics: NodeMetrics, log: structlog.stdlib.BoundLogger):
+    def __init__(
+        self, host: P2PHost, observer: HolePunchObserver, log: structlog.stdlib.BoundLogger
+    ) -> None:
         self._host = host
-        self._metrics = metrics
+        self._observer = observer
         self._log = log
         self._initiating: set[str] = set()  # peers we may punch towards (checks, dials, rounds)
         self._punching: set[str] = set()  # peers we run a DCUtR exchange with, as initiator
@@ -192,9 +221,7 @@ class HolePunch:
         if not addrs:
             return False
         reached = await dial_direct(self._host, peer, addrs, punch=False)
-        self._metrics.holepunch_direct_dials.labels(
-            outcome="success" if reached else "failed"
-        ).inc()
+        self._observer.direct_dial_finished(reached)
         if reached:
             self._log.info("direct connection without hole punch", peer=peer)
         return reached
@@ -330,9 +357,7 @@ class HolePunch:
     # --- both sides ---
 
     def _finished(self, side: str, peer: str, attempts: int, outcome: str, **extra: float) -> None:
-        self._metrics.holepunch_outcomes.labels(
-            side=side, num_attempts=str(attempts), outcome=outcome
-        ).inc()
+        self._observer.punch_finished(side, attempts, outcome)
         if outcome == "success":
             self._log.info("hole punch succeeded", peer=peer, side=side, attempts=attempts, **extra)
             self._migrate(peer)
@@ -346,7 +371,7 @@ class HolePunch:
             )
 
     def _protocol_error(self, side: str, peer: str, error: BaseException) -> None:
-        self._metrics.holepunch_protocol_errors.labels(side=side).inc()
+        self._observer.exchange_dropped(side)
         what = "timed out" if isinstance(error, trio.TooSlowError) else str(error)
         self._log.warning("hole punch exchange dropped", peer=peer, side=side, error=what)
 

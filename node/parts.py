@@ -150,7 +150,7 @@ def _autorelay(w: Wiring) -> Capability:
 
 
 def _holepunch(w: Wiring) -> Capability:
-    return HolePunch(w.host, w.metrics, w.log)
+    return HolePunch(w.host, w.metrics.holepunch, w.log)
 
 
 def _rooms(w: Wiring) -> Capability:

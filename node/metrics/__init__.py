@@ -60,10 +60,6 @@ class NodeMetrics:
         self.autonat = AutoNatMetrics(self.registry)
         self.autorelay = AutoRelayMetrics(self.registry)
         self.holepunch = HolePunchMetrics(self.registry)
-        # Until node/holepunch.py reports to its observer: then these go.
-        self.holepunch_outcomes = self.holepunch.outcomes
-        self.holepunch_direct_dials = self.holepunch.direct_dials
-        self.holepunch_protocol_errors = self.holepunch.protocol_errors
 
     @cached_property
     def history_server(self) -> StoreServerMetrics:
