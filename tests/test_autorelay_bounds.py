@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import structlog
-from p2pchat.node.autorelay import MAX_REMEMBERED_RELAYS, AutoRelay
+from p2pchat.node.autorelay import MAX_REMEMBERED_RELAYS, AutoRelay, QuietAutoRelayObserver
 from p2pchat.node.config import AutoRelaySection
 from p2pchat.node.p2p.host import DialError
 
@@ -44,7 +44,7 @@ async def test_relays_that_failed_are_remembered_up_to_the_bound() -> None:
         host,  # type: ignore[arg-type]
         AutoRelaySection(mode="on"),
         lambda: "private",
-        None,  # type: ignore[arg-type]  # finding relays records no metric
+        QuietAutoRelayObserver(),
         structlog.get_logger(),
         rendezvous=rendezvous,  # type: ignore[arg-type]
     )
