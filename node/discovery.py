@@ -2,9 +2,10 @@
 to a bound, without dial storms.
 
 Discovery only reports; this decides: a found peer is dialled if we are not already connected
-to it, fewer than ``max_peers`` peers are connected, and it did not fail in the last
-:data:`RETRY_AFTER` seconds. Dials run one at a time, so a LAN full of peers cannot trigger a
-storm of simultaneous handshakes.
+to it, fewer than ``max_peers`` peers are connected, and a dial at the same addresses did not
+fail in the last :data:`RETRY_AFTER` seconds (new addresses, a relay reservation made since,
+are dialled at once). Dials run one at a time, so a LAN full of peers cannot trigger a storm of
+simultaneous handshakes.
 
 What it remembers per peer (how it was found, when a dial failed) is bounded: the newest
 ``max_remembered`` peers of each (:data:`MAX_REMEMBERED` by default). Forgetting a peer costs
@@ -41,7 +42,10 @@ class DiscoveryConnector:
         self._max_peers = max_peers
         self._log = log
         self._send, self._receive = trio.open_memory_channel[tuple[str, list[str], str]](QUEUE_SIZE)
-        self._failed_at: BoundedDict[str, float] = BoundedDict(max_remembered)
+        # PeerId -> when a dial of it failed, and the addresses that failed
+        self._failed_at: BoundedDict[str, tuple[float, tuple[str, ...]]] = BoundedDict(
+            max_remembered
+        )
         # PeerId -> how it was first found (the newest max_remembered peers)
         self.discovered: BoundedDict[str, str] = BoundedDict(max_remembered)
         self._watchers: list[Callable[[str, str], None]] = []
@@ -72,8 +76,9 @@ class DiscoveryConnector:
                 continue
             if len(self._host.connected_peers()) >= self._max_peers:
                 continue
-            if time.monotonic() - self._failed_at.get(peer_id, float("-inf")) < RETRY_AFTER:
-                continue
+            failed_at, failed_addrs = self._failed_at.get(peer_id, (float("-inf"), ()))
+            if time.monotonic() - failed_at < RETRY_AFTER and failed_addrs == tuple(addrs):
+                continue  # new addresses (a relay reservation since) are worth a dial at once
             for addr in addrs:
                 try:
                     await self._host.connect(addr)
@@ -81,4 +86,4 @@ class DiscoveryConnector:
                 except DialError as error:
                     self._log.debug("discovered peer not reachable", addr=addr, error=str(error))
             else:
-                self._failed_at[peer_id] = time.monotonic()
+                self._failed_at[peer_id] = (time.monotonic(), tuple(addrs))

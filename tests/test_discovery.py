@@ -82,3 +82,20 @@ async def test_watchers_are_told_of_each_peer_once_when_it_is_first_found() -> N
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert told == [(first, "mdns"), (second, "dht")]
+
+
+async def test_a_peer_found_again_at_new_addresses_is_dialled_at_once() -> None:
+    # A peer's first DHT record can predate its relay reservation: the circuit address it
+    # gains must not wait out the failure of the address it had before.
+    host = _UnreachableHost()
+    connector = DiscoveryConnector(host, 50, structlog.get_logger())  # type: ignore[arg-type]
+    (peer,) = fresh_peer_ids(1)
+    circuit = f"/ip4/10.0.0.9/tcp/1/p2p/{peer}/p2p-circuit/p2p/{peer}"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connector.run)
+        connector.found((peer, ["/ip4/10.0.0.1/tcp/1"]), via="dht")
+        connector.found((peer, ["/ip4/10.0.0.1/tcp/1"]), via="dht")  # same: not again
+        connector.found((peer, ["/ip4/10.0.0.1/tcp/1", circuit]), via="dht")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert host.dialled == ["/ip4/10.0.0.1/tcp/1", "/ip4/10.0.0.1/tcp/1", circuit]
