@@ -14,6 +14,7 @@ Usage: python -m tests.bench.chat [burst|paced ...]; prints one JSON object per 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -112,10 +113,18 @@ def deliver(
     return Delivery(began, send_seconds, sent, received)
 
 
+def cpu_seconds(node: NodeProcess) -> float:
+    """CPU time (user + system) the node's process has used so far, from /proc."""
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run(scenario: str, count: int, interval: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
         a, b, c = _line(Path(tmp))
+        cpu_before = [cpu_seconds(node) for node in (a, b, c)]
         delivery = deliver(a, c, scenario, count, interval)
+        cpu_used = [cpu_seconds(node) - before for node, before in zip((a, b, c), cpu_before)]
         received, began = delivery.received, delivery.began
         latencies = delivery.latencies_ms()
         result = {
@@ -130,6 +139,8 @@ def _run(scenario: str, count: int, interval: float) -> dict[str, Any]:
             "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
             "latency_ms_p99": round(percentile(latencies, 0.99), 2) if latencies else None,
             "latency_ms_max": round(max(latencies), 2) if latencies else None,
+            # over the delivery: from the first line written to A until C showed the last
+            "cpu_ms_per_message_a_b_c": [round(1000 * used / count, 3) for used in cpu_used],
         }
         for node in (a, b, c):
             node.stop()
