@@ -124,7 +124,9 @@ def _run(scenario: str, count: int, interval: float) -> dict[str, Any]:
         a, b, c = _line(Path(tmp))
         cpu_before = [cpu_seconds(node) for node in (a, b, c)]
         delivery = deliver(a, c, scenario, count, interval)
-        cpu_used = [cpu_seconds(node) - before for node, before in zip((a, b, c), cpu_before)]
+        cpu_used = [
+            cpu_seconds(node) - before for node, before in zip((a, b, c), cpu_before, strict=True)
+        ]
         received, began = delivery.received, delivery.began
         latencies = delivery.latencies_ms()
         result = {
