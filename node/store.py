@@ -1,18 +1,81 @@
 """The node's local RocksDB store (rocksdict), opened once per process and closed on shutdown.
 
-Roles keep their data under their own key prefixes. Opening fails with one clear line when the
+The node's own data (the schema key, the history: :mod:`p2pchat.node.history`) lives under
+prefixes of its own. Roles never see the database: each small thing a role keeps (the chat
+peer's name, its queue of pending messages) lives in a :class:`Namespace`, the keys
+``<namespace>/<key>`` seen through :class:`KeyValue`. Opening fails with one clear line when the
 directory is locked by another p2pchat process, unreadable, or not a RocksDB store.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from p2pchat.node.errors import StoreError
 from rocksdict import Options, Rdict
 
 SCHEMA_KEY = b"meta/schema"
 SCHEMA_VERSION = b"1"
+
+# Key prefixes the node keeps its own data under (the schema here, the history in
+# node/history.py): no role's namespace may be one of them.
+NODE_NAMESPACES = frozenset({"meta", "hist", "hid", "hcnt", "hmeta"})
+
+
+class KeyValue(Protocol):
+    """The keys of one namespace, what a role keeps in the node's store: bytes keys and
+    values, relative to the namespace; writes are durable once the node closes the store."""
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or None."""
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``."""
+
+    def delete(self, key: bytes) -> None:
+        """Remove ``key`` (nothing happens if it is absent)."""
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of every key starting with ``prefix``, in byte order of the keys."""
+
+
+class Namespace:
+    """A :class:`KeyValue` over the keys ``<name>/...`` of a store's database.
+
+    The name is part of the on-disk key: ``Namespace(db, "peer").put(b"name", v)`` writes
+    ``peer/name``, so what a role wrote before it used namespaces reads back unchanged.
+    """
+
+    def __init__(self, db: Rdict, name: str) -> None:
+        """Raises ValueError for a name that is empty, holds ``/`` or NUL, or is the node's
+        (:data:`NODE_NAMESPACES`): one namespace never reaches into another's keys."""
+        if not name or "/" in name or "\x00" in name:
+            raise ValueError(f"namespace {name!r}: must be non-empty, without '/' or NUL")
+        if name in NODE_NAMESPACES:
+            raise ValueError(f"namespace {name!r} holds the node's own data")
+        self._db = db
+        self._prefix = name.encode() + b"/"
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(self._prefix + key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._db[self._prefix + key] = value
+
+    def delete(self, key: bytes) -> None:
+        del self._db[self._prefix + key]
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        start = self._prefix + prefix
+        skip = len(self._prefix)
+        for key, value in itertools.takewhile(
+            lambda item: item[0].startswith(start), self._db.items(from_key=start)
+        ):
+            yield key[skip:], value
 
 
 class Store:
@@ -60,6 +123,10 @@ class Store:
             self._closed = True
             self.db.flush(wait=True)
             self.db.close()
+
+    def namespace(self, name: str) -> Namespace:
+        """The keys ``<name>/...`` of this store, for a role (see :class:`Namespace`)."""
+        return Namespace(self.db, name)
 
     @property
     def closed(self) -> bool:
