@@ -232,7 +232,7 @@ def _cmd_run(config: Config) -> int:
         new_identity=identity.created,
     )
     try:
-        trio.run(run_node, config, identity, create_roles(list(config.roles)))
+        trio.run(run_node, config, identity, create_roles(config))
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         return EXIT_OK
     return EXIT_OK

@@ -72,11 +72,11 @@ class Wiring:
     def context(self, request_stop: Callable[[], None]) -> NodeContext:
         """What the roles get of the node."""
         return NodeContext(
-            self.config,
             self.host,
-            self.store,
             self.metrics,
             self.log,
+            keys=self.store.namespace,
+            store_size=self.store.size_bytes,
             request_stop=request_stop,
             discovered_peers=lambda: dict(self.connector.discovered),
             watch_discoveries=self.connector.watch,

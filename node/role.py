@@ -1,15 +1,17 @@
 """What a role is: an independent module that declares what it serves and runs as a node task.
 
 Modelled on rust-libp2p's NetworkBehaviour composed into a Swarm: the node owns the host, the
-store and the metrics; each enabled role gets a :class:`NodeContext`, registers its protocols and
-runs as a child of the node's nursery. Roles never import each other.
+store and the metrics. Each enabled role is built from its own settings, picked from the config
+(:meth:`Role.from_config`); when the node runs it gets a :class:`NodeContext`, registers its
+protocols and runs as a child of the node's nursery. Neither the whole config nor the database
+reaches a role. Roles never import each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 import structlog
 import trio
@@ -19,18 +21,21 @@ from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, NodeGossip
 from p2pchat.node.rendezvous import Rendezvous
-from p2pchat.node.store import Store
+from p2pchat.node.store import KeyValue
 
 
 @dataclass(frozen=True)
 class NodeContext:
-    """Everything a role may use; nothing here exposes py-libp2p directly."""
+    """Everything a role may use of the running node; nothing here exposes py-libp2p or the
+    database directly, and a role's settings come at its creation, not from here."""
 
-    config: Config
     host: P2PHost
-    store: Store
     metrics: NodeMetrics
     log: structlog.stdlib.BoundLogger
+    # The keys of one namespace of the node's store (``<namespace>/...`` on disk), for the
+    # small things a role keeps; the node's own namespaces are refused (ValueError).
+    keys: Callable[[str], KeyValue]
+    store_size: Callable[[], int]  # bytes the node's store occupies on disk
     request_stop: Callable[[], None]  # ends the node cleanly, as SIGTERM does (e.g. on /quit)
     # PeerId -> how discovery found it: "mdns" (on the LAN) or "dht" (room rendezvous)
     discovered_peers: Callable[[], Mapping[str, str]]
@@ -57,6 +62,10 @@ class NodeContext:
 class Role(Protocol):
     """A role of the node.
 
+    The CLI builds each role with :meth:`from_config`, which keeps only the settings the role
+    uses (its config section, the few node facts it shows); the node then runs it with a
+    :class:`NodeContext`.
+
     A role that is ``in_rooms`` (chat rooms: GossipSub topics and their history) uses the
     node's one pubsub and history (:meth:`NodeContext.rooms`); the node runs them only when
     such a role is on.
@@ -70,6 +79,11 @@ class Role(Protocol):
     name: ClassVar[str]
     protocols: ClassVar[Sequence[str]]
     in_rooms: ClassVar[bool]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """The role with its settings taken from ``config`` (validated already)."""
+        ...
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

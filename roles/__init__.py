@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from p2pchat.node.config import Config
 from p2pchat.node.role import Role
 from p2pchat.roles.archiver import ArchiverRole
 from p2pchat.roles.bootstrap import BootstrapRole
@@ -13,6 +14,7 @@ ROLE_TYPES: dict[str, type[Role]] = {
 }
 
 
-def create_roles(names: list[str]) -> list[Role]:
-    """Instantiate the named roles in the given order (names are validated by the config)."""
-    return [ROLE_TYPES[name]() for name in dict.fromkeys(names)]
+def create_roles(config: Config) -> list[Role]:
+    """The roles ``config`` names, in its order, each built with the settings it uses
+    (:meth:`~p2pchat.node.role.Role.from_config`)."""
+    return [ROLE_TYPES[name].from_config(config) for name in dict.fromkeys(config.roles)]

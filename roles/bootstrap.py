@@ -9,9 +9,10 @@ it is never part of a chat mesh and never sees chat traffic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import trio
+from p2pchat.node.config import Config
 from p2pchat.node.p2p.dht import PROTOCOL_ID
 from p2pchat.node.role import NodeContext
 
@@ -22,6 +23,11 @@ class BootstrapRole:
     name: ClassVar[str] = "bootstrap"
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID,)
     in_rooms: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """A bootstrap node has no settings of its own (the DHT's are the node's)."""
+        return cls()
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

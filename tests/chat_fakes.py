@@ -175,17 +175,19 @@ def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
     discovery_watchers: list[Callable[[str, str], None]] = []
     config = Config.model_validate({"chat": chat})
     ctx = NodeContext(
-        config=config,
         host=host,  # type: ignore[arg-type]
-        store=store,
         metrics=None,  # type: ignore[arg-type]
         log=structlog.get_logger(),
+        keys=store.namespace,
+        store_size=store.size_bytes,
         request_stop=lambda: None,
         discovered_peers=lambda: discovered,
         watch_discoveries=discovery_watchers.append,
     )
     service = ChatService(
         ctx,
+        config.chat,
+        config.roles,
         pubsub,
         History(store),
         ChatMetrics(CollectorRegistry()),

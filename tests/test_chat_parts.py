@@ -11,12 +11,14 @@ import trio.testing
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.store import Store
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
+from p2pchat.roles.peer import names as names_module
+from p2pchat.roles.peer import outbox as outbox_module
 from p2pchat.roles.peer import retention
 from p2pchat.roles.peer.events import ErrorEvent, NoticeEvent
 from p2pchat.roles.peer.inbound import MAX_VALIDATED, Inbound
 from p2pchat.roles.peer.membership import Membership
 from p2pchat.roles.peer.metrics import ChatMetrics
-from p2pchat.roles.peer.names import ANONYMOUS, NAME_KEY, NameChange, Names
+from p2pchat.roles.peer.names import ANONYMOUS, NameChange, Names
 from p2pchat.roles.peer.outbox import Outbox, PendingQueue
 from p2pchat.roles.peer.presentation import history_events, peers_output, rooms_output
 from p2pchat.roles.peer.retention import Retention
@@ -40,17 +42,17 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def test_own_name_is_kept_in_the_store_and_wins_over_the_configured_one(store: Store) -> None:
-    names = Names(ME, store.db, None)
+    names = Names(ME, store.namespace(names_module.NAMESPACE), None)
     assert names.own is None and names.display_name == ANONYMOUS == names.name_of(ME)
     assert names.set_own("  Alice ") == "Alice"
-    assert store.db[NAME_KEY] == b"Alice"
-    assert Names(ME, store.db, "Configured").display_name == "Alice"
+    assert store.db[b"peer/name"] == b"Alice"  # the key it always had on disk
+    assert Names(ME, store.namespace(names_module.NAMESPACE), "Configured").display_name == "Alice"
     with pytest.raises(ValueError):
         names.set_own("")
 
 
 def test_announcements_report_changes_and_messages_only_fill_gaps(store: Store) -> None:
-    names = Names(ME, store.db, "Alice")
+    names = Names(ME, store.namespace(names_module.NAMESPACE), "Alice")
     bob = fresh_peer_id()
     assert names.name_of(bob) == ANONYMOUS
     names.used(bob, "Bob")
@@ -66,7 +68,7 @@ def test_announcements_report_changes_and_messages_only_fill_gaps(store: Store) 
 def test_names_of_a_flood_of_fresh_peers_are_bounded_and_recent_speakers_kept(
     store: Store,
 ) -> None:
-    names = Names(ME, store.db, None, max_known=1000)
+    names = Names(ME, store.namespace(names_module.NAMESPACE), None, max_known=1000)
     regular = fresh_peer_id()
     names.announced(regular, "Regular")
     for n, peer in enumerate(fresh_peer_ids(10_000)):
@@ -156,7 +158,7 @@ def test_the_validator_keeps_a_bounded_number_of_decoded_payloads(store: Store) 
     inbound = Inbound(
         ME,
         History(store),
-        Names(ME, store.db, None),
+        Names(ME, store.namespace(names_module.NAMESPACE), None),
         rooms,
         ChatMetrics(CollectorRegistry()),
         4096,
@@ -190,7 +192,8 @@ class _Pubsub:
 async def test_the_outbox_queues_per_room_in_typing_order_and_flushes_once(store: Store) -> None:
     pubsub = _Pubsub()
     metrics = ChatMetrics(CollectorRegistry())
-    outbox = Outbox(pubsub, PendingQueue(store.db), metrics, 64)
+    pending = store.namespace(outbox_module.NAMESPACE)
+    outbox = Outbox(pubsub, PendingQueue(pending), metrics, 64)
     for words in ("one", "two", "three"):
         answer = await outbox.send(ROOM, "Alice", words)
         assert isinstance(answer, NoticeEvent) and "queued" in answer.text
@@ -203,11 +206,44 @@ async def test_the_outbox_queues_per_room_in_typing_order_and_flushes_once(store
     times = [m.sent_at_ms for m in sent]
     assert times == sorted(set(times))  # strictly increasing, even within one millisecond
     assert await outbox.flush(ROOM) == 0
-    assert PendingQueue(store.db).queued("lobby2") != []
+    assert PendingQueue(pending).queued("lobby2") != []
     pubsub.subscribed = True
     assert await outbox.send(ROOM, "Alice", "live") is None
     assert len(pubsub.published) == 4
     assert metrics.published._value.get() == 4
+
+
+async def test_a_data_dir_of_an_earlier_version_reads_back_its_name_and_queue(
+    tmp_path: Path,
+) -> None:
+    """The keys as a node wrote them on the raw database: ``peer/name``, and
+    ``pend/<room>\\x00<sent_at_ms: 8 bytes><id>``; the namespaces read and write the same."""
+    earlier = ChatText(
+        id=new_message_id(), room=ROOM, sender_name="Alice", text="typed alone", sent_at_ms=7
+    )
+    raw_key = b"pend/" + ROOM.encode() + b"\x00" + (7).to_bytes(8, "big") + earlier.id
+    written = Store.open(tmp_path / "store")
+    written.db[b"peer/name"] = b"Alice"
+    written.db[raw_key] = encode(earlier)
+    written.close()
+    store = Store.open(tmp_path / "store")
+    try:
+        assert Names(ME, store.namespace(names_module.NAMESPACE), "Other").own == "Alice"
+        pubsub = _Pubsub()
+        outbox = Outbox(
+            pubsub,
+            PendingQueue(store.namespace(outbox_module.NAMESPACE)),
+            ChatMetrics(CollectorRegistry()),
+            64,
+        )
+        await outbox.send(ROOM, "Alice", "typed later")
+        first_queued = next(iter(store.db.keys(from_key=b"pend/")))
+        assert first_queued == raw_key  # the older message first: same layout, same order
+        assert await outbox.flush(ROOM) == 2
+        assert pubsub.published[0] == (ROOM, encode(earlier))
+        assert store.db.get(raw_key) is None
+    finally:
+        store.close()
 
 
 # --- retention -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from p2pchat.roles import create_roles
 
 def started(flags: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, list[str]]:
     config = load_config(environ=environ or {}, flags=flags)
-    roles = create_roles(list(config.roles))
+    roles = create_roles(config)
     on: dict[str, list[str]] = {"start": [], "listening": []}
     for part in PARTS:
         if part.enabled(config, roles):

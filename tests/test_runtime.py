@@ -7,13 +7,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import trio
-from p2pchat.node.config import load_config
+from p2pchat.node.config import Config, load_config
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.role import NodeContext
 from p2pchat.node.runtime import run_node
+from p2pchat.node.store import Store
 
 
 class GatedRole:
@@ -28,6 +29,10 @@ class GatedRole:
         self.entered = trio.Event()
         self.context: NodeContext | None = None
         self.cancelled = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        return cls()
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -91,4 +96,5 @@ async def test_listening_and_readyz_only_after_every_role_started(tmp_path: Path
         assert first.context.host.listen_addrs()
         nursery.cancel_scope.cancel()
     assert first.cancelled and second.cancelled
-    assert first.context.store.closed
+    # The store is closed: it opens again (RocksDB refuses a second open in one process).
+    Store.open(config.data_dir() / "store").close()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 import trio
+from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.role import NodeContext
@@ -42,17 +43,27 @@ class ArchiverRole:
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID, "/meshsub/1.2.0", "/meshsub/1.1.0")
     in_rooms: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ArchiverSection, max_message_bytes: int) -> None:
+        """``settings``: the rooms and their retention (the ``archiver`` config section);
+        ``max_message_bytes``: the largest text accepted, as chat peers accept it."""
+        self._settings = settings
+        self._max_message_bytes = max_message_bytes
         self._rooms: set[str] = set()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """The archiver with the ``archiver`` section of ``config`` and the chat's message
+        size limit."""
+        return cls(config.archiver, config.chat.max_message_bytes)
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Join the rooms, start writing and serving, then run until cancelled."""
-        settings = ctx.config.archiver
-        metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store.size_bytes)
+        settings = self._settings
+        metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
-        archive = Archive(history, settings, metrics, ctx.log, ctx.config.chat.max_message_bytes)
+        archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
             join = partial(self._join, ctx, gossip, archive, metrics, nursery)
@@ -80,10 +91,10 @@ class ArchiverRole:
     ) -> None:
         if room in self._rooms:
             return
-        if len(self._rooms) >= ctx.config.archiver.max_rooms:
+        if len(self._rooms) >= self._settings.max_rooms:
             ctx.log.warning("room not archived: archiver.max_rooms reached", room=room)
             return
-        limit = ctx.config.chat.max_message_bytes
+        limit = self._max_message_bytes
 
         def validate(data: bytes) -> str | None:
             try:

@@ -9,12 +9,13 @@ a fresh PeerId, so the table must not grow with what strangers send); a forgotte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.chat import validate_name
 
-NAME_KEY = b"peer/name"
+NAMESPACE = "peer"  # of the node's store (NodeContext.keys)
+NAME_KEY = b"name"  # in NAMESPACE: ``peer/name`` on disk
 ANONYMOUS = "anon"
 MAX_KNOWN_NAMES = 10_000  # other peers whose name is remembered
 
@@ -31,16 +32,17 @@ class NameChange:
 class Names:
     """This peer's name and the names of others; no I/O but the store's name key.
 
-    ``db`` is the node's key-value store (``ctx.store.db``): this peer's name is kept under
-    :data:`NAME_KEY`, which wins over ``configured`` (the name set in the config).
+    ``keys`` is the :data:`NAMESPACE` namespace of the node's store (``ctx.keys(NAMESPACE)``):
+    this peer's name is kept under :data:`NAME_KEY`, which wins over ``configured`` (the name
+    set in the config).
     """
 
     def __init__(
-        self, me: str, db: Any, configured: str | None, max_known: int = MAX_KNOWN_NAMES
+        self, me: str, keys: KeyValue, configured: str | None, max_known: int = MAX_KNOWN_NAMES
     ) -> None:
         self._me = me
-        self._db = db
-        stored = db.get(NAME_KEY)
+        self._keys = keys
+        stored = keys.get(NAME_KEY)
         self._own: str | None = stored.decode() if stored is not None else configured
         self._known: BoundedDict[str, str] = BoundedDict(max_known)
 
@@ -62,7 +64,7 @@ class Names:
         """
         cleaned = validate_name(name)
         self._own = cleaned
-        self._db[NAME_KEY] = cleaned.encode()
+        self._keys.put(NAME_KEY, cleaned.encode())
         return cleaned
 
     def name_of(self, peer: str) -> str:

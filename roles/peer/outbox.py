@@ -8,14 +8,14 @@ in typing order, once a peer joins (:meth:`Outbox.flush`).
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, Protocol
+from typing import Protocol
 
 from p2pchat.node.history import now_ms
+from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.chat import ChatText, WireError, decode, encode, new_message_id
 from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent
 
-PENDING_PREFIX = b"pend/"
+NAMESPACE = "pend"  # of the node's store (NodeContext.keys): ``pend/...`` on disk
 
 
 class Publisher(Protocol):
@@ -27,7 +27,7 @@ class Publisher(Protocol):
 
 
 def _pending_prefix(room: str) -> bytes:
-    return PENDING_PREFIX + room.encode() + b"\x00"
+    return room.encode() + b"\x00"
 
 
 def _pending_key(message: ChatText) -> bytes:
@@ -38,30 +38,27 @@ def _pending_key(message: ChatText) -> bytes:
 class PendingQueue:
     """Encoded messages waiting for their room to have a receiver, in the node's store.
 
-    Key layout: ``pend/<room>\\x00<sent_at_ms: 8 bytes big-endian><message id>`` -> the
-    encoded message. Room names never contain ``\\x00``, so one room's queue is one contiguous
-    run of keys, in send-time order. Only this peer adds to it (never a remote peer).
+    ``keys`` is the :data:`NAMESPACE` namespace of the node's store
+    (``ctx.keys(NAMESPACE)``). Key layout, on disk:
+    ``pend/<room>\\x00<sent_at_ms: 8 bytes big-endian><message id>`` -> the encoded message.
+    Room names never contain ``\\x00``, so one room's queue is one contiguous run of keys, in
+    send-time order. Only this peer adds to it (never a remote peer).
     """
 
-    def __init__(self, db: Any) -> None:
-        self._db = db
+    def __init__(self, keys: KeyValue) -> None:
+        self._keys = keys
 
     def put(self, message: ChatText, data: bytes) -> None:
         """Queue ``data``, the encoding of ``message``, for ``message.room``."""
-        self._db[_pending_key(message)] = data
+        self._keys.put(_pending_key(message), data)
 
     def queued(self, room: str) -> list[tuple[bytes, bytes]]:
         """(key, data) of every message queued for ``room``, oldest first."""
-        prefix = _pending_prefix(room)
-        return list(
-            itertools.takewhile(
-                lambda item: item[0].startswith(prefix), self._db.items(from_key=prefix)
-            )
-        )
+        return list(self._keys.items(_pending_prefix(room)))
 
     def remove(self, key: bytes) -> None:
         """Forget one queued message (once it is published)."""
-        del self._db[key]
+        self._keys.delete(key)
 
 
 class OutboxObserver(Protocol):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Self
 
 import trio
 from p2pchat.node.catchup import CatchUp
+from p2pchat.node.config import ChatSection, Config, HistorySection
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
@@ -37,11 +39,32 @@ class PeerRole:
     )
     in_rooms: ClassVar[bool] = True
 
+    def __init__(
+        self,
+        chat: ChatSection,
+        history: HistorySection,
+        node_roles: Sequence[str],
+        data_dir: Path,
+    ) -> None:
+        """``chat`` and ``history``: their config sections; ``node_roles``: every role of this
+        node (``/info`` shows them); ``data_dir``: the node's data directory (the console keeps
+        its input history there)."""
+        self._chat = chat
+        self._history = history
+        self._node_roles = tuple(node_roles)
+        self._data_dir = data_dir
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """The chat peer with the ``chat`` and ``history`` sections of ``config``, the node's
+        roles and its data directory."""
+        return cls(config.chat, config.history, config.roles, config.data_dir())
+
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Join the room, report started, then run the front end."""
-        metrics = ChatMetrics(ctx.metrics.registry, store_size=ctx.store.size_bytes)
+        metrics = ChatMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
         send, receive = trio.open_memory_channel[ChatEvent](EVENT_BUFFER)
 
@@ -51,10 +74,12 @@ class PeerRole:
             except trio.WouldBlock:  # nobody reads (headless and stalled): never block chat
                 ctx.log.warning("chat event dropped: front end is not keeping up")
 
-        settings = ctx.config.history
+        settings = self._history
         catch_up: CatchUp | None = None
         service = ChatService(
             ctx,
+            self._chat,
+            self._node_roles,
             gossip,
             history,
             metrics,
@@ -62,9 +87,7 @@ class PeerRole:
             on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
         )
         if settings.catchup:
-            client = StoreClient(
-                ctx.host, ctx.metrics.history_client, ctx.config.chat.max_message_bytes
-            )
+            client = StoreClient(ctx.host, ctx.metrics.history_client, self._chat.max_message_bytes)
             catch_up = CatchUp(
                 ctx.host,
                 history,
@@ -75,7 +98,7 @@ class PeerRole:
                 ctx.metrics.catch_up,
                 ctx.log,
             )
-        ui = ctx.config.chat.ui
+        ui = self._chat.ui
         if ui == "auto":
             ui = "console" if sys.stdin.isatty() else "none"
         async with trio.open_nursery() as nursery:
@@ -93,7 +116,7 @@ class PeerRole:
             if ui == "json":
                 await run_json(service, receive)
             elif sys.stdin.isatty():
-                await run_console(service, receive, ctx.config.data_dir() / "input_history")
+                await run_console(service, receive, self._data_dir / "input_history")
             else:  # console asked for without a terminal: plain lines in, plain lines out
                 await run_lines(service, receive)
             ctx.log.info("chat closed by the user")

@@ -23,10 +23,11 @@ call alone (:meth:`ChatService.execute`), so a message arriving while a command 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 import trio
+from p2pchat.node.config import ChatSection
 from p2pchat.node.history import History, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
@@ -50,7 +51,9 @@ from p2pchat.roles.peer.events import (
 )
 from p2pchat.roles.peer.inbound import Inbound, InboundObserver
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
+from p2pchat.roles.peer.names import NAMESPACE as NAMES_NAMESPACE
 from p2pchat.roles.peer.names import Names
+from p2pchat.roles.peer.outbox import NAMESPACE as PENDING_NAMESPACE
 from p2pchat.roles.peer.outbox import Outbox, OutboxObserver, PendingQueue
 from p2pchat.roles.peer.presentation import (
     NodeFacts,
@@ -106,24 +109,29 @@ class ChatService:
     def __init__(
         self,
         ctx: NodeContext,
+        settings: ChatSection,
+        node_roles: Sequence[str],
         gossip: RoomPubsub,
         history: History,
         observer: ChatObserver,
         emit: Callable[[ChatEvent], None],
         on_join: Callable[[str], None] = lambda room: None,
     ) -> None:
-        """``emit`` receives live events; ``on_join`` is told each room this peer joins
-        (catch-up fetches what it missed)."""
+        """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
+        (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
+        this peer joins (catch-up fetches what it missed)."""
         self._ctx = ctx
+        self._node_roles = list(node_roles)
         self._on_join = on_join
         self._gossip = gossip
         self._history = history
         self._observer = observer
         self._emit = emit
         self._me = ctx.host.peer_id
-        settings = ctx.config.chat
         self._rooms = Rooms(settings.room)
-        self._names = Names(self._me, ctx.store.db, settings.name, settings.max_known_names)
+        self._names = Names(
+            self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
+        )
         self._retention = Retention(
             history, settings.history_max_messages, settings.history_max_age_days
         )
@@ -138,7 +146,7 @@ class ChatService:
             emit,
         )
         self._outbox = Outbox(
-            gossip, PendingQueue(ctx.store.db), observer, settings.max_message_bytes
+            gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
         )
         self._membership = Membership(
             self._me,
@@ -378,11 +386,11 @@ class ChatService:
                 name=self.display_name,
                 listen=host.listen_addrs(),
                 advertised=host.advertised_addrs(),
-                roles=list(self._ctx.config.roles),
+                roles=list(self._node_roles),
                 rooms=sorted(self._rooms.names()),
                 current_room=self._rooms.current,
                 reachability=self._ctx.reachability(),
                 relays=self._ctx.relays(),
-                store_bytes=self._ctx.store.size_bytes(),
+                store_bytes=self._ctx.store_size(),
             )
         )

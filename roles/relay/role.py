@@ -8,9 +8,10 @@ itself under :data:`~p2pchat.node.rendezvous.RELAY_KEY`, where auto-relay looks 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import trio
+from p2pchat.node.config import Config, RelaySection
 from p2pchat.node.rendezvous import RELAY_KEY
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
@@ -26,11 +27,20 @@ class RelayRole:
     protocols: ClassVar[Sequence[str]] = (HOP_PROTOCOL_ID,)
     in_rooms: ClassVar[bool] = False
 
+    def __init__(self, settings: RelaySection) -> None:
+        """``settings``: the limits and the allow-list (the ``relay`` config section)."""
+        self._settings = settings
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """The relay with the ``relay`` section of ``config``."""
+        return cls(config.relay)
+
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve the hop protocol until cancelled."""
-        settings = ctx.config.relay
+        settings = self._settings
         # The config section holds the limits under the same names, and the allow-list.
         limits = RelayLimits(**settings.model_dump(exclude={"allow"}))
         resources = RelayResources(limits, AllowList.parse(settings.allow))
