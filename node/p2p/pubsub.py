@@ -41,6 +41,9 @@ What the library does by default, and what this module does instead:
   from its own tasks, and Yamux lets another writer in between the frames of a large write:
   the peer got two RPCs interleaved and reset the stream -> one RPC at a time per stream
   (:meth:`_ChatPubsub.write_msg`);
+- (trap 31, not in the notes) a new peer's hello (our subscriptions) is built and written
+  before the peer is listed among those a subscription is announced to: a topic joined or left
+  in between never reached it -> sent once it is listed (:meth:`_ChatPubsub._handle_new_peer`);
 - (trap 27, not in the notes) with adaptive gossip off, the time of every message published
   or forwarded is kept forever (only the health check trims that list) -> dropped after each
   publish (:class:`_ChatGossipSub`).
@@ -279,6 +282,26 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         finally:
             current_check.reset(token)
             check.signed_here = None
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        # Trap 31 (not in the notes): the library builds a new peer's hello (our
+        # subscriptions) and writes it before it lists the peer among those a subscription is
+        # announced to: a topic joined or left between the two never reached that peer. An
+        # archiver that joins a room as soon as a connecting peer announces it hit that window
+        # nearly every time. What changed meanwhile is sent once the peer is listed.
+        before = set(self.topic_ids)
+        await super()._handle_new_peer(peer_id)
+        queue = self.peer_queues.get(peer_id)
+        now = set(self.topic_ids)
+        if queue is None or now == before:
+            return
+        update = rpc_pb2.RPC(
+            subscriptions=[
+                rpc_pb2.RPC.SubOpts(subscribe=topic in now, topicid=topic)
+                for topic in sorted(now ^ before)
+            ]
+        )
+        queue.push(update, priority=True)
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         topic = sub_message.topicid

@@ -1,0 +1,52 @@
+"""Subscriptions reach every peer: one made while a peer's pubsub stream is being set up
+(trap 31), and subscription events for peers joining and leaving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from p2pchat.node.p2p.pubsub import NodeGossip, SubscriptionEvent, TopicSubscribed
+
+from tests.test_host import loopback_addr, running_host
+from tests.test_host_perf_traps import NoDrops
+
+
+async def wait_until(condition: object, timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while not condition():  # type: ignore[operator]
+            await trio.sleep(0.05)
+
+
+async def test_a_topic_joined_while_a_peers_stream_is_set_up_reaches_that_peer(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        a, b = NodeGossip(a_host), NodeGossip(b_host)
+        b_events: list[SubscriptionEvent] = []
+        b.watch_subscriptions(b_events.append)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            rooms = a.handle(NoDrops())  # type: ignore[arg-type]
+            build_hello = a._pubsub.get_hello_packet
+            joined_in_window: list[bool] = []
+
+            def hello_then_join() -> object:
+                # The hello is built now; the join runs at the library's next await, the
+                # hello's write, before B is listed among the peers A announces topics to.
+                hello = build_hello()
+                if not joined_in_window:
+                    joined_in_window.append(True)
+                    nursery.start_soon(rooms.join, "late-room", lambda data: None)
+                return hello
+
+            a._pubsub.get_hello_packet = hello_then_join
+            await a_host.connect(loopback_addr(b_host))
+            await wait_until(lambda: joined_in_window and "late-room" in a._pubsub.topic_ids)
+            await wait_until(lambda: a_host.peer_id in b.subscribers("late-room"))
+            assert TopicSubscribed(a_host.peer_id, "late-room") in b_events
+            nursery.cancel_scope.cancel()
