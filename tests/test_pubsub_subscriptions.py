@@ -50,3 +50,30 @@ async def test_a_topic_joined_while_a_peers_stream_is_set_up_reaches_that_peer(
             await wait_until(lambda: a_host.peer_id in b.subscribers("late-room"))
             assert TopicSubscribed(a_host.peer_id, "late-room") in b_events
             nursery.cancel_scope.cancel()
+
+
+async def test_our_own_messages_reach_a_room_member_outside_the_mesh(tmp_path: Path) -> None:
+    # A peer that has just joined a room is not in the mesh until the next GRAFT; what is sent
+    # to it as it joins (a queued message, our name) must still reach it: flood publishing,
+    # go-libp2p's default, for our own messages only.
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        a, b = NodeGossip(a_host), NodeGossip(b_host)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+            received = await b.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+            await a_host.connect(loopback_addr(b_host))
+            await wait_until(lambda: b_host.peer_id in a.subscribers("room"))
+            # No heartbeat may graft B back while A publishes (the one under way ends first).
+            a._router.heartbeat_interval = 3600
+            await trio.sleep(1.5)
+            a._router.mesh.get("room", set()).clear()
+            await a.publish("room", b"said as you joined")
+            with trio.fail_after(30):
+                batch = await received.__anext__()
+            assert [message.data for message in batch] == [b"said as you joined"]
+            nursery.cancel_scope.cancel()

@@ -16,6 +16,9 @@ What the library does by default, and what this module does instead:
   :data:`~p2pchat.node.p2p.rpc_queue.QUEUE_SIZE` (a 2,000-message burst must pass a 3-peer
   line; installed by :mod:`~p2pchat.node.p2p.patches`);
 - IDONTWANT is sent for every message, however small -> only from 1 KiB, as go-libp2p does;
+- our own messages go to the mesh only, so a peer that has just joined a room (not yet
+  grafted) misses what is sent to it as it joins -> flood publishing, go-libp2p's default: our
+  own messages go to every peer in the topic (:meth:`_ChatGossipSub._get_peers_to_send`);
 - every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
   RPCs queued for a peer are merged into one, as go-libp2p's ``appendOrMergeRPC`` does
   (:mod:`~p2pchat.node.p2p.rpc_queue`);
@@ -420,6 +423,30 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         self._idontwant_worthy = pubsub_msg.ByteSize() >= IDONTWANT_MIN_BYTES
         await super().publish(msg_forwarder, pubsub_msg)
         self.recent_message_deliveries.clear()  # read by adaptive gossip only, which is off
+
+    def _get_peers_to_send(
+        self,
+        topic_ids: Iterable[str],
+        msg_forwarder: ID,
+        origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterable[ID]:
+        topics = list(topic_ids)
+        peers = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
+        me = self.pubsub.my_id if self.pubsub is not None else None
+        if origin != me or msg_forwarder != me:
+            return peers
+        # Flood publishing (go-libp2p's default, GossipSub v1.1): our own messages go to every
+        # peer in the topic, not only the mesh. A peer that has just joined a room is not in
+        # the mesh until the next GRAFT; a message queued for it and sent as it joins (or our
+        # name, announced to it) would otherwise reach it only through catch-up.
+        for topic in topics:
+            peers.update(
+                peer
+                for peer in self.pubsub.peer_topics.get(topic, ())
+                if peer in self.peer_protocol and peer != me
+            )
+        return peers
 
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
         if self._idontwant_worthy:
