@@ -545,7 +545,10 @@ class P2PHost:
         self._identified.set()
         self._identified = trio.Event()
         for watcher in self._identify_watchers:
-            watcher(event)
+            try:
+                watcher(event)
+            except Exception:  # one watcher's bug must not keep the event from the others
+                log.exception("identify watcher failed")
 
     def watch_connections(self, watcher: ConnectionWatcher) -> None:
         """Tell ``watcher`` of every connection opened or closed from now on."""

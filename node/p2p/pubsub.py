@@ -245,6 +245,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._report = report
         self._signature_check = _ReportingSignatureCheck(report)
+        self._registering: list[set[str]] = []  # one per peer being registered (trap 31)
         self.subscription_events: Callable[[SubscriptionEvent], None] = lambda event: None
         self._received_in, self._received_out = trio.open_memory_channel[
             tuple[ID, rpc_pb2.Message]
@@ -292,19 +293,33 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # announced to: a topic joined or left between the two never reached that peer. An
         # archiver that joins a room as soon as a connecting peer announces it hit that window
         # nearly every time. What changed meanwhile is sent once the peer is listed.
-        before = set(self.topic_ids)
-        await super()._handle_new_peer(peer_id)
+        touched: set[str] = set()  # topics joined or left while this peer registers
+        self._registering.append(touched)
+        try:
+            await super()._handle_new_peer(peer_id)
+        finally:
+            self._registering.remove(touched)
         queue = self.peer_queues.get(peer_id)
-        now = set(self.topic_ids)
-        if queue is None or now == before:
+        if queue is None or not touched:
             return
+        now = set(self.topic_ids)
         update = rpc_pb2.RPC(
             subscriptions=[
                 rpc_pb2.RPC.SubOpts(subscribe=topic in now, topicid=topic)
-                for topic in sorted(now ^ before)
+                for topic in sorted(touched)
             ]
         )
         queue.push(update, priority=True)
+
+    async def subscribe(self, topic_id: str) -> Any:
+        for touched in self._registering:
+            touched.add(topic_id)
+        return await super().subscribe(topic_id)
+
+    async def unsubscribe(self, topic_id: str) -> None:
+        for touched in self._registering:
+            touched.add(topic_id)
+        await super().unsubscribe(topic_id)
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         topic = sub_message.topicid
@@ -528,6 +543,7 @@ class NodeGossip:
         self._pubsub.validation_cache = _ValidationResults(cache.ttl, cache.max_size)
         self._pubsub.subscription_events = self._subscription_event
         self._topics: dict[str, _Topic] = {}
+        self._joining = trio.Lock()
         self._subscription_watchers: list[Callable[[SubscriptionEvent], None]] = []
         self._nursery: trio.Nursery | None = None
 
@@ -557,7 +573,10 @@ class NodeGossip:
 
     def _subscription_event(self, event: SubscriptionEvent) -> None:
         for watcher in self._subscription_watchers:
-            watcher(event)
+            try:
+                watcher(event)
+            except Exception:  # a watcher's bug must not end the peer's pubsub stream
+                log.exception("subscription watcher failed", event=event)
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         if info.transport != "p2p-circuit":
@@ -583,6 +602,13 @@ class NodeGossip:
             joiner.observer.message_dropped(topic, reason)
 
     async def _join(self, joiner: _Joiner) -> None:
+        # Joins and leaves wait for each other: a leave's unsubscribe must not interleave with
+        # a join of the same topic (it would remove the joiner's validator and announce that
+        # we left a topic we are in).
+        async with self._joining:
+            await self._join_now(joiner)
+
+    async def _join_now(self, joiner: _Joiner) -> None:
         topic = joiner.topic
         joined = self._topics.get(topic)
         if joined is not None:
@@ -603,26 +629,44 @@ class NodeGossip:
             return accepted
 
         self._pubsub.set_topic_validator(topic, validate, False)
-        subscription = await self._pubsub.subscribe(topic)
+        try:
+            subscription = await self._pubsub.subscribe(topic)
+        except BaseException:
+            # Failed or cancelled: leave nothing behind that a later join would take for a
+            # live topic.
+            del self._topics[topic]
+            with trio.CancelScope(shield=True):
+                await self._pubsub.unsubscribe(topic)
+            self._pubsub.remove_topic_validator(topic)
+            raise
         self._nursery.start_soon(self._fan_out, topic, joined, subscription)
 
     async def _leave(self, joiner: _Joiner) -> None:
         joiner.send.close()
-        joined = self._topics.get(joiner.topic)
-        if joined is None or joiner not in joined.joiners:
-            return
-        joined.joiners.remove(joiner)
-        if not joined.joiners:
-            del self._topics[joiner.topic]
-            joined.fan_out.cancel()
-            await self._pubsub.unsubscribe(joiner.topic)
-            self._pubsub.remove_topic_validator(joiner.topic)
+        async with self._joining:
+            joined = self._topics.get(joiner.topic)
+            if joined is None or joiner not in joined.joiners:
+                return
+            joined.joiners.remove(joiner)
+            if not joined.joiners:
+                del self._topics[joiner.topic]
+                joined.fan_out.cancel()
+                self._pubsub.remove_topic_validator(joiner.topic)
+                await self._pubsub.unsubscribe(joiner.topic)
 
     async def _fan_out(self, topic: str, joined: _Topic, subscription: object) -> None:
-        with joined.fan_out:
-            async for batch in _iterate(subscription, topic):
-                for joiner in joined.joiners:
-                    joiner.deliver(batch)
+        try:
+            with joined.fan_out:
+                async for batch in _iterate(subscription, topic):
+                    for joiner in joined.joiners:
+                        joiner.deliver(batch)
+        finally:
+            # The subscription ended under us (or we left): the roles' iterations end too,
+            # and a later join subscribes afresh.
+            if self._topics.get(topic) is joined:
+                del self._topics[topic]
+            for joiner in joined.joiners:
+                joiner.send.close()
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Sign and publish ``data`` on ``topic`` (to the mesh, or fanout if not joined)."""
