@@ -219,8 +219,7 @@ class History:
     def __init__(self, store: Store) -> None:
         self._db = store.db
         self._writing = threading.Lock()
-        # A write not yet synced to disk (a chat peer's): a synced add_many that finds only
-        # such messages still syncs them, so what an archiver acknowledges is on disk.
+        # A write not synced to disk yet: a synced add_many syncs it too (see add_many).
         self._unsynced = False
         if self._db.get(_IDS_KEY) is None:
             self._bind_ids_to_senders()
@@ -283,9 +282,17 @@ class History:
                 outside 0..2**64-1 or a sender over 65535 bytes; nothing is written then.
         """
         with self._writing:
-            return self._add_many(messages, sync)
+            new = self._add_many(messages)
+            # Synced also when nothing here was new: a chat peer of the same node may have
+            # stored these unsynced, and what an archiver acknowledges must be on disk.
+            syncing = sync and (bool(new) or self._unsynced)
+            if syncing:
+                self._unsynced = False
+        if syncing:  # outside the lock: a writer on the event loop never waits for an fsync
+            self._db.flush_wal(True)
+        return new
 
-    def _add_many(self, messages: Iterable[StoredMessage], sync: bool) -> list[StoredMessage]:
+    def _add_many(self, messages: Iterable[StoredMessage]) -> list[StoredMessage]:
         batch = WriteBatch(raw_mode=True)
         added: dict[str, tuple[int, int]] = {}  # room -> (messages, bytes) added
         seen: set[bytes] = set()
@@ -304,18 +311,12 @@ class History:
             added[message.room] = (count + 1, size + _entry_bytes(key, value, id_key))
             new.append(message)
         if not new:
-            if sync and self._unsynced:
-                self._db.flush_wal(True)
-                self._unsynced = False
             return new
         for room, (count, size) in added.items():
             old_count, old_size = self._totals(room)
             self._put_totals(batch, room, old_count + count, old_size + size)
-        if sync:
-            self._db.write(batch, _SYNCED)
-        else:
-            self._db.write(batch)
-        self._unsynced = not sync
+        self._db.write(batch)
+        self._unsynced = True
         return new
 
     def contains(self, room: str, message_id: bytes) -> bool:
