@@ -43,7 +43,7 @@ class DiscoveryConnector:
         self._log = log
         self._send, self._receive = trio.open_memory_channel[tuple[str, list[str], str]](QUEUE_SIZE)
         # PeerId -> when a dial of it failed, and the addresses that failed
-        self._failed_at: BoundedDict[str, tuple[float, tuple[str, ...]]] = BoundedDict(
+        self._failed_at: BoundedDict[str, tuple[float, frozenset[str]]] = BoundedDict(
             max_remembered
         )
         # PeerId -> how it was first found (the newest max_remembered peers)
@@ -76,9 +76,14 @@ class DiscoveryConnector:
                 continue
             if len(self._host.connected_peers()) >= self._max_peers:
                 continue
-            failed_at, failed_addrs = self._failed_at.get(peer_id, (float("-inf"), ()))
-            if time.monotonic() - failed_at < RETRY_AFTER and failed_addrs == tuple(addrs):
-                continue  # new addresses (a relay reservation since) are worth a dial at once
+            failed_at, failed_addrs = self._failed_at.get(peer_id, (float("-inf"), frozenset()))
+            if time.monotonic() - failed_at < RETRY_AFTER:
+                # Only addresses not tried lately (a relay reservation made since) are dialled.
+                addrs = [addr for addr in addrs if addr not in failed_addrs]
+                if not addrs:
+                    continue
+            else:
+                failed_addrs = frozenset()
             for addr in addrs:
                 try:
                     await self._host.connect(addr)
@@ -86,4 +91,4 @@ class DiscoveryConnector:
                 except DialError as error:
                     self._log.debug("discovered peer not reachable", addr=addr, error=str(error))
             else:
-                self._failed_at[peer_id] = (time.monotonic(), tuple(addrs))
+                self._failed_at[peer_id] = (time.monotonic(), failed_addrs | frozenset(addrs))

@@ -95,7 +95,8 @@ async def test_a_peer_found_again_at_new_addresses_is_dialled_at_once() -> None:
         nursery.start_soon(connector.run)
         connector.found((peer, ["/ip4/10.0.0.1/tcp/1"]), via="dht")
         connector.found((peer, ["/ip4/10.0.0.1/tcp/1"]), via="dht")  # same: not again
-        connector.found((peer, ["/ip4/10.0.0.1/tcp/1", circuit]), via="dht")
+        connector.found((peer, [circuit, "/ip4/10.0.0.1/tcp/1"]), via="dht")
+        connector.found((peer, ["/ip4/10.0.0.1/tcp/1", circuit]), via="dht")  # reordered: no
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
-    assert host.dialled == ["/ip4/10.0.0.1/tcp/1", "/ip4/10.0.0.1/tcp/1", circuit]
+    assert host.dialled == ["/ip4/10.0.0.1/tcp/1", circuit]  # each address once

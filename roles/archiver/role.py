@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol, Self
 
 import trio
 from p2pchat.node.config import ArchiverSection, Config
+from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.history import now_ms
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.role import NodeContext
@@ -116,7 +117,7 @@ class ArchiverRole:
 
     def _rooms_heard_of(self, gossip: Gossip) -> _RoomsHeardOf:
         """Room names peers subscribe to, from now on and those known already."""
-        heard = _RoomsHeardOf(self._rooms)
+        heard = _RoomsHeardOf(self._rooms, self._settings.max_rooms)
         gossip.watch_subscriptions(heard.event)
         for topic in gossip.known_topics():
             heard.add(topic)
@@ -134,9 +135,13 @@ class _RoomsHeardOf:
     """Room names that peers subscribed to and that are not archived yet, as events bring them
     (at most :data:`MAX_ROOMS_HEARD` waiting; topics that are not room names are ignored)."""
 
-    def __init__(self, archived: set[str]) -> None:
+    def __init__(self, archived: set[str], max_rooms: int) -> None:
         self._archived = archived
+        self._max_rooms = max_rooms
         self._waiting: dict[str, None] = {}
+        # Rooms heard of once the archive was full: each is passed on once (to be refused with
+        # a warning), not at every subscription to it; bounded, as fresh names are free.
+        self._refused: BoundedDict[str, None] = BoundedDict(MAX_ROOMS_HEARD)
         self._arrived = trio.Event()
 
     def event(self, event: SubscriptionEvent) -> None:
@@ -146,12 +151,14 @@ class _RoomsHeardOf:
     def add(self, topic: str) -> None:
         if topic in self._archived or topic in self._waiting:
             return
-        if len(self._waiting) >= MAX_ROOMS_HEARD:
+        if len(self._waiting) >= MAX_ROOMS_HEARD or topic in self._refused:
             return
         try:
             validate_room(topic)
         except ValueError:
             return  # not a chat room's topic
+        if len(self._archived) >= self._max_rooms:
+            self._refused[topic] = None
         self._waiting[topic] = None
         self._arrived.set()
 
