@@ -77,3 +77,43 @@ async def test_our_own_messages_reach_a_room_member_outside_the_mesh(tmp_path: P
                 batch = await received.__anext__()
             assert [message.data for message in batch] == [b"said as you joined"]
             nursery.cancel_scope.cancel()
+
+
+async def test_two_roles_share_a_topic_and_leaving_and_rejoining_leaves_no_dead_topic(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        a, b = NodeGossip(a_host), NodeGossip(b_host)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            chat, archive = b.handle(NoDrops()), b.handle(NoDrops())  # type: ignore[arg-type]
+            to_chat = await chat.join("room", lambda data: None)
+            to_archive = await archive.join("room", lambda data: None)
+            await a.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+            await a_host.connect(loopback_addr(b_host))
+            await wait_until(lambda: b_host.peer_id in a.subscribers("room"))
+            await a.publish("room", b"to both roles")
+            with trio.fail_after(30):
+                assert [m.data for m in await to_chat.__anext__()] == [b"to both roles"]
+                assert [m.data for m in await to_archive.__anext__()] == [b"to both roles"]
+            # One role leaving keeps the topic for the other; leave and join at once are
+            # serialized, and the topic ends up joined and fed.
+            async with trio.open_nursery() as both:
+                both.start_soon(chat.leave, "room")
+                both.start_soon(archive.leave, "room")
+            assert "room" not in b._topics
+            to_chat = await chat.join("room", lambda data: None)
+            await a.publish("room", b"after rejoining")
+            with trio.fail_after(30):
+                assert [m.data for m in await to_chat.__anext__()] == [b"after rejoining"]
+            # The library's subscription ending under the fan-out ends the role's iteration.
+            await b._pubsub.unsubscribe("room")
+            with trio.fail_after(30):
+                async for _ in to_chat:
+                    pass
+            assert "room" not in b._topics
+            nursery.cancel_scope.cancel()
