@@ -15,8 +15,8 @@ from functools import partial
 from typing import ClassVar, Protocol, Self
 
 import trio
-from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.role import NodeContext
