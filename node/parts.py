@@ -59,6 +59,7 @@ class Wiring:
     autorelay: AutoRelay | None = None
     gossip: NodeGossip | None = None
     history: History | None = None
+    metrics_address: str | None = None  # the bound operator endpoint, http://host:port
     started: list[str] = field(default_factory=list)  # the parts running, in start order
 
     def reachability(self) -> Reachability:
@@ -83,6 +84,7 @@ class Wiring:
             rendezvous=self.rendezvous,
             reachability=self.reachability,
             relays=self.relays,
+            metrics_address=lambda: self.metrics_address,
             gossip=self.gossip,
             history=self.history,
         )

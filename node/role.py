@@ -44,6 +44,9 @@ class NodeContext:
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
     relays: Callable[[], list[str]] = list  # relays holding a reservation for this node
+    # The bound operator endpoint (/metrics, /healthz, /readyz) as ``http://host:port``, with
+    # the real port when port 0 was configured; None when metrics are off.
+    metrics_address: Callable[[], str | None] = lambda: None
     # Set once the node listens, after every role has started: what a role shows its user
     # (addresses, a "ready" line) waits for it.
     listening: trio.Event = field(default_factory=trio.Event)

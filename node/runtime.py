@@ -135,6 +135,8 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
                     max_remembered=config.discovery.max_remembered_peers,
                 )
                 wiring = Wiring(config, roles, host, store, metrics, log, connector)
+                if metrics_addr is not None:
+                    wiring.metrics_address = f"http://{metrics_addr}"
                 async with trio.open_nursery() as parts_nursery:
                     await start_parts(parts_nursery, wiring, "start")
                     context = wiring.context(request_stop=nursery.cancel_scope.cancel)
