@@ -47,6 +47,7 @@ class ChatText:
     sender_name: str
     text: str
     sent_at_ms: int
+    action: bool = False  # "/me waves"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ def encode(payload: ChatPayload) -> bytes:
                 sender_name=payload.sender_name,
                 text=payload.text,
                 sent_at_ms=payload.sent_at_ms,
+                action=payload.action,
             )
         )
     else:
@@ -203,6 +205,7 @@ def _check_text(message: chat_pb2.ChatText, max_text_bytes: int) -> ChatText:
         sender_name=sender_name,
         text=message.text,
         sent_at_ms=message.sent_at_ms,
+        action=message.action,
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nchat.proto\x12\x0fp2pchat.chat.v1\"\x85\x01\n\x0c\x43hatEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.p2pchat.chat.v1.ChatTextH\x00\x12\x31\n\x04name\x18\x03 \x01(\x0b\x32!.p2pchat.chat.v1.NameAnnouncementH\x00\x42\x06\n\x04\x62ody\"[\n\x08\x43hatText\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x13\n\x0bsender_name\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\"@\n\x10NameAnnouncement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\n\n\x02id\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nchat.proto\x12\x0fp2pchat.chat.v1\"\x85\x01\n\x0c\x43hatEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.p2pchat.chat.v1.ChatTextH\x00\x12\x31\n\x04name\x18\x03 \x01(\x0b\x32!.p2pchat.chat.v1.NameAnnouncementH\x00\x42\x06\n\x04\x62ody\"k\n\x08\x43hatText\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x13\n\x0bsender_name\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\x08\"@\n\x10NameAnnouncement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\n\n\x02id\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATENVELOPE']._serialized_start=32
   _globals['_CHATENVELOPE']._serialized_end=165
   _globals['_CHATTEXT']._serialized_start=167
-  _globals['_CHATTEXT']._serialized_end=258
-  _globals['_NAMEANNOUNCEMENT']._serialized_start=260
-  _globals['_NAMEANNOUNCEMENT']._serialized_end=324
+  _globals['_CHATTEXT']._serialized_end=274
+  _globals['_NAMEANNOUNCEMENT']._serialized_start=276
+  _globals['_NAMEANNOUNCEMENT']._serialized_end=340
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,7 @@ class ChatText(_message.Message):
     SENDER_NAME_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     id: _builtins.bytes
     """16 random bytes chosen by the sender; receivers show and store a message once per sender
     and id (one sender's id never hides another's message).
@@ -77,6 +78,10 @@ class ChatText(_message.Message):
     """The text, UTF-8; at most chat.max_message_bytes bytes (default 4096)."""
     sent_at_ms: _builtins.int
     """When the sender sent it: Unix time in milliseconds, sender's clock. Orders history."""
+    action: _builtins.bool
+    """An action ("/me waves"): shown as "* <name> waves". Older receivers ignore the field and
+    show the text as said.
+    """
     def __init__(
         self,
         *,
@@ -85,10 +90,11 @@ class ChatText(_message.Message):
         sender_name: _builtins.str = ...,
         text: _builtins.str = ...,
         sent_at_ms: _builtins.int = ...,
+        action: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "room", b"room", "sender_name", b"sender_name", "sent_at_ms", b"sent_at_ms", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "room", b"room", "sender_name", b"sender_name", "sent_at_ms", b"sent_at_ms", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
