@@ -4,51 +4,74 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: p2pchat with its runtime dependencies (`make run`, `make install`), and the
+# development tools on top (`make dev`, and every target that runs them).
+RUNTIME := $(VENV)/.runtime
+DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install clean proto bench image
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-install: $(STAMP)
+# pip's own output (not --quiet) is the progress: most of the time goes to compiling
+# py-libp2p's fastecdsa. README's "Install" section has the measured time.
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	@echo "==> installing p2pchat and its runtime dependencies into $(VENV)" \
+		"(about 1 min on a fresh machine; fastecdsa is compiled)"
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -e .
+	touch $@
 
-run: $(STAMP)
+$(DEV): $(RUNTIME)
+	@echo "==> installing the development tools (pytest, ruff, mypy, ansible, testcontainers, ...)"
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# p2pchat and its runtime dependencies: .venv/bin/p2pchat (README: Install).
+install: $(RUNTIME)
+
+# ... and the tools of test, lint, typecheck, proto, generated and bench.
+dev: $(DEV)
+
+run: $(RUNTIME)
 	$(BIN)/p2pchat --role peer
 
 # lint-imports checks the architecture's import contracts ([tool.importlinter] in pyproject.toml,
 # explained in docs/architecture.md).
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache --no-logo
 
 # mypy over p2pchat.node and p2pchat.roles, read from node/ and roles/ (tools/typecheck.py says
 # why mypy alone cannot map them, and how trio's own types win over trio-typing's stubs).
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/python tools/typecheck.py
 
 # Regenerate the protobuf code of the wire formats (committed; tests/test_packaging.py checks
 # that it is current).
-proto: $(STAMP)
+proto: $(DEV)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
 		--python_out=node/wire --mypy_out=node/wire node/wire/*.proto
+
+# Regenerate the man page and the shell completions from the CLI's parser (committed under
+# share/ and installed by the package; tests/test_packaging.py checks that they are current).
+generated: $(DEV)
+	$(BIN)/python tools/cli_files.py
 
 # The js-libp2p peer of the interop test, pinned by its package-lock.json.
 JS_PEER := tests/interop/js
 $(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
 	cd $(JS_PEER) && npm ci --no-audit --no-fund --loglevel=error
 
-unit: $(STAMP) $(JS_PEER)/node_modules/.package-lock.json
+unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
 
 # Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 	$(BIN)/python -m tests.bench.holepunch
@@ -57,7 +80,7 @@ bench: $(STAMP)
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).
-image: $(STAMP)
+image: $(RUNTIME)
 	ops/containers/image.sh
 
 clean:
