@@ -40,8 +40,9 @@ REASK_AFTER = 60.0
 MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 WRITE_BATCH = 1000
 
-CaughtUp = Callable[[str, int, list[str]], None]
-"""Told (room, new messages stored, sources that answered) after each room's catch-up."""
+CaughtUp = Callable[[str, list[StoredMessage], list[str]], None]
+"""Told (room, the messages it stored that were new, sources that answered) after each room's
+catch-up (at most ``history.catchup_max_messages`` per source, so the list is bounded)."""
 
 
 class CatchUpObserver(Protocol):
@@ -172,17 +173,18 @@ class CatchUp:
                 union.setdefault(message.message_id, message)
         self._report_gaps(room, results, union)
         ordered = sorted(union.values(), key=lambda m: (m.sent_at_ms, m.message_id))
-        stored = 0
+        new: list[StoredMessage] = []
         for first in range(0, len(ordered), WRITE_BATCH):
-            stored += len(self._history.add_many(ordered[first : first + WRITE_BATCH]))
+            new += self._history.add_many(ordered[first : first + WRITE_BATCH])
             await trio.lowlevel.checkpoint()  # a big catch-up must not stall live chat
+        stored = len(new)
         self._observer.caught_up(stored)
         answered = [fetched.source for fetched in results]
         self._log.info(
             "history caught up", room=room, new=stored, fetched=len(union), sources=answered
         )
         if answered:
-            self._on_caught_up(room, stored, answered)
+            self._on_caught_up(room, new, answered)
         return stored
 
     def _start_ms(self, room: str) -> int:
