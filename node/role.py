@@ -54,6 +54,14 @@ class NodeContext:
     gossip: NodeGossip | None = None
     history: History | None = None
 
+    def peer_roles(self, peer_id: str) -> frozenset[str] | None:
+        """The p2pchat roles a peer says it runs (``{"bootstrap"}``, ``{"archiver", "relay"}``,
+        ``{"peer"}``...), from its identify; None while no identify was received from it or
+        when it is not a p2pchat node (js-libp2p, go-libp2p, a malformed agent). The host's
+        :class:`~p2pchat.node.p2p.host.IdentifyReceived` events (``host.watch_identify``)
+        carry the same, each time a peer identifies. A claim, for showing only."""
+        return self.host.peer_roles(peer_id)
+
     def rooms(self, observer: GossipObserver) -> tuple[Gossip, History]:
         """The node's pubsub as this role uses it (its drops told to ``observer``), and the
         node's history. Only for roles with ``in_rooms``."""

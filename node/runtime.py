@@ -18,16 +18,25 @@ import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 import trio
+from p2pchat.node import __version__
 from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
-from p2pchat.node.p2p.host import ConnectionInfo, HostObserver, HostSettings, P2PHost
+from p2pchat.node.p2p.agent import agent_version
+from p2pchat.node.p2p.host import (
+    ConnectionInfo,
+    HostObserver,
+    HostSettings,
+    IdentifyReceived,
+    P2PHost,
+)
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.parts import Wiring, start_parts
 from p2pchat.node.role import Role
@@ -63,13 +72,20 @@ class _Observer:
         )
 
 
+def _log_identified(log: structlog.stdlib.BoundLogger, event: IdentifyReceived) -> None:
+    """What a peer said it is: its p2pchat roles (None: not a p2pchat node)."""
+    roles = None if event.roles is None else sorted(event.roles)
+    log.info("peer identified", remote=event.peer_id, roles=roles)
+
+
 @dataclass
 class _Readiness:
     ready: bool = False
 
 
 def host_settings(config: Config) -> HostSettings:
-    """The host layer's settings from the node section of the config."""
+    """The host layer's settings from the node section of the config; identify tells peers
+    this node's roles (:mod:`p2pchat.node.p2p.agent`)."""
     node = config.node
     return HostSettings(
         listen=node.listen,
@@ -77,6 +93,7 @@ def host_settings(config: Config) -> HostSettings:
         muxers=node.muxers,
         max_connections=node.max_connections,
         dial_timeout=node.dial_timeout,
+        agent_version=agent_version(__version__, config.roles),
     )
 
 
@@ -120,6 +137,7 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
     store = Store.open(config.data_dir() / "store")
     try:
         host = P2PHost(identity, host_settings(config), _Observer(metrics.swarm, log))
+        host.watch_identify(partial(_log_identified, log))
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal, nursery.cancel_scope, log)
             metrics_addr = None

@@ -83,7 +83,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import patches
+from p2pchat.node.p2p import agent, patches
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
@@ -126,10 +126,12 @@ class ConnectionInfo:
 @dataclass(frozen=True)
 class IdentifyReceived:
     """A peer told us who it is (identify, or identify push): the protocols it speaks now
-    (rust-libp2p: ``identify::Event::Received``)."""
+    (rust-libp2p: ``identify::Event::Received``), and the p2pchat roles it says it runs (None:
+    not a p2pchat node; see :func:`~p2pchat.node.p2p.agent.roles_of`)."""
 
     peer_id: str
     protocols: tuple[str, ...]
+    roles: frozenset[str] | None = None
 
 
 class ConnectionWatcher(Protocol):
@@ -169,6 +171,9 @@ class HostSettings:
     muxers: Sequence[str] = ("yamux", "mplex")
     max_connections: int = 300
     dial_timeout: float = 10.0
+    # Sent in identify (:func:`~p2pchat.node.p2p.agent.agent_version`: the node's roles);
+    # None: the library's own, ``py-libp2p/<version>`` (one-off clients, helper hosts).
+    agent_version: str | None = None
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -250,7 +255,9 @@ def _report_identify(host: IHost, report: Callable[[IdentifyReceived], None]) ->
 
     def add_protocols_and_report(peer_id: ID, protocols: Sequence[str]) -> None:
         add_protocols(peer_id, protocols)
-        report(IdentifyReceived(str(peer_id), tuple(str(p) for p in protocols)))
+        # The agent version of the same message is in the peerstore already (agent.PATCHES).
+        roles = agent.roles_of(agent.received_agent_version(peerstore, peer_id))
+        report(IdentifyReceived(str(peer_id), tuple(str(p) for p in protocols), roles))
 
     peerstore.add_protocols = add_protocols_and_report
 
@@ -449,11 +456,14 @@ class P2PHost:
             (:mod:`~p2pchat.node.p2p.patches`).
         """
         patches.apply()
+        patches.apply(agent.PATCHES)
         self._identity = identity
         self._settings = settings
         self._observer = observer
         self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
         self._host = _build(identity, settings, self._listen)
+        if settings.agent_version is not None:
+            agent.set_agent_version(self._host, settings.agent_version)
         self._circuit_addrs: list[multiaddr.Multiaddr] = []
         _advertise_circuit_addrs(self._host, lambda: self._circuit_addrs)
         _install_handler_guard(self._host, observer.handler_failed)
@@ -662,6 +672,23 @@ class P2PHost:
             ]
         except (PeerStoreError, ValueError):  # unknown peer, or an unparsable id
             return []
+
+    def peer_agent(self, peer_id: str) -> str | None:
+        """The agent version ``peer_id`` sent in its last identify (the remote's words, at most
+        :data:`~p2pchat.node.p2p.agent.MAX_AGENT_CHARS` + 1 characters; for showing only after
+        sanitising), or None if none was received."""
+        try:
+            peer = ID.from_base58(peer_id)
+        except ValueError:
+            return None
+        return agent.received_agent_version(self._host.get_peerstore(), peer)
+
+    def peer_roles(self, peer_id: str) -> frozenset[str] | None:
+        """The p2pchat roles ``peer_id`` said it runs in its last identify (known role names
+        only; empty for a p2pchat node without roles); None if no identify was received from it
+        yet or it is not a p2pchat node (another implementation, a malformed agent version).
+        A claim, not a proof: for showing, never for trusting."""
+        return agent.roles_of(self.peer_agent(peer_id))
 
     def connected_peers(self) -> list[str]:
         """PeerIds of every connected peer."""
