@@ -41,9 +41,22 @@ class FakeHost:
     identity: Identity
     connected: list[str] = field(default_factory=list)
     watchers: list[object] = field(default_factory=list)
+    # PeerId -> the p2pchat roles its identify named (absent: no identify yet).
+    roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    identify_watchers: list[Callable[[object], None]] = field(default_factory=list)
 
     def watch_connections(self, watcher: object) -> None:
         self.watchers.append(watcher)
+
+    def watch_identify(self, watcher: Callable[[object], None]) -> None:
+        self.identify_watchers.append(watcher)
+
+    def peer_roles(self, peer: str) -> frozenset[str] | None:
+        return self.roles.get(peer)
+
+    def peer_protocols(self, peer: str) -> list[str]:
+        # Every peer of these tests counts as identified: a chat peer unless ``roles`` says.
+        return ["/meshsub/1.1.0"]
 
     @property
     def peer_id(self) -> str:

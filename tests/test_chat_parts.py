@@ -199,7 +199,7 @@ async def test_the_outbox_queues_per_room_in_typing_order_and_flushes_once(store
         assert isinstance(answer, NoticeEvent) and "queued" in answer.text
     await outbox.send("lobby2", "Alice", "elsewhere")  # a room whose name extends ROOM's
     too_long = await outbox.send(ROOM, "Alice", "x" * 65)
-    assert too_long == ErrorEvent("message not sent: 65 bytes, the limit is 64")
+    assert too_long == ErrorEvent("message_too_long", "message not sent: 65 bytes, the limit is 64")
     assert await outbox.flush(ROOM) == 3
     sent = [decode(data, max_text_bytes=64) for _, data in pubsub.published]
     assert [m.text for m in sent if isinstance(m, ChatText)] == ["one", "two", "three"]
@@ -319,9 +319,11 @@ def test_trimming_on_arrival_waits_for_one_percent_over_the_cap(store: Store) ->
 
 
 def test_presentation_of_rooms_peers_and_an_empty_history() -> None:
-    assert rooms_output(["b", "a"], "b").text == "rooms: a, b (current)"
-    assert history_events(ROOM, [], ME) == [NoticeEvent(f"no messages in {ROOM} yet")]
+    assert (
+        rooms_output(["b", "a", "c"], "b", {"a": 3}).text == "rooms: a (3 unread), b (current), c"
+    )
+    assert history_events([], ME) == []
     far = fresh_peer_id()
-    output = peers_output([], ROOM, [], [(far, 0)], lambda peer: "Far")
+    output = peers_output([], ROOM, [], [(far, 0)], lambda peer: "Far", lambda peer: ())
     assert output.data["via_mesh"] == [{"peer": far, "name": "Far", "heard_at_ms": 0}]
     assert "heard in lobby through the mesh" in output.text

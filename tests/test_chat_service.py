@@ -10,9 +10,11 @@ from p2pchat.node.history import now_ms
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.node.wire.chat import ChatText, NameAnnouncement, encode, new_message_id
 from p2pchat.roles.peer.events import (
-    CaughtUpEvent,
+    ConnectionEvent,
     ErrorEvent,
+    HistoryEndEvent,
     MessageEvent,
+    NameEvent,
     NoticeEvent,
     OutputEvent,
     PeerEvent,
@@ -51,7 +53,7 @@ async def test_a_message_arriving_during_join_is_shown_as_a_message_not_in_the_a
             chat.pubsub.while_joining = bob_speaks_while_joining
             keep_going, answer = await chat.service.execute("/join side")
             assert keep_going
-            assert answer == [NoticeEvent("joined side")]
+            assert answer == [NoticeEvent("room_joined", "joined side", {"room": "side"})]
             shown = [e for e in chat.events if isinstance(e, MessageEvent)]
             assert [(e.text, e.sender, e.room) for e in shown] == [
                 ("hello during join", bob.peer_id_text, ROOM)
@@ -91,23 +93,41 @@ async def test_commands_answer_for_themselves(tmp_path: Path) -> None:
 
             assert await answer("") == []
             assert await answer("/bogus") == [
-                ErrorEvent("unknown command /bogus; type /help for the list")
+                ErrorEvent(
+                    "unknown_command",
+                    "unknown command /bogus; type /help for the list (//bogus sends it as text)",
+                    "/bogus",
+                )
             ]
             (help_text,) = await answer("/help")
             assert isinstance(help_text, OutputEvent) and "/join <room>" in help_text.text
-            assert await answer("/history") == [NoticeEvent(f"no messages in {ROOM} yet")]
-            assert await answer("/join side") == [NoticeEvent("joined side")]
+            assert await answer("/history") == [HistoryEndEvent("history", ROOM, 0, 0)]
+            assert await answer("/join side") == [
+                NoticeEvent("room_joined", "joined side", {"room": "side"})
+            ]
             (rooms,) = await answer("/rooms")
             assert isinstance(rooms, OutputEvent)
             assert rooms.text == f"rooms: {ROOM}, side (current)"
             assert await answer("/switch nowhere") == [
-                ErrorEvent("you are not in nowhere; /join nowhere first")
+                ErrorEvent("not_in_room", "you are not in nowhere; /join nowhere first", "/switch")
             ]
-            assert await answer(f"/switch {ROOM}") == [NoticeEvent(f"current room: {ROOM}")]
-            assert await answer("/leave side") == [NoticeEvent(f"left side; current room: {ROOM}")]
-            assert await answer("/leave side") == [ErrorEvent("you are not in side")]
+            assert await answer(f"/switch {ROOM}") == [
+                NoticeEvent("room_switched", f"current room: {ROOM}", {"room": ROOM, "unread": 0})
+            ]
+            assert await answer("/leave side") == [
+                NoticeEvent(
+                    "room_left",
+                    f"left side; current room: {ROOM}",
+                    {"room": "side", "current": ROOM},
+                )
+            ]
+            assert await answer("/leave side") == [
+                ErrorEvent("not_in_room", "you are not in side", "/leave")
+            ]
             assert await answer(f"/leave {ROOM}") == [
-                ErrorEvent(f"{ROOM} is your only room; use /quit to leave the chat")
+                ErrorEvent(
+                    "only_room", f"{ROOM} is your only room; use /quit to leave the chat", "/leave"
+                )
             ]
             (info,) = await answer("/info")
             assert isinstance(info, OutputEvent)
@@ -138,8 +158,8 @@ async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
             await trio.testing.wait_all_tasks_blocked()
             notices = [e.text for e in chat.events if isinstance(e, NoticeEvent)]
             assert notices[0].startswith("discovered") and notices[0].endswith("local network")
-            assert notices[1].startswith("connected to anon (")
-            assert notices[2] == f"delivered 2 queued message(s) to {ROOM}"
+            assert ConnectionEvent("opened", bob, "anon", False, []) in chat.events
+            assert notices[1] == f"delivered 2 queued message(s) to {ROOM}"
             assert PeerEvent("joined", ROOM, bob, "anon") in chat.events
             # Our name first, then the queue in the order it was typed; both come back to us.
             assert [topic for topic, _ in chat.pubsub.published] == [ROOM] * 3
@@ -161,14 +181,13 @@ async def test_names_duplicates_and_catch_up_reach_the_user_live(tmp_path: Path)
             data = text(ROOM, "once")
             chat.pubsub.deliver(ROOM, [(bob, announcement("Bobby")), (bob, data), (bob, data)])
             await trio.testing.wait_all_tasks_blocked()
-            assert chat.events[0] == NoticeEvent(
-                f"({bob.peer_id_text[:6]}…{bob.peer_id_text[-4:]}) is now known as Bobby"
-            )
+            assert chat.events[0] == NameEvent(bob.peer_id_text, "Bobby", None)
             assert [e.text for e in chat.events[1:] if isinstance(e, MessageEvent)] == ["once"]
             assert chat.service.name_of(bob.peer_id_text) == "Bobby"
-            chat.service.caught_up(ROOM, 0, [])
-            chat.service.caught_up(ROOM, 3, ["source"])
-            assert chat.events[-1] == CaughtUpEvent(ROOM, 3, ["source"])
+            shown = len(chat.events)
+            chat.service.caught_up(ROOM, [], [])
+            assert len(chat.events) == shown  # nothing new: nothing to say
+
             _, history = await chat.service.execute("/history 5")
             assert [e.text for e in history if isinstance(e, MessageEvent)] == ["once"]
             nursery.cancel_scope.cancel()

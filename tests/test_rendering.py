@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from p2pchat.node.history_cli import Shown
 from p2pchat.node.terminal_text import CONTINUATION, INDENT, text_for_display
 from p2pchat.roles.peer.events import MessageEvent
-from p2pchat.roles.peer.frontends import render_text
+from p2pchat.roles.peer.rendering import View, render_text
 from prompt_toolkit.utils import get_cwidth
 
 MALLORY = "12D3KooWMa11oryMa11oryMa11oryMa11oryMa11oryMa11ory63hY"
@@ -21,7 +21,7 @@ def renderings(text: str, width: int | None) -> list[list[str]]:
     """The screen rows of Mallory's message ``text``: in the console, in the history CLI."""
     event = MessageEvent("room", "00" * 16, MALLORY, "Mallory", text, 0, own=False)
     history = Shown("00" * 16, 0, MALLORY, "Mallory", text)
-    return [render_text(event, width).split("\n"), history.line(width).split("\n")]
+    return [render_text(event, View(width=width)).split("\n"), history.line(width).split("\n")]
 
 
 @pytest.mark.parametrize("line_break", ["\n", "\u2028", "\u2029"])
@@ -37,7 +37,9 @@ def test_a_forged_header_after_a_line_break_stays_inside_the_message(line_break:
 def test_a_forged_header_pushed_to_the_next_row_by_wrapping_stays_inside(padding: str) -> None:
     for columns in range(1, 200):  # every alignment of the header against the edge
         text = padding * columns + FORGED_HEADER
-        rows = render_text(MessageEvent("r", "", MALLORY, "M", text, 0, own=False), 80).split("\n")
+        rows = render_text(
+            MessageEvent("r", "", MALLORY, "M", text, 0, own=False), View(width=80)
+        ).split("\n")
         assert all(row.startswith(INDENT) for row in rows[1:]), (padding, columns)
         assert all(get_cwidth(row) < 80 for row in rows)
 

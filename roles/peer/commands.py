@@ -1,35 +1,44 @@
-"""The chat commands and how events are shown: pure functions, shared by every front end.
+"""The chat commands: parsing a typed line, a pure function shared by every front end.
 
 A line typed by the user is parsed into a command (:func:`parse_line`); anything not starting
-with ``/`` is a message to the current room. Events from the chat service are rendered as the
-original design printed them (:func:`render`), e.g. ``[14:23:15] Bob (12D3Ko…x7Qa): Hi Alice!``.
+with ``/`` is a message to the current room, and ``//text`` sends ``/text`` (so a message may
+start with a slash).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from p2pchat.node.terminal_text import after_header
+from p2pchat.roles.peer.events import ErrorCode
 
 HELP = """Commands:
   /help              this help
-  /peers             connected peers and room members (name, id, direct or relayed)
+  /peers             connected peers (with their role), room members
+  /whois <name>      who uses a name: ids, connection, when last heard
   /name <name>       set your display name (others see it next to your id)
+  /me <action>       send an action: "* Alice waves"
   /history [N]       the last N messages of this room (default 50)
-  /info              your id, addresses, roles, rooms
-  /join <room>       join a room and make it current
+  /search <words>    messages of your rooms containing all the words (local history)
+  /export [room] [file]
+                     write a room's history as JSON lines (default: current room,
+                     <data dir>/exports/<room>-<date>.jsonl)
+  /info              your id, addresses, roles, rooms, metrics address, log file
+  /join <room>       join a room and make it current (remembered across restarts)
   /leave [room]      leave a room (default: the current one)
-  /rooms             the rooms you are in
-  /switch <room>     make a joined room current
+  /rooms             the rooms you are in, with unread counts
+  /switch <room>     make a joined room current and show what arrived there
   /quit, /exit       leave the chat
-Anything else is sent to the current room."""
+Anything else is sent to the current room; //text sends /text."""
 
 COMMANDS = (
     "/help",
     "/peers",
+    "/whois",
     "/name",
+    "/me",
     "/history",
+    "/search",
+    "/export",
     "/info",
     "/join",
     "/leave",
@@ -39,11 +48,23 @@ COMMANDS = (
     "/exit",
 )
 DEFAULT_HISTORY = 50
+MAX_HISTORY = 10_000  # /history N at most: the answer is held in memory whole
+
+# What each command that needs an argument calls it, for the hint.
+_NEEDS_ARGUMENT = {
+    "name": "name",
+    "join": "room",
+    "switch": "room",
+    "me": "action",
+    "whois": "name",
+    "search": "words",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
     text: str
+    action: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +77,11 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A line that cannot be acted on, with the hint to show."""
+    """A line that cannot be acted on: the error code, the hint to show, the command named."""
 
+    code: ErrorCode
     hint: str
+    command: str | None = None
 
 
 Parsed = Send | Command | Invalid
@@ -69,38 +92,34 @@ def parse_line(line: str) -> Parsed | None:
     text = line.rstrip("\r\n")
     if not text.strip():
         return None
+    if text.startswith("//"):
+        return Send(text[1:])
     if not text.startswith("/"):
         return Send(text)
     name, _, argument = text[1:].partition(" ")
     name, argument = name.lower(), argument.strip()
     if f"/{name}" not in COMMANDS:
-        return Invalid(f"unknown command /{name}; type /help for the list")
-    if name in ("name", "join", "switch") and not argument:
         return Invalid(
-            f"/{name} needs an argument: /{name} <{'room' if name != 'name' else 'name'}>"
+            "unknown_command",
+            f"unknown command /{name}; type /help for the list (//{text[1:]} sends it as text)",
+            f"/{name}",
         )
-    if name == "history" and argument and not (argument.isdigit() and int(argument) > 0):
-        return Invalid("/history takes a positive number: /history 20")
+    if name in _NEEDS_ARGUMENT and not argument:
+        return Invalid(
+            "missing_argument",
+            f"/{name} needs an argument: /{name} <{_NEEDS_ARGUMENT[name]}>",
+            f"/{name}",
+        )
+    if name == "history" and argument and not _is_count(argument):
+        return Invalid(
+            "bad_argument", f"/history takes a number 1..{MAX_HISTORY}: /history 20", "/history"
+        )
+    if name == "me":
+        return Send(argument, action=True)
     if name == "exit":
         name = "quit"
     return Command(name, argument)
 
 
-def short_id(peer_id: str) -> str:
-    """``12D3KooW…x7Qa``-style short form: enough to tell peers apart, short enough to read."""
-    return peer_id if len(peer_id) <= 14 else f"{peer_id[:6]}…{peer_id[-4:]}"
-
-
-def clock(ms: int) -> str:
-    """``HH:MM:SS`` in local time."""
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
-
-
-def render_message(
-    sender_name: str, sender: str, text: str, sent_at_ms: int, width: int | None = None
-) -> str:
-    """A chat message as the console shows it on a terminal ``width`` columns wide (None: not
-    a terminal). The short PeerId always follows the name: names alone can be spoofed; every
-    row of the text after the first is indented, so none can pass for a message of its own."""
-    header = f"[{clock(sent_at_ms)}] {sender_name} ({short_id(sender)}): "
-    return after_header(header, text, width)
+def _is_count(argument: str) -> bool:
+    return argument.isdigit() and 0 < int(argument) <= MAX_HISTORY

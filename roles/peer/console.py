@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
-from p2pchat.roles.peer.commands import COMMANDS, short_id
-from p2pchat.roles.peer.events import ChatEvent, NoticeEvent
-from p2pchat.roles.peer.frontends import render_text
+from p2pchat.roles.peer.commands import COMMANDS
+from p2pchat.roles.peer.events import ChatEvent
+from p2pchat.roles.peer.rendering import View, render_text
 from p2pchat.roles.peer.service import ChatService
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -24,12 +24,12 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
-ROOM_COMMANDS = ("/join", "/leave", "/switch")
-TAKES_ARGUMENT = (*ROOM_COMMANDS, "/name", "/history")
+ROOM_COMMANDS = ("/join", "/leave", "/switch", "/export")
+TAKES_ARGUMENT = (*ROOM_COMMANDS, "/name", "/history", "/me", "/whois", "/search")
 
 
 class ChatCompleter(Completer):
-    """Completes command names, and room names after /join, /leave and /switch."""
+    """Completes command names, and room names after /join, /leave, /switch and /export."""
 
     def __init__(self, rooms: Callable[[], Iterable[str]]) -> None:
         self._rooms = rooms
@@ -53,9 +53,14 @@ class ChatCompleter(Completer):
 
 
 async def run_console(
-    service: ChatService, events: trio.MemoryReceiveChannel[ChatEvent], history_file: Path
+    service: ChatService,
+    events: trio.MemoryReceiveChannel[ChatEvent],
+    history_file: Path,
+    *,
+    bell: bool = True,
 ) -> None:
-    """Run the console until the user quits."""
+    """Run the console until the user quits (``bell``: a message that mentions the user's
+    name rings the terminal bell)."""
     session: PromptSession[str] = PromptSession(
         history=FileHistory(str(history_file)),
         completer=ChatCompleter(service.room_names),
@@ -71,13 +76,15 @@ async def run_console(
     async def run_command(line: str) -> tuple[bool, str]:
         # The answer of this line only: events that arrive meanwhile go to show_events.
         keep_going, answer = await service.execute(line)
-        width = terminal_width()
-        return keep_going, "".join(render_text(event, width) + "\n" for event in answer)
+        shown = view()  # after the line: a /switch answers in the room switched to
+        return keep_going, "".join(render_text(event, shown) + "\n" for event in answer)
 
     terminal = sys.stdout
 
-    def terminal_width() -> int:
-        return shutil.get_terminal_size().columns  # asked each time: terminals are resized
+    def view() -> View:
+        # Asked each time: terminals are resized, and the current room changes.
+        width = shutil.get_terminal_size().columns
+        return View(room=service.current_room, width=width, bell=bell)
 
     def converse() -> None:
         """The prompt loop, in a worker thread: prompt_toolkit runs its own event loop."""
@@ -91,17 +98,13 @@ async def run_console(
             if not keep_going:
                 return
 
-    greeting = NoticeEvent(
-        f"you are {service.display_name} ({short_id(service.peer_id)}) in "
-        f"{service.current_room}; /help lists the commands"
-    )
-    terminal.write(render_text(greeting) + "\n")
+    terminal.write(render_text(service.welcome(), view()) + "\n")
     with patch_stdout(raw=True):
 
         async def show_events() -> None:
             # Events that arrive while a prompt is shown: the proxy prints them above it.
             async for event in events:
-                print(render_text(event, terminal_width()), flush=True)
+                print(render_text(event, view()), flush=True)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(show_events)

@@ -1,17 +1,24 @@
 """What the chat service tells its front ends: frozen event records with a JSON form.
 
 Front ends (console, ``--json``, headless) only render these; they never reach into the service.
+The JSON form of every event is a contract for scripts: ``schema/events.schema.json`` (shipped in
+the package, versioned by :data:`SCHEMA_VERSION`) describes each one, and the test suite checks
+everything a front end emits against it. Fields are only ever added within a schema version.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+"""Version of the JSON contract (events and input); the ``ready`` event carries it."""
 
 
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
-    """A chat message, live or from history."""
+    """A chat message, live or from history (``history``: shown by /history, /search, a room
+    switch or a catch-up, not arriving live)."""
 
     room: str
     id: str  # hex message id
@@ -21,30 +28,90 @@ class MessageEvent:
     sent_at_ms: int
     own: bool
     history: bool = False
+    action: bool = False  # /me: "* Alice waves"
+    mention: bool = False  # the text names this peer's display name
 
 
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
     """A peer joined or left a room (appeared in or vanished from its subscribers)."""
 
-    change: str  # joined | left
+    change: Literal["joined", "left"]
     room: str
     peer: str
     name: str
 
 
 @dataclass(frozen=True, slots=True)
-class NoticeEvent:
-    """Something the user should know (queued message, name change, discovered peer...)."""
+class NameEvent:
+    """A peer announced a display name (``previous``: the name it had, if any)."""
 
+    peer: str
+    name: str
+    previous: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A connection to a peer opened (first one) or closed (last one)."""
+
+    change: Literal["opened", "closed"]
+    peer: str
+    name: str
+    relayed: bool
+    roles: list[str]  # its p2pchat roles when known (an archiver, a relay...), else empty
+
+
+NoticeKind = Literal[
+    "welcome",  # the greeting: who you are, where
+    "name_set",  # your display name changed
+    "room_joined",
+    "room_left",
+    "room_switched",
+    "discovered",  # a peer found by mDNS or the DHT
+    "queued",  # a message kept until someone is in the room
+    "delivered",  # queued messages published
+    "more_history",  # more messages exist than were shown: /history shows them
+    "exported",
+    "warning",  # a log warning of the node, in one line (details in the log file)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeEvent:
+    """Something the user should know; ``kind`` says what, ``data`` holds its facts."""
+
+    kind: NoticeKind
     text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+ErrorCode = Literal[
+    "unknown_command",
+    "missing_argument",
+    "bad_argument",
+    "invalid_room",
+    "invalid_name",
+    "not_in_room",
+    "only_room",
+    "too_many_rooms",
+    "message_too_long",
+    "not_sent",
+    "line_too_long",
+    "bad_input",  # JSON input that is not an object of the contract
+    "export_failed",
+    "unknown_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class ErrorEvent:
-    """A command or message that could not be carried out, and why."""
+    """A command or message that could not be carried out: a stable ``code``, a text for
+    people, and the command that caused it (None: a message, or input that named none)."""
 
+    code: ErrorCode
     text: str
+    command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,34 +125,75 @@ class OutputEvent:
 
 @dataclass(frozen=True, slots=True)
 class CaughtUpEvent:
-    """Messages of a room that arrived while this peer was away, now fetched and stored."""
+    """Messages of a room that arrived while this peer was away, now fetched and stored.
+    ``shown`` of them (the newest) follow as message events marked as history."""
 
     room: str
     count: int  # new messages stored
     sources: list[str]  # PeerIds of the history sources that answered
+    shown: int
 
     @property
     def text(self) -> str:
-        return f"{self.count} messages while you were away in {self.room} (/history shows them)"
+        more = self.count - self.shown
+        tail = f"; {more} more: /history" if more > 0 else ""
+        return f"{self.count} message(s) in {self.room} while you were away{tail}"
 
 
-ChatEvent = MessageEvent | PeerEvent | NoticeEvent | ErrorEvent | OutputEvent | CaughtUpEvent
+@dataclass(frozen=True, slots=True)
+class HistoryEndEvent:
+    """The end of a listing of messages (/history, /search, a room switch's unread): how many
+    were listed and how many more exist beyond what was asked."""
 
-_TYPES: dict[type, str] = {
+    command: str
+    room: str | None
+    count: int
+    more: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DoneEvent:
+    """The end of the answer to one JSON input object (``--json`` only): every event of that
+    answer came before it. ``ok`` is False when the answer held an error (or the input was not
+    an object of the contract). Like every event of the answer, its JSON form carries the
+    input's ``id`` as ``reply_to`` when the input had one."""
+
+    ok: bool
+
+
+ChatEvent = (
+    MessageEvent
+    | PeerEvent
+    | NameEvent
+    | ConnectionEvent
+    | NoticeEvent
+    | ErrorEvent
+    | OutputEvent
+    | CaughtUpEvent
+    | HistoryEndEvent
+    | DoneEvent
+)
+
+EVENT_TYPES: dict[type, str] = {
     MessageEvent: "message",
     PeerEvent: "peer",
+    NameEvent: "name",
+    ConnectionEvent: "connection",
     NoticeEvent: "notice",
     ErrorEvent: "error",
     OutputEvent: "output",
     CaughtUpEvent: "caught_up",
+    HistoryEndEvent: "history_end",
+    DoneEvent: "done",
 }
+"""The ``type`` of each event in its JSON form."""
 
 
 # Events whose fields are all scalars are read field by field: ``asdict`` recurses into and
 # copies every value, and a chat message's JSON line is written for every message received.
 _FLAT_FIELDS: dict[type, tuple[str, ...]] = {
     kind: tuple(f.name for f in fields(kind))
-    for kind in (MessageEvent, PeerEvent, NoticeEvent, ErrorEvent)
+    for kind in (MessageEvent, PeerEvent, NameEvent, ErrorEvent, HistoryEndEvent)
 }
 
 
@@ -93,5 +201,5 @@ def to_json_object(event: ChatEvent) -> dict[str, Any]:
     """The event as one JSON object: ``{"type": ..., **fields}``."""
     names = _FLAT_FIELDS.get(type(event))
     if names is not None:
-        return {"type": _TYPES[type(event)], **{name: getattr(event, name) for name in names}}
-    return {"type": _TYPES[type(event)], **asdict(event)}
+        return {"type": EVENT_TYPES[type(event)], **{name: getattr(event, name) for name in names}}
+    return {"type": EVENT_TYPES[type(event)], **asdict(event)}

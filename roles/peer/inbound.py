@@ -19,7 +19,7 @@ from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.wire.chat import ChatText, NameAnnouncement, WireError, decode, decode_for_room
 from p2pchat.roles.peer.events import ChatEvent
 from p2pchat.roles.peer.names import Names
-from p2pchat.roles.peer.presentation import message_event, name_change_notice
+from p2pchat.roles.peer.presentation import message_event, name_event
 from p2pchat.roles.peer.rooms import Rooms
 
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
@@ -48,7 +48,8 @@ class Inbound:
     Args:
         me: this peer's PeerId (its own messages come back through its subscription).
         stored: told each room that just stored new messages (retention trims it).
-        emit: where message events and name notices go (live, to the front end).
+        emit: where message events and name events go (live, to the front end); a message of
+            a room that is not the current one counts as unread there.
     """
 
     def __init__(
@@ -107,7 +108,7 @@ class Inbound:
             if isinstance(payload, NameAnnouncement):
                 change = self._names.announced(message.sender, payload.name)
                 if change is not None:
-                    self._emit(name_change_notice(change))
+                    self._emit(name_event(change))
                 continue
             stored = StoredMessage.of_text(payload, message.sender, message.envelope, received_at)
             texts.append((stored, payload))
@@ -119,10 +120,12 @@ class Inbound:
         duplicates = len(texts) - len(new)
         if duplicates:
             self._observer.duplicates_dropped(duplicates)
+        my_name = self._names.own
         for stored, payload in texts:
             if id(stored) not in new:
                 continue
             if stored.sender != self._me:
                 self._observer.message_received()
                 self._names.used(stored.sender, payload.sender_name)
-            self._emit(message_event(payload, stored, self._me, history=False))
+            self._rooms.arrived(room)
+            self._emit(message_event(payload, stored, self._me, history=False, my_name=my_name))

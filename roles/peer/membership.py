@@ -59,6 +59,9 @@ class Membership:
         subscribers: the peers known to be subscribed to a room.
         connected: the peers this node is connected to.
         discovered: PeerId -> how discovery found it.
+        chat_peer: whether a peer is a chat peer (True), infrastructure (False: a bootstrap,
+            relay or archiver node subscribes to rooms but is no member of them), or not known
+            yet (None: left out until identify tells, which raises the change signal again).
     """
 
     def __init__(
@@ -68,12 +71,14 @@ class Membership:
         subscribers: Callable[[str], Iterable[str]],
         connected: Callable[[], Iterable[str]],
         discovered: Callable[[], Mapping[str, str]],
+        chat_peer: Callable[[str], bool | None] = lambda peer: True,
     ) -> None:
         self._me = me
         self._rooms = rooms
         self._subscribers = subscribers
         self._connected_now = connected
         self._discovered_now = discovered
+        self._chat_peer = chat_peer
         self._connected: set[str] = set()
         self._discovered: set[str] = set()
 
@@ -88,7 +93,11 @@ class Membership:
         joined: dict[str, list[str]] = {}
         left: dict[str, list[str]] = {}
         for room in self._rooms:
-            members = set(self._subscribers(room.name)) - {self._me}
+            members = {
+                peer
+                for peer in self._subscribers(room.name)
+                if peer != self._me and self._chat_peer(peer)
+            }
             if members - room.members:
                 joined[room.name] = sorted(members - room.members)
             if room.members - members:

@@ -92,6 +92,10 @@ class Names:
         else:
             self._known[peer] = name
 
+    def known(self) -> list[tuple[str, str]]:
+        """(PeerId, name) of every other peer whose name is remembered (a snapshot)."""
+        return list(self._known.items())
+
     def __len__(self) -> int:
         """How many other peers' names are remembered."""
         return len(self._known)

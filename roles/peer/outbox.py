@@ -84,14 +84,20 @@ class Outbox:
         self._max_text_bytes = max_text_bytes
         self._last_sent_ms = 0
 
-    async def send(self, room: str, sender_name: str, text: str) -> ChatEvent | None:
-        """Publish ``text`` to ``room`` as ``sender_name``, or queue it while nobody else is in
-        the room. Returns what to tell the user: an error (not sent), a notice (queued), or
-        None (published; it shows when it comes back through the room's subscription)."""
+    async def send(
+        self, room: str, sender_name: str, text: str, *, action: bool = False
+    ) -> ChatEvent | None:
+        """Publish ``text`` to ``room`` as ``sender_name`` (``action``: a /me), or queue it
+        while nobody else is in the room. Returns what to tell the user: an error (not sent), a
+        notice (queued), or None (published; it shows when it comes back through the room's
+        subscription)."""
+        command = "/me" if action else None
         size = len(text.encode())
         if size > self._max_text_bytes:
             return ErrorEvent(
-                f"message not sent: {size} bytes, the limit is {self._max_text_bytes}"
+                "message_too_long",
+                f"message not sent: {size} bytes, the limit is {self._max_text_bytes}",
+                command,
             )
         message = ChatText(
             id=new_message_id(),
@@ -99,17 +105,20 @@ class Outbox:
             sender_name=sender_name,
             text=text,
             sent_at_ms=self._next_send_time(),
+            action=action,
         )
         try:
             data = encode(message)
             decode(data, max_text_bytes=self._max_text_bytes)  # what peers accept, checked now
         except (WireError, ValueError) as error:
-            return ErrorEvent(f"message not sent: {error}")
+            return ErrorEvent("not_sent", f"message not sent: {error}", command)
         if not self._pubsub.has_subscribers(room):
             self._pending.put(message, data)
             return NoticeEvent(
+                "queued",
                 f"nobody else is in {room} yet: message queued, it will be delivered when a "
-                "peer joins"
+                "peer joins",
+                {"room": room},
             )
         await self.publish(room, data)
         return None

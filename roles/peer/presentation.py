@@ -6,24 +6,41 @@ twice, as text for people and as data for scripts (``--json``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from p2pchat.node.history import StoredMessage
+from p2pchat.node.ids import short_id
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.wire.chat import ChatText, WireError, decode
-from p2pchat.roles.peer.commands import clock, short_id
-from p2pchat.roles.peer.events import MessageEvent, NoticeEvent, OutputEvent
-from p2pchat.roles.peer.names import NameChange
+from p2pchat.roles.peer.events import MessageEvent, NameEvent, NoticeEvent, OutputEvent
+from p2pchat.roles.peer.names import ANONYMOUS, NameChange
+from p2pchat.roles.peer.rendering import timestamp
 
 NameOf = Callable[[str], str]
+RolesOf = Callable[[str], Iterable[str]]
+
+_WORD = re.compile(r"[\w.-]+")
+
+
+def mentions(text: str, name: str | None) -> bool:
+    """Whether ``text`` names ``name`` as a word (``@name`` too), ignoring case; never for no
+    name or the anonymous one."""
+    if not name or name == ANONYMOUS:
+        return False
+    wanted = name.casefold()
+    if " " in wanted:  # a name with spaces is matched as a phrase
+        return wanted in text.casefold()
+    return any(word.casefold().strip(".-") == wanted for word in _WORD.findall(text))
 
 
 def message_event(
-    payload: ChatText, stored: StoredMessage, me: str, *, history: bool
+    payload: ChatText, stored: StoredMessage, me: str, *, history: bool, my_name: str | None = None
 ) -> MessageEvent:
-    """The event of a chat text (``history``: shown by /history, not arriving live)."""
+    """The event of a chat text (``history``: shown from the store, not arriving live)."""
+    own = stored.sender == me
     return MessageEvent(
         room=payload.room,
         id=stored.message_id.hex(),
@@ -31,51 +48,71 @@ def message_event(
         sender_name=payload.sender_name,
         text=payload.text,
         sent_at_ms=payload.sent_at_ms,
-        own=stored.sender == me,
+        own=own,
         history=history,
+        action=payload.action,
+        mention=not own and mentions(payload.text, my_name),
     )
 
 
+def stored_text(stored: StoredMessage) -> ChatText | None:
+    """The chat text in a history entry, or None if it does not decode as one."""
+    try:
+        payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
+    except (WireError, ValueError):
+        return None
+    return payload if isinstance(payload, ChatText) else None
+
+
 def history_events(
-    room: str, messages: Iterable[StoredMessage], me: str
-) -> list[MessageEvent | NoticeEvent]:
-    """The answer to /history: the stored texts of ``room``, oldest first (entries that do not
-    decode as texts are skipped), or a notice that there are none."""
-    events: list[MessageEvent | NoticeEvent] = []
-    found = False
+    messages: Iterable[StoredMessage], me: str, my_name: str | None = None
+) -> list[MessageEvent]:
+    """Stored texts as message events marked as history, in the order given (entries that do
+    not decode as texts are skipped)."""
+    events: list[MessageEvent] = []
     for stored in messages:
-        found = True
-        try:
-            payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
-        except (WireError, ValueError):
-            continue
-        if isinstance(payload, ChatText):
-            events.append(message_event(payload, stored, me, history=True))
-    if not found:
-        events.append(NoticeEvent(f"no messages in {room} yet"))
+        payload = stored_text(stored)
+        if payload is not None:
+            events.append(message_event(payload, stored, me, history=True, my_name=my_name))
     return events
 
 
-def name_change_notice(change: NameChange) -> NoticeEvent:
-    was = f"{change.previous} " if change.previous else ""
-    return NoticeEvent(f"{was}({short_id(change.peer)}) is now known as {change.name}")
+def name_event(change: NameChange) -> NameEvent:
+    return NameEvent(change.peer, change.name, change.previous)
 
 
 def discovered_notice(peer: str, via: str) -> NoticeEvent:
     where = "on the local network" if via == "mdns" else "in the DHT"
-    return NoticeEvent(f"discovered {short_id(peer)} {where}")
+    return NoticeEvent(
+        "discovered", f"discovered {short_id(peer)} {where}", {"peer": peer, "via": via}
+    )
 
 
-def connection_notice(peer: str, name: str, *, opened: bool) -> NoticeEvent:
-    verb = "connected to" if opened else "disconnected from"
-    return NoticeEvent(f"{verb} {name} ({short_id(peer)})")
-
-
-def rooms_output(rooms: Iterable[str], current: str) -> OutputEvent:
-    """The answer to /rooms."""
+def rooms_output(rooms: Iterable[str], current: str, unread: Mapping[str, int]) -> OutputEvent:
+    """The answer to /rooms: every joined room, the current one marked, with unread counts."""
     names = sorted(rooms)
-    listing = ", ".join(f"{r} (current)" if r == current else r for r in names)
-    return OutputEvent("rooms", f"rooms: {listing}", {"rooms": names, "current": current})
+    parts = []
+    for room in names:
+        count = unread.get(room, 0)
+        parts.append(
+            f"{room} (current)"
+            if room == current
+            else f"{room} ({count} unread)"
+            if count
+            else room
+        )
+    return OutputEvent(
+        "rooms",
+        f"rooms: {', '.join(parts)}",
+        {"rooms": names, "current": current, "unread": {r: unread.get(r, 0) for r in names}},
+    )
+
+
+def infrastructure(roles: Iterable[str]) -> list[str]:
+    """The roles of a node that is infrastructure (bootstrap, relay, archiver) and no chat peer;
+    empty for a chat peer or a node whose roles are unknown."""
+    known = sorted(roles)
+    return [] if not known or "peer" in known else known
 
 
 def peers_output(
@@ -84,20 +121,28 @@ def peers_output(
     members: Iterable[str],
     heard: Iterable[tuple[str, int]],
     name_of: NameOf,
+    roles_of: RolesOf,
 ) -> OutputEvent:
-    """The answer to /peers: connected peers (direct or relayed, * for members of ``room``),
-    then the senders ``heard`` lately in ``room`` (latest first) that we are not connected to
-    (pubsub lists just its neighbours; these are reached through the mesh)."""
+    """The answer to /peers: connected peers (direct or relayed; infrastructure by its role, chat
+    peers by name, * for members of ``room``), then the senders ``heard`` lately in ``room``
+    (latest first) that we are not connected to (pubsub lists just its neighbours; these are
+    reached through the mesh)."""
     by_peer = {c.peer_id: c for c in connections}
     member_list = sorted(members)
     peers = []
     lines = [f"connected peers: {len(by_peer)}"]
     for peer, info in sorted(by_peer.items()):
-        kind = "relayed" if info.transport == "p2p-circuit" else "direct"
+        kind = "relayed" if info.relayed else "direct"
+        roles = sorted(roles_of(peer))
+        infra = infrastructure(roles)
         in_room = peer in member_list
-        peers.append({"peer": peer, "name": name_of(peer), "connection": kind, "in_room": in_room})
+        name = name_of(peer)
+        peers.append(
+            {"peer": peer, "name": name, "connection": kind, "in_room": in_room, "roles": roles}
+        )
         mark = " *" if in_room else ""
-        lines.append(f"  {name_of(peer)} ({short_id(peer)}) {kind}{mark}")
+        who = ", ".join(infra) if infra else name
+        lines.append(f"  {who} ({short_id(peer)}) {kind}{mark}")
     lines.append(f"in {room}: {len(member_list)} other peer(s) (marked *)")
     via_mesh: list[dict[str, object]] = []
     mesh_lines = []
@@ -105,7 +150,7 @@ def peers_output(
         if peer not in by_peer:
             name = name_of(peer)
             via_mesh.append({"peer": peer, "name": name, "heard_at_ms": at_ms})
-            mesh_lines.append(f"  {name} ({short_id(peer)}) at {clock(at_ms)}")
+            mesh_lines.append(f"  {name} ({short_id(peer)}) at {timestamp(at_ms)}")
     if mesh_lines:
         lines.append(f"heard in {room} through the mesh (last ten minutes):")
         lines += mesh_lines
@@ -113,6 +158,56 @@ def peers_output(
         "peers",
         "\n".join(lines),
         {"peers": peers, "room": room, "room_members": member_list, "via_mesh": via_mesh},
+    )
+
+
+@dataclass(frozen=True)
+class Whois:
+    """One peer that uses a name, as /whois shows it."""
+
+    peer: str
+    name: str
+    connection: str | None  # direct | relayed | None (not connected)
+    roles: list[str]
+    rooms: list[str]  # joined rooms it is a member of
+    heard_at_ms: int | None  # when it last signed a message we saw in a joined room
+    me: bool
+
+
+def whois_output(name: str, found: list[Whois]) -> OutputEvent:
+    """The answer to /whois: every peer known to use ``name`` (several can: names are claims)."""
+    lines = [
+        f"{name}: {len(found)} peer(s) use this name"
+        + (" (names are claims)" if len(found) > 1 else "")
+    ]
+    for who in found:
+        facts = ["you"] if who.me else []
+        facts.append(who.connection or "not connected")
+        if who.roles:
+            facts.append("roles " + ", ".join(who.roles))
+        if who.rooms:
+            facts.append("in " + ", ".join(who.rooms))
+        if who.heard_at_ms is not None:
+            facts.append(f"last heard {timestamp(who.heard_at_ms)}")
+        lines.append(f"  {who.peer}: {'; '.join(facts)}")
+    return OutputEvent(
+        "whois",
+        "\n".join(lines),
+        {
+            "name": name,
+            "peers": [
+                {
+                    "peer": w.peer,
+                    "name": w.name,
+                    "connection": w.connection,
+                    "roles": w.roles,
+                    "rooms": w.rooms,
+                    "heard_at_ms": w.heard_at_ms,
+                    "me": w.me,
+                }
+                for w in found
+            ],
+        },
     )
 
 
@@ -130,6 +225,8 @@ class NodeFacts:
     reachability: str
     relays: list[str]
     store_bytes: int
+    metrics: str | None  # the operator endpoint, http://host:port
+    log_file: str | None  # None: logs go to stderr
 
 
 def info_output(facts: NodeFacts) -> OutputEvent:
@@ -145,6 +242,8 @@ def info_output(facts: NodeFacts) -> OutputEvent:
             f"reachability: {facts.reachability} (AutoNAT)",
             f"relays:       {', '.join(facts.relays) or 'none'}",
             f"store:        {facts.store_bytes} bytes",
+            f"metrics:      {facts.metrics or 'off'}",
+            f"log file:     {facts.log_file or 'none (logs go to stderr)'}",
         ]
     )
     data: Mapping[str, object] = {
@@ -158,5 +257,7 @@ def info_output(facts: NodeFacts) -> OutputEvent:
         "reachability": facts.reachability,
         "relays": facts.relays,
         "store_bytes": facts.store_bytes,
+        "metrics": facts.metrics,
+        "log_file": facts.log_file,
     }
     return OutputEvent("info", text, dict(data))

@@ -7,12 +7,14 @@ chosen by ``chat.ui``. Quitting the front end stops the node.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
 import trio
+from p2pchat.node import logs
 from p2pchat.node.catchup import CatchUp
 from p2pchat.node.config import ChatSection, Config, HistorySection
 from p2pchat.node.role import NodeContext
@@ -76,6 +78,10 @@ class PeerRole:
 
         settings = self._history
         catch_up: CatchUp | None = None
+        ui = self._chat.ui
+        if ui == "auto":
+            ui = "console" if sys.stdin.isatty() else "none"
+        log_file: Callable[[], Path | None] = getattr(logs, "log_file", lambda: None)  # TODO
         service = ChatService(
             ctx,
             self._chat,
@@ -85,6 +91,10 @@ class PeerRole:
             metrics,
             emit,
             on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
+            data_dir=self._data_dir,
+            log_file=log_file,
+            # The console shows the newest few missed messages; scripts get every one.
+            missed_inline=self._chat.missed_inline if ui == "console" else None,
         )
         if settings.catchup:
             client = StoreClient(ctx.host, ctx.metrics.history_client, self._chat.max_message_bytes)
@@ -98,9 +108,6 @@ class PeerRole:
                 ctx.metrics.catch_up,
                 ctx.log,
             )
-        ui = self._chat.ui
-        if ui == "auto":
-            ui = "console" if sys.stdin.isatty() else "none"
         async with trio.open_nursery() as nursery:
             if catch_up is not None:
                 await nursery.start(catch_up.run)
@@ -116,8 +123,28 @@ class PeerRole:
             if ui == "json":
                 await run_json(service, receive)
             elif sys.stdin.isatty():
-                await run_console(service, receive, self._data_dir / "input_history")
+                await self._run_console(service, receive)
             else:  # console asked for without a terminal: plain lines in, plain lines out
                 await run_lines(service, receive)
             ctx.log.info("chat closed by the user")
             ctx.request_stop()
+
+    async def _run_console(
+        self, service: ChatService, events: trio.MemoryReceiveChannel[ChatEvent]
+    ) -> None:
+        """The console, with the node's warnings shown in it as one notice line each (its logs
+        go to a file: a log line must never land between chat lines)."""
+        token = trio.lowlevel.current_trio_token()
+
+        def warned(summary: str) -> None:  # any thread
+            with contextlib.suppress(trio.RunFinishedError):  # the node is stopping
+                token.run_sync_soon(service.warning, summary)
+
+        watch = getattr(logs, "watch_warnings", None)  # TODO
+        unwatch = watch(warned) if watch is not None else (lambda: None)
+        try:
+            await run_console(
+                service, events, self._data_dir / "input_history", bell=self._chat.bell
+            )
+        finally:
+            unwatch()

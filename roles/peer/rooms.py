@@ -3,7 +3,11 @@
 Bookkeeping only, no I/O: subscribing and unsubscribing is the service's part. Each
 :class:`Room` knows its members (subscribed peers we are connected to, kept by
 :mod:`p2pchat.roles.peer.membership`) and the senders heard in it lately (the members that only
-the mesh connects us to, whom pubsub does not list), the newest :data:`MAX_HEARD` of them.
+the mesh connects us to, whom pubsub does not list), the newest :data:`MAX_HEARD` of them, and
+how many of its messages arrived while it was not the current room (unread).
+
+The rooms joined are remembered in the store (:class:`RememberedRooms`) and joined again at the
+next start, at most :data:`MAX_ROOMS` of them.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from dataclasses import dataclass, field
 
 import trio
 from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.store import KeyValue
+from p2pchat.node.wire.chat import validate_room
 
 MAX_HEARD = 256  # senders remembered per room for /peers
+MAX_ROOMS = 100  # rooms joined at once: each one is a subscription and a receiving task
+NAMESPACE = "rooms"  # of the node's store (NodeContext.keys): one key per joined room
 
 
 @dataclass
@@ -26,6 +34,7 @@ class Room:
     members: set[str] = field(default_factory=set)  # subscribed peers we are connected to
     # Senders heard in the room (PeerId -> when, ms), the newest MAX_HEARD.
     heard: BoundedDict[str, int] = field(default_factory=lambda: BoundedDict(MAX_HEARD))
+    unread: int = 0  # messages that arrived while another room was current
 
     def hear(self, sender: str, at_ms: int) -> None:
         """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept)."""
@@ -98,3 +107,50 @@ class Rooms:
         if room not in self._rooms:
             raise KeyError(room)
         self.current = room
+
+    def arrived(self, room: str) -> None:
+        """A live message of ``room`` was shown: unread if ``room`` is not the current one."""
+        joined = self._rooms.get(room)
+        if joined is not None and room != self.current:
+            joined.unread += 1
+
+    def take_unread(self, room: str) -> int:
+        """How many messages of ``room`` arrived unread; it counts as read from now on."""
+        joined = self._rooms.get(room)
+        if joined is None:
+            return 0
+        unread, joined.unread = joined.unread, 0
+        return unread
+
+    def unread(self) -> dict[str, int]:
+        """Unread messages per joined room."""
+        return {name: room.unread for name, room in self._rooms.items()}
+
+
+class RememberedRooms:
+    """The rooms joined, kept in the store so that a restart joins them again.
+
+    ``keys`` is the :data:`NAMESPACE` namespace of the node's store. Only valid room names are
+    read back (the store may predate a rule), at most :data:`MAX_ROOMS`.
+    """
+
+    def __init__(self, keys: KeyValue) -> None:
+        self._keys = keys
+
+    def names(self) -> list[str]:
+        """The remembered rooms, in byte order of their names."""
+        rooms: list[str] = []
+        for key, _ in self._keys.items():
+            try:
+                rooms.append(validate_room(key.decode()))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if len(rooms) >= MAX_ROOMS:
+                break
+        return rooms
+
+    def joined(self, room: str) -> None:
+        self._keys.put(room.encode(), b"")
+
+    def left(self, room: str) -> None:
+        self._keys.delete(room.encode())

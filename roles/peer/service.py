@@ -23,33 +23,31 @@ call alone (:meth:`ChatService.execute`), so a message arriving while a command 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import trio
 from p2pchat.node.config import ChatSection
-from p2pchat.node.history import History, now_ms
+from p2pchat.node.history import History, StoredMessage, now_ms
+from p2pchat.node.ids import short_id
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
-from p2pchat.roles.peer.commands import (
-    DEFAULT_HISTORY,
-    HELP,
-    Command,
-    Invalid,
-    Send,
-    parse_line,
-    short_id,
-)
+from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
+    ConnectionEvent,
     ErrorEvent,
+    HistoryEndEvent,
     NoticeEvent,
     OutputEvent,
     PeerEvent,
 )
 from p2pchat.roles.peer.inbound import Inbound, InboundObserver
+from p2pchat.roles.peer.lookup import export_lines, search
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
 from p2pchat.roles.peer.names import NAMESPACE as NAMES_NAMESPACE
 from p2pchat.roles.peer.names import Names
@@ -57,15 +55,18 @@ from p2pchat.roles.peer.outbox import NAMESPACE as PENDING_NAMESPACE
 from p2pchat.roles.peer.outbox import Outbox, OutboxObserver, PendingQueue
 from p2pchat.roles.peer.presentation import (
     NodeFacts,
-    connection_notice,
+    Whois,
     discovered_notice,
     history_events,
     info_output,
+    infrastructure,
     peers_output,
     rooms_output,
+    whois_output,
 )
 from p2pchat.roles.peer.retention import Retention
-from p2pchat.roles.peer.rooms import Room, Rooms
+from p2pchat.roles.peer.rooms import MAX_ROOMS, RememberedRooms, Room, Rooms
+from p2pchat.roles.peer.rooms import NAMESPACE as ROOMS_NAMESPACE
 
 HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
 
@@ -104,7 +105,8 @@ class ChatObserver(InboundObserver, OutboxObserver, Protocol):
 
 class ChatService:
     """Rooms, messages, names and history of one chat peer; front ends call :meth:`execute`
-    (or :meth:`handle_line`) with each input line and render the events ``emit`` is given."""
+    (or :meth:`handle_line`, :meth:`send`) with each input and render the events ``emit`` is
+    given."""
 
     def __init__(
         self,
@@ -116,10 +118,16 @@ class ChatService:
         observer: ChatObserver,
         emit: Callable[[ChatEvent], None],
         on_join: Callable[[str], None] = lambda room: None,
+        *,
+        data_dir: Path | None = None,
+        log_file: Callable[[], Path | None] = lambda: None,
+        missed_inline: int | None = None,
     ) -> None:
         """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
         (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
-        this peer joins (catch-up fetches what it missed)."""
+        this peer joins (catch-up fetches what it missed); ``data_dir``: where /export writes
+        by default; ``log_file``: where the node logs (``/info``); ``missed_inline``: how many
+        of the messages a catch-up fetched are shown (the newest; None: all, for scripts)."""
         self._ctx = ctx
         self._node_roles = list(node_roles)
         self._on_join = on_join
@@ -127,8 +135,12 @@ class ChatService:
         self._history = history
         self._observer = observer
         self._emit = emit
+        self._data_dir = data_dir
+        self._log_file = log_file
+        self._missed_inline = missed_inline
         self._me = ctx.host.peer_id
         self._rooms = Rooms(settings.room)
+        self._remembered = RememberedRooms(ctx.keys(ROOMS_NAMESPACE))
         self._names = Names(
             self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
         )
@@ -154,20 +166,26 @@ class ChatService:
             gossip.subscribers,
             ctx.host.connected_peers,
             ctx.discovered_peers,
+            self._chat_peer,
         )
         self._changes = ChangeSignal()
         gossip.watch_subscriptions(self._changes.note)
         ctx.host.watch_connections(self._changes)
+        ctx.host.watch_identify(self._changes.note)  # a peer's roles are known from now on
         ctx.watch_discoveries(self._changes.note)
         self._nursery: trio.Nursery | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Join the configured room, then keep rooms, members and retention going."""
+        """Join the configured room and the rooms joined before the last stop, then keep
+        rooms, members and retention going."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._join(self._rooms.current)
+            for room in self._remembered.names():
+                if room not in self._rooms and len(self._rooms) < MAX_ROOMS:
+                    await self._join(room)
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._retention.run)
             task_status.started()
@@ -192,10 +210,39 @@ class ChatService:
         """The last name ``peer`` announced or used, or ``anon``."""
         return self._names.name_of(peer)
 
-    def caught_up(self, room: str, count: int, sources: list[str]) -> None:
-        """Tell the user how many messages of ``room`` arrived while they were away."""
-        if count:
-            self._emit(CaughtUpEvent(room, count, sources))
+    def welcome(self) -> NoticeEvent:
+        """The greeting a front end shows first."""
+        others = [room for room in self._rooms.names() if room != self._rooms.current]
+        also = f" (also in {', '.join(others)})" if others else ""
+        return NoticeEvent(
+            "welcome",
+            f"you are {self.display_name} ({short_id(self._me)}) in "
+            f"{self._rooms.current}{also}; /help lists the commands",
+            {
+                "peer_id": self._me,
+                "name": self.display_name,
+                "room": self._rooms.current,
+                "rooms": self._rooms.names(),
+            },
+        )
+
+    def caught_up(self, room: str, new: Sequence[StoredMessage], sources: list[str]) -> None:
+        """Show the messages of ``room`` that arrived while this peer was away (``new``, just
+        stored): how many, then the newest ``missed_inline`` of them in order."""
+        if not new:
+            return
+        ordered = sorted(new, key=lambda m: (m.sent_at_ms, m.message_id))
+        shown = ordered if self._missed_inline is None else ordered[-self._missed_inline :]
+        if self._missed_inline == 0:
+            shown = []
+        events = history_events(shown, self._me, self._names.own)
+        self._emit(CaughtUpEvent(room, len(new), sources, len(events)))
+        for event in events:
+            self._emit(event)
+
+    def warning(self, summary: str) -> None:
+        """Show a warning of the node (a log line, summarised) as one notice."""
+        self._emit(NoticeEvent("warning", f"warning: {summary}", {"summary": summary}))
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -215,14 +262,27 @@ class ChatService:
             self._emit(event)
         return keep_going
 
+    async def send(self, text: str, room: str | None = None) -> list[ChatEvent]:
+        """Send ``text`` verbatim (it may start with ``/`` and span lines) to ``room`` (default:
+        the current one, which must be joined); returns the answer, as :meth:`execute` does."""
+        target = room or self._rooms.current
+        if target not in self._rooms:
+            return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
+        if not text.strip():
+            return [ErrorEvent("bad_argument", "an empty message is not sent")]
+        answer = await self._outbox.send(target, self.display_name, text)
+        return [answer] if answer is not None else []
+
     async def _act(self, line: str, reply: Reply) -> bool:
         parsed = parse_line(line)
         if parsed is None:
             return True
         if isinstance(parsed, Invalid):
-            reply(ErrorEvent(parsed.hint))
+            reply(ErrorEvent(parsed.code, parsed.hint, parsed.command))
         elif isinstance(parsed, Send):
-            answer = await self._outbox.send(self._rooms.current, self.display_name, parsed.text)
+            answer = await self._outbox.send(
+                self._rooms.current, self.display_name, parsed.text, action=parsed.action
+            )
             if answer is not None:
                 reply(answer)
         elif isinstance(parsed, Command):
@@ -238,12 +298,16 @@ class ChatService:
             reply(OutputEvent("help", HELP))
         elif name == "peers":
             reply(self._peers_output())
+        elif name == "whois":
+            self._whois(argument, reply)
         elif name == "name":
             await self._set_name(argument, reply)
         elif name == "history":
-            limit = int(argument) if argument else DEFAULT_HISTORY
-            for event in history_events(current, self._history.last(current, limit), self._me):
-                reply(event)
+            self._show_history(current, int(argument) if argument else DEFAULT_HISTORY, reply)
+        elif name == "search":
+            await self._search(argument, reply)
+        elif name == "export":
+            await self._export(argument, reply)
         elif name == "info":
             reply(self._info_output())
         elif name == "join":
@@ -251,9 +315,64 @@ class ChatService:
         elif name == "leave":
             await self._leave(argument or current, reply)
         elif name == "rooms":
-            reply(rooms_output(self._rooms.names(), current))
+            reply(rooms_output(self._rooms.names(), current, self._rooms.unread()))
         elif name == "switch":
             self._switch(argument, reply)
+
+    # --- history ---------------------------------------------------------------------------------
+
+    def _show_history(self, room: str, limit: int, reply: Reply, command: str = "history") -> None:
+        """The newest ``limit`` messages of ``room``, then the end marker with how many more
+        the store holds."""
+        messages = self._history.last(room, limit)
+        for event in history_events(messages, self._me, self._names.own):
+            reply(event)
+        more = max(0, self._history.count(room) - len(messages))
+        reply(HistoryEndEvent(command, room, len(messages), more))
+
+    async def _search(self, query: str, reply: Reply) -> None:
+        rooms = self._rooms.names()
+        result = await trio.to_thread.run_sync(search, self._history, rooms, query)
+        for event in history_events(result.hits, self._me, self._names.own):
+            reply(event)
+        reply(HistoryEndEvent("search", None, len(result.hits), result.more))
+
+    async def _export(self, argument: str, reply: Reply) -> None:
+        """/export [room] [file]: one argument is a room if this peer knows a room by that name
+        (joined, or in the history), else a file."""
+        words = argument.split(maxsplit=1)
+        known = set(self._rooms.names())
+        room, file = self._rooms.current, None
+        if len(words) == 2:
+            room, file = words
+        elif len(words) == 1:
+            if words[0] in known or words[0] in self._history.rooms():
+                room = words[0]
+            else:
+                file = words[0]
+        if room not in known and room not in self._history.rooms():
+            reply(ErrorEvent("not_in_room", f"no history of {room} here", "/export"))
+            return
+        if file is not None:
+            path = Path(file).expanduser()  # noqa: ASYNC240 (reads $HOME only)
+        elif self._data_dir is not None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = self._data_dir / "exports" / f"{room}-{stamp}.jsonl"
+        else:
+            reply(ErrorEvent("missing_argument", "/export needs a file: /export [room] <file>"))
+            return
+        try:
+            count = await trio.to_thread.run_sync(export_lines, self._history, room, path)
+        except OSError as error:
+            reply(ErrorEvent("export_failed", f"export to {path} failed: {error}", "/export"))
+            return
+        reply(
+            NoticeEvent(
+                "exported",
+                f"exported {count} message(s) of {room} to {path}",
+                {"room": room, "file": str(path), "count": count},
+            )
+        )
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -262,9 +381,15 @@ class ChatService:
         try:
             cleaned = self._names.set_own(name)
         except ValueError as error:
-            reply(ErrorEvent(str(error)))
+            reply(ErrorEvent("invalid_name", str(error), "/name"))
             return
-        reply(NoticeEvent(f"you are now {cleaned} ({short_id(self._me)})"))
+        reply(
+            NoticeEvent(
+                "name_set",
+                f"you are now {cleaned} ({short_id(self._me)})",
+                {"name": cleaned},
+            )
+        )
         for room in self._rooms.names():
             await self._announce_name(room)
 
@@ -275,19 +400,56 @@ class ChatService:
         announcement = NameAnnouncement(id=new_message_id(), name=name, sent_at_ms=now_ms())
         await self._gossip.publish(room, encode(announcement))
 
+    def _whois(self, name: str, reply: Reply) -> None:
+        wanted = name.casefold()
+        peers = [peer for peer, known in self._names.known() if known.casefold() == wanted]
+        if self._names.display_name.casefold() == wanted:
+            peers.insert(0, self._me)
+        if not peers:
+            reply(ErrorEvent("unknown_name", f"nobody known here uses the name {name}", "/whois"))
+            return
+        connections = {c.peer_id: c for c in self._ctx.host.connections()}
+        found = []
+        for peer in peers:
+            info = connections.get(peer)
+            heard = [at for room in self._rooms for p, at in room.heard.items() if p == peer]
+            found.append(
+                Whois(
+                    peer=peer,
+                    name=self.name_of(peer),
+                    connection=None if info is None else "relayed" if info.relayed else "direct",
+                    roles=sorted(self._ctx.peer_roles(peer) or ()),
+                    rooms=[room.name for room in self._rooms if peer in room.members],
+                    heard_at_ms=max(heard) if heard else None,
+                    me=peer == self._me,
+                )
+            )
+        reply(whois_output(name, found))
+
     # --- rooms -----------------------------------------------------------------------------------
 
     async def _join_command(self, room: str, reply: Reply) -> None:
-        """Join ``room`` (if needed) and make it current."""
+        """Join ``room`` (if needed), make it current and remember it for the next start."""
         try:
             room = validate_room(room)
         except ValueError as error:
-            reply(ErrorEvent(str(error)))
+            reply(ErrorEvent("invalid_room", str(error), "/join"))
             return
         if room not in self._rooms:
+            if len(self._rooms) >= MAX_ROOMS:
+                reply(
+                    ErrorEvent(
+                        "too_many_rooms",
+                        f"you are in {MAX_ROOMS} rooms, the most at once; /leave one first",
+                        "/join",
+                    )
+                )
+                return
             await self._join(room)
+        self._remembered.joined(room)
         self._rooms.switch(room)
-        reply(NoticeEvent(f"joined {room}"))
+        self._rooms.take_unread(room)
+        reply(NoticeEvent("room_joined", f"joined {room}", {"room": room}))
 
     async def _join(self, name: str) -> None:
         assert self._nursery is not None
@@ -310,31 +472,66 @@ class ChatService:
         self._on_join(name)
 
     async def _leave(self, room: str, reply: Reply) -> None:
-        """Leave ``room``; the last room cannot be left (use /quit)."""
+        """Leave ``room`` and forget it; the last room cannot be left (use /quit)."""
         try:
             left = self._rooms.remove(room)
         except KeyError:
-            reply(ErrorEvent(f"you are not in {room}"))
+            reply(ErrorEvent("not_in_room", f"you are not in {room}", "/leave"))
             return
         except ValueError:
-            reply(ErrorEvent(f"{room} is your only room; use /quit to leave the chat"))
+            reply(
+                ErrorEvent(
+                    "only_room", f"{room} is your only room; use /quit to leave the chat", "/leave"
+                )
+            )
             return
+        self._remembered.left(room)
         left.scope.cancel()
         await self._gossip.leave(room)
         self._changes.note()
         self._observer.rooms_joined(len(self._rooms))
-        reply(NoticeEvent(f"left {room}; current room: {self._rooms.current}"))
+        reply(
+            NoticeEvent(
+                "room_left",
+                f"left {room}; current room: {self._rooms.current}",
+                {"room": room, "current": self._rooms.current},
+            )
+        )
 
     def _switch(self, room: str, reply: Reply) -> None:
-        """Make a joined room current."""
+        """Make a joined room current and show what arrived there since it last was."""
         try:
             self._rooms.switch(room)
         except KeyError:
-            reply(ErrorEvent(f"you are not in {room}; /join {room} first"))
+            reply(
+                ErrorEvent("not_in_room", f"you are not in {room}; /join {room} first", "/switch")
+            )
             return
-        reply(NoticeEvent(f"current room: {room}"))
+        unread = self._rooms.take_unread(room)
+        reply(
+            NoticeEvent(
+                "room_switched",
+                f"current room: {room}" + (f" ({unread} new)" if unread else ""),
+                {"room": room, "unread": unread},
+            )
+        )
+        if unread:
+            shown = min(unread, DEFAULT_HISTORY)
+            messages = self._history.last(room, shown)
+            for event in history_events(messages, self._me, self._names.own):
+                reply(event)
+            reply(HistoryEndEvent("switch", room, len(messages), unread - len(messages)))
 
     # --- membership ------------------------------------------------------------------------------
+
+    def _chat_peer(self, peer: str) -> bool | None:
+        """True for a chat peer, False for infrastructure (no room member: its roles are shown
+        by /peers), None while its identify has not arrived (a node that names no p2pchat
+        roles, such as a js-libp2p peer, is a chat peer once identified)."""
+        roles = self._ctx.peer_roles(peer)
+        if roles is not None:
+            return not infrastructure(roles)
+        return True if self._ctx.host.peer_protocols(peer) else None
 
     async def _watch_members(self) -> None:
         """Look at who is around and act on the changes, at start and whenever an event may
@@ -348,10 +545,11 @@ class ChatService:
         the rooms someone joined with our name and deliver their queued messages."""
         for peer, via in changes.discovered:
             self._emit(discovered_notice(peer, via))
+        relayed = {c.peer_id: c.relayed for c in self._ctx.host.connections()}
         for peer in changes.connected:
-            self._emit(connection_notice(peer, self.name_of(peer), opened=True))
+            self._emit(self._connection_event(peer, "opened", relayed.get(peer, False)))
         for peer in changes.disconnected:
-            self._emit(connection_notice(peer, self.name_of(peer), opened=False))
+            self._emit(self._connection_event(peer, "closed", False))
         for room in self._rooms.names():
             joined = changes.joined.get(room, [])
             for peer in joined:
@@ -362,9 +560,21 @@ class ChatService:
                 await self._announce_name(room)
                 delivered = await self._outbox.flush(room)
                 if delivered:
-                    self._emit(NoticeEvent(f"delivered {delivered} queued message(s) to {room}"))
+                    self._emit(
+                        NoticeEvent(
+                            "delivered",
+                            f"delivered {delivered} queued message(s) to {room}",
+                            {"room": room, "count": delivered},
+                        )
+                    )
         current = self._rooms.current_room()
         self._observer.room_members(len(current.members) if current is not None else 0)
+
+    def _connection_event(self, peer: str, change: str, relayed: bool) -> ConnectionEvent:
+        roles = sorted(self._ctx.peer_roles(peer) or ())
+        return ConnectionEvent(
+            "opened" if change == "opened" else "closed", peer, self.name_of(peer), relayed, roles
+        )
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -376,10 +586,12 @@ class ChatService:
             room.members if room is not None else (),
             room.heard_since(now_ms() - HEARD_RECENTLY_MS) if room is not None else (),
             self.name_of,
+            lambda peer: self._ctx.peer_roles(peer) or (),
         )
 
     def _info_output(self) -> OutputEvent:
         host = self._ctx.host
+        log_file = self._log_file()
         return info_output(
             NodeFacts(
                 peer_id=self._me,
@@ -392,5 +604,7 @@ class ChatService:
                 reachability=self._ctx.reachability(),
                 relays=self._ctx.relays(),
                 store_bytes=self._ctx.store_size(),
+                metrics=self._ctx.metrics_address(),
+                log_file=str(log_file) if log_file is not None else None,
             )
         )
