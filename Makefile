@@ -21,6 +21,9 @@ $(RUNTIME): pyproject.toml | $(BIN)/python
 		"(about 1 min on a fresh machine; fastecdsa is compiled)"
 	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -e .
+	@# An editable install leaves out the wheel's data files (the man page, the completions):
+	@# link them into the venv as a wheel would install them, as the code itself is linked.
+	cp -rsf "$(CURDIR)/share" $(VENV)/
 	touch $@
 
 $(DEV): $(RUNTIME)

@@ -36,12 +36,12 @@ EXIT_STATUS = r""".TP
 .B 0
 ok (also after SIGINT or SIGTERM)
 .TP
+.B 1
+runtime failure, e.g. a listen or metrics address cannot be bound
+.TP
 .B 2
 usage or configuration error: bad flag, key, value or multiaddr, unreadable or corrupt file,
 corrupt identity, data directory in use
-.TP
-.B 1
-runtime failure, e.g. a listen or metrics address cannot be bound
 .PP
 Every expected error is one line on standard error."""
 
@@ -76,9 +76,9 @@ def release_date(version: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     """The CLI's parser, its file and directory arguments marked for shtab."""
-    # argparse wraps help text to the terminal's width: fix it, or the output would depend on
-    # the shell that ran the generator.
-    os.environ["COLUMNS"] = "100"
+    # argparse wraps usage and help to the terminal's width: fix it, or the output would depend
+    # on the shell that ran the generator. Wide, so that man fills each usage line itself.
+    os.environ["COLUMNS"] = "1000"
     import shtab
     from p2pchat.node.cli import _build_parser
 
