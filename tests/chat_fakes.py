@@ -176,8 +176,15 @@ class Chat:
 
 
 @contextmanager
-def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
-    """A chat service on a fresh store (not yet running: start ``chat.service.run``)."""
+def chat_service(
+    tmp_path: Path,
+    *,
+    missed_inline: int | None = None,
+    data_dir: Path | None = None,
+    **chat: object,
+) -> Iterator[Chat]:
+    """A chat service on the store in ``tmp_path`` (created if new; not yet running: start
+    ``chat.service.run``); ``missed_inline`` and ``data_dir`` as ChatService takes them."""
     me = ephemeral_identity()
     host = FakeHost(me)
     pubsub = FakePubsub(me)
@@ -206,6 +213,8 @@ def chat_service(tmp_path: Path, **chat: object) -> Iterator[Chat]:
         ChatMetrics(CollectorRegistry()),
         events.append,
         on_join=joined.append,
+        missed_inline=missed_inline,
+        data_dir=data_dir,
     )
     try:
         yield Chat(service, pubsub, host, store, events, discovered, joined, discovery_watchers)

@@ -1,0 +1,364 @@
+"""What a user of a modern chat client expects of the chat service: rooms told apart, unread
+counts, missed messages shown, remembered rooms, /me, //text, mentions, /whois, /search,
+/export, infrastructure kept out of the room members (service on a pubsub in memory; the
+console through a real terminal is tests/test_console.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import trio
+import trio.testing
+from p2pchat.node.history import StoredMessage, now_ms
+from p2pchat.node.p2p.envelopes import envelope_data, sign_envelope
+from p2pchat.node.p2p.identity import Identity, ephemeral_identity
+from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
+from p2pchat.roles.peer.events import (
+    CaughtUpEvent,
+    ChatEvent,
+    ErrorEvent,
+    HistoryEndEvent,
+    MessageEvent,
+    NoticeEvent,
+    OutputEvent,
+    PeerEvent,
+)
+from p2pchat.roles.peer.lookup import SEARCH_HITS
+from p2pchat.roles.peer.rendering import BELL, HIGHLIGHT, View, render_text, timestamp
+from p2pchat.roles.peer.rooms import MAX_ROOMS
+
+from tests.chat_fakes import Chat, chat_service
+
+ROOM = "p2p-chat-default"
+
+
+def said(room: str, words: str, name: str = "Bob", at_ms: int | None = None) -> bytes:
+    return encode(
+        ChatText(
+            id=new_message_id(),
+            room=room,
+            sender_name=name,
+            text=words,
+            sent_at_ms=at_ms if at_ms is not None else now_ms(),
+        )
+    )
+
+
+async def answer(chat: Chat, line: str) -> list[ChatEvent]:
+    keep_going, events = await chat.service.execute(line)
+    assert keep_going
+    return events
+
+
+def messages(events: list[ChatEvent]) -> list[MessageEvent]:
+    return [e for e in events if isinstance(e, MessageEvent)]
+
+
+async def test_a_message_of_another_room_shows_its_room_and_counts_as_unread(
+    tmp_path: Path,
+) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            await answer(chat, "/join ops")
+            await answer(chat, f"/switch {ROOM}")
+            at = now_ms()
+            chat.pubsub.deliver(
+                "ops", [(bob, said("ops", f"ops line {n}", at_ms=at + n)) for n in range(3)]
+            )
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, "here"))])
+            await trio.testing.wait_all_tasks_blocked()
+            ops_line = next(m for m in messages(chat.events) if m.room == "ops")
+            here = next(m for m in messages(chat.events) if m.room == ROOM)
+            view = View(room=ROOM)
+            assert f"] #ops Bob ({bob.peer_id_text[:6]}…" in render_text(ops_line, view)
+            assert "#" not in render_text(here, view)  # the current room needs no tag
+            assert "#ops" not in render_text(ops_line, View(room="ops"))
+
+            (rooms,) = await answer(chat, "/rooms")
+            assert isinstance(rooms, OutputEvent)
+            assert rooms.text == f"rooms: ops (3 unread), {ROOM} (current)"
+            assert rooms.data["unread"] == {"ops": 3, ROOM: 0}
+
+            # Switching shows what arrived there, in order, then an end marker.
+            switched = await answer(chat, "/switch ops")
+            assert switched[0] == NoticeEvent(
+                "room_switched", "current room: ops (3 new)", {"room": "ops", "unread": 3}
+            )
+            assert [m.text for m in messages(switched)] == [f"ops line {n}" for n in range(3)]
+            assert all(m.history for m in messages(switched))
+            assert switched[-1] == HistoryEndEvent("switch", "ops", 3, 0)
+            (rooms,) = await answer(chat, "/rooms")
+            assert isinstance(rooms, OutputEvent) and rooms.data["unread"]["ops"] == 0
+            nursery.cancel_scope.cancel()
+
+
+def test_timestamps_carry_the_date_when_not_today() -> None:
+    now = time.localtime()
+    today = (now.tm_year, now.tm_mon, now.tm_mday)
+    assert len(timestamp(now_ms(), today)) == len("14:04:35")
+    two_days_ago = now_ms() - 2 * 86_400_000
+    shown = timestamp(two_days_ago, today)
+    assert shown == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(two_days_ago / 1000))
+
+
+def test_actions_and_mentions_render_as_a_chat_client_does() -> None:
+    peer = "12D3KooWMa11oryMa11oryMa11oryMa11oryMa11oryMa11ory63hY"
+    action = MessageEvent(ROOM, "00", peer, "Bob", "waves", now_ms(), own=False, action=True)
+    assert render_text(action).endswith("] * Bob (12D3Ko…63hY) waves")
+    mention = MessageEvent(ROOM, "00", peer, "Bob", "hi Alice", now_ms(), own=False, mention=True)
+    on_terminal = render_text(mention, View(room=ROOM, width=80, bell=True))
+    assert on_terminal.startswith(HIGHLIGHT) and on_terminal.endswith(BELL)
+    assert not render_text(mention, View(room=ROOM, width=80, bell=False)).endswith(BELL)
+    # Not a terminal (a pipe, a log): no escape sequences, no bell.
+    assert render_text(mention, View(room=ROOM)) == render_text(
+        MessageEvent(ROOM, "00", peer, "Bob", "hi Alice", mention.sent_at_ms, own=False)
+    )
+    old = MessageEvent(ROOM, "00", peer, "Bob", "hi Alice", 0, own=False, history=True)
+    replayed = render_text(
+        MessageEvent(**{**_fields(old), "mention": True}), View(width=80, bell=True)
+    )
+    assert not replayed.endswith(BELL)  # history never rings
+
+
+def _fields(event: MessageEvent) -> dict[str, object]:
+    return {name: getattr(event, name) for name in event.__dataclass_fields__}
+
+
+async def test_mentions_of_my_name_are_marked_and_me_and_double_slash_send(
+    tmp_path: Path,
+) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path, name="Alice") as chat:
+        chat.pubsub.members[ROOM] = {bob.peer_id_text}  # someone to send to
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            for words in ("hey @alice, look", "Alice: ping", "malice aforethought", "alicex"):
+                chat.pubsub.deliver(ROOM, [(bob, said(ROOM, words))])
+            await trio.testing.wait_all_tasks_blocked()
+            marked = {m.text: m.mention for m in messages(chat.events)}
+            assert marked == {
+                "hey @alice, look": True,
+                "Alice: ping": True,
+                "malice aforethought": False,
+                "alicex": False,
+            }
+
+            assert await answer(chat, "/me waves") == []
+            assert await answer(chat, "//etc/hosts is a path") == []
+            await trio.testing.wait_all_tasks_blocked()
+            assert await answer(chat, "/me") == [
+                ErrorEvent("missing_argument", "/me needs an argument: /me <action>", "/me")
+            ]
+            sent = [decode(data, max_text_bytes=4096) for _, data in chat.pubsub.published]
+            texts = [(m.text, m.action) for m in sent if isinstance(m, ChatText)]
+            assert texts == [("waves", True), ("/etc/hosts is a path", False)]
+            mine = messages(chat.events)[-2:]
+            assert [(m.text, m.action, m.own) for m in mine] == [
+                ("waves", True, True),
+                ("/etc/hosts is a path", False, True),
+            ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_verbatim_send_may_start_with_a_slash_and_span_lines(tmp_path: Path) -> None:
+    with chat_service(tmp_path) as chat:
+        chat.pubsub.members[ROOM] = {ephemeral_identity().peer_id_text}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            assert await chat.service.send("/not a command\nsecond line") == []
+            assert await chat.service.send("x", room="elsewhere") == [
+                ErrorEvent("not_in_room", "you are not in elsewhere; /join elsewhere first")
+            ]
+            await trio.testing.wait_all_tasks_blocked()
+            assert [m.text for m in messages(chat.events)] == ["/not a command\nsecond line"]
+            nursery.cancel_scope.cancel()
+
+
+def _stored(chat: Chat, signer: Identity, room: str, words: str, at_ms: int) -> StoredMessage:
+    """A message as catch-up stores it: signed by ``signer``, in the history."""
+    chat.pubsub.members.setdefault(room, set())
+    data = said(room, words, at_ms=at_ms)
+    payload = decode(data, max_text_bytes=4096)
+    assert isinstance(payload, ChatText)
+    return StoredMessage.of_text(payload, signer.peer_id_text, sign_envelope(signer, room, data), 0)
+
+
+async def test_missed_messages_are_shown_newest_few_in_order_or_all_for_scripts(
+    tmp_path: Path,
+) -> None:
+    bob = ephemeral_identity()
+    for inline, expected_shown in ((5, 5), (None, 12), (0, 0)):
+        with chat_service(tmp_path / str(inline), missed_inline=inline) as chat:
+            base = now_ms() - 3 * 86_400_000  # three days ago: shown with their date
+            missed = [_stored(chat, bob, ROOM, f"missed {n}", base + n) for n in range(12)]
+            chat.service.caught_up(ROOM, list(reversed(missed)), ["archiver"])
+            first, *shown = chat.events
+            assert first == CaughtUpEvent(ROOM, 12, ["archiver"], expected_shown)
+            assert [m.text for m in messages(shown)] == [
+                f"missed {n}" for n in range(12 - expected_shown, 12)
+            ]
+            assert all(m.history for m in messages(shown))
+            if expected_shown == 5:
+                assert (
+                    first.text == f"12 message(s) in {ROOM} while you were away; 7 more: /history"
+                )
+                assert render_text(shown[0]).startswith(f"[{timestamp(base + 7)}]")
+                assert "-" in timestamp(base + 7)  # the date, as it is not today
+
+
+async def test_rooms_joined_are_joined_again_after_a_restart_until_left(tmp_path: Path) -> None:
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            await answer(chat, "/join ops")
+            await answer(chat, "/join dev")
+            await answer(chat, "/leave dev")
+            nursery.cancel_scope.cancel()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            assert chat.service.room_names() == [ROOM, "ops"]
+            assert chat.service.current_room == ROOM  # the configured room comes first
+            assert chat.service.welcome().text.endswith("(also in ops); /help lists the commands")
+            nursery.cancel_scope.cancel()
+
+
+async def test_rooms_at_once_are_bounded(tmp_path: Path) -> None:
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            for n in range(MAX_ROOMS - 1):
+                await answer(chat, f"/join room{n}")
+            (refused,) = await answer(chat, "/join one-too-many")
+            assert isinstance(refused, ErrorEvent) and refused.code == "too_many_rooms"
+            assert len(chat.service.room_names()) == MAX_ROOMS
+            nursery.cancel_scope.cancel()
+
+
+async def test_whois_names_every_peer_using_a_name(tmp_path: Path) -> None:
+    bob, mallory = ephemeral_identity(), ephemeral_identity()
+    with chat_service(tmp_path, name="Alice") as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            chat.peer_arrives(bob.peer_id_text, ROOM)
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, "hi", name="Bob"))])
+            chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "hi too", name="bob"))])
+            await trio.testing.wait_all_tasks_blocked()
+            (whois,) = await answer(chat, "/whois BOB")
+            assert isinstance(whois, OutputEvent)
+            found = {p["peer"]: p for p in whois.data["peers"]}
+            assert set(found) == {bob.peer_id_text, mallory.peer_id_text}
+            assert found[bob.peer_id_text]["connection"] == "direct"
+            assert found[bob.peer_id_text]["rooms"] == [ROOM]
+            assert found[mallory.peer_id_text]["connection"] is None
+            assert found[mallory.peer_id_text]["heard_at_ms"] is not None
+            assert "names are claims" in whois.text
+            (me,) = await answer(chat, "/whois alice")
+            assert isinstance(me, OutputEvent) and me.data["peers"][0]["me"] is True
+            assert await answer(chat, "/whois nobody") == [
+                ErrorEvent("unknown_name", "nobody known here uses the name nobody", "/whois")
+            ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_search_finds_every_word_newest_first_bounded(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            await answer(chat, "/join ops")
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, f"deploy {n} done")) for n in range(60)])
+            chat.pubsub.deliver("ops", [(bob, said("ops", "Deploy failed, rolling back"))])
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, "lunch?"))])
+            await trio.testing.wait_all_tasks_blocked()
+            found = await answer(chat, "/search DEPLOY failed")
+            assert [m.text for m in messages(found)] == ["Deploy failed, rolling back"]
+            assert found[-1] == HistoryEndEvent("search", None, 1, 0)
+            many = await answer(chat, "/search deploy")
+            assert len(messages(many)) == SEARCH_HITS
+            assert many[-1] == HistoryEndEvent("search", None, SEARCH_HITS, 61 - SEARCH_HITS)
+            assert messages(many)[-1].text == "Deploy failed, rolling back"  # newest kept
+            assert messages(await answer(chat, "/search nothing-like-this")) == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_export_writes_json_lines_a_reader_can_verify(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path, data_dir=tmp_path / "data") as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            at = now_ms()
+            chat.pubsub.deliver(
+                ROOM, [(bob, said(ROOM, f"line {n}", at_ms=at + n)) for n in range(3)]
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            (done,) = await answer(chat, "/export")
+            assert isinstance(done, NoticeEvent) and done.kind == "exported"
+            path = Path(done.data["file"])
+            assert path.parent == tmp_path / "data" / "exports" and done.data["count"] == 3
+            lines = [json.loads(line) for line in (await trio.Path(path).read_text()).splitlines()]
+            assert [line["text"] for line in lines] == ["line 0", "line 1", "line 2"]
+            assert all(line["sender"] == bob.peer_id_text for line in lines)
+            # The signed envelope travels with each line: the text can be checked against it.
+            data = envelope_data(base64.b64decode(lines[0]["envelope"]))
+            payload = decode(data, max_text_bytes=4096)
+            assert isinstance(payload, ChatText) and payload.text == "line 0"
+
+            named = tmp_path / "elsewhere" / "room.jsonl"
+            (done,) = await answer(chat, f"/export {ROOM} {named}")
+            assert isinstance(done, NoticeEvent) and done.data["count"] == 3
+            assert (await trio.Path(named).read_text()).count("\n") == 3
+            (done,) = await answer(chat, f"/export {tmp_path / 'one-arg.jsonl'}")
+            assert isinstance(done, NoticeEvent) and done.data["room"] == ROOM
+            (refused,) = await answer(chat, "/export nowhere /tmp/x.jsonl")
+            assert isinstance(refused, ErrorEvent) and refused.code == "not_in_room"
+            blocked = tmp_path / "a-file"
+            await trio.Path(blocked).write_text("")
+            (failed,) = await answer(chat, f"/export {ROOM} {blocked / 'under-a-file.jsonl'}")
+            assert isinstance(failed, ErrorEvent) and failed.code == "export_failed"
+            nursery.cancel_scope.cancel()
+
+
+async def test_infrastructure_in_a_room_is_no_member_and_peers_shows_its_role(
+    tmp_path: Path,
+) -> None:
+    archiver, bob = ephemeral_identity().peer_id_text, ephemeral_identity().peer_id_text
+    with chat_service(tmp_path) as chat:
+        chat.host.roles[archiver] = frozenset({"archiver"})
+        chat.host.roles[bob] = frozenset({"peer"})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            chat.peer_arrives(archiver, ROOM)
+            chat.peer_arrives(bob, ROOM)
+            await trio.testing.wait_all_tasks_blocked()
+            joined = [e.peer for e in chat.events if isinstance(e, PeerEvent)]
+            assert joined == [bob]
+            (peers,) = await answer(chat, "/peers")
+            assert isinstance(peers, OutputEvent)
+            assert f"  archiver ({archiver[:6]}…{archiver[-4:]}) direct" in peers.text
+            assert peers.data["room_members"] == [bob]
+            roles = {p["peer"]: p["roles"] for p in peers.data["peers"]}
+            assert roles == {archiver: ["archiver"], bob: ["peer"]}
+            nursery.cancel_scope.cancel()
+
+
+async def test_history_ends_with_a_marker_saying_how_many_more(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            at = now_ms()
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, f"m{n}", at_ms=at + n)) for n in range(8)])
+            await trio.testing.wait_all_tasks_blocked()
+            listed = await answer(chat, "/history 5")
+            assert [m.text for m in messages(listed)] == [f"m{n}" for n in range(3, 8)]
+            assert listed[-1] == HistoryEndEvent("history", ROOM, 5, 3)
+            assert render_text(listed[-1]) == f"* end of {ROOM}: 5 message(s); 3 more: /history 8"
+            (refused,) = await answer(chat, "/history 0")
+            assert isinstance(refused, ErrorEvent) and refused.code == "bad_argument"
+            nursery.cancel_scope.cancel()
