@@ -4,7 +4,9 @@ first test needs one (each takes minutes until its peers have met), each taken d
 last test of its module, and every one of them at the end of this package whatever happened
 (which then checks that the engine holds nothing of them any more).
 
-A missing engine or image fails the suite (CI never skips it).
+A missing engine or image fails the suite (CI never skips it). Shared machines: the node image is
+this run's own tag and every topology a Compose project of its own (see lab.py); nothing of
+another run or user is used or removed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import docker
 import pytest
 
+from tests.containers.image import RUN_IMAGE, RUN_OWNER, remove
 from tests.nat.lab import MEET_WAIT, NATS, LabError, Topology, build_images, engine
 
 SETUP_WAIT = 900.0  # building nothing new, starting and meeting: minutes; this is the bound
@@ -82,12 +85,16 @@ def lab_engine() -> docker.DockerClient:
 
 
 @pytest.fixture(scope="session")
-def lab_images(lab_engine: docker.DockerClient) -> tuple[str, str]:
-    """(node image, router image), built by ``make image``'s script and the base image's."""
+def lab_images(lab_engine: docker.DockerClient) -> Iterator[tuple[str, str]]:
+    """(node image, router image), built by ``make image``'s script and the base image's. The
+    node image is this run's own tag, removed at the end of the session (only while the tag
+    still names this run's image); the shared base image stays."""
     try:
-        return build_images()
+        images = build_images(RUN_IMAGE, RUN_OWNER)
     except LabError as error:
         pytest.fail(str(error))
+    yield images
+    remove(RUN_IMAGE, RUN_OWNER)
 
 
 @pytest.fixture(scope="package")

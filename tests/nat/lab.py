@@ -12,7 +12,12 @@ has the attributes the process helpers of tests/conftest.py have (``say``, ``nex
 
 The images come from the project's scripts: ``ops/containers/image.sh`` (``make image``; it also
 starts the engine) and ``ops/containers/base-image.sh`` (the routers'). ``NAT_LAB_IMAGE`` names
-an existing image to use instead of building one (it must exist). Every failure to get an
+an existing image to use instead of building one (it must exist).
+
+Shared machines: everything a topology creates belongs to its Compose project, whose name is
+``$P2PCHAT_LAB_PREFIX-nat-<random>`` (prefix default ``p2pchat``), on subnets no other network
+uses; teardown removes by that project's label only. The suite's node image is its run's own
+tag (tests/containers/image.py), removed at the end of the session. Every failure to get an
 engine or an image raises :class:`LabError`: the suite fails, it never skips.
 
 Traffic: the tests reach the nodes' metrics endpoints at their container addresses (the host is
@@ -42,6 +47,7 @@ from docker.models.containers import Container
 from testcontainers.compose import DockerCompose
 
 from tests.conftest import metric_value
+from tests.containers.image import ImageError, build
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "ops" / "compose"
@@ -56,6 +62,8 @@ EVENT_WAIT = 60.0
 PUBLIC = {"bootstrap": (11, 4001), "relay": (12, 4011), "archiver": (13, 4021)}
 PEERS = {"peer-a": (1, 4101), "peer-b": (2, 4102)}
 ROUTERS = {"router-a": (2, 1), "router-b": (3, 2)}  # -> (octet outside, LAN number)
+# The first part of every topology's Compose project name (a random part follows).
+PROJECT_PREFIX = os.environ.get("P2PCHAT_LAB_PREFIX", "p2pchat")
 # Environment variables that would override the lab's own settings (Compose gives the
 # process environment precedence over --env-file).
 _OVERRIDES = ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "COMPOSE_PROFILES", "P2PCHAT_IMAGE")
@@ -87,14 +95,19 @@ def _run(*args: str | Path, timeout: float = 1800) -> str:
     return lines[-1]
 
 
-def build_images() -> tuple[str, str]:
+def build_images(tag: str | None = None, owner: str | None = None) -> tuple[str, str]:
     """(the node image, the routers' base image): built, or reused when up to date, by the
-    project's scripts (the node image is ``make image``'s). Raises LabError."""
+    project's scripts. The node image is ``make image``'s, under ``tag`` as ``owner`` (None:
+    the script's defaults, ``P2PCHAT_IMAGE`` or ``p2pchat:local`` and this user's checkout);
+    the suite passes its run's own (tests/containers/image.py). Raises LabError."""
     image = os.environ.get("NAT_LAB_IMAGE")
     if image:
         _run("docker", "image", "inspect", "--format", "{{.Id}}", image, timeout=60)
     else:
-        image = _run(REPO / "ops" / "containers" / "image.sh")
+        try:
+            image = build(tag, owner)
+        except ImageError as error:
+            raise LabError(str(error)) from None
     base = _run(REPO / "ops" / "containers" / "base-image.sh")
     return image, base
 
@@ -167,7 +180,7 @@ class Topology:
             os.environ.pop(name)
         self.client = client
         self.nat = nat
-        self.project = f"p2pchat-nat-{secrets.token_hex(4)}"
+        self.project = f"{PROJECT_PREFIX}-nat-{secrets.token_hex(4)}"
         self.net = free_net(client)
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
