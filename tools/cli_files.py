@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     import shtab
     from p2pchat.node.cli import _build_parser
 
-    parser = _build_parser()
+    parser: argparse.ArgumentParser = _build_parser()
     for action in _all_actions(parser):
         # A `complete` attribute is how shtab is told what an argument names.
         if action.metavar == "DIR":
