@@ -4,7 +4,9 @@ When a room is joined (so at start) and whenever a peer that serves history conn
 every reconnect), each joined room is fetched from the sources not asked in the last
 :data:`REASK_AFTER` seconds or disconnected from since they were asked: connected peers that
 speak the history protocol (archivers, and chat peers serving their local store), at most
-``history.catchup_sources`` of them, all at once.
+``history.catchup_sources`` of them, archivers first, all at once. A peer that knows only a
+bootstrap node gets archivers connected from the DHT
+(:class:`~p2pchat.node.rendezvous.ArchiverFinder`); each such connection starts a catch-up.
 The range starts ``history.catchup_overlap_seconds`` before the newest message already stored
 (clocks of senders differ), or ``history.catchup_lookback_days`` ago for a room with no history.
 
@@ -129,13 +131,18 @@ class CatchUp:
                     await self.catch_up(room, sources)
 
     async def _sources(self) -> list[str]:
-        """Connected peers serving history (waiting briefly for identify to name protocols)."""
+        """Connected peers serving history, those that say they are archivers first (waiting
+        briefly for identify to name protocols and roles)."""
         deadline = trio.current_time() + IDENTIFY_WAIT
         while True:
             peers = self._host.connected_peers()
             unknown = [p for p in peers if not self._host.peer_protocols(p)]
             if not unknown or trio.current_time() >= deadline:
-                return [p for p in peers if PROTOCOL_ID in self._host.peer_protocols(p)]
+                servers = [p for p in peers if PROTOCOL_ID in self._host.peer_protocols(p)]
+                # Archivers first: they keep whole rooms, a chat peer only what it saw.
+                return sorted(
+                    servers, key=lambda p: "archiver" not in (self._host.peer_roles(p) or ())
+                )
             with trio.move_on_at(deadline):
                 await self._host.identify_received()
 

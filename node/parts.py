@@ -34,7 +34,7 @@ from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.p2p.pubsub import NodeGossip
-from p2pchat.node.rendezvous import Rendezvous
+from p2pchat.node.rendezvous import ArchiverFinder, Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
 from p2pchat.node.store_server import StoreServer
@@ -220,6 +220,22 @@ class _BootstrapDials:
             task_status.started()
 
 
+def _archivers(w: Wiring) -> Capability:
+    assert w.rendezvous is not None  # the dht part comes first
+    return ArchiverFinder(
+        w.host,
+        w.rendezvous,
+        w.config.history.catchup_sources,
+        w.config.dht.lookup_interval_max,
+        w.log,
+    )
+
+
+def _finds_archivers(config: Config) -> bool:
+    """Chat peers that catch up look for archivers in the DHT."""
+    return config.dht.enabled and config.history.catchup and "peer" in config.roles
+
+
 PARTS: tuple[Part, ...] = (
     Part("dht", "dht.enabled", lambda c, roles: c.dht.enabled, _dht),
     Part(
@@ -251,6 +267,13 @@ PARTS: tuple[Part, ...] = (
         "node.bootstrap",
         lambda c, roles: bool(c.node.bootstrap),
         _BootstrapDials,
+        phase="listening",
+    ),
+    Part(
+        "archiver-discovery",
+        "dht.enabled and history.catchup (chat peers)",
+        lambda c, roles: _finds_archivers(c),
+        _archivers,
         phase="listening",
     ),
 )

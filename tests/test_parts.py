@@ -28,7 +28,16 @@ def names(parts: Sequence[str]) -> set[str]:
 def test_a_chat_peer_runs_rooms_history_and_finds_peers_after_listening() -> None:
     on = started({})
     assert on["start"] == ["dht", "autonat", "autorelay", "holepunch", "rooms", "history-server"]
-    assert on["listening"] == ["discovery", "mdns"]
+    assert on["listening"] == ["discovery", "mdns", "archiver-discovery"]
+
+
+def test_only_chat_peers_that_catch_up_look_for_archivers_in_the_dht() -> None:
+    assert (
+        "archiver-discovery" not in started({}, {"P2PCHAT_HISTORY__CATCHUP": "false"})["listening"]
+    )
+    for roles in ("archiver", "relay", "bootstrap"):
+        assert "archiver-discovery" not in started({"roles": roles})["listening"]
+    assert "archiver-discovery" in started({"roles": "peer,archiver"})["listening"]
 
 
 def test_each_switch_turns_its_part_off() -> None:

@@ -4,7 +4,9 @@ It joins the configured rooms' GossipSub topics (and, with ``archiver.all_rooms`
 connected peer subscribes to, as it does, up to ``archiver.max_rooms``), verifies every message
 as a chat peer does, and writes it synced to disk (:mod:`p2pchat.roles.archiver.ingest`); the
 node answers history queries from it (:mod:`p2pchat.node.store_server`) so peers that were
-offline catch up. With the chat peer in the same process, both use the node's one pubsub and
+offline catch up. With the DHT on, it announces itself under
+:data:`~p2pchat.node.rendezvous.ARCHIVER_KEY`, where chat peers that know only a bootstrap node
+find it. With the chat peer in the same process, both use the node's one pubsub and
 history: the room's messages are stored once, and the tighter retention applies.
 """
 
@@ -19,6 +21,7 @@ from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
+from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
 from p2pchat.node.wire.store_query import PROTOCOL_ID
@@ -80,6 +83,8 @@ class ArchiverRole:
                 messages=archive.held,
             )
             task_status.started()
+            if ctx.rendezvous is not None:  # so that chat peers find this archiver in the DHT
+                nursery.start_soon(ctx.rendezvous.announce, "archiver service", ARCHIVER_KEY)
 
     async def _join(
         self,
