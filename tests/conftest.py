@@ -2,11 +2,16 @@
 
 Every node listens on port 0 (the OS picks a free port) and reports its bound addresses in its
 ``node ready`` JSON log line, which :class:`NodeProcess` waits for.
+
+Every object a ``--json`` node writes to stdout and these helpers read is validated against the
+events schema shipped in the package (``p2pchat/roles/peer/schema/events-v1.schema.json``): a
+violation fails the test that caused it, at the next event it reads and at its teardown.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import pty
@@ -23,15 +28,65 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pyte
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 START_TIMEOUT = 60.0  # generous: shared CI machines can be slow to import libp2p
 TERMINAL_COLUMNS, TERMINAL_ROWS = 120, 40
+EVENTS_SCHEMA = "events-v1.schema.json"
+INPUT_SCHEMA = "input-v1.schema.json"
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema of the ``--json`` contract, read from the installed package."""
+    text = resources.files("p2pchat.roles").joinpath("peer", "schema", name).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def schema_validator(name: str = EVENTS_SCHEMA) -> jsonschema.Draft202012Validator:
+    """A validator of the shipped schema ``name`` (checked against its metaschema first)."""
+    schema = load_schema(name)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@functools.cache
+def _branch_validator(name: str, event_type: str) -> jsonschema.Draft202012Validator | None:
+    """The validator of the ``oneOf`` branch of schema ``name`` for objects of ``event_type``
+    (None if there is none): each branch of the events schema fixes ``type`` to one value, so an
+    object matches the whole schema exactly when it matches its type's branch, and checking that
+    branch alone is four times faster than trying them all (thousands of events per test)."""
+    validator = schema_validator(name)
+    branches = [branch.get("$ref") for branch in validator.schema.get("oneOf", [])]
+    if f"#/$defs/{event_type}" not in branches:
+        return None
+    return validator.evolve(schema=validator.schema["$defs"][event_type])
+
+
+def contract_violations(event: object, name: str = EVENTS_SCHEMA) -> list[str]:
+    """Why ``event`` does not match the shipped schema ``name``, one line each (empty: it does).
+
+    An object whose ``type`` names a branch is checked against that branch alone, so the
+    reasons name the offending field rather than "not valid under any of the given schemas".
+    """
+    event_type = event.get("type") if isinstance(event, dict) else None
+    validator = None
+    if isinstance(event_type, str):
+        validator = _branch_validator(name, event_type)
+    if validator is None:
+        validator = schema_validator(name)
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in validator.iter_errors(event)
+    ]
 
 
 def p2pchat_command() -> list[str]:
@@ -83,6 +138,9 @@ class NodeProcess:
     terminal: int | None = None  # the pty master, for nodes started with terminal=True
     screen: list[str] = field(default_factory=list)  # raw terminal output, as received
     netns: str | None = None  # the network namespace the node runs in, if not the test's own
+    # --json stdout that broke the events schema (or was not JSON), kept to fail the test.
+    contract_violations: list[str] = field(default_factory=list)
+    stdout_reader: threading.Thread | None = None
 
     def type_keys(self, keys: str) -> None:
         """Type into the node's terminal (needs terminal=True)."""
@@ -116,12 +174,41 @@ class NodeProcess:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
+    def send_json(self, message: dict[str, Any]) -> None:
+        """Write one input object to the node's stdin (needs --json)."""
+        self.say(json.dumps(message))
+
+    def read_stdout_line(self, line: str) -> dict[str, Any] | None:
+        """One line the node wrote to stdout (with --json): the event it holds, checked against
+        the shipped schema; a violation is kept in :attr:`contract_violations`. None for a line
+        that is not a JSON object (kept as a violation too)."""
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as error:
+            self.contract_violations.append(f"not JSON ({error}): {line[:300]!r}")
+            return None
+        problems = contract_violations(event)
+        if problems:
+            self.contract_violations.append(
+                f"{json.dumps(event)[:500]}\n    " + "\n    ".join(problems)
+            )
+        return event if isinstance(event, dict) else None
+
+    def check_contract(self) -> None:
+        """Fail if anything this node wrote so far broke the JSON contract."""
+        if self.contract_violations:
+            raise AssertionError(
+                f"{self.data_dir.name}: --json output breaks {EVENTS_SCHEMA}:\n"
+                + "\n".join(self.contract_violations)
+            )
+
     def next_event(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = START_TIMEOUT
     ) -> dict[str, Any]:
         """The next chat event (after those already consumed) matching ``predicate``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.check_contract()
             try:
                 event = self.chat_queue.get(timeout=0.2)
             except queue.Empty:
@@ -137,6 +224,7 @@ class NodeProcess:
 
     def drain_events(self) -> list[dict[str, Any]]:
         """Every chat event received so far and not yet consumed."""
+        self.check_contract()
         while True:
             try:
                 self.chat.append(self.chat_queue.get_nowait())
@@ -312,11 +400,17 @@ def start_node(
     def pump_stdout() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            node.chat_queue.put(json.loads(line))
+            if not line.endswith("\n"):
+                return  # the last line, cut short by a kill: nothing the node meant to say
+            event = node.read_stdout_line(line)
+            if event is not None:
+                node.chat_queue.put(event)
 
     threading.Thread(target=pump_stderr, daemon=True).start()
     if interactive and read_output and not discard_output:
-        threading.Thread(target=pump_stdout, daemon=True).start()
+        node.stdout_reader = threading.Thread(target=pump_stdout, daemon=True)
+        node.stdout_reader.start()
+    _started_in_this_test.append(node)
     if wait_ready:
         node.ready = node.wait_for("node ready")
     return node
@@ -339,6 +433,31 @@ def start_node_in(
     )
     nodes.append(node)
     return node
+
+
+_started_in_this_test: list[NodeProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def json_contract() -> Iterator[None]:
+    """Fails a test if any ``--json`` node it started wrote output that breaks the events
+    schema, including output the test never read. Autouse fixtures are set up first, so this
+    runs after ``nodes`` has stopped its processes: their output is read to the end."""
+    _started_in_this_test.clear()
+    yield
+    started = list(_started_in_this_test)
+    _started_in_this_test.clear()
+    for node in started:
+        if node.stdout_reader is not None and node.proc.poll() is not None:
+            node.stdout_reader.join(timeout=10)
+    failures = []
+    for node in started:
+        try:
+            node.check_contract()
+        except AssertionError as failure:
+            failures.append(str(failure))
+    if failures:
+        raise AssertionError("\n".join(failures))
 
 
 @pytest.fixture
