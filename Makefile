@@ -18,7 +18,7 @@ $(BIN)/python:
 # py-libp2p's fastecdsa. README's "Install" section has the measured time.
 $(RUNTIME): pyproject.toml | $(BIN)/python
 	@echo "==> installing p2pchat and its runtime dependencies into $(VENV)" \
-		"(about 1 min on a fresh machine; fastecdsa is compiled)"
+		"(about 25 s on a fresh machine: README, Install)"
 	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -e .
 	@# An editable install leaves out the wheel's data files (the man page, the completions):
