@@ -48,6 +48,10 @@ Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
 mapped there (reads, writes, close, reset) and in :meth:`P2PHost.new_stream` (opening), once.
 
+What a peer is: a host built with ``HostSettings.agent_version`` sends it in identify, and
+:meth:`P2PHost.peer_roles` reads the p2pchat roles a peer sent (:mod:`p2pchat.node.p2p.agent`;
+py-libp2p 0.8.1 can neither set the one nor keep the other).
+
 Traps 3, 6-9, 13 and 21 concern capabilities built in later modules (GossipSub, relay,
 AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging) is handled in
 ``p2pchat.node.logs``.
