@@ -96,6 +96,10 @@ def test_schema_and_events_py_agree() -> None:
     notice_kinds = set(get_args(events_module.NoticeKind))
     error_codes = set(get_args(events_module.ErrorCode))
     assert set(schema["$defs"]["notice"]["properties"]["kind"]["enum"]) == notice_kinds
+    data_rules = [
+        rule["if"]["properties"]["kind"]["const"] for rule in schema["$defs"]["notice"]["allOf"]
+    ]
+    assert set(data_rules) <= notice_kinds and len(set(data_rules)) == len(data_rules)
     assert set(schema["$defs"]["error"]["properties"]["code"]["enum"]) == error_codes
     # The ids a script may give are the ids echoed back, within the parser's bounds.
     ids = load_schema(INPUT_SCHEMA)["$defs"]["id"]["oneOf"]
@@ -116,6 +120,7 @@ def test_the_validator_rejects_what_breaks_the_contract(tmp_path: Path) -> None:
         {"type": "done", "ok": True, "reply_to": None},
         {"type": "error", "code": "oops", "text": "x", "command": None},
         {"type": "notice", "kind": "gossip", "text": "x", "data": {}},
+        {"type": "notice", "kind": "room_joined", "text": "joined x", "data": {}},  # no room
         {"type": "output", "command": "ready", "text": "x", "data": {"schema_version": 2}},
         {"type": "frobnicated"},
         ["not", "an", "object"],
