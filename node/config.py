@@ -9,17 +9,19 @@ message is one line naming the key and where the bad value came from.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import ipaddress
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import multiaddr
 import yaml
-from p2pchat.node.errors import ConfigError
+from p2pchat.node.errors import ConfigError, IdentityError
+from p2pchat.node.ids import check_announce_addr, check_listen_addr, check_peer_addr
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -47,40 +49,18 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-def _parse_multiaddr(value: str) -> multiaddr.Multiaddr:
-    try:
-        return multiaddr.Multiaddr(value)
-    except Exception as exc:  # the library raises several unrelated types for bad input
-        raise ValueError(f"invalid multiaddr {value!r}: {exc}") from None
-
-
-def _protocol_names(addr: multiaddr.Multiaddr) -> list[str]:
-    return [proto.name for proto in addr.protocols()]
-
-
 def _check_listen_addr(value: str) -> str:
-    names = _protocol_names(_parse_multiaddr(value))
-    if len(names) < 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
-        raise ValueError(f"listen address {value!r} must be /ip4|ip6/<addr>/tcp/<port>[/ws]")
-    if names[2:] not in ([], ["ws"]):
-        raise ValueError(f"listen address {value!r}: only TCP and WebSocket (/ws) are supported")
+    check_listen_addr(value)
     return value
 
 
 def _check_announce_addr(value: str) -> str:
-    names = _protocol_names(_parse_multiaddr(value))
-    if "p2p" in names:
-        raise ValueError(f"announce address {value!r} must not contain /p2p/ (it is added)")
+    check_announce_addr(value)
     return value
 
 
 def _check_peer_addr(value: str) -> str:
-    addr = _parse_multiaddr(value)
-    names = _protocol_names(addr)
-    if not names or names[-1] != "p2p":
-        raise ValueError(f"peer address {value!r} must end with /p2p/<peer id>")
-    if len(names) < 2:
-        raise ValueError(f"peer address {value!r} has no transport part before /p2p/")
+    check_peer_addr(value)
     return value
 
 
@@ -302,17 +282,44 @@ class RelaySection(_Section):
     )
 
 
+LOG_FILE_NAME = Path("logs") / "p2pchat.log"
+
+
 class LogSection(_Section):
-    """Structured logs on stderr."""
+    """Structured logs: on stderr, or in a rotated file while the chat console owns the
+    terminal."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: console on a TTY, JSON lines otherwise."
+        default="auto",
+        description="On stderr: auto (console on a TTY, JSON lines otherwise), json, console. "
+        "The file is always JSON lines.",
     )
     libp2p_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="critical",
         description="Level for py-libp2p's own loggers, routed into ours. The library logs "
         "routine events (a refused dial) as errors; p2pchat logs those itself, with context.",
+    )
+    destination: Literal["auto", "stderr", "file"] = Field(
+        default="auto",
+        description="Where logs go. auto: the file while the chat console front end runs (log "
+        "lines never land between chat lines; warnings show as one notice line), stderr "
+        "otherwise.",
+    )
+    file: Path | None = Field(
+        default=None, description="The log file; default <data dir>/logs/p2pchat.log."
+    )
+    max_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=1024,
+        le=1 << 40,
+        description="The log file is rotated when it would grow past this many bytes.",
+    )
+    backups: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Rotated log files kept (p2pchat.log.1 ...); the oldest is deleted.",
     )
 
 
@@ -339,6 +346,14 @@ class ChatSection(_Section):
     history_max_messages: int = Field(
         default=100_000, ge=1, description="Messages kept per room; the oldest go first."
     )
+
+    def front_end(self, stdin_is_tty: bool) -> Literal["console", "json", "none"]:
+        """The chat front end ``ui`` means: ``auto`` is the console when stdin is a terminal,
+        headless (``none``) otherwise."""
+        if self.ui == "auto":
+            return "console" if stdin_is_tty else "none"
+        return self.ui
+
     max_known_names: int = Field(
         default=10_000,
         ge=1,
@@ -348,6 +363,16 @@ class ChatSection(_Section):
     )
     history_max_age_days: float = Field(
         default=365.0, gt=0, description="Messages older than this are deleted."
+    )
+    missed_inline: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Messages that arrived while you were away shown in the console after a "
+        "catch-up (the newest; the rest: /history). --json shows every one.",
+    )
+    bell: bool = Field(
+        default=True, description="Ring the terminal bell when a message mentions your name."
     )
 
 
@@ -449,6 +474,21 @@ class Config(_Section):
             return self.node.data_dir.expanduser()
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return Path(xdg) / "p2pchat"
+
+    def console_front_end(self, stdin_is_tty: bool) -> bool:
+        """Whether this node runs the chat console front end (the peer role, and ``chat.ui``
+        meaning the console): then the console owns the terminal."""
+        return "peer" in self.roles and self.chat.front_end(stdin_is_tty) == "console"
+
+    def log_file(self, stdin_is_tty: bool) -> Path | None:
+        """Where the logs go: a file (``log.destination`` file, or auto with the console front
+        end), or None for stderr."""
+        wanted = self.log.destination
+        if wanted == "stderr" or (wanted == "auto" and not self.console_front_end(stdin_is_tty)):
+            return None
+        if self.log.file is not None:
+            return self.log.file.expanduser()
+        return self.data_dir() / LOG_FILE_NAME
 
     def to_yaml(self) -> str:
         """The effective configuration as YAML (what ``p2pchat config check`` prints)."""
@@ -577,21 +617,27 @@ def _source_of(loc: tuple[int | str, ...], provenance: Mapping[str, str]) -> str
 
 
 def _explain(exc: ValidationError, provenance: Mapping[str, str]) -> str:
-    error = exc.errors(include_url=False)[0]
-    loc = tuple(
-        part
-        for part in error["loc"]
-        if not (isinstance(part, str) and part.startswith("function-"))
-    )
-    key = _format_loc(loc) or "(top level)"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif error["type"] == "literal_error":
-        message = f"got {error['input']!r}; {message.lower()}"
-    more = len(exc.errors()) - 1
-    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-    return f"{key} (from {_source_of(loc, provenance)}): {message}{suffix}"
+    """Every problem pydantic found, one line each: the key, where its value came from, what is
+    wrong. A value refused by several branches of a union is reported once, by the first."""
+    lines: list[str] = []
+    seen: set[tuple[int | str, ...]] = set()
+    for error in exc.errors(include_url=False):
+        loc = tuple(
+            part
+            for part in error["loc"]
+            if not (isinstance(part, str) and part.startswith("function-"))
+        )
+        if loc in seen:
+            continue
+        seen.add(loc)
+        key = _format_loc(loc) or "(top level)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "literal_error":
+            message = f"got {error['input']!r}; {message.lower()}"
+        lines.append(f"{key} (from {_source_of(loc, provenance)}): {message}")
+    return "\n".join(lines)
 
 
 def _roles_from(layers: list[_Layer]) -> list[str]:
@@ -623,7 +669,7 @@ def load_config(
         The validated configuration.
 
     Raises:
-        ConfigError: one line naming the bad key and its source.
+        ConfigError: one line per problem, each naming the bad key and its source.
     """
     environ = os.environ if environ is None else environ
     upper: list[_Layer] = []
@@ -657,3 +703,77 @@ def load_config(
             f"or server ({where})"
         )
     return config
+
+
+# --- the data directory -------------------------------------------------------------------------
+
+# The node's store lives in <data dir>/store (node/runtime.py); RocksDB holds an fcntl write lock
+# on its LOCK file while a process has it open.
+STORE_DIR = "store"
+STORE_LOCK = "LOCK"
+
+
+def data_dir_problems(data_dir: Path) -> list[str]:
+    """What would stop a node from using ``data_dir``, one line each (empty: nothing).
+
+    It must exist or be creatable, be a directory, be writable, hold a readable and valid
+    identity if it holds one, and not be in use by a running node. Nothing is created or
+    changed (the writability probe is an unnamed temporary file; the lock probe is released at
+    once).
+    """
+    where = f"data dir {data_dir}"
+    if not data_dir.exists():
+        ancestor = next((parent for parent in data_dir.parents if parent.exists()), None)
+        if ancestor is None:
+            return []
+        if not ancestor.is_dir():
+            return [f"{where}: cannot be created: {ancestor} is not a directory"]
+        if not _writable(ancestor):
+            return [f"{where}: cannot be created: {ancestor} is not writable"]
+        return []
+    if not data_dir.is_dir():
+        return [f"{where}: not a directory"]
+    problems: list[str] = []
+    if not _writable(data_dir):
+        problems.append(f"{where}: not writable")
+    # Imported here: it loads py-libp2p (~0.5 s), which most config errors should not wait for.
+    from p2pchat.node.p2p.identity import IDENTITY_FILE, load_or_create_identity
+
+    if (data_dir / IDENTITY_FILE).exists():
+        try:
+            load_or_create_identity(data_dir)  # it exists: only read and checked
+        except IdentityError as error:
+            problems.append(str(error))
+    if _locked(data_dir / STORE_DIR / STORE_LOCK):
+        problems.append(
+            f"{where}: in use by a running p2pchat node (its store is locked); stop that node "
+            "or use another data dir"
+        )
+    return problems
+
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (tried: permission bits do not tell for
+    root, read-only mounts or full quotas)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def _locked(lock_file: Path) -> bool:
+    """Whether another process holds RocksDB's lock on ``lock_file``."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except OSError:  # no store yet, or unreadable: nobody can be holding it through us
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -1,7 +1,8 @@
 """The user-facing error types and the exit codes the CLI maps them to.
 
-An error of these types is an expected failure the user can fix; the CLI prints its message as one
-line and exits with its code. Anything else escaping is a bug and keeps its traceback.
+An error of these types is an expected failure the user can fix; the CLI prints its message (one
+line, or one line per problem when there are several) and exits with its code. Anything else
+escaping is a bug and keeps its traceback.
 """
 
 EXIT_OK = 0
@@ -10,7 +11,7 @@ EXIT_USAGE = 2
 
 
 class P2PChatError(Exception):
-    """An expected failure with a one-line message for the user."""
+    """An expected failure with a message for the user: one line per problem, usually one."""
 
     exit_code: int = EXIT_RUNTIME
 

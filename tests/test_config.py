@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from p2pchat.node.config import load_config
 from p2pchat.node.errors import ConfigError
+from p2pchat.node.ids import short_id
 
 TCP = "/ip4/127.0.0.1/tcp/{}"
 PEER_ID = "12D3KooWLcpGQadRha8CsuUByzaGRwXuCdUBM4s4jWLa3a7Bd6RX"
@@ -114,7 +115,8 @@ def test_effective_config_round_trips_through_yaml(tmp_path: Path) -> None:
         ("node:\n  max_connections: 0\n", "node.max_connections (from file {file}): "),
         (
             'node:\n  listen: ["/ip4/127.0.0.1/tcp/1", "/ip4/1.2.3/tcp/1"]\n',
-            "node.listen[1] (from file {file}): invalid multiaddr '/ip4/1.2.3/tcp/1'",
+            "node.listen[1] (from file {file}): listen address '/ip4/1.2.3/tcp/1' has '1.2.3' "
+            "after /ip4, which is not an IPv4 address",
         ),
         (
             'node:\n  listen: ["/ip4/127.0.0.1/udp/1/quic-v1"]\n',
@@ -122,7 +124,8 @@ def test_effective_config_round_trips_through_yaml(tmp_path: Path) -> None:
         ),
         (
             'node:\n  bootstrap: ["/ip4/127.0.0.1/tcp/1"]\n',
-            "node.bootstrap[0] (from file {file}): peer address '/ip4/127.0.0.1/tcp/1' must end",
+            "node.bootstrap[0] (from file {file}): peer address '/ip4/127.0.0.1/tcp/1' has no "
+            "peer id: it must end with /p2p/<peer id>",
         ),
         (
             f'node:\n  announce: ["/ip4/1.2.3.4/tcp/1/p2p/{PEER_ID}"]\n',
@@ -234,3 +237,102 @@ def test_relay_limits_default_to_go_libp2p_and_the_allow_list_is_checked() -> No
     assert allowed.relay.allow == ["10.0.0.0/8", PEER_ID]
     with pytest.raises(ConfigError, match=r"relay\.allow\[0\].*'not-a-thing' is neither"):
         load_config(environ={"P2PCHAT_RELAY__ALLOW": "not-a-thing"})
+
+
+def test_several_errors_are_all_listed_one_line_each(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        "node:\n  listen: ['/ip4/127.0.0.1/tcp/99999']\n  max_connections: 0\n"
+        "log:\n  level: loud\nchat:\n  room: 'a room'\n",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(file=file, environ={})
+    lines = str(raised.value).splitlines()
+    assert [line.split(" (from ")[0] for line in lines] == [
+        "node.listen[0]",
+        "node.max_connections",
+        "log.level",
+        "chat.room",
+    ]
+    assert all(f"(from file {file}): " in line for line in lines)
+    assert "more error" not in str(raised.value)
+    # A value that several branches of a type refuse is one problem, reported once.
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={"P2PCHAT_ARCHIVER__RETENTION__MAX_AGE_DAYS": "soon"})
+    assert len(str(raised.value).splitlines()) == 1
+
+
+# --- addresses in plain words (node/ids.py) ------------------------------------------------------
+
+EXAMPLE = "e.g. /ip4/203.0.113.9/tcp/4001/p2p/12D3KooW"
+
+
+@pytest.mark.parametrize(
+    ("addr", "says"),
+    [
+        # The issue's example: the library said "The last protocol should be `P_P2P` (421)
+        # instead of `6`" for a missing peer id, "Invalid CID" for a bad one.
+        ("/ip4/1.2.3.4/tcp/4001", "has no peer id: it must end with /p2p/<peer id>"),
+        (
+            "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooW-bad",
+            "has '12D3KooW-bad' after /p2p, which is not a peer id",
+        ),
+        ("/ip4/1.2.3.4/tcp/4001/p2p/", "has /p2p without a peer id after it"),
+        ("/ip4/1.2.3.4/tpc/4001", "has /tpc, which is not a protocol name (did you mean tcp?)"),
+        ("/ip4/1.2.3.4/tcp/99999", "has port '99999': a port is a number from 0 to 65535"),
+        ("/ip4/1.2.3.4/tcp/http", "has port 'http': a port is a number from 0 to 65535"),
+        ("/ip4/1.2.3.4/tcp", "has /tcp without a port number after it"),
+        ("/ip4/localhost/tcp/1", "'localhost' after /ip4, which is not an IPv4 address"),
+        ("/ip4/1.2.3.4:4001", "a port is written /tcp/<port>, not after a colon"),
+        ("1.2.3.4:4001", "is host:port, not a multiaddr: write it /ip4/1.2.3.4/tcp/4001"),
+        ("ip4/1.2.3.4/tcp/1", "is not a multiaddr: it must start with /"),
+        ("", "is empty"),
+        (f"/p2p/{PEER_ID}", "has only a peer id: put the transport"),
+    ],
+)
+def test_a_bad_peer_address_is_explained_in_plain_words(addr: str, says: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={}, flags={"node": {"bootstrap": [addr]}})
+    message = str(raised.value)
+    assert message.startswith(f"node.bootstrap[0] (from command line): peer address {addr!r} ")
+    assert says in message and EXAMPLE in message, message
+    for library_words in ("P_P2P", "Invalid CID", "Invalid MultiAddr", "(string:"):
+        assert library_words not in message
+
+
+def test_listen_and_announce_addresses_are_explained_too() -> None:
+    cases = [
+        ("listen", "/ip4/127.0.0.1/udp/1/quic-v1", "must be /ip4/<address>/tcp/<port>"),
+        (
+            "listen",
+            "/ip4/127.0.0.1/tcp/1/wss",
+            "has /wss: p2pchat listens on TCP and WebSocket (/ws) only",
+        ),
+        ("announce", f"/ip4/1.2.3.4/tcp/1/p2p/{PEER_ID}", "must not contain /p2p/"),
+        ("announce", "/dns4//tcp/1", "has /dns4 without a host name after it"),
+    ]
+    for key, addr, says in cases:
+        with pytest.raises(ConfigError) as raised:
+            load_config(environ={}, flags={"node": {key: [addr]}})
+        assert f"{key} address {addr!r} {says}" in str(raised.value)
+        assert "; e.g. /" in str(raised.value)
+    fine = load_config(
+        environ={},
+        flags={
+            "node": {
+                "bootstrap": [
+                    f"/ip4/1.2.3.4/tcp/1/p2p/{PEER_ID}",
+                    f"/dns4/relay.example.org/tcp/4011/p2p/{PEER_ID}/p2p-circuit/p2p/{PEER_ID}",
+                ],
+                "announce": ["/dns4/chat.example.org/tcp/4001"],
+            }
+        },
+    )
+    assert len(fine.node.bootstrap) == 2
+
+
+def test_short_id_is_the_consoles_format() -> None:
+    assert short_id(PEER_ID) == f"{PEER_ID[:6]}…{PEER_ID[-4:]}"
+    assert short_id("QmShort") == "QmShort"
+    assert short_id("x" * 14) == "x" * 14
+    assert short_id("x" * 15) == "xxxxxx…xxxx"
