@@ -4,12 +4,15 @@ Usage::
 
     p2pchat [options]                 run the node (default role: peer)
     p2pchat id [options]              print this node's PeerId, creating the identity if needed
-    p2pchat config check FILE         validate FILE (with presets and environment) and print
-                                      the effective configuration
+    p2pchat config check FILE         validate FILE (with presets and environment) and the
+                                      data dir it names; print the effective configuration
     p2pchat history ADDR [--room R] [--since WHEN] [--limit N] [--json]
                                       ask a history source for a room's messages, verified
 
-Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure.
+Each subcommand accepts only the options it uses (``p2pchat history --help`` lists them).
+
+Exit codes: 0 ok, 2 usage or configuration error, 1 runtime failure. An expected error is one
+line on stderr (one per problem when a config has several).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from p2pchat.node import __version__
-from p2pchat.node.config import Config, load_config
+from p2pchat.node.config import Config, data_dir_problems, load_config
 from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ConfigError, P2PChatError
 
 PROG = "p2pchat"
@@ -35,59 +38,99 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _node_options() -> _Parser:
-    """Options shared by the node and its subcommands; SUPPRESS keeps unset flags out."""
-    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument(
-        "--role",
-        metavar="ROLES",
-        help="peer | bootstrap | relay | archiver, or a comma list (default: peer)",
+# Every option the node and its subcommands take: flags, then argparse keywords. Each command
+# shows the ones it uses; the rest of the node's options are accepted there too, hidden, as they
+# always were (``p2pchat id --data-dir D --metrics off`` keeps working), and are then unused.
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "--role": {
+        "metavar": "ROLES",
+        "help": "peer | bootstrap | relay | archiver, or a comma list (default: peer)",
+    },
+    "--listen": {
+        "metavar": "MULTIADDR",
+        "action": "append",
+        "help": "listen address (repeatable or comma list), e.g. /ip4/0.0.0.0/tcp/4001",
+    },
+    "--announce": {
+        "metavar": "MULTIADDR",
+        "action": "append",
+        "help": "address advertised to peers instead of the listen addresses (repeatable)",
+    },
+    "--bootstrap": {
+        "metavar": "MULTIADDR",
+        "action": "append",
+        "help": "bootstrap peer, /.../p2p/<peer id> (repeatable or comma list)",
+    },
+    "--room": {"help": "chat room to join (also: CHAT_TOPIC)"},
+    "--json": {
+        "action": "store_true",
+        "help": "chat front end for scripts: JSON events on stdout, commands from stdin",
+    },
+    "--metrics": {
+        "metavar": "HOST:PORT|off",
+        "help": "metrics/health endpoint address, or off",
+    },
+    "--config": {"metavar": "FILE", "type": Path, "help": "YAML configuration file"},
+    "--data-dir": {"metavar": "DIR", "help": "identity and store directory"},
+    "--log-level": {"choices": ("debug", "info", "warning", "error"), "help": "log level"},
+    "--log-format": {
+        "choices": ("auto", "json", "console"),
+        "help": "logs on stderr: auto (console on a TTY, JSON lines otherwise), json, console",
+    },
+}
+_NODE = tuple(_OPTIONS)
+_CONFIG = ("--config",)
+_DATA_DIR = ("--data-dir",)
+_LOGS = ("--log-level", "--log-format")
+
+
+def _options(shown: Sequence[str], hidden: Sequence[str] = ()) -> _Parser:
+    """A parent parser with the options ``shown`` in help and ``hidden`` accepted but not
+    shown. SUPPRESS keeps unset flags out of the result, so that only the flags given become
+    config settings (the highest layer)."""
+    options = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    for flag in shown:
+        options.add_argument(flag, **_OPTIONS[flag])
+    for flag in hidden:
+        if flag not in shown:
+            options.add_argument(flag, **{**_OPTIONS[flag], "help": argparse.SUPPRESS})
+    return options
+
+
+def _history_options() -> _Parser:
+    options = _options(
+        (*_CONFIG, *_LOGS), hidden=[f for f in _NODE if f not in ("--room", "--json")]
     )
-    common.add_argument("--config", metavar="FILE", type=Path, help="YAML configuration file")
-    common.add_argument("--data-dir", metavar="DIR", help="identity and store directory")
-    common.add_argument(
-        "--listen",
+    options.add_argument(
+        "addr",
         metavar="MULTIADDR",
-        action="append",
-        help="listen address (repeatable or comma list), e.g. /ip4/0.0.0.0/tcp/4001",
+        help="the source: an archiver or a chat peer serving history, /.../p2p/<peer id>",
     )
-    common.add_argument(
-        "--announce",
-        metavar="MULTIADDR",
-        action="append",
-        help="address advertised to peers instead of the listen addresses (repeatable)",
+    options.add_argument("--room", help="the room to read (default: chat.room, CHAT_TOPIC)")
+    options.add_argument(
+        "--since", metavar="WHEN", help="from this long ago (90s, 15m, 2h, 7d) or an ISO time"
     )
-    common.add_argument(
-        "--bootstrap",
-        metavar="MULTIADDR",
-        action="append",
-        help="bootstrap peer, /.../p2p/<peer id> (repeatable or comma list)",
+    options.add_argument(
+        "--limit", type=int, default=1000, help="messages at most, oldest first (default 1000)"
     )
-    common.add_argument("--room", help="chat room to join (also: CHAT_TOPIC)")
-    common.add_argument(
+    options.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds for the whole query (default 30)"
+    )
+    options.add_argument(
         "--json",
         action="store_true",
-        help="chat front end for scripts: JSON events on stdout, commands from stdin",
+        help="one JSON object per message (id, sent_at_ms, sender, sender_name, text)",
     )
-    common.add_argument(
-        "--metrics", metavar="HOST:PORT|off", help="metrics/health endpoint address, or off"
-    )
-    common.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), help="log level"
-    )
-    common.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        help="auto: console on a TTY, JSON lines otherwise",
-    )
-    return common
+    return options
 
 
 def _build_parser() -> _Parser:
-    common = _node_options()
+    """The whole command line. Each subcommand's help lists only the options it uses; the
+    node's options are accepted everywhere, as always (before a subcommand too:
+    ``p2pchat --data-dir D id``)."""
     parser = _Parser(
         prog=PROG,
-        parents=[common],
+        parents=[_options(_NODE)],
         description="Decentralized chat node on libp2p. Without a subcommand, runs the node.",
         epilog="Environment: P2PCHAT_SECTION__KEY overrides config keys, e.g. "
         "P2PCHAT_NODE__LISTEN; CHAT_TOPIC selects the room.",
@@ -95,29 +138,30 @@ def _build_parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.add_parser(
-        "id", parents=[common], help="print this node's PeerId (creates the identity if needed)"
+        "id",
+        parents=[_options((*_DATA_DIR, *_CONFIG), hidden=_NODE)],
+        help="print this node's PeerId (creates the identity if needed)",
+        description="Print this node's PeerId (the identity in the data dir; created if "
+        "there is none).",
     )
-    history = commands.add_parser(
+    commands.add_parser(
         "history",
-        parents=[common],
+        parents=[_history_options()],
         help="ask an archiver or peer for a room's messages (verified), e.g. to check an archive",
+        description="Ask one history source for a room's messages; each is verified (signature, "
+        "room, id, time) and forged or altered ones are counted, not shown.",
     )
-    history.add_argument("addr", metavar="MULTIADDR", help="the source, /.../p2p/<peer id>")
-    history.add_argument(
-        "--since", metavar="WHEN", help="from this long ago (90s, 15m, 2h, 7d) or an ISO time"
+    config_cmd = commands.add_parser(
+        "config", help="configuration tools", description="Configuration tools."
     )
-    history.add_argument(
-        "--limit", type=int, default=1000, help="messages at most, oldest first (default 1000)"
-    )
-    history.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds for the whole query (default 30)"
-    )
-    config_cmd = commands.add_parser("config", help="configuration tools")
     config_sub = config_cmd.add_subparsers(
         dest="config_command", metavar="ACTION", parser_class=_Parser, required=True
     )
     check = config_sub.add_parser(
-        "check", help="validate a config file and print the effective configuration"
+        "check",
+        help="validate a config file and its data dir; print the effective configuration",
+        description="Validate FILE with the presets and the environment, check the data dir it "
+        "names, and print the effective configuration.",
     )
     check.add_argument("file", type=Path, help="YAML configuration file")
     return parser
@@ -169,13 +213,19 @@ def _first_user_error(error: BaseException) -> P2PChatError | None:
 
 
 def _print_error(error: P2PChatError) -> int:
+    """One line per problem the error holds (a config with several errors lists each), each
+    prefixed, so that every line stands on its own in a log or a terminal."""
     kind = "config error" if error.exit_code == EXIT_USAGE else "error"
-    sys.stderr.write(f"{PROG}: {kind}: {error}\n")
+    for line in str(error).splitlines() or [type(error).__name__]:
+        sys.stderr.write(f"{PROG}: {kind}: {line}\n")
     return error.exit_code
 
 
 def _cmd_config_check(file: Path) -> int:
     config = load_config(file=file)
+    problems = data_dir_problems(config.data_dir())
+    if problems:
+        raise ConfigError("\n".join(problems))
     sys.stdout.write(config.to_yaml())
     return EXIT_OK
 
@@ -194,9 +244,11 @@ def _cmd_history(config: Config, args: argparse.Namespace) -> int:
     from p2pchat.node.history_cli import run_query
     from p2pchat.node.logs import configure_logging
 
-    # A one-off command: only what goes wrong, and never the library's per-attempt dial errors
-    # (the failure is reported once, as the command's error line).
-    configure_logging(level="warning", fmt=config.log.format, libp2p_level="critical")
+    # A one-off command: only what goes wrong (unless --log-level says otherwise), and never the
+    # library's per-attempt dial errors (the failure is reported once, as the command's error
+    # line).
+    level = getattr(args, "log_level", "warning")
+    configure_logging(level=level, fmt=config.log.format, libp2p_level="critical")
     if not 1 <= args.limit <= 10_000_000:
         raise ConfigError(f"--limit {args.limit}: must be 1..10000000")
     if args.timeout <= 0:
@@ -214,13 +266,19 @@ def _cmd_history(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_run(config: Config) -> int:
     import trio
-    from p2pchat.node.logs import bind_node, configure_logging, get_logger
+    from p2pchat.node.logs import LogFile, bind_node, configure_logging, get_logger
     from p2pchat.node.p2p.identity import load_or_create_identity
     from p2pchat.node.runtime import run_node
     from p2pchat.roles import create_roles
 
+    # With the chat console front end the terminal is the console's: logs go to a file (the
+    # front end shows warnings as notices, see logs.watch_warnings).
+    path = config.log_file(stdin_is_tty=sys.stdin.isatty())
     configure_logging(
-        level=config.log.level, fmt=config.log.format, libp2p_level=config.log.libp2p_level
+        level=config.log.level,
+        fmt=config.log.format,
+        libp2p_level=config.log.libp2p_level,
+        file=None if path is None else LogFile(path, config.log.max_bytes, config.log.backups),
     )
     identity = load_or_create_identity(config.data_dir())
     bind_node(role=",".join(config.roles), peer_id=identity.peer_id_text)
