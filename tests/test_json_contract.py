@@ -374,3 +374,12 @@ def test_many_inputs_at_once_are_answered_in_order(
     ends = [a.next_event(lambda e: e["type"] == "done", timeout=WAIT) for _ in lines]
     assert [e["reply_to"] for e in ends] == list(range(20))
     assert all(e["ok"] for e in ends)
+
+
+def test_the_contract_page_documents_every_event_kind_and_code() -> None:
+    page = (ROOT / "docs" / "json-contract.md").read_text()
+    for name in EVENT_TYPES.values():
+        assert f"### `{name}`" in page, f"docs/json-contract.md lacks the {name} event"
+    for value in (*get_args(events_module.NoticeKind), *get_args(events_module.ErrorCode)):
+        assert f"`{value}`" in page, f"docs/json-contract.md lacks {value}"
+    assert "(docs/json-contract.md)" in (ROOT / "README.md").read_text()
