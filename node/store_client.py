@@ -21,9 +21,16 @@ from typing import Protocol
 
 import trio
 from p2pchat.node.history import StoredMessage, now_ms
+from p2pchat.node.ids import short_id
 from p2pchat.node.p2p.envelopes import EnvelopeError, verify_envelope
 from p2pchat.node.p2p.host import P2PHost
-from p2pchat.node.p2p.streams import Stream, StreamError, close_quietly, read_frame
+from p2pchat.node.p2p.streams import (
+    Stream,
+    StreamError,
+    StreamRefused,
+    close_quietly,
+    read_frame,
+)
 from p2pchat.node.wire.chat import ChatText, WireError, decode_for_room
 from p2pchat.node.wire.framing import FrameDecoder, FrameError
 from p2pchat.node.wire.store_query import (
@@ -44,6 +51,11 @@ REPLY_TIMEOUT = 15.0
 
 class SourceError(Exception):
     """A history source that failed: unreachable, refused, broke the protocol or timed out."""
+
+
+class SourceUnsupported(SourceError):
+    """The peer does not serve history: it does not speak :data:`PROTOCOL_ID` (a bootstrap or
+    relay node, or a chat peer with ``history.serve`` off)."""
 
 
 class StoreClientObserver(Protocol):
@@ -155,6 +167,11 @@ class StoreClient:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
         except StreamError as error:  # no connection, protocol not supported, ...
             self._observer.query_finished("error")
+            if self._unsupported(peer, error):
+                raise SourceUnsupported(
+                    f"{short_id(peer)} does not serve room history (it does not speak "
+                    f"{PROTOCOL_ID})"
+                ) from None
             raise SourceError(f"cannot open a history stream: {error}") from None
         decoder = FrameDecoder(MAX_REPLY_BYTES)
         cursor: bytes | None = None
@@ -178,6 +195,15 @@ class StoreClient:
                 cursor = reply.next_cursor
         finally:
             await close_quietly(stream)
+
+    def _unsupported(self, peer: str, error: StreamError) -> bool:
+        """Whether a failed stream open means the peer does not serve history: identify says it
+        speaks other protocols but not ours, or the negotiation said so ("protocol not
+        supported": identify may not have finished yet)."""
+        spoken = self._host.peer_protocols(peer)
+        if spoken and PROTOCOL_ID not in spoken:
+            return True
+        return isinstance(error, StreamRefused) and "not supported" in str(error)
 
     async def _ask(self, stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
         try:
