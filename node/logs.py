@@ -175,7 +175,11 @@ def configure_logging(
 
 def _open_file(file: LogFile) -> logging.Handler:
     try:
-        file.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Every directory made here is private, the data dir too when the log file is the
+        # first thing in it (mkdir(parents=True) would leave those above the last one 0755).
+        missing = [d for d in (file.path.parent, *file.path.parent.parents) if not d.exists()]
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)
         return logging.handlers.RotatingFileHandler(
             file.path, maxBytes=file.max_bytes, backupCount=file.backups, encoding="utf-8"
         )

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pty
+import stat
 import struct
 import subprocess
 import termios
@@ -174,12 +175,15 @@ def test_with_a_file_logs_are_json_lines_there_and_nothing_on_the_stream(tmp_pat
 
 
 def test_the_file_is_rotated_and_capped(tmp_path: Path) -> None:
-    path = tmp_path / "logs" / "p2pchat.log"
+    path = tmp_path / "data" / "logs" / "p2pchat.log"
     max_bytes, backups = 2048, 3
     configure_logging(level="info", fmt="json", file=LogFile(path, max_bytes, backups))
     log = get_logger("p2pchat.test")
     for n in range(2000):  # ~300 KB of lines into a cap of 8 KB
         log.info("line", n=n, padding="x" * 80)
+    # The directories made for it are private (the data dir too, when it was not there yet).
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
     files = sorted(path.parent.iterdir())
     assert [f.name for f in files] == [
         "p2pchat.log",
