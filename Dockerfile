@@ -47,7 +47,8 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyprojec
         > /src/requirements.txt && \
     if [ -n "$WHEELHOUSE" ]; then set -- --no-index --find-links /wheelhouse; fi && \
     /opt/p2pchat/bin/pip install "$@" -r /src/requirements.txt
-COPY README.md /src/
+COPY README.md LICENSE /src/
+COPY share /src/share
 COPY config /src/config
 COPY node /src/node
 COPY roles /src/roles
