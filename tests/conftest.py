@@ -397,6 +397,34 @@ def start_node(
             node.raw_stderr.append(line)
             node.lines.put(line)
 
+    def pump_log_file() -> None:
+        # With the chat console on the terminal the node logs to its file, not to stderr
+        # (node/logs.py): follow the file as stderr is followed, until the process ends.
+        path = data_dir / "logs" / "p2pchat.log"
+        while not path.exists():
+            if proc.poll() is not None:
+                return
+            time.sleep(0.05)
+        with path.open(encoding="utf-8") as file:
+            pending = ""
+            ended = False
+            while True:
+                chunk = file.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        node.raw_stderr.append(pending)
+                        node.lines.put(pending)
+                        pending = ""
+                    continue
+                if ended:
+                    return  # read to the end once more after the process ended
+                ended = proc.poll() is not None
+                time.sleep(0.05)
+
+    if terminal:
+        threading.Thread(target=pump_log_file, daemon=True).start()
+
     def pump_stdout() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
