@@ -6,6 +6,8 @@ nothing lost or duplicated: through an archiver, and with no archiver through an
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +37,23 @@ def wait_metric(node: NodeProcess, name: str, value: float, timeout: float = WAI
     raise AssertionError(f"{name} never reached {value} (is {node.metric(name)})")
 
 
+_asked = itertools.count()
+
+
 def history_texts(node: NodeProcess, count: int) -> list[str]:
-    """The texts ``/history`` shows when asked for one more than ``count`` messages."""
-    node.say(f"/history {count + 1}")
-    node.say("/info")  # its answer marks the end of the history's
+    """The texts ``/history`` shows when asked for one more than ``count`` messages: the
+    answer to a JSON input with an id, up to its end marker (messages a catch-up shows
+    meanwhile are no part of it)."""
+    asked = f"history-{next(_asked)}"
+    node.say(json.dumps({"id": asked, "line": f"/history {count + 1}"}))
     texts: list[str] = []
     while True:
-        event = node.next_event(lambda e: e["type"] in ("message", "output"), timeout=WAIT)
-        if event["type"] == "output":
+        event = node.next_event(lambda e: e.get("reply_to") == asked, timeout=WAIT)
+        if event["type"] == "history_end":
+            assert event["count"] == len(texts)
             return texts
-        if event["history"]:
-            texts.append(event["text"])
+        assert event["type"] == "message" and event["history"], event
+        texts.append(event["text"])
 
 
 def caught_up(node: NodeProcess) -> dict[str, Any]:
@@ -106,8 +114,7 @@ def test_offline_peer_catches_up_from_another_peer_without_an_archiver(
     assert caught_up(b)["count"] == 10
     assert history_texts(b, 11) == ["all three here", *missed]
     # Reconnecting again brings nothing twice.
-    b.say("/history 1")
-    assert b.next_event(lambda e: e["type"] == "message")["text"] == missed[-1]
+    assert history_texts(b, 0) == [missed[-1]]
     assert b.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0
 
 

@@ -23,9 +23,12 @@ def is_message(text: str) -> Any:
 
 
 def wait_members(node: NodeProcess, count: int) -> None:
+    """Wait until ``count`` others are subscribed to ``node``'s current room: chat peers (its
+    members) and infrastructure such as archivers (subscribed, but no members)."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        if node.metric("p2pchat_room_peers") >= count:
+        others = node.metric("p2pchat_room_peers")
+        if others + node.metric("p2pchat_room_infrastructure_peers") >= count:
             return
         time.sleep(0.2)
     raise AssertionError(f"room never had {count} other members")
@@ -37,7 +40,7 @@ def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[Nod
     c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
     wait_members(b, 2)
     assert a.metric("p2pchat_connected_peers") == 1  # A and C never connect: B relays
-    b.next_event(lambda e: e["type"] == "notice" and e["text"].startswith("connected to"))
+    b.next_event(lambda e: e["type"] == "connection" and e["change"] == "opened")
     a.say("hello from A")
     got = c.next_event(is_message("hello from A"), timeout=WAIT)
     assert got["sender"] == a.peer_id
@@ -63,8 +66,8 @@ def test_names_are_announced_and_shown_with_the_peer_id(
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
     wait_members(a, 1)
     a.say("/name Alice")
-    notice = b.next_event(lambda e: e["type"] == "notice" and "Alice" in e["text"], timeout=WAIT)
-    assert a.peer_id[-4:] in notice["text"]
+    named = b.next_event(lambda e: e["type"] == "name" and e["name"] == "Alice", timeout=WAIT)
+    assert named["peer"] == a.peer_id
     a.say("hi, it's me")
     assert b.next_event(is_message("hi, it's me"), timeout=WAIT)["sender_name"] == "Alice"
     a.say("/name " + "x" * 40)
@@ -125,7 +128,7 @@ def test_a_message_typed_alone_is_queued_and_delivered_when_a_peer_joins(
 ) -> None:
     a = chat_peer(tmp_path / "a", nodes)
     a.say("anyone here?")
-    queued = a.next_event(lambda e: e["type"] == "notice")
+    queued = a.next_event(lambda e: e["type"] == "notice" and e["kind"] == "queued")
     assert "queued" in queued["text"]
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
     got = b.next_event(is_message("anyone here?"), timeout=WAIT)
@@ -136,6 +139,7 @@ def test_oversized_text_is_refused_on_send(tmp_path: Path, nodes: list[NodeProce
     a = chat_peer(tmp_path / "a", nodes)
     a.say("é" * 2049)  # 4098 bytes of UTF-8, over the 4 KiB default
     error = a.next_event(lambda e: e["type"] == "error")
+    assert error["code"] == "message_too_long"
     assert "4098 bytes" in error["text"] and "4096" in error["text"]
 
 
@@ -144,7 +148,9 @@ def test_commands_answer_and_unknown_ones_hint(tmp_path: Path, nodes: list[NodeP
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
     wait_members(a, 1)
     a.say("/frobnicate")
-    assert "/help" in a.next_event(lambda e: e["type"] == "error")["text"]
+    error = a.next_event(lambda e: e["type"] == "error")
+    assert "/help" in error["text"]
+    assert (error["code"], error["command"]) == ("unknown_command", "frobnicate")
     a.say("/help")
     assert "/history" in a.next_event(lambda e: e["type"] == "output")["text"]
     a.say("/info")
@@ -160,7 +166,11 @@ def test_commands_answer_and_unknown_ones_hint(tmp_path: Path, nodes: list[NodeP
     a.next_event(lambda e: e["type"] == "notice" and "joined side-room" in e["text"])
     a.say("/rooms")
     rooms = a.next_event(lambda e: e["type"] == "output" and e["command"] == "rooms")
-    assert rooms["data"] == {"rooms": ["p2p-chat-default", "side-room"], "current": "side-room"}
+    assert rooms["data"] == {
+        "rooms": ["p2p-chat-default", "side-room"],
+        "current": "side-room",
+        "unread": {"p2p-chat-default": 0, "side-room": 0},
+    }
     a.say("/switch p2p-chat-default")
     a.next_event(lambda e: e["type"] == "notice" and "current room" in e["text"])
     a.say("/leave side-room")

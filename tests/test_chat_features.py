@@ -152,7 +152,7 @@ async def test_mentions_of_my_name_are_marked_and_me_and_double_slash_send(
             assert await answer(chat, "//etc/hosts is a path") == []
             await trio.testing.wait_all_tasks_blocked()
             assert await answer(chat, "/me") == [
-                ErrorEvent("missing_argument", "/me needs an argument: /me <action>", "/me")
+                ErrorEvent("missing_argument", "/me needs an argument: /me <action>", "me")
             ]
             sent = [decode(data, max_text_bytes=4096) for _, data in chat.pubsub.published]
             texts = [(m.text, m.action) for m in sent if isinstance(m, ChatText)]
@@ -261,7 +261,7 @@ async def test_whois_names_every_peer_using_a_name(tmp_path: Path) -> None:
             (me,) = await answer(chat, "/whois alice")
             assert isinstance(me, OutputEvent) and me.data["peers"][0]["me"] is True
             assert await answer(chat, "/whois nobody") == [
-                ErrorEvent("unknown_name", "nobody known here uses the name nobody", "/whois")
+                ErrorEvent("unknown_name", "nobody known here uses the name nobody", "whois")
             ]
             nursery.cancel_scope.cancel()
 

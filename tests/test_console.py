@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from p2pchat.node.p2p.identity import ephemeral_identity
 
-from tests.conftest import NodeProcess, start_node
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.history_fixtures import fill_store, signed_message
 from tests.test_chat import chat_peer, is_message, wait_members
 
 PROMPT = "p2p-chat-default>"
@@ -45,7 +47,7 @@ def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProces
     wait_members(alice, 1)
 
     alice.type_keys("/name Alice\r")
-    bob.next_event(lambda e: e["type"] == "notice" and "Alice" in e["text"])
+    bob.next_event(lambda e: e["type"] == "name" and e["name"] == "Alice")
     alice.wait_screen("you are now Alice")
 
     alice.type_keys("/hel\t")  # tab completion of a command
@@ -98,3 +100,80 @@ def test_ctrl_d_and_ctrl_c_leave_cleanly(
     alice.type_keys(keys)
     assert alice.proc.wait(timeout=30) == 0
     alice.wait_for("stopped")
+
+
+def test_another_rooms_message_shows_its_room_and_switching_shows_what_arrived(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    bob = chat_peer(tmp_path / "bob", nodes)
+    bob.say("/name Bob")
+    alice = start_node(tmp_path / "alice", "--bootstrap", bob.addr(), terminal=True)
+    nodes.append(alice)
+    alice.wait_screen(PROMPT)
+    wait_members(alice, 1)
+    alice.type_keys("/join ops\r")
+    alice.wait_screen("joined ops")
+    bob.say("/join ops")
+    alice.wait_screen("joined ops", count=2)  # Bob joining ops, shown as "* Bob (…) joined ops"
+    alice.type_keys("/switch p2p-chat-default\r")
+    alice.wait_screen("current room: p2p-chat-default")
+
+    bob.say("deploy is done")  # in ops, Bob's current room
+    bob_short = f"{bob.peer_id[:6]}…{bob.peer_id[-4:]}"
+    alice.wait_screen(f"#ops Bob ({bob_short}): deploy is done")
+    alice.type_keys("/rooms\r")
+    alice.wait_screen("rooms: ops (1 unread), p2p-chat-default (current)")
+    alice.type_keys("/switch ops\r")
+    alice.wait_screen("current room: ops (1 new)")
+    alice.wait_screen(f"Bob ({bob_short}): deploy is done", count=2)
+    # In the room it belongs to, the message needs no tag.
+    rows = [row for row in alice.screen_text().splitlines() if "deploy is done" in row]
+    assert "#ops" in rows[0] and "#ops" not in rows[-1]
+    alice.type_keys("/quit\r")
+    assert alice.proc.wait(timeout=30) == 0
+
+
+def test_missed_messages_are_shown_inline_with_their_date_and_no_log_line_between(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A peer coming back sees the newest missed messages in order, dated (they are not from
+    today), then how many more /history has; log lines go to the log file, never between."""
+    carol = ephemeral_identity()
+    three_days_ago = int(time.time() * 1000) - 3 * 86_400_000
+    fill_store(
+        tmp_path / "bob",
+        [
+            signed_message(carol, "p2p-chat-default", n, three_days_ago + n * 1000, f"missed {n}")
+            for n in range(12)
+        ],
+    )
+    bob = chat_peer(tmp_path / "bob", nodes)
+    alice = start_node(
+        tmp_path / "alice",
+        "--bootstrap",
+        bob.addr(),
+        "--log-level",
+        "info",
+        terminal=True,
+        env=node_env(P2PCHAT_CHAT__MISSED_INLINE="5"),
+    )
+    nodes.append(alice)
+    alice.wait_screen("12 message(s) in p2p-chat-default while you were away; 7 more: /history")
+    alice.wait_screen("missed 11")
+    day = time.strftime("%Y-%m-%d", time.localtime(three_days_ago / 1000))
+    screen = alice.screen_text().splitlines()
+    shown = [row for row in screen if "missed " in row]
+    assert [row.rsplit(": ", 1)[1] for row in shown] == [f"missed {n}" for n in range(7, 12)]
+    assert all(row.startswith(f"[{day} ") for row in shown)
+    alice.type_keys("/info\r")
+    alice.wait_screen("log file:")
+    (log_row,) = [row for row in alice.screen_text().splitlines() if row.startswith("log file:")]
+    log_file = Path(log_row.removeprefix("log file:").strip())
+    assert log_file.is_relative_to(tmp_path / "alice")
+    assert "history caught up" in log_file.read_text()  # an info line, in the file ...
+    # ... and on the screen only what the console itself wrote: no log line in between.
+    assert not any(
+        '"event"' in row or "history caught up" in row for row in alice.screen_text().splitlines()
+    )
+    alice.type_keys("/quit\r")
+    assert alice.proc.wait(timeout=30) == 0

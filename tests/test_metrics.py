@@ -145,13 +145,14 @@ def test_the_chat_metrics_observe_the_peer() -> None:
     metrics.message_received()
     metrics.message_published()
     metrics.rooms_joined(2)
-    metrics.room_members(5)
+    metrics.room_members(5, 2)
     assert value("p2pchat_messages_dropped_total", {"reason": "wrong_room"}) == 1
     assert value("p2pchat_messages_dropped_total", {"reason": "duplicate"}) == 3
     assert value("p2pchat_messages_received_total") == 1
     assert value("p2pchat_messages_published_total") == 1
     assert value("p2pchat_rooms_joined") == 2
     assert value("p2pchat_room_peers") == 5
+    assert value("p2pchat_room_infrastructure_peers") == 2
 
 
 def test_the_archive_metrics_observe_the_archiver() -> None:

@@ -77,7 +77,8 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A line that cannot be acted on: the error code, the hint to show, the command named."""
+    """A line that cannot be acted on: the error code, the hint to show, the command named
+    (without its slash, as every event names commands)."""
 
     code: ErrorCode
     hint: str
@@ -102,17 +103,17 @@ def parse_line(line: str) -> Parsed | None:
         return Invalid(
             "unknown_command",
             f"unknown command /{name}; type /help for the list (//{text[1:]} sends it as text)",
-            f"/{name}",
+            name,
         )
     if name in _NEEDS_ARGUMENT and not argument:
         return Invalid(
             "missing_argument",
             f"/{name} needs an argument: /{name} <{_NEEDS_ARGUMENT[name]}>",
-            f"/{name}",
+            name,
         )
     if name == "history" and argument and not _is_count(argument):
         return Invalid(
-            "bad_argument", f"/history takes a number 1..{MAX_HISTORY}: /history 20", "/history"
+            "bad_argument", f"/history takes a number 1..{MAX_HISTORY}: /history 20", "history"
         )
     if name == "me":
         return Send(argument, action=True)

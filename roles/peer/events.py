@@ -1,9 +1,10 @@
 """What the chat service tells its front ends: frozen event records with a JSON form.
 
 Front ends (console, ``--json``, headless) only render these; they never reach into the service.
-The JSON form of every event is a contract for scripts: ``schema/events.schema.json`` (shipped in
-the package, versioned by :data:`SCHEMA_VERSION`) describes each one, and the test suite checks
-everything a front end emits against it. Fields are only ever added within a schema version.
+The JSON form of every event is a contract for scripts: ``schema/events-v1.schema.json`` (shipped
+in the package with ``schema/input-v1.schema.json``, versioned by :data:`SCHEMA_VERSION`;
+docs/json-contract.md) describes each one, and the test suite checks everything a front end
+emits against it. Fields are only ever added within a schema version.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ NoticeKind = Literal[
     "discovered",  # a peer found by mDNS or the DHT
     "queued",  # a message kept until someone is in the room
     "delivered",  # queued messages published
-    "more_history",  # more messages exist than were shown: /history shows them
     "exported",
     "warning",  # a log warning of the node, in one line (details in the log file)
 ]

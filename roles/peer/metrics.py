@@ -41,7 +41,15 @@ class ChatMetrics:
         )
         self.rooms = Gauge("p2pchat_rooms_joined", "Rooms this peer is in.", registry=registry)
         self.room_peers = Gauge(
-            "p2pchat_room_peers", "Other peers subscribed to the current room.", registry=registry
+            "p2pchat_room_peers",
+            "Other chat peers subscribed to the current room (its members).",
+            registry=registry,
+        )
+        self.room_infrastructure = Gauge(
+            "p2pchat_room_infrastructure_peers",
+            "Infrastructure nodes (archivers...) subscribed to the current room: no members, "
+            "but they receive its messages.",
+            registry=registry,
         )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
@@ -70,6 +78,7 @@ class ChatMetrics:
         """This peer is in ``count`` rooms now."""
         self.rooms.set(count)
 
-    def room_members(self, count: int) -> None:
-        """``count`` other peers are in the current room now."""
+    def room_members(self, count: int, infrastructure: int) -> None:
+        """``count`` other chat peers and ``infrastructure`` nodes are in the current room."""
         self.room_peers.set(count)
+        self.room_infrastructure.set(infrastructure)

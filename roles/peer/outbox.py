@@ -91,7 +91,7 @@ class Outbox:
         while nobody else is in the room. Returns what to tell the user: an error (not sent), a
         notice (queued), or None (published; it shows when it comes back through the room's
         subscription)."""
-        command = "/me" if action else None
+        command = "me" if action else None
         size = len(text.encode())
         if size > self._max_text_bytes:
             return ErrorEvent(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -78,10 +78,7 @@ class PeerRole:
 
         settings = self._history
         catch_up: CatchUp | None = None
-        ui = self._chat.ui
-        if ui == "auto":
-            ui = "console" if sys.stdin.isatty() else "none"
-        log_file: Callable[[], Path | None] = getattr(logs, "log_file", lambda: None)  # TODO
+        ui = self._chat.front_end(sys.stdin.isatty())
         service = ChatService(
             ctx,
             self._chat,
@@ -92,7 +89,7 @@ class PeerRole:
             emit,
             on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
             data_dir=self._data_dir,
-            log_file=log_file,
+            log_file=logs.log_file,
             # The console shows the newest few missed messages; scripts get every one.
             missed_inline=self._chat.missed_inline if ui == "console" else None,
         )
@@ -140,8 +137,7 @@ class PeerRole:
             with contextlib.suppress(trio.RunFinishedError):  # the node is stopping
                 token.run_sync_soon(service.warning, summary)
 
-        watch = getattr(logs, "watch_warnings", None)  # TODO
-        unwatch = watch(warned) if watch is not None else (lambda: None)
+        unwatch = logs.watch_warnings(warned)
         try:
             await run_console(
                 service, events, self._data_dir / "input_history", bell=self._chat.bell

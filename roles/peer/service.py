@@ -99,14 +99,16 @@ class ChatObserver(InboundObserver, OutboxObserver, Protocol):
     def rooms_joined(self, count: int) -> None:
         """This peer is in ``count`` rooms now."""
 
-    def room_members(self, count: int) -> None:
-        """``count`` other peers are in the current room now (after each membership pass)."""
+    def room_members(self, count: int, infrastructure: int) -> None:
+        """``count`` other chat peers and ``infrastructure`` nodes (archivers and such, which
+        subscribe but are no members) are in the current room now (after each membership
+        pass)."""
 
 
 class ChatService:
     """Rooms, messages, names and history of one chat peer; front ends call :meth:`execute`
-    (or :meth:`handle_line`, :meth:`send`) with each input and render the events ``emit`` is
-    given."""
+    (a typed line) or :meth:`send` (a verbatim message) with each input, render the answer,
+    and render the live events ``emit`` is given."""
 
     def __init__(
         self,
@@ -254,14 +256,6 @@ class ChatService:
         keep_going = await self._act(line, answer.append)
         return keep_going, answer
 
-    async def handle_line(self, line: str) -> bool:
-        """Act on one input line and emit its answer after it; False when the user asked to
-        quit."""
-        keep_going, answer = await self.execute(line)
-        for event in answer:
-            self._emit(event)
-        return keep_going
-
     async def send(self, text: str, room: str | None = None) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) to ``room`` (default:
         the current one, which must be joined); returns the answer, as :meth:`execute` does."""
@@ -351,7 +345,7 @@ class ChatService:
             else:
                 file = words[0]
         if room not in known and room not in self._history.rooms():
-            reply(ErrorEvent("not_in_room", f"no history of {room} here", "/export"))
+            reply(ErrorEvent("not_in_room", f"no history of {room} here", "export"))
             return
         if file is not None:
             path = Path(file).expanduser()  # noqa: ASYNC240 (reads $HOME only)
@@ -364,7 +358,7 @@ class ChatService:
         try:
             count = await trio.to_thread.run_sync(export_lines, self._history, room, path)
         except OSError as error:
-            reply(ErrorEvent("export_failed", f"export to {path} failed: {error}", "/export"))
+            reply(ErrorEvent("export_failed", f"export to {path} failed: {error}", "export"))
             return
         reply(
             NoticeEvent(
@@ -381,7 +375,7 @@ class ChatService:
         try:
             cleaned = self._names.set_own(name)
         except ValueError as error:
-            reply(ErrorEvent("invalid_name", str(error), "/name"))
+            reply(ErrorEvent("invalid_name", str(error), "name"))
             return
         reply(
             NoticeEvent(
@@ -406,7 +400,7 @@ class ChatService:
         if self._names.display_name.casefold() == wanted:
             peers.insert(0, self._me)
         if not peers:
-            reply(ErrorEvent("unknown_name", f"nobody known here uses the name {name}", "/whois"))
+            reply(ErrorEvent("unknown_name", f"nobody known here uses the name {name}", "whois"))
             return
         connections = {c.peer_id: c for c in self._ctx.host.connections()}
         found = []
@@ -433,7 +427,7 @@ class ChatService:
         try:
             room = validate_room(room)
         except ValueError as error:
-            reply(ErrorEvent("invalid_room", str(error), "/join"))
+            reply(ErrorEvent("invalid_room", str(error), "join"))
             return
         if room not in self._rooms:
             if len(self._rooms) >= MAX_ROOMS:
@@ -441,7 +435,7 @@ class ChatService:
                     ErrorEvent(
                         "too_many_rooms",
                         f"you are in {MAX_ROOMS} rooms, the most at once; /leave one first",
-                        "/join",
+                        "join",
                     )
                 )
                 return
@@ -476,12 +470,12 @@ class ChatService:
         try:
             left = self._rooms.remove(room)
         except KeyError:
-            reply(ErrorEvent("not_in_room", f"you are not in {room}", "/leave"))
+            reply(ErrorEvent("not_in_room", f"you are not in {room}", "leave"))
             return
         except ValueError:
             reply(
                 ErrorEvent(
-                    "only_room", f"{room} is your only room; use /quit to leave the chat", "/leave"
+                    "only_room", f"{room} is your only room; use /quit to leave the chat", "leave"
                 )
             )
             return
@@ -503,9 +497,7 @@ class ChatService:
         try:
             self._rooms.switch(room)
         except KeyError:
-            reply(
-                ErrorEvent("not_in_room", f"you are not in {room}; /join {room} first", "/switch")
-            )
+            reply(ErrorEvent("not_in_room", f"you are not in {room}; /join {room} first", "switch"))
             return
         unread = self._rooms.take_unread(room)
         reply(
@@ -568,7 +560,14 @@ class ChatService:
                         )
                     )
         current = self._rooms.current_room()
-        self._observer.room_members(len(current.members) if current is not None else 0)
+        infrastructure = sum(
+            1
+            for peer in self._gossip.subscribers(self._rooms.current)
+            if self._chat_peer(peer) is False
+        )
+        self._observer.room_members(
+            len(current.members) if current is not None else 0, infrastructure
+        )
 
     def _connection_event(self, peer: str, change: str, relayed: bool) -> ConnectionEvent:
         roles = sorted(self._ctx.peer_roles(peer) or ())

@@ -61,7 +61,7 @@ def ingest(base: Path) -> dict[str, Any]:
     publisher = start_node(base / "publisher", "--json", "--bootstrap", archiver.addr())
     try:
         burst = 3000
-        wait_metric(publisher, "p2pchat_room_peers", 1)
+        wait_metric(publisher, "p2pchat_room_infrastructure_peers", 1)  # the archiver
         started = time.perf_counter()
         for n in range(burst):
             publisher.say(f"burst message {n}")
