@@ -48,6 +48,8 @@ DEPLOY = ANSIBLE_DIR / "deploy.yml"
 BIN = Path(sys.executable).parent
 VAULT_PASSWORD = "p2pchat-test-vault"
 BOOTSTRAP_TCP = "/ip4/127.0.0.1/tcp/4001"
+# The distribution is p2pchat-node (p2pchat on PyPI is another project); its wheels' prefix.
+DISTRIBUTION, WHEEL_PREFIX = "p2pchat-node", "p2pchat_node-"
 
 # name -> (instance, metrics port)
 NODES = {
@@ -118,7 +120,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("node", "roles", "config"):
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    # The man page and shell completions (data files) and the licence are in the wheel too.
+    shutil.copytree(ROOT / "share", source / "share", ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
     wheels = base / "wheels"
     subprocess.run(
@@ -126,7 +130,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         timeout=900,
     )
-    assert len(list(wheels.glob("p2pchat-*.whl"))) == 1
+    assert len(list(wheels.glob(f"{WHEEL_PREFIX}*.whl"))) == 1
     return wheels
 
 
@@ -771,15 +775,17 @@ def test_wheelhouse_manifest_lists_every_wheel(deployment: Deployment, wheelhous
     ]
     assert deployment.host.sh(
         "/opt/p2pchat-relay/venv/bin/python -c "
-        "\"import importlib.metadata as m; print(m.version('p2pchat'))\""
-    ).strip() == re.sub(r"^p2pchat-([^-]+)-.*$", r"\1", next(wheelhouse.glob("p2pchat-*")).name)
+        f"\"import importlib.metadata as m; print(m.version('{DISTRIBUTION}'))\""
+    ).strip() == re.sub(
+        rf"^{WHEEL_PREFIX}([^-]+)-.*$", r"\1", next(wheelhouse.glob(f"{WHEEL_PREFIX}*")).name
+    )
 
 
 def _rebuilt(wheelhouse: Path, target: Path) -> Path:
     """The wheelhouse with the p2pchat wheel rebuilt: same version, other bytes (as a new build
     of unreleased code is)."""
     shutil.copytree(wheelhouse, target)
-    (wheel,) = target.glob("p2pchat-*.whl")
+    (wheel,) = target.glob(f"{WHEEL_PREFIX}*.whl")
     with zipfile.ZipFile(wheel) as old:
         entries = [(info, old.read(info)) for info in old.infolist()]
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as new:
@@ -807,7 +813,7 @@ def test_new_build_of_the_same_version_is_installed_and_restarts_the_node(
     host.wait_ready(9465)
     assert host.node_pid("p2pchat-relay") != before
     assert run.peer_ids() == {"p2pchat-relay": deployment.peer_ids["p2pchat-relay"]}
-    (wheel,) = rebuilt.glob("p2pchat-*.whl")
+    (wheel,) = rebuilt.glob(f"{WHEEL_PREFIX}*.whl")
     copied = host.sh(
         "cd /opt/p2pchat-relay/wheelhouse && sha1sum --check --quiet MANIFEST && "
         f"sha1sum {wheel.name}"
@@ -815,6 +821,7 @@ def test_new_build_of_the_same_version_is_installed_and_restarts_the_node(
     assert copied.split()[0] == hashlib.sha1(wheel.read_bytes()).hexdigest()
     # pip really reinstalled it (same version): its installed RECORD is newer than the run
     record = host.sh(
-        "stat -c %Y /opt/p2pchat-relay/venv/lib/python3*/site-packages/p2pchat-*.dist-info/RECORD"
+        "stat -c %Y /opt/p2pchat-relay/venv/lib/python3*/site-packages/"
+        f"{WHEEL_PREFIX}*.dist-info/RECORD"
     )
     assert int(record) >= started - 2
