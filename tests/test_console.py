@@ -53,7 +53,7 @@ def test_every_command_through_a_terminal(tmp_path: Path, nodes: list[NodeProces
     alice.type_keys("/hel\t")  # tab completion of a command
     alice.wait_screen(f"{PROMPT} /help")
     alice.type_keys("\r")
-    alice.wait_screen("Anything else is sent to the current room.")
+    alice.wait_screen("Anything else is sent to the current room; //text sends /text.")
 
     # A message arrives while a line is half typed: the line survives and is sent whole.
     alice.type_keys("hel")
