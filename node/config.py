@@ -412,6 +412,11 @@ class HistorySection(_Section):
         description="Fetch from this long before the newest stored message (senders' clocks "
         "differ; duplicates are dropped).",
     )
+    discover_archivers: bool = Field(
+        default=True,
+        description="Chat peers look archivers up in the DHT and keep a few connected to "
+        "catch up from (needs dht.enabled and catchup).",
+    )
 
     def serves(self, roles: Sequence[str]) -> bool:
         """Whether this node answers history queries: an archiver always, a chat peer with

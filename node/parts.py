@@ -232,8 +232,14 @@ def _archivers(w: Wiring) -> Capability:
 
 
 def _finds_archivers(config: Config) -> bool:
-    """Chat peers that catch up look for archivers in the DHT."""
-    return config.dht.enabled and config.history.catchup and "peer" in config.roles
+    """Chat peers that catch up look for archivers in the DHT (unless told not to)."""
+    history = config.history
+    return (
+        config.dht.enabled
+        and history.catchup
+        and history.discover_archivers
+        and "peer" in config.roles
+    )
 
 
 PARTS: tuple[Part, ...] = (
@@ -271,7 +277,7 @@ PARTS: tuple[Part, ...] = (
     ),
     Part(
         "archiver-discovery",
-        "dht.enabled and history.catchup (chat peers)",
+        "history.discover_archivers, with dht.enabled and history.catchup (chat peers)",
         lambda c, roles: _finds_archivers(c),
         _archivers,
         phase="listening",

@@ -93,14 +93,14 @@ def test_a_peer_that_knows_only_a_bootstrap_catches_up_from_an_archiver_found_in
     time.sleep(AWAY)  # past GossipSub's message cache, which would hand them out live
     held = int(archiver.metric("p2pchat_archive_messages"))  # the "anyone?" ones too
 
-    # Negative control: B without the DHT knows the bootstrap alone and gets nothing.
+    # Negative control: B not looking for archivers knows the bootstrap alone and gets nothing.
     blind = _node(
         tmp_path / "blind",
         nodes,
         "--json",
         "--bootstrap",
         bootstrap.addr(),
-        P2PCHAT_DHT__ENABLED="false",
+        P2PCHAT_HISTORY__DISCOVER_ARCHIVERS="false",
     )
     blind.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     logged(blind, "peer identified", remote=bootstrap.peer_id, roles=["bootstrap"])
