@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from p2pchat.node import __version__
-from p2pchat.node.config import Config, data_dir_problems, load_config
+from p2pchat.node.config import Config, data_dir_in_use, data_dir_problems, load_config
 from p2pchat.node.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, ConfigError, P2PChatError
 
 PROG = "p2pchat"
@@ -223,9 +223,17 @@ def _print_error(error: P2PChatError) -> int:
 
 def _cmd_config_check(file: Path) -> int:
     config = load_config(file=file)
-    problems = data_dir_problems(config.data_dir())
+    data_dir = config.data_dir()
+    problems = data_dir_problems(data_dir)
     if problems:
         raise ConfigError("\n".join(problems))
+    if data_dir_in_use(data_dir):
+        # Checking the next config of a running node is what an operator does before a
+        # restart: worth saying, not an error.
+        sys.stderr.write(
+            f"{PROG}: note: data dir {data_dir} is in use by a running p2pchat node; this "
+            "config takes effect when it restarts (another node cannot share the data dir)\n"
+        )
     sys.stdout.write(config.to_yaml())
     return EXIT_OK
 

@@ -721,10 +721,10 @@ STORE_LOCK = "LOCK"
 def data_dir_problems(data_dir: Path) -> list[str]:
     """What would stop a node from using ``data_dir``, one line each (empty: nothing).
 
-    It must exist or be creatable, be a directory, be writable, hold a readable and valid
-    identity if it holds one, and not be in use by a running node. Nothing is created or
-    changed (the writability probe is an unnamed temporary file; the lock probe is released at
-    once).
+    It must exist or be creatable, be a directory, be writable, and hold a readable and valid
+    identity if it holds one. Nothing is created or changed (the writability probe is an
+    unnamed temporary file). Being in use by a running node is no problem for a check (an
+    operator checks the next config of a running node): :func:`data_dir_in_use` tells.
     """
     where = f"data dir {data_dir}"
     if not data_dir.exists():
@@ -749,12 +749,13 @@ def data_dir_problems(data_dir: Path) -> list[str]:
             load_or_create_identity(data_dir)  # it exists: only read and checked
         except IdentityError as error:
             problems.append(str(error))
-    if _locked(data_dir / STORE_DIR / STORE_LOCK):
-        problems.append(
-            f"{where}: in use by a running p2pchat node (its store is locked); stop that node "
-            "or use another data dir"
-        )
     return problems
+
+
+def data_dir_in_use(data_dir: Path) -> bool:
+    """Whether a running node has ``data_dir`` open (its store is locked; the lock probe is
+    released at once)."""
+    return _locked(data_dir / STORE_DIR / STORE_LOCK)
 
 
 def _writable(directory: Path) -> bool:
