@@ -10,8 +10,9 @@ any role, so nothing may trust it for more than showing it.
 
 py-libp2p 0.8.1 has no option for either side: every host sends the module constant
 ``AGENT_VERSION`` (``py-libp2p/0.8.1``) and the agent version received is dropped, not kept in
-the peerstore as go-libp2p keeps it (under ``AgentVersion``). :data:`PATCHES`, in the form of
-:data:`p2pchat.node.p2p.patches.PATCHES` and applied by the host as those are, changes both:
+the peerstore as go-libp2p keeps it (under ``AgentVersion``). Two rows of
+:data:`p2pchat.node.p2p.patches.PATCHES` change both with the wrappers here
+(:func:`sending_our_agent`, :func:`keeping_their_agent`):
 identify messages built for a host whose agent was set by :func:`set_agent_version` carry it,
 and the agent version of every identify received is kept in the receiving host's peerstore
 under :data:`AGENT_KEY` (bounded) before the rest of the message is applied, so that it is
@@ -26,13 +27,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from libp2p.abc import IHost, IPeerStore
-from libp2p.host import basic_host as basic_host_module
-from libp2p.identity.identify import identify as identify_module
 from libp2p.identity.identify.pb.identify_pb2 import Identify
-from libp2p.identity.identify_push import identify_push as identify_push_module
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
-from p2pchat.node.p2p.patches import Patch
 
 KNOWN_ROLES: frozenset[str] = frozenset({"peer", "bootstrap", "relay", "archiver"})
 """The role names read from a remote agent version (the config's role names; a test keeps them
@@ -113,29 +110,3 @@ def keeping_their_agent(original: UpdateFromIdentify) -> UpdateFromIdentify:
         await original(peerstore, peer_id, message)
 
     return update
-
-
-HOST_TESTS = "tests/test_peer_roles.py"
-
-PATCHES: tuple[Patch, ...] = (
-    *(
-        Patch(
-            module,
-            "_mk_identify_protobuf",
-            sending_our_agent,
-            "every host sends the agent version py-libp2p/<version>: none can say what it is",
-            f"{HOST_TESTS}::test_hosts_learn_each_others_roles_from_identify",
-        )
-        for module in (identify_module, identify_push_module)
-    ),
-    *(
-        Patch(
-            module,
-            "update_peerstore_from_identify",
-            keeping_their_agent,
-            "the agent version a peer sends in identify is dropped, not kept in the peerstore",
-            f"{HOST_TESTS}::test_hosts_learn_each_others_roles_from_identify",
-        )
-        for module in (basic_host_module, identify_push_module)
-    ),
-)

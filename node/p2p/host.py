@@ -259,7 +259,7 @@ def _report_identify(host: IHost, report: Callable[[IdentifyReceived], None]) ->
 
     def add_protocols_and_report(peer_id: ID, protocols: Sequence[str]) -> None:
         add_protocols(peer_id, protocols)
-        # The agent version of the same message is in the peerstore already (agent.PATCHES).
+        # The agent version of the same message is in the peerstore already (patches.PATCHES).
         roles = agent.roles_of(agent.received_agent_version(peerstore, peer_id))
         report(IdentifyReceived(str(peer_id), tuple(str(p) for p in protocols), roles))
 
@@ -460,7 +460,6 @@ class P2PHost:
             (:mod:`~p2pchat.node.p2p.patches`).
         """
         patches.apply()
-        patches.apply(agent.PATCHES)
         self._identity = identity
         self._settings = settings
         self._observer = observer

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from libp2p.host import basic_host as basic_host_module
+from libp2p.identity.identify import identify as identify_module
+from libp2p.identity.identify_push import identify_push as identify_push_module
 from libp2p.io.trio import TrioTCPStream
 from libp2p.pubsub import floodsub as floodsub_module
 from libp2p.pubsub import gossipsub as gossipsub_module
@@ -34,7 +37,7 @@ from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from p2pchat.node.errors import StartupError
-from p2pchat.node.p2p import pubsub_reader, records, tcp_reads, yamux_window
+from p2pchat.node.p2p import agent, pubsub_reader, records, tcp_reads, yamux_window
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.signatures import signature_check_of_caller
 
@@ -155,6 +158,26 @@ PATCHES: tuple[Patch, ...] = (
         signature_check_of_caller,
         "signature failures are dropped silently; our own fresh signatures are verified",
         "tests/test_chat_attacks.py::test_forged_unsigned_and_invalid_messages_are_dropped_and_counted",
+    ),
+    *(
+        Patch(
+            module,
+            "_mk_identify_protobuf",
+            agent.sending_our_agent,
+            "every host sends the agent version py-libp2p/<version>: none can say what it is",
+            "tests/test_peer_roles.py::test_hosts_learn_each_others_roles_from_identify",
+        )
+        for module in (identify_module, identify_push_module)
+    ),
+    *(
+        Patch(
+            module,
+            "update_peerstore_from_identify",
+            agent.keeping_their_agent,
+            "the agent version a peer sends in identify is dropped, not kept in the peerstore",
+            "tests/test_peer_roles.py::test_hosts_learn_each_others_roles_from_identify",
+        )
+        for module in (basic_host_module, identify_push_module)
     ),
 )
 
