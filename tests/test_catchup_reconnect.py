@@ -10,7 +10,7 @@ needs root, iproute2 and iptables (CI installs them), and fails without them.
 
 from __future__ import annotations
 
-import os
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -50,11 +50,15 @@ class Link:
 
 @pytest.fixture
 def link() -> Iterator[Link]:
-    tag = str(os.getpid() % 10000)
+    # A random tag: runs side by side on one machine never share (or delete) a namespace, and
+    # only the namespaces this run created are deleted ("netns add" fails on a taken name).
+    tag = secrets.token_hex(3)
     built = Link(a=f"p2pc-ca{tag}", b=f"p2pc-cb{tag}")
+    created: list[str] = []
     try:
         for ns in (built.a, built.b):
             sh("ip", "netns", "add", ns)
+            created.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", built.a, "link", "add", f"vca{tag}", "type", "veth", "peer", f"vcb{tag}")
         sh("ip", "-n", built.a, "link", "set", f"vcb{tag}", "netns", built.b)
@@ -63,7 +67,7 @@ def link() -> Iterator[Link]:
             sh("ip", "-n", ns, "link", "set", dev, "up")
         yield built
     finally:
-        for ns in (built.a, built.b):
+        for ns in created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 

@@ -6,7 +6,7 @@ interfaces. Needs root and iproute2 (CI has both): without them the test fails, 
 
 from __future__ import annotations
 
-import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +25,21 @@ def sh(*args: str) -> None:
 @pytest.fixture
 def lan() -> Iterator[tuple[str, str, str, str]]:
     """Two namespaces on one veth link: (ns_a, ip_a, ns_b, ip_b)."""
-    tag = f"{os.getpid() % 10000}"
+    # A random tag: runs side by side on one machine never share (or delete) a namespace or a
+    # link; only what this run created is deleted ("netns add" fails on a taken name).
+    tag = secrets.token_hex(3)
     ns_a, ns_b = f"p2pchat-a{tag}", f"p2pchat-b{tag}"
     veth_a, veth_b = f"p2pa{tag}", f"p2pb{tag}"
-    octet = os.getpid() % 250
+    octet = secrets.randbelow(250)
     ip_a, ip_b = SUBNET.format(octet, 1), SUBNET.format(octet, 2)
-    sh("ip", "netns", "add", ns_a)
+    created: list[str] = []
+    veth_made = False
     try:
-        sh("ip", "netns", "add", ns_b)
+        for ns in (ns_a, ns_b):
+            sh("ip", "netns", "add", ns)
+            created.append(ns)
         sh("ip", "link", "add", veth_a, "type", "veth", "peer", "name", veth_b)
+        veth_made = True
         for ns, veth, ip in ((ns_a, veth_a, ip_a), (ns_b, veth_b, ip_b)):
             sh("ip", "link", "set", veth, "netns", ns)
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", veth)
@@ -42,8 +48,10 @@ def lan() -> Iterator[tuple[str, str, str, str]]:
             sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", veth)
         yield ns_a, ip_a, ns_b, ip_b
     finally:
-        for ns in (ns_a, ns_b):
+        for ns in created:  # deleting a namespace deletes the veth end in it
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if veth_made:  # still in the root namespace if setup failed before moving it
+            subprocess.run(["ip", "link", "del", veth_a], capture_output=True)
 
 
 def test_two_peers_find_each_other_by_mdns_and_chat(
