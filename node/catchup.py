@@ -139,12 +139,20 @@ class CatchUp:
             unknown = [p for p in peers if not self._host.peer_protocols(p)]
             if not unknown or trio.current_time() >= deadline:
                 servers = [p for p in peers if PROTOCOL_ID in self._host.peer_protocols(p)]
-                # Archivers first: they keep whole rooms, a chat peer only what it saw.
-                return sorted(
-                    servers, key=lambda p: "archiver" not in (self._host.peer_roles(p) or ())
-                )
+                return self._archivers_first(servers)
             with trio.move_on_at(deadline):
                 await self._host.identify_received()
+
+    def _archivers_first(self, servers: list[str]) -> list[str]:
+        """Peers that say they are archivers first (they keep whole rooms, a chat peer only
+        what it saw), but a role is a claim: while a chat peer serves history too, one place of
+        each catch-up is kept for it, so peers claiming to be archivers cannot alone decide
+        what this peer catches up."""
+        says_archiver = {p for p in servers if "archiver" in (self._host.peer_roles(p) or ())}
+        claimed = [p for p in servers if p in says_archiver]
+        others = [p for p in servers if p not in says_archiver]
+        first = max(1, self._settings.catchup_sources - 1) if others else len(claimed)
+        return claimed[:first] + others + claimed[first:]
 
     async def catch_up(self, room: str, sources: list[str]) -> int:
         """Fetch ``room`` from the sources not asked lately; store and report what is new."""

@@ -69,3 +69,27 @@ async def test_a_source_that_disconnected_is_asked_again_at_once(tmp_path: Path)
     catch_up.connection_closed(ConnectionInfo(source, "inbound", "tcp", "/noise", "/yamux/1.0.0"))
     await catch_up.catch_up(ROOM, [source, other])
     assert client.asked[2:] == [source]
+
+
+class _ClaimingHost:
+    """Peers' roles as identify would have them (the only host method ordering reads)."""
+
+    def __init__(self, archivers: set[str]) -> None:
+        self._archivers = archivers
+
+    def peer_roles(self, peer: str) -> frozenset[str] | None:
+        return frozenset({"archiver"}) if peer in self._archivers else frozenset({"peer"})
+
+
+def test_peers_claiming_to_be_archivers_never_take_every_place_of_a_catch_up(
+    tmp_path: Path,
+) -> None:
+    claimants = [f"claims-archiver-{n}" for n in range(5)]
+    catch_up = _catch_up(tmp_path, _EmptySources())  # catchup_sources=16
+    catch_up._settings = HistorySection(catchup_sources=3)
+    catch_up._host = _ClaimingHost(set(claimants))  # type: ignore[assignment]
+    order = catch_up._archivers_first(["chat-peer", *claimants])
+    assert order[:3] == [claimants[0], claimants[1], "chat-peer"]  # one place kept for it
+    assert sorted(order) == sorted(["chat-peer", *claimants])
+    assert catch_up._archivers_first(claimants) == claimants  # no chat peer: all archivers
+    assert catch_up._archivers_first(["a-peer", "b-peer"]) == ["a-peer", "b-peer"]

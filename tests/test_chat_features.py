@@ -10,12 +10,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from p2pchat.node.history import StoredMessage, now_ms
 from p2pchat.node.p2p.envelopes import envelope_data, sign_envelope
 from p2pchat.node.p2p.identity import Identity, ephemeral_identity
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
+from p2pchat.roles.peer import lookup
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
@@ -266,7 +268,9 @@ async def test_whois_names_every_peer_using_a_name(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_search_finds_every_word_newest_first_bounded(tmp_path: Path) -> None:
+async def test_search_finds_every_word_newest_first_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
         async with trio.open_nursery() as nursery:
@@ -283,7 +287,17 @@ async def test_search_finds_every_word_newest_first_bounded(tmp_path: Path) -> N
             assert len(messages(many)) == SEARCH_HITS
             assert many[-1] == HistoryEndEvent("search", None, SEARCH_HITS, 61 - SEARCH_HITS)
             assert messages(many)[-1].text == "Deploy failed, rolling back"  # newest kept
+            assert render_text(many[-1]) == (
+                f"* {SEARCH_HITS} match(es); 11 older match(es): add words to narrow it"
+            )
             assert messages(await answer(chat, "/search nothing-like-this")) == []
+            # The walk of each room is bounded; a search cut short says so.
+            monkeypatch.setattr(lookup, "SEARCH_SCAN", 10)
+            monkeypatch.setattr(lookup, "PAGE", 10)
+            cut = await answer(chat, "/search deploy")
+            # ROOM: its newest 10 (lunch and 9 deploys); ops: its one message.
+            assert cut[-1] == HistoryEndEvent("search", None, 10, 0, truncated=True)
+            assert "older messages were not searched" in render_text(cut[-1])
             nursery.cancel_scope.cancel()
 
 
@@ -319,8 +333,20 @@ async def test_export_writes_json_lines_a_reader_can_verify(tmp_path: Path) -> N
             assert isinstance(refused, ErrorEvent) and refused.code == "not_in_room"
             blocked = tmp_path / "a-file"
             await trio.Path(blocked).write_text("")
-            (failed,) = await answer(chat, f"/export {ROOM} {blocked / 'under-a-file.jsonl'}")
-            assert isinstance(failed, ErrorEvent) and failed.code == "export_failed"
+            taken = tmp_path / "a-directory.jsonl"
+            await trio.Path(taken).mkdir()
+            for where in (
+                blocked / "under-a-file.jsonl",  # OSError
+                "~no-such-user-here/x.jsonl",  # RuntimeError from expanduser
+                "nul\0in-the-name.jsonl",  # ValueError
+                taken,  # written, then the rename fails: no half file left either way
+            ):
+                (failed,) = await answer(chat, f"/export {ROOM} {where}")
+                assert isinstance(failed, ErrorEvent), where
+                assert (failed.code, failed.command) == ("export_failed", "export")
+            assert not [
+                p for p in await trio.Path(tmp_path).iterdir() if p.name.endswith(".partial")
+            ]
             nursery.cancel_scope.cancel()
 
 
@@ -361,4 +387,69 @@ async def test_history_ends_with_a_marker_saying_how_many_more(tmp_path: Path) -
             assert render_text(listed[-1]) == f"* end of {ROOM}: 5 message(s); 3 more: /history 8"
             (refused,) = await answer(chat, "/history 0")
             assert isinstance(refused, ErrorEvent) and refused.code == "bad_argument"
+            nursery.cancel_scope.cancel()
+
+
+async def test_joining_a_room_again_switches_to_it_showing_what_arrived(tmp_path: Path) -> None:
+    bob = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            await answer(chat, "/join ops")
+            await answer(chat, f"/switch {ROOM}")
+            chat.pubsub.deliver("ops", [(bob, said("ops", "while you looked away"))])
+            await trio.testing.wait_all_tasks_blocked()
+            again = await answer(chat, "/join ops")
+            assert isinstance(again[0], NoticeEvent) and again[0].kind == "room_switched"
+            assert [m.text for m in messages(again)] == ["while you looked away"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_claiming_a_role_but_speaking_in_the_room_is_a_member(
+    tmp_path: Path,
+) -> None:
+    """Roles are a claim: one that says "relay" but talks in the room is listed as in it."""
+    liar = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        chat.host.roles[liar.peer_id_text] = frozenset({"relay"})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            chat.peer_arrives(liar.peer_id_text, ROOM)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not [e for e in chat.events if isinstance(e, PeerEvent)]
+            chat.pubsub.deliver(ROOM, [(liar, said(ROOM, "just a relay, honest"))])
+            for watch in chat.pubsub.watchers:  # any later change brings a membership pass
+                watch(None)  # type: ignore[arg-type]
+            await trio.testing.wait_all_tasks_blocked()
+            assert PeerEvent("joined", ROOM, liar.peer_id_text, "Bob") in chat.events
+            nursery.cancel_scope.cancel()
+
+
+async def test_queued_messages_go_out_first_once_anyone_receives_the_room(
+    tmp_path: Path,
+) -> None:
+    """An archiver in the room receives it: queued messages are delivered before new ones."""
+    archiver = ephemeral_identity().peer_id_text
+    with chat_service(tmp_path) as chat:
+        chat.host.roles[archiver] = frozenset({"archiver"})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(chat.service.run)
+            (queued,) = await answer(chat, "typed alone")
+            assert isinstance(queued, NoticeEvent) and queued.kind == "queued"
+            chat.peer_arrives(archiver, ROOM)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (
+                NoticeEvent(
+                    "delivered",
+                    f"delivered 1 queued message(s) to {ROOM}",
+                    {"room": ROOM, "count": 1},
+                )
+                in chat.events
+            )
+            assert await answer(chat, "typed later") == []
+            sent = [decode(data, max_text_bytes=4096) for _, data in chat.pubsub.published]
+            assert [m.text for m in sent if isinstance(m, ChatText)] == [
+                "typed alone",
+                "typed later",
+            ]
             nursery.cancel_scope.cancel()

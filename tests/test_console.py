@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,5 +176,38 @@ def test_missed_messages_are_shown_inline_with_their_date_and_no_log_line_betwee
     assert not any(
         '"event"' in row or "history caught up" in row for row in alice.screen_text().splitlines()
     )
+    alice.type_keys("/quit\r")
+    assert alice.proc.wait(timeout=30) == 0
+
+
+def test_a_warning_of_the_node_is_one_notice_line_and_info_names_where_to_look(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on once this is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    nobody = ephemeral_identity().peer_id_text
+    alice = start_node(
+        tmp_path / "alice",
+        "--bootstrap",
+        f"/ip4/127.0.0.1/tcp/{port}/p2p/{nobody}",
+        terminal=True,
+    )
+    nodes.append(alice)
+    alice.wait_screen(PROMPT)
+    alice.wait_screen("* warning: bootstrap dial failed")
+    rows = [row for row in alice.screen_text().splitlines() if "warning:" in row]
+    assert all(row.startswith("* warning: bootstrap dial failed") for row in rows)
+    assert not any('"event"' in row for row in alice.screen_text().splitlines())
+    alice.type_keys("/info\r")
+    alice.wait_screen("log file:")
+    info = {
+        key.strip(): value.strip()
+        for key, _, value in (
+            row.partition(":") for row in alice.screen_text().splitlines() if ":" in row
+        )
+    }
+    assert info["metrics"].startswith("http://127.0.0.1:")
+    assert info["log file"] == str(tmp_path / "alice" / "logs" / "p2pchat.log")
     alice.type_keys("/quit\r")
     assert alice.proc.wait(timeout=30) == 0

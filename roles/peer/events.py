@@ -143,12 +143,14 @@ class CaughtUpEvent:
 @dataclass(frozen=True, slots=True)
 class HistoryEndEvent:
     """The end of a listing of messages (/history, /search, a room switch's unread): how many
-    were listed and how many more exist beyond what was asked."""
+    were listed and how many more exist beyond what was asked; ``truncated``: a search's walk
+    was cut short (its scan bound), so older matches may exist uncounted."""
 
     command: str
     room: str | None
     count: int
     more: int = 0
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from p2pchat.node.ids import short_id
 from p2pchat.node.terminal_text import after_header
+from p2pchat.roles.peer.commands import MAX_HISTORY
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
@@ -97,9 +98,16 @@ def render_text(event: ChatEvent, view: View = View()) -> str:
 
 
 def _history_end(event: HistoryEndEvent) -> str:
-    more = f"; {event.more} more: /history {event.count + event.more}" if event.more else ""
     if event.command == "search":
-        return f"* {event.count} match(es){more.replace('/history', '/search')}"
+        older = f"; {event.more} older match(es): add words to narrow it" if event.more else ""
+        cut = (
+            " (older messages were not searched: add words to narrow it)" if event.truncated else ""
+        )
+        return f"* {event.count} match(es){older}{cut}"
     if event.count == 0:
         return f"* no messages in {event.room} yet" if event.room else "* nothing found"
+    more = ""
+    if event.more:
+        asked = min(event.count + event.more, MAX_HISTORY)
+        more = f"; {event.more} more: /history {asked}"
     return f"* end of {event.room}: {event.count} message(s){more}"

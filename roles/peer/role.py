@@ -27,6 +27,7 @@ from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.service import ChatService
 
 EVENT_BUFFER = 10_000
+DROPPED = "chat event dropped: front end is not keeping up"
 
 
 class PeerRole:
@@ -74,7 +75,7 @@ class PeerRole:
             try:
                 send.send_nowait(event)
             except trio.WouldBlock:  # nobody reads (headless and stalled): never block chat
-                ctx.log.warning("chat event dropped: front end is not keeping up")
+                ctx.log.warning(DROPPED)
 
         settings = self._history
         catch_up: CatchUp | None = None
@@ -134,6 +135,8 @@ class PeerRole:
         token = trio.lowlevel.current_trio_token()
 
         def warned(summary: str) -> None:  # any thread
+            if summary.startswith(DROPPED):
+                return  # shown as an event it would be dropped again, and warned of again
             with contextlib.suppress(trio.RunFinishedError):  # the node is stopping
                 token.run_sync_soon(service.warning, summary)
 

@@ -329,7 +329,7 @@ class ChatService:
         result = await trio.to_thread.run_sync(search, self._history, rooms, query)
         for event in history_events(result.hits, self._me, self._names.own):
             reply(event)
-        reply(HistoryEndEvent("search", None, len(result.hits), result.more))
+        reply(HistoryEndEvent("search", None, len(result.hits), result.more, result.truncated))
 
     async def _export(self, argument: str, reply: Reply) -> None:
         """/export [room] [file]: one argument is a room if this peer knows a room by that name
@@ -347,18 +347,28 @@ class ChatService:
         if room not in known and room not in self._history.rooms():
             reply(ErrorEvent("not_in_room", f"no history of {room} here", "export"))
             return
-        if file is not None:
-            path = Path(file).expanduser()  # noqa: ASYNC240 (reads $HOME only)
-        elif self._data_dir is not None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = self._data_dir / "exports" / f"{room}-{stamp}.jsonl"
-        else:
-            reply(ErrorEvent("missing_argument", "/export needs a file: /export [room] <file>"))
+        if file is None and self._data_dir is None:
+            reply(
+                ErrorEvent(
+                    "missing_argument", "/export needs a file: /export [room] <file>", "export"
+                )
+            )
             return
         try:
+            if file is not None:
+                path = Path(file).expanduser()  # noqa: ASYNC240 (reads $HOME only)
+            else:
+                assert self._data_dir is not None
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                path = self._data_dir / "exports" / f"{room}-{stamp}.jsonl"
             count = await trio.to_thread.run_sync(export_lines, self._history, room, path)
-        except OSError as error:
-            reply(ErrorEvent("export_failed", f"export to {path} failed: {error}", "export"))
+        except (OSError, ValueError, RuntimeError) as error:
+            # OSError: not writable; ValueError: a NUL in the name; RuntimeError: ~nobody/.
+            reply(
+                ErrorEvent(
+                    "export_failed", f"export to {file or 'the data dir'} failed: {error}", "export"
+                )
+            )
             return
         reply(
             NoticeEvent(
@@ -429,20 +439,21 @@ class ChatService:
         except ValueError as error:
             reply(ErrorEvent("invalid_room", str(error), "join"))
             return
-        if room not in self._rooms:
-            if len(self._rooms) >= MAX_ROOMS:
-                reply(
-                    ErrorEvent(
-                        "too_many_rooms",
-                        f"you are in {MAX_ROOMS} rooms, the most at once; /leave one first",
-                        "join",
-                    )
+        if room in self._rooms:  # already in it: as /switch, showing what arrived there
+            self._switch(room, reply)
+            return
+        if len(self._rooms) >= MAX_ROOMS:
+            reply(
+                ErrorEvent(
+                    "too_many_rooms",
+                    f"you are in {MAX_ROOMS} rooms, the most at once; /leave one first",
+                    "join",
                 )
-                return
-            await self._join(room)
+            )
+            return
+        await self._join(room)
         self._remembered.joined(room)
         self._rooms.switch(room)
-        self._rooms.take_unread(room)
         reply(NoticeEvent("room_joined", f"joined {room}", {"room": room}))
 
     async def _join(self, name: str) -> None:
@@ -519,7 +530,10 @@ class ChatService:
     def _chat_peer(self, peer: str) -> bool | None:
         """True for a chat peer, False for infrastructure (no room member: its roles are shown
         by /peers), None while its identify has not arrived (a node that names no p2pchat
-        roles, such as a js-libp2p peer, is a chat peer once identified)."""
+        roles, such as a js-libp2p peer, is a chat peer once identified). Roles are a claim:
+        a peer heard speaking in a room is a member whatever it claims."""
+        if any(peer in room.heard for room in self._rooms):
+            return True  # it speaks in a room: a member, whatever it claims to be
         roles = self._ctx.peer_roles(peer)
         if roles is not None:
             return not infrastructure(roles)
@@ -550,6 +564,9 @@ class ChatService:
                 self._emit(PeerEvent("left", room, peer, self.name_of(peer)))
             if joined:
                 await self._announce_name(room)
+            # Whoever receives the room's messages now (an archiver too) gets the queued ones
+            # first, before anything typed from now on.
+            if self._gossip.has_subscribers(room):
                 delivered = await self._outbox.flush(room)
                 if delivered:
                     self._emit(
