@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 from tests.conftest import metric_value, node_env, run_cli
+from tests.test_systemd import directives as unit_directives
 
 pytestmark = pytest.mark.slow
 
@@ -609,21 +610,6 @@ def test_bad_variables_fail_clearly_and_change_nothing(
     assert host.node_pid("p2pchat-relay") == pid
 
 
-def _unit_directives(text: str) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    section = ""
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        sections.setdefault(f"{section}.{key}", []).append(value)
-    return sections
-
-
 def _verify_unit(deployment: Deployment, unit: str) -> None:
     """`systemd-analyze verify` on the unit, in a scratch root holding the machine's own units
     and the container's ExecStart script (verify checks that it exists and is executable)."""
@@ -688,7 +674,7 @@ def test_systemd_unit_is_rendered_valid_and_its_command_starts_the_node(
     )
     assert rendered.returncode == 0, rendered.output[-4000:]
     unit = host.sh("cat /etc/systemd/system/p2pchat-relay.service")
-    directives = _unit_directives(unit)
+    directives = unit_directives(unit)
     assert directives["Unit.After"] == ["network-online.target"]
     assert directives["Service.Type"] == ["exec"]
     assert directives["Service.User"] == ["p2pchat"]

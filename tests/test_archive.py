@@ -74,6 +74,14 @@ def test_offline_peer_catches_up_through_an_archiver(
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", store.addr())
     wait_members(a, 1)  # the archiver: A and B meet only through it
     wait_members(b, 1)
+    # The archiver is in the room, yet no member of it: /peers shows it by its role.
+    a.say("/peers")
+    peers = a.next_event(lambda e: e["type"] == "output" and e["command"] == "peers")
+    listed = {p["peer"]: p for p in peers["data"]["peers"]}
+    assert listed[store.peer_id]["roles"] == ["archiver"]
+    assert store.peer_id not in peers["data"]["room_members"]
+    assert f"archiver ({store.peer_id[:6]}…{store.peer_id[-4:]}) direct" in peers["text"]
+    assert a.metric("p2pchat_room_infrastructure_peers") == 1
     a.say("before B left")
     b.next_event(is_message("before B left"), timeout=WAIT)
     assert b.stop() == 0

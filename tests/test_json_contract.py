@@ -40,6 +40,7 @@ from tests.conftest import (
     load_schema,
     start_node,
 )
+from tests.test_chat import wait_members
 
 ROOT = Path(__file__).parent.parent
 WAIT = 60.0
@@ -206,18 +207,6 @@ def chat_peer(
     nodes.append(node)
     ready = node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node, ready
-
-
-def wait_members(node: NodeProcess, count: int) -> None:
-    """Wait until ``count`` others are subscribed to ``node``'s current room: chat peers (its
-    members) and infrastructure such as archivers (subscribed, but no members)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        others = node.metric("p2pchat_room_peers")
-        if others + node.metric("p2pchat_room_infrastructure_peers") >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"room never had {count} other members")
 
 
 def answer(node: NodeProcess, message: dict[str, Any]) -> list[dict[str, Any]]:

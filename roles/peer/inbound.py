@@ -50,6 +50,8 @@ class Inbound:
         stored: told each room that just stored new messages (retention trims it).
         emit: where message events and name events go (live, to the front end); a message of
             a room that is not the current one counts as unread there.
+        new_sender: told when a room hears a sender it had not heard (who is a member may
+            change: a peer that speaks in a room is one).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Inbound:
         max_text_bytes: int,
         stored: Callable[[str], object],
         emit: Callable[[ChatEvent], None],
+        new_sender: Callable[[], object] = lambda: None,
     ) -> None:
         self._me = me
         self._history = history
@@ -71,6 +74,7 @@ class Inbound:
         self._max_text_bytes = max_text_bytes
         self._stored = stored
         self._emit = emit
+        self._new_sender = new_sender
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -101,10 +105,14 @@ class Inbound:
                 except WireError as error:  # the validator already dropped these; defensive
                     self._observer.message_dropped(room, error.reason)
                     continue
-            if joined is not None and message.sender != self._me:
-                # When it was signed, not when it reached us: an old message replayed by
-                # somebody else does not make its sender look present.
-                joined.hear(message.sender, min(received_at, payload.sent_at_ms))
+            # When it was signed, not when it reached us: an old message replayed by somebody
+            # else does not make its sender look present.
+            if (
+                joined is not None
+                and message.sender != self._me
+                and joined.hear(message.sender, min(received_at, payload.sent_at_ms))
+            ):
+                self._new_sender()
             if isinstance(payload, NameAnnouncement):
                 change = self._names.announced(message.sender, payload.name)
                 if change is not None:

@@ -36,9 +36,12 @@ class Room:
     heard: BoundedDict[str, int] = field(default_factory=lambda: BoundedDict(MAX_HEARD))
     unread: int = 0  # messages that arrived while another room was current
 
-    def hear(self, sender: str, at_ms: int) -> None:
-        """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept)."""
-        self.heard[sender] = max(at_ms, self.heard.get(sender, 0))
+    def hear(self, sender: str, at_ms: int) -> bool:
+        """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept).
+        Returns whether it was not heard in this room before (as far as remembered)."""
+        before = self.heard.get(sender)
+        self.heard[sender] = max(at_ms, before or 0)
+        return before is None
 
     def heard_since(self, since_ms: int) -> Iterator[tuple[str, int]]:
         """(PeerId, when) of the senders heard at ``since_ms`` or later, latest first."""

@@ -158,6 +158,7 @@ class ChatService:
             settings.max_message_bytes,
             self._retention.trim_if_over,
             emit,
+            new_sender=lambda: self._changes.note(),
         )
         self._outbox = Outbox(
             gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
