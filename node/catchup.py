@@ -23,7 +23,7 @@ pairs: a source forgotten early is merely asked again sooner.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
@@ -42,9 +42,10 @@ REASK_AFTER = 60.0
 MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 WRITE_BATCH = 1000
 
-CaughtUp = Callable[[str, list[StoredMessage], list[str]], None]
-"""Told (room, the messages it stored that were new, sources that answered) after each room's
-catch-up (at most ``history.catchup_max_messages`` per source, so the list is bounded)."""
+CaughtUp = Callable[[str, list[StoredMessage], list[str]], Awaitable[None]]
+"""Awaited with (room, the messages it stored that were new, sources that answered) after each
+room's catch-up (at most ``history.catchup_max_messages`` per source, so the list is bounded);
+it may take its time (showing them all to a slow reader): the next room waits."""
 
 
 class CatchUpObserver(Protocol):
@@ -199,7 +200,7 @@ class CatchUp:
             "history caught up", room=room, new=stored, fetched=len(union), sources=answered
         )
         if answered:
-            self._on_caught_up(room, new, answered)
+            await self._on_caught_up(room, new, answered)
         return stored
 
     def _start_ms(self, room: str) -> int:

@@ -12,7 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from p2pchat.node.p2p.identity import ephemeral_identity
+from p2pchat.roles.peer.role import EVENT_BUFFER
+
 from tests.conftest import NodeProcess, start_node
+from tests.history_fixtures import fill_store, signed_message
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 
 ROOM = "p2p-chat-default"
@@ -156,3 +160,40 @@ def test_a_chat_peer_that_also_archives_chats_archives_and_serves_catch_up(
     assert hub.metric("p2pchat_archive_messages") == 22
     assert history_texts(hub, 22) == ["before B left", "from the hub", *missed]
     assert hub.metric("p2pchat_messages_dropped_total", reason="bad_signature") == 0
+
+
+def test_a_script_is_shown_every_missed_message_even_beyond_the_event_buffer(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """--json shows every message a catch-up stored, as history messages after the
+    caught_up event: more than the front end's event buffer holds, none dropped."""
+    missed = EVENT_BUFFER + 2_000
+    carol = ephemeral_identity()
+    start = int(time.time() * 1000) - 3_600_000
+    fill_store(
+        tmp_path / "source",
+        [signed_message(carol, ROOM, n, start + n) for n in range(missed)],
+    )
+    source = chat_peer(tmp_path / "source", nodes)
+    late = chat_peer(tmp_path / "late", nodes, "--bootstrap", source.addr())
+    event = caught_up(late)
+    assert (event["count"], event["shown"]) == (missed, missed)
+    shown = 0
+    while shown < missed:
+        message = late.next_event(lambda e: e["type"] == "message", timeout=WAIT)
+        assert message["history"] and message["text"] == f"message {shown}", message
+        shown += 1
+    assert not logged_lines(late, "chat event dropped")
+
+
+def logged_lines(node: NodeProcess, event: str) -> list[dict[str, Any]]:
+    """The node's log lines (JSON, stderr) whose event starts with ``event``."""
+    found = []
+    for line in node.raw_stderr:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if str(entry.get("event", "")).startswith(event):
+            found.append(entry)
+    return found

@@ -7,7 +7,7 @@ from pathlib import Path
 import structlog
 from p2pchat.node.catchup import MAX_ASKED, CatchUp, QuietCatchUpObserver
 from p2pchat.node.config import HistorySection
-from p2pchat.node.history import History
+from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
 from p2pchat.node.store_client import Fetched
@@ -31,6 +31,10 @@ class _EmptySources:
         return Fetched(source, [], 0, True)
 
 
+async def _nothing_to_show(room: str, new: list[StoredMessage], sources: list[str]) -> None:
+    return None
+
+
 def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
     store = Store.open(tmp_path / "store")
     return CatchUp(
@@ -39,7 +43,7 @@ def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
         client,  # type: ignore[arg-type]
         HistorySection(catchup_sources=16),
         lambda: [ROOM],
-        lambda room, count, sources: None,
+        _nothing_to_show,
         QuietCatchUpObserver(),
         structlog.get_logger(),
     )

@@ -194,11 +194,11 @@ async def test_missed_messages_are_shown_newest_few_in_order_or_all_for_scripts(
     tmp_path: Path,
 ) -> None:
     bob = ephemeral_identity()
-    for inline, expected_shown in ((5, 5), (None, 12), (0, 0)):
+    for inline, expected_shown in ((5, 5), (None, 12), (0, 0), (50, 12)):
         with chat_service(tmp_path / str(inline), missed_inline=inline) as chat:
             base = now_ms() - 3 * 86_400_000  # three days ago: shown with their date
             missed = [_stored(chat, bob, ROOM, f"missed {n}", base + n) for n in range(12)]
-            chat.service.caught_up(ROOM, list(reversed(missed)), ["archiver"])
+            await chat.service.caught_up(ROOM, list(reversed(missed)), ["archiver"])
             first, *shown = chat.events
             assert first == CaughtUpEvent(ROOM, 12, ["archiver"], expected_shown)
             assert [m.text for m in messages(shown)] == [

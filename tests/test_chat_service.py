@@ -168,7 +168,7 @@ async def test_names_duplicates_and_catch_up_reach_the_user_live(tmp_path: Path)
             assert [e.text for e in chat.events[1:] if isinstance(e, MessageEvent)] == ["once"]
             assert chat.service.name_of(bob.peer_id_text) == "Bobby"
             shown = len(chat.events)
-            chat.service.caught_up(ROOM, [], [])
+            await chat.service.caught_up(ROOM, [], [])
             assert len(chat.events) == shown  # nothing new: nothing to say
 
             _, history = await chat.service.execute("/history 5")

@@ -91,8 +91,10 @@ class PeerRole:
             on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
             data_dir=self._data_dir,
             log_file=logs.log_file,
-            # The console shows the newest few missed messages; scripts get every one.
-            missed_inline=self._chat.missed_inline if ui == "console" else None,
+            # Scripts get every missed message; the console (and a headless node's log) the
+            # newest few.
+            missed_inline=None if ui == "json" else self._chat.missed_inline,
+            emit_waiting=send.send,
         )
         if settings.catchup:
             client = StoreClient(ctx.host, ctx.metrics.history_client, self._chat.max_message_bytes)

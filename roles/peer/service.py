@@ -24,7 +24,7 @@ call alone (:meth:`ChatService.execute`), so a message arriving while a command 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -124,12 +124,15 @@ class ChatService:
         data_dir: Path | None = None,
         log_file: Callable[[], Path | None] = lambda: None,
         missed_inline: int | None = None,
+        emit_waiting: Callable[[ChatEvent], Awaitable[None]] | None = None,
     ) -> None:
         """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
         (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
         this peer joins (catch-up fetches what it missed); ``data_dir``: where /export writes
         by default; ``log_file``: where the node logs (``/info``); ``missed_inline``: how many
-        of the messages a catch-up fetched are shown (the newest; None: all, for scripts)."""
+        of the messages a catch-up fetched are shown (the newest; None: all, for scripts);
+        ``emit_waiting``: as ``emit``, but waits while the front end is behind instead of
+        dropping (default: ``emit``)."""
         self._ctx = ctx
         self._node_roles = list(node_roles)
         self._on_join = on_join
@@ -140,6 +143,11 @@ class ChatService:
         self._data_dir = data_dir
         self._log_file = log_file
         self._missed_inline = missed_inline
+
+        async def emit_now(event: ChatEvent) -> None:
+            emit(event)
+
+        self._emit_waiting = emit_waiting or emit_now
         self._me = ctx.host.peer_id
         self._rooms = Rooms(settings.room)
         self._remembered = RememberedRooms(ctx.keys(ROOMS_NAMESPACE))
@@ -229,19 +237,21 @@ class ChatService:
             },
         )
 
-    def caught_up(self, room: str, new: Sequence[StoredMessage], sources: list[str]) -> None:
+    async def caught_up(self, room: str, new: Sequence[StoredMessage], sources: list[str]) -> None:
         """Show the messages of ``room`` that arrived while this peer was away (``new``, just
-        stored): how many, then the newest ``missed_inline`` of them in order."""
+        stored): how many, then the newest ``missed_inline`` of them (all: None) in order, each
+        handed over as the front end takes it (``emit_waiting``), so a long catch-up shown to a
+        script loses none and holds no second copy of the messages."""
         if not new:
             return
         ordered = sorted(new, key=lambda m: (m.sent_at_ms, m.message_id))
-        shown = ordered if self._missed_inline is None else ordered[-self._missed_inline :]
-        if self._missed_inline == 0:
-            shown = []
-        events = history_events(shown, self._me, self._names.own)
-        self._emit(CaughtUpEvent(room, len(new), sources, len(events)))
-        for event in events:
-            self._emit(event)
+        inline = self._missed_inline
+        shown = ordered if inline is None else ordered[max(0, len(ordered) - inline) :]
+        # Catch-up verified each: every one decodes as a text (history_events skips none).
+        await self._emit_waiting(CaughtUpEvent(room, len(new), sources, len(shown)))
+        for stored in shown:
+            for event in history_events([stored], self._me, self._names.own):
+                await self._emit_waiting(event)
 
     def warning(self, summary: str) -> None:
         """Show a warning of the node (a log line, summarised) as one notice."""
