@@ -9,7 +9,7 @@ does); :meth:`FakePubsub.deliver` plays a message from another peer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +173,15 @@ class Chat:
             watcher.connection_closed(  # type: ignore[attr-defined]
                 ConnectionInfo(peer, "outbound", "tcp", "/noise", "/yamux/1.0.0")
             )
+
+
+@asynccontextmanager
+async def running(chat: Chat) -> AsyncIterator[Chat]:
+    """``chat``'s service running for the block, cancelled at its end."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(chat.service.run)
+        yield chat
+        nursery.cancel_scope.cancel()
 
 
 @contextmanager

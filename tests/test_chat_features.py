@@ -32,7 +32,7 @@ from p2pchat.roles.peer.lookup import SEARCH_HITS
 from p2pchat.roles.peer.rendering import BELL, HIGHLIGHT, View, render_text, timestamp
 from p2pchat.roles.peer.rooms import MAX_ROOMS
 
-from tests.chat_fakes import Chat, chat_service
+from tests.chat_fakes import Chat, chat_service, running
 
 ROOM = "p2p-chat-default"
 
@@ -64,8 +64,7 @@ async def test_a_message_of_another_room_shows_its_room_and_counts_as_unread(
 ) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             await answer(chat, "/join ops")
             await answer(chat, f"/switch {ROOM}")
             at = now_ms()
@@ -96,7 +95,6 @@ async def test_a_message_of_another_room_shows_its_room_and_counts_as_unread(
             assert switched[-1] == HistoryEndEvent("switch", "ops", 3, 0)
             (rooms,) = await answer(chat, "/rooms")
             assert isinstance(rooms, OutputEvent) and rooms.data["unread"]["ops"] == 0
-            nursery.cancel_scope.cancel()
 
 
 def test_timestamps_carry_the_date_when_not_today() -> None:
@@ -137,8 +135,7 @@ async def test_mentions_of_my_name_are_marked_and_me_and_double_slash_send(
     bob = ephemeral_identity()
     with chat_service(tmp_path, name="Alice") as chat:
         chat.pubsub.members[ROOM] = {bob.peer_id_text}  # someone to send to
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             for words in ("hey @alice, look", "Alice: ping", "malice aforethought", "alicex"):
                 chat.pubsub.deliver(ROOM, [(bob, said(ROOM, words))])
             await trio.testing.wait_all_tasks_blocked()
@@ -164,21 +161,18 @@ async def test_mentions_of_my_name_are_marked_and_me_and_double_slash_send(
                 ("waves", True, True),
                 ("/etc/hosts is a path", False, True),
             ]
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_verbatim_send_may_start_with_a_slash_and_span_lines(tmp_path: Path) -> None:
     with chat_service(tmp_path) as chat:
         chat.pubsub.members[ROOM] = {ephemeral_identity().peer_id_text}
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             assert await chat.service.send("/not a command\nsecond line") == []
             assert await chat.service.send("x", room="elsewhere") == [
                 ErrorEvent("not_in_room", "you are not in elsewhere; /join elsewhere first")
             ]
             await trio.testing.wait_all_tasks_blocked()
             assert [m.text for m in messages(chat.events)] == ["/not a command\nsecond line"]
-            nursery.cancel_scope.cancel()
 
 
 def _stored(chat: Chat, signer: Identity, room: str, words: str, at_ms: int) -> StoredMessage:
@@ -215,38 +209,31 @@ async def test_missed_messages_are_shown_newest_few_in_order_or_all_for_scripts(
 
 async def test_rooms_joined_are_joined_again_after_a_restart_until_left(tmp_path: Path) -> None:
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             await answer(chat, "/join ops")
             await answer(chat, "/join dev")
             await answer(chat, "/leave dev")
-            nursery.cancel_scope.cancel()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             assert chat.service.room_names() == [ROOM, "ops"]
             assert chat.service.current_room == ROOM  # the configured room comes first
             assert chat.service.welcome().text.endswith("(also in ops); /help lists the commands")
-            nursery.cancel_scope.cancel()
 
 
 async def test_rooms_at_once_are_bounded(tmp_path: Path) -> None:
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             for n in range(MAX_ROOMS - 1):
                 await answer(chat, f"/join room{n}")
             (refused,) = await answer(chat, "/join one-too-many")
             assert isinstance(refused, ErrorEvent) and refused.code == "too_many_rooms"
             assert len(chat.service.room_names()) == MAX_ROOMS
-            nursery.cancel_scope.cancel()
 
 
 async def test_whois_names_every_peer_using_a_name(tmp_path: Path) -> None:
     bob, mallory = ephemeral_identity(), ephemeral_identity()
     with chat_service(tmp_path, name="Alice") as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             chat.peer_arrives(bob.peer_id_text, ROOM)
             chat.pubsub.deliver(ROOM, [(bob, said(ROOM, "hi", name="Bob"))])
             chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "hi too", name="bob"))])
@@ -265,7 +252,6 @@ async def test_whois_names_every_peer_using_a_name(tmp_path: Path) -> None:
             assert await answer(chat, "/whois nobody") == [
                 ErrorEvent("unknown_name", "nobody known here uses the name nobody", "whois")
             ]
-            nursery.cancel_scope.cancel()
 
 
 async def test_search_finds_every_word_newest_first_bounded(
@@ -273,8 +259,7 @@ async def test_search_finds_every_word_newest_first_bounded(
 ) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             await answer(chat, "/join ops")
             chat.pubsub.deliver(ROOM, [(bob, said(ROOM, f"deploy {n} done")) for n in range(60)])
             chat.pubsub.deliver("ops", [(bob, said("ops", "Deploy failed, rolling back"))])
@@ -298,14 +283,12 @@ async def test_search_finds_every_word_newest_first_bounded(
             # ROOM: its newest 10 (lunch and 9 deploys); ops: its one message.
             assert cut[-1] == HistoryEndEvent("search", None, 10, 0, truncated=True)
             assert "older messages were not searched" in render_text(cut[-1])
-            nursery.cancel_scope.cancel()
 
 
 async def test_export_writes_json_lines_a_reader_can_verify(tmp_path: Path) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path, data_dir=tmp_path / "data") as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             at = now_ms()
             chat.pubsub.deliver(
                 ROOM, [(bob, said(ROOM, f"line {n}", at_ms=at + n)) for n in range(3)]
@@ -347,7 +330,6 @@ async def test_export_writes_json_lines_a_reader_can_verify(tmp_path: Path) -> N
             assert not [
                 p for p in await trio.Path(tmp_path).iterdir() if p.name.endswith(".partial")
             ]
-            nursery.cancel_scope.cancel()
 
 
 async def test_infrastructure_in_a_room_is_no_member_and_peers_shows_its_role(
@@ -357,8 +339,7 @@ async def test_infrastructure_in_a_room_is_no_member_and_peers_shows_its_role(
     with chat_service(tmp_path) as chat:
         chat.host.roles[archiver] = frozenset({"archiver"})
         chat.host.roles[bob] = frozenset({"peer"})
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             chat.peer_arrives(archiver, ROOM)
             chat.peer_arrives(bob, ROOM)
             await trio.testing.wait_all_tasks_blocked()
@@ -370,14 +351,12 @@ async def test_infrastructure_in_a_room_is_no_member_and_peers_shows_its_role(
             assert peers.data["room_members"] == [bob]
             roles = {p["peer"]: p["roles"] for p in peers.data["peers"]}
             assert roles == {archiver: ["archiver"], bob: ["peer"]}
-            nursery.cancel_scope.cancel()
 
 
 async def test_history_ends_with_a_marker_saying_how_many_more(tmp_path: Path) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             at = now_ms()
             chat.pubsub.deliver(ROOM, [(bob, said(ROOM, f"m{n}", at_ms=at + n)) for n in range(8)])
             await trio.testing.wait_all_tasks_blocked()
@@ -387,14 +366,12 @@ async def test_history_ends_with_a_marker_saying_how_many_more(tmp_path: Path) -
             assert render_text(listed[-1]) == f"* end of {ROOM}: 5 message(s); 3 more: /history 8"
             (refused,) = await answer(chat, "/history 0")
             assert isinstance(refused, ErrorEvent) and refused.code == "bad_argument"
-            nursery.cancel_scope.cancel()
 
 
 async def test_joining_a_room_again_switches_to_it_showing_what_arrived(tmp_path: Path) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             await answer(chat, "/join ops")
             await answer(chat, f"/switch {ROOM}")
             chat.pubsub.deliver("ops", [(bob, said("ops", "while you looked away"))])
@@ -402,7 +379,6 @@ async def test_joining_a_room_again_switches_to_it_showing_what_arrived(tmp_path
             again = await answer(chat, "/join ops")
             assert isinstance(again[0], NoticeEvent) and again[0].kind == "room_switched"
             assert [m.text for m in messages(again)] == ["while you looked away"]
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_claiming_a_role_but_speaking_in_the_room_is_a_member(
@@ -412,15 +388,13 @@ async def test_a_peer_claiming_a_role_but_speaking_in_the_room_is_a_member(
     liar = ephemeral_identity()
     with chat_service(tmp_path) as chat:
         chat.host.roles[liar.peer_id_text] = frozenset({"relay"})
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             chat.peer_arrives(liar.peer_id_text, ROOM)
             await trio.testing.wait_all_tasks_blocked()
             assert not [e for e in chat.events if isinstance(e, PeerEvent)]
             chat.pubsub.deliver(ROOM, [(liar, said(ROOM, "just a relay, honest"))])
             await trio.testing.wait_all_tasks_blocked()  # a new sender brings a membership pass
             assert PeerEvent("joined", ROOM, liar.peer_id_text, "Bob") in chat.events
-            nursery.cancel_scope.cancel()
 
 
 async def test_queued_messages_go_out_first_once_anyone_receives_the_room(
@@ -430,8 +404,7 @@ async def test_queued_messages_go_out_first_once_anyone_receives_the_room(
     archiver = ephemeral_identity().peer_id_text
     with chat_service(tmp_path) as chat:
         chat.host.roles[archiver] = frozenset({"archiver"})
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             (queued,) = await answer(chat, "typed alone")
             assert isinstance(queued, NoticeEvent) and queued.kind == "queued"
             chat.peer_arrives(archiver, ROOM)
@@ -450,4 +423,3 @@ async def test_queued_messages_go_out_first_once_anyone_receives_the_room(
                 "typed alone",
                 "typed later",
             ]
-            nursery.cancel_scope.cancel()

@@ -21,7 +21,7 @@ from p2pchat.roles.peer.events import (
 )
 from p2pchat.roles.peer.names import MAX_KNOWN_NAMES
 
-from tests.chat_fakes import chat_service
+from tests.chat_fakes import chat_service, running
 from tests.peer_ids import fresh_peer_ids
 
 ROOM = "p2p-chat-default"
@@ -42,8 +42,7 @@ async def test_a_message_arriving_during_join_is_shown_as_a_message_not_in_the_a
 ) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
 
             async def bob_speaks_while_joining(topic: str) -> None:
                 if topic == "side":
@@ -60,13 +59,11 @@ async def test_a_message_arriving_during_join_is_shown_as_a_message_not_in_the_a
             ]
             assert chat.service.current_room == "side"
             assert chat.joined == [ROOM, "side"]
-            nursery.cancel_scope.cancel()
 
 
 async def test_commands_answer_for_themselves(tmp_path: Path) -> None:
     with chat_service(tmp_path, name="Alice") as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             service = chat.service
 
             async def answer(line: str) -> list[object]:
@@ -123,7 +120,6 @@ async def test_commands_answer_for_themselves(tmp_path: Path) -> None:
             (too_long,) = await answer("x" * 5000)
             assert isinstance(too_long, ErrorEvent) and "the limit is 4096" in too_long.text
             assert chat.events == []  # nothing of the above was live
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
@@ -131,8 +127,7 @@ async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
 ) -> None:
     bob = ephemeral_identity().peer_id_text
     with chat_service(tmp_path, name="Alice") as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             _, answer = await chat.service.execute("first")
             await chat.service.execute("second")
             assert len(answer) == 1 and "message queued" in answer[0].text  # type: ignore[union-attr]
@@ -153,14 +148,12 @@ async def test_a_message_sent_alone_is_queued_then_delivered_when_a_peer_joins(
             chat.peer_leaves(bob, ROOM)
             await trio.testing.wait_all_tasks_blocked()
             assert PeerEvent("left", ROOM, bob, "anon") in chat.events
-            nursery.cancel_scope.cancel()
 
 
 async def test_names_duplicates_and_catch_up_reach_the_user_live(tmp_path: Path) -> None:
     bob = ephemeral_identity()
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             data = text(ROOM, "once")
             chat.pubsub.deliver(ROOM, [(bob, announcement("Bobby")), (bob, data), (bob, data)])
             await trio.testing.wait_all_tasks_blocked()
@@ -173,7 +166,6 @@ async def test_names_duplicates_and_catch_up_reach_the_user_live(tmp_path: Path)
 
             _, history = await chat.service.execute("/history 5")
             assert [e.text for e in history if isinstance(e, MessageEvent)] == ["once"]
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_flood_of_fresh_signers_announcing_names_is_remembered_up_to_the_bound(
@@ -181,8 +173,7 @@ async def test_a_flood_of_fresh_signers_announcing_names_is_remembered_up_to_the
 ) -> None:
     flood = MAX_KNOWN_NAMES + 2_000
     with chat_service(tmp_path) as chat:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(chat.service.run)
+        async with running(chat):
             signers = list(fresh_peer_ids(flood))
             for first in range(0, flood, 500):
                 batch = signers[first : first + 500]
@@ -194,4 +185,3 @@ async def test_a_flood_of_fresh_signers_announcing_names_is_remembered_up_to_the
             assert chat.service.name_of(signers[0]) == "anon"  # the oldest were forgotten
             room = chat.service._rooms.get(ROOM)
             assert room is not None and len(room.heard) == 256
-            nursery.cancel_scope.cancel()

@@ -74,10 +74,11 @@ def build(tag: str | None = RUN_IMAGE, owner: str | None = RUN_OWNER) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def owner_of(tag: str) -> str | None:
-    """The owner label of the image ``tag`` names; None when there is no such image."""
+def label_of(ref: str, label: str) -> str | None:
+    """The value of ``label`` on the image ``ref`` names ("" without that label); None when
+    there is no such image."""
     result = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", tag],
+        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
         capture_output=True,
         text=True,
         timeout=60,
@@ -86,7 +87,12 @@ def owner_of(tag: str) -> str | None:
     if result.returncode != 0:
         return None
     labels = json.loads(result.stdout.strip() or "null") or {}
-    return str(labels.get(OWNER_LABEL, ""))
+    return str(labels.get(label, ""))
+
+
+def owner_of(tag: str) -> str | None:
+    """The owner label of the image ``tag`` names; None when there is no such image."""
+    return label_of(tag, OWNER_LABEL)
 
 
 def remove(tag: str = RUN_IMAGE, owner: str = RUN_OWNER) -> bool:

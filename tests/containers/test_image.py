@@ -9,7 +9,6 @@ seconds). Every image made here carries this run's id and is removed at the end 
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from tests.containers.image import (
     RUN_ID,
     RUN_IMAGE,
     RUN_OWNER,
+    label_of,
     owner_of,
     remove,
     run_image_script,
@@ -61,19 +61,6 @@ def _stand_in(tag: str, owner: str | None) -> str:
     return _image_id(tag)
 
 
-def _label(ref: str, label: str) -> str | None:
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        return None
-    return str((json.loads(result.stdout.strip() or "null") or {}).get(label, ""))
-
-
 @pytest.fixture
 def stand_ins() -> Iterator[dict[str, str]]:
     """Two tags of other people's images: "unlabelled" (no owner) and "other" (another
@@ -92,7 +79,7 @@ def stand_ins() -> Iterator[dict[str, str]]:
         for tag in tags.values():
             remove(tag, RUN_OWNER)  # this run's build, if a test made one under the tag
         for ref in [*tags.values(), *images]:
-            if _label(ref, TEST_LABEL) == RUN_ID:
+            if label_of(ref, TEST_LABEL) == RUN_ID:
                 subprocess.run(["docker", "image", "rm", ref], capture_output=True, timeout=120)
 
 
@@ -123,7 +110,7 @@ def test_replaces_when_asked_and_keeps_the_other_image(
     assert f"replacing {foreign_tag} (owner: none)" in replaced.stderr
     assert owner_of(foreign_tag) == RUN_OWNER
     # The image the tag used to name is still there (by id): it was not ours to delete.
-    assert _label(before, TEST_LABEL) == RUN_ID
+    assert label_of(before, TEST_LABEL) == RUN_ID
 
     # Now the tag is ours: a rebuild goes ahead without being asked.
     again = run_image_script(foreign_tag, RUN_OWNER)
@@ -133,7 +120,7 @@ def test_replaces_when_asked_and_keeps_the_other_image(
 def test_a_run_builds_under_its_own_tag_and_label(p2pchat_image: str) -> None:
     assert p2pchat_image == RUN_IMAGE == f"p2pchat:test-{RUN_ID}"
     assert p2pchat_image != "p2pchat:local"
-    assert _label(p2pchat_image, OWNER_LABEL) == RUN_OWNER
+    assert label_of(p2pchat_image, OWNER_LABEL) == RUN_OWNER
     # remove() leaves a tag that is not this run's alone.
     assert not remove(p2pchat_image, f"someone else {RUN_ID}")
     assert owner_of(p2pchat_image) == RUN_OWNER
