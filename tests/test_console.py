@@ -122,6 +122,7 @@ def test_another_rooms_message_shows_its_room_and_switching_shows_what_arrived(
     bob.say("deploy is done")  # in ops, Bob's current room
     bob_short = f"{bob.peer_id[:6]}…{bob.peer_id[-4:]}"
     alice.wait_screen(f"#ops Bob ({bob_short}): deploy is done")
+    alice.wait_screen("p2p-chat-default [ops 1]>")  # the prompt keeps the count in sight
     alice.type_keys("/rooms\r")
     alice.wait_screen("rooms: ops (1 unread), p2p-chat-default (current)")
     alice.type_keys("/switch ops\r")

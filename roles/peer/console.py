@@ -67,9 +67,18 @@ async def run_console(
         complete_while_typing=False,
     )
 
+    def prompt_text() -> str:
+        # Redrawn whenever an event is printed above the prompt: the unread count of every
+        # other room stays in sight while typing (``lobby [ops 3]> ``).
+        current = service.current_room
+        unread = [
+            f"{room} {n}" for room, n in service.unread_counts().items() if n and room != current
+        ]
+        return f"{current} [{', '.join(unread)}]> " if unread else f"{current}> "
+
     def prompt() -> str | None:
         try:
-            return session.prompt(f"{service.current_room}> ", handle_sigint=False)
+            return session.prompt(prompt_text, handle_sigint=False)
         except (EOFError, KeyboardInterrupt):
             return None
 

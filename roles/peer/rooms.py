@@ -126,8 +126,8 @@ class Rooms:
         return unread
 
     def unread(self) -> dict[str, int]:
-        """Unread messages per joined room."""
-        return {name: room.unread for name, room in self._rooms.items()}
+        """Unread messages per joined room (safe from another thread: a snapshot is read)."""
+        return {name: room.unread for name, room in list(self._rooms.items())}
 
 
 class RememberedRooms:

@@ -213,6 +213,10 @@ class ChatService:
     def current_room(self) -> str:
         return self._rooms.current
 
+    def unread_counts(self) -> dict[str, int]:
+        """Unread messages per joined room (safe to call from the console's thread)."""
+        return self._rooms.unread()
+
     @property
     def display_name(self) -> str:
         return self._names.display_name
