@@ -36,7 +36,7 @@ from p2pchat.node.store_client import (
     SourceUnsupported,
     StoreClient,
 )
-from p2pchat.node.terminal_text import after_header
+from p2pchat.node.terminal_text import after_header, safe_name
 from p2pchat.node.wire.chat import ChatText, decode
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 
@@ -96,9 +96,10 @@ class Shown:
         )
 
     def line(self, width: int | None = None) -> str:
-        """One message, for a terminal ``width`` columns wide (None: not a terminal)."""
+        """One message, for a terminal ``width`` columns wide (None: not a terminal); the
+        sender's name as :func:`safe_name` shows it (JSON keeps it raw)."""
         when = datetime.fromtimestamp(self.sent_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        header = f"{when}  {self.sender_name} ({short_id(self.sender)}): "
+        header = f"{when}  {safe_name(self.sender_name)} ({short_id(self.sender)}): "
         return after_header(header, self.text, width)
 
     def json(self) -> str:

@@ -1,7 +1,9 @@
 """Presentation: the events and command answers the chat service shows, built from its state.
 
 Pure functions over plain values: no I/O, no service. Every answer carries the same facts
-twice, as text for people and as data for scripts (``--json``).
+twice, as text for people and as data for scripts (``--json``). Names in the text go through
+:func:`~p2pchat.node.terminal_text.safe_name` (escaped, marked when they pass for another);
+the data keeps them as claimed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from p2pchat.node.history import StoredMessage
 from p2pchat.node.ids import short_id
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import ConnectionInfo
+from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import ChatText, WireError, decode
 from p2pchat.roles.peer.events import MessageEvent, NameEvent, NoticeEvent, OutputEvent
 from p2pchat.roles.peer.names import ANONYMOUS, NameChange
@@ -141,7 +144,7 @@ def peers_output(
             {"peer": peer, "name": name, "connection": kind, "in_room": in_room, "roles": roles}
         )
         mark = " *" if in_room else ""
-        who = ", ".join(infra) if infra else name
+        who = ", ".join(infra) if infra else safe_name(name)
         lines.append(f"  {who} ({short_id(peer)}) {kind}{mark}")
     lines.append(f"in {room}: {len(member_list)} other peer(s) (marked *)")
     via_mesh: list[dict[str, object]] = []
@@ -150,7 +153,7 @@ def peers_output(
         if peer not in by_peer:
             name = name_of(peer)
             via_mesh.append({"peer": peer, "name": name, "heard_at_ms": at_ms})
-            mesh_lines.append(f"  {name} ({short_id(peer)}) at {timestamp(at_ms)}")
+            mesh_lines.append(f"  {safe_name(name)} ({short_id(peer)}) at {timestamp(at_ms)}")
     if mesh_lines:
         lines.append(f"heard in {room} through the mesh (last ten minutes):")
         lines += mesh_lines
@@ -177,7 +180,7 @@ class Whois:
 def whois_output(name: str, found: list[Whois]) -> OutputEvent:
     """The answer to /whois: every peer known to use ``name`` (several can: names are claims)."""
     lines = [
-        f"{name}: {len(found)} peer(s) use this name"
+        f"{safe_name(name)}: {len(found)} peer(s) use this name"
         + (" (names are claims)" if len(found) > 1 else "")
     ]
     for who in found:
@@ -234,7 +237,7 @@ def info_output(facts: NodeFacts) -> OutputEvent:
     text = "\n".join(
         [
             f"peer id:      {facts.peer_id}",
-            f"name:         {facts.name}",
+            f"name:         {safe_name(facts.name)}",
             f"listening:    {', '.join(facts.listen)}",
             f"advertised:   {', '.join(facts.advertised)}",
             f"roles:        {', '.join(facts.roles)}",

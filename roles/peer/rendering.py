@@ -5,6 +5,10 @@ not the room being looked at (``[14:04:35] #ops Alice (12D3Ko…QPNK): …``: an
 goes to the current room, so a message of another room must never look like one of it), the
 sender's name and short PeerId (names alone can be spoofed), and the text, every row after the
 first indented (:mod:`p2pchat.node.terminal_text`), so none can pass for a message of its own.
+
+Every name is shown through :func:`~p2pchat.node.terminal_text.safe_name`: invisible characters
+escaped, and a name that mixes scripts or passes for an ASCII one marked `` (!)``, so "Alice"
+spelt with a Cyrillic A (U+0410) never reads as ``Alice``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from p2pchat.node.ids import short_id
-from p2pchat.node.terminal_text import after_header
+from p2pchat.node.terminal_text import after_header, safe_name
 from p2pchat.roles.peer.commands import MAX_HISTORY
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
@@ -59,7 +63,7 @@ class View:
 def render_message(event: MessageEvent, view: View = View()) -> str:
     """A chat message as the console shows it (see the module's note)."""
     room = f"#{event.room} " if view.room is not None and event.room != view.room else ""
-    who = f"{event.sender_name} ({short_id(event.sender)})"
+    who = f"{safe_name(event.sender_name)} ({short_id(event.sender)})"
     if event.action:
         header = f"[{timestamp(event.sent_at_ms)}] {room}* {who} "
     else:
@@ -78,15 +82,15 @@ def render_text(event: ChatEvent, view: View = View()) -> str:
     if isinstance(event, MessageEvent):
         return render_message(event, view)
     if isinstance(event, PeerEvent):
-        return f"* {event.name} ({short_id(event.peer)}) {event.change} {event.room}"
+        return f"* {safe_name(event.name)} ({short_id(event.peer)}) {event.change} {event.room}"
     if isinstance(event, NameEvent):
-        was = f"{event.previous} " if event.previous else ""
-        return f"* {was}({short_id(event.peer)}) is now known as {event.name}"
+        was = f"{safe_name(event.previous)} " if event.previous else ""
+        return f"* {was}({short_id(event.peer)}) is now known as {safe_name(event.name)}"
     if isinstance(event, ConnectionEvent):
         verb = "connected to" if event.change == "opened" else "disconnected from"
         what = f"{', '.join(event.roles)} " if event.roles else ""
         how = " (relayed)" if event.relayed and event.change == "opened" else ""
-        return f"* {verb} {what}{event.name} ({short_id(event.peer)}){how}"
+        return f"* {verb} {what}{safe_name(event.name)} ({short_id(event.peer)}){how}"
     if isinstance(event, NoticeEvent | CaughtUpEvent):
         return f"* {event.text}"
     if isinstance(event, ErrorEvent):
