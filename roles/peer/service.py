@@ -34,6 +34,7 @@ from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
+from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
 from p2pchat.roles.peer.events import (
@@ -231,7 +232,7 @@ class ChatService:
         also = f" (also in {', '.join(others)})" if others else ""
         return NoticeEvent(
             "welcome",
-            f"you are {self.display_name} ({short_id(self._me)}) in "
+            f"you are {safe_name(self.display_name)} ({short_id(self._me)}) in "
             f"{self._rooms.current}{also}; /help lists the commands",
             {
                 "peer_id": self._me,
@@ -405,7 +406,7 @@ class ChatService:
         reply(
             NoticeEvent(
                 "name_set",
-                f"you are now {cleaned} ({short_id(self._me)})",
+                f"you are now {safe_name(cleaned)} ({short_id(self._me)})",
                 {"name": cleaned},
             )
         )
@@ -425,7 +426,11 @@ class ChatService:
         if self._names.display_name.casefold() == wanted:
             peers.insert(0, self._me)
         if not peers:
-            reply(ErrorEvent("unknown_name", f"nobody known here uses the name {name}", "whois"))
+            reply(
+                ErrorEvent(
+                    "unknown_name", f"nobody known here uses the name {safe_name(name)}", "whois"
+                )
+            )
             return
         connections = {c.peer_id: c for c in self._ctx.host.connections()}
         found = []
