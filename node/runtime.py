@@ -8,6 +8,11 @@ is ready:
 ``/readyz`` turns 200 and a ``node ready`` log line lists the bound addresses. SIGINT or
 SIGTERM cancels everything; the store is closed last. A watchdog ends the process if shutdown
 takes longer than :data:`SHUTDOWN_GRACE` seconds.
+
+Everything the node writes is private: the process umask gains 077 for the node's life, so the
+store's files, rotated logs, the input history and exports are created unreadable by group and
+others whatever umask the node was started with; what loading the identity had to tighten in
+the data dir (:func:`p2pchat.node.p2p.identity.make_private`) is logged once, as a warning.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from p2pchat.node.role import Role
 from p2pchat.node.store import Store
 
 SHUTDOWN_GRACE = 4.0
+# Bits the node's umask always holds: no file or directory it creates is group/other accessible.
+PRIVATE_UMASK = 0o077
 
 
 @dataclass
@@ -76,6 +83,20 @@ def _log_identified(log: structlog.stdlib.BoundLogger, event: IdentifyReceived) 
     """What a peer said it is: its p2pchat roles (None: not a p2pchat node)."""
     roles = None if event.roles is None else sorted(event.roles)
     log.info("peer identified", remote=event.peer_id, roles=roles)
+
+
+def _log_tightened(log: structlog.stdlib.BoundLogger, identity: Identity) -> None:
+    """One warning if the data dir (or what is in it) was open to others until this start."""
+    tightened = identity.tightened
+    if tightened is None or not tightened.changed:
+        return
+    log.warning(
+        "data dir was open to others; made private",
+        data_dir=str(tightened.data_dir),
+        was_mode=None if tightened.was_mode is None else f"{tightened.was_mode:03o}",
+        entries_tightened=tightened.entries,
+        entries_left=tightened.left,
+    )
 
 
 @dataclass
@@ -132,8 +153,26 @@ async def run_node(config: Config, identity: Identity, roles: Sequence[Role]) ->
         StoreError: the store cannot be opened.
     """
     log = get_logger("p2pchat.node")
+    _log_tightened(log, identity)
     metrics = NodeMetrics(list(config.roles))
     readiness = _Readiness()
+    # Before the store opens: RocksDB creates its files 0644 under the usual umask 022.
+    previous_umask = os.umask(PRIVATE_UMASK)
+    os.umask(previous_umask | PRIVATE_UMASK)
+    try:
+        await _run(config, identity, roles, log, metrics, readiness)
+    finally:
+        os.umask(previous_umask)  # for an embedding process (tests run the node in-process)
+
+
+async def _run(
+    config: Config,
+    identity: Identity,
+    roles: Sequence[Role],
+    log: structlog.stdlib.BoundLogger,
+    metrics: NodeMetrics,
+    readiness: _Readiness,
+) -> None:
     store = Store.open(config.data_dir() / "store")
     try:
         host = P2PHost(identity, host_settings(config), _Observer(metrics.swarm, log))

@@ -10,6 +10,7 @@ directory is locked by another p2pchat process, unreadable, or not a RocksDB sto
 from __future__ import annotations
 
 import itertools
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -78,8 +79,31 @@ class Namespace:
             yield key[skip:], value
 
 
+def _make_private(path: Path) -> None:
+    """Create directory ``path`` 0700, or remove the group/other bits it has.
+
+    Raises:
+        StoreError: it cannot be created, or is open to others and cannot be changed.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise StoreError(f"store {path}: cannot open: {error.strerror or error}") from None
+    if mode & 0o077:
+        try:
+            path.chmod(mode & ~0o077)
+        except OSError as error:
+            raise StoreError(
+                f"store {path} is open to others (mode {mode:03o}) and cannot be made private: "
+                f"{error.strerror or error}; run the node as its owner, or have the owner run: "
+                f"chmod go-rwx {path}"
+            ) from None
+
+
 class Store:
-    """A RocksDB database in ``<data dir>/store``; bytes keys and values."""
+    """A RocksDB database in ``<data dir>/store`` (a private directory); bytes keys and
+    values."""
 
     def __init__(self, path: Path, db: Rdict) -> None:
         self.path = path
@@ -88,11 +112,16 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating if needed) the store at ``path``.
+        """Open (creating if needed) the store at ``path``, a private directory: created 0700,
+        or made so if it has group/other bits (RocksDB would create it 0755 under the usual
+        umask). The files RocksDB writes in it follow the process umask (the node sets one that
+        keeps them private: :func:`p2pchat.node.runtime.run_node`).
 
         Raises:
-            StoreError: locked by another process, no permission, corrupt, or a newer schema.
+            StoreError: locked by another process, no permission, open to others and not this
+                user's to make private, corrupt, or a newer schema.
         """
+        _make_private(path)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         try:

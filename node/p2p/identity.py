@@ -1,9 +1,14 @@
-"""The node's persistent Ed25519 identity.
+"""The node's persistent Ed25519 identity, and the privacy of the data dir that holds it.
 
 The key is stored as a libp2p protobuf ``PrivateKey`` (the same encoding go-libp2p and js-libp2p
 use) in ``<data dir>/identity.key``, created once with mode 0600. A file that cannot be read back
 as an Ed25519 key is an error: silently replacing it would change the node's PeerId and orphan
-every record other peers hold about it.
+every record other peers hold about it. So is a key file with any group or other permission bit:
+the key is the node's whole identity, and a key others could read is no longer its own.
+
+Loading the identity is the first thing every command does with the data dir, so it also makes
+the data dir private (:func:`make_private`): the history, logs, input history and exports in it
+are nobody else's business, whatever mode the directory was created with.
 """
 
 from __future__ import annotations
@@ -20,6 +25,29 @@ from libp2p.peer.id import ID
 from p2pchat.node.errors import IdentityError
 
 IDENTITY_FILE = "identity.key"
+# The node's store directory under the data dir (node/config.py's STORE_DIR; the host layer may
+# not import the config): like the data dir, it must end up private or the node does not start.
+STORE_DIR = "store"
+# Group and other permission bits: none may be set on the data dir, the store or the key.
+_SHARED_BITS = 0o077
+
+
+@dataclass(frozen=True)
+class Tightened:
+    """What :func:`make_private` changed: ``was_mode`` is the data dir's mode before (None: it
+    was private already), ``entries`` how many directories and files under it lost group/other
+    bits, ``left`` how many could not be changed (not this user's: harmless while the data dir
+    itself is private, since nobody else can reach them)."""
+
+    data_dir: Path
+    was_mode: int | None
+    entries: int
+    left: int
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was tightened (then the node says so, once)."""
+        return self.was_mode is not None or self.entries > 0
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,8 @@ class Identity:
     peer_id: ID
     path: Path
     created: bool
+    # What loading it made private in the data dir (None: not loaded from a data dir).
+    tightened: Tightened | None = None
 
     @property
     def peer_id_text(self) -> str:
@@ -71,17 +101,97 @@ def _create(path: Path) -> KeyPair:
     return key_pair
 
 
-def load_or_create_identity(data_dir: Path) -> Identity:
-    """Load the identity from ``data_dir``, creating the directory and key on first use.
+def _mode_text(mode: int) -> str:
+    return f"{mode:03o}"
+
+
+def _refuse_shared(what: str, path: Path, mode: int, error: OSError) -> IdentityError:
+    """The one line for a directory that must be private and cannot be made so."""
+    try:
+        owner = f"owned by uid {path.stat().st_uid}, this process runs as uid {os.geteuid()}"
+    except OSError:
+        owner = error.strerror or str(error)
+    return IdentityError(
+        f"{what} {path} is open to others (mode {_mode_text(mode)}) and cannot be made private "
+        f"({owner}); run the node as its owner, or have the owner run: chmod go-rwx {path}"
+    )
+
+
+def _tighten_required(what: str, path: Path) -> int | None:
+    """Remove group/other bits from directory ``path``; its mode before if it had any, None if
+    it was private already or does not exist. Raises IdentityError if it cannot be changed."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise IdentityError(f"{what} {path}: {exc.strerror or exc}") from None
+    if not mode & _SHARED_BITS:
+        return None
+    try:
+        path.chmod(mode & ~_SHARED_BITS)
+    except OSError as exc:
+        raise _refuse_shared(what, path, mode, exc) from None
+    return mode
+
+
+def make_private(data_dir: Path) -> Tightened:
+    """Make the existing directory ``data_dir`` and everything the node keeps in it unreadable
+    by group and others, whatever modes they were created with (an older p2pchat, a data dir
+    made by hand or by a package with 0755): the directory and its ``store`` directory lose
+    their group/other bits (0755 becomes 0700), and so does every directory and regular file
+    under them that this user owns. Symbolic links are neither followed nor changed. The
+    identity key is left as it is: a shared key is refused by :func:`load_or_create_identity`,
+    never quietly fixed, since others may already have read it.
+
+    The data dir is tightened first, so nobody else can reach what lies under it while the rest
+    is changed; what cannot be changed under it (another user's file) is only counted.
 
     Raises:
-        IdentityError: the directory or key cannot be created or read, or the key is corrupt.
+        IdentityError: the data dir or its store directory is open to others and cannot be made
+            private (this user does not own it).
+    """
+    was_mode = _tighten_required("data dir", data_dir)
+    entries = 0 if _tighten_required("store", data_dir / STORE_DIR) is None else 1
+    left = 0
+    for root, directories, files in os.walk(data_dir):
+        base = Path(root)
+        for name in (*directories, *files):
+            entry = base / name
+            if base == data_dir and name in (IDENTITY_FILE, STORE_DIR):
+                continue  # the key is checked, never changed; the store was done above
+            if name.startswith(f".{IDENTITY_FILE}."):
+                continue  # a key being created by a racing process: written 0600
+            try:
+                info = entry.lstat()
+                mode = stat.S_IMODE(info.st_mode)
+                kind = stat.S_IFMT(info.st_mode)
+                if kind not in (stat.S_IFDIR, stat.S_IFREG) or not mode & _SHARED_BITS:
+                    continue
+                entry.chmod(mode & ~_SHARED_BITS)
+                entries += 1
+            except FileNotFoundError:
+                continue  # removed meanwhile (a store compaction): nothing left to protect
+            except OSError:  # another user's (EPERM): out of reach behind the private data dir
+                left += 1
+    return Tightened(data_dir=data_dir, was_mode=was_mode, entries=entries, left=left)
+
+
+def load_or_create_identity(data_dir: Path) -> Identity:
+    """Load the identity from ``data_dir``, creating the directory (0700) and key on first use,
+    and make the data dir private (:func:`make_private`; what it changed is
+    :attr:`Identity.tightened`, for the node to log).
+
+    Raises:
+        IdentityError: the directory or key cannot be created or read, the data dir cannot be
+            made private, the key is corrupt, or the key file has any group or other bit set.
     """
     path = data_dir / IDENTITY_FILE
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise IdentityError(f"data dir {data_dir}: cannot create: {exc.strerror or exc}") from None
+    tightened = make_private(data_dir)
     created = False
     try:
         if not path.exists():
@@ -92,16 +202,22 @@ def load_or_create_identity(data_dir: Path) -> Identity:
                 key_pair = _decode(path, path.read_bytes())
         else:
             mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & 0o007:
+            if mode & _SHARED_BITS:
+                # Any group or other bit, 0640 as much as 0644: the key is this node alone.
+                access = "readable by" if mode & 0o044 else "open to"
                 raise IdentityError(
-                    f"identity file {path} is readable by others (mode {mode:o}); "
+                    f"identity file {path} is {access} others (mode {_mode_text(mode)}); "
                     f"run: chmod 600 {path}"
                 )
             key_pair = _decode(path, path.read_bytes())
     except OSError as exc:
         raise IdentityError(f"identity file {path}: {exc.strerror or exc}") from None
     return Identity(
-        key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key), path=path, created=created
+        key_pair=key_pair,
+        peer_id=ID.from_pubkey(key_pair.public_key),
+        path=path,
+        created=created,
+        tightened=tightened,
     )
 
 
