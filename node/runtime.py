@@ -90,6 +90,14 @@ def _log_tightened(log: structlog.stdlib.BoundLogger, identity: Identity) -> Non
     tightened = identity.tightened
     if tightened is None or not tightened.changed:
         return
+    if tightened.left_open is not None:
+        log.warning(
+            "data dir is root's and open to others; what the node keeps in it is private",
+            data_dir=str(tightened.data_dir),
+            mode=f"{tightened.left_open:03o}",
+            entries_tightened=tightened.entries,
+        )
+        return
     log.warning(
         "data dir was open to others; made private",
         data_dir=str(tightened.data_dir),

@@ -10,8 +10,10 @@ the process owns. Like the suite's network-namespace tests, they need root.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,6 +175,44 @@ def test_a_data_dir_the_node_cannot_make_private_is_refused(tmp_path: Path) -> N
         )
     assert mode_of(data_dir) == 0o755
     assert list(data_dir.iterdir()) == []  # refused before anything was written
+
+
+def test_a_volume_root_owns_is_used_with_its_contents_private() -> None:
+    """A Kubernetes volume with fsGroup: root:<group> 2775, the node runs as another user of
+    that group. The directory cannot be changed, but only root (who reads all anyway) owns it:
+    the node runs, and what it keeps there is private."""
+    assert os.geteuid() == 0, "this test needs root (as the netns tests do)"
+    parent = Path(tempfile.mkdtemp(prefix="p2pchat-volume-", dir="/tmp"))
+    try:
+        parent.chmod(0o755)
+        volume = parent / "data"
+        volume.mkdir()
+        os.chown(volume, 0, NOBODY)
+        volume.chmod(0o2775)
+        result = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                *p2pchat_command(),
+                "id",
+                "--data-dir",
+                str(volume),
+            ],
+            capture_output=True,
+            text=True,
+            env=node_env(),
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("12D3KooW")
+        assert mode_of(volume) == 0o2775  # not this user's to change
+        key = volume / "identity.key"
+        assert key.stat().st_uid == NOBODY and mode_of(key) == 0o600
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_a_store_the_node_cannot_make_private_is_refused(tmp_path: Path) -> None:

@@ -43,11 +43,14 @@ class Tightened:
     was_mode: int | None
     entries: int
     left: int
+    # The data dir's mode when it stays open to others: root owns it (a volume root), so only
+    # what is in it could be made private.
+    left_open: int | None = None
 
     @property
     def changed(self) -> bool:
-        """Whether anything was tightened (then the node says so, once)."""
-        return self.was_mode is not None or self.entries > 0
+        """Whether anything was tightened or left open (then the node says so, once)."""
+        return self.was_mode is not None or self.entries > 0 or self.left_open is not None
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,21 @@ def make_private(data_dir: Path) -> Tightened:
 
     Raises:
         IdentityError: the data dir or its store directory is open to others and cannot be made
-            private (this user does not own it).
+            private (this user does not own it; a data dir root owns and lets this user write
+            in is left open, and :attr:`Tightened.left_open` says so).
     """
-    was_mode = _tighten_required("data dir", data_dir)
+    left_open: int | None = None
+    try:
+        was_mode = _tighten_required("data dir", data_dir)
+    except IdentityError:
+        # A directory root owns and lets this user write (a Kubernetes volume root with
+        # fsGroup, root:<group> 2775) cannot be changed, but root could read everything anyway:
+        # what the node keeps in it is made and created private, and the node says so. Owned by
+        # another user, that user could swap what is in it: refused.
+        mode = _root_owned_open_mode(data_dir)
+        if mode is None:
+            raise
+        was_mode, left_open = None, mode
     entries = 0 if _tighten_required("store", data_dir / STORE_DIR) is None else 1
     left = 0
     for root, directories, files in os.walk(data_dir):
@@ -174,7 +189,21 @@ def make_private(data_dir: Path) -> Tightened:
                 continue  # removed meanwhile (a store compaction): nothing left to protect
             except OSError:  # another user's (EPERM): out of reach behind the private data dir
                 left += 1
-    return Tightened(data_dir=data_dir, was_mode=was_mode, entries=entries, left=left)
+    return Tightened(
+        data_dir=data_dir, was_mode=was_mode, entries=entries, left=left, left_open=left_open
+    )
+
+
+def _root_owned_open_mode(path: Path) -> int | None:
+    """The mode of directory ``path`` if root owns it and this (other) user may write in it,
+    else None."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if info.st_uid != 0 or os.geteuid() == 0 or not os.access(path, os.W_OK | os.X_OK):
+        return None
+    return stat.S_IMODE(info.st_mode)
 
 
 def load_or_create_identity(data_dir: Path) -> Identity:
