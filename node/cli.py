@@ -245,6 +245,16 @@ def _cmd_id(config: Config) -> int:
     sys.stdout.write(identity.peer_id_text + "\n")
     if identity.created:
         sys.stderr.write(f"{PROG}: created a new identity in {identity.path}\n")
+    tightened = identity.tightened
+    if tightened is not None and tightened.left_open is not None:
+        sys.stderr.write(
+            f"{PROG}: note: data dir {tightened.data_dir} is root's and open to others "
+            f"(mode {tightened.left_open:03o}); what p2pchat keeps in it is private\n"
+        )
+    elif tightened is not None and tightened.changed:
+        sys.stderr.write(
+            f"{PROG}: note: data dir {tightened.data_dir} was open to others; made private\n"
+        )
     return EXIT_OK
 
 

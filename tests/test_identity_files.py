@@ -208,6 +208,9 @@ def test_a_volume_root_owns_is_used_with_its_contents_private() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("12D3KooW")
+        assert f"p2pchat: note: data dir {volume} is root's and open to others (mode 2775)" in (
+            result.stderr
+        )
         assert mode_of(volume) == 0o2775  # not this user's to change
         key = volume / "identity.key"
         assert key.stat().st_uid == NOBODY and mode_of(key) == 0o600
