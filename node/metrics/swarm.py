@@ -9,7 +9,8 @@ _CONNECTION_LABELS = ("dir", "transport", "security", "muxer")
 
 
 class SwarmMetrics:
-    """Implements :class:`~p2pchat.node.p2p.host.HostObserver`, and counts bootstrap dials
+    """Implements :class:`~p2pchat.node.p2p.host.HostObserver` and
+    :class:`~p2pchat.node.p2p.pubsub.PxObserver`, and counts bootstrap dials
     (:func:`~p2pchat.node.keepalive.keep_connected`'s ``on_dial``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -42,6 +43,12 @@ class SwarmMetrics:
             ("outcome",),
             registry=registry,
         )
+        self.px_refused_records = Counter(
+            "p2pchat_pubsub_px_refused",
+            "Peer-exchange records (GossipSub PRUNE) not dialled, by the first gate refusing.",
+            ("reason",),
+            registry=registry,
+        )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
         # connection limit.
         self._open_by_peer: dict[str, int] = {}
@@ -65,6 +72,11 @@ class SwarmMetrics:
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         """Count a stream handler that raised."""
         self.handler_failures.labels(protocol=protocol).inc()
+
+    def px_refused(self, reason: str) -> None:
+        """Count a peer-exchange record refused
+        (:class:`~p2pchat.node.p2p.pubsub.PxObserver`)."""
+        self.px_refused_records.labels(reason=reason).inc()
 
     def bootstrap_dial(self, succeeded: bool) -> None:
         """Count a dial of a configured bootstrap peer."""

@@ -49,7 +49,13 @@ What the library does by default, and what this module does instead:
   in between never reached it -> sent once it is listed (:meth:`_ChatPubsub._handle_new_peer`);
 - (trap 27, not in the notes) with adaptive gossip off, the time of every message published
   or forwarded is kept forever (only the health check trims that list) -> dropped after each
-  publish (:class:`_ChatGossipSub`).
+  publish (:class:`_ChatGossipSub`);
+- (issue #18, not in the notes) peer exchange: a PRUNE naming up to 16 peers was dialled
+  whole, signed records or not, four attempts each, from any peer: a peer could aim us at any
+  host and port -> go-libp2p's gates, tighter: only records signed by the peer they name, a
+  few per PRUNE and per sender and in all per minute, only while the room's mesh is short of
+  peers, only public addresses (or the sender's own loopback or private network), one
+  attempt each; every refusal counted and logged (:meth:`_ChatGossipSub._exchange_peers`).
 
 One pubsub runs per node (:class:`NodeGossip`, owned and run by the node); each role gets its
 own :class:`Gossip` from it (:meth:`NodeGossip.handle`), with its own drop counters, and joins
@@ -64,16 +70,19 @@ as rust-libp2p's ``gossipsub::Event::Subscribed`` / ``Unsubscribed``.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
+import multiaddr
 import structlog
 import trio
 from libp2p.abc import INetStream
+from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -417,6 +426,109 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
 
 
+# Peer exchange (PX, GossipSub v1.1): a PRUNE may name peers to connect to instead. The library
+# dials up to 16 per PRUNE, signed or not, four attempts each, from anybody: a peer could aim us
+# at any host and port. go-libp2p's rules, tightened (:meth:`_ChatGossipSub.handle_prune`):
+PX_PER_PRUNE = 2  # records dialled from one PRUNE at most
+PX_PER_SENDER = 2  # ... from one sender per PX_WINDOW (a flood of PRUNEs gets no more)
+PX_PER_WINDOW = 8  # ... from all senders together per PX_WINDOW (many senders, one target)
+PX_WINDOW = 60.0  # seconds
+PX_DIAL_TIMEOUT = 10.0  # one attempt to one address per record; no retries
+PX_LOG_EVERY = 60.0  # a refusal reason is logged at most once per this many seconds
+_PRIVATE_NETS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+class PxObserver(Protocol):
+    """Told of every peer-exchange record refused, with the first gate it failed (``reason``:
+    one of the few fixed words listed at :meth:`_ChatGossipSub._exchange_peers`)."""
+
+    def px_refused(self, reason: str) -> None: ...
+
+
+class _NoPxObserver:
+    def px_refused(self, reason: str) -> None:
+        return None
+
+
+def _network_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The non-public network ``ip`` is on ("loopback", or a private block), None for a
+    public (global) address, "reserved" for one that is never dialled (unspecified,
+    multicast, documentation, ...)."""
+    if ip.is_loopback:
+        return "loopback"
+    for net in _PRIVATE_NETS:
+        if ip in net:
+            return str(net)
+    return None if ip.is_global else "reserved"
+
+
+def _px_addr_ip(addr: multiaddr.Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a direct ``/ip4|ip6/<ip>/tcp/<port>[/ws]`` address; None for any other form
+    (DNS names cannot be judged without resolving them, circuits are not dialled from PX)."""
+    protocols = [proto.name for proto in addr.protocols()]
+    if len(protocols) < 2 or protocols[0] not in ("ip4", "ip6") or protocols[1] != "tcp":
+        return None
+    if any(name not in ("ip4", "ip6", "tcp", "ws", "p2p") for name in protocols):
+        return None
+    try:
+        return ipaddress.ip_address(addr.value_for_protocol(protocols[0]))
+    except ValueError:
+        return None
+
+
+class _PxState:
+    """Peer exchange's budgets (dials admitted in the last :data:`PX_WINDOW` seconds, per
+    sender and in all) and its log rate limit. Bounded: a sender is kept only while it has a
+    dial in the window, at most :data:`PX_PER_WINDOW` of them."""
+
+    def __init__(self) -> None:
+        self._all: deque[float] = deque()
+        self._by_sender: dict[ID, deque[float]] = {}
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def admit(self, sender: ID, now: float) -> str | None:
+        """Spend a dial of ``sender``'s budget and the global one: None, or the reason why not
+        (``sender_rate``, ``rate``)."""
+        horizon = now - PX_WINDOW
+        while self._all and self._all[0] <= horizon:
+            self._all.popleft()
+        for key in [key for key, times in self._by_sender.items() if times[-1] <= horizon]:
+            del self._by_sender[key]
+        mine = self._by_sender.get(sender, deque())
+        while mine and mine[0] <= horizon:
+            mine.popleft()
+        if len(mine) >= PX_PER_SENDER:
+            return "sender_rate"
+        if len(self._all) >= PX_PER_WINDOW:
+            return "rate"
+        mine.append(now)
+        self._by_sender[sender] = mine
+        self._all.append(now)
+        return None
+
+    def refused(self, reason: str, now: float) -> int | None:
+        """Note a refusal: the number refused for ``reason`` since it was last logged, when it
+        is to be logged now (at most once per :data:`PX_LOG_EVERY`), else None."""
+        last = self._logged_at.get(reason)
+        if last is not None and now - last < PX_LOG_EVERY:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return None
+        self._logged_at[reason] = now
+        return self._unlogged.pop(reason, 0)
+
+
 class _ChatGossipSub(GossipSub):  # type: ignore[misc]
     """GossipSub that sends IDONTWANT only for messages of at least :data:`IDONTWANT_MIN_BYTES`,
     and that does not keep a timestamp of every message forever.
@@ -431,6 +543,10 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
     """
 
     _idontwant_worthy = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._px_budget = _PxState()
 
     async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
         # GossipSub.publish reaches its IDONTWANT step without an await in between, so the flag
@@ -466,6 +582,160 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
         if self._idontwant_worthy:
             await super()._emit_idontwant_for_message(msg_id, topic_ids)
+
+    # -- peer exchange ----------------------------------------------------------------------
+
+    px_observer: PxObserver = _NoPxObserver()
+
+    async def handle_prune(self, prune_msg: rpc_pb2.ControlPrune, sender_peer_id: ID) -> None:
+        """The library's PRUNE handling (mesh, backoff), with peer exchange done by
+        :meth:`_exchange_peers` instead of the library's ``_do_px``."""
+        if not prune_msg.peers:
+            await super().handle_prune(prune_msg, sender_peer_id)
+            return
+        px_peers = list(prune_msg.peers)
+        without_px = rpc_pb2.ControlPrune()
+        without_px.CopyFrom(prune_msg)
+        del without_px.peers[:]
+        await super().handle_prune(without_px, sender_peer_id)
+        await self._exchange_peers(px_peers, prune_msg.topicID, sender_peer_id)
+
+    async def _do_px(self, px_peers: list[rpc_pb2.PeerInfo]) -> None:
+        """Never dials: the library's PX (any record, 16 per PRUNE, from anyone). Ours is
+        :meth:`_exchange_peers`, which knows the sender and the topic."""
+        for _ in px_peers:
+            self._px_refuse("no_sender")
+
+    async def _exchange_peers(
+        self, records: list[rpc_pb2.PeerInfo], topic: str, sender: ID
+    ) -> None:
+        """Connect to a few of the peers a PRUNE from ``sender`` names, as go-libp2p's
+        GossipSub does, with its gates and tighter bounds. Each record refused is counted
+        (:class:`PxObserver`) with the first gate it failed:
+
+        - ``not_joined``: we have no mesh for ``topic`` (go-libp2p ignores the PRUNE too);
+        - ``mesh_full``: the mesh already has ``degree_low`` peers: no need of more;
+        - ``per_prune``: past the first :data:`PX_PER_PRUNE` records of this PRUNE;
+        - ``unsigned``: no signed peer record (the library dialled whatever the peerstore held);
+        - ``bad_record``: the envelope does not verify, or its key or record is not the peer's;
+        - ``connected``: ourselves, or a peer we are connected to already;
+        - ``address``: no direct TCP address we may dial (:meth:`_px_address`);
+        - ``sender_rate`` / ``rate``: :data:`PX_PER_SENDER` records from this sender, or
+          :data:`PX_PER_WINDOW` from everyone, dialled in the last :data:`PX_WINDOW` seconds.
+
+        (``no_sender``: a record that reached the library's ``_do_px``, which :meth:`handle_prune`
+        no longer calls: a library change that called it elsewhere would dial nothing.)
+
+        An admitted record costs one dial attempt to one address (no retries); a failed dial is
+        logged at debug, the record spent all the same. The dials (at most
+        :data:`PX_PER_PRUNE`, together) are awaited before the sender's next RPC is handled, as
+        the library did: a sender stalls only itself, at most :data:`PX_DIAL_TIMEOUT`.
+        """
+        if self.pubsub is None:
+            return
+        if topic not in self.mesh:
+            for _ in records:
+                self._px_refuse("not_joined")
+            return
+        network = self.pubsub.host.get_network()
+        dials: list[tuple[ID, multiaddr.Multiaddr]] = []
+        for index, record in enumerate(records):
+            # The mesh may have filled while an earlier PRUNE's dials ran.
+            if len(self.mesh.get(topic, ())) + len(dials) >= self.degree_low:
+                self._px_refuse("mesh_full")
+                continue
+            if index >= PX_PER_PRUNE:
+                self._px_refuse("per_prune")
+                continue
+            if not record.HasField("signedPeerRecord") or not record.signedPeerRecord:
+                self._px_refuse("unsigned")
+                continue
+            try:
+                envelope, peer_record = consume_envelope(
+                    record.signedPeerRecord, "libp2p-peer-record"
+                )
+                peer = ID(record.peerID)
+                # The library checks the record against the claimed id, not that the key
+                # that signed it is that peer's: anybody could sign a record for anybody.
+                signed_by = ID.from_pubkey(envelope.public_key)
+            except Exception:  # the envelope, record and key decoders raise many types
+                self._px_refuse("bad_record")
+                continue
+            if peer_record.peer_id != peer or signed_by != peer:
+                self._px_refuse("bad_record")
+                continue
+            if peer == self.pubsub.my_id or network.get_connections(peer):
+                self._px_refuse("connected")
+                continue
+            addr = self._px_address(peer_record.addrs, sender)
+            if addr is None:
+                self._px_refuse("address")
+                continue
+            reason = self._px_budget.admit(sender, time.monotonic())
+            if reason is not None:
+                self._px_refuse(reason)
+                continue
+            dials.append((peer, addr))
+        if dials:
+            async with trio.open_nursery() as nursery:
+                for peer, addr in dials:
+                    nursery.start_soon(self._px_dial, peer, addr)
+
+    def _px_address(
+        self, addrs: list[multiaddr.Multiaddr], sender: ID
+    ) -> multiaddr.Multiaddr | None:
+        """The first of a record's addresses we may dial: a direct TCP address on a public IP,
+        or on a loopback or private network that the sender itself reaches us from.
+
+        A peer on our own machine (loopback) or LAN (the same private block) can name peers
+        there that we could have found ourselves (mDNS, the tests' 127.0.0.1); a peer elsewhere
+        cannot know what is on our machine or LAN, so such a record only aims us at services
+        behind our NAT or firewall (the SSRF of peer exchange).
+        """
+        sender_networks = self._px_sender_networks(sender)
+        for addr in addrs:
+            ip = _px_addr_ip(addr)
+            if ip is None:
+                continue
+            network = _network_of(ip)
+            if network is None or (network != "reserved" and network in sender_networks):
+                return addr
+        return None
+
+    def _px_sender_networks(self, sender: ID) -> set[str | None]:
+        """The networks ``sender``'s direct connections to us come from (relayed ones show
+        only the relay's address, so they count for nothing)."""
+        assert self.pubsub is not None
+        networks: set[str | None] = set()
+        for conn in self.pubsub.host.get_network().get_connections(sender):
+            try:
+                if transport_label(conn.muxed_conn) == "p2p-circuit":
+                    continue
+                remote = conn.muxed_conn.get_remote_address()
+                if remote is not None:
+                    networks.add(_network_of(ipaddress.ip_address(remote[0])))
+            except Exception:  # a connection closing meanwhile; its address is moot
+                continue
+        return networks
+
+    async def _px_dial(self, peer: ID, addr: multiaddr.Multiaddr) -> None:
+        assert self.pubsub is not None
+        network = self.pubsub.host.get_network()
+        try:
+            with trio.fail_after(PX_DIAL_TIMEOUT):
+                # One attempt: the swarm's dial_addr retries 3 times, so a listener that is not
+                # a libp2p peer got four connections per address.
+                await network._dial_addr_single_attempt(addr, peer)
+        except trio.TooSlowError:
+            log.debug("peer exchange dial timed out", peer=str(peer))
+        except Exception as error:  # every layer of a dial raises its own types
+            log.debug("peer exchange dial failed", peer=str(peer), error=str(error))
+
+    def _px_refuse(self, reason: str) -> None:
+        self.px_observer.px_refused(reason)
+        suppressed = self._px_budget.refused(reason, time.monotonic())
+        if suppressed is not None:
+            log.info("peer exchange record refused", reason=reason, since_last_logged=suppressed)
 
 
 @dataclass(eq=False)
@@ -514,7 +784,8 @@ class NodeGossip:
     role's validator accepts is delivered to each of them, in arrival order.
     """
 
-    def __init__(self, host: P2PHost) -> None:
+    def __init__(self, host: P2PHost, px_observer: PxObserver | None = None) -> None:
+        """``px_observer`` is told of every peer-exchange record refused."""
         self._host = host
         # peers with a new direct connection, whose stream may have to move off a relay
         self._direct_in, self._direct_out = trio.open_memory_channel[str](MOVE_QUEUE)
@@ -532,6 +803,8 @@ class NodeGossip:
         # scores every peer for every message forwarded with all weights at zero, so scores
         # stay 0 and no threshold can trip, at 7-10% of a relaying peer's CPU in a burst.
         self._router.scorer = None
+        if px_observer is not None:
+            self._router.px_observer = px_observer
         self._pubsub = _ChatPubsub(
             host.libp2p_host,
             self._router,
