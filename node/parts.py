@@ -157,7 +157,7 @@ def _holepunch(w: Wiring) -> Capability:
 
 def _rooms(w: Wiring) -> Capability:
     w.history = History(w.store)
-    w.gossip = NodeGossip(w.host)
+    w.gossip = NodeGossip(w.host, px_observer=w.metrics.swarm)
     return w.gossip
 
 

@@ -156,6 +156,10 @@ async def test_peer_exchange_dials_a_few_signed_records_and_refuses_the_rest(
             await wait_refused(victim, "not_joined")
             assert await third_party.settled_count() == PX_PER_SENDER
             assert victim.proc.poll() is None
+            # Every refusal is counted by reason where operators look.
+            for reason in ("bad_record", "per_prune", "unsigned", "sender_rate", "address"):
+                assert victim.metric("p2pchat_pubsub_px_refused_total", reason=reason) >= 1
+            assert victim.metric("p2pchat_pubsub_px_refused_total", reason="sender_rate") >= 29
         nursery.cancel_scope.cancel()
 
 
