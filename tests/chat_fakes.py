@@ -81,6 +81,7 @@ class FakePubsub:
     def __init__(self, me: Identity) -> None:
         self._me = me
         self.validators: dict[str, Validator] = {}
+        self.sender_checks: dict[str, Callable[[str], str | None] | None] = {}
         self._send: dict[str, trio.MemorySendChannel[list[GossipMessage]]] = {}
         self.members: dict[str, set[str]] = {}
         self.published: list[tuple[str, bytes]] = []
@@ -92,9 +93,15 @@ class FakePubsub:
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None:
         self.watchers.append(watcher)
 
-    async def join(self, topic: str, validator: Validator) -> AsyncIterator[list[GossipMessage]]:
+    async def join(
+        self,
+        topic: str,
+        validator: Validator,
+        sender_check: Callable[[str], str | None] | None = None,
+    ) -> AsyncIterator[list[GossipMessage]]:
         send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
         self.validators[topic], self._send[topic] = validator, send
+        self.sender_checks[topic] = sender_check
         if self.while_joining is not None:
             await self.while_joining(topic)
 
@@ -125,7 +132,11 @@ class FakePubsub:
         bare PeerId gets an empty one), each passed through the topic's validator first."""
         batch = []
         for signer, data in messages:
-            reason = self.validators[topic](data)
+            check = self.sender_checks.get(topic)
+            signer_id = signer if isinstance(signer, str) else signer.peer_id_text
+            reason = check(signer_id) if check is not None else None
+            if reason is None:
+                reason = self.validators[topic](data)
             if reason is not None:
                 self.dropped.append(reason)
                 continue

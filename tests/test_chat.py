@@ -232,3 +232,29 @@ def test_a_peer_whose_output_reader_is_gone_stops_cleanly(
     assert node.proc.wait(timeout=WAIT) == 0
     stderr = "".join(node.raw_stderr)
     assert "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_an_ignored_peer_is_not_passed_on_by_the_peer_that_ignores_it(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A line A-B-C, C reachable only through B: once B ignores A, A's messages stop at B."""
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    wait_members(b, 2)
+    wait_members(c, 1)
+    a.say("before")
+    c.next_event(is_message("before"), timeout=WAIT)
+    b.say(f"/ignore {a.peer_id}")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "ignored")
+    a.say("while ignored")
+    deadline = time.monotonic() + WAIT
+    while b.metric("p2pchat_messages_dropped_total", reason="ignored") < 1:
+        assert time.monotonic() < deadline, "B never dropped A's message"
+        time.sleep(0.1)
+    b.say("B still passes messages on")
+    c.next_event(is_message("B still passes messages on"), timeout=WAIT)
+    time.sleep(2)  # anything A's message could still do, it has done
+    texts = [e["text"] for e in c.drain_events() + b.drain_events() if e["type"] == "message"]
+    assert "while ignored" not in texts
+    assert a.metric("p2pchat_connected_peers") == 1  # A reaches C only through B

@@ -423,3 +423,60 @@ async def test_queued_messages_go_out_first_once_anyone_receives_the_room(
                 "typed alone",
                 "typed later",
             ]
+
+
+async def test_an_ignored_peer_is_dropped_before_its_payload_and_stays_ignored(
+    tmp_path: Path,
+) -> None:
+    bob, mallory = ephemeral_identity(), ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with running(chat):
+            at = now_ms()
+            chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "before", name="Mallory", at_ms=at))])
+            chat.pubsub.deliver(ROOM, [(bob, said(ROOM, "hi", name="Bob", at_ms=at + 1))])
+            await trio.testing.wait_all_tasks_blocked()
+            (ignored,) = await answer(chat, "/ignore mallory")
+            assert ignored == NoticeEvent(
+                "ignored",
+                f"ignoring Mallory ({mallory.peer_id_text[:6]}…{mallory.peer_id_text[-4:]}): "
+                "their messages are not shown, stored or passed on by this peer",
+                {"peer": mallory.peer_id_text},
+            )
+            shown = len(messages(chat.events))
+            chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "after", name="Mallory"))])
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(messages(chat.events)) == shown  # not shown
+            assert chat.pubsub.dropped[-1] == "ignored"  # refused where pubsub validates
+            # What it said before is no longer listed either.
+            assert [m.text for m in messages(await answer(chat, "/history"))] == ["hi"]
+            (listing,) = await answer(chat, "/ignore")
+            assert isinstance(listing, OutputEvent)
+            assert listing.data == {"peers": [mallory.peer_id_text]}
+            assert await answer(chat, "/ignore nobody-here") == [
+                ErrorEvent("unknown_name", "nobody known here uses the name nobody-here", "ignore")
+            ]
+    with chat_service(tmp_path) as chat:  # a restart: still ignored
+        async with running(chat):
+            chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "again", name="Mallory"))])
+            await trio.testing.wait_all_tasks_blocked()
+            assert messages(chat.events) == []
+            (back,) = await answer(chat, f"/unignore {mallory.peer_id_text}")
+            assert isinstance(back, NoticeEvent) and back.kind == "unignored"
+            chat.pubsub.deliver(ROOM, [(mallory, said(ROOM, "heard again", name="Mallory"))])
+            await trio.testing.wait_all_tasks_blocked()
+            assert [m.text for m in messages(chat.events)] == ["heard again"]
+            (not_ignored,) = await answer(chat, f"/unignore {mallory.peer_id_text}")
+            assert isinstance(not_ignored, ErrorEvent) and not_ignored.code == "not_ignored"
+
+
+async def test_ignoring_a_name_several_peers_use_needs_the_id(tmp_path: Path) -> None:
+    one, two = ephemeral_identity(), ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with running(chat):
+            chat.pubsub.deliver(ROOM, [(one, said(ROOM, "a", name="Sam"))])
+            chat.pubsub.deliver(ROOM, [(two, said(ROOM, "b", name="sam"))])
+            await trio.testing.wait_all_tasks_blocked()
+            (error,) = await answer(chat, "/ignore Sam")
+            assert isinstance(error, ErrorEvent) and error.code == "ambiguous_name"
+            (done,) = await answer(chat, f"/ignore {two.peer_id_text}")
+            assert isinstance(done, NoticeEvent) and done.data == {"peer": two.peer_id_text}

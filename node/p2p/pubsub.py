@@ -173,6 +173,10 @@ class GossipObserver(Protocol):
 PayloadValidator = Callable[[bytes], str | None]
 """Checks a payload before it is accepted and forwarded: None if valid, else a drop reason."""
 
+SenderCheck = Callable[[str], str | None]
+"""Checks a message's signer (its PeerId, verified) before its payload: None to go on, else a
+drop reason (e.g. a sender this peer ignores: not delivered, not forwarded)."""
+
 
 @functools.lru_cache(maxsize=4096)
 def _peer_id_text(from_id: bytes) -> str:
@@ -749,6 +753,7 @@ class _Joiner:
     send: trio.MemorySendChannel[list[GossipMessage]]
     receive: trio.MemoryReceiveChannel[list[GossipMessage]]
     waiting: int = 0
+    sender_check: SenderCheck | None = None
 
     def deliver(self, batch: list[GossipMessage]) -> None:
         if self.waiting + len(batch) > QUEUE_SIZE:
@@ -894,8 +899,15 @@ class NodeGossip:
         def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
             data = bytes(message.data)
             accepted = True
+            sender: str | None = None
             for each in joined.joiners:
-                reason = each.validator(data)
+                reason = None
+                if each.sender_check is not None:
+                    if sender is None:
+                        sender = _peer_id_text(bytes(message.from_id))  # cached
+                    reason = each.sender_check(sender)
+                if reason is None:
+                    reason = each.validator(data)
                 if reason is not None:
                     each.observer.message_dropped(topic, reason)
                     accepted = False
@@ -970,10 +982,14 @@ class Gossip:
         self._joined: dict[str, _Joiner] = {}
 
     async def join(
-        self, topic: str, validator: PayloadValidator
+        self,
+        topic: str,
+        validator: PayloadValidator,
+        sender_check: SenderCheck | None = None,
     ) -> AsyncIterator[list[GossipMessage]]:
-        """Subscribe to ``topic``; yield every verified message that passes ``validator`` (and
-        the validators of other roles in it), in arrival order, in batches: each batch holds
+        """Subscribe to ``topic``; yield every verified message that passes ``sender_check``
+        (if given) and ``validator`` (and those of other roles in it), in arrival order, in
+        batches: each batch holds
         what had arrived when it was taken (at least one message, at most :data:`MAX_BATCH`),
         so a burst can be stored in one write.
 
@@ -986,7 +1002,7 @@ class Gossip:
         if topic in self._joined:
             raise ValueError(f"already joined {topic!r}")
         send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
-        joiner = _Joiner(topic, validator, self._observer, send, receive)
+        joiner = _Joiner(topic, validator, self._observer, send, receive, sender_check=sender_check)
         self._joined[topic] = joiner
         try:
             await self._node._join(joiner)

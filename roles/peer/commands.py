@@ -15,6 +15,9 @@ HELP = """Commands:
   /help              this help
   /peers             connected peers (with their role), room members
   /whois <name>      who uses a name: ids, connection, when last heard
+  /ignore [name|id]  drop a peer's messages (not shown, stored or forwarded); alone: the list
+  /unignore <name|id>
+                     stop ignoring a peer
   /name <name>       set your display name (others see it next to your id)
   /me <action>       send an action: "* Alice waves"
   /history [N]       the last N messages of this room (default 50)
@@ -34,6 +37,8 @@ COMMANDS = (
     "/help",
     "/peers",
     "/whois",
+    "/ignore",
+    "/unignore",
     "/name",
     "/me",
     "/history",
@@ -57,6 +62,7 @@ _NEEDS_ARGUMENT = {
     "switch": "room",
     "me": "action",
     "whois": "name",
+    "unignore": "name or peer id",
     "search": "words",
 }
 

@@ -25,7 +25,16 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
 ROOM_COMMANDS = ("/join", "/leave", "/switch", "/export")
-TAKES_ARGUMENT = (*ROOM_COMMANDS, "/name", "/history", "/me", "/whois", "/search")
+TAKES_ARGUMENT = (
+    *ROOM_COMMANDS,
+    "/name",
+    "/history",
+    "/me",
+    "/whois",
+    "/search",
+    "/ignore",
+    "/unignore",
+)
 
 
 class ChatCompleter(Completer):

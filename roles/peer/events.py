@@ -73,6 +73,8 @@ NoticeKind = Literal[
     "queued",  # a message kept until someone is in the room
     "delivered",  # queued messages published
     "exported",
+    "ignored",  # this peer now ignores a peer (data: peer)
+    "unignored",
     "warning",  # a log warning of the node, in one line (details in the log file)
 ]
 
@@ -101,6 +103,9 @@ ErrorCode = Literal[
     "bad_input",  # JSON input that is not an object of the contract
     "export_failed",
     "unknown_name",
+    "ambiguous_name",  # several peers use the name: give the PeerId
+    "not_ignored",
+    "too_many_ignored",
 ]
 
 

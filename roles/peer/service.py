@@ -47,6 +47,8 @@ from p2pchat.roles.peer.events import (
     OutputEvent,
     PeerEvent,
 )
+from p2pchat.roles.peer.ignored import NAMESPACE as IGNORE_NAMESPACE
+from p2pchat.roles.peer.ignored import Ignored
 from p2pchat.roles.peer.inbound import Inbound, InboundObserver
 from p2pchat.roles.peer.lookup import export_lines, search
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
@@ -80,7 +82,10 @@ class RoomPubsub(Protocol):
     provides it)."""
 
     async def join(
-        self, topic: str, validator: Callable[[bytes], str | None]
+        self,
+        topic: str,
+        validator: Callable[[bytes], str | None],
+        sender_check: Callable[[str], str | None] | None = None,
     ) -> AsyncIterator[list[GossipMessage]]: ...
 
     async def leave(self, topic: str) -> None: ...
@@ -152,6 +157,7 @@ class ChatService:
         self._me = ctx.host.peer_id
         self._rooms = Rooms(settings.room)
         self._remembered = RememberedRooms(ctx.keys(ROOMS_NAMESPACE))
+        self._ignored = Ignored(ctx.keys(IGNORE_NAMESPACE))
         self._names = Names(
             self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
         )
@@ -310,6 +316,10 @@ class ChatService:
             reply(self._peers_output())
         elif name == "whois":
             self._whois(argument, reply)
+        elif name == "ignore":
+            self._ignore(argument, reply)
+        elif name == "unignore":
+            self._unignore(argument, reply)
         elif name == "name":
             await self._set_name(argument, reply)
         elif name == "history":
@@ -335,7 +345,7 @@ class ChatService:
         """The newest ``limit`` messages of ``room``, then the end marker with how many more
         the store holds."""
         messages = self._history.last(room, limit)
-        for event in history_events(messages, self._me, self._names.own):
+        for event in history_events(self._not_ignored(messages), self._me, self._names.own):
             reply(event)
         more = max(0, self._history.count(room) - len(messages))
         reply(HistoryEndEvent(command, room, len(messages), more))
@@ -343,7 +353,7 @@ class ChatService:
     async def _search(self, query: str, reply: Reply) -> None:
         rooms = self._rooms.names()
         result = await trio.to_thread.run_sync(search, self._history, rooms, query)
-        for event in history_events(result.hits, self._me, self._names.own):
+        for event in history_events(self._not_ignored(result.hits), self._me, self._names.own):
             reply(event)
         reply(HistoryEndEvent("search", None, len(result.hits), result.more, result.truncated))
 
@@ -420,6 +430,85 @@ class ChatService:
         announcement = NameAnnouncement(id=new_message_id(), name=name, sent_at_ms=now_ms())
         await self._gossip.publish(room, encode(announcement))
 
+    # --- ignoring --------------------------------------------------------------------------------
+
+    def _not_ignored(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
+        """``messages`` but those of ignored peers (stored before they were ignored)."""
+        return [m for m in messages if m.sender not in self._ignored]
+
+    def _peer_named(self, who: str, command: str, reply: Reply) -> str | None:
+        """The one peer ``who`` names: a PeerId as given, or the only known peer using that
+        name; None (and an error replied) when it names none or several."""
+        if who.startswith(("12D3Koo", "Qm")) and len(who) >= 46:
+            return who
+        wanted = who.casefold()
+        peers = [peer for peer, known in self._names.known() if known.casefold() == wanted]
+        if not peers:
+            reply(
+                ErrorEvent(
+                    "unknown_name", f"nobody known here uses the name {safe_name(who)}", command
+                )
+            )
+            return None
+        if len(peers) > 1:
+            reply(
+                ErrorEvent(
+                    "ambiguous_name",
+                    f"{len(peers)} peers use the name {safe_name(who)}: give the peer id "
+                    f"(/whois {safe_name(who)} lists them)",
+                    command,
+                )
+            )
+            return None
+        return peers[0]
+
+    def _ignore(self, who: str, reply: Reply) -> None:
+        """/ignore <name|id>: drop that peer's messages from now on; /ignore: the list."""
+        if not who:
+            peers = self._ignored.peers()
+            lines = [f"  {safe_name(self.name_of(p))} {p}" for p in peers]
+            text = "\n".join([f"ignored peers: {len(peers)}", *lines])
+            reply(OutputEvent("ignore", text, {"peers": peers}))
+            return
+        peer = self._peer_named(who, "ignore", reply)
+        if peer is None:
+            return
+        if peer == self._me:
+            reply(ErrorEvent("bad_argument", "you cannot ignore yourself", "ignore"))
+            return
+        if not self._ignored.add(peer):
+            reply(
+                ErrorEvent(
+                    "too_many_ignored",
+                    "you ignore as many peers as can be; /unignore one",
+                    "ignore",
+                )
+            )
+            return
+        reply(
+            NoticeEvent(
+                "ignored",
+                f"ignoring {safe_name(self.name_of(peer))} ({short_id(peer)}): their messages are "
+                "not shown, stored or passed on by this peer",
+                {"peer": peer},
+            )
+        )
+
+    def _unignore(self, who: str, reply: Reply) -> None:
+        peer = who if who in self._ignored else self._peer_named(who, "unignore", reply)
+        if peer is None:
+            return
+        if not self._ignored.remove(peer):
+            reply(ErrorEvent("not_ignored", f"you do not ignore {safe_name(who)}", "unignore"))
+            return
+        reply(
+            NoticeEvent(
+                "unignored",
+                f"no longer ignoring {safe_name(self.name_of(peer))} ({short_id(peer)})",
+                {"peer": peer},
+            )
+        )
+
     def _whois(self, name: str, reply: Reply) -> None:
         wanted = name.casefold()
         peers = [peer for peer, known in self._names.known() if known.casefold() == wanted]
@@ -478,7 +567,7 @@ class ChatService:
 
     async def _join(self, name: str) -> None:
         assert self._nursery is not None
-        messages = await self._gossip.join(name, self._inbound.validator(name))
+        messages = await self._gossip.join(name, self._inbound.validator(name), self._ignored.check)
         room = Room(name)
         self._rooms.add(room)
 
@@ -541,7 +630,7 @@ class ChatService:
         if unread:
             shown = min(unread, DEFAULT_HISTORY)
             messages = self._history.last(room, shown)
-            for event in history_events(messages, self._me, self._names.own):
+            for event in history_events(self._not_ignored(messages), self._me, self._names.own):
                 reply(event)
             reply(HistoryEndEvent("switch", room, len(messages), unread - len(messages)))
 
