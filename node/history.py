@@ -105,13 +105,20 @@ def history_id(sender: str, chosen_id: bytes) -> bytes:
     return digest[:MESSAGE_ID_BYTES]
 
 
-def _chosen_id(envelope: bytes) -> bytes | None:
-    """The id the sender chose for the chat text inside ``envelope``; None if it holds none."""
+def chat_text_of(envelope: bytes) -> ChatText | None:
+    """The chat text inside a stored signed ``envelope``; None if it holds none (or does not
+    parse: a store written by an older or damaged node)."""
     try:
         payload = decode(envelope_data(envelope), max_text_bytes=1 << 20)
     except (DecodeError, WireError, ValueError):
         return None
-    return payload.id if isinstance(payload, ChatText) else None
+    return payload if isinstance(payload, ChatText) else None
+
+
+def _chosen_id(envelope: bytes) -> bytes | None:
+    """The id the sender chose for the chat text inside ``envelope``; None if it holds none."""
+    text = chat_text_of(envelope)
+    return text.id if text is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,11 +93,16 @@ class Membership:
         joined: dict[str, list[str]] = {}
         left: dict[str, list[str]] = {}
         for room in self._rooms:
-            members = {
-                peer
-                for peer in self._subscribers(room.name)
-                if peer != self._me and self._chat_peer(peer)
-            }
+            members: set[str] = set()
+            room.infrastructure = 0
+            for peer in self._subscribers(room.name):
+                if peer == self._me:
+                    continue
+                kind = self._chat_peer(peer)  # once per peer and pass: it scans the rooms
+                if kind:
+                    members.add(peer)
+                elif kind is False:
+                    room.infrastructure += 1
             if members - room.members:
                 joined[room.name] = sorted(members - room.members)
             if room.members - members:

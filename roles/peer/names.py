@@ -92,9 +92,11 @@ class Names:
         else:
             self._known[peer] = name
 
-    def known(self) -> list[tuple[str, str]]:
-        """(PeerId, name) of every other peer whose name is remembered (a snapshot)."""
-        return list(self._known.items())
+    def peers_named(self, name: str) -> list[str]:
+        """Every other peer whose remembered name is ``name``, ignoring case (a name is a
+        claim: several peers may use one)."""
+        wanted = name.casefold()
+        return [peer for peer, known in self._known.items() if known.casefold() == wanted]
 
     def __len__(self) -> int:
         """How many other peers' names are remembered."""

@@ -12,12 +12,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from p2pchat.node.history import StoredMessage
+from p2pchat.node.history import StoredMessage, chat_text_of
 from p2pchat.node.ids import short_id
-from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.terminal_text import safe_name
-from p2pchat.node.wire.chat import ChatText, WireError, decode
+from p2pchat.node.wire.chat import ChatText
 from p2pchat.roles.peer.events import MessageEvent, NameEvent, NoticeEvent, OutputEvent
 from p2pchat.roles.peer.names import ANONYMOUS, NameChange
 from p2pchat.roles.peer.rendering import timestamp
@@ -60,11 +59,7 @@ def message_event(
 
 def stored_text(stored: StoredMessage) -> ChatText | None:
     """The chat text in a history entry, or None if it does not decode as one."""
-    try:
-        payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
-    except (WireError, ValueError):
-        return None
-    return payload if isinstance(payload, ChatText) else None
+    return chat_text_of(stored.envelope)
 
 
 def history_events(

@@ -35,6 +35,7 @@ class Room:
     # Senders heard in the room (PeerId -> when, ms), the newest MAX_HEARD.
     heard: BoundedDict[str, int] = field(default_factory=lambda: BoundedDict(MAX_HEARD))
     unread: int = 0  # messages that arrived while another room was current
+    infrastructure: int = 0  # subscribed nodes that are no members (archivers...), last look
 
     def hear(self, sender: str, at_ms: int) -> bool:
         """``sender`` signed a message for this room at ``at_ms`` (the latest time is kept).

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 from p2pchat.node.config import ChatSection
@@ -341,36 +341,43 @@ class ChatService:
 
     # --- history ---------------------------------------------------------------------------------
 
-    def _show_history(self, room: str, limit: int, reply: Reply, command: str = "history") -> None:
+    def _list(self, messages: Sequence[StoredMessage], reply: Reply) -> int:
+        """Reply with stored ``messages`` as history message events, those of ignored peers
+        left out; returns how many were listed (what the end marker counts)."""
+        shown = [m for m in messages if m.sender not in self._ignored]
+        events = history_events(shown, self._me, self._names.own)
+        for event in events:
+            reply(event)
+        return len(events)
+
+    def _show_history(self, room: str, limit: int, reply: Reply) -> None:
         """The newest ``limit`` messages of ``room``, then the end marker with how many more
         the store holds."""
         messages = self._history.last(room, limit)
-        for event in history_events(self._not_ignored(messages), self._me, self._names.own):
-            reply(event)
+        listed = self._list(messages, reply)
         more = max(0, self._history.count(room) - len(messages))
-        reply(HistoryEndEvent(command, room, len(messages), more))
+        reply(HistoryEndEvent("history", room, listed, more))
 
     async def _search(self, query: str, reply: Reply) -> None:
         rooms = self._rooms.names()
         result = await trio.to_thread.run_sync(search, self._history, rooms, query)
-        for event in history_events(self._not_ignored(result.hits), self._me, self._names.own):
-            reply(event)
-        reply(HistoryEndEvent("search", None, len(result.hits), result.more, result.truncated))
+        listed = self._list(result.hits, reply)
+        reply(HistoryEndEvent("search", None, listed, result.more, result.truncated))
 
     async def _export(self, argument: str, reply: Reply) -> None:
         """/export [room] [file]: one argument is a room if this peer knows a room by that name
         (joined, or in the history), else a file."""
         words = argument.split(maxsplit=1)
-        known = set(self._rooms.names())
+        known = {*self._rooms.names(), *self._history.rooms()}
         room, file = self._rooms.current, None
         if len(words) == 2:
             room, file = words
         elif len(words) == 1:
-            if words[0] in known or words[0] in self._history.rooms():
+            if words[0] in known:
                 room = words[0]
             else:
                 file = words[0]
-        if room not in known and room not in self._history.rooms():
+        if room not in known:
             reply(ErrorEvent("not_in_room", f"no history of {room} here", "export"))
             return
         if file is None and self._data_dir is None:
@@ -432,17 +439,12 @@ class ChatService:
 
     # --- ignoring --------------------------------------------------------------------------------
 
-    def _not_ignored(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
-        """``messages`` but those of ignored peers (stored before they were ignored)."""
-        return [m for m in messages if m.sender not in self._ignored]
-
     def _peer_named(self, who: str, command: str, reply: Reply) -> str | None:
         """The one peer ``who`` names: a PeerId as given, or the only known peer using that
         name; None (and an error replied) when it names none or several."""
         if who.startswith(("12D3Koo", "Qm")) and len(who) >= 46:
             return who
-        wanted = who.casefold()
-        peers = [peer for peer, known in self._names.known() if known.casefold() == wanted]
+        peers = self._names.peers_named(who)
         if not peers:
             reply(
                 ErrorEvent(
@@ -510,9 +512,8 @@ class ChatService:
         )
 
     def _whois(self, name: str, reply: Reply) -> None:
-        wanted = name.casefold()
-        peers = [peer for peer, known in self._names.known() if known.casefold() == wanted]
-        if self._names.display_name.casefold() == wanted:
+        peers = self._names.peers_named(name)
+        if self._names.display_name.casefold() == name.casefold():
             peers.insert(0, self._me)
         if not peers:
             reply(
@@ -525,7 +526,7 @@ class ChatService:
         found = []
         for peer in peers:
             info = connections.get(peer)
-            heard = [at for room in self._rooms for p, at in room.heard.items() if p == peer]
+            heard = [room.heard[peer] for room in self._rooms if peer in room.heard]
             found.append(
                 Whois(
                     peer=peer,
@@ -630,9 +631,8 @@ class ChatService:
         if unread:
             shown = min(unread, DEFAULT_HISTORY)
             messages = self._history.last(room, shown)
-            for event in history_events(self._not_ignored(messages), self._me, self._names.own):
-                reply(event)
-            reply(HistoryEndEvent("switch", room, len(messages), unread - len(messages)))
+            listed = self._list(messages, reply)
+            reply(HistoryEndEvent("switch", room, listed, unread - len(messages)))
 
     # --- membership ------------------------------------------------------------------------------
 
@@ -686,20 +686,16 @@ class ChatService:
                         )
                     )
         current = self._rooms.current_room()
-        infrastructure = sum(
-            1
-            for peer in self._gossip.subscribers(self._rooms.current)
-            if self._chat_peer(peer) is False
-        )
-        self._observer.room_members(
-            len(current.members) if current is not None else 0, infrastructure
-        )
+        if current is None:
+            self._observer.room_members(0, 0)
+        else:
+            self._observer.room_members(len(current.members), current.infrastructure)
 
-    def _connection_event(self, peer: str, change: str, relayed: bool) -> ConnectionEvent:
+    def _connection_event(
+        self, peer: str, change: Literal["opened", "closed"], relayed: bool
+    ) -> ConnectionEvent:
         roles = sorted(self._ctx.peer_roles(peer) or ())
-        return ConnectionEvent(
-            "opened" if change == "opened" else "closed", peer, self.name_of(peer), relayed, roles
-        )
+        return ConnectionEvent(change, peer, self.name_of(peer), relayed, roles)
 
     # --- outputs ---------------------------------------------------------------------------------
 
