@@ -34,6 +34,18 @@ def wait_members(node: NodeProcess, count: int) -> None:
     raise AssertionError(f"room never had {count} other members")
 
 
+def line_of_three(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
+    """Chat peers A-B-C in a line (C reaches A only through B), each room's mesh formed."""
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    wait_members(b, 2)
+    wait_members(c, 1)
+    return a, b, c
+
+
 def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     a = chat_peer(tmp_path / "a", nodes)
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
@@ -183,11 +195,7 @@ def test_a_2000_message_burst_reaches_every_peer_of_a_line(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # py-libp2p's defaults deliver 16 of 2,000 here (32-slot queues, 10 msg/s per forwarder).
-    a = chat_peer(tmp_path / "a", nodes)
-    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
-    wait_members(b, 2)
-    wait_members(c, 1)
+    a, b, c = line_of_three(tmp_path, nodes)
     burst = [f"burst {index}" for index in range(2000)]
     a.say("\n".join(burst))
     for node in (b, c):
@@ -238,11 +246,7 @@ def test_an_ignored_peer_is_not_passed_on_by_the_peer_that_ignores_it(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     """A line A-B-C, C reachable only through B: once B ignores A, A's messages stop at B."""
-    a = chat_peer(tmp_path / "a", nodes)
-    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
-    wait_members(b, 2)
-    wait_members(c, 1)
+    a, b, c = line_of_three(tmp_path, nodes)
     a.say("before")
     c.next_event(is_message("before"), timeout=WAIT)
     b.say(f"/ignore {a.peer_id}")
