@@ -10,11 +10,13 @@ bootstrap node gets archivers connected from the DHT
 The range starts ``history.catchup_overlap_seconds`` before the newest message already stored
 (clocks of senders differ), or ``history.catchup_lookback_days`` ago for a room with no history.
 
-Every message is verified (:func:`p2pchat.node.store_client.verify_entry`); the union of what
-the sources returned is stored once per id. A source that completed its walk but lacks messages
-another one returned is logged and counted (``p2pchat_history_source_gaps_total``): that is how
-a source hiding messages gets noticed. A peer that was itself offline lacks messages honestly,
-so this is a signal for operators, not a verdict.
+Every message is verified (:func:`p2pchat.node.store_client.verify_entry`) and passed through
+``sender_check`` (the same check live messages pass: an ignored peer's messages must not come
+back through history); the union of what the sources returned is stored once per id. A source
+that completed its walk but lacks messages another one returned is logged and counted
+(``p2pchat_history_source_gaps_total``): that is how a source hiding messages gets noticed. A
+peer that was itself offline lacks messages honestly, so this is a signal for operators, not a
+verdict.
 
 When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
 pairs: a source forgotten early is merely asked again sooner.
@@ -88,8 +90,10 @@ class CatchUp:
         on_caught_up: CaughtUp,
         observer: CatchUpObserver,
         log: structlog.stdlib.BoundLogger,
+        sender_check: Callable[[str], str | None] | None = None,
     ) -> None:
         self._host = host
+        self._sender_check = sender_check
         self._history = history
         self._client = client
         self._settings = settings
@@ -188,6 +192,9 @@ class CatchUp:
             for message in fetched.messages:
                 union.setdefault(message.message_id, message)
         self._report_gaps(room, results, union)
+        check = self._sender_check
+        if check is not None:
+            union = {key: m for key, m in union.items() if check(m.sender) is None}
         ordered = sorted(union.values(), key=lambda m: (m.sent_at_ms, m.message_id))
         new: list[StoredMessage] = []
         for first in range(0, len(ordered), WRITE_BATCH):

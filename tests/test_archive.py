@@ -130,6 +130,29 @@ def test_offline_peer_catches_up_from_another_peer_without_an_archiver(
     assert b.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0
 
 
+def test_catch_up_brings_back_nothing_of_an_ignored_peer(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # What /ignore refuses live must not come back through history: catch-up neither stores
+    # nor shows it (so /unignore later does not reveal it either).
+    a = chat_peer(tmp_path / "a", nodes)
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", a.addr())
+    wait_members(a, 2)
+    b.say(f"/ignore {a.peer_id}")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "ignored")
+    assert b.stop() == 0
+    chat_while_away(a, c, ["from the ignored peer"])
+    chat_while_away(c, a, ["from C"])
+    time.sleep(AWAY)
+
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    assert caught_up(b)["count"] == 1
+    b.say(f"/unignore {a.peer_id}")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "unignored")
+    assert history_texts(b, 5) == ["from C"]
+
+
 def test_a_chat_peer_that_also_archives_chats_archives_and_serves_catch_up(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

@@ -11,8 +11,10 @@ from tests.conftest import NodeProcess, node_env, start_node
 WAIT = 60.0
 
 
-def chat_peer(path: Path, nodes: list[NodeProcess], *args: str) -> NodeProcess:
-    node = start_node(path, "--json", *args)
+def chat_peer(
+    path: Path, nodes: list[NodeProcess], *args: str, env: dict[str, str] | None = None
+) -> NodeProcess:
+    node = start_node(path, "--json", *args, env=env)
     nodes.append(node)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node
@@ -37,20 +39,19 @@ def wait_members(node: NodeProcess, count: int) -> None:
 def line_of_three(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
-    """Chat peers A-B-C in a line (C reaches A only through B), each room's mesh formed."""
-    a = chat_peer(tmp_path / "a", nodes)
+    """Chat peers A-B-C in a line (C reaches A only through B), each room's mesh formed. The
+    ends run without the DHT: room rendezvous would otherwise introduce them to each other."""
+    no_dht = node_env(P2PCHAT_DHT__ENABLED="false")
+    a = chat_peer(tmp_path / "a", nodes, env=no_dht)
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr(), env=no_dht)
     wait_members(b, 2)
     wait_members(c, 1)
     return a, b, c
 
 
 def test_three_peer_line_delivers_to_the_far_end(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    a = chat_peer(tmp_path / "a", nodes)
-    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
-    wait_members(b, 2)
+    a, b, c = line_of_three(tmp_path, nodes)
     assert a.metric("p2pchat_connected_peers") == 1  # A and C never connect: B relays
     b.next_event(lambda e: e["type"] == "connection" and e["change"] == "opened")
     a.say("hello from A")

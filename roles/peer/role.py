@@ -107,6 +107,7 @@ class PeerRole:
                 service.caught_up,
                 ctx.metrics.catch_up,
                 ctx.log,
+                sender_check=service.sender_check,
             )
         async with trio.open_nursery() as nursery:
             if catch_up is not None:

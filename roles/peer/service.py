@@ -212,6 +212,10 @@ class ChatService:
     def peer_id(self) -> str:
         return self._me
 
+    def sender_check(self, sender: str) -> str | None:
+        """Why messages of ``sender`` are refused here (live and in catch-up), else None."""
+        return self._ignored.check(sender)
+
     def room_names(self) -> list[str]:
         """The rooms this peer is in (safe to call from the console's thread)."""
         return self._rooms.names()
@@ -568,7 +572,7 @@ class ChatService:
 
     async def _join(self, name: str) -> None:
         assert self._nursery is not None
-        messages = await self._gossip.join(name, self._inbound.validator(name), self._ignored.check)
+        messages = await self._gossip.join(name, self._inbound.validator(name), self.sender_check)
         room = Room(name)
         self._rooms.add(room)
 
