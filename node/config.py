@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
 ENV_PREFIX = "P2PCHAT_"
@@ -197,6 +198,84 @@ class DhtSection(_Section):
         le=86_400,
         description="Seconds between re-announcements of this node's rooms.",
     )
+    # Bounds against strangers (a server's: what inbound requests may make it hold).
+    max_inbound_streams: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Inbound DHT streams open at once; when all are taken, the one waiting "
+        "longest for a request is reset to admit a new one.",
+    )
+    max_inbound_streams_per_peer: int = Field(
+        default=8, ge=1, le=1000, description="Inbound DHT streams open at once from one peer."
+    )
+    read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds an inbound DHT stream may take to deliver each whole request; an "
+        "idle or half-sent one is reset (go-libp2p: 1 min idle).",
+    )
+    max_message_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Largest inbound DHT request, in bytes (go-libp2p: 4 MiB; a request is a "
+        "few KiB).",
+    )
+    requests_per_second: float = Field(
+        default=10.0,
+        gt=0,
+        le=10_000,
+        description="DHT requests one peer may make per second, sustained (a room lookup or "
+        "announcement costs 2).",
+    )
+    request_burst: int = Field(
+        default=50, ge=1, le=100_000, description="DHT requests one peer may make at once."
+    )
+    max_providers_per_key: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Providers stored per key (room), as k in go- and rust-libp2p.",
+    )
+    max_providers_per_peer: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Keys (rooms) one peer may be stored as providing.",
+    )
+    max_provider_records: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Provider records stored in all; when full, the oldest record of the peer "
+        "holding the most makes room.",
+    )
+    max_addrs_per_provider: int = Field(
+        default=8,
+        ge=1,
+        le=128,
+        description="Addresses kept per provider record (the rest are dropped).",
+    )
+    provider_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Seconds a provider record lives unless re-announced (go-libp2p: 48 h, "
+        "for IPFS's 22 h re-announcement; p2pchat peers re-announce every reprovide_interval). "
+        "PUT_VALUE records are never stored: p2pchat uses none.",
+    )
+
+    @model_validator(mode="after")
+    def _records_outlive_reannouncement(self) -> DhtSection:
+        if self.provider_ttl <= self.reprovide_interval:
+            raise ValueError(
+                "dht.provider_ttl must be longer than dht.reprovide_interval "
+                f"({self.provider_ttl:g} <= {self.reprovide_interval:g}): rooms would vanish "
+                "between announcements"
+            )
+        return self
 
     def server_mode(self, roles: Sequence[str]) -> bool:
         """Whether this node serves the DHT."""

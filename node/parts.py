@@ -23,15 +23,17 @@ import trio
 from p2pchat.node.autonat import AutoNatClient, AutoNatServer, Reachability
 from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.capability import Capability
-from p2pchat.node.config import Config
+from p2pchat.node.config import Config, DhtSection
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.history import History
 from p2pchat.node.holepunch import HolePunch
 from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.metrics import NodeMetrics
-from p2pchat.node.p2p.dht import Dht
+from p2pchat.node.p2p.dht import Dht, KadLimits
 from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.kad_inbound import InboundLimits
+from p2pchat.node.p2p.kad_providers import ProviderLimits
 from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.p2p.pubsub import NodeGossip
 from p2pchat.node.rendezvous import ArchiverFinder, Rendezvous
@@ -106,9 +108,35 @@ def _in_rooms(roles: Sequence[Role]) -> bool:
     return any(role.in_rooms for role in roles)
 
 
+def _kad_limits(settings: DhtSection) -> KadLimits:
+    return KadLimits(
+        providers=ProviderLimits(
+            per_key=settings.max_providers_per_key,
+            per_peer=settings.max_providers_per_peer,
+            total=settings.max_provider_records,
+            addrs_per_provider=settings.max_addrs_per_provider,
+            ttl=settings.provider_ttl,
+        ),
+        inbound=InboundLimits(
+            max_streams=settings.max_inbound_streams,
+            max_streams_per_peer=settings.max_inbound_streams_per_peer,
+            read_timeout=settings.read_timeout,
+            max_message_bytes=settings.max_message_bytes,
+            requests_per_second=settings.requests_per_second,
+            request_burst=settings.request_burst,
+        ),
+    )
+
+
 def _dht(w: Wiring) -> Capability:
-    dht = w.dht = Dht(w.host, server=w.config.dht.server_mode(w.config.roles))
+    dht = w.dht = Dht(
+        w.host,
+        server=w.config.dht.server_mode(w.config.roles),
+        limits=_kad_limits(w.config.dht),
+        observer=w.metrics.dht,
+    )
     w.metrics.dht.measure_routing_table(dht.routing_table_size)
+    w.metrics.dht.measure_store(dht.provider_records, dht.inbound_streams)
     w.rendezvous = Rendezvous(
         dht,
         partial(w.connector.found, via="dht"),

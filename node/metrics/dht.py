@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class DhtMetrics:
-    """The routing table's size (read when scraped) and rendezvous' announcements and lookups;
-    implements :class:`~p2pchat.node.rendezvous.RendezvousObserver`."""
+    """The routing table's size (read when scraped), rendezvous' announcements and lookups,
+    and what the DHT's bounds refused; implements
+    :class:`~p2pchat.node.rendezvous.RendezvousObserver` and the host layer's ``KadObserver``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.routing_table_peers = Gauge(
@@ -30,6 +31,38 @@ class DhtMetrics:
             ("outcome",),
             registry=registry,
         )
+
+        self.refused = Counter(
+            "p2pchat_dht_refused",
+            "DHT requests, streams and provider records refused by a bound, by reason "
+            "(streams_per_peer, streams_total, evicted, idle, partial_frame, frame_size, "
+            "malformed, rate, put_value, providers_per_key, providers_per_peer, "
+            "providers_total, providers_evicted, provider_addrs).",
+            ("reason",),
+            registry=registry,
+        )
+        self.provider_records = Gauge(
+            "p2pchat_dht_provider_records",
+            "Provider records the DHT stores (this node's own included).",
+            registry=registry,
+        )
+        self.inbound_streams = Gauge(
+            "p2pchat_dht_inbound_streams",
+            "Inbound DHT streams open now (a DHT server's).",
+            registry=registry,
+        )
+
+    def measure_store(
+        self, provider_records: Callable[[], int], streams: Callable[[], int]
+    ) -> None:
+        """Report the provider records stored and the inbound streams open, read at each
+        scrape."""
+        self.provider_records.set_function(provider_records)
+        self.inbound_streams.set_function(streams)
+
+    def kad_refused(self, reason: str) -> None:
+        """Count a refusal of the DHT's bounds (one of the reasons listed in the help)."""
+        self.refused.labels(reason=reason).inc()
 
     def measure_routing_table(self, size: Callable[[], int]) -> None:
         """Report ``size()`` as the routing table's size, called at each scrape."""

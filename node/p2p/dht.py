@@ -10,7 +10,7 @@ What the library does, and what this module does instead:
 - ``find_providers`` answers from the local provider store whenever it holds anything for the
   key, and it holds our own record once we provide it, or the providers a previous lookup found:
   two peers that both advertise a room never find each other, and nobody finds a later joiner
-  -> our lookups always ask the network (the local entries are set aside during the lookup);
+  -> our lookups always ask the network (the store's own lookup skips what it holds);
 - a server adds every peer that opens a DHT stream to it to its routing table ("it must be a
   server"), though clients open streams too; it then refers others to peers that cannot answer
   -> a peer enters the table only once identify shows it serves the DHT protocol;
@@ -22,7 +22,11 @@ What the library does, and what this module does instead:
   routing table's server-mode check tests that id -> we use that id (:data:`PROTOCOL_ID`) and do
   the server-mode check ourselves;
 - provider records carry the addresses of ``host.get_addrs()``, which are this node's advertised
-  addresses (see :mod:`p2pchat.node.p2p.addresses`), so they are dialable.
+  addresses (see :mod:`p2pchat.node.p2p.addresses`), so they are dialable;
+- the provider store is bounded only per key, and a server reads inbound streams without a
+  deadline, all peers under 12 slots, and stores PUT_VALUE records of up to 1 MiB -> the store
+  is :class:`~p2pchat.node.p2p.kad_providers.BoundedProviderStore` and inbound streams are
+  served by :class:`~p2pchat.node.p2p.kad_inbound.InboundKad` (:class:`KadLimits`).
 
 Server mode (bootstrap nodes) answers queries and stores records; client mode (chat peers)
 only asks, as go-libp2p's peers behind NAT do, and is never added to other routing tables.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -43,6 +48,8 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 from p2pchat.node.errors import P2PChatError
 from p2pchat.node.p2p.host import IdentifyReceived, P2PHost
+from p2pchat.node.p2p.kad_inbound import InboundKad, InboundLimits, KadObserver
+from p2pchat.node.p2p.kad_providers import BoundedProviderStore, ProviderLimits
 
 PROTOCOL_ID = str(_LIBRARY_PROTOCOL_ID)
 _SHA2_256_MULTIHASH = b"\x12\x20"  # multihash code and length of a sha2-256 digest
@@ -57,6 +64,20 @@ def content_key(namespace: str, name: str) -> bytes:
     """The DHT key of ``name`` within ``namespace``: a sha2-256 multihash, as CIDs use."""
     digest = hashlib.sha256(f"/p2pchat/{namespace}/{name}".encode()).digest()
     return _SHA2_256_MULTIHASH + digest
+
+
+@dataclass(frozen=True)
+class KadLimits:
+    """Every bound of the DHT against strangers: its provider store's and its inbound
+    streams'."""
+
+    providers: ProviderLimits = field(default_factory=ProviderLimits)
+    inbound: InboundLimits = field(default_factory=InboundLimits)
+
+
+class _QuietObserver:
+    def kad_refused(self, reason: str) -> None:
+        return None
 
 
 class _TableOnlyHost:
@@ -93,11 +114,27 @@ class _TablePeerstore:
 class Dht:
     """The node's DHT: run it (:meth:`run`), then provide and find keys."""
 
-    def __init__(self, host: P2PHost, *, server: bool) -> None:
+    def __init__(
+        self,
+        host: P2PHost,
+        *,
+        server: bool,
+        limits: KadLimits | None = None,
+        observer: KadObserver | None = None,
+    ) -> None:
         self._host = host
         self.server = server
+        limits = limits if limits is not None else KadLimits()
+        observer = observer if observer is not None else _QuietObserver()
         mode = DHTMode.SERVER if server else DHTMode.CLIENT
         self._kad = KadDHT(host.libp2p_host, mode, enable_random_walk=False)
+        self._providers = BoundedProviderStore(
+            host.libp2p_host, self._kad.peer_routing, limits.providers, observer
+        )
+        self._kad.provider_store = self._providers
+        self._inbound = InboundKad(self._kad._do_handle_stream, limits.inbound, observer)
+        if server:  # the library registered its own handler; ours replaces it
+            host.libp2p_host.set_stream_handler(_LIBRARY_PROTOCOL_ID, self._inbound.handle)
         self._add_to_table = self._kad.add_peer
         # The library's inbound handler calls self.add_peer: route it through the check.
         self._kad.add_peer = self._add_if_server
@@ -137,6 +174,14 @@ class Dht:
     def routing_table_size(self) -> int:
         """Peers in the routing table."""
         return int(self._kad.get_routing_table_size())
+
+    def provider_records(self) -> int:
+        """Provider records stored (this node's own included)."""
+        return self._providers.size()
+
+    def inbound_streams(self) -> int:
+        """Inbound DHT streams open now (server mode)."""
+        return self._inbound.open_streams
 
     async def provide(self, key: bytes) -> bool:
         """Announce this node as a provider of ``key`` to the peers closest to it.
@@ -178,14 +223,4 @@ class Dht:
         return list(found.items())
 
     async def _network_providers(self, key: bytes, count: int) -> list[PeerInfo]:
-        store = self._kad.provider_store
-        set_aside = store.providers.pop(key, None)
-        try:
-            return list(await store.find_providers(key, count))
-        finally:
-            if set_aside:
-                # Keep records this node stores for others (server mode); what arrived during
-                # the lookup is newer and wins.
-                current = store.providers.setdefault(key, {})
-                for peer, record in set_aside.items():
-                    current.setdefault(peer, record)
+        return await self._providers.find_providers_in_network(key, count)

@@ -1,0 +1,242 @@
+"""A Kad-DHT attacker: in-process py-libp2p hosts (one connection, one PeerId each) that speak
+raw Kad protobuf frames on ``/ipfs/kad/1.0.0`` streams to a victim on 127.0.0.1.
+
+:func:`run_in_thread` runs one attack in a thread of its own (its own trio loop), so the test's
+thread can meanwhile start honest peers and read the victim's metrics. Each attack runs until
+its deadline and then leaves: every host is closed, so the victim's fds can come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from p2pchat.node.p2p.dht import PROTOCOL_ID
+from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.p2p.streams import StreamError, read_frame
+from p2pchat.node.wire.framing import FrameDecoder, FrameError, encode_uvarint, frame
+
+from tests.test_host import RecordingObserver
+
+ANSWER_TIMEOUT = 5.0
+
+
+@dataclass
+class Tally:
+    """What the attacker did and what the victim made of it."""
+
+    sent: int = 0  # requests (or held streams) sent
+    answered: int = 0  # answers read
+    cut: int = 0  # streams the victim reset, refused or ended on us
+    errors: list[str] = field(default_factory=list)
+
+
+Attack = Callable[[P2PHost, str, float, Tally, int], Awaitable[None]]
+"""One attacker host's work: (host, victim PeerId, deadline (trio clock), tally, its index)."""
+
+
+def random_key() -> bytes:
+    """A fresh sha2-256 multihash, like a room's key."""
+    return b"\x12\x20" + os.urandom(32)
+
+
+def put_value(size: int) -> bytes:
+    key = os.urandom(8).hex().encode()  # no namespace: the library checks none
+    message = Message(type=Message.MessageType.PUT_VALUE, key=key)
+    message.record.key = key
+    message.record.value = os.urandom(size)
+    return message.SerializeToString()
+
+
+def add_provider(host: P2PHost, key: bytes, addrs: int) -> bytes:
+    message = Message(type=Message.MessageType.ADD_PROVIDER, key=key)
+    provider = message.providerPeers.add()
+    provider.id = host.libp2p_host.get_id().to_bytes()
+    provider.addrs.extend(
+        bytes.fromhex("04") + bytes([127, 0, 0, 1]) + bytes.fromhex("06") + port.to_bytes(2, "big")
+        for port in range(4000, 4000 + addrs)
+    )
+    return message.SerializeToString()
+
+
+def find_node(target: bytes) -> bytes:
+    return Message(type=Message.MessageType.FIND_NODE, key=target).SerializeToString()
+
+
+def get_providers(key: bytes) -> bytes:
+    return Message(type=Message.MessageType.GET_PROVIDERS, key=key).SerializeToString()
+
+
+async def ask(host: P2PHost, victim: str, request: bytes, tally: Tally) -> bool:
+    """One request on a stream of its own; whether it was answered."""
+    tally.sent += 1
+    try:
+        stream = await host.new_stream(victim, [PROTOCOL_ID])
+    except StreamError:
+        tally.cut += 1
+        return False
+    try:
+        await stream.write(frame(request))
+        with trio.fail_after(ANSWER_TIMEOUT):
+            await read_frame(stream, FrameDecoder(8 * 1024 * 1024))
+        tally.answered += 1
+        return True
+    except (StreamError, FrameError, trio.TooSlowError):
+        tally.cut += 1
+        return False
+    finally:
+        with contextlib.suppress(StreamError):
+            await stream.reset()
+
+
+async def length_bomb(host: P2PHost, victim: str, tally: Tally) -> None:
+    """A frame that announces 1 MiB and brings 64 bytes of it."""
+    tally.sent += 1
+    try:
+        stream = await host.new_stream(victim, [PROTOCOL_ID])
+    except StreamError:
+        tally.cut += 1
+        return
+    try:
+        await stream.write(encode_uvarint(1024 * 1024) + b"\x0a" * 64)
+        with trio.fail_after(ANSWER_TIMEOUT):
+            await stream.read(1)
+        tally.answered += 1  # nothing is ever answered to this
+    except (StreamError, trio.TooSlowError):
+        tally.cut += 1
+    finally:
+        with contextlib.suppress(StreamError):
+            await stream.reset()
+
+
+async def put_value_flood(
+    host: P2PHost, victim: str, deadline: float, tally: Tally, index: int
+) -> None:
+    """PUT_VALUE records of 15 KiB as fast as they go (the library stores records up to 1 MiB,
+    50,000 of them), and frames announcing 1 MiB (:func:`length_bomb`)."""
+    while trio.current_time() < deadline:
+        if tally.sent % 4 == 3:
+            await length_bomb(host, victim, tally)
+        else:
+            await ask(host, victim, put_value(15 * 1024), tally)
+
+
+def add_provider_flood(addrs: int, shared_key: bytes) -> Attack:
+    """ADD_PROVIDER for fresh keys (and the room's ``shared_key`` first), each record with
+    ``addrs`` addresses."""
+
+    async def flood(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        await ask(host, victim, add_provider(host, shared_key, addrs), tally)
+        while trio.current_time() < deadline:
+            await ask(host, victim, add_provider(host, random_key(), addrs), tally)
+
+    return flood
+
+
+def hold_streams(per_host: int) -> Attack:
+    """Hold ``per_host`` streams open, half of them idle and half with a partial frame (a
+    length prefix of 1000 bytes and 10 of them); a stream the victim cuts is opened again."""
+
+    async def hold_one(host: P2PHost, victim: str, deadline: float, tally: Tally, n: int) -> None:
+        while trio.current_time() < deadline:
+            tally.sent += 1
+            try:
+                stream = await host.new_stream(victim, [PROTOCOL_ID])
+                if n % 2:
+                    await stream.write(encode_uvarint(1000) + b"x" * 10)
+                with trio.move_on_at(deadline):
+                    await stream.read(1)  # only ends when the victim cuts the stream
+                await stream.reset()
+            except StreamError:
+                pass
+            tally.cut += 1
+            await trio.sleep(0.05)
+
+    async def hold(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for n in range(per_host):
+                nursery.start_soon(hold_one, host, victim, deadline, tally, n)
+
+    return hold
+
+
+def request_flood(streams: int) -> Attack:
+    """FIND_NODE and GET_PROVIDERS requests pipelined on ``streams`` streams as fast as the
+    victim answers; a cut stream is opened again."""
+
+    async def pump(host: P2PHost, victim: str, deadline: float, tally: Tally) -> None:
+        while trio.current_time() < deadline:
+            try:
+                stream = await host.new_stream(victim, [PROTOCOL_ID])
+            except StreamError:
+                tally.cut += 1
+                await trio.sleep(0.05)
+                continue
+            decoder = FrameDecoder(8 * 1024 * 1024)
+            try:
+                while trio.current_time() < deadline:
+                    tally.sent += 1
+                    request = (
+                        find_node(os.urandom(34)) if tally.sent % 2 else get_providers(random_key())
+                    )
+                    await stream.write(frame(request))
+                    with trio.fail_after(ANSWER_TIMEOUT):
+                        await read_frame(stream, decoder)
+                    tally.answered += 1
+            except (StreamError, FrameError, trio.TooSlowError):
+                tally.cut += 1
+            with contextlib.suppress(StreamError):
+                await stream.reset()
+
+    async def flood(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(streams):
+                nursery.start_soon(pump, host, victim, deadline, tally)
+
+    return flood
+
+
+async def _attack(
+    workdir: Path, victim_addr: str, peers: int, attack: Attack, seconds: float, tally: Tally
+) -> None:
+    victim = victim_addr.rsplit("/p2p/", 1)[1]
+    async with contextlib.AsyncExitStack() as stack:
+        hosts = []
+        for n in range(peers):
+            identity = load_or_create_identity(workdir / f"attacker-{n}")
+            host = P2PHost(identity, HostSettings(listen=()), RecordingObserver())
+            await stack.enter_async_context(host.run(listen=False))
+            await host.connect(victim_addr)
+            hosts.append(host)
+        deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for index, host in enumerate(hosts):
+                nursery.start_soon(attack, host, victim, deadline, tally, index)
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                await host.disconnect(victim)
+
+
+def run_in_thread(
+    workdir: Path, victim_addr: str, peers: int, attack: Attack, seconds: float
+) -> tuple[threading.Thread, Tally]:
+    """Start ``attack`` from ``peers`` PeerIds against ``victim_addr`` for ``seconds`` in a
+    thread of its own; join the thread to wait for it to end."""
+    tally = Tally()
+
+    def main() -> None:
+        try:
+            trio.run(_attack, workdir, victim_addr, peers, attack, seconds, tally)
+        except BaseException as error:  # reported by the test, which asserts on the tally
+            tally.errors.append(repr(error))
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread, tally

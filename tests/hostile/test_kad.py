@@ -1,0 +1,215 @@
+"""The Kad-DHT under attack: a real ``p2pchat --role bootstrap`` victim, a test-side Kad client
+(in-process hosts writing raw Kad frames, :mod:`tests.hostile.kad_attacks`), and two honest
+chat peers that know only the victim: one announced its room before the attack, the other
+joins during it and must find the first through the victim's DHT and chat with it.
+
+Each test asserts the victim's RSS bound, its fds back to baseline after the attacker left,
+the honest meeting, and the metric that counted the attack (``p2pchat_dht_refused_total``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from p2pchat.node.rendezvous import room_key
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.hostile.harness import WAIT, Footprint, chat_peer, report, wait_room_peers
+from tests.hostile.kad_attacks import (
+    Attack,
+    Tally,
+    add_provider_flood,
+    hold_streams,
+    put_value_flood,
+    request_flood,
+    run_in_thread,
+)
+from tests.test_chat import is_message
+from tests.test_chat_attacks import ROOM
+from tests.test_dht import wait_metric
+
+REFUSED = "p2pchat_dht_refused_total"
+
+
+def bootstrap(path: Path, nodes: list[NodeProcess], **env: str) -> NodeProcess:
+    node = start_node(path, "--role", "bootstrap", env=node_env(**env))
+    nodes.append(node)
+    return node
+
+
+def first_member(tmp_path: Path, nodes: list[NodeProcess], victim: NodeProcess) -> NodeProcess:
+    """An honest chat peer whose room is announced at the victim before any attack."""
+    member = chat_peer(tmp_path / "first", nodes, "--bootstrap", victim.addr())
+    wait_metric(member, "p2pchat_rendezvous_provides_total", 1, outcome="accepted")
+    return member
+
+
+def late_joiner_meets(
+    tmp_path: Path, nodes: list[NodeProcess], victim: NodeProcess, first: NodeProcess
+) -> float:
+    """A chat peer that knows only the victim joins, finds ``first`` through the victim's DHT
+    and the two exchange a message both ways; the seconds it took."""
+    started = time.monotonic()
+    late = chat_peer(tmp_path / "late", nodes, "--bootstrap", victim.addr())
+    wait_room_peers(late, 1)
+    late.say("found you during the attack")
+    first.next_event(is_message("found you during the attack"), timeout=WAIT)
+    first.say("and I you")
+    late.next_event(is_message("and I you"), timeout=WAIT)
+    assert late.metric("p2pchat_rendezvous_lookups_total", outcome="found") >= 1
+    return time.monotonic() - started
+
+
+def attack_during_a_meeting(
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    victim: NodeProcess,
+    peers: int,
+    attack: Attack,
+    seconds: float,
+) -> tuple[Footprint, Tally, float]:
+    """Run ``attack`` from ``peers`` PeerIds while a late joiner meets the first member; the
+    victim's footprint, the attacker's tally and the seconds the meeting took."""
+    first = first_member(tmp_path, nodes, victim)
+    with Footprint(victim.proc.pid) as footprint:
+        thread, tally = run_in_thread(tmp_path / "mallory", victim.addr(), peers, attack, seconds)
+        time.sleep(min(3.0, seconds / 3))  # the attack is under way when the joiner comes
+        took = late_joiner_meets(tmp_path, nodes, victim, first)
+        thread.join(timeout=seconds + 60)
+        assert not thread.is_alive(), "the attacker never finished"
+        assert not tally.errors, tally.errors
+        footprint.assert_fds_back()
+    return footprint, tally, took
+
+
+def test_a_put_value_flood_is_refused_and_costs_no_memory(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 2,200 records of 1 MB took a bootstrap node to 2.28 GB, and it stayed there.
+    # (The frames announcing 1 MiB bring 64 bytes: a body sent whole to a stream we reset is
+    # the muxer's to bound, and py-libp2p's Yamux keeps it for 60 s.)
+    victim = bootstrap(tmp_path / "victim", nodes)
+    footprint, tally, took = attack_during_a_meeting(
+        tmp_path, nodes, victim, 4, put_value_flood, seconds=8
+    )
+    assert tally.sent >= 40 and tally.answered == 0, tally
+    assert victim.metric(REFUSED, reason="put_value") >= 10
+    assert victim.metric(REFUSED, reason="frame_size") >= 5
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad PUT_VALUE flood (15 KiB records, 1 MiB length bombs, 4 PeerIds)",
+        footprint,
+        None,
+        sent=tally.sent,
+        stored=tally.answered,
+        late_joiner_met_s=round(took, 1),
+        metric=f"{REFUSED}{{reason=put_value|frame_size}}",
+    )
+
+
+def test_an_add_provider_flood_stays_within_the_store_bounds(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Small bounds, so that 12 PeerIds reach each of them within seconds (the library itself
+    # accepts 10 ADD_PROVIDER per peer per 10 s, and resets the stream of the 11th).
+    victim = bootstrap(
+        tmp_path / "victim",
+        nodes,
+        P2PCHAT_DHT__MAX_PROVIDERS_PER_KEY="6",
+        P2PCHAT_DHT__MAX_PROVIDERS_PER_PEER="3",
+        P2PCHAT_DHT__MAX_PROVIDER_RECORDS="30",
+    )
+    attack = add_provider_flood(addrs=20, shared_key=room_key(ROOM))
+    footprint, tally, took = attack_during_a_meeting(tmp_path, nodes, victim, 12, attack, 10)
+    stored = victim.metric("p2pchat_dht_provider_records")
+    assert stored <= 30, stored
+    for reason in ("providers_per_key", "providers_per_peer", "provider_addrs"):
+        assert victim.metric(REFUSED, reason=reason) >= 1, reason
+    # 12 attackers x 3 keys is more than 30: the store is full; a newcomer holding fewer
+    # records than the largest holder makes room (evicted), one holding as many is refused.
+    full = victim.metric(REFUSED, reason="providers_total")
+    assert full + victim.metric(REFUSED, reason="providers_evicted") >= 1
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad ADD_PROVIDER flood (12 PeerIds, 20 addresses a record, the room's key too)",
+        footprint,
+        None,
+        sent=tally.sent,
+        records_stored=stored,
+        late_joiner_met_s=round(took, 1),
+        metric=f"{REFUSED}{{reason=providers_*|provider_addrs}}",
+    )
+
+
+def test_more_held_streams_than_slots_cannot_hold_the_dht(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 12 idle Kad streams denied a bootstrap node's DHT to everyone. Here 16 PeerIds
+    # try to hold 10 streams each (half idle, half with a partial frame) with the defaults, 8
+    # per peer and 64 in all: the streams waiting longest make room for new ones.
+    victim = bootstrap(tmp_path / "victim", nodes)
+    footprint, tally, took = attack_during_a_meeting(
+        tmp_path, nodes, victim, 16, hold_streams(10), seconds=10
+    )
+    assert victim.metric(REFUSED, reason="streams_per_peer") >= 1
+    assert victim.metric(REFUSED, reason="evicted") >= 1
+    assert victim.metric("p2pchat_dht_inbound_streams") == 0  # all gone with the attacker
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad streams held open (16 PeerIds x 10 streams, idle or a partial frame)",
+        footprint,
+        None,
+        streams_opened=tally.sent,
+        late_joiner_met_s=round(took, 1),
+        metric=f"{REFUSED}{{reason=streams_per_peer|evicted}}",
+    )
+
+
+def test_idle_and_half_sent_streams_are_cut_at_the_read_deadline(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Fewer streams than slots (6 PeerIds x 8 admitted): nothing is evicted, the read deadline
+    # (3 s here, 10 s by default) cuts each idle or half-sent stream.
+    victim = bootstrap(tmp_path / "victim", nodes, P2PCHAT_DHT__READ_TIMEOUT="3")
+    footprint, tally, took = attack_during_a_meeting(
+        tmp_path, nodes, victim, 6, hold_streams(10), seconds=8
+    )
+    assert victim.metric(REFUSED, reason="streams_per_peer") >= 12
+    assert victim.metric(REFUSED, reason="idle") >= 6
+    assert victim.metric(REFUSED, reason="partial_frame") >= 6
+    assert victim.metric(REFUSED, reason="evicted") == 0
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad idle and partial-frame streams (6 PeerIds x 10 streams, 3 s read deadline)",
+        footprint,
+        None,
+        streams_opened=tally.sent,
+        late_joiner_met_s=round(took, 1),
+        metric=f"{REFUSED}{{reason=idle|partial_frame|streams_per_peer}}",
+    )
+
+
+@pytest.mark.parametrize("peers", [8])
+def test_a_request_flood_is_rate_limited_per_peer(
+    tmp_path: Path, nodes: list[NodeProcess], peers: int
+) -> None:
+    victim = bootstrap(tmp_path / "victim", nodes)
+    footprint, tally, took = attack_during_a_meeting(
+        tmp_path, nodes, victim, peers, request_flood(streams=4), seconds=10
+    )
+    refused = victim.metric(REFUSED, reason="rate")
+    assert refused >= peers, refused
+    # Each peer got its burst and about its rate; the rest was cut.
+    assert tally.answered <= peers * (50 + 10 * 10) * 1.5, tally
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        f"Kad request flood (FIND_NODE/GET_PROVIDERS, {peers} PeerIds x 4 streams)",
+        footprint,
+        None,
+        sent=tally.sent,
+        answered=tally.answered,
+        late_joiner_met_s=round(took, 1),
+        metric=f"{REFUSED}{{reason=rate}}",
+    )

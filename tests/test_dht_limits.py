@@ -1,0 +1,254 @@
+"""The DHT's bounds against strangers, in process: the provider store's (no network: a clock
+and PeerIds), then a real DHT server host and a client host writing raw Kad frames to it.
+
+The hostile suite (tests/hostile/test_kad.py) attacks a real bootstrap process with the same."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import multiaddr
+import pytest
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from p2pchat.node.p2p.dht import PROTOCOL_ID, Dht, KadLimits
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.kad_inbound import InboundLimits
+from p2pchat.node.p2p.kad_providers import BoundedProviderStore, ProviderLimits
+from p2pchat.node.p2p.streams import Stream, StreamEnded, StreamError, read_frame
+from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint, frame
+
+from tests.hostile.kad_attacks import find_node, put_value, random_key
+from tests.peer_ids import fresh_peer_id
+from tests.test_host import loopback_addr, running_host, wait_until
+
+
+class Refusals(Counter[str]):
+    def kad_refused(self, reason: str) -> None:
+        self[reason] += 1
+
+
+class _Host:
+    def __init__(self, peer: ID) -> None:
+        self._peer = peer
+
+    def get_id(self) -> ID:
+        return self._peer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ME = ID.from_base58(fresh_peer_id())
+
+
+def store(**limits: float) -> tuple[BoundedProviderStore, Refusals, Clock]:
+    refusals, clock = Refusals(), Clock()
+    bounded = BoundedProviderStore(_Host(ME), None, ProviderLimits(**limits), refusals, clock)  # type: ignore[arg-type]
+    return bounded, refusals, clock
+
+
+def provider(peer: str | ID, addrs: int = 1) -> PeerInfo:
+    peer_id = peer if isinstance(peer, ID) else ID.from_base58(peer)
+    return PeerInfo(
+        peer_id, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{4000 + n}") for n in range(addrs)]
+    )
+
+
+def providers_of(bounded: BoundedProviderStore, key: bytes) -> set[str]:
+    return {str(info.peer_id) for info in bounded.get_providers(key)}
+
+
+def test_a_key_keeps_its_first_providers_and_they_may_refresh() -> None:
+    bounded, refusals, clock = store(per_key=2)
+    key = random_key()
+    first, second, third = fresh_peer_id(), fresh_peer_id(), fresh_peer_id()
+    for peer in (first, second, third):
+        bounded.add_provider(key, provider(peer))
+    assert providers_of(bounded, key) == {first, second}
+    assert refusals == {"providers_per_key": 1}
+    clock.now += 10
+    bounded.add_provider(key, provider(first, addrs=2))  # a refresh is no newcomer
+    assert providers_of(bounded, key) == {first, second} and bounded.size() == 2
+    assert len(next(iter(bounded.get_providers(key))).addrs) == 2
+    bounded.add_provider(key, provider(ME))  # our own record is never refused
+    assert bounded.size() == 3
+
+
+def test_one_peer_provides_a_bounded_number_of_keys() -> None:
+    bounded, refusals, _ = store(per_peer=3)
+    sybil = fresh_peer_id()
+    for _ in range(5):
+        bounded.add_provider(random_key(), provider(sybil))
+    assert bounded.keys_of(sybil) == 3 and bounded.size() == 3
+    assert refusals == {"providers_per_peer": 2}
+
+
+def test_a_full_store_makes_room_from_the_largest_holder_only() -> None:
+    bounded, refusals, _ = store(total=4, per_peer=10)
+    flooder, honest, other = fresh_peer_id(), fresh_peer_id(), fresh_peer_id()
+    flooded = [random_key() for _ in range(4)]
+    for key in flooded:
+        bounded.add_provider(key, provider(flooder))
+    room = random_key()
+    bounded.add_provider(room, provider(honest))  # evicts the flooder's oldest record
+    assert refusals == {"providers_evicted": 1}
+    assert providers_of(bounded, room) == {honest}
+    assert providers_of(bounded, flooded[0]) == set()
+    assert bounded.keys_of(flooder) == 3 and bounded.size() == 4
+    bounded.add_provider(random_key(), provider(other))  # flooder 3 > 1: evicted again
+    bounded.add_provider(random_key(), provider(other))  # flooder 2, other would hold 2
+    assert refusals == {"providers_evicted": 2, "providers_total": 1}
+    assert providers_of(bounded, room) == {honest}  # the honest record was never at stake
+
+
+def test_records_keep_a_bounded_number_of_addresses_and_expire() -> None:
+    bounded, refusals, clock = store(addrs_per_provider=3, ttl=60)
+    key, peer = random_key(), fresh_peer_id()
+    bounded.add_provider(key, provider(peer, addrs=20))
+    assert [len(info.addrs) for info in bounded.get_providers(key)] == [3]
+    assert refusals == {"provider_addrs": 1}
+    clock.now += 30
+    bounded.add_provider(random_key(), provider(peer))
+    clock.now += 31  # the first record is 61 s old, the second 31 s
+    bounded.cleanup_expired()
+    assert bounded.size() == 1 and bounded.keys_of(peer) == 1
+    assert bounded.get_providers(key) == []
+    clock.now += 30
+    assert bounded.get_providers(random_key()) == []
+    bounded.cleanup_expired()
+    assert bounded.size() == 0 and bounded.providers == {}
+
+
+# --- inbound streams, on real hosts -------------------------------------------------------------
+
+
+@asynccontextmanager
+async def dht_server(
+    tmp_path: Path, **limits: float
+) -> AsyncIterator[tuple[P2PHost, P2PHost, Dht, Refusals]]:
+    """A DHT server with ``limits`` on its inbound streams, and a client host connected to it
+    (its frames are written raw)."""
+    refusals = Refusals()
+    async with (
+        running_host(tmp_path / "server") as (server_host, _),
+        running_host(tmp_path / "client") as (client, _),
+    ):
+        dht = Dht(
+            server_host,
+            server=True,
+            limits=KadLimits(inbound=InboundLimits(**limits)),  # type: ignore[arg-type]
+            observer=refusals,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dht.run)
+            await client.connect(loopback_addr(server_host))
+            yield server_host, client, dht, refusals
+            nursery.cancel_scope.cancel()
+
+
+async def cut(stream: Stream, timeout: float = 10) -> bool:
+    """Whether the server ends or resets ``stream`` (without answering) within ``timeout``."""
+    with trio.fail_after(timeout):
+        try:
+            await stream.read(1)
+        except StreamEnded:
+            return True
+    return False
+
+
+async def answered(stream: Stream, request: bytes) -> bool:
+    """Whether the server answers ``request`` (False: the stream was cut)."""
+    try:
+        await stream.write(frame(request))
+        with trio.fail_after(10):
+            await read_frame(stream, FrameDecoder(1 << 20))
+        return True
+    except StreamError:
+        return False
+
+
+async def test_idle_partial_oversized_and_garbage_frames_are_cut(tmp_path: Path) -> None:
+    async with dht_server(tmp_path, read_timeout=0.5) as (server, client, dht, refusals):
+        open_kad = lambda: client.new_stream(server.peer_id, [PROTOCOL_ID])  # noqa: E731
+        idle = await open_kad()
+        assert await cut(idle)
+        partial = await open_kad()
+        await partial.write(encode_uvarint(100) + b"x" * 10)
+        assert await cut(partial)
+        bomb = await open_kad()
+        await bomb.write(encode_uvarint(1 << 30))
+        assert await cut(bomb)
+        garbage = await open_kad()
+        await garbage.write(frame(b"\xff\xff\xff\xff"))
+        assert await cut(garbage)
+        values = await open_kad()
+        await values.write(frame(put_value(1000)))
+        assert await cut(values)
+        assert refusals == {
+            "idle": 1,
+            "partial_frame": 1,
+            "frame_size": 1,
+            "malformed": 1,
+            "put_value": 1,
+        }
+        # An honest request, then another on the same stream, is answered.
+        honest = await open_kad()
+        assert await answered(honest, find_node(ID.from_base58(client.peer_id).to_bytes()))
+        assert await answered(honest, find_node(ID.from_base58(client.peer_id).to_bytes()))
+        assert dht._kad.get_value_store_size() == 0
+        await wait_until(lambda: dht.inbound_streams() == 1)
+
+
+async def test_a_peer_gets_its_burst_then_its_rate(tmp_path: Path) -> None:
+    async with dht_server(tmp_path, requests_per_second=0.5, request_burst=3) as (
+        server,
+        client,
+        _,
+        refusals,
+    ):
+        target = ID.from_base58(client.peer_id).to_bytes()
+        stream = await client.new_stream(server.peer_id, [PROTOCOL_ID])
+        results = [await answered(stream, find_node(target)) for _ in range(3)]
+        assert results == [True, True, True]
+        assert not await answered(stream, find_node(target))
+        assert refusals == {"rate": 1}
+
+
+@pytest.mark.parametrize("per_peer,total", [(2, 64), (8, 2)])
+async def test_streams_are_bounded_per_peer_and_the_longest_waiting_makes_room(
+    tmp_path: Path, per_peer: int, total: int
+) -> None:
+    async with dht_server(tmp_path, max_streams_per_peer=per_peer, max_streams=total) as (
+        server,
+        client,
+        dht,
+        refusals,
+    ):
+        held = []
+        for _ in range(2):
+            held.append(await client.new_stream(server.peer_id, [PROTOCOL_ID]))
+            await held[-1].write(b"\x05")  # the first byte of a frame: the stream is admitted
+        await wait_until(lambda: dht.inbound_streams() == 2)
+        third = await client.new_stream(server.peer_id, [PROTOCOL_ID])
+        target = ID.from_base58(client.peer_id).to_bytes()
+        if per_peer == 2:
+            assert not await answered(third, find_node(target))
+            assert refusals == {"streams_per_peer": 1}
+        else:
+            assert await answered(third, find_node(target))  # the oldest held one made room
+            assert await cut(held[0])
+            assert refusals == {"evicted": 1}
+        for stream in held:
+            with contextlib.suppress(StreamError):
+                await stream.reset()
