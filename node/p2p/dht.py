@@ -133,6 +133,7 @@ class Dht:
         )
         self._kad.provider_store = self._providers
         self._inbound = InboundKad(self._kad._do_handle_stream, limits.inbound, observer)
+        self._count_library_refusals(observer)
         if server:  # the library registered its own handler; ours replaces it
             host.libp2p_host.set_stream_handler(_LIBRARY_PROTOCOL_ID, self._inbound.handle)
         self._add_to_table = self._kad.add_peer
@@ -144,6 +145,19 @@ class Dht:
         # node's connections: identify runs on connections only).
         self._identified: set[str] = set()
         self._wake = trio.Event()
+
+    def _count_library_refusals(self, observer: KadObserver) -> None:
+        """The library's own ADD_PROVIDER budget (10 per peer per 10 s; past it, the stream is
+        reset) is kept, and its refusals counted: ``add_provider_rate``."""
+        library_check = self._kad._check_provider_rate_limit
+
+        def check(peer_id: ID) -> bool:
+            allowed = bool(library_check(peer_id))
+            if not allowed:
+                observer.kad_refused("add_provider_rate")
+            return allowed
+
+        self._kad._check_provider_rate_limit = check
 
     def _identify_received(self, event: IdentifyReceived) -> None:
         if PROTOCOL_ID in event.protocols:

@@ -1,9 +1,10 @@
 """A Kad-DHT attacker: in-process py-libp2p hosts (one connection, one PeerId each) that speak
 raw Kad protobuf frames on ``/ipfs/kad/1.0.0`` streams to a victim on 127.0.0.1.
 
-:func:`run_in_thread` runs one attack in a thread of its own (its own trio loop), so the test's
-thread can meanwhile start honest peers and read the victim's metrics. Each attack runs until
-its deadline and then leaves: every host is closed, so the victim's fds can come back.
+:func:`start` runs one attack in a thread of its own (its own trio loop), so the test's thread
+can meanwhile start honest peers and read the victim's metrics. The attack runs until stopped
+(:meth:`Attacker.stop`) and then leaves: every host is closed, so the victim's fds can come
+back.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,8 +205,17 @@ def request_flood(streams: int) -> Attack:
     return flood
 
 
+MAX_SECONDS = 120.0  # an attack nobody stops ends after this long
+
+
 async def _attack(
-    workdir: Path, victim_addr: str, peers: int, attack: Attack, seconds: float, tally: Tally
+    workdir: Path,
+    victim_addr: str,
+    peers: int,
+    attack: Attack,
+    tally: Tally,
+    stop: threading.Event,
+    started: threading.Event,
 ) -> None:
     victim = victim_addr.rsplit("/p2p/", 1)[1]
     async with contextlib.AsyncExitStack() as stack:
@@ -215,28 +226,59 @@ async def _attack(
             await stack.enter_async_context(host.run(listen=False))
             await host.connect(victim_addr)
             hosts.append(host)
-        deadline = trio.current_time() + seconds
+        deadline = trio.current_time() + MAX_SECONDS
+        started.set()
         async with trio.open_nursery() as nursery:
             for index, host in enumerate(hosts):
                 nursery.start_soon(attack, host, victim, deadline, tally, index)
+            while not stop.is_set() and trio.current_time() < deadline:
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
         for host in hosts:
             with contextlib.suppress(Exception):
                 await host.disconnect(victim)
 
 
-def run_in_thread(
-    workdir: Path, victim_addr: str, peers: int, attack: Attack, seconds: float
-) -> tuple[threading.Thread, Tally]:
-    """Start ``attack`` from ``peers`` PeerIds against ``victim_addr`` for ``seconds`` in a
-    thread of its own; join the thread to wait for it to end."""
+@dataclass
+class Attacker:
+    """An attack running in a thread of its own until :meth:`stop`."""
+
+    thread: threading.Thread
+    tally: Tally
+    stop_event: threading.Event
+    started_at: float
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self.stop_event.is_set()
+
+    def stop(self, after: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop the attack once it has run ``after`` seconds, and wait for it to end.
+
+        Raises:
+            AssertionError: the attack did not end in ``timeout`` seconds, or failed.
+        """
+        time.sleep(max(0.0, self.started_at + after - time.monotonic()))
+        self.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the attacker never finished"
+        assert not self.tally.errors, self.tally.errors
+
+
+def start(workdir: Path, victim_addr: str, peers: int, attack: Attack) -> Attacker:
+    """Start ``attack`` from ``peers`` PeerIds (one connection each) against ``victim_addr``,
+    in a thread of its own; returns once every attacker is connected and the attack began."""
     tally = Tally()
+    stop, started = threading.Event(), threading.Event()
 
     def main() -> None:
         try:
-            trio.run(_attack, workdir, victim_addr, peers, attack, seconds, tally)
-        except BaseException as error:  # reported by the test, which asserts on the tally
+            trio.run(_attack, workdir, victim_addr, peers, attack, tally, stop, started)
+        except BaseException as error:  # reported by Attacker.stop
             tally.errors.append(repr(error))
+            started.set()
 
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
-    return thread, tally
+    assert started.wait(60), "the attackers never connected"
+    return Attacker(thread, tally, stop, time.monotonic())
