@@ -16,12 +16,15 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from p2pchat.node.config import DhtSection
 from p2pchat.node.p2p.dht import PROTOCOL_ID, Dht, KadLimits
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.kad_inbound import InboundLimits
 from p2pchat.node.p2p.kad_providers import BoundedProviderStore, ProviderLimits
 from p2pchat.node.p2p.streams import Stream, StreamEnded, StreamError, read_frame
+from p2pchat.node.parts import _kad_limits
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint, frame
+from pydantic import ValidationError
 
 from tests.hostile.kad_attacks import find_node, put_value, random_key
 from tests.peer_ids import fresh_peer_id
@@ -252,3 +255,11 @@ async def test_streams_are_bounded_per_peer_and_the_longest_waiting_makes_room(
         for stream in held:
             with contextlib.suppress(StreamError):
                 await stream.reset()
+
+
+def test_records_must_outlive_the_reannouncement_and_limits_reach_the_dht() -> None:
+    with pytest.raises(ValidationError, match="provider_ttl must be longer"):
+        DhtSection(provider_ttl=600, reprovide_interval=600)
+    limits = _kad_limits(DhtSection(max_inbound_streams=5, max_provider_records=7, read_timeout=2))
+    assert limits.inbound.max_streams == 5 and limits.inbound.read_timeout == 2
+    assert limits.providers.total == 7 and limits.providers.ttl == 3600

@@ -76,10 +76,12 @@ def attack_during_a_meeting(
     first = first_member(tmp_path, nodes, victim)
     with Footprint(victim.proc.pid) as footprint:
         attacker = start(tmp_path / "mallory", victim.addr(), peers, attack)
-        time.sleep(2.0)  # the attack is under way when the joiner comes
-        took = late_joiner_meets(tmp_path, nodes, victim, first)
-        assert attacker.running, "the meeting ended after the attack, not during it"
-        attacker.stop(after=seconds)
+        try:
+            time.sleep(2.0)  # the attack is under way when the joiner comes
+            took = late_joiner_meets(tmp_path, nodes, victim, first)
+            assert attacker.running, "the meeting ended after the attack, not during it"
+        finally:
+            attacker.stop(after=seconds)
         footprint.assert_fds_back()
     return footprint, attacker.tally, took
 
