@@ -263,3 +263,25 @@ def test_records_must_outlive_the_reannouncement_and_limits_reach_the_dht() -> N
     limits = _kad_limits(DhtSection(max_inbound_streams=5, max_provider_records=7, read_timeout=2))
     assert limits.inbound.max_streams == 5 and limits.inbound.read_timeout == 2
     assert limits.providers.total == 7 and limits.providers.ttl == 3600
+
+
+async def test_a_peer_that_never_reads_its_answers_is_cut(tmp_path: Path) -> None:
+    # Its receive window fills with answers and stays shut: the server's write would wait for
+    # ever, holding the stream's slot.
+    async with dht_server(
+        tmp_path, read_timeout=0.5, requests_per_second=10_000, request_burst=100_000
+    ) as (server, client, dht, refusals):
+        stream = await client.new_stream(server.peer_id, [PROTOCOL_ID])
+        request = frame(find_node(ID.from_base58(client.peer_id).to_bytes()))
+
+        async def ask_without_reading() -> None:
+            with contextlib.suppress(StreamError):
+                for _ in range(20_000):
+                    await stream.write(request)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask_without_reading)
+            await wait_until(lambda: refusals["write_timeout"] == 1, timeout=30)
+            nursery.cancel_scope.cancel()
+        await wait_until(lambda: dht.inbound_streams() == 0)
+        assert set(refusals) == {"write_timeout"}

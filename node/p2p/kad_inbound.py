@@ -20,6 +20,8 @@ asks.
   4 MiB; a request of ours or of a go/js peer is a few KiB);
 - metered: each request spends a token of its peer's bucket, ``requests_per_second`` with a
   ``request_burst`` (``rate``);
+- answered within ``read_timeout`` too: a peer that does not read its answers (its window
+  stays shut) is cut (``write_timeout``), and a stream waiting to write may be evicted;
 - screened: a frame that is no Kad message is ``malformed``; PUT_VALUE is refused
   (``put_value``): p2pchat neither puts nor gets values (rendezvous uses provider records), so a
   server that stored other peers' values would only keep memory for strangers;
@@ -159,14 +161,15 @@ class InboundKad:
         oldest = min(waiting, key=lambda slot: slot.waiting_since or 0.0)
         self._release(oldest)
         oldest.scope.cancel()
-        self._count(oldest.peer, "evicted")
+        self.count(oldest.peer, "evicted")
         return True
 
     async def _refuse(self, stream: Stream, peer: str, reason: str) -> None:
-        self._count(peer, reason)
+        self.count(peer, reason)
         await _reset_quietly(stream)
 
-    def _count(self, peer: str, reason: str) -> None:
+    def count(self, peer: str, reason: str) -> None:
+        """Count and log (rate-limited) one refusal of ``peer``'s."""
         self._observer.kad_refused(reason)
         self._log.refused(reason, peer, trio.current_time())
 
@@ -196,7 +199,7 @@ class InboundKad:
             reason = self._screen(slot.peer, payload)
         if reason is not None:
             fed.must_reset = True
-            self._count(slot.peer, reason)
+            self.count(slot.peer, reason)
             return None
         return payload
 
@@ -239,6 +242,22 @@ class _AdmittedFrames:
         size = len(self._buffer) if n is None or n < 0 else n
         taken, self._buffer = self._buffer[:size], self._buffer[size:]
         return taken
+
+    async def write(self, data: bytes) -> None:
+        """Write an answer within the read deadline: a peer that asks and never reads what it
+        asked for (its window stays shut) would hold the stream, and its slot, for ever. While
+        it waits, the stream may be evicted like one waiting for a request."""
+        self.slot.waiting_since = trio.current_time()
+        try:
+            with trio.move_on_after(self._guard.limits.read_timeout) as deadline:
+                await self._library.write(data)
+        finally:
+            self.slot.waiting_since = None
+        if deadline.cancelled_caught:
+            self.must_reset = True
+            self._guard.count(self.slot.peer, "write_timeout")
+            # The library's handler ends quietly on a broken stream; ours then resets it.
+            raise trio.BrokenResourceError("the peer does not read its answers")
 
     async def close(self) -> None:
         if not self.must_reset:
