@@ -390,6 +390,60 @@ class HistorySection(_Section):
     burst: int = Field(
         default=40, ge=1, le=100_000, description="History queries a peer may make at once."
     )
+    bytes_rate: int = Field(
+        default=1024**2,
+        ge=1024,
+        le=1 << 40,
+        description="Bytes of history served per second per peer (a query is answered while "
+        "the peer's budget is positive and its reply is charged to it; past it: "
+        "TOO_MANY_REQUESTS with retry_after_ms).",
+    )
+    bytes_burst: int = Field(
+        default=4 * 1024**2,
+        ge=2 * 1024**2,
+        le=1 << 40,
+        description="Bytes of history a peer may take at once (at least one 2 MiB page).",
+    )
+    group_bytes_rate: int = Field(
+        default=2 * 1024**2,
+        ge=1024,
+        le=1 << 40,
+        description="Bytes of history served per second to all peers of one address group "
+        "(IPv4 address, IPv6 /64: ipv4_prefix, ipv6_prefix) together.",
+    )
+    group_bytes_burst: int = Field(
+        default=8 * 1024**2,
+        ge=2 * 1024**2,
+        le=1 << 40,
+        description="Bytes of history one address group may take at once.",
+    )
+    max_streams: int = Field(
+        default=256, ge=1, le=100_000, description="History streams served at a time in all."
+    )
+    max_streams_per_peer: int = Field(
+        default=4, ge=1, le=1000, description="History streams served at a time per peer."
+    )
+    max_streams_per_group: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="History streams served at a time per address group. When all "
+        "max_streams are taken, a newcomer from a group holding fewer takes the slot of the "
+        "longest idle stream of the group holding the most.",
+    )
+    read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a history stream may take to deliver its next whole query (from "
+        "its opening or its previous answer); then it is closed.",
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
     catchup: bool = Field(
         default=True, description="Fetch missed messages on start and on every reconnect."
     )

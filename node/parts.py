@@ -175,8 +175,7 @@ class _HistoryServer:
             w.history,
             w.metrics.history_server,
             w.log,
-            rate=w.config.history.rate,
-            burst=w.config.history.burst,
+            w.config.history,
         ).install()
         task_status.started()
         await trio.sleep_forever()  # handlers only: nothing to run

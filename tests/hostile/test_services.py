@@ -1,0 +1,156 @@
+"""Services denied cheaply (#18): history serving, archiver room admission, relay circuits
+and AutoNAT, each attacked by many PeerIds from one address while an honest peer from another
+address group is still served.
+
+Each test asserts the victim's RSS bound, its fds back to baseline once the attackers left,
+that the honest peer was served during the attack, and the metric that counted the refusals;
+each prints one HOSTILE line (see tests/hostile/harness.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import trio
+from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.streams import Stream, StreamError
+from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.history_fixtures import ROOM, ask, fill_store, reply_decoder, signed_message, signer
+from tests.hostile.harness import Footprint, report
+from tests.hostile.services_attacks import (
+    VICTIM_LISTEN,
+    honest_host,
+    peers,
+    require_ipv6_loopback,
+)
+
+REFUSALS = "p2pchat_store_refusals_total"
+MIB = 1024**2
+
+
+def archiver_with_history(
+    tmp_path: Path, nodes: list[NodeProcess], count: int, text_bytes: int, **env: str
+) -> NodeProcess:
+    """An archiver (listening on 127.0.0.1 and ::1) holding ``count`` messages of ROOM."""
+    key = signer(tmp_path / "signer")
+    start = int(time.time() * 1000) - 3_600_000
+    text = "x" * text_bytes
+    messages = [signed_message(key, ROOM, n, start + n, text=text) for n in range(1, count + 1)]
+    fill_store(tmp_path / "archiver", messages)
+    victim = start_node(
+        tmp_path / "archiver",
+        "--role",
+        "archiver",
+        "--listen",
+        VICTIM_LISTEN,
+        env=node_env(**env),
+    )
+    nodes.append(victim)
+    return victim
+
+
+async def honest_page(host: P2PHost, victim: NodeProcess, limit: int) -> int:
+    """One honest history query from ``host``: the number of messages it got (asserts OK)."""
+    with trio.fail_after(30):
+        stream = await host.new_stream(victim.peer_id, [PROTOCOL_ID])
+        reply = await ask(stream, reply_decoder(), Query(1, ROOM, limit=limit))
+        await stream.close()
+    assert reply.status is Status.OK, f"honest query refused: {reply.status_text}"
+    return len(reply.entries)
+
+
+# --- history serving ----------------------------------------------------------------------------
+
+
+async def test_held_history_streams_do_not_starve_an_honest_query(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 256 held streams (64 PeerIds x 4) made every honest query UNAVAILABLE for as
+    # long as they were held. Now one address group holds at most 32 of them.
+    require_ipv6_loopback()
+    victim = archiver_with_history(tmp_path, nodes, 50, 100)
+    held: list[Stream] = []
+    with Footprint(victim.proc.pid) as footprint:
+        async with peers(tmp_path, "holder", 64, victim) as attackers:
+            for host in attackers:
+                for _ in range(4):
+                    with contextlib.suppress(StreamError):
+                        held.append(await host.new_stream(victim.peer_id, [PROTOCOL_ID]))
+            async with honest_host(tmp_path, victim) as honest:
+                got = await honest_page(honest, victim, 50)
+            refused = victim.metric(REFUSALS, reason="group_streams")
+            streams = victim.metric("p2pchat_store_query_streams")
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    assert got == 50
+    assert refused >= 256 - 32 - 8, f"only {refused} held streams refused"
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
+    report(
+        "held history streams (64 PeerIds x 4)",
+        footprint,
+        None,
+        honest_served=True,
+        streams_served_during_attack=streams,
+        refused_group_streams=refused,
+    )
+
+
+async def test_a_page_pull_flood_is_bounded_in_bytes_and_an_honest_query_is_answered(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 20 PeerIds asking for 500-message pages pulled 2 GB out of an archiver for
+    # 33 KB of queries. Now one address group gets group_bytes_burst (8 MiB) plus
+    # group_bytes_rate (2 MiB/s), whatever the number of PeerIds.
+    require_ipv6_loopback()
+    victim = archiver_with_history(
+        tmp_path, nodes, 1000, 4000, P2PCHAT_HISTORY__RATE="1000", P2PCHAT_HISTORY__BURST="1000"
+    )
+    attack_seconds = 8.0
+    pulled = [0]
+    queries = [0]
+
+    async def pull(host: P2PHost) -> None:
+        stream = await host.new_stream(victim.peer_id, [PROTOCOL_ID])
+        decoder = reply_decoder()
+        while True:
+            queries[0] += 1
+            reply = await ask(stream, decoder, Query(queries[0], ROOM, limit=500))
+            pulled[0] += sum(len(e.envelope) for e in reply.entries)
+            if reply.status is Status.TOO_MANY_REQUESTS:
+                await trio.sleep(0.05)  # ignores the retry hint: keeps asking
+
+    with Footprint(victim.proc.pid) as footprint:
+        async with peers(tmp_path, "puller", 20, victim) as attackers:
+            began = time.monotonic()
+            async with trio.open_nursery() as nursery:
+                for host in attackers:
+                    nursery.start_soon(pull, host)
+                await trio.sleep(attack_seconds / 2)
+                async with honest_host(tmp_path, victim) as honest:
+                    got = await honest_page(honest, victim, 500)
+                await trio.sleep(attack_seconds / 2)
+                nursery.cancel_scope.cancel()
+            took = time.monotonic() - began
+            refused = victim.metric(REFUSALS, reason="group_bytes") + victim.metric(
+                REFUSALS, reason="peer_bytes"
+            )
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    # The group's budget over the attack, plus one page of debt per puller in flight.
+    bound = 8 * MIB + 2 * MIB * took + 20 * 2 * MIB
+    assert pulled[0] <= bound, f"{pulled[0] / MIB:.0f} MiB pulled in {took:.0f} s"
+    assert got >= 400  # the honest query got its page (at most 2 MiB of it)
+    assert refused > 0
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 150)
+    report(
+        "history page-pull flood (20 PeerIds, 500-message pages)",
+        footprint,
+        None,
+        honest_served=True,
+        pulled_mib=round(pulled[0] / MIB, 1),
+        attack_seconds=round(took, 1),
+        queries=queries[0],
+        refused_bytes=refused,
+    )
