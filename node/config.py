@@ -262,10 +262,28 @@ class RelaySection(_Section):
     )
     max_reservations: int = Field(default=128, ge=1, le=100_000, description="Reservations in all.")
     max_reservations_per_ip: int = Field(
-        default=8, ge=1, le=100_000, description="Reservations per IP address."
+        default=8,
+        ge=1,
+        le=100_000,
+        description="Reservations per address group (IPv4 address, IPv6 /64: ipv4_prefix, "
+        "ipv6_prefix).",
     )
     max_circuits: int = Field(
         default=16, ge=1, le=10_000, description="Relayed connections per peer at a time."
+    )
+    max_circuits_per_source: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description="Of the relayed connections to one reserved peer, those one requester "
+        "PeerId may hold at a time.",
+    )
+    max_circuits_per_source_group: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Of the relayed connections to one reserved peer, those requesters of one "
+        "address group may hold at a time.",
     )
     circuit_duration: int = Field(
         default=120, ge=1, le=86_400, description="Seconds a relayed connection may last."
@@ -275,6 +293,12 @@ class RelaySection(_Section):
         ge=1024,
         le=1 << 40,
         description="Bytes a relayed connection may carry in each direction.",
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
     )
     allow: Annotated[list[AllowEntry], BeforeValidator(_split_commas)] = Field(
         default_factory=list,

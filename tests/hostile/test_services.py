@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import trio
+from p2pchat.node.p2p.circuit import CircuitError, request_circuit
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.streams import Stream, StreamError
+from p2pchat.node.wire.circuit import Status as RelayStatus
 from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
 
 from tests.conftest import NodeProcess, node_env, start_node
@@ -27,6 +29,7 @@ from tests.hostile.services_attacks import (
     peers,
     require_ipv6_loopback,
 )
+from tests.test_relay import accept_into, reserve_status
 
 REFUSALS = "p2pchat_store_refusals_total"
 MIB = 1024**2
@@ -153,4 +156,73 @@ async def test_a_page_pull_flood_is_bounded_in_bytes_and_an_honest_query_is_answ
         attack_seconds=round(took, 1),
         queries=queries[0],
         refused_bytes=refused,
+    )
+
+
+# --- relay circuits -----------------------------------------------------------------------------
+
+
+async def test_one_requester_cannot_hold_all_circuits_to_a_reserved_peer(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: one attacker holding a peer's 16 circuits made it unreachable through the
+    # relay. Now one requester holds 4 of them, one address group 8.
+    require_ipv6_loopback()
+    relay = start_node(
+        tmp_path / "relay",
+        "--role",
+        "relay",
+        "--listen",
+        VICTIM_LISTEN,
+        env=node_env(P2PCHAT_AUTONAT__SERVICE="off"),
+    )
+    nodes.append(relay)
+    held: list[Stream] = []
+    refused: list[RelayStatus | None] = []
+    with Footprint(relay.proc.pid) as footprint:
+        async with peers(tmp_path, "dst", 1, relay) as (destination,):
+            accepted_send, accepted = trio.open_memory_channel[Stream](64)
+            accept_into(destination, accepted_send)
+            assert await reserve_status(destination, relay) == RelayStatus.OK
+            async with peers(tmp_path, "hog", 4, relay) as hogs:
+                for hog in hogs:  # each tries to take all 16
+                    for _ in range(16):
+                        try:
+                            stream, _ = await request_circuit(
+                                hog, relay.peer_id, destination.peer_id
+                            )
+                            held.append(stream)
+                        except CircuitError as error:
+                            refused.append(error.status)
+                async with honest_host(tmp_path, relay) as honest:
+                    with trio.fail_after(30):
+                        stream, _ = await request_circuit(
+                            honest, relay.peer_id, destination.peer_id
+                        )
+                        await stream.write(b"ping")
+                        # The destination's end of the honest circuit is the last accepted.
+                        far_end = None
+                        for _ in range(len(held) + 1):
+                            far_end = await accepted.receive()
+                        assert far_end is not None
+                        assert await far_end.read(4) == b"ping"
+                    await stream.close()
+                shares = relay.metric(
+                    "libp2p_relaysvc_connection_rejections_total", reason="source_share"
+                ) + relay.metric(
+                    "libp2p_relaysvc_connection_rejections_total", reason="group_share"
+                )
+                for end in held:
+                    await end.reset()
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    assert len(held) == 8, f"{len(held)} circuits held by one address group"
+    assert shares == len(refused) == 4 * 16 - 8
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
+    report(
+        "circuit hogging (4 PeerIds x 16 circuits to one reserved peer)",
+        footprint,
+        None,
+        honest_served=True,
+        circuits_held_by_attackers=len(held),
+        refused_share=shares,
     )
