@@ -214,6 +214,29 @@ class AutoNatSection(_Section):
     probe_interval: float = Field(
         default=300.0, gt=0, le=86_400, description="Seconds between reachability probes."
     )
+    max_requests_per_peer: int = Field(
+        default=3, ge=1, le=10_000, description="Dial-backs per peer per throttle_period."
+    )
+    max_requests_per_group: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Dial-backs per address group (IPv4 address, IPv6 /64: ipv4_prefix, "
+        "ipv6_prefix) per throttle_period, so that many PeerIds of one host cannot spend "
+        "everyone's max_requests.",
+    )
+    max_requests: int = Field(
+        default=30, ge=1, le=100_000, description="Dial-backs in all per throttle_period."
+    )
+    throttle_period: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seconds of one dial-back counting window."
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
 
     def serves(self, roles: Sequence[str]) -> bool:
         """Whether this node answers dial-back requests."""

@@ -130,7 +130,13 @@ class _AutoNatService:
         dial_back = DialBack()
         async with trio.open_nursery() as nursery:
             await nursery.start(dial_back.run)
-            AutoNatServer(self._w.host, dial_back, self._w.metrics.autonat, self._w.log).install()
+            AutoNatServer(
+                self._w.host,
+                dial_back,
+                self._w.metrics.autonat,
+                self._w.log,
+                self._w.config.autonat,
+            ).install()
             task_status.started()
 
 

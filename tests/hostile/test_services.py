@@ -13,10 +13,17 @@ import contextlib
 import time
 from pathlib import Path
 
+import multiaddr
 import trio
 from p2pchat.node.p2p.circuit import CircuitError, request_circuit
 from p2pchat.node.p2p.host import P2PHost
-from p2pchat.node.p2p.streams import Stream, StreamError
+from p2pchat.node.p2p.identity import peer_id_bytes
+from p2pchat.node.p2p.streams import Stream, StreamError, read_single_frame
+from p2pchat.node.wire.autonat import MAX_MESSAGE_BYTES as AUTONAT_MAX_BYTES
+from p2pchat.node.wire.autonat import PROTOCOL_ID as AUTONAT_PROTOCOL_ID
+from p2pchat.node.wire.autonat import DialRequest, DialResponse, decode_response
+from p2pchat.node.wire.autonat import Status as AutoNatStatus
+from p2pchat.node.wire.autonat import encode as encode_autonat
 from p2pchat.node.wire.circuit import Status as RelayStatus
 from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
 
@@ -225,4 +232,56 @@ async def test_one_requester_cannot_hold_all_circuits_to_a_reserved_peer(
         honest_served=True,
         circuits_held_by_attackers=len(held),
         refused_share=shares,
+    )
+
+
+# --- AutoNAT ------------------------------------------------------------------------------------
+
+
+async def dial_request(host: P2PHost, server: NodeProcess) -> DialResponse:
+    """One AutoNAT dial-back request from ``host`` for its own listen addresses."""
+    addrs = tuple(
+        multiaddr.Multiaddr(addr.split("/p2p/")[0]).to_bytes() for addr in host.listen_addrs()
+    )
+    with trio.fail_after(45):
+        stream = await host.new_stream(server.peer_id, [AUTONAT_PROTOCOL_ID])
+        await stream.write(encode_autonat(DialRequest(peer_id_bytes(host.peer_id), addrs)))
+        response = decode_response(await read_single_frame(stream, AUTONAT_MAX_BYTES))
+        await stream.close()
+    return response
+
+
+async def test_many_peer_ids_of_one_host_cannot_spend_autonat_for_everyone(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 12 PeerIds x 3 requests spent the server's 30 dial-backs a minute, and every
+    # other peer was refused for the rest of the minute. Now one address group gets 8.
+    require_ipv6_loopback()
+    server = start_node(tmp_path / "server", "--role", "relay", "--listen", VICTIM_LISTEN)
+    nodes.append(server)
+    answers: list[AutoNatStatus] = []
+
+    async def spend(host: P2PHost) -> None:
+        for _ in range(3):
+            answers.append((await dial_request(host, server)).status)
+
+    with Footprint(server.proc.pid) as footprint:
+        async with peers(tmp_path, "sybil", 12, server) as sybils:
+            async with trio.open_nursery() as nursery:
+                for host in sybils:
+                    nursery.start_soon(spend, host)
+            async with honest_host(tmp_path, server) as honest:
+                verdict = await dial_request(honest, server)
+            refused = server.metric("p2pchat_autonat_refusals_total", reason="group_limit")
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    assert verdict.status is AutoNatStatus.OK, verdict.text
+    assert answers.count(AutoNatStatus.E_DIAL_REFUSED) == 36 - 8 == refused
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
+    report(
+        "AutoNAT window exhaustion (12 PeerIds x 3 requests)",
+        footprint,
+        None,
+        honest_served=True,
+        attacker_dialbacks=answers.count(AutoNatStatus.OK),
+        refused_group_limit=refused,
     )
