@@ -544,6 +544,33 @@ class ArchiverSection(_Section):
         description="Also archive every room a connected peer is subscribed to.",
     )
     max_rooms: int = Field(default=1000, ge=1, le=100_000, description="Rooms archived at most.")
+    admit_senders: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="With all_rooms: a room heard of is archived once this many distinct "
+        "PeerIds have signed valid messages in it (members heard, not names announced).",
+    )
+    max_candidate_rooms: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="With all_rooms: rooms heard of listened to at a time for that evidence "
+        "(at most 2 per announcing peer).",
+    )
+    probation: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a room heard of has to show its members; then it is left, and "
+        "not listened to again for as long.",
+    )
+    room_idle: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="With max_rooms reached, a room heard of that has been silent this many "
+        "seconds gives its slot to a room with members heard (configured rooms never do).",
+    )
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     room_retention: dict[RoomName, RetentionPolicy] = Field(
         default_factory=dict, description="Per-room retention, replacing `retention` for them."

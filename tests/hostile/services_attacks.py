@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from p2pchat.node.p2p.host import P2PHost
+from libp2p.pubsub.pb import rpc_pb2
+from p2pchat.node.p2p.host import P2PHost, Stream
+from p2pchat.node.wire.framing import frame
 
 from tests.conftest import NodeProcess
 from tests.test_host import running_host
@@ -22,6 +24,7 @@ from tests.test_host import running_host
 # The victim listens on both loopbacks: attackers come from 127.0.0.1, the honest peer from ::1.
 VICTIM_LISTEN = "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/tcp/0/ws,/ip6/::1/tcp/0"
 HONEST_LISTEN = ("/ip6/::1/tcp/0",)
+MESHSUB = "/meshsub/1.1.0"
 
 
 def require_ipv6_loopback() -> None:
@@ -73,3 +76,15 @@ async def honest_host(tmp_path: Path, victim: NodeProcess) -> AsyncIterator[P2PH
         finally:
             with trio.CancelScope(shield=True):
                 await host.disconnect(victim.peer_id)
+
+
+async def announce_rooms(host: P2PHost, victim: NodeProcess, rooms: list[str]) -> Stream:
+    """Tell ``victim``'s pubsub that ``host`` subscribed to ``rooms``: one GossipSub RPC of
+    subscriptions on a ``/meshsub/1.1.0`` stream, and nothing more (the stream is returned
+    open: closing it would read as leaving)."""
+    rpc = rpc_pb2.RPC(
+        subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=room) for room in rooms]
+    )
+    stream = await host.new_stream(victim.peer_id, [MESHSUB])
+    await stream.write(frame(rpc.SerializeToString()))
+    return stream

@@ -29,9 +29,10 @@ from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.history_fixtures import ROOM, ask, fill_store, reply_decoder, signed_message, signer
-from tests.hostile.harness import Footprint, report
+from tests.hostile.harness import Footprint, chat_peer, report, wait_room_peers
 from tests.hostile.services_attacks import (
     VICTIM_LISTEN,
+    announce_rooms,
     honest_host,
     peers,
     require_ipv6_loopback,
@@ -284,4 +285,80 @@ async def test_many_peer_ids_of_one_host_cannot_spend_autonat_for_everyone(
         honest_served=True,
         attacker_dialbacks=answers.count(AutoNatStatus.OK),
         refused_group_limit=refused,
+    )
+
+
+# --- archiver room admission --------------------------------------------------------------------
+
+
+async def test_junk_room_names_from_many_peer_ids_do_not_keep_a_real_room_out(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The audit: 12 PeerIds announcing 100 room names each filled an all_rooms archiver's
+    # max_rooms with junk until restart. Now a room is archived once two of its members are
+    # heard; names announced wait their turn and, never heard, expire after the probation.
+    archiver = start_node(
+        tmp_path / "archiver",
+        "--role",
+        "archiver",
+        env=node_env(
+            P2PCHAT_ARCHIVER__ALL_ROOMS="true",
+            P2PCHAT_ARCHIVER__MAX_ROOMS="50",
+            P2PCHAT_ARCHIVER__PROBATION="8",
+            P2PCHAT_DHT__ENABLED="false",
+        ),
+    )
+    nodes.append(archiver)
+    with Footprint(archiver.proc.pid) as footprint:
+        async with peers(tmp_path, "namer", 12, archiver) as namers:
+            announcements = [
+                await announce_rooms(host, archiver, [f"junk-{n}-{k}" for k in range(100)])
+                for n, host in enumerate(namers)
+            ]
+            await trio.sleep(2)  # the junk is heard of before the real room
+            real = [
+                chat_peer(
+                    tmp_path / name,
+                    nodes,
+                    "--room",
+                    "real-room",
+                    "--bootstrap",
+                    archiver.addr(),
+                    dht=False,
+                )
+                for name in ("alice", "bob")
+            ]
+            for peer in real:
+                await trio.to_thread.run_sync(wait_room_peers, peer, 1)
+            with trio.fail_after(60):
+                while not archiver.metric(
+                    "p2pchat_archive_room_admissions_total", outcome="admitted"
+                ):
+                    for n, peer in enumerate(real):
+                        peer.say(f"hello from {n}")
+                    await trio.sleep(1)
+                while not archiver.metric(
+                    "p2pchat_archive_room_admissions_total", outcome="expired"
+                ):
+                    await trio.sleep(0.5)
+            rooms = archiver.metric("p2pchat_archive_rooms")
+            inserted = archiver.metric("p2pchat_archive_inserted_total")
+            expired = archiver.metric("p2pchat_archive_room_admissions_total", outcome="expired")
+            for stream in announcements:
+                await stream.reset()
+        for peer in real:
+            peer.stop()
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    assert rooms == 2, f"{rooms} rooms archived: the default room and real-room only"
+    assert inserted >= 2
+    assert expired > 0
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 80)
+    report(
+        "junk room announcements (12 PeerIds x 100 names)",
+        footprint,
+        None,
+        honest_served=True,
+        rooms_archived=rooms,
+        junk_expired=expired,
+        real_room_messages_archived=inserted,
     )
