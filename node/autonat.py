@@ -4,8 +4,11 @@ Server (bootstrap and relay roles, ``autonat.service``): a peer sends the addres
 it can be reached at; the server dials back only those on the IP address it observes the peer
 at (never a third party's: no amplification), on a new connection from a separate identity
 (:mod:`p2pchat.node.p2p.dialback`), never for a peer whose address it cannot observe, and at
-most :data:`PEER_REQUESTS` per peer and :data:`GLOBAL_REQUESTS` in all per
-:data:`THROTTLE_PERIOD` (go-libp2p's limits).
+most ``autonat.max_requests_per_peer`` (3) per peer, ``max_requests_per_group`` (8) per
+address group (IPv4 address, IPv6 /64) and ``max_requests`` (30) in all per
+``throttle_period`` (60 s): go-libp2p's limits, and the group's so that 12 PeerIds of one host
+cannot spend the whole window (the audit's attack). Refusals are counted by reason
+(``p2pchat_autonat_refusals_total``) and logged once a minute per reason.
 
 Client (every node, ``autonat.probe``): asks up to :data:`SERVERS_PER_ROUND` connected servers
 each round. Any OK makes the node ``public``; dial errors and no OK make it ``private``;
@@ -23,6 +26,8 @@ from typing import Literal, Protocol
 import multiaddr
 import structlog
 import trio
+from p2pchat.node.config import AutoNatSection
+from p2pchat.node.netprefix import address_group
 from p2pchat.node.p2p.dialback import DialBack
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
@@ -36,6 +41,7 @@ from p2pchat.node.p2p.streams import (
     stream_origin,
     write_quietly,
 )
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.wire.autonat import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -51,33 +57,48 @@ from p2pchat.node.wire.framing import FrameError
 
 Reachability = Literal["unknown", "public", "private"]
 
-THROTTLE_PERIOD = 60.0
-PEER_REQUESTS = 3
-GLOBAL_REQUESTS = 30
 REQUEST_TIMEOUT = 10.0  # to read a request, or (client) to get an answer after the dial-back
 SERVERS_PER_ROUND = 3
 FIRST_PROBE_DELAY = 1.0
 
 
 class Throttle:
-    """Fixed-window request counting per peer and in all; :meth:`allow` counts a request."""
+    """Fixed-window request counting per peer, per address group and in all; :meth:`allow`
+    counts a request that fits all three."""
 
-    def __init__(self, per_peer: int, total: int, period: float) -> None:
+    def __init__(self, per_peer: int, total: int, period: float, per_group: int | None = None):
         self._per_peer = per_peer
+        self._per_group = per_group if per_group is not None else total
         self._total = total
         self._period = period
         self._window_start = float("-inf")
         self._counts: dict[str, int] = {}
+        self._groups: dict[str, int] = {}
+        self._all = 0
 
-    def allow(self, peer: str, now: float | None = None) -> bool:
-        """Whether ``peer`` may have one more request now (and count it if so)."""
+    def allow(self, peer: str, now: float | None = None, group: str | None = None) -> bool:
+        """Whether ``peer`` (of address group ``group``) may have one more request now (and
+        count it if so)."""
+        return self.refusal(peer, group, now) is None
+
+    def refusal(self, peer: str, group: str | None, now: float | None = None) -> str | None:
+        """Count one request of ``peer`` from ``group`` if it fits, and return None; else
+        return which budget is spent (``total_limit``, ``group_limit``, ``peer_limit``).
+        Memory: the window's peers and groups, at most ``total`` of each."""
         now = time.monotonic() if now is None else now
         if now - self._window_start >= self._period:
-            self._window_start, self._counts = now, {}
-        if sum(self._counts.values()) >= self._total or self._counts.get(peer, 0) >= self._per_peer:
-            return False
+            self._window_start, self._counts, self._groups, self._all = now, {}, {}, 0
+        if self._all >= self._total:
+            return "total_limit"
+        if group is not None and self._groups.get(group, 0) >= self._per_group:
+            return "group_limit"
+        if self._counts.get(peer, 0) >= self._per_peer:
+            return "peer_limit"
         self._counts[peer] = self._counts.get(peer, 0) + 1
-        return True
+        if group is not None:
+            self._groups[group] = self._groups.get(group, 0) + 1
+        self._all += 1
+        return None
 
 
 def dialable_at(addrs: tuple[bytes, ...], observed_ip: str) -> list[str]:
@@ -121,6 +142,10 @@ class AutoNatServerObserver(Protocol):
         """A dial-back request was answered with ``status``, the response status in lower
         case (``ok``, ``e_dial_error``, ``e_dial_refused``, ``e_bad_request``)."""
 
+    def dialback_refused(self, reason: str) -> None:
+        """A dial-back was refused for ``reason`` (``peer_limit``, ``group_limit``,
+        ``total_limit``, ``no_address``, ``no_tcp_address``)."""
+
 
 class AutoNatClientObserver(Protocol):
     """What the AutoNAT client reports (the metrics implement it). Called inline."""
@@ -139,6 +164,9 @@ class QuietAutoNatObserver:
     def dialback_answered(self, status: str) -> None:
         return None
 
+    def dialback_refused(self, reason: str) -> None:
+        return None
+
     def probe_answered(self, outcome: str) -> None:
         return None
 
@@ -155,12 +183,20 @@ class AutoNatServer:
         dial_back: DialBack,
         observer: AutoNatServerObserver,
         log: structlog.stdlib.BoundLogger,
+        settings: AutoNatSection | None = None,
     ) -> None:
         self._host = host
         self._dial_back = dial_back
         self._observer = observer
         self._log = log
-        self._throttle = Throttle(PEER_REQUESTS, GLOBAL_REQUESTS, THROTTLE_PERIOD)
+        self._refusals = RefusalLog(log, "autonat dial-back refused")
+        self._settings = settings or AutoNatSection()
+        self._throttle = Throttle(
+            self._settings.max_requests_per_peer,
+            self._settings.max_requests,
+            self._settings.throttle_period,
+            self._settings.max_requests_per_group,
+        )
 
     def install(self) -> None:
         """Serve the AutoNAT protocol."""
@@ -188,11 +224,15 @@ class AutoNatServer:
         if claimed != origin.peer_id:
             return DialResponse(Status.E_BAD_REQUEST, "peer id differs from the connection's")
         if origin.remote_ip is None:
+            self._refuse("no_address", origin.peer_id)
             return DialResponse(Status.E_DIAL_REFUSED, "no dial-back without an observed address")
-        if not self._throttle.allow(origin.peer_id):
-            return DialResponse(Status.E_DIAL_REFUSED, "too many requests")
+        refusal = self._throttle.refusal(origin.peer_id, self._group(origin.remote_ip))
+        if refusal is not None:
+            self._refuse(refusal, origin.peer_id)
+            return DialResponse(Status.E_DIAL_REFUSED, f"too many requests ({refusal})")
         candidates = dialable_at(request.addrs, origin.remote_ip)
         if not candidates:
+            self._refuse("no_tcp_address", origin.peer_id)
             return DialResponse(Status.E_DIAL_REFUSED, "no TCP address to dial back")
         reached = await self._dial_back.first_reachable(origin.peer_id, candidates)
         self._log.debug(
@@ -201,6 +241,16 @@ class AutoNatServer:
         if reached is None:
             return DialResponse(Status.E_DIAL_ERROR, "dial-back failed")
         return DialResponse(Status.OK, addr=multiaddr.Multiaddr(reached).to_bytes())
+
+    def _group(self, ip: str) -> str | None:
+        try:
+            return address_group(ip, self._settings.ipv4_prefix, self._settings.ipv6_prefix)
+        except ValueError:
+            return None
+
+    def _refuse(self, reason: str, peer: str) -> None:
+        self._observer.dialback_refused(reason)
+        self._refusals.refused(reason, peer=peer)
 
 
 class AutoNatClient:

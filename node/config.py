@@ -293,6 +293,29 @@ class AutoNatSection(_Section):
     probe_interval: float = Field(
         default=300.0, gt=0, le=86_400, description="Seconds between reachability probes."
     )
+    max_requests_per_peer: int = Field(
+        default=3, ge=1, le=10_000, description="Dial-backs per peer per throttle_period."
+    )
+    max_requests_per_group: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Dial-backs per address group (IPv4 address, IPv6 /64: ipv4_prefix, "
+        "ipv6_prefix) per throttle_period, so that many PeerIds of one host cannot spend "
+        "everyone's max_requests.",
+    )
+    max_requests: int = Field(
+        default=30, ge=1, le=100_000, description="Dial-backs in all per throttle_period."
+    )
+    throttle_period: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seconds of one dial-back counting window."
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
 
     def serves(self, roles: Sequence[str]) -> bool:
         """Whether this node answers dial-back requests."""
@@ -341,10 +364,28 @@ class RelaySection(_Section):
     )
     max_reservations: int = Field(default=128, ge=1, le=100_000, description="Reservations in all.")
     max_reservations_per_ip: int = Field(
-        default=8, ge=1, le=100_000, description="Reservations per IP address."
+        default=8,
+        ge=1,
+        le=100_000,
+        description="Reservations per address group (IPv4 address, IPv6 /64: ipv4_prefix, "
+        "ipv6_prefix).",
     )
     max_circuits: int = Field(
         default=16, ge=1, le=10_000, description="Relayed connections per peer at a time."
+    )
+    max_circuits_per_source: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description="Of the relayed connections to one reserved peer, those one requester "
+        "PeerId may hold at a time.",
+    )
+    max_circuits_per_source_group: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Of the relayed connections to one reserved peer, those requesters of one "
+        "address group may hold at a time.",
     )
     circuit_duration: int = Field(
         default=120, ge=1, le=86_400, description="Seconds a relayed connection may last."
@@ -354,6 +395,12 @@ class RelaySection(_Section):
         ge=1024,
         le=1 << 40,
         description="Bytes a relayed connection may carry in each direction.",
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
     )
     allow: Annotated[list[AllowEntry], BeforeValidator(_split_commas)] = Field(
         default_factory=list,
@@ -469,6 +516,60 @@ class HistorySection(_Section):
     burst: int = Field(
         default=40, ge=1, le=100_000, description="History queries a peer may make at once."
     )
+    bytes_rate: int = Field(
+        default=1024**2,
+        ge=1024,
+        le=1 << 40,
+        description="Bytes of history served per second per peer (a query is answered while "
+        "the peer's budget is positive and its reply is charged to it; past it: "
+        "TOO_MANY_REQUESTS with retry_after_ms).",
+    )
+    bytes_burst: int = Field(
+        default=4 * 1024**2,
+        ge=2 * 1024**2,
+        le=1 << 40,
+        description="Bytes of history a peer may take at once (at least one 2 MiB page).",
+    )
+    group_bytes_rate: int = Field(
+        default=2 * 1024**2,
+        ge=1024,
+        le=1 << 40,
+        description="Bytes of history served per second to all peers of one address group "
+        "(IPv4 address, IPv6 /64: ipv4_prefix, ipv6_prefix) together.",
+    )
+    group_bytes_burst: int = Field(
+        default=8 * 1024**2,
+        ge=2 * 1024**2,
+        le=1 << 40,
+        description="Bytes of history one address group may take at once.",
+    )
+    max_streams: int = Field(
+        default=256, ge=1, le=100_000, description="History streams served at a time in all."
+    )
+    max_streams_per_peer: int = Field(
+        default=4, ge=1, le=1000, description="History streams served at a time per peer."
+    )
+    max_streams_per_group: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="History streams served at a time per address group. When all "
+        "max_streams are taken, a newcomer from a group holding fewer takes the slot of the "
+        "longest idle stream of the group holding the most.",
+    )
+    read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a history stream may take to deliver its next whole query (from "
+        "its opening or its previous answer); then it is closed.",
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
     catchup: bool = Field(
         default=True, description="Fetch missed messages on start and on every reconnect."
     )
@@ -522,6 +623,33 @@ class ArchiverSection(_Section):
         description="Also archive every room a connected peer is subscribed to.",
     )
     max_rooms: int = Field(default=1000, ge=1, le=100_000, description="Rooms archived at most.")
+    admit_senders: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="With all_rooms: a room heard of is archived once this many distinct "
+        "PeerIds have signed valid messages in it (members heard, not names announced).",
+    )
+    max_candidate_rooms: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="With all_rooms: rooms heard of listened to at a time for that evidence "
+        "(at most 2 per announcing peer).",
+    )
+    probation: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a room heard of has to show its members; then it is left, and "
+        "not listened to again for as long.",
+    )
+    room_idle: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="With max_rooms reached, a room heard of that has been silent this many "
+        "seconds gives its slot to a room with members heard (configured rooms never do).",
+    )
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     room_retention: dict[RoomName, RetentionPolicy] = Field(
         default_factory=dict, description="Per-room retention, replacing `retention` for them."

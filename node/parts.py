@@ -158,7 +158,13 @@ class _AutoNatService:
         dial_back = DialBack()
         async with trio.open_nursery() as nursery:
             await nursery.start(dial_back.run)
-            AutoNatServer(self._w.host, dial_back, self._w.metrics.autonat, self._w.log).install()
+            AutoNatServer(
+                self._w.host,
+                dial_back,
+                self._w.metrics.autonat,
+                self._w.log,
+                self._w.config.autonat,
+            ).install()
             task_status.started()
 
 
@@ -203,8 +209,7 @@ class _HistoryServer:
             w.history,
             w.metrics.history_server,
             w.log,
-            rate=w.config.history.rate,
-            burst=w.config.history.burst,
+            w.config.history,
         ).install()
         task_status.started()
         await trio.sleep_forever()  # handlers only: nothing to run

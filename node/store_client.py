@@ -9,7 +9,10 @@ messages (which asking several sources exposes, see :mod:`p2pchat.node.catchup`)
 inject, alter or move a message to another room.
 
 :class:`StoreClient` walks a room's range page by page on one stream and refuses a server whose
-cursor does not advance, or which sends more than asked for.
+cursor does not advance, or which sends more than asked for. A server out of budget for this
+peer answers TOO_MANY_REQUESTS with ``retry_after_ms``: the client waits that long and asks
+again (:data:`MAX_RETRIES`, :data:`MAX_RETRY_WAIT`), so a catch-up larger than a server's
+byte budget is paced rather than failed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ from p2pchat.node.wire.store_query import (
 )
 
 REPLY_TIMEOUT = 15.0
+# A server's TOO_MANY_REQUESTS carries retry_after_ms (its byte or query budget refills by
+# then): the same query is sent again after that wait, up to MAX_RETRIES times per query and
+# only while the wait is at most MAX_RETRY_WAIT seconds; past either, the source has failed
+# (catch-up merges the others).
+MAX_RETRIES = 8
+MAX_RETRY_WAIT = 10.0
 
 
 class SourceError(Exception):
@@ -206,6 +215,20 @@ class StoreClient:
         return isinstance(error, StreamRefused) and "not supported" in str(error)
 
     async def _ask(self, stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
+        for _ in range(MAX_RETRIES):
+            reply = await self._ask_once(stream, decoder, query)
+            wait = reply.retry_after_ms / 1000
+            if reply.status is not Status.TOO_MANY_REQUESTS or not 0 < wait <= MAX_RETRY_WAIT:
+                break
+            await trio.sleep(wait)
+        self._observer.query_finished(reply.status.name.lower())
+        if reply.status is not Status.OK:
+            raise SourceError(f"refused: {reply.status.name} {reply.status_text}".strip())
+        if reply.request_id != query.request_id:
+            raise SourceError("reply to another request")
+        return reply
+
+    async def _ask_once(self, stream: Stream, decoder: FrameDecoder, query: Query) -> Reply:
         try:
             with trio.fail_after(REPLY_TIMEOUT):
                 await stream.write(encode_query(query))
@@ -219,9 +242,4 @@ class StoreClient:
         except StreamError as error:  # the stream ended, was reset, or its connection closed
             self._observer.query_finished("error")
             raise SourceError(f"stream failed: {error}") from None
-        self._observer.query_finished(reply.status.name.lower())
-        if reply.status is not Status.OK:
-            raise SourceError(f"refused: {reply.status.name} {reply.status_text}".strip())
-        if reply.request_id != query.request_id:
-            raise SourceError("reply to another request")
         return reply

@@ -1,8 +1,9 @@
 """Which rooms an archiver keeps, and how much of each: real processes, real RocksDB.
 
-``archiver.all_rooms`` makes an archiver join every room a connected peer is subscribed to, up
-to ``archiver.max_rooms``; ``archiver.room_retention`` gives a room its own retention policy
-in place of ``archiver.retention``. Each is proven end to end: what the archiver keeps is what
+``archiver.all_rooms`` makes an archiver keep every room a connected peer is subscribed to once
+``archiver.admit_senders`` of its members are heard, up to ``archiver.max_rooms``;
+``archiver.room_retention`` gives a room its own retention policy in place of
+``archiver.retention``. Each is proven end to end: what the archiver keeps is what
 a newly arrived peer catches up from it.
 """
 
@@ -36,20 +37,24 @@ def test_all_rooms_archives_every_room_its_peers_join_up_to_max_rooms(
         P2PCHAT_ARCHIVER__ROOMS="lobby",
         P2PCHAT_ARCHIVER__ALL_ROOMS="true",
         P2PCHAT_ARCHIVER__MAX_ROOMS="2",
+        P2PCHAT_ARCHIVER__ADMIT_SENDERS="1",
     )
     assert store.metric("p2pchat_archive_rooms") == 1  # the configured one
 
-    # A peer in a room nobody configured: the archiver hears of it and joins.
+    # A peer in a room nobody configured: the archiver hears of it, listens, and keeps it
+    # once a member is heard (the message that proved it included).
     alpha = chat_peer(tmp_path / "alpha", nodes, "--room", "alpha", "--bootstrap", store.addr())
-    logged(store, "archiving room", room="alpha")
-    wait_members(alpha, 1)  # the archiver is in alpha's mesh now
+    wait_members(alpha, 1)  # the archiver is in alpha's mesh now (on probation)
     alpha.say("kept in alpha")
+    logged(store, "archiving room", room="alpha")
     wait_metric(store, "p2pchat_archive_inserted_total", 1)
 
-    # The room cap reached, a further room is refused with a warning, not archived.
+    # The room cap reached (and alpha not idle), a further room heard is refused, not archived.
     beta = chat_peer(tmp_path / "beta", nodes, "--room", "beta", "--bootstrap", store.addr())
-    logged(store, "room not archived: archiver.max_rooms reached", room="beta")
+    wait_members(beta, 1)
     beta.say("not kept: beta is over the cap")
+    logged(store, "room heard of not archived", reason="refused_full", room="beta")
+    assert store.metric("p2pchat_archive_room_admissions_total", outcome="refused_full") == 1
     assert store.metric("p2pchat_archive_rooms") == 2
     time.sleep(AWAY)  # past GossipSub's message cache, which would hand it out live
 

@@ -153,6 +153,22 @@ def test_requests_are_throttled_per_peer_and_in_all() -> None:
     assert throttle.allow("a", now=61)  # a new window
 
 
+def test_requests_are_throttled_per_address_group_so_one_host_cannot_spend_the_window() -> None:
+    # The audit: 12 PeerIds x 3 requests spent go-libp2p's 30 a minute for everyone.
+    throttle = Throttle(per_peer=3, total=30, period=60, per_group=8)
+    spent = [
+        throttle.refusal(f"sybil{n}", "192.0.2.7/32", now=0) for n in range(12) for _ in range(3)
+    ]
+    assert spent.count(None) == 8 and set(spent) == {None, "group_limit"}
+    assert throttle.refusal("alice", "2001:db8::/64", now=1) is None  # someone else still can
+    assert throttle.refusal("alice", "2001:db8::/64", now=1) is None
+    assert throttle.refusal("alice", "2001:db8::/64", now=1) is None
+    assert throttle.refusal("alice", "2001:db8::/64", now=1) == "peer_limit"
+    for n in range(19):
+        throttle.refusal(f"p{n}", f"198.51.100.{n}/32", now=2)
+    assert throttle.refusal("late", "203.0.113.1/32", now=2) == "total_limit"
+
+
 # --- real processes -----------------------------------------------------------------------------
 
 

@@ -144,7 +144,7 @@ def test_circuits_need_a_reservation_and_are_capped_per_peer() -> None:
     assert relay.open_circuit("other", "10.0.0.8", "dst", now=1).status == Status.OK
     capped = relay.open_circuit("third", "10.0.0.7", "dst", now=1)
     assert (capped.status, capped.reason) == (Status.RESOURCE_LIMIT_EXCEEDED, "circuit_limit")
-    relay.close_circuit("other", "dst")
+    relay.close_circuit("other", "10.0.0.8", "dst")
     assert relay.circuits_of("dst") == 1 and relay.circuits_of("other") == 0
     assert relay.open_circuit("third", "10.0.0.7", "dst", now=2).status == Status.OK
     assert relay.open_circuit("late", "10.0.0.6", "dst", now=3601).status == Status.NO_RESERVATION
@@ -162,3 +162,37 @@ def test_the_allow_list_admits_listed_peers_and_networks_only() -> None:
     denied = relay.open_circuit("12D3KooWStranger", "203.0.113.2", PEER_TEXT, now=1)
     assert denied.status == Status.PERMISSION_DENIED
     assert AllowList().admits("anyone", None)
+
+
+def test_reservations_per_ip_count_an_ipv6_slash_64_as_one_address() -> None:
+    # Counted per exact address, one IPv6 host (a /64 of its own) reserved without limit.
+    relay = RelayResources(RelayLimits(max_reservations_per_ip=2))
+    assert relay.reserve("a", "2001:db8:1:2::1", now=0).status == Status.OK
+    assert relay.reserve("b", "2001:db8:1:2::ffff", now=0).status == Status.OK
+    third = relay.reserve("c", "2001:db8:1:2:abcd::9", now=0)
+    assert (third.status, third.reason) == (Status.RESERVATION_REFUSED, "ip_limit")
+    assert relay.reserve("d", "2001:db8:1:3::1", now=0).status == Status.OK  # another /64
+    wide = RelayResources(RelayLimits(max_reservations_per_ip=1, ipv4_prefix=24))
+    assert wide.reserve("a", "192.0.2.1", now=0).status == Status.OK
+    assert wide.reserve("b", "192.0.2.200", now=0).reason == "ip_limit"
+
+
+def test_circuits_to_one_peer_are_shared_by_requester_and_by_address_group() -> None:
+    relay = RelayResources(RelayLimits(max_circuits_per_source=4, max_circuits_per_source_group=8))
+    relay.reserve("dst", "10.0.0.1", now=0)
+    for _ in range(4):
+        assert relay.open_circuit("mallory", "10.6.6.6", "dst", now=1).status == Status.OK
+    hog = relay.open_circuit("mallory", "10.6.6.6", "dst", now=1)
+    assert (hog.status, hog.reason) == (Status.RESOURCE_LIMIT_EXCEEDED, "source_share")
+    for _ in range(4):  # a second PeerId of the same host
+        assert relay.open_circuit("mallory2", "10.6.6.6", "dst", now=1).status == Status.OK
+    sybil = relay.open_circuit("mallory3", "10.6.6.6", "dst", now=1)
+    assert (sybil.status, sybil.reason) == (Status.RESOURCE_LIMIT_EXCEEDED, "group_share")
+    # Someone else still reaches the reserved peer: 8 of its 16 circuits are left.
+    assert relay.open_circuit("alice", "10.7.7.7", "dst", now=1).status == Status.OK
+    assert relay.circuits_of("dst") == 9
+    relay.close_circuit("mallory", "10.6.6.6", "dst")
+    assert relay.open_circuit("mallory", "10.6.6.6", "dst", now=2).status == Status.OK
+    for _ in range(4):
+        relay.close_circuit("mallory2", "10.6.6.6", "dst")
+    assert relay.circuits_of("mallory2") == 0 and ("mallory2", "dst") not in relay._shares

@@ -34,6 +34,17 @@ class AutoNatMetrics:
             ("outcome",),
             registry=registry,
         )
+        self.refusals = Counter(
+            "p2pchat_autonat_refusals",
+            "Dial-back requests refused, by reason (peer_limit, group_limit, total_limit, "
+            "no_address, no_tcp_address).",
+            ("reason",),
+            registry=registry,
+        )
+
+    def dialback_refused(self, reason: str) -> None:
+        """Count a dial-back refused, by reason."""
+        self.refusals.labels(reason=reason).inc()
 
     def reachability_decided(self, reachability: str) -> None:
         """Set the reachability gauge: ``unknown``, ``public`` or ``private``."""

@@ -31,6 +31,18 @@ class StoreServerMetrics:
             "History protocol streams being served now.",
             registry=registry,
         )
+        self.refusals = Counter(
+            "p2pchat_store_refusals",
+            "History queries and streams refused, by reason (query_rate, peer_bytes, "
+            "group_bytes, peer_streams, group_streams, total_streams, evicted, read_timeout).",
+            ("reason",),
+            registry=registry,
+        )
+        self.served_bytes = Counter(
+            "p2pchat_store_served_bytes",
+            "Bytes of history replies this node answered (admitted queries).",
+            registry=registry,
+        )
 
     def stream_opened(self) -> None:
         """A history stream is being served."""
@@ -47,6 +59,14 @@ class StoreServerMetrics:
     def query_read(self, seconds: float) -> None:
         """Record the time one query took to answer from the store."""
         self.query_duration.observe(seconds)
+
+    def refused(self, reason: str) -> None:
+        """Count a refusal by reason."""
+        self.refusals.labels(reason=reason).inc()
+
+    def bytes_served(self, count: int) -> None:
+        """Count the bytes of one reply."""
+        self.served_bytes.inc(count)
 
 
 class StoreClientMetrics:

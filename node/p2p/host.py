@@ -418,8 +418,10 @@ def _ensure_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
 
 
 def _ip_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
-    ip = addr.value_for_protocol("ip4") or addr.value_for_protocol("ip6")
-    return str(ip), int(addr.value_for_protocol("tcp"))
+    # value_for_protocol raises for a protocol the address lacks: an /ip6 listen address
+    # failed the start with a traceback before.
+    family = next(p.name for p in addr.protocols() if p.name in ("ip4", "ip6"))
+    return str(addr.value_for_protocol(family)), int(addr.value_for_protocol("tcp"))
 
 
 # What the library's new_stream raises when a stream cannot be opened: its own errors (swarm,

@@ -37,7 +37,14 @@ from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from p2pchat.node.errors import StartupError
-from p2pchat.node.p2p import agent, pubsub_reader, records, tcp_reads, yamux_window
+from p2pchat.node.p2p import (
+    agent,
+    pubsub_reader,
+    records,
+    remote_address,
+    tcp_reads,
+    yamux_window,
+)
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.signatures import signature_check_of_caller
 
@@ -86,6 +93,13 @@ PATCHES: tuple[Patch, ...] = (
         tcp_reads.reading_in_chunks,
         "Noise reads a message as two exact TCP reads, each a recv behind a trio lock",
         f"{PERF_TESTS}::test_a_tcp_stream_serves_small_reads_from_one_receive",
+    ),
+    Patch(
+        TrioTCPStream,
+        "get_remote_address",
+        remote_address.with_ipv6,
+        "an IPv6 connection has no remote address (getpeername's 4-tuple is refused)",
+        "tests/test_stream_remote_ip.py::test_a_peer_connected_over_ipv6_is_seen_at_its_address",
     ),
     Patch(
         YamuxStream,

@@ -87,6 +87,7 @@ class Reply:
     status_text: str = ""
     entries: tuple[Entry, ...] = field(default_factory=tuple)
     next_cursor: bytes | None = None
+    retry_after_ms: int = 0  # with a refusal: wait this long before asking again (0: no hint)
 
 
 def encode_query(query: Query) -> bytes:
@@ -171,6 +172,7 @@ def encode_reply(reply: Reply) -> bytes:
             for e in reply.entries
         ],
         next_cursor=reply.next_cursor or b"",
+        retry_after_ms=reply.retry_after_ms,
     )
     return frame(wire.SerializeToString())
 
@@ -203,4 +205,6 @@ def decode_reply(payload: bytes) -> Reply:
     cursor = bytes(wire.next_cursor) or None
     if cursor is not None and len(cursor) != MESSAGE_ID_BYTES:
         raise StoreWireError(f"malformed next_cursor: {len(cursor)} bytes")
-    return Reply(wire.request_id, status, wire.status_text[:500], entries, cursor)
+    return Reply(
+        wire.request_id, status, wire.status_text[:500], entries, cursor, wire.retry_after_ms
+    )

@@ -57,9 +57,9 @@ class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Status.ValueTy
     BAD_REQUEST: _Status.ValueType  # 400
     """malformed query, bad bounds, unknown cursor, limit over 500"""
     TOO_MANY_REQUESTS: _Status.ValueType  # 429
-    """this peer's rate limit; retry later"""
+    """this peer's query or byte budget; retry after retry_after_ms"""
     UNAVAILABLE: _Status.ValueType  # 503
-    """the server is busy or does not serve history"""
+    """the server is busy or does not serve history; retry later"""
 
 class Status(_Status, metaclass=_StatusEnumTypeWrapper): ...
 
@@ -68,9 +68,9 @@ OK: Status.ValueType  # 200
 BAD_REQUEST: Status.ValueType  # 400
 """malformed query, bad bounds, unknown cursor, limit over 500"""
 TOO_MANY_REQUESTS: Status.ValueType  # 429
-"""this peer's rate limit; retry later"""
+"""this peer's query or byte budget; retry after retry_after_ms"""
 UNAVAILABLE: Status.ValueType  # 503
-"""the server is busy or does not serve history"""
+"""the server is busy or does not serve history; retry later"""
 Global___Status: _TypeAlias = Status  # noqa: Y015
 
 @_typing.final
@@ -184,6 +184,7 @@ class StoreReply(_message.Message):
     STATUS_TEXT_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     status: Global___Status.ValueType
     status_text: _builtins.str
@@ -191,6 +192,10 @@ class StoreReply(_message.Message):
     next_cursor: _builtins.bytes
     """Present only when more messages of the range lie beyond this page in the query's direction
     (for a lookup: more of the found messages lie beyond the 2 MiB cut).
+    """
+    retry_after_ms: _builtins.int
+    """With TOO_MANY_REQUESTS and UNAVAILABLE: wait at least this long before asking this server
+    again (the same query may then be sent as it was). 0: no hint; back off on your own.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreEntry]:
@@ -204,10 +209,11 @@ class StoreReply(_message.Message):
         status_text: _builtins.str = ...,
         messages: _abc.Iterable[Global___StoreEntry] | None = ...,
         next_cursor: _builtins.bytes = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_cursor", b"next_cursor", "request_id", b"request_id", "status", b"status", "status_text", b"status_text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_cursor", b"next_cursor", "request_id", b"request_id", "retry_after_ms", b"retry_after_ms", "status", b"status", "status_text", b"status_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

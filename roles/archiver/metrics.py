@@ -57,6 +57,19 @@ class ArchiveMetrics:
             registry=registry,
         )
         self.rooms = Gauge("p2pchat_archive_rooms", "Rooms being archived.", registry=registry)
+        self.room_admissions = Counter(
+            "p2pchat_archive_room_admissions",
+            "Rooms heard of (archiver.all_rooms), by outcome: admitted (members heard), "
+            "expired (not within archiver.probation), refused_full (max_rooms, none idle), "
+            "evicted_idle (gave its slot to an admitted room).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.room_candidates = Gauge(
+            "p2pchat_archive_room_candidates",
+            "Rooms heard of listened to now for evidence of members (on probation).",
+            registry=registry,
+        )
         self.retention_deleted = Counter(
             "p2pchat_archive_retention_deleted",
             "Messages deleted by retention (age, count or size).",
@@ -98,3 +111,11 @@ class ArchiveMetrics:
     def rooms_archived(self, count: int) -> None:
         """``count`` rooms are being archived now."""
         self.rooms.set(count)
+
+    def room_admission(self, outcome: str) -> None:
+        """Count a room heard of by what became of it."""
+        self.room_admissions.labels(outcome=outcome).inc()
+
+    def rooms_on_probation(self, count: int) -> None:
+        """``count`` rooms heard of are on probation now."""
+        self.room_candidates.set(count)

@@ -1,35 +1,43 @@
 """The archiver role (``p2pchat --role archiver``): keeps rooms' history durably and serves it.
 
-It joins the configured rooms' GossipSub topics (and, with ``archiver.all_rooms``, every room a
-connected peer subscribes to, as it does, up to ``archiver.max_rooms``), verifies every message
-as a chat peer does, and writes it synced to disk (:mod:`p2pchat.roles.archiver.ingest`); the
-node answers history queries from it (:mod:`p2pchat.node.store_server`) so peers that were
-offline catch up. With the DHT on, it announces itself under
-:data:`~p2pchat.node.rendezvous.ARCHIVER_KEY`, where chat peers that know only a bootstrap node
-find it. With the chat peer in the same process, both use the node's one pubsub and
-history: the room's messages are stored once, and the tighter retention applies.
+It joins the configured rooms' GossipSub topics (and, with ``archiver.all_rooms``, rooms that
+connected peers subscribe to once their members are heard, up to ``archiver.max_rooms``: see
+:mod:`p2pchat.roles.archiver.admission`), verifies every message as a chat peer does, and
+writes it synced to disk (:mod:`p2pchat.roles.archiver.ingest`); the node answers history
+queries from it (:mod:`p2pchat.node.store_server`) so peers that were offline catch up. With
+the DHT on, it announces itself under :data:`~p2pchat.node.rendezvous.ARCHIVER_KEY`, where chat
+peers that know only a bootstrap node find it. With the chat peer in the same process, both use
+the node's one pubsub and history: the room's messages are stored once, and the tighter
+retention applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar, Protocol, Self
 
 import trio
-from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
-from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
+from p2pchat.node.p2p.pubsub import (
+    Gossip,
+    GossipMessage,
+    GossipObserver,
+    SubscriptionEvent,
+    TopicSubscribed,
+)
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
 from p2pchat.node.wire.store_query import PROTOCOL_ID
+from p2pchat.roles.archiver.admission import HELD_PER_CANDIDATE, RoomAdmission
 from p2pchat.roles.archiver.ingest import Archive, ArchiveObserver
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
-# Room names heard of and not yet joined, at most: a flood of junk subscriptions cannot grow it.
-MAX_ROOMS_HEARD = 1024
+ADMISSION_TICK = 1.0  # seconds between two looks at probation (also woken by announcements)
+RESCAN_PEERS = 4  # subscribers of a known topic credited when topics are scanned again
 
 
 class ArchiverObserver(ArchiveObserver, GossipObserver, Protocol):
@@ -38,6 +46,13 @@ class ArchiverObserver(ArchiveObserver, GossipObserver, Protocol):
 
     def rooms_archived(self, count: int) -> None:
         """``count`` rooms are being archived now."""
+
+    def room_admission(self, outcome: str) -> None:
+        """A room heard of was ``admitted``, ``expired``, ``refused_full`` or ``evicted_idle``
+        (see :mod:`p2pchat.roles.archiver.admission`)."""
+
+    def rooms_on_probation(self, count: int) -> None:
+        """``count`` rooms heard of are listened to for evidence now."""
 
 
 class ArchiverRole:
@@ -52,7 +67,15 @@ class ArchiverRole:
         ``max_message_bytes``: the largest text accepted, as chat peers accept it."""
         self._settings = settings
         self._max_message_bytes = max_message_bytes
-        self._rooms: set[str] = set()
+        self._admission = RoomAdmission(
+            set(),
+            max_rooms=settings.max_rooms,
+            max_candidates=settings.max_candidate_rooms,
+            admit_senders=settings.admit_senders,
+            probation=settings.probation,
+            room_idle=settings.room_idle,
+        )
+        self._announced = trio.Event()
 
     @classmethod
     def from_config(cls, config: Config) -> Self:
@@ -68,17 +91,23 @@ class ArchiverRole:
         metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
         archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
+        rooms = _Rooms(self._admission, gossip, archive, metrics, ctx, self._max_message_bytes)
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
-            join = partial(self._join, ctx, gossip, archive, metrics, nursery)
+            rooms.nursery = nursery
             for room in settings.rooms:
-                await join(room)
+                if len(self._admission.archived) >= settings.max_rooms:
+                    ctx.log.warning("room not archived: archiver.max_rooms reached", room=room)
+                    continue
+                self._admission.configured(room)
+                await rooms.join(room)
             if settings.all_rooms:
-                heard = self._rooms_heard_of(gossip)
-                nursery.start_soon(self._join_rooms_heard_of, heard, join)
+                gossip.watch_subscriptions(self._subscription)
+                self._scan(gossip)
+                nursery.start_soon(self._admit, rooms, gossip)
             ctx.log.info(
                 "archiver role started",
-                rooms=sorted(self._rooms),
+                rooms=sorted(self._admission.archived),
                 all_rooms=settings.all_rooms,
                 messages=archive.held,
             )
@@ -86,21 +115,70 @@ class ArchiverRole:
             if ctx.rendezvous is not None:  # so that chat peers find this archiver in the DHT
                 nursery.start_soon(ctx.rendezvous.announce, "archiver service", ARCHIVER_KEY)
 
-    async def _join(
+    def _subscription(self, event: SubscriptionEvent) -> None:
+        if isinstance(event, TopicSubscribed) and _is_room(event.topic):
+            self._admission.announced(event.peer_id, event.topic, time.monotonic())
+            self._announced.set()
+
+    def _scan(self, gossip: Gossip) -> None:
+        """Credit the topics connected peers are in now (at start, and after each probation
+        period: a room whose members were silent during its probation is heard of again)."""
+        now = time.monotonic()
+        for topic in gossip.known_topics():
+            if _is_room(topic):
+                for peer in gossip.subscribers(topic)[:RESCAN_PEERS]:
+                    self._admission.announced(peer, topic, now)
+
+    async def _admit(self, rooms: _Rooms, gossip: Gossip) -> None:
+        """Take rooms heard of on probation, and leave those whose probation ended."""
+        scanned = time.monotonic()
+        while True:
+            now = time.monotonic()
+            for room in self._admission.expired(now):
+                await rooms.refuse(room, "expired")
+            for room in self._admission.next_candidates(now):
+                await rooms.join(room)
+            rooms.observer.rooms_on_probation(len(self._admission.candidates))
+            if now - scanned >= self._settings.probation:
+                scanned = now
+                self._scan(gossip)
+            with trio.move_on_after(ADMISSION_TICK):
+                await self._announced.wait()
+            self._announced = trio.Event()
+
+
+def _is_room(topic: str) -> bool:
+    try:
+        validate_room(topic)
+    except ValueError:
+        return False  # not a chat room's topic
+    return True
+
+
+class _Rooms:
+    """The rooms the archiver is in (archived or on probation), and their message paths."""
+
+    def __init__(
         self,
-        ctx: NodeContext,
+        admission: RoomAdmission,
         gossip: Gossip,
         archive: Archive,
         observer: ArchiverObserver,
-        nursery: trio.Nursery,
-        room: str,
+        ctx: NodeContext,
+        max_message_bytes: int,
     ) -> None:
-        if room in self._rooms:
-            return
-        if len(self._rooms) >= self._settings.max_rooms:
-            ctx.log.warning("room not archived: archiver.max_rooms reached", room=room)
-            return
-        limit = self._max_message_bytes
+        self._admission = admission
+        self._gossip = gossip
+        self._archive = archive
+        self.observer = observer
+        self._ctx = ctx
+        self._limit = max_message_bytes
+        self._refusals = RefusalLog(ctx.log, "room heard of not archived")
+        self.nursery: trio.Nursery | None = None
+
+    async def join(self, room: str) -> None:
+        """Listen to ``room``: archived if admitted already, else on probation."""
+        limit = self._limit
 
         def validate(data: bytes) -> str | None:
             try:
@@ -109,67 +187,45 @@ class ArchiverRole:
                 return error.reason
             return None
 
-        messages = await gossip.join(room, validate)
-        self._rooms.add(room)
-        observer.rooms_archived(len(self._rooms))
-        ctx.log.info("archiving room", room=room)
+        messages = await self._gossip.join(room, validate)
+        if room in self._admission.archived:
+            self._archived_now(room)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._ingest, room, messages)
 
-        async def ingest() -> None:
-            async for batch in messages:
-                await archive.offer(room, batch)
+    def _archived_now(self, room: str) -> None:
+        self.observer.rooms_archived(len(self._admission.archived))
+        self._ctx.log.info("archiving room", room=room)
 
-        nursery.start_soon(ingest)
+    async def refuse(self, room: str, outcome: str) -> None:
+        """Leave a room heard of that is not (or no longer) archived, counted by ``outcome``."""
+        await self._gossip.leave(room)
+        self.observer.room_admission(outcome)
+        self._refusals.refused(outcome, room=room)
 
-    def _rooms_heard_of(self, gossip: Gossip) -> _RoomsHeardOf:
-        """Room names peers subscribe to, from now on and those known already."""
-        heard = _RoomsHeardOf(self._rooms, self._settings.max_rooms)
-        gossip.watch_subscriptions(heard.event)
-        for topic in gossip.known_topics():
-            heard.add(topic)
-        return heard
-
-    async def _join_rooms_heard_of(
-        self, heard: _RoomsHeardOf, join: Callable[[str], Awaitable[None]]
-    ) -> None:
-        while True:
-            for room in await heard.take():
-                await join(room)
-
-
-class _RoomsHeardOf:
-    """Room names that peers subscribed to and that are not archived yet, as events bring them
-    (at most :data:`MAX_ROOMS_HEARD` waiting; topics that are not room names are ignored)."""
-
-    def __init__(self, archived: set[str], max_rooms: int) -> None:
-        self._archived = archived
-        self._max_rooms = max_rooms
-        self._waiting: dict[str, None] = {}
-        # Rooms heard of once the archive was full: each is passed on once (to be refused with
-        # a warning), not at every subscription to it; bounded, as fresh names are free.
-        self._refused: BoundedDict[str, None] = BoundedDict(MAX_ROOMS_HEARD)
-        self._arrived = trio.Event()
-
-    def event(self, event: SubscriptionEvent) -> None:
-        if isinstance(event, TopicSubscribed):
-            self.add(event.topic)
-
-    def add(self, topic: str) -> None:
-        if topic in self._archived or topic in self._waiting:
-            return
-        if len(self._waiting) >= MAX_ROOMS_HEARD or topic in self._refused:
-            return
-        try:
-            validate_room(topic)
-        except ValueError:
-            return  # not a chat room's topic
-        if len(self._archived) >= self._max_rooms:
-            self._refused[topic] = None
-        self._waiting[topic] = None
-        self._arrived.set()
-
-    async def take(self) -> list[str]:
-        """The rooms waiting, once there is at least one."""
-        await self._arrived.wait()
-        self._arrived = trio.Event()
-        rooms, self._waiting = list(self._waiting), {}
-        return rooms
+    async def _ingest(self, room: str, messages: AsyncIterator[list[GossipMessage]]) -> None:
+        held: list[GossipMessage] = []
+        async for batch in messages:
+            now = time.monotonic()
+            if room not in self._admission.candidates:
+                if room in self._admission.archived:
+                    self._admission.heard(room, batch[-1].sender, now)  # when last heard
+                    await self._archive.offer(room, batch)
+                continue
+            held += batch[: max(0, HELD_PER_CANDIDATE - len(held))]
+            decision = None
+            for message in batch:
+                decision = self._admission.heard(room, message.sender, now)
+                if decision is not None:
+                    break
+            if decision is None:
+                continue
+            if decision.refused:
+                await self.refuse(room, "refused_full")
+                return
+            if decision.evicted is not None:
+                await self.refuse(decision.evicted, "evicted_idle")
+            self.observer.room_admission("admitted")
+            self._archived_now(room)
+            await self._archive.offer(room, held)
+            held = []

@@ -28,6 +28,7 @@ from p2pchat.node.p2p.streams import (
     stream_origin,
     write_quietly,
 )
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -105,6 +106,7 @@ class HopServer:
         self._resources = resources
         self._observer = observer
         self._log = log
+        self._refusals = RefusalLog(log, "relay request refused")
         limits = resources.limits
         self._limit = Limit(duration=limits.circuit_duration, data=limits.circuit_data)
 
@@ -151,6 +153,7 @@ class HopServer:
         self._observer.reservations_changed(self._resources.reservations)
         if decision.status != Status.OK:
             self._observer.reservation_refused(decision.reason)
+            self._refusals.refused(f"reservation {decision.reason}", peer=origin.peer_id)
             await _finish(stream, HopStatus(decision.status))
             return
         self._observer.reservation_granted(renewed=decision.reason == "renewed")
@@ -175,6 +178,7 @@ class HopServer:
         )
         if decision.status != Status.OK:
             self._observer.circuit_refused(decision.reason)
+            self._refusals.refused(f"circuit {decision.reason}", peer=origin.peer_id, target=target)
             await _finish(stream, HopStatus(decision.status))
             return
         try:
@@ -191,7 +195,7 @@ class HopServer:
             finally:
                 self._observer.circuit_closed(time.monotonic() - began)
         finally:
-            self._resources.close_circuit(origin.peer_id, target)
+            self._resources.close_circuit(origin.peer_id, origin.remote_ip, target)
 
     async def _open_stop(self, source: str, target: str) -> Stream | None:
         """A stop stream to ``target`` that accepted ``source``'s circuit, or None."""

@@ -7,8 +7,14 @@ enforced, the per-IP one included (py-libp2p defines it and never applies it, tr
 - a reservation lasts :attr:`RelayLimits.reservation_ttl` seconds; renewing one (the same peer
   reserving again) moves its expiry and never takes a second slot;
 - at most :attr:`~RelayLimits.max_reservations` in all and
-  :attr:`~RelayLimits.max_reservations_per_ip` per IP address;
+  :attr:`~RelayLimits.max_reservations_per_ip` per address group (an IPv4 address, an IPv6 /64:
+  :func:`~p2pchat.node.netprefix.address_group` with the configured prefixes; counted per exact
+  address, one IPv6 host held any number);
 - at most :attr:`~RelayLimits.max_circuits` circuits per peer at a time, counted for both ends;
+  of the circuits to one reserved peer, one requester PeerId may hold
+  :attr:`~RelayLimits.max_circuits_per_source` and one requester address group
+  :attr:`~RelayLimits.max_circuits_per_source_group`, so that one attacker cannot hold all 16
+  and leave the peer unreachable through the relay (the audit's attack);
 - an allow-list of PeerIds and networks, when set, admits only those (reservations and
   circuit sources alike).
 """
@@ -18,8 +24,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from p2pchat.node.netprefix import address_group
 from p2pchat.node.wire.circuit import Status
+
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,20 @@ class RelayLimits:
     max_circuits: int = 16
     circuit_duration: int = 120  # seconds per relayed connection
     circuit_data: int = 128 * 1024  # bytes per direction per relayed connection
+    # p2pchat's, not go-libp2p's: shares of one reserved peer's max_circuits per requester.
+    max_circuits_per_source: int = 4
+    max_circuits_per_source_group: int = 8
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+
+    def group(self, peer: str, ip: str | None) -> str:
+        """The address group ``ip`` counts under (a peer seen at no IP is a group alone)."""
+        if ip is None:
+            return f"peer:{peer}"
+        try:
+            return address_group(ip, self.ipv4_prefix, self.ipv6_prefix)
+        except ValueError:
+            return f"peer:{peer}"
 
 
 @dataclass
@@ -71,6 +95,7 @@ class AllowList:
 @dataclass
 class _Slot:
     ip: str
+    group: str
     expire: float
 
 
@@ -91,6 +116,8 @@ class RelayResources:
     allow: AllowList = field(default_factory=AllowList)
     _slots: dict[str, _Slot] = field(default_factory=dict)
     _circuits: dict[str, int] = field(default_factory=dict)
+    # circuits to a reserved peer, per (requester, reserved peer) and (requester group, peer)
+    _shares: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def reserve(self, peer: str, ip: str | None, now: float) -> Decision:
         """A reservation (new or renewed) for ``peer`` connected from ``ip``."""
@@ -107,9 +134,12 @@ class RelayResources:
         others = {p: s for p, s in self._slots.items() if p != peer}
         if len(others) >= self.limits.max_reservations:
             return Decision(Status.RESERVATION_REFUSED, "total_limit")
-        if sum(1 for s in others.values() if s.ip == ip) >= self.limits.max_reservations_per_ip:
+        group = self.limits.group(peer, ip)
+        if sum(1 for s in others.values() if s.group == group) >= (
+            self.limits.max_reservations_per_ip
+        ):
             return Decision(Status.RESERVATION_REFUSED, "ip_limit")
-        self._slots[peer] = _Slot(ip, expire)
+        self._slots[peer] = _Slot(ip, group, expire)
         return Decision(Status.OK, "new", expire)
 
     def release(self, peer: str) -> bool:
@@ -143,19 +173,39 @@ class RelayResources:
         for peer in (source, target):
             if self._circuits.get(peer, 0) >= self.limits.max_circuits:
                 return Decision(Status.RESOURCE_LIMIT_EXCEEDED, "circuit_limit")
-        for peer in (source, target):
-            self._circuits[peer] = self._circuits.get(peer, 0) + 1
+        mine, my_group = self._share_keys(source, source_ip, target)
+        if self._shares.get(mine, 0) >= self.limits.max_circuits_per_source:
+            return Decision(Status.RESOURCE_LIMIT_EXCEEDED, "source_share")
+        if self._shares.get(my_group, 0) >= self.limits.max_circuits_per_source_group:
+            return Decision(Status.RESOURCE_LIMIT_EXCEEDED, "group_share")
+        for key in (source, target):
+            self._circuits[key] = self._circuits.get(key, 0) + 1
+        for share in (mine, my_group):
+            self._shares[share] = self._shares.get(share, 0) + 1
         return Decision(Status.OK, "open")
 
-    def close_circuit(self, source: str, target: str) -> None:
-        """A circuit opened with :meth:`open_circuit` ended."""
+    def _share_keys(
+        self, source: str, source_ip: str | None, target: str
+    ) -> tuple[tuple[str, str], tuple[str, str]]:
+        # Peer ids and groups never collide: a group is "a.b.c.d/n", "x::/n" or "peer:<id>".
+        return (source, target), (self.limits.group(source, source_ip), target)
+
+    def close_circuit(self, source: str, source_ip: str | None, target: str) -> None:
+        """A circuit opened with :meth:`open_circuit` (with the same arguments) ended."""
         for peer in (source, target):
-            left = self._circuits.get(peer, 0) - 1
-            if left > 0:
-                self._circuits[peer] = left
-            else:
-                self._circuits.pop(peer, None)
+            _decrement(self._circuits, peer)
+        for share in self._share_keys(source, source_ip, target):
+            _decrement(self._shares, share)
 
     def circuits_of(self, peer: str) -> int:
         """Circuits ``peer`` is an end of."""
         return self._circuits.get(peer, 0)
+
+
+def _decrement(counts: dict[_K, int], key: _K) -> None:
+    """One fewer of ``key``; a count that reaches 0 is removed (the dict stays bounded)."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

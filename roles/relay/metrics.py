@@ -37,8 +37,8 @@ class RelayMetrics:
         )
         self.connection_rejections = Counter(
             "libp2p_relaysvc_connection_rejections",
-            "Relayed connections refused, by reason (no_reservation, circuit_limit, not_allowed, "
-            "bad_peer_id, connection_failed, malformed).",
+            "Relayed connections refused, by reason (no_reservation, circuit_limit, source_share, "
+            "group_share, not_allowed, bad_peer_id, connection_failed, malformed).",
             ("reason",),
             registry=registry,
         )
