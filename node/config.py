@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from p2pchat.node.errors import ConfigError, IdentityError
 from p2pchat.node.ids import check_announce_addr, check_listen_addr, check_peer_addr
+from p2pchat.node.wire.room_names import validate_room
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -76,9 +77,7 @@ def _check_host_port(value: str) -> str:
 
 
 def _check_room(value: str) -> str:
-    if not value or len(value) > 64 or not all(ch.isalnum() or ch in "-_." for ch in value):
-        raise ValueError(f"room {value!r} must be 1-64 characters of letters, digits, - _ .")
-    return value
+    return validate_room(value)  # plain (1-64 letters, digits, - _ .) or owned (<name>~<PeerId>)
 
 
 def _check_allow_entry(value: str) -> str:

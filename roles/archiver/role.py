@@ -8,6 +8,12 @@ offline catch up. With the DHT on, it announces itself under
 :data:`~p2pchat.node.rendezvous.ARCHIVER_KEY`, where chat peers that know only a bootstrap node
 find it. With the chat peer in the same process, both use the node's one pubsub and
 history: the room's messages are stored once, and the tighter retention applies.
+
+In an owned room it applies the owner's moderation as chat peers do
+(:class:`~p2pchat.node.moderation.RoomModeration`): a decision is accepted only when signed by
+the owner the room name names, kept (in the history too, so peers that were away learn it),
+and a muted or removed sender's messages are refused before they are stored (counted as
+``muted`` / ``removed`` in ``p2pchat_archive_dropped_total``).
 """
 
 from __future__ import annotations
@@ -20,16 +26,27 @@ import trio
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
+from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
+from p2pchat.node.moderation import RoomModeration
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
-from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
+from p2pchat.node.wire.chat import (
+    Moderation,
+    WireError,
+    decode_for_room,
+    moderation_refused,
+    validate_room,
+)
+from p2pchat.node.wire.room_names import room_owner
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 from p2pchat.roles.archiver.ingest import Archive, ArchiveObserver
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 # Room names heard of and not yet joined, at most: a flood of junk subscriptions cannot grow it.
 MAX_ROOMS_HEARD = 1024
+# Moderation decisions between validation and the signer check (the next step of the same call)
+MAX_DECISIONS_CHECKING = 64
 
 
 class ArchiverObserver(ArchiveObserver, GossipObserver, Protocol):
@@ -67,10 +84,11 @@ class ArchiverRole:
         settings = self._settings
         metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
+        moderation = RoomModeration(ctx.keys(MODS_NAMESPACE))
         archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
-            join = partial(self._join, ctx, gossip, archive, metrics, nursery)
+            join = partial(self._join, ctx, gossip, archive, metrics, moderation, nursery)
             for room in settings.rooms:
                 await join(room)
             if settings.all_rooms:
@@ -92,6 +110,7 @@ class ArchiverRole:
         gossip: Gossip,
         archive: Archive,
         observer: ArchiverObserver,
+        moderation: RoomModeration,
         nursery: trio.Nursery,
         room: str,
     ) -> None:
@@ -102,14 +121,37 @@ class ArchiverRole:
             return
         limit = self._max_message_bytes
 
+        checking: BoundedDict[bytes, Moderation] = BoundedDict(MAX_DECISIONS_CHECKING)
+
         def validate(data: bytes) -> str | None:
             try:
-                decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
+                payload = decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
             except WireError as error:
                 return error.reason
+            if isinstance(payload, Moderation):
+                checking[data] = payload
             return None
 
-        messages = await gossip.join(room, validate)
+        def signed_check(sender: str, data: bytes) -> str | None:
+            decision = checking.pop(data, None)
+            if decision is None:
+                return None
+            refused = moderation_refused(decision, sender)
+            if refused is None and moderation.apply(decision, now_ms()) == "full":
+                # Still the owner's: stored and passed on (others may have room), not applied.
+                observer.message_dropped(room, "moderation_full")
+            return refused
+
+        def sender_check(sender: str) -> str | None:
+            return moderation.check(room, sender, now_ms())
+
+        owned = room_owner(room) is not None
+        messages = await gossip.join(
+            room,
+            validate,
+            sender_check if owned else None,
+            signed_check=signed_check if owned else None,
+        )
         self._rooms.add(room)
         observer.rooms_archived(len(self._rooms))
         ctx.log.info("archiving room", room=room)
