@@ -20,8 +20,9 @@ stranger's rooms are bounded by the rooms this node joins.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Literal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.chat import Moderation, WireError, decode, encode
@@ -106,6 +107,37 @@ class RoomModeration:
             verdict = in_force(decision, now_ms)
             if verdict is not None:
                 yield decision, verdict
+
+
+LOG_EVERY = 60.0  # seconds: a refusal reason is logged at most once per this
+
+
+class RefusalLog:
+    """Logs moderation refusals (``muted``, ``removed``, ``not_owner``) at most once per
+    :data:`LOG_EVERY` seconds per reason, with how many were refused since: a muted flood must
+    not become a log flood (every refusal is counted in the drop metrics anyway)."""
+
+    def __init__(self, log: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = log
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def refused(self, reason: str, room: str, sender: str) -> None:
+        now = self._clock()
+        last = self._logged_at.get(reason)
+        if last is not None and now - last < LOG_EVERY:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return
+        self._logged_at[reason] = now
+        since = self._unlogged.pop(reason, 0)
+        self._log.info(
+            "moderation refused a message",
+            reason=reason,
+            room=room,
+            sender=sender,
+            refused_since_last_logged=since,
+        )
 
 
 def _key(decision: Moderation) -> bytes:

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from p2pchat.node import moderation as moderation_module
 from p2pchat.node.history import History, StoredMessage, now_ms
-from p2pchat.node.moderation import RoomModeration
+from p2pchat.node.moderation import LOG_EVERY, RefusalLog, RoomModeration
 from p2pchat.node.p2p.envelopes import sign_envelope
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.node.store import Store
@@ -343,3 +343,59 @@ def test_history_keeps_a_decision_apart_from_texts(tmp_path: Path) -> None:
         history = History(store)
         assert history.add(StoredMessage.of_text(made, owner.peer_id_text, envelope, 6))
         assert history.count(room) == 1
+
+
+def test_refusals_are_logged_at_most_once_a_minute_per_reason() -> None:
+    lines: list[dict[str, object]] = []
+
+    class Log:
+        def info(self, event: str, **fields: object) -> None:
+            lines.append(fields)
+
+    clock = [0.0]
+    log = RefusalLog(Log(), clock=lambda: clock[0])
+    for _ in range(1000):
+        log.refused("muted", ROOM, "x")
+    log.refused("not_owner", ROOM, "y")
+    assert [line["reason"] for line in lines] == ["muted", "not_owner"]
+    clock[0] = LOG_EVERY
+    log.refused("muted", ROOM, "x")
+    assert lines[-1]["refused_since_last_logged"] == 999
+
+
+async def test_a_muted_peer_is_told_and_sends_nothing(tmp_path: Path) -> None:
+    owner = ephemeral_identity()
+    with chat_service(tmp_path) as chat:
+        async with running(chat):
+            room = f"ops~{owner.peer_id_text}"
+            await answer(chat, f"/join {room}")
+            me = chat.service.peer_id
+            made = decision(me, "mute", at=now_ms(), until=now_ms() + 60_000, room=room)
+            chat.pubsub.deliver(room, [(owner, encode(made))])
+            await trio.testing.wait_all_tasks_blocked()
+            published = len(chat.pubsub.published)
+            (refused,) = await answer(chat, "hello?")
+            assert isinstance(refused, ErrorEvent) and refused.code == "muted"
+            assert (await chat.service.send("verbatim"))[0] == refused
+            assert len(chat.pubsub.published) == published  # nothing went out
+
+
+async def test_the_owner_sends_the_decisions_in_force_again_when_someone_joins(
+    tmp_path: Path,
+) -> None:
+    with chat_service(tmp_path) as chat:
+        async with running(chat):
+            await answer(chat, "/create ops")
+            room = f"ops~{chat.service.peer_id}"
+            target = fresh_peer_id()
+            await answer(chat, f"/remove {target}")
+            first = [data for topic, data in chat.pubsub.published if topic == room]
+            chat.peer_arrives(fresh_peer_id(), room)
+            await trio.testing.wait_all_tasks_blocked()
+            again = [data for topic, data in chat.pubsub.published if topic == room]
+            decisions = [d for d in again if isinstance(decode(d, max_text_bytes=4096), Moderation)]
+            assert len(decisions) == 2 and decisions[0] == decisions[1] == first[-1]  # the same
+            chat.peer_arrives(fresh_peer_id(), room)  # within the minute: not again
+            await trio.testing.wait_all_tasks_blocked()
+            later = [data for topic, data in chat.pubsub.published if topic == room]
+            assert sum(isinstance(decode(d, max_text_bytes=4096), Moderation) for d in later) == 2

@@ -15,58 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
-from libp2p.tools.anyio_service import background_trio_service
 from p2pchat.node.history import now_ms
-from p2pchat.node.p2p.host import HostSettings, P2PHost
-from p2pchat.node.p2p.identity import Identity, load_or_create_identity
-from p2pchat.node.wire.chat import ChatText, Moderation, encode, new_message_id
+from p2pchat.node.wire.chat import Moderation, encode, new_message_id
 
 from tests.conftest import NodeProcess, node_env, start_node
+from tests.hostile.moderation_attacks import rogue as rogue_sender
 from tests.test_chat import WAIT, chat_peer, is_message
-from tests.test_host import RecordingObserver
 
 NO_DHT = node_env(P2PCHAT_DHT__ENABLED="false")
-
-
-class Rogue:
-    """A sender that signs validly and ignores moderation (no checks of its own)."""
-
-    def __init__(self, identity: Identity, pubsub: Pubsub, room: str) -> None:
-        self.identity, self.pubsub, self.room = identity, pubsub, room
-        self._seqno = 0
-
-    async def publish(self, data: bytes) -> None:
-        self._seqno += 1
-        message = rpc_pb2.Message(
-            data=data,
-            topicIDs=[self.room],
-            from_id=self.identity.peer_id.to_bytes(),
-            seqno=self._seqno.to_bytes(8, "big"),
-        )
-        key = self.identity.key_pair
-        message.signature = key.private_key.sign(
-            PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
-        )
-        message.key = key.public_key.serialize()
-        await self.pubsub.push_msg(self.pubsub.my_id, message)
-
-    async def say(self, text: str) -> None:
-        await self.publish(
-            encode(
-                ChatText(
-                    id=new_message_id(),
-                    room=self.room,
-                    sender_name="Mallory",
-                    text=text,
-                    sent_at_ms=now_ms(),
-                )
-            )
-        )
 
 
 async def in_thread(call: Callable[[], Any]) -> Any:
@@ -97,29 +53,8 @@ async def test_the_owner_mutes_a_rogue_sender_and_the_room_holds_the_mute(
     e = start_node(tmp_path / "e", "--role", "archiver", "--bootstrap", b.addr(), env=archiver_env)
     nodes.append(e)
 
-    identity = load_or_create_identity(tmp_path / "mallory")
-    host = P2PHost(identity, HostSettings(listen=("/ip4/127.0.0.1/tcp/0",)), RecordingObserver())
-    router = GossipSub(
-        protocols=[PROTOCOL_ID_V11],
-        degree=6,
-        degree_low=4,
-        degree_high=12,
-        heartbeat_interval=1,
-        spam_protection_enabled=False,
-        eclipse_protection_enabled=False,
-    )
-    pubsub = Pubsub(host.libp2p_host, router, strict_signing=False)
-    mallory = identity.peer_id_text
-    async with host.run(), background_trio_service(pubsub), background_trio_service(router):
-        await pubsub.wait_until_ready()
-        await pubsub.subscribe(room)
-        await host.connect(b.addr())
-        await host.connect(e.addr())
-        rogue = Rogue(identity, pubsub, room)
-        wanted = {ID.from_base58(b.peer_id), ID.from_base58(e.peer_id)}
-        with trio.fail_after(WAIT):
-            while not wanted <= pubsub.peer_topics.get(room, set()):
-                await trio.sleep(0.1)
+    async with rogue_sender(tmp_path / "mallory", room, b, e) as rogue:
+        mallory = rogue.identity.peer_id_text
         # The control: before the mute, M's messages cross B to the owner and are archived.
         await rogue.say("before the mute")
         await in_thread(lambda: a.next_event(is_message("before the mute"), timeout=WAIT))

@@ -27,7 +27,7 @@ from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
-from p2pchat.node.moderation import RoomModeration
+from p2pchat.node.moderation import RefusalLog, RoomModeration
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
@@ -85,10 +85,11 @@ class ArchiverRole:
         metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
         moderation = RoomModeration(ctx.keys(MODS_NAMESPACE))
+        refusals = RefusalLog(ctx.log)
         archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
-            join = partial(self._join, ctx, gossip, archive, metrics, moderation, nursery)
+            join = partial(self._join, ctx, gossip, archive, metrics, moderation, refusals, nursery)
             for room in settings.rooms:
                 await join(room)
             if settings.all_rooms:
@@ -111,6 +112,7 @@ class ArchiverRole:
         archive: Archive,
         observer: ArchiverObserver,
         moderation: RoomModeration,
+        refusals: RefusalLog,
         nursery: trio.Nursery,
         room: str,
     ) -> None:
@@ -137,13 +139,18 @@ class ArchiverRole:
             if decision is None:
                 return None
             refused = moderation_refused(decision, sender)
-            if refused is None and moderation.apply(decision, now_ms()) == "full":
+            if refused is not None:
+                refusals.refused(refused, room, sender)
+            elif moderation.apply(decision, now_ms()) == "full":
                 # Still the owner's: stored and passed on (others may have room), not applied.
                 observer.message_dropped(room, "moderation_full")
             return refused
 
         def sender_check(sender: str) -> str | None:
-            return moderation.check(room, sender, now_ms())
+            verdict = moderation.check(room, sender, now_ms())
+            if verdict is not None:
+                refusals.refused(verdict, room, sender)
+            return verdict
 
         owned = room_owner(room) is not None
         messages = await gossip.join(

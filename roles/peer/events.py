@@ -110,6 +110,7 @@ ErrorCode = Literal[
     "not_owner",  # a moderation command in a room this peer does not own
     "not_moderated",  # /unmute, /unremove of a peer that is not muted, removed
     "moderation_full",  # the room holds as many decisions in force as it may
+    "muted",  # a message to a room whose owner muted or removed this peer: not sent
 ]
 
 

@@ -78,6 +78,7 @@ class Inbound:
         emit: Callable[[ChatEvent], None],
         new_sender: Callable[[], object] = lambda: None,
         moderated: Callable[[Moderation], object] = lambda decision: None,
+        refused: Callable[[str, str, str], object] = lambda reason, room, sender: None,
     ) -> None:
         self._me = me
         self._history = history
@@ -89,6 +90,7 @@ class Inbound:
         self._emit = emit
         self._new_sender = new_sender
         self._moderated = moderated
+        self._refused = refused
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -120,6 +122,8 @@ class Inbound:
         refused = moderation_refused(payload, sender)
         if refused is None and isinstance(payload, Moderation):
             self._moderated(payload)
+        elif refused is not None and isinstance(payload, Moderation):
+            self._refused(refused, payload.room, sender)  # logged, rate-limited
         return refused
 
     def accept(self, room: str, messages: list[GossipMessage]) -> None:

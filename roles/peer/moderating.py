@@ -24,7 +24,7 @@ from typing import Protocol
 
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
-from p2pchat.node.moderation import Applied, RoomModeration
+from p2pchat.node.moderation import Applied, RefusalLog, RoomModeration
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import (
@@ -90,7 +90,7 @@ class Moderator:
         name_of: Callable[[str], str],
         emit: Callable[[ChatEvent], None],
         observer: ModerationObserver,
-        max_text_bytes: int,
+        refusals: RefusalLog,
     ) -> None:
         self._me = me
         self._state = state
@@ -99,7 +99,7 @@ class Moderator:
         self._name_of = name_of
         self._emit = emit
         self._observer = observer
-        self._max_text_bytes = max_text_bytes
+        self._refusals = refusals
         self._announced: dict[str, int] = {}  # room -> when its decisions were last re-sent
 
     # --- applying --------------------------------------------------------------------------------
@@ -108,12 +108,28 @@ class Moderator:
         """The moderation part of ``room``'s sender check; None for a room nobody owns."""
         if room_owner(room) is None:
             return None
-        state = self._state
+        state, refusals = self._state, self._refusals
 
         def check(sender: str) -> str | None:
-            return state.check(room, sender, now_ms())
+            verdict = state.check(room, sender, now_ms())
+            if verdict is not None:
+                refusals.refused(verdict, room, sender)
+            return verdict
 
         return check
+
+    def refused_to_me(self, room: str) -> ErrorEvent | None:
+        """The error for a message this peer would send to ``room`` while its owner has muted
+        or removed it (every p2pchat peer, this one included, would drop it), else None."""
+        verdict = self._state.check(room, self._me, now_ms())
+        if verdict is None:
+            return None
+        decision = next(d for d, _ in self._state.in_force(room, now_ms()) if d.target == self._me)
+        until = f" until {_when(decision.until_ms)}" if verdict == "muted" else ""
+        return ErrorEvent(
+            "muted",
+            f"the owner of {room} has {verdict} you{until}: your messages there are dropped",
+        )
 
     def decided(self, decision: Moderation) -> Applied:
         """Apply a decision checked as its room owner's; tell the user when it is new."""

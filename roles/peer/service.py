@@ -33,7 +33,7 @@ from p2pchat.node.config import ChatSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
-from p2pchat.node.moderation import RoomModeration
+from p2pchat.node.moderation import RefusalLog, RoomModeration
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
@@ -166,6 +166,7 @@ class ChatService:
         self._names = Names(
             self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
         )
+        refusals = RefusalLog(ctx.log)
         self._moderator = Moderator(
             self._me,
             RoomModeration(ctx.keys(MODS_NAMESPACE)),
@@ -174,7 +175,7 @@ class ChatService:
             self.name_of,
             emit,
             observer,
-            settings.max_message_bytes,
+            refusals,
         )
         self._retention = Retention(
             history, settings.history_max_messages, settings.history_max_age_days
@@ -190,6 +191,7 @@ class ChatService:
             emit,
             new_sender=lambda: self._changes.note(),
             moderated=self._moderator.decided,
+            refused=refusals.refused,
         )
         self._outbox = Outbox(
             gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
@@ -323,6 +325,9 @@ class ChatService:
             return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
         if not text.strip():
             return [ErrorEvent("bad_argument", "an empty message is not sent")]
+        refused = self._moderator.refused_to_me(target)
+        if refused is not None:
+            return [refused]
         answer = await self._outbox.send(target, self.display_name, text)
         return [answer] if answer is not None else []
 
@@ -333,6 +338,10 @@ class ChatService:
         if isinstance(parsed, Invalid):
             reply(ErrorEvent(parsed.code, parsed.hint, parsed.command))
         elif isinstance(parsed, Send):
+            refused = self._moderator.refused_to_me(self._rooms.current)
+            if refused is not None:
+                reply(refused)
+                return True
             answer = await self._outbox.send(
                 self._rooms.current, self.display_name, parsed.text, action=parsed.action
             )
