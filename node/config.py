@@ -373,6 +373,21 @@ class ChatSection(_Section):
     bell: bool = Field(
         default=True, description="Ring the terminal bell when a message mentions your name."
     )
+    max_decisions_per_room: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Moderation decisions kept per owned room, one per target (chat peers and "
+        "archivers); when full, those no longer in force make way, else the owner's next one "
+        "is passed on but not applied (counted as moderation_full).",
+    )
+    max_decisions: int = Field(
+        default=65_536,
+        ge=1,
+        le=10_000_000,
+        description="Moderation decisions kept in all owned rooms together (about 0.5 KiB "
+        "each): an archiver of many strangers' rooms stays bounded.",
+    )
 
 
 class HistorySection(_Section):

@@ -12,10 +12,12 @@ nothing.
 whose messages are refused now, else None. Chat peers and archivers both apply it where pubsub
 validates messages (not shown, not stored, not forwarded) and to what catch-up fetches.
 
-Bounds: at most :data:`MAX_TARGETS` targets per room and :data:`MAX_ROOMS` rooms with decisions.
-A decision about a new target in a full room first evicts decisions no longer in force (restores,
-ended mutes); if none, it is refused (``full``). Only an owner can fill its own rooms, and a
-stranger's rooms are bounded by the rooms this node joins.
+Bounds (``chat.max_decisions_per_room``, ``chat.max_decisions``): at most ``per_room`` targets
+per room and ``total`` decisions in all rooms. A decision about a new target in a full room first
+evicts that room's decisions no longer in force (restores, ended mutes); if none, or if all rooms
+together are full, it is not applied (``full``). Only an owner can fill its own rooms; a stranger
+can make rooms of its own, which the ``total`` bounds (a decision replacing another about the
+same target never needs a place).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.chat import Moderation, WireError, decode, encode
 
 NAMESPACE = "mods"  # of the node's store: <room> NUL <target> -> the decision's payload
-MAX_TARGETS = 256  # decisions kept per room (one per target)
-MAX_ROOMS = 1024  # rooms with decisions kept
+MAX_TARGETS = 256  # decisions kept per room (one per target): chat.max_decisions_per_room
+MAX_DECISIONS = 65_536  # in all rooms together: chat.max_decisions
 _MAX_TEXT = 4096  # decode bound of a stored payload (a decision holds no text)
 
 Verdict = Literal["muted", "removed"]
@@ -49,8 +51,13 @@ class RoomModeration:
     """The newest decision per (room, target) (see the module's note); ``keys`` keeps them
     across restarts (the :data:`NAMESPACE` namespace of the node's store)."""
 
-    def __init__(self, keys: KeyValue) -> None:
+    def __init__(
+        self, keys: KeyValue, per_room: int = MAX_TARGETS, total: int = MAX_DECISIONS
+    ) -> None:
         self._keys = keys
+        self._per_room = per_room
+        self._total = total
+        self._count = 0
         self._rooms: dict[str, dict[str, Moderation]] = {}
         for key, value in keys.items():
             try:
@@ -71,26 +78,34 @@ class RoomModeration:
     def apply(self, decision: Moderation, now_ms: int) -> Applied:
         """Take a decision already checked as the room owner's: ``applied`` (now in force for
         its target), ``stale`` (an equal or newer one is), ``full`` (no place: refused)."""
-        decisions = self._rooms.get(decision.room)
-        current = decisions.get(decision.target) if decisions is not None else None
+        decisions = self._rooms.get(decision.room, {})
+        current = decisions.get(decision.target)
         if current is not None and current.order >= decision.order:
             return "stale"
-        if decisions is None and len(self._rooms) >= MAX_ROOMS:
-            return "full"
-        if current is None and decisions is not None and len(decisions) >= MAX_TARGETS:
+        if current is None and (len(decisions) >= self._per_room or self._count >= self._total):
             for ended in [d for d in decisions.values() if in_force(d, now_ms) is None]:
                 del decisions[ended.target]
                 self._keys.delete(_key(ended))
-            if len(decisions) >= MAX_TARGETS:
+                self._count -= 1
+            if len(decisions) >= self._per_room or self._count >= self._total:
                 return "full"
-        self._keep(decision)
+        if not self._keep(decision):
+            return "full"
         self._keys.put(_key(decision), encode(decision))
         return "applied"
 
-    def _keep(self, decision: Moderation) -> None:
+    def _keep(self, decision: Moderation) -> bool:
         decisions = self._rooms.setdefault(decision.room, {})
-        if decision.target in decisions or len(decisions) < MAX_TARGETS:
+        if decision.target in decisions:
             decisions[decision.target] = decision
+            return True
+        if len(decisions) >= self._per_room or self._count >= self._total:
+            if not decisions:
+                del self._rooms[decision.room]
+            return False
+        decisions[decision.target] = decision
+        self._count += 1
+        return True
 
     def latest(self, room: str, target: str) -> int:
         """When the decision in force about ``target`` in ``room`` was made (0: none)."""

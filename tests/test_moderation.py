@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from p2pchat.node import moderation as moderation_module
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.moderation import LOG_EVERY, RefusalLog, RoomModeration
 from p2pchat.node.p2p.envelopes import sign_envelope
@@ -195,13 +194,9 @@ def test_decisions_are_kept_across_restarts(tmp_path: Path) -> None:
         assert RoomModeration(store.namespace("mods")).check(ROOM, target, 2_000) == "removed"
 
 
-def test_a_room_holds_a_bounded_number_of_decisions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(moderation_module, "MAX_TARGETS", 3)
-    monkeypatch.setattr(moderation_module, "MAX_ROOMS", 2)
+def test_a_room_holds_a_bounded_number_of_decisions(tmp_path: Path) -> None:
     with opened(tmp_path / "s") as store:
-        state = RoomModeration(store.namespace("mods"))
+        state = RoomModeration(store.namespace("mods"), per_room=3, total=4)
         ended = decision(fresh_peer_id(), "mute", at=1_000, until=2_000)
         state.apply(ended, 1_000)
         for _ in range(2):
@@ -212,9 +207,23 @@ def test_a_room_holds_a_bounded_number_of_decisions(
         # ... and with everything in force, it is refused.
         assert state.apply(decision(fresh_peer_id(), "remove"), 3_000) == "full"
         assert len(state.decisions(ROOM)) == 3
+        # All rooms together hold ``total``: a stranger's own rooms fill it, then no more.
         other = fresh_peer_id()
         assert state.apply(decision(fresh_peer_id(), room=f"b~{other}"), 1_000) == "applied"
         assert state.apply(decision(fresh_peer_id(), room=f"c~{other}"), 1_000) == "full"
+        assert state.decisions(f"c~{other}") == []
+        # A decision replacing one about the same target needs no place.
+        (kept,) = state.decisions(f"b~{other}")
+        later = decision(kept.target, "restore", at=2_000, room=f"b~{other}")
+        assert state.apply(later, 2_000) == "applied"
+    with opened(tmp_path / "s") as store:  # bounded when read back too
+        assert (
+            sum(
+                len(RoomModeration(store.namespace("mods"), 2, 3).decisions(room))
+                for room in (ROOM, f"b~{other}")
+            )
+            == 3
+        )
 
 
 # --- the chat service ----------------------------------------------------------------------------

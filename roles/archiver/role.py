@@ -26,8 +26,8 @@ import trio
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
+from p2pchat.node.moderation import MAX_DECISIONS, MAX_TARGETS, RefusalLog, RoomModeration
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
-from p2pchat.node.moderation import RefusalLog, RoomModeration
 from p2pchat.node.p2p.pubsub import Gossip, GossipObserver, SubscriptionEvent, TopicSubscribed
 from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
@@ -64,18 +64,30 @@ class ArchiverRole:
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID, "/meshsub/1.2.0", "/meshsub/1.1.0")
     in_rooms: ClassVar[bool] = True
 
-    def __init__(self, settings: ArchiverSection, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: ArchiverSection,
+        max_message_bytes: int,
+        max_decisions: tuple[int, int] = (MAX_TARGETS, MAX_DECISIONS),
+    ) -> None:
         """``settings``: the rooms and their retention (the ``archiver`` config section);
-        ``max_message_bytes``: the largest text accepted, as chat peers accept it."""
+        ``max_message_bytes``: the largest text accepted, as chat peers accept it;
+        ``max_decisions``: moderation decisions kept per room and in all, as chat peers."""
         self._settings = settings
         self._max_message_bytes = max_message_bytes
+        self._max_decisions = max_decisions
         self._rooms: set[str] = set()
 
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The archiver with the ``archiver`` section of ``config`` and the chat's message
-        size limit."""
-        return cls(config.archiver, config.chat.max_message_bytes)
+        size limit and moderation bounds."""
+        chat = config.chat
+        return cls(
+            config.archiver,
+            chat.max_message_bytes,
+            (chat.max_decisions_per_room, chat.max_decisions),
+        )
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -84,7 +96,7 @@ class ArchiverRole:
         settings = self._settings
         metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
-        moderation = RoomModeration(ctx.keys(MODS_NAMESPACE))
+        moderation = RoomModeration(ctx.keys(MODS_NAMESPACE), *self._max_decisions)
         refusals = RefusalLog(ctx.log)
         archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
         async with trio.open_nursery() as nursery:

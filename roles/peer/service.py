@@ -169,7 +169,9 @@ class ChatService:
         refusals = RefusalLog(ctx.log)
         self._moderator = Moderator(
             self._me,
-            RoomModeration(ctx.keys(MODS_NAMESPACE)),
+            RoomModeration(
+                ctx.keys(MODS_NAMESPACE), settings.max_decisions_per_room, settings.max_decisions
+            ),
             history,
             gossip.publish,
             self.name_of,
