@@ -38,7 +38,7 @@ from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
-from p2pchat.node.wire.room_names import owned_room
+from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
@@ -631,11 +631,14 @@ class ChatService:
 
     async def _join(self, name: str) -> None:
         assert self._nursery is not None
+        # Only an owned room has decisions to check against their signer (in a plain room the
+        # codec refuses them): plain rooms pay nothing for moderation.
+        owned = room_owner(name) is not None
         messages = await self._gossip.join(
             name,
             self._inbound.validator(name),
             self.room_check(name),
-            signed_check=self._inbound.signed_check,
+            signed_check=self._inbound.signed_check if owned else None,
         )
         room = Room(name)
         self._rooms.add(room)
