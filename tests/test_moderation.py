@@ -288,6 +288,10 @@ async def test_the_owner_mutes_and_the_muted_peer_is_dropped_before_its_payload(
             chat.pubsub.deliver(room, [(mallory, said(room, "heard again"))])
             await trio.testing.wait_all_tasks_blocked()
             assert texts(chat) == ["before", "heard again"]
+            (bad,) = await answer(chat, f"/remove {mid} a\x1b[2J reason")
+            assert isinstance(bad, ErrorEvent) and bad.code == "bad_argument"
+            (junk,) = await answer(chat, "/mods x~nobody")
+            assert isinstance(junk, ErrorEvent) and junk.code == "invalid_room"
             (not_muted,) = await answer(chat, f"/unmute {mid}")
             assert isinstance(not_muted, ErrorEvent) and not_muted.code == "not_moderated"
             assert await answer(chat, f"/remove {mid}") == []

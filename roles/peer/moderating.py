@@ -37,7 +37,7 @@ from p2pchat.node.wire.chat import (
     encode,
     new_message_id,
 )
-from p2pchat.node.wire.room_names import room_owner
+from p2pchat.node.wire.room_names import room_owner, validate_room
 from p2pchat.roles.peer.commands import parse_duration
 from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent, OutputEvent
 
@@ -179,9 +179,12 @@ class Moderator:
 
     # --- commands --------------------------------------------------------------------------------
 
-    def mods(self, room: str) -> OutputEvent:
+    def mods(self, room: str) -> OutputEvent | ErrorEvent:
         """/mods: the room's owner and the decisions in force."""
-        owner = room_owner(room)
+        try:
+            owner = room_owner(validate_room(room))
+        except ValueError as error:
+            return ErrorEvent("invalid_room", str(error), "mods")
         if owner is None:
             return OutputEvent(
                 "mods",
@@ -286,6 +289,11 @@ class Moderator:
             until_ms=until,
             reason=reason,
         )
+        try:  # as every receiver will check it (a reason with control characters, ...)
+            decode(encode(decision), max_text_bytes=MAX_REASON_BYTES)
+        except WireError as error:
+            reply(ErrorEvent("bad_argument", f"not a valid decision: {error}", command))
+            return
         if self.decided(decision) == "full":
             reply(
                 ErrorEvent(
