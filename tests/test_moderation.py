@@ -6,6 +6,8 @@ refuses (real processes: tests/test_moderation_line.py)."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +16,12 @@ import pytest
 import trio
 import trio.testing
 from p2pchat.node.history import History, StoredMessage, now_ms
+from p2pchat.node.history_cli import show
 from p2pchat.node.moderation import LOG_EVERY, RefusalLog, RoomModeration
 from p2pchat.node.p2p.envelopes import sign_envelope
-from p2pchat.node.p2p.identity import ephemeral_identity
+from p2pchat.node.p2p.identity import Identity, ephemeral_identity
 from p2pchat.node.store import Store
+from p2pchat.node.store_client import Fetched, Rejected, verify_entry
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import (
     MAX_MUTE_MS,
@@ -31,6 +35,7 @@ from p2pchat.node.wire.chat import (
     new_message_id,
 )
 from p2pchat.node.wire.room_names import is_peer_id, owned_room, room_owner, validate_room
+from p2pchat.node.wire.store_query import Entry
 from p2pchat.roles.peer.commands import parse_duration
 from p2pchat.roles.peer.events import ErrorEvent, MessageEvent, NoticeEvent, OutputEvent
 
@@ -412,3 +417,41 @@ async def test_the_owner_sends_the_decisions_in_force_again_when_someone_joins(
             await trio.testing.wait_all_tasks_blocked()
             later = [data for topic, data in chat.pubsub.published if topic == room]
             assert sum(isinstance(decode(d, max_text_bytes=4096), Moderation) for d in later) == 2
+
+
+def test_p2pchat_history_lists_texts_and_passes_over_decisions() -> None:
+    owner = ephemeral_identity()
+    room = f"ops~{owner.peer_id_text}"
+    at = now_ms()
+    made = decision(fresh_peer_id(), "remove", at=at, room=room)
+    said_ = ChatText(id=new_message_id(), room=room, sender_name="O", text="hi", sent_at_ms=at)
+    fetched = Fetched(
+        owner.peer_id_text,
+        [
+            StoredMessage.of_text(p, owner.peer_id_text, sign_envelope(owner, room, encode(p)), at)
+            for p in (made, said_)
+        ],
+        rejected=0,
+        complete=True,
+    )
+    out = io.StringIO()
+    show(fetched, 4096, as_json=True, out=out, err=lambda text: None)
+    assert [json.loads(line)["text"] for line in out.getvalue().splitlines()] == ["hi"]
+
+
+def test_history_sources_may_pass_on_only_the_owners_decisions() -> None:
+    owner, stranger = ephemeral_identity(), ephemeral_identity()
+    room = f"ops~{owner.peer_id_text}"
+    at = now_ms()
+    made = decision(fresh_peer_id(), "mute", at=at, room=room)
+
+    def entry(signer: Identity) -> Entry:
+        stored = StoredMessage.of_text(
+            made, signer.peer_id_text, sign_envelope(signer, room, encode(made)), at
+        )
+        return Entry(stored.message_id, stored.sent_at_ms, stored.envelope)
+
+    assert verify_entry(entry(owner), room, 4096, at).sender == owner.peer_id_text
+    with pytest.raises(Rejected) as raised:
+        verify_entry(entry(stranger), room, 4096, at)
+    assert raised.value.reason == "not_owner"
