@@ -9,7 +9,8 @@ archiver); this module is the chat peer's side of it:
 - :meth:`Moderator.decided` takes a decision received live (already checked as the owner's),
   :meth:`Moderator.fetched` those among what catch-up fetched;
 - the owner's commands (``/mute``, ``/unmute``, ``/remove``, ``/unremove``) decide, apply at
-  once, store in the history and publish; ``/mods`` shows a room's owner and what is in force;
+  once and publish (their own copy, back through this peer's subscription, is stored in the
+  history as every decision received is); ``/mods`` shows a room's owner and what is in force;
 - when someone joins a room this peer owns, the decisions in force are published again (the
   same payloads: receivers that know them change nothing), at most once per
   :data:`REANNOUNCE_EVERY_MS` per room, so a peer that joins after the history holding them was
@@ -22,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from p2pchat.node.history import History, StoredMessage, now_ms
+from p2pchat.node.history import StoredMessage, now_ms
 from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import Applied, RefusalLog, RoomModeration
 from p2pchat.node.p2p.envelopes import envelope_data
@@ -85,7 +86,6 @@ class Moderator:
         self,
         me: str,
         state: RoomModeration,
-        history: History,
         publish: Callable[[str, bytes], Awaitable[None]],
         name_of: Callable[[str], str],
         emit: Callable[[ChatEvent], None],
@@ -94,7 +94,6 @@ class Moderator:
     ) -> None:
         self._me = me
         self._state = state
-        self._history = history
         self._publish = publish
         self._name_of = name_of
         self._emit = emit

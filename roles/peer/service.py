@@ -172,7 +172,6 @@ class ChatService:
             RoomModeration(
                 ctx.keys(MODS_NAMESPACE), settings.max_decisions_per_room, settings.max_decisions
             ),
-            history,
             gossip.publish,
             self.name_of,
             emit,
