@@ -32,8 +32,7 @@ from p2pchat.node.p2p.streams import (
     read_frame,
 )
 from p2pchat.node.wire.chat import (
-    ChatText,
-    Moderation,
+    HISTORY_PAYLOADS,
     WireError,
     decode_for_room,
     moderation_refused,
@@ -118,7 +117,7 @@ def verify_entry(entry: Entry, room: str, max_text_bytes: int, now_ms: int) -> S
         payload = decode_for_room(verified.data, room, max_text_bytes=max_text_bytes, now_ms=now_ms)
     except WireError as error:
         raise Rejected(error.reason, str(error)) from None
-    if not isinstance(payload, ChatText | Moderation):
+    if not isinstance(payload, HISTORY_PAYLOADS):
         raise Rejected("not_text", "not a chat text")
     refused = moderation_refused(payload, verified.sender)
     if refused is not None:
