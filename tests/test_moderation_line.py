@@ -3,8 +3,9 @@ sender (an in-process py-libp2p pubsub that ignores moderation, as other softwar
 
 The line: owner A - B - rogue M, and an archiver E that M reaches directly. A mutes M: B drops
 M's messages where pubsub validates them and passes none on (A, the owner, never even sees
-them), E refuses to store them, a peer D that joins later learns the mute from history, and a
-decision M signs itself is refused as not the owner's and counted.
+them), E refuses to store them, a peer D that joins later learns the mute from history (and a
+peer F that meets only the archiver, from the archive), and a decision M signs itself is
+refused as not the owner's and counted.
 """
 
 from __future__ import annotations
@@ -121,3 +122,12 @@ async def test_the_owner_mutes_a_rogue_sender_and_the_room_holds_the_mute(
         texts = [ev.get("text") for ev in d.drain_events() if ev["type"] == "message"]
         assert "while muted" not in texts and "muted still" not in texts
         assert "B still passes messages on" in texts  # the control: D got the room's messages
+
+        # A peer that meets only the archiver learns the mute from the archive.
+        f = chat_peer(tmp_path / "f", nodes, "--bootstrap", e.addr(), "--room", room, env=NO_DHT)
+        archived = await in_thread(
+            lambda: f.next_event(
+                lambda ev: ev["type"] == "notice" and ev["kind"] == "moderation", timeout=WAIT
+            )
+        )
+        assert archived["data"]["target"] == mallory
