@@ -12,7 +12,10 @@ The range starts ``history.catchup_overlap_seconds`` before the newest message a
 
 Every message is verified (:func:`p2pchat.node.store_client.verify_entry`) and passed through
 ``sender_check`` (the same check live messages pass: an ignored peer's messages must not come
-back through history); the union of what the sources returned is stored once per id. A source
+back through history) and then ``moderate`` (the room's moderation: the owner's decisions among
+the fetched messages are learned first, then what they refuse is left out, so a peer that
+was away learns a mute together with the messages it refuses); the union of what the sources
+returned is stored once per id. A source
 that completed its walk but lacks messages another one returned is logged and counted
 (``p2pchat_history_source_gaps_total``): that is how a source hiding messages gets noticed. A
 peer that was itself offline lacks messages honestly, so this is a signal for operators, not a
@@ -43,6 +46,10 @@ IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
 REASK_AFTER = 60.0
 MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 WRITE_BATCH = 1000
+
+Moderate = Callable[[str, list[StoredMessage]], list[StoredMessage]]
+"""Given a room and its fetched, verified messages (in history order), learns the moderation
+decisions among them and returns the messages the room's moderation admits."""
 
 CaughtUp = Callable[[str, list[StoredMessage], list[str]], Awaitable[None]]
 """Awaited with (room, the messages it stored that were new, sources that answered) after each
@@ -91,9 +98,11 @@ class CatchUp:
         observer: CatchUpObserver,
         log: structlog.stdlib.BoundLogger,
         sender_check: Callable[[str], str | None] | None = None,
+        moderate: Moderate | None = None,
     ) -> None:
         self._host = host
         self._sender_check = sender_check
+        self._moderate = moderate
         self._history = history
         self._client = client
         self._settings = settings
@@ -196,6 +205,8 @@ class CatchUp:
         if check is not None:
             union = {key: m for key, m in union.items() if check(m.sender) is None}
         ordered = sorted(union.values(), key=lambda m: (m.sent_at_ms, m.message_id))
+        if self._moderate is not None:
+            ordered = self._moderate(room, ordered)
         new: list[StoredMessage] = []
         for first in range(0, len(ordered), WRITE_BATCH):
             new += self._history.add_many(ordered[first : first + WRITE_BATCH])

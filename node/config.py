@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from p2pchat.node.errors import ConfigError, IdentityError
 from p2pchat.node.ids import check_announce_addr, check_listen_addr, check_peer_addr
+from p2pchat.node.wire.room_names import validate_room
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -77,9 +78,7 @@ def _check_host_port(value: str) -> str:
 
 
 def _check_room(value: str) -> str:
-    if not value or len(value) > 64 or not all(ch.isalnum() or ch in "-_." for ch in value):
-        raise ValueError(f"room {value!r} must be 1-64 characters of letters, digits, - _ .")
-    return value
+    return validate_room(value)  # plain (1-64 letters, digits, - _ .) or owned (<name>~<PeerId>)
 
 
 def _check_allow_entry(value: str) -> str:
@@ -499,6 +498,21 @@ class ChatSection(_Section):
     )
     bell: bool = Field(
         default=True, description="Ring the terminal bell when a message mentions your name."
+    )
+    max_decisions_per_room: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Moderation decisions kept per owned room, one per target (chat peers and "
+        "archivers); when full, those no longer in force make way, else the owner's next one "
+        "is passed on but not applied (counted as moderation_full).",
+    )
+    max_decisions: int = Field(
+        default=65_536,
+        ge=1,
+        le=10_000_000,
+        description="Moderation decisions kept in all owned rooms together (about 0.5 KiB "
+        "each): an archiver of many strangers' rooms stays bounded.",
     )
 
 

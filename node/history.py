@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.store import Store
-from p2pchat.node.wire.chat import ChatText, WireError, decode
+from p2pchat.node.wire.chat import ChatText, Moderation, WireError, decode
 from rocksdict import WriteBatch, WriteOptions
 
 MESSAGE_ID_BYTES = 16
@@ -134,10 +134,11 @@ class StoredMessage:
 
     @classmethod
     def of_text(
-        cls, text: ChatText, sender: str, envelope: bytes, received_at_ms: int
+        cls, text: ChatText | Moderation, sender: str, envelope: bytes, received_at_ms: int
     ) -> StoredMessage:
-        """The history entry of chat text ``text``, verified as signed by ``sender`` in
-        ``envelope``."""
+        """The history entry of chat text ``text`` (or of a room owner's moderation decision,
+        kept in the history so that peers that were away and archivers learn it), verified as
+        signed by ``sender`` in ``envelope``."""
         return cls(
             room=text.room,
             message_id=history_id(sender, text.id),

@@ -84,9 +84,11 @@ class Shown:
     text: str
 
     @classmethod
-    def of(cls, message: StoredMessage, max_text_bytes: int) -> Shown:
+    def of(cls, message: StoredMessage, max_text_bytes: int) -> Shown | None:
+        """None for a verified entry that is no text (a room owner's moderation decision)."""
         payload = decode(envelope_data(message.envelope), max_text_bytes=max_text_bytes)
-        assert isinstance(payload, ChatText)  # verified as a chat text already
+        if not isinstance(payload, ChatText):
+            return None
         return cls(
             message.message_id.hex(),
             message.sent_at_ms,
@@ -220,6 +222,8 @@ def show(
     width = shutil.get_terminal_size().columns if out.isatty() else None
     for message in fetched.messages:
         shown = Shown.of(message, max_text_bytes)
+        if shown is None:
+            continue
         out.write((shown.json() if as_json else shown.line(width)) + "\n")
     more = "" if fetched.complete else " (more exist: raise --limit)"
     rejected = f", {fetched.rejected} rejected (forged or altered)" if fetched.rejected else ""

@@ -34,7 +34,12 @@ from p2pchat.node.p2p.streams import (
     close_quietly,
     read_frame,
 )
-from p2pchat.node.wire.chat import ChatText, WireError, decode_for_room
+from p2pchat.node.wire.chat import (
+    HISTORY_PAYLOADS,
+    WireError,
+    decode_for_room,
+    moderation_refused,
+)
 from p2pchat.node.wire.framing import FrameDecoder, FrameError
 from p2pchat.node.wire.store_query import (
     MAX_LIMIT,
@@ -103,7 +108,8 @@ class Rejected(ValueError):
 
 
 def verify_entry(entry: Entry, room: str, max_text_bytes: int, now_ms: int) -> StoredMessage:
-    """The stored form of ``entry`` if it is a genuine chat text of ``room``.
+    """The stored form of ``entry`` if it is a genuine chat text of ``room``, or a moderation
+    decision of ``room`` signed by its owner.
 
     Raises:
         Rejected: see the module's note; ``reason`` says which check failed.
@@ -120,8 +126,11 @@ def verify_entry(entry: Entry, room: str, max_text_bytes: int, now_ms: int) -> S
         payload = decode_for_room(verified.data, room, max_text_bytes=max_text_bytes, now_ms=now_ms)
     except WireError as error:
         raise Rejected(error.reason, str(error)) from None
-    if not isinstance(payload, ChatText):
+    if not isinstance(payload, HISTORY_PAYLOADS):
         raise Rejected("not_text", "not a chat text")
+    refused = moderation_refused(payload, verified.sender)
+    if refused is not None:
+        raise Rejected(refused, "a moderation decision not signed by the room's owner")
     stored = StoredMessage.of_text(payload, verified.sender, entry.envelope, now_ms)
     if stored.message_id != entry.message_id or stored.sent_at_ms != entry.sent_at_ms:
         raise Rejected("mismatch", "id or time beside the envelope is not the signed one")

@@ -82,6 +82,7 @@ class FakePubsub:
         self._me = me
         self.validators: dict[str, Validator] = {}
         self.sender_checks: dict[str, Callable[[str], str | None] | None] = {}
+        self.signed_checks: dict[str, Callable[[str, bytes], str | None] | None] = {}
         self._send: dict[str, trio.MemorySendChannel[list[GossipMessage]]] = {}
         self.members: dict[str, set[str]] = {}
         self.published: list[tuple[str, bytes]] = []
@@ -98,10 +99,12 @@ class FakePubsub:
         topic: str,
         validator: Validator,
         sender_check: Callable[[str], str | None] | None = None,
+        signed_check: Callable[[str, bytes], str | None] | None = None,
     ) -> AsyncIterator[list[GossipMessage]]:
         send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
         self.validators[topic], self._send[topic] = validator, send
         self.sender_checks[topic] = sender_check
+        self.signed_checks[topic] = signed_check
         if self.while_joining is not None:
             await self.while_joining(topic)
 
@@ -137,6 +140,9 @@ class FakePubsub:
             reason = check(signer_id) if check is not None else None
             if reason is None:
                 reason = self.validators[topic](data)
+            signed = self.signed_checks.get(topic)
+            if reason is None and signed is not None:
+                reason = signed(signer_id, data)
             if reason is not None:
                 self.dropped.append(reason)
                 continue

@@ -77,7 +77,7 @@ class StoreClientMetrics:
         self.rejected = Counter(
             "p2pchat_history_rejected",
             "Messages from history sources dropped, by reason (bad_signature, malformed, "
-            "wrong_room, mismatch, not_text, future_timestamp, oversized, invalid, "
+            "wrong_room, mismatch, not_text, not_owner, future_timestamp, oversized, invalid, "
             "unsupported_version).",
             ("reason",),
             registry=registry,

@@ -177,6 +177,10 @@ SenderCheck = Callable[[str], str | None]
 """Checks a message's signer (its PeerId, verified) before its payload: None to go on, else a
 drop reason (e.g. a sender this peer ignores: not delivered, not forwarded)."""
 
+SignedCheck = Callable[[str, bytes], str | None]
+"""Checks a payload the validator accepted together with its signer (PeerId, verified): None if
+valid, else a drop reason (e.g. a room's moderation decision signed by anyone but its owner)."""
+
 
 @functools.lru_cache(maxsize=4096)
 def _peer_id_text(from_id: bytes) -> str:
@@ -754,6 +758,7 @@ class _Joiner:
     receive: trio.MemoryReceiveChannel[list[GossipMessage]]
     waiting: int = 0
     sender_check: SenderCheck | None = None
+    signed_check: SignedCheck | None = None
 
     def deliver(self, batch: list[GossipMessage]) -> None:
         if self.waiting + len(batch) > QUEUE_SIZE:
@@ -908,6 +913,10 @@ class NodeGossip:
                     reason = each.sender_check(sender)
                 if reason is None:
                     reason = each.validator(data)
+                if reason is None and each.signed_check is not None:
+                    if sender is None:
+                        sender = _peer_id_text(bytes(message.from_id))
+                    reason = each.signed_check(sender, data)
                 if reason is not None:
                     each.observer.message_dropped(topic, reason)
                     accepted = False
@@ -986,10 +995,11 @@ class Gossip:
         topic: str,
         validator: PayloadValidator,
         sender_check: SenderCheck | None = None,
+        signed_check: SignedCheck | None = None,
     ) -> AsyncIterator[list[GossipMessage]]:
         """Subscribe to ``topic``; yield every verified message that passes ``sender_check``
-        (if given) and ``validator`` (and those of other roles in it), in arrival order, in
-        batches: each batch holds
+        (if given), ``validator`` and then ``signed_check`` (if given), and those of other
+        roles in it, in arrival order, in batches: each batch holds
         what had arrived when it was taken (at least one message, at most :data:`MAX_BATCH`),
         so a burst can be stored in one write.
 
@@ -1002,7 +1012,15 @@ class Gossip:
         if topic in self._joined:
             raise ValueError(f"already joined {topic!r}")
         send, receive = trio.open_memory_channel[list[GossipMessage]](float("inf"))
-        joiner = _Joiner(topic, validator, self._observer, send, receive, sender_check=sender_check)
+        joiner = _Joiner(
+            topic,
+            validator,
+            self._observer,
+            send,
+            receive,
+            sender_check=sender_check,
+            signed_check=signed_check,
+        )
         self._joined[topic] = joiner
         try:
             await self._node._join(joiner)

@@ -17,15 +17,25 @@ from typing import Literal
 
 from google.protobuf.message import DecodeError
 from p2pchat.node.wire import chat_pb2
+from p2pchat.node.wire.room_names import MAX_ROOM_CHARS, is_peer_id, room_owner, validate_room
+
+__all__ = ["MAX_ROOM_CHARS", "validate_room"]  # re-exported: the room rule lives in room_names
 
 WIRE_VERSION = 1
 MESSAGE_ID_BYTES = 16
 MAX_NAME_CHARS = 32
-MAX_ROOM_CHARS = 64
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_REASON_BYTES = 200  # of a moderation decision's reason
+MAX_MUTE_MS = 366 * 86_400_000  # a mute lasts at most a year (a removal has no end)
 
 DropReason = Literal[
-    "malformed", "unsupported_version", "oversized", "invalid", "wrong_room", "future_timestamp"
+    "malformed",
+    "unsupported_version",
+    "oversized",
+    "invalid",
+    "wrong_room",
+    "future_timestamp",
+    "not_owner",
 ]
 MAX_CLOCK_AHEAD_MS = 5 * 60 * 1000  # how far a sender's clock may run ahead of ours
 
@@ -59,7 +69,39 @@ class NameAnnouncement:
     sent_at_ms: int
 
 
-ChatPayload = ChatText | NameAnnouncement
+ModerationAction = Literal["mute", "remove", "restore"]
+_ACTIONS: dict[int, ModerationAction] = {
+    chat_pb2.Moderation.MUTE: "mute",
+    chat_pb2.Moderation.REMOVE: "remove",
+    chat_pb2.Moderation.RESTORE: "restore",
+}
+_ACTION_CODES = {name: code for code, name in _ACTIONS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Moderation:
+    """An owned room's owner's decision about one peer (see ``Moderation`` in chat.proto).
+    The owner is the envelope's signer; receivers check it is the room's (:func:`room_owner`).
+    """
+
+    id: bytes
+    room: str
+    target: str  # PeerId
+    action: ModerationAction
+    sent_at_ms: int
+    until_ms: int = 0  # mute: until when (the owner's clock); 0 otherwise
+    reason: str = ""
+
+    @property
+    def order(self) -> tuple[int, bytes]:
+        """Of two decisions about the same target, the one with the greater order is in force."""
+        return (self.sent_at_ms, self.id)
+
+
+ChatPayload = ChatText | NameAnnouncement | Moderation
+HISTORY_PAYLOADS = (ChatText, Moderation)
+"""What a room's history keeps (both name their room); a tuple: ``isinstance`` with a ``|``
+union builds the union on every call (~3x the cost, per message received)."""
 
 
 def new_message_id() -> bytes:
@@ -115,17 +157,6 @@ def validate_name(name: str) -> str:
     return cleaned
 
 
-@functools.lru_cache(maxsize=1024)
-def validate_room(room: str) -> str:
-    """Return ``room`` if it is a valid room name, else raise ValueError with a one-line reason.
-
-    Same rule as the ``chat.room`` setting: 1-64 letters, digits, ``-``, ``_``, ``.``.
-    """
-    if not 1 <= len(room) <= MAX_ROOM_CHARS or not all(ch.isalnum() or ch in "-_." for ch in room):
-        raise ValueError(f"room {room!r} must be 1-64 characters of letters, digits, - _ .")
-    return room
-
-
 def encode(payload: ChatPayload) -> bytes:
     """Serialize a payload (callers check sizes and names before sending)."""
     envelope = chat_pb2.ChatEnvelope(version=WIRE_VERSION)
@@ -138,6 +169,18 @@ def encode(payload: ChatPayload) -> bytes:
                 text=payload.text,
                 sent_at_ms=payload.sent_at_ms,
                 action=payload.action,
+            )
+        )
+    elif isinstance(payload, Moderation):
+        envelope.moderation.CopyFrom(
+            chat_pb2.Moderation(
+                id=payload.id,
+                room=payload.room,
+                target=payload.target,
+                action=_ACTION_CODES[payload.action],  # type: ignore[arg-type]
+                until_ms=payload.until_ms,
+                sent_at_ms=payload.sent_at_ms,
+                reason=payload.reason,
             )
         )
     else:
@@ -177,6 +220,8 @@ def decode(
         return _check_text(envelope.text, max_text_bytes)
     if body == "name":
         return _check_name(envelope.name)
+    if body == "moderation":
+        return _check_moderation(envelope.moderation)
     raise WireError("malformed", "payload has no body")
 
 
@@ -218,6 +263,51 @@ def _check_name(message: chat_pb2.NameAnnouncement) -> NameAnnouncement:
     return NameAnnouncement(id=bytes(message.id), name=name, sent_at_ms=message.sent_at_ms)
 
 
+def _check_moderation(message: chat_pb2.Moderation) -> Moderation:
+    """The checks every receiver makes of a decision, whoever signed it (the signer is checked
+    against the room's owner by :func:`moderation_refused`, which knows the signer)."""
+    _check_common(message.id, message.sent_at_ms)
+    try:
+        room = validate_room(message.room)
+    except ValueError as error:
+        raise WireError("invalid", str(error)) from None
+    owner = room_owner(room)
+    if owner is None:
+        raise WireError("invalid", "a moderation decision in a room nobody owns")
+    if not is_peer_id(message.target) or message.target == owner:
+        raise WireError("invalid", "a moderation decision must name a PeerId other than the owner")
+    action = _ACTIONS.get(message.action)
+    if action is None:
+        raise WireError("invalid", f"unknown moderation action {message.action}")
+    until = message.until_ms
+    if action == "mute":
+        if not message.sent_at_ms < until <= message.sent_at_ms + MAX_MUTE_MS:
+            raise WireError("invalid", "a mute ends after it starts, within a year")
+    elif until:
+        raise WireError("invalid", f"a {action} has no end time")
+    if len(message.reason.encode()) > MAX_REASON_BYTES:
+        raise WireError("oversized", f"a reason over {MAX_REASON_BYTES} bytes")
+    if _unsafe_in_text(message.reason) or "\n" in message.reason:
+        raise WireError("invalid", "reason contains control characters")
+    return Moderation(
+        id=bytes(message.id),
+        room=room,
+        target=message.target,
+        action=action,
+        sent_at_ms=message.sent_at_ms,
+        until_ms=until,
+        reason=message.reason,
+    )
+
+
+def moderation_refused(payload: ChatPayload, signer: str) -> DropReason | None:
+    """``not_owner`` when ``payload`` is a moderation decision that ``signer`` may not make
+    (only the owner named by the room may), else None."""
+    if isinstance(payload, Moderation) and room_owner(payload.room) != signer:
+        return "not_owner"
+    return None
+
+
 def decode_for_room(data: bytes, room: str, *, max_text_bytes: int, now_ms: int) -> ChatPayload:
     """Decode a payload received on ``room``'s topic, as every receiver must check it: a text
     must name that room (so a signed message cannot be replayed into another room), and no
@@ -229,7 +319,7 @@ def decode_for_room(data: bytes, room: str, *, max_text_bytes: int, now_ms: int)
         WireError: as :func:`decode`, or with reason ``wrong_room`` / ``future_timestamp``.
     """
     payload = decode(data, max_text_bytes=max_text_bytes)
-    if isinstance(payload, ChatText) and payload.room != room:
+    if isinstance(payload, HISTORY_PAYLOADS) and payload.room != room:
         raise WireError("wrong_room", f"a message for room {payload.room!r}")
     if payload.sent_at_ms > now_ms + MAX_CLOCK_AHEAD_MS:
         raise WireError("future_timestamp", "sent in the future")

@@ -13,6 +13,7 @@ not know (counted as unsupported_version) rather than guess at its meaning.
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -31,24 +32,28 @@ class ChatEnvelope(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    MODERATION_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Payload format version; this schema is version 1."""
     @_builtins.property
     def text(self) -> Global___ChatText: ...
     @_builtins.property
     def name(self) -> Global___NameAnnouncement: ...
+    @_builtins.property
+    def moderation(self) -> Global___Moderation: ...
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         text: Global___ChatText | None = ...,
         name: Global___NameAnnouncement | None = ...,
+        moderation: Global___Moderation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "name", b"name", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "name", b"name", "text", b"text", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "text", b"text", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "name"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "name", "moderation"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -129,3 +134,79 @@ class NameAnnouncement(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NameAnnouncement: _TypeAlias = NameAnnouncement  # noqa: Y015
+
+@_typing.final
+class Moderation(_message.Message):
+    """A moderation decision of an owned room's owner (room "<name>~<owner PeerId>"): receivers
+    accept it only when the envelope's signer is the PeerId the room name ends with, so nobody
+    else can moderate the room. For each (room, target) the decision with the newest
+    (sent_at_ms, id) is in force; RESTORE ends a mute or a removal.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Moderation._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: Moderation._Action.ValueType  # 0
+        """refused"""
+        MUTE: Moderation._Action.ValueType  # 1
+        """the target's messages are dropped until until_ms"""
+        REMOVE: Moderation._Action.ValueType  # 2
+        """the target's messages are dropped until restored"""
+        RESTORE: Moderation._Action.ValueType  # 3
+        """the target is a member like any other again"""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: Moderation.Action.ValueType  # 0
+    """refused"""
+    MUTE: Moderation.Action.ValueType  # 1
+    """the target's messages are dropped until until_ms"""
+    REMOVE: Moderation.Action.ValueType  # 2
+    """the target's messages are dropped until restored"""
+    RESTORE: Moderation.Action.ValueType  # 3
+    """the target is a member like any other again"""
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROOM_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.bytes
+    """16 random bytes chosen by the owner (as ChatText.id)."""
+    room: _builtins.str
+    """The room, equal to the topic it was published on; an owned room."""
+    target: _builtins.str
+    """The PeerId (base58) the decision is about; never the owner."""
+    action: Global___Moderation.Action.ValueType
+    until_ms: _builtins.int
+    """MUTE: until when, Unix ms on the owner's clock (after sent_at_ms, at most a year later);
+    0 for the other actions.
+    """
+    sent_at_ms: _builtins.int
+    """When the owner decided it: Unix ms, the owner's clock. Orders decisions."""
+    reason: _builtins.str
+    """Why, shown to people: at most 200 bytes, no control characters; may be empty."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.bytes = ...,
+        room: _builtins.str = ...,
+        target: _builtins.str = ...,
+        action: Global___Moderation.Action.ValueType = ...,
+        until_ms: _builtins.int = ...,
+        sent_at_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "id", b"id", "reason", b"reason", "room", b"room", "sent_at_ms", b"sent_at_ms", "target", b"target", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Moderation: _TypeAlias = Moderation  # noqa: Y015

@@ -23,7 +23,7 @@ import trio
 from p2pchat.node.config import ArchiverSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage
-from p2pchat.node.wire.chat import ChatText, WireError, decode
+from p2pchat.node.wire.chat import HISTORY_PAYLOADS, WireError, decode
 
 QUEUE_BATCHES = 64  # batches of up to 256 messages waiting for the writer
 MAX_WRITE = 4096  # messages per synced write
@@ -110,7 +110,8 @@ class Archive:
             except WireError as error:
                 self._observer.message_dropped(room, error.reason)
                 continue
-            if not isinstance(payload, ChatText):  # name announcements are not history
+            # Texts, and room owners' moderation decisions (peers that were away learn them here)
+            if not isinstance(payload, HISTORY_PAYLOADS):  # name announcements are not
                 continue
             stored.append(
                 StoredMessage.of_text(payload, message.sender, message.envelope, received)

@@ -52,7 +52,8 @@ class ArchiveMetrics:
         self.dropped = Counter(
             "p2pchat_archive_dropped",
             "Messages refused before archiving, by reason (bad_signature, malformed, oversized, "
-            "invalid, unsupported_version, wrong_room, future_timestamp).",
+            "invalid, unsupported_version, wrong_room, future_timestamp, muted, removed, "
+            "not_owner, moderation_full).",
             ("reason",),
             registry=registry,
         )

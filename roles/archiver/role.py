@@ -9,6 +9,12 @@ the DHT on, it announces itself under :data:`~p2pchat.node.rendezvous.ARCHIVER_K
 peers that know only a bootstrap node find it. With the chat peer in the same process, both use
 the node's one pubsub and history: the room's messages are stored once, and the tighter
 retention applies.
+
+In an owned room it applies the owner's moderation as chat peers do
+(:class:`~p2pchat.node.moderation.RoomModeration`): a decision is accepted only when signed by
+the owner the room name names, kept (in the history too, so peers that were away learn it),
+and a muted or removed sender's messages are refused before they are stored (counted as
+``muted`` / ``removed`` in ``p2pchat_archive_dropped_total``).
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar, Protocol, Self
 
 import trio
+from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import ArchiverSection, Config
 from p2pchat.node.history import now_ms
+from p2pchat.node.moderation import MAX_DECISIONS, MAX_TARGETS, RoomModeration, refusal_log
+from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
 from p2pchat.node.p2p.pubsub import (
     Gossip,
     GossipMessage,
@@ -30,7 +39,14 @@ from p2pchat.node.p2p.pubsub import (
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.rendezvous import ARCHIVER_KEY
 from p2pchat.node.role import NodeContext
-from p2pchat.node.wire.chat import WireError, decode_for_room, validate_room
+from p2pchat.node.wire.chat import (
+    Moderation,
+    WireError,
+    decode_for_room,
+    moderation_refused,
+    validate_room,
+)
+from p2pchat.node.wire.room_names import room_owner
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 from p2pchat.roles.archiver.admission import HELD_PER_CANDIDATE, RoomAdmission
 from p2pchat.roles.archiver.ingest import Archive, ArchiveObserver
@@ -38,6 +54,8 @@ from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 ADMISSION_TICK = 1.0  # seconds between two looks at probation (also woken by announcements)
 RESCAN_PEERS = 4  # subscribers of a known topic credited when topics are scanned again
+# Moderation decisions between validation and the signer check (the next step of the same call)
+MAX_DECISIONS_CHECKING = 64
 
 
 class ArchiverObserver(ArchiveObserver, GossipObserver, Protocol):
@@ -62,11 +80,18 @@ class ArchiverRole:
     protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID, "/meshsub/1.2.0", "/meshsub/1.1.0")
     in_rooms: ClassVar[bool] = True
 
-    def __init__(self, settings: ArchiverSection, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: ArchiverSection,
+        max_message_bytes: int,
+        max_decisions: tuple[int, int] = (MAX_TARGETS, MAX_DECISIONS),
+    ) -> None:
         """``settings``: the rooms and their retention (the ``archiver`` config section);
-        ``max_message_bytes``: the largest text accepted, as chat peers accept it."""
+        ``max_message_bytes``: the largest text accepted, as chat peers accept it;
+        ``max_decisions``: moderation decisions kept per room and in all, as chat peers."""
         self._settings = settings
         self._max_message_bytes = max_message_bytes
+        self._max_decisions = max_decisions
         self._admission = RoomAdmission(
             set(),
             max_rooms=settings.max_rooms,
@@ -80,8 +105,13 @@ class ArchiverRole:
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The archiver with the ``archiver`` section of ``config`` and the chat's message
-        size limit."""
-        return cls(config.archiver, config.chat.max_message_bytes)
+        size limit and moderation bounds."""
+        chat = config.chat
+        return cls(
+            config.archiver,
+            chat.max_message_bytes,
+            (chat.max_decisions_per_room, chat.max_decisions),
+        )
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -91,7 +121,10 @@ class ArchiverRole:
         metrics = ArchiveMetrics(ctx.metrics.registry, store_size=ctx.store_size)
         gossip, history = ctx.rooms(metrics)
         archive = Archive(history, settings, metrics, ctx.log, self._max_message_bytes)
-        rooms = _Rooms(self._admission, gossip, archive, metrics, ctx, self._max_message_bytes)
+        moderation = RoomModeration(ctx.keys(MODS_NAMESPACE), *self._max_decisions)
+        rooms = _Rooms(
+            self._admission, gossip, archive, metrics, ctx, self._max_message_bytes, moderation
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
             rooms.nursery = nursery
@@ -166,8 +199,11 @@ class _Rooms:
         observer: ArchiverObserver,
         ctx: NodeContext,
         max_message_bytes: int,
+        moderation: RoomModeration,
     ) -> None:
         self._admission = admission
+        self._moderation = moderation
+        self._moderation_refusals = refusal_log(ctx.log)
         self._gossip = gossip
         self._archive = archive
         self.observer = observer
@@ -177,17 +213,46 @@ class _Rooms:
         self.nursery: trio.Nursery | None = None
 
     async def join(self, room: str) -> None:
-        """Listen to ``room``: archived if admitted already, else on probation."""
+        """Listen to ``room``: archived if admitted already, else on probation; in an owned
+        room, the owner's moderation applies before anything is stored."""
         limit = self._limit
+        moderation, refusals, observer = self._moderation, self._moderation_refusals, self.observer
+        checking: BoundedDict[bytes, Moderation] = BoundedDict(MAX_DECISIONS_CHECKING)
 
         def validate(data: bytes) -> str | None:
             try:
-                decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
+                payload = decode_for_room(data, room, max_text_bytes=limit, now_ms=now_ms())
             except WireError as error:
                 return error.reason
+            if isinstance(payload, Moderation):
+                checking[data] = payload
             return None
 
-        messages = await self._gossip.join(room, validate)
+        def signed_check(sender: str, data: bytes) -> str | None:
+            decision = checking.pop(data, None)
+            if decision is None:
+                return None
+            refused = moderation_refused(decision, sender)
+            if refused is not None:
+                refusals.refused(refused, room=room, sender=sender)
+            elif moderation.apply(decision, now_ms()) == "full":
+                # Still the owner's: stored and passed on (others may have room), not applied.
+                observer.message_dropped(room, "moderation_full")
+            return refused
+
+        def sender_check(sender: str) -> str | None:
+            verdict = moderation.check(room, sender, now_ms())
+            if verdict is not None:
+                refusals.refused(verdict, room=room, sender=sender)
+            return verdict
+
+        owned = room_owner(room) is not None
+        messages = await self._gossip.join(
+            room,
+            validate,
+            sender_check if owned else None,
+            signed_check=signed_check if owned else None,
+        )
         if room in self._admission.archived:
             self._archived_now(room)
         assert self.nursery is not None

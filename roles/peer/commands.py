@@ -27,6 +27,15 @@ HELP = """Commands:
                      <data dir>/exports/<room>-<date>.jsonl)
   /info              your id, addresses, roles, rooms, metrics address, log file
   /join <room>       join a room and make it current (remembered across restarts)
+  /create <name>     join the room you own: <name>~<your peer id> (only you moderate it)
+  /mods [room]       a room's owner and the moderation in force (default: current room)
+  /mute <name|id> <duration> [reason]
+                     (owner) drop a peer's messages in this room for 30s, 10m, 2h, 7d...
+  /unmute <name|id>  (owner) end a mute
+  /remove <name|id> [reason]
+                     (owner) drop a peer's messages in this room until /unremove
+  /unremove <name|id>
+                     (owner) end a removal
   /leave [room]      leave a room (default: the current one)
   /rooms             the rooms you are in, with unread counts
   /switch <room>     make a joined room current and show what arrived there
@@ -46,6 +55,12 @@ COMMANDS = (
     "/export",
     "/info",
     "/join",
+    "/create",
+    "/mods",
+    "/mute",
+    "/unmute",
+    "/remove",
+    "/unremove",
     "/leave",
     "/rooms",
     "/switch",
@@ -64,7 +79,22 @@ _NEEDS_ARGUMENT = {
     "whois": "name",
     "unignore": "name or peer id",
     "search": "words",
+    "create": "name",
+    "mute": "name or peer id> <duration",
+    "unmute": "name or peer id",
+    "remove": "name or peer id",
+    "unremove": "name or peer id",
 }
+
+_DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration(text: str) -> int | None:
+    """``30s``, ``10m``, ``2h``, ``7d`` in milliseconds; None for anything else."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _DURATION_UNITS or not number.isdigit() or len(number) > 6:
+        return None
+    return int(number) * _DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ NoticeKind = Literal[
     "exported",
     "ignored",  # this peer now ignores a peer (data: peer)
     "unignored",
+    "moderation",  # an owned room's owner decided about a peer (data: room, owner, target, ...)
     "warning",  # a log warning of the node, in one line (details in the log file)
 ]
 
@@ -106,6 +107,10 @@ ErrorCode = Literal[
     "ambiguous_name",  # several peers use the name: give the PeerId
     "not_ignored",
     "too_many_ignored",
+    "not_owner",  # a moderation command in a room this peer does not own
+    "not_moderated",  # /unmute, /unremove of a peer that is not muted, removed
+    "moderation_full",  # the room holds as many decisions in force as it may
+    "muted",  # a message to a room whose owner muted or removed this peer: not sent
 ]
 
 

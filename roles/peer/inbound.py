@@ -4,8 +4,12 @@ Pubsub has verified each message's signature before :meth:`Inbound.validator`'s 
 the check decodes the payload for its room and keeps the decoded form (the newest
 :data:`MAX_VALIDATED`), so that :meth:`Inbound.accept` does not decode it again. Accepting a
 batch: every sender is noted as heard in the room (at the time it signed, not when the copy
-reached us); name announcements update the names; texts are stored in one write and those new
-to the history (by sender and id) are shown, once. Duplicates are counted, not shown.
+reached us); name announcements update the names; a room owner's moderation decisions (checked
+as signed by the owner where pubsub validates them, :meth:`Inbound.signed_check`) are stored in
+the history (so that this peer serves them to peers that were away), and handed to
+``moderated`` as they are validated;
+texts are stored in one write and those new to the history (by sender and id) are shown, once.
+Duplicates are counted, not shown.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from typing import Protocol
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.pubsub import GossipMessage
-from p2pchat.node.wire.chat import ChatText, NameAnnouncement, WireError, decode, decode_for_room
+from p2pchat.node.wire.chat import (
+    ChatText,
+    Moderation,
+    NameAnnouncement,
+    WireError,
+    decode,
+    decode_for_room,
+    moderation_refused,
+)
 from p2pchat.roles.peer.events import ChatEvent
 from p2pchat.roles.peer.names import Names
 from p2pchat.roles.peer.presentation import message_event, name_event
@@ -24,7 +36,7 @@ from p2pchat.roles.peer.rooms import Rooms
 
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 
-Payload = ChatText | NameAnnouncement
+Payload = ChatText | NameAnnouncement | Moderation
 
 
 class InboundObserver(Protocol):
@@ -65,6 +77,8 @@ class Inbound:
         stored: Callable[[str], object],
         emit: Callable[[ChatEvent], None],
         new_sender: Callable[[], object] = lambda: None,
+        moderated: Callable[[Moderation], object] = lambda decision: None,
+        refused: Callable[[str, str, str], object] = lambda reason, room, sender: None,
     ) -> None:
         self._me = me
         self._history = history
@@ -75,6 +89,8 @@ class Inbound:
         self._stored = stored
         self._emit = emit
         self._new_sender = new_sender
+        self._moderated = moderated
+        self._refused = refused
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -92,9 +108,28 @@ class Inbound:
 
         return validate
 
+    def signed_check(self, sender: str, data: bytes) -> str | None:
+        """The check of a payload the validator accepted, with its signer: a moderation
+        decision must be signed by the room's owner (``not_owner``). The owner's decision is
+        handed to ``moderated`` here, in the order pubsub validates messages, so that the
+        sender's next message is judged by it."""
+        payload = self._validated.get(data)
+        if payload is None:  # the validator stored it just now; defensive
+            try:
+                payload = decode(data, max_text_bytes=self._max_text_bytes)
+            except WireError as error:
+                return error.reason
+        refused = moderation_refused(payload, sender)
+        if refused is None and isinstance(payload, Moderation):
+            self._moderated(payload)
+        elif refused is not None and isinstance(payload, Moderation):
+            self._refused(refused, payload.room, sender)  # logged, rate-limited
+        return refused
+
     def accept(self, room: str, messages: list[GossipMessage]) -> None:
         """Take one batch of ``room``'s verified messages (see the module's note)."""
         texts: list[tuple[StoredMessage, ChatText]] = []
+        decisions: list[StoredMessage] = []
         joined, received_at = self._rooms.get(room), now_ms()
         for message in messages:
             # The validator decoded it moments ago (decoding twice was ~5% of a peer's CPU).
@@ -119,7 +154,12 @@ class Inbound:
                     self._emit(name_event(change))
                 continue
             stored = StoredMessage.of_text(payload, message.sender, message.envelope, received_at)
+            if isinstance(payload, Moderation):
+                decisions.append(stored)  # applied as it was validated
+                continue
             texts.append((stored, payload))
+        if decisions:
+            self._history.add_many(decisions)
         if not texts:
             return
         new = {id(stored) for stored in self._history.add_many(stored for stored, _ in texts)}

@@ -108,6 +108,7 @@ class PeerRole:
                 ctx.metrics.catch_up,
                 ctx.log,
                 sender_check=service.sender_check,
+                moderate=service.moderate_fetched,
             )
         async with trio.open_nursery() as nursery:
             if catch_up is not None:

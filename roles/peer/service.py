@@ -32,10 +32,13 @@ import trio
 from p2pchat.node.config import ChatSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
+from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
+from p2pchat.node.moderation import RoomModeration, refusal_log
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
+from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
@@ -52,6 +55,7 @@ from p2pchat.roles.peer.ignored import Ignored
 from p2pchat.roles.peer.inbound import Inbound, InboundObserver
 from p2pchat.roles.peer.lookup import export_lines, search
 from p2pchat.roles.peer.membership import ChangeSignal, Membership, MembershipChanges
+from p2pchat.roles.peer.moderating import Moderator
 from p2pchat.roles.peer.names import NAMESPACE as NAMES_NAMESPACE
 from p2pchat.roles.peer.names import Names
 from p2pchat.roles.peer.outbox import NAMESPACE as PENDING_NAMESPACE
@@ -86,6 +90,7 @@ class RoomPubsub(Protocol):
         topic: str,
         validator: Callable[[bytes], str | None],
         sender_check: Callable[[str], str | None] | None = None,
+        signed_check: Callable[[str, bytes], str | None] | None = None,
     ) -> AsyncIterator[list[GossipMessage]]: ...
 
     async def leave(self, topic: str) -> None: ...
@@ -161,6 +166,18 @@ class ChatService:
         self._names = Names(
             self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
         )
+        refusals = refusal_log(ctx.log)
+        self._moderator = Moderator(
+            self._me,
+            RoomModeration(
+                ctx.keys(MODS_NAMESPACE), settings.max_decisions_per_room, settings.max_decisions
+            ),
+            gossip.publish,
+            self.name_of,
+            emit,
+            observer,
+            refusals,
+        )
         self._retention = Retention(
             history, settings.history_max_messages, settings.history_max_age_days
         )
@@ -174,6 +191,8 @@ class ChatService:
             self._retention.trim_if_over,
             emit,
             new_sender=lambda: self._changes.note(),
+            moderated=self._moderator.decided,
+            refused=lambda reason, room, sender: refusals.refused(reason, room=room, sender=sender),
         )
         self._outbox = Outbox(
             gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
@@ -215,6 +234,23 @@ class ChatService:
     def sender_check(self, sender: str) -> str | None:
         """Why messages of ``sender`` are refused here (live and in catch-up), else None."""
         return self._ignored.check(sender)
+
+    def room_check(self, room: str) -> Callable[[str], str | None]:
+        """The sender check of ``room``'s topic: :meth:`sender_check`, then the room's
+        moderation (a muted or removed sender), if someone owns the room."""
+        moderated = self._moderator.check(room)
+        if moderated is None:
+            return self.sender_check
+        own = self.sender_check
+
+        def check(sender: str) -> str | None:
+            return own(sender) or moderated(sender)
+
+        return check
+
+    def moderate_fetched(self, room: str, messages: list[StoredMessage]) -> list[StoredMessage]:
+        """Catch-up's moderation of ``room`` (see :meth:`Moderator.fetched`)."""
+        return self._moderator.fetched(room, messages)
 
     def room_names(self) -> list[str]:
         """The rooms this peer is in (safe to call from the console's thread)."""
@@ -290,6 +326,9 @@ class ChatService:
             return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
         if not text.strip():
             return [ErrorEvent("bad_argument", "an empty message is not sent")]
+        refused = self._moderator.refused_to_me(target)
+        if refused is not None:
+            return [refused]
         answer = await self._outbox.send(target, self.display_name, text)
         return [answer] if answer is not None else []
 
@@ -300,6 +339,10 @@ class ChatService:
         if isinstance(parsed, Invalid):
             reply(ErrorEvent(parsed.code, parsed.hint, parsed.command))
         elif isinstance(parsed, Send):
+            refused = self._moderator.refused_to_me(self._rooms.current)
+            if refused is not None:
+                reply(refused)
+                return True
             answer = await self._outbox.send(
                 self._rooms.current, self.display_name, parsed.text, action=parsed.action
             )
@@ -336,6 +379,12 @@ class ChatService:
             reply(self._info_output())
         elif name == "join":
             await self._join_command(argument, reply)
+        elif name == "create":
+            await self._create(argument, reply)
+        elif name == "mods":
+            reply(self._moderator.mods(argument or current))
+        elif name in ("mute", "unmute", "remove", "unremove"):
+            await self._moderator.decide(name, current, argument, self._peer_named, reply)
         elif name == "leave":
             await self._leave(argument or current, reply)
         elif name == "rooms":
@@ -570,9 +619,26 @@ class ChatService:
         self._rooms.switch(room)
         reply(NoticeEvent("room_joined", f"joined {room}", {"room": room}))
 
+    async def _create(self, name: str, reply: Reply) -> None:
+        """/create <name>: join the room this peer owns, ``<name>~<its PeerId>``."""
+        try:
+            room = owned_room(name, self._me)
+        except ValueError as error:
+            reply(ErrorEvent("invalid_room", str(error), "create"))
+            return
+        await self._join_command(room, reply)
+
     async def _join(self, name: str) -> None:
         assert self._nursery is not None
-        messages = await self._gossip.join(name, self._inbound.validator(name), self.sender_check)
+        # Only an owned room has decisions to check against their signer (in a plain room the
+        # codec refuses them): plain rooms pay nothing for moderation.
+        owned = room_owner(name) is not None
+        messages = await self._gossip.join(
+            name,
+            self._inbound.validator(name),
+            self.room_check(name),
+            signed_check=self._inbound.signed_check if owned else None,
+        )
         room = Room(name)
         self._rooms.add(room)
 
@@ -677,6 +743,7 @@ class ChatService:
                 self._emit(PeerEvent("left", room, peer, self.name_of(peer)))
             if joined:
                 await self._announce_name(room)
+                await self._moderator.reannounce(room)
             # Whoever receives the room's messages now (an archiver too) gets the queued ones
             # first, before anything typed from now on.
             if self._gossip.has_subscribers(room):
