@@ -95,9 +95,16 @@ async def test_held_history_streams_do_not_starve_an_honest_query(
                 got = await honest_page(honest, victim, 50)
             refused = victim.metric(REFUSALS, reason="group_streams")
             streams = victim.metric("p2pchat_store_query_streams")
+            # Held without a query, the admitted streams are closed by the read deadline
+            # (history.read_timeout, 10 s) while their holders are still connected.
+            with trio.fail_after(45):
+                while victim.metric("p2pchat_store_query_streams") > 0:
+                    await trio.sleep(0.5)
+            timed_out = victim.metric(REFUSALS, reason="read_timeout")
         await trio.to_thread.run_sync(footprint.assert_fds_back)
     assert got == 50
     assert refused >= 256 - 32 - 8, f"only {refused} held streams refused"
+    assert streams <= 32 and timed_out >= streams
     footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
     report(
         "held history streams (64 PeerIds x 4)",
@@ -106,6 +113,7 @@ async def test_held_history_streams_do_not_starve_an_honest_query(
         honest_served=True,
         streams_served_during_attack=streams,
         refused_group_streams=refused,
+        closed_read_timeout=timed_out,
     )
 
 
