@@ -117,6 +117,37 @@ async def test_held_history_streams_do_not_starve_an_honest_query(
     )
 
 
+async def test_a_full_history_server_takes_an_idle_stream_back_for_another_group(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # All of max_streams held by one address group: a newcomer from another group takes the
+    # slot of the longest-idle of them rather than being refused.
+    require_ipv6_loopback()
+    victim = archiver_with_history(tmp_path, nodes, 20, 100, P2PCHAT_HISTORY__MAX_STREAMS="8")
+    held: list[Stream] = []
+    with Footprint(victim.proc.pid) as footprint:
+        async with peers(tmp_path, "holder", 2, victim) as attackers:
+            for host in attackers:
+                for _ in range(4):
+                    held.append(await host.new_stream(victim.peer_id, [PROTOCOL_ID]))
+            with trio.fail_after(30):
+                while victim.metric("p2pchat_store_query_streams") < 8:
+                    await trio.sleep(0.2)
+            async with honest_host(tmp_path, victim) as honest:
+                got = await honest_page(honest, victim, 20)
+            evicted = victim.metric(REFUSALS, reason="evicted")
+        await trio.to_thread.run_sync(footprint.assert_fds_back)
+    assert got == 20 and evicted == 1
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
+    report(
+        "all history streams held by one group (max_streams 8)",
+        footprint,
+        None,
+        honest_served=True,
+        evicted=evicted,
+    )
+
+
 async def test_a_page_pull_flood_is_bounded_in_bytes_and_an_honest_query_is_answered(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
