@@ -103,8 +103,10 @@ async def test_held_history_streams_do_not_starve_an_honest_query(
             timed_out = victim.metric(REFUSALS, reason="read_timeout")
         await trio.to_thread.run_sync(footprint.assert_fds_back)
     assert got == 50
-    assert refused >= 256 - 32 - 8, f"only {refused} held streams refused"
-    assert streams <= 32 and timed_out >= streams
+    # Every held stream was either refused at once or admitted and then closed by the read
+    # deadline (on a slow machine a slot freed by the deadline may be taken by a later one).
+    assert refused + timed_out == 256, (refused, timed_out)
+    assert streams <= 32 and refused >= 256 - 2 * 32
     footprint.assert_rss_below(footprint.baseline_rss_mib + 60)
     report(
         "held history streams (64 PeerIds x 4)",
