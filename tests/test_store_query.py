@@ -7,6 +7,7 @@ see it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.streams import Stream, StreamEnded, read_frame
 from p2pchat.node.store import Store
+from p2pchat.node.store_client import QuietStoreClientObserver, StoreClient
 from p2pchat.node.store_server import answer
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint
 from p2pchat.node.wire.store_query import (
@@ -256,3 +258,34 @@ def test_a_lookup_over_the_reply_budget_is_cut_and_continues_after_its_cursor(
         assert unknown.status is Status.BAD_REQUEST and "cursor" in unknown.status_text
     finally:
         store.close()
+
+
+async def test_a_client_over_a_byte_budget_waits_as_told_and_gets_everything(
+    tmp_path: Path,
+) -> None:
+    # 1500 messages of ~4 KiB (~6 MiB) from a server that gives a peer 2 MiB at once and
+    # 1 MiB/s: the walk is refused TOO_MANY_REQUESTS with retry_after_ms midway, waits, and
+    # completes (without the wait, the source failed with "refused: TOO_MANY_REQUESTS").
+    key = signer(tmp_path / "signer")
+    start = int(time.time() * 1000) - 3_600_000
+    messages = [signed_message(key, ROOM, n, start + n, text="x" * 4000) for n in range(1, 1501)]
+    fill_store(tmp_path / "archiver", messages)
+    node = start_node(
+        tmp_path / "archiver",
+        "--role",
+        "archiver",
+        env=node_env(
+            P2PCHAT_HISTORY__BYTES_RATE=str(1024**2),
+            P2PCHAT_HISTORY__BYTES_BURST=str(2 * 1024**2),
+        ),
+    )
+    try:
+        async with running_host(tmp_path / "client") as (host, _):
+            await host.connect(node.addr())
+            client = StoreClient(host, QuietStoreClientObserver(), max_text_bytes=8192)
+            with trio.fail_after(60):
+                fetched = await client.fetch_range(node.peer_id, ROOM, None, 10_000)
+        assert len(fetched.messages) == 1500 and fetched.complete
+        assert node.metric("p2pchat_store_refusals_total", reason="peer_bytes") >= 1
+    finally:
+        node.stop()
