@@ -1,9 +1,13 @@
-"""Inbound connection admission (node/p2p/admission.py), sans-IO: every rule on its own."""
+"""Inbound connection admission (node/p2p/admission.py), sans-IO: every rule on its own; and
+the rate limit of the refusal log (node/p2p/inbound.py)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from p2pchat.node.p2p.admission import (
+    DEADLINE,
     PER_IP,
     PER_PEER,
     TOTAL_FULL,
@@ -12,6 +16,7 @@ from p2pchat.node.p2p.admission import (
     AdmissionLimits,
     Ticket,
 )
+from p2pchat.node.p2p.inbound import LOG_EVERY, _RefusalLog
 
 
 def admitted(admission: Admission, ip: str, now: float = 0.0) -> Ticket:
@@ -147,3 +152,19 @@ def test_under_any_flood_a_fresh_address_gets_a_slot(groups: int) -> None:
     if groups < limits.transient:
         decision = admission.admit("192.0.2.1", 2000.0)
         assert decision.ticket is not None
+
+
+def test_refusals_are_logged_as_a_warning_at_most_every_ten_seconds_per_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    refusals = _RefusalLog(clock=lambda: now[0])
+    with caplog.at_level(logging.DEBUG, logger="p2pchat.host.inbound"):
+        for _ in range(100):
+            refusals.refused(PER_IP, "203.0.113.9/32")
+        refusals.refused(DEADLINE, "203.0.113.9/32")  # another reason has its own budget
+        now[0] = LOG_EVERY
+        refusals.refused(PER_IP, "203.0.113.9/32")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert "99 more refused" in warnings[2]

@@ -167,15 +167,23 @@ async def junk(port: int, source: str, tally: Tally, size: int = 256 * 1024) -> 
 
 
 async def secured_silent(
-    port: int, addrs: Sequence[str], count: int, victim: str, tally: Tally, keep: bool = True
+    port: int,
+    addrs: Sequence[str],
+    count: int,
+    victim: str,
+    tally: Tally,
+    keep: bool = True,
+    one_peer: bool = False,
 ) -> None:
     """``count`` connections, one after the other, that complete Noise and Yamux, each as a
-    new PeerId, and then never read a frame: the victim's identify is never answered. Held
-    until cancelled, or (``keep`` False) closed as soon as the handshake is done."""
+    new PeerId (``one_peer``: all as the same one), and then never read a frame: the victim's
+    identify is never answered. Held until cancelled, or (``keep`` False) closed as soon as
+    the handshake is done."""
     victim_id = ID.from_base58(victim)
+    same = create_new_key_pair()
     async with trio.open_nursery() as nursery:
         for index in range(count):
-            key_pair = create_new_key_pair()
+            key_pair = same if one_peer else create_new_key_pair()
             noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
             upgrader = TransportUpgrader({NOISE_PROTOCOL_ID: noise}, {YAMUX_PROTOCOL_ID: Yamux})
             try:

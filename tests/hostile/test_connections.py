@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,8 @@ async def test_handshakes_that_never_finish_are_cut_by_the_deadline_or_byte_boun
     )
     chat = HonestChat.through(victim, tmp_path, nodes)
     port = tcp_port(victim)
-    slow, half, silent, bare, endless, garbage = (Tally() for _ in range(6))
-    addrs = iter(sources(2, 30))  # one address per connection: no per-IP limit is involved
+    slow, half, silent, bare, endless, garbage, one_peer = (Tally() for _ in range(7))
+    addrs = iter(sources(2, 38))  # one address per connection: no per-IP limit is involved
     with Footprint(victim.proc.pid) as footprint:
         chat.start(rate=5.0)
         async with trio.open_nursery() as nursery:
@@ -166,15 +167,25 @@ async def test_handshakes_that_never_finish_are_cut_by_the_deadline_or_byte_boun
             for _ in range(3):
                 nursery.start_soon(endless_proposals, port, next(addrs), endless)
                 nursery.start_soon(junk, port, next(addrs), garbage)
+            # One PeerId from 8 addresses: per_peer (4) once Noise names it.
+            nursery.start_soon(
+                partial(secured_silent, one_peer=True),
+                port,
+                [next(addrs) for _ in range(8)],
+                8,
+                victim.peer_id,
+                one_peer,
+            )
             with trio.move_on_after(DEADLINE_S + 10):  # the victim closes every one of them
                 while sum(t.closed_by_victim for t in (slow, half, silent, bare)) < 20:
                     await trio.sleep(0.2)
             nursery.cancel_scope.cancel()
-        close_all(half, silent, bare)
+        close_all(half, silent, bare, one_peer)
         delivery = await trio.to_thread.run_sync(chat.stop)
         deadline = await metric(victim, REFUSED, reason="deadline")
         too_large = await metric(victim, REFUSED, reason="handshake_bytes")
         failed = await metric(victim, REFUSED, reason="handshake_failed")
+        per_peer = await metric(victim, REFUSED, reason="per_peer")
     for name, tally in (("slowloris", slow), ("half Noise", half), ("silent", silent)):
         assert tally.opened == 5 and tally.closed_by_victim == 5, (name, tally)
     assert bare.closed_by_victim == 5, bare
@@ -182,17 +193,19 @@ async def test_handshakes_that_never_finish_are_cut_by_the_deadline_or_byte_boun
     # multistream message itself (a short read is a malformed message to it).
     assert deadline >= 15 and deadline + failed >= 20, (deadline, failed)
     assert too_large >= 6, too_large  # endless multistream proposals, junk Noise frames
+    assert per_peer >= 4, per_peer
     assert delivery >= 0.99, f"{chat.delivered} of {chat.sent} delivered during the attack"
     footprint.assert_rss_below(RSS_BOUND_MIB)
     footprint.assert_fds_back()
     report(
         "handshakes never finished: slowloris, half Noise, silent after Noise, bare, endless "
-        "multistream, junk Noise frames",
+        "multistream, junk Noise frames; one PeerId from 8 addresses",
         footprint,
         delivery,
         cut_by_deadline=deadline,
         cut_by_bytes=too_large,
         failed_handshakes=failed,
+        refused_per_peer=per_peer,
         deadline_s=DEADLINE_S,
     )
 
