@@ -92,15 +92,21 @@ class _RefusalLog:
 
 
 class _ByteBudget:
-    """Counts the bytes read from a raw stream until :meth:`stop`; past ``limit``, the read
-    that crossed it raises :class:`HandshakeTooLarge` (and every later one)."""
+    """Counts the bytes one read method of a stream returns until :meth:`stop`; past
+    ``limit``, the read that crossed it raises :class:`HandshakeTooLarge` (and every later
+    one). ``method``: ``read`` (a libp2p stream) or ``receive_some`` (the TCP socket stream,
+    under everything the library stacks on it: the WebSocket handshake and framing too)."""
 
-    def __init__(self, stream: Any, limit: int) -> None:
+    def __init__(self, stream: Any, limit: int, method: str = "read") -> None:
         self.exceeded = False
+        # Called once when the limit is crossed (the library may swallow the error and leave
+        # the connection open: a failed WebSocket handshake on a shared port does).
+        self.on_exceeded: Callable[[], None] | None = None
         self._stream = stream
+        self._method = method
         self._left = limit
         self._installed = False
-        library_read = stream.read
+        library_read = getattr(stream, method)
 
         async def read(n: int | None = None) -> bytes:
             if self.exceeded:
@@ -109,11 +115,13 @@ class _ByteBudget:
             self._left -= len(data)
             if self._left < 0:
                 self.exceeded = True
+                if self.on_exceeded is not None:
+                    self.on_exceeded()
                 raise HandshakeTooLarge
             return data
 
         try:
-            stream.read = read  # this stream object only; the class stays the library's
+            setattr(stream, method, read)  # this stream object only; the class is untouched
             self._installed = True
         except AttributeError:  # a stream type without a __dict__: deadline only
             pass
@@ -123,7 +131,7 @@ class _ByteBudget:
         if self._installed:
             self._installed = False
             with contextlib.suppress(AttributeError):
-                del self._stream.read
+                delattr(self._stream, self._method)
 
 
 class InboundGate:
@@ -144,6 +152,7 @@ class InboundGate:
         # Connections admitted by classify() and not yet given to handle(), by socket stream.
         self._pending: dict[trio.SocketStream, Ticket] = {}
         self._handled: set[Ticket] = set()
+        self._budgets: dict[Ticket, _ByteBudget] = {}  # the socket-level ones of classify()
 
     def _refused(self, reason: str, group: str) -> None:
         self._observer.connection_refused(reason)
@@ -177,20 +186,32 @@ class InboundGate:
             await _close_quietly(stream)
             return
         self._pending[stream] = ticket
+        # Counted at the socket: the bytes a WebSocket client sends before its muxer is
+        # agreed (HTTP upgrade, frames; trio-websocket buffers a whole message, up to 32 MiB,
+        # before anyone reads it) are bounded too.
+        budget = _ByteBudget(stream, self._admission.limits.handshake_max_bytes, "receive_some")
+        self._budgets[ticket] = budget
         try:
             async with trio.open_nursery() as nursery:
                 ticket.cull = nursery.cancel_scope.cancel
+                budget.on_exceeded = nursery.cancel_scope.cancel
                 nursery.start_soon(self._expire, ticket, nursery.cancel_scope)
                 await classify_and_route(stream)
                 nursery.cancel_scope.cancel()
             if ticket not in self._handled and not ticket.released:
-                # The library gave up on it before handle(): no 3 bytes in its 5 s, or bytes
-                # of no protocol it serves.
+                # The library gave up on it before handle(): no 3 bytes in its 5 s, bytes of
+                # no protocol it serves, a WebSocket handshake that failed or was too large.
                 waited = trio.current_time() - ticket.opened_at
-                self._refused(
-                    DEADLINE if waited >= CLASSIFY_SECONDS else HANDSHAKE_FAILED, ticket.group
-                )
+                if budget.exceeded:
+                    reason = HANDSHAKE_BYTES
+                elif waited >= CLASSIFY_SECONDS:
+                    reason = DEADLINE
+                else:
+                    reason = HANDSHAKE_FAILED
+                self._refused(reason, ticket.group)
         finally:
+            budget.stop()
+            self._budgets.pop(ticket, None)
             self._pending.pop(stream, None)
             self._handled.discard(ticket)
             self._admission.release(ticket)
@@ -237,7 +258,9 @@ class InboundGate:
 
     async def _serve(self, read_write_closer: Any, ticket: Ticket, group: str) -> None:
         conn: INetConn | None = None
-        budget = _ByteBudget(read_write_closer, self._admission.limits.handshake_max_bytes)
+        budget = self._budgets.get(ticket) or _ByteBudget(
+            read_write_closer, self._admission.limits.handshake_max_bytes
+        )
         reason: str | None = None
         try:
             expiry = ticket.opened_at + self._admission.limits.transient_deadline

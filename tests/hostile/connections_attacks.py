@@ -24,6 +24,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.upgrader import TransportUpgrader
+from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 MULTISTREAM = b"/multistream/1.0.0\n"
 NOISE = b"/noise\n"
@@ -207,3 +208,22 @@ async def _until_closed_raw(stream: trio.SocketStream, tally: Tally) -> None:
     # The muxer is never started: this task alone reads the socket, so the victim's identify
     # request is swallowed unanswered, and its close is seen.
     await _until_closed(stream, tally)
+
+
+async def websocket_message(port: int, source: str, tally: Tally, size: int = 30 * 2**20) -> None:
+    """A WebSocket client (TCP and WebSocket share the victim's port) that sends one binary
+    message of ``size`` bytes before any libp2p handshake: py-libp2p's WebSocket layer
+    buffers whole messages of up to 32 MiB before reading them."""
+    try:
+        stream = await open_from(source, port)
+    except OSError:
+        tally.failed += 1
+        return
+    tally.opened += 1
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")
+            await ws.send_message(os.urandom(1024) * (size // 1024))
+            await ws.get_message()  # until the victim closes it
+    except* (ConnectionClosed, HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError):
+        tally.closed_by_victim += 1  # raised from trio-websocket's reader task, in a group
