@@ -435,8 +435,10 @@ def _ensure_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
 
 
 def _ip_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
-    ip = addr.value_for_protocol("ip4") or addr.value_for_protocol("ip6")
-    return str(ip), int(addr.value_for_protocol("tcp"))
+    # value_for_protocol raises (it does not return None) for a protocol the address lacks:
+    # an IPv6 listen address made the node stop with a traceback.
+    family = "ip4" if "ip4" in {proto.name for proto in addr.protocols()} else "ip6"
+    return str(addr.value_for_protocol(family)), int(addr.value_for_protocol("tcp"))
 
 
 # What the library's new_stream raises when a stream cannot be opened: its own errors (swarm,

@@ -233,7 +233,10 @@ class InboundGate:
         socket_stream = _socket_stream(read_write_closer)
         ticket = self._pending.get(socket_stream) if socket_stream is not None else None
         if ticket is None:
-            ticket = self._admit(_remote_ip(read_write_closer), read_write_closer)
+            # The socket's own peer address first: the library's get_remote_address() is None
+            # for every IPv6 connection (it expects a 2-tuple; IPv6 sockets give 4).
+            ip = _socket_peer_ip(socket_stream) if socket_stream is not None else None
+            ticket = self._admit(ip or _remote_ip(read_write_closer), read_write_closer)
         elif ticket.released:  # culled while classified
             ticket = None
         if ticket is None:
