@@ -45,7 +45,9 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     when :meth:`P2PHost.run` ends;
 31. (not in the notes) every inbound connection holds one of 250 swarm slots until the swarm
     stops (not until it closes), with no per-address limit, no deadline on identify and no byte
-    bound on handshakes: anyone locks the node out -> the swarm's inbound handler is replaced
+    bound on handshakes (a shared TCP+WebSocket port buffers 32 MiB messages before any), and
+    ``get_remote_address()`` is None for IPv6: anyone locks the node out -> the swarm's inbound
+    handler and the port demultiplexer's classifier are replaced
     (:mod:`p2pchat.node.p2p.inbound`, policy in :mod:`p2pchat.node.p2p.admission`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
