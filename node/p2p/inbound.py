@@ -44,6 +44,7 @@ from p2pchat.node.p2p.admission import (
     DEADLINE,
     HANDSHAKE_BYTES,
     HANDSHAKE_FAILED,
+    TOTAL_FULL,
     Admission,
     AdmissionObserver,
     Ticket,
@@ -276,7 +277,14 @@ class InboundGate:
                     reason = HANDSHAKE_BYTES if budget.exceeded else HANDSHAKE_FAILED
                 except Exception as error:  # the library raises many types (swarm,
                     # transport, Noise, multiselect) for a connection that went wrong
-                    reason = HANDSHAKE_BYTES if budget.exceeded else HANDSHAKE_FAILED
+                    if budget.exceeded:
+                        reason = HANDSHAKE_BYTES
+                    elif "Maximum connections" in str(error):
+                        # the swarm's own total (inbound and outbound), checked at
+                        # registration; it says so in a message only (a SwarmException)
+                        reason = TOTAL_FULL
+                    else:
+                        reason = HANDSHAKE_FAILED
                     log.debug("inbound upgrade failed: %r", error)
                 if conn is not None and await self._identified_or_closed(conn):
                     self._admission.established(ticket)
