@@ -155,6 +155,71 @@ class NodeSection(_Section):
     )
 
 
+def _check_ip_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP network (CIDR, e.g. 10.0.0.0/8)") from None
+
+
+IpNetwork = Annotated[str, AfterValidator(_check_ip_network)]
+
+
+class ConnectionsSection(_Section):
+    """Inbound connection admission: slots per address, per peer and in total, so that no one
+    address or peer can take them all (defaults: go-libp2p's resource manager's). The total is
+    ``node.max_connections``."""
+
+    per_ip: int = Field(
+        default=8,
+        ge=1,
+        le=100_000,
+        description="Inbound connections (handshaking or established) from one address group: "
+        "an IPv4 address, an IPv6 /64 (see ipv4_prefix, ipv6_prefix). go-libp2p: 8.",
+    )
+    per_peer: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Inbound connections of one PeerId, counted once the security handshake "
+        "names it.",
+    )
+    transient: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Inbound connections not yet secured, muxed and identified, at most. When "
+        "full, a newcomer takes the slot of the oldest handshake of the address holding the "
+        "most, if that address holds more than the newcomer's would.",
+    )
+    transient_deadline: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="Seconds an inbound connection has to finish the security handshake, the "
+        "muxer negotiation and identify (go-libp2p: 15 s accept timeout); then it is closed.",
+    )
+    handshake_max_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=16 * 2**20,
+        description="Bytes an inbound connection may send before its muxer is agreed (a Noise "
+        "handshake and two multistream negotiations take under 4 KiB); then it is closed.",
+    )
+    per_ip_exempt: Annotated[list[IpNetwork], BeforeValidator(_split_commas)] = Field(
+        default=["127.0.0.1/32", "::1/128"],
+        description="Networks (CIDR) the per_ip limit does not apply to: by default this "
+        "machine's own loopback addresses (a local proxy, local tests); go-libp2p exempts "
+        "all of loopback.",
+    )
+    ipv4_prefix: int = Field(
+        default=32, ge=8, le=32, description="IPv4 prefix length of an address group."
+    )
+    ipv6_prefix: int = Field(
+        default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
+
+
 class DiscoverySection(_Section):
     """How peers find each other besides the bootstrap list."""
 
@@ -682,6 +747,7 @@ class Config(_Section):
 
     roles: RoleNames = Field(default=["peer"], min_length=1, description="Roles this process runs.")
     node: NodeSection = Field(default_factory=NodeSection)
+    connections: ConnectionsSection = Field(default_factory=ConnectionsSection)
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     dht: DhtSection = Field(default_factory=DhtSection)
     autonat: AutoNatSection = Field(default_factory=AutoNatSection)

@@ -34,6 +34,7 @@ from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
+from p2pchat.node.p2p.admission import AdmissionLimits
 from p2pchat.node.p2p.agent import agent_version
 from p2pchat.node.p2p.host import (
     ConnectionInfo,
@@ -116,6 +117,7 @@ def host_settings(config: Config) -> HostSettings:
     """The host layer's settings from the node section of the config; identify tells peers
     this node's roles (:mod:`p2pchat.node.p2p.agent`)."""
     node = config.node
+    connections = config.connections
     return HostSettings(
         listen=node.listen,
         announce=node.announce,
@@ -123,6 +125,17 @@ def host_settings(config: Config) -> HostSettings:
         max_connections=node.max_connections,
         dial_timeout=node.dial_timeout,
         agent_version=agent_version(__version__, config.roles),
+        connections=AdmissionLimits(
+            max_connections=node.max_connections,
+            per_ip=connections.per_ip,
+            per_peer=connections.per_peer,
+            transient=connections.transient,
+            transient_deadline=connections.transient_deadline,
+            handshake_max_bytes=connections.handshake_max_bytes,
+            ipv4_prefix=connections.ipv4_prefix,
+            ipv6_prefix=connections.ipv6_prefix,
+            per_ip_exempt=tuple(connections.per_ip_exempt),
+        ),
     )
 
 
@@ -183,7 +196,9 @@ async def _run(
 ) -> None:
     store = Store.open(config.data_dir() / "store")
     try:
-        host = P2PHost(identity, host_settings(config), _Observer(metrics.swarm, log))
+        host = P2PHost(
+            identity, host_settings(config), _Observer(metrics.swarm, log), metrics.connections
+        )
         host.watch_identify(partial(_log_identified, log))
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal, nursery.cancel_scope, log)

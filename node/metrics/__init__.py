@@ -19,6 +19,7 @@ from functools import cached_property
 
 from p2pchat.node.metrics.autonat import AutoNatMetrics
 from p2pchat.node.metrics.autorelay import AutoRelayMetrics
+from p2pchat.node.metrics.connections import ConnectionMetrics
 from p2pchat.node.metrics.dht import DhtMetrics
 from p2pchat.node.metrics.history import CatchUpMetrics, StoreClientMetrics, StoreServerMetrics
 from p2pchat.node.metrics.holepunch import HolePunchMetrics
@@ -32,6 +33,7 @@ __all__ = [
     "AutoNatMetrics",
     "AutoRelayMetrics",
     "CatchUpMetrics",
+    "ConnectionMetrics",
     "DhtMetrics",
     "HolePunchMetrics",
     "NodeMetrics",
@@ -56,6 +58,7 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.status = StatusMetrics(self.registry, roles)
         self.swarm = SwarmMetrics(self.registry)
+        self.connections = ConnectionMetrics(self.registry)
         self.dht = DhtMetrics(self.registry)
         self.autonat = AutoNatMetrics(self.registry)
         self.autorelay = AutoRelayMetrics(self.registry)

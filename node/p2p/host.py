@@ -42,7 +42,13 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     (a restarted peer's old random port) made every re-dial of a bootstrap peer fail -> the
     given address is put first;
 29. (not in the notes) leaving the library host's ``run()`` leaves its listeners open -> closed
-    when :meth:`P2PHost.run` ends.
+    when :meth:`P2PHost.run` ends;
+31. (not in the notes) every inbound connection holds one of 250 swarm slots until the swarm
+    stops (not until it closes), with no per-address limit, no deadline on identify and no byte
+    bound on handshakes (a shared TCP+WebSocket port buffers 32 MiB messages before any), and
+    ``get_remote_address()`` is None for IPv6: anyone locks the node out -> the swarm's inbound
+    handler and the port demultiplexer's classifier are replaced
+    (:mod:`p2pchat.node.p2p.inbound`, policy in :mod:`p2pchat.node.p2p.admission`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -63,7 +69,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import multiaddr
@@ -87,8 +93,14 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import agent, patches
+from p2pchat.node.p2p import agent, inbound, patches
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
+from p2pchat.node.p2p.admission import (
+    Admission,
+    AdmissionLimits,
+    AdmissionObserver,
+    QuietAdmissionObserver,
+)
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
@@ -178,6 +190,9 @@ class HostSettings:
     # Sent in identify (:func:`~p2pchat.node.p2p.agent.agent_version`: the node's roles);
     # None: the library's own, ``py-libp2p/<version>`` (one-off clients, helper hosts).
     agent_version: str | None = None
+    # Inbound admission (config section ``connections``); its max_connections is this
+    # settings' max_connections.
+    connections: AdmissionLimits = field(default_factory=AdmissionLimits)
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -320,7 +335,10 @@ def _resource_manager(max_connections: int) -> ResourceManager:
     ``max_connections`` (the swarm's own limit, checked at registration, is the one that binds).
     Pending handshakes are bounded at a quarter of it (at least 64, the library's value). The
     circuit breaker, which turns five failed connections into a minute of refusing everyone,
-    is off: a peer that fails its handshakes must not lock others out.
+    is off: a peer that fails its handshakes must not lock others out. So is its "graceful
+    degradation", which lowers the connection limit (down to half) each time it is reached: a
+    flood that fills the slots once would shrink them for everyone. Inbound admission (per
+    address, per peer, transient) is :mod:`p2pchat.node.p2p.admission`'s, not this manager's.
     """
     limits = ConnectionLimits(
         max_pending_inbound=max(64, max_connections // 4),
@@ -337,6 +355,7 @@ def _resource_manager(max_connections: int) -> ResourceManager:
         ),
         connection_limits=limits,
         enable_circuit_breaker=False,
+        enable_graceful_degradation=False,
     )
 
 
@@ -456,8 +475,16 @@ class P2PHost:
     Create it, then enter :meth:`run`; the other methods are valid inside ``run`` only.
     """
 
-    def __init__(self, identity: Identity, settings: HostSettings, observer: HostObserver) -> None:
-        """Raises:
+    def __init__(
+        self,
+        identity: Identity,
+        settings: HostSettings,
+        observer: HostObserver,
+        admission_observer: AdmissionObserver | None = None,
+    ) -> None:
+        """``admission_observer`` is told of every inbound connection refused (metrics).
+
+        Raises:
         LibraryMismatch: the installed py-libp2p is not the one the host layer patches
             (:mod:`~p2pchat.node.p2p.patches`).
         """
@@ -477,6 +504,15 @@ class P2PHost:
         self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []
         self._identified = trio.Event()  # set (and replaced) at each identify received
         _report_identify(self._host, self._identify_received)
+        self.admission = Admission(
+            replace(settings.connections, max_connections=settings.max_connections)
+        )
+        inbound.install(
+            self._host.get_network(),
+            self.admission,
+            admission_observer or QuietAdmissionObserver(),
+            self._wait_identified,
+        )
 
     @property
     def peer_id(self) -> str:
@@ -555,6 +591,12 @@ class P2PHost:
     async def identify_received(self) -> None:
         """Wait until the next identify (or identify push) from any peer has been received."""
         await self._identified.wait()
+
+    async def _wait_identified(self, peer_id: str) -> None:
+        # A peer identify already told us about is not identified again on a new connection
+        # (the library keeps its protocols): it counts as identified at once.
+        while not self.peer_protocols(peer_id):
+            await self._identified.wait()
 
     def _identify_received(self, event: IdentifyReceived) -> None:
         self._identified.set()

@@ -1,0 +1,35 @@
+"""Inbound connection admission: refusals by reason, and the transient connections now."""
+
+from __future__ import annotations
+
+from p2pchat.node.p2p.admission import REASONS
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ConnectionMetrics:
+    """Implements :class:`~p2pchat.node.p2p.admission.AdmissionObserver`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.refused = Counter(
+            "p2pchat_connections_refused",
+            "Inbound connections refused or closed by admission, by reason: per_ip, per_peer, "
+            "transient_full, total_full, culled (a handshake closed to make room), deadline "
+            "(not secured, muxed and identified in time), handshake_bytes, handshake_failed.",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in REASONS:  # every reason exported from the start, at 0
+            self.refused.labels(reason=reason)
+        self.transient = Gauge(
+            "p2pchat_connections_transient",
+            "Inbound connections not yet secured, muxed and identified.",
+            registry=registry,
+        )
+
+    def connection_refused(self, reason: str) -> None:
+        """Count an inbound connection refused for ``reason`` (one of a fixed few)."""
+        self.refused.labels(reason=reason).inc()
+
+    def transient_connections(self, count: int) -> None:
+        """Set the number of transient inbound connections."""
+        self.transient.set(count)
