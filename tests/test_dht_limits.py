@@ -14,6 +14,7 @@ from pathlib import Path
 import multiaddr
 import pytest
 import trio
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from p2pchat.node.config import DhtSection
@@ -285,3 +286,41 @@ async def test_a_peer_that_never_reads_its_answers_is_cut(tmp_path: Path) -> Non
             nursery.cancel_scope.cancel()
         await wait_until(lambda: dht.inbound_streams() == 0)
         assert set(refusals) == {"write_timeout"}
+
+
+@pytest.mark.parametrize("addresses", [10, 40_000])
+async def test_a_lookup_reads_no_answer_over_its_bound(tmp_path: Path, addresses: int) -> None:
+    # A DHT server that names itself as the provider of every key with ``addresses``
+    # addresses: 10 make an answer of ~200 bytes, 40,000 one of ~360 KiB (the library reads
+    # up to 4 MiB from each peer it asks).
+    async def serve(stream: Stream) -> None:
+        request = Message()
+        request.ParseFromString(await read_frame(stream, FrameDecoder(1 << 20)))
+        answer = Message(type=request.type, key=request.key)
+        if request.type == Message.MessageType.GET_PROVIDERS:
+            named = answer.providerPeers.add()
+            named.id = ID.from_base58(server.peer_id).to_bytes()
+            named.addrs.extend(
+                multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}").to_bytes()
+                for port in range(4000, 4000 + addresses)
+            )
+        await stream.write(frame(answer.SerializeToString()))
+        await stream.close()
+
+    async with (
+        running_host(tmp_path / "server") as (server, _),
+        running_host(tmp_path / "client") as (client_host, _),
+    ):
+        server.set_stream_handler(PROTOCOL_ID, serve)
+        client = Dht(client_host, server=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await client_host.connect(loopback_addr(server))
+            await wait_until(lambda: client.routing_table_size() == 1)
+            found = await client.find_providers(random_key())
+            if addresses == 10:
+                assert [peer for peer, _ in found] == [server.peer_id]
+                assert len(found[0][1]) == 8  # dht.max_addrs_per_provider
+            else:
+                assert found == []
+            nursery.cancel_scope.cancel()

@@ -212,7 +212,7 @@ class Dht:
 
     async def find_providers(self, key: bytes, count: int = 20) -> list[tuple[str, list[str]]]:
         """Up to ``count`` providers of ``key`` other than this node: (PeerId, dialable
-        addresses ending in /p2p/<id>), each provider once.
+        addresses ending in /p2p/<id>, at most ``max_addrs_per_provider``), each provider once.
 
         Raises:
             DhtError: the lookup failed.
@@ -222,12 +222,15 @@ class Dht:
         except Exception as error:  # the library raises assorted errors for network failures
             raise DhtError(f"lookup failed: {error!r}") from error
         found: dict[str, list[str]] = {}
+        most = self._providers.limits.addrs_per_provider  # an answer may name any number
         for info in infos:
             peer = str(info.peer_id)
             if peer == self._host.peer_id:
                 continue
             addrs = found.setdefault(peer, [])
             for addr in info.addrs:
+                if len(addrs) >= most:
+                    break
                 text = str(addr)
                 # A circuit address holds the relay's /p2p/ part before the provider's.
                 if not text.endswith(f"/p2p/{peer}"):
