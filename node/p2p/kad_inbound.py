@@ -63,12 +63,12 @@ RESET_TIMEOUT = 5.0  # seconds a reset of a refused stream may take
 class InboundLimits:
     """The bounds on inbound DHT streams (see the module's docstring)."""
 
-    max_streams: int = 64
-    max_streams_per_peer: int = 8
+    max_streams: int = 256
+    max_streams_per_peer: int = 32
     read_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024
-    requests_per_second: float = 10.0
-    request_burst: int = 50
+    requests_per_second: float = 20.0
+    request_burst: int = 200
 
 
 class KadObserver(Protocol):

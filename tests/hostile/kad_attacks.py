@@ -37,6 +37,7 @@ class Tally:
     sent: int = 0  # requests (or held streams) sent
     answered: int = 0  # answers read
     cut: int = 0  # streams the victim reset, refused or ended on us
+    seconds: float = 0.0  # how long the attack ran
     errors: list[str] = field(default_factory=list)
 
 
@@ -260,6 +261,7 @@ class Attacker:
         """
         time.sleep(max(0.0, self.started_at + after - time.monotonic()))
         self.stop_event.set()
+        self.tally.seconds = time.monotonic() - self.started_at
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the attacker never finished"
         assert not self.tally.errors, self.tally.errors
