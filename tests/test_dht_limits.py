@@ -324,3 +324,33 @@ async def test_a_lookup_reads_no_answer_over_its_bound(tmp_path: Path, addresses
             else:
                 assert found == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_announcing_30_rooms_at_once_is_refused_nothing(tmp_path: Path) -> None:
+    # py-libp2p opens a stream per request, and a peer joining rooms announces and looks up
+    # each at once: the bounds must leave room for that (the library's own limit of 10
+    # ADD_PROVIDER per peer per 10 s kept only 10 of them, silently).
+    refusals = Refusals()
+    async with (
+        running_host(tmp_path / "server") as (server_host, _),
+        running_host(tmp_path / "client") as (client_host, _),
+    ):
+        server = Dht(server_host, server=True, observer=refusals)
+        client = Dht(client_host, server=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await nursery.start(client.run)
+            await client_host.connect(loopback_addr(server_host))
+            await wait_until(lambda: client.routing_table_size() == 1)
+            rooms = [random_key() for _ in range(30)]
+
+            async def join(key: bytes) -> None:
+                assert await client.provide(key)
+                await client.find_providers(key)
+
+            async with trio.open_nursery() as joining:
+                for key in rooms:
+                    joining.start_soon(join, key)
+            await wait_until(lambda: server.provider_records() == 30)
+            assert not refusals
+            nursery.cancel_scope.cancel()
