@@ -244,13 +244,17 @@ async def test_streams_are_bounded_per_peer_and_the_longest_waiting_makes_room(
             held.append(await client.new_stream(server.peer_id, [PROTOCOL_ID]))
             await held[-1].write(b"\x05")  # the first byte of a frame: the stream is admitted
         await wait_until(lambda: dht.inbound_streams() == 2)
-        third = await client.new_stream(server.peer_id, [PROTOCOL_ID])
         target = ID.from_base58(client.peer_id).to_bytes()
+        try:  # a refused stream may be reset before its negotiation is over
+            third = await client.new_stream(server.peer_id, [PROTOCOL_ID])
+            third_answered = await answered(third, find_node(target))
+        except StreamError:
+            third_answered = False
         if per_peer == 2:
-            assert not await answered(third, find_node(target))
+            assert not third_answered
             assert refusals == {"streams_per_peer": 1}
         else:
-            assert await answered(third, find_node(target))  # the oldest held one made room
+            assert third_answered  # the oldest held one made room
             assert await cut(held[0])
             assert refusals == {"evicted": 1}
         for stream in held:
