@@ -284,3 +284,14 @@ def start(workdir: Path, victim_addr: str, peers: int, attack: Attack) -> Attack
     thread.start()
     assert started.wait(60), "the attackers never connected"
     return Attacker(thread, tally, stop, time.monotonic())
+
+
+def together(*attacks: Attack) -> Attack:
+    """Every one of ``attacks`` at once from each attacker host."""
+
+    async def run(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for attack in attacks:
+                nursery.start_soon(attack, host, victim, deadline, tally, index)
+
+    return run

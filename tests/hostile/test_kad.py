@@ -16,7 +16,15 @@ import pytest
 from p2pchat.node.rendezvous import room_key
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.hostile.harness import WAIT, Footprint, chat_peer, report, wait_room_peers
+from tests.hostile.harness import (
+    MIN_DELIVERY,
+    WAIT,
+    Footprint,
+    HonestChat,
+    chat_peer,
+    report,
+    wait_room_peers,
+)
 from tests.hostile.kad_attacks import (
     Attack,
     Tally,
@@ -25,6 +33,7 @@ from tests.hostile.kad_attacks import (
     put_value_flood,
     request_flood,
     start,
+    together,
 )
 from tests.test_chat import is_message
 from tests.test_chat_attacks import ROOM
@@ -218,4 +227,39 @@ def test_a_request_flood_is_rate_limited_per_peer(
         answered=tally.answered,
         late_joiner_met_s=round(took, 1),
         metric=f"{REFUSED}{{reason=rate}}",
+    )
+
+
+def test_a_chat_peer_serving_the_dht_keeps_relaying_its_room_under_a_kad_flood(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A chat peer in DHT server mode is a victim too: two honest peers whose only path to each
+    # other is through it keep chatting while 8 PeerIds hold streams and flood it with requests.
+    victim = start_node(tmp_path / "victim", "--json", env=node_env(P2PCHAT_DHT__MODE="server"))
+    nodes.append(victim)
+    victim.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    chat = HonestChat.through(victim, tmp_path, nodes)
+    with Footprint(victim.proc.pid) as footprint:
+        attack = together(hold_streams(40), request_flood(streams=2))
+        attacker = start(tmp_path / "mallory", victim.addr(), 8, attack)
+        try:
+            chat.start(rate=5.0)
+            time.sleep(10)
+            delivery = chat.stop()
+            assert attacker.running
+        finally:
+            attacker.stop()
+        footprint.assert_fds_back()
+    assert chat.sent >= 20
+    assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
+    for reason in ("rate", "streams_per_peer"):
+        assert victim.metric(REFUSED, reason=reason) >= 1, reason
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad flood on a chat peer in DHT server mode (8 PeerIds: 40 held streams, 2 flooding)",
+        footprint,
+        delivery,
+        sent=chat.sent,
+        kad_requests=attacker.tally.sent,
+        metric=f"{REFUSED}{{reason=rate|streams_per_peer|evicted}}",
     )
