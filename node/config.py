@@ -264,14 +264,18 @@ class DhtSection(_Section):
     )
     # Bounds against strangers (a server's: what inbound requests may make it hold).
     max_inbound_streams: int = Field(
-        default=64,
+        default=256,
         ge=1,
         le=10_000,
         description="Inbound DHT streams open at once; when all are taken, the one waiting "
         "longest for a request is reset to admit a new one.",
     )
     max_inbound_streams_per_peer: int = Field(
-        default=8, ge=1, le=1000, description="Inbound DHT streams open at once from one peer."
+        default=32,
+        ge=1,
+        le=1000,
+        description="Inbound DHT streams open at once from one peer (py-libp2p opens one per "
+        "request: a peer joining many rooms asks for each at once).",
     )
     read_timeout: float = Field(
         default=10.0,
@@ -288,14 +292,18 @@ class DhtSection(_Section):
         "few KiB).",
     )
     requests_per_second: float = Field(
-        default=10.0,
+        default=20.0,
         gt=0,
         le=10_000,
-        description="DHT requests one peer may make per second, sustained (a room lookup or "
-        "announcement costs 2).",
+        description="DHT requests one peer may make per second, sustained (a room costs a "
+        "joining peer about 4, then 2 per lookup).",
     )
     request_burst: int = Field(
-        default=50, ge=1, le=100_000, description="DHT requests one peer may make at once."
+        default=200,
+        ge=1,
+        le=100_000,
+        description="DHT requests one peer may make at once (a peer joining 50 rooms at once "
+        "makes about 200).",
     )
     max_providers_per_key: int = Field(
         default=20,

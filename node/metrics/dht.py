@@ -36,7 +36,7 @@ class DhtMetrics:
             "p2pchat_dht_refused",
             "DHT requests, streams and provider records refused by a bound, by reason "
             "(streams_per_peer, streams_total, evicted, idle, partial_frame, write_timeout, "
-            "frame_size, malformed, rate, put_value, add_provider_rate, providers_per_key, "
+            "frame_size, malformed, rate, put_value, providers_per_key, "
             "providers_per_peer, providers_total, providers_evicted, provider_addrs).",
             ("reason",),
             registry=registry,

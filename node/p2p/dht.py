@@ -75,6 +75,10 @@ class KadLimits:
     inbound: InboundLimits = field(default_factory=InboundLimits)
 
 
+def _always(peer_id: ID) -> bool:
+    return True
+
+
 class _QuietObserver:
     def kad_refused(self, reason: str) -> None:
         return None
@@ -133,7 +137,7 @@ class Dht:
         )
         self._kad.provider_store = self._providers
         self._inbound = InboundKad(self._kad._do_handle_stream, limits.inbound, observer)
-        self._count_library_refusals(observer)
+        self._keep_every_announcement()
         if server:  # the library registered its own handler; ours replaces it
             host.libp2p_host.set_stream_handler(_LIBRARY_PROTOCOL_ID, self._inbound.handle)
         self._add_to_table = self._kad.add_peer
@@ -146,18 +150,14 @@ class Dht:
         self._identified: set[str] = set()
         self._wake = trio.Event()
 
-    def _count_library_refusals(self, observer: KadObserver) -> None:
+    def _keep_every_announcement(self) -> None:
         """The library's own ADD_PROVIDER budget (10 per peer per 10 s; past it, the stream is
-        reset) is kept, and its refusals counted: ``add_provider_rate``."""
-        library_check = self._kad._check_provider_rate_limit
-
-        def check(peer_id: ID) -> bool:
-            allowed = bool(library_check(peer_id))
-            if not allowed:
-                observer.kad_refused("add_provider_rate")
-            return allowed
-
-        self._kad._check_provider_rate_limit = check
+        reset) is lifted: an announcement gets no answer (the library's and go-libp2p's
+        clients send it and close), so a refused one is lost until the peer's next
+        re-announcement, and a peer in 30 rooms lost 20 of them at start. ADD_PROVIDER counts
+        against the peer's request budget like any request (:mod:`.kad_inbound`), and what it
+        stores is bounded per peer (:mod:`.kad_providers`)."""
+        self._kad._check_provider_rate_limit = _always
 
     def _identify_received(self, event: IdentifyReceived) -> None:
         if PROTOCOL_ID in event.protocols:
@@ -212,7 +212,7 @@ class Dht:
 
     async def find_providers(self, key: bytes, count: int = 20) -> list[tuple[str, list[str]]]:
         """Up to ``count`` providers of ``key`` other than this node: (PeerId, dialable
-        addresses ending in /p2p/<id>), each provider once.
+        addresses ending in /p2p/<id>, at most ``max_addrs_per_provider``), each provider once.
 
         Raises:
             DhtError: the lookup failed.
@@ -222,12 +222,15 @@ class Dht:
         except Exception as error:  # the library raises assorted errors for network failures
             raise DhtError(f"lookup failed: {error!r}") from error
         found: dict[str, list[str]] = {}
+        most = self._providers.limits.addrs_per_provider  # an answer may name any number
         for info in infos:
             peer = str(info.peer_id)
             if peer == self._host.peer_id:
                 continue
             addrs = found.setdefault(peer, [])
             for addr in info.addrs:
+                if len(addrs) >= most:
+                    break
                 text = str(addr)
                 # A circuit address holds the relay's /p2p/ part before the provider's.
                 if not text.endswith(f"/p2p/{peer}"):

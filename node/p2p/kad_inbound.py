@@ -34,7 +34,6 @@ most.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,7 +43,13 @@ import trio
 from google.protobuf.message import DecodeError
 from libp2p.abc import INetStream
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
-from p2pchat.node.p2p.streams import Stream, StreamEnded, StreamError, read_frame
+from p2pchat.node.p2p.streams import (
+    Stream,
+    StreamEnded,
+    StreamError,
+    read_frame,
+    reset_quietly,
+)
 from p2pchat.node.ratelimit import PeerRateLimit
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_uvarint
 
@@ -58,12 +63,12 @@ RESET_TIMEOUT = 5.0  # seconds a reset of a refused stream may take
 class InboundLimits:
     """The bounds on inbound DHT streams (see the module's docstring)."""
 
-    max_streams: int = 64
-    max_streams_per_peer: int = 8
+    max_streams: int = 256
+    max_streams_per_peer: int = 32
     read_timeout: float = 10.0
     max_message_bytes: int = 64 * 1024
-    requests_per_second: float = 10.0
-    request_burst: int = 50
+    requests_per_second: float = 20.0
+    request_burst: int = 200
 
 
 class KadObserver(Protocol):
@@ -275,5 +280,4 @@ async def _reset_quietly(stream: Stream) -> None:
     already gone is fine."""
     with trio.move_on_after(RESET_TIMEOUT) as scope:
         scope.shield = True
-        with contextlib.suppress(StreamError):
-            await stream.reset()
+        await reset_quietly(stream)

@@ -31,6 +31,9 @@ from libp2p.host import basic_host as basic_host_module
 from libp2p.identity.identify import identify as identify_module
 from libp2p.identity.identify_push import identify_push as identify_push_module
 from libp2p.io.trio import TrioTCPStream
+from libp2p.kad_dht import peer_routing as kad_peer_routing_module
+from libp2p.kad_dht import provider_store as kad_provider_store_module
+from libp2p.kad_dht import value_store as kad_value_store_module
 from libp2p.pubsub import floodsub as floodsub_module
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
@@ -85,6 +88,10 @@ def _constant(value: Any) -> Callable[[Any], Any]:
 
 
 PERF_TESTS = "tests/test_host_perf_traps.py"
+# The largest answer a Kad-DHT lookup reads from the peer it asked (the library: 4 MiB, read
+# from up to ALPHA = 10 peers at once in each of a node's lookups, one per room). A go-libp2p
+# answer (20 providers and 20 closer peers with their addresses) is a few tens of KiB.
+KAD_MAX_ANSWER_BYTES = 256 * 1024
 
 PATCHES: tuple[Patch, ...] = (
     Patch(
@@ -192,6 +199,17 @@ PATCHES: tuple[Patch, ...] = (
             "tests/test_peer_roles.py::test_hosts_learn_each_others_roles_from_identify",
         )
         for module in (basic_host_module, identify_push_module)
+    ),
+    # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
+    *(
+        Patch(
+            module,
+            "MAX_DHT_MESSAGE_SIZE",
+            _constant(KAD_MAX_ANSWER_BYTES),
+            "a DHT lookup reads answers of up to 4 MiB from each peer it asks",
+            "tests/test_dht_limits.py::test_a_lookup_reads_no_answer_over_its_bound",
+        )
+        for module in (kad_peer_routing_module, kad_provider_store_module, kad_value_store_module)
     ),
 )
 

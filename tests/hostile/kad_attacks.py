@@ -37,6 +37,7 @@ class Tally:
     sent: int = 0  # requests (or held streams) sent
     answered: int = 0  # answers read
     cut: int = 0  # streams the victim reset, refused or ended on us
+    seconds: float = 0.0  # how long the attack ran
     errors: list[str] = field(default_factory=list)
 
 
@@ -260,6 +261,7 @@ class Attacker:
         """
         time.sleep(max(0.0, self.started_at + after - time.monotonic()))
         self.stop_event.set()
+        self.tally.seconds = time.monotonic() - self.started_at
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the attacker never finished"
         assert not self.tally.errors, self.tally.errors
@@ -282,3 +284,14 @@ def start(workdir: Path, victim_addr: str, peers: int, attack: Attack) -> Attack
     thread.start()
     assert started.wait(60), "the attackers never connected"
     return Attacker(thread, tally, stop, time.monotonic())
+
+
+def together(*attacks: Attack) -> Attack:
+    """Every one of ``attacks`` at once from each attacker host."""
+
+    async def run(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for attack in attacks:
+                nursery.start_soon(attack, host, victim, deadline, tally, index)
+
+    return run

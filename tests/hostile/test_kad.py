@@ -16,7 +16,15 @@ import pytest
 from p2pchat.node.rendezvous import room_key
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.hostile.harness import WAIT, Footprint, chat_peer, report, wait_room_peers
+from tests.hostile.harness import (
+    MIN_DELIVERY,
+    WAIT,
+    Footprint,
+    HonestChat,
+    chat_peer,
+    report,
+    wait_room_peers,
+)
 from tests.hostile.kad_attacks import (
     Attack,
     Tally,
@@ -25,6 +33,7 @@ from tests.hostile.kad_attacks import (
     put_value_flood,
     request_flood,
     start,
+    together,
 )
 from tests.test_chat import is_message
 from tests.test_chat_attacks import ROOM
@@ -131,7 +140,6 @@ def test_an_add_provider_flood_stays_within_the_store_bounds(
         "providers_per_key",
         "providers_per_peer",
         "provider_addrs",
-        "add_provider_rate",
     ):
         assert victim.metric(REFUSED, reason=reason) >= 1, reason
     # 12 attackers x 3 keys is more than 30: the store is full; a newcomer holding fewer
@@ -154,18 +162,18 @@ def test_more_held_streams_than_slots_cannot_hold_the_dht(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # The audit: 12 idle Kad streams denied a bootstrap node's DHT to everyone. Here 16 PeerIds
-    # try to hold 10 streams each (half idle, half with a partial frame) with the defaults, 8
-    # per peer and 64 in all: the streams waiting longest make room for new ones.
+    # try to hold 40 streams each (half idle, half with a partial frame) with the defaults, 32
+    # per peer and 256 in all: the streams waiting longest make room for new ones.
     victim = bootstrap(tmp_path / "victim", nodes)
     footprint, tally, took = attack_during_a_meeting(
-        tmp_path, nodes, victim, 16, hold_streams(10), seconds=10
+        tmp_path, nodes, victim, 16, hold_streams(40), seconds=10
     )
     assert victim.metric(REFUSED, reason="streams_per_peer") >= 1
     assert victim.metric(REFUSED, reason="evicted") >= 1
     assert victim.metric("p2pchat_dht_inbound_streams") == 0  # all gone with the attacker
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
     report(
-        "Kad streams held open (16 PeerIds x 10 streams, idle or a partial frame)",
+        "Kad streams held open (16 PeerIds x 40 streams, idle or a partial frame)",
         footprint,
         None,
         streams_opened=tally.sent,
@@ -177,11 +185,11 @@ def test_more_held_streams_than_slots_cannot_hold_the_dht(
 def test_idle_and_half_sent_streams_are_cut_at_the_read_deadline(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    # Fewer streams than slots (6 PeerIds x 8 admitted): nothing is evicted, the read deadline
+    # Fewer streams than slots (6 PeerIds x 32 admitted): nothing is evicted, the read deadline
     # (3 s here, 10 s by default) cuts each idle or half-sent stream.
     victim = bootstrap(tmp_path / "victim", nodes, P2PCHAT_DHT__READ_TIMEOUT="3")
     footprint, tally, took = attack_during_a_meeting(
-        tmp_path, nodes, victim, 6, hold_streams(10), seconds=8
+        tmp_path, nodes, victim, 6, hold_streams(40), seconds=8
     )
     assert victim.metric(REFUSED, reason="streams_per_peer") >= 12
     assert victim.metric(REFUSED, reason="idle") >= 6
@@ -189,7 +197,7 @@ def test_idle_and_half_sent_streams_are_cut_at_the_read_deadline(
     assert victim.metric(REFUSED, reason="evicted") == 0
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
     report(
-        "Kad idle and partial-frame streams (6 PeerIds x 10 streams, 3 s read deadline)",
+        "Kad idle and partial-frame streams (6 PeerIds x 40 streams, 3 s read deadline)",
         footprint,
         None,
         streams_opened=tally.sent,
@@ -208,8 +216,8 @@ def test_a_request_flood_is_rate_limited_per_peer(
     )
     refused = victim.metric(REFUSED, reason="rate")
     assert refused >= peers, refused
-    # Each peer got its burst and about its rate; the rest was cut.
-    assert tally.answered <= peers * (50 + 10 * 10) * 1.5, tally
+    # Each peer got its burst (200) and about its rate (20/s); the rest was cut.
+    assert tally.answered <= peers * (200 + 20 * tally.seconds) * 1.2, tally
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
     report(
         f"Kad request flood (FIND_NODE/GET_PROVIDERS, {peers} PeerIds x 4 streams)",
@@ -219,4 +227,39 @@ def test_a_request_flood_is_rate_limited_per_peer(
         answered=tally.answered,
         late_joiner_met_s=round(took, 1),
         metric=f"{REFUSED}{{reason=rate}}",
+    )
+
+
+def test_a_chat_peer_serving_the_dht_keeps_relaying_its_room_under_a_kad_flood(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A chat peer in DHT server mode is a victim too: two honest peers whose only path to each
+    # other is through it keep chatting while 8 PeerIds hold streams and flood it with requests.
+    victim = start_node(tmp_path / "victim", "--json", env=node_env(P2PCHAT_DHT__MODE="server"))
+    nodes.append(victim)
+    victim.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    chat = HonestChat.through(victim, tmp_path, nodes)
+    with Footprint(victim.proc.pid) as footprint:
+        attack = together(hold_streams(40), request_flood(streams=2))
+        attacker = start(tmp_path / "mallory", victim.addr(), 8, attack)
+        try:
+            chat.start(rate=5.0)
+            time.sleep(10)
+            delivery = chat.stop()
+            assert attacker.running
+        finally:
+            attacker.stop()
+        footprint.assert_fds_back()
+    assert chat.sent >= 20
+    assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
+    for reason in ("rate", "streams_per_peer"):
+        assert victim.metric(REFUSED, reason=reason) >= 1, reason
+    footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
+    report(
+        "Kad flood on a chat peer in DHT server mode (8 PeerIds: 40 held streams, 2 flooding)",
+        footprint,
+        delivery,
+        sent=chat.sent,
+        kad_requests=attacker.tally.sent,
+        metric=f"{REFUSED}{{reason=rate|streams_per_peer|evicted}}",
     )
