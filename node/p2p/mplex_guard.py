@@ -10,7 +10,13 @@ a frame is at most 1 MiB. What it does not bound (traps not in the notes):
   is answered with a reset and nothing is allocated; a connection refused too often is closed;
 - a stream's name (the NewStream body, up to 1 MiB, kept for the stream's life, and decoded as
   UTF-8 in the muxer's read loop, where a decoding error is not caught) -> a name over
-  :data:`MAX_NAME_BYTES` or not UTF-8 is replaced by the channel number.
+  :data:`MAX_NAME_BYTES` or not UTF-8 is replaced by the channel number;
+- its read loop lets any error but a few escape: a Noise message that fails authentication (one
+  bad frame from any peer) ended the read loop's service with an exception and took the whole
+  node down -> any error reading or handling a frame closes that connection (``mplex_protocol``);
+- its writes are not serialized: two streams writing at once encrypt their Noise messages in
+  one order and may send them in another, which the other end cannot decrypt (the very error
+  above) -> writes go one at a time.
 
 Installed per connection by the host (:func:`guard_mplex`), on the instance, before it starts
 reading.
@@ -53,6 +59,9 @@ def guard_mplex(muxer: Mplex, limits: StreamLimits, report: Report) -> None:
     pruned_at = [-PRUNE_EVERY]
     open_stream = muxer._handle_new_stream
     deliver = muxer._handle_message
+    handle_frame = muxer._handle_incoming_message
+    write = muxer.write_to_stream
+    writing = trio.Lock()
 
     def live(now: float) -> int:
         nonlocal inbound
@@ -81,5 +90,21 @@ def guard_mplex(muxer: Mplex, limits: StreamLimits, report: Report) -> None:
         if stream is not None and not was_reset and stream.event_reset.is_set():
             report("mplex_stream_buffer")  # the library reset it: its reader fell behind
 
+    async def handle_incoming_message() -> None:
+        try:
+            await handle_frame()
+        except MplexUnavailable:
+            raise
+        except Exception as error:  # undecryptable, or a frame the library chokes on: this
+            # connection is over, the node is not
+            report("mplex_protocol")
+            raise MplexUnavailable(f"mplex connection closed: {error!r}") from None
+
+    async def write_to_stream(data: bytes) -> None:
+        async with writing:
+            await write(data)
+
     muxer._handle_new_stream = handle_new_stream
     muxer._handle_message = handle_message
+    muxer._handle_incoming_message = handle_incoming_message
+    muxer.write_to_stream = write_to_stream

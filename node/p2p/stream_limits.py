@@ -38,12 +38,13 @@ YAMUX_INITIAL_WINDOW = 256 * KIB  # the yamux spec's initial stream window, both
 LIMITS = (
     "yamux_window",  # DATA beyond the receive window granted: the connection is closed
     "yamux_connection_buffer",  # unread bytes of one connection over the bound: closed
-    "yamux_protocol",  # a frame no yamux speaker sends (version, type): closed
+    "yamux_protocol",  # a frame no yamux speaker sends, or unreadable bytes: closed
     "yamux_ping_rate",  # pings beyond the budget: not answered
     "streams_per_connection",  # inbound stream refused (reset at once, nothing allocated)
     "stream_open_rate",  # inbound stream refused: opened too fast
     "refusals_per_connection",  # a connection refused too often: closed
     "mplex_stream_buffer",  # an mplex stream whose reader fell behind: reset (as go-mplex)
+    "mplex_protocol",  # an mplex frame that cannot be read (undecryptable, malformed): closed
     "streams_per_peer",  # inbound stream reset before negotiation
     "streams_per_protocol",  # inbound stream reset after negotiation (per protocol, per peer)
     "negotiation_deadline",  # multistream-select did not finish in time: reset

@@ -21,7 +21,9 @@ library's frame loop reads every frame header through it, and the guard judges e
   one over ``MaxIncomingStreams``: an RST back, nothing allocated (the library sees a no-op);
 - a ping beyond the connection's budget: not answered;
 - a version or type no yamux speaker sends: the connection is closed;
-- a connection refused more than its budget allows: closed.
+- a connection refused more than its budget allows: closed;
+- bytes that cannot be read at all (a Noise message failing authentication): the library
+  closes the connection; the guard counts it (``yamux_protocol``).
 
 Refused frames reach the library as no-ops: a WINDOW_UPDATE for stream 0, or a DATA frame of the
 same length for stream 0, whose body the library reads and drops (stream 0 never exists).
@@ -38,6 +40,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 import trio
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.connection.exceptions import RawConnError
 from libp2p.stream_muxer.yamux.yamux import (
     FLAG_RST,
@@ -172,6 +175,16 @@ class _LibraryView:
         return sum(len(buffer) for buffer in self._muxer.stream_buffers.values())
 
 
+# How a secured connection says it ended (or was closed under the reader): not a peer's fault.
+_CLOSED: tuple[type[BaseException], ...] = (
+    BaseLibp2pError,
+    EOFError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
 class YamuxFrameGuard:
     """The secured connection as the library's Yamux reads it: whole frame headers, judged
     (see the module docstring); everything else is the secured connection's own."""
@@ -192,6 +205,17 @@ class YamuxFrameGuard:
         await self.secured_conn.write(data)
 
     async def read(self, n: int | None = None) -> bytes:
+        try:
+            return await self._read(n)
+        except _CLOSED:
+            raise
+        except Exception:
+            # Not the connection ending: bytes that cannot be read (a Noise message that fails
+            # authentication). The library closes the connection; this counts it.
+            self._report("yamux_protocol")
+            raise
+
+    async def _read(self, n: int | None) -> bytes:
         if self._pending:
             return self._take_pending(n)
         if self._body_left:

