@@ -25,6 +25,7 @@ from p2pchat.node.p2p.stream_limits import (
 )
 from p2pchat.node.p2p.streams import Stream
 from p2pchat.node.p2p.yamux_guard import Action, YamuxInbound
+from p2pchat.node.runtime import host_settings
 from p2pchat.node.wire.framing import encode_uvarint, frame
 
 HEADER = struct.Struct("!BBHII")
@@ -186,6 +187,9 @@ def test_every_limit_is_a_fixed_label_and_the_config_maps_onto_the_host_limits()
     assert len(set(LIMITS)) == len(LIMITS)
     section = Config().streams.model_dump()
     assert StreamLimits(**section) == StreamLimits()  # one set of defaults, written twice
+    config = Config.model_validate({"streams": {"streams_per_peer": 7, "ping_rate": 0.5}})
+    limits = host_settings(config).streams
+    assert (limits.streams_per_peer, limits.ping_rate) == (7, 0.5)
 
 
 # --- multistream-select -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from p2pchat.node.p2p.stream_limits import LIMITS as ALL_LIMITS
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
 
 from tests.conftest import NodeProcess
@@ -55,6 +56,7 @@ def attacked(
     that each of ``limits`` counted something; print the HOSTILE line. Returns the figures."""
     victim, honest = line
     before = {limit: victim.metric(LIMITS, limit=limit) for limit in limits}
+    logged_before = refusals_logged(victim)
     chat = HonestChat(honest.sender, honest.receiver)
     with Footprint(victim.proc.pid) as footprint:
         chat.start(rate=5.0)
@@ -69,7 +71,15 @@ def attacked(
     assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} honest messages delivered"
     for limit, count in counted.items():
         assert count > 0, f"no refusal counted by {limit}: {counted}"
+    # Logged, and rate-limited: at most once per 10 s per limit (an attack lasts under 20 s).
+    logged = refusals_logged(victim) - logged_before
+    assert 1 <= logged <= 3 * len(ALL_LIMITS), f"{logged} refusal log lines"
     return figures
+
+
+def refusals_logged(victim: NodeProcess) -> int:
+    """How many refusal log lines the victim wrote so far."""
+    return sum("stream limit exceeded; refused" in line for line in list(victim.raw_stderr))
 
 
 def test_a_yamux_peer_sending_past_its_window_loses_its_connection(
