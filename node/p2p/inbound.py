@@ -4,8 +4,10 @@ py-libp2p 0.8.1 (traps not in the notes) negotiates each inbound stream's protoc
 multistream-select, reading each message with an unbounded length (a peer that announces a
 1 GB protocol id and keeps sending grew a node to 1.62 GB), taking any number of proposals and
 ``ls`` requests, for 30 s; it admits any number of streams per peer and per protocol (its
-resource manager counts streams for the whole host only); and its identify-push handler reads
-with no deadline.
+resource manager counts streams for the whole host only). Its handlers bound their own reads
+(identify push: 10 s; ping: 10 s idle and 2 streams per peer; pubsub: bounded RPCs on one
+long-lived stream per peer), but only by the library's choice: the host holds the one-message
+handler to ``handler_timeout`` too, so an upgrade cannot drop that bound unnoticed.
 
 :func:`install` replaces the swarm's handler of inbound streams (the library host's
 ``_swarm_stream_handler``, set on the swarm instance) with :func:`serve_inbound`'s:

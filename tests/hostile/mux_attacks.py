@@ -352,3 +352,29 @@ async def garbled_noise(victim_addr: str, muxer: str, seconds: float) -> dict[st
                 await _until_closed(muxed)
                 closed_by_victim += closed(muxed)
     return {"connections": connections, "closed_by_victim": closed_by_victim}
+
+
+async def held_streams(victim_addr: str, protocol: str, count: int, hold: float) -> dict[str, Any]:
+    """``count`` streams negotiated for ``protocol`` at once, each then silent and held for up
+    to ``hold`` seconds: how many the victim ended (reset or closed), within 5 s and after 9 s."""
+    ended_after: list[float] = []
+    async with muxed_connection(victim_addr) as muxed:
+        start = trio.current_time()
+
+        async def one() -> None:
+            stream = await muxed.open_stream()
+            await stream.write(delimited(MULTISTREAM) + delimited(protocol.encode() + b"\n"))
+            with trio.move_on_after(hold) as holding:
+                await _read_to_the_end(stream)
+            if not holding.cancelled_caught:
+                ended_after.append(round(trio.current_time() - start, 1))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+    return {
+        "held": count,
+        "ended": len(ended_after),
+        "ended_within_5s": sum(seconds < 5 for seconds in ended_after),
+        "ended_after_9s": sum(seconds >= 9 for seconds in ended_after),
+    }

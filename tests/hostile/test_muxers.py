@@ -183,3 +183,19 @@ def test_an_undecryptable_noise_message_closes_its_connection_not_the_node(
         (f"{muxer}_protocol",),
     )
     assert figures["closed_by_victim"] >= figures["connections"] - 1 >= 1
+
+
+def test_a_peer_holds_64_streams_of_one_protocol_and_one_message_handlers_end_in_time(
+    line: tuple[NodeProcess, HonestChat],
+) -> None:
+    figures = attacked(
+        line,
+        "100 identify-push streams held silent",
+        lambda addr: mux_attacks.held_streams(addr, "/ipfs/id/push/1.0.0", 100, 20),
+        ("streams_per_protocol", "handler_deadline"),
+    )
+    # 36 over the per-protocol limit are reset at once; the 64 served (identify push reads
+    # one message) are reset by the handler deadline, 10 s later.
+    assert figures["ended"] == 100
+    assert figures["ended_within_5s"] == 100 - 64
+    assert figures["ended_after_9s"] == 64
