@@ -378,3 +378,19 @@ async def held_streams(victim_addr: str, protocol: str, count: int, hold: float)
         "ended_within_5s": sum(seconds < 5 for seconds in ended_after),
         "ended_after_9s": sum(seconds >= 9 for seconds in ended_after),
     }
+
+
+async def go_away_and_go_on(victim_addr: str, seconds: float) -> dict[str, Any]:
+    """GO_AWAY, then 1000 new streams and 640 KiB of data as if nothing had been said, on a new
+    connection each time the victim closes one, for ``seconds``."""
+    connections = closed_by_victim = 0
+    after = b"".join(yamux_frame(WINDOW_UPDATE, SYN, 1_000_001 + 2 * i, 0) for i in range(1000))
+    after += yamux_frame(DATA, 0, 1_000_001, 65536, b"x" * 65536) * 10
+    with trio.move_on_after(seconds):
+        while True:
+            connections += 1
+            async with muxed_connection(victim_addr) as muxed:
+                await send_raw(muxed, yamux_frame(GO_AWAY, 0, 0, 0) + after)
+                await _until_closed(muxed)
+                closed_by_victim += closed(muxed)
+    return {"connections": connections, "closed_by_victim": closed_by_victim}

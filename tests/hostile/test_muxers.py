@@ -73,7 +73,7 @@ def attacked(
         assert count > 0, f"no refusal counted by {limit}: {counted}"
     # Logged, and rate-limited: at most once per 10 s per limit (an attack lasts under 20 s).
     logged = refusals_logged(victim) - logged_before
-    assert 1 <= logged <= 3 * len(ALL_LIMITS), f"{logged} refusal log lines"
+    assert (1 if limits else 0) <= logged <= 3 * len(ALL_LIMITS), f"{logged} refusal log lines"
     return figures
 
 
@@ -199,3 +199,19 @@ def test_a_peer_holds_64_streams_of_one_protocol_and_one_message_handlers_end_in
     assert figures["ended"] == 100
     assert figures["ended_within_5s"] == 100 - 64
     assert figures["ended_after_9s"] == 64
+
+
+def test_a_peer_that_goes_away_and_goes_on_is_closed_at_once(
+    line: tuple[NodeProcess, HonestChat],
+) -> None:
+    victim, _ = line
+    closed_before = victim.metric("libp2p_swarm_connections_closed_total", dir="inbound")
+    figures = attacked(
+        line,
+        "yamux GO_AWAY, then streams and data",
+        lambda addr: mux_attacks.go_away_and_go_on(addr, 5.0),
+        (),  # no limit: the library ends the session at GO_AWAY and reads nothing after it
+    )
+    assert figures["closed_by_victim"] >= figures["connections"] - 1 >= 1
+    closed = victim.metric("libp2p_swarm_connections_closed_total", dir="inbound")
+    assert closed - closed_before >= figures["closed_by_victim"]
