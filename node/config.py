@@ -750,6 +750,76 @@ class ArchiverSection(_Section):
         return self.room_retention.get(room, self.retention)
 
 
+class StreamsSection(_Section):
+    """What one remote peer may make this node hold through streams, and how long a stream may
+    take to negotiate its protocol. Anchors: go-libp2p's resource manager defaults (256 inbound
+    streams per peer, 64 per protocol and peer), go-yamux (a 256 KiB initial window it
+    enforces; 1000 streams per connection), go-multistream (1024-byte protocol ids) and
+    go-libp2p's 10 s negotiation timeout. A stream over a limit is reset; a Yamux peer that
+    sends beyond its window or the connection's buffer bound, or that is refused too often, has
+    its connection closed. Each refusal counts in ``p2pchat_stream_limit_exceeded_total``."""
+
+    streams_per_connection: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Live inbound streams per connection (Yamux and Mplex); the next is reset "
+        "at once.",
+    )
+    streams_per_peer: int = Field(
+        default=256, ge=1, le=100_000, description="Live inbound streams per peer, all connections."
+    )
+    streams_per_protocol_per_peer: int = Field(
+        default=64, ge=1, le=100_000, description="Live inbound streams per peer on one protocol."
+    )
+    stream_open_rate: float = Field(
+        default=64.0,
+        gt=0,
+        description="Inbound streams a connection may open per second, sustained (bounds "
+        "open-and-reset floods, which no count catches).",
+    )
+    stream_open_burst: int = Field(default=256, ge=1, le=100_000, description="... and at once.")
+    connection_buffer_bytes: int = Field(
+        default=32 * 1024**2,
+        ge=1024**2,
+        description="Received, unread bytes of all streams of one Yamux connection; a peer "
+        "that sends past it (or past a stream's window) has the connection closed.",
+    )
+    ping_rate: float = Field(
+        default=2.0, gt=0, description="Yamux pings answered per second and connection."
+    )
+    ping_burst: int = Field(default=16, ge=1, le=10_000, description="... and at once.")
+    refusals_per_connection: int = Field(
+        default=1024,
+        ge=1,
+        description="Refused streams and pings after which a connection is closed.",
+    )
+    negotiation_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Seconds for an inbound stream's protocol negotiation (multistream-select).",
+    )
+    negotiation_max_bytes: int = Field(
+        default=1024,
+        ge=64,
+        le=65536,
+        description="Bytes of one negotiation message (a protocol id).",
+    )
+    negotiation_max_proposals: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Protocols (or `ls`) a peer may propose on one stream.",
+    )
+    handler_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds for library handlers that read one message (identify push).",
+    )
+
+
 class Config(_Section):
     """A node's whole configuration."""
 
@@ -767,6 +837,7 @@ class Config(_Section):
     chat: ChatSection = Field(default_factory=ChatSection)
     history: HistorySection = Field(default_factory=HistorySection)
     archiver: ArchiverSection = Field(default_factory=ArchiverSection)
+    streams: StreamsSection = Field(default_factory=StreamsSection)
 
     def data_dir(self) -> Path:
         """The effective data directory (the configured one or the XDG default)."""

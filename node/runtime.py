@@ -21,8 +21,9 @@ import gc
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
@@ -32,7 +33,7 @@ from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
-from p2pchat.node.logs import get_logger
+from p2pchat.node.logs import RateLimitedLog, get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.admission import AdmissionLimits
 from p2pchat.node.p2p.agent import agent_version
@@ -44,6 +45,7 @@ from p2pchat.node.p2p.host import (
     P2PHost,
 )
 from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.parts import Wiring, start_parts
 from p2pchat.node.role import Role
 from p2pchat.node.store import Store
@@ -59,6 +61,7 @@ class _Observer:
 
     metrics: HostObserver
     log: structlog.stdlib.BoundLogger
+    refusals: RateLimitedLog = field(default_factory=RateLimitedLog)
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.metrics.connection_opened(info)
@@ -69,6 +72,14 @@ class _Observer:
     def connection_closed(self, info: ConnectionInfo) -> None:
         self.metrics.connection_closed(info)
         self.log.info("peer disconnected", remote=info.peer_id, dir=info.direction)
+
+    def stream_limit_exceeded(self, limit: str) -> None:
+        self.metrics.stream_limit_exceeded(limit)
+        suppressed = self.refusals.note(limit, time.monotonic())
+        if suppressed is not None:
+            self.log.warning(
+                "stream limit exceeded; refused", limit=limit, more_since_last=suppressed
+            )
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         self.metrics.handler_failed(protocol, error)
@@ -136,6 +147,7 @@ def host_settings(config: Config) -> HostSettings:
             ipv6_prefix=connections.ipv6_prefix,
             per_ip_exempt=tuple(connections.per_ip_exempt),
         ),
+        streams=StreamLimits(**config.streams.model_dump()),
     )
 
 

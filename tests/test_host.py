@@ -48,6 +48,7 @@ class RecordingObserver:
         self.opened: list[ConnectionInfo] = []
         self.closed: list[ConnectionInfo] = []
         self.failures: list[tuple[str, BaseException]] = []
+        self.limits: list[str] = []
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.opened.append(info)
@@ -57,6 +58,9 @@ class RecordingObserver:
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         self.failures.append((protocol, error))
+
+    def stream_limit_exceeded(self, limit: str) -> None:
+        self.limits.append(limit)
 
 
 @asynccontextmanager

@@ -24,11 +24,13 @@ from p2pchat.node.p2p.streams import (
     StreamClosed,
     StreamEnded,
     StreamError,
+    StreamIdle,
     StreamRefused,
     StreamReset,
     close_quietly,
     read_frame,
     read_frame_exactly,
+    read_frame_within,
     read_single_frame,
     reset_quietly,
     stream_origin,
@@ -79,6 +81,31 @@ async def test_a_single_frame_read_refuses_what_follows_and_a_frame_read_keeps_i
     stream, decoder = _BufferedStream(two), FrameDecoder(4096)
     assert await read_frame(stream, decoder) == b"first"  # type: ignore[arg-type]
     assert await read_frame(stream, decoder) == b"second"  # type: ignore[arg-type]
+
+
+class _HeldStream(_BufferedStream):
+    """A stream whose peer sent ``data`` and then holds it open, sending nothing more."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.was_reset = False
+
+    async def read(self, n: int) -> bytes:
+        if not self.data:
+            await trio.sleep_forever()
+        return await super().read(n)
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+async def test_a_frame_read_with_a_deadline_resets_a_stream_that_holds_half_a_frame() -> None:
+    whole = _HeldStream(frame(b"hello"))
+    assert await read_frame_within(whole, FrameDecoder(64), 5.0) == b"hello"  # type: ignore[arg-type]
+    half = _HeldStream(frame(b"hello")[:3])
+    with trio.fail_after(5), pytest.raises(StreamIdle):
+        await read_frame_within(half, FrameDecoder(64), 0.05)  # type: ignore[arg-type]
+    assert half.was_reset
 
 
 def test_bytes_wanted_counts_down_to_the_end_of_the_frame() -> None:

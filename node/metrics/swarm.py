@@ -49,6 +49,14 @@ class SwarmMetrics:
             ("reason",),
             registry=registry,
         )
+        self.stream_limits = Counter(
+            "p2pchat_stream_limit_exceeded",
+            "Streams and connections refused by a stream limit (streams: section), by limit: "
+            "a stream reset, a ping unanswered, or a connection closed (yamux_window, "
+            "yamux_connection_buffer, yamux_protocol, refusals_per_connection).",
+            ("limit",),
+            registry=registry,
+        )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
         # connection limit.
         self._open_by_peer: dict[str, int] = {}
@@ -72,6 +80,11 @@ class SwarmMetrics:
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         """Count a stream handler that raised."""
         self.handler_failures.labels(protocol=protocol).inc()
+
+    def stream_limit_exceeded(self, limit: str) -> None:
+        """Count a refusal by a stream limit (one of the fixed names of
+        :data:`~p2pchat.node.p2p.stream_limits.LIMITS`)."""
+        self.stream_limits.labels(limit=limit).inc()
 
     def px_refused(self, reason: str) -> None:
         """Count a peer-exchange record refused

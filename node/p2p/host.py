@@ -93,7 +93,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import agent, inbound, patches
+from p2pchat.node.p2p import agent, inbound, inbound_streams, patches
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.admission import (
     Admission,
@@ -103,6 +103,8 @@ from p2pchat.node.p2p.admission import (
 )
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.p2p.muxer_guards import guard_muxers
+from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
 from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
 from p2pchat.node.p2p.streams import transport_label as transport_label  # re-exported
@@ -163,6 +165,10 @@ class HostObserver(ConnectionWatcher, Protocol):
 
     def handler_failed(self, protocol: str, error: BaseException) -> None: ...
 
+    def stream_limit_exceeded(self, limit: str) -> None:
+        """A stream or connection was refused by ``limit`` (one of
+        :data:`~p2pchat.node.p2p.stream_limits.LIMITS`). Called inline: must not block."""
+
 
 class QuietObserver:
     """A host observer that records nothing, for one-off clients (``p2pchat history``, the
@@ -175,6 +181,9 @@ class QuietObserver:
         return None
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
+        return None
+
+    def stream_limit_exceeded(self, limit: str) -> None:
         return None
 
 
@@ -193,6 +202,8 @@ class HostSettings:
     # Inbound admission (config section ``connections``); its max_connections is this
     # settings' max_connections.
     connections: AdmissionLimits = field(default_factory=AdmissionLimits)
+    # What a remote peer may hold through streams (:mod:`p2pchat.node.p2p.stream_limits`).
+    streams: StreamLimits = field(default_factory=StreamLimits)
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -499,6 +510,9 @@ class P2PHost:
         self._circuit_addrs: list[multiaddr.Multiaddr] = []
         _advertise_circuit_addrs(self._host, lambda: self._circuit_addrs)
         _install_handler_guard(self._host, observer.handler_failed)
+        # Issue #18: inbound streams admitted and negotiated within bounds, muxers guarded.
+        inbound_streams.install(self._host, settings.streams, observer.stream_limit_exceeded)
+        guard_muxers(self._host, settings.streams, observer.stream_limit_exceeded)
         _disable_auto_connector(self._host)
         self.watch_connections(observer)
         self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []

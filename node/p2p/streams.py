@@ -9,6 +9,8 @@ modules catch the project's errors and never import ``libp2p``:
 - :class:`StreamEnded`: the other end finished (a read found no more bytes), or the stream
   ended some other way before what was awaited arrived; its subclasses say which:
 - :class:`StreamReset`: reset by either end, or broken underneath (its connection failed);
+- :class:`StreamIdle`: nothing whole arrived within a reader's deadline
+  (:func:`read_frame_within`, for the read deadline every served protocol needs);
 - :class:`StreamClosed`: closed for writing (a write after our own close);
 - :class:`StreamTimeout`: a stream could not be opened in the library's negotiation time;
 - :class:`StreamRefused`: a stream could not be opened: the peer speaks none of the
@@ -55,6 +57,11 @@ class StreamEnded(StreamError):
 
 class StreamReset(StreamEnded):
     """The stream was reset by either end, or broke underneath (its connection failed)."""
+
+
+class StreamIdle(StreamEnded):
+    """The other end sent no whole message within the reader's deadline
+    (:func:`read_frame_within`): the stream is over for that reader, which resets it."""
 
 
 class StreamClosed(StreamEnded):
@@ -249,6 +256,23 @@ async def read_frame(stream: Stream, decoder: FrameDecoder) -> bytes:
     while complete is None:
         complete = decoder.next_frame(await stream.read(READ_CHUNK))
     return complete
+
+
+async def read_frame_within(stream: Stream, decoder: FrameDecoder, seconds: float) -> bytes:
+    """:func:`read_frame` with a read deadline: the next frame, if it arrives whole within
+    ``seconds``; else the stream is reset and :class:`StreamIdle` raised. For every protocol
+    stream a remote peer opens: one that sends half a frame, or nothing, and holds the stream,
+    must not hold it (or its handler's task) longer than this.
+
+    Raises:
+        StreamIdle: no whole frame within ``seconds`` (the stream is reset).
+        StreamEnded: the stream ended first (closed, or :class:`StreamReset`).
+        FrameError: a malformed or oversized frame.
+    """
+    with trio.move_on_after(seconds):
+        return await read_frame(stream, decoder)
+    await reset_quietly(stream)
+    raise StreamIdle(f"read: no whole message within {seconds:g} s")
 
 
 async def read_frame_exactly(stream: Stream, max_frame_bytes: int) -> bytes:

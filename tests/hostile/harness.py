@@ -128,6 +128,7 @@ class HonestChat:
     sent: int = 0
     delivered: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _done: threading.Event = field(default_factory=threading.Event)  # receiving is over
     _threads: list[threading.Thread] = field(default_factory=list)
     _texts: set[str] = field(default_factory=set)
 
@@ -169,7 +170,7 @@ class HonestChat:
             self.sent += 1
 
     def _receive(self) -> None:
-        while not self._stop.is_set() or self.delivered < self.sent:
+        while not self._done.is_set() and (not self._stop.is_set() or self.delivered < self.sent):
             try:
                 event = self.receiver.next_event(lambda e: e["type"] == "message", timeout=0.5)
             except AssertionError:
@@ -187,6 +188,10 @@ class HonestChat:
         deadline = time.monotonic() + drain
         while self.delivered < self.sent and time.monotonic() < deadline:
             time.sleep(0.1)
+        # The receiver stops too, even with messages missing: a later chat between the same
+        # peers would otherwise lose its messages to this one's receiving thread.
+        self._done.set()
+        self._threads[1].join()
         return self.delivered / self.sent if self.sent else 1.0
 
 
