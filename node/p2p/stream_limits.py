@@ -20,7 +20,8 @@ differs, and why:
 
 :mod:`~p2pchat.node.p2p.yamux_guard`, :mod:`~p2pchat.node.p2p.mplex_guard` and
 :mod:`~p2pchat.node.p2p.inbound_streams` apply these; every refusal is reported by its
-``limit`` name (:data:`LIMITS`), which is what the metric ``p2pchat_stream_limit_exceeded_total`` counts.
+``limit`` name (:data:`LIMITS`), which is what the metric
+``p2pchat_stream_limit_exceeded_total`` counts.
 """
 
 from __future__ import annotations
