@@ -22,6 +22,7 @@ from p2pchat.node.metrics.autorelay import AutoRelayMetrics
 from p2pchat.node.metrics.dht import DhtMetrics
 from p2pchat.node.metrics.history import CatchUpMetrics, StoreClientMetrics, StoreServerMetrics
 from p2pchat.node.metrics.holepunch import HolePunchMetrics
+from p2pchat.node.metrics.pubsub import PubsubMetrics
 from p2pchat.node.metrics.status import StatusMetrics
 from p2pchat.node.metrics.swarm import SwarmMetrics
 from prometheus_client import CollectorRegistry, generate_latest
@@ -35,6 +36,7 @@ __all__ = [
     "DhtMetrics",
     "HolePunchMetrics",
     "NodeMetrics",
+    "PubsubMetrics",
     "StatusMetrics",
     "StoreClientMetrics",
     "StoreServerMetrics",
@@ -56,6 +58,7 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.status = StatusMetrics(self.registry, roles)
         self.swarm = SwarmMetrics(self.registry)
+        self.pubsub = PubsubMetrics(self.registry)
         self.dht = DhtMetrics(self.registry)
         self.autonat = AutoNatMetrics(self.registry)
         self.autorelay = AutoRelayMetrics(self.registry)

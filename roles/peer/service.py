@@ -162,7 +162,10 @@ class ChatService:
             self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
         )
         self._retention = Retention(
-            history, settings.history_max_messages, settings.history_max_age_days
+            history,
+            settings.history_max_messages,
+            settings.history_max_age_days,
+            sender_share=settings.history_sender_share,
         )
         self._inbound = Inbound(
             self._me,

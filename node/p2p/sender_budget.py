@@ -1,0 +1,97 @@
+"""A message budget per sender per room: token buckets, sans-IO (the caller passes the clock).
+
+A validly signing sender could publish as fast as its CPU allows, and every peer of the room
+verified, stored and forwarded every message (the #18 audit: RSS 113 -> 167 MB in a 40 s flood,
+honest history pushed out). The pubsub layer asks :meth:`RoomBudget.admit` for every message
+of a room before its payload is decoded; a message over budget is dropped, counted, not
+forwarded and not stored.
+
+Two budgets, because a PeerId costs nothing to make:
+
+- each sender this node has heard in the room has its own bucket: ``burst`` messages at once,
+  ``rate`` per second sustained;
+- a sender not heard before (or forgotten) is admitted only through the room's one shared
+  *new sender* bucket (``new_rate`` per second, ``new_burst`` at once), and its own bucket
+  starts with :data:`NEW_SENDER_TOKENS_S` seconds' worth of tokens, not the whole burst. Twenty
+  sybils therefore get twenty small starts, not twenty bursts, and a stream of fresh keys gets
+  ``new_rate`` messages per second in all, however many keys it makes.
+
+Memory is bounded: at most ``max_senders`` buckets per room; past it the least recently heard
+sender's bucket goes (that sender comes back through the new-sender bucket; a flooder is the
+most recently heard, so it is not the one forgotten).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+NEW_SENDER_TOKENS_S = 2.0  # a new sender's bucket starts with this many seconds of its rate
+
+FLOOD = "flood"  # a known sender over its own budget
+FLOOD_NEW = "flood_new_senders"  # the room's new-sender budget is spent
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """The budget of every room (the ``pubsub`` config section's ``sender_*`` keys)."""
+
+    rate: float = 5.0
+    burst: int = 50
+    new_rate: float = 2.0
+    new_burst: int = 20
+    max_senders: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.new_rate <= 0:
+            raise ValueError("rates must be > 0")
+        if self.burst < 1 or self.new_burst < 1 or self.max_senders < 1:
+            raise ValueError("bursts and max_senders must be >= 1")
+
+
+class RoomBudget:
+    """The budgets of one room (see the module's note)."""
+
+    def __init__(self, settings: BudgetSettings) -> None:
+        self._settings = settings
+        self._start = min(float(settings.burst), settings.rate * NEW_SENDER_TOKENS_S)
+        self._senders: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._new_tokens = float(settings.new_burst)
+        self._new_at: float | None = None
+
+    def admit(self, sender: str, now: float) -> str | None:
+        """Spend one message of ``sender``'s budget: None if it is admitted, else the drop
+        reason (:data:`FLOOD` or :data:`FLOOD_NEW`); nothing is spent on a refusal."""
+        settings = self._settings
+        held = self._senders.pop(sender, None)
+        if held is None:
+            if not self._take_new(now):
+                return FLOOD_NEW
+            tokens, at = self._start, now
+        else:
+            tokens, at = held
+            tokens = min(float(settings.burst), tokens + (now - at) * settings.rate)
+        admitted = tokens >= 1.0
+        if admitted:
+            tokens -= 1.0
+        self._senders[sender] = (tokens, now)  # most recently heard last
+        if len(self._senders) > settings.max_senders:
+            self._senders.popitem(last=False)
+        return None if admitted else FLOOD
+
+    def _take_new(self, now: float) -> bool:
+        settings = self._settings
+        if self._new_at is not None:
+            elapsed = max(0.0, now - self._new_at)
+            self._new_tokens = min(
+                float(settings.new_burst), self._new_tokens + elapsed * settings.new_rate
+            )
+        self._new_at = now
+        if self._new_tokens < 1.0:
+            return False
+        self._new_tokens -= 1.0
+        return True
+
+    def __len__(self) -> int:
+        """Senders with a bucket now (at most ``max_senders``)."""
+        return len(self._senders)
