@@ -217,6 +217,28 @@ def _decode(room: str, room_prefix: bytes, key: bytes, value: bytes) -> StoredMe
     )
 
 
+def _cuts(held: dict[bytes, int], excess: int, floor: int) -> dict[bytes, int]:
+    """How many messages to take from each sender so that about ``excess`` go, the largest
+    holders first, none cut under ``floor``: the highest level L >= ``floor`` with
+    sum(max(0, n - L)) >= ``excess`` (or ``floor``, if even that is not enough)."""
+
+    def taken(level: int) -> int:
+        return sum(n - level for n in held.values() if n > level)
+
+    low, high = floor, max(held.values(), default=floor)
+    if taken(low) <= excess:
+        level = low
+    else:
+        while low < high:  # the highest level that still takes at least ``excess``
+            middle = (low + high + 1) // 2
+            if taken(middle) >= excess:
+                low = middle
+            else:
+                high = middle - 1
+        level = low
+    return {sender: n - level for sender, n in held.items() if n > level}
+
+
 class History:
     """Room histories: ordered by (sent time, id), deduplicated by id, counted per room.
 
@@ -528,8 +550,8 @@ class History:
                 fair = self._trim_fairly(room, max_count, sender_share)
             return fair + self._apply_retention(room, max_count, max_age_ms, now_ms, max_bytes)
 
-    def _senders_over(self, prefix: bytes, share_cap: int) -> dict[bytes, int]:
-        """Senders holding more than ``share_cap`` messages under ``prefix``: how many more."""
+    def _held_by_sender(self, prefix: bytes) -> dict[bytes, int]:
+        """How many messages under ``prefix`` each sender holds."""
         held: dict[bytes, int] = {}
         it = self._db.iter()
         it.seek(prefix)
@@ -541,21 +563,22 @@ class History:
             sender = value[_HEADER.size : _HEADER.size + sender_len]
             held[sender] = held.get(sender, 0) + 1
             it.next()
-        return {sender: n - share_cap for sender, n in held.items() if n > share_cap}
+        return held
 
     def _trim_fairly(self, room: str, max_count: int, share: float) -> int:
-        """Delete up to the room's excess over ``max_count``, the oldest messages of the
-        senders over their share first (each down to its share at most). Two walks over the
-        room (counting, deleting): run only when the room is over its cap, which retention
-        lets happen once per 1% of the cap (:class:`~p2pchat.roles.peer.retention.Retention`)
-        or once per pass (archiver)."""
+        """Delete up to the room's excess over ``max_count`` from the senders over their share,
+        the largest holders first (water-filling: each is cut down towards one level, never
+        under the share), each its oldest messages. Two walks over the room (counting,
+        deleting): run only when the room is over its cap, which retention lets happen once
+        per 1% of the cap (:class:`~p2pchat.roles.peer.retention.Retention`) or once per pass
+        (archiver)."""
         count, size = self._totals(room)
         excess = count - max_count
         if excess <= 0:
             return 0
         prefix = _room(_HIST, room)
         id_prefix = _room(_HID, room)
-        over = self._senders_over(prefix, max(1, int(max_count * share)))
+        over = _cuts(self._held_by_sender(prefix), excess, max(1, int(max_count * share)))
         if not over:
             return 0
         batch = WriteBatch(raw_mode=True)

@@ -451,3 +451,16 @@ def fair_message(text: str, sender: str, sent_at_ms: int) -> StoredMessage:
         sender=sender,
         envelope=text.encode(),
     )
+
+
+def test_the_largest_holder_pays_first_even_when_others_are_over_their_share(
+    tmp_path: Path,
+) -> None:
+    history = History(Store.open(tmp_path / "store"))
+    chatty = [fair_message(f"chatty-{n}", "alice", n) for n in range(50)]
+    flood = [fair_message(f"flood-{n}", "mallory", 100 + n) for n in range(300)]
+    history.add_many(chatty + flood)
+    history.apply_retention("room", max_count=100, max_age_ms=None, now_ms=10**6, sender_share=0.1)
+    kept = history.last("room", 500)
+    assert sum(m.sender == "alice" for m in kept) == 50  # over its share, but not the largest
+    assert sum(m.sender == "mallory" for m in kept) == 50

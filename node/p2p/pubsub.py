@@ -22,8 +22,12 @@ What the library does by default, and what this module does instead:
 - every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
   RPCs queued for a peer are merged into one, as go-libp2p's ``appendOrMergeRPC`` does
   (:mod:`~p2pchat.node.p2p.rpc_queue`);
-- peer scoring runs for every message with all weights zero (scores stay 0) -> off, as in
-  go-libp2p unless configured;
+- peer scoring runs for every message with all weights zero (scores stay 0), recomputed for
+  every question -> our scorer with chat-room parameters, cached (:mod:`~p2pchat.node.p2p.scoring`);
+  graylisted peers are ignored whole, negative ones pruned and never grafted (#18);
+- any peer may publish as fast as it likes, subscribe to any number of topics, and flood
+  GRAFT/PRUNE/IHAVE/IWANT -> a budget per sender per room (:mod:`~p2pchat.node.p2p.sender_budget`)
+  in the validator, and bounds per peer per heartbeat (:class:`PubsubLimits`);
 - the validation-result cache is an LRU kept in a list, O(n) per message -> an O(1) one;
 - every received message is processed in a task of its own, and starting a task scans every
   live task of the service (quadratic under a burst) -> one worker processes received messages
@@ -403,12 +407,17 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         check = self._signature_check
         if msg_forwarder == self.my_id and msg.from_id == self._my_id_bytes:
             check.signed_here = msg
+        scorer = self.router.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.receiving_from = msg_forwarder  # see ChatScorer.receiving_from
         token = current_check.set(check)
         try:
             await super().push_msg(msg_forwarder, msg)
         finally:
             current_check.reset(token)
             check.signed_here = None
+            if isinstance(scorer, ChatScorer):
+                scorer.receiving_from = None
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         # Trap 31 (not in the notes): the library builds a new peer's hello (our
@@ -518,17 +527,18 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
     def flood_dropped(self, forwarder: ID, sender: bytes) -> None:
         """A message from ``forwarder`` was dropped over its sender's budget, in the validator:
         the library must neither cache that verdict nor count it as an invalid message (the
-        budget refills; an honest relay may be a message ahead of us). The forwarder is
-        penalised (P7): fully if it is the sender itself, a tenth otherwise (an honest relay
-        whose bucket ran a little ahead of ours stays far under the threshold)."""
+        budget refills; an honest relay may be a message ahead of us). Only a forwarder that
+        is the sender itself is penalised (P7): a relay is not, as go-libp2p's
+        ValidationIgnore (a relay with a wider budget, or none, an older version, would
+        otherwise be graylisted for relaying someone else's flood, and the room split)."""
         cache = self.validation_cache
         if isinstance(cache, _ValidationResults):
             cache.skip_next_failure = True
         scorer = self.router.scorer
         if isinstance(scorer, ChatScorer):
             scorer.ignore_next_invalid = True
-            amount = 1.0 if forwarder.to_bytes() == sender else 0.1
-            scorer.add_behaviour(forwarder, amount, "flood")
+            if forwarder.to_bytes() == sender:
+                scorer.add_behaviour(forwarder, 1.0, "flood")
 
     def add_connected_peers(self, peers: Iterable[str]) -> None:
         """Register peers connected before this pubsub existed (trap 26), in the background

@@ -151,6 +151,11 @@ class ChatScorer(PeerScorer):  # type: ignore[misc]
         # Set by the pubsub just before the library reports a message it dropped as invalid
         # that is no fault of the forwarder (over its sender's budget): not counted then.
         self.ignore_next_invalid = False
+        # The library asks allow_publish about the forwarder of every message it receives
+        # (Pubsub.push_msg) as well as about every peer it sends to. The spec's publish
+        # threshold is only the latter; receiving is gated by the graylist (go-libp2p's
+        # AcceptFrom). The pubsub names the forwarder here just before: that question passes.
+        self.receiving_from: ID | None = None
         self._stats: dict[ID, _PeerStats] = {}
         self._retained: OrderedDict[ID, None] = OrderedDict()  # gone, negative, oldest first
         self._scores: dict[ID, float] = {}
@@ -216,6 +221,9 @@ class ChatScorer(PeerScorer):  # type: ignore[misc]
         return self.peer_score(peer)
 
     def allow_publish(self, peer: ID, topics: list[str]) -> bool:
+        if peer == self.receiving_from:
+            self.receiving_from = None
+            return peer not in self.graylisted
         return self.peer_score(peer) >= self.settings.publish_threshold
 
     def allow_gossip(self, peer: ID, topics: list[str]) -> bool:
