@@ -408,19 +408,23 @@ class PubsubSection(_Section):
         default=2.0,
         gt=0,
         le=100_000,
-        description="Senders not heard before admitted per second per room, all together (a "
-        "PeerId costs nothing to make: fresh keys share this budget; a new sender starts with "
-        "2 s of sender_rate, not the whole burst).",
+        description="Senders not heard before admitted per second per room through one "
+        "forwarding peer (a PeerId costs nothing to make: fresh keys arriving on one connection "
+        "share this budget, and spend no other's; a new sender starts with 2 s of sender_rate, "
+        "not the whole burst).",
     )
     new_sender_burst: int = Field(
-        default=20, ge=1, le=1_000_000, description="New senders admitted at once per room."
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="New senders admitted at once per room through one forwarding peer.",
     )
     max_senders_per_room: int = Field(
         default=1000,
         ge=1,
         le=1_000_000,
-        description="Senders whose budget is tracked per room; the least recently heard is "
-        "forgotten first (and comes back as a new sender).",
+        description="Senders (and forwarding peers) whose budget is tracked per room; the least "
+        "recently heard is forgotten first (and comes back as a new sender).",
     )
     scoring: bool = Field(
         default=True,

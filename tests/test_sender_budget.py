@@ -46,6 +46,14 @@ def test_fresh_keys_share_the_rooms_new_sender_budget() -> None:
     assert budget.admit("sybil-0", 1.0) is None
 
 
+def test_fresh_keys_spend_only_the_budget_of_the_peer_they_come_through() -> None:
+    budget = RoomBudget(BudgetSettings(rate=5, burst=50, new_rate=2, new_burst=20))
+    flood = [budget.admit(f"sybil-{n}", 0.0, via="mallory") for n in range(100)]
+    assert flood.count(None) == 20
+    # An honest newcomer relayed by another peer is not starved by them.
+    assert budget.admit("newcomer", 0.0, via="honest relay") is None
+
+
 def test_the_table_is_bounded_and_forgets_the_least_recently_heard() -> None:
     budget = RoomBudget(
         BudgetSettings(rate=1, burst=1, new_rate=1000, new_burst=1000, max_senders=3)

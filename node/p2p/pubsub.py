@@ -1289,7 +1289,7 @@ class NodeGossip:
             from_id = bytes(message.from_id)
             if budget is not None and from_id != my_id:  # our own are paced by our outbox
                 # The sender's budget first, before anything is decoded (#18).
-                over = budget.admit(_peer_id_text(from_id), time.monotonic())
+                over = budget.admit(_peer_id_text(from_id), time.monotonic(), forwarder)
                 if over is not None:
                     pubsub.flood_dropped(forwarder, from_id)
                     for each in joined.joiners:

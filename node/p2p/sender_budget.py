@@ -10,20 +10,24 @@ Two budgets, because a PeerId costs nothing to make:
 
 - each sender this node has heard in the room has its own bucket: ``burst`` messages at once,
   ``rate`` per second sustained;
-- a sender not heard before (or forgotten) is admitted only through the room's one shared
-  *new sender* bucket (``new_rate`` per second, ``new_burst`` at once), and its own bucket
-  starts with :data:`NEW_SENDER_TOKENS_S` seconds' worth of tokens, not the whole burst. Twenty
-  sybils therefore get twenty small starts, not twenty bursts, and a stream of fresh keys gets
-  ``new_rate`` messages per second in all, however many keys it makes.
+- a sender not heard before (or forgotten) is admitted only through a *new sender* bucket
+  (``new_rate`` per second, ``new_burst`` at once) of the peer that forwarded its first
+  message to us, one per forwarding peer and room, and its own bucket starts with
+  :data:`NEW_SENDER_TOKENS_S` seconds' worth of tokens, not the whole burst. Twenty sybils
+  therefore get twenty small starts, not twenty bursts; a stream of fresh keys gets
+  ``new_rate`` new senders per second through the connection it comes on, however many keys it
+  makes; and it spends only that connection's budget: an honest newcomer reaching us through
+  another peer is not starved (with one bucket per room it was: the sybils had spent it).
 
-Memory is bounded: at most ``max_senders`` buckets per room; past it the least recently heard
-sender's bucket goes (that sender comes back through the new-sender bucket; a flooder is the
-most recently heard, so it is not the one forgotten).
+Memory is bounded: at most ``max_senders`` sender buckets and ``max_senders`` forwarder buckets
+per room; past it the least recently heard goes (a forgotten sender comes back as a new one; a
+flooder is the most recently heard, so it is not the one forgotten).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 NEW_SENDER_TOKENS_S = 2.0  # a new sender's bucket starts with this many seconds of its rate
@@ -56,16 +60,16 @@ class RoomBudget:
         self._settings = settings
         self._start = min(float(settings.burst), settings.rate * NEW_SENDER_TOKENS_S)
         self._senders: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
-        self._new_tokens = float(settings.new_burst)
-        self._new_at: float | None = None
+        self._new: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # per forwarder
 
-    def admit(self, sender: str, now: float) -> str | None:
-        """Spend one message of ``sender``'s budget: None if it is admitted, else the drop
+    def admit(self, sender: str, now: float, via: Hashable = None) -> str | None:
+        """Spend one message of ``sender``'s budget (a new sender's first through the new-sender
+        budget of ``via``, the peer that forwarded it): None if it is admitted, else the drop
         reason (:data:`FLOOD` or :data:`FLOOD_NEW`); nothing is spent on a refusal."""
         settings = self._settings
         held = self._senders.pop(sender, None)
         if held is None:
-            if not self._take_new(now):
+            if not self._take_new(via, now):
                 return FLOOD_NEW
             tokens, at = self._start, now
         else:
@@ -79,18 +83,17 @@ class RoomBudget:
             self._senders.popitem(last=False)
         return None if admitted else FLOOD
 
-    def _take_new(self, now: float) -> bool:
+    def _take_new(self, via: Hashable, now: float) -> bool:
         settings = self._settings
-        if self._new_at is not None:
-            elapsed = max(0.0, now - self._new_at)
-            self._new_tokens = min(
-                float(settings.new_burst), self._new_tokens + elapsed * settings.new_rate
-            )
-        self._new_at = now
-        if self._new_tokens < 1.0:
-            return False
-        self._new_tokens -= 1.0
-        return True
+        tokens, at = self._new.pop(via, (float(settings.new_burst), now))
+        tokens = min(float(settings.new_burst), tokens + max(0.0, now - at) * settings.new_rate)
+        admitted = tokens >= 1.0
+        if admitted:
+            tokens -= 1.0
+        self._new[via] = (tokens, now)
+        if len(self._new) > settings.max_senders:
+            self._new.popitem(last=False)
+        return admitted
 
     def __len__(self) -> int:
         """Senders with a bucket now (at most ``max_senders``)."""

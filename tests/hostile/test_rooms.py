@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from tests.bench.chat import cpu_seconds
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, report
 from tests.hostile.rooms_attacks import (
@@ -25,7 +26,9 @@ from tests.hostile.rooms_attacks import (
     subscriptions,
     sybils,
 )
+from tests.test_archive_durability import served_ids
 from tests.test_chat_attacks import ROOM
+from tests.test_host import running_host
 
 ATTACK_SECONDS = 10.0
 RSS_SLACK_MIB = 60.0  # the victim's RSS may grow this much over its baseline during an attack
@@ -75,6 +78,7 @@ async def test_a_flooding_sender_and_20_sybils_get_their_budget_and_are_graylist
     victim = victim_peer(tmp_path / "victim", nodes)
     chat = HonestChat.through(victim, tmp_path, nodes)
     honest_before = chat.receiver.metric("p2pchat_messages_received_total")
+    cpu_before = cpu_seconds(victim)
     with Footprint(victim.proc.pid) as footprint:
         async with attackers(tmp_path, victim.addr(), victim.peer_id) as [mallory]:
             signers = [mallory.identity, *sybils(tmp_path, 20)]
@@ -84,6 +88,7 @@ async def test_a_flooding_sender_and_20_sybils_get_their_budget_and_are_graylist
             await trio.sleep(1)
             graylisted = victim.metric("p2pchat_pubsub_graylisted_peers")
         delivery = await trio.to_thread.run_sync(chat.stop)
+    victim_cpu_s = round(cpu_seconds(victim) - cpu_before, 2)
     received = victim.metric("p2pchat_messages_received_total")
     flood_stored = received - chat.sent - 1  # all but the honest ones (and the warm-up)
     forwarded = chat.receiver.metric("p2pchat_messages_received_total") - honest_before
@@ -97,6 +102,7 @@ async def test_a_flooding_sender_and_20_sybils_get_their_budget_and_are_graylist
         "room flood: 1 sender + 20 sybils",
         footprint,
         delivery,
+        victim_cpu_s=victim_cpu_s,
         offered=written * 50,
         flood_stored=flood_stored,
         flood_forwarded=flood_forwarded,
@@ -132,6 +138,7 @@ async def test_a_flood_within_its_budget_cannot_push_honest_history_out(
         P2PCHAT_CHAT__HISTORY_SENDER_SHARE="0.1",
     )
     chat = HonestChat.through(victim, tmp_path, nodes)
+    cpu_before = cpu_seconds(victim)
     with Footprint(victim.proc.pid) as footprint:
         async with attackers(tmp_path, victim.addr(), victim.peer_id) as [mallory]:
             rpcs = list(flood_rpcs([mallory.identity], per_signer=800, per_rpc=10))
@@ -140,12 +147,14 @@ async def test_a_flood_within_its_budget_cannot_push_honest_history_out(
             await flood_for(mallory, rpcs, ATTACK_SECONDS)  # 80 msg/s, 4x the room's cap
             await trio.sleep(2)
         delivery = await trio.to_thread.run_sync(chat.stop)
+    victim_cpu_s = round(cpu_seconds(victim) - cpu_before, 2)
     texts = await trio.to_thread.run_sync(stored_texts, victim)
     honest = [text for text in texts if text.startswith("honest ") or text == "warm-up"]
     report(
         "room flood within budget vs history (cap 200)",
         footprint,
         delivery,
+        victim_cpu_s=victim_cpu_s,
         stored=len(texts),
         honest_stored=len(honest),
         honest_sent=chat.sent + 1,
@@ -162,6 +171,7 @@ async def test_junk_subscriptions_from_many_peer_ids_are_bounded(
 ) -> None:
     victim = victim_peer(tmp_path / "victim", nodes)
     chat = HonestChat.through(victim, tmp_path, nodes)
+    cpu_before = cpu_seconds(victim)
     with Footprint(victim.proc.pid) as footprint:
         async with attackers(tmp_path, victim.addr(), victim.peer_id, count=8) as crew:
             chat.start(rate=HONEST_RATE)
@@ -177,10 +187,12 @@ async def test_junk_subscriptions_from_many_peer_ids_are_bounded(
             topics_dropped = control_dropped(victim, "subscriptions_per_peer")
             topics_dropped += control_dropped(victim, "topics_total")
         delivery = await trio.to_thread.run_sync(chat.stop)
+    victim_cpu_s = round(cpu_seconds(victim) - cpu_before, 2)
     report(
         "junk subscriptions: 8 PeerIds x 500 topics, churned",
         footprint,
         delivery,
+        victim_cpu_s=victim_cpu_s,
         offered=round_ * len(crew) * 1000,
         ignored=topics_dropped,
         graylisted=control_dropped(victim, "graylisted"),
@@ -198,6 +210,7 @@ async def test_graft_prune_ihave_and_iwant_floods_are_bounded(
     victim = victim_peer(tmp_path / "victim", nodes)
     chat = HonestChat.through(victim, tmp_path, nodes)
     ids = [os.urandom(20) for _ in range(5000)]
+    cpu_before = cpu_seconds(victim)
     with Footprint(victim.proc.pid) as footprint:
         async with attackers(tmp_path, victim.addr(), victim.peer_id) as [mallory]:
             chat.start(rate=HONEST_RATE)
@@ -217,12 +230,14 @@ async def test_graft_prune_ihave_and_iwant_floods_are_bounded(
                 await trio.sleep(0.02)
             graylisted = victim.metric("p2pchat_pubsub_graylisted_peers")
         delivery = await trio.to_thread.run_sync(chat.stop)
+    victim_cpu_s = round(cpu_seconds(victim) - cpu_before, 2)
     limits = ("graft_prune", "ihave_messages", "ihave_ids", "iwant_ids", "graylisted")
     counted = {limit: control_dropped(victim, limit) for limit in limits}
     report(
         "GRAFT/PRUNE/IHAVE/IWANT flood",
         footprint,
         delivery,
+        victim_cpu_s=victim_cpu_s,
         rpcs=sent,
         **{f"ignored_{limit}": value for limit, value in counted.items()},
     )
@@ -230,5 +245,71 @@ async def test_graft_prune_ihave_and_iwant_floods_are_bounded(
     assert counted["graft_prune"] > 0 and counted["iwant_ids"] > 0
     assert counted["ihave_ids"] + counted["ihave_messages"] > 0
     assert graylisted >= 1 and counted["graylisted"] > 0
+    footprint.assert_rss_below(footprint.baseline_rss_mib + RSS_SLACK_MIB)
+    footprint.assert_fds_back()
+
+
+async def test_an_archiver_applies_the_budget_and_keeps_archiving_honest_messages(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    archiver = start_node(tmp_path / "archiver", "--role", "archiver", env=node_env(**OVERRIDES))
+    nodes.append(archiver)
+    honest = start_node(
+        tmp_path / "honest",
+        "--json",
+        "--bootstrap",
+        archiver.addr(),
+        env=node_env(P2PCHAT_DHT__ENABLED="false"),
+    )
+    nodes.append(honest)
+    honest.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    deadline = time.monotonic() + 60
+    while honest.metric("p2pchat_room_infrastructure_peers") < 1:
+        assert time.monotonic() < deadline, "the honest peer never saw the archiver in its room"
+        await trio.sleep(0.2)
+    said = 0
+    cpu_before = cpu_seconds(archiver)
+    with Footprint(archiver.proc.pid) as footprint:
+        async with attackers(tmp_path, archiver.addr(), archiver.peer_id) as [mallory]:
+            signers = [mallory.identity, *sybils(tmp_path, 20)]
+            rpcs = list(flood_rpcs(signers, per_signer=200))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood_for, mallory, rpcs, ATTACK_SECONDS)
+                while said < ATTACK_SECONDS * HONEST_RATE:
+                    honest.say(f"honest {said}")
+                    said += 1
+                    await trio.sleep(1 / HONEST_RATE)
+        honest_ids = {
+            bytes.fromhex(event["id"])
+            for event in [
+                await trio.to_thread.run_sync(
+                    lambda: honest.next_event(lambda e: e["type"] == "message" and e["own"])
+                )
+                for _ in range(said)
+            ]
+        }
+        await trio.sleep(3)  # the archiver's last writes
+        async with running_host(tmp_path / "reader") as (reader, _):
+            archived = await served_ids(reader, archiver)
+    held = archiver.metric("p2pchat_archive_messages")
+    flood_dropped = archiver.metric("p2pchat_archive_dropped_total", reason="flood")
+    flood_dropped += archiver.metric("p2pchat_archive_dropped_total", reason="flood_new_senders")
+    seconds = ATTACK_SECONDS + 4
+    budget_bound = min(len(signers), 20 + 2 * seconds) * (10 + 5 * seconds)
+    report(
+        "room flood at an archiver: 1 sender + 20 sybils",
+        footprint,
+        None,
+        victim_cpu_s=round(cpu_seconds(archiver) - cpu_before, 2),
+        offered=len(rpcs) * 50,
+        archived=held,
+        honest_said=said,
+        dropped_flood=flood_dropped,
+    )
+    missing = len(honest_ids - archived)
+    assert not missing, f"{missing} of {len(honest_ids)} honest messages went unarchived"
+    assert flood_dropped > 0
+    assert held - said <= budget_bound
+    assert held - said < len(rpcs) * 50 / 4
     footprint.assert_rss_below(footprint.baseline_rss_mib + RSS_SLACK_MIB)
     footprint.assert_fds_back()
