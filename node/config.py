@@ -410,8 +410,7 @@ class PubsubSection(_Section):
         le=100_000,
         description="Senders not heard before admitted per second per room through one "
         "forwarding peer (a PeerId costs nothing to make: fresh keys arriving on one connection "
-        "share this budget, and spend no other's; a new sender starts with 2 s of sender_rate, "
-        "not the whole burst).",
+        "share this budget, and spend no other's).",
     )
     new_sender_burst: int = Field(
         default=20,

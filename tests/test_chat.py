@@ -219,10 +219,12 @@ def test_a_peer_whose_output_nobody_reads_still_relays(
 ) -> None:
     # B's stdout is a pipe nobody drains: once its 64 KiB fill up, writes would block. They must
     # block only B's output, never the node: C, reachable only through B, gets everything.
-    a = chat_peer(tmp_path / "a", nodes)
-    b = start_node(tmp_path / "b", "--json", "--bootstrap", a.addr(), read_output=False)
+    # 1,000 messages at once: far over the sender budget, lifted here (tests/hostile tests it).
+    env = node_env(**UNBUDGETED)
+    a = chat_peer(tmp_path / "a", nodes, env=env)
+    b = start_node(tmp_path / "b", "--json", "--bootstrap", a.addr(), env=env, read_output=False)
     nodes.append(b)
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr(), env=env)
     wait_members(b, 2)
     wait_members(c, 1)
     texts = [f"filler {index:04d} " + "x" * 200 for index in range(1000)]  # ~300 KB of B output

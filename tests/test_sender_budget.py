@@ -7,7 +7,6 @@ import pytest
 from p2pchat.node.p2p.sender_budget import (
     FLOOD,
     FLOOD_NEW,
-    NEW_SENDER_TOKENS_S,
     BudgetSettings,
     RoomBudget,
 )
@@ -17,10 +16,9 @@ def admitted(budget: RoomBudget, sender: str, count: int, now: float) -> int:
     return sum(budget.admit(sender, now) is None for _ in range(count))
 
 
-def test_a_known_sender_gets_its_burst_then_its_rate() -> None:
+def test_a_sender_gets_its_burst_then_its_rate() -> None:
     budget = RoomBudget(BudgetSettings(rate=5, burst=50, new_rate=1, new_burst=1))
-    start = int(5 * NEW_SENDER_TOKENS_S)
-    assert admitted(budget, "alice", 100, now=0.0) == start  # a new sender starts small
+    assert admitted(budget, "alice", 100, now=0.0) == 50  # the burst
     assert budget.admit("alice", 0.0) == FLOOD
     assert admitted(budget, "alice", 100, now=100.0) == 50  # refilled to the burst, no more
     assert admitted(budget, "alice", 100, now=101.0) == 5  # then the rate

@@ -13,8 +13,8 @@ class PubsubMetrics:
         self.control_dropped = Counter(
             "p2pchat_pubsub_control_dropped",
             "GossipSub control and subscription entries ignored, by limit (subscriptions_per_peer,"
-            " topics_total, graft_prune, ihave_messages, ihave_ids, iwant_ids, unknown_topic, "
-            "graylisted).",
+            " topics_total, graft_prune, ihave_messages, ihave_ids, iwant_ids, "
+            "iwant_retransmissions, unknown_topic, graylisted, low_score).",
             ("limit",),
             registry=registry,
         )

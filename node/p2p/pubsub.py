@@ -603,6 +603,8 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
 
 IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
+IWANT_RETRANSMISSIONS = 3  # go-libp2p's GossipSubGossipRetransmission
+MAX_IWANT_TRACKED = 30_000  # (peer, message) pairs counted for it, least recent forgotten
 
 
 # Peer exchange (PX, GossipSub v1.1): a PRUNE may name peers to connect to instead. The library
@@ -736,6 +738,7 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         self._limits = limits
         self._defence = defence
         self._control_counts = control_counts
+        self._iwant_served: OrderedDict[tuple[ID, bytes], int] = OrderedDict()
         if limits.scoring is None:
             # As in go-libp2p unless configured (WithPeerScore): py-libp2p scores every peer
             # for every message forwarded with all weights at zero, at 7-10% of a relaying
@@ -818,8 +821,10 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         await super().handle_ihave(ihave_msg, sender_peer_id)
 
     async def handle_iwant(self, iwant_msg: rpc_pb2.ControlIWant, sender_peer_id: ID) -> None:
-        """The library's, for at most ``max_iwant_length`` message ids per peer per
-        heartbeat."""
+        """The library's, for at most ``max_iwant_length`` message ids per peer per heartbeat,
+        and each message sent to one peer at most :data:`IWANT_RETRANSMISSIONS` times
+        (go-libp2p's GossipRetransmission: asking again and again for what it already has
+        would make us resend it as often, a bandwidth amplification)."""
         ids = len(iwant_msg.messageIDs)
         allowed = self._control_counts.spend(
             sender_peer_id, "iwant_ids", ids, self._limits.max_iwant_length
@@ -829,6 +834,22 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
             if not allowed:
                 return
             del iwant_msg.messageIDs[allowed:]
+        served = self._iwant_served
+        wanted = []
+        for wire_id in iwant_msg.messageIDs:
+            key = (sender_peer_id, bytes(wire_id))
+            times = served.pop(key, 0)
+            served[key] = times + 1
+            if times < IWANT_RETRANSMISSIONS:
+                wanted.append(wire_id)
+        while len(served) > MAX_IWANT_TRACKED:
+            served.popitem(last=False)
+        if len(wanted) < len(iwant_msg.messageIDs):
+            self._defence.control_dropped_by(
+                "iwant_retransmissions", len(iwant_msg.messageIDs) - len(wanted)
+            )
+            del iwant_msg.messageIDs[:]
+            iwant_msg.messageIDs.extend(wanted)
         await super().handle_iwant(iwant_msg, sender_peer_id)
 
     async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
@@ -970,11 +991,18 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
             await super().handle_prune(prune_msg, sender_peer_id)
             return
         px_peers = list(prune_msg.peers)
+        if isinstance(self.scorer, ChatScorer) and not self.scorer.allow_px_from(
+            sender_peer_id, []
+        ):
+            for _ in px_peers:  # go-libp2p's AcceptPXThreshold
+                self._px_refuse("low_score")
+            px_peers = []
         without_px = rpc_pb2.ControlPrune()
         without_px.CopyFrom(prune_msg)
         del without_px.peers[:]
         await super().handle_prune(without_px, sender_peer_id)
-        await self._exchange_peers(px_peers, prune_msg.topicID, sender_peer_id)
+        if px_peers:
+            await self._exchange_peers(px_peers, prune_msg.topicID, sender_peer_id)
 
     async def _do_px(self, px_peers: list[rpc_pb2.PeerInfo]) -> None:
         """Never dials: the library's PX (any record, 16 per PRUNE, from anyone). Ours is
@@ -990,6 +1018,8 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         (:class:`PxObserver`) with the first gate it failed:
 
         - ``not_joined``: we have no mesh for ``topic`` (go-libp2p ignores the PRUNE too);
+        - ``low_score``: the sender's score is under the accept-PX threshold (checked by
+          :meth:`handle_prune`);
         - ``mesh_full``: the mesh already has ``degree_low`` peers: no need of more;
         - ``per_prune``: past the first :data:`PX_PER_PRUNE` records of this PRUNE;
         - ``unsigned``: no signed peer record (the library dialled whatever the peerstore held);

@@ -12,12 +12,12 @@ Two budgets, because a PeerId costs nothing to make:
   ``rate`` per second sustained;
 - a sender not heard before (or forgotten) is admitted only through a *new sender* bucket
   (``new_rate`` per second, ``new_burst`` at once) of the peer that forwarded its first
-  message to us, one per forwarding peer and room, and its own bucket starts with
-  :data:`NEW_SENDER_TOKENS_S` seconds' worth of tokens, not the whole burst. Twenty sybils
-  therefore get twenty small starts, not twenty bursts; a stream of fresh keys gets
-  ``new_rate`` new senders per second through the connection it comes on, however many keys it
-  makes; and it spends only that connection's budget: an honest newcomer reaching us through
-  another peer is not starved (with one bucket per room it was: the sybils had spent it).
+  message to us, one per forwarding peer and room; its own bucket then starts full (a
+  newcomer's first pasted block passes: starting it with 2 s of the rate dropped an honest
+  newcomer's first 30 lines). A stream of fresh keys gets ``new_rate`` new senders per second
+  through the connection it comes on, however many keys it makes, and spends only that
+  connection's budget: an honest newcomer reaching us through another peer is not starved
+  (with one bucket per room it was: the sybils had spent it).
 
 Memory is bounded: at most ``max_senders`` sender buckets and ``max_senders`` forwarder buckets
 per room; past it the least recently heard goes (a forgotten sender comes back as a new one; a
@@ -29,8 +29,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
-
-NEW_SENDER_TOKENS_S = 2.0  # a new sender's bucket starts with this many seconds of its rate
 
 FLOOD = "flood"  # a known sender over its own budget
 FLOOD_NEW = "flood_new_senders"  # the room's new-sender budget is spent
@@ -58,7 +56,6 @@ class RoomBudget:
 
     def __init__(self, settings: BudgetSettings) -> None:
         self._settings = settings
-        self._start = min(float(settings.burst), settings.rate * NEW_SENDER_TOKENS_S)
         self._senders: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
         self._new: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # per forwarder
 
@@ -71,7 +68,7 @@ class RoomBudget:
         if held is None:
             if not self._take_new(via, now):
                 return FLOOD_NEW
-            tokens, at = self._start, now
+            tokens, at = float(settings.burst), now
         else:
             tokens, at = held
             tokens = min(float(settings.burst), tokens + (now - at) * settings.rate)

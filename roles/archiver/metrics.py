@@ -52,7 +52,8 @@ class ArchiveMetrics:
         self.dropped = Counter(
             "p2pchat_archive_dropped",
             "Messages refused before archiving, by reason (bad_signature, malformed, oversized, "
-            "invalid, unsupported_version, wrong_room, future_timestamp).",
+            "invalid, unsupported_version, wrong_room, future_timestamp, flood, "
+            "flood_new_senders).",
             ("reason",),
             registry=registry,
         )

@@ -35,7 +35,8 @@ class ChatMetrics:
         self.dropped = Counter(
             "p2pchat_messages_dropped",
             "Messages dropped on receive, by reason (bad_signature, malformed, oversized, "
-            "invalid, unsupported_version, wrong_room, future_timestamp, duplicate).",
+            "invalid, unsupported_version, wrong_room, future_timestamp, duplicate, ignored, "
+            "flood, flood_new_senders).",
             ("reason",),
             registry=registry,
         )
