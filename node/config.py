@@ -544,6 +544,14 @@ class ChatSection(_Section):
     history_max_messages: int = Field(
         default=100_000, ge=1, description="Messages kept per room; the oldest go first."
     )
+    history_sender_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Share of history_max_messages one sender may hold before the others: "
+        "when a room is over its cap, the oldest messages of the senders over this share go "
+        "first (a flood cannot push the others' messages out; 1: plain oldest-first).",
+    )
 
     def front_end(self, stdin_is_tty: bool) -> Literal["console", "json", "none"]:
         """The chat front end ``ui`` means: ``auto`` is the console when stdin is a terminal,
@@ -586,6 +594,100 @@ class ChatSection(_Section):
         le=10_000_000,
         description="Moderation decisions kept in all owned rooms together (about 0.5 KiB "
         "each): an archiver of many strangers' rooms stays bounded.",
+    )
+
+
+class PubsubSection(_Section):
+    """Rooms against hostile peers (#18): a message budget per sender per room, GossipSub v1.1
+    peer scoring, and bounds on what one peer's control messages make this node do."""
+
+    sender_rate: float = Field(
+        default=5.0,
+        gt=0,
+        le=100_000,
+        description="Messages per second one sender may publish in a room, sustained (Slack "
+        "allows bots 1/s, Discord 5 per 5 s; a person types far less). Messages over it are "
+        "dropped, counted (p2pchat_messages_dropped_total{reason=flood}), not forwarded, not "
+        "stored.",
+    )
+    sender_burst: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="Messages one sender may publish in a room at once (a pasted block of "
+        "lines, a bot's digest).",
+    )
+    new_sender_rate: float = Field(
+        default=2.0,
+        gt=0,
+        le=100_000,
+        description="Senders not heard before admitted per second per room through one "
+        "forwarding peer (a PeerId costs nothing to make: fresh keys arriving on one connection "
+        "share this budget, and spend no other's).",
+    )
+    new_sender_burst: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="New senders admitted at once per room through one forwarding peer.",
+    )
+    max_senders_per_room: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Senders (and forwarding peers) whose budget is tracked per room; the least "
+        "recently heard is forgotten first (and comes back as a new sender).",
+    )
+    scoring: bool = Field(
+        default=True,
+        description="GossipSub v1.1 peer scoring with chat-room parameters (Lotus's message "
+        "topic): a peer sending invalid messages or flooding is pruned from meshes and then "
+        "graylisted (everything it sends ignored).",
+    )
+    ip_colocation_threshold: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Peers from one IP before the IP-colocation penalty applies (loopback is "
+        "exempt).",
+    )
+    max_subscriptions_per_peer: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Topics one peer may be known in, and subscription changes it may send per "
+        "second.",
+    )
+    max_topics: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Topics other peers are known in, in all (junk topics past it are ignored).",
+    )
+    max_graft_prune: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="GRAFT and PRUNE entries one peer may send per second (heartbeat).",
+    )
+    max_ihave_messages: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="RPCs with IHAVE one peer may send per heartbeat (go-libp2p MaxIHaveMessages).",
+    )
+    max_ihave_length: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Message ids one peer may announce in IHAVEs per heartbeat (go-libp2p "
+        "MaxIHaveLength).",
+    )
+    max_iwant_length: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="Message ids one peer may ask for in IWANTs per heartbeat.",
     )
 
 
@@ -697,6 +799,13 @@ class RetentionPolicy(_Section):
     max_age_days: float | None = Field(default=365.0, gt=0)
     max_messages: int | None = Field(default=10_000_000, ge=1)
     max_bytes: int | None = Field(default=10 * 1024**3, ge=1024)
+    sender_share: float | None = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Over max_messages, the senders holding more than this share of it lose "
+        "their oldest messages first (null: plain oldest-first).",
+    )
 
 
 class ArchiverSection(_Section):
@@ -835,6 +944,7 @@ class Config(_Section):
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     chat: ChatSection = Field(default_factory=ChatSection)
+    pubsub: PubsubSection = Field(default_factory=PubsubSection)
     history: HistorySection = Field(default_factory=HistorySection)
     archiver: ArchiverSection = Field(default_factory=ArchiverSection)
     streams: StreamsSection = Field(default_factory=StreamsSection)

@@ -218,6 +218,28 @@ def _decode(room: str, room_prefix: bytes, key: bytes, value: bytes) -> StoredMe
     )
 
 
+def _cuts(held: dict[bytes, int], excess: int, floor: int) -> dict[bytes, int]:
+    """How many messages to take from each sender so that about ``excess`` go, the largest
+    holders first, none cut under ``floor``: the highest level L >= ``floor`` with
+    sum(max(0, n - L)) >= ``excess`` (or ``floor``, if even that is not enough)."""
+
+    def taken(level: int) -> int:
+        return sum(n - level for n in held.values() if n > level)
+
+    low, high = floor, max(held.values(), default=floor)
+    if taken(low) <= excess:
+        level = low
+    else:
+        while low < high:  # the highest level that still takes at least ``excess``
+            middle = (low + high + 1) // 2
+            if taken(middle) >= excess:
+                low = middle
+            else:
+                high = middle - 1
+        level = low
+    return {sender: n - level for sender, n in held.items() if n > level}
+
+
 class History:
     """Room histories: ordered by (sent time, id), deduplicated by id, counted per room.
 
@@ -500,22 +522,93 @@ class History:
         max_age_ms: int | None,
         now_ms: int,
         max_bytes: int | None = None,
+        sender_share: float | None = None,
     ) -> int:
         """Delete the room's oldest messages beyond ``max_count`` or ``max_bytes`` (see
         :meth:`size`), and every message sent before ``now_ms - max_age_ms``, in one write
         batch. ``None`` disables that limit.
 
+        With ``sender_share`` (0 < share <= 1), the messages over ``max_count`` are charged to
+        their senders first: while a sender holds more than ``sender_share * max_count`` of the
+        room, its oldest go before anyone else's (:meth:`_trim_fairly`), so one sender's flood
+        cannot push the others' messages out; only what is still over the cap then goes
+        oldest first.
+
         Walks from the oldest message and stops at the first one it keeps. Returns the number
         deleted.
 
         Raises:
-            ValueError: a limit is negative.
+            ValueError: a limit is negative, or the share not in (0, 1].
         """
         limits = (max_count, max_age_ms, max_bytes)
         if any(limit is not None and limit < 0 for limit in limits):
             raise ValueError("max_count, max_age_ms and max_bytes must not be negative")
+        if sender_share is not None and not 0 < sender_share <= 1:
+            raise ValueError("sender_share must be in (0, 1]")
         with self._writing:
-            return self._apply_retention(room, max_count, max_age_ms, now_ms, max_bytes)
+            fair = 0
+            if sender_share is not None and max_count is not None:
+                fair = self._trim_fairly(room, max_count, sender_share)
+            return fair + self._apply_retention(room, max_count, max_age_ms, now_ms, max_bytes)
+
+    def _held_by_sender(self, prefix: bytes) -> dict[bytes, int]:
+        """How many messages under ``prefix`` each sender holds."""
+        held: dict[bytes, int] = {}
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            if not it.key().startswith(prefix):
+                break
+            value = it.value()
+            sender_len = _HEADER.unpack_from(value)[2]
+            sender = value[_HEADER.size : _HEADER.size + sender_len]
+            held[sender] = held.get(sender, 0) + 1
+            it.next()
+        return held
+
+    def _trim_fairly(self, room: str, max_count: int, share: float) -> int:
+        """Delete up to the room's excess over ``max_count`` from the senders over their share,
+        the largest holders first (water-filling: each is cut down towards one level, never
+        under the share), each its oldest messages. Two walks over the room (counting,
+        deleting): run only when the room is over its cap, which retention lets happen once
+        per 1% of the cap (:class:`~p2pchat.roles.peer.retention.Retention`) or once per pass
+        (archiver)."""
+        count, size = self._totals(room)
+        excess = count - max_count
+        if excess <= 0:
+            return 0
+        prefix = _room(_HIST, room)
+        id_prefix = _room(_HID, room)
+        over = _cuts(self._held_by_sender(prefix), excess, max(1, int(max_count * share)))
+        if not over:
+            return 0
+        batch = WriteBatch(raw_mode=True)
+        deleted = freed = 0
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid() and deleted < excess and over:
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            value = it.value()
+            sender_len = _HEADER.unpack_from(value)[2]
+            sender = value[_HEADER.size : _HEADER.size + sender_len]
+            left = over.get(sender)
+            if left is not None:
+                id_key = id_prefix + key[len(prefix) + _U64.size :]
+                batch.delete(key)
+                batch.delete(id_key)
+                deleted += 1
+                freed += _entry_bytes(key, value, id_key)
+                if left <= 1:
+                    del over[sender]
+                else:
+                    over[sender] = left - 1
+            it.next()
+        if deleted:
+            self._put_totals(batch, room, count - deleted, max(0, size - freed))
+            self._db.write(batch)
+        return deleted
 
     def _apply_retention(
         self,

@@ -23,7 +23,7 @@ import trio
 from p2pchat.node.autonat import AutoNatClient, AutoNatServer, Reachability
 from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.capability import Capability
-from p2pchat.node.config import Config, DhtSection
+from p2pchat.node.config import Config, DhtSection, PubsubSection
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.history import History
 from p2pchat.node.holepunch import HolePunch
@@ -35,7 +35,9 @@ from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.kad_inbound import InboundLimits
 from p2pchat.node.p2p.kad_providers import ProviderLimits
 from p2pchat.node.p2p.mdns import run_mdns
-from p2pchat.node.p2p.pubsub import NodeGossip
+from p2pchat.node.p2p.pubsub import NodeGossip, PubsubLimits
+from p2pchat.node.p2p.scoring import ScoreSettings
+from p2pchat.node.p2p.sender_budget import BudgetSettings
 from p2pchat.node.rendezvous import ArchiverFinder, Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
@@ -189,9 +191,38 @@ def _holepunch(w: Wiring) -> Capability:
     return HolePunch(w.host, w.metrics.holepunch, w.log)
 
 
+def pubsub_limits(section: PubsubSection) -> PubsubLimits:
+    """The pubsub's limits from the ``pubsub`` config section."""
+    return PubsubLimits(
+        budget=BudgetSettings(
+            rate=section.sender_rate,
+            burst=section.sender_burst,
+            new_rate=section.new_sender_rate,
+            new_burst=section.new_sender_burst,
+            max_senders=section.max_senders_per_room,
+        ),
+        scoring=(
+            ScoreSettings(ip_colocation_threshold=section.ip_colocation_threshold)
+            if section.scoring
+            else None
+        ),
+        max_subscriptions_per_peer=section.max_subscriptions_per_peer,
+        max_topics=section.max_topics,
+        max_graft_prune=section.max_graft_prune,
+        max_ihave_messages=section.max_ihave_messages,
+        max_ihave_length=section.max_ihave_length,
+        max_iwant_length=section.max_iwant_length,
+    )
+
+
 def _rooms(w: Wiring) -> Capability:
     w.history = History(w.store)
-    w.gossip = NodeGossip(w.host, px_observer=w.metrics.swarm)
+    w.gossip = NodeGossip(
+        w.host,
+        px_observer=w.metrics.swarm,
+        limits=pubsub_limits(w.config.pubsub),
+        observer=w.metrics.pubsub,
+    )
     return w.gossip
 
 

@@ -36,14 +36,19 @@ def wait_members(node: NodeProcess, count: int) -> None:
     raise AssertionError(f"room never had {count} other members")
 
 
+# A sender budget no test burst reaches: for tests of throughput, not of flood control.
+UNBUDGETED = {"P2PCHAT_PUBSUB__SENDER_RATE": "100000", "P2PCHAT_PUBSUB__SENDER_BURST": "1000000"}
+
+
 def line_of_three(
-    tmp_path: Path, nodes: list[NodeProcess]
+    tmp_path: Path, nodes: list[NodeProcess], **settings: str
 ) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
     """Chat peers A-B-C in a line (C reaches A only through B), each room's mesh formed. The
-    ends run without the DHT: room rendezvous would otherwise introduce them to each other."""
-    no_dht = node_env(P2PCHAT_DHT__ENABLED="false")
+    ends run without the DHT: room rendezvous would otherwise introduce them to each other.
+    ``settings``: more P2PCHAT_* variables for all three."""
+    no_dht = node_env(P2PCHAT_DHT__ENABLED="false", **settings)
     a = chat_peer(tmp_path / "a", nodes, env=no_dht)
-    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr(), env=node_env(**settings))
     c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr(), env=no_dht)
     wait_members(b, 2)
     wait_members(c, 1)
@@ -196,7 +201,9 @@ def test_a_2000_message_burst_reaches_every_peer_of_a_line(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # py-libp2p's defaults deliver 16 of 2,000 here (32-slot queues, 10 msg/s per forwarder).
-    a, b, c = line_of_three(tmp_path, nodes)
+    # The sender budget is lifted: this measures the pubsub's capacity (tests/hostile/test_rooms
+    # tests the budget).
+    a, b, c = line_of_three(tmp_path, nodes, **UNBUDGETED)
     burst = [f"burst {index}" for index in range(2000)]
     a.say("\n".join(burst))
     for node in (b, c):
@@ -212,10 +219,12 @@ def test_a_peer_whose_output_nobody_reads_still_relays(
 ) -> None:
     # B's stdout is a pipe nobody drains: once its 64 KiB fill up, writes would block. They must
     # block only B's output, never the node: C, reachable only through B, gets everything.
-    a = chat_peer(tmp_path / "a", nodes)
-    b = start_node(tmp_path / "b", "--json", "--bootstrap", a.addr(), read_output=False)
+    # 1,000 messages at once: far over the sender budget, lifted here (tests/hostile tests it).
+    env = node_env(**UNBUDGETED)
+    a = chat_peer(tmp_path / "a", nodes, env=env)
+    b = start_node(tmp_path / "b", "--json", "--bootstrap", a.addr(), env=env, read_output=False)
     nodes.append(b)
-    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    c = chat_peer(tmp_path / "c", nodes, "--bootstrap", b.addr(), env=env)
     wait_members(b, 2)
     wait_members(c, 1)
     texts = [f"filler {index:04d} " + "x" * 200 for index in range(1000)]  # ~300 KB of B output

@@ -165,3 +165,34 @@ async def test_an_id_chosen_by_one_sender_cannot_hide_another_senders_message(
     ]
     assert shown[0]["id"] != shown[1]["id"]
     assert victim.metric("p2pchat_messages_dropped_total", reason="duplicate") == 0
+
+
+async def test_a_peer_sending_invalid_messages_is_pruned_then_graylisted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # #18: peer scoring on. Each invalid message costs its forwarder 0.05 x 1000 x count**2:
+    # under zero at once (pruned from the mesh, never grafted), under the graylist threshold
+    # (-2500) at the eighth (everything it sends is ignored).
+    async with attacker(tmp_path, nodes) as (victim, pubsub, identity, _):
+        deadline = time.monotonic() + 30
+        while victim.metric("p2pchat_room_peers") < 1 and time.monotonic() < deadline:
+            await trio.sleep(0.2)
+        await trio.sleep(2)  # a heartbeat or two: the victim grafts the attacker
+        # Written straight to the victim: pruned after the first, the attacker's own GossipSub
+        # would no longer send it anything.
+        stream = pubsub.peers[ID.from_base58(victim.peer_id)]
+        for seqno in range(1, 11):
+            garbage = signed(identity, b"\x0a\xff\xff garbage", seqno)
+            await pubsub.write_msg(stream, rpc_pb2.RPC(publish=[garbage]))
+            await trio.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while victim.metric("p2pchat_pubsub_graylisted_peers") < 1:
+            assert time.monotonic() < deadline, "the invalid sender was never graylisted"
+            await trio.sleep(0.2)
+        after = signed(identity, payload("after"), 11)
+        await pubsub.write_msg(stream, rpc_pb2.RPC(publish=[after]))
+        await trio.sleep(2)
+        assert victim.metric("p2pchat_pubsub_control_dropped_total", limit="graylisted") >= 1
+    assert victim.metric("p2pchat_pubsub_penalties_total", reason="invalid_message") >= 8
+    assert victim.metric("p2pchat_pubsub_score_pruned_total") >= 1
+    assert victim.metric("p2pchat_messages_received_total") == 0  # "after" was ignored too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -413,3 +414,53 @@ def test_rekeying_never_overwrites_a_message_that_holds_the_id_it_needs(
     assert history.count("lobby") == 2
     for message in kept:  # each still found under the id it is listed with
         assert history.lookup("lobby", [message.message_id]) == [message]
+
+
+def test_over_its_cap_a_room_charges_the_senders_over_their_share_first(tmp_path: Path) -> None:
+    # #18: one sender's flood must not push the others' messages out of a room's history.
+    history = History(Store.open(tmp_path / "store"))
+    honest = [fair_message(f"honest-{n}", "alice" if n % 2 else "bob", n) for n in range(20)]
+    flood = [fair_message(f"flood-{n}", "mallory", 100 + n) for n in range(200)]
+    history.add_many(honest + flood)
+    deleted = history.apply_retention(
+        "room", max_count=100, max_age_ms=None, now_ms=10**6, sender_share=0.5
+    )
+    assert deleted == 120 and history.count("room") == 100
+    kept = history.last("room", 500)
+    assert {m.message_id for m in honest} <= {m.message_id for m in kept}  # all honest kept
+    assert sum(m.sender == "mallory" for m in kept) == 80  # its newest, still over its share
+    assert min(m.sent_at_ms for m in kept if m.sender == "mallory") == 100 + 120
+
+
+def test_with_no_sender_over_its_share_the_oldest_go_first(tmp_path: Path) -> None:
+    history = History(Store.open(tmp_path / "store"))
+    history.add_many([fair_message(f"m-{n}", f"sender-{n % 10}", n) for n in range(100)])
+    deleted = history.apply_retention(
+        "room", max_count=90, max_age_ms=None, now_ms=10**6, sender_share=0.2
+    )
+    assert deleted == 10
+    assert min(m.sent_at_ms for m in history.last("room", 500)) == 10
+
+
+def fair_message(text: str, sender: str, sent_at_ms: int) -> StoredMessage:
+    return StoredMessage(
+        room="room",
+        message_id=hashlib.sha256(text.encode()).digest()[:16],
+        sent_at_ms=sent_at_ms,
+        received_at_ms=sent_at_ms,
+        sender=sender,
+        envelope=text.encode(),
+    )
+
+
+def test_the_largest_holder_pays_first_even_when_others_are_over_their_share(
+    tmp_path: Path,
+) -> None:
+    history = History(Store.open(tmp_path / "store"))
+    chatty = [fair_message(f"chatty-{n}", "alice", n) for n in range(50)]
+    flood = [fair_message(f"flood-{n}", "mallory", 100 + n) for n in range(300)]
+    history.add_many(chatty + flood)
+    history.apply_retention("room", max_count=100, max_age_ms=None, now_ms=10**6, sender_share=0.1)
+    kept = history.last("room", 500)
+    assert sum(m.sender == "alice" for m in kept) == 50  # over its share, but not the largest
+    assert sum(m.sender == "mallory" for m in kept) == 50

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.pubsub import NodeGossip, SubscriptionEvent, TopicSubscribed
 
@@ -109,3 +111,50 @@ async def test_two_roles_share_a_topic_and_leaving_and_rejoining_leaves_no_dead_
             async for _ in to_chat:
                 pass
         assert "room" not in b._topics
+
+
+class _Defences:
+    """A PubsubObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.dropped: dict[str, int] = {}
+
+    def control_dropped_by(self, limit: str, count: int = 1) -> None:
+        self.dropped[limit] = self.dropped.get(limit, 0) + count
+
+    def penalised(self, reason: str) -> None:
+        return None
+
+    def graylisted_changed(self, delta: int) -> None:
+        return None
+
+    def mesh_pruned_for_score(self) -> None:
+        return None
+
+
+async def test_a_message_is_resent_to_one_peer_at_most_three_times_on_iwant(
+    tmp_path: Path,
+) -> None:
+    # #18: go-libp2p's GossipRetransmission. Asking again and again for a message it has
+    # would otherwise make us resend it every time (a bandwidth amplification).
+    async with (
+        running_host(tmp_path / "a") as (a_host, _),
+        running_host(tmp_path / "b") as (b_host, _),
+    ):
+        defences = _Defences()
+        a, b = NodeGossip(a_host, observer=defences), NodeGossip(b_host)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+            await b.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+            await a_host.connect(loopback_addr(b_host))
+            await wait_until(lambda: b_host.peer_id in a.subscribers("room"), WAIT)
+            await a.publish("room", b"wanted")
+            message_id = next(iter(a._router.mcache.msgs))
+            asker = ID.from_base58(b_host.peer_id)
+            for _ in range(5):
+                want = rpc_pb2.ControlIWant(messageIDs=[message_id])
+                await a._router.handle_iwant(want, asker)
+            assert defences.dropped.get("iwant_retransmissions") == 2
+            nursery.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from p2pchat.node.metrics.connections import ConnectionMetrics
 from p2pchat.node.metrics.dht import DhtMetrics
 from p2pchat.node.metrics.history import CatchUpMetrics, StoreClientMetrics, StoreServerMetrics
 from p2pchat.node.metrics.holepunch import HolePunchMetrics
+from p2pchat.node.metrics.pubsub import PubsubMetrics
 from p2pchat.node.metrics.status import StatusMetrics
 from p2pchat.node.metrics.swarm import SwarmMetrics
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,6 +38,7 @@ __all__ = [
     "DhtMetrics",
     "HolePunchMetrics",
     "NodeMetrics",
+    "PubsubMetrics",
     "StatusMetrics",
     "StoreClientMetrics",
     "StoreServerMetrics",
@@ -59,6 +61,7 @@ class NodeMetrics:
         self.status = StatusMetrics(self.registry, roles)
         self.swarm = SwarmMetrics(self.registry)
         self.connections = ConnectionMetrics(self.registry)
+        self.pubsub = PubsubMetrics(self.registry)
         self.dht = DhtMetrics(self.registry)
         self.autonat = AutoNatMetrics(self.registry)
         self.autorelay = AutoRelayMetrics(self.registry)

@@ -22,8 +22,12 @@ What the library does by default, and what this module does instead:
 - every RPC is its own stream write (one Yamux frame, one Noise encryption, one send() each) ->
   RPCs queued for a peer are merged into one, as go-libp2p's ``appendOrMergeRPC`` does
   (:mod:`~p2pchat.node.p2p.rpc_queue`);
-- peer scoring runs for every message with all weights zero (scores stay 0) -> off, as in
-  go-libp2p unless configured;
+- peer scoring runs for every message with all weights zero (scores stay 0), recomputed for
+  every question -> our scorer with chat-room parameters, cached (:mod:`~p2pchat.node.p2p.scoring`);
+  graylisted peers are ignored whole, negative ones pruned and never grafted (#18);
+- any peer may publish as fast as it likes, subscribe to any number of topics, and flood
+  GRAFT/PRUNE/IHAVE/IWANT -> a budget per sender per room (:mod:`~p2pchat.node.p2p.sender_budget`)
+  in the validator, and bounds per peer per heartbeat (:class:`PubsubLimits`);
 - the validation-result cache is an LRU kept in a list, O(n) per message -> an O(1) one;
 - every received message is processed in a task of its own, and starting a task scans every
   live task of the service (quadratic under a burst) -> one worker processes received messages
@@ -72,7 +76,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +95,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
+from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
+from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
 from p2pchat.node.p2p.signatures import current_check, has_valid_signature
 
 MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
@@ -108,6 +114,9 @@ class _ValidationResults:
         self.ttl = ttl
         self.max_size = max_size
         self._results: OrderedDict[bytes, ValidationResult] = OrderedDict()
+        # Set just before the library caches the failure of a message dropped over its
+        # sender's budget: not cached, so a later copy is judged again (the budget refills).
+        self.skip_next_failure = False
 
     def get(self, msg_id: bytes) -> ValidationResult | None:
         result = self._results.get(msg_id)
@@ -120,6 +129,9 @@ class _ValidationResults:
         return result
 
     def put(self, msg_id: bytes, result: ValidationResult) -> None:
+        if self.skip_next_failure and not result.is_valid:
+            self.skip_next_failure = False
+            return
         self._results[msg_id] = result
         self._results.move_to_end(msg_id)
         while len(self._results) > self.max_size:
@@ -168,6 +180,76 @@ class GossipObserver(Protocol):
     """Receives pubsub drop events (for metrics)."""
 
     def message_dropped(self, topic: str, reason: str) -> None: ...
+
+
+class PubsubObserver(Protocol):
+    """Told of every defence against a hostile peer (for metrics): see
+    :class:`~p2pchat.node.p2p.scoring.ScoreObserver` and the limits of :class:`PubsubLimits`."""
+
+    def control_dropped_by(self, limit: str, count: int = 1) -> None: ...
+
+    def penalised(self, reason: str) -> None: ...
+
+    def graylisted_changed(self, delta: int) -> None: ...
+
+    def mesh_pruned_for_score(self) -> None: ...
+
+
+class _NoPubsubObserver:
+    def control_dropped_by(self, limit: str, count: int = 1) -> None:
+        return None
+
+    def penalised(self, reason: str) -> None:
+        return None
+
+    def graylisted_changed(self, delta: int) -> None:
+        return None
+
+    def mesh_pruned_for_score(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PubsubLimits:
+    """What one peer may make this node's pubsub do (the ``pubsub`` config section).
+
+    ``budget``: messages per sender per room (:mod:`~p2pchat.node.p2p.sender_budget`), None for
+    none; ``scoring``: GossipSub v1.1 peer scoring (:mod:`~p2pchat.node.p2p.scoring`), None for
+    off. Per peer and per heartbeat (1 s), as go-libp2p counts them: ``max_graft_prune``
+    GRAFT and PRUNE entries, ``max_ihave_messages`` RPCs carrying IHAVE (go: MaxIHaveMessages),
+    ``max_ihave_length`` message ids announced in IHAVEs (go: MaxIHaveLength), and
+    ``max_iwant_length`` ids asked for in IWANTs; ``max_subscriptions_per_peer`` topics one peer
+    is known in (and subscription changes per heartbeat); ``max_topics`` topics known in all.
+    Past a limit the entries are ignored, counted, and the peer penalised (P7).
+    """
+
+    budget: BudgetSettings | None = field(default_factory=BudgetSettings)
+    scoring: ScoreSettings | None = field(default_factory=ScoreSettings)
+    max_subscriptions_per_peer: int = 100
+    max_topics: int = 5000
+    max_graft_prune: int = 100
+    max_ihave_messages: int = 10
+    max_ihave_length: int = 5000
+    max_iwant_length: int = 5000
+
+
+class _ControlCounts:
+    """Per peer and per heartbeat: what each has sent of each kind (cleared every heartbeat,
+    so it holds at most the peers heard in one second)."""
+
+    def __init__(self) -> None:
+        self._counts: defaultdict[ID, dict[str, int]] = defaultdict(dict)
+
+    def spend(self, peer: ID, kind: str, count: int, limit: int) -> int:
+        """Count ``count`` more of ``kind`` from ``peer``: how many of them are within
+        ``limit`` this heartbeat."""
+        mine = self._counts[peer]
+        used = mine.get(kind, 0)
+        mine[kind] = used + count
+        return max(0, min(count, limit - used))
+
+    def reset(self) -> None:
+        self._counts.clear()
 
 
 PayloadValidator = Callable[[bytes], str | None]
@@ -228,6 +310,22 @@ class _ReportingSignatureCheck:
 
 log = structlog.get_logger("p2pchat.pubsub")
 
+LOG_EVERY = 60.0  # a limit's refusals are logged at most once per this many seconds
+_logged_at: dict[str, float] = {}
+_unlogged: dict[str, int] = {}
+
+
+def _log_limited(limit: str, event: str, **fields: Any) -> None:
+    """Log ``event`` for ``limit`` at info, at most once per :data:`LOG_EVERY` seconds per limit
+    (a fixed word), with the number suppressed since the last line."""
+    now = time.monotonic()
+    last = _logged_at.get(limit)
+    if last is not None and now - last < LOG_EVERY:
+        _unlogged[limit] = _unlogged.get(limit, 0) + 1
+        return
+    _logged_at[limit] = now
+    log.info(event, limit=limit, since_last_logged=_unlogged.pop(limit, 0), **fields)
+
 
 class _ManagerView:
     """The pubsub service's task manager as :class:`_ChatPubsub` shows it to the library: the
@@ -237,11 +335,14 @@ class _ManagerView:
         self.wrapped = manager
         self._push = push
         self._enqueue = enqueue
+        # While set, the tasks the library starts for a subscription are not started (a
+        # subscription to a topic we are not in needs none of them).
+        self.quiet = False
 
     def run_task(self, async_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if async_fn == self._push:
             self._enqueue(*args)
-        else:
+        elif not self.quiet:
             self.wrapped.run_task(async_fn, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -258,9 +359,22 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
     :meth:`process_received` drains; a message whose processing fails is logged and counted.
     """
 
-    def __init__(self, *args: Any, report: DropReport, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        report: DropReport,
+        limits: PubsubLimits,
+        defence: PubsubObserver,
+        control_counts: _ControlCounts,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args, max_subscriptions_per_peer=limits.max_subscriptions_per_peer, **kwargs
+        )
         self._report = report
+        self._limits = limits
+        self._defence = defence
+        self._control_counts = control_counts
         self._signature_check = _ReportingSignatureCheck(report)
         self._registering: list[set[str]] = []  # one per peer being registered (trap 31)
         self.subscription_events: Callable[[SubscriptionEvent], None] = lambda event: None
@@ -297,12 +411,17 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         check = self._signature_check
         if msg_forwarder == self.my_id and msg.from_id == self._my_id_bytes:
             check.signed_here = msg
+        scorer = self.router.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.receiving_from = msg_forwarder  # see ChatScorer.receiving_from
         token = current_check.set(check)
         try:
             await super().push_msg(msg_forwarder, msg)
         finally:
             current_check.reset(token)
             check.signed_here = None
+            if isinstance(scorer, ChatScorer):
+                scorer.receiving_from = None
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
         # Trap 31 (not in the notes): the library builds a new peer's hello (our
@@ -338,10 +457,47 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             touched.add(topic_id)
         await super().unsubscribe(topic_id)
 
+    def graylisted(self, peer: ID) -> bool:
+        """Whether ``peer``'s score is under the graylist threshold (all it sends is ignored)."""
+        scorer = self.router.scorer
+        return isinstance(scorer, ChatScorer) and peer in scorer.graylisted
+
+    def _refuse_subscription(self, origin_id: ID, limit: str) -> None:
+        self._defence.control_dropped_by(limit)
+        scorer = self.router.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.add_behaviour(origin_id, 1.0, "control_flood")
+        _log_limited(limit, "pubsub subscription ignored", peer=str(origin_id))
+
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
+        # Bounds (#18: 40 PeerIds subscribing to thousands of junk topics took a peer to 90%
+        # CPU): the topics one peer is known in, subscription changes per peer per heartbeat,
+        # and the topics known in all; and a topic we are not in starts none of the library's
+        # tasks (replays, GRAFT, flushes: each start of a task scans all live tasks).
         topic = sub_message.topicid
+        if self.graylisted(origin_id):
+            self._defence.control_dropped_by("graylisted")
+            return
+        limits = self._limits
+        if not self._control_counts.spend(
+            origin_id, "subscriptions", 1, limits.max_subscriptions_per_peer
+        ):
+            self._refuse_subscription(origin_id, "subscriptions_per_peer")
+            return
         before = origin_id in self.peer_topics.get(topic, ())
-        super().handle_subscription(origin_id, sub_message)
+        if sub_message.subscribe and not before:
+            if topic not in self.peer_topics and len(self.peer_topics) >= limits.max_topics:
+                self._refuse_subscription(origin_id, "topics_total")
+                return
+            if self._peer_subscription_count.get(origin_id, 0) >= self.max_subscriptions_per_peer:
+                self._refuse_subscription(origin_id, "subscriptions_per_peer")
+                return
+        view = self.manager
+        view.quiet = topic not in self.topic_ids
+        try:
+            super().handle_subscription(origin_id, sub_message)
+        finally:
+            view.quiet = False
         after = origin_id in self.peer_topics.get(topic, ())
         if after and not before:
             self.subscription_events(TopicSubscribed(str(origin_id), topic))
@@ -363,11 +519,30 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         return self._view
 
     def _enqueue_received(self, forwarder: ID, message: rpc_pb2.Message) -> None:
+        if self.graylisted(forwarder):  # go-libp2p's AcceptFrom: not even queued
+            self._defence.control_dropped_by("graylisted")
+            return
         try:
             self._received_in.send_nowait((forwarder, message))
         except trio.WouldBlock:
             for topic in message.topicIDs[:1]:
                 self._report(str(topic), "queue_full")
+
+    def flood_dropped(self, forwarder: ID, sender: bytes) -> None:
+        """A message from ``forwarder`` was dropped over its sender's budget, in the validator:
+        the library must neither cache that verdict nor count it as an invalid message (the
+        budget refills; an honest relay may be a message ahead of us). Only a forwarder that
+        is the sender itself is penalised (P7): a relay is not, as go-libp2p's
+        ValidationIgnore (a relay with a wider budget, or none, an older version, would
+        otherwise be graylisted for relaying someone else's flood, and the room split)."""
+        cache = self.validation_cache
+        if isinstance(cache, _ValidationResults):
+            cache.skip_next_failure = True
+        scorer = self.router.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.ignore_next_invalid = True
+            if forwarder.to_bytes() == sender:
+                scorer.add_behaviour(forwarder, 1.0, "flood")
 
     def add_connected_peers(self, peers: Iterable[str]) -> None:
         """Register peers connected before this pubsub existed (trap 26), in the background
@@ -432,6 +607,8 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
 
 IDONTWANT_MIN_BYTES = 1024  # go-libp2p's GossipSubIDontWantMessageThreshold
+IWANT_RETRANSMISSIONS = 3  # go-libp2p's GossipSubGossipRetransmission
+MAX_IWANT_TRACKED = 30_000  # (peer, message) pairs counted for it, least recent forgotten
 
 
 # Peer exchange (PX, GossipSub v1.1): a PRUNE may name peers to connect to instead. The library
@@ -552,9 +729,219 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
 
     _idontwant_worthy = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        limits: PubsubLimits,
+        defence: PubsubObserver,
+        control_counts: _ControlCounts,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._px_budget = _PxState()
+        self._limits = limits
+        self._defence = defence
+        self._control_counts = control_counts
+        self._iwant_served: OrderedDict[tuple[ID, bytes], int] = OrderedDict()
+        if limits.scoring is None:
+            # As in go-libp2p unless configured (WithPeerScore): py-libp2p scores every peer
+            # for every message forwarded with all weights at zero, at 7-10% of a relaying
+            # peer's CPU (trap 19).
+            self.scorer = None
+        else:
+            scorer = ChatScorer(limits.scoring, observer=defence)
+            scorer.track_topics(self.mesh.keys())  # only the rooms we are in are scored
+            self.scorer = scorer
+
+    # -- peer scoring and control-message bounds (#18) ----------------------------------------
+
+    def _score(self, peer: ID) -> float:
+        scorer = self.scorer
+        return scorer.peer_score(peer) if isinstance(scorer, ChatScorer) else 0.0
+
+    def _over(self, peer: ID, limit: str, count: int) -> None:
+        self._defence.control_dropped_by(limit, count)
+        scorer = self.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.add_behaviour(peer, 1.0, "control_flood")
+        _log_limited(limit, "pubsub control entries ignored", peer=str(peer), count=count)
+
+    async def handle_rpc(self, rpc: rpc_pb2.RPC, sender_peer_id: ID) -> None:
+        """The library's, behind go-libp2p's gates: nothing from a graylisted peer; per peer
+        and heartbeat at most ``max_graft_prune`` GRAFT/PRUNE entries and
+        ``max_ihave_messages`` RPCs with IHAVEs (the rest of an RPC over a limit is dropped,
+        counted, and the peer penalised once per RPC)."""
+        scorer = self.scorer
+        if isinstance(scorer, ChatScorer) and sender_peer_id in scorer.graylisted:
+            self._defence.control_dropped_by("graylisted")
+            return
+        control = rpc.control
+        limits = self._limits
+        counts = self._control_counts
+        entries = len(control.graft) + len(control.prune)
+        if entries:
+            allowed = counts.spend(sender_peer_id, "graft_prune", entries, limits.max_graft_prune)
+            if allowed < entries:
+                self._over(sender_peer_id, "graft_prune", entries - allowed)
+                grafts = min(allowed, len(control.graft))
+                del control.graft[grafts:]
+                del control.prune[allowed - grafts :]
+        if control.ihave and not counts.spend(
+            sender_peer_id, "ihave_messages", 1, limits.max_ihave_messages
+        ):
+            self._over(sender_peer_id, "ihave_messages", len(control.ihave))
+            del control.ihave[:]
+        await super().handle_rpc(rpc, sender_peer_id)
+
+    def _check_ihave_rate_limit(self, peer_id: ID, topic: str) -> bool:
+        # The library allows 10 IHAVEs per topic per second, and 10 IWANTs per peer per second,
+        # penalising the rest: an honest peer sharing more than ten rooms with us answers our
+        # gossip with more. Replaced by go-libp2p's per-heartbeat bounds (handle_rpc, below).
+        return True
+
+    def _check_iwant_rate_limit(self, peer_id: ID) -> bool:
+        return True
+
+    async def handle_ihave(self, ihave_msg: rpc_pb2.ControlIHave, sender_peer_id: ID) -> None:
+        """The library's, for rooms we are in only (go-libp2p ignores the rest), and at most
+        ``max_ihave_length`` message ids per peer per heartbeat; nothing from a peer under
+        the gossip threshold (go-libp2p)."""
+        if ihave_msg.topicID not in self.mesh:
+            self._defence.control_dropped_by("unknown_topic")
+            return
+        scorer = self.scorer
+        if isinstance(scorer, ChatScorer) and not scorer.allow_gossip(sender_peer_id, []):
+            self._defence.control_dropped_by("low_score")
+            return
+        ids = len(ihave_msg.messageIDs)
+        allowed = self._control_counts.spend(
+            sender_peer_id, "ihave_ids", ids, self._limits.max_ihave_length
+        )
+        if allowed < ids:
+            self._over(sender_peer_id, "ihave_ids", ids - allowed)
+            if not allowed:
+                return
+            del ihave_msg.messageIDs[allowed:]
+        await super().handle_ihave(ihave_msg, sender_peer_id)
+
+    async def handle_iwant(self, iwant_msg: rpc_pb2.ControlIWant, sender_peer_id: ID) -> None:
+        """The library's, for at most ``max_iwant_length`` message ids per peer per heartbeat,
+        and each message sent to one peer at most :data:`IWANT_RETRANSMISSIONS` times
+        (go-libp2p's GossipRetransmission: asking again and again for what it already has
+        would make us resend it as often, a bandwidth amplification)."""
+        ids = len(iwant_msg.messageIDs)
+        allowed = self._control_counts.spend(
+            sender_peer_id, "iwant_ids", ids, self._limits.max_iwant_length
+        )
+        if allowed < ids:
+            self._over(sender_peer_id, "iwant_ids", ids - allowed)
+            if not allowed:
+                return
+            del iwant_msg.messageIDs[allowed:]
+        served = self._iwant_served
+        wanted = []
+        for wire_id in iwant_msg.messageIDs:
+            key = (sender_peer_id, bytes(wire_id))
+            times = served.pop(key, 0)
+            served[key] = times + 1
+            if times < IWANT_RETRANSMISSIONS:
+                wanted.append(wire_id)
+        while len(served) > MAX_IWANT_TRACKED:
+            served.popitem(last=False)
+        if len(wanted) < len(iwant_msg.messageIDs):
+            self._defence.control_dropped_by(
+                "iwant_retransmissions", len(iwant_msg.messageIDs) - len(wanted)
+            )
+            del iwant_msg.messageIDs[:]
+            iwant_msg.messageIDs.extend(wanted)
+        await super().handle_iwant(iwant_msg, sender_peer_id)
+
+    async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
+        """The library's, except: a GRAFT for a room we are not in is ignored (the library
+        answered each with a PRUNE: a GRAFT flood got one reply per entry), and one from a
+        peer with a negative score is refused with a PRUNE and a backoff (go-libp2p)."""
+        topic = graft_msg.topicID
+        if topic not in self.mesh:
+            self._defence.control_dropped_by("unknown_topic")
+            return
+        if self._score(sender_peer_id) < 0 and sender_peer_id not in self.mesh[topic]:
+            self._defence.mesh_pruned_for_score()
+            self._add_back_off(sender_peer_id, topic, False)
+            await self.emit_prune(topic, sender_peer_id, False, False)
+            return
+        await super().handle_graft(graft_msg, sender_peer_id)
+
+    def mesh_heartbeat(self) -> tuple[Any, Any]:
+        """Once per heartbeat: the per-heartbeat counts start again; mesh peers with a negative
+        score are pruned (with a backoff, no PX), as go-libp2p does; then the library's mesh
+        maintenance (which grafts no peer with a negative score:
+        :meth:`_get_in_topic_gossipsub_peers_from_minus`)."""
+        self._control_counts.reset()
+        pruned: dict[ID, list[str]] = defaultdict(list)
+        scorer = self.scorer
+        if isinstance(scorer, ChatScorer):
+            for topic, peers in self.mesh.items():
+                for peer in [peer for peer in peers if scorer.peer_score(peer) < 0]:
+                    peers.discard(peer)
+                    scorer.on_leave_mesh(peer, topic)
+                    self._add_back_off(peer, topic, False)
+                    pruned[peer].append(topic)
+                    self._defence.mesh_pruned_for_score()
+        to_graft, to_prune = super().mesh_heartbeat()
+        for peer, topics in pruned.items():
+            to_prune[peer].extend(topics)
+        return to_graft, to_prune
+
+    def _get_in_topic_gossipsub_peers_from_minus(
+        self,
+        topic: str,
+        num_to_select: int,
+        minus: Iterable[ID],
+        backoff_check: bool = False,
+    ) -> list[ID]:
+        scorer = self.scorer
+        if not isinstance(scorer, ChatScorer):
+            return list(
+                super()._get_in_topic_gossipsub_peers_from_minus(
+                    topic, num_to_select, minus, backoff_check
+                )
+            )
+        # Candidates for the mesh, fanout and gossip: none with a negative score (go-libp2p).
+        negative = {
+            peer for peer in self.pubsub.peer_topics.get(topic, ()) if scorer.peer_score(peer) < 0
+        }
+        return list(
+            super()._get_in_topic_gossipsub_peers_from_minus(
+                topic, num_to_select, set(minus) | negative, backoff_check
+            )
+        )
+
+    async def _maintain_mesh_quality(self, topic: str) -> None:
+        # The library's "mesh quality maintenance" (replace the worst-scoring mesh peer by any
+        # better one, every heartbeat) is not GossipSub: it churned meshes. Off.
+        return None
+
+    def _perform_opportunistic_grafting(self, topic: str, peers_to_graft: Any) -> int:
+        # The library's runs every heartbeat (go-libp2p: every 60, and only when the median
+        # score is low); chat rooms are small meshes, where it only churns. Off.
+        return 0
+
+    def _track_peer_ip(self, peer_id: ID) -> None:
+        """The peer's IP for the IP-colocation factor, from its direct connection (the
+        library's lookup reads an attribute Yamux connections do not have)."""
+        scorer = self.scorer
+        if self.pubsub is None or not isinstance(scorer, ChatScorer):
+            return
+        for conn in self.pubsub.host.get_network().get_connections(peer_id):
+            try:
+                if transport_label(conn.muxed_conn) == "p2p-circuit":
+                    continue
+                remote = conn.muxed_conn.get_remote_address()
+            except Exception:  # a connection closing meanwhile
+                continue
+            if remote is not None:
+                scorer.add_peer_ip(peer_id, str(remote[0]))
+                return
 
     async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
         # GossipSub.publish reaches its IDONTWANT step without an await in between, so the flag
@@ -597,16 +984,29 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
 
     async def handle_prune(self, prune_msg: rpc_pb2.ControlPrune, sender_peer_id: ID) -> None:
         """The library's PRUNE handling (mesh, backoff), with peer exchange done by
-        :meth:`_exchange_peers` instead of the library's ``_do_px``."""
+        :meth:`_exchange_peers` instead of the library's ``_do_px``. A PRUNE for a room we are
+        not in is ignored (the library kept a backoff and a timestamp per topic named)."""
+        if prune_msg.topicID not in self.mesh:
+            self._defence.control_dropped_by("unknown_topic")
+            for _ in prune_msg.peers:
+                self._px_refuse("not_joined")
+            return
         if not prune_msg.peers:
             await super().handle_prune(prune_msg, sender_peer_id)
             return
         px_peers = list(prune_msg.peers)
+        if isinstance(self.scorer, ChatScorer) and not self.scorer.allow_px_from(
+            sender_peer_id, []
+        ):
+            for _ in px_peers:  # go-libp2p's AcceptPXThreshold
+                self._px_refuse("low_score")
+            px_peers = []
         without_px = rpc_pb2.ControlPrune()
         without_px.CopyFrom(prune_msg)
         del without_px.peers[:]
         await super().handle_prune(without_px, sender_peer_id)
-        await self._exchange_peers(px_peers, prune_msg.topicID, sender_peer_id)
+        if px_peers:
+            await self._exchange_peers(px_peers, prune_msg.topicID, sender_peer_id)
 
     async def _do_px(self, px_peers: list[rpc_pb2.PeerInfo]) -> None:
         """Never dials: the library's PX (any record, 16 per PRUNE, from anyone). Ours is
@@ -622,6 +1022,8 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
         (:class:`PxObserver`) with the first gate it failed:
 
         - ``not_joined``: we have no mesh for ``topic`` (go-libp2p ignores the PRUNE too);
+        - ``low_score``: the sender's score is under the accept-PX threshold (checked by
+          :meth:`handle_prune`);
         - ``mesh_full``: the mesh already has ``degree_low`` peers: no need of more;
         - ``per_prune``: past the first :data:`PX_PER_PRUNE` records of this PRUNE;
         - ``unsigned``: no signed peer record (the library dialled whatever the peerstore held);
@@ -794,9 +1196,20 @@ class NodeGossip:
     role's validator accepts is delivered to each of them, in arrival order.
     """
 
-    def __init__(self, host: P2PHost, px_observer: PxObserver | None = None) -> None:
-        """``px_observer`` is told of every peer-exchange record refused."""
+    def __init__(
+        self,
+        host: P2PHost,
+        px_observer: PxObserver | None = None,
+        limits: PubsubLimits | None = None,
+        observer: PubsubObserver | None = None,
+    ) -> None:
+        """``px_observer`` is told of every peer-exchange record refused, ``observer`` of every
+        other defence (:class:`PubsubObserver`); ``limits``: :class:`PubsubLimits` (its
+        defaults when None)."""
         self._host = host
+        self._limits = limits = limits if limits is not None else PubsubLimits()
+        defence: PubsubObserver = observer if observer is not None else _NoPubsubObserver()
+        counts = _ControlCounts()
         # peers with a new direct connection, whose stream may have to move off a relay
         self._direct_in, self._direct_out = trio.open_memory_channel[str](MOVE_QUEUE)
         self._router = _ChatGossipSub(
@@ -808,11 +1221,10 @@ class NodeGossip:
             spam_protection_enabled=False,
             eclipse_protection_enabled=False,
             adaptive_gossip_enabled=False,
+            limits=limits,
+            defence=defence,
+            control_counts=counts,
         )
-        # Peer scoring is off, as in go-libp2p unless configured (WithPeerScore): py-libp2p
-        # scores every peer for every message forwarded with all weights at zero, so scores
-        # stay 0 and no threshold can trip, at 7-10% of a relaying peer's CPU in a burst.
-        self._router.scorer = None
         if px_observer is not None:
             self._router.px_observer = px_observer
         self._pubsub = _ChatPubsub(
@@ -821,6 +1233,9 @@ class NodeGossip:
             strict_signing=True,
             max_inbound_rpc_size=MAX_RPC_BYTES,
             report=self._report_drop,
+            limits=limits,
+            defence=defence,
+            control_counts=counts,
         )
         cache = self._pubsub.validation_cache
         self._pubsub.validation_cache = _ValidationResults(cache.ttl, cache.max_size)
@@ -900,8 +1315,22 @@ class NodeGossip:
         if self._nursery is None:
             raise RuntimeError("the node's pubsub is not running")
         joined = self._topics[topic] = _Topic([joiner])
+        settings = self._limits.budget
+        budget = RoomBudget(settings) if settings is not None else None
+        pubsub = self._pubsub
+        my_id = pubsub.my_id.to_bytes()
 
         def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
+            from_id = bytes(message.from_id)
+            if budget is not None and from_id != my_id:  # our own are paced by our outbox
+                # The sender's budget first, before anything is decoded (#18).
+                over = budget.admit(_peer_id_text(from_id), time.monotonic(), forwarder)
+                if over is not None:
+                    pubsub.flood_dropped(forwarder, from_id)
+                    for each in joined.joiners:
+                        each.observer.message_dropped(topic, over)
+                    _log_limited(over, "room message over its sender's budget dropped")
+                    return False
             data = bytes(message.data)
             accepted = True
             sender: str | None = None

@@ -162,6 +162,7 @@ class Archive:
                             max_age_ms=max_age_ms,
                             max_bytes=policy.max_bytes,
                             now_ms=now_ms(),
+                            sender_share=policy.sender_share,
                         )
                     )
                 except Exception as error:

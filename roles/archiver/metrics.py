@@ -53,7 +53,7 @@ class ArchiveMetrics:
             "p2pchat_archive_dropped",
             "Messages refused before archiving, by reason (bad_signature, malformed, oversized, "
             "invalid, unsupported_version, wrong_room, future_timestamp, muted, removed, "
-            "not_owner, moderation_full).",
+            "not_owner, moderation_full, flood, flood_new_senders).",
             ("reason",),
             registry=registry,
         )

@@ -36,7 +36,7 @@ class ChatMetrics:
             "p2pchat_messages_dropped",
             "Messages dropped on receive, by reason (bad_signature, malformed, oversized, "
             "invalid, unsupported_version, wrong_room, future_timestamp, duplicate, ignored, "
-            "muted, removed, not_owner, moderation_full).",
+            "muted, removed, not_owner, moderation_full, flood, flood_new_senders).",
             ("reason",),
             registry=registry,
         )

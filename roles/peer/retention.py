@@ -26,10 +26,19 @@ STEP = 1000  # messages deleted per write batch, between two yields to the event
 class Retention:
     """Applies ``max_messages`` and ``max_age_days`` to every room of ``history``."""
 
-    def __init__(self, history: History, max_messages: int, max_age_days: float) -> None:
+    def __init__(
+        self,
+        history: History,
+        max_messages: int,
+        max_age_days: float,
+        sender_share: float | None = None,
+    ) -> None:
+        """``sender_share``: messages over the cap are charged to the senders holding more
+        than this share of it first (:meth:`~p2pchat.node.history.History.apply_retention`)."""
         self._history = history
         self._max_messages = max_messages
         self._max_age_ms = int(max_age_days * 86_400_000)
+        self._sender_share = sender_share
 
     def trim_if_over(self, room: str) -> int:
         """Trim ``room`` to the cap once it is 1% over (so that a full room costs one delete
@@ -37,7 +46,11 @@ class Retention:
         cap = self._max_messages
         if self._history.count(room) > cap + max(1, cap // 100):
             return self._history.apply_retention(
-                room, max_count=cap, max_age_ms=None, now_ms=now_ms()
+                room,
+                max_count=cap,
+                max_age_ms=None,
+                now_ms=now_ms(),
+                sender_share=self._sender_share,
             )
         return 0
 
@@ -74,5 +87,9 @@ class Retention:
                         room, max_count=None, max_age_ms=self._max_age_ms, now_ms=now_ms()
                     )
             deleted += self._history.apply_retention(
-                room, max_count=count - step, max_age_ms=None, now_ms=now_ms()
+                room,
+                max_count=count - step,
+                max_age_ms=None,
+                now_ms=now_ms(),
+                sender_share=self._sender_share if count > self._max_messages else None,
             )

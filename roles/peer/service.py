@@ -179,7 +179,10 @@ class ChatService:
             refusals,
         )
         self._retention = Retention(
-            history, settings.history_max_messages, settings.history_max_age_days
+            history,
+            settings.history_max_messages,
+            settings.history_max_age_days,
+            sender_share=settings.history_sender_share,
         )
         self._inbound = Inbound(
             self._me,
