@@ -312,24 +312,3 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger; use events with key-value context, not formatted strings."""
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
-
-
-class RateLimitedLog:
-    """Which of a storm of events to log: an event (a fixed name, e.g. a limit) is logged at
-    most once per ``every`` seconds, and the log line says how many were not logged since.
-    Bounded by the number of event names (fixed strings of the code)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self._every = every
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-
-    def note(self, event: str, now: float) -> int | None:
-        """Note one ``event``: None if it is not to be logged now, else the number of them
-        not logged since the last one that was."""
-        last = self._logged_at.get(event)
-        if last is not None and now - last < self._every:
-            self._unlogged[event] = self._unlogged.get(event, 0) + 1
-            return None
-        self._logged_at[event] = now
-        return self._unlogged.pop(event, 0)

@@ -1,25 +1,53 @@
 """Refusals logged at a bounded rate: a flood of refusals is one log line a minute per reason.
 
-Every service that refuses a remote peer (history, AutoNAT, relay, archiver admission) counts
-the refusal in a metric by reason and tells :class:`RefusalLog`, which logs the first refusal
-of a reason at once and then at most one line per :data:`LOG_EVERY` seconds, carrying how many
-were refused since the last line. Sans-IO: the caller may pass the clock. Memory is bounded by
-the reasons, which are fixed words (never a peer id or an address).
+Every place that refuses a remote peer (connection admission, stream limits, the DHT, pubsub,
+history, AutoNAT, relay, archiver admission, moderation) counts the refusal in a metric by
+reason and tells :class:`RefusalLog`, which logs the first refusal of a reason at once and then
+at most one line per ``every`` seconds (default :data:`LOG_EVERY`), carrying how many were
+refused since the last line. :class:`RefusalCount` is the counting alone, for a caller that
+writes its own line. Sans-IO: the caller may pass the clock. Memory is bounded by the reasons,
+which are fixed words (never a peer id or an address).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 LOG_EVERY = 60.0  # seconds between two log lines of one reason
 
+Level = Literal["debug", "info", "warning", "error"]
+
+
+class RefusalCount:
+    """Which of a storm of refusals to log: one of a reason is to be logged at most once per
+    ``every`` seconds, and that one says how many were not since."""
+
+    def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+        self._every = every
+        self._clock = clock
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def note(self, reason: str, now: float | None = None) -> int | None:
+        """Note one refusal for ``reason`` at ``now`` (default: the clock's time): None if it
+        is not to be logged, else the number of them not logged since the last that was."""
+        if now is None:
+            now = self._clock()
+        last = self._logged_at.get(reason)
+        if last is not None and now - last < self._every:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return None
+        self._logged_at[reason] = now
+        return self._unlogged.pop(reason, 0)
+
 
 class RefusalLog:
-    """Logs refusals of ``event`` (a log event name) by reason, at most once per ``every``."""
+    """Logs refusals of ``event`` (a log event name) by reason, at ``level``, at most once per
+    ``every`` seconds per reason."""
 
     def __init__(
         self,
@@ -27,24 +55,18 @@ class RefusalLog:
         event: str,
         every: float = LOG_EVERY,
         clock: Callable[[], float] = time.monotonic,
+        level: Level = "info",
     ) -> None:
-        self._log = log
+        self._emit: Callable[..., Any] = getattr(log, level)
         self._event = event
-        self._every = every
-        self._clock = clock
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._count = RefusalCount(every, clock)
 
     def refused(self, reason: str, **fields: Any) -> bool:
         """Note one refusal for ``reason``; log it (with ``fields`` and the number refused
         unlogged since the last line) if none of this reason was logged in the last ``every``
         seconds. Returns whether it logged."""
-        now = self._clock()
-        last = self._logged_at.get(reason)
-        if last is not None and now - last < self._every:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        suppressed = self._count.note(reason)
+        if suppressed is None:
             return False
-        self._logged_at[reason] = now
-        suppressed = self._unlogged.pop(reason, 0)
-        self._log.info(self._event, reason=reason, since_last_logged=suppressed, **fields)
+        self._emit(self._event, reason=reason, since_last_logged=suppressed, **fields)
         return True

@@ -21,7 +21,6 @@ import gc
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +32,7 @@ from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
-from p2pchat.node.logs import RateLimitedLog, get_logger
+from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.admission import AdmissionLimits
 from p2pchat.node.p2p.agent import agent_version
@@ -47,6 +46,7 @@ from p2pchat.node.p2p.host import (
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.parts import Wiring, start_parts
+from p2pchat.node.refusals import RefusalCount
 from p2pchat.node.role import Role
 from p2pchat.node.store import Store
 
@@ -61,7 +61,7 @@ class _Observer:
 
     metrics: HostObserver
     log: structlog.stdlib.BoundLogger
-    refusals: RateLimitedLog = field(default_factory=RateLimitedLog)
+    refusals: RefusalCount = field(default_factory=lambda: RefusalCount(every=10.0))
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.metrics.connection_opened(info)
@@ -75,7 +75,7 @@ class _Observer:
 
     def stream_limit_exceeded(self, limit: str) -> None:
         self.metrics.stream_limit_exceeded(limit)
-        suppressed = self.refusals.note(limit, time.monotonic())
+        suppressed = self.refusals.note(limit)
         if suppressed is not None:
             self.log.warning(
                 "stream limit exceeded; refused", limit=limit, more_since_last=suppressed

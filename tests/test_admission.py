@@ -3,8 +3,6 @@ the rate limit of the refusal log (node/p2p/inbound.py)."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from p2pchat.node.p2p.admission import (
     DEADLINE,
@@ -16,7 +14,7 @@ from p2pchat.node.p2p.admission import (
     AdmissionLimits,
     Ticket,
 )
-from p2pchat.node.p2p.inbound import LOG_EVERY, _RefusalLog
+from p2pchat.node.p2p.inbound import LOG_EVERY, refusal_log
 
 
 def admitted(admission: Admission, ip: str, now: float = 0.0) -> Ticket:
@@ -154,17 +152,20 @@ def test_under_any_flood_a_fresh_address_gets_a_slot(groups: int) -> None:
         assert decision.ticket is not None
 
 
-def test_refusals_are_logged_as_a_warning_at_most_every_ten_seconds_per_reason(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_refusals_are_logged_as_a_warning_at_most_every_ten_seconds_per_reason() -> None:
+    warnings: list[dict[str, object]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: object) -> None:
+            warnings.append({"event": event, **fields})
+
     now = [0.0]
-    refusals = _RefusalLog(clock=lambda: now[0])
-    with caplog.at_level(logging.DEBUG, logger="p2pchat.host.inbound"):
-        for _ in range(100):
-            refusals.refused(PER_IP, "203.0.113.9/32")
-        refusals.refused(DEADLINE, "203.0.113.9/32")  # another reason has its own budget
-        now[0] = LOG_EVERY
-        refusals.refused(PER_IP, "203.0.113.9/32")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    refusals = refusal_log(Log(), clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(100):
+        refusals.refused(PER_IP, group="203.0.113.9/32")
+    refusals.refused(DEADLINE, group="203.0.113.9/32")  # another reason has its own budget
+    now[0] = LOG_EVERY
+    refusals.refused(PER_IP, group="203.0.113.9/32")
     assert len(warnings) == 3, warnings
-    assert "99 more refused" in warnings[2]
+    assert warnings[2]["reason"] == PER_IP
+    assert warnings[2]["since_last_logged"] == 99

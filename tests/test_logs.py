@@ -24,7 +24,6 @@ from p2pchat.node import logs
 from p2pchat.node.config import load_config
 from p2pchat.node.logs import (
     LogFile,
-    RateLimitedLog,
     WarningWatch,
     configure_logging,
     get_logger,
@@ -327,11 +326,3 @@ def test_a_console_peer_logs_to_its_file_and_never_to_the_terminal(tmp_path: Pat
     for logged in ('"event"', "[info", "[warning", "timestamp"):
         assert logged not in screen, screen
     os.close(master)
-
-
-def test_a_rate_limited_log_says_how_many_it_held_back() -> None:
-    log = RateLimitedLog(every=10.0)
-    assert log.note("yamux_window", 0.0) == 0  # the first is logged
-    assert [log.note("yamux_window", t) for t in (1.0, 2.0, 9.9)] == [None, None, None]
-    assert log.note("streams_per_peer", 5.0) == 0  # each event has its own budget
-    assert log.note("yamux_window", 10.0) == 3  # ... and the next says how many were not

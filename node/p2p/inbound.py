@@ -28,12 +28,12 @@ and logged, at WARNING at most once per :data:`LOG_EVERY` seconds per reason.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import structlog
 import trio
 from libp2p.abc import IMuxedConn, INetConn
 from libp2p.network.connection.raw_connection import RawConnection
@@ -49,14 +49,24 @@ from p2pchat.node.p2p.admission import (
     AdmissionObserver,
     Ticket,
 )
+from p2pchat.node.refusals import RefusalLog
 
-log = logging.getLogger("p2pchat.host.inbound")
+log = structlog.get_logger("p2pchat.host.inbound")
 
 CLOSE_SECONDS = 2.0
 # The library's wait for the 3 bytes that tell TCP from WebSocket on a shared port
 # (libp2p.transport.cmux._IDENTIFY_TIMEOUT, 5 s), less a margin for the clock.
 CLASSIFY_SECONDS = 4.9
 LOG_EVERY = 10.0
+
+
+def refusal_log(
+    logger: structlog.stdlib.BoundLogger = log, clock: Callable[[], float] = time.monotonic
+) -> RefusalLog:
+    """Where refused connections are logged: at WARNING at most once per :data:`LOG_EVERY`
+    seconds per reason (the caller logs the others at DEBUG)."""
+    return RefusalLog(logger, "inbound connection refused", LOG_EVERY, clock=clock, level="warning")
+
 
 IdentifiedWait = Callable[[str], Awaitable[None]]
 """Returns once the peer (PeerId text) is identified: at once if identify already told us its
@@ -65,31 +75,6 @@ protocols (a returning peer is not identified again), else at the next identify 
 
 class HandshakeTooLarge(Exception):
     """The remote sent more than ``handshake_max_bytes`` before the muxer was agreed."""
-
-
-class _RefusalLog:
-    """Logs refusals at WARNING at most once per :data:`LOG_EVERY` s per reason (with the
-    number held back since), at DEBUG otherwise."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def refused(self, reason: str, group: str) -> None:
-        now = self._clock()
-        last, held = self._last.get(reason, (float("-inf"), 0))
-        if now - last < LOG_EVERY:
-            self._last[reason] = (last, held + 1)
-            log.debug("inbound connection refused: %s (from %s)", reason, group)
-            return
-        self._last[reason] = (now, 0)
-        log.warning(
-            "inbound connection refused: %s (from %s; %d more refused for it in the last %.0f s)",
-            reason,
-            group,
-            held,
-            LOG_EVERY,
-        )
 
 
 class _ByteBudget:
@@ -149,7 +134,7 @@ class InboundGate:
         self._admission = admission
         self._observer = observer
         self._identified = identified
-        self._log = _RefusalLog()
+        self._log = refusal_log()
         # Connections admitted by classify() and not yet given to handle(), by socket stream.
         self._pending: dict[trio.SocketStream, Ticket] = {}
         self._handled: set[Ticket] = set()
@@ -158,7 +143,8 @@ class InboundGate:
     def _refused(self, reason: str, group: str) -> None:
         self._observer.connection_refused(reason)
         self._observer.transient_connections(self._admission.transient)
-        self._log.refused(reason, group)
+        if not self._log.refused(reason, group=group):
+            log.debug("inbound connection refused", reason=reason, group=group)
 
     def _admit(self, ip: str | None, closer: Any) -> Ticket | None:
         """A slot for a connection from ``ip``, or None (refused and counted)."""
@@ -285,7 +271,7 @@ class InboundGate:
                         reason = TOTAL_FULL
                     else:
                         reason = HANDSHAKE_FAILED
-                    log.debug("inbound upgrade failed: %r", error)
+                    log.debug("inbound upgrade failed", error=repr(error))
                 if conn is not None and await self._identified_or_closed(conn):
                     self._admission.established(ticket)
                     self._observer.transient_connections(self._admission.transient)

@@ -51,6 +51,7 @@ from p2pchat.node.p2p.streams import (
     reset_quietly,
 )
 from p2pchat.node.ratelimit import PeerRateLimit
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, encode_uvarint
 
 log = structlog.get_logger("p2pchat.dht")
@@ -75,23 +76,6 @@ class KadObserver(Protocol):
     """Told of every refusal of the DHT's bounds, by reason (a few fixed words)."""
 
     def kad_refused(self, reason: str) -> None: ...
-
-
-class _RefusalLog:
-    """Logs a refusal reason at most once per :data:`LOG_EVERY`, saying how many were not."""
-
-    def __init__(self) -> None:
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-
-    def refused(self, reason: str, peer: str, now: float) -> None:
-        last = self._logged_at.get(reason)
-        if last is not None and now - last < LOG_EVERY:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-            return
-        self._logged_at[reason] = now
-        since = self._unlogged.pop(reason, 0)
-        log.info("dht request refused", reason=reason, peer=peer, since_last_logged=since)
 
 
 @dataclass(eq=False)
@@ -120,7 +104,7 @@ class InboundKad:
         self._slots: set[_Slot] = set()
         self._by_peer: dict[str, int] = {}
         self._rate = PeerRateLimit(limits.requests_per_second, limits.request_burst)
-        self._log = _RefusalLog()
+        self._log = RefusalLog(log, "dht request refused", LOG_EVERY, clock=trio.current_time)
 
     @property
     def open_streams(self) -> int:
@@ -176,7 +160,7 @@ class InboundKad:
     def count(self, peer: str, reason: str) -> None:
         """Count and log (rate-limited) one refusal of ``peer``'s."""
         self._observer.kad_refused(reason)
-        self._log.refused(reason, peer, trio.current_time())
+        self._log.refused(reason, peer=peer)
 
     async def next_request(self, fed: _AdmittedFrames) -> bytes | None:
         """The next request frame of ``fed`` that passes every check; None when the stream
