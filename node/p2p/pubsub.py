@@ -98,6 +98,7 @@ from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
 from p2pchat.node.p2p.signatures import current_check, has_valid_signature
+from p2pchat.node.refusals import RefusalCount
 
 MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
 # Received messages handled back to back, and delivered to a room as one batch, at most: bounds
@@ -311,20 +312,15 @@ class _ReportingSignatureCheck:
 log = structlog.get_logger("p2pchat.pubsub")
 
 LOG_EVERY = 60.0  # a limit's refusals are logged at most once per this many seconds
-_logged_at: dict[str, float] = {}
-_unlogged: dict[str, int] = {}
+_limited = RefusalCount(LOG_EVERY)
 
 
 def _log_limited(limit: str, event: str, **fields: Any) -> None:
     """Log ``event`` for ``limit`` at info, at most once per :data:`LOG_EVERY` seconds per limit
     (a fixed word), with the number suppressed since the last line."""
-    now = time.monotonic()
-    last = _logged_at.get(limit)
-    if last is not None and now - last < LOG_EVERY:
-        _unlogged[limit] = _unlogged.get(limit, 0) + 1
-        return
-    _logged_at[limit] = now
-    log.info(event, limit=limit, since_last_logged=_unlogged.pop(limit, 0), **fields)
+    suppressed = _limited.note(limit)
+    if suppressed is not None:
+        log.info(event, limit=limit, since_last_logged=suppressed, **fields)
 
 
 class _ManagerView:
@@ -680,8 +676,7 @@ class _PxState:
     def __init__(self) -> None:
         self._all: deque[float] = deque()
         self._by_sender: dict[ID, deque[float]] = {}
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self.refusals = RefusalCount(PX_LOG_EVERY)
 
     def admit(self, sender: ID, now: float) -> str | None:
         """Spend a dial of ``sender``'s budget and the global one: None, or the reason why not
@@ -702,16 +697,6 @@ class _PxState:
         self._by_sender[sender] = mine
         self._all.append(now)
         return None
-
-    def refused(self, reason: str, now: float) -> int | None:
-        """Note a refusal: the number refused for ``reason`` since it was last logged, when it
-        is to be logged now (at most once per :data:`PX_LOG_EVERY`), else None."""
-        last = self._logged_at.get(reason)
-        if last is not None and now - last < PX_LOG_EVERY:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-            return None
-        self._logged_at[reason] = now
-        return self._unlogged.pop(reason, 0)
 
 
 class _ChatGossipSub(GossipSub):  # type: ignore[misc]
@@ -1143,7 +1128,7 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
 
     def _px_refuse(self, reason: str) -> None:
         self.px_observer.px_refused(reason)
-        suppressed = self._px_budget.refused(reason, time.monotonic())
+        suppressed = self._px_budget.refusals.note(reason)
         if suppressed is not None:
             log.info("peer exchange record refused", reason=reason, since_last_logged=suppressed)
 
