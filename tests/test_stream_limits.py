@@ -21,10 +21,10 @@ from p2pchat.node.p2p.stream_limits import (
     YAMUX_INITIAL_WINDOW,
     PeerStreams,
     StreamLimits,
-    TokenBucket,
 )
 from p2pchat.node.p2p.streams import Stream
 from p2pchat.node.p2p.yamux_guard import Action, YamuxInbound
+from p2pchat.node.ratelimit import TokenBucket
 from p2pchat.node.runtime import host_settings
 from p2pchat.node.wire.framing import encode_uvarint, frame
 

@@ -1,4 +1,5 @@
-"""A message budget per sender per room: token buckets, sans-IO (the caller passes the clock).
+"""A message budget per sender per room: token buckets (:mod:`p2pchat.node.ratelimit`), sans-IO
+(the caller passes the clock).
 
 A validly signing sender could publish as fast as its CPU allows, and every peer of the room
 verified, stored and forwarded every message (the #18 audit: RSS 113 -> 167 MB in a 40 s flood,
@@ -26,9 +27,10 @@ flooder is the most recently heard, so it is not the one forgotten).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+from p2pchat.node.ratelimit import TokenBuckets
 
 FLOOD = "flood"  # a known sender over its own budget
 FLOOD_NEW = "flood_new_senders"  # the room's new-sender budget is spent
@@ -55,42 +57,16 @@ class RoomBudget:
     """The budgets of one room (see the module's note)."""
 
     def __init__(self, settings: BudgetSettings) -> None:
-        self._settings = settings
-        self._senders: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
-        self._new: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # per forwarder
+        self._senders = TokenBuckets(settings.rate, settings.burst, settings.max_senders)
+        self._new = TokenBuckets(settings.new_rate, settings.new_burst, settings.max_senders)
 
     def admit(self, sender: str, now: float, via: Hashable = None) -> str | None:
         """Spend one message of ``sender``'s budget (a new sender's first through the new-sender
         budget of ``via``, the peer that forwarded it): None if it is admitted, else the drop
         reason (:data:`FLOOD` or :data:`FLOOD_NEW`); nothing is spent on a refusal."""
-        settings = self._settings
-        held = self._senders.pop(sender, None)
-        if held is None:
-            if not self._take_new(via, now):
-                return FLOOD_NEW
-            tokens, at = float(settings.burst), now
-        else:
-            tokens, at = held
-            tokens = min(float(settings.burst), tokens + (now - at) * settings.rate)
-        admitted = tokens >= 1.0
-        if admitted:
-            tokens -= 1.0
-        self._senders[sender] = (tokens, now)  # most recently heard last
-        if len(self._senders) > settings.max_senders:
-            self._senders.popitem(last=False)
-        return None if admitted else FLOOD
-
-    def _take_new(self, via: Hashable, now: float) -> bool:
-        settings = self._settings
-        tokens, at = self._new.pop(via, (float(settings.new_burst), now))
-        tokens = min(float(settings.new_burst), tokens + max(0.0, now - at) * settings.new_rate)
-        admitted = tokens >= 1.0
-        if admitted:
-            tokens -= 1.0
-        self._new[via] = (tokens, now)
-        if len(self._new) > settings.max_senders:
-            self._new.popitem(last=False)
-        return admitted
+        if sender not in self._senders and not self._new.allow(via, now):
+            return FLOOD_NEW
+        return None if self._senders.allow(sender, now) else FLOOD
 
     def __len__(self) -> int:
         """Senders with a bucket now (at most ``max_senders``)."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from p2pchat.node.ratelimit import TokenBucket
+
 _Key = TypeVar("_Key")
 
 KIB = 1024
@@ -74,27 +76,6 @@ class StreamLimits:
     negotiation_max_bytes: int = 1024  # one multistream message (a protocol id)
     negotiation_max_proposals: int = 8
     handler_timeout: float = 10.0  # library handlers that read one message (identify push)
-
-
-class TokenBucket:
-    """``burst`` tokens at once and ``rate`` per second sustained; the caller passes the clock."""
-
-    __slots__ = ("_at", "_burst", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = now
-
-    def take(self, now: float) -> bool:
-        """Take one token; False (nothing taken) if there is none."""
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 class InboundOpens:
