@@ -13,50 +13,13 @@ from pathlib import Path
 
 import trio
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
-from libp2p.tools.anyio_service import background_trio_service
-from p2pchat.node.p2p.host import HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity, load_or_create_identity
-from p2pchat.node.wire.chat import ChatText, encode, new_message_id
+from p2pchat.node.wire.chat import new_message_id
 
 from tests.conftest import NodeProcess, start_node
-from tests.test_host import RecordingObserver
-
-ROOM = "p2p-chat-default"
-
-
-def payload(
-    text: str = "hello", room: str = ROOM, ahead_ms: int = 0, id: bytes | None = None
-) -> bytes:
-    return encode(
-        ChatText(
-            id=id or new_message_id(),
-            room=room,
-            sender_name="Mallory",
-            text=text,
-            sent_at_ms=int(time.time() * 1000) + ahead_ms,
-        )
-    )
-
-
-def signed(
-    identity: Identity, data: bytes, seqno: int, claimed: ID | None = None
-) -> rpc_pb2.Message:
-    message = rpc_pb2.Message(
-        data=data,
-        topicIDs=[ROOM],
-        from_id=(claimed or identity.peer_id).to_bytes(),
-        seqno=seqno.to_bytes(8, "big"),
-    )
-    private_key = identity.key_pair.private_key
-    message.signature = private_key.sign(
-        PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
-    )
-    message.key = identity.key_pair.public_key.serialize()
-    return message
+from tests.hostile.pubsub_attacker import ROOM, payload, signed, unchecked_pubsub
 
 
 @asynccontextmanager
@@ -71,19 +34,7 @@ async def attacker(
 
     identity = load_or_create_identity(tmp_path / "mallory")
     honest_friend = load_or_create_identity(tmp_path / "friend")
-    host = P2PHost(identity, HostSettings(listen=("/ip4/127.0.0.1/tcp/0",)), RecordingObserver())
-    router = GossipSub(
-        protocols=[PROTOCOL_ID_V11],
-        degree=6,
-        degree_low=4,
-        degree_high=12,
-        heartbeat_interval=1,
-        spam_protection_enabled=False,
-        eclipse_protection_enabled=False,
-    )
-    pubsub = Pubsub(host.libp2p_host, router, strict_signing=False)
-    async with host.run(), background_trio_service(pubsub), background_trio_service(router):
-        await pubsub.wait_until_ready()
+    async with unchecked_pubsub(identity) as (host, pubsub):
         await pubsub.subscribe(ROOM)
         await host.connect(victim.addr())
         with trio.fail_after(30):

@@ -9,18 +9,11 @@ from pathlib import Path
 
 import trio
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
-from libp2p.tools.anyio_service import background_trio_service
-from p2pchat.node.history import now_ms
-from p2pchat.node.p2p.host import HostSettings, P2PHost
 from p2pchat.node.p2p.identity import Identity, load_or_create_identity
-from p2pchat.node.wire.chat import ChatText, encode, new_message_id
 
 from tests.conftest import NodeProcess
-from tests.test_host import RecordingObserver
+from tests.hostile.pubsub_attacker import payload, signed, unchecked_pubsub
 
 WAIT = 60.0
 
@@ -34,31 +27,11 @@ class Rogue:
 
     async def publish(self, data: bytes) -> None:
         self._seqno += 1
-        message = rpc_pb2.Message(
-            data=data,
-            topicIDs=[self.room],
-            from_id=self.identity.peer_id.to_bytes(),
-            seqno=self._seqno.to_bytes(8, "big"),
-        )
-        key = self.identity.key_pair
-        message.signature = key.private_key.sign(
-            PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
-        )
-        message.key = key.public_key.serialize()
+        message = signed(self.identity, data, self._seqno, room=self.room)
         await self.pubsub.push_msg(self.pubsub.my_id, message)
 
     async def say(self, text: str) -> None:
-        await self.publish(
-            encode(
-                ChatText(
-                    id=new_message_id(),
-                    room=self.room,
-                    sender_name="Mallory",
-                    text=text,
-                    sent_at_ms=now_ms(),
-                )
-            )
-        )
+        await self.publish(payload(text, room=self.room))
 
 
 @asynccontextmanager
@@ -66,19 +39,7 @@ async def rogue(path: Path, room: str, *peers: NodeProcess) -> AsyncIterator[Rog
     """A rogue sender subscribed to ``room``, connected to each of ``peers`` and seen by them
     in the room (its identity is kept in ``path``)."""
     identity = load_or_create_identity(path)
-    host = P2PHost(identity, HostSettings(listen=("/ip4/127.0.0.1/tcp/0",)), RecordingObserver())
-    router = GossipSub(
-        protocols=[PROTOCOL_ID_V11],
-        degree=6,
-        degree_low=4,
-        degree_high=12,
-        heartbeat_interval=1,
-        spam_protection_enabled=False,
-        eclipse_protection_enabled=False,
-    )
-    pubsub = Pubsub(host.libp2p_host, router, strict_signing=False)
-    async with host.run(), background_trio_service(pubsub), background_trio_service(router):
-        await pubsub.wait_until_ready()
+    async with unchecked_pubsub(identity) as (host, pubsub):
         await pubsub.subscribe(room)
         for peer in peers:
             await host.connect(peer.addr())

@@ -17,16 +17,14 @@ from pathlib import Path
 import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
-from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.host import P2PHost
 from p2pchat.node.p2p.identity import Identity, load_or_create_identity
 
-from tests.test_chat_attacks import ROOM, payload, signed
-from tests.test_host import RecordingObserver
+from tests.hostile.pubsub_attacker import ROOM, payload, signed, unchecked_pubsub
 
 WAIT = 60.0
 
@@ -61,23 +59,7 @@ async def attackers(
         hosts: list[P2PHost] = []
         for n in range(count):
             identity = load_or_create_identity(tmp_path / f"attacker-{n}")
-            host = P2PHost(
-                identity, HostSettings(listen=("/ip4/127.0.0.1/tcp/0",)), RecordingObserver()
-            )
-            router = GossipSub(
-                protocols=[PROTOCOL_ID_V11],
-                degree=6,
-                degree_low=4,
-                degree_high=12,
-                heartbeat_interval=1,
-                spam_protection_enabled=False,
-                eclipse_protection_enabled=False,
-            )
-            pubsub = Pubsub(host.libp2p_host, router, strict_signing=False)
-            await stack.enter_async_context(host.run())
-            await stack.enter_async_context(background_trio_service(pubsub))
-            await stack.enter_async_context(background_trio_service(router))
-            await pubsub.wait_until_ready()
+            host, pubsub = await stack.enter_async_context(unchecked_pubsub(identity))
             if join_room:
                 await pubsub.subscribe(ROOM)
             await host.connect(victim_addr)
