@@ -11,7 +11,12 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from p2pchat.node.p2p.host import P2PHost
-from p2pchat.node.p2p.pubsub import NodeGossip, SubscriptionEvent, TopicSubscribed
+from p2pchat.node.p2p.pubsub import (
+    NodeGossip,
+    SubscriptionEvent,
+    TopicSubscribed,
+    _NoPubsubObserver,
+)
 
 from tests.test_host import loopback_addr, running_host, wait_until
 from tests.test_host_perf_traps import NoDrops
@@ -113,23 +118,14 @@ async def test_two_roles_share_a_topic_and_leaving_and_rejoining_leaves_no_dead_
         assert "room" not in b._topics
 
 
-class _Defences:
-    """A PubsubObserver that keeps what it is told."""
+class _Defences(_NoPubsubObserver):
+    """A PubsubObserver that keeps the control entries it is told were dropped."""
 
     def __init__(self) -> None:
         self.dropped: dict[str, int] = {}
 
     def control_dropped_by(self, limit: str, count: int = 1) -> None:
         self.dropped[limit] = self.dropped.get(limit, 0) + count
-
-    def penalised(self, reason: str) -> None:
-        return None
-
-    def graylisted_changed(self, delta: int) -> None:
-        return None
-
-    def mesh_pruned_for_score(self) -> None:
-        return None
 
 
 async def test_a_message_is_resent_to_one_peer_at_most_three_times_on_iwant(

@@ -98,10 +98,14 @@ class Footprint:
             time.sleep(0.2)
 
 
-def chat_peer(path: Path, nodes: list[NodeProcess], *args: str, dht: bool = True) -> NodeProcess:
-    """A ``--json`` chat peer, ready (``dht=False``: it meets only the peers it is told of)."""
-    env = node_env() if dht else node_env(P2PCHAT_DHT__ENABLED="false")
-    node = start_node(path, "--json", *args, env=env)
+def chat_peer(
+    path: Path, nodes: list[NodeProcess], *args: str, dht: bool = True, **env: str
+) -> NodeProcess:
+    """A ``--json`` chat peer with the P2PCHAT_* settings ``env``, ready (``dht=False``: it
+    meets only the peers it is told of)."""
+    if not dht:
+        env = {"P2PCHAT_DHT__ENABLED": "false", **env}
+    node = start_node(path, "--json", *args, env=node_env(**env))
     nodes.append(node)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node

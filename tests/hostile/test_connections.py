@@ -20,7 +20,7 @@ import trio
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import load_or_create_identity
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, start_node
 from tests.hostile.connections_attacks import (
     Tally,
     dribble,
@@ -141,14 +141,6 @@ async def test_connections_held_from_one_address_leave_the_node_to_others(
     )
 
 
-def chat_victim(path: Path, nodes: list[NodeProcess], **env: str) -> NodeProcess:
-    """A ``--json`` chat peer with extra P2PCHAT_* settings, ready."""
-    node = start_node(path, "--json", env=node_env(**env))
-    nodes.append(node)
-    node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
-    return node
-
-
 DEADLINE_S = 4.0
 
 
@@ -156,7 +148,7 @@ async def test_handshakes_that_never_finish_are_cut_by_the_deadline_or_byte_boun
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # A short deadline keeps the test short; the default (15 s) is the same code.
-    victim = chat_victim(
+    victim = chat_peer(
         tmp_path / "victim", nodes, P2PCHAT_CONNECTIONS__TRANSIENT_DEADLINE=str(DEADLINE_S)
     )
     chat = HonestChat.through(victim, tmp_path, nodes)

@@ -17,7 +17,7 @@ import trio
 
 from tests.bench.chat import cpu_seconds
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, report
+from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, chat_peer, report
 from tests.hostile.rooms_attacks import (
     attackers,
     control,
@@ -43,10 +43,7 @@ OVERRIDES = dict(
 
 
 def victim_peer(path: Path, nodes: list[NodeProcess], **settings: str) -> NodeProcess:
-    node = start_node(path, "--json", env=node_env(**{**settings, **OVERRIDES}))
-    nodes.append(node)
-    node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
-    return node
+    return chat_peer(path, nodes, **{**settings, **OVERRIDES})
 
 
 def dropped(victim: NodeProcess, reason: str) -> float:
