@@ -98,7 +98,7 @@ from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
 from p2pchat.node.p2p.signatures import current_check, has_valid_signature
-from p2pchat.node.refusals import RefusalCount
+from p2pchat.node.refusals import RefusalCount, RefusalLog
 
 MAX_RPC_BYTES = 1 << 20  # the spec's (and go-libp2p's) 1 MiB
 # Received messages handled back to back, and delivered to a room as one batch, at most: bounds
@@ -676,7 +676,6 @@ class _PxState:
     def __init__(self) -> None:
         self._all: deque[float] = deque()
         self._by_sender: dict[ID, deque[float]] = {}
-        self.refusals = RefusalCount(PX_LOG_EVERY)
 
     def admit(self, sender: ID, now: float) -> str | None:
         """Spend a dial of ``sender``'s budget and the global one: None, or the reason why not
@@ -724,6 +723,7 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
     ) -> None:
         super().__init__(*args, **kwargs)
         self._px_budget = _PxState()
+        self._px_refusals = RefusalLog(log, "peer exchange record refused", PX_LOG_EVERY)
         self._limits = limits
         self._defence = defence
         self._control_counts = control_counts
@@ -1128,9 +1128,7 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
 
     def _px_refuse(self, reason: str) -> None:
         self.px_observer.px_refused(reason)
-        suppressed = self._px_budget.refusals.note(reason)
-        if suppressed is not None:
-            log.info("peer exchange record refused", reason=reason, since_last_logged=suppressed)
+        self._px_refusals.refused(reason)
 
 
 @dataclass(eq=False)
