@@ -26,7 +26,9 @@ class RefusalCount:
     """Which of a storm of refusals to log: one of a reason is to be logged at most once per
     ``every`` seconds, and that one says how many were not since."""
 
-    def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._every = every
         self._clock = clock
         self._logged_at: dict[str, float] = {}
