@@ -60,26 +60,6 @@ async def test_the_owner_mutes_a_rogue_sender_and_the_room_holds_the_mute(
         await rogue.say("before the mute")
         await in_thread(lambda: a.next_event(is_message("before the mute"), timeout=WAIT))
 
-        # A decision M (not muted yet) signs about B: valid in form, not the owner's: refused
-        # where pubsub validates it, counted, and nothing changes.
-        forged = Moderation(
-            id=new_message_id(),
-            room=room,
-            target=b.peer_id,
-            action="remove",
-            sent_at_ms=now_ms(),
-        )
-        await rogue.publish(encode(forged))
-        await until(
-            lambda: b.metric("p2pchat_messages_dropped_total", reason="not_owner") >= 1,
-            "B never refused the rogue's decision",
-        )
-        await until(
-            lambda: e.metric("p2pchat_archive_dropped_total", reason="not_owner") >= 1,
-            "the archiver never refused the rogue's decision",
-        )
-        assert (await in_thread(lambda: mods_of(b, room)))["in_force"] == []
-
         a.say(f"/mute {mallory} 10m flooding")
         for node in (a, b):
             notice = await in_thread(
@@ -122,6 +102,30 @@ async def test_the_owner_mutes_a_rogue_sender_and_the_room_holds_the_mute(
         texts = [ev.get("text") for ev in d.drain_events() if ev["type"] == "message"]
         assert "while muted" not in texts and "muted still" not in texts
         assert "B still passes messages on" in texts  # the control: D got the room's messages
+
+        # A decision another stranger signs about B: valid in form, not the owner's: refused
+        # where pubsub validates it, counted, and nothing changes. Last, and not M's: an invalid
+        # message costs its signer its GossipSub score (peers prune it from their meshes), and
+        # M is muted (its messages are refused before anything else is looked at).
+        forged = Moderation(
+            id=new_message_id(),
+            room=room,
+            target=b.peer_id,
+            action="remove",
+            sent_at_ms=now_ms(),
+        )
+        async with rogue_sender(tmp_path / "eve", room, b, e) as eve:
+            await eve.publish(encode(forged))
+            await until(
+                lambda: b.metric("p2pchat_messages_dropped_total", reason="not_owner") >= 1,
+                "B never refused the rogue's decision",
+            )
+            await until(
+                lambda: e.metric("p2pchat_archive_dropped_total", reason="not_owner") >= 1,
+                "the archiver never refused the rogue's decision",
+            )
+        in_force = (await in_thread(lambda: mods_of(b, room)))["in_force"]
+        assert [(m["target"], m["action"]) for m in in_force] == [(mallory, "mute")]
 
         # A peer that meets only the archiver learns the mute from the archive.
         f = chat_peer(tmp_path / "f", nodes, "--bootstrap", e.addr(), "--room", room, env=NO_DHT)

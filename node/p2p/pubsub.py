@@ -540,6 +540,15 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             if forwarder.to_bytes() == sender:
                 scorer.add_behaviour(forwarder, 1.0, "flood")
 
+    def policy_dropped(self) -> None:
+        """A message was dropped by this node's own policy about its sender (``/ignore``, a
+        room's mute or removal), not found invalid: the forwarder is not penalised (an honest
+        relay may not know the mute yet, nor ignore whom we ignore: go-libp2p's
+        ValidationIgnore)."""
+        scorer = self.router.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.ignore_next_invalid = True
+
     def add_connected_peers(self, peers: Iterable[str]) -> None:
         """Register peers connected before this pubsub existed (trap 26), in the background
         and with the library's retries, exactly as it registers a peer that connects now (a
@@ -1316,6 +1325,7 @@ class NodeGossip:
                     return False
             data = bytes(message.data)
             accepted = True
+            invalid = False  # found invalid, not merely refused by a sender check
             sender: str | None = None
             for each in joined.joiners:
                 reason = None
@@ -1325,13 +1335,16 @@ class NodeGossip:
                     reason = each.sender_check(sender)
                 if reason is None:
                     reason = each.validator(data)
-                if reason is None and each.signed_check is not None:
-                    if sender is None:
-                        sender = _peer_id_text(bytes(message.from_id))
-                    reason = each.signed_check(sender, data)
+                    if reason is None and each.signed_check is not None:
+                        if sender is None:
+                            sender = _peer_id_text(bytes(message.from_id))
+                        reason = each.signed_check(sender, data)
+                    invalid = invalid or reason is not None
                 if reason is not None:
                     each.observer.message_dropped(topic, reason)
                     accepted = False
+            if not accepted and not invalid:
+                pubsub.policy_dropped()
             return accepted
 
         self._pubsub.set_topic_validator(topic, validate, False)
