@@ -272,3 +272,20 @@ def test_an_ignored_peer_is_not_passed_on_by_the_peer_that_ignores_it(
     texts = [e["text"] for e in c.drain_events() + b.drain_events() if e["type"] == "message"]
     assert "while ignored" not in texts
     assert a.metric("p2pchat_connected_peers") == 1  # A reaches C only through B
+
+
+def test_a_relay_of_an_ignored_peer_loses_no_score(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    """C ignores A; B relays A's messages to C. /ignore is C's own choice, not B's fault: C
+    must not count them as invalid against B (eight would graylist B and cut C off)."""
+    a, b, c = line_of_three(tmp_path, nodes)
+    c.say(f"/ignore {a.peer_id}")
+    c.next_event(lambda e: e["type"] == "notice" and e["kind"] == "ignored")
+    for n in range(12):
+        a.say(f"ignored {n}")
+    deadline = time.monotonic() + WAIT
+    while c.metric("p2pchat_messages_dropped_total", reason="ignored") < 12:
+        assert time.monotonic() < deadline, "C never dropped A's messages"
+        time.sleep(0.1)
+    assert c.metric("p2pchat_pubsub_penalties_total", reason="invalid_message") == 0
+    b.say("B is still heard")
+    c.next_event(is_message("B is still heard"), timeout=WAIT)
