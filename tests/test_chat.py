@@ -274,7 +274,9 @@ def test_an_ignored_peer_is_not_passed_on_by_the_peer_that_ignores_it(
     assert a.metric("p2pchat_connected_peers") == 1  # A reaches C only through B
 
 
-def test_a_relay_of_an_ignored_peer_loses_no_score(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+def test_a_relay_of_an_ignored_peer_loses_no_score(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
     """C ignores A; B relays A's messages to C. /ignore is C's own choice, not B's fault: C
     must not count them as invalid against B (eight would graylist B and cut C off)."""
     a, b, c = line_of_three(tmp_path, nodes)
