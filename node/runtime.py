@@ -137,7 +137,6 @@ def host_settings(config: Config) -> HostSettings:
         dial_timeout=node.dial_timeout,
         agent_version=agent_version(__version__, config.roles),
         connections=AdmissionLimits(
-            max_connections=node.max_connections,
             per_ip=connections.per_ip,
             per_peer=connections.per_peer,
             transient=connections.transient,

@@ -220,8 +220,9 @@ class InboundGate:
         socket_stream = _socket_stream(read_write_closer)
         ticket = self._pending.get(socket_stream) if socket_stream is not None else None
         if ticket is None:
-            # The socket's own peer address first: the library's get_remote_address() is None
-            # for every IPv6 connection (it expects a 2-tuple; IPv6 sockets give 4).
+            # The socket's own peer address first (the same source for every transport: the
+            # library's get_remote_address() knows IPv6 only through the remote_address patch,
+            # and only on TCP streams); the library's answer when there is no socket below.
             ip = _socket_peer_ip(socket_stream) if socket_stream is not None else None
             ticket = self._admit(ip or _remote_ip(read_write_closer), read_write_closer)
         elif ticket.released:  # culled while classified

@@ -1314,9 +1314,11 @@ class NodeGossip:
 
         def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
             from_id = bytes(message.from_id)
+            sender: str | None = None
             if budget is not None and from_id != my_id:  # our own are paced by our outbox
                 # The sender's budget first, before anything is decoded (#18).
-                over = budget.admit(_peer_id_text(from_id), time.monotonic(), forwarder)
+                sender = _peer_id_text(from_id)
+                over = budget.admit(sender, time.monotonic(), forwarder)
                 if over is not None:
                     pubsub.flood_dropped(forwarder, from_id)
                     for each in joined.joiners:
@@ -1326,18 +1328,17 @@ class NodeGossip:
             data = bytes(message.data)
             accepted = True
             invalid = False  # found invalid, not merely refused by a sender check
-            sender: str | None = None
             for each in joined.joiners:
                 reason = None
                 if each.sender_check is not None:
                     if sender is None:
-                        sender = _peer_id_text(bytes(message.from_id))  # cached
+                        sender = _peer_id_text(from_id)
                     reason = each.sender_check(sender)
                 if reason is None:
                     reason = each.validator(data)
                     if reason is None and each.signed_check is not None:
                         if sender is None:
-                            sender = _peer_id_text(bytes(message.from_id))
+                            sender = _peer_id_text(from_id)
                         reason = each.signed_check(sender, data)
                     invalid = invalid or reason is not None
                 if reason is not None:
