@@ -140,7 +140,7 @@ class AutoRelay:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept circuits; hold reservations while wanted; until cancelled."""
-        serve_circuits(self._host, self._inbound_failed)
+        serve_circuits(self._host)
         task_status.started()
         async with trio.open_nursery() as nursery:
             for addr in self._settings.relays:
@@ -157,9 +157,6 @@ class AutoRelay:
             while True:
                 await self._step()
                 await trio.sleep(CHECK_INTERVAL)
-
-    def _inbound_failed(self, error: CircuitError) -> None:
-        self._log.info("relayed connection refused", error=str(error))
 
     async def _step(self) -> None:
         now = time.time()

@@ -166,9 +166,10 @@ IpNetwork = Annotated[str, AfterValidator(_check_ip_network)]
 
 
 class ConnectionsSection(_Section):
-    """Inbound connection admission: slots per address, per peer and in total, so that no one
-    address or peer can take them all (defaults: go-libp2p's resource manager's). The total is
-    ``node.max_connections``."""
+    """Connection admission: inbound slots per address, per peer and in total, so that no one
+    address or peer can take them all; outbound connections and dials in total and per peer;
+    relayed inbound connections in total, per relay and per peer (defaults: go-libp2p's
+    resource manager's and dial limiter's). The inbound total is ``node.max_connections``."""
 
     per_ip: int = Field(
         default=8,
@@ -217,6 +218,53 @@ class ConnectionsSection(_Section):
     )
     ipv6_prefix: int = Field(
         default=64, ge=16, le=128, description="IPv6 prefix length of an address group."
+    )
+    max_outbound: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="Outbound connections, dials in flight included, at most (go-libp2p: "
+        "128): peers that name addresses (Kad, DCUtR, discovery) cannot make this node fill "
+        "node.max_connections with its own dials; the rest stay for inbound peers.",
+    )
+    outbound_per_peer: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Outbound connections to one PeerId, dials in flight included (go-libp2p: 8).",
+    )
+    dials_in_flight: int = Field(
+        default=160,
+        ge=1,
+        le=100_000,
+        description="Dials running at once (go-libp2p's dial limiter: 160); a dial over it "
+        "fails at once.",
+    )
+    dials_per_peer: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Dials to one PeerId running at once (go-libp2p: 8).",
+    )
+    relayed: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Relayed (circuit v2) inbound connections at most; each must be secured, "
+        "muxed and identified within transient_deadline.",
+    )
+    relayed_per_relay: int = Field(
+        default=16,
+        ge=0,
+        le=10_000,
+        description="Relayed inbound connections through one relay (go-libp2p's relay: 16 "
+        "circuits per peer).",
+    )
+    relayed_per_peer: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Relayed inbound connections from one source PeerId.",
     )
 
 

@@ -36,6 +36,7 @@ from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.admission import AdmissionLimits
 from p2pchat.node.p2p.agent import agent_version
+from p2pchat.node.p2p.dial_admission import DialLimits
 from p2pchat.node.p2p.host import (
     ConnectionInfo,
     HostObserver,
@@ -147,6 +148,15 @@ def host_settings(config: Config) -> HostSettings:
             per_ip_exempt=tuple(connections.per_ip_exempt),
         ),
         streams=StreamLimits(**config.streams.model_dump()),
+        dials=DialLimits(
+            max_outbound=connections.max_outbound,
+            outbound_per_peer=connections.outbound_per_peer,
+            dials_in_flight=connections.dials_in_flight,
+            dials_per_peer=connections.dials_per_peer,
+            relayed=connections.relayed,
+            relayed_per_relay=connections.relayed_per_relay,
+            relayed_per_peer=connections.relayed_per_peer,
+        ),
     )
 
 

@@ -1,8 +1,10 @@
-"""Inbound connection admission: refusals by reason, and the transient connections now."""
+"""Connection admission (inbound, outbound dials, relayed inbound): refusals by reason, and the
+transient connections now."""
 
 from __future__ import annotations
 
-from p2pchat.node.p2p.admission import REASONS
+from p2pchat.node.p2p.admission import REASONS as INBOUND_REASONS
+from p2pchat.node.p2p.dial_admission import REASONS as DIAL_REASONS
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -12,13 +14,17 @@ class ConnectionMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.refused = Counter(
             "p2pchat_connections_refused",
-            "Inbound connections refused or closed by admission, by reason: per_ip, per_peer, "
+            "Connections refused or closed by admission, by reason. Inbound: per_ip, per_peer, "
             "transient_full, total_full, culled (a handshake closed to make room), deadline "
-            "(not secured, muxed and identified in time), handshake_bytes, handshake_failed.",
+            "(not secured, muxed and identified in time), handshake_bytes, handshake_failed. "
+            "Outbound dials: outbound_total, outbound_per_peer, dials_in_flight, "
+            "dials_per_peer. Relayed inbound: relayed_total, relayed_per_relay, "
+            "relayed_per_peer, relayed_deadline, relayed_failed.",
             ("reason",),
             registry=registry,
         )
-        for reason in REASONS:  # every reason exported from the start, at 0
+        # every reason exported from the start, at 0
+        for reason in (*INBOUND_REASONS, *DIAL_REASONS):
             self.refused.labels(reason=reason)
         self.transient = Gauge(
             "p2pchat_connections_transient",
@@ -27,7 +33,7 @@ class ConnectionMetrics:
         )
 
     def connection_refused(self, reason: str) -> None:
-        """Count an inbound connection refused for ``reason`` (one of a fixed few)."""
+        """Count a connection refused for ``reason`` (one of a fixed few)."""
         self.refused.labels(reason=reason).inc()
 
     def transient_connections(self, count: int) -> None:

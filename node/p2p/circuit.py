@@ -13,14 +13,17 @@ Every exchange is bounded: one message of at most ``MAX_MESSAGE_BYTES``, within
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
+import structlog
 import trio
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
+from p2pchat.node.p2p.dial_admission import RELAYED_DEADLINE, RELAYED_FAILED, Slot
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
@@ -30,6 +33,7 @@ from p2pchat.node.p2p.streams import (
     read_single_frame,
     write_quietly,
 )
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.wire.circuit import (
     HOP_PROTOCOL_ID,
     MAX_MESSAGE_BYTES,
@@ -53,6 +57,10 @@ if TYPE_CHECKING:  # the host dials circuit addresses with this module
     from p2pchat.node.p2p.host import P2PHost
 
 RESPONSE_TIMEOUT = 10.0
+CLOSE_SECONDS = 2.0
+LOG_EVERY = 10.0
+
+log = structlog.get_logger("p2pchat.host.circuit")
 
 
 class CircuitError(Exception):
@@ -149,12 +157,25 @@ async def request_circuit(host: P2PHost, relay: str, target: str) -> tuple[Strea
     return stream, answer.limit
 
 
-async def accept_circuit(stream: Stream) -> tuple[str, Limit | None]:
+class CircuitRefused(CircuitError):
+    """A circuit refused by a limit of this node (``reason``: a relayed admission reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refused: {reason} limit reached", Status.RESOURCE_LIMIT_EXCEEDED)
+        self.reason = reason
+
+
+async def accept_circuit(
+    stream: Stream, admit: Callable[[str], str | None] | None = None
+) -> tuple[str, Limit | None]:
     """Answer a relay's stop CONNECT on ``stream``: the source PeerId and the circuit's limit.
 
-    A malformed request is answered MALFORMED_MESSAGE (as the spec says) before raising.
+    ``admit`` is asked about the source before OK is sent: a reason (a limit) refuses the
+    circuit with RESOURCE_LIMIT_EXCEEDED. A malformed request is answered MALFORMED_MESSAGE
+    (as the spec says) before raising.
 
     Raises:
+        CircuitRefused: ``admit`` refused the source.
         CircuitError: no well-formed CONNECT in time.
     """
     try:
@@ -163,6 +184,10 @@ async def accept_circuit(stream: Stream) -> tuple[str, Limit | None]:
             if not isinstance(request, StopConnect):
                 raise CircuitWireError(Status.UNEXPECTED_MESSAGE, "expected CONNECT")
             source = peer_id_text(request.peer_id)
+            refused = admit(source) if admit is not None else None
+            if refused is not None:
+                await write_quietly(stream, encode(StopStatus(Status.RESOURCE_LIMIT_EXCEEDED)))
+                raise CircuitRefused(refused)
             await stream.write(encode(StopStatus(Status.OK)))
     except (CircuitWireError, FrameError, ValueError) as error:
         status = error.status if isinstance(error, CircuitWireError) else Status.MALFORMED_MESSAGE
@@ -223,8 +248,9 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
     )
 
 
-async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> None:
-    """Make an accepted circuit from ``source`` a libp2p connection of ``host``.
+async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> object:
+    """Make an accepted circuit from ``source`` a libp2p connection of ``host``; the library's
+    muxed connection.
 
     Raises:
         CircuitError: the security or muxer handshake failed.
@@ -238,17 +264,18 @@ async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> None:
         addresses=[addr],
     )
     network = host.libp2p_host.get_network()
-    await _secured(
+    return await _secured(
         stream, lambda: network.upgrade_inbound_raw_conn(raw, addr), f"the circuit from {source}"
     )
 
 
-async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> None:
+async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> object:
     """Run the swarm's upgrade (Noise, muxer; the connection joins the swarm) of a relayed
-    stream within RESPONSE_TIMEOUT; on failure close the stream and raise CircuitError."""
+    stream within RESPONSE_TIMEOUT: its result; on failure close the stream and raise
+    CircuitError."""
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
-            await upgrade()
+            return await upgrade()
     except trio.TooSlowError:
         await close_quietly(stream)
         raise CircuitError(f"securing {what} timed out") from None
@@ -259,15 +286,96 @@ async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], wha
         raise CircuitError(f"securing {what}: {error}") from None
 
 
-def serve_circuits(host: P2PHost, on_failure: Callable[[CircuitError], None] | None = None) -> None:
-    """Accept circuits relays bring to ``host`` (the stop protocol), as libp2p connections."""
+def serve_circuits(host: P2PHost) -> None:
+    """Accept circuits relays bring to ``host`` (the stop protocol), as libp2p connections,
+    each holding a slot of ``host.relayed`` (:class:`~p2pchat.node.p2p.dial_admission.Relayed`:
+    in all, per relay, per source PeerId) from its CONNECT until the connection closes; the
+    CONNECT, the upgrade and identify within the inbound ``transient_deadline``. Every refusal
+    is counted by reason (``host.admission_observer``) and logged at WARNING at most once per
+    :data:`LOG_EVERY` seconds per reason."""
+    refusals = RefusalLog(log, "relayed connection refused", LOG_EVERY, level="warning")
+
+    def refused(reason: str, relay: str, detail: str) -> None:
+        host.admission_observer.connection_refused(reason)
+        if not refusals.refused(reason, relay=relay, detail=detail):
+            log.debug("relayed connection refused", reason=reason, relay=relay, detail=detail)
 
     async def handle(stream: Stream) -> None:
+        relay = stream.remote_peer
+        slot: Slot | None = None
+
+        def admit(source: str) -> str | None:
+            nonlocal slot
+            decision = host.relayed.admit(relay, source)
+            if isinstance(decision, str):
+                return decision
+            slot = decision
+            return None
+
+        conn: Any = None
         try:
-            source, _ = await accept_circuit(stream)
-            await upgrade_inbound(host, stream, source)
-        except CircuitError as error:
-            if on_failure is not None:
-                on_failure(error)
+            with trio.move_on_after(host.admission.limits.transient_deadline) as deadline:
+                try:
+                    source, _ = await accept_circuit(stream, admit)
+                    muxed: Any = await upgrade_inbound(host, stream, source)
+                except CircuitRefused as refusal:
+                    refused(refusal.reason, relay, str(refusal))
+                    return
+                except CircuitError as error:
+                    refused(RELAYED_FAILED, relay, str(error))
+                    return
+                conn = _swarm_conn(host, muxed)
+                if str(muxed.peer_id) != source or conn is None:
+                    # Noise named another peer than the relay's CONNECT (or the swarm dropped
+                    # it): the slot was taken in the claimed name, so the connection goes.
+                    refused(RELAYED_FAILED, relay, "not the peer the relay named")
+                    await _close_conn(muxed)
+                    return
+                if not await _identified_or_closed(host, conn, source):
+                    return
+            if deadline.cancelled_caught:
+                refused(RELAYED_DEADLINE, relay, "not secured, muxed and identified in time")
+                return
+            await conn.event_closed.wait()
+        finally:
+            if slot is not None:
+                host.relayed.release(slot)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_SECONDS):
+                if conn is not None:
+                    await _close_conn(conn)
+                await close_quietly(stream)
 
     host.set_stream_handler(STOP_PROTOCOL_ID, handle)
+
+
+def _swarm_conn(host: P2PHost, muxed: object) -> Any:
+    """The swarm's connection over ``muxed`` (None if it is not, or no longer, registered)."""
+    for conn in host.libp2p_host.get_network().get_connections():
+        if conn.muxed_conn is muxed:
+            return conn
+    return None
+
+
+async def _identified_or_closed(host: P2PHost, conn: Any, peer: str) -> bool:
+    """Until ``peer`` is identified (True) or ``conn`` closes first (False)."""
+    identified = False
+
+    async def wait_identified(cancel: trio.CancelScope) -> None:
+        nonlocal identified
+        await host.wait_identified(peer)
+        identified = True
+        cancel.cancel()
+
+    async def wait_closed(cancel: trio.CancelScope) -> None:
+        await conn.event_closed.wait()
+        cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_identified, nursery.cancel_scope)
+        nursery.start_soon(wait_closed, nursery.cancel_scope)
+    return identified
+
+
+async def _close_conn(conn: Any) -> None:
+    with contextlib.suppress(Exception):  # already gone, reset: closed either way
+        await conn.close()

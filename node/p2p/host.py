@@ -93,7 +93,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import agent, inbound, inbound_streams, patches
+from p2pchat.node.p2p import agent, inbound, inbound_streams, outbound, patches
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.admission import (
     Admission,
@@ -102,6 +102,7 @@ from p2pchat.node.p2p.admission import (
     QuietAdmissionObserver,
 )
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
+from p2pchat.node.p2p.dial_admission import DialLimits, Dials, Relayed
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
 from p2pchat.node.p2p.stream_limits import StreamLimits
@@ -204,6 +205,8 @@ class HostSettings:
     connections: AdmissionLimits = field(default_factory=AdmissionLimits)
     # What a remote peer may hold through streams (:mod:`p2pchat.node.p2p.stream_limits`).
     streams: StreamLimits = field(default_factory=StreamLimits)
+    # Outbound dials and relayed inbound connections (config section ``connections`` too).
+    dials: DialLimits = field(default_factory=DialLimits)
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -493,7 +496,8 @@ class P2PHost:
         observer: HostObserver,
         admission_observer: AdmissionObserver | None = None,
     ) -> None:
-        """``admission_observer`` is told of every inbound connection refused (metrics).
+        """``admission_observer`` is told of every connection refused (inbound, outbound dials,
+        relayed; metrics).
 
         Raises:
         LibraryMismatch: the installed py-libp2p is not the one the host layer patches
@@ -521,12 +525,19 @@ class P2PHost:
         self.admission = Admission(
             replace(settings.connections, max_connections=settings.max_connections)
         )
+        self.admission_observer = admission_observer or QuietAdmissionObserver()
         inbound.install(
             self._host.get_network(),
             self.admission,
-            admission_observer or QuietAdmissionObserver(),
+            self.admission_observer,
             self._wait_identified,
         )
+        # Issue #18: every dial takes a slot (outbound in all, per peer, in flight), and the
+        # circuits relays bring take one of the relayed slots (circuit.serve_circuits).
+        self.dials = outbound.install(
+            self._host.get_network(), Dials(settings.dials), self.admission_observer
+        )
+        self.relayed = Relayed(settings.dials)
 
     @property
     def peer_id(self) -> str:
@@ -605,6 +616,10 @@ class P2PHost:
     async def identify_received(self) -> None:
         """Wait until the next identify (or identify push) from any peer has been received."""
         await self._identified.wait()
+
+    async def wait_identified(self, peer_id: str) -> None:
+        """Until ``peer_id`` is identified (at once if identify already told its protocols)."""
+        await self._wait_identified(peer_id)
 
     async def _wait_identified(self, peer_id: str) -> None:
         # A peer identify already told us about is not identified again on a new connection
