@@ -697,7 +697,7 @@ class P2PHost:
             raise DialError(f"dial {peer_addr}: timed out") from None
         except Exception as error:  # the host layer's one mapping of a failed dial: the
             # library's come from every layer (swarm, transport, Noise, muxer), not all its own
-            raise DialError(f"dial {peer_addr}: {error}") from None
+            raise DialError(f"dial {peer_addr}: {outbound.refusal_in(error) or error}") from None
         return str(info.peer_id)
 
     def _put_first(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:

@@ -100,6 +100,20 @@ class OutboundGate:
         return bounded
 
 
+def refusal_in(error: BaseException) -> DialRefused | None:
+    """The :class:`DialRefused` behind a failed dial's ``error``, if a bound refused it: the
+    library wraps each address's error (``SwarmDialAllFailedError`` from a ``MultiError``)."""
+    seen: list[BaseException] = [error]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, DialRefused):
+            return current
+        if current.__cause__ is not None and len(seen) < 16:
+            seen.append(current.__cause__)
+        seen.extend(list(getattr(current, "errors", ()))[:16])
+    return None
+
+
 def install(swarm: Swarm, dials: Dials, observer: AdmissionObserver) -> OutboundGate:
     """Bound every dial of ``swarm`` by ``dials`` (see the module doc)."""
     gate = OutboundGate(swarm, dials, observer)
