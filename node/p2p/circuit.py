@@ -250,7 +250,8 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> None:
 
 async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> object:
     """Make an accepted circuit from ``source`` a libp2p connection of ``host``; the library's
-    muxed connection.
+    muxed connection. Unbounded in time: the caller bounds it (:func:`serve_circuits`: the
+    inbound transient deadline).
 
     Raises:
         CircuitError: the security or muxer handshake failed.
@@ -264,21 +265,26 @@ async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> object:
         addresses=[addr],
     )
     network = host.libp2p_host.get_network()
-    return await _secured(
+    return await _upgraded(
         stream, lambda: network.upgrade_inbound_raw_conn(raw, addr), f"the circuit from {source}"
     )
 
 
 async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> object:
-    """Run the swarm's upgrade (Noise, muxer; the connection joins the swarm) of a relayed
-    stream within RESPONSE_TIMEOUT: its result; on failure close the stream and raise
-    CircuitError."""
+    """:func:`_upgraded` within RESPONSE_TIMEOUT."""
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
-            return await upgrade()
+            return await _upgraded(stream, upgrade, what)
     except trio.TooSlowError:
         await close_quietly(stream)
         raise CircuitError(f"securing {what} timed out") from None
+
+
+async def _upgraded(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> object:
+    """Run the swarm's upgrade (Noise, muxer; the connection joins the swarm) of a relayed
+    stream: its result; on failure close the stream and raise CircuitError."""
+    try:
+        return await upgrade()
     except Exception as error:  # security (wrong peer) or muxer negotiation failed: the
         # library's whole upgrade runs on the remote's bytes and raises more than its own
         # error types (decoders, crypto); the host layer maps them all here, once

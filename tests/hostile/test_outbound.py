@@ -13,6 +13,9 @@ while two honest peers chat through the victim over direct connections.
   victim through the relay and hold them. Without a bound, the victim takes them all (the
   swarm does not count them; inbound admission never sees them). ``relayed_per_relay`` (8
   here) bounds them; a slot freed is given to the next.
+- **Silent circuits from one PeerId**: circuits whose source never starts Noise. Two
+  (``relayed_per_peer``) are taken, the next refused at its CONNECT; each is closed at the
+  transient deadline and its slot given back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import trio
+from p2pchat.node.p2p.circuit import CircuitError, request_circuit
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.hostile.harness import WAIT, Footprint, HonestChat, chat_peer, report
@@ -34,6 +39,7 @@ RELAYED_PER_RELAY = 8
 # The relay delivers whatever it is asked to (its own per-peer limits lifted).
 OPEN_RELAY = {
     "P2PCHAT_RELAY__MAX_CIRCUITS": "128",
+    "P2PCHAT_RELAY__MAX_CIRCUITS_PER_SOURCE": "128",
     "P2PCHAT_RELAY__MAX_CIRCUITS_PER_SOURCE_GROUP": "128",
     "P2PCHAT_RELAY__CIRCUIT_DURATION": "3600",
     "P2PCHAT_RELAY__CIRCUIT_DATA": "67108864",
@@ -158,4 +164,39 @@ async def test_relayed_connections_are_bounded_per_relay(
         delivery,
         relayed_connected=first.connected,
         refused_relayed_per_relay=held,
+    )
+
+
+async def test_silent_circuits_of_one_peer_are_bounded_and_cut_at_the_deadline(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    relay, victim = relayed_victim(tmp_path, nodes, P2PCHAT_CONNECTIONS__TRANSIENT_DEADLINE="4")
+    chat = HonestChat.through(victim, tmp_path, nodes)
+    with Footprint(victim.proc.pid) as footprint:
+        chat.start(rate=5.0)
+        async with attackers(tmp_path, 1) as (attacker,):
+            await attacker.connect(relay.addr())
+            held = [await request_circuit(attacker, relay.peer_id, victim.peer_id) for _ in "ab"]
+            with pytest.raises(CircuitError):
+                await request_circuit(attacker, relay.peer_id, victim.peer_id)
+            per_peer = await metric(victim, REFUSED, reason="relayed_per_peer")
+            with trio.fail_after(WAIT):
+                while await metric(victim, REFUSED, reason="relayed_deadline") < 2:
+                    await trio.sleep(0.2)
+            # Both were cut at the deadline: their slots are back.
+            again, _ = await request_circuit(attacker, relay.peer_id, victim.peer_id)
+            for stream, _ in held:
+                await stream.close()
+            await again.close()
+        delivery = await trio.to_thread.run_sync(chat.stop)
+        footprint.assert_fds_back()
+    assert per_peer == 1
+    assert delivery >= 0.99, f"{chat.delivered} of {chat.sent} delivered during the attack"
+    footprint.assert_rss_below(RSS_BOUND_MIB)
+    report(
+        "silent circuits from one PeerId (no Noise), transient deadline 4 s",
+        footprint,
+        delivery,
+        refused_relayed_per_peer=per_peer,
+        cut_relayed_deadline=2,
     )
