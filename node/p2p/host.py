@@ -49,6 +49,12 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     ``get_remote_address()`` is None for IPv6: anyone locks the node out -> the swarm's inbound
     handler and the port demultiplexer's classifier are replaced
     (:mod:`p2pchat.node.p2p.inbound`, policy in :mod:`p2pchat.node.p2p.admission`).
+32. (not in the notes) dials are bounded only by the swarm's total, shared with inbound
+    connections, so a node strangers make dial (Kad, DCUtR, discovery) fills it and locks
+    everyone out; circuits a relay brings are counted nowhere -> the swarm's dial methods are
+    wrapped (:mod:`p2pchat.node.p2p.outbound`) and relayed connections admitted
+    (:func:`p2pchat.node.p2p.circuit.serve_circuits`), policy in
+    :mod:`p2pchat.node.p2p.dial_admission`.
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
