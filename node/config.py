@@ -246,6 +246,13 @@ class ConnectionsSection(_Section):
         le=1000,
         description="Dials to one PeerId running at once (go-libp2p: 8).",
     )
+    direct_in_flight: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Hole-punch (DCUtR) dials to addresses a relayed peer named, running at "
+        "once: strangers reaching this node through relays cannot take every outbound slot.",
+    )
     relayed: int = Field(
         default=64,
         ge=0,

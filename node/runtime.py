@@ -153,6 +153,7 @@ def host_settings(config: Config) -> HostSettings:
             outbound_per_peer=connections.outbound_per_peer,
             dials_in_flight=connections.dials_in_flight,
             dials_per_peer=connections.dials_per_peer,
+            direct_in_flight=connections.direct_in_flight,
             relayed=connections.relayed,
             relayed_per_relay=connections.relayed_per_relay,
             relayed_per_peer=connections.relayed_per_peer,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from p2pchat.node.p2p.dial_admission import (
     DIALS_IN_FLIGHT,
     DIALS_PER_PEER,
+    DIRECT_IN_FLIGHT,
     OUTBOUND_PER_PEER,
     OUTBOUND_TOTAL,
     RELAYED_PER_PEER,
@@ -27,6 +28,7 @@ def test_defaults_are_go_libp2p_s() -> None:
     limits = DialLimits()
     assert (limits.max_outbound, limits.outbound_per_peer) == (128, 8)
     assert (limits.dials_in_flight, limits.dials_per_peer) == (160, 8)
+    assert limits.direct_in_flight == 32
     assert (limits.relayed, limits.relayed_per_relay, limits.relayed_per_peer) == (64, 16, 2)
 
 
@@ -48,6 +50,16 @@ def test_dials_to_one_peer_are_bounded_and_others_unaffected() -> None:
     slot(dials.begin("b", 0, 0))
     dials.done(first)
     slot(dials.begin("a", 0, 0))
+
+
+def test_direct_dials_take_only_their_share_of_the_slots() -> None:
+    dials = Dials(DialLimits(direct_in_flight=2, max_outbound=10))
+    first = slot(dials.begin("a", 0, 0, direct=True))
+    slot(dials.begin("b", 0, 0, direct=True))
+    assert dials.begin("c", 0, 0, direct=True) == DIRECT_IN_FLIGHT
+    slot(dials.begin("c", 0, 0))  # the node's own dial still gets one
+    dials.done(first)
+    slot(dials.begin("c", 0, 0, direct=True))
 
 
 def test_outbound_total_counts_established_and_in_flight() -> None:

@@ -18,7 +18,7 @@ class ConnectionMetrics:
             "transient_full, total_full, culled (a handshake closed to make room), deadline "
             "(not secured, muxed and identified in time), handshake_bytes, handshake_failed. "
             "Outbound dials: outbound_total, outbound_per_peer, dials_in_flight, "
-            "dials_per_peer. Relayed inbound: relayed_total, relayed_per_relay, "
+            "dials_per_peer, direct_in_flight. Relayed inbound: relayed_total, relayed_per_relay, "
             "relayed_per_peer, relayed_deadline, relayed_failed.",
             ("reason",),
             registry=registry,

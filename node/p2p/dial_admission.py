@@ -19,7 +19,11 @@ file-descriptor dials, 8 per peer):
   ``max_outbound`` (default 128 of the 300 connections: the rest stay for inbound peers);
 - **outbound per peer**: in flight plus established to one peer stay under
   ``outbound_per_peer``;
-- **dials in flight**: at most ``dials_in_flight`` in all and ``dials_per_peer`` to one peer.
+- **dials in flight**: at most ``dials_in_flight`` in all and ``dials_per_peer`` to one peer;
+- **direct dials to named addresses** (DCUtR: the addresses a peer that reached us through a
+  relay claims, up to 8 per peer, for every relayed connection): at most ``direct_in_flight``
+  at once, so strangers through relays cannot take every outbound slot and the node's own
+  dials (bootstrap, relays, lookups) still find one.
 
 A dial over a bound is refused at once (go-libp2p's limiter queues; a queue the remote can
 fill is itself an allocation it causes, and every caller here retries on its own schedule).
@@ -46,6 +50,7 @@ OUTBOUND_TOTAL = "outbound_total"  # max_outbound dials and outbound connections
 OUTBOUND_PER_PEER = "outbound_per_peer"  # outbound_per_peer to this peer already
 DIALS_IN_FLIGHT = "dials_in_flight"  # dials_in_flight dials running already
 DIALS_PER_PEER = "dials_per_peer"  # dials_per_peer dials to this peer running already
+DIRECT_IN_FLIGHT = "direct_in_flight"  # direct_in_flight DCUtR dials running already
 RELAYED_TOTAL = "relayed_total"  # relayed relayed connections already
 RELAYED_PER_RELAY = "relayed_per_relay"  # relayed_per_relay through this relay already
 RELAYED_PER_PEER = "relayed_per_peer"  # relayed_per_peer from this source PeerId already
@@ -56,6 +61,7 @@ REASONS = (
     OUTBOUND_PER_PEER,
     DIALS_IN_FLIGHT,
     DIALS_PER_PEER,
+    DIRECT_IN_FLIGHT,
     RELAYED_TOTAL,
     RELAYED_PER_RELAY,
     RELAYED_PER_PEER,
@@ -72,6 +78,7 @@ class DialLimits:
     outbound_per_peer: int = 8
     dials_in_flight: int = 160
     dials_per_peer: int = 8
+    direct_in_flight: int = 32
     relayed: int = 64
     relayed_per_relay: int = 16
     relayed_per_peer: int = 2
@@ -87,6 +94,7 @@ class Slot:
 
     peer: str
     relay: str | None = None
+    direct: bool = False
     released: bool = False
     serial: int = field(default_factory=lambda: next(_serial))
 
@@ -99,28 +107,35 @@ class Dials:
         self.limits = limits
         self._in_flight: set[Slot] = set()
         self._by_peer: dict[str, int] = {}
+        self._direct = 0
 
     @property
     def in_flight(self) -> int:
         """Dials running now."""
         return len(self._in_flight)
 
-    def begin(self, peer: str, outbound: int, outbound_to_peer: int) -> Slot | str:
+    def begin(
+        self, peer: str, outbound: int, outbound_to_peer: int, *, direct: bool = False
+    ) -> Slot | str:
         """A dial to ``peer`` is about to start while ``outbound`` outbound connections are
-        open (``outbound_to_peer`` of them to ``peer``): its slot, or the reason it must not."""
+        open (``outbound_to_peer`` of them to ``peer``): its slot, or the reason it must not.
+        ``direct``: a DCUtR dial to an address the peer named."""
         limits = self.limits
         to_peer = self._by_peer.get(peer, 0)
         if to_peer >= limits.dials_per_peer:
             return DIALS_PER_PEER
+        if direct and self._direct >= limits.direct_in_flight:
+            return DIRECT_IN_FLIGHT
         if self.in_flight >= limits.dials_in_flight:
             return DIALS_IN_FLIGHT
         if outbound_to_peer + to_peer >= limits.outbound_per_peer:
             return OUTBOUND_PER_PEER
         if outbound + self.in_flight >= limits.max_outbound:
             return OUTBOUND_TOTAL
-        slot = Slot(peer)
+        slot = Slot(peer, direct=direct)
         self._in_flight.add(slot)
         self._by_peer[peer] = to_peer + 1
+        self._direct += direct
         return slot
 
     def done(self, slot: Slot) -> None:
@@ -130,6 +145,7 @@ class Dials:
         slot.released = True
         self._in_flight.discard(slot)
         _decrement(self._by_peer, slot.peer)
+        self._direct -= slot.direct
 
 
 class Relayed:

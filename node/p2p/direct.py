@@ -26,6 +26,7 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
+from p2pchat.node.p2p import outbound
 from p2pchat.node.p2p.host import P2PHost, connection_info, transport_label
 
 DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
@@ -201,7 +202,7 @@ async def dial_direct(
             return
         done.cancel()
 
-    with trio.move_on_after(DIAL_TIMEOUT) as scope:
+    with trio.move_on_after(DIAL_TIMEOUT) as scope, outbound.direct_dials():
         async with trio.open_nursery() as nursery:
             for addr in targets:
                 nursery.start_soon(attempt, addr, scope)

@@ -7,6 +7,8 @@ py-libp2p 0.8.1 dials through three methods of its swarm: ``_dial_with_retry`` (
 instance (the class and other hosts are untouched) so each dial first takes a slot of
 :class:`~p2pchat.node.p2p.dial_admission.Dials` and gives it back when it ends: a dial with
 retries holds one slot across its attempts (the attempts inside it are not counted again).
+DCUtR's dials (:mod:`p2pchat.node.p2p.direct`) run inside :func:`direct_dials`: they count
+against ``direct_in_flight`` as well.
 
 A dial over a bound raises :class:`DialRefused` (a ``SwarmException``: every caller of the
 swarm already treats it as a failed dial), is told to the observer (metrics) and logged at
@@ -15,9 +17,10 @@ WARNING at most once per :data:`LOG_EVERY` seconds per reason.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -33,6 +36,19 @@ LOG_EVERY = 10.0
 
 # Set while a dial holding a slot runs in this task: the single attempts it makes are its own.
 _holding: contextvars.ContextVar[bool] = contextvars.ContextVar("p2pchat_dial_slot", default=False)
+# Set by :func:`direct_dials` around DCUtR's dials (tasks started inside inherit it).
+_direct: contextvars.ContextVar[bool] = contextvars.ContextVar("p2pchat_direct", default=False)
+
+
+@contextlib.contextmanager
+def direct_dials() -> Iterator[None]:
+    """The dials made inside (and in tasks started inside) are DCUtR dials to addresses a
+    peer named: they count against ``direct_in_flight`` too."""
+    token = _direct.set(True)
+    try:
+        yield
+    finally:
+        _direct.reset(token)
 
 
 class DialRefused(SwarmException):  # type: ignore[misc]
@@ -74,7 +90,7 @@ class OutboundGate:
     def take(self, peer: str) -> Slot:
         """A slot for one dial to ``peer``; :class:`DialRefused` if a bound says no."""
         outbound, to_peer = self.outbound(peer)
-        decision = self.dials.begin(peer, outbound, to_peer)
+        decision = self.dials.begin(peer, outbound, to_peer, direct=_direct.get())
         if isinstance(decision, str):
             self._observer.connection_refused(decision)
             if not self._log.refused(decision, in_flight=self.dials.in_flight, outbound=outbound):

@@ -7,8 +7,9 @@ while two honest peers chat through the victim over direct connections.
 - **Dials**: attacker PeerIds connect to the victim through the relay, each claiming 8
   addresses (listeners of the test that accept and never answer) and DCUtR: the victim, which
   received a relayed connection, dials every claimed address to go direct. py-libp2p bounds
-  these dials only by the swarm's total (300, shared with inbound connections). The victim's
-  ``max_outbound`` (8 here) bounds them, in flight and established together.
+  these dials only by the swarm's total (300, shared with inbound connections). By default
+  ``direct_in_flight`` (32) bounds them and leaves the other outbound slots to the node's own
+  dials; a small ``max_outbound`` (8) binds first, in flight and established together.
 - **Relayed flood**: 30 attacker PeerIds open full connections (Noise, Yamux, identify) to the
   victim through the relay and hold them. Without a bound, the victim takes them all (the
   swarm does not count them; inbound admission never sees them). ``relayed_per_relay`` (8
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import trio
 from p2pchat.node.p2p.circuit import CircuitError, request_circuit
+from p2pchat.node.p2p.dial_admission import DialLimits
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.hostile.harness import WAIT, Footprint, HonestChat, chat_peer, report
@@ -72,12 +74,25 @@ async def metric(node: NodeProcess, name: str, **labels: str) -> float:
     return await trio.to_thread.run_sync(lambda: node.metric(name, **labels))
 
 
+@pytest.mark.parametrize(
+    ("env", "bound", "reason"),
+    [
+        # Defaults: DCUtR's dials stop at direct_in_flight (32); the node's own dials keep
+        # the other outbound slots (none is refused for the total).
+        ({}, DialLimits().direct_in_flight, "direct_in_flight"),
+        # A small total: it binds first (the victim's connection to the relay takes a slot).
+        (
+            {"P2PCHAT_CONNECTIONS__MAX_OUTBOUND": str(MAX_OUTBOUND)},
+            MAX_OUTBOUND - 1,
+            "outbound_total",
+        ),
+    ],
+    ids=["defaults", "max_outbound"],
+)
 async def test_dials_a_stranger_asks_for_are_bounded(
-    tmp_path: Path, nodes: list[NodeProcess]
+    tmp_path: Path, nodes: list[NodeProcess], env: dict[str, str], bound: int, reason: str
 ) -> None:
-    relay, victim = relayed_victim(
-        tmp_path, nodes, P2PCHAT_CONNECTIONS__MAX_OUTBOUND=str(MAX_OUTBOUND)
-    )
+    relay, victim = relayed_victim(tmp_path, nodes, **env)
     chat = HonestChat.through(victim, tmp_path, nodes)
     sinks = Sinks()
     tally = Circuits()
@@ -100,25 +115,28 @@ async def test_dials_a_stranger_asks_for_are_bounded(
                 # The victim dials (for 5 s, its direct-dial timeout), refused beyond its bound.
                 await trio.sleep(8)
             delivery = await trio.to_thread.run_sync(chat.stop)
-            refused = await metric(victim, REFUSED, reason="outbound_total")
+            refused = await metric(victim, REFUSED, reason=reason)
+            total_refused = await metric(victim, REFUSED, reason="outbound_total")
             await wait_until(lambda: sinks.open == 0, timeout=60)
             footprint.assert_fds_back()
         nursery.cancel_scope.cancel()
     assert tally.connected == count, tally  # every stranger got its relayed connection
     assert sinks.accepted > 0  # the victim did dial what they claimed
-    # The victim's own outbound connection to the relay takes one of the slots.
-    assert sinks.peak <= MAX_OUTBOUND - 1, sinks.peak
+    assert sinks.peak <= bound, sinks.peak
     assert refused > 0
+    if reason == "direct_in_flight":
+        assert total_refused == 0  # the node's own dials were never short of a slot
     assert delivery >= 0.99, f"{chat.delivered} of {chat.sent} delivered during the attack"
     footprint.assert_rss_below(RSS_BOUND_MIB)
     report(
-        f"{count} PeerIds via a relay, each naming 8 silent addresses (DCUtR direct dial)",
+        f"{count} PeerIds via a relay, each naming 8 silent addresses (DCUtR direct dial), "
+        + ("defaults" if not env else f"max_outbound {MAX_OUTBOUND}"),
         footprint,
         delivery,
         dials_wanted=count * 8,
         dials_reached_sinks=sinks.accepted,
         peak_dials_in_flight=sinks.peak,
-        refused_outbound_total=refused,
+        **{f"refused_{reason}": refused},
     )
 
 
