@@ -1,0 +1,123 @@
+"""Catch-up charged per sender (#18): what a catch-up may store of each sender, sans-IO.
+
+Live messages pass the per-sender budget in the pubsub validator
+(:mod:`p2pchat.node.p2p.sender_budget`); messages pulled from history sources after being away
+did not, so a source serving one big sender, or many sybil senders (PeerIds cost nothing),
+filled a returning peer's history and its cap pushed the honest messages out, oldest first.
+A catch-up page legitimately holds a backlog, so nothing here looks at arrival times. Instead
+the messages of one catch-up that are new to the room are charged against the room's history:
+
+- **sender share**: a sender may bring at most what keeps it within its share of the room
+  (``chat.history_sender_share`` of ``chat.history_max_messages``, less what it already holds:
+  :meth:`~p2pchat.node.history.History.held_by`); its newest are kept. One big sender brings
+  one share, not the room.
+- **newcomers**: senders holding nothing in the room are strangers to this peer; together
+  they may bring what still fits under the cap after everyone else's, or
+  ``history.catchup_newcomer_share`` of the cap if that is more. That budget is shared out
+  level by level (water-filling: each newcomer its newest, one level at a time), so a
+  thousand sybils and a few honest newcomers get the same few messages each, and what the
+  strangers of one catch-up push out of a full room is bounded by that share.
+
+Everything refused is counted by reason (:data:`SENDER_SHARE`, :data:`NEWCOMERS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from p2pchat.node.history import StoredMessage
+
+SENDER_SHARE = "sender_share"  # a sender over its share of the room's history
+NEWCOMERS = "newcomers"  # the newcomers of one catch-up over their budget
+REASONS = (SENDER_SHARE, NEWCOMERS)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeSettings:
+    """The room's cap and the shares of it (``chat.history_max_messages``,
+    ``chat.history_sender_share``, ``history.catchup_newcomer_share``)."""
+
+    max_messages: int
+    sender_share: float
+    newcomer_share: float
+
+    def __post_init__(self) -> None:
+        if self.max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if not (0 < self.sender_share <= 1 and 0 < self.newcomer_share <= 1):
+            raise ValueError("shares must be in (0, 1]")
+
+
+@dataclass(slots=True)
+class Charged:
+    """What one catch-up may store (history order), and how many were refused by reason."""
+
+    admitted: list[StoredMessage]
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+def charge(
+    messages: list[StoredMessage],
+    held: Callable[[str], int],
+    room_count: int,
+    settings: ChargeSettings,
+) -> Charged:
+    """Charge ``messages`` (one room's, in history order, none of them stored yet) to their
+    senders; ``held(sender)`` is what a sender holds in the room now, ``room_count`` what the
+    room holds. Reads ``held`` once per distinct sender."""
+    share = max(1, int(settings.max_messages * settings.sender_share))
+    by_sender: dict[str, list[StoredMessage]] = {}
+    for message in messages:
+        by_sender.setdefault(message.sender, []).append(message)
+    refused = dict.fromkeys(REASONS, 0)
+    newcomers: dict[str, int] = {}
+    known = 0
+    for sender, own in by_sender.items():
+        holds = held(sender)
+        allowed = max(0, share - holds)
+        if len(own) > allowed:
+            refused[SENDER_SHARE] += len(own) - allowed
+            del own[: len(own) - allowed]  # its newest are kept
+        if holds == 0:
+            newcomers[sender] = len(own)
+        else:
+            known += len(own)
+    free = settings.max_messages - room_count - known
+    budget = max(free, int(settings.max_messages * settings.newcomer_share))
+    for sender, keep in _fill(newcomers, budget).items():
+        own = by_sender[sender]
+        refused[NEWCOMERS] += len(own) - keep
+        del own[: len(own) - keep]
+    admitted = [message for own in by_sender.values() for message in own]
+    admitted.sort(key=lambda m: (m.sent_at_ms, m.message_id))
+    return Charged(admitted, {reason: n for reason, n in refused.items() if n})
+
+
+def _fill(wants: dict[str, int], budget: int) -> dict[str, int]:
+    """How many each of ``wants`` gets of ``budget``: all if it suffices; else the highest
+    level L with sum(min(n, L)) <= budget for everyone, and what is left one more each to the
+    first of those wanting more (in ``wants``' order)."""
+    if sum(wants.values()) <= budget:
+        return dict(wants)
+    budget = max(0, budget)
+
+    def given(level: int) -> int:
+        return sum(min(n, level) for n in wants.values())
+
+    low, high = 0, max(wants.values(), default=0)
+    while low < high:  # the highest level that stays within the budget
+        middle = (low + high + 1) // 2
+        if given(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    gets = {sender: min(n, low) for sender, n in wants.items()}
+    left = budget - given(low)
+    for sender, n in wants.items():
+        if left <= 0:
+            break
+        if n > low:
+            gets[sender] += 1
+            left -= 1
+    return gets

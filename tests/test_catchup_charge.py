@@ -1,0 +1,149 @@
+"""Catch-up charged per sender (#18): the sans-IO charge, and a catch-up on a real RocksDB
+history fed by a source serving sybils."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import structlog
+from p2pchat.node.catchup import CatchUp
+from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
+from p2pchat.node.config import HistorySection
+from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.store import Store
+from p2pchat.node.store_client import Fetched
+
+ROOM = "room"
+
+
+def msg(text: str, sender: str, sent_at_ms: int) -> StoredMessage:
+    return StoredMessage(
+        room=ROOM,
+        message_id=hashlib.sha256(text.encode()).digest()[:16],
+        sent_at_ms=sent_at_ms,
+        received_at_ms=sent_at_ms,
+        sender=sender,
+        envelope=text.encode(),
+    )
+
+
+def sybils(count: int, each: int, first_ms: int) -> list[StoredMessage]:
+    flood = [
+        msg(f"sybil-{s}-{n}", f"sybil-{s}", first_ms + n * count + s)
+        for s in range(count)
+        for n in range(each)
+    ]
+    return sorted(flood, key=lambda m: (m.sent_at_ms, m.message_id))
+
+
+def test_one_big_sender_brings_its_share_less_what_it_holds_its_newest() -> None:
+    big = [msg(f"big-{n}", "mallory", n) for n in range(500)]
+    result = charge(big, lambda s: 4, 50, ChargeSettings(100, 0.1, 0.1))
+    assert [m.sent_at_ms for m in result.admitted] == [494, 495, 496, 497, 498, 499]
+    assert result.refused == {SENDER_SHARE: 494}
+
+
+def test_newcomers_share_what_is_free_level_by_level() -> None:
+    honest = [msg(f"carol-{n}", "carol", 10_000 + n) for n in range(3)]
+    known = [msg(f"alice-{n}", "alice", 20_000 + n) for n in range(5)]
+    offered = sorted(
+        sybils(200, 10, 0) + honest + known, key=lambda m: (m.sent_at_ms, m.message_id)
+    )
+    held = {"alice": 5}
+    # 60 held + alice's 5: 35 free; more than 10% of 100, so the newcomers share 35.
+    result = charge(offered, lambda s: held.get(s, 0), 60, ChargeSettings(100, 0.1, 0.1))
+    senders = [m.sender for m in result.admitted]
+    assert senders.count("alice") == 5  # known senders within their share are not charged here
+    strangers = [s for s in senders if s != "alice"]
+    assert len(strangers) == 35 and len(set(strangers)) == 35  # one each, the first 35
+    assert result.refused == {NEWCOMERS: 2000 + 3 - 35}
+    # A full room: the newcomers still get 10% of the cap, shared out.
+    full = charge(offered, lambda s: held.get(s, 0), 100, ChargeSettings(100, 0.1, 0.1))
+    assert len(full.admitted) == 5 + 10
+
+
+def test_what_fits_is_all_admitted() -> None:
+    offered = sybils(5, 4, 0)
+    result = charge(offered, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1))
+    assert result.admitted == offered and result.refused == {}
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        ChargeSettings(0, 0.1, 0.1)
+    with pytest.raises(ValueError):
+        ChargeSettings(10, 0.1, 0.0)
+
+
+class _Source:
+    """One source, serving whatever it was given."""
+
+    def __init__(self, messages: list[StoredMessage]) -> None:
+        self.messages = messages
+
+    async def fetch_range(
+        self, source: str, room: str, start_ms: int, max_messages: int
+    ) -> Fetched:
+        return Fetched(source, self.messages[:max_messages], 1, True)
+
+
+class _Refusals:
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+
+    def caught_up(self, stored: int) -> None:
+        return None
+
+    def source_lacked(self, missing: int) -> None:
+        return None
+
+    def source_failed(self) -> None:
+        return None
+
+    def refused(self, reason: str, count: int) -> None:
+        self.counted[reason] = self.counted.get(reason, 0) + count
+
+
+async def _nothing_to_show(room: str, new: list[StoredMessage], sources: list[str]) -> None:
+    return None
+
+
+@pytest.mark.parametrize("charged", [True, False])
+async def test_a_source_serving_sybils_cannot_push_the_honest_history_out(
+    tmp_path: Path, charged: bool
+) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    honest = [msg(f"h-{n}", "alice" if n % 2 else "bob", n) for n in range(60)]
+    history.add_many(honest)
+    observer = _Refusals()
+    cap = 100
+
+    def trim(room: str) -> int:
+        return history.apply_retention(
+            room, max_count=cap, max_age_ms=None, now_ms=0, sender_share=0.1
+        )
+
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        _Source(honest + sybils(200, 10, 1_000)),  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        observer,
+        structlog.get_logger(),
+        charged=ChargeSettings(cap, 0.1, 0.1) if charged else None,
+        trim=trim,
+    )
+    await catch_up.catch_up(ROOM, ["hostile"])
+    kept = {m.message_id for m in history.range(ROOM, 0)}
+    survived = sum(m.message_id in kept for m in honest)
+    if charged:
+        assert survived == 60 and history.count(ROOM) == cap
+        assert observer.counted == {NEWCOMERS: 2000 - 40}
+    else:  # the negative control: the sybils' newer messages pushed every honest one out
+        assert survived == 0 and observer.counted == {}
+    store.close()
