@@ -7,11 +7,13 @@ filled a returning peer's history and its cap pushed the honest messages out, ol
 A catch-up page legitimately holds a backlog, so nothing here looks at arrival times. Instead
 the messages of one catch-up that are new to the room are charged against the room's history:
 
-- **sender share**: a sender may bring at most what keeps it within its share of the room
-  (``chat.history_sender_share`` of ``chat.history_max_messages``, less what it already holds:
-  :meth:`~p2pchat.node.history.History.held_by`); its newest are kept. One big sender brings
-  one share, not the room.
-- **newcomers**: senders holding nothing in the room are strangers to this peer; together
+- **sender share**: a sender may bring at most its share of the room
+  (``chat.history_sender_share`` of ``chat.history_max_messages``) per catch-up, its newest;
+  one big sender brings one share, not the room. What it holds is not subtracted: a chatty
+  honest sender over its share must still bring its newest (the fair trim that follows
+  charges its own oldest, :meth:`~p2pchat.node.history.History.apply_retention`).
+- **newcomers**: senders holding nothing in the room
+  (:meth:`~p2pchat.node.history.History.held_by`) are strangers to this peer; together
   they may bring what still fits under the cap after everyone else's, or
   ``history.catchup_newcomer_share`` of the cap if that is more. That budget is shared out
   level by level (water-filling: each newcomer its newest, one level at a time), so a
@@ -74,12 +76,10 @@ def charge(
     newcomers: dict[str, int] = {}
     known = 0
     for sender, own in by_sender.items():
-        holds = held(sender)
-        allowed = max(0, share - holds)
-        if len(own) > allowed:
-            refused[SENDER_SHARE] += len(own) - allowed
-            del own[: len(own) - allowed]  # its newest are kept
-        if holds == 0:
+        if len(own) > share:
+            refused[SENDER_SHARE] += len(own) - share
+            del own[: len(own) - share]  # its newest are kept
+        if held(sender) == 0:
             newcomers[sender] = len(own)
         else:
             known += len(own)
