@@ -396,19 +396,28 @@ class History:
         charged: dict[str, dict[bytes, int]] = {}  # room -> sender -> messages added
         seen: set[bytes] = set()
         new: list[StoredMessage] = []
+        prefixes: dict[str, tuple[bytes, bytes, bytes]] = {}  # room -> its hid, hist, hsnd
         for message in messages:
             _check(message)
-            id_key = _room(_HID, message.room) + message.message_id
+            room_prefixes = prefixes.get(message.room)
+            if room_prefixes is None:
+                room_prefixes = prefixes[message.room] = (
+                    _room(_HID, message.room),
+                    _room(_HIST, message.room),
+                    _room(_HSND, message.room),
+                )
+            id_prefix, prefix, by_sender = room_prefixes
+            id_key = id_prefix + message.message_id
             if id_key in seen or self._db.get(id_key) is not None:
                 continue
             seen.add(id_key)
-            key = _room(_HIST, message.room) + _U64.pack(message.sent_at_ms) + message.message_id
+            at = _U64.pack(message.sent_at_ms) + message.message_id
+            key = prefix + at
             value = _encode_value(message)
             batch.put(key, value)
             batch.put(id_key, key)
             sender = message.sender.encode()
-            suffix = key[len(key) - _U64.size - MESSAGE_ID_BYTES :]
-            batch.put(_room(_HSND, message.room) + _sender_part(sender) + suffix, b"")
+            batch.put(by_sender + _sender_part(sender) + at, b"")
             senders = charged.setdefault(message.room, {})
             senders[sender] = senders.get(sender, 0) + 1
             count, size = added.get(message.room, (0, 0))
