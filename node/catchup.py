@@ -25,6 +25,10 @@ that completed its walk but lacks messages another one returned is logged and co
 peer that was itself offline lacks messages honestly, so this is a signal for operators, not a
 verdict.
 
+Senders a catch-up brought in as newcomers are remembered as strangers for the newest
+:data:`MAX_STRANGERS` (room, sender) pairs (a forgotten one counts by what it holds; a stranger
+heard live since is still charged as one: the live path does not tell catch-up).
+
 When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
 pairs: a source forgotten early is merely asked again sooner.
 """
@@ -51,6 +55,8 @@ SETTLE = 1.0  # after a trigger: let identify finish and other connections arriv
 IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
 REASK_AFTER = 60.0
 MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
+# (room, sender) pairs first stored by a catch-up as newcomers, still charged as newcomers
+MAX_STRANGERS = 16_384
 WRITE_BATCH = 1000
 
 Moderate = Callable[[str, list[StoredMessage]], list[StoredMessage]]
@@ -135,6 +141,9 @@ class CatchUp:
         self._wake = trio.Event()
         # (room, source) -> when it was last asked
         self._asked: BoundedDict[tuple[str, str], float] = BoundedDict(MAX_ASKED)
+        # Senders a catch-up brought in as newcomers (see node/catchup_charge.py): charged as
+        # newcomers again at the next catch-up, however much they hold by then.
+        self._strangers: BoundedDict[tuple[str, str], None] = BoundedDict(MAX_STRANGERS)
 
     def request(self, room: str) -> None:
         """Catch ``room`` up as soon as sources are known (safe to call from any task)."""
@@ -250,10 +259,15 @@ class CatchUp:
         """What the charge admits of ``ordered`` (what is already stored is not charged)."""
         assert self._charged is not None
         history = self._history
+        strangers = self._strangers
         new = [m for m in ordered if not history.contains(room, m.message_id)]
-        result = charge(
-            new, lambda sender: history.held_by(room, sender), history.count(room), self._charged
-        )
+
+        def held(sender: str) -> int:
+            return 0 if (room, sender) in strangers else history.held_by(room, sender)
+
+        result = charge(new, held, history.count(room), self._charged)
+        for sender in result.newcomers:
+            strangers[(room, sender)] = None
         for reason, count in result.refused.items():
             self._observer.refused(reason, count)
             self._refusals.refused(reason, room=room, refused=count)

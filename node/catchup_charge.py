@@ -20,6 +20,10 @@ the messages of one catch-up that are new to the room are charged against the ro
   thousand sybils and a few honest newcomers get the same few messages each, and what the
   strangers of one catch-up push out of a full room is bounded by that share.
 
+A newcomer stays one for the catch-ups that follow while the caller remembers it
+(:class:`~p2pchat.node.catchup.CatchUp` does, for the newest ``MAX_STRANGERS``): otherwise a
+sybil admitted once, holding one message, would bring a whole share at the next catch-up.
+
 Everything refused is counted by reason (:data:`SENDER_SHARE`, :data:`NEWCOMERS`).
 """
 
@@ -57,6 +61,7 @@ class Charged:
 
     admitted: list[StoredMessage]
     refused: dict[str, int] = field(default_factory=dict)
+    newcomers: set[str] = field(default_factory=set)  # admitted senders charged as newcomers
 
 
 def charge(
@@ -91,7 +96,11 @@ def charge(
         del own[: len(own) - keep]
     admitted = [message for own in by_sender.values() for message in own]
     admitted.sort(key=lambda m: (m.sent_at_ms, m.message_id))
-    return Charged(admitted, {reason: n for reason, n in refused.items() if n})
+    return Charged(
+        admitted,
+        {reason: n for reason, n in refused.items() if n},
+        {sender for sender in newcomers if by_sender[sender]},
+    )
 
 
 def _fill(wants: dict[str, int], budget: int) -> dict[str, int]:

@@ -12,6 +12,7 @@ from p2pchat.node.catchup import CatchUp
 from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
 from p2pchat.node.store_client import Fetched
 
@@ -146,4 +147,48 @@ async def test_a_source_serving_sybils_cannot_push_the_honest_history_out(
         assert observer.counted == {NEWCOMERS: 2000 - 40}
     else:  # the negative control: the sybils' newer messages pushed every honest one out
         assert survived == 0 and observer.counted == {}
+    store.close()
+
+
+@pytest.mark.parametrize("remembered", [True, False])
+async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
+    tmp_path: Path, remembered: bool
+) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    honest = [msg(f"h-{n}", "alice", n) for n in range(60)]
+    history.add_many(honest)
+    source = _Source(sybils(200, 10, 1_000))
+
+    def trim(room: str) -> int:
+        return history.apply_retention(
+            room, max_count=100, max_age_ms=None, now_ms=0, sender_share=0.1
+        )
+
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        source,  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100, 0.1, 0.1),
+        trim=trim,
+    )
+    await catch_up.catch_up(ROOM, ["hostile"])
+    assert len(catch_up._strangers) == 40  # the free 40 places, one message each
+    # It comes back (a reconnect asks again at once) with newer messages of the same sybils.
+    source.messages = sybils(200, 10, 1_000_000)
+    catch_up.connection_closed(ConnectionInfo("hostile", "inbound", "tcp", "/noise", "/yamux"))
+    if not remembered:  # the negative control: the 40 count by what they hold (1 each)
+        catch_up._strangers.clear()
+    await catch_up.catch_up(ROOM, ["hostile"])
+    kept = {m.message_id for m in history.range(ROOM, 0)}
+    survived = sum(m.message_id in kept for m in honest)
+    if remembered:  # the newcomers' 10% of the cap, charged to Alice (over her share)
+        assert survived == 50
+    else:  # each of the 40 brought a share (10): 400, and the trim took all of Alice's
+        assert survived == 0
     store.close()
