@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from p2pchat.node.catchup import CatchUp
+from p2pchat.node.catchup import MAX_STRANGERS, CatchUp
 from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
@@ -191,4 +191,24 @@ async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
         assert survived == 50
     else:  # each of the 40 brought a share (10): 400, and the trim took all of Alice's
         assert survived == 0
+    store.close()
+
+
+async def test_the_strangers_remembered_are_bounded(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    flood = [msg(f"s-{n}", f"sybil-{n}", n) for n in range(MAX_STRANGERS + 2000)]
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        _Source(flood),  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100_000, 0.1, 0.1),  # an empty room: every one of them fits
+    )
+    assert await catch_up.catch_up(ROOM, ["hostile"]) == len(flood)
+    assert len(catch_up._strangers) == MAX_STRANGERS
     store.close()
