@@ -14,11 +14,13 @@ the messages of one catch-up that are new to the room are charged against the ro
   charges its own oldest, :meth:`~p2pchat.node.history.History.apply_retention`).
 - **newcomers**: senders holding nothing in the room
   (:meth:`~p2pchat.node.history.History.held_by`) are strangers to this peer; together
-  they may bring what still fits under the cap after everyone else's, or
-  ``history.catchup_newcomer_share`` of the cap if that is more. That budget is shared out
-  level by level (water-filling: each newcomer its newest, one level at a time), so a
-  thousand sybils and a few honest newcomers get the same few messages each, and what the
-  strangers of one catch-up push out of a full room is bounded by that share.
+  they may bring ``history.catchup_newcomer_share`` of the cap per catch-up, or the whole cap
+  into a room that holds nothing yet (a first join has no history to protect). Not the free
+  part of a room that holds some: strangers filling it would have the room's next live
+  messages push the oldest, honest ones out. That budget is shared out level by level
+  (water-filling: each newcomer its newest, one level at a time), so a thousand sybils and a
+  few honest newcomers get the same few messages each, and what the strangers of one
+  catch-up add to a room is bounded by that share.
 
 A newcomer stays one for the catch-ups that follow while the caller remembers it
 (:class:`~p2pchat.node.catchup.CatchUp` does, for the newest ``MAX_STRANGERS``): otherwise a
@@ -79,17 +81,16 @@ def charge(
         by_sender.setdefault(message.sender, []).append(message)
     refused = dict.fromkeys(REASONS, 0)
     newcomers: dict[str, int] = {}
-    known = 0
     for sender, own in by_sender.items():
         if len(own) > share:
             refused[SENDER_SHARE] += len(own) - share
             del own[: len(own) - share]  # its newest are kept
         if held(sender) == 0:
             newcomers[sender] = len(own)
-        else:
-            known += len(own)
-    free = settings.max_messages - room_count - known
-    budget = max(free, int(settings.max_messages * settings.newcomer_share))
+    if room_count == 0:  # a first join: no history to protect
+        budget = settings.max_messages
+    else:
+        budget = int(settings.max_messages * settings.newcomer_share)
     for sender, keep in _fill(newcomers, budget).items():
         own = by_sender[sender]
         refused[NEWCOMERS] += len(own) - keep

@@ -46,23 +46,31 @@ def test_one_big_sender_brings_its_share_its_newest() -> None:
     assert result.refused == {SENDER_SHARE: 490}
 
 
-def test_newcomers_share_what_is_free_level_by_level() -> None:
+def test_newcomers_share_a_tenth_of_the_cap_level_by_level() -> None:
     honest = [msg(f"carol-{n}", "carol", 10_000 + n) for n in range(3)]
     known = [msg(f"alice-{n}", "alice", 20_000 + n) for n in range(5)]
     offered = sorted(
         sybils(200, 10, 0) + honest + known, key=lambda m: (m.sent_at_ms, m.message_id)
     )
     held = {"alice": 5}
-    # 60 held + alice's 5: 35 free; more than 10% of 100, so the newcomers share 35.
+    # 35 places are free, but the newcomers share 10% of the cap: 10, one each.
     result = charge(offered, lambda s: held.get(s, 0), 60, ChargeSettings(100, 0.1, 0.1))
     senders = [m.sender for m in result.admitted]
     assert senders.count("alice") == 5  # known senders within their share are not charged here
     strangers = [s for s in senders if s != "alice"]
-    assert len(strangers) == 35 and len(set(strangers)) == 35  # one each, the first 35
-    assert result.refused == {NEWCOMERS: 2000 + 3 - 35}
-    # A full room: the newcomers still get 10% of the cap, shared out.
-    full = charge(offered, lambda s: held.get(s, 0), 100, ChargeSettings(100, 0.1, 0.1))
-    assert len(full.admitted) == 5 + 10
+    assert len(strangers) == 10 and len(set(strangers)) == 10
+    assert result.refused == {NEWCOMERS: 2000 + 3 - 10}
+    assert result.newcomers == set(strangers)
+    # A bigger share: the level rises, Carol's 3 fit under it, the sybils get 3 or 4 each.
+    wide = charge(offered, lambda s: held.get(s, 0), 60, ChargeSettings(1000, 0.1, 0.7))
+    assert [m.sender for m in wide.admitted].count("carol") == 3
+    assert len(wide.admitted) == 5 + 700
+
+
+def test_a_first_join_takes_the_whole_cap_from_newcomers() -> None:
+    offered = sybils(20, 10, 0)
+    result = charge(offered, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1))
+    assert len(result.admitted) == 100 and result.refused == {NEWCOMERS: 100}
 
 
 def test_what_fits_is_all_admitted() -> None:
@@ -143,8 +151,8 @@ async def test_a_source_serving_sybils_cannot_push_the_honest_history_out(
     kept = {m.message_id for m in history.range(ROOM, 0)}
     survived = sum(m.message_id in kept for m in honest)
     if charged:
-        assert survived == 60 and history.count(ROOM) == cap
-        assert observer.counted == {NEWCOMERS: 2000 - 40}
+        assert survived == 60 and history.count(ROOM) == 60 + 10
+        assert observer.counted == {NEWCOMERS: 2000 - 10}
     else:  # the negative control: the sybils' newer messages pushed every honest one out
         assert survived == 0 and observer.counted == {}
     store.close()
@@ -178,18 +186,18 @@ async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
         trim=trim,
     )
     await catch_up.catch_up(ROOM, ["hostile"])
-    assert len(catch_up._strangers) == 40  # the free 40 places, one message each
+    assert len(catch_up._strangers) == 10  # 10% of the cap, one message each
     # It comes back (a reconnect asks again at once) with newer messages of the same sybils.
     source.messages = sybils(200, 10, 1_000_000)
     catch_up.connection_closed(ConnectionInfo("hostile", "inbound", "tcp", "/noise", "/yamux"))
-    if not remembered:  # the negative control: the 40 count by what they hold (1 each)
+    if not remembered:  # the negative control: the 10 count by what they hold (1 each)
         catch_up._strangers.clear()
     await catch_up.catch_up(ROOM, ["hostile"])
     kept = {m.message_id for m in history.range(ROOM, 0)}
     survived = sum(m.message_id in kept for m in honest)
-    if remembered:  # the newcomers' 10% of the cap, charged to Alice (over her share)
-        assert survived == 50
-    else:  # each of the 40 brought a share (10): 400, and the trim took all of Alice's
+    if remembered:  # the newcomers' 10% of the cap again: 80 held, under the cap
+        assert survived == 60 and history.count(ROOM) == 80
+    else:  # each of the 10 brought a share (10): 100 more, and the trim took all of Alice's
         assert survived == 0
     store.close()
 
