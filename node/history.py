@@ -17,7 +17,8 @@ Key layout (RocksDB's byte order is the history order, (sent_at_ms, message_id))
 - ``hscnt/<room>\x00<sender length: 2 bytes><sender>`` -> how many messages the sender holds
   in the room (8 bytes big-endian), in the same write batch as the messages; absent at 0;
 - ``hmeta/senders`` -> present once the two above index every message (stores written before
-  2026-12-05 are indexed once, when opened).
+  2026-12-05 are indexed once, when opened). The index's entries (about 80 bytes a message)
+  are not part of a room's size (:meth:`History.size`, what ``max_bytes`` bounds).
 
 Value layout (format 1): ``0x01``, received_at_ms (8 bytes big-endian), sender length (2 bytes
 big-endian), the sender PeerId text (UTF-8), then the signed envelope to the end. Room, send
