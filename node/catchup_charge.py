@@ -14,13 +14,15 @@ the messages of one catch-up that are new to the room are charged against the ro
   charges its own oldest, :meth:`~p2pchat.node.history.History.apply_retention`).
 - **newcomers**: senders holding nothing in the room
   (:meth:`~p2pchat.node.history.History.held_by`) are strangers to this peer; together
-  they may bring ``history.catchup_newcomer_share`` of the cap per catch-up, or the whole cap
-  into a room that holds nothing yet (a first join has no history to protect). Not the free
+  they may bring ``history.catchup_newcomer_share`` of the cap per catch-up. Not the free
   part of a room that holds some: strangers filling it would have the room's next live
   messages push the oldest, honest ones out. That budget is shared out level by level
   (water-filling: each newcomer its newest, one level at a time), so a thousand sybils and a
   few honest newcomers get the same few messages each, and what the strangers of one
   catch-up add to a room is bounded by that share.
+
+Into a room that holds nothing yet (a first join: no history to protect) neither share
+applies: everyone is a newcomer, and the newcomers share the whole cap.
 
 A newcomer stays one for the catch-ups that follow while the caller remembers it
 (:class:`~p2pchat.node.catchup.CatchUp` does, for the newest ``MAX_STRANGERS``): otherwise a
@@ -75,7 +77,9 @@ def charge(
     """Charge ``messages`` (one room's, in history order, none of them stored yet) to their
     senders; ``held(sender)`` is what a sender holds in the room now, ``room_count`` what the
     room holds. Reads ``held`` once per distinct sender."""
-    share = max(1, int(settings.max_messages * settings.sender_share))
+    first_join = room_count == 0  # no history to protect: the cap alone, shared out fairly
+    cap = settings.max_messages
+    share = cap if first_join else max(1, int(cap * settings.sender_share))
     by_sender: dict[str, list[StoredMessage]] = {}
     for message in messages:
         by_sender.setdefault(message.sender, []).append(message)
@@ -87,10 +91,7 @@ def charge(
             del own[: len(own) - share]  # its newest are kept
         if held(sender) == 0:
             newcomers[sender] = len(own)
-    if room_count == 0:  # a first join: no history to protect
-        budget = settings.max_messages
-    else:
-        budget = int(settings.max_messages * settings.newcomer_share)
+    budget = cap if first_join else int(cap * settings.newcomer_share)
     for sender, keep in _fill(newcomers, budget).items():
         own = by_sender[sender]
         refused[NEWCOMERS] += len(own) - keep

@@ -777,10 +777,10 @@ class HistorySection(_Section):
         gt=0,
         le=1,
         description="Share of chat.history_max_messages that the senders new to a room "
-        "(holding none of its messages) may bring in one catch-up together (the whole cap "
-        "into a room holding nothing yet), shared out equally among them: many sybils served "
-        "by a hostile source cannot push the honest history out. Each sender also brings at "
-        "most its chat.history_sender_share of the room per catch-up.",
+        "(holding none of its messages) may bring in one catch-up together, shared out "
+        "equally among them: many sybils served by a hostile source cannot push the honest "
+        "history out. Each sender also brings at most its chat.history_sender_share of the "
+        "room per catch-up. Into a room holding nothing yet: the whole cap, no sender share.",
     )
     catchup_lookback_days: float = Field(
         default=7.0, gt=0, description="How far back to fetch a room this node has no history of."

@@ -67,10 +67,12 @@ def test_newcomers_share_a_tenth_of_the_cap_level_by_level() -> None:
     assert len(wide.admitted) == 5 + 700
 
 
-def test_a_first_join_takes_the_whole_cap_from_newcomers() -> None:
+def test_a_first_join_takes_the_whole_cap_shared_out_and_no_share_applies() -> None:
     offered = sybils(20, 10, 0)
     result = charge(offered, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1))
     assert len(result.admitted) == 100 and result.refused == {NEWCOMERS: 100}
+    one = [msg(f"carol-{n}", "carol", n) for n in range(60)]  # one sender, 6 shares: all fit
+    assert charge(one, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1)).admitted == one
 
 
 def test_what_fits_is_all_admitted() -> None:
