@@ -14,12 +14,20 @@ Every message is verified (:func:`p2pchat.node.store_client.verify_entry`) and p
 ``sender_check`` (the same check live messages pass: an ignored peer's messages must not come
 back through history) and then ``moderate`` (the room's moderation: the owner's decisions among
 the fetched messages are learned first, then what they refuse is left out, so a peer that
-was away learns a mute together with the messages it refuses); the union of what the sources
-returned is stored once per id. A source
+was away learns a mute together with the messages it refuses); what is new to the room is
+then charged to its senders (:mod:`p2pchat.node.catchup_charge`: each within its share of the
+room's history, strangers to the room together within a share of it; refusals counted by
+reason in ``p2pchat_history_catchup_refused_total``), so that a source serving one big sender
+or many sybils cannot push the honest messages out; the union of what the sources returned is
+stored once per id, and the room trimmed to its cap. A source
 that completed its walk but lacks messages another one returned is logged and counted
 (``p2pchat_history_source_gaps_total``): that is how a source hiding messages gets noticed. A
 peer that was itself offline lacks messages honestly, so this is a signal for operators, not a
 verdict.
+
+Senders a catch-up brought in as newcomers are remembered as strangers for the newest
+:data:`MAX_STRANGERS` (room, sender) pairs (a forgotten one counts by what it holds; a stranger
+heard live since is still charged as one: the live path does not tell catch-up).
 
 When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
 pairs: a source forgotten early is merely asked again sooner.
@@ -35,9 +43,11 @@ import structlog
 import trio
 import trio.lowlevel
 from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.catchup_charge import ChargeSettings, charge
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 
@@ -45,6 +55,8 @@ SETTLE = 1.0  # after a trigger: let identify finish and other connections arriv
 IDENTIFY_WAIT = 5.0  # longest wait for a new connection's protocols to be known
 REASK_AFTER = 60.0
 MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
+# (room, sender) pairs first stored by a catch-up as newcomers, still charged as newcomers
+MAX_STRANGERS = 16_384
 WRITE_BATCH = 1000
 
 Moderate = Callable[[str, list[StoredMessage]], list[StoredMessage]]
@@ -70,6 +82,10 @@ class CatchUpObserver(Protocol):
     def source_failed(self) -> None:
         """A source failed during a catch-up (unreachable, refused, broke the protocol)."""
 
+    def refused(self, reason: str, count: int) -> None:
+        """One room's catch-up left out ``count`` messages for ``reason`` (a
+        :data:`p2pchat.node.catchup_charge.REASONS` word)."""
+
 
 class QuietCatchUpObserver:
     """A catch-up observer that records nothing, for tests."""
@@ -81,6 +97,9 @@ class QuietCatchUpObserver:
         return None
 
     def source_failed(self) -> None:
+        return None
+
+    def refused(self, reason: str, count: int) -> None:
         return None
 
 
@@ -99,8 +118,16 @@ class CatchUp:
         log: structlog.stdlib.BoundLogger,
         sender_check: Callable[[str], str | None] | None = None,
         moderate: Moderate | None = None,
+        charged: ChargeSettings | None = None,
+        trim: Callable[[str], int] | None = None,
     ) -> None:
+        """``charged``: charge what a catch-up brings to its senders (see the module's note;
+        None: store all of it). ``trim``: called with the room after a catch-up stored
+        messages, to bring it back under its cap."""
         self._host = host
+        self._charged = charged
+        self._trim = trim
+        self._refusals = RefusalLog(log, "history catch-up refused messages")
         self._sender_check = sender_check
         self._moderate = moderate
         self._history = history
@@ -114,6 +141,9 @@ class CatchUp:
         self._wake = trio.Event()
         # (room, source) -> when it was last asked
         self._asked: BoundedDict[tuple[str, str], float] = BoundedDict(MAX_ASKED)
+        # Senders a catch-up brought in as newcomers (see node/catchup_charge.py): charged as
+        # newcomers again at the next catch-up, however much they hold by then.
+        self._strangers: BoundedDict[tuple[str, str], None] = BoundedDict(MAX_STRANGERS)
 
     def request(self, room: str) -> None:
         """Catch ``room`` up as soon as sources are known (safe to call from any task)."""
@@ -207,11 +237,15 @@ class CatchUp:
         ordered = sorted(union.values(), key=lambda m: (m.sent_at_ms, m.message_id))
         if self._moderate is not None:
             ordered = self._moderate(room, ordered)
+        if self._charged is not None:
+            ordered = self._charge(room, ordered)
         new: list[StoredMessage] = []
         for first in range(0, len(ordered), WRITE_BATCH):
             new += self._history.add_many(ordered[first : first + WRITE_BATCH])
             await trio.lowlevel.checkpoint()  # a big catch-up must not stall live chat
         stored = len(new)
+        if new and self._trim is not None:
+            self._trim(room)
         self._observer.caught_up(stored)
         answered = [fetched.source for fetched in results]
         self._log.info(
@@ -220,6 +254,24 @@ class CatchUp:
         if answered:
             await self._on_caught_up(room, new, answered)
         return stored
+
+    def _charge(self, room: str, ordered: list[StoredMessage]) -> list[StoredMessage]:
+        """What the charge admits of ``ordered`` (what is already stored is not charged)."""
+        assert self._charged is not None
+        history = self._history
+        strangers = self._strangers
+        new = [m for m in ordered if not history.contains(room, m.message_id)]
+
+        def held(sender: str) -> int:
+            return 0 if (room, sender) in strangers else history.held_by(room, sender)
+
+        result = charge(new, held, history.count(room), self._charged)
+        for sender in result.newcomers:
+            strangers[(room, sender)] = None
+        for reason, count in result.refused.items():
+            self._observer.refused(reason, count)
+            self._refusals.refused(reason, room=room, refused=count)
+        return result.admitted
 
     def _start_ms(self, room: str) -> int:
         newest = self._history.newest_sent_at(room)

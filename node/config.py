@@ -827,6 +827,16 @@ class HistorySection(_Section):
     catchup_max_messages: int = Field(
         default=50_000, ge=1, le=10_000_000, description="Messages per room and source at most."
     )
+    catchup_newcomer_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Share of chat.history_max_messages that the senders new to a room "
+        "(holding none of its messages) may bring in one catch-up together, shared out "
+        "equally among them: many sybils served by a hostile source cannot push the honest "
+        "history out. Each sender also brings at most its chat.history_sender_share of the "
+        "room per catch-up. Into a room holding nothing yet: the whole cap, no sender share.",
+    )
     catchup_lookback_days: float = Field(
         default=7.0, gt=0, description="How far back to fetch a room this node has no history of."
     )

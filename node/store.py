@@ -23,7 +23,7 @@ SCHEMA_VERSION = b"1"
 
 # Key prefixes the node keeps its own data under (the schema here, the history in
 # node/history.py): no role's namespace may be one of them.
-NODE_NAMESPACES = frozenset({"meta", "hist", "hid", "hcnt", "hmeta"})
+NODE_NAMESPACES = frozenset({"meta", "hist", "hid", "hcnt", "hmeta", "hsnd", "hscnt"})
 
 
 class KeyValue(Protocol):

@@ -128,6 +128,14 @@ class CatchUpMetrics:
             "History sources that failed during a catch-up (unreachable, refused, broken).",
             registry=registry,
         )
+        self.refused_messages = Counter(
+            "p2pchat_history_catchup_refused",
+            "Messages a catch-up left out, charged to their senders, by reason (sender_share: "
+            "the sender over its share of the room's history; newcomers: senders new to the "
+            "room over their shared budget).",
+            ("reason",),
+            registry=registry,
+        )
 
     def caught_up(self, stored: int) -> None:
         """Count the messages one catch-up stored that were new to this node."""
@@ -140,3 +148,7 @@ class CatchUpMetrics:
     def source_failed(self) -> None:
         """Count a source that failed during a catch-up."""
         self.source_errors.inc()
+
+    def refused(self, reason: str, count: int) -> None:
+        """Count messages a catch-up left out, by reason."""
+        self.refused_messages.labels(reason=reason).inc(count)

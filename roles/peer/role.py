@@ -16,6 +16,7 @@ from typing import ClassVar, Self
 import trio
 from p2pchat.node import logs
 from p2pchat.node.catchup import CatchUp
+from p2pchat.node.catchup_charge import ChargeSettings
 from p2pchat.node.config import ChatSection, Config, HistorySection
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
@@ -109,6 +110,12 @@ class PeerRole:
                 ctx.log,
                 sender_check=service.sender_check,
                 moderate=service.moderate_fetched,
+                charged=ChargeSettings(
+                    self._chat.history_max_messages,
+                    self._chat.history_sender_share,
+                    settings.catchup_newcomer_share,
+                ),
+                trim=service.trim_history,
             )
         async with trio.open_nursery() as nursery:
             if catch_up is not None:

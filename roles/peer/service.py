@@ -251,6 +251,11 @@ class ChatService:
 
         return check
 
+    def trim_history(self, room: str) -> int:
+        """Trim ``room``'s history back to its cap if it is over (after a catch-up stored
+        messages: what it brings must not wait for the next live message to be trimmed)."""
+        return self._retention.trim_if_over(room)
+
     def moderate_fetched(self, room: str, messages: list[StoredMessage]) -> list[StoredMessage]:
         """Catch-up's moderation of ``room`` (see :meth:`Moderator.fetched`)."""
         return self._moderator.fetched(room, messages)

@@ -1,0 +1,224 @@
+"""Catch-up charged per sender (#18): the sans-IO charge, and a catch-up on a real RocksDB
+history fed by a source serving sybils."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import structlog
+from p2pchat.node.catchup import MAX_STRANGERS, CatchUp
+from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
+from p2pchat.node.config import HistorySection
+from p2pchat.node.history import History, StoredMessage
+from p2pchat.node.p2p.host import ConnectionInfo
+from p2pchat.node.store import Store
+from p2pchat.node.store_client import Fetched
+
+ROOM = "room"
+
+
+def msg(text: str, sender: str, sent_at_ms: int) -> StoredMessage:
+    return StoredMessage(
+        room=ROOM,
+        message_id=hashlib.sha256(text.encode()).digest()[:16],
+        sent_at_ms=sent_at_ms,
+        received_at_ms=sent_at_ms,
+        sender=sender,
+        envelope=text.encode(),
+    )
+
+
+def sybils(count: int, each: int, first_ms: int) -> list[StoredMessage]:
+    flood = [
+        msg(f"sybil-{s}-{n}", f"sybil-{s}", first_ms + n * count + s)
+        for s in range(count)
+        for n in range(each)
+    ]
+    return sorted(flood, key=lambda m: (m.sent_at_ms, m.message_id))
+
+
+def test_one_big_sender_brings_its_share_its_newest() -> None:
+    big = [msg(f"big-{n}", "mallory", n) for n in range(500)]
+    result = charge(big, lambda s: 40, 50, ChargeSettings(100, 0.1, 0.1))
+    assert [m.sent_at_ms for m in result.admitted] == list(range(490, 500))
+    assert result.refused == {SENDER_SHARE: 490}
+
+
+def test_newcomers_share_a_tenth_of_the_cap_level_by_level() -> None:
+    honest = [msg(f"carol-{n}", "carol", 10_000 + n) for n in range(3)]
+    known = [msg(f"alice-{n}", "alice", 20_000 + n) for n in range(5)]
+    offered = sorted(
+        sybils(200, 10, 0) + honest + known, key=lambda m: (m.sent_at_ms, m.message_id)
+    )
+    held = {"alice": 5}
+    # 35 places are free, but the newcomers share 10% of the cap: 10, one each.
+    result = charge(offered, lambda s: held.get(s, 0), 60, ChargeSettings(100, 0.1, 0.1))
+    senders = [m.sender for m in result.admitted]
+    assert senders.count("alice") == 5  # known senders within their share are not charged here
+    strangers = [s for s in senders if s != "alice"]
+    assert len(strangers) == 10 and len(set(strangers)) == 10
+    assert result.refused == {NEWCOMERS: 2000 + 3 - 10}
+    assert result.newcomers == set(strangers)
+    # A bigger share: the level rises, Carol's 3 fit under it, the sybils get 3 or 4 each.
+    wide = charge(offered, lambda s: held.get(s, 0), 60, ChargeSettings(1000, 0.1, 0.7))
+    assert [m.sender for m in wide.admitted].count("carol") == 3
+    assert len(wide.admitted) == 5 + 700
+
+
+def test_a_first_join_takes_the_whole_cap_shared_out_and_no_share_applies() -> None:
+    offered = sybils(20, 10, 0)
+    result = charge(offered, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1))
+    assert len(result.admitted) == 100 and result.refused == {NEWCOMERS: 100}
+    one = [msg(f"carol-{n}", "carol", n) for n in range(60)]  # one sender, 6 shares: all fit
+    assert charge(one, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1)).admitted == one
+
+
+def test_what_fits_is_all_admitted() -> None:
+    offered = sybils(5, 4, 0)
+    result = charge(offered, lambda s: 0, 0, ChargeSettings(100, 0.1, 0.1))
+    assert result.admitted == offered and result.refused == {}
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        ChargeSettings(0, 0.1, 0.1)
+    with pytest.raises(ValueError):
+        ChargeSettings(10, 0.1, 0.0)
+
+
+class _Source:
+    """One source, serving whatever it was given."""
+
+    def __init__(self, messages: list[StoredMessage]) -> None:
+        self.messages = messages
+
+    async def fetch_range(
+        self, source: str, room: str, start_ms: int, max_messages: int
+    ) -> Fetched:
+        return Fetched(source, self.messages[:max_messages], 1, True)
+
+
+class _Refusals:
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+
+    def caught_up(self, stored: int) -> None:
+        return None
+
+    def source_lacked(self, missing: int) -> None:
+        return None
+
+    def source_failed(self) -> None:
+        return None
+
+    def refused(self, reason: str, count: int) -> None:
+        self.counted[reason] = self.counted.get(reason, 0) + count
+
+
+async def _nothing_to_show(room: str, new: list[StoredMessage], sources: list[str]) -> None:
+    return None
+
+
+@pytest.mark.parametrize("charged", [True, False])
+async def test_a_source_serving_sybils_cannot_push_the_honest_history_out(
+    tmp_path: Path, charged: bool
+) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    honest = [msg(f"h-{n}", "alice" if n % 2 else "bob", n) for n in range(60)]
+    history.add_many(honest)
+    observer = _Refusals()
+    cap = 100
+
+    def trim(room: str) -> int:
+        return history.apply_retention(
+            room, max_count=cap, max_age_ms=None, now_ms=0, sender_share=0.1
+        )
+
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        _Source(honest + sybils(200, 10, 1_000)),  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        observer,
+        structlog.get_logger(),
+        charged=ChargeSettings(cap, 0.1, 0.1) if charged else None,
+        trim=trim,
+    )
+    await catch_up.catch_up(ROOM, ["hostile"])
+    kept = {m.message_id for m in history.range(ROOM, 0)}
+    survived = sum(m.message_id in kept for m in honest)
+    if charged:
+        assert survived == 60 and history.count(ROOM) == 60 + 10
+        assert observer.counted == {NEWCOMERS: 2000 - 10}
+    else:  # the negative control: the sybils' newer messages pushed every honest one out
+        assert survived == 0 and observer.counted == {}
+    store.close()
+
+
+@pytest.mark.parametrize("remembered", [True, False])
+async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
+    tmp_path: Path, remembered: bool
+) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    honest = [msg(f"h-{n}", "alice", n) for n in range(60)]
+    history.add_many(honest)
+    source = _Source(sybils(200, 10, 1_000))
+
+    def trim(room: str) -> int:
+        return history.apply_retention(
+            room, max_count=100, max_age_ms=None, now_ms=0, sender_share=0.1
+        )
+
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        source,  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100, 0.1, 0.1),
+        trim=trim,
+    )
+    await catch_up.catch_up(ROOM, ["hostile"])
+    assert len(catch_up._strangers) == 10  # 10% of the cap, one message each
+    # It comes back (a reconnect asks again at once) with newer messages of the same sybils.
+    source.messages = sybils(200, 10, 1_000_000)
+    catch_up.connection_closed(ConnectionInfo("hostile", "inbound", "tcp", "/noise", "/yamux"))
+    if not remembered:  # the negative control: the 10 count by what they hold (1 each)
+        catch_up._strangers.clear()
+    await catch_up.catch_up(ROOM, ["hostile"])
+    kept = {m.message_id for m in history.range(ROOM, 0)}
+    survived = sum(m.message_id in kept for m in honest)
+    if remembered:  # the newcomers' 10% of the cap again: 80 held, under the cap
+        assert survived == 60 and history.count(ROOM) == 80
+    else:  # each of the 10 brought a share (10): 100 more, and the trim took all of Alice's
+        assert survived == 0
+    store.close()
+
+
+async def test_the_strangers_remembered_are_bounded(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    flood = [msg(f"s-{n}", f"sybil-{n}", n) for n in range(MAX_STRANGERS + 2000)]
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        _Source(flood),  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100_000, 0.1, 0.1),  # an empty room: every one of them fits
+    )
+    assert await catch_up.catch_up(ROOM, ["hostile"]) == len(flood)
+    assert len(catch_up._strangers) == MAX_STRANGERS
+    store.close()
