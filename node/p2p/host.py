@@ -49,6 +49,10 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     ``get_remote_address()`` is None for IPv6: anyone locks the node out -> the swarm's inbound
     handler and the port demultiplexer's classifier are replaced
     (:mod:`p2pchat.node.p2p.inbound`, policy in :mod:`p2pchat.node.p2p.admission`).
+32. (not in the notes) the peerstore keeps a record for every PeerId any peer names (Kad
+    answers, peer exchange, identify), its 1000-peer bound evicts the oldest first (bootstrap
+    and connected peers included) and its records never expire -> the host's peerstore is
+    :class:`~p2pchat.node.p2p.peerstore_bounds.BoundedPeerStore`.
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -104,6 +108,7 @@ from p2pchat.node.p2p.admission import (
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
+from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits, PeerstoreObserver
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
 from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
@@ -169,6 +174,13 @@ class HostObserver(ConnectionWatcher, Protocol):
         """A stream or connection was refused by ``limit`` (one of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`). Called inline: must not block."""
 
+    def peerstore_refused(self, reason: str) -> None:
+        """The peerstore evicted a record or refused (part of) one, for ``reason`` (one of
+        :data:`~p2pchat.node.p2p.peerstore_bounds.REASONS`). Called inline: must not block."""
+
+    def peerstore_peers(self, count: int) -> None:
+        """The peerstore holds ``count`` peer records now. Called inline: must not block."""
+
 
 class QuietObserver:
     """A host observer that records nothing, for one-off clients (``p2pchat history``, the
@@ -184,6 +196,12 @@ class QuietObserver:
         return None
 
     def stream_limit_exceeded(self, limit: str) -> None:
+        return None
+
+    def peerstore_refused(self, reason: str) -> None:
+        return None
+
+    def peerstore_peers(self, count: int) -> None:
         return None
 
 
@@ -204,6 +222,10 @@ class HostSettings:
     connections: AdmissionLimits = field(default_factory=AdmissionLimits)
     # What a remote peer may hold through streams (:mod:`p2pchat.node.p2p.stream_limits`).
     streams: StreamLimits = field(default_factory=StreamLimits)
+    # What the peerstore keeps (:mod:`p2pchat.node.p2p.peerstore_bounds`), and the PeerIds it
+    # never evicts besides this node's own (configured bootstrap and relay peers).
+    peerstore: PeerstoreLimits = field(default_factory=PeerstoreLimits)
+    protected_peers: Sequence[str] = ()
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -370,7 +392,28 @@ def _resource_manager(max_connections: int) -> ResourceManager:
     )
 
 
-def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Multiaddr]) -> IHost:
+def _peerstore(
+    identity: Identity, settings: HostSettings, observer: PeerstoreObserver
+) -> BoundedPeerStore:
+    """Trap 32: the library's peerstore keeps whatever any peer names (see
+    :mod:`p2pchat.node.p2p.peerstore_bounds`); this one is bounded, and never evicts this node
+    nor its configured bootstrap and relay peers (a PeerId that does not parse is skipped: the
+    config checked them)."""
+    protected = [ID.from_base58(identity.peer_id_text)]
+    for text in settings.protected_peers:
+        try:
+            protected.append(ID.from_base58(text))
+        except ValueError:
+            continue
+    return BoundedPeerStore(settings.peerstore, observer, protected=protected)
+
+
+def _build(
+    identity: Identity,
+    settings: HostSettings,
+    listen: list[multiaddr.Multiaddr],
+    peerstore: BoundedPeerStore,
+) -> IHost:
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
     connection_config = ConnectionConfig(
@@ -390,6 +433,7 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
         connection_config=connection_config,
         addrs_factory=advertised_addrs_factory(settings.announce),
         resource_manager=_resource_manager(settings.max_connections),
+        peerstore_opt=peerstore,
     )
 
 
@@ -504,7 +548,10 @@ class P2PHost:
         self._settings = settings
         self._observer = observer
         self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
-        self._host = _build(identity, settings, self._listen)
+        self._peerstore = _peerstore(identity, settings, observer)
+        self._host = _build(identity, settings, self._listen, self._peerstore)
+        network = self._host.get_network()
+        self._peerstore.bind(lambda peer: bool(network.connections.get(peer)))
         if settings.agent_version is not None:
             agent.set_agent_version(self._host, settings.agent_version)
         self._circuit_addrs: list[multiaddr.Multiaddr] = []
