@@ -1024,6 +1024,18 @@ class Config(_Section):
     streams: StreamsSection = Field(default_factory=StreamsSection)
     peerstore: PeerstoreSection = Field(default_factory=PeerstoreSection)
 
+    @model_validator(mode="after")
+    def _peerstore_holds_every_connection(self) -> Config:
+        # A connected peer is never evicted: with fewer records than connections, a newcomer's
+        # identify could find no room (refused as "peers").
+        if self.peerstore.max_peers <= self.node.max_connections:
+            raise ValueError(
+                "peerstore.max_peers must be greater than node.max_connections "
+                f"({self.peerstore.max_peers} <= {self.node.max_connections}): every connected "
+                "peer keeps its record"
+            )
+        return self
+
     def data_dir(self) -> Path:
         """The effective data directory (the configured one or the XDG default)."""
         if self.node.data_dir is not None:

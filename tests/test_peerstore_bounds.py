@@ -10,6 +10,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore, PeerStoreError, create_signed_peer_record
 from multiaddr import Multiaddr
+from p2pchat.node.config import Config
 from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits
 
 LIMITS = PeerstoreLimits(
@@ -212,3 +213,11 @@ def test_the_library_store_evicts_its_first_peers_and_grows_protocols_unbounded(
     for _ in range(50):
         library.add_protocols(peer, ["/a", "/b"])
     assert len(library.get_protocols(peer)) == 100
+
+
+def test_the_config_keeps_room_for_every_connection() -> None:
+    Config.model_validate({"peerstore": {"max_peers": 301}})
+    with pytest.raises(ValueError, match=r"peerstore\.max_peers must be greater"):
+        Config.model_validate({"peerstore": {"max_peers": 300}})
+    with pytest.raises(ValueError, match=r"peerstore\.max_peers must be greater"):
+        Config.model_validate({"node": {"max_connections": 5000}})
