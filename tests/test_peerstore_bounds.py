@@ -4,6 +4,7 @@ clock, connections told by a set."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -11,7 +12,11 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStore, PeerStoreError, create_signed_peer_record
 from multiaddr import Multiaddr
 from p2pchat.node.config import Config
+from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits
+
+from tests.test_host import LOOPBACK, RecordingObserver, loopback_addr, wait_until
 
 LIMITS = PeerstoreLimits(
     max_peers=8,
@@ -198,6 +203,18 @@ def test_records_of_unconnected_peers_expire_and_naming_them_again_does_not_rene
     assert recorder.reasons.count("expired") == 3
 
 
+def test_a_short_connection_counts_as_met_from_its_end() -> None:
+    peerstore, _, clock = store()
+    peer = invented()
+    peerstore.add_addrs(peer, [addr(1)], 7200)
+    clock.now += 50  # connected and gone between two sweeps
+    peerstore.disconnected(peer)
+    clock.now += 60  # past learned_ttl from its making, within disconnected_ttl of its end
+    assert peerstore.sweep() == 0
+    clock.now += 60
+    assert peerstore.sweep() == 1
+
+
 def test_the_library_store_evicts_its_first_peers_and_grows_protocols_unbounded() -> None:
     """Trap 32 as the library has it (fails when an upgrade fixes it: re-check the bounds)."""
     library = PeerStore(max_peers=8)
@@ -221,3 +238,30 @@ def test_the_config_keeps_room_for_every_connection() -> None:
         Config.model_validate({"peerstore": {"max_peers": 300}})
     with pytest.raises(ValueError, match=r"peerstore\.max_peers must be greater"):
         Config.model_validate({"node": {"max_connections": 5000}})
+
+
+async def test_a_host_sweeps_what_strangers_named_and_keeps_its_connected_peers(
+    tmp_path: Path,
+) -> None:
+    limits = PeerstoreLimits(learned_ttl=0.5, disconnected_ttl=0.5, sweep_interval=0.1)
+    me = P2PHost(
+        load_or_create_identity(tmp_path / "me"),
+        HostSettings(listen=LOOPBACK[:1], peerstore=limits),
+        RecordingObserver(),
+    )
+    other = P2PHost(
+        load_or_create_identity(tmp_path / "other"),
+        HostSettings(listen=LOOPBACK[:1]),
+        RecordingObserver(),
+    )
+    async with me.run(), other.run():
+        peerstore = me.libp2p_host.get_peerstore()
+        assert isinstance(peerstore, BoundedPeerStore)
+        await me.connect(loopback_addr(other))
+        named = invented()
+        peerstore.add_addrs(named, [addr(1)], 3600)  # as a Kad answer would
+        await wait_until(lambda: not peerstore.has_peer(named))
+        assert peerstore.has_peer(ID.from_base58(other.peer_id))  # connected: kept
+        await me.disconnect(other.peer_id)
+        await wait_until(lambda: not peerstore.has_peer(ID.from_base58(other.peer_id)))
+        assert peerstore.has_peer(ID.from_base58(me.peer_id))  # our own: kept

@@ -69,6 +69,7 @@ AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -354,6 +355,20 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
         return None
 
 
+class _PeerstoreWatcher:
+    """Tells the peerstore when a peer's connection closes (its record's TTL starts)."""
+
+    def __init__(self, peerstore: BoundedPeerStore) -> None:
+        self._peerstore = peerstore
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        return None
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        with contextlib.suppress(ValueError):
+            self._peerstore.disconnected(ID.from_base58(info.peer_id))
+
+
 # --- the host -----------------------------------------------------------------------------------
 
 
@@ -552,6 +567,7 @@ class P2PHost:
         self._host = _build(identity, settings, self._listen, self._peerstore)
         network = self._host.get_network()
         self._peerstore.bind(lambda peer: bool(network.connections.get(peer)))
+        self.watch_connections(_PeerstoreWatcher(self._peerstore))
         if settings.agent_version is not None:
             agent.set_agent_version(self._host, settings.agent_version)
         self._circuit_addrs: list[multiaddr.Multiaddr] = []
@@ -600,14 +616,22 @@ class P2PHost:
                 could not be bound.
         """
         _ensure_ports_free(self._listen)
-        async with self._host.run([]):
+        async with self._host.run([]), trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep_peerstore)
             try:
                 if listen:
                     await self.listen()
                 yield
             finally:
+                nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await self._close_listeners()
+
+    async def _sweep_peerstore(self) -> None:
+        """Trap 32: the library never removes a record; expired ones go here."""
+        while True:
+            await trio.sleep(self._settings.peerstore.sweep_interval)
+            self._peerstore.sweep()
 
     async def _close_listeners(self) -> None:
         # Trap 29: leaving the library host's run() never closes its listeners: the listening

@@ -27,7 +27,8 @@ DCUtR, mDNS. What bounds it does have do not hold:
   (go-libp2p keeps a DHT's closer peers 2 min, its provider addresses 30 min), or
   ``disconnected_ttl`` after it was last seen connected (go-libp2p's RecentlyConnectedAddrTTL,
   15 min); naming a peer again does not renew it, only a connection does (``expired``).
-  Expired records are swept at most every ``sweep_interval`` seconds, by the next write;
+  Expired records are swept every ``sweep_interval`` seconds (the host calls :meth:`sweep`;
+  a write of a new peer sweeps too when one is due);
 - per peer: ``max_addrs_per_peer`` addresses (``addrs``), each at most ``max_addr_bytes``
   (``addr_size``); ``max_protocols_per_peer`` distinct protocols (``protocols``), each name at
   most ``max_protocol_chars`` (``protocol_name``); ``max_metadata_keys`` metadata entries, a text
@@ -154,6 +155,15 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
         """Learn how to tell a connected peer, and more peers never to evict."""
         self._is_live = is_live
         self._protected.update(protected)
+
+    def disconnected(self, peer_id: ID) -> None:
+        """``peer_id`` was connected until now: its record's ``disconnected_ttl`` starts now
+        (a connection shorter than a sweep interval counts too)."""
+        seen = self._seen.get(peer_id)
+        if seen is not None:
+            seen.at = self._clock()
+            seen.met = True
+            self._seen.move_to_end(peer_id)
 
     def protect(self, peer_id: ID) -> None:
         """Never evict nor expire ``peer_id`` (a configured bootstrap or relay peer)."""
