@@ -566,7 +566,7 @@ class P2PHost:
         self._peerstore = _peerstore(identity, settings, observer)
         self._host = _build(identity, settings, self._listen, self._peerstore)
         network = self._host.get_network()
-        self._peerstore.bind(lambda peer: bool(network.connections.get(peer)))
+        self._peerstore.bind(lambda peer: bool(network.get_connections(peer)))
         self.watch_connections(_PeerstoreWatcher(self._peerstore))
         if settings.agent_version is not None:
             agent.set_agent_version(self._host, settings.agent_version)
