@@ -7,7 +7,8 @@ record of over 8 KiB and 400 protocols.
 Asserts the number of records held (``p2pchat_peerstore_peers``) within
 ``peerstore.max_peers`` while the attack names many times more, each per-peer bound counted
 (``p2pchat_peerstore_refused_total``), the honest peers still chatting through the victim,
-its records of them kept (their roles still shown), its RSS bound and its fds back.
+its records of them kept (their roles still shown), no invented peer in its Kad routing table
+(``p2pchat_dht_refused_total{reason="table_unidentified"}``), its RSS bound and its fds back.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def victim_node(path: Path, nodes: list[NodeProcess], max_peers: int) -> NodePro
         path,
         "--json",
         env=node_env(
-            P2PCHAT_PEERSTORE__MAX_PEERS=str(max_peers), P2PCHAT_DHT__LOOKUP_INTERVAL_MAX="2"
+            P2PCHAT_PEERSTORE__MAX_PEERS=str(max_peers), P2PCHAT_DHT__LOOKUP_INTERVAL_MAX="4"
         ),
     )
     nodes.append(node)
@@ -72,6 +73,11 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
     assert victim.metric(REFUSED, reason="lru") >= (named - MAX_PEERS) // 2
     for reason in ("addrs", "protocols", "protocol_name", "record"):
         assert victim.metric(REFUSED, reason=reason) >= 1, reason
+    # Nor do they enter the Kad routing table unless identify showed them serving the DHT
+    # (without that check: 4,805 of the invented peers in the table, ten with 100 addresses).
+    table = victim.metric("p2pchat_dht_routing_table_peers")
+    assert table <= 2, f"{table} peers in the routing table: only the two liars identified"
+    assert victim.metric("p2pchat_dht_refused_total", reason="table_unidentified") >= 1
     assert chat.sent >= 20
     assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
@@ -83,7 +89,8 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
         sent=chat.sent,
         peers_held_peak=peak_held,
         peers_named=named,
-        kad_routing_table=victim.metric("p2pchat_dht_routing_table_peers"),
+        kad_routing_table=table,
         max_peers=MAX_PEERS,
-        metric=f"{REFUSED}{{reason=lru|addrs|protocols|protocol_name|record}}",
+        metric=f"{REFUSED}{{reason=lru|addrs|protocols|protocol_name|record}}, "
+        "p2pchat_dht_refused_total{reason=table_unidentified}",
     )
