@@ -4,6 +4,7 @@ clock, connections told by a set."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,28 @@ def test_a_short_connection_counts_as_met_from_its_end() -> None:
     assert peerstore.sweep() == 0
     clock.now += 60
     assert peerstore.sweep() == 1
+
+
+def test_writes_from_another_thread_meet_sweeps_and_evictions_safely() -> None:
+    # The library's mDNS listener writes from zeroconf's thread.
+    peerstore = BoundedPeerStore(PeerstoreLimits(max_peers=64, learned_ttl=0.0, sweep_interval=0.0))
+    errors: list[BaseException] = []
+
+    def write(count: int) -> None:
+        try:
+            for i in range(count):
+                peerstore.add_addrs(invented(), [addr(i % 60000 + 1)], 120)
+        except BaseException as error:
+            errors.append(error)
+
+    other = threading.Thread(target=write, args=(20_000,))
+    other.start()
+    while other.is_alive():
+        peerstore.sweep()
+        write(50)
+    other.join()
+    assert not errors
+    assert peerstore.held() <= 64
 
 
 def test_the_library_store_evicts_its_first_peers_and_grows_protocols_unbounded() -> None:

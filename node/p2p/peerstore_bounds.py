@@ -36,16 +36,20 @@ DCUtR, mDNS. What bounds it does have do not hold:
   ``max_record_bytes`` (``record``, go-libp2p's identify reads 8 KiB messages).
 
 Sans-IO: the store learns which peers are connected through the ``is_live`` callable and the
-time through ``clock``; the unit tests drive it directly.
+time through ``clock``; the unit tests drive it directly. Its writes and sweeps hold one lock:
+the library's mDNS listener writes from zeroconf's thread (trap 8) while the node's own writes
+and the sweep run on the trio thread, and a sweep must not iterate a dict another thread grows.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from libp2p.crypto.keys import PublicKey
 from libp2p.custom_types import MetadataValue
@@ -124,6 +128,23 @@ def _never_live(peer_id: ID) -> bool:
     return False
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(
+    method: Callable[Concatenate[BoundedPeerStore, _P], _R],
+) -> Callable[Concatenate[BoundedPeerStore, _P], _R]:
+    """Run ``method`` holding the store's lock (see the module docstring)."""
+
+    @functools.wraps(method)
+    def locked(store: BoundedPeerStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with store._lock:
+            return method(store, *args, **kwargs)
+
+    return locked
+
+
 class BoundedPeerStore(PeerStore):  # type: ignore[misc]
     """py-libp2p's ``PeerStore`` with the bounds of :class:`PeerstoreLimits` (module docstring).
 
@@ -150,12 +171,14 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
         self._clock = clock
         self._seen: OrderedDict[ID, _Seen] = OrderedDict()  # oldest first
         self._swept_at = clock()
+        self._lock = threading.RLock()  # re-entrant: the library's methods call ours
 
     def bind(self, is_live: Callable[[ID], bool], protected: Iterable[ID] = ()) -> None:
         """Learn how to tell a connected peer, and more peers never to evict."""
         self._is_live = is_live
         self._protected.update(protected)
 
+    @_locked
     def disconnected(self, peer_id: ID) -> None:
         """``peer_id`` was connected until now: its record's ``disconnected_ttl`` starts now
         (a connection shorter than a sweep interval counts too)."""
@@ -214,6 +237,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
             return True
         return False
 
+    @_locked
     def sweep(self, now: float | None = None) -> int:
         """Remove every record whose peer is unconnected, unprotected and past its TTL; the
         number removed."""
@@ -240,6 +264,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
         self._observer.peerstore_refused(reason)
         self._observer.peerstore_peers(len(self.peer_data_map))
 
+    @_locked
     def clear_peerdata(self, peer_id: ID) -> None:
         super().clear_peerdata(peer_id)
         self._seen.pop(peer_id, None)
@@ -251,6 +276,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
 
     # --- per-peer bounds ----------------------------------------------------------------------
 
+    @_locked
     def add_addrs(self, peer_id: ID, addrs: Sequence[Multiaddr], ttl: int = 0) -> None:
         if not self._admit(peer_id):
             return
@@ -271,6 +297,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
             fresh = fresh[: max(room, 0)]
         super().add_addrs(peer_id, fresh, ttl)
 
+    @_locked
     def consume_peer_record(self, envelope: Envelope, ttl: int) -> bool:
         size = len(envelope.raw_payload) + len(envelope.signature)
         if size > self.limits.max_record_bytes:
@@ -305,17 +332,20 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
             kept = kept[: max(room, 0)]
         return kept
 
+    @_locked
     def add_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
         if not self._admit(peer_id):
             return
         have = self.peer_data_map[peer_id].get_protocols()
         super().add_protocols(peer_id, self._protocols_within(protocols, have))
 
+    @_locked
     def set_protocols(self, peer_id: ID, protocols: Sequence[str]) -> None:
         if not self._admit(peer_id):
             return
         super().set_protocols(peer_id, self._protocols_within(protocols, ()))
 
+    @_locked
     def put(self, peer_id: ID, key: str, val: MetadataValue) -> None:
         if not self._admit(peer_id):
             return
@@ -331,6 +361,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
             val = val[:limit]
         super().put(peer_id, key, val)
 
+    @_locked
     def add_pubkey(self, peer_id: ID, pubkey: PublicKey) -> None:
         # The library makes the record before it checks the key matches: check first.
         if ID.from_pubkey(pubkey) != peer_id:
@@ -338,6 +369,7 @@ class BoundedPeerStore(PeerStore):  # type: ignore[misc]
         if self._admit(peer_id):
             super().add_pubkey(peer_id, pubkey)
 
+    @_locked
     def record_latency(self, peer_id: ID, RTT: float) -> None:
         if self._admit(peer_id):
             super().record_latency(peer_id, RTT)
