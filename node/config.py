@@ -938,13 +938,13 @@ class PeerstoreSection(_Section):
     ``p2pchat_peerstore_refused_total``; ``p2pchat_peerstore_peers`` is the number held."""
 
     max_peers: int = Field(
-        default=4096,
+        default=2048,
         ge=64,
         le=1_000_000,
         description="Peer records held at most. Past it, a new peer takes the place of the one "
         "seen longest ago with no connection (never a configured bootstrap or relay peer); if "
-        "every record is connected or configured, the newcomer is not stored. Keep it well "
-        "above node.max_connections.",
+        "every record is connected or configured, the newcomer is not stored. Must exceed "
+        "node.max_connections. 2048 records at every per-peer bound take 54 MiB.",
     )
     max_addrs_per_peer: int = Field(
         default=32,
@@ -963,7 +963,7 @@ class PeerstoreSection(_Section):
         description="Distinct protocols kept per peer (go-libp2p's peerstore: 128).",
     )
     max_protocol_chars: int = Field(
-        default=256,
+        default=128,
         ge=16,
         le=1024,
         description="Characters of one protocol name kept; longer names are dropped (p2pchat's "
