@@ -994,6 +994,80 @@ class StreamsSection(_Section):
     )
 
 
+class PeerstoreSection(_Section):
+    """What the peerstore keeps of the peers others name (Kad answers, peer exchange,
+    identify): a bound on the records in all and on each. go-libp2p's peerstore has no count
+    bound (its resource manager and address TTLs hold it); its numbers are the anchors per peer
+    (128 protocols, 8 KiB identify messages, 2-15 min TTLs). Peers with a connection and
+    configured bootstrap and relay peers are never evicted. Each refusal and eviction counts in
+    ``p2pchat_peerstore_refused_total``; ``p2pchat_peerstore_peers`` is the number held."""
+
+    max_peers: int = Field(
+        default=2048,
+        ge=64,
+        le=1_000_000,
+        description="Peer records held at most. Past it, a new peer takes the place of the one "
+        "seen longest ago with no connection (never a configured bootstrap or relay peer); if "
+        "every record is connected or configured, the newcomer is not stored. Must exceed "
+        "node.max_connections. 2048 records at every per-peer bound take 54 MiB.",
+    )
+    max_addrs_per_peer: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Addresses kept per peer; more are dropped (go-libp2p identify keeps 20 for "
+        "a peer recently connected, 500 for a connected one).",
+    )
+    max_addr_bytes: int = Field(
+        default=256, ge=32, le=4096, description="Bytes of one address; longer ones are dropped."
+    )
+    max_protocols_per_peer: int = Field(
+        default=128,
+        ge=8,
+        le=4096,
+        description="Distinct protocols kept per peer (go-libp2p's peerstore: 128).",
+    )
+    max_protocol_chars: int = Field(
+        default=128,
+        ge=16,
+        le=1024,
+        description="Characters of one protocol name kept; longer names are dropped (p2pchat's "
+        "and libp2p's are under 64; multistream allows 1024).",
+    )
+    max_metadata_keys: int = Field(
+        default=16, ge=4, le=256, description="Metadata entries per peer (agent version, ...)."
+    )
+    max_metadata_chars: int = Field(
+        default=512,
+        ge=257,
+        le=8192,
+        description="Characters of a metadata value (e.g. agent version) kept; the rest is cut "
+        "(an agent version over 256 characters is never read for roles).",
+    )
+    max_record_bytes: int = Field(
+        default=8 * 1024,
+        ge=512,
+        le=1024 * 1024,
+        description="Bytes of a signed peer record; a larger one is refused (go-libp2p reads "
+        "identify messages of 8 KiB).",
+    )
+    learned_ttl: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds the record of a peer never connected (named by a DHT answer, peer "
+        "exchange, mDNS) is kept; naming it again does not renew it, a connection does "
+        "(go-libp2p: 2 min for DHT closer peers, 30 min for providers).",
+    )
+    disconnected_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds the record of a peer is kept after it was last seen connected "
+        "(go-libp2p's RecentlyConnectedAddrTTL: 15 min).",
+    )
+
+
 class Config(_Section):
     """A node's whole configuration."""
 
@@ -1013,6 +1087,19 @@ class Config(_Section):
     history: HistorySection = Field(default_factory=HistorySection)
     archiver: ArchiverSection = Field(default_factory=ArchiverSection)
     streams: StreamsSection = Field(default_factory=StreamsSection)
+    peerstore: PeerstoreSection = Field(default_factory=PeerstoreSection)
+
+    @model_validator(mode="after")
+    def _peerstore_holds_every_connection(self) -> Config:
+        # A connected peer is never evicted: with fewer records than connections, a newcomer's
+        # identify could find no room (refused as "peers").
+        if self.peerstore.max_peers <= self.node.max_connections:
+            raise ValueError(
+                "peerstore.max_peers must be greater than node.max_connections "
+                f"({self.peerstore.max_peers} <= {self.node.max_connections}): every connected "
+                "peer keeps its record"
+            )
+        return self
 
     def data_dir(self) -> Path:
         """The effective data directory (the configured one or the XDG default)."""

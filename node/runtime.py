@@ -45,6 +45,7 @@ from p2pchat.node.p2p.host import (
     P2PHost,
 )
 from p2pchat.node.p2p.identity import Identity
+from p2pchat.node.p2p.peerstore_bounds import PeerstoreLimits
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.parts import Wiring, start_parts
 from p2pchat.node.refusals import RefusalCount
@@ -81,6 +82,19 @@ class _Observer:
             self.log.warning(
                 "stream limit exceeded; refused", limit=limit, more_since_last=suppressed
             )
+
+    def peerstore_refused(self, reason: str) -> None:
+        self.metrics.peerstore_refused(reason)
+        suppressed = self.refusals.note(f"peerstore:{reason}")
+        if suppressed is not None:
+            self.log.info(
+                "peerstore bound reached; record refused or evicted",
+                reason=reason,
+                more_since_last=suppressed,
+            )
+
+    def peerstore_peers(self, count: int) -> None:
+        self.metrics.peerstore_peers(count)
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         self.metrics.handler_failed(protocol, error)
@@ -158,7 +172,15 @@ def host_settings(config: Config) -> HostSettings:
             relayed_per_relay=connections.relayed_per_relay,
             relayed_per_peer=connections.relayed_per_peer,
         ),
+        peerstore=PeerstoreLimits(**config.peerstore.model_dump()),
+        protected_peers=_configured_peer_ids(config),
     )
+
+
+def _configured_peer_ids(config: Config) -> tuple[str, ...]:
+    """The PeerIds of the configured bootstrap and relay peers (the peerstore keeps them)."""
+    addrs = [*config.node.bootstrap, *config.autorelay.relays]
+    return tuple(addr.rsplit("/p2p/", 1)[1] for addr in addrs if "/p2p/" in addr)
 
 
 async def _stop_on_signal(

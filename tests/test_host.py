@@ -62,6 +62,12 @@ class RecordingObserver:
     def stream_limit_exceeded(self, limit: str) -> None:
         self.limits.append(limit)
 
+    def peerstore_refused(self, reason: str) -> None:
+        self.limits.append(f"peerstore:{reason}")
+
+    def peerstore_peers(self, count: int) -> None:
+        return None
+
 
 @asynccontextmanager
 async def running_host(

@@ -57,6 +57,19 @@ class SwarmMetrics:
             ("limit",),
             registry=registry,
         )
+        self.peerstore_refusals = Counter(
+            "p2pchat_peerstore_refused",
+            "Peerstore records evicted (lru, expired) or refused in whole or part by a bound "
+            "(peerstore: section): peers, addrs, addr_size, protocols, protocol_name, "
+            "metadata, record.",
+            ("reason",),
+            registry=registry,
+        )
+        self.peerstore_size = Gauge(
+            "p2pchat_peerstore_peers",
+            "Peer records the peerstore holds (bounded by peerstore.max_peers).",
+            registry=registry,
+        )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
         # connection limit.
         self._open_by_peer: dict[str, int] = {}
@@ -85,6 +98,15 @@ class SwarmMetrics:
         """Count a refusal by a stream limit (one of the fixed names of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`)."""
         self.stream_limits.labels(limit=limit).inc()
+
+    def peerstore_refused(self, reason: str) -> None:
+        """Count a peerstore eviction or refusal (one of the fixed words of
+        :data:`~p2pchat.node.p2p.peerstore_bounds.REASONS`)."""
+        self.peerstore_refusals.labels(reason=reason).inc()
+
+    def peerstore_peers(self, count: int) -> None:
+        """The number of peer records held now."""
+        self.peerstore_size.set(count)
 
     def px_refused(self, reason: str) -> None:
         """Count a peer-exchange record refused

@@ -18,6 +18,12 @@ What the library does, and what this module does instead:
   every connected peer and every peer in the peerstore, so each room lookup dials peers that
   were never asked for, clients and long-gone peers included -> lookups see only the routing
   table (:class:`_TableOnlyHost`);
+- every peer a lookup's answers name goes into the routing table (its server-mode check passes
+  a peer identify never described), with all the addresses the answer gave: a peer answering
+  one lookup put 4,800 invented PeerIds in a chat peer's table (of 5,120 places), ten with
+  100 addresses each -> a peer enters the table only once identify, on a connection of ours,
+  shows it serves the DHT protocol (go-libp2p: only peers that answered a query);
+  the others are refused (``table_unidentified``);
 - ``protocol_prefix`` is accepted but ignored: streams always use ``/ipfs/kad/1.0.0``, and the
   routing table's server-mode check tests that id -> we use that id (:data:`PROTOCOL_ID`) and do
   the server-mode check ourselves;
@@ -140,6 +146,7 @@ class Dht:
         self._keep_every_announcement()
         if server:  # the library registered its own handler; ours replaces it
             host.libp2p_host.set_stream_handler(_LIBRARY_PROTOCOL_ID, self._inbound.handle)
+        self._admit_identified_servers_only(observer)
         self._add_to_table = self._kad.add_peer
         # The library's inbound handler calls self.add_peer: route it through the check.
         self._kad.add_peer = self._add_if_server
@@ -149,6 +156,24 @@ class Dht:
         # node's connections: identify runs on connections only).
         self._identified: set[str] = set()
         self._wake = trio.Event()
+
+    def _admit_identified_servers_only(self, observer: KadObserver) -> None:
+        """The routing table's ``add_peer`` (the library's lookups call it for every peer an
+        answer names) admits only peers identify showed serving the DHT."""
+        table = self._kad.routing_table
+        library_add = table.add_peer
+
+        async def add_peer(peer: PeerInfo | ID, *, skip_server_mode_check: bool = False) -> bool:
+            peer_id = peer.peer_id if isinstance(peer, PeerInfo) else peer
+            if PROTOCOL_ID not in self._host.peer_protocols(str(peer_id)):
+                observer.kad_refused("table_unidentified")
+                # The library calls this for each peer of an answer in one loop: without a
+                # checkpoint here, 1,500 refusals in a row would hold the node's one thread.
+                await trio.lowlevel.checkpoint()
+                return False
+            return bool(await library_add(peer, skip_server_mode_check=True))
+
+        table.add_peer = add_peer
 
     def _keep_every_announcement(self) -> None:
         """The library's own ADD_PROVIDER budget (10 per peer per 10 s; past it, the stream is

@@ -55,6 +55,10 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     wrapped (:mod:`p2pchat.node.p2p.outbound`) and relayed connections admitted
     (:func:`p2pchat.node.p2p.circuit.serve_circuits`), policy in
     :mod:`p2pchat.node.p2p.dial_admission`.
+33. (not in the notes) the peerstore keeps a record for every PeerId any peer names (Kad
+    answers, peer exchange, identify), its 1000-peer bound evicts the oldest first (bootstrap
+    and connected peers included) and its records never expire -> the host's peerstore is
+    :class:`~p2pchat.node.p2p.peerstore_bounds.BoundedPeerStore`.
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -71,6 +75,7 @@ AutoNAT, mDNS, Kad-DHT) and are handled where those are wired; trap 11 (logging)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -111,6 +116,7 @@ from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_a
 from p2pchat.node.p2p.dial_admission import DialLimits, Dials, Relayed
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
+from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits, PeerstoreObserver
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
 from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
@@ -176,6 +182,13 @@ class HostObserver(ConnectionWatcher, Protocol):
         """A stream or connection was refused by ``limit`` (one of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`). Called inline: must not block."""
 
+    def peerstore_refused(self, reason: str) -> None:
+        """The peerstore evicted a record or refused (part of) one, for ``reason`` (one of
+        :data:`~p2pchat.node.p2p.peerstore_bounds.REASONS`). Called inline: must not block."""
+
+    def peerstore_peers(self, count: int) -> None:
+        """The peerstore holds ``count`` peer records now. Called inline: must not block."""
+
 
 class QuietObserver:
     """A host observer that records nothing, for one-off clients (``p2pchat history``, the
@@ -191,6 +204,12 @@ class QuietObserver:
         return None
 
     def stream_limit_exceeded(self, limit: str) -> None:
+        return None
+
+    def peerstore_refused(self, reason: str) -> None:
+        return None
+
+    def peerstore_peers(self, count: int) -> None:
         return None
 
 
@@ -213,6 +232,10 @@ class HostSettings:
     streams: StreamLimits = field(default_factory=StreamLimits)
     # Outbound dials and relayed inbound connections (config section ``connections`` too).
     dials: DialLimits = field(default_factory=DialLimits)
+    # What the peerstore keeps (:mod:`p2pchat.node.p2p.peerstore_bounds`), and the PeerIds it
+    # never evicts besides this node's own (configured bootstrap and relay peers).
+    peerstore: PeerstoreLimits = field(default_factory=PeerstoreLimits)
+    protected_peers: Sequence[str] = ()
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -341,6 +364,20 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
         return None
 
 
+class _PeerstoreWatcher:
+    """Tells the peerstore when a peer's connection closes (its record's TTL starts)."""
+
+    def __init__(self, peerstore: BoundedPeerStore) -> None:
+        self._peerstore = peerstore
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        return None
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        with contextlib.suppress(ValueError):
+            self._peerstore.disconnected(ID.from_base58(info.peer_id))
+
+
 # --- the host -----------------------------------------------------------------------------------
 
 
@@ -379,7 +416,28 @@ def _resource_manager(max_connections: int) -> ResourceManager:
     )
 
 
-def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Multiaddr]) -> IHost:
+def _peerstore(
+    identity: Identity, settings: HostSettings, observer: PeerstoreObserver
+) -> BoundedPeerStore:
+    """Trap 32: the library's peerstore keeps whatever any peer names (see
+    :mod:`p2pchat.node.p2p.peerstore_bounds`); this one is bounded, and never evicts this node
+    nor its configured bootstrap and relay peers (a PeerId that does not parse is skipped: the
+    config checked them)."""
+    protected = [ID.from_base58(identity.peer_id_text)]
+    for text in settings.protected_peers:
+        try:
+            protected.append(ID.from_base58(text))
+        except ValueError:
+            continue
+    return BoundedPeerStore(settings.peerstore, observer, protected=protected)
+
+
+def _build(
+    identity: Identity,
+    settings: HostSettings,
+    listen: list[multiaddr.Multiaddr],
+    peerstore: BoundedPeerStore,
+) -> IHost:
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
     connection_config = ConnectionConfig(
@@ -399,6 +457,7 @@ def _build(identity: Identity, settings: HostSettings, listen: list[multiaddr.Mu
         connection_config=connection_config,
         addrs_factory=advertised_addrs_factory(settings.announce),
         resource_manager=_resource_manager(settings.max_connections),
+        peerstore_opt=peerstore,
     )
 
 
@@ -514,7 +573,11 @@ class P2PHost:
         self._settings = settings
         self._observer = observer
         self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
-        self._host = _build(identity, settings, self._listen)
+        self._peerstore = _peerstore(identity, settings, observer)
+        self._host = _build(identity, settings, self._listen, self._peerstore)
+        network = self._host.get_network()
+        self._peerstore.bind(lambda peer: bool(network.get_connections(peer)))
+        self.watch_connections(_PeerstoreWatcher(self._peerstore))
         if settings.agent_version is not None:
             agent.set_agent_version(self._host, settings.agent_version)
         self._circuit_addrs: list[multiaddr.Multiaddr] = []
@@ -570,14 +633,22 @@ class P2PHost:
                 could not be bound.
         """
         _ensure_ports_free(self._listen)
-        async with self._host.run([]):
+        async with self._host.run([]), trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep_peerstore)
             try:
                 if listen:
                     await self.listen()
                 yield
             finally:
+                nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await self._close_listeners()
+
+    async def _sweep_peerstore(self) -> None:
+        """Trap 32: the library never removes a record; expired ones go here."""
+        while True:
+            await trio.sleep(self._settings.peerstore.sweep_interval)
+            self._peerstore.sweep()
 
     async def _close_listeners(self) -> None:
         # Trap 29: leaving the library host's run() never closes its listeners: the listening
