@@ -285,6 +285,12 @@ def test_every_input_form_and_every_event_type(tmp_path: Path, nodes: list[NodeP
     got = a.next_event(is_message(text), timeout=WAIT)
     assert got["sender"] == b.peer_id and got["own"] is False
 
+    # /msg: a direct message, answered with its delivery; the recipient gets a `direct` event.
+    dm = answer(a, {"id": "dm", "line": f"/msg {b.peer_id} just for you"})
+    assert [(e["type"], e.get("kind")) for e in dm] == [("notice", "dm_delivered"), ("done", None)]
+    got_dm = b.next_event(lambda e: e["type"] == "direct", timeout=WAIT)
+    assert got_dm["peer"] == a.peer_id and got_dm["text"] == "just for you"
+
     rooms = answer(a, {"id": 2, "line": "/rooms"})
     assert [e["type"] for e in rooms] == ["output", "done"]
     assert rooms[0]["command"] == "rooms" and rooms[0]["reply_to"] == 2
