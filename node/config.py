@@ -640,6 +640,13 @@ class ChatSection(_Section):
         description="Direct messages being received at once (each holds a stream until its "
         "frame arrives, 10 s at most); more are reset, counted as reason=busy.",
     )
+    dm_max_inbound_per_peer: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Direct messages being received at once from one peer; more are reset "
+        "(reason=busy), so one peer holding streams does not take the others' places.",
+    )
 
 
 class PubsubSection(_Section):

@@ -210,3 +210,31 @@ def test_codec_refuses_oversized_and_malformed() -> None:
         dm.decode_plaintext(dm.encode_plaintext(dm.Plaintext(b"1" * 16, "é" * 10, 1)), 10)
     ack = dm.Ack(dm.AckStatus.DELIVERED, b"1" * 16)
     assert dm.decode_ack(dm.encode_ack(ack)) == ack
+
+
+def test_remembered_message_ids_are_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import structlog
+    from p2pchat.node.config import ChatSection
+    from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.roles.peer.dm import REMEMBERED_IDS, DirectMessages
+    from p2pchat.roles.peer.metrics import ChatMetrics
+    from prometheus_client import CollectorRegistry
+
+    from tests.chat_fakes import FakeHost
+
+    store = Store.open(tmp_path / "store")
+    direct = DirectMessages(
+        FakeHost(load_or_create_identity(tmp_path)),  # type: ignore[arg-type]
+        store.namespace("dm"),
+        ChatSection(),
+        ChatMetrics(CollectorRegistry()),
+        lambda event: None,
+        lambda peer: "anon",
+        structlog.get_logger(),
+    )
+    ids = [n.to_bytes(16, "big") for n in range(REMEMBERED_IDS + 10)]
+    assert all(direct._first_time("peer", i) for i in ids)
+    assert len(direct._seen) == REMEMBERED_IDS
+    assert not direct._first_time("peer", ids[-1])  # a resent message: acknowledged, not shown
+    assert direct._first_time("peer", ids[0])  # the oldest were forgotten
+    store.close()

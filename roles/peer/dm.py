@@ -11,7 +11,8 @@ and sends again, once.
 
 Receive-side bounds (each counted in ``p2pchat_dm_dropped_total{reason}``): the frame size
 (``chat.dm_max_message_bytes``, reason ``oversized``), the text size (``chat.max_message_bytes``),
-the streams being received at once (``chat.dm_max_inbound``, ``busy``), the wait for the frame
+the streams being received at once (``chat.dm_max_inbound``, and from one peer
+``chat.dm_max_inbound_per_peer``: ``busy``), the wait for the frame
 (:data:`READ_SECONDS`, ``timeout``), the sessions and the new-session rate
 (:mod:`~p2pchat.roles.peer.dm_crypto`, ``session_rate``), and the ids remembered to acknowledge
 a resent message without showing it twice (:data:`REMEMBERED_IDS`). Bad ciphertext is dropped
@@ -132,6 +133,7 @@ class DirectMessages:
             ),
         )
         self._inbound = 0
+        self._inbound_of: dict[str, int] = {}
         self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._waiting: OrderedDict[bytes, _Waiting] = OrderedDict()
         self._send_lock = trio.Lock()  # one exchange at a time: sessions change in order
@@ -282,15 +284,23 @@ class DirectMessages:
 
     async def _serve_message(self, stream: Stream) -> None:
         peer = stream.remote_peer
-        if self._inbound >= self._settings.dm_max_inbound:
+        held = self._inbound_of.get(peer, 0)
+        if (
+            self._inbound >= self._settings.dm_max_inbound
+            or held >= self._settings.dm_max_inbound_per_peer
+        ):
             self._refused("busy", peer)
             await reset_quietly(stream)
             return
         self._inbound += 1
+        self._inbound_of[peer] = held + 1  # at most dm_max_inbound keys: only peers in flight
         try:
             await self._receive(stream, peer)
         finally:
             self._inbound -= 1
+            left = self._inbound_of.pop(peer) - 1
+            if left:
+                self._inbound_of[peer] = left
 
     async def _receive(self, stream: Stream, peer: str) -> None:
         limit = self._settings.dm_max_message_bytes
