@@ -404,9 +404,21 @@ class ChatService:
         elif name == "msg":
             await self._direct(argument, reply)
 
+    async def send_direct(self, to: str, text: str) -> list[ChatEvent]:
+        """Send ``text`` verbatim (it may start with ``/`` and span lines) as a direct message
+        to ``to`` (a name or a PeerId); returns the answer, as :meth:`execute` does."""
+        answer: list[ChatEvent] = []
+        if not text.strip():
+            return [ErrorEvent("bad_argument", "an empty message is not sent")]
+        await self._direct_to(to, text, answer.append)
+        return answer
+
     async def _direct(self, argument: str, reply: Reply) -> None:
         """/msg <name|id> <text>: a direct message, end-to-end encrypted."""
         who, text = argument.split(maxsplit=1)
+        await self._direct_to(who, text, reply)
+
+    async def _direct_to(self, who: str, text: str, reply: Reply) -> None:
         peer = self._peer_named(who, "msg", reply)
         if peer is None:
             return
