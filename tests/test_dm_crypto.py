@@ -238,3 +238,20 @@ def test_remembered_message_ids_are_bounded(tmp_path) -> None:  # type: ignore[n
     assert not direct._first_time("peer", ids[-1])  # a resent message: acknowledged, not shown
     assert direct._first_time("peer", ids[0])  # the oldest were forgotten
     store.close()
+
+
+def test_a_message_made_by_one_olm_account_with_another_peers_bundle_is_refused(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Mallory passes on Alice's first message under her own PeerId and signed bundle: the
+    Olm identity key in the message is not the bundle's, so no session is made."""
+    alice, bob, mallory = Peer(), Peer(), Peer()
+    stores = [Store.open(tmp_path / name) for name in ("a", "b", "m")]
+    a, b, m = (sessions(s, p) for s, p in zip(stores, (alice, bob, mallory), strict=True))
+    first = a.encrypt(bob.text, b"from alice", a.verified_bundle(bob.text, bob.raw, b.bundle))
+    relabelled = dm.DirectMessage(first.olm_type, first.ciphertext, m.bundle)
+    with pytest.raises(DmDrop) as refused:
+        b.decrypt(mallory.text, mallory.raw, relabelled)
+    assert refused.value.reason == "undecryptable" and b.session_count() == 0
+    for store in stores:
+        store.close()

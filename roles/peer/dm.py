@@ -194,7 +194,7 @@ class DirectMessages:
 
     def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
         self._observer.dm_sent_outcome("waiting")
-        self._waiting[plain.id] = _Waiting(peer, plain)
+        self._waiting[plain.id] = _Waiting(peer, plain)  # one waiting already keeps its place
         while len(self._waiting) > MAX_WAITING:
             self._waiting.popitem(last=False)
         return NoticeEvent(
@@ -205,12 +205,22 @@ class DirectMessages:
         )
 
     async def _send_waiting(self) -> None:
+        """Send waiting messages again, in order, to the peers connected now; a peer that
+        fails keeps the rest of its messages for the next pass (one dial's wait per pass,
+        not one per message)."""
+        failed: set[str] = set()
         for waiting in list(self._waiting.values()):
-            if waiting.plain.id not in self._waiting:
+            peer = waiting.peer
+            if waiting.plain.id not in self._waiting or peer in failed:
                 continue
-            answer = await self._send(waiting.peer, waiting.plain)
+            if not self._host.is_connected(peer):
+                failed.add(peer)
+                continue
+            answer = await self._send(peer, waiting.plain)
             if isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered":
                 self._emit(answer)
+            else:
+                failed.add(peer)
 
     async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
         raw = encode_plaintext(plain)

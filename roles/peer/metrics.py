@@ -55,7 +55,8 @@ class ChatMetrics:
         self.dm_sent = Counter(
             "p2pchat_dm_sent",
             "Direct messages this peer sent, by outcome (delivered: the recipient acknowledged "
-            "it; waiting: not reachable or refused for now, kept to send again).",
+            "it; waiting: not reachable or refused for now, kept to send again; counted at each "
+            "attempt).",
             ("outcome",),
             registry=registry,
         )
