@@ -1,7 +1,8 @@
 """Direct messages between real ``p2pchat --json`` processes on 127.0.0.1 (issue #19): /msg both
-ways over direct TCP with the recipient's acknowledgement, a restart that keeps the session, a
-lost session re-established, and an in-process attacker whose tampered, replayed, oversized and
-forged input is dropped, counted and never shown."""
+ways over direct TCP and through a relay with the recipient's acknowledgement, a restart that
+keeps the session, a lost session re-established, a waiting message sent when its peer returns,
+and an in-process attacker whose tampered, replayed, oversized and forged input is dropped,
+counted and never shown."""
 
 from __future__ import annotations
 
@@ -196,3 +197,26 @@ async def test_tampered_replayed_oversized_and_forged_input_is_dropped(
     assert victim.metric("p2pchat_dm_received_total") == 1
     shown = [e["text"] for e in victim.drain_events() if e["type"] == "direct"]
     assert shown == ["genuine"], shown  # shown once: not the tampered, not the replay
+
+
+def test_msg_both_ways_through_a_relay(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    from tests.test_autorelay import connection_kind, relay_node, relayed_peer, tcp_circuit
+
+    relay = relay_node(tmp_path / "relay", nodes)
+    a = relayed_peer(
+        tmp_path / "a",
+        nodes,
+        P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
+        P2PCHAT_HOLEPUNCH__ENABLED="false",
+    )
+    circuit = tcp_circuit(a, relay)
+    # B knows nothing but A's address through the relay: the DMs run over the circuit.
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{circuit}/p2p/{a.peer_id}")
+    connected(a, b)
+    first = msg(b, a.peer_id, "through the relay", 1)
+    assert first["kind"] == "dm_delivered", first
+    direct_from(a, b.peer_id, "through the relay")
+    assert msg(a, b.peer_id, "and back", 2)["kind"] == "dm_delivered"
+    direct_from(b, a.peer_id, "and back")
+    assert connection_kind(b, a.peer_id) == "relayed"
+    assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") == 1
