@@ -62,8 +62,10 @@ def test_msg_both_ways_delivered_and_kept_across_a_restart(
     got = direct_from(b, a.peer_id, "hello b")
     assert got["own"] is False
     assert direct_from(a, b.peer_id, "hello b")["own"] is True
-    # B -> A, by PeerId, in the same session.
-    assert msg(b, a.peer_id, "hello a", 2)["kind"] == "dm_delivered"
+    # B -> A, by name, in the same session.
+    answer(a, {"id": "n", "line": "/name alice"})
+    b.next_event(lambda e: e["type"] == "name" and e["peer"] == a.peer_id, timeout=WAIT)
+    assert msg(b, "alice", "hello a", 2)["kind"] == "dm_delivered"
     direct_from(a, b.peer_id, "hello a")
     assert a.metric("p2pchat_dm_sent_total", outcome="delivered") == 1
     assert b.metric("p2pchat_dm_received_total") == 1
