@@ -6,6 +6,7 @@ counted and never shown."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,25 @@ def test_msg_both_ways_through_a_relay(tmp_path: Path, nodes: list[NodeProcess])
     direct_from(b, a.peer_id, "and back")
     assert connection_kind(b, a.peer_id) == "relayed"
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") == 1
+
+
+def test_no_plaintext_of_a_dm_in_the_logs_or_the_data_dirs(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A headless recipient logs every chat event, a DM's without its text; neither data dir
+    (store: Olm state, sessions) holds the text."""
+    secret = "zebra quartz 7731"
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b = start_node(tmp_path / "b", "--bootstrap", a.addr())  # headless: events are logged
+    nodes.append(b)
+    connected(a, b)
+    assert msg(a, b.peer_id, secret, 1)["kind"] == "dm_delivered"
+    logged = b.wait_for("chat direct", timeout=WAIT)
+    assert logged["peer"] == a.peer_id, logged
+    assert secret not in json.dumps(logged), logged
+    assert a.stop() == 0 and b.stop() == 0
+    nodes.clear()
+    assert secret not in "".join(b.raw_stderr)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

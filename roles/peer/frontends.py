@@ -27,6 +27,7 @@ import trio.lowlevel
 from p2pchat.roles.peer.events import (
     SCHEMA_VERSION,
     ChatEvent,
+    DirectEvent,
     DoneEvent,
     ErrorEvent,
     OutputEvent,
@@ -405,8 +406,10 @@ async def run_lines(service: ChatService, events: Events, out: TextIO = sys.stdo
 
 
 async def run_headless(events: Events, log: structlog.stdlib.BoundLogger) -> None:
-    """No user: every event becomes a log line."""
+    """No user: every event becomes a log line; a direct message's without its text (it is
+    end-to-end encrypted: the log file is no place for it)."""
     async for event in events:
-        log.info(
-            "chat " + type(event).__name__.removesuffix("Event").lower(), **to_json_object(event)
-        )
+        fields = to_json_object(event)
+        if isinstance(event, DirectEvent):
+            fields["text"] = f"({len(event.text.encode())} bytes, not logged)"
+        log.info("chat " + type(event).__name__.removesuffix("Event").lower(), **fields)
