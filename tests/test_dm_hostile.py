@@ -187,3 +187,31 @@ async def test_held_streams_session_floods_and_oversized_frames_cost_honest_dms_
     assert session_rate == FIRST_MESSAGES - refused["delivered"], refused
     assert sessions <= 1 + 4  # the honest peer's, and mallory's at most 4
     assert oversized == OVERSIZED
+
+
+async def test_held_streams_of_many_peers_stop_at_the_node_wide_bound(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """Nine peers hold 4 silent DM streams each (each within its own cap): 36 for 32 places,
+    so at least 4 are reset as busy whoever opens them."""
+    victim = chat_peer(tmp_path / "victim", nodes, dht=False)
+    hosts = [
+        P2PHost(
+            load_or_create_identity(tmp_path / f"sybil-{n}"),
+            HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]),
+            QuietObserver(),
+        )
+        for n in range(9)
+    ]
+    held = []
+    async with contextlib.AsyncExitStack() as stack:
+        for host in hosts:
+            await stack.enter_async_context(host.run(listen=False))
+            await host.connect(victim.addr())
+            for _ in range(4):
+                with contextlib.suppress(StreamError):
+                    held.append(await host.new_stream(victim.peer_id, [dm.PROTOCOL_ID]))
+        with trio.fail_after(30):
+            while victim.metric("p2pchat_dm_dropped_total", reason="busy") < 4:
+                await trio.sleep(0.2)
+    assert victim.metric("p2pchat_dm_dropped_total", reason="busy") == 36 - 32
