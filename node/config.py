@@ -650,6 +650,58 @@ class ChatSection(_Section):
         description="Moderation decisions kept in all owned rooms together (about 0.5 KiB "
         "each): an archiver of many strangers' rooms stays bounded.",
     )
+    dm_max_message_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1 << 20,
+        description="Largest direct message frame received (/p2pchat/dm/1.0.0: Olm ciphertext "
+        "and, on a first message, the sender's signed key bundle); a larger one resets the "
+        "stream, counted as p2pchat_dm_dropped_total{reason=oversized}. The text itself is "
+        "bounded by max_message_bytes.",
+    )
+    dm_max_sessions_per_peer: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Olm sessions kept with one peer (about 1.6 KiB each in the store); a new "
+        "one pushes out the least recently used.",
+    )
+    dm_max_peers: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Peers this peer keeps direct-message sessions with; a new one pushes out "
+        "the sessions of the least recently used.",
+    )
+    dm_new_sessions_rate: float = Field(
+        default=5.0,
+        gt=0,
+        le=10_000,
+        description="New direct-message sessions other peers may open here per second, all "
+        "together (a PeerId costs nothing to make); over it a first message is refused "
+        "(reason=session_rate) and its sender retries later. One peer: a fifth of this.",
+    )
+    dm_new_sessions_burst: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description="New direct-message sessions opened here at once, all peers together (one "
+        "peer: a tenth of it, at least 1).",
+    )
+    dm_max_inbound: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Direct messages being received at once (each holds a stream until its "
+        "frame arrives, 10 s at most); more are reset, counted as reason=busy.",
+    )
+    dm_max_inbound_per_peer: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Direct messages being received at once from one peer; more are reset "
+        "(reason=busy), so one peer holding streams does not take the others' places.",
+    )
 
 
 class PubsubSection(_Section):

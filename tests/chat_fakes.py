@@ -17,6 +17,7 @@ import structlog
 import trio
 from p2pchat.node.config import Config
 from p2pchat.node.history import History
+from p2pchat.node.p2p import peer_keys
 from p2pchat.node.p2p.envelopes import sign_envelope
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.p2p.identity import Identity, ephemeral_identity
@@ -45,8 +46,16 @@ class FakeHost:
     roles: dict[str, frozenset[str]] = field(default_factory=dict)
     identify_watchers: list[Callable[[object], None]] = field(default_factory=list)
 
+    handlers: dict[str, object] = field(default_factory=dict)
+
     def watch_connections(self, watcher: object) -> None:
         self.watchers.append(watcher)
+
+    def sign(self, data: bytes) -> bytes:
+        return peer_keys.sign(self.identity, data)
+
+    def set_stream_handler(self, protocol: str, handler: object) -> None:
+        self.handlers[protocol] = handler
 
     def watch_identify(self, watcher: Callable[[object], None]) -> None:
         self.identify_watchers.append(watcher)

@@ -150,6 +150,9 @@ INPUTS: list[tuple[str, type | None]] = [
     ('{"id": -9007199254740991, "line": "x"}', LineInput),
     ('{"send": "/not a command\\nsecond line"}', SendInput),
     ('{"id": 2, "send": "x", "room": "ops"}', SendInput),
+    ('{"id": 3, "send": "psst\\nsecond line", "to": "Alice"}', SendInput),
+    ('{"send": "x", "room": "ops", "to": "Alice"}', BadInput),
+    ('{"send": "x", "to": ""}', BadInput),
     ('{"id": 1, "line": "a\\nb"}', BadInput),
     ('{"id": 1, "line": "a\\r"}', BadInput),
     ('{"id": 1}', BadInput),
@@ -159,7 +162,7 @@ INPUTS: list[tuple[str, type | None]] = [
     ('{"send": ""}', BadInput),
     ('{"send": "x", "room": null}', BadInput),
     ('{"send": "x", "room": 3}', BadInput),
-    ('{"send": "x", "to": "ops"}', BadInput),
+    ('{"send": "x", "at": "ops"}', BadInput),
     ('{"id": null, "line": "x"}', BadInput),
     ('{"id": true, "line": "x"}', BadInput),
     ('{"id": 1.5, "line": "x"}', BadInput),
@@ -284,6 +287,16 @@ def test_every_input_form_and_every_event_type(tmp_path: Path, nodes: list[NodeP
     assert sent == [{"type": "done", "reply_to": "multi", "ok": True}]
     got = a.next_event(is_message(text), timeout=WAIT)
     assert got["sender"] == b.peer_id and got["own"] is False
+
+    # /msg: a direct message, answered with its delivery; the recipient gets a `direct` event.
+    dm = answer(a, {"id": "dm", "line": f"/msg {b.peer_id} just for you"})
+    assert [(e["type"], e.get("kind")) for e in dm] == [("notice", "dm_delivered"), ("done", None)]
+    got_dm = b.next_event(lambda e: e["type"] == "direct", timeout=WAIT)
+    assert got_dm["peer"] == a.peer_id and got_dm["text"] == "just for you"
+    # {"send", "to"}: a direct message verbatim, several lines and a leading slash kept.
+    dm = answer(b, {"id": "dm2", "send": "/psst\nline two", "to": a.peer_id})
+    assert [(e["type"], e.get("kind")) for e in dm] == [("notice", "dm_delivered"), ("done", None)]
+    a.next_event(lambda e: e["type"] == "direct" and e["text"] == "/psst\nline two", timeout=WAIT)
 
     rooms = answer(a, {"id": 2, "line": "/rooms"})
     assert [e["type"] for e in rooms] == ["output", "done"]

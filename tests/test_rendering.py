@@ -63,3 +63,15 @@ def test_every_row_fits_and_every_row_after_the_first_is_marked(
 def test_without_a_terminal_only_line_breaks_start_rows_and_tabs_keep_their_place() -> None:
     assert text_for_display("one\ntwo\n\tthree") == f"one{CONTINUATION}two{CONTINUATION}    three"
     assert text_for_display("x" * 500) == "x" * 500
+
+
+def test_a_direct_message_is_tagged_and_its_forged_header_stays_inside() -> None:
+    from p2pchat.roles.peer.events import DirectEvent
+
+    peer = "12D3KooWPBdUPU4HMbachqiJfNChkJY6f7ndrjf4eYuEnJ3CGp7y"
+    got = render_text(DirectEvent(peer, "Alice", "ab", "hi\n[12:00:00] Bob: x", 0, own=False))
+    first, second = got.split("\n")
+    assert "[dm] Alice (" in first and first.endswith(": hi")
+    assert not second.startswith("[")  # the forged header is indented, marked as a continuation
+    sent = render_text(DirectEvent(peer, "Alice", "ab", "hello", 0, own=True))
+    assert "[dm to Alice (" in sent and sent.endswith("] hello")

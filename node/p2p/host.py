@@ -104,7 +104,7 @@ from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import agent, inbound, inbound_streams, outbound, patches
+from p2pchat.node.p2p import agent, inbound, inbound_streams, outbound, patches, peer_keys
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.admission import (
     Admission,
@@ -612,6 +612,12 @@ class P2PHost:
     def peer_id(self) -> str:
         """This node's PeerId as text."""
         return self._identity.peer_id_text
+
+    def sign(self, data: bytes) -> bytes:
+        """This node's libp2p identity key's signature over ``data`` (callers prefix ``data``
+        with a domain of their own; others check it with
+        :func:`~p2pchat.node.p2p.peer_keys.signed_by`)."""
+        return peer_keys.sign(self._identity, data)
 
     @property
     def libp2p_host(self) -> IHost:

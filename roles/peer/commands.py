@@ -20,6 +20,8 @@ HELP = """Commands:
                      stop ignoring a peer
   /name <name>       set your display name (others see it next to your id)
   /me <action>       send an action: "* Alice waves"
+  /msg <name|id> <text>
+                     a direct message, end-to-end encrypted: says delivered or waiting
   /history [N]       the last N messages of this room (default 50)
   /search <words>    messages of your rooms containing all the words (local history)
   /export [room] [file]
@@ -50,6 +52,7 @@ COMMANDS = (
     "/unignore",
     "/name",
     "/me",
+    "/msg",
     "/history",
     "/search",
     "/export",
@@ -76,6 +79,7 @@ _NEEDS_ARGUMENT = {
     "join": "room",
     "switch": "room",
     "me": "action",
+    "msg": "name or peer id> <text",
     "whois": "name",
     "unignore": "name or peer id",
     "search": "words",
@@ -153,6 +157,8 @@ def parse_line(line: str) -> Parsed | None:
         )
     if name == "me":
         return Send(argument, action=True)
+    if name == "msg" and len(argument.split(maxsplit=1)) < 2:
+        return Invalid("missing_argument", "/msg needs a text: /msg <name or peer id> <text>", name)
     if name == "exit":
         name = "quit"
     return Command(name, argument)

@@ -34,6 +34,19 @@ class MessageEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectEvent:
+    """A direct message (end-to-end encrypted, /msg): received from ``peer`` (``own`` False),
+    or sent to it by this peer (``own`` True: shown once the recipient acknowledged it)."""
+
+    peer: str  # the other peer's PeerId (verified: the stream's authenticated remote peer)
+    name: str  # the name it is known by here (not verified)
+    id: str  # hex message id, chosen by the sender
+    text: str
+    sent_at_ms: int
+    own: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PeerEvent:
     """A peer joined or left a room (appeared in or vanished from its subscribers)."""
 
@@ -77,6 +90,9 @@ NoticeKind = Literal[
     "unignored",
     "moderation",  # an owned room's owner decided about a peer (data: room, owner, target, ...)
     "warning",  # a log warning of the node, in one line (details in the log file)
+    "dm_delivered",  # a direct message acknowledged by its recipient (data: peer, id)
+    "dm_waiting",  # a direct message not delivered yet, kept to send again (data: peer, id, reason)
+    "dm_session",  # a direct-message session was started anew (data: peer, reason)
 ]
 
 
@@ -175,6 +191,7 @@ class DoneEvent:
 
 ChatEvent = (
     MessageEvent
+    | DirectEvent
     | PeerEvent
     | NameEvent
     | ConnectionEvent
@@ -188,6 +205,7 @@ ChatEvent = (
 
 EVENT_TYPES: dict[type, str] = {
     MessageEvent: "message",
+    DirectEvent: "direct",
     PeerEvent: "peer",
     NameEvent: "name",
     ConnectionEvent: "connection",
@@ -205,7 +223,7 @@ EVENT_TYPES: dict[type, str] = {
 # copies every value, and a chat message's JSON line is written for every message received.
 _FLAT_FIELDS: dict[type, tuple[str, ...]] = {
     kind: tuple(f.name for f in fields(kind))
-    for kind in (MessageEvent, PeerEvent, NameEvent, ErrorEvent, HistoryEndEvent)
+    for kind in (MessageEvent, DirectEvent, PeerEvent, NameEvent, ErrorEvent, HistoryEndEvent)
 }
 
 

@@ -27,6 +27,7 @@ import trio.lowlevel
 from p2pchat.roles.peer.events import (
     SCHEMA_VERSION,
     ChatEvent,
+    DirectEvent,
     DoneEvent,
     ErrorEvent,
     OutputEvent,
@@ -94,11 +95,13 @@ class LineInput:
 
 @dataclass(frozen=True, slots=True)
 class SendInput:
-    """``{"id"?, "send", "room"?}``: a message sent verbatim (None: to the current room)."""
+    """``{"id"?, "send", "room"?}``: a message sent verbatim (None: to the current room);
+    ``{"id"?, "send", "to"}``: a direct message, sent verbatim to a name or PeerId."""
 
     id: InputId | None
     text: str
     room: str | None
+    to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,7 @@ def parse_json_input(text: str) -> JsonInput:
     actions = [key for key in ("line", "send") if key in value]
     if len(actions) != 1:
         return BadInput(input_id, 'input needs exactly one of "line" or "send"')
-    allowed = {"id", "line"} if actions == ["line"] else {"id", "send", "room"}
+    allowed = {"id", "line"} if actions == ["line"] else {"id", "send", "room", "to"}
     unknown = sorted(set(value) - allowed)
     if unknown:
         names = ", ".join(repr(key) for key in unknown)
@@ -196,6 +199,13 @@ def parse_json_input(text: str) -> JsonInput:
         return BadInput(input_id, '"room" must be a string')
     if "room" in value and room is None:
         return BadInput(input_id, '"room" must be a string (leave it out for the current room)')
+    if "to" in value:
+        to = value["to"]
+        if "room" in value:
+            return BadInput(input_id, 'a "send" goes to a "room" or "to" a peer, not both')
+        if not isinstance(to, str) or not to:
+            return BadInput(input_id, '"to" must be a name or a PeerId')
+        return SendInput(input_id, send, None, to)
     return SendInput(input_id, send, room)
 
 
@@ -347,6 +357,8 @@ async def _json_answer(
         answer = [ErrorEvent("bad_input", parsed.reason)]
     elif isinstance(parsed, LineInput):
         keep_going, answer = await service.execute(parsed.line)
+    elif parsed.to is not None:
+        answer = await service.send_direct(parsed.to, parsed.text)
     else:
         answer = await service.send(parsed.text, parsed.room)
     ok = not any(isinstance(event, ErrorEvent) for event in answer)
@@ -394,8 +406,10 @@ async def run_lines(service: ChatService, events: Events, out: TextIO = sys.stdo
 
 
 async def run_headless(events: Events, log: structlog.stdlib.BoundLogger) -> None:
-    """No user: every event becomes a log line."""
+    """No user: every event becomes a log line; a direct message's without its text (it is
+    end-to-end encrypted: the log file is no place for it)."""
     async for event in events:
-        log.info(
-            "chat " + type(event).__name__.removesuffix("Event").lower(), **to_json_object(event)
-        )
+        fields = to_json_object(event)
+        if isinstance(event, DirectEvent):
+            fields["text"] = f"({len(event.text.encode())} bytes, not logged)"
+        log.info("chat " + type(event).__name__.removesuffix("Event").lower(), **fields)

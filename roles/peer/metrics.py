@@ -52,6 +52,31 @@ class ChatMetrics:
             "but they receive its messages.",
             registry=registry,
         )
+        self.dm_sent = Counter(
+            "p2pchat_dm_sent",
+            "Direct messages this peer sent, by outcome (delivered: the recipient acknowledged "
+            "it; waiting: not reachable or refused for now, kept to send again; counted at each "
+            "attempt).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.dm_received = Counter(
+            "p2pchat_dm_received",
+            "Direct messages from other peers, decrypted, acknowledged and shown.",
+            registry=registry,
+        )
+        self.dm_dropped = Counter(
+            "p2pchat_dm_dropped",
+            "Direct messages and key bundles refused on receive, by reason (oversized, "
+            "malformed, bad_bundle, undecryptable, session_rate, busy, timeout).",
+            ("reason",),
+            registry=registry,
+        )
+        self.dm_sessions = Gauge(
+            "p2pchat_dm_sessions",
+            "Olm sessions this peer holds with other peers.",
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -83,3 +108,17 @@ class ChatMetrics:
         """``count`` other chat peers and ``infrastructure`` nodes are in the current room."""
         self.room_peers.set(count)
         self.room_infrastructure.set(infrastructure)
+
+    def dm_sent_outcome(self, outcome: str) -> None:
+        """A direct message was delivered, or is waiting (not reachable or refused for now)."""
+        self.dm_sent.labels(outcome=outcome).inc()
+
+    def dm_message_received(self) -> None:
+        self.dm_received.inc()
+
+    def dm_refused(self, reason: str) -> None:
+        """A direct message or key bundle from another peer was refused for ``reason``."""
+        self.dm_dropped.labels(reason=reason).inc()
+
+    def dm_session_count(self, count: int) -> None:
+        self.dm_sessions.set(count)

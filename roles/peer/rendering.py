@@ -23,6 +23,7 @@ from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
     ConnectionEvent,
+    DirectEvent,
     ErrorEvent,
     HistoryEndEvent,
     MessageEvent,
@@ -77,10 +78,20 @@ def render_message(event: MessageEvent, view: View = View()) -> str:
     return shown
 
 
+def render_direct(event: DirectEvent, view: View = View()) -> str:
+    """A direct message, tagged ``[dm]`` so it never passes for a room's: ``[dm] Alice
+    (12D3Ko…QPNK): …`` received, ``[dm to Alice (12D3Ko…QPNK)] …`` sent."""
+    who = f"{safe_name(event.name)} ({short_id(event.peer)})"
+    tag = f"[dm to {who}] " if event.own else f"[dm] {who}: "
+    return after_header(f"[{timestamp(event.sent_at_ms)}] {tag}", event.text, view.width)
+
+
 def render_text(event: ChatEvent, view: View = View()) -> str:
     """How the console shows ``event`` to a reader with ``view``."""
     if isinstance(event, MessageEvent):
         return render_message(event, view)
+    if isinstance(event, DirectEvent):
+        return render_direct(event, view)
     if isinstance(event, PeerEvent):
         return f"* {safe_name(event.name)} ({short_id(event.peer)}) {event.change} {event.room}"
     if isinstance(event, NameEvent):

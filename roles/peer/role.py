@@ -20,6 +20,8 @@ from p2pchat.node.catchup_charge import ChargeSettings
 from p2pchat.node.config import ChatSection, Config, HistorySection
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
+from p2pchat.node.wire.dm import KEYS_PROTOCOL_ID as DM_KEYS_PROTOCOL
+from p2pchat.node.wire.dm import PROTOCOL_ID as DM_PROTOCOL
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
 from p2pchat.roles.peer.console import run_console
 from p2pchat.roles.peer.events import ChatEvent
@@ -40,6 +42,8 @@ class PeerRole:
         "/meshsub/1.1.0",
         "/meshsub/1.0.0",
         STORE_QUERY,
+        DM_PROTOCOL,
+        DM_KEYS_PROTOCOL,
     )
     in_rooms: ClassVar[bool] = True
 

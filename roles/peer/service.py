@@ -40,6 +40,8 @@ from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
+from p2pchat.roles.peer.dm import NAMESPACE as DM_NAMESPACE
+from p2pchat.roles.peer.dm import DirectMessages, DmObserver
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
@@ -104,7 +106,7 @@ class RoomPubsub(Protocol):
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
-class ChatObserver(InboundObserver, OutboxObserver, Protocol):
+class ChatObserver(InboundObserver, OutboxObserver, DmObserver, Protocol):
     """What the chat service and its parts report (the role's metrics implement it)."""
 
     def rooms_joined(self, count: int) -> None:
@@ -208,6 +210,10 @@ class ChatService:
             ctx.discovered_peers,
             self._chat_peer,
         )
+        self._dm = DirectMessages(
+            ctx.host, ctx.keys(DM_NAMESPACE), settings, observer, emit, self.name_of, ctx.log
+        )
+        self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
         gossip.watch_subscriptions(self._changes.note)
         ctx.host.watch_connections(self._changes)
@@ -222,6 +228,7 @@ class ChatService:
         rooms, members and retention going."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._dm.run)
             await self._join(self._rooms.current)
             for room in self._remembered.names():
                 if room not in self._rooms and len(self._rooms) < MAX_ROOMS:
@@ -399,6 +406,40 @@ class ChatService:
             reply(rooms_output(self._rooms.names(), current, self._rooms.unread()))
         elif name == "switch":
             self._switch(argument, reply)
+        elif name == "msg":
+            await self._direct(argument, reply)
+
+    async def send_direct(self, to: str, text: str) -> list[ChatEvent]:
+        """Send ``text`` verbatim (it may start with ``/`` and span lines) as a direct message
+        to ``to`` (a name or a PeerId); returns the answer, as :meth:`execute` does."""
+        answer: list[ChatEvent] = []
+        if not text.strip():
+            return [ErrorEvent("bad_argument", "an empty message is not sent")]
+        await self._direct_to(to, text, answer.append)
+        return answer
+
+    async def _direct(self, argument: str, reply: Reply) -> None:
+        """/msg <name|id> <text>: a direct message, end-to-end encrypted."""
+        who, text = argument.split(maxsplit=1)
+        await self._direct_to(who, text, reply)
+
+    async def _direct_to(self, who: str, text: str, reply: Reply) -> None:
+        peer = self._peer_named(who, "msg", reply)
+        if peer is None:
+            return
+        if peer == self._me:
+            reply(ErrorEvent("bad_argument", "a direct message to yourself is not sent", "msg"))
+            return
+        if len(text.encode()) > self._max_message_bytes:
+            reply(
+                ErrorEvent(
+                    "message_too_long",
+                    f"a message is at most {self._max_message_bytes} bytes (UTF-8)",
+                    "msg",
+                )
+            )
+            return
+        reply(await self._dm.send(peer, text))
 
     # --- history ---------------------------------------------------------------------------------
 

@@ -1,0 +1,44 @@
+"""Signing with the node's libp2p identity key, and checking what a PeerId's key signed.
+
+What a peer publishes about itself outside libp2p's own records (its direct-message keys:
+:mod:`p2pchat.node.wire.dm`) is bound to its PeerId by a signature of the key the PeerId is
+derived from. Callers put a domain prefix of their own in front of what is signed, so a
+signature made for one purpose never passes for another (a pubsub message, a peer record).
+
+Only PeerIds that inline their key (Ed25519, secp256k1: the identity multihash) can be checked
+without more data; an RSA PeerId (a hash of its key) is refused, as py-libp2p cannot derive its
+key from the PeerId alone.
+"""
+
+from __future__ import annotations
+
+from libp2p.peer.id import ID
+from p2pchat.node.p2p.identity import Identity
+
+MAX_SIGNATURE_BYTES = 512
+
+
+def sign(identity: Identity, data: bytes) -> bytes:
+    """``identity``'s signature over ``data``."""
+    return bytes(identity.key_pair.private_key.sign(data))
+
+
+def peer_id_bytes(peer_id: str) -> bytes:
+    """The binary form of a base58 PeerId.
+
+    Raises:
+        ValueError: not a PeerId.
+    """
+    return bytes(ID.from_base58(peer_id).to_bytes())
+
+
+def signed_by(peer_id: str, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` over ``data`` was made by the key of ``peer_id`` (never raises;
+    False for a PeerId whose key it does not inline)."""
+    if len(signature) > MAX_SIGNATURE_BYTES:
+        return False
+    try:
+        key = ID.from_base58(peer_id).extract_public_key()
+        return key is not None and bool(key.verify(data, signature))
+    except Exception:  # an unparsable PeerId, key, or a signature of the wrong shape
+        return False

@@ -1,0 +1,372 @@
+"""Direct messages between two peers: ``/msg``, the two stream protocols, delivery and retries.
+
+``/p2pchat/dm-keys/1.0.0`` hands out this peer's signed key bundle; ``/p2pchat/dm/1.0.0``
+carries one Olm message per stream and gets the recipient's ack on the same stream (the stream
+runs end to end, directly or through a relay that sees Noise ciphertext only): "delivered"
+means the recipient decrypted it. A message that cannot be delivered now (the peer is not
+reachable, or refused it for a limit) is "waiting": kept in memory (bounded) and sent again
+when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A recipient that lost
+its session answers NO_SESSION: the sender starts a new session from a fresh bundle, says so,
+and sends again, once.
+
+Receive-side bounds (each counted in ``p2pchat_dm_dropped_total{reason}``): the frame size
+(``chat.dm_max_message_bytes``, reason ``oversized``), the text size (``chat.max_message_bytes``),
+the streams being received at once (``chat.dm_max_inbound``, and from one peer
+``chat.dm_max_inbound_per_peer``: ``busy``), the wait for the frame
+(:data:`READ_SECONDS`, ``timeout``), the sessions and the new-session rate
+(:mod:`~p2pchat.roles.peer.dm_crypto`, ``session_rate``), and the ids remembered to acknowledge
+a resent message without showing it twice (:data:`REMEMBERED_IDS`). Bad ciphertext is dropped
+(``undecryptable``) and never shown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+import trio
+from p2pchat.node.config import ChatSection
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, Stream
+from p2pchat.node.p2p.peer_keys import peer_id_bytes, signed_by
+from p2pchat.node.p2p.streams import (
+    StreamEnded,
+    StreamError,
+    StreamIdle,
+    close_quietly,
+    read_frame_within,
+    reset_quietly,
+    write_quietly,
+)
+from p2pchat.node.refusals import RefusalLog
+from p2pchat.node.store import KeyValue
+from p2pchat.node.wire.dm import (
+    KEYS_PROTOCOL_ID,
+    MAX_ACK_BYTES,
+    MAX_BUNDLE_BYTES,
+    PROTOCOL_ID,
+    Ack,
+    AckStatus,
+    DmWireError,
+    KeyBundle,
+    Plaintext,
+    decode_ack,
+    decode_message,
+    decode_plaintext,
+    decode_signed_bundle,
+    encode_ack,
+    encode_message,
+    encode_plaintext,
+    encode_signed_bundle,
+)
+from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, frame
+from p2pchat.roles.peer.dm_crypto import NAMESPACE as NAMESPACE
+from p2pchat.roles.peer.dm_crypto import DmDrop, OlmSessions, SessionLimits
+from p2pchat.roles.peer.events import ChatEvent, DirectEvent, NoticeEvent
+
+READ_SECONDS = 10.0  # for the one frame of an inbound DM stream
+SEND_SECONDS = 30.0  # a whole exchange: open, (bundle), message, ack
+RETRY_SECONDS = 30.0
+REMEMBERED_IDS = 4096  # ids of messages received, to ack a resent one without showing it again
+MAX_WAITING = 1000  # own messages waiting, all peers together; the oldest is given up first
+
+
+class DmObserver(Protocol):
+    """What direct messages report (the role's metrics implement it). Called inline."""
+
+    def dm_sent_outcome(self, outcome: str) -> None: ...
+
+    def dm_message_received(self) -> None: ...
+
+    def dm_refused(self, reason: str) -> None: ...
+
+    def dm_session_count(self, count: int) -> None: ...
+
+
+class _Unreachable(Exception):
+    """The peer could not be reached, or did not answer as it should."""
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    peer: str
+    plain: Plaintext
+
+
+class DirectMessages:
+    """This peer's direct messages: serves both protocols, sends, retries."""
+
+    def __init__(
+        self,
+        host: P2PHost,
+        keys: KeyValue,
+        settings: ChatSection,
+        observer: DmObserver,
+        emit: Callable[[ChatEvent], None],
+        name_of: Callable[[str], str],
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self._host = host
+        self._settings = settings
+        self._observer = observer
+        self._emit = emit
+        self._name_of = name_of
+        self._refusals = RefusalLog(log, "direct message refused")
+        self._log = log
+        self.olm = OlmSessions(
+            keys,
+            host.peer_id,
+            peer_id_bytes(host.peer_id),
+            host.sign,
+            signed_by,
+            SessionLimits(
+                max_sessions_per_peer=settings.dm_max_sessions_per_peer,
+                max_peers=settings.dm_max_peers,
+                new_sessions_per_peer_per_second=settings.dm_new_sessions_rate / 5,
+                new_sessions_per_peer_burst=max(1, settings.dm_new_sessions_burst // 10),
+                new_sessions_per_second=settings.dm_new_sessions_rate,
+                new_sessions_burst=settings.dm_new_sessions_burst,
+            ),
+        )
+        self._inbound = 0
+        self._inbound_of: dict[str, int] = {}
+        self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._waiting: OrderedDict[bytes, _Waiting] = OrderedDict()
+        self._send_lock = trio.Lock()  # one exchange at a time: sessions change in order
+        self._retry = trio.Event()
+        observer.dm_session_count(self.olm.session_count())
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve both protocols, then send waiting messages again as peers come back."""
+        self._host.set_stream_handler(KEYS_PROTOCOL_ID, self._serve_keys)
+        self._host.set_stream_handler(PROTOCOL_ID, self._serve_message)
+        self._host.watch_connections(self)
+        if not self.olm.restored:
+            self._log.info("direct messages: new keys (peers start new sessions with us)")
+        task_status.started()
+        while True:
+            with trio.move_on_after(RETRY_SECONDS):
+                await self._retry.wait()
+            self._retry = trio.Event()
+            await self._send_waiting()
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        if any(w.peer == info.peer_id for w in self._waiting.values()):
+            self._retry.set()
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        return None
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    async def send(self, peer: str, text: str) -> ChatEvent:
+        """Send ``text`` to ``peer``; the answer is the notice ``dm_delivered`` (and the message
+        shown as sent) or ``dm_waiting``."""
+        plain = Plaintext(os.urandom(16), text, int(time.time() * 1000))
+        return await self._send(peer, plain)
+
+    async def _send(self, peer: str, plain: Plaintext) -> ChatEvent:
+        message_id = plain.id.hex()
+        try:
+            ack = await self._deliver(peer, plain)
+        except _Unreachable as error:
+            return self._wait(peer, plain, str(error))
+        if ack.status is not AckStatus.DELIVERED or ack.id != plain.id:
+            return self._wait(peer, plain, f"the recipient refused it for now ({ack.status.name})")
+        self._waiting.pop(plain.id, None)
+        self._observer.dm_sent_outcome("delivered")
+        self._emit(
+            DirectEvent(
+                peer, self._name_of(peer), message_id, plain.text, plain.sent_at_ms, own=True
+            )
+        )
+        return NoticeEvent(
+            "dm_delivered",
+            f"delivered to {self._name_of(peer)} ({peer[-6:]})",
+            {"peer": peer, "id": message_id},
+        )
+
+    def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
+        self._observer.dm_sent_outcome("waiting")
+        self._waiting[plain.id] = _Waiting(peer, plain)  # one waiting already keeps its place
+        while len(self._waiting) > MAX_WAITING:
+            self._waiting.popitem(last=False)
+        return NoticeEvent(
+            "dm_waiting",
+            f"waiting: not delivered to {self._name_of(peer)} yet ({reason}); sent again "
+            "when it is back",
+            {"peer": peer, "id": plain.id.hex(), "reason": reason},
+        )
+
+    async def _send_waiting(self) -> None:
+        """Send waiting messages again, in order, to the peers connected now; a peer that
+        fails keeps the rest of its messages for the next pass (one dial's wait per pass,
+        not one per message)."""
+        failed: set[str] = set()
+        for waiting in list(self._waiting.values()):
+            peer = waiting.peer
+            if waiting.plain.id not in self._waiting or peer in failed:
+                continue
+            if not self._host.is_connected(peer):
+                failed.add(peer)
+                continue
+            answer = await self._send(peer, waiting.plain)
+            if isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered":
+                self._emit(answer)
+            else:
+                failed.add(peer)
+
+    async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
+        raw = encode_plaintext(plain)
+        async with self._send_lock:
+            for attempt in (1, 2):
+                bundle = None if self.olm.has_session(peer) else await self._fetch_bundle(peer)
+                message = self.olm.encrypt(peer, raw, bundle)
+                self._observer.dm_session_count(self.olm.session_count())
+                ack = await self._exchange(peer, encode_message(message))
+                if ack.status is AckStatus.NO_SESSION and attempt == 1:
+                    self.olm.forget(peer)
+                    self._emit(
+                        NoticeEvent(
+                            "dm_session",
+                            f"{self._name_of(peer)} ({peer[-6:]}) lost our session: starting a "
+                            "new one",
+                            {"peer": peer, "reason": "lost"},
+                        )
+                    )
+                    continue
+                return ack
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch_bundle(self, peer: str) -> KeyBundle:
+        with trio.move_on_after(SEND_SECONDS):
+            try:
+                stream = await self._host.new_stream(peer, [KEYS_PROTOCOL_ID])
+            except StreamError as error:
+                raise _Unreachable(f"not reachable: {error}") from None
+            try:
+                data = await read_frame_within(stream, FrameDecoder(MAX_BUNDLE_BYTES), SEND_SECONDS)
+            except (StreamError, FrameError) as error:
+                await reset_quietly(stream)
+                raise _Unreachable(f"no key bundle: {error}") from None
+            await close_quietly(stream)
+            try:
+                return self.olm.verified_bundle(
+                    peer, peer_id_bytes(peer), decode_signed_bundle(data)
+                )
+            except (DmDrop, DmWireError) as error:
+                self._refused(error.reason, peer)
+                raise _Unreachable(f"its key bundle is not valid ({error.reason})") from None
+        raise _Unreachable("timed out")
+
+    async def _exchange(self, peer: str, message: bytes) -> Ack:
+        with trio.move_on_after(SEND_SECONDS):
+            try:
+                stream = await self._host.new_stream(peer, [PROTOCOL_ID])
+            except StreamError as error:
+                raise _Unreachable(f"not reachable: {error}") from None
+            try:
+                await stream.write(frame(message))
+                data = await read_frame_within(stream, FrameDecoder(MAX_ACK_BYTES), SEND_SECONDS)
+                ack = decode_ack(data)
+            except (StreamError, FrameError, DmWireError) as error:
+                await reset_quietly(stream)
+                raise _Unreachable(f"no acknowledgement: {error}") from None
+            await close_quietly(stream)
+            return ack
+        raise _Unreachable("timed out")
+
+    # --- receiving -------------------------------------------------------------------------------
+
+    def _refused(self, reason: str, peer: str) -> None:
+        self._observer.dm_refused(reason)
+        self._refusals.refused(reason, peer=peer)
+
+    async def _serve_keys(self, stream: Stream) -> None:
+        await write_quietly(stream, frame(encode_signed_bundle(self.olm.bundle)))
+        await close_quietly(stream)
+
+    async def _serve_message(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        held = self._inbound_of.get(peer, 0)
+        if (
+            self._inbound >= self._settings.dm_max_inbound
+            or held >= self._settings.dm_max_inbound_per_peer
+        ):
+            self._refused("busy", peer)
+            await reset_quietly(stream)
+            return
+        self._inbound += 1
+        self._inbound_of[peer] = held + 1  # at most dm_max_inbound keys: only peers in flight
+        try:
+            await self._receive(stream, peer)
+        finally:
+            self._inbound -= 1
+            left = self._inbound_of.pop(peer) - 1
+            if left:
+                self._inbound_of[peer] = left
+
+    async def _receive(self, stream: Stream, peer: str) -> None:
+        limit = self._settings.dm_max_message_bytes
+        try:
+            data = await read_frame_within(stream, FrameDecoder(limit), READ_SECONDS)
+        except FrameTooLarge:
+            self._refused("oversized", peer)
+            await reset_quietly(stream)
+            return
+        except FrameError:
+            self._refused("malformed", peer)
+            await reset_quietly(stream)
+            return
+        except StreamIdle:
+            self._refused("timeout", peer)
+            return
+        except StreamEnded:
+            return
+        try:
+            message = decode_message(data, limit)
+            raw = self.olm.decrypt(peer, peer_id_bytes(peer), message)
+            plain = decode_plaintext(raw, self._settings.max_message_bytes)
+        except DmWireError as error:
+            self._refused(error.reason, peer)
+            await self._answer(stream, Ack(AckStatus.REFUSED))
+            return
+        except DmDrop as drop:
+            self._refused(drop.reason, peer)
+            status = AckStatus.NO_SESSION if drop.no_session else AckStatus.REFUSED
+            await self._answer(stream, Ack(status))
+            return
+        finally:
+            self._observer.dm_session_count(self.olm.session_count())
+        if self._first_time(peer, plain.id):
+            self._observer.dm_message_received()
+            self._emit(
+                DirectEvent(
+                    peer,
+                    self._name_of(peer),
+                    plain.id.hex(),
+                    plain.text,
+                    plain.sent_at_ms,
+                    own=False,
+                )
+            )
+        await self._answer(stream, Ack(AckStatus.DELIVERED, plain.id))
+
+    def _first_time(self, peer: str, message_id: bytes) -> bool:
+        key = (peer, message_id)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        while len(self._seen) > REMEMBERED_IDS:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _answer(self, stream: Stream, ack: Ack) -> None:
+        await write_quietly(stream, frame(encode_ack(ack)))
+        await close_quietly(stream)
