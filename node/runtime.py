@@ -81,6 +81,9 @@ class _Observer:
                 "stream limit exceeded; refused", limit=limit, more_since_last=suppressed
             )
 
+    def reset_unread_dropped(self, size: int) -> None:
+        self.metrics.reset_unread_dropped(size)  # not a refusal: a reset stream is no fault
+
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         self.metrics.handler_failed(protocol, error)
         self.log.error(

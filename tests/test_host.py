@@ -49,6 +49,7 @@ class RecordingObserver:
         self.closed: list[ConnectionInfo] = []
         self.failures: list[tuple[str, BaseException]] = []
         self.limits: list[str] = []
+        self.unread_dropped = 0
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.opened.append(info)
@@ -61,6 +62,9 @@ class RecordingObserver:
 
     def stream_limit_exceeded(self, limit: str) -> None:
         self.limits.append(limit)
+
+    def reset_unread_dropped(self, size: int) -> None:
+        self.unread_dropped += size
 
 
 @asynccontextmanager

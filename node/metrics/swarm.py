@@ -57,6 +57,12 @@ class SwarmMetrics:
             ("limit",),
             registry=registry,
         )
+        self.reset_unread = Counter(
+            "p2pchat_yamux_reset_unread_bytes",
+            "Bytes a peer sent on a Yamux stream that was then reset (by either side) before "
+            "they were read: dropped at the reset, as go-yamux does.",
+            registry=registry,
+        )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
         # connection limit.
         self._open_by_peer: dict[str, int] = {}
@@ -85,6 +91,10 @@ class SwarmMetrics:
         """Count a refusal by a stream limit (one of the fixed names of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`)."""
         self.stream_limits.labels(limit=limit).inc()
+
+    def reset_unread_dropped(self, size: int) -> None:
+        """Count the unread bytes of a reset Yamux stream, dropped."""
+        self.reset_unread.inc(size)
 
     def px_refused(self, reason: str) -> None:
         """Count a peer-exchange record refused

@@ -169,6 +169,10 @@ class HostObserver(ConnectionWatcher, Protocol):
         """A stream or connection was refused by ``limit`` (one of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`). Called inline: must not block."""
 
+    def reset_unread_dropped(self, size: int) -> None:
+        """A reset Yamux stream's ``size`` unread bytes were dropped
+        (:mod:`~p2pchat.node.p2p.yamux_resets`). Called inline: must not block."""
+
 
 class QuietObserver:
     """A host observer that records nothing, for one-off clients (``p2pchat history``, the
@@ -184,6 +188,9 @@ class QuietObserver:
         return None
 
     def stream_limit_exceeded(self, limit: str) -> None:
+        return None
+
+    def reset_unread_dropped(self, size: int) -> None:
         return None
 
 
@@ -512,7 +519,12 @@ class P2PHost:
         _install_handler_guard(self._host, observer.handler_failed)
         # Issue #18: inbound streams admitted and negotiated within bounds, muxers guarded.
         inbound_streams.install(self._host, settings.streams, observer.stream_limit_exceeded)
-        guard_muxers(self._host, settings.streams, observer.stream_limit_exceeded)
+        guard_muxers(
+            self._host,
+            settings.streams,
+            observer.stream_limit_exceeded,
+            observer.reset_unread_dropped,
+        )
         _disable_auto_connector(self._host)
         self.watch_connections(observer)
         self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []
