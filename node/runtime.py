@@ -81,8 +81,8 @@ class _Observer:
                 "stream limit exceeded; refused", limit=limit, more_since_last=suppressed
             )
 
-    def reset_unread_dropped(self, size: int) -> None:
-        self.metrics.reset_unread_dropped(size)  # not a refusal: a reset stream is no fault
+    def unread_dropped(self, reason: str, size: int) -> None:
+        self.metrics.unread_dropped(reason, size)  # not a refusal: honest peers do it too
 
     def handler_failed(self, protocol: str, error: BaseException) -> None:
         self.metrics.handler_failed(protocol, error)

@@ -49,7 +49,7 @@ class RecordingObserver:
         self.closed: list[ConnectionInfo] = []
         self.failures: list[tuple[str, BaseException]] = []
         self.limits: list[str] = []
-        self.unread_dropped = 0
+        self.dropped_unread = 0
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.opened.append(info)
@@ -63,8 +63,8 @@ class RecordingObserver:
     def stream_limit_exceeded(self, limit: str) -> None:
         self.limits.append(limit)
 
-    def reset_unread_dropped(self, size: int) -> None:
-        self.unread_dropped += size
+    def unread_dropped(self, reason: str, size: int) -> None:
+        self.dropped_unread += size
 
 
 @asynccontextmanager

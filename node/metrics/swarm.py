@@ -57,10 +57,11 @@ class SwarmMetrics:
             ("limit",),
             registry=registry,
         )
-        self.reset_unread = Counter(
-            "p2pchat_yamux_reset_unread_bytes",
-            "Bytes a peer sent on a Yamux stream that was then reset (by either side) before "
-            "they were read: dropped at the reset, as go-yamux does.",
+        self.unread_dropped_bytes = Counter(
+            "p2pchat_yamux_unread_dropped_bytes",
+            "Bytes a peer sent on a Yamux stream that nobody will read, dropped at once, by "
+            "reason: reset (by either side), abandoned (its handler returned, our side closed).",
+            ("reason",),
             registry=registry,
         )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
@@ -92,9 +93,10 @@ class SwarmMetrics:
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`)."""
         self.stream_limits.labels(limit=limit).inc()
 
-    def reset_unread_dropped(self, size: int) -> None:
-        """Count the unread bytes of a reset Yamux stream, dropped."""
-        self.reset_unread.inc(size)
+    def unread_dropped(self, reason: str, size: int) -> None:
+        """Count unread bytes of a Yamux stream, dropped (``reason``: ``reset``,
+        ``abandoned``)."""
+        self.unread_dropped_bytes.labels(reason=reason).inc(size)
 
     def px_refused(self, reason: str) -> None:
         """Count a peer-exchange record refused

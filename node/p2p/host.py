@@ -169,9 +169,10 @@ class HostObserver(ConnectionWatcher, Protocol):
         """A stream or connection was refused by ``limit`` (one of
         :data:`~p2pchat.node.p2p.stream_limits.LIMITS`). Called inline: must not block."""
 
-    def reset_unread_dropped(self, size: int) -> None:
-        """A reset Yamux stream's ``size`` unread bytes were dropped
-        (:mod:`~p2pchat.node.p2p.yamux_resets`). Called inline: must not block."""
+    def unread_dropped(self, reason: str, size: int) -> None:
+        """``size`` bytes of a Yamux stream nobody will read were dropped, by ``reason``
+        (``reset``, ``abandoned``: :mod:`~p2pchat.node.p2p.yamux_unread`). Called inline: must
+        not block."""
 
 
 class QuietObserver:
@@ -190,7 +191,7 @@ class QuietObserver:
     def stream_limit_exceeded(self, limit: str) -> None:
         return None
 
-    def reset_unread_dropped(self, size: int) -> None:
+    def unread_dropped(self, reason: str, size: int) -> None:
         return None
 
 
@@ -523,7 +524,7 @@ class P2PHost:
             self._host,
             settings.streams,
             observer.stream_limit_exceeded,
-            observer.reset_unread_dropped,
+            observer.unread_dropped,
         )
         _disable_auto_connector(self._host)
         self.watch_connections(observer)

@@ -23,10 +23,11 @@ def guard_muxers(
     host: IHost,
     limits: StreamLimits,
     report: Callable[[str], None],
-    dropped: Callable[[int], None],
+    dropped: Callable[[str, int], None],
 ) -> None:
     """Guard every connection ``host`` upgrades from now on: ``report`` is told each limit
-    refusing something, ``dropped`` the unread bytes of each reset Yamux stream."""
+    refusing something, ``dropped`` the unread bytes dropped of each reset or abandoned Yamux
+    stream (reason, size)."""
     muxers = host.get_network().upgrader.muxer_multistream
     new_conn = muxers.new_conn
 

@@ -46,7 +46,7 @@ from p2pchat.node.p2p import (
     records,
     remote_address,
     tcp_reads,
-    yamux_resets,
+    yamux_unread,
     yamux_window,
 )
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
@@ -204,9 +204,9 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         Yamux,
         "_finalize_stream_locked",
-        yamux_resets.dropping_reset_buffers,
-        "a reset Yamux stream's unread bytes are kept for 60-90 s",
-        "tests/hostile/test_yamux_retention.py::test_unread_data_of_reset_streams_is_dropped_at_once",
+        yamux_unread.dropping_unread,
+        "a reset or finished Yamux stream's unread bytes are kept for 60-90 s",
+        "tests/hostile/test_yamux_retention.py::test_bytes_nobody_reads_are_dropped_when_their_stream_ends",
     ),
     # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
     *(

@@ -396,7 +396,12 @@ async def go_away_and_go_on(victim_addr: str, seconds: float) -> dict[str, Any]:
 
 
 async def send_and_reset(
-    victim_addr: str, seconds: float, peers: int, connections_per_peer: int
+    victim_addr: str,
+    seconds: float,
+    peers: int,
+    connections_per_peer: int,
+    protocol: bytes = b"/p2pchat/no-such-protocol/1.0.0",
+    ending: str = "reset",
 ) -> dict[str, Any]:
     """Streams that each carry a full initial window (256 KiB: a multistream header, a protocol
     the victim does not speak, then zeros) the victim never reads, and are then reset: every
@@ -405,7 +410,7 @@ async def send_and_reset(
     once, each at 48 streams a second (under the victim's open rate: only the unread bytes
     matter here), a new connection each time the victim closes one, for ``seconds``."""
     window = 256 * 1024
-    head = delimited(MULTISTREAM) + delimited(b"/p2pchat/no-such-protocol/1.0.0\n")
+    head = delimited(MULTISTREAM) + delimited(protocol + b"\n")
     body = head + bytes(window - len(head))
     opened = connections = closed_by_victim = 0
 
@@ -417,8 +422,9 @@ async def send_and_reset(
             async with muxed_connection(victim_addr, key_pair=key_pair) as muxed:
                 stream_id = 1_000_001
                 while not closed(muxed) and trio.current_time() < end:
-                    frames = yamux_frame(DATA, SYN, stream_id, window, body)
-                    if opened % 2 == 0:
+                    fin = FIN if ending == "fin" else 0
+                    frames = yamux_frame(DATA, SYN | fin, stream_id, window, body)
+                    if ending == "reset" and opened % 2 == 0:
                         frames += yamux_frame(WINDOW_UPDATE, RST, stream_id, 0)
                     if not await send_raw(muxed, frames):
                         break
