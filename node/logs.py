@@ -21,7 +21,6 @@ import re
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, TextIO
 import structlog
 from p2pchat.node.errors import StartupError
 from p2pchat.node.ids import short_id
+from p2pchat.node.refusals import RefusalCount
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -243,7 +243,9 @@ class WarningWatch(logging.Handler):
     """Passes a one-line summary of each WARNING-or-worse record to the watchers, at most one
     per ``interval`` seconds per event name; the ones held back in between are counted and the
     next summary of that event says so (``… (and 41 more)``). A storm of one warning thus costs
-    the console one line a second, and a quiet event is never delayed.
+    the console one line a second, and a quiet event is never delayed. The counting is the one
+    rate limit of refusal logs (:class:`~p2pchat.node.refusals.RefusalCount`), bounded in the
+    events it remembers (library records name their own).
 
     Watchers are called inline, on the logging thread; they must not block, and one that raises
     is ignored (logging must go on).
@@ -251,12 +253,9 @@ class WarningWatch(logging.Handler):
 
     def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(level=logging.WARNING)
-        self._interval = interval
-        self._clock = clock
         self._watchers: list[WarningCallback] = []
-        # event name -> (time of the last summary passed on, summaries held back since)
-        self._events: OrderedDict[str, tuple[float, int]] = OrderedDict()
-        self._guard = threading.Lock()
+        self._count = RefusalCount(every=interval, clock=clock, most=_MAX_EVENTS)
+        self._guard = threading.Lock()  # records come from any thread
 
     def watch(self, callback: WarningCallback) -> Callable[[], None]:
         """Register ``callback``; returns the function that unregisters it."""
@@ -279,17 +278,10 @@ class WarningWatch(logging.Handler):
             event, line = summarize(record)
         except Exception:
             return
-        now = self._clock()
         with self._guard:
-            last = self._events.get(event)
-            if last is not None and now - last[0] < self._interval:
-                self._events[event] = (last[0], last[1] + 1)
-                return
-            held = last[1] if last is not None else 0
-            self._events[event] = (now, 0)
-            self._events.move_to_end(event)
-            while len(self._events) > _MAX_EVENTS:
-                self._events.popitem(last=False)
+            held = self._count.note(event)
+        if held is None:
+            return
         if held:
             line = f"{line} (and {held} more)"
         for watcher in watchers:

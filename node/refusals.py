@@ -5,8 +5,9 @@ history, AutoNAT, relay, archiver admission, moderation) counts the refusal in a
 reason and tells :class:`RefusalLog`, which logs the first refusal of a reason at once and then
 at most one line per ``every`` seconds (default :data:`LOG_EVERY`), carrying how many were
 refused since the last line. :class:`RefusalCount` is the counting alone, for a caller that
-writes its own line. Sans-IO: the caller may pass the clock. Memory is bounded by the reasons,
-which are fixed words (never a peer id or an address).
+writes its own line (the console's warning summaries, :class:`~p2pchat.node.logs.WarningWatch`,
+count the same way). Sans-IO: the caller may pass the clock. Memory is bounded by the reasons,
+which are fixed words (never a peer id or an address), or by ``most`` where they are not.
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ Level = Literal["debug", "info", "warning", "error"]
 
 class RefusalCount:
     """Which of a storm of refusals to log: one of a reason is to be logged at most once per
-    ``every`` seconds, and that one says how many were not since."""
+    ``every`` seconds, and that one says how many were not since.
+
+    ``most`` bounds the reasons remembered, for a caller whose reasons are not a fixed set of
+    words: past it, the reason logged longest ago is forgotten (its next one is logged at
+    once, its held-back count lost). Not thread-safe: a caller on several threads locks."""
 
     def __init__(
-        self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic
+        self,
+        every: float = LOG_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+        most: int | None = None,
     ) -> None:
+        if most is not None and most < 1:
+            raise ValueError("most must be at least 1")
         self._every = every
         self._clock = clock
+        self._most = most
+        # reason -> when last logged, the least recently logged first
         self._logged_at: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
 
@@ -43,7 +55,13 @@ class RefusalCount:
         if last is not None and now - last < self._every:
             self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
             return None
-        self._logged_at[reason] = now
+        self._logged_at.pop(reason, None)
+        self._logged_at[reason] = now  # (moved last: logged most recently)
+        if self._most is not None:
+            while len(self._logged_at) > self._most:
+                oldest = next(iter(self._logged_at))
+                del self._logged_at[oldest]
+                self._unlogged.pop(oldest, None)
         return self._unlogged.pop(reason, 0)
 
 

@@ -49,6 +49,7 @@ class RecordingObserver:
         self.closed: list[ConnectionInfo] = []
         self.failures: list[tuple[str, BaseException]] = []
         self.limits: list[str] = []
+        self.dropped_unread = 0
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         self.opened.append(info)
@@ -67,6 +68,8 @@ class RecordingObserver:
 
     def peerstore_peers(self, count: int) -> None:
         return None
+    def unread_dropped(self, reason: str, size: int) -> None:
+        self.dropped_unread += size
 
 
 @asynccontextmanager

@@ -28,3 +28,14 @@ def test_a_refusal_log_logs_at_its_level() -> None:
     assert log.refused("total")
     assert not log.refused("total")
     assert lines == [("warning", "refused")]
+
+
+def test_a_refusal_count_with_a_bound_forgets_the_reason_logged_longest_ago() -> None:
+    # (the console's warning summaries count library records, whose names are not a fixed set)
+    count = RefusalCount(every=10.0, most=2)
+    assert count.note("a", 0.0) == 0
+    assert count.note("b", 1.0) == 0
+    assert count.note("a", 2.0) is None  # held back: "a" is still remembered
+    assert count.note("c", 3.0) == 0  # a third reason: "a", logged longest ago, is forgotten
+    assert count.note("a", 4.0) == 0  # ... so it is logged again at once, its count lost
+    assert count.note("c", 5.0) is None and count.note("a", 6.0) is None  # both remembered

@@ -70,6 +70,13 @@ class SwarmMetrics:
             "Peer records the peerstore holds (bounded by peerstore.max_peers).",
             registry=registry,
         )
+        self.unread_dropped_bytes = Counter(
+            "p2pchat_yamux_unread_dropped_bytes",
+            "Bytes a peer sent on a Yamux stream that nobody will read, dropped at once, by "
+            "reason: reset (by either side), abandoned (its handler returned, our side closed).",
+            ("reason",),
+            registry=registry,
+        )
         # PeerId -> open connections; only peers connected now, so bounded by the host's
         # connection limit.
         self._open_by_peer: dict[str, int] = {}
@@ -107,6 +114,11 @@ class SwarmMetrics:
     def peerstore_peers(self, count: int) -> None:
         """The number of peer records held now."""
         self.peerstore_size.set(count)
+
+    def unread_dropped(self, reason: str, size: int) -> None:
+        """Count unread bytes of a Yamux stream, dropped (``reason``: ``reset``,
+        ``abandoned``)."""
+        self.unread_dropped_bytes.labels(reason=reason).inc(size)
 
     def px_refused(self, reason: str) -> None:
         """Count a peer-exchange record refused

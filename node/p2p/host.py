@@ -188,6 +188,10 @@ class HostObserver(ConnectionWatcher, Protocol):
 
     def peerstore_peers(self, count: int) -> None:
         """The peerstore holds ``count`` peer records now. Called inline: must not block."""
+    def unread_dropped(self, reason: str, size: int) -> None:
+        """``size`` bytes of a Yamux stream nobody will read were dropped, by ``reason``
+        (``reset``, ``abandoned``: :mod:`~p2pchat.node.p2p.yamux_unread`). Called inline: must
+        not block."""
 
 
 class QuietObserver:
@@ -210,6 +214,9 @@ class QuietObserver:
         return None
 
     def peerstore_peers(self, count: int) -> None:
+        return None
+
+    def unread_dropped(self, reason: str, size: int) -> None:
         return None
 
 
@@ -585,7 +592,12 @@ class P2PHost:
         _install_handler_guard(self._host, observer.handler_failed)
         # Issue #18: inbound streams admitted and negotiated within bounds, muxers guarded.
         inbound_streams.install(self._host, settings.streams, observer.stream_limit_exceeded)
-        guard_muxers(self._host, settings.streams, observer.stream_limit_exceeded)
+        guard_muxers(
+            self._host,
+            settings.streams,
+            observer.stream_limit_exceeded,
+            observer.unread_dropped,
+        )
         _disable_auto_connector(self._host)
         self.watch_connections(observer)
         self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []

@@ -23,7 +23,9 @@ handler to ``handler_timeout`` too, so an upgrade cannot drop that bound unnotic
 4. the protocol's handler runs (guarded, see :func:`~p2pchat.node.p2p.host.guard_handler`),
    within ``handler_timeout`` for the library handlers that read one message
    (:data:`ONE_MESSAGE_HANDLERS`); the project's own handlers bound their reads themselves
-   (each reads framed messages within its own deadline).
+   (each reads framed messages within its own deadline);
+5. once the handler returned, a stream it closed is abandoned: what the peer sent and nobody
+   read is dropped (:func:`~p2pchat.node.p2p.yamux_unread.abandon`).
 
 Exceeding any of these resets the stream and is reported by its limit.
 """
@@ -44,6 +46,7 @@ from p2pchat.node.p2p.streams import (
     read_frame_exactly,
     reset_quietly,
 )
+from p2pchat.node.p2p.yamux_unread import abandon
 from p2pchat.node.wire.framing import FrameError, FrameTooLarge, frame
 
 Report = Callable[[str], None]
@@ -173,6 +176,8 @@ async def _negotiate_and_serve(
             await close_quietly(stream)
     finally:
         counts.finished(peer, protocol)
+        # Done with: what the peer sent and the handler did not read is nobody's now.
+        await abandon(stream.library_stream)
 
 
 def install(host: IHost, limits: StreamLimits, report: Report) -> None:

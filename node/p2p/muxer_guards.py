@@ -19,15 +19,22 @@ from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.yamux_guard import guard_yamux
 
 
-def guard_muxers(host: IHost, limits: StreamLimits, report: Callable[[str], None]) -> None:
-    """Guard every connection ``host`` upgrades from now on."""
+def guard_muxers(
+    host: IHost,
+    limits: StreamLimits,
+    report: Callable[[str], None],
+    dropped: Callable[[str, int], None],
+) -> None:
+    """Guard every connection ``host`` upgrades from now on: ``report`` is told each limit
+    refusing something, ``dropped`` the unread bytes dropped of each reset or abandoned Yamux
+    stream (reason, size)."""
     muxers = host.get_network().upgrader.muxer_multistream
     new_conn = muxers.new_conn
 
     async def guarded_new_conn(*args: Any, **kwargs: Any) -> Any:
         muxed = await new_conn(*args, **kwargs)
         if isinstance(muxed, Yamux):
-            guard_yamux(muxed, limits, report)
+            guard_yamux(muxed, limits, report, dropped)
         elif isinstance(muxed, Mplex):
             guard_mplex(muxed, limits, report)
         return muxed

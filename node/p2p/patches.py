@@ -38,7 +38,7 @@ from libp2p.pubsub import floodsub as floodsub_module
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p import (
     agent,
@@ -46,6 +46,7 @@ from p2pchat.node.p2p import (
     records,
     remote_address,
     tcp_reads,
+    yamux_unread,
     yamux_window,
 )
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
@@ -199,6 +200,13 @@ PATCHES: tuple[Patch, ...] = (
             "tests/test_peer_roles.py::test_hosts_learn_each_others_roles_from_identify",
         )
         for module in (basic_host_module, identify_push_module)
+    ),
+    Patch(
+        Yamux,
+        "_finalize_stream_locked",
+        yamux_unread.dropping_unread,
+        "a reset or finished Yamux stream's unread bytes are kept for 60-90 s",
+        "tests/hostile/test_yamux_retention.py::test_bytes_nobody_reads_are_dropped_when_their_stream_ends",
     ),
     # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
     *(

@@ -57,6 +57,7 @@ from libp2p.stream_muxer.yamux.yamux import (
 from p2pchat.node.p2p.stream_limits import YAMUX_INITIAL_WINDOW, InboundOpens, StreamLimits
 
 Report = Callable[[str], None]
+Dropped = Callable[[str, int], None]  # told (reason, size) of unread bytes dropped
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 NOOP = _HEADER.pack(0, TYPE_WINDOW_UPDATE, 0, 0, 0)
 PRUNE_EVERY = 0.25  # seconds between two recounts of a full connection's live streams
@@ -189,12 +190,15 @@ class YamuxFrameGuard:
     """The secured connection as the library's Yamux reads it: whole frame headers, judged
     (see the module docstring); everything else is the secured connection's own."""
 
-    def __init__(self, muxer: Yamux, limits: StreamLimits, report: Report) -> None:
+    def __init__(
+        self, muxer: Yamux, limits: StreamLimits, report: Report, dropped: Dropped
+    ) -> None:
         self.secured_conn = muxer.secured_conn  # also what transport_label() walks down
         self._muxer = muxer
         self._view = _LibraryView(muxer)
         self._judge = YamuxInbound(limits, trio.current_time())
         self._report = report
+        self.unread_dropped = dropped  # (yamux_unread calls it for each stream it empties)
         self._body_left = 0  # bytes of the current DATA frame's body still to pass
         self._pending = b""  # the rest of a judged header the library has not read yet
 
@@ -274,8 +278,10 @@ class YamuxFrameGuard:
             return
 
 
-def guard_yamux(muxer: Yamux, limits: StreamLimits, report: Report) -> None:
-    """Put a :class:`YamuxFrameGuard` under ``muxer``, before it starts reading."""
+def guard_yamux(muxer: Yamux, limits: StreamLimits, report: Report, dropped: Dropped) -> None:
+    """Put a :class:`YamuxFrameGuard` under ``muxer``, before it starts reading; ``dropped``
+    is told the unread bytes dropped of each reset or abandoned stream
+    (:mod:`~p2pchat.node.p2p.yamux_unread`)."""
     if isinstance(muxer.secured_conn, YamuxFrameGuard):
         return
-    muxer.secured_conn = YamuxFrameGuard(muxer, limits, report)
+    muxer.secured_conn = YamuxFrameGuard(muxer, limits, report, dropped)

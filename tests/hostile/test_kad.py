@@ -100,7 +100,8 @@ def test_a_put_value_flood_is_refused_and_costs_no_memory(
 ) -> None:
     # The audit: 2,200 records of 1 MB took a bootstrap node to 2.28 GB, and it stayed there.
     # (The frames announcing 1 MiB bring 64 bytes: a body sent whole to a stream we reset is
-    # the muxer's to bound, and py-libp2p's Yamux keeps it for 60 s.)
+    # the muxer's to bound; py-libp2p's Yamux kept it for 60 s, node/p2p/yamux_unread.py drops
+    # it at the reset: tests/hostile/test_yamux_retention.py.)
     victim = bootstrap(tmp_path / "victim", nodes)
     footprint, tally, took = attack_during_a_meeting(
         tmp_path, nodes, victim, 4, put_value_flood, seconds=8
