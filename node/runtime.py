@@ -95,6 +95,7 @@ class _Observer:
 
     def peerstore_peers(self, count: int) -> None:
         self.metrics.peerstore_peers(count)
+
     def unread_dropped(self, reason: str, size: int) -> None:
         self.metrics.unread_dropped(reason, size)  # not a refusal: honest peers do it too
 

@@ -68,6 +68,7 @@ class RecordingObserver:
 
     def peerstore_peers(self, count: int) -> None:
         return None
+
     def unread_dropped(self, reason: str, size: int) -> None:
         self.dropped_unread += size
 

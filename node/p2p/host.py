@@ -188,6 +188,7 @@ class HostObserver(ConnectionWatcher, Protocol):
 
     def peerstore_peers(self, count: int) -> None:
         """The peerstore holds ``count`` peer records now. Called inline: must not block."""
+
     def unread_dropped(self, reason: str, size: int) -> None:
         """``size`` bytes of a Yamux stream nobody will read were dropped, by ``reason``
         (``reset``, ``abandoned``: :mod:`~p2pchat.node.p2p.yamux_unread`). Called inline: must
