@@ -295,3 +295,13 @@ def together(*attacks: Attack) -> Attack:
                 nursery.start_soon(attack, host, victim, deadline, tally, index)
 
     return run
+
+
+def split(*attacks: Attack) -> Attack:
+    """One of ``attacks`` from each attacker host, in turn by its index: host ``i`` runs
+    ``attacks[i % len(attacks)]``, so no attack competes with another for one PeerId's slots."""
+
+    async def run(host: P2PHost, victim: str, deadline: float, tally: Tally, index: int) -> None:
+        await attacks[index % len(attacks)](host, victim, deadline, tally, index)
+
+    return run
