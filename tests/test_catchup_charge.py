@@ -355,3 +355,25 @@ async def test_a_stranger_heard_live_is_charged_by_what_it_holds(
     assert brought == (10 if heard else 1)
     assert ((ROOM, stranger) in catch_up._strangers) is not heard
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("second_ip", "shared"),
+    [("2001:db8::2", True), ("2001:db8:0:1::1", False), (None, False)],
+)
+async def test_sources_in_one_address_group_share_an_allowance(
+    tmp_path: Path, second_ip: str | None, shared: bool
+) -> None:
+    # Two PeerIds, the second in the first's IPv6 /64 or not (None: relayed, its own group).
+    source = _Sources(
+        {
+            "one": (sybils(100, 10, 1_000), "2001:db8::1"),
+            "two": (sybils(100, 10, 100_000), second_ip),
+        }
+    )
+    history, store, catch_up = _repeat_catch_up(tmp_path, source, SourceAllowance(10, 86_400.0))
+    await catch_up.catch_up(ROOM, ["one"])
+    assert history.count(ROOM) == 70
+    await catch_up.catch_up(ROOM, ["two"])
+    assert history.count(ROOM) == (70 if shared else 80)
+    store.close()

@@ -11,6 +11,12 @@ victim's ``/history``, the room is within its cap, the refusals are counted by r
 delivery through the victim stays >= 99%, its RSS stays under its bound and its fds come
 back. Before the charge (the negative control), the catch-up stored all 2,505 new messages and
 the trim that followed left 5 of Alice's 65.
+
+Then a source reconnecting: an in-process source serving sybils' genuine messages connects,
+is caught up from, disconnects, and again, 8 times; each time a catch-up. Charged per source
+(``history.catchup_source_share``), only the first brings newcomers' messages and Alice's
+history stays whole; the negative control (the share at 1, a whole cap a day) runs beside it
+and shows the trim cutting Alice's.
 """
 
 from __future__ import annotations
