@@ -63,6 +63,8 @@ MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 # (room, sender) pairs first stored by a catch-up as newcomers, still charged as newcomers
 MAX_STRANGERS = 16_384
 WRITE_BATCH = 1000
+# The one address group of every source reached through a relay or at an unknown address
+UNADDRESSED = "relayed"
 
 Moderate = Callable[[str, list[StoredMessage]], list[StoredMessage]]
 """Given a room and its fetched, verified messages (in history order), learns the moderation
@@ -323,22 +325,24 @@ class CatchUp:
             for message in fetched.messages:
                 if message.message_id in ids:
                     sources_of.setdefault(message.message_id, []).append(fetched.source)
-        group_of = {f.source: self._group(f.source, f.remote_ip) for f in results}
+        group_of = {f.source: self._group(f.remote_ip) for f in results}
         allowed, refused = self._per_source.admit(
             room, theirs, sources_of, group_of, time.monotonic()
         )
         kept = [m for m in admitted if m.sender not in newcomers or m.message_id in allowed]
         return kept, refused
 
-    def _group(self, source: str, ip: str | None) -> str:
-        """The address group ``source`` is charged to (its own PeerId when relayed or its
-        address is unknown: the relay's limits bound those)."""
+    def _group(self, ip: str | None) -> str:
+        """The address group a source at ``ip`` is charged to. Sources reached through a relay
+        (or at an address not known) share one: a fresh PeerId through a relay costs
+        nothing, so counting them by PeerId would let a source come back as a new one each
+        time with a new allowance."""
         if ip is None:
-            return f"peer:{source}"
+            return UNADDRESSED
         try:
             return address_group(ip, self._settings.ipv4_prefix, self._settings.ipv6_prefix)
         except ValueError:
-            return f"peer:{source}"
+            return UNADDRESSED
 
     def _start_ms(self, room: str) -> int:
         newest = self._history.newest_sent_at(room)

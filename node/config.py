@@ -894,7 +894,8 @@ class HistorySection(_Section):
         gt=0,
         le=1,
         description="Share of chat.history_max_messages that one source (its PeerId, and "
-        "apart from that its address group: IPv4 address, IPv6 /64) may bring into a room from "
+        "apart from that its address group: IPv4 address, IPv6 /64; every relayed source one "
+        "group) may bring into a room from "
         "senders new to it by catch-up, per catchup_source_window_seconds (refilled "
         "gradually): a source that disconnects and reconnects, each time starting a catch-up, "
         "cannot bring another catchup_newcomer_share each time. A first join (a room holding "

@@ -359,12 +359,12 @@ async def test_a_stranger_heard_live_is_charged_by_what_it_holds(
 
 @pytest.mark.parametrize(
     ("second_ip", "shared"),
-    [("2001:db8::2", True), ("2001:db8:0:1::1", False), (None, False)],
+    [("2001:db8::2", True), ("2001:db8:0:1::1", False), ("192.0.2.7", False)],
 )
 async def test_sources_in_one_address_group_share_an_allowance(
     tmp_path: Path, second_ip: str | None, shared: bool
 ) -> None:
-    # Two PeerIds, the second in the first's IPv6 /64 or not (None: relayed, its own group).
+    # Two PeerIds, the second in the first's IPv6 /64 or not.
     source = _Sources(
         {
             "one": (sybils(100, 10, 1_000), "2001:db8::1"),
@@ -376,4 +376,17 @@ async def test_sources_in_one_address_group_share_an_allowance(
     assert history.count(ROOM) == 70
     await catch_up.catch_up(ROOM, ["two"])
     assert history.count(ROOM) == (70 if shared else 80)
+    store.close()
+
+
+async def test_relayed_sources_share_one_allowance(tmp_path: Path) -> None:
+    # Through a relay a new PeerId costs nothing: a source coming back as a new one each time
+    # gets no new allowance.
+    served = {f"fresh-{n}": (sybils(100, 10, 1_000 * (n + 1)), None) for n in range(3)}
+    history, store, catch_up = _repeat_catch_up(
+        tmp_path, _Sources(served), SourceAllowance(10, 86_400.0)
+    )
+    for name in served:
+        await catch_up.catch_up(ROOM, [name])
+    assert history.count(ROOM) == 70
     store.close()
