@@ -26,8 +26,11 @@ peer that was itself offline lacks messages honestly, so this is a signal for op
 verdict.
 
 Senders a catch-up brought in as newcomers are remembered as strangers for the newest
-:data:`MAX_STRANGERS` (room, sender) pairs (a forgotten one counts by what it holds; a stranger
-heard live since is still charged as one: the live path does not tell catch-up).
+:data:`MAX_STRANGERS` (room, sender) pairs (a forgotten one counts by what it holds); one heard
+live since (:meth:`CatchUp.heard_live`: its message passed the pubsub validator and the room's
+per-sender budget) is a stranger no more. Newcomers' messages are also charged to the sources
+that returned them (:mod:`p2pchat.node.catchup_sources`: so much per source PeerId and address
+group, per room and window), since every reconnect of a source starts a catch-up.
 
 When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
 pairs: a source forgotten early is merely asked again sooner.
@@ -36,7 +39,7 @@ pairs: a source forgotten early is merely asked again sooner.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import structlog
@@ -44,8 +47,10 @@ import trio
 import trio.lowlevel
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.catchup_charge import ChargeSettings, charge
+from p2pchat.node.catchup_sources import SOURCE, SourceAllowance
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage, now_ms
+from p2pchat.node.netprefix import address_group
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store_client import Fetched, SourceError, StoreClient
@@ -58,6 +63,8 @@ MAX_ASKED = 4096  # (room, source) pairs whose last question is remembered
 # (room, sender) pairs first stored by a catch-up as newcomers, still charged as newcomers
 MAX_STRANGERS = 16_384
 WRITE_BATCH = 1000
+# The one address group of every source reached through a relay or at an unknown address
+UNADDRESSED = "relayed"
 
 Moderate = Callable[[str, list[StoredMessage]], list[StoredMessage]]
 """Given a room and its fetched, verified messages (in history order), learns the moderation
@@ -84,7 +91,8 @@ class CatchUpObserver(Protocol):
 
     def refused(self, reason: str, count: int) -> None:
         """One room's catch-up left out ``count`` messages for ``reason`` (a
-        :data:`p2pchat.node.catchup_charge.REASONS` word)."""
+        :data:`p2pchat.node.catchup_charge.REASONS` word, or
+        :data:`p2pchat.node.catchup_sources.SOURCE`)."""
 
 
 class QuietCatchUpObserver:
@@ -120,12 +128,15 @@ class CatchUp:
         moderate: Moderate | None = None,
         charged: ChargeSettings | None = None,
         trim: Callable[[str], int] | None = None,
+        per_source: SourceAllowance | None = None,
     ) -> None:
         """``charged``: charge what a catch-up brings to its senders (see the module's note;
         None: store all of it). ``trim``: called with the room after a catch-up stored
-        messages, to bring it back under its cap."""
+        messages, to bring it back under its cap. ``per_source``: with ``charged``, what each
+        source may bring from newcomers per room and window (None: no such bound)."""
         self._host = host
         self._charged = charged
+        self._per_source = per_source
         self._trim = trim
         self._refusals = RefusalLog(log, "history catch-up refused messages")
         self._sender_check = sender_check
@@ -153,6 +164,16 @@ class CatchUp:
     def connection_opened(self, info: ConnectionInfo) -> None:
         self._pending.update(self._rooms())
         self._wake.set()
+
+    def heard_live(self, room: str, senders: Iterable[str]) -> None:
+        """``senders`` were heard live in ``room`` (a message of theirs passed the pubsub
+        validator and its per-sender budget, and was stored): they are no longer strangers
+        for catch-up's charge (they hold what they sent live)."""
+        strangers = self._strangers
+        if not strangers:
+            return
+        for sender in senders:
+            strangers.pop((room, sender), None)
 
     def connection_closed(self, info: ConnectionInfo) -> None:
         # Whatever was sent while we are apart is missed: when it is back, ask it again at
@@ -238,7 +259,7 @@ class CatchUp:
         if self._moderate is not None:
             ordered = self._moderate(room, ordered)
         if self._charged is not None:
-            ordered = self._charge(room, ordered)
+            ordered = self._charge(room, ordered, results)
         new: list[StoredMessage] = []
         for first in range(0, len(ordered), WRITE_BATCH):
             new += self._history.add_many(ordered[first : first + WRITE_BATCH])
@@ -255,8 +276,12 @@ class CatchUp:
             await self._on_caught_up(room, new, answered)
         return stored
 
-    def _charge(self, room: str, ordered: list[StoredMessage]) -> list[StoredMessage]:
-        """What the charge admits of ``ordered`` (what is already stored is not charged)."""
+    def _charge(
+        self, room: str, ordered: list[StoredMessage], results: list[Fetched]
+    ) -> list[StoredMessage]:
+        """What the charge admits of ``ordered`` (what is already stored is not charged), and
+        of its newcomers' messages what their sources may still bring (``results``: what
+        each source returned)."""
         assert self._charged is not None
         history = self._history
         strangers = self._strangers
@@ -265,13 +290,59 @@ class CatchUp:
         def held(sender: str) -> int:
             return 0 if (room, sender) in strangers else history.held_by(room, sender)
 
-        result = charge(new, held, history.count(room), self._charged)
-        for sender in result.newcomers:
+        room_count = history.count(room)
+        result = charge(new, held, room_count, self._charged)
+        refused = dict(result.refused)
+        newcomers = result.newcomers
+        if self._per_source is not None and room_count and newcomers:
+            result.admitted, refused[SOURCE] = self._within_sources(
+                room, result.admitted, newcomers, results
+            )
+            newcomers = {m.sender for m in result.admitted if m.sender in newcomers}
+        for sender in newcomers:
             strangers[(room, sender)] = None
-        for reason, count in result.refused.items():
+        for reason, count in refused.items():
+            if not count:
+                continue
             self._observer.refused(reason, count)
             self._refusals.refused(reason, room=room, refused=count)
         return result.admitted
+
+    def _within_sources(
+        self,
+        room: str,
+        admitted: list[StoredMessage],
+        newcomers: set[str],
+        results: list[Fetched],
+    ) -> tuple[list[StoredMessage], int]:
+        """``admitted`` less the newcomers' messages their sources may not bring any more,
+        and how many those were."""
+        assert self._per_source is not None
+        theirs = [m for m in admitted if m.sender in newcomers]
+        ids = {m.message_id for m in theirs}
+        sources_of: dict[bytes, list[str]] = {}
+        for fetched in results:
+            for message in fetched.messages:
+                if message.message_id in ids:
+                    sources_of.setdefault(message.message_id, []).append(fetched.source)
+        group_of = {f.source: self._group(f.remote_ip) for f in results}
+        allowed, refused = self._per_source.admit(
+            room, theirs, sources_of, group_of, time.monotonic()
+        )
+        kept = [m for m in admitted if m.sender not in newcomers or m.message_id in allowed]
+        return kept, refused
+
+    def _group(self, ip: str | None) -> str:
+        """The address group a source at ``ip`` is charged to. Sources reached through a relay
+        (or at an address not known) share one: a fresh PeerId through a relay costs
+        nothing, so counting them by PeerId would let a source come back as a new one each
+        time with a new allowance."""
+        if ip is None:
+            return UNADDRESSED
+        try:
+            return address_group(ip, self._settings.ipv4_prefix, self._settings.ipv6_prefix)
+        except ValueError:
+            return UNADDRESSED
 
     def _start_ms(self, room: str) -> int:
         newest = self._history.newest_sent_at(room)

@@ -26,7 +26,10 @@ applies: everyone is a newcomer, and the newcomers share the whole cap.
 
 A newcomer stays one for the catch-ups that follow while the caller remembers it
 (:class:`~p2pchat.node.catchup.CatchUp` does, for the newest ``MAX_STRANGERS``): otherwise a
-sybil admitted once, holding one message, would bring a whole share at the next catch-up.
+sybil admitted once, holding one message, would bring a whole share at the next catch-up;
+until it is heard live (:meth:`~p2pchat.node.catchup.CatchUp.heard_live`). What the newcomers
+bring is also charged to the sources that returned them
+(:mod:`p2pchat.node.catchup_sources`): every reconnect of a source starts a catch-up.
 
 Everything refused is counted by reason (:data:`SENDER_SHARE`, :data:`NEWCOMERS`).
 """

@@ -889,6 +889,24 @@ class HistorySection(_Section):
         "history out. Each sender also brings at most its chat.history_sender_share of the "
         "room per catch-up. Into a room holding nothing yet: the whole cap, no sender share.",
     )
+    catchup_source_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Share of chat.history_max_messages that one source (its PeerId, and "
+        "apart from that its address group: IPv4 address, IPv6 /64; every relayed source one "
+        "group) may bring into a room from "
+        "senders new to it by catch-up, per catchup_source_window_seconds (refilled "
+        "gradually): a source that disconnects and reconnects, each time starting a catch-up, "
+        "cannot bring another catchup_newcomer_share each time. A first join (a room holding "
+        "nothing yet) is not charged.",
+    )
+    catchup_source_window_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
+        description="The window of catchup_source_share (a day).",
+    )
     catchup_lookback_days: float = Field(
         default=7.0, gt=0, description="How far back to fetch a room this node has no history of."
     )

@@ -145,6 +145,7 @@ class Fetched:
     messages: list[StoredMessage]
     rejected: int
     complete: bool  # the walk reached the end of the range (not cut by max_messages)
+    remote_ip: str | None = None  # where the source's stream came from (None: relayed, unknown)
 
 
 class StoreClient:
@@ -166,7 +167,7 @@ class StoreClient:
             SourceError: the peer could not be asked, refused, or broke the protocol.
         """
         fetched = Fetched(peer, [], 0, complete=False)
-        async for entries, last in self._pages(peer, room, start_ms, max_messages):
+        async for entries, last in self._pages(fetched, room, start_ms, max_messages):
             now = now_ms()
             for entry in entries:
                 try:
@@ -179,8 +180,10 @@ class StoreClient:
         return fetched
 
     async def _pages(
-        self, peer: str, room: str, start_ms: int | None, max_messages: int
+        self, fetched: Fetched, room: str, start_ms: int | None, max_messages: int
     ) -> AsyncIterator[tuple[tuple[Entry, ...], bool]]:
+        """The pages of ``fetched.source``'s answer (sets ``fetched.remote_ip``)."""
+        peer = fetched.source
         try:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
         except StreamError as error:  # no connection, protocol not supported, ...
@@ -191,6 +194,7 @@ class StoreClient:
                     f"{PROTOCOL_ID})"
                 ) from None
             raise SourceError(f"cannot open a history stream: {error}") from None
+        fetched.remote_ip = stream.remote_ip
         decoder = FrameDecoder(MAX_REPLY_BYTES)
         cursor: bytes | None = None
         received = 0

@@ -10,6 +10,7 @@ import pytest
 import structlog
 from p2pchat.node.catchup import MAX_STRANGERS, CatchUp
 from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
+from p2pchat.node.catchup_sources import SOURCE, SourceAllowance
 from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
@@ -221,4 +222,171 @@ async def test_the_strangers_remembered_are_bounded(tmp_path: Path) -> None:
     )
     assert await catch_up.catch_up(ROOM, ["hostile"]) == len(flood)
     assert len(catch_up._strangers) == MAX_STRANGERS
+    store.close()
+
+
+def test_a_source_allowance_is_per_peer_and_per_group_and_refills() -> None:
+    allowance = SourceAllowance(10, 100.0)
+    flood = sybils(20, 1, 0)
+    sources_of = {m.message_id: ["mallory"] for m in flood}
+    groups = {"mallory": "192.0.2.7/32", "eve": "192.0.2.7/32", "carol": "198.51.100.1/32"}
+    admitted, refused = allowance.admit(ROOM, flood, sources_of, groups, 0.0)
+    # Its newest 10, then nothing: not from it, nor from another PeerId at its address.
+    assert admitted == {m.message_id for m in flood[10:]} and refused == 10
+    assert allowance.admit(ROOM, flood[:10], sources_of, groups, 1.0) == (set(), 10)
+    eve = {m.message_id: ["eve"] for m in flood}
+    assert allowance.admit(ROOM, flood[:1], eve, groups, 1.0) == (set(), 1)
+    # Another address pays for what both returned; another room has its own allowance.
+    both = {m.message_id: ["mallory", "carol"] for m in flood}
+    assert allowance.admit(ROOM, flood[:5], both, groups, 1.0)[1] == 0
+    assert allowance.admit("other", flood[:5], sources_of, groups, 1.0)[1] == 0
+    # A tenth of the window later, one message more.
+    assert len(allowance.admit(ROOM, flood[:5], sources_of, groups, 11.0)[0]) == 1
+    with pytest.raises(ValueError):
+        SourceAllowance(0, 1.0)
+
+
+class _Sources:
+    """Sources by PeerId, each serving what it was given from the address it was given."""
+
+    def __init__(self, served: dict[str, tuple[list[StoredMessage], str | None]]) -> None:
+        self.served = served
+
+    async def fetch_range(
+        self, source: str, room: str, start_ms: int, max_messages: int
+    ) -> Fetched:
+        messages, ip = self.served[source]
+        return Fetched(source, messages[:max_messages], 0, True, remote_ip=ip)
+
+
+def _repeat_catch_up(
+    tmp_path: Path, source: object, per_source: SourceAllowance | None
+) -> tuple[History, Store, CatchUp]:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    history.add_many([msg(f"h-{n}", "alice", n) for n in range(60)])
+
+    def trim(room: str) -> int:
+        return history.apply_retention(
+            room, max_count=100, max_age_ms=None, now_ms=0, sender_share=0.1
+        )
+
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        source,  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100, 0.1, 0.1),
+        trim=trim,
+        per_source=per_source,
+    )
+    return history, store, catch_up
+
+
+@pytest.mark.parametrize("limited", [True, False])
+async def test_a_source_reconnecting_cannot_bring_newcomers_again_and_again(
+    tmp_path: Path, limited: bool
+) -> None:
+    source = _Sources({"hostile": (sybils(200, 10, 1_000), "192.0.2.7")})
+    allowance = SourceAllowance(10, 86_400.0) if limited else None
+    history, store, catch_up = _repeat_catch_up(tmp_path, source, allowance)
+    observer = catch_up._observer
+    assert isinstance(observer, _Refusals)
+    for _ in range(10):  # it disconnects and reconnects: each time a catch-up, asked at once
+        await catch_up.catch_up(ROOM, ["hostile"])
+        catch_up.connection_closed(ConnectionInfo("hostile", "inbound", "tcp", "/noise", "/yy"))
+    alice = sum(m.sender == "alice" for m in history.range(ROOM, 0))
+    if limited:  # the first catch-up's 10, then nothing more from it
+        assert alice == 60 and history.count(ROOM) == 70
+        assert observer.counted[SOURCE] == 9 * 10
+    else:  # the negative control: 10 more each time; the trim cut Alice, over her share
+        assert alice < 60 and history.count(ROOM) == 100 and SOURCE not in observer.counted
+    store.close()
+
+
+async def test_a_first_join_is_not_charged_to_its_source(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    history = History(store)
+    flood = sybils(50, 1, 0)
+    catch_up = CatchUp(
+        None,  # type: ignore[arg-type]  # the host is only used by run()
+        history,
+        _Sources({"archiver": (flood, "192.0.2.7")}),  # type: ignore[arg-type]
+        HistorySection(),
+        lambda: [ROOM],
+        _nothing_to_show,
+        _Refusals(),
+        structlog.get_logger(),
+        charged=ChargeSettings(100, 0.1, 0.1),
+        per_source=SourceAllowance(10, 86_400.0),
+    )
+    assert await catch_up.catch_up(ROOM, ["archiver"]) == 50
+    store.close()
+
+
+@pytest.mark.parametrize("heard", [True, False])
+async def test_a_stranger_heard_live_is_charged_by_what_it_holds(
+    tmp_path: Path, heard: bool
+) -> None:
+    first = [msg(f"s-{n}", f"sybil-{n}", 1_000 + n) for n in range(20)]
+    source = _Sources({"archiver": (first, None)})
+    history, store, catch_up = _repeat_catch_up(tmp_path, source, None)
+    await catch_up.catch_up(ROOM, ["archiver"])
+    assert ("room", "sybil-0") in catch_up._strangers  # 10 of the 20, one each
+    stranger = next(sender for (_, sender) in catch_up._strangers)
+    if heard:  # it speaks live: its message passed the validator and its budget
+        history.add_many([msg("live", stranger, 5_000)])
+        catch_up.heard_live(ROOM, {stranger})
+    # It was away, and said 15 more meanwhile; so did 9 senders never heard of.
+    said = [msg(f"x-{n}", stranger, 6_000 + n) for n in range(15)]
+    said += [
+        msg(f"o-{n}-{k}", f"other-{n}", 7_000 + 10 * n + k) for n in range(9) for k in range(3)
+    ]
+    source.served["archiver"] = (said, None)
+    catch_up.connection_closed(ConnectionInfo("archiver", "inbound", "tcp", "/noise", "/yy"))
+    await catch_up.catch_up(ROOM, ["archiver"])
+    brought = sum(m.sender == stranger and m.sent_at_ms >= 6_000 for m in history.range(ROOM, 0))
+    # Known now: its share of the room (10). Still a stranger (the negative control): one of
+    # the newcomers' 10, shared with the 9 others.
+    assert brought == (10 if heard else 1)
+    assert ((ROOM, stranger) in catch_up._strangers) is not heard
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("second_ip", "shared"),
+    [("2001:db8::2", True), ("2001:db8:0:1::1", False), ("192.0.2.7", False)],
+)
+async def test_sources_in_one_address_group_share_an_allowance(
+    tmp_path: Path, second_ip: str | None, shared: bool
+) -> None:
+    # Two PeerIds, the second in the first's IPv6 /64 or not.
+    source = _Sources(
+        {
+            "one": (sybils(100, 10, 1_000), "2001:db8::1"),
+            "two": (sybils(100, 10, 100_000), second_ip),
+        }
+    )
+    history, store, catch_up = _repeat_catch_up(tmp_path, source, SourceAllowance(10, 86_400.0))
+    await catch_up.catch_up(ROOM, ["one"])
+    assert history.count(ROOM) == 70
+    await catch_up.catch_up(ROOM, ["two"])
+    assert history.count(ROOM) == (70 if shared else 80)
+    store.close()
+
+
+async def test_relayed_sources_share_one_allowance(tmp_path: Path) -> None:
+    # Through a relay a new PeerId costs nothing: a source coming back as a new one each time
+    # gets no new allowance.
+    served = {f"fresh-{n}": (sybils(100, 10, 1_000 * (n + 1)), None) for n in range(3)}
+    history, store, catch_up = _repeat_catch_up(
+        tmp_path, _Sources(served), SourceAllowance(10, 86_400.0)
+    )
+    for name in served:
+        await catch_up.catch_up(ROOM, [name])
+    assert history.count(ROOM) == 70
     store.close()

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 from p2pchat.node.history import History, StoredMessage, now_ms
+from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.store import Store
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 from p2pchat.roles.peer import names as names_module
@@ -172,6 +173,28 @@ def test_the_validator_keeps_a_bounded_number_of_decoded_payloads(store: Store) 
         assert validate(_text(f"from {sender}")) is None
         assert len(inbound._validated) <= MAX_VALIDATED
     assert len(inbound._validated) == MAX_VALIDATED
+
+
+def test_senders_heard_live_are_told_once_their_texts_are_stored(store: Store) -> None:
+    heard: list[tuple[str, set[str]]] = []
+    inbound = Inbound(
+        ME,
+        History(store),
+        Names(ME, store.namespace(names_module.NAMESPACE), None),
+        Rooms(ROOM),
+        ChatMetrics(CollectorRegistry()),
+        4096,
+        lambda room: None,
+        lambda event: None,
+        heard_live=lambda room, senders: heard.append((room, senders)),
+    )
+    bob, carol = fresh_peer_ids(2)
+    texts = [(bob, _text("one")), (bob, _text("two")), (carol, _text("three"))]
+    batch = [GossipMessage(ROOM, data, sender, b"", data) for sender, data in texts]
+    inbound.accept(ROOM, batch)
+    assert heard == [(ROOM, {bob, carol})]
+    inbound.accept(ROOM, batch[:1])  # stored already: nothing new heard
+    assert heard == [(ROOM, {bob, carol})]
 
 
 # --- outbox and pending queue ----------------------------------------------------------------

@@ -130,9 +130,10 @@ class CatchUpMetrics:
         )
         self.refused_messages = Counter(
             "p2pchat_history_catchup_refused",
-            "Messages a catch-up left out, charged to their senders, by reason (sender_share: "
+            "Messages a catch-up left out, by reason (sender_share: "
             "the sender over its share of the room's history; newcomers: senders new to the "
-            "room over their shared budget).",
+            "room over their shared budget; source: newcomers' messages over what their source "
+            "may bring per room and window).",
             ("reason",),
             registry=registry,
         )

@@ -64,6 +64,8 @@ class Inbound:
             a room that is not the current one counts as unread there.
         new_sender: told when a room hears a sender it had not heard (who is a member may
             change: a peer that speaks in a room is one).
+        heard_live: told each room and the senders of its texts just stored (catch-up stops
+            charging them as strangers).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Inbound:
         new_sender: Callable[[], object] = lambda: None,
         moderated: Callable[[Moderation], object] = lambda decision: None,
         refused: Callable[[str, str, str], object] = lambda reason, room, sender: None,
+        heard_live: Callable[[str, set[str]], object] = lambda room, senders: None,
     ) -> None:
         self._me = me
         self._history = history
@@ -91,6 +94,7 @@ class Inbound:
         self._new_sender = new_sender
         self._moderated = moderated
         self._refused = refused
+        self._heard_live = heard_live
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -165,6 +169,8 @@ class Inbound:
         new = {id(stored) for stored in self._history.add_many(stored for stored, _ in texts)}
         if new:
             self._stored(room)
+            # They passed the validator and the sender budget: catch-up's strangers no more.
+            self._heard_live(room, {stored.sender for stored, _ in texts if id(stored) in new})
         duplicates = len(texts) - len(new)
         if duplicates:
             self._observer.duplicates_dropped(duplicates)

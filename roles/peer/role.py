@@ -17,6 +17,7 @@ import trio
 from p2pchat.node import logs
 from p2pchat.node.catchup import CatchUp
 from p2pchat.node.catchup_charge import ChargeSettings
+from p2pchat.node.catchup_sources import SourceAllowance
 from p2pchat.node.config import ChatSection, Config, HistorySection
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
@@ -94,6 +95,9 @@ class PeerRole:
             metrics,
             emit,
             on_join=lambda room: catch_up.request(room) if catch_up is not None else None,
+            on_heard_live=lambda room, senders: (
+                catch_up.heard_live(room, senders) if catch_up is not None else None
+            ),
             data_dir=self._data_dir,
             log_file=logs.log_file,
             # Scripts get every missed message; the console (and a headless node's log) the
@@ -120,6 +124,10 @@ class PeerRole:
                     settings.catchup_newcomer_share,
                 ),
                 trim=service.trim_history,
+                per_source=SourceAllowance(
+                    max(1, int(self._chat.history_max_messages * settings.catchup_source_share)),
+                    settings.catchup_source_window_seconds,
+                ),
             )
         async with trio.open_nursery() as nursery:
             if catch_up is not None:

@@ -134,6 +134,7 @@ class ChatService:
         emit: Callable[[ChatEvent], None],
         on_join: Callable[[str], None] = lambda room: None,
         *,
+        on_heard_live: Callable[[str, set[str]], object] = lambda room, senders: None,
         data_dir: Path | None = None,
         log_file: Callable[[], Path | None] = lambda: None,
         missed_inline: int | None = None,
@@ -141,8 +142,10 @@ class ChatService:
     ) -> None:
         """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
         (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
-        this peer joins (catch-up fetches what it missed); ``data_dir``: where /export writes
-        by default; ``log_file``: where the node logs (``/info``); ``missed_inline``: how many
+        this peer joins (catch-up fetches what it missed); ``on_heard_live`` is told each room
+        and the senders whose live messages it just stored (catch-up's strangers no more);
+        ``data_dir``: where /export writes by default; ``log_file``: where the node logs
+        (``/info``); ``missed_inline``: how many
         of the messages a catch-up fetched are shown (the newest; None: all, for scripts);
         ``emit_waiting``: as ``emit``, but waits while the front end is behind instead of
         dropping (default: ``emit``)."""
@@ -198,6 +201,7 @@ class ChatService:
             new_sender=lambda: self._changes.note(),
             moderated=self._moderator.decided,
             refused=lambda reason, room, sender: refusals.refused(reason, room=room, sender=sender),
+            heard_live=on_heard_live,
         )
         self._outbox = Outbox(
             gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
