@@ -37,6 +37,8 @@ import pyte
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.scheduling import PathGroupScheduling
+
 START_TIMEOUT = 60.0  # generous: shared CI machines can be slow to import libp2p
 TERMINAL_COLUMNS, TERMINAL_ROWS = 120, 40
 EVENTS_SCHEMA = "events-v1.schema.json"
@@ -464,6 +466,16 @@ def start_node_in(
 
 
 _started_in_this_test: list[NodeProcess] = []
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which would answer first
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> PathGroupScheduling | None:
+    """``make unit`` (``pytest -n N --dist loadgroup``) runs the load-sensitive tests one at a
+    time, each kind on one worker: tests/scheduling.py says which and why. Other ``--dist``
+    modes are pytest-xdist's own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return PathGroupScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
