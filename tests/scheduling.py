@@ -6,11 +6,11 @@ far better than one after another. Some must not share the machine with tests li
 
 - the hostile suite measures a victim's RSS and fds and the honest delivery under an attack
   (two attacks at once would measure each other);
-- the container suites and the Ansible test drive one Docker daemon, build this process's image
-  tag (one build per worker that runs any of them: tests/containers/image.py) and wait minutes
-  for topologies to meet;
-- the network-namespace labs (NAT routers, hole punching with its timed simultaneous open, mDNS,
-  links cut with iptables) depend on timing that a loaded machine stretches.
+- the labs: the container suites build this process's image tag (once per worker that runs
+  any of them: tests/containers/image.py) and wait minutes for topologies to meet; the
+  network-namespace labs (NAT routers, hole punching with its timed simultaneous open, mDNS,
+  links cut with iptables) depend on timings that a loaded machine stretches;
+- the Ansible test deploys into one container, a playbook run after another.
 
 Each group below runs on ONE worker, one test after another, in collection order (module and
 package fixtures then live once); tests in no group are spread over the workers one by one.
@@ -28,8 +28,12 @@ from xdist.scheduler import LoadGroupScheduling
 # group -> paths relative to the repository root: a directory (trailing "/") or one file.
 SERIAL_GROUPS: dict[str, tuple[str, ...]] = {
     "hostile": ("tests/hostile/",),
-    "engine": ("tests/containers/", "tests/nat/", "tests/test_ansible.py"),
-    "netns": (
+    # Its own group: the longest suite after the hostile one (minutes of playbook runs), and it
+    # shares nothing with the labs but the daemon.
+    "ansible": ("tests/test_ansible.py",),
+    "labs": (
+        "tests/containers/",
+        "tests/nat/",
         "tests/test_holepunch.py",
         "tests/test_holepunch_simultaneous.py",
         "tests/test_interop_js_dcutr.py",

@@ -23,8 +23,8 @@ def test_every_listed_path_exists() -> None:
 
 def test_a_new_file_under_a_listed_directory_is_in_its_group() -> None:
     assert group_of("tests/hostile/test_written_tomorrow.py") == "hostile"
-    assert group_of("tests/nat/test_written_tomorrow.py") == "engine"
-    assert group_of("tests/test_ansible.py") == "engine"
+    assert group_of("tests/nat/test_written_tomorrow.py") == "labs"
+    assert group_of("tests/test_ansible.py") == "ansible"
     assert group_of("tests/test_ansible_more.py") is None  # a file entry is that file only
     assert group_of("tests/test_chat.py") is None
 
