@@ -37,8 +37,6 @@ import pyte
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.scheduling import PathGroupScheduling
-
 START_TIMEOUT = 60.0  # generous: shared CI machines can be slow to import libp2p
 TERMINAL_COLUMNS, TERMINAL_ROWS = 120, 40
 EVENTS_SCHEMA = "events-v1.schema.json"
@@ -468,13 +466,17 @@ def start_node_in(
 _started_in_this_test: list[NodeProcess] = []
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which would answer first
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> PathGroupScheduling | None:
+# tryfirst: before pytest-xdist's own, which would answer first. optionalhook: a venv without
+# pytest-xdist (made before it was a dev dependency) still runs the tests, one after another.
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``make unit`` (``pytest -n N --dist loadgroup``) runs the load-sensitive tests one at a
     time, each kind on one worker: tests/scheduling.py says which and why. Other ``--dist``
     modes are pytest-xdist's own."""
     if config.getvalue("dist") != "loadgroup":
         return None
+    from tests.scheduling import PathGroupScheduling  # imports pytest-xdist
+
     return PathGroupScheduling(config, log)
 
 
