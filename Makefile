@@ -68,8 +68,14 @@ JS_PEER := tests/interop/js
 $(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
 	cd $(JS_PEER) && npm ci --no-audit --no-fund --loglevel=error
 
+# The suite on TEST_WORKERS pytest-xdist workers: most tests wait on real processes and sockets,
+# so several at once use the cores better. The load-sensitive kinds (the hostile suite, the
+# container and NAT labs, the namespace labs) still run one test at a time, each kind on one
+# worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
+TEST_WORKERS ?= 4
+
 unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
 

@@ -466,6 +466,20 @@ def start_node_in(
 _started_in_this_test: list[NodeProcess] = []
 
 
+# tryfirst: before pytest-xdist's own, which would answer first. optionalhook: a venv without
+# pytest-xdist (made before it was a dev dependency) still runs the tests, one after another.
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make unit`` (``pytest -n N --dist loadgroup``) runs the load-sensitive tests one at a
+    time, each kind on one worker: tests/scheduling.py says which and why. Other ``--dist``
+    modes are pytest-xdist's own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.scheduling import PathGroupScheduling  # imports pytest-xdist
+
+    return PathGroupScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def json_contract() -> Iterator[None]:
     """Fails a test if any ``--json`` node it started wrote output that breaks the events

@@ -38,6 +38,8 @@ from tests.conftest import (
     NodeProcess,
     contract_violations,
     load_schema,
+    node_env,
+    p2pchat_command,
     start_node,
 )
 from tests.test_chat import wait_members
@@ -379,6 +381,36 @@ def test_many_inputs_at_once_are_answered_in_order(
     ends = [a.next_event(lambda e: e["type"] == "done", timeout=WAIT) for _ in lines]
     assert [e["reply_to"] for e in ends] == list(range(20))
     assert all(e["ok"] for e in ends)
+
+
+LOOPBACK = ("--listen", "/ip4/127.0.0.1/tcp/0")
+
+
+def test_a_reader_that_lags_gets_every_object_whole(tmp_path: Path) -> None:
+    """A script that stops reading for a while (a loaded machine, a paused pipeline) gets every
+    object whole once it reads again: a write into the full pipe waits for it however long.
+    It once gave up after 2 s, leaving half an object in the pipe with the next glued to it."""
+    helps = 150  # each answer is kilobytes: far more than a pipe holds
+    node = subprocess.Popen(
+        [*p2pchat_command(), "--json", "--data-dir", str(tmp_path), *LOOPBACK],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=node_env(),
+    )
+    try:
+        assert node.stdin is not None and node.stdout is not None
+        node.stdin.write(b"".join(b'{"line": "/help"}\n' for _ in range(helps)))
+        node.stdin.flush()
+        time.sleep(8)  # nothing read: the node's writes wait on the full pipe for 8 s
+        out, _ = node.communicate(timeout=WAIT)  # reads all, then closes stdin: the node ends
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(timeout=10)
+    objects = [json.loads(line) for line in out.decode().splitlines()]  # each line whole
+    answered = [o for o in objects if o["type"] == "output" and o.get("command") == "help"]
+    assert len(answered) == helps, len(answered)
 
 
 def test_the_contract_page_documents_every_event_kind_and_code() -> None:

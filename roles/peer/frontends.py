@@ -282,12 +282,29 @@ async def _drive(
     of ``out`` goes away, the front end ends (as on end of input).
     """
     output = _Output(out)
+    # Taken events are written even while stopping, for EXIT_WRITE_SECONDS at most from when
+    # the stop began. Before that a write waits for the reader however long it lags: a write
+    # cut short leaves part of a line in the pipe (the next object glued to it) and loses the
+    # rest, which a 2 s bound on every write did on a loaded machine.
+    writing: set[trio.CancelScope] = set()
+    stop_by = math.inf
 
     async def write(text: str) -> None:
-        # Taken events are written even while stopping, for a bounded time.
-        with trio.CancelScope(shield=True) as scope:
-            scope.relative_deadline = EXIT_WRITE_SECONDS
-            await output.write(text)
+        with trio.CancelScope(shield=True, deadline=stop_by) as scope:
+            writing.add(scope)
+            try:
+                await output.write(text)
+            finally:
+                writing.discard(scope)
+
+    async def bound_writes_once_stopping() -> None:
+        nonlocal stop_by
+        try:
+            await trio.sleep_forever()
+        finally:  # cancelled: the front end is stopping (end of input, quit or the node's stop)
+            stop_by = trio.current_time() + EXIT_WRITE_SECONDS
+            for scope in writing:
+                scope.deadline = min(scope.deadline, stop_by)
 
     def text_of(batch: Iterable[ChatEvent]) -> str:
         return "".join(render(event) + "\n" for event in batch)
@@ -301,6 +318,7 @@ async def _drive(
 
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(bound_writes_once_stopping)
             nursery.start_soon(show_events, nursery.cancel_scope)
             async for line in stdin_lines():
                 keep_going, text = await answer(line)
