@@ -6,7 +6,7 @@ each lying answer held the victim's only thread for a second or more, and with s
 every 2 s the victim was busy without pause (py-spy: 85% of its samples in the library's walk
 of the answers). The honest messages it relayed were never dropped (no counter moved), only
 held until the liars left: 27, 47 and 46 of ~59 arrived within the test's 15 s drain in three
-runs, the rest 20-25 s late. Answers are now cut to the 20 closer peers (and 20 providers) a
+runs, the rest 17-26 s late. Answers are now cut to the 20 closer peers (and 20 providers) a
 Kademlia server sends (:mod:`p2pchat.node.p2p.kad_answers`).
 
 Asserts honest delivery during the attack, each cut counted
