@@ -42,8 +42,7 @@ def victim_node(
         "P2PCHAT_DHT__LOOKUP_INTERVAL_MAX": str(lookup_interval),
     }
     if max_peers <= DEFAULT_MAX_CONNECTIONS:  # every connected peer keeps its record
-        # (at least py-libp2p's MIN_CONNECTIONS, 50: below it the host refuses to start)
-        env["P2PCHAT_NODE__MAX_CONNECTIONS"] = str(max(max_peers // 2, 50))
+        env["P2PCHAT_NODE__MAX_CONNECTIONS"] = str(max_peers // 2)
     node = start_node(path, "--json", env=node_env(**env))
     nodes.append(node)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
