@@ -19,7 +19,14 @@ from pathlib import Path
 from p2pchat.node.p2p.kad_answers import MAX_CLOSER_PEERS
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, report
+from tests.hostile.harness import (
+    MIN_DELIVERY,
+    Footprint,
+    HonestChat,
+    chat_peer,
+    report,
+    wait_room_peers,
+)
 from tests.hostile.peerstore_attacks import LieTally, start
 from tests.test_autorelay import command
 
@@ -106,3 +113,31 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
         metric=f"{REFUSED}{{reason=lru|addrs|protocols|protocol_name|record}}, "
         "p2pchat_dht_refused_total{reason=table_unidentified}",
     )
+
+
+def test_a_record_past_the_bound_costs_no_message(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    # An honest sender announcing 40 addresses signs a record of about 1 KiB; the victim keeps
+    # records of 512 bytes at most. The library drops every pubsub RPC whose record the
+    # peerstore refuses, subscriptions and messages with it, and counts nothing: the victim
+    # never knew the sender was in the room (without the fix: "room never had 2 others").
+    victim = chat_peer(tmp_path / "victim", nodes, P2PCHAT_PEERSTORE__MAX_RECORD_BYTES="512")
+    announced = ",".join(f"/dns4/host{n}.example.org/tcp/4001" for n in range(40))
+    sender = chat_peer(
+        tmp_path / "honest-a",
+        nodes,
+        "--bootstrap",
+        victim.addr(),
+        dht=False,
+        P2PCHAT_NODE__ANNOUNCE=announced,
+    )
+    receiver = chat_peer(tmp_path / "honest-b", nodes, "--bootstrap", victim.addr(), dht=False)
+    wait_room_peers(victim, 2)
+    wait_room_peers(receiver, 1)
+    chat = HonestChat(sender, receiver)
+    chat.warm_up()
+    chat.start(rate=5.0)
+    time.sleep(5)
+    delivery = chat.stop()
+    assert victim.metric(REFUSED, reason="record") >= 1
+    assert chat.sent >= 10
+    assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
