@@ -6,6 +6,7 @@ The hostile suite (tests/hostile/test_kad.py) attacks a real bootstrap process w
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -358,3 +359,51 @@ async def test_a_peer_announcing_30_rooms_at_once_is_refused_nothing(tmp_path: P
             await wait_until(lambda: server.provider_records() == 30)
             assert not refusals
             nursery.cancel_scope.cancel()
+
+
+async def test_a_lookup_takes_no_more_than_k_peers_of_an_answer(tmp_path: Path) -> None:
+    # A DHT server whose every answer names 1,500 closer peers and 1,500 providers (about
+    # 100 KiB, under the 256 KiB read bound), all at a port that refuses connections. The
+    # library walked each answer with list lookups, quadratic and without a checkpoint: a
+    # second or more of the node's only thread per answer (tests/hostile/test_kad_answers.py).
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    nowhere = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{dead.getsockname()[1]}").to_bytes()
+    answers = Counter[int]()
+
+    async def serve(stream: Stream) -> None:
+        request = Message()
+        request.ParseFromString(await read_frame(stream, FrameDecoder(1 << 20)))
+        answer = Message(type=request.type, key=request.key)
+        kinds = [answer.closerPeers]
+        if request.type == Message.MessageType.GET_PROVIDERS:
+            kinds.append(answer.providerPeers)
+        for named in kinds:
+            for _ in range(1500):
+                peer = named.add()
+                peer.id = ID.from_base58(fresh_peer_id()).to_bytes()
+                peer.addrs.append(nowhere)
+        answers[request.type] += 1
+        await stream.write(frame(answer.SerializeToString()))
+        await stream.close()
+
+    refusals = Refusals()
+    with dead:
+        async with (
+            running_host(tmp_path / "server") as (server, _),
+            running_host(tmp_path / "client") as (client_host, _),
+        ):
+            server.set_stream_handler(PROTOCOL_ID, serve)
+            client = Dht(client_host, server=False, observer=refusals)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                await client_host.connect(loopback_addr(server))
+                await wait_until(lambda: client.routing_table_size() == 1)
+                found = await client.find_providers(random_key(), count=1000)
+                nursery.cancel_scope.cancel()
+    # Every answer was cut, each cut counted; no more providers than one server may name.
+    assert refusals["closer_peers"] >= 1
+    assert answers[Message.MessageType.GET_PROVIDERS] >= 1
+    assert refusals["closer_peers"] == sum(answers.values())
+    assert refusals["providers"] == answers[Message.MessageType.GET_PROVIDERS]
+    assert 0 < len(found) <= 20

@@ -310,10 +310,13 @@ def test_unspecified_listen_addresses_are_advertised_per_interface() -> None:
 
 def test_the_connection_limit_is_the_pruning_point_too(tmp_path: Path) -> None:
     """Trap 22: the library prunes connections above its high watermark (300) whatever
-    max_connections says, and refuses a max_connections below it."""
+    max_connections says, and refuses a max_connections below it (and a low watermark below
+    its min_connections, 50)."""
     with pytest.raises(ValueError, match="high_watermark"):
         ConnectionConfig(max_connections=50)
-    for limit in (50, 1000):
+    with pytest.raises(ValueError, match="min_connections"):
+        ConnectionConfig(max_connections=10, high_watermark=10, low_watermark=10)
+    for limit in (10, 50, 1000):
         host = P2PHost(
             load_or_create_identity(tmp_path / str(limit)),
             HostSettings(listen=LOOPBACK, max_connections=limit),

@@ -37,7 +37,9 @@ class DhtMetrics:
             "DHT requests, streams and provider records refused by a bound, by reason "
             "(streams_per_peer, streams_total, evicted, idle, partial_frame, write_timeout, "
             "frame_size, malformed, rate, put_value, providers_per_key, "
-            "providers_per_peer, providers_total, providers_evicted, provider_addrs).",
+            "providers_per_peer, providers_total, providers_evicted, provider_addrs, "
+            "table_unidentified; closer_peers, providers: a lookup answer naming more than the "
+            "20 a Kademlia server sends, cut to 20).",
             ("reason",),
             registry=registry,
         )

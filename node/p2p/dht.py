@@ -32,7 +32,11 @@ What the library does, and what this module does instead:
 - the provider store is bounded only per key, and a server reads inbound streams without a
   deadline, all peers under 12 slots, and stores PUT_VALUE records of up to 1 MiB -> the store
   is :class:`~p2pchat.node.p2p.kad_providers.BoundedProviderStore` and inbound streams are
-  served by :class:`~p2pchat.node.p2p.kad_inbound.InboundKad` (:class:`KadLimits`).
+  served by :class:`~p2pchat.node.p2p.kad_inbound.InboundKad` (:class:`KadLimits`);
+- a lookup walks every peer an answer names with list lookups (quadratic, no checkpoint): one
+  lying answer naming 1,500 peers held the node's thread for seconds, and the chat it relayed
+  waited -> answers are cut to the 20 closer peers and 20 providers a server sends
+  (:mod:`~p2pchat.node.p2p.kad_answers`; ``closer_peers``, ``providers``).
 
 Server mode (bootstrap nodes) answers queries and stores records; client mode (chat peers)
 only asks, as go-libp2p's peers behind NAT do, and is never added to other routing tables.
@@ -54,6 +58,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 from p2pchat.node.errors import P2PChatError
 from p2pchat.node.p2p.host import IdentifyReceived, P2PHost
+from p2pchat.node.p2p.kad_answers import counting_on
 from p2pchat.node.p2p.kad_inbound import InboundKad, InboundLimits, KadObserver
 from p2pchat.node.p2p.kad_providers import BoundedProviderStore, ProviderLimits
 
@@ -136,6 +141,7 @@ class Dht:
         self.server = server
         limits = limits if limits is not None else KadLimits()
         observer = observer if observer is not None else _QuietObserver()
+        self._observer = observer
         mode = DHTMode.SERVER if server else DHTMode.CLIENT
         self._kad = KadDHT(host.libp2p_host, mode, enable_random_walk=False)
         self._providers = BoundedProviderStore(
@@ -193,17 +199,19 @@ class Dht:
         """Serve (in server mode) and keep the routing table filled until cancelled: every
         connected peer identify shows serving the DHT is added, those connected before this
         started included."""
-        async with background_trio_service(self._kad):
-            self._host.watch_identify(self._identify_received)
-            self._identified.update(self._host.connected_peers())
-            task_status.started()
-            while True:
-                peers, self._identified = self._identified, set()
-                for peer in sorted(peers):
-                    if self._host.is_connected(peer):  # a client is refused by the check
-                        await self._add_if_server(ID.from_base58(peer))
-                await self._wake.wait()
-                self._wake = trio.Event()
+        # The library's own lookups (its routing-table refresh) count their answers' cuts too.
+        with counting_on(self._observer):
+            async with background_trio_service(self._kad):
+                self._host.watch_identify(self._identify_received)
+                self._identified.update(self._host.connected_peers())
+                task_status.started()
+                while True:
+                    peers, self._identified = self._identified, set()
+                    for peer in sorted(peers):
+                        if self._host.is_connected(peer):  # a client is refused by the check
+                            await self._add_if_server(ID.from_base58(peer))
+                    await self._wake.wait()
+                    self._wake = trio.Event()
 
     async def _add_if_server(self, peer_id: ID, *, skip_server_mode_check: bool = False) -> bool:
         if PROTOCOL_ID not in self._host.peer_protocols(str(peer_id)):
@@ -231,7 +239,8 @@ class Dht:
             DhtError: the announcement failed.
         """
         try:
-            return bool(await self._kad.provide(key.hex()))
+            with counting_on(self._observer):
+                return bool(await self._kad.provide(key.hex()))
         except Exception as error:  # the library raises assorted errors for network failures
             raise DhtError(f"provide failed: {error!r}") from error
 
@@ -243,7 +252,8 @@ class Dht:
             DhtError: the lookup failed.
         """
         try:
-            infos = await self._network_providers(key, count)
+            with counting_on(self._observer):
+                infos = await self._network_providers(key, count)
         except Exception as error:  # the library raises assorted errors for network failures
             raise DhtError(f"lookup failed: {error!r}") from error
         found: dict[str, list[str]] = {}

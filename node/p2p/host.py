@@ -92,6 +92,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import LOW_WATERMARK as LIBRARY_LOW_WATERMARK
+from libp2p.network.config import MIN_CONNECTIONS as LIBRARY_MIN_CONNECTIONS
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -454,6 +455,10 @@ def _build(
         # max_connections says, and a max_connections below 300 fails validation.
         high_watermark=settings.max_connections,
         low_watermark=min(LIBRARY_LOW_WATERMARK, settings.max_connections),
+        # ... and a low watermark under its min_connections (50) too: a node.max_connections
+        # under 50 stopped the node at start with a traceback. (Only the library's
+        # auto-connector reads it, and ours replaces that.)
+        min_connections=min(LIBRARY_MIN_CONNECTIONS, settings.max_connections),
         max_connections_per_peer=1,
         dial_timeout=settings.dial_timeout,
     )

@@ -14,7 +14,10 @@ record is older than one it already has for the sender (identify may have brough
 A peer whose addresses changed (a relay reservation) and whose first RPC still carried the
 previous record was then never known to be subscribed. So the cached record is dropped as soon
 as the library issues a new local record (identify does, on address changes), and a validly
-signed but stale record no longer costs the message it came with.
+signed but stale record no longer costs the message it came with. Nor does one the bounded
+peerstore refuses (``peerstore.max_record_bytes``, or no room; counted in
+``p2pchat_peerstore_refused_total``): an honest peer announcing 40 addresses to a peer whose
+bound was 512 bytes had every RPC dropped, subscriptions and messages, and no drop counted.
 """
 
 from __future__ import annotations
@@ -53,22 +56,21 @@ def cached_record_sender(build: RecordSender) -> RecordSender:
     return env_to_send_in_rpc
 
 
-def is_stale_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
-    """Whether the RPC's record is validly signed by ``peer_id`` but not newer than the one
-    already stored for it."""
-    stored = host.get_peerstore().get_peer_record(peer_id)
-    if stored is None:
-        return False
+def is_signed_by_sender(message: rpc_pb2.RPC, peer_id: ID) -> bool:
+    """Whether the RPC's record is a peer record of ``peer_id`` validly signed by its key
+    (whether or not the peerstore took it: a stale one, or one past the peerstore's bounds)."""
     try:
-        _, record = consume_envelope(message.senderRecord, "libp2p-peer-record")
+        envelope, record = consume_envelope(message.senderRecord, "libp2p-peer-record")
+        signer = ID.from_pubkey(envelope.public_key)
     except Exception:  # the library raises several types for a bad signature or encoding
         return False
-    return bool(record.peer_id == peer_id and record.seq <= stored.record().seq)
+    return bool(record.peer_id == peer_id and signer == peer_id)
 
 
 def remembering_record_consumer(consume: RecordConsumer) -> RecordConsumer:
     """``consume`` (the library's ``maybe_consume_signed_record``), skipped for a record this
-    host already accepted from the same peer, and accepting a validly signed stale one."""
+    host already accepted from the same peer, and accepting a record validly signed by the
+    sender that the peerstore refuses (stale, or past its bounds)."""
     verified: WeakKeyDictionary[IHost, dict[ID, bytes]] = WeakKeyDictionary()
 
     def maybe_consume_signed_record(message: rpc_pb2.RPC, host: IHost, peer_id: ID) -> bool:
@@ -77,8 +79,11 @@ def remembering_record_consumer(consume: RecordConsumer) -> RecordConsumer:
         known = verified.get(host)
         if known is not None and known.get(peer_id) == message.senderRecord:
             return True
-        if not consume(message, host, peer_id):
-            return is_stale_record(message, host, peer_id)
+        # Refused, but signed by the sender: stale, or past the peerstore's bounds (its
+        # refusal is counted there). The messages carry their own signatures: keep them (and
+        # remember the record, so it is not verified again with every RPC).
+        if not consume(message, host, peer_id) and not is_signed_by_sender(message, peer_id):
+            return False
         if known is None:
             known = verified[host] = {}
         elif len(known) >= MAX_REMEMBERED_RECORDS:

@@ -24,6 +24,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -81,7 +82,15 @@ def lying_answer(request: Message, ports: list[int]) -> bytes:
     return answer.SerializeToString()
 
 
-def serve_lies(tally: Tally, ports: list[int]) -> StreamHandler:
+@dataclass
+class LieTally(Tally):
+    """:class:`Tally`, and how many of the answers sent were to FIND_NODE (the victim keeps
+    the closer peers of those in its peerstore; of GET_PROVIDERS answers, only the IDs)."""
+
+    find_node: int = 0
+
+
+def serve_lies(tally: LieTally, ports: list[int]) -> StreamHandler:
     """A Kad handler answering every request with :func:`lying_answer`."""
 
     async def handler(stream: Stream) -> None:
@@ -92,6 +101,7 @@ def serve_lies(tally: Tally, ports: list[int]) -> StreamHandler:
                 request.ParseFromString(await read_frame(stream, decoder))
                 await stream.write(frame(lying_answer(request, ports)))
                 tally.sent += 1
+                tally.find_node += request.type == Message.MessageType.FIND_NODE
         except (StreamError, FrameError):
             return
         finally:
@@ -122,7 +132,7 @@ async def _attack(
     workdir: Path,
     victim_addr: str,
     liars: int,
-    tally: Tally,
+    tally: LieTally,
     stop: threading.Event,
     started: threading.Event,
 ) -> None:
@@ -158,7 +168,7 @@ async def _attack(
 def start(workdir: Path, victim_addr: str, liars: int) -> Attacker:
     """Start ``liars`` Kad liars and one fat identify against ``victim_addr`` in a thread of
     their own; returns once all are connected (``tally.sent``: lying answers sent)."""
-    tally = Tally()
+    tally = LieTally()
     stop, started = threading.Event(), threading.Event()
 
     def main() -> None:

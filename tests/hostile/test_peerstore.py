@@ -16,25 +16,41 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from p2pchat.node.p2p.kad_answers import MAX_CLOSER_PEERS
+
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.hostile.harness import MIN_DELIVERY, Footprint, HonestChat, report
-from tests.hostile.peerstore_attacks import CLOSER, start
+from tests.hostile.harness import (
+    MIN_DELIVERY,
+    Footprint,
+    HonestChat,
+    chat_peer,
+    report,
+    wait_room_peers,
+)
+from tests.hostile.peerstore_attacks import LieTally, start
 from tests.test_autorelay import command
 
 HELD = "p2pchat_peerstore_peers"
 REFUSED = "p2pchat_peerstore_refused_total"
-MAX_PEERS = 512  # one lying answer names three times as many
+MAX_PEERS = 64  # the lookups of the attack name several times as many
+DEFAULT_MAX_CONNECTIONS = 300  # node.max_connections, which max_peers must exceed
 ATTACK_SECONDS = 12.0
+# Seconds between the victim's room lookups at most: each asks the liars (at 2 s, before their
+# answers were cut to 20 peers, the victim was kept busy and held honest messages up to 24 s;
+# tests/hostile/test_kad_answers.py).
+LOOKUP_INTERVAL = 2.0
 
 
-def victim_node(path: Path, nodes: list[NodeProcess], max_peers: int) -> NodeProcess:
-    node = start_node(
-        path,
-        "--json",
-        env=node_env(
-            P2PCHAT_PEERSTORE__MAX_PEERS=str(max_peers), P2PCHAT_DHT__LOOKUP_INTERVAL_MAX="4"
-        ),
-    )
+def victim_node(
+    path: Path, nodes: list[NodeProcess], max_peers: int, lookup_interval: float = LOOKUP_INTERVAL
+) -> NodeProcess:
+    env = {
+        "P2PCHAT_PEERSTORE__MAX_PEERS": str(max_peers),
+        "P2PCHAT_DHT__LOOKUP_INTERVAL_MAX": str(lookup_interval),
+    }
+    if max_peers <= DEFAULT_MAX_CONNECTIONS:  # every connected peer keeps its record
+        env["P2PCHAT_NODE__MAX_CONNECTIONS"] = str(max_peers // 2)
+    node = start_node(path, "--json", env=node_env(**env))
     nodes.append(node)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node
@@ -59,8 +75,11 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
         finally:
             attacker.stop()
         footprint.assert_fds_back()
-    named = attacker.tally.sent * CLOSER
-    assert named >= 2 * MAX_PEERS, f"the victim asked the liars {attacker.tally.sent} times"
+    # Each answer names 1,500 peers; the victim takes the first 20 of each (kad_answers), and
+    # keeps those of FIND_NODE answers in its peerstore.
+    assert isinstance(attacker.tally, LieTally)
+    named = attacker.tally.find_node * MAX_CLOSER_PEERS
+    assert named >= 2 * MAX_PEERS, f"the victim asked the liars {attacker.tally.find_node} times"
     held_after = victim.metric(HELD)
     assert 0 < peak_held <= MAX_PEERS
     assert held_after <= MAX_PEERS
@@ -82,8 +101,8 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
     assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
     report(
-        "invented PeerIds: Kad answers naming 1,500 each (10 with 100 addresses), a fat "
-        "identify (800 addresses, 400 protocols)",
+        "invented PeerIds: Kad answers naming 1,500 each (10 with 100 addresses; 20 taken), "
+        "a fat identify (800 addresses, 400 protocols)",
         footprint,
         delivery,
         sent=chat.sent,
@@ -94,3 +113,31 @@ def test_invented_peers_stay_within_the_peerstore_bound_and_honest_peers_chat(
         metric=f"{REFUSED}{{reason=lru|addrs|protocols|protocol_name|record}}, "
         "p2pchat_dht_refused_total{reason=table_unidentified}",
     )
+
+
+def test_a_record_past_the_bound_costs_no_message(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    # An honest sender announcing 40 addresses signs a record of about 1 KiB; the victim keeps
+    # records of 512 bytes at most. The library drops every pubsub RPC whose record the
+    # peerstore refuses, subscriptions and messages with it, and counts nothing: the victim
+    # never knew the sender was in the room (without the fix: "room never had 2 others").
+    victim = chat_peer(tmp_path / "victim", nodes, P2PCHAT_PEERSTORE__MAX_RECORD_BYTES="512")
+    announced = ",".join(f"/dns4/host{n}.example.org/tcp/4001" for n in range(40))
+    sender = chat_peer(
+        tmp_path / "honest-a",
+        nodes,
+        "--bootstrap",
+        victim.addr(),
+        dht=False,
+        P2PCHAT_NODE__ANNOUNCE=announced,
+    )
+    receiver = chat_peer(tmp_path / "honest-b", nodes, "--bootstrap", victim.addr(), dht=False)
+    wait_room_peers(victim, 2)
+    wait_room_peers(receiver, 1)
+    chat = HonestChat(sender, receiver)
+    chat.warm_up()
+    chat.start(rate=5.0)
+    time.sleep(5)
+    delivery = chat.stop()
+    assert victim.metric(REFUSED, reason="record") >= 1
+    assert chat.sent >= 10
+    assert delivery >= MIN_DELIVERY, f"{chat.delivered} of {chat.sent} delivered"
