@@ -139,3 +139,37 @@ def test_an_unanswering_peer_delays_no_other_peer_and_its_messages_keep_their_or
             timeout=3 * WAIT,
         )
     assert answer(a, {"id": "x", "line": "/info"})[-1]["ok"] is True
+
+
+def test_a_waiting_message_survives_a_restart_of_its_sender(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    connected(a, b)
+    assert msg(a, b.peer_id, "hello", 1)["kind"] == "dm_delivered"
+    assert b.stop() == 0
+    nodes.remove(b)
+    waiting = msg(a, b.peer_id, "kept for you", 2)
+    assert waiting["kind"] == "dm_waiting", waiting
+    # A stops with the message waiting, and starts again (another port): it still has it.
+    assert a.stop() == 0
+    nodes.remove(a)
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    connected(a, b)
+    direct_from(b, a.peer_id, "kept for you")
+    delivered = a.next_event(
+        lambda e: e["type"] == "notice" and e["kind"] == "dm_delivered", timeout=WAIT
+    )
+    assert delivered["data"]["id"] == waiting["data"]["id"]
+    # Delivered, it is gone from the store: the next start sends nothing again.
+    assert a.stop() == 0 and b.stop() == 0
+    nodes.clear()
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    connected(a, b)
+    assert msg(a, b.peer_id, "and again", 3)["kind"] == "dm_delivered"
+    direct_from(b, a.peer_id, "and again")
+    texts = [e["text"] for e in b.chat if e["type"] == "direct"]
+    assert texts == ["and again"], texts

@@ -4,7 +4,8 @@
 carries one Olm message per stream and gets the recipient's ack on the same stream (the stream
 runs end to end, directly or through a relay that sees Noise ciphertext only): "delivered"
 means the recipient decrypted it. A message that cannot be delivered now (the peer is not
-reachable, or refused it for a limit) is "waiting": kept in memory (bounded) and sent again
+reachable, or refused it for a limit) is "waiting": kept (bounded; in the store, so a restart
+keeps it: :mod:`~p2pchat.roles.peer.dm_waiting`) and sent again
 when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A peer that is not
 connected is first looked up through the DHT's peer routing (when the node runs the DHT) and
 dialled at a few of the addresses found (:data:`MAX_FOUND_ADDRS`).
@@ -78,6 +79,7 @@ from p2pchat.node.wire.dm import (
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, frame
 from p2pchat.roles.peer.dm_crypto import NAMESPACE as NAMESPACE
 from p2pchat.roles.peer.dm_crypto import DmDrop, OlmSessions, SessionLimits
+from p2pchat.roles.peer.dm_waiting import WaitingStore
 from p2pchat.roles.peer.events import ChatEvent, DirectEvent, NoticeEvent
 
 READ_SECONDS = 10.0  # for the one frame of an inbound DM stream
@@ -117,6 +119,7 @@ class _Unreachable(Exception):
 class _Waiting:
     peer: str
     plain: Plaintext
+    key: bytes  # in the store (:class:`~p2pchat.roles.peer.dm_waiting.WaitingStore`)
 
 
 class DirectMessages:
@@ -161,7 +164,13 @@ class DirectMessages:
         self._inbound = 0
         self._inbound_of: dict[str, int] = {}
         self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # Own messages not delivered yet, oldest first, in memory and in the store (a restart
+        # keeps them): at most MAX_WAITING.
         self._waiting: OrderedDict[bytes, _Waiting] = OrderedDict()
+        self._waiting_store = WaitingStore(keys, settings.max_message_bytes)
+        for key, peer, plain in self._waiting_store.load():
+            self._waiting[plain.id] = _Waiting(peer, plain, key)
+        self._trim_waiting()
         # One lock per recipient being sent to (trio's locks are fair: FIFO, so in order); an
         # entry lives while a send to that peer runs or waits, so at most the tasks in flight.
         self._turns: dict[str, trio.Lock] = {}
@@ -266,7 +275,9 @@ class DirectMessages:
         message_id = plain.id.hex()
         if ack.status is not AckStatus.DELIVERED or ack.id != plain.id:
             return self._wait(peer, plain, f"the recipient refused it for now ({ack.status.name})")
-        self._waiting.pop(plain.id, None)
+        delivered = self._waiting.pop(plain.id, None)
+        if delivered is not None:
+            self._waiting_store.remove(delivered.key)
         self._observer.dm_sent_outcome("delivered")
         self._emit(
             DirectEvent(
@@ -281,15 +292,22 @@ class DirectMessages:
 
     def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
         self._observer.dm_sent_outcome("waiting")
-        self._waiting[plain.id] = _Waiting(peer, plain)  # one waiting already keeps its place
-        while len(self._waiting) > MAX_WAITING:
-            self._waiting.popitem(last=False)
+        if plain.id not in self._waiting:  # one waiting already keeps its place
+            key = self._waiting_store.add(peer, plain)
+            self._waiting[plain.id] = _Waiting(peer, plain, key)
+            self._trim_waiting()
         return NoticeEvent(
             "dm_waiting",
             f"waiting: not delivered to {self._name_of(peer)} yet ({reason}); sent again "
             "when it is back",
             {"peer": peer, "id": plain.id.hex(), "reason": reason},
         )
+
+    def _trim_waiting(self) -> None:
+        """The oldest waiting messages are given up past :data:`MAX_WAITING`."""
+        while len(self._waiting) > MAX_WAITING:
+            _, given_up = self._waiting.popitem(last=False)
+            self._waiting_store.remove(given_up.key)
 
     async def _send_waiting(self) -> None:
         """Send waiting messages again to the peers connected now: each peer's in order, the
