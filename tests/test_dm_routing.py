@@ -29,7 +29,7 @@ def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) ->
         time.sleep(0.5)
 
 
-def test_msg_reaches_a_peer_known_only_to_the_bootstrap_through_dht_peer_routing(
+def test_msg_reaches_a_peer_known_only_to_a_bootstrap_through_the_dht_even_after_it_moved(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     bootstrap = start_node(tmp_path / "bootstrap", "--role", "bootstrap", env=node_env())
@@ -55,6 +55,25 @@ def test_msg_reaches_a_peer_known_only_to_the_bootstrap_through_dht_peer_routing
     # And back, over the connection the lookup opened.
     assert msg(b, a.peer_id, "so you did", 2)["kind"] == "dm_delivered"
     direct_from(a, b.peer_id, "so you did")
+
+    # B goes away: a message to it waits. B comes back at another port, connected to the
+    # bootstrap only: A's retry pass looks it up again and delivers the message.
+    assert b.stop() == 0
+    nodes.remove(b)
+    waiting = msg(a, b.peer_id, "welcome back", 3)
+    assert waiting["kind"] == "dm_waiting", waiting
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", bootstrap.addr(), "--room", "rb")
+    direct_from(b, a.peer_id, "welcome back")
+    delivered = a.next_event(
+        lambda e: (
+            e["type"] == "notice"
+            and e["kind"] == "dm_delivered"
+            and e["data"]["id"] == waiting["data"]["id"]
+        ),
+        timeout=WAIT,
+    )
+    assert delivered["data"]["peer"] == b.peer_id
+    assert a.metric("p2pchat_dm_peer_lookups_total", outcome="found") == 2
 
 
 def test_msg_to_a_peer_nobody_knows_waits_after_a_bounded_lookup(

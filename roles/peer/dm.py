@@ -92,6 +92,8 @@ MAX_RECIPIENTS_IN_FLIGHT = 16  # peers being sent to at once (one exchange each,
 MAX_SENDS_IN_FLIGHT = 64  # messages being sent at once, all peers; more wait for the retry
 FIND_PEER_SECONDS = 20.0  # a DHT peer-routing lookup for a recipient not connected
 MAX_FOUND_ADDRS = 4  # addresses of a looked-up peer dialled, one after the other
+LOOKUP_RETRY_SECONDS = 60.0  # a waiting recipient not connected is looked up again after this
+MAX_LOOKUPS_PER_PASS = 8  # recipients not connected looked up by one retry pass
 
 # A DHT peer-routing lookup: the addresses (ending in /p2p/<id>) the network knows for a PeerId.
 FindPeer = Callable[[str], Awaitable[list[str]]]
@@ -178,6 +180,9 @@ class DirectMessages:
         self._sends_in_flight = 0
         self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()
+        # When each waiting recipient not connected was last looked up by a retry pass (only
+        # recipients with messages waiting: at most MAX_WAITING).
+        self._looked_up: dict[str, float] = {}
         observer.dm_session_count(self.olm.session_count())
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -310,14 +315,29 @@ class DirectMessages:
             self._waiting_store.remove(given_up.key)
 
     async def _send_waiting(self) -> None:
-        """Send waiting messages again to the peers connected now: each peer's in order, the
-        peers at once (:meth:`_turn` bounds them); a peer that fails keeps the rest of its
-        messages for the next pass (one dial's wait per pass, not one per message)."""
+        """Send waiting messages again to the peers connected now, and to a few not connected
+        (:data:`MAX_LOOKUPS_PER_PASS`, each at most every :data:`LOOKUP_RETRY_SECONDS`: the send
+        looks them up in the DHT): each peer's in order, the peers at once (:meth:`_turn`
+        bounds them); a peer that fails keeps the rest of its messages for the next pass (one
+        dial's wait per pass, not one per message)."""
         peers = dict.fromkeys(w.peer for w in self._waiting.values())
+        self._looked_up = {p: at for p, at in self._looked_up.items() if p in peers}
+        now = trio.current_time()
+        lookups = 0
         async with trio.open_nursery() as nursery:
             for peer in peers:
                 if self._host.is_connected(peer):
                     nursery.start_soon(self._send_waiting_to, peer)
+                elif self._lookup_due(peer, now) and lookups < MAX_LOOKUPS_PER_PASS:
+                    # Not connected: the send looks it up in the DHT (it may be back at
+                    # another address, connected to others only).
+                    self._looked_up[peer] = now
+                    lookups += 1
+                    nursery.start_soon(self._send_waiting_to, peer)
+
+    def _lookup_due(self, peer: str, now: float) -> bool:
+        last = self._looked_up.get(peer)
+        return self._find_peer is not None and (last is None or now - last >= LOOKUP_RETRY_SECONDS)
 
     async def _send_waiting_to(self, peer: str) -> None:
         for waiting in [w for w in self._waiting.values() if w.peer == peer]:
