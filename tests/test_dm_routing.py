@@ -17,8 +17,11 @@ from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.wire import dm
 
 from tests.conftest import NodeProcess, node_env, start_node
+from tests.hostile.harness import Footprint, report
 from tests.test_dm import WAIT, connected, direct_from, msg
 from tests.test_json_contract import answer, chat_peer
+
+RSS_BOUND_MIB = 200  # the victim's; a chat peer idles near 125 MiB
 
 
 def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) -> None:
@@ -107,19 +110,32 @@ async def test_a_peer_that_never_answers_delays_no_message_to_another_peer(
         await trio.sleep_forever()
 
     host.set_stream_handler(dm.KEYS_PROTOCOL_ID, hold)
-    async with host.run(listen=False):
-        await host.connect(a.addr())
-        with trio.fail_after(3 * WAIT):
-            first = await trio.to_thread.run_sync(msg, a, mallory.peer_id_text, "to mallory", 1)
-            assert first["kind"] == "dm_waiting", first
-            assert held, "A never asked mallory for its keys"
-            # Mallory's exchange still runs (answered "waiting" after 10 s, it goes on): B's
-            # message does not wait for it. With one lock for every peer (the negative
-            # control), B's waited until mallory's deadline, 20 s more, and was "waiting".
-            to_b = await trio.to_thread.run_sync(msg, a, b.peer_id, "b meanwhile", 2)
-            assert to_b["kind"] == "dm_delivered", to_b
-            await trio.to_thread.run_sync(direct_from, b, a.peer_id, "b meanwhile")
-            assert len(held) == 1  # one exchange with mallory at a time: its queue is in order
+    honest = 5
+    with Footprint(a.proc.pid) as footprint:
+        async with host.run(listen=False):
+            await host.connect(a.addr())
+            with trio.fail_after(3 * WAIT):
+                first = await trio.to_thread.run_sync(msg, a, mallory.peer_id_text, "m", 1)
+                assert first["kind"] == "dm_waiting", first
+                assert held, "A never asked mallory for its keys"
+                # Mallory's exchange still runs (answered "waiting" after 10 s, it goes on):
+                # B's messages do not wait for it. With one lock for every peer (the negative
+                # control), B's first waited until mallory's deadline, 20 s more: "waiting".
+                outcomes = []
+                for n in range(honest):
+                    to_b = await trio.to_thread.run_sync(msg, a, b.peer_id, f"b {n}", 2 + n)
+                    outcomes.append(to_b["kind"])
+                    await trio.to_thread.run_sync(direct_from, b, a.peer_id, f"b {n}")
+                assert outcomes == ["dm_delivered"] * honest, outcomes
+                assert len(held) == 1  # one exchange with mallory at a time, in its queue
+        footprint.assert_fds_back()
+    report(
+        "dm: a recipient that never answers",
+        footprint,
+        outcomes.count("dm_delivered") / honest,
+        silent_exchanges=len(held),
+    )
+    footprint.assert_rss_below(RSS_BOUND_MIB)
 
 
 def test_an_unanswering_peer_delays_no_other_peer_and_its_messages_keep_their_order(
