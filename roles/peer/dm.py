@@ -225,7 +225,6 @@ class DirectMessages:
         answered = False
 
         async def sending() -> None:
-            self._sends_in_flight += 1
             try:
                 outcome.append(await self._send(peer, plain))
             finally:
@@ -235,6 +234,7 @@ class DirectMessages:
             if answered and isinstance(late, NoticeEvent) and late.kind == "dm_delivered":
                 self._emit(late)  # the user was told "waiting": now it is delivered
 
+        self._sends_in_flight += 1  # counted from now: the task starts later
         nursery.start_soon(sending)
         with trio.move_on_after(ANSWER_SECONDS):
             await done.wait()
