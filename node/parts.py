@@ -86,6 +86,7 @@ class Wiring:
             discovered_peers=lambda: dict(self.connector.discovered),
             watch_discoveries=self.connector.watch,
             rendezvous=self.rendezvous,
+            find_peer=self.dht.find_peer if self.dht is not None else None,
             reachability=self.reachability,
             relays=self.relays,
             metrics_address=lambda: self.metrics_address,

@@ -9,7 +9,7 @@ reaches a role. Roles never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, Self
 
@@ -42,6 +42,9 @@ class NodeContext:
     # Tells a watcher (PeerId, how) of each peer discovery finds from now on.
     watch_discoveries: Callable[[Callable[[str, str], None]], None] = lambda watcher: None
     rendezvous: Rendezvous | None = None  # room rendezvous through the DHT, when it runs
+    # The DHT's peer routing, when it runs: the addresses the network knows for a PeerId
+    # (:meth:`~p2pchat.node.p2p.dht.Dht.find_peer`; raises DhtError).
+    find_peer: Callable[[str], Awaitable[list[str]]] | None = None
     reachability: Callable[[], str] = lambda: "unknown"  # AutoNAT: unknown, public, private
     relays: Callable[[], list[str]] = list  # relays holding a reservation for this node
     # The bound operator endpoint (/metrics, /healthz, /readyz) as ``http://host:port``, with

@@ -28,9 +28,15 @@ WAIT = 60.0
 
 
 def direct_from(node: NodeProcess, peer: str, text: str) -> dict[str, Any]:
-    return node.next_event(
-        lambda e: e["type"] == "direct" and e["peer"] == peer and e["text"] == text, timeout=WAIT
-    )
+    """The ``direct`` event of ``text`` with ``peer``: already seen (a live event written while
+    an answer was read: a sent message is shown as soon as it is acknowledged, before or after
+    the answer to its /msg), or the next one."""
+
+    def matches(e: dict[str, Any]) -> bool:
+        return e["type"] == "direct" and e["peer"] == peer and e["text"] == text
+
+    seen = [e for e in node.chat if matches(e)]
+    return seen[0] if seen else node.next_event(matches, timeout=WAIT)
 
 
 def connected(a: NodeProcess, b: NodeProcess) -> None:

@@ -55,6 +55,7 @@ from libp2p.kad_dht.common import PROTOCOL_ID as _LIBRARY_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStoreError
 from libp2p.tools.anyio_service import background_trio_service
 from p2pchat.node.errors import P2PChatError
 from p2pchat.node.p2p.host import IdentifyReceived, P2PHost
@@ -124,6 +125,13 @@ class _TablePeerstore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._peerstore, name)
+
+
+def _addrs_of(peerstore: Any, peer: ID) -> list[Any]:
+    try:
+        return list(peerstore.addrs(peer))
+    except PeerStoreError:  # a peer the peerstore holds no record of
+        return []
 
 
 class Dht:
@@ -273,6 +281,44 @@ class Dht:
                 if text not in addrs:
                     addrs.append(text)
         return list(found.items())
+
+    async def find_peer(self, peer_id: str) -> list[str]:
+        """Peer routing: the addresses the network knows for ``peer_id`` (Kad FIND_NODE for
+        the PeerId, iterative from the routing table), each ending in /p2p/<id>, those the
+        lookup brought first, at most ``max_addrs_per_provider`` of them; empty when nobody
+        knows the peer.
+
+        Always asks the network (the library's ``find_peer`` answers from the peerstore
+        whenever it holds any address for the peer, so a peer that restarted on another port
+        was never found again). A server answering FIND_NODE names the target itself when its
+        peerstore has its addresses (a client connected to it, say), as go-libp2p does; what
+        an answer names goes through the bounded peerstore. The lookup is the library's, with
+        its own bounds (3 queries at once, 20 peers per round, 30 s); callers bound it tighter.
+
+        Raises:
+            DhtError: the lookup failed, or ``peer_id`` is not a PeerId.
+        """
+        try:
+            target = ID.from_base58(peer_id)
+        except ValueError:
+            raise DhtError(f"{peer_id!r} is not a PeerId") from None
+        if peer_id == self._host.peer_id:
+            return []
+        peerstore = self._host.libp2p_host.get_peerstore()
+        known = _addrs_of(peerstore, target)
+        try:
+            await self._kad.peer_routing.find_closest_peers_network(target.to_bytes())
+        except Exception as error:  # the library raises assorted errors for network failures
+            raise DhtError(f"peer lookup failed: {error!r}") from error
+        after = _addrs_of(peerstore, target)
+        ordered = [a for a in after if a not in known] + [a for a in after if a in known]
+        found: list[str] = []
+        for addr in ordered[: self._providers.limits.addrs_per_provider]:
+            text = str(addr)
+            if not text.endswith(f"/p2p/{peer_id}"):
+                text = f"{text}/p2p/{peer_id}"
+            found.append(text)
+        return found
 
     async def _network_providers(self, key: bytes, count: int) -> list[PeerInfo]:
         return await self._providers.find_providers_in_network(key, count)

@@ -4,8 +4,19 @@
 carries one Olm message per stream and gets the recipient's ack on the same stream (the stream
 runs end to end, directly or through a relay that sees Noise ciphertext only): "delivered"
 means the recipient decrypted it. A message that cannot be delivered now (the peer is not
-reachable, or refused it for a limit) is "waiting": kept in memory (bounded) and sent again
-when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A recipient that lost
+reachable, or refused it for a limit) is "waiting": kept (bounded; in the store, so a restart
+keeps it: :mod:`~p2pchat.roles.peer.dm_waiting`) and sent again
+when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A peer that is not
+connected is first looked up through the DHT's peer routing (when the node runs the DHT) and
+dialled at a few of the addresses found (:data:`MAX_FOUND_ADDRS`).
+
+Each recipient has its own ordered queue: messages to one peer go one at a time, in the order
+they were sent (a message behind a waiting one waits too), while messages to different peers go
+at once (at most :data:`MAX_RECIPIENTS_IN_FLIGHT` peers are being sent to, at most
+:data:`MAX_SENDS_IN_FLIGHT` messages are being sent), so an unreachable peer delays no other
+peer's messages. ``/msg`` waits :data:`ANSWER_SECONDS` for the acknowledgement; past that it is
+answered "waiting" and the send goes on: its outcome is told later (``dm_delivered``). A
+recipient that lost
 its session answers NO_SESSION: the sender starts a new session from a fresh bundle, says so,
 and sends again, once.
 
@@ -24,14 +35,16 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 import trio
 from p2pchat.node.config import ChatSection
-from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, Stream
+from p2pchat.node.errors import P2PChatError
+from p2pchat.node.p2p.host import ConnectionInfo, DialError, P2PHost, Stream
 from p2pchat.node.p2p.peer_keys import peer_id_bytes, signed_by
 from p2pchat.node.p2p.streams import (
     StreamEnded,
@@ -66,6 +79,7 @@ from p2pchat.node.wire.dm import (
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, frame
 from p2pchat.roles.peer.dm_crypto import NAMESPACE as NAMESPACE
 from p2pchat.roles.peer.dm_crypto import DmDrop, OlmSessions, SessionLimits
+from p2pchat.roles.peer.dm_waiting import WaitingStore
 from p2pchat.roles.peer.events import ChatEvent, DirectEvent, NoticeEvent
 
 READ_SECONDS = 10.0  # for the one frame of an inbound DM stream
@@ -73,6 +87,16 @@ SEND_SECONDS = 30.0  # a whole exchange: open, (bundle), message, ack
 RETRY_SECONDS = 30.0
 REMEMBERED_IDS = 4096  # ids of messages received, to ack a resent one without showing it again
 MAX_WAITING = 1000  # own messages waiting, all peers together; the oldest is given up first
+ANSWER_SECONDS = 10.0  # /msg's answer waits this long for the ack; the send goes on after it
+MAX_RECIPIENTS_IN_FLIGHT = 16  # peers being sent to at once (one exchange each, in order)
+MAX_SENDS_IN_FLIGHT = 64  # messages being sent at once, all peers; more wait for the retry
+FIND_PEER_SECONDS = 20.0  # a DHT peer-routing lookup for a recipient not connected
+MAX_FOUND_ADDRS = 4  # addresses of a looked-up peer dialled, one after the other
+LOOKUP_RETRY_SECONDS = 60.0  # a waiting recipient not connected is looked up again after this
+MAX_LOOKUPS_PER_PASS = 8  # recipients not connected looked up by one retry pass
+
+# A DHT peer-routing lookup: the addresses (ending in /p2p/<id>) the network knows for a PeerId.
+FindPeer = Callable[[str], Awaitable[list[str]]]
 
 
 class DmObserver(Protocol):
@@ -81,6 +105,8 @@ class DmObserver(Protocol):
     def dm_sent_outcome(self, outcome: str) -> None: ...
 
     def dm_message_received(self) -> None: ...
+
+    def dm_peer_lookup(self, outcome: str) -> None: ...
 
     def dm_refused(self, reason: str) -> None: ...
 
@@ -95,6 +121,7 @@ class _Unreachable(Exception):
 class _Waiting:
     peer: str
     plain: Plaintext
+    key: bytes  # in the store (:class:`~p2pchat.roles.peer.dm_waiting.WaitingStore`)
 
 
 class DirectMessages:
@@ -109,8 +136,12 @@ class DirectMessages:
         emit: Callable[[ChatEvent], None],
         name_of: Callable[[str], str],
         log: structlog.stdlib.BoundLogger,
+        find_peer: FindPeer | None = None,
     ) -> None:
+        """``find_peer``: the DHT's peer routing, to reach a recipient not connected (None when
+        the node runs no DHT: then only the addresses the node knows are dialled)."""
         self._host = host
+        self._find_peer = find_peer
         self._settings = settings
         self._observer = observer
         self._emit = emit
@@ -135,26 +166,43 @@ class DirectMessages:
         self._inbound = 0
         self._inbound_of: dict[str, int] = {}
         self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # Own messages not delivered yet, oldest first, in memory and in the store (a restart
+        # keeps them): at most MAX_WAITING.
         self._waiting: OrderedDict[bytes, _Waiting] = OrderedDict()
-        self._send_lock = trio.Lock()  # one exchange at a time: sessions change in order
+        self._waiting_store = WaitingStore(keys, settings.max_message_bytes)
+        for key, peer, plain in self._waiting_store.load():
+            self._waiting[plain.id] = _Waiting(peer, plain, key)
+        self._trim_waiting()
+        # One lock per recipient being sent to (trio's locks are fair: FIFO, so in order); an
+        # entry lives while a send to that peer runs or waits, so at most the tasks in flight.
+        self._turns: dict[str, trio.Lock] = {}
+        self._recipients = trio.CapacityLimiter(MAX_RECIPIENTS_IN_FLIGHT)
+        self._sends_in_flight = 0
+        self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()
+        # When each waiting recipient not connected was last looked up by a retry pass (only
+        # recipients with messages waiting: at most MAX_WAITING).
+        self._looked_up: dict[str, float] = {}
         observer.dm_session_count(self.olm.session_count())
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve both protocols, then send waiting messages again as peers come back."""
+        """Serve both protocols, then send waiting messages again as peers come back; the
+        sends that outlive their ``/msg`` answer run here too."""
         self._host.set_stream_handler(KEYS_PROTOCOL_ID, self._serve_keys)
         self._host.set_stream_handler(PROTOCOL_ID, self._serve_message)
         self._host.watch_connections(self)
         if not self.olm.restored:
             self._log.info("direct messages: new keys (peers start new sessions with us)")
-        task_status.started()
-        while True:
-            with trio.move_on_after(RETRY_SECONDS):
-                await self._retry.wait()
-            self._retry = trio.Event()
-            await self._send_waiting()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                with trio.move_on_after(RETRY_SECONDS):
+                    await self._retry.wait()
+                self._retry = trio.Event()
+                await self._send_waiting()
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         if any(w.peer == info.peer_id for w in self._waiting.values()):
@@ -169,17 +217,72 @@ class DirectMessages:
         """Send ``text`` to ``peer``; the answer is the notice ``dm_delivered`` (and the message
         shown as sent) or ``dm_waiting``."""
         plain = Plaintext(os.urandom(16), text, int(time.time() * 1000))
-        return await self._send(peer, plain)
+        nursery = self._nursery
+        if nursery is None or self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
+            return self._wait(peer, plain, "too many messages being sent now")
+        outcome: list[ChatEvent] = []
+        done = trio.Event()
+        answered = False
+
+        async def sending() -> None:
+            try:
+                outcome.append(await self._send(peer, plain))
+            finally:
+                self._sends_in_flight -= 1
+                done.set()
+            late = outcome[0]
+            if answered and isinstance(late, NoticeEvent) and late.kind == "dm_delivered":
+                self._emit(late)  # the user was told "waiting": now it is delivered
+
+        self._sends_in_flight += 1  # counted from now: the task starts later
+        nursery.start_soon(sending)
+        with trio.move_on_after(ANSWER_SECONDS):
+            await done.wait()
+        if outcome:
+            return outcome[0]
+        answered = True
+        return NoticeEvent(
+            "dm_waiting",
+            f"waiting: no answer from {self._name_of(peer)} yet; still sending (told when "
+            "delivered)",
+            {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet"},
+        )
+
+    @asynccontextmanager
+    async def _turn(self, peer: str) -> AsyncIterator[None]:
+        """Hold ``peer``'s queue (in the order asked) and one of the recipients' places."""
+        lock = self._turns.setdefault(peer, trio.Lock())
+        try:
+            async with lock, self._recipients:
+                yield
+        finally:
+            idle = not lock.locked() and not lock.statistics().tasks_waiting
+            if idle and self._turns.get(peer) is lock:
+                del self._turns[peer]
+
+    def _waiting_before(self, peer: str, message_id: bytes) -> bool:
+        """Whether an earlier message to ``peer`` is waiting (this one must not overtake it)."""
+        for waiting in self._waiting.values():
+            if waiting.peer == peer:
+                return waiting.plain.id != message_id
+        return False
 
     async def _send(self, peer: str, plain: Plaintext) -> ChatEvent:
+        async with self._turn(peer):
+            if self._waiting_before(peer, plain.id):
+                if self._host.is_connected(peer):
+                    self._retry.set()
+                return self._wait(peer, plain, "earlier messages to it are waiting")
+            try:
+                ack = await self._deliver(peer, plain)
+            except _Unreachable as error:
+                return self._wait(peer, plain, str(error))
         message_id = plain.id.hex()
-        try:
-            ack = await self._deliver(peer, plain)
-        except _Unreachable as error:
-            return self._wait(peer, plain, str(error))
         if ack.status is not AckStatus.DELIVERED or ack.id != plain.id:
             return self._wait(peer, plain, f"the recipient refused it for now ({ack.status.name})")
-        self._waiting.pop(plain.id, None)
+        delivered = self._waiting.pop(plain.id, None)
+        if delivered is not None:
+            self._waiting_store.remove(delivered.key)
         self._observer.dm_sent_outcome("delivered")
         self._emit(
             DirectEvent(
@@ -194,9 +297,10 @@ class DirectMessages:
 
     def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
         self._observer.dm_sent_outcome("waiting")
-        self._waiting[plain.id] = _Waiting(peer, plain)  # one waiting already keeps its place
-        while len(self._waiting) > MAX_WAITING:
-            self._waiting.popitem(last=False)
+        if plain.id not in self._waiting:  # one waiting already keeps its place
+            key = self._waiting_store.add(peer, plain)
+            self._waiting[plain.id] = _Waiting(peer, plain, key)
+            self._trim_waiting()
         return NoticeEvent(
             "dm_waiting",
             f"waiting: not delivered to {self._name_of(peer)} yet ({reason}); sent again "
@@ -204,45 +308,93 @@ class DirectMessages:
             {"peer": peer, "id": plain.id.hex(), "reason": reason},
         )
 
+    def _trim_waiting(self) -> None:
+        """The oldest waiting messages are given up past :data:`MAX_WAITING`."""
+        while len(self._waiting) > MAX_WAITING:
+            _, given_up = self._waiting.popitem(last=False)
+            self._waiting_store.remove(given_up.key)
+
     async def _send_waiting(self) -> None:
-        """Send waiting messages again, in order, to the peers connected now; a peer that
-        fails keeps the rest of its messages for the next pass (one dial's wait per pass,
-        not one per message)."""
-        failed: set[str] = set()
-        for waiting in list(self._waiting.values()):
-            peer = waiting.peer
-            if waiting.plain.id not in self._waiting or peer in failed:
-                continue
-            if not self._host.is_connected(peer):
-                failed.add(peer)
+        """Send waiting messages again to the peers connected now, and to a few not connected
+        (:data:`MAX_LOOKUPS_PER_PASS`, each at most every :data:`LOOKUP_RETRY_SECONDS`: the send
+        looks them up in the DHT): each peer's in order, the peers at once (:meth:`_turn`
+        bounds them); a peer that fails keeps the rest of its messages for the next pass (one
+        dial's wait per pass, not one per message)."""
+        peers = dict.fromkeys(w.peer for w in self._waiting.values())
+        self._looked_up = {p: at for p, at in self._looked_up.items() if p in peers}
+        now = trio.current_time()
+        lookups = 0
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                if self._host.is_connected(peer):
+                    nursery.start_soon(self._send_waiting_to, peer)
+                elif self._lookup_due(peer, now) and lookups < MAX_LOOKUPS_PER_PASS:
+                    # Not connected: the send looks it up in the DHT (it may be back at
+                    # another address, connected to others only).
+                    self._looked_up[peer] = now
+                    lookups += 1
+                    nursery.start_soon(self._send_waiting_to, peer)
+
+    def _lookup_due(self, peer: str, now: float) -> bool:
+        last = self._looked_up.get(peer)
+        return self._find_peer is not None and (last is None or now - last >= LOOKUP_RETRY_SECONDS)
+
+    async def _send_waiting_to(self, peer: str) -> None:
+        for waiting in [w for w in self._waiting.values() if w.peer == peer]:
+            if waiting.plain.id not in self._waiting:
                 continue
             answer = await self._send(peer, waiting.plain)
-            if isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered":
-                self._emit(answer)
-            else:
-                failed.add(peer)
+            if not (isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered"):
+                return
+            self._emit(answer)
 
     async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
+        """One message's exchange; the caller holds ``peer``'s turn (a session changes with
+        each message, so one peer's exchanges never overlap)."""
         raw = encode_plaintext(plain)
-        async with self._send_lock:
-            for attempt in (1, 2):
-                bundle = None if self.olm.has_session(peer) else await self._fetch_bundle(peer)
-                message = self.olm.encrypt(peer, raw, bundle)
-                self._observer.dm_session_count(self.olm.session_count())
-                ack = await self._exchange(peer, encode_message(message))
-                if ack.status is AckStatus.NO_SESSION and attempt == 1:
-                    self.olm.forget(peer)
-                    self._emit(
-                        NoticeEvent(
-                            "dm_session",
-                            f"{self._name_of(peer)} ({peer[-6:]}) lost our session: starting a "
-                            "new one",
-                            {"peer": peer, "reason": "lost"},
-                        )
+        if not self._host.is_connected(peer):
+            await self._reach(peer)
+        for attempt in (1, 2):
+            bundle = None if self.olm.has_session(peer) else await self._fetch_bundle(peer)
+            message = self.olm.encrypt(peer, raw, bundle)
+            self._observer.dm_session_count(self.olm.session_count())
+            ack = await self._exchange(peer, encode_message(message))
+            if ack.status is AckStatus.NO_SESSION and attempt == 1:
+                self.olm.forget(peer)
+                self._emit(
+                    NoticeEvent(
+                        "dm_session",
+                        f"{self._name_of(peer)} ({peer[-6:]}) lost our session: starting a new one",
+                        {"peer": peer, "reason": "lost"},
                     )
-                    continue
-                return ack
+                )
+                continue
+            return ack
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reach(self, peer: str) -> None:
+        """Connect to ``peer`` at addresses the DHT's peer routing finds for it, if any (a few
+        of them, within :data:`FIND_PEER_SECONDS`); otherwise the stream's own dial tries the
+        addresses the node knows. Every dial takes an outbound slot (the host's dial limits)."""
+        if self._find_peer is None:
+            return
+        outcome = "failed"
+        with trio.move_on_after(FIND_PEER_SECONDS):
+            try:
+                addrs = await self._find_peer(peer)
+            except P2PChatError as error:
+                self._log.info("direct messages: peer lookup failed", peer=peer, error=str(error))
+                addrs = []
+            else:
+                outcome = "not_found"
+            for addr in addrs[:MAX_FOUND_ADDRS]:
+                try:
+                    await self._host.connect(addr)
+                except DialError:
+                    continue
+                outcome = "found"
+                break
+        self._observer.dm_peer_lookup(outcome)
 
     async def _fetch_bundle(self, peer: str) -> KeyBundle:
         with trio.move_on_after(SEND_SECONDS):

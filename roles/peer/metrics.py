@@ -60,6 +60,14 @@ class ChatMetrics:
             ("outcome",),
             registry=registry,
         )
+        self.dm_peer_lookups = Counter(
+            "p2pchat_dm_peer_lookups",
+            "DHT peer-routing lookups for a direct message's recipient not connected, by outcome "
+            "(found: addresses found and one dialled; not_found: nobody knew it, or no address "
+            "found answered; failed: the lookup failed or timed out).",
+            ("outcome",),
+            registry=registry,
+        )
         self.dm_received = Counter(
             "p2pchat_dm_received",
             "Direct messages from other peers, decrypted, acknowledged and shown.",
@@ -112,6 +120,10 @@ class ChatMetrics:
     def dm_sent_outcome(self, outcome: str) -> None:
         """A direct message was delivered, or is waiting (not reachable or refused for now)."""
         self.dm_sent.labels(outcome=outcome).inc()
+
+    def dm_peer_lookup(self, outcome: str) -> None:
+        """A recipient not connected was looked up through the DHT: found, not_found, failed."""
+        self.dm_peer_lookups.labels(outcome=outcome).inc()
 
     def dm_message_received(self) -> None:
         self.dm_received.inc()

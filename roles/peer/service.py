@@ -215,7 +215,14 @@ class ChatService:
             self._chat_peer,
         )
         self._dm = DirectMessages(
-            ctx.host, ctx.keys(DM_NAMESPACE), settings, observer, emit, self.name_of, ctx.log
+            ctx.host,
+            ctx.keys(DM_NAMESPACE),
+            settings,
+            observer,
+            emit,
+            self.name_of,
+            ctx.log,
+            find_peer=ctx.find_peer,
         )
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
