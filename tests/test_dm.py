@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,13 @@ async def test_tampered_replayed_oversized_and_forged_input_is_dropped(
 
 
 def test_msg_both_ways_through_a_relay(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    from tests.test_autorelay import connection_kind, relay_node, relayed_peer, tcp_circuit
+    from tests.test_autorelay import (
+        command,
+        connection_kind,
+        relay_node,
+        relayed_peer,
+        tcp_circuit,
+    )
 
     relay = relay_node(tmp_path / "relay", nodes)
     a = relayed_peer(
@@ -222,6 +229,12 @@ def test_msg_both_ways_through_a_relay(tmp_path: Path, nodes: list[NodeProcess])
     # B knows nothing but A's address through the relay: the DMs run over the circuit.
     b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{circuit}/p2p/{a.peer_id}")
     connected(a, b)
+    # A's event says A holds the connection; B may not list it yet (one run in six sent the
+    # first /msg before B did, and got "peer ID not found"): wait for B's /peers too.
+    deadline = time.monotonic() + WAIT
+    while a.peer_id not in {p["peer"] for p in command(b, "/peers", "peers")["peers"]}:
+        assert time.monotonic() < deadline, "B never listed its connection to A"
+        time.sleep(0.2)
     first = msg(b, a.peer_id, "through the relay", 1)
     assert first["kind"] == "dm_delivered", first
     direct_from(a, b.peer_id, "through the relay")
