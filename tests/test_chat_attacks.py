@@ -121,6 +121,23 @@ async def test_a_message_without_a_sender_name_is_shown_as_anon(
     assert victim.metric("p2pchat_messages_received_total") == 1
 
 
+async def test_a_message_dated_400_days_ago_is_shown_live_with_its_date(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Decided in #20 (README "Receive-side rules"): no lower bound on sent_at_ms; retention
+    # (365 days) deletes it from history at its hourly pass, the reader sees its date.
+    async with attacker(tmp_path, nodes) as (victim, pubsub, identity, _):
+        old = payload("from long ago", ahead_ms=-400 * 86_400_000)
+        await pubsub.push_msg(pubsub.my_id, signed(identity, old, 1))
+        got = await trio.to_thread.run_sync(
+            lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
+        )
+    assert got["text"] == "from long ago"
+    age_days = (time.time() * 1000 - got["sent_at_ms"]) / 86_400_000
+    assert 399 < age_days < 401
+    assert victim.metric("p2pchat_messages_received_total") == 1
+
+
 async def test_an_id_chosen_by_one_sender_cannot_hide_another_senders_message(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

@@ -43,7 +43,7 @@ def test_chat_proto_numbers_are_the_codecs() -> None:
     assert said(CHAT_PROTO, r"UTF-8 bytes \(default (\d+)\)") == [
         str(chat_defaults.max_message_bytes)
     ]
-    assert said(CHAT_PROTO, r"\(chat.history_max_age_days, (\d+) days\)") == [
+    assert said(CHAT_PROTO, r"\(chat.history_max_age_days, (\d+) days;") == [
         f"{chat_defaults.history_max_age_days:.0f}"
     ]
     pubsub = PubsubSection()

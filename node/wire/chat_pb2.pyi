@@ -23,8 +23,8 @@ code is node/wire/chat.py, and tests/test_wire_rules.py checks the numbers here 
 - `id`: exactly 16 bytes, every body [invalid].
 - `sent_at_ms`: not 0, every body [invalid]; at most 5 minutes (300000 ms) ahead of the
   receiver's clock [future_timestamp]. No lower bound: an old date is accepted, shown with
-  that date and stored, then trimmed by the receiver's retention (chat.history_max_age_days,
-  365 days) at its next pass (README "Receive-side rules").
+  that date and stored, then deleted by the receiver's hourly retention pass
+  (chat.history_max_age_days, 365 days; README "Receive-side rules").
 - `room` (ChatText, Moderation): a plain room is 1-64 characters, each a letter or digit
   (Unicode), `-`, `_` or `.`; an owned room is a plain one, `~` and the owner's base58
   PeerId [invalid]. It must equal the topic it arrived on [wrong_room].
