@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from p2pchat.node.p2p.identity import Identity, load_or_create_identity
+from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import new_message_id
 
 from tests.conftest import NodeProcess, start_node
@@ -93,6 +94,48 @@ async def test_forged_unsigned_and_invalid_messages_are_dropped_and_counted(
     assert victim.metric("p2pchat_messages_received_total") == 1
     assert not [e for e in victim.drain_events() if e["type"] == "message" and e is not got]
     assert victim.http_get("/readyz")[0] == 200
+
+
+async def test_a_message_without_a_sender_name_is_shown_as_anon(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A minimal client (the js-libp2p one of issue #20) never set sender_name: proto3 sends
+    # nothing, and the whole message was dropped as invalid. It is shown, as "anon".
+    async with attacker(tmp_path, nodes) as (victim, pubsub, identity, _):
+        bare = chat_pb2.ChatEnvelope(version=1)
+        bare.text.id = new_message_id()
+        bare.text.room = ROOM
+        bare.text.text = "no name set"
+        bare.text.sent_at_ms = int(time.time() * 1000)
+        assert not bare.text.sender_name
+        await pubsub.push_msg(pubsub.my_id, signed(identity, bare.SerializeToString(), 1))
+        got = await trio.to_thread.run_sync(
+            lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
+        )
+    assert (got["text"], got["sender"], got["sender_name"]) == (
+        "no name set",
+        identity.peer_id_text,
+        "anon",
+    )
+    assert victim.metric("p2pchat_messages_dropped_total", reason="invalid") == 0
+    assert victim.metric("p2pchat_messages_received_total") == 1
+
+
+async def test_a_message_dated_400_days_ago_is_shown_live_with_its_date(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # Decided in #20 (README "Receive-side rules"): no lower bound on sent_at_ms; retention
+    # (365 days) deletes it from history at its hourly pass, the reader sees its date.
+    async with attacker(tmp_path, nodes) as (victim, pubsub, identity, _):
+        old = payload("from long ago", ahead_ms=-400 * 86_400_000)
+        await pubsub.push_msg(pubsub.my_id, signed(identity, old, 1))
+        got = await trio.to_thread.run_sync(
+            lambda: victim.next_event(lambda e: e["type"] == "message", timeout=60)
+        )
+    assert got["text"] == "from long ago"
+    age_days = (time.time() * 1000 - got["sent_at_ms"]) / 86_400_000
+    assert 399 < age_days < 401
+    assert victim.metric("p2pchat_messages_received_total") == 1
 
 
 async def test_an_id_chosen_by_one_sender_cannot_hide_another_senders_message(

@@ -10,6 +10,7 @@ import pytest
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import (
     _BIDI_CONTROLS,
+    ANONYMOUS_NAME,
     ChatText,
     NameAnnouncement,
     WireError,
@@ -64,10 +65,21 @@ def test_each_drop_reason() -> None:
     assert reason_of(with_text(id=b"short")) == "invalid"
     assert reason_of(with_text(sent_at_ms=0)) == "invalid"
     assert reason_of(with_text(room="no spaces")) == "invalid"
-    assert reason_of(with_text(sender_name="")) == "invalid"
     assert reason_of(with_text(sender_name="\x1b[2Jevil")) == "invalid"
     assert reason_of(with_text(text="clear\x1b[2J")) == "invalid"
     assert reason_of(with_text(text="x" * 4097)) == "oversized"
+
+
+def test_a_text_without_a_sender_name_is_read_as_anon() -> None:
+    # proto3's default is an empty string: a minimal client that never sets a name is heard.
+    for no_name in ("", "   "):
+        decoded = decode(with_text(sender_name=no_name), max_text_bytes=4096)
+        assert isinstance(decoded, ChatText)
+        assert decoded.sender_name == ANONYMOUS_NAME == "anon"
+    bare = chat_pb2.ChatEnvelope(version=1)  # sender_name never set, as a minimal client sends
+    bare.text.id, bare.text.room, bare.text.text, bare.text.sent_at_ms = ID, "lobby", "hi", 1
+    assert decode(bare.SerializeToString(), max_text_bytes=4096).sender_name == "anon"  # type: ignore[union-attr]
+    assert reason_of(with_text(sender_name="x" * 33)) == "invalid"  # a name, when set, is checked
 
 
 def test_text_size_limit_counts_utf8_bytes() -> None:

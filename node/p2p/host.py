@@ -59,6 +59,11 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     answers, peer exchange, identify), its 1000-peer bound evicts the oldest first (bootstrap
     and connected peers included) and its records never expire -> the host's peerstore is
     :class:`~p2pchat.node.p2p.peerstore_bounds.BoundedPeerStore`.
+34. (not in the notes) ``new_host`` builds transports from the listen addresses only, so a node
+    listening on TCP alone cannot dial a ``/ws`` address ("No supported transport found": a
+    js-libp2p browser-style peer is unreachable), nor one listening on ``/ws`` alone a plain
+    TCP one -> :func:`_dial_every_transport` adds the missing ones, for dialling (a transport
+    listens only where a listen address asks it to).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -104,6 +109,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.websocket.transport import WebsocketTransport
 from p2pchat.node.errors import P2PChatError, StartupError
 from p2pchat.node.p2p import agent, inbound, inbound_streams, outbound, patches, peer_keys
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
@@ -462,7 +469,7 @@ def _build(
         max_connections_per_peer=1,
         dial_timeout=settings.dial_timeout,
     )
-    return new_host(
+    host = new_host(
         key_pair=identity.key_pair,
         sec_opt={TProtocol(NOISE_PROTOCOL_ID): noise},
         muxer_opt=muxers,
@@ -472,6 +479,30 @@ def _build(
         resource_manager=_resource_manager(settings.max_connections),
         peerstore_opt=peerstore,
     )
+    _dial_every_transport(host)
+    return host
+
+
+# One address of each transport a peer may advertise and this node can dial (trap 34).
+_DIALABLE = {
+    "tcp": multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1"),
+    "ws": multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1/ws"),
+}
+
+
+def _dial_every_transport(host: IHost) -> None:
+    """Trap 34: give the swarm a TCP and a WebSocket transport whatever it listens on, so it can
+    dial every peer that speaks either (the upgrader, Noise and muxers, is the swarm's own)."""
+    swarm = host.get_network()
+    manager = swarm.transport_manager
+    for name, example in _DIALABLE.items():
+        # Not transport_for_dialing: it logs a warning when none can.
+        if any(transport.can_dial(example) for transport in manager.get_transports()):
+            continue
+        if name == "tcp":
+            manager.add_transport(TCP())
+        else:
+            manager.add_transport(WebsocketTransport(swarm.upgrader))
 
 
 def _advertise_circuit_addrs(

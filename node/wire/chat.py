@@ -24,6 +24,10 @@ __all__ = ["MAX_ROOM_CHARS", "validate_room"]  # re-exported: the room rule live
 WIRE_VERSION = 1
 MESSAGE_ID_BYTES = 16
 MAX_NAME_CHARS = 32
+ANONYMOUS_NAME = "anon"
+"""The name a p2pchat peer without one sends, and what a received text with an empty (or blank)
+``sender_name`` is decoded as: proto3's default for a string is empty, so a minimal client that
+never sets a name must still be heard (it was dropped as ``invalid`` before)."""
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_REASON_BYTES = 200  # of a moderation decision's reason
 MAX_MUTE_MS = 366 * 86_400_000  # a mute lasts at most a year (a removal has no end)
@@ -239,7 +243,11 @@ def _check_text(message: chat_pb2.ChatText, max_text_bytes: int) -> ChatText:
         raise WireError("oversized", f"text of {size} bytes over {max_text_bytes}")
     try:
         room = validate_room(message.room)
-        sender_name = validate_name(message.sender_name)
+        # No name (empty, proto3's default, or blank) reads as the name a p2pchat peer without
+        # one sends, so everything downstream treats it as any anonymous peer's message.
+        sender_name = (
+            validate_name(message.sender_name) if message.sender_name.strip() else ANONYMOUS_NAME
+        )
     except ValueError as error:
         raise WireError("invalid", str(error)) from None
     if _unsafe_in_text(message.text):

@@ -9,6 +9,42 @@ identity is the envelope's PeerId, never a field of this payload, so it cannot b
 
 Compatibility: fields are only ever added. A receiver drops a payload whose `version` it does
 not know (counted as unsupported_version) rather than guess at its meaning.
+
+RECEIVE-SIDE RULES (what every p2pchat receiver checks; a client written from this file alone
+is heard if it keeps them). A payload that breaks one is dropped whole, not forwarded, not
+stored, and counted in p2pchat_messages_dropped_total{reason} (the reason in brackets); the
+code is node/wire/chat.py, and tests/test_wire_rules.py checks the numbers here against it.
+- The GossipSub message is signed (StrictSign: `from`, `seqno`, `signature`, `key`, the key
+  the sender's) [bad_signature]; its topic is the room; its message id is from + seqno.
+- Size: `data` at most 65536 bytes, checked before parsing [oversized].
+- Not this schema (a protobuf that does not parse, a string field that is not UTF-8) or no
+  body set in the oneof [malformed].
+- `version` must be 1; 0 (unset) or anything else [unsupported_version].
+- `id`: exactly 16 bytes, every body [invalid].
+- `sent_at_ms`: not 0, every body [invalid]; at most 5 minutes (300000 ms) ahead of the
+  receiver's clock [future_timestamp]. No lower bound: an old date is accepted, shown with
+  that date and stored, then deleted by the receiver's hourly retention pass
+  (chat.history_max_age_days, 365 days; README "Receive-side rules").
+- `room` (ChatText, Moderation): a plain room is 1-64 characters, each a letter or digit
+  (Unicode), `-`, `_` or `.`; an owned room is a plain one, `~` and the owner's base58
+  PeerId [invalid]. It must equal the topic it arrived on [wrong_room].
+- Names (`sender_name`, NameAnnouncement.name): surrounding whitespace is stripped; then 1-32
+  characters (code points), no character of Unicode category C* (control, format, surrogate,
+  private use, unassigned), no line or paragraph separator (U+2028, U+2029) [invalid].
+  `sender_name` alone may be empty or blank: it is then read as "anon".
+- `text`: at most chat.max_message_bytes UTF-8 bytes (default 4096) [oversized]; newline
+  and tab allowed; no other C0/C1 control character (U+0000-U+001F, U+007F-U+009F), no
+  surrogate, no bidi override or isolate (U+202A-U+202E, U+2066-U+2069) [invalid]. Format
+  characters such as the zero-width joiner of emoji are ordinary text.
+- Per sender and room, a budget (pubsub.sender_rate 5/s, pubsub.sender_burst 50) [flood];
+  new senders via one forwarding peer: pubsub.new_sender_rate 2/s, burst 20.
+- Duplicates: a text is shown and stored once per (sender PeerId, id) [duplicate]; another
+  sender's copy of your id is another message (store_query.proto: history id).
+- Order: history and pages are ordered by (sent_at_ms, history id); two messages with equal
+  sent_at_ms are in byte order of their history ids, on every peer alike. A sender should
+  make its own times strictly increase (p2pchat uses max(now, last + 1)).
+- Moderation: see the Moderation message; signed by anyone but the owner [not_owner].
+- Unknown fields are ignored (fields are only ever added).
 """
 
 from google.protobuf import descriptor as _descriptor
@@ -78,11 +114,18 @@ class ChatText(_message.Message):
     room: _builtins.str
     """The room, equal to the GossipSub topic it was published on (checked by receivers)."""
     sender_name: _builtins.str
-    """The sender's display name when it sent this; always shown with the signer's short PeerId."""
+    """The sender's display name when it sent this; always shown with the signer's short PeerId.
+    1-32 characters after stripping whitespace, no control or format characters; may be empty
+    (proto3's default), then shown as "anon".
+    """
     text: _builtins.str
-    """The text, UTF-8; at most chat.max_message_bytes bytes (default 4096)."""
+    """The text, UTF-8; at most chat.max_message_bytes bytes (default 4096). Newlines and tabs
+    allowed, no other control characters, no bidi overrides or isolates.
+    """
     sent_at_ms: _builtins.int
-    """When the sender sent it: Unix time in milliseconds, sender's clock. Orders history."""
+    """When the sender sent it: Unix time in milliseconds, sender's clock. Orders history. Not 0;
+    at most 5 minutes ahead of the receiver's clock.
+    """
     action: _builtins.bool
     """An action ("/me waves"): shown as "* <name> waves". Older receivers ignore the field and
     show the text as said.
@@ -115,11 +158,13 @@ class NameAnnouncement(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The display name: 1-32 characters, no control characters."""
+    """The display name: 1-32 characters after stripping whitespace, no control characters;
+    unlike sender_name, never empty (an empty announcement is invalid).
+    """
     sent_at_ms: _builtins.int
     """Unix time in milliseconds, sender's clock."""
     id: _builtins.bytes
-    """16 random bytes, so repeated announcements are distinct GossipSub messages."""
+    """16 random bytes (exactly), so repeated announcements are distinct GossipSub messages."""
     def __init__(
         self,
         *,

@@ -9,6 +9,33 @@ unknown cursor is an error, never "everything".
 A client opens a stream and sends StoreQuery frames (unsigned-varint length prefix, at most
 16 KiB each), one at a time; each gets one StoreReply frame (at most 4 MiB). The stream may
 carry many queries, e.g. the pages of one walk. Either side may close it at any time.
+
+SERVER-SIDE RULES (node/store_server.py; defaults are the `history` config section's):
+- A frame over 16 KiB (its length prefix says so) is answered BAD_REQUEST with request_id 0
+  and the stream is closed. A frame that is not a StoreQuery, or a query that breaks a rule
+  below, is answered BAD_REQUEST (with its request_id when it could be read) and the stream
+  stays open.
+- BAD_REQUEST: an invalid room name (chat.proto's rule), limit over 500, time_start_ms after
+  time_end_ms, a cursor or a message id that is not 16 bytes, more than 500 message_ids,
+  message_ids with a time range, an unknown direction, a cursor not held for this room.
+- Each whole query must arrive within 10 s (history.read_timeout) of the stream's opening
+  or of the previous reply, or the stream is closed.
+- Rate limits, per PeerId: 20 queries/s, 40 at once (history.rate, history.burst; every
+  query admitted spends one, a bad one too; the wait then is 1000/rate ms); bytes
+  1 MiB/s, 4 MiB at once (history.bytes_rate, bytes_burst); per address group (IPv4
+  address, IPv6 /64) 2 MiB/s, 8 MiB at once. A query is served while the balances are
+  positive and its reply is charged afterwards. Over a limit: TOO_MANY_REQUESTS with
+  retry_after_ms, the time after which the same query will be served.
+- Streams served at once: 4 per PeerId, 32 per address group, 256 in all; past them the
+  stream is answered UNAVAILABLE (request_id 0, retry_after_ms 1000) and closed.
+
+HOW A CLIENT BACKS OFF: on TOO_MANY_REQUESTS or UNAVAILABLE, wait retry_after_ms (if it is
+0, wait on your own, e.g. 1 s doubling), then send the same query again (on the same stream
+if it is still open, else a new one); do not send other queries to that server meanwhile,
+they would be refused too. p2pchat's own client waits at most 10 s
+at a time and otherwise asks another source. Pages: walk with next_cursor until it is empty.
+Verify every envelope (signature, topic = room, payload per chat.proto) and drop the ones
+that fail; a server that serves them is not to be trusted for that room.
 """
 
 from collections import abc as _abc

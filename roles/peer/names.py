@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.store import KeyValue
-from p2pchat.node.wire.chat import validate_name
+from p2pchat.node.wire.chat import ANONYMOUS_NAME, validate_name
 
 NAMESPACE = "peer"  # of the node's store (NodeContext.keys)
 NAME_KEY = b"name"  # in NAMESPACE: ``peer/name`` on disk
-ANONYMOUS = "anon"
+ANONYMOUS = ANONYMOUS_NAME
 MAX_KNOWN_NAMES = 10_000  # other peers whose name is remembered
 
 

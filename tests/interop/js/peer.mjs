@@ -3,9 +3,11 @@
 // stdout: one JSON object per line: {"ready": {"peer_id", "addrs"}} then
 // {"message": {"from", "topic", "data_hex"}} for every message received.
 // stdin: "publish <hex>" publishes those bytes on the topic; "dial <multiaddr>" dials a peer.
+// argv[3] "ws": listen on WebSocket only (a browser-style peer), else on TCP only.
 import './node20.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
@@ -14,9 +16,10 @@ import { multiaddr } from '@multiformats/multiaddr'
 import readline from 'node:readline'
 
 const topic = process.argv[2]
+const ws = process.argv[3] === 'ws'
 const node = await createLibp2p({
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-  transports: [tcp()],
+  addresses: { listen: [ws ? '/ip4/127.0.0.1/tcp/0/ws' : '/ip4/127.0.0.1/tcp/0'] },
+  transports: [tcp(), webSockets()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
