@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from p2pchat.node.catchup import MAX_STRANGERS, CatchUp
+from p2pchat.node.catchup import MAX_STRANGERS, CatchUp, QuietCatchUpObserver
 from p2pchat.node.catchup_charge import NEWCOMERS, SENDER_SHARE, ChargeSettings, charge
 from p2pchat.node.catchup_sources import SOURCE, SourceAllowance
 from p2pchat.node.config import HistorySection
@@ -101,18 +101,11 @@ class _Source:
         return Fetched(source, self.messages[:max_messages], 1, True)
 
 
-class _Refusals:
+class _Refusals(QuietCatchUpObserver):
+    """The quiet observer, remembering the refusals it is told of."""
+
     def __init__(self) -> None:
         self.counted: dict[str, int] = {}
-
-    def caught_up(self, stored: int) -> None:
-        return None
-
-    def source_lacked(self, missing: int) -> None:
-        return None
-
-    def source_failed(self) -> None:
-        return None
 
     def refused(self, reason: str, count: int) -> None:
         self.counted[reason] = self.counted.get(reason, 0) + count
