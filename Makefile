@@ -72,7 +72,7 @@ $(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
 # so several at once use the cores better. The load-sensitive kinds (the hostile suite, the
 # container and NAT labs, the namespace labs) still run one test at a time, each kind on one
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 0
 
 unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
