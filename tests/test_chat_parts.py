@@ -177,6 +177,7 @@ def test_the_validator_keeps_a_bounded_number_of_decoded_payloads(store: Store) 
 
 def test_senders_heard_live_are_told_once_their_texts_are_stored(store: Store) -> None:
     heard: list[tuple[str, set[str]]] = []
+    seen: list[int] = []
     inbound = Inbound(
         ME,
         History(store),
@@ -187,14 +188,18 @@ def test_senders_heard_live_are_told_once_their_texts_are_stored(store: Store) -
         lambda room: None,
         lambda event: None,
         heard_live=lambda room, senders: heard.append((room, senders)),
+        seen=seen.append,
     )
     bob, carol = fresh_peer_ids(2)
-    texts = [(bob, _text("one")), (bob, _text("two")), (carol, _text("three"))]
+    texts = [(bob, _text("one", sent_at_ms=5)), (bob, _text("two", sent_at_ms=6))]
+    texts.append((carol, _text("three", sent_at_ms=7)))
     batch = [GossipMessage(ROOM, data, sender, b"", data) for sender, data in texts]
     inbound.accept(ROOM, batch)
     assert heard == [(ROOM, {bob, carol})]
+    assert seen == [5, 6, 7]  # the outbox dates our next message after them
     inbound.accept(ROOM, batch[:1])  # stored already: nothing new heard
     assert heard == [(ROOM, {bob, carol})]
+    assert seen == [5, 6, 7]
 
 
 # --- outbox and pending queue ----------------------------------------------------------------
@@ -234,6 +239,25 @@ async def test_the_outbox_queues_per_room_in_typing_order_and_flushes_once(store
     assert await outbox.send(ROOM, "Alice", "live") is None
     assert len(pubsub.published) == 4
     assert metrics.published._value.get() == 4
+
+
+async def test_a_reply_is_dated_after_what_it_answers_within_a_second_ahead(store: Store) -> None:
+    # A burst is dated up to its length in ms ahead of real time; a reply typed at once must
+    # still sort after it on every peer. A message dated far ahead moves our clock 1 s at most.
+    pubsub = _Pubsub()
+    pubsub.subscribed = True
+    pending = PendingQueue(store.namespace(outbox_module.NAMESPACE))
+    outbox = Outbox(pubsub, pending, ChatMetrics(CollectorRegistry()), 64)
+    burst_end = now_ms() + 40
+    outbox.saw(burst_end)
+    await outbox.send(ROOM, "Alice", "a reply")
+    outbox.saw(now_ms() + 5 * 60_000)  # a sender's clock 5 minutes ahead
+    before = now_ms()
+    await outbox.send(ROOM, "Alice", "another")
+    after = now_ms()
+    reply, another = (decode(data, max_text_bytes=64) for _, data in pubsub.published)
+    assert reply.sent_at_ms > burst_end
+    assert before < another.sent_at_ms <= after + outbox_module.SEEN_AHEAD_MS + 1
 
 
 async def test_a_data_dir_of_an_earlier_version_reads_back_its_name_and_queue(

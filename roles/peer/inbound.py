@@ -66,6 +66,8 @@ class Inbound:
             change: a peer that speaks in a room is one).
         heard_live: told each room and the senders of its texts just stored (catch-up stops
             charging them as strangers).
+        seen: told the send time of each new text of another sender shown live (our next
+            message is dated after it).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Inbound:
         moderated: Callable[[Moderation], object] = lambda decision: None,
         refused: Callable[[str, str, str], object] = lambda reason, room, sender: None,
         heard_live: Callable[[str, set[str]], object] = lambda room, senders: None,
+        seen: Callable[[int], object] = lambda sent_at_ms: None,
     ) -> None:
         self._me = me
         self._history = history
@@ -95,6 +98,7 @@ class Inbound:
         self._moderated = moderated
         self._refused = refused
         self._heard_live = heard_live
+        self._seen = seen
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
@@ -181,5 +185,6 @@ class Inbound:
             if stored.sender != self._me:
                 self._observer.message_received()
                 self._names.used(stored.sender, payload.sender_name)
+                self._seen(stored.sent_at_ms)
             self._rooms.arrived(room)
             self._emit(message_event(payload, stored, self._me, history=False, my_name=my_name))

@@ -1,7 +1,8 @@
 """Outbox: what this peer sends, and the queue of what waits for someone to receive it.
 
 A typed text is checked against what peers accept (size, encoding), stamped with a send time
-later than this peer's previous one, and published signed on its room's topic. A text typed
+later than this peer's previous one and than the newest message it has seen live (within
+:data:`SEEN_AHEAD_MS`), and published signed on its room's topic. A text typed
 while nobody else is in the room is kept in the store (:class:`PendingQueue`) and published,
 in typing order, once a peer joins (:meth:`Outbox.flush`).
 """
@@ -16,6 +17,12 @@ from p2pchat.node.wire.chat import ChatText, WireError, decode, encode, new_mess
 from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent
 
 NAMESPACE = "pend"  # of the node's store (NodeContext.keys): ``pend/...`` on disk
+
+# How far ahead of our clock a message we saw may push our next send time. A sender's burst
+# runs at most about 50 ms ahead (its budget is 50 messages at once, dated 1 ms apart), so a
+# reply typed right after it is dated after it; a message dated further ahead (any sender may
+# date up to 5 minutes ahead) moves our clock no more than this.
+SEEN_AHEAD_MS = 1000
 
 
 class Publisher(Protocol):
@@ -83,6 +90,15 @@ class Outbox:
         self._observer = observer
         self._max_text_bytes = max_text_bytes
         self._last_sent_ms = 0
+        self._last_seen_ms = 0
+
+    def saw(self, sent_at_ms: int) -> None:
+        """A message dated ``sent_at_ms`` arrived live: date our next one after it (up to
+        :data:`SEEN_AHEAD_MS` ahead of our clock), so that a reply never sorts before the
+        message it answers, on any peer."""
+        seen = min(sent_at_ms, now_ms() + SEEN_AHEAD_MS)
+        if seen > self._last_seen_ms:
+            self._last_seen_ms = seen
 
     async def send(
         self, room: str, sender_name: str, text: str, *, action: bool = False
@@ -138,8 +154,10 @@ class Outbox:
         return len(queued)
 
     def _next_send_time(self) -> int:
-        """Now, but always later than this peer's previous message: history is ordered by
-        (send time, random id), so two lines typed or pasted within one millisecond would
-        otherwise show in random order everywhere."""
-        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1)
+        """Now, but always later than this peer's previous message and than the newest one it
+        saw (:meth:`saw`): history is ordered by (send time, random id), so two lines typed or
+        pasted within one millisecond would otherwise show in random order everywhere, and a
+        reply to a burst (dated up to its length in ms ahead) could sort before the burst's
+        last message."""
+        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1, self._last_seen_ms + 1)
         return self._last_sent_ms

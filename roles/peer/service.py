@@ -202,6 +202,7 @@ class ChatService:
             moderated=self._moderator.decided,
             refused=lambda reason, room, sender: refusals.refused(reason, room=room, sender=sender),
             heard_live=on_heard_live,
+            seen=lambda sent_at_ms: self._outbox.saw(sent_at_ms),
         )
         self._outbox = Outbox(
             gossip, PendingQueue(ctx.keys(PENDING_NAMESPACE)), observer, settings.max_message_bytes
