@@ -32,6 +32,12 @@ per-sender budget) is a stranger no more. Newcomers' messages are also charged t
 that returned them (:mod:`p2pchat.node.catchup_sources`: so much per source PeerId and address
 group, per room and window), since every reconnect of a source starts a catch-up.
 
+A walk that fails part-way (a relay's circuit ended: over a relayed connection pages are small,
+see :data:`p2pchat.node.store_client.RELAYED_PAGE_BYTES`) keeps the pages it got, and the next
+catch-up from that source resumes after them (:class:`~p2pchat.node.store_client.Resume`,
+remembered for the newest :data:`MAX_ASKED` (room, source) pairs), so a history bigger than a
+circuit's data limit arrives over several circuits instead of failing at the same place.
+
 When each source was last asked is remembered for the newest :data:`MAX_ASKED` (room, source)
 pairs: a source forgotten early is merely asked again sooner.
 """
@@ -53,7 +59,7 @@ from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.netprefix import address_group
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.refusals import RefusalLog
-from p2pchat.node.store_client import Fetched, SourceError, StoreClient
+from p2pchat.node.store_client import Fetched, Resume, SourceError, StoreClient
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 
 SETTLE = 1.0  # after a trigger: let identify finish and other connections arrive
@@ -155,6 +161,10 @@ class CatchUp:
         # Senders a catch-up brought in as newcomers (see node/catchup_charge.py): charged as
         # newcomers again at the next catch-up, however much they hold by then.
         self._strangers: BoundedDict[tuple[str, str], None] = BoundedDict(MAX_STRANGERS)
+        # (room, source) -> where its last walk stopped part-way (a relayed circuit ended):
+        # the next walk from that source goes on from there instead of starting over, which
+        # over a circuit with a data limit could fail again at the same place, every time.
+        self._resume: BoundedDict[tuple[str, str], Resume] = BoundedDict(MAX_ASKED)
 
     def request(self, room: str) -> None:
         """Catch ``room`` up as soon as sources are known (safe to call from any task)."""
@@ -234,15 +244,28 @@ class CatchUp:
         results: list[Fetched] = []
 
         async def fetch(source: str) -> None:
+            resume = self._resume.pop((room, source), None)
             try:
-                results.append(
-                    await self._client.fetch_range(
-                        source, room, start_ms, self._settings.catchup_max_messages
-                    )
+                fetched = await self._client.fetch_range(
+                    source, room, start_ms, self._settings.catchup_max_messages, resume
                 )
             except SourceError as error:
                 self._observer.source_failed()
                 self._log.info("history source failed", room=room, source=source, error=str(error))
+                return
+            results.append(fetched)
+            if fetched.failed is not None and fetched.cursor is not None:
+                self._observer.source_failed()
+                self._resume[(room, source)] = Resume(
+                    resume.start_ms if resume is not None else start_ms, fetched.cursor
+                )
+                self._log.info(
+                    "history source failed part-way; what came is kept, the rest is asked next",
+                    room=room,
+                    source=source,
+                    kept=len(fetched.messages),
+                    error=fetched.failed,
+                )
 
         async with trio.open_nursery() as nursery:
             for source in chosen:

@@ -55,6 +55,9 @@ from p2pchat.node.wire.store_query import (
 )
 
 REPLY_TIMEOUT = 15.0
+# Pages asked over a relayed connection: a relay's circuit is limited (go-libp2p's default:
+# 128 KiB per direction), so a 2 MiB page would outrun what is left of it and be lost whole.
+RELAYED_PAGE_BYTES = 16 * 1024
 # A server's TOO_MANY_REQUESTS carries retry_after_ms (its byte or query budget refills by
 # then): the same query is sent again after that wait, up to MAX_RETRIES times per query and
 # only while the wait is at most MAX_RETRY_WAIT seconds; past either, the source has failed
@@ -146,6 +149,18 @@ class Fetched:
     rejected: int
     complete: bool  # the walk reached the end of the range (not cut by max_messages)
     remote_ip: str | None = None  # where the source's stream came from (None: relayed, unknown)
+    # Why the walk stopped early after some pages (the stream ended, a refusal...): the pages
+    # before are kept in ``messages``; ``cursor`` then continues the walk (see Resume).
+    failed: str | None = None
+    cursor: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a walk that failed part-way stopped: the same range, after ``cursor``."""
+
+    start_ms: int | None
+    cursor: bytes
 
 
 class StoreClient:
@@ -158,31 +173,51 @@ class StoreClient:
         self._request_ids = itertools.count(1)
 
     async def fetch_range(
-        self, peer: str, room: str, start_ms: int | None, max_messages: int
+        self,
+        peer: str,
+        room: str,
+        start_ms: int | None,
+        max_messages: int,
+        resume: Resume | None = None,
     ) -> Fetched:
         """Every verified message of ``room`` sent at or after ``start_ms`` that ``peer``
-        holds, oldest first, at most ``max_messages``.
+        holds, oldest first, at most ``max_messages``; with ``resume``, the rest of an earlier
+        walk instead (its range, after its cursor).
+
+        Over a relayed connection pages are at most :data:`RELAYED_PAGE_BYTES`. A walk that
+        fails after some pages returns them, with ``failed`` and the ``cursor`` to resume at:
+        a relay's circuit that ends part-way through a big catch-up loses nothing fetched.
 
         Raises:
-            SourceError: the peer could not be asked, refused, or broke the protocol.
+            SourceError: the peer could not be asked, refused, or broke the protocol before
+                any page came.
         """
         fetched = Fetched(peer, [], 0, complete=False)
-        async for entries, last in self._pages(fetched, room, start_ms, max_messages):
-            now = now_ms()
-            for entry in entries:
-                try:
-                    fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now))
-                except Rejected as error:
-                    fetched.rejected += 1
-                    self._observer.entry_rejected(error.reason)
-            fetched.complete = last
+        if resume is not None:
+            start_ms, fetched.cursor = resume.start_ms, resume.cursor
+        try:
+            async for entries, last in self._pages(fetched, room, start_ms, max_messages):
+                now = now_ms()
+                for entry in entries:
+                    try:
+                        message = verify_entry(entry, room, self._max_text_bytes, now)
+                        fetched.messages.append(message)
+                    except Rejected as error:
+                        fetched.rejected += 1
+                        self._observer.entry_rejected(error.reason)
+                fetched.complete = last
+        except SourceError as error:
+            if not fetched.messages:
+                raise
+            fetched.failed = str(error)
         self._observer.entries_fetched(len(fetched.messages))
         return fetched
 
     async def _pages(
         self, fetched: Fetched, room: str, start_ms: int | None, max_messages: int
     ) -> AsyncIterator[tuple[tuple[Entry, ...], bool]]:
-        """The pages of ``fetched.source``'s answer (sets ``fetched.remote_ip``)."""
+        """The pages of ``fetched.source``'s answer, from ``fetched.cursor`` if set (sets
+        ``fetched.remote_ip``, and ``fetched.cursor`` to the cursor after each page)."""
         peer = fetched.source
         try:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
@@ -195,13 +230,24 @@ class StoreClient:
                 ) from None
             raise SourceError(f"cannot open a history stream: {error}") from None
         fetched.remote_ip = stream.remote_ip
+        # No address: a relayed (limited) connection, whose circuit may have only a few KiB
+        # left of its data limit; a page cut short by its end would be lost whole.
+        page_bytes = RELAYED_PAGE_BYTES if stream.remote_ip is None else 0
         decoder = FrameDecoder(MAX_REPLY_BYTES)
-        cursor: bytes | None = None
+        cursor = fetched.cursor
         received = 0
         try:
             while received < max_messages:
                 limit = min(MAX_LIMIT, max_messages - received)
-                query = Query(next(self._request_ids), room, start_ms, None, cursor, limit)
+                query = Query(
+                    next(self._request_ids),
+                    room,
+                    start_ms,
+                    None,
+                    cursor,
+                    limit,
+                    max_bytes=page_bytes,
+                )
                 reply = await self._ask(stream, decoder, query)
                 if len(reply.entries) > limit:
                     raise SourceError(f"{len(reply.entries)} messages where {limit} were asked")
@@ -211,6 +257,8 @@ class StoreClient:
                 ):
                     raise SourceError("the cursor does not advance past the page")
                 last = reply.next_cursor is None
+                if reply.entries:
+                    fetched.cursor = reply.entries[-1].message_id
                 yield reply.entries, last
                 if last:
                     return

@@ -178,14 +178,15 @@ def _lookup(history: History, query: Query) -> Reply:
 
 
 def _within_budget(messages: list[StoredMessage], query: Query) -> tuple[tuple[Entry, ...], bool]:
-    """The leading messages that fit :data:`REPLY_BUDGET_BYTES` (at least one); whether any
-    were cut."""
+    """The leading messages that fit :data:`REPLY_BUDGET_BYTES`, or the query's smaller
+    ``max_bytes`` (at least one message); whether any were cut."""
+    budget = min(query.max_bytes, REPLY_BUDGET_BYTES) if query.max_bytes else REPLY_BUDGET_BYTES
     entries: list[Entry] = []
     used = 0
     for message in messages:
         entry = _entry(message, query.ids_only)
         used += entry_wire_bytes(entry)
-        if entries and used > REPLY_BUDGET_BYTES:
+        if entries and used > budget:
             return tuple(entries), True
         entries.append(entry)
     return tuple(entries), False

@@ -15,7 +15,7 @@ from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
-from p2pchat.node.store_client import Fetched
+from p2pchat.node.store_client import Fetched, Resume
 
 ROOM = "room"
 
@@ -96,7 +96,12 @@ class _Source:
         self.messages = messages
 
     async def fetch_range(
-        self, source: str, room: str, start_ms: int, max_messages: int
+        self,
+        source: str,
+        room: str,
+        start_ms: int,
+        max_messages: int,
+        resume: Resume | None = None,
     ) -> Fetched:
         return Fetched(source, self.messages[:max_messages], 1, True)
 
@@ -246,7 +251,12 @@ class _Sources:
         self.served = served
 
     async def fetch_range(
-        self, source: str, room: str, start_ms: int, max_messages: int
+        self,
+        source: str,
+        room: str,
+        start_ms: int,
+        max_messages: int,
+        resume: Resume | None = None,
     ) -> Fetched:
         messages, ip = self.served[source]
         return Fetched(source, messages[:max_messages], 0, True, remote_ip=ip)

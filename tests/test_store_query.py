@@ -29,6 +29,7 @@ from p2pchat.node.wire.store_query import (
     decode_reply,
     encode_query,
     encode_reply,
+    entry_wire_bytes,
 )
 
 from tests.conftest import NodeProcess, node_env, start_node
@@ -226,6 +227,34 @@ async def test_a_query_flood_is_rate_limited_per_peer(tmp_path: Path) -> None:
         assert node.metric("p2pchat_store_queries_total", status="too_many_requests") >= 150
     finally:
         node.stop()
+
+
+def test_a_page_holds_at_most_the_bytes_asked_for_and_at_least_one_message(
+    tmp_path: Path,
+) -> None:
+    # A client on a relayed connection asks for 16 KiB pages (a circuit's data limit is small).
+    key = signer(tmp_path / "signer")
+    messages = [signed_message(key, ROOM, n, 1_000 + n, text="x" * 3000) for n in range(1, 21)]
+    store = Store.open(tmp_path / "store")
+    try:
+        history = History(store)
+        history.add_many(messages)
+        got: list[bytes] = []
+        cursor = None
+        for request_id in range(1, 30):
+            query = Query(request_id, ROOM, start_ms=0, cursor=cursor, limit=500, max_bytes=16_384)
+            reply = answer(history, query)
+            assert reply.status is Status.OK
+            assert sum(entry_wire_bytes(e) for e in reply.entries) <= 16_384
+            got += [e.message_id for e in reply.entries]
+            if (cursor := reply.next_cursor) is None:
+                break
+        assert got == [m.message_id for m in messages]
+        assert request_id > 3  # 20 messages of ~3.3 KB: four in a page
+        tiny = answer(history, Query(99, ROOM, start_ms=0, max_bytes=10))
+        assert len(tiny.entries) == 1 and tiny.next_cursor == tiny.entries[0].message_id
+    finally:
+        store.close()
 
 
 def test_a_lookup_over_the_reply_budget_is_cut_and_continues_after_its_cursor(

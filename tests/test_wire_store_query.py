@@ -35,6 +35,7 @@ def test_queries_round_trip() -> None:
         Query(8, "lobby", start_ms=0, end_ms=2**64 - 1, cursor=ID, limit=500, forward=False),
         Query(9, "lobby", message_ids=(ID, ID[::-1]), ids_only=True),
         Query(10, "lobby", message_ids=(ID,), cursor=ID[::-1]),  # a lookup's next page
+        Query(11, "lobby", max_bytes=16_384),  # small pages, for a relayed connection
     ):
         assert decode_query(payload(encode_query(query), MAX_QUERY_BYTES)) == query
 

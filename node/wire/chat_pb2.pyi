@@ -42,7 +42,8 @@ code is node/wire/chat.py, and tests/test_wire_rules.py checks the numbers here 
   sender's copy of your id is another message (store_query.proto: history id).
 - Order: history and pages are ordered by (sent_at_ms, history id); two messages with equal
   sent_at_ms are in byte order of their history ids, on every peer alike. A sender should
-  make its own times strictly increase (p2pchat uses max(now, last + 1)).
+  make its own times strictly increase, and date a reply after what it saw (p2pchat uses
+  max(now, last + 1, min(newest seen, now + 1000) + 1)).
 - Moderation: see the Moderation message; signed by anyone but the owner [not_owner].
 - Unknown fields are ignored (fields are only ever added).
 """

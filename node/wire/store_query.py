@@ -67,6 +67,7 @@ class Query:
     forward: bool = True
     message_ids: tuple[bytes, ...] = ()
     ids_only: bool = False
+    max_bytes: int = 0  # of messages in the reply; 0: the server's REPLY_BUDGET_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ def encode_query(query: Query) -> bytes:
         direction=pb.FORWARD if query.forward else pb.BACKWARD,
         message_ids=list(query.message_ids),
         ids_only=query.ids_only,
+        max_bytes=query.max_bytes,
     )
     if query.start_ms is not None:
         wire.time_start_ms = query.start_ms
@@ -158,6 +160,7 @@ def decode_query(payload: bytes) -> Query:
         forward=wire.direction == pb.FORWARD,
         message_ids=ids,
         ids_only=wire.ids_only,
+        max_bytes=wire.max_bytes,
     )
 
 

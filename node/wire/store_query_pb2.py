@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11store_query.proto\x12\x10p2pchat.store.v1\"\xfc\x01\n\nStoreQuery\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x1a\n\rtime_start_ms\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btime_end_ms\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\x12.\n\tdirection\x18\x07 \x01(\x0e\x32\x1b.p2pchat.store.v1.Direction\x12\x13\n\x0bmessage_ids\x18\x08 \x03(\x0c\x12\x10\n\x08ids_only\x18\t \x01(\x08\x42\x10\n\x0e_time_start_msB\x0e\n\x0c_time_end_ms\">\n\nStoreEntry\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\xbc\x01\n\nStoreReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.p2pchat.store.v1.Status\x12\x13\n\x0bstatus_text\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.p2pchat.store.v1.StoreEntry\x12\x13\n\x0bnext_cursor\x18\x05 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r*&\n\tDirection\x12\x0b\n\x07\x46ORWARD\x10\x00\x12\x0c\n\x08\x42\x41\x43KWARD\x10\x01*e\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x02OK\x10\xc8\x01\x12\x10\n\x0b\x42\x41\x44_REQUEST\x10\x90\x03\x12\x16\n\x11TOO_MANY_REQUESTS\x10\xad\x03\x12\x10\n\x0bUNAVAILABLE\x10\xf7\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11store_query.proto\x12\x10p2pchat.store.v1\"\x8f\x02\n\nStoreQuery\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x1a\n\rtime_start_ms\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x0btime_end_ms\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\x0c\x12\r\n\x05limit\x18\x06 \x01(\r\x12.\n\tdirection\x18\x07 \x01(\x0e\x32\x1b.p2pchat.store.v1.Direction\x12\x13\n\x0bmessage_ids\x18\x08 \x03(\x0c\x12\x10\n\x08ids_only\x18\t \x01(\x08\x12\x11\n\tmax_bytes\x18\n \x01(\rB\x10\n\x0e_time_start_msB\x0e\n\x0c_time_end_ms\">\n\nStoreEntry\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\"\xbc\x01\n\nStoreReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.p2pchat.store.v1.Status\x12\x13\n\x0bstatus_text\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.p2pchat.store.v1.StoreEntry\x12\x13\n\x0bnext_cursor\x18\x05 \x01(\x0c\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r*&\n\tDirection\x12\x0b\n\x07\x46ORWARD\x10\x00\x12\x0c\n\x08\x42\x41\x43KWARD\x10\x01*e\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x07\n\x02OK\x10\xc8\x01\x12\x10\n\x0b\x42\x41\x44_REQUEST\x10\x90\x03\x12\x16\n\x11TOO_MANY_REQUESTS\x10\xad\x03\x12\x10\n\x0bUNAVAILABLE\x10\xf7\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'store_query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=549
-  _globals['_DIRECTION']._serialized_end=587
-  _globals['_STATUS']._serialized_start=589
-  _globals['_STATUS']._serialized_end=690
+  _globals['_DIRECTION']._serialized_start=568
+  _globals['_DIRECTION']._serialized_end=606
+  _globals['_STATUS']._serialized_start=608
+  _globals['_STATUS']._serialized_end=709
   _globals['_STOREQUERY']._serialized_start=40
-  _globals['_STOREQUERY']._serialized_end=292
-  _globals['_STOREENTRY']._serialized_start=294
-  _globals['_STOREENTRY']._serialized_end=356
-  _globals['_STOREREPLY']._serialized_start=359
-  _globals['_STOREREPLY']._serialized_end=547
+  _globals['_STOREQUERY']._serialized_end=311
+  _globals['_STOREENTRY']._serialized_start=313
+  _globals['_STOREENTRY']._serialized_end=375
+  _globals['_STOREREPLY']._serialized_start=378
+  _globals['_STOREREPLY']._serialized_end=566
 # @@protoc_insertion_point(module_scope)

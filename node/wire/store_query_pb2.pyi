@@ -113,6 +113,7 @@ class StoreQuery(_message.Message):
     DIRECTION_FIELD_NUMBER: _builtins.int
     MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     IDS_ONLY_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Chosen by the client, echoed in the reply."""
     room: _builtins.str
@@ -135,6 +136,13 @@ class StoreQuery(_message.Message):
     direction: Global___Direction.ValueType
     ids_only: _builtins.bool
     """Presence query: entries carry id and time only, no envelope."""
+    max_bytes: _builtins.int
+    """The most bytes of messages (StoreEntry wire bytes) the reply may carry; 0 means the
+    server's own budget (2 MiB). A client on a limited (relayed) connection asks for small
+    pages, so that a page fits what is left of the circuit's data limit. The first message
+    is sent whatever its size, so a walk always advances. (Added in 0.2; an older server
+    ignores it and answers pages of up to 2 MiB.)
+    """
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Lookup: these messages of the room (16-byte ids, at most 500); unknown ids are left out.
@@ -153,10 +161,11 @@ class StoreQuery(_message.Message):
         direction: Global___Direction.ValueType = ...,
         message_ids: _abc.Iterable[_builtins.bytes] | None = ...,
         ids_only: _builtins.bool = ...,
+        max_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_time_end_ms", b"_time_end_ms", "_time_start_ms", b"_time_start_ms", "time_end_ms", b"time_end_ms", "time_start_ms", b"time_start_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_end_ms", b"_time_end_ms", "_time_start_ms", b"_time_start_ms", "cursor", b"cursor", "direction", b"direction", "ids_only", b"ids_only", "limit", b"limit", "message_ids", b"message_ids", "request_id", b"request_id", "room", b"room", "time_end_ms", b"time_end_ms", "time_start_ms", b"time_start_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_end_ms", b"_time_end_ms", "_time_start_ms", b"_time_start_ms", "cursor", b"cursor", "direction", b"direction", "ids_only", b"ids_only", "limit", b"limit", "max_bytes", b"max_bytes", "message_ids", b"message_ids", "request_id", b"request_id", "room", b"room", "time_end_ms", b"time_end_ms", "time_start_ms", b"time_start_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__time_end_ms: _TypeAlias = _typing.Literal["time_end_ms"]  # noqa: Y015
     _WhichOneofArgType__time_end_ms: _TypeAlias = _typing.Literal["_time_end_ms", b"_time_end_ms"]  # noqa: Y015
