@@ -533,6 +533,28 @@ class RelaySection(_Section):
         default_factory=list,
         description="If set, only these PeerIds and networks (CIDR) may reserve or connect.",
     )
+    chat_peers: Annotated[list[AllowEntry], BeforeValidator(_split_commas)] = Field(
+        default_factory=list,
+        max_length=256,
+        description="PeerIds and networks (CIDR) served chat-friendly circuits: a circuit "
+        "whose two ends are both listed gets chat_circuit_duration and chat_circuit_data "
+        "instead of circuit_duration and circuit_data (each entry is a label of "
+        "p2pchat_relay_bytes_total).",
+    )
+    chat_circuit_duration: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 86_400,
+        description="Seconds a chat-friendly circuit may last; 0: no limit. With "
+        "chat_circuit_data 0 too, the relay sends no limit, so go-libp2p and js-libp2p peers "
+        "see a connection that is not limited and use it for GossipSub.",
+    )
+    chat_circuit_data: int = Field(
+        default=0,
+        ge=0,
+        le=1 << 40,
+        description="Bytes a chat-friendly circuit may carry in each direction; 0: no limit.",
+    )
 
 
 LOG_FILE_NAME = Path("logs") / "p2pchat.log"

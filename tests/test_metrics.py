@@ -196,7 +196,7 @@ def test_the_relay_metrics_observe_the_hop_server() -> None:
     metrics.request_malformed()
     metrics.circuit_refused("no_reservation")
     metrics.circuit_opened()
-    metrics.bytes_relayed(100)
+    metrics.bytes_relayed(100, ("other",))
     metrics.circuit_reset("data")
     metrics.circuit_closed(2.0)
     assert value("libp2p_relaysvc_reservations_total", {"type": "opened"}) == 1
@@ -210,4 +210,5 @@ def test_the_relay_metrics_observe_the_hop_server() -> None:
     assert value("libp2p_relaysvc_connections_total", {"type": "closed"}) == 1
     assert value("libp2p_relaysvc_connection_duration_seconds_sum") == 2.0
     assert value("libp2p_relaysvc_data_transferred_bytes_total") == 100
+    assert value("p2pchat_relay_bytes_total", {"entry": "other"}) == 100
     assert value("p2pchat_relay_circuit_resets_total", {"limit": "data"}) == 1

@@ -4,8 +4,10 @@ One request per hop stream, as the spec has it. RESERVE is answered from
 :class:`~p2pchat.roles.relay.limits.RelayResources`; CONNECT opens a stop stream to the
 destination, and once it accepts, copies bytes both ways until either side ends, a direction
 exceeds ``circuit_data`` bytes or ``circuit_duration`` seconds pass; over a limit both streams
-are reset, as go-libp2p does. A reservation is released when its holder's last connection
-closes, so a peer that connects, reserves and leaves cannot hold a slot for an hour.
+are reset, as go-libp2p does. A circuit between two peers the operator lists for chat gets
+other terms (:mod:`~p2pchat.roles.relay.chat_policy`). A reservation is released when its
+holder's last connection closes, so a peer that connects, reserves and leaves cannot hold a
+slot for an hour.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from p2pchat.node.wire.circuit import (
     encode,
 )
 from p2pchat.node.wire.framing import FrameError
+from p2pchat.roles.relay.chat_policy import ChatPolicy, CircuitTerms
 from p2pchat.roles.relay.limits import RelayResources
 
 REQUEST_TIMEOUT = 10.0  # to read a request; and for the destination to answer a stop CONNECT
@@ -88,8 +91,10 @@ class HopObserver(Protocol):
     def circuit_reset(self, limit: str) -> None:
         """A circuit was reset for exceeding ``limit`` (``data`` or ``duration``)."""
 
-    def bytes_relayed(self, count: int) -> None:
-        """``count`` bytes were relayed, in either direction."""
+    def bytes_relayed(self, count: int, entries: tuple[str, ...]) -> None:
+        """``count`` bytes were relayed, in either direction, on a circuit whose ends matched
+        these ``relay.chat_peers`` entries (``("other",)``: a circuit with the default
+        limits)."""
 
 
 class HopServer:
@@ -101,9 +106,13 @@ class HopServer:
         resources: RelayResources,
         observer: HopObserver,
         log: structlog.stdlib.BoundLogger,
+        policy: ChatPolicy | None = None,
     ) -> None:
+        """``policy``: which circuits are chat-friendly (None: none; every circuit has the
+        default limits)."""
         self._host = host
         self._resources = resources
+        self._policy = policy or ChatPolicy((), 0, 0, resources.limits)
         self._observer = observer
         self._log = log
         self._refusals = RefusalLog(log, "relay request refused")
@@ -181,28 +190,32 @@ class HopServer:
             self._refusals.refused(f"circuit {decision.reason}", peer=origin.peer_id, target=target)
             await _finish(stream, HopStatus(decision.status))
             return
+        terms = self._policy.terms(
+            origin.peer_id, origin.remote_ip, target, self._resources.reserved_ip(target)
+        )
         try:
-            destination = await self._open_stop(origin.peer_id, target)
+            destination = await self._open_stop(origin.peer_id, target, terms)
             if destination is None:
                 self._observer.circuit_refused("connection_failed")
                 await _finish(stream, HopStatus(Status.CONNECTION_FAILED))
                 return
-            await write_quietly(stream, encode(HopStatus(Status.OK, limit=self._limit)))
+            await write_quietly(stream, encode(HopStatus(Status.OK, limit=terms.limit)))
             self._observer.circuit_opened()
             began = time.monotonic()
             try:
-                await self._relay(stream, destination)
+                await self._relay(stream, destination, terms)
             finally:
                 self._observer.circuit_closed(time.monotonic() - began)
         finally:
             self._resources.close_circuit(origin.peer_id, origin.remote_ip, target)
 
-    async def _open_stop(self, source: str, target: str) -> Stream | None:
+    async def _open_stop(self, source: str, target: str, terms: CircuitTerms) -> Stream | None:
         """A stop stream to ``target`` that accepted ``source``'s circuit, or None."""
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
                 destination = await self._host.new_stream(target, [STOP_PROTOCOL_ID])
-                await destination.write(encode(StopConnect(peer_id_bytes(source), self._limit)))
+                connect = StopConnect(peer_id_bytes(source), terms.limit)
+                await destination.write(encode(connect))
                 # The destination may start its side of the relayed connection right after
                 # its OK, in the same read.
                 answer = decode_stop(await read_frame_exactly(destination, MAX_MESSAGE_BYTES))
@@ -215,13 +228,16 @@ class HopServer:
             return None
         return destination
 
-    async def _relay(self, source: Stream, destination: Stream) -> None:
+    async def _relay(self, source: Stream, destination: Stream, terms: CircuitTerms) -> None:
         """Copy both ways within the circuit's limits; reset both if one is exceeded."""
         over: list[str] = []
-        with trio.move_on_after(self._resources.limits.circuit_duration) as timer:
+        duration = float("inf") if terms.duration is None else terms.duration
+        with trio.move_on_after(duration) as timer:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._copy, source, destination, over, nursery.cancel_scope)
-                nursery.start_soon(self._copy, destination, source, over, nursery.cancel_scope)
+                for reader, writer in ((source, destination), (destination, source)):
+                    nursery.start_soon(
+                        self._copy, reader, writer, terms, over, nursery.cancel_scope
+                    )
         if timer.cancelled_caught:
             over.append("duration")
         if over:
@@ -234,23 +250,30 @@ class HopServer:
                 await close_quietly(end)
 
     async def _copy(
-        self, reader: Stream, writer: Stream, over: list[str], circuit: trio.CancelScope
+        self,
+        reader: Stream,
+        writer: Stream,
+        terms: CircuitTerms,
+        over: list[str],
+        circuit: trio.CancelScope,
     ) -> None:
-        budget = self._resources.limits.circuit_data
+        budget = float("inf") if terms.data is None else terms.data
+        entries = terms.entries
         try:
             while True:
                 # The end of either direction ends the circuit (both ends are then closed by
                 # _relay): a read never returns b"", it raises StreamEnded.
                 chunk = await reader.read(COPY_CHUNK)
                 if len(chunk) > budget:
-                    await writer.write(chunk[:budget])
-                    self._observer.bytes_relayed(budget)
+                    allowed = int(budget)
+                    await writer.write(chunk[:allowed])
+                    self._observer.bytes_relayed(allowed, entries)
                     over.append("data")
                     circuit.cancel()
                     return
                 budget -= len(chunk)
                 await writer.write(chunk)
-                self._observer.bytes_relayed(len(chunk))
+                self._observer.bytes_relayed(len(chunk), entries)
         except StreamError:  # either end finished, reset or went away: the circuit is over
             circuit.cancel()
 

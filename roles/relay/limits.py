@@ -146,6 +146,11 @@ class RelayResources:
         """Drop ``peer``'s reservation (it disconnected, or asked); whether it held one."""
         return self._slots.pop(peer, None) is not None
 
+    def reserved_ip(self, peer: str) -> str | None:
+        """The address ``peer`` reserved from (None: it holds no reservation)."""
+        slot = self._slots.get(peer)
+        return slot.ip if slot is not None else None
+
     def has_reservation(self, peer: str, now: float) -> bool:
         """Whether ``peer`` holds a live reservation."""
         slot = self._slots.get(peer)

@@ -53,6 +53,13 @@ class RelayMetrics:
             "Bytes relayed, both directions.",
             registry=registry,
         )
+        self.bytes_by_entry = Counter(
+            "p2pchat_relay_bytes",
+            "Bytes relayed, both directions, by the relay.chat_peers entry (PeerId or network) "
+            'a circuit\'s ends matched; entry="other": circuits with the default limits.',
+            ("entry",),
+            registry=registry,
+        )
         self.limit_resets = Counter(
             "p2pchat_relay_circuit_resets",
             "Relayed connections reset for exceeding a limit, by limit (data, duration).",
@@ -111,6 +118,9 @@ class RelayMetrics:
         """A circuit was reset for exceeding ``limit`` (``data`` or ``duration``)."""
         self.limit_resets.labels(limit=limit).inc()
 
-    def bytes_relayed(self, count: int) -> None:
-        """``count`` bytes were relayed (either direction)."""
+    def bytes_relayed(self, count: int, entries: tuple[str, ...]) -> None:
+        """``count`` bytes were relayed (either direction), on a circuit whose ends matched
+        ``entries`` (bounded: the configured entries and "other")."""
         self.data_transferred.inc(count)
+        for entry in entries:
+            self.bytes_by_entry.labels(entry=entry).inc(count)

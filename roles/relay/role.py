@@ -15,9 +15,13 @@ from p2pchat.node.config import Config, RelaySection
 from p2pchat.node.rendezvous import RELAY_KEY
 from p2pchat.node.role import NodeContext
 from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
+from p2pchat.roles.relay.chat_policy import ChatPolicy
 from p2pchat.roles.relay.hop import HopServer
 from p2pchat.roles.relay.limits import AllowList, RelayLimits, RelayResources
 from p2pchat.roles.relay.metrics import RelayMetrics
+
+# The relay section's fields that are not RelayLimits: the allow-list and the chat policy.
+_NOT_LIMITS = {"allow", "chat_peers", "chat_circuit_duration", "chat_circuit_data"}
 
 
 class RelayRole:
@@ -42,10 +46,19 @@ class RelayRole:
         """Serve the hop protocol until cancelled."""
         settings = self._settings
         # The config section holds the limits under the same names, and the allow-list.
-        limits = RelayLimits(**settings.model_dump(exclude={"allow"}))
+        limits = RelayLimits(**settings.model_dump(exclude=_NOT_LIMITS))
         resources = RelayResources(limits, AllowList.parse(settings.allow))
-        HopServer(ctx.host, resources, RelayMetrics(ctx.metrics.registry), ctx.log).install()
-        ctx.log.info("relay role started", limits=limits.__dict__, allow=settings.allow)
+        policy = ChatPolicy(
+            settings.chat_peers, settings.chat_circuit_duration, settings.chat_circuit_data, limits
+        )
+        metrics = RelayMetrics(ctx.metrics.registry)
+        HopServer(ctx.host, resources, metrics, ctx.log, policy).install()
+        ctx.log.info(
+            "relay role started",
+            limits=limits.__dict__,
+            allow=settings.allow,
+            chat_peers=settings.chat_peers,
+        )
         task_status.started()
         if ctx.rendezvous is not None:  # so that auto-relay finds this relay in the DHT
             await ctx.rendezvous.announce("relay service", RELAY_KEY)
