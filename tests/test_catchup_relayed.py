@@ -73,3 +73,7 @@ def test_history_bigger_than_a_circuit_arrives_whole_over_several_circuits(
     # It took more than one circuit: the relay reset at least one for its data limit.
     assert relay.metric("p2pchat_relay_circuit_resets_total", limit="data") >= 1
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") >= 2
+    # A relayed connection's end is told as relayed too (it once said "relayed": false).
+    b.drain_events()
+    closed = [e for e in b.chat if e["type"] == "connection" and e["change"] == "closed"]
+    assert closed and all(e["relayed"] for e in closed if e["peer"] == a.peer_id)

@@ -150,6 +150,10 @@ class ChatService:
         ``emit_waiting``: as ``emit``, but waits while the front end is behind instead of
         dropping (default: ``emit``)."""
         self._ctx = ctx
+        # How each connected peer was told as connected (relayed or not): its "closed" event
+        # says the same, as the connection is gone by then. Removed at the close: bounded by
+        # the connected peers.
+        self._told_relayed: dict[str, bool] = {}
         self._node_roles = list(node_roles)
         self._on_join = on_join
         self._gossip = gossip
@@ -793,9 +797,11 @@ class ChatService:
             self._emit(discovered_notice(peer, via))
         relayed = {c.peer_id: c.relayed for c in self._ctx.host.connections()}
         for peer in changes.connected:
-            self._emit(self._connection_event(peer, "opened", relayed.get(peer, False)))
+            self._told_relayed[peer] = relayed.get(peer, False)
+            self._emit(self._connection_event(peer, "opened", self._told_relayed[peer]))
         for peer in changes.disconnected:
-            self._emit(self._connection_event(peer, "closed", False))
+            was_relayed = self._told_relayed.pop(peer, False)
+            self._emit(self._connection_event(peer, "closed", was_relayed))
         for room in self._rooms.names():
             joined = changes.joined.get(room, [])
             for peer in joined:
