@@ -352,10 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_history(config, args)
         if args.command == "passphrase":
             from p2pchat.node.passphrase_cli import cmd_passphrase
-            from p2pchat.roles import repickle_at_rest
+            from p2pchat.roles import PLAINTEXT_FILES, repickle_at_rest
 
             return cmd_passphrase(
-                config, args.action, getattr(args, "new_passphrase_file", None), repickle_at_rest
+                config,
+                args.action,
+                getattr(args, "new_passphrase_file", None),
+                repickle_at_rest,
+                PLAINTEXT_FILES,
             )
         return _cmd_run(config)
     except BaseException as error:

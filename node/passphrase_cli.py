@@ -15,7 +15,7 @@ import getpass
 import os
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from p2pchat.node.atrest import (
@@ -130,10 +130,12 @@ def cmd_passphrase(
     action: str,
     new_file: Path | None,
     repickle: Repickle,
+    plaintext_files: Sequence[str] = (),
     environ: Mapping[str, str] = os.environ,
 ) -> int:
     """``p2pchat passphrase set|change|remove`` on ``config``'s data dir (the node must not be
-    running: the store is opened, and is locked by a running node)."""
+    running: the store is opened, and is locked by a running node). ``plaintext_files``: files
+    of the data dir the roles keep only without a passphrase, deleted by ``set``."""
     from p2pchat.node.p2p.identity import load_or_create_identity, reseal_identity
 
     os.umask(0o077)  # what the store writes is private, as the node's own (runtime.run_node)
@@ -173,6 +175,9 @@ def cmd_passphrase(
         reseal_identity(data_dir, keys, seal)
     finally:
         store.close()
+    if seal:
+        for name in plaintext_files:
+            (data_dir / name).unlink(missing_ok=True)
     if not seal:
         remove_vault(data_dir)  # last: an interrupted remove is finished by running it again
     verb = "encrypted" if seal else "decrypted"

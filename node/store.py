@@ -39,8 +39,9 @@ SCHEMA_VERSION = b"1"
 NODE_NAMESPACES = frozenset({"meta", "hist", "hid", "hcnt", "hmeta", "hsnd", "hscnt"})
 
 # The namespaces whose values are private bodies, sealed when the data dir has a passphrase:
-# "dm" (the Olm account and sessions, the DMs waiting: roles/peer/dm_crypto.py, dm_waiting.py).
-SEALED_NAMESPACES = frozenset({"dm"})
+# "dm" (the Olm account and sessions, the DMs waiting: roles/peer/dm_crypto.py, dm_waiting.py),
+# "pend" (room messages waiting to be published: roles/peer/outbox.py).
+SEALED_NAMESPACES = frozenset({"dm", "pend"})
 
 
 class KeyValue(Protocol):

@@ -10,6 +10,7 @@ from p2pchat.node.store import KeyValue
 from p2pchat.roles.archiver import ArchiverRole
 from p2pchat.roles.bootstrap import BootstrapRole
 from p2pchat.roles.peer import PeerRole, dm_crypto
+from p2pchat.roles.peer.console import INPUT_HISTORY
 from p2pchat.roles.relay import RelayRole
 
 ROLE_TYPES: dict[str, type[Role]] = {
@@ -28,3 +29,8 @@ def repickle_at_rest(namespace: Callable[[str], KeyValue], old: bytes, new: byte
     pickle key ``old`` to ``new``, for ``p2pchat passphrase set|remove``; how many pickles were.
     A role that pickles state adds its namespace here."""
     return dm_crypto.repickle(namespace(dm_crypto.NAMESPACE), old, new)
+
+
+# Files the roles keep in the data dir in plaintext, deleted when a passphrase is set (they
+# are not kept with one): the console's input history.
+PLAINTEXT_FILES = (INPUT_HISTORY,)

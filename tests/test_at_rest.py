@@ -168,10 +168,13 @@ def test_turning_it_on_for_a_data_dir_in_use_keeps_its_history_and_leaves_no_pla
     # The control: all of it is readable in the data dir now.
     assert all(on_disk(c_dir, t) for t in texts)
     assert on_disk(c_dir, secrets[0])
+    # What a console would have kept of the lines typed: deleted (not kept with a passphrase).
+    (c_dir / "input_history").write_text("\n+/msg bravo waiting in plaintext\n")
 
     turned_on = run_cli("passphrase", "set", "--data-dir", str(c_dir), env=with_pass())
     assert turned_on.returncode == 0, turned_on.stderr
     assert "encrypted" in turned_on.stderr
+    assert not (c_dir / "input_history").exists()
     for secret in texts + secrets:
         assert on_disk(c_dir, secret) == [], secret
     assert {"before the passphrase one", "before the passphrase two"} <= set(
