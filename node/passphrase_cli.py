@@ -11,7 +11,6 @@ nothing changed.
 
 from __future__ import annotations
 
-import getpass
 import os
 import stat
 import sys
@@ -55,8 +54,11 @@ def _from_file(path: Path) -> str:
 
 
 def _prompt(text: str) -> str:
+    # prompt_toolkit, on stdin/stdout as the console that follows (not /dev/tty): not echoed.
+    from prompt_toolkit import prompt
+
     try:
-        return getpass.getpass(text)
+        return prompt(text, is_password=True)
     except (EOFError, KeyboardInterrupt):
         sys.stderr.write("\n")
         raise PassphraseError("no passphrase given") from None

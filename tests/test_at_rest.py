@@ -219,3 +219,26 @@ def test_turning_it_on_for_a_data_dir_in_use_keeps_its_history_and_leaves_no_pla
     nodes.append(c)
     c.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     assert c.metric("p2pchat_dm_sessions") == 1  # re-pickled under the plain key, kept
+
+
+def test_the_console_asks_for_the_passphrase_on_its_terminal(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    data_dir = tmp_path / "console"
+    assert (
+        run_cli("passphrase", "set", "--data-dir", str(data_dir), env=with_pass()).returncode == 0
+    )
+    wrong = start_node(data_dir, terminal=True, wait_ready=False)
+    nodes.append(wrong)
+    wrong.wait_screen("Passphrase for")
+    wrong.type_keys("not it\r")
+    assert wrong.proc.wait(timeout=WAIT) == 2
+    assert "wrong passphrase" in "".join(wrong.raw_stderr)
+    nodes.remove(wrong)
+
+    console = start_node(data_dir, terminal=True, wait_ready=False)
+    nodes.append(console)
+    console.wait_screen("Passphrase for")
+    console.type_keys(PASS + "\r")
+    console.ready = console.wait_for("node ready", timeout=WAIT)
+    assert PASS not in console.screen_text()  # not echoed
