@@ -44,6 +44,7 @@ worker thread while a chat peer of the same node writes from the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import threading
@@ -277,10 +278,7 @@ def _decode(
     if version == _FORMAT_SEALED:
         if keys is None:
             raise ValueError("history value is sealed and the data dir's keys are not given")
-        try:
-            envelope = keys.open(key, envelope)
-        except SealError as error:
-            raise ValueError(f"history value: {error}") from None
+        envelope = keys.open(key, envelope)  # SealError: tampered, or moved from another key
     elif version != _FORMAT:
         raise ValueError(f"history value format {version} is not supported")
     time_at = len(room_prefix)
@@ -486,6 +484,14 @@ class History:
         self._unsynced = True
         return new
 
+    def _read(
+        self, found: list[StoredMessage], room: str, prefix: bytes, key: bytes, value: bytes
+    ) -> None:
+        """Append the message stored as ``key``, ``value`` to ``found``; a sealed body that does
+        not open (tampered, or moved under another key) is left out, never shown."""
+        with contextlib.suppress(SealError):
+            found.append(_decode(self._keys, room, prefix, key, value))
+
     def resize(self, deltas: dict[str, int]) -> None:
         """Add ``deltas`` (room -> bytes) to the rooms' sizes: their values were rewritten in
         place with another length (sealed or opened: ``p2pchat passphrase set|remove``)."""
@@ -530,7 +536,7 @@ class History:
                 continue
             value = self._db.get(key)
             if value is not None:
-                found.append(_decode(self._keys, room, prefix, key, value))
+                self._read(found, room, prefix, key, value)
         found.sort(key=lambda m: (m.sent_at_ms, m.message_id))
         return found
 
@@ -576,7 +582,7 @@ class History:
                 key = it.key()
                 if key >= high:  # also true for every key after the room's range
                     break
-                found.append(_decode(self._keys, room, prefix, key, it.value()))
+                self._read(found, room, prefix, key, it.value())
                 it.next()
         else:
             upper = high if cursor is None else min(high, cursor)  # exclusive
@@ -587,7 +593,7 @@ class History:
                 key = it.key()
                 if key < low:  # also true for every key before the room's range
                     break
-                found.append(_decode(self._keys, room, prefix, key, it.value()))
+                self._read(found, room, prefix, key, it.value())
                 it.prev()
         more = len(found) > limit
         del found[limit:]
@@ -608,7 +614,7 @@ class History:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            found.append(_decode(self._keys, room, prefix, key, it.value()))
+            self._read(found, room, prefix, key, it.value())
             it.prev()
         found.reverse()
         return found
@@ -630,7 +636,7 @@ class History:
             key = it.key()
             if key >= end:  # also true for every key after the room's range
                 break
-            found.append(_decode(self._keys, room, prefix, key, it.value()))
+            self._read(found, room, prefix, key, it.value())
             it.next()
         return found
 

@@ -133,10 +133,17 @@ def test_a_peer_with_a_passphrase_keeps_nothing_private_readable_and_restarts_in
     assert "wrong passphrase" in refused(b_dir, with_pass("not it"), "--json")
     assert "is encrypted: give its passphrase" in refused(b_dir, node_env(), "--json")
     assert "is encrypted" in refused(b_dir, node_env())  # the console, but no terminal
+    pass_file = tmp_path / "passphrase"
+    pass_file.write_text(PASS + "\n")
+    pass_file.chmod(0o640)  # others may read it: refused, as a shared identity key is
+    from_file = node_env(P2PCHAT_NODE__PASSPHRASE_FILE=str(pass_file))
+    assert "open to others" in refused(b_dir, from_file, "--json")
     assert fingerprint(b_dir) == before
 
-    # Restarted with the passphrase: its history and its session with A are intact.
-    b = start_node(b_dir, "--json", env=with_pass())
+    # Restarted with the passphrase, from its file: its history and its session with A are
+    # intact.
+    pass_file.chmod(0o600)
+    b = start_node(b_dir, "--json", env=from_file)
     nodes.append(b)
     b.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     assert {"room words from alpha", "room words from bravo"} <= set(history_texts(b, 10))
