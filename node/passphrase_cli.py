@@ -155,9 +155,16 @@ def cmd_passphrase(
     if action == "set" and not encrypted:
         given = given_passphrase(config, environ)
         passphrase = given or _new_passphrase(new_file, environ, PASSPHRASE_ENV)
-        load_or_create_identity(data_dir)  # the data dir exists, is private, has a key
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise PassphraseError(
+                f"data dir {data_dir}: cannot create: {error.strerror or error}"
+            ) from None
         store = Store.open(data_dir / STORE_DIR)  # fails now if a node is running
         keys = create_vault(data_dir, passphrase)  # first: a resumed run finds the key
+        # The data dir made private; a key created now is created sealed.
+        load_or_create_identity(data_dir, keys)
     else:  # set again (finish an interrupted set) or remove: the current passphrase
         keys = unlock(data_dir, _current(config, environ))
         store = Store.open(data_dir / STORE_DIR, keys)

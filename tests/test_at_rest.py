@@ -168,6 +168,10 @@ def test_turning_it_on_for_a_data_dir_in_use_keeps_its_history_and_leaves_no_pla
     assert a.stop() == 0
     nodes.remove(a)
     assert msg(c, a.peer_id, "waiting in plaintext", 3)["kind"] == "dm_waiting"
+    # Not while the node runs: one line, and nothing created.
+    busy = run_cli("passphrase", "set", "--data-dir", str(c_dir), env=with_pass())
+    assert busy.returncode == 2 and "in use by another p2pchat process" in busy.stderr, busy
+    assert not is_encrypted(c_dir)
     assert c.stop() == 0
     nodes.remove(c)
     texts = [b"before the passphrase one", b"before the passphrase two", b"waiting in plaintext"]
