@@ -192,3 +192,27 @@ def test_converting_a_store_seals_everything_private_then_opens_it_again(
     assert History(store).size("room") == size
     assert store.namespace("dm").get(b"w/1") == b"waiting " + SECRET
     store.close()
+
+
+def test_ratchet_state_that_does_not_open_is_replaced_never_a_crash(tmp_path: Path) -> None:
+    from tests.test_dm_crypto import Peer, sessions
+
+    me = Peer()
+    store = Store.open(tmp_path / "store", keys())
+    first = sessions(store, me)
+    assert not first.restored
+    sealed = store.db[b"dm/account"]
+    assert is_sealed(sealed)
+    assert sessions(store, me).restored  # opens with the data dir's pickle key
+    # Another data dir's key (a restored backup of the wrong one), then a tampered value: a
+    # new account each time, said by `restored`, and the node goes on.
+    store.close()
+    store = Store.open(tmp_path / "store", AtRestKeys(bytes(32)))
+    again = sessions(store, me)
+    assert not again.restored
+    bundle = again.verified_bundle(me.text, me.raw, again.bundle)
+    assert bundle.identity_key != first.account.curve25519_key.to_bytes()
+    raw = store.db[b"dm/account"]
+    store.db[b"dm/account"] = raw[:-1] + bytes([raw[-1] ^ 1])
+    assert not sessions(store, me).restored
+    store.close()
