@@ -331,6 +331,7 @@ def _cmd_run(config: Config) -> int:
         version=__version__,
         identity=str(identity.path),
         new_identity=identity.created,
+        encrypted_at_rest=identity.at_rest is not None,
     )
     try:
         trio.run(run_node, config, identity, create_roles(config))

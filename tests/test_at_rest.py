@@ -8,6 +8,7 @@ on a data dir in use leaves its history and sessions readable and no plaintext b
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from p2pchat.node.atrest import is_encrypted, unlock
@@ -147,6 +148,8 @@ def test_a_peer_with_a_passphrase_keeps_nothing_private_readable_and_restarts_in
     nodes.append(b)
     b.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     assert {"room words from alpha", "room words from bravo"} <= set(history_texts(b, 10))
+    starting = [json.loads(line) for line in b.raw_stderr if '"starting"' in line]
+    assert starting and starting[0]["encrypted_at_rest"] is True, starting
     assert b.metric("p2pchat_dm_sessions") == 1
     a, _ = chat_peer(tmp_path / "a", nodes, "--bootstrap", b.addr())
     direct_from(a, b.peer_id, "dm kept while away")  # the sealed waiting DM, delivered
