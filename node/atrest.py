@@ -7,7 +7,7 @@ derived from the data key (HKDF-SHA256, one ``info`` per use), so changing the p
 re-wraps the data key alone; removing it decrypts what the data dir holds.
 
 KDF: Argon2id with RFC 9106's second recommended parameters (t=3 passes, p=4 lanes, m=64 MiB;
-measured 0.14 s on the development machine, 2 cores), a 16-byte random salt; both stored, so
+measured 0.14-0.18 s on the development machine, 2 cores), a 16-byte random salt; both stored, so
 a file written with other parameters still opens (they are bounded when read: a damaged file
 is one clear line, never an allocation of its choosing).
 
