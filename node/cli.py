@@ -8,6 +8,9 @@ Usage::
                                       data dir it names; print the effective configuration
     p2pchat history ADDR [--room R] [--since WHEN] [--limit N] [--json]
                                       ask a history source for a room's messages, verified
+    p2pchat passphrase set|change|remove [--new-passphrase-file FILE]
+                                      encrypt the data dir at rest, change its passphrase, or
+                                      decrypt it (the node must not be running)
 
 Each subcommand accepts only the options it uses (``p2pchat history --help`` lists them).
 
@@ -151,6 +154,23 @@ def _build_parser() -> _Parser:
         description="Ask one history source for a room's messages; each is verified (signature, "
         "room, id, time) and forged or altered ones are counted, not shown.",
     )
+    passphrase = commands.add_parser(
+        "passphrase",
+        parents=[_options((*_DATA_DIR, *_CONFIG), hidden=_NODE)],
+        help="encrypt the data dir at rest with a passphrase, change it, or remove it",
+        description="set: encrypt the identity key, ratchet state and message bodies of the "
+        "data dir (re-encrypting what is there); change: a new passphrase; remove: decrypt "
+        "it all. The passphrase is read from P2PCHAT_PASSPHRASE, node.passphrase_file, or asked "
+        "on a terminal; change's new one from P2PCHAT_NEW_PASSPHRASE, --new-passphrase-file, "
+        "or asked. The node must not be running.",
+    )
+    passphrase.add_argument("action", choices=("set", "change", "remove"), help="what to do")
+    passphrase.add_argument(
+        "--new-passphrase-file",
+        metavar="FILE",
+        type=Path,
+        help="file holding the new passphrase (set, change), its first line",
+    )
     config_cmd = commands.add_parser(
         "config", help="configuration tools", description="Configuration tools."
     )
@@ -240,8 +260,10 @@ def _cmd_config_check(file: Path) -> int:
 
 def _cmd_id(config: Config) -> int:
     from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.node.passphrase_cli import unlock_data_dir
 
-    identity = load_or_create_identity(config.data_dir())
+    keys = unlock_data_dir(config, can_ask=sys.stdin.isatty())
+    identity = load_or_create_identity(config.data_dir(), keys)
     sys.stdout.write(identity.peer_id_text + "\n")
     if identity.created:
         sys.stderr.write(f"{PROG}: created a new identity in {identity.path}\n")
@@ -286,6 +308,7 @@ def _cmd_run(config: Config) -> int:
     import trio
     from p2pchat.node.logs import LogFile, bind_node, configure_logging, get_logger
     from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.node.passphrase_cli import unlock_data_dir
     from p2pchat.node.runtime import run_node
     from p2pchat.roles import create_roles
 
@@ -298,7 +321,9 @@ def _cmd_run(config: Config) -> int:
         libp2p_level=config.log.libp2p_level,
         file=None if path is None else LogFile(path, config.log.max_bytes, config.log.backups),
     )
-    identity = load_or_create_identity(config.data_dir())
+    # Asked only of a person at the console: --json, a service, a container are told how.
+    can_ask = config.console_front_end(sys.stdin.isatty())
+    identity = load_or_create_identity(config.data_dir(), unlock_data_dir(config, can_ask=can_ask))
     bind_node(role=",".join(config.roles), peer_id=identity.peer_id_text)
     log = get_logger("p2pchat")
     log.info(
@@ -306,6 +331,7 @@ def _cmd_run(config: Config) -> int:
         version=__version__,
         identity=str(identity.path),
         new_identity=identity.created,
+        encrypted_at_rest=identity.at_rest is not None,
     )
     try:
         trio.run(run_node, config, identity, create_roles(config))
@@ -325,6 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_id(config)
         if args.command == "history":
             return _cmd_history(config, args)
+        if args.command == "passphrase":
+            from p2pchat.node.passphrase_cli import cmd_passphrase
+            from p2pchat.roles import PLAINTEXT_FILES, repickle_at_rest
+
+            return cmd_passphrase(
+                config,
+                args.action,
+                getattr(args, "new_passphrase_file", None),
+                repickle_at_rest,
+                PLAINTEXT_FILES,
+            )
         return _cmd_run(config)
     except BaseException as error:
         user_error = _first_user_error(error)

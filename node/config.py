@@ -36,6 +36,10 @@ from pydantic import (
 ENV_PREFIX = "P2PCHAT_"
 ENV_NESTING = "__"
 LEGACY_ROOM_ENV = "CHAT_TOPIC"
+# The data dir's passphrase (encryption at rest) and the new one for ``p2pchat passphrase
+# change``: read by the CLI, never config keys (a secret is not printed by ``config check``).
+PASSPHRASE_ENV = "P2PCHAT_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "P2PCHAT_NEW_PASSPHRASE"
 
 RoleName = Literal["peer", "bootstrap", "relay", "archiver"]
 ROLE_NAMES: tuple[RoleName, ...] = ("peer", "bootstrap", "relay", "archiver")
@@ -129,6 +133,13 @@ class NodeSection(_Section):
         default=None,
         description="Identity and store live here; default: $XDG_DATA_HOME/p2pchat "
         "(~/.local/share/p2pchat).",
+    )
+    passphrase_file: Path | None = Field(
+        default=None,
+        description="File holding the data dir's passphrase (encryption at rest; the first "
+        "line, owner-only permissions); also the environment variable P2PCHAT_PASSPHRASE. "
+        "Without either, the console peer asks for it on a terminal; `p2pchat passphrase "
+        "set|change|remove` turns it on, changes or removes it.",
     )
     listen: ListenAddrs = Field(
         default=["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws"],
@@ -1297,7 +1308,7 @@ def _env_layer(environ: Mapping[str, str]) -> _Layer:
         _set_path(layer.data, ["chat", "room"], room)
         layer.key_labels["chat.room"] = f"environment {LEGACY_ROOM_ENV}"
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in (PASSPHRASE_ENV, NEW_PASSPHRASE_ENV):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTING)]
         if not all(path):
@@ -1462,9 +1473,11 @@ def data_dir_problems(data_dir: Path) -> list[str]:
     if not _writable(data_dir):
         problems.append(f"{where}: not writable")
     # Imported here: it loads py-libp2p (~0.5 s), which most config errors should not wait for.
+    from p2pchat.node.atrest import is_encrypted
     from p2pchat.node.p2p.identity import IDENTITY_FILE, load_or_create_identity
 
-    if (data_dir / IDENTITY_FILE).exists():
+    # A sealed key is checked when the node starts with the passphrase, not by a config check.
+    if (data_dir / IDENTITY_FILE).exists() and not is_encrypted(data_dir):
         try:
             load_or_create_identity(data_dir)  # it exists: only read and checked
         except IdentityError as error:

@@ -34,6 +34,13 @@ class StoreError(P2PChatError):
     exit_code = EXIT_USAGE
 
 
+class PassphraseError(P2PChatError):
+    """The data dir's passphrase is missing, wrong, or its ``at-rest.json`` is damaged: the
+    node must not start (nor change anything) without the data dir's keys."""
+
+    exit_code = EXIT_USAGE
+
+
 class StartupError(P2PChatError):
     """The node could not start at run time (a listen address cannot be bound, ...)."""
 

@@ -22,7 +22,12 @@ Key layout (RocksDB's byte order is the history order, (sent_at_ms, message_id))
 
 Value layout (format 1): ``0x01``, received_at_ms (8 bytes big-endian), sender length (2 bytes
 big-endian), the sender PeerId text (UTF-8), then the signed envelope to the end. Room, send
-time and id are in the key.
+time and id are in the key. Format 2, written when the data dir has a passphrase (the store's
+:attr:`~p2pchat.node.store.Store.keys`): the same header (``0x02``) and sender, then the
+envelope sealed (:meth:`~p2pchat.node.atrest.AtRestKeys.seal`) with the ``hist/`` key as
+associated data: the body is unreadable without the passphrase, and a body moved under another
+key does not open. Room, times, sender and sizes stay readable: they are the keys and the
+index every query, the retention and the per-sender quotas use.
 
 Room names never contain ``\\x00`` (they are letters, digits, ``-_.``), so one room's keys all
 lie in ``[hist/<room>\\x00, hist/<room>\\x01)`` and never inside another room's range, even when
@@ -39,6 +44,7 @@ worker thread while a chat peer of the same node writes from the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import threading
@@ -47,6 +53,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
+from p2pchat.node.atrest import AtRestKeys, SealError
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.store import Store
 from p2pchat.node.wire.chat import ChatText, Moderation, WireError, decode
@@ -62,6 +69,7 @@ _HCNT = b"hcnt/"
 _HSND = b"hsnd/"
 _HSCNT = b"hscnt/"
 _FORMAT = 1
+_FORMAT_SEALED = 2
 # Present once every stored message id is its history_id() (stores written before 2026-12-02
 # used the id the sender chose); see History._bind_ids_to_senders.
 _IDS_KEY = b"hmeta/ids"
@@ -222,16 +230,57 @@ def _check(message: StoredMessage) -> None:
         raise ValueError("sender is longer than 65535 bytes")
 
 
-def _encode_value(message: StoredMessage) -> bytes:
+def _encode_value(message: StoredMessage, key: bytes, keys: AtRestKeys | None) -> bytes:
+    """The stored value of ``message`` under ``key``: format 1, or 2 (sealed) with ``keys``."""
     sender = message.sender.encode()
-    return _HEADER.pack(_FORMAT, message.received_at_ms, len(sender)) + sender + message.envelope
+    if keys is None:
+        header = _HEADER.pack(_FORMAT, message.received_at_ms, len(sender))
+        return header + sender + message.envelope
+    header = _HEADER.pack(_FORMAT_SEALED, message.received_at_ms, len(sender))
+    return header + sender + keys.seal(key, message.envelope)
 
 
-def _decode(room: str, room_prefix: bytes, key: bytes, value: bytes) -> StoredMessage:
+def reseal_value(value: bytes, key: bytes, keys: AtRestKeys, seal: bool) -> bytes:
+    """``value`` (stored under ``key``) in format 2 if ``seal``, else in format 1; unchanged if
+    it is in that format already (for ``p2pchat passphrase set|remove``).
+
+    Raises:
+        ValueError: an unknown format, or a sealed body that does not open.
+    """
     version, received_at_ms, sender_len = _HEADER.unpack_from(value)
-    if version != _FORMAT:
+    if version == (_FORMAT_SEALED if seal else _FORMAT):
+        return value
+    start = _HEADER.size + sender_len
+    head = value[_HEADER.size : start]
+    if version == _FORMAT:
+        body = keys.seal(key, value[start:])
+    elif version == _FORMAT_SEALED:
+        body = keys.open(key, value[start:])
+    else:
         raise ValueError(f"history value format {version} is not supported")
+    new_version = _FORMAT_SEALED if seal else _FORMAT
+    return _HEADER.pack(new_version, received_at_ms, sender_len) + head + body
+
+
+def _moved(value: bytes, old_key: bytes, new_key: bytes, keys: AtRestKeys | None) -> bytes:
+    """``value`` re-keyed from ``old_key`` to ``new_key`` (a sealed body is bound to its key)."""
+    if keys is None or value[0] != _FORMAT_SEALED:
+        return value
+    return reseal_value(reseal_value(value, old_key, keys, False), new_key, keys, True)
+
+
+def _decode(
+    keys: AtRestKeys | None, room: str, room_prefix: bytes, key: bytes, value: bytes
+) -> StoredMessage:
+    version, received_at_ms, sender_len = _HEADER.unpack_from(value)
     start = _HEADER.size
+    envelope = value[start + sender_len :]
+    if version == _FORMAT_SEALED:
+        if keys is None:
+            raise ValueError("history value is sealed and the data dir's keys are not given")
+        envelope = keys.open(key, envelope)  # SealError: tampered, or moved from another key
+    elif version != _FORMAT:
+        raise ValueError(f"history value format {version} is not supported")
     time_at = len(room_prefix)
     return StoredMessage(
         room=room,
@@ -239,7 +288,7 @@ def _decode(room: str, room_prefix: bytes, key: bytes, value: bytes) -> StoredMe
         sent_at_ms=_U64.unpack_from(key, time_at)[0],
         received_at_ms=received_at_ms,
         sender=value[start : start + sender_len].decode(),
-        envelope=value[start + sender_len :],
+        envelope=envelope,
     )
 
 
@@ -273,6 +322,7 @@ class History:
 
     def __init__(self, store: Store) -> None:
         self._db = store.db
+        self._keys = store.keys  # with a passphrase: bodies sealed (format 2)
         self._writing = threading.Lock()
         # A write not synced to disk yet: a synced add_many syncs it too (see add_many).
         self._unsynced = False
@@ -341,7 +391,7 @@ class History:
             while it.valid() and it.key().startswith(prefix):
                 key, value = it.key(), it.value()
                 try:
-                    message = _decode(room, prefix, key, value)
+                    message = _decode(self._keys, room, prefix, key, value)
                 except ValueError:  # a format this version does not read: left as it is
                     it.next()
                     continue
@@ -355,7 +405,7 @@ class History:
                     new_key = key[:-MESSAGE_ID_BYTES] + bound
                     batch.delete(key)
                     batch.delete(id_prefix + message.message_id)
-                    batch.put(new_key, value)
+                    batch.put(new_key, _moved(value, key, new_key, self._keys))
                     batch.put(id_prefix + bound, new_key)
                 if len(batch) >= _REKEY_BATCH:
                     self._db.write(batch)
@@ -414,7 +464,7 @@ class History:
             seen.add(id_key)
             at = _U64.pack(message.sent_at_ms) + message.message_id
             key = prefix + at
-            value = _encode_value(message)
+            value = _encode_value(message, key, self._keys)
             batch.put(key, value)
             batch.put(id_key, key)
             sender = message.sender.encode()
@@ -433,6 +483,25 @@ class History:
         self._db.write(batch)
         self._unsynced = True
         return new
+
+    def _read(
+        self, found: list[StoredMessage], room: str, prefix: bytes, key: bytes, value: bytes
+    ) -> None:
+        """Append the message stored as ``key``, ``value`` to ``found``; a sealed body that does
+        not open (tampered, or moved under another key) is left out, never shown."""
+        with contextlib.suppress(SealError):
+            found.append(_decode(self._keys, room, prefix, key, value))
+
+    def resize(self, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` (room -> bytes) to the rooms' sizes: their values were rewritten in
+        place with another length (sealed or opened: ``p2pchat passphrase set|remove``)."""
+        with self._writing:
+            batch = WriteBatch(raw_mode=True)
+            for room, delta in deltas.items():
+                count, size = self._totals(room)
+                if count:
+                    self._put_totals(batch, room, count, max(0, size + delta))
+            self._db.write(batch, _SYNCED)
 
     def contains(self, room: str, message_id: bytes) -> bool:
         """Whether ``message_id`` is stored for ``room``."""
@@ -467,7 +536,7 @@ class History:
                 continue
             value = self._db.get(key)
             if value is not None:
-                found.append(_decode(room, prefix, key, value))
+                self._read(found, room, prefix, key, value)
         found.sort(key=lambda m: (m.sent_at_ms, m.message_id))
         return found
 
@@ -513,7 +582,7 @@ class History:
                 key = it.key()
                 if key >= high:  # also true for every key after the room's range
                     break
-                found.append(_decode(room, prefix, key, it.value()))
+                self._read(found, room, prefix, key, it.value())
                 it.next()
         else:
             upper = high if cursor is None else min(high, cursor)  # exclusive
@@ -524,7 +593,7 @@ class History:
                 key = it.key()
                 if key < low:  # also true for every key before the room's range
                     break
-                found.append(_decode(room, prefix, key, it.value()))
+                self._read(found, room, prefix, key, it.value())
                 it.prev()
         more = len(found) > limit
         del found[limit:]
@@ -545,7 +614,7 @@ class History:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            found.append(_decode(room, prefix, key, it.value()))
+            self._read(found, room, prefix, key, it.value())
             it.prev()
         found.reverse()
         return found
@@ -567,7 +636,7 @@ class History:
             key = it.key()
             if key >= end:  # also true for every key after the room's range
                 break
-            found.append(_decode(room, prefix, key, it.value()))
+            self._read(found, room, prefix, key, it.value())
             it.next()
         return found
 

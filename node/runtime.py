@@ -241,7 +241,7 @@ async def _run(
     metrics: NodeMetrics,
     readiness: _Readiness,
 ) -> None:
-    store = Store.open(config.data_dir() / "store")
+    store = Store.open(config.data_dir() / "store", identity.at_rest)
     try:
         host = P2PHost(
             identity, host_settings(config), _Observer(metrics.swarm, log), metrics.connections

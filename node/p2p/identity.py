@@ -6,6 +6,10 @@ as an Ed25519 key is an error: silently replacing it would change the node's Pee
 every record other peers hold about it. So is a key file with any group or other permission bit:
 the key is the node's whole identity, and a key others could read is no longer its own.
 
+With a passphrase (:mod:`p2pchat.node.atrest`) the file holds the same bytes sealed
+(ChaCha20-Poly1305 under the data dir's key, the file name as associated data); a sealed key
+without the data dir's keys is one clear error, never a new identity.
+
 Loading the identity is the first thing every command does with the data dir, so it also makes
 the data dir private (:func:`make_private`): the history, logs, input history and exports in it
 are nobody else's business, whatever mode the directory was created with.
@@ -22,12 +26,15 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
+from p2pchat.node.atrest import AtRestKeys, SealError, is_sealed
 from p2pchat.node.errors import IdentityError
 
 IDENTITY_FILE = "identity.key"
 # The node's store directory under the data dir (node/config.py's STORE_DIR; the host layer may
 # not import the config): like the data dir, it must end up private or the node does not start.
 STORE_DIR = "store"
+# The associated data of the sealed key: a sealed record of another kind does not open here.
+_SEAL_CONTEXT = IDENTITY_FILE.encode()
 # Group and other permission bits: none may be set on the data dir, the store or the key.
 _SHARED_BITS = 0o077
 
@@ -63,6 +70,8 @@ class Identity:
     created: bool
     # What loading it made private in the data dir (None: not loaded from a data dir).
     tightened: Tightened | None = None
+    # The data dir's keys when it has a passphrase (the node opens its store with them).
+    at_rest: AtRestKeys | None = None
 
     @property
     def peer_id_text(self) -> str:
@@ -70,7 +79,19 @@ class Identity:
         return str(self.peer_id.to_base58())
 
 
-def _decode(path: Path, data: bytes) -> KeyPair:
+def _decode(path: Path, data: bytes, keys: AtRestKeys | None = None) -> KeyPair:
+    if is_sealed(data):
+        if keys is None:
+            raise IdentityError(
+                f"identity file {path} is encrypted and the data dir's passphrase was not given"
+            )
+        try:
+            data = keys.open(_SEAL_CONTEXT, data)
+        except SealError:
+            raise IdentityError(
+                f"identity file {path} does not open with the data dir's key (damaged, or "
+                "another data dir's); restore it from a backup"
+            ) from None
     try:
         private_key = deserialize_private_key(data)
     except Exception:
@@ -86,9 +107,12 @@ def _decode(path: Path, data: bytes) -> KeyPair:
     return KeyPair(private_key, private_key.get_public_key())
 
 
-def _create(path: Path) -> KeyPair:
-    key_pair = create_new_key_pair()
+def _encode(key_pair: KeyPair, keys: AtRestKeys | None) -> bytes:
     data = key_pair.private_key.serialize()
+    return data if keys is None else keys.seal(_SEAL_CONTEXT, data)
+
+
+def _write(path: Path, data: bytes, *, replace: bool = False) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # Written to a private temp file, synced, then linked into place: a crash never leaves a
     # half-written key, and two processes racing to create it end up with the same one.
@@ -98,10 +122,36 @@ def _create(path: Path) -> KeyPair:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.link(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _create(path: Path, keys: AtRestKeys | None) -> KeyPair:
+    key_pair = create_new_key_pair()
+    _write(path, _encode(key_pair, keys))
     return key_pair
+
+
+def reseal_identity(data_dir: Path, keys: AtRestKeys, seal: bool) -> bool:
+    """Rewrite ``data_dir``'s identity key sealed with ``keys`` (``seal``) or in plaintext;
+    False if there is none. The same key either way: the PeerId does not change.
+
+    Raises:
+        IdentityError: the key cannot be read or written.
+    """
+    path = data_dir / IDENTITY_FILE
+    try:
+        if not path.exists():
+            return False
+        key_pair = _decode(path, path.read_bytes(), keys)
+        _write(path, _encode(key_pair, keys if seal else None), replace=True)
+    except OSError as exc:
+        raise IdentityError(f"identity file {path}: {exc.strerror or exc}") from None
+    return True
 
 
 def _mode_text(mode: int) -> str:
@@ -206,10 +256,11 @@ def _root_owned_open_mode(path: Path) -> int | None:
     return stat.S_IMODE(info.st_mode)
 
 
-def load_or_create_identity(data_dir: Path) -> Identity:
+def load_or_create_identity(data_dir: Path, keys: AtRestKeys | None = None) -> Identity:
     """Load the identity from ``data_dir``, creating the directory (0700) and key on first use,
     and make the data dir private (:func:`make_private`; what it changed is
-    :attr:`Identity.tightened`, for the node to log).
+    :attr:`Identity.tightened`, for the node to log). With ``keys`` (the data dir has a
+    passphrase) a new key is written sealed, and a sealed key is opened.
 
     Raises:
         IdentityError: the directory or key cannot be created or read, the data dir cannot be
@@ -225,10 +276,10 @@ def load_or_create_identity(data_dir: Path) -> Identity:
     try:
         if not path.exists():
             try:
-                key_pair = _create(path)
+                key_pair = _create(path, keys)
                 created = True
             except FileExistsError:  # another process created it first: use theirs
-                key_pair = _decode(path, path.read_bytes())
+                key_pair = _decode(path, path.read_bytes(), keys)
         else:
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & _SHARED_BITS:
@@ -238,7 +289,7 @@ def load_or_create_identity(data_dir: Path) -> Identity:
                     f"identity file {path} is {access} others (mode {_mode_text(mode)}); "
                     f"run: chmod 600 {path}"
                 )
-            key_pair = _decode(path, path.read_bytes())
+            key_pair = _decode(path, path.read_bytes(), keys)
     except OSError as exc:
         raise IdentityError(f"identity file {path}: {exc.strerror or exc}") from None
     return Identity(
@@ -247,6 +298,7 @@ def load_or_create_identity(data_dir: Path) -> Identity:
         path=path,
         created=created,
         tightened=tightened,
+        at_rest=keys,
     )
 
 

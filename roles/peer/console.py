@@ -21,8 +21,12 @@ from p2pchat.roles.peer.service import ChatService
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import FileHistory
+from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
+
+# The lines typed, in the data dir (kept across restarts; not with a passphrase: they hold the
+# texts of /msg, and ``p2pchat passphrase set`` deletes the file).
+INPUT_HISTORY = "input_history"
 
 ROOM_COMMANDS = ("/join", "/leave", "/switch", "/export")
 TAKES_ARGUMENT = (
@@ -64,14 +68,14 @@ class ChatCompleter(Completer):
 async def run_console(
     service: ChatService,
     events: trio.MemoryReceiveChannel[ChatEvent],
-    history_file: Path,
+    history_file: Path | None,
     *,
     bell: bool = True,
 ) -> None:
     """Run the console until the user quits (``bell``: a message that mentions the user's
-    name rings the terminal bell)."""
+    name rings the terminal bell; ``history_file`` None: the lines typed are not kept)."""
     session: PromptSession[str] = PromptSession(
-        history=FileHistory(str(history_file)),
+        history=InMemoryHistory() if history_file is None else FileHistory(str(history_file)),
         completer=ChatCompleter(service.room_names),
         complete_while_typing=False,
     )

@@ -19,8 +19,10 @@ until the recipient answers (as with Signal's signed prekey alone).
 
 State: the account and every session are pickled (vodozemac's encrypted pickles) into the
 role's store namespace after every change, so a restart keeps the sessions. The pickle key is
-fixed for now (encryption at rest with a passphrase is a later part of #19): the data dir's
-privacy (0700) is what protects them today.
+the store's (:attr:`~p2pchat.node.store.KeyValue.pickle_key`): derived from the data dir's
+passphrase when it has one (and the ``dm`` namespace's values are then sealed too), else the
+fixed zero key, the data dir's privacy (0700) protecting them. A pickle that does not open
+(another key, damaged) is dropped: a new account or session follows, never a crash.
 
 Bounds on what remote peers can make this peer keep: at most ``max_sessions_per_peer``
 sessions per peer (the least recently used goes), at most ``max_peers`` peers with sessions
@@ -51,7 +53,6 @@ from p2pchat.node.wire.dm import (
 )
 
 NAMESPACE = "dm"
-_PICKLE_KEY = bytes(32)  # see the module docstring: at-rest encryption comes later
 _ACCOUNT = b"account"
 _SESSIONS = b"s/"
 _STAMP = struct.Struct(">Q")  # last use, Unix ms, before each session's pickle
@@ -104,6 +105,7 @@ class OlmSessions:
         """``me``/``me_bytes``: this peer's PeerId (text, binary); ``sign`` signs with its
         libp2p key; ``signed_by`` checks another peer's signature."""
         self._keys = keys
+        self._pickle_key = keys.pickle_key
         self._me = me
         self._me_bytes = me_bytes
         self._signed_by = signed_by
@@ -130,13 +132,13 @@ class OlmSessions:
         pickled = self._keys.get(_ACCOUNT)
         if pickled is not None:
             try:
-                return vodozemac.Account.from_pickle(pickled.decode(), _PICKLE_KEY), True
+                return vodozemac.Account.from_pickle(pickled.decode(), self._pickle_key), True
             except (ValueError, UnicodeDecodeError):
                 pass  # unreadable: a new account (peers re-establish their sessions)
         account = vodozemac.Account()
         # vodozemac 0.10.0's type stubs lack the fallback key's two members (the module has them).
         account.generate_fallback_key()  # type: ignore[attr-defined]
-        self._keys.put(_ACCOUNT, account.pickle(_PICKLE_KEY).encode())
+        self._keys.put(_ACCOUNT, account.pickle(self._pickle_key).encode())
         return account, False
 
     def _own_bundle(self, sign: Signer) -> SignedBundle:
@@ -255,7 +257,7 @@ class OlmSessions:
             )
         except ValueError:
             raise DmDrop("undecryptable", "no session from it", no_session=True) from None
-        self._keys.put(_ACCOUNT, self.account.pickle(_PICKLE_KEY).encode())
+        self._keys.put(_ACCOUNT, self.account.pickle(self._pickle_key).encode())
         self._add(peer, session)
         return plaintext
 
@@ -288,7 +290,7 @@ class OlmSessions:
     def _save(self, peer: str, held: _Session) -> None:
         self._keys.put(
             self._session_key(peer, held.session.session_id),
-            _STAMP.pack(held.used_ms) + held.session.pickle(_PICKLE_KEY).encode(),
+            _STAMP.pack(held.used_ms) + held.session.pickle(self._pickle_key).encode(),
         )
 
     def _load_sessions(self) -> None:
@@ -301,7 +303,9 @@ class OlmSessions:
             peer = key[len(_SESSIONS) :].split(b"/", 1)[0].decode(errors="replace")
             try:
                 (used,) = _STAMP.unpack_from(value)
-                session = vodozemac.Session.from_pickle(value[_STAMP.size :].decode(), _PICKLE_KEY)
+                session = vodozemac.Session.from_pickle(
+                    value[_STAMP.size :].decode(), self._pickle_key
+                )
             except (ValueError, struct.error, UnicodeDecodeError):
                 self._keys.delete(key)
                 continue
@@ -309,3 +313,28 @@ class OlmSessions:
         for _, peer, held in sorted(loaded, key=lambda item: item[0]):
             self._sessions.setdefault(peer, []).append(held)
             self._sessions.move_to_end(peer)
+
+
+def repickle(keys: KeyValue, old: bytes, new: bytes) -> int:
+    """Re-pickle the Olm account and sessions kept in ``keys`` (the ``dm`` namespace) from
+    pickle key ``old`` to ``new`` (``p2pchat passphrase set|remove``); how many were. A pickle
+    that does not open with ``old`` (already under ``new``: an interrupted run resumed) is
+    left as it is."""
+    done = 0
+    for key, value in list(keys.items()):
+        if key == _ACCOUNT:
+            try:
+                account = vodozemac.Account.from_pickle(value.decode(), old)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            keys.put(key, account.pickle(new).encode())
+        elif key.startswith(_SESSIONS):
+            try:
+                session = vodozemac.Session.from_pickle(value[_STAMP.size :].decode(), old)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            keys.put(key, value[: _STAMP.size] + session.pickle(new).encode())
+        else:
+            continue
+        done += 1
+    return done

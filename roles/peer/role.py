@@ -15,6 +15,7 @@ from typing import ClassVar, Self
 
 import trio
 from p2pchat.node import logs
+from p2pchat.node.atrest import is_encrypted
 from p2pchat.node.catchup import CatchUp
 from p2pchat.node.catchup_charge import ChargeSettings
 from p2pchat.node.catchup_sources import SourceAllowance
@@ -24,7 +25,7 @@ from p2pchat.node.store_client import StoreClient
 from p2pchat.node.wire.dm import KEYS_PROTOCOL_ID as DM_KEYS_PROTOCOL
 from p2pchat.node.wire.dm import PROTOCOL_ID as DM_PROTOCOL
 from p2pchat.node.wire.store_query import PROTOCOL_ID as STORE_QUERY
-from p2pchat.roles.peer.console import run_console
+from p2pchat.roles.peer.console import INPUT_HISTORY, run_console
 from p2pchat.roles.peer.events import ChatEvent
 from p2pchat.roles.peer.frontends import run_headless, run_json, run_lines
 from p2pchat.roles.peer.metrics import ChatMetrics
@@ -165,8 +166,8 @@ class PeerRole:
 
         unwatch = logs.watch_warnings(warned)
         try:
-            await run_console(
-                service, events, self._data_dir / "input_history", bell=self._chat.bell
-            )
+            # With a passphrase the lines typed (/msg texts among them) are kept in memory only.
+            history_file = None if is_encrypted(self._data_dir) else self._data_dir / INPUT_HISTORY
+            await run_console(service, events, history_file, bell=self._chat.bell)
         finally:
             unwatch()

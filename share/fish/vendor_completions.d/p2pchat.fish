@@ -50,8 +50,8 @@ function _shtab_p2pchat_using
   test "$_shtab_p2pchat_cmdpath" = "$argv"
 end
 
-set -g _shtab_p2pchat_commands id history config 'config check'
-set -g _shtab_p2pchat_opts_with_value --announce --bootstrap --config --data-dir --limit --listen --log-format --log-level --metrics --role --room --since --timeout
+set -g _shtab_p2pchat_commands id history passphrase config 'config check'
+set -g _shtab_p2pchat_opts_with_value --announce --bootstrap --config --data-dir --limit --listen --log-format --log-level --metrics --new-passphrase-file --role --room --since --timeout
 
 complete -c p2pchat -e
 complete -c p2pchat -f
@@ -83,6 +83,12 @@ complete -c p2pchat -n '_shtab_p2pchat_using history' -l since -x -d 'from this 
 complete -c p2pchat -n '_shtab_p2pchat_using history' -l limit -x -d 'messages at most, oldest first (default 1000)'
 complete -c p2pchat -n '_shtab_p2pchat_using history' -l timeout -x -d 'seconds for the whole query (default 30)'
 complete -c p2pchat -n '_shtab_p2pchat_using history' -l json -d 'one JSON object per message (id, sent_at_ms, sender, sender_name, text)'
+complete -c p2pchat -n '_shtab_p2pchat_using; and test $_shtab_p2pchat_npos -eq 0' -a passphrase -d 'set: encrypt the identity key, ratchet state and message bodies of the data dir (re-encrypting what is there); change: a new passphrase; remove: decrypt it all. The passphrase is read from P2PCHAT_PASSPHRASE, node.passphrase_file, or asked on a terminal; change'"'"'s new one from P2PCHAT_NEW_PASSPHRASE, --new-passphrase-file, or asked. The node must not be running.'
+complete -c p2pchat -n '_shtab_p2pchat_using passphrase' -s h -l help -d 'show this help message and exit'
+complete -c p2pchat -n '_shtab_p2pchat_using passphrase' -l data-dir -xka "(__fish_complete_directories)" -d 'identity and store directory'
+complete -c p2pchat -n '_shtab_p2pchat_using passphrase' -l config -xka "(__fish_complete_path (commandline -ct))" -d 'YAML configuration file'
+complete -c p2pchat -n '_shtab_p2pchat_using passphrase' -l new-passphrase-file -xka "(__fish_complete_path (commandline -ct))" -d 'file holding the new passphrase (set, change), its first line'
+complete -c p2pchat -n '_shtab_p2pchat_using passphrase; and test $_shtab_p2pchat_npos -eq 0' -ka "set change remove" -d 'what to do'
 complete -c p2pchat -n '_shtab_p2pchat_using; and test $_shtab_p2pchat_npos -eq 0' -a config -d 'Configuration tools.'
 complete -c p2pchat -n '_shtab_p2pchat_using config' -s h -l help -d 'show this help message and exit'
 complete -c p2pchat -n '_shtab_p2pchat_using config; and test $_shtab_p2pchat_npos -eq 0' -a check -d 'Validate FILE with the presets and the environment, check the data dir it names, and print the effective configuration.'
