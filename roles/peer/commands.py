@@ -22,6 +22,9 @@ HELP = """Commands:
   /me <action>       send an action: "* Alice waves"
   /msg <name|id> <text>
                      a direct message, end-to-end encrypted: says delivered or waiting
+  /verify <name|id> [confirm]
+                     the safety number you and that peer both see: compare it out of
+                     band, then confirm to mark the contact verified
   /history [N]       the last N messages of this room (default 50)
   /search <words>    messages of your rooms containing all the words (local history)
   /export [room] [file]
@@ -53,6 +56,7 @@ COMMANDS = (
     "/name",
     "/me",
     "/msg",
+    "/verify",
     "/history",
     "/search",
     "/export",
@@ -80,6 +84,7 @@ _NEEDS_ARGUMENT = {
     "switch": "room",
     "me": "action",
     "msg": "name or peer id> <text",
+    "verify": "name or peer id",
     "whois": "name",
     "unignore": "name or peer id",
     "search": "words",

@@ -85,6 +85,26 @@ class ChatMetrics:
             "Olm sessions this peer holds with other peers.",
             registry=registry,
         )
+        self.name_bindings = Gauge(
+            "p2pchat_name_bindings",
+            "Names bound to the first PeerId seen using them (trust on first use).",
+            registry=registry,
+        )
+        self.name_bindings_dropped = Counter(
+            "p2pchat_name_bindings_dropped",
+            "Name bindings not kept, by reason (evicted: the least recently used of an "
+            "unverified peer, forgotten for a new one past chat.max_name_bindings; full: every "
+            "binding is a verified contact's, the new name was not bound).",
+            ("reason",),
+            registry=registry,
+        )
+        self.name_conflicts = Counter(
+            "p2pchat_name_conflicts",
+            "A known name used by another PeerId than the one it is bound to, warned about, by "
+            "contact (verified: a verified contact's key changed; unverified).",
+            ("contact",),
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -134,3 +154,12 @@ class ChatMetrics:
 
     def dm_session_count(self, count: int) -> None:
         self.dm_sessions.set(count)
+
+    def name_bindings_count(self, count: int) -> None:
+        self.name_bindings.set(count)
+
+    def name_binding_dropped(self, reason: str) -> None:
+        self.name_bindings_dropped.labels(reason=reason).inc()
+
+    def name_conflict(self, verified: bool) -> None:
+        self.name_conflicts.labels(contact="verified" if verified else "unverified").inc()

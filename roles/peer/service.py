@@ -35,19 +35,24 @@ from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
 from p2pchat.node.moderation import RoomModeration, refusal_log
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
+from p2pchat.roles.peer.contacts import NAMESPACE as CONTACTS_NAMESPACE
+from p2pchat.roles.peer.contacts import Contacts, ContactsObserver
 from p2pchat.roles.peer.dm import NAMESPACE as DM_NAMESPACE
 from p2pchat.roles.peer.dm import DirectMessages, DmObserver
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
     ConnectionEvent,
+    DirectEvent,
     ErrorEvent,
     HistoryEndEvent,
+    MessageEvent,
     NoticeEvent,
     OutputEvent,
     PeerEvent,
@@ -76,6 +81,7 @@ from p2pchat.roles.peer.presentation import (
 from p2pchat.roles.peer.retention import Retention
 from p2pchat.roles.peer.rooms import MAX_ROOMS, RememberedRooms, Room, Rooms
 from p2pchat.roles.peer.rooms import NAMESPACE as ROOMS_NAMESPACE
+from p2pchat.roles.peer.trust import Trust
 
 HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
 
@@ -106,7 +112,7 @@ class RoomPubsub(Protocol):
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
-class ChatObserver(InboundObserver, OutboxObserver, DmObserver, Protocol):
+class ChatObserver(InboundObserver, OutboxObserver, DmObserver, ContactsObserver, Protocol):
     """What the chat service and its parts report (the role's metrics implement it)."""
 
     def rooms_joined(self, count: int) -> None:
@@ -169,9 +175,25 @@ class ChatService:
         self._remembered = RememberedRooms(ctx.keys(ROOMS_NAMESPACE))
         self._ignored = Ignored(ctx.keys(IGNORE_NAMESPACE))
         self._names = Names(
-            self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
+            self._me,
+            ctx.keys(NAMES_NAMESPACE),
+            settings.name,
+            settings.max_known_names,
+            claims=lambda peer, name: self._trust.claimed(peer, name),
         )
         refusals = refusal_log(ctx.log)
+        self._trust = Trust(
+            self._me,
+            Contacts(
+                self._me,
+                ctx.keys(CONTACTS_NAMESPACE),
+                settings.max_name_bindings,
+                observer,
+                RefusalLog(ctx.log, "name binding dropped"),
+            ),
+            self._names,
+            emit,
+        )
         self._moderator = Moderator(
             self._me,
             RoomModeration(
@@ -197,7 +219,7 @@ class ChatService:
             observer,
             settings.max_message_bytes,
             self._retention.trim_if_over,
-            emit,
+            self._marked,
             new_sender=lambda: self._changes.note(),
             moderated=self._moderator.decided,
             refused=lambda reason, room, sender: refusals.refused(reason, room=room, sender=sender),
@@ -219,7 +241,7 @@ class ChatService:
             ctx.keys(DM_NAMESPACE),
             settings,
             observer,
-            emit,
+            self._direct_event,
             self.name_of,
             ctx.log,
             find_peer=ctx.find_peer,
@@ -328,7 +350,7 @@ class ChatService:
         await self._emit_waiting(CaughtUpEvent(room, len(new), sources, len(shown)))
         for stored in shown:
             for event in history_events([stored], self._me, self._names.own):
-                await self._emit_waiting(event)
+                await self._emit_waiting(self._trust.mark(event))
 
     def warning(self, summary: str) -> None:
         """Show a warning of the node (a log line, summarised) as one notice."""
@@ -419,6 +441,8 @@ class ChatService:
             self._switch(argument, reply)
         elif name == "msg":
             await self._direct(argument, reply)
+        elif name == "verify":
+            self._trust.verify(argument, reply)
 
     async def send_direct(self, to: str, text: str) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) as a direct message
@@ -460,7 +484,7 @@ class ChatService:
         shown = [m for m in messages if m.sender not in self._ignored]
         events = history_events(shown, self._me, self._names.own)
         for event in events:
-            reply(event)
+            reply(self._trust.mark(event))
         return len(events)
 
     def _show_history(self, room: str, limit: int, reply: Reply) -> None:
@@ -553,29 +577,26 @@ class ChatService:
     # --- ignoring --------------------------------------------------------------------------------
 
     def _peer_named(self, who: str, command: str, reply: Reply) -> str | None:
-        """The one peer ``who`` names: a PeerId as given, or the only known peer using that
-        name; None (and an error replied) when it names none or several."""
-        if who.startswith(("12D3Koo", "Qm")) and len(who) >= 46:
-            return who
-        peers = self._names.peers_named(who)
-        if not peers:
-            reply(
-                ErrorEvent(
-                    "unknown_name", f"nobody known here uses the name {safe_name(who)}", command
-                )
-            )
+        """The one peer ``who`` names (:meth:`Trust.resolve`); None (and an error replied)
+        when it names none or several."""
+        peer = self._trust.resolve(who, command)
+        if isinstance(peer, ErrorEvent):
+            reply(peer)
             return None
-        if len(peers) > 1:
-            reply(
-                ErrorEvent(
-                    "ambiguous_name",
-                    f"{len(peers)} peers use the name {safe_name(who)}: give the peer id "
-                    f"(/whois {safe_name(who)} lists them)",
-                    command,
-                )
-            )
-            return None
-        return peers[0]
+        return peer
+
+    def _marked(self, event: ChatEvent) -> None:
+        """What the inbound pipeline emits, messages of verified contacts marked."""
+        self._emit(self._trust.mark(event) if isinstance(event, MessageEvent) else event)
+
+    def _direct_event(self, event: ChatEvent) -> None:
+        """What direct messages emit: a received one's peer is checked against the name it
+        is shown with (who-is-who), and marked if verified."""
+        if isinstance(event, DirectEvent):
+            if not event.own:
+                self._trust.claimed(event.peer, event.name)
+            event = self._trust.mark(event)
+        self._emit(event)
 
     def _ignore(self, who: str, reply: Reply) -> None:
         """/ignore <name|id>: drop that peer's messages from now on; /ignore: the list."""
@@ -839,6 +860,7 @@ class ChatService:
             room.heard_since(now_ms() - HEARD_RECENTLY_MS) if room is not None else (),
             self.name_of,
             lambda peer: self._ctx.peer_roles(peer) or (),
+            self._trust.is_verified,
         )
 
     def _info_output(self) -> OutputEvent:

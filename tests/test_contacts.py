@@ -1,0 +1,102 @@
+"""Name bindings and verified contacts (:mod:`p2pchat.roles.peer.contacts`) on a real RocksDB
+store: the first PeerId seen with a name keeps it, across reopening; a flood of fresh PeerIds
+with fresh names cannot grow the table past its bound (the least recently used unverified
+binding is forgotten, counted), verified contacts are never forgotten, and a conflict is warned
+about once. And the safety number's construction (:mod:`p2pchat.roles.peer.safety_number`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from p2pchat.node.refusals import RefusalLog
+from p2pchat.node.store import Store
+from p2pchat.roles.peer.contacts import NAMESPACE, Conflict, Contacts
+from p2pchat.roles.peer.metrics import ChatMetrics
+from p2pchat.roles.peer.safety_number import fingerprint, grouped, safety_number
+from prometheus_client import CollectorRegistry
+
+from tests.peer_ids import fresh_peer_id, fresh_peer_ids
+
+ME = fresh_peer_id()
+
+
+def _contacts(store: Store, metrics: ChatMetrics, max_bindings: int) -> Contacts:
+    refusals = RefusalLog(structlog.get_logger(), "name binding dropped")
+    return Contacts(ME, store.namespace(NAMESPACE), max_bindings, metrics, refusals)
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_first_use_binds_a_conflict_is_warned_once_and_bindings_are_kept(tmp_path: Path) -> None:
+    alice, mallory = fresh_peer_id(), fresh_peer_id()
+    registry = CollectorRegistry()
+    store = Store.open(tmp_path / "store")
+    try:
+        contacts = _contacts(store, ChatMetrics(registry), 10)
+        assert contacts.claimed(alice, "Alice") is None
+        assert contacts.claimed(alice, "alice") is None  # the same name, another case
+        assert contacts.claimed(ME, "Alice") is None  # this peer itself
+        assert contacts.claimed(mallory, "anon") is None  # the default name binds nobody
+        assert contacts.claimed(mallory, "ALICE") == Conflict("ALICE", mallory, alice, False)
+        assert contacts.claimed(mallory, "Alice") is None  # warned once
+        assert contacts.bound_to("alice") == alice
+        assert _sample(registry, "p2pchat_name_conflicts_total", contact="unverified") == 1
+    finally:
+        store.close()
+    store = Store.open(tmp_path / "store")
+    try:
+        contacts = _contacts(store, ChatMetrics(CollectorRegistry()), 10)
+        assert contacts.bound_to("Alice") == alice  # kept across reopening
+        assert contacts.claimed(mallory, "alice") == Conflict("alice", mallory, alice, False)
+        # Verifying Mallory (the user compared numbers with them) binds the name to them.
+        assert contacts.verify(mallory, "alice")
+        assert contacts.bound_to("alice") == mallory
+        assert contacts.claimed(alice, "alice") == Conflict("alice", alice, mallory, True)
+    finally:
+        store.close()
+
+
+def test_a_flood_of_fresh_names_is_bounded_and_verified_contacts_stay(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    store = Store.open(tmp_path / "store")
+    friend = fresh_peer_id()
+    try:
+        contacts = _contacts(store, ChatMetrics(registry), 100)
+        contacts.claimed(friend, "friend")
+        assert contacts.verify(friend, "friend")
+        for n, stranger in enumerate(fresh_peer_ids(5000)):
+            contacts.claimed(stranger, f"stranger{n}")
+        assert len(contacts) == 100
+        assert contacts.bound_to("friend") == friend  # verified: never forgotten
+        assert contacts.bound_to("stranger4999") is not None  # the newest are kept
+        assert contacts.bound_to("stranger0") is None
+        assert _sample(registry, "p2pchat_name_bindings_dropped_total", reason="evicted") == 4901
+        assert _sample(registry, "p2pchat_name_bindings") == 100
+        assert sum(1 for _ in store.namespace(NAMESPACE).items(b"n/")) == 100  # and on disk
+    finally:
+        store.close()
+    # Every binding a verified contact's: a new name is not bound (counted as full).
+    store = Store.open(tmp_path / "small")
+    registry = CollectorRegistry()
+    try:
+        contacts = _contacts(store, ChatMetrics(registry), 2)
+        for n, peer in enumerate(fresh_peer_ids(2)):
+            assert contacts.verify(peer, f"friend{n}")
+        assert contacts.claimed(fresh_peer_id(), "newcomer") is None
+        assert contacts.bound_to("newcomer") is None and len(contacts) == 2
+        assert _sample(registry, "p2pchat_name_bindings_dropped_total", reason="full") == 1
+    finally:
+        store.close()
+
+
+def test_the_safety_number_is_symmetric_and_differs_per_pair() -> None:
+    a, b, c = fresh_peer_id(), fresh_peer_id(), fresh_peer_id()
+    assert safety_number(a, b) == safety_number(b, a)
+    assert safety_number(a, b) != safety_number(a, c)
+    assert safety_number(a, b) == "".join(sorted((fingerprint(a), fingerprint(b))))
+    number = safety_number(a, b)
+    assert len(number) == 60 and number.isdigit()
+    assert grouped(number).count("\n") == 1 and len(grouped(number).split()) == 12
