@@ -622,6 +622,12 @@ class ChatSection(_Section):
         description="Other peers' names remembered; the least recently heard are forgotten "
         "first (a fresh key per message cannot grow it without bound).",
     )
+    dm_history: bool = Field(
+        default=True,
+        description="Keep direct messages (both directions) in the local store, per "
+        "conversation, for /history in a /dm conversation; bounded as a room's history "
+        "(history_max_messages, history_max_age_days) and to 1000 conversations.",
+    )
     max_name_bindings: int = Field(
         default=10_000,
         ge=1,

@@ -97,6 +97,8 @@ NoticeKind = Literal[
     "dm_waiting",  # a direct message not delivered yet, kept to send again (data: peer, id, reason)
     "dm_session",  # a direct-message session was started anew (data: peer, reason)
     "name_conflict",  # a known name used by another PeerId (data: name, peer, bound, verified)
+    "dm_opened",  # a DM conversation made current: /dm, /switch @name (data: peer, room, unread)
+    "dm_closed",  # a DM conversation closed: /leave @name (data: peer, room)
 ]
 
 

@@ -85,6 +85,13 @@ class ChatMetrics:
             "Olm sessions this peer holds with other peers.",
             registry=registry,
         )
+        self.dm_history_dropped_total = Counter(
+            "p2pchat_dm_history_dropped",
+            "Kept direct messages deleted for a bound, by reason (conversation_evicted: the "
+            "least recently active conversation, deleted whole past 1000 conversations).",
+            ("reason",),
+            registry=registry,
+        )
         self.name_bindings = Gauge(
             "p2pchat_name_bindings",
             "Names bound to the first PeerId seen using them (trust on first use).",
@@ -163,3 +170,6 @@ class ChatMetrics:
 
     def name_conflict(self, verified: bool) -> None:
         self.name_conflicts.labels(contact="verified" if verified else "unverified").inc()
+
+    def dm_history_dropped(self, reason: str, count: int) -> None:
+        self.dm_history_dropped_total.labels(reason=reason).inc(count)

@@ -45,6 +45,9 @@ from p2pchat.roles.peer.contacts import NAMESPACE as CONTACTS_NAMESPACE
 from p2pchat.roles.peer.contacts import Contacts, ContactsObserver
 from p2pchat.roles.peer.dm import NAMESPACE as DM_NAMESPACE
 from p2pchat.roles.peer.dm import DirectMessages, DmObserver
+from p2pchat.roles.peer.dm_conversations import NAMESPACE as DMLOG_NAMESPACE
+from p2pchat.roles.peer.dm_conversations import TAG, ConversationsObserver, ConversationStore
+from p2pchat.roles.peer.dm_rooms import DmRooms
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
@@ -112,7 +115,9 @@ class RoomPubsub(Protocol):
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
-class ChatObserver(InboundObserver, OutboxObserver, DmObserver, ContactsObserver, Protocol):
+class ChatObserver(
+    InboundObserver, OutboxObserver, DmObserver, ContactsObserver, ConversationsObserver, Protocol
+):
     """What the chat service and its parts report (the role's metrics implement it)."""
 
     def rooms_joined(self, count: int) -> None:
@@ -236,6 +241,20 @@ class ChatService:
             ctx.discovered_peers,
             self._chat_peer,
         )
+        conversations = (
+            ConversationStore(
+                ctx.keys(DMLOG_NAMESPACE),
+                observer,
+                settings.history_max_messages,
+                int(settings.history_max_age_days * 86_400_000),
+                settings.max_message_bytes,
+            )
+            if settings.dm_history
+            else None
+        )
+        self._dm_rooms = DmRooms(
+            conversations, self._me, self.name_of, self._trust.resolve, self._trust.mark
+        )
         self._dm = DirectMessages(
             ctx.host,
             ctx.keys(DM_NAMESPACE),
@@ -306,11 +325,14 @@ class ChatService:
 
     @property
     def current_room(self) -> str:
-        return self._rooms.current
+        """The current room's name, or the current DM conversation's tag (``@alice``)."""
+        peer = self._dm_rooms.current
+        return self._rooms.current if peer is None else self._dm_rooms.tag(peer)
 
     def unread_counts(self) -> dict[str, int]:
-        """Unread messages per joined room (safe to call from the console's thread)."""
-        return self._rooms.unread()
+        """Unread messages per joined room and open DM conversation (safe to call from the
+        console's thread)."""
+        return {**self._rooms.unread(), **self._dm_rooms.unread()}
 
     @property
     def display_name(self) -> str:
@@ -368,7 +390,10 @@ class ChatService:
 
     async def send(self, text: str, room: str | None = None) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) to ``room`` (default:
-        the current one, which must be joined); returns the answer, as :meth:`execute` does."""
+        the current one, which must be joined, or the current DM conversation's peer); returns
+        the answer, as :meth:`execute` does."""
+        if room is None and self._dm_rooms.current is not None:
+            return await self.send_direct(self._dm_rooms.current, text)
         target = room or self._rooms.current
         if target not in self._rooms:
             return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
@@ -386,6 +411,8 @@ class ChatService:
             return True
         if isinstance(parsed, Invalid):
             reply(ErrorEvent(parsed.code, parsed.hint, parsed.command))
+        elif isinstance(parsed, Send) and self._dm_rooms.current is not None:
+            await self._direct_to(self._dm_rooms.current, parsed.text, reply)
         elif isinstance(parsed, Send):
             refused = self._moderator.refused_to_me(self._rooms.current)
             if refused is not None:
@@ -417,6 +444,8 @@ class ChatService:
             self._unignore(argument, reply)
         elif name == "name":
             await self._set_name(argument, reply)
+        elif name == "history" and self._dm_rooms.current is not None:
+            self._dm_rooms.history(int(argument) if argument else DEFAULT_HISTORY, reply)
         elif name == "history":
             self._show_history(current, int(argument) if argument else DEFAULT_HISTORY, reply)
         elif name == "search":
@@ -433,10 +462,18 @@ class ChatService:
             reply(self._moderator.mods(argument or current))
         elif name in ("mute", "unmute", "remove", "unremove"):
             await self._moderator.decide(name, current, argument, self._peer_named, reply)
+        elif name == "leave" and argument.startswith(TAG):
+            if not self._dm_rooms.close(argument, reply):
+                reply(ErrorEvent("not_in_room", f"no open conversation {argument}", "leave"))
         elif name == "leave":
             await self._leave(argument or current, reply)
         elif name == "rooms":
-            reply(rooms_output(self._rooms.names(), current, self._rooms.unread()))
+            rooms = rooms_output(self._rooms.names(), self.current_room, self._rooms.unread())
+            reply(self._dm_rooms.rooms_output(rooms))
+        elif name == "switch" and argument.startswith(TAG):
+            self._dm_rooms.open(argument, "switch", reply)
+        elif name == "dm":
+            self._dm_rooms.open(argument, "dm", reply)
         elif name == "switch":
             self._switch(argument, reply)
         elif name == "msg":
@@ -596,6 +633,7 @@ class ChatService:
             if not event.own:
                 self._trust.claimed(event.peer, event.name)
             event = self._trust.mark(event)
+            self._dm_rooms.record(event)
         self._emit(event)
 
     def _ignore(self, who: str, reply: Reply) -> None:
@@ -698,6 +736,7 @@ class ChatService:
         await self._join(room)
         self._remembered.joined(room)
         self._rooms.switch(room)
+        self._dm_rooms.leave_current()
         reply(NoticeEvent("room_joined", f"joined {room}", {"room": room}))
 
     async def _create(self, name: str, reply: Reply) -> None:
@@ -771,6 +810,7 @@ class ChatService:
         except KeyError:
             reply(ErrorEvent("not_in_room", f"you are not in {room}; /join {room} first", "switch"))
             return
+        self._dm_rooms.leave_current()
         unread = self._rooms.take_unread(room)
         reply(
             NoticeEvent(
