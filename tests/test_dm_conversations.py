@@ -6,6 +6,7 @@ real RocksDB store."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,5 +115,31 @@ def test_conversations_are_bounded_in_messages_and_in_number(tmp_path: Path) -> 
             store.namespace(NAMESPACE), ChatMetrics(CollectorRegistry()), 5, 86_400_000, 4096, 10
         )
         assert len(kept) == 10 and kept.count(strangers[-1]) == 1
+    finally:
+        store.close()
+
+
+def test_messages_past_their_age_are_deleted_when_read_and_at_start(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    old, read = list(fresh_peer_ids(2))
+    try:
+        kept = ConversationStore(
+            store.namespace(NAMESPACE), ChatMetrics(CollectorRegistry()), 100, 200, 4096
+        )
+        for peer in (old, read):
+            for n in range(3):
+                kept.add(peer, Plaintext(bytes([n]) * 16, f"m{n}", 1), own=False)
+        assert len(kept.last(read, 10)) == 3  # young enough
+        time.sleep(0.5)
+        assert kept.last(read, 10) == [] and kept.count(read) == 0  # aged out as it is read
+    finally:
+        store.close()
+    store = Store.open(tmp_path / "store")
+    try:  # the other one, never read, ages out at the next start
+        kept = ConversationStore(
+            store.namespace(NAMESPACE), ChatMetrics(CollectorRegistry()), 100, 200, 4096
+        )
+        assert len(kept) == 0
+        assert list(store.namespace(NAMESPACE).items()) == []
     finally:
         store.close()

@@ -85,6 +85,8 @@ class ConversationStore:
             self._index[peer] = (last, count)
         while len(self._index) > max_conversations:  # the bound was lowered
             self._evict()
+        for peer in list(self._index):  # what aged out while the node was stopped
+            self._expire(peer)
 
     def __len__(self) -> int:
         """How many conversations are kept."""
@@ -109,6 +111,7 @@ class ConversationStore:
     def last(self, peer: str, limit: int) -> list[Kept]:
         """The newest ``limit`` messages kept with ``peer``, oldest first (one that does not
         decode is left out)."""
+        self._expire(peer)
         skip = max(0, self.count(peer) - limit)
         kept: list[Kept] = []
         for n, (_, value) in enumerate(self._keys.items(self._prefix(peer))):
@@ -120,6 +123,21 @@ class ConversationStore:
                 continue
             kept.append(Kept(plain, value[:1] == b"\x01"))
         return kept[-limit:]
+
+    def _expire(self, peer: str) -> None:
+        """Delete the conversation's messages past their age (a conversation nobody adds to
+        ages out when it is read, and at each start); one left empty is forgotten."""
+        last, count = self._index.get(peer, (0, 0))
+        deleted = self._trim(peer, count, _now_ms()) if count else 0
+        if not deleted:
+            return
+        if count - deleted:
+            self._index[peer] = (last, count - deleted)  # not activity: its place stays
+            value = last.to_bytes(8, "big") + (count - deleted).to_bytes(8, "big")
+            self._keys.put(INDEX + peer.encode(), value)
+        else:
+            del self._index[peer]
+            self._keys.delete(INDEX + peer.encode())
 
     def _prefix(self, peer: str) -> bytes:
         return MESSAGES + peer.encode() + b"\x00"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from p2pchat.node.ids import short_id
+from p2pchat.node.p2p.peer_keys import peer_id_bytes
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import ANONYMOUS_NAME
 from p2pchat.node.wire.dm import Plaintext
@@ -81,13 +82,17 @@ class DmRooms:
 
     def _peer_of(self, who: str, command: str, reply: Reply) -> str | None:
         """The peer ``who`` (``@name``, a name or a PeerId) names; None and an error replied."""
+        # Resolved as /msg resolves (the name's binding, several users refused): an open
+        # conversation's tag is no shortcut, an impostor's conversation may carry the name too.
         name = who[len(TAG) :] if who.startswith(TAG) else who
-        for peer in self._open.unread:  # an open conversation's tag names its peer
-            if self._name_of(peer).casefold() == name.casefold() or peer == name:
-                return peer
         found = self._resolve(name, command)
         if isinstance(found, ErrorEvent):
             reply(found)
+            return None
+        try:
+            peer_id_bytes(found)
+        except ValueError:
+            reply(ErrorEvent("bad_argument", f"{safe_name(found)} is not a PeerId", command))
             return None
         if found == self._me:
             reply(ErrorEvent("bad_argument", "a conversation with yourself is not opened", command))
