@@ -6,14 +6,19 @@ about once. And the safety number's construction (:mod:`p2pchat.roles.peer.safet
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import structlog
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import Store
 from p2pchat.roles.peer.contacts import NAMESPACE, Conflict, Contacts
+from p2pchat.roles.peer.events import DirectEvent, ErrorEvent, MessageEvent
 from p2pchat.roles.peer.metrics import ChatMetrics
+from p2pchat.roles.peer.names import Names
+from p2pchat.roles.peer.rendering import render_text
 from p2pchat.roles.peer.safety_number import fingerprint, grouped, safety_number
+from p2pchat.roles.peer.trust import Trust, conflict_notice
 from prometheus_client import CollectorRegistry
 
 from tests.peer_ids import fresh_peer_id, fresh_peer_ids
@@ -100,3 +105,39 @@ def test_the_safety_number_is_symmetric_and_differs_per_pair() -> None:
     number = safety_number(a, b)
     assert len(number) == 60 and number.isdigit()
     assert grouped(number).count("\n") == 1 and len(grouped(number).split()) == 12
+
+
+def test_an_ambiguous_name_is_refused_in_one_line_naming_at_most_five(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    try:
+        metrics = ChatMetrics(CollectorRegistry())
+        contacts = _contacts(store, metrics, 100)
+        names = Names(ME, store.namespace("peer"), None, claims=contacts.claimed)
+        trust = Trust(ME, contacts, names, lambda event: None)
+        sams = list(fresh_peer_ids(8))
+        names.used(sams[0], "sam")
+        assert trust.resolve("Sam", "msg") == sams[0]  # one user: it
+        for peer in sams[1:]:
+            names.used(peer, "sam")
+        error = trust.resolve("sam", "msg")
+        assert isinstance(error, ErrorEvent) and error.code == "ambiguous_name"
+        assert "\n" not in error.text and "and 3 more" in error.text
+        assert f"{sams[0]} (first seen)" in error.text
+        assert sum(peer in error.text for peer in sams) == 5
+        assert trust.resolve(sams[3], "msg") == sams[3]  # a PeerId is taken as given
+    finally:
+        store.close()
+
+
+def test_the_console_marks_verified_contacts_and_shouts_conflicts() -> None:
+    bob, mallory = fresh_peer_id(), fresh_peer_id()
+    message = MessageEvent("lobby", "ab", bob, "bob", "hi", 0, False, verified=True)
+    assert "bob ✓ (" in render_text(message)
+    assert " ✓" not in render_text(dataclasses.replace(message, verified=False))
+    direct = DirectEvent(bob, "bob", "ab", "psst", 0, False, verified=True)
+    assert "[dm] bob ✓ (" in render_text(direct)
+    loud = render_text(conflict_notice(Conflict("bob", mallory, bob, True)))
+    assert loud.startswith("* !!! KEY CHANGE") and mallory in loud
+    assert render_text(conflict_notice(Conflict("bob", mallory, bob, False))).startswith(
+        "* !! WARNING"
+    )
