@@ -69,6 +69,9 @@ def test_a_known_name_from_another_peer_is_warned_about_and_msg_refuses(
     assert a.peer_id in refused[0]["text"] and m.peer_id in refused[0]["text"]
     assert "\n" not in refused[0]["text"]
     assert refused[-1]["ok"] is False
+    (whois,) = [e for e in answer(c, {"id": 3, "line": "/whois alice"}) if e["type"] == "output"]
+    first = {p["peer"]: p["first_seen"] for p in whois["data"]["peers"]}
+    assert first == {a.peer_id: True, m.peer_id: False}
 
     # The binding is kept: after a restart Mallory alone claiming the name is still warned of.
     assert c.stop() == 0

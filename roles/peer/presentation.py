@@ -179,6 +179,8 @@ class Whois:
     rooms: list[str]  # joined rooms it is a member of
     heard_at_ms: int | None  # when it last signed a message we saw in a joined room
     me: bool
+    first_seen: bool = False  # the name is bound to it (the first PeerId seen using it)
+    verified: bool = False  # a contact this user verified
 
 
 def whois_output(name: str, found: list[Whois]) -> OutputEvent:
@@ -189,6 +191,10 @@ def whois_output(name: str, found: list[Whois]) -> OutputEvent:
     ]
     for who in found:
         facts = ["you"] if who.me else []
+        if who.first_seen:
+            facts.append("first seen with this name")
+        if who.verified:
+            facts.append("verified")
         facts.append(who.connection or "not connected")
         if who.roles:
             facts.append("roles " + ", ".join(who.roles))
@@ -211,6 +217,8 @@ def whois_output(name: str, found: list[Whois]) -> OutputEvent:
                     "rooms": w.rooms,
                     "heard_at_ms": w.heard_at_ms,
                     "me": w.me,
+                    "first_seen": w.first_seen,
+                    "verified": w.verified,
                 }
                 for w in found
             ],

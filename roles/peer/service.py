@@ -685,6 +685,9 @@ class ChatService:
 
     def _whois(self, name: str, reply: Reply) -> None:
         peers = self._names.peers_named(name)
+        bound = self._trust.bound_to(name)
+        if bound is not None and bound not in peers:
+            peers.insert(0, bound)  # known by it first, even if it uses another name now
         if self._names.display_name.casefold() == name.casefold():
             peers.insert(0, self._me)
         if not peers:
@@ -708,6 +711,8 @@ class ChatService:
                     rooms=[room.name for room in self._rooms if peer in room.members],
                     heard_at_ms=max(heard) if heard else None,
                     me=peer == self._me,
+                    first_seen=peer == bound,
+                    verified=self._trust.is_verified(peer),
                 )
             )
         reply(whois_output(name, found))

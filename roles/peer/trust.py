@@ -85,6 +85,10 @@ class Trust:
     def is_verified(self, peer: str) -> bool:
         return self._contacts.is_verified(peer)
 
+    def bound_to(self, name: str) -> str | None:
+        """The PeerId ``name`` is bound to (first seen using it, or verified), or None."""
+        return self._contacts.bound_to(name)
+
     def mark(self, event: Marked) -> Marked:
         """``event`` with ``verified`` set when its peer is a verified contact."""
         peer = event.sender if isinstance(event, MessageEvent) else event.peer
