@@ -13,6 +13,7 @@ import structlog
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import Store
 from p2pchat.roles.peer.contacts import NAMESPACE, Conflict, Contacts
+from p2pchat.roles.peer.dm_rooms import DmRooms
 from p2pchat.roles.peer.events import DirectEvent, ErrorEvent, MessageEvent
 from p2pchat.roles.peer.metrics import ChatMetrics
 from p2pchat.roles.peer.names import Names
@@ -141,3 +142,20 @@ def test_the_console_marks_verified_contacts_and_shouts_conflicts() -> None:
     assert render_text(conflict_notice(Conflict("bob", mallory, bob, False))).startswith(
         "* !! WARNING"
     )
+
+
+def test_an_impostors_conversation_is_tagged_with_its_peer_id(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    try:
+        contacts = _contacts(store, ChatMetrics(CollectorRegistry()), 100)
+        names = Names(ME, store.namespace("peer"), None, claims=contacts.claimed)
+        alice, mallory, nobody = fresh_peer_id(), fresh_peer_id(), fresh_peer_id()
+        names.used(alice, "alice")
+        names.used(mallory, "alice")
+        trust = Trust(ME, contacts, names, lambda event: None)
+        rooms = DmRooms(None, ME, names.name_of, trust.resolve, trust.mark, trust.bound_to)
+        assert rooms.tag(alice) == "@alice"
+        assert rooms.tag(mallory) == f"@{mallory}"
+        assert rooms.tag(nobody) == f"@{nobody}"
+    finally:
+        store.close()

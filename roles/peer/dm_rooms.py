@@ -45,12 +45,16 @@ class DmRooms:
         name_of: Callable[[str], str],
         resolve: Resolve,
         mark: Callable[[DirectEvent], DirectEvent],
+        bound_to: Callable[[str], str | None] = lambda name: None,
     ) -> None:
+        """``bound_to``: the PeerId a name is bound to (who-is-who), so that a conversation
+        with another peer using the name is not tagged with it."""
         self._store = store
         self._me = me
         self._name_of = name_of
         self._resolve = resolve
         self._mark = mark
+        self._bound_to = bound_to
         self._open = OpenConversations()
 
     @property
@@ -64,9 +68,12 @@ class DmRooms:
 
     def tag(self, peer: str) -> str:
         """``@<name>`` (the name it is known by here), or ``@<PeerId>`` for a peer known by
-        no name."""
+        no name, or by a name bound to another peer (an impostor's conversation never shows
+        as the name's)."""
         name = self._name_of(peer)
-        return f"{TAG}{peer if name == ANONYMOUS_NAME else name}"
+        if name == ANONYMOUS_NAME or self._bound_to(name) not in (None, peer):
+            return f"{TAG}{peer}"
+        return f"{TAG}{name}"
 
     def record(self, event: DirectEvent) -> None:
         """A DM was delivered or received: keep it, count it unread if not looked at."""

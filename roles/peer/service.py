@@ -253,7 +253,12 @@ class ChatService:
             else None
         )
         self._dm_rooms = DmRooms(
-            conversations, self._me, self.name_of, self._trust.resolve, self._trust.mark
+            conversations,
+            self._me,
+            self.name_of,
+            self._trust.resolve,
+            self._trust.mark,
+            self._trust.bound_to,
         )
         self._dm = DirectMessages(
             ctx.host,
