@@ -12,7 +12,13 @@ from pathlib import Path
 import structlog
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import Store
-from p2pchat.roles.peer.contacts import NAMESPACE, Conflict, Contacts
+from p2pchat.roles.peer.contacts import (
+    MAX_WARNED,
+    NAMESPACE,
+    WARNINGS_BURST,
+    Conflict,
+    Contacts,
+)
 from p2pchat.roles.peer.dm_rooms import DmRooms
 from p2pchat.roles.peer.events import DirectEvent, ErrorEvent, MessageEvent
 from p2pchat.roles.peer.metrics import ChatMetrics
@@ -49,7 +55,7 @@ def test_first_use_binds_a_conflict_is_warned_once_and_bindings_are_kept(tmp_pat
         assert contacts.claimed(mallory, "ALICE") == Conflict("ALICE", mallory, alice, False)
         assert contacts.claimed(mallory, "Alice") is None  # warned once
         assert contacts.bound_to("alice") == alice
-        assert _sample(registry, "p2pchat_name_conflicts_total", contact="unverified") == 1
+        assert _sample(registry, "p2pchat_name_conflicts_total", outcome="warned") == 1
     finally:
         store.close()
     store = Store.open(tmp_path / "store")
@@ -157,5 +163,35 @@ def test_an_impostors_conversation_is_tagged_with_its_peer_id(tmp_path: Path) ->
         assert rooms.tag(alice) == "@alice"
         assert rooms.tag(mallory) == f"@{mallory}"
         assert rooms.tag(nobody) == f"@{nobody}"
+    finally:
+        store.close()
+
+
+def test_a_flood_of_impostors_is_not_a_flood_of_warnings(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    store = Store.open(tmp_path / "store")
+    now = [0.0]
+    friend, alice = fresh_peer_id(), fresh_peer_id()
+    try:
+        contacts = Contacts(
+            ME,
+            store.namespace(NAMESPACE),
+            100,
+            ChatMetrics(registry),
+            RefusalLog(structlog.get_logger(), "name binding dropped"),
+            clock=lambda: now[0],
+        )
+        contacts.claimed(alice, "alice")
+        assert contacts.verify(friend, "friend")
+        shown = [contacts.claimed(p, "alice") for p in fresh_peer_ids(2000)]
+        assert sum(c is not None for c in shown) == WARNINGS_BURST
+        # A verified contact's key change is shown whatever the rate.
+        assert contacts.claimed(fresh_peer_id(), "friend") is not None
+        now[0] += 5.0
+        assert sum(contacts.claimed(p, "alice") is not None for p in fresh_peer_ids(50)) == 5
+        assert _sample(registry, "p2pchat_name_conflicts_total", outcome="warned") == 25
+        assert _sample(registry, "p2pchat_name_conflicts_total", outcome="key_change") == 1
+        assert _sample(registry, "p2pchat_name_conflicts_total", outcome="rate_limited") == 2025
+        assert len(contacts._warned) == MAX_WARNED
     finally:
         store.close()

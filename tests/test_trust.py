@@ -62,7 +62,7 @@ def test_a_known_name_from_another_peer_is_warned_about_and_msg_refuses(
     assert "WARNING" in warning["text"] and m.peer_id in warning["text"]
     m.say("it is me, really")
     c.next_event(is_message("it is me, really"), timeout=WAIT)
-    assert c.metric("p2pchat_name_conflicts_total", contact="unverified") == 1  # warned once
+    assert c.metric("p2pchat_name_conflicts_total", outcome="warned") == 1  # warned once
     # /msg alice: two peers use it now; refused in one line naming both PeerIds.
     refused = answer(c, {"id": 2, "line": "/msg alice are you there"})
     assert refused[0]["type"] == "error" and refused[0]["code"] == "ambiguous_name", refused
@@ -126,4 +126,4 @@ def test_verify_numbers_match_on_both_sides_and_confirm_marks_the_contact(
     warning = seen(a, is_conflict(c.peer_id))
     assert warning["data"]["verified"] is True and warning["data"]["bound"] == b.peer_id
     assert "KEY CHANGE" in warning["text"]
-    assert a.metric("p2pchat_name_conflicts_total", contact="verified") == 1
+    assert a.metric("p2pchat_name_conflicts_total", outcome="key_change") == 1

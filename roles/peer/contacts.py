@@ -13,7 +13,10 @@ make fresh PeerIds with fresh names for nothing, so a full table forgets the bin
 recently among those of unverified peers (``evicted``); verified contacts are never forgotten
 (at most :data:`MAX_VERIFIED`, which only the user adds), and when every binding belongs to one
 a new name is not bound (``full``). A conflict is warned about once per (name, PeerId) among
-the last :data:`MAX_WARNED` (a flood of impostors cannot make the warnings a flood either).
+the last :data:`MAX_WARNED`, and those of unverified names at most :data:`WARNINGS_PER_SECOND`
+(burst :data:`WARNINGS_BURST`): past that they are counted (``rate_limited``) and logged, not
+shown, so a flood of impostors is not a flood of warnings. A verified contact's key change is
+always shown.
 
 Store layout (namespace :data:`NAMESPACE`): ``n/<name, casefolded>`` -> ``<PeerId>`` and
 ``v/<PeerId>`` -> ``<name>``. Only this peer's own bookkeeping writes there.
@@ -21,11 +24,14 @@ Store layout (namespace :data:`NAMESPACE`): ``n/<name, casefolded>`` -> ``<PeerI
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from p2pchat.node.bounded import BoundedDict
+from p2pchat.node.ratelimit import TokenBucket
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.chat import ANONYMOUS_NAME
@@ -35,6 +41,8 @@ BINDING = b"n/"
 VERIFIED = b"v/"
 MAX_VERIFIED = 1000  # contacts the user verified (only /verify ... confirm adds one)
 MAX_WARNED = 1024  # (name, PeerId) conflicts already warned about, the newest
+WARNINGS_PER_SECOND = 1.0  # conflicts of unverified names shown, sustained...
+WARNINGS_BURST = 20  # ... and at once (a verified contact's key change is always shown)
 
 
 class ContactsObserver(Protocol):
@@ -44,7 +52,7 @@ class ContactsObserver(Protocol):
 
     def name_binding_dropped(self, reason: str) -> None: ...
 
-    def name_conflict(self, verified: bool) -> None: ...
+    def name_conflict(self, outcome: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,7 @@ class Contacts:
         max_bindings: int,
         observer: ContactsObserver,
         refusals: RefusalLog,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._me = me
         self._keys = keys
@@ -89,6 +98,8 @@ class Contacts:
             else:  # the bound was lowered: forget the rest
                 keys.delete(key)
         self._warned: BoundedDict[tuple[str, str], None] = BoundedDict(MAX_WARNED)
+        self._clock = clock
+        self._warnings = TokenBucket(WARNINGS_PER_SECOND, WARNINGS_BURST, clock())
         observer.name_bindings_count(len(self._bound))
 
     def __len__(self) -> int:
@@ -123,7 +134,11 @@ class Contacts:
             return None
         self._warned[(folded, peer)] = None
         verified = bound in self._verified
-        self._observer.name_conflict(verified)
+        if not verified and not self._warnings.take(self._clock()):
+            self._observer.name_conflict("rate_limited")
+            self._refusals.refused("warning_rate", peer=peer)
+            return None
+        self._observer.name_conflict("key_change" if verified else "warned")
         return Conflict(name, peer, bound, verified)
 
     def verify(self, peer: str, name: str) -> bool:

@@ -107,9 +107,10 @@ class ChatMetrics:
         )
         self.name_conflicts = Counter(
             "p2pchat_name_conflicts",
-            "A known name used by another PeerId than the one it is bound to, warned about, by "
-            "contact (verified: a verified contact's key changed; unverified).",
-            ("contact",),
+            "A known name used by another PeerId than the one it is bound to, by outcome "
+            "(key_change: a verified contact's name from another key, always warned; warned; "
+            "rate_limited: not shown, over the warning rate).",
+            ("outcome",),
             registry=registry,
         )
         self.store_bytes = Gauge(
@@ -168,8 +169,9 @@ class ChatMetrics:
     def name_binding_dropped(self, reason: str) -> None:
         self.name_bindings_dropped.labels(reason=reason).inc()
 
-    def name_conflict(self, verified: bool) -> None:
-        self.name_conflicts.labels(contact="verified" if verified else "unverified").inc()
+    def name_conflict(self, outcome: str) -> None:
+        """A known name from another PeerId: key_change, warned or rate_limited."""
+        self.name_conflicts.labels(outcome=outcome).inc()
 
     def dm_history_dropped(self, reason: str, count: int) -> None:
         self.dm_history_dropped_total.labels(reason=reason).inc(count)
