@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.dm import DmWireError, Plaintext, decode_plaintext, encode_plaintext
 
@@ -65,8 +66,11 @@ class ConversationStore:
         max_age_ms: int,
         max_text_bytes: int,
         max_conversations: int = MAX_CONVERSATIONS,
+        refusals: RefusalLog | None = None,
     ) -> None:
+        """``refusals`` logs the conversations deleted for the bound (rate-limited)."""
         self._keys = keys
+        self._refusals = refusals
         self._observer = observer
         self._max_messages = max_messages
         self._max_age_ms = max_age_ms
@@ -168,6 +172,8 @@ class ConversationStore:
             self._keys.delete(key)
         self._keys.delete(INDEX + peer.encode())
         self._observer.dm_history_dropped("conversation_evicted", count)
+        if self._refusals is not None:
+            self._refusals.refused("conversation_evicted", peer=peer, messages=count)
 
 
 @dataclass

@@ -248,6 +248,7 @@ class ChatService:
                 settings.history_max_messages,
                 int(settings.history_max_age_days * 86_400_000),
                 settings.max_message_bytes,
+                refusals=RefusalLog(ctx.log, "dm conversation dropped"),
             )
             if settings.dm_history
             else None
