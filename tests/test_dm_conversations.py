@@ -97,6 +97,7 @@ def test_conversations_are_bounded_in_messages_and_in_number(tmp_path: Path) -> 
         assert [k.plain.text for k in kept.last(first, 50)] == [f"m{n}" for n in range(7, 12)]
         assert [k.plain.text for k in kept.last(first, 2)] == ["m10", "m11"]
         assert sum(1 for _ in store.namespace(NAMESPACE).items(b"m/")) == 5  # trimmed on disk
+        assert kept.has(first, bytes([11]) * 16) and not kept.has(first, bytes([0]) * 16)
         # A flood of fresh PeerIds each opening a conversation: the least recently active go.
         for n, peer in enumerate(strangers):
             kept.add(peer, Plaintext(bytes([n]) * 16, "hi", 1), own=False)
@@ -107,6 +108,7 @@ def test_conversations_are_bounded_in_messages_and_in_number(tmp_path: Path) -> 
         )
         assert dropped == 5 + 20  # the first's 5, then 20 strangers' one each
         assert sum(1 for _ in store.namespace(NAMESPACE).items(b"m/")) == 10
+        assert sum(1 for _ in store.namespace(NAMESPACE).items(b"i/")) == 10  # ids go too
     finally:
         store.close()
     store = Store.open(tmp_path / "store")

@@ -5,7 +5,8 @@ carries one Olm message per stream and gets the recipient's ack on the same stre
 runs end to end, directly or through a relay that sees Noise ciphertext only): "delivered"
 means the recipient decrypted it. Every message is kept in the store from the moment it is
 sent until acknowledged, so one still being sent when the node stops is sent again after the
-restart (the recipient shows it once: it remembers the ids). A message that cannot be
+restart (the recipient shows it once: it remembers the ids, and those of its kept
+conversations across its own restarts: ``shown_before``). A message that cannot be
 delivered now (the peer is not reachable, or refused it for a limit) is "waiting": kept
 (bounded; in the store, so a restart keeps it: :mod:`~p2pchat.roles.peer.dm_waiting`) and sent
 again when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A peer that is not
@@ -139,9 +140,13 @@ class DirectMessages:
         name_of: Callable[[str], str],
         log: structlog.stdlib.BoundLogger,
         find_peer: FindPeer | None = None,
+        shown_before: Callable[[str, bytes], bool] = lambda peer, message_id: False,
     ) -> None:
         """``find_peer``: the DHT's peer routing, to reach a recipient not connected (None when
-        the node runs no DHT: then only the addresses the node knows are dialled)."""
+        the node runs no DHT: then only the addresses the node knows are dialled).
+        ``shown_before``: whether a message (peer, id) was received before the ids remembered
+        here (the kept conversations: a resend after a restart is acknowledged, not shown)."""
+        self._shown_before = shown_before
         self._host = host
         self._find_peer = find_peer
         self._settings = settings
@@ -527,7 +532,7 @@ class DirectMessages:
 
     def _first_time(self, peer: str, message_id: bytes) -> bool:
         key = (peer, message_id)
-        if key in self._seen:
+        if key in self._seen or self._shown_before(peer, message_id):
             return False
         self._seen[key] = None
         while len(self._seen) > REMEMBERED_IDS:

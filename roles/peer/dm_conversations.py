@@ -8,7 +8,10 @@ to them in one place. Store layout (namespace :data:`NAMESPACE`):
 - ``m/<PeerId>\\x00<ms: 8 bytes big-endian><message id: 16 bytes>`` ->
   ``<own: 1 byte><DmPlaintext>``: one message of the conversation with that peer, keyed by when
   it was recorded here (so each conversation lists in order, oldest first);
-- ``c/<PeerId>`` -> ``<last ms: 8 bytes><count: 8 bytes>``: the conversation's index.
+- ``c/<PeerId>`` -> ``<last ms: 8 bytes><count: 8 bytes>``: the conversation's index;
+- ``i/<PeerId>\x00<message id>`` -> ``b""``: the ids kept, so a message resent after a restart
+  of either side (its acknowledgement lost) is recognised and not shown twice
+  (:meth:`ConversationStore.has`); deleted with their message.
 
 Bounds: a conversation keeps at most ``max_messages`` (``chat.history_max_messages``), none
 older than ``max_age_ms`` (``chat.history_max_age_days``), the oldest going first as new ones
@@ -32,6 +35,7 @@ from p2pchat.node.wire.dm import DmWireError, Plaintext, decode_plaintext, encod
 NAMESPACE = "dmlog"  # of the node's store (NodeContext.keys)
 MESSAGES = b"m/"
 INDEX = b"c/"
+IDS = b"i/"
 MAX_CONVERSATIONS = 1000  # kept in the store; the least recently active is deleted past it
 MAX_OPEN = 100  # open in the console at once (as many as rooms)
 TAG = "@"  # a conversation's tag: @<name>
@@ -108,9 +112,14 @@ class ConversationStore:
             self._evict()
         key = MESSAGES + peer.encode() + b"\x00" + now.to_bytes(8, "big") + plain.id
         self._keys.put(key, (b"\x01" if own else b"\x00") + encode_plaintext(plain))
+        self._keys.put(IDS + peer.encode() + b"\x00" + plain.id, b"")
         count = self.count(peer) + 1
         count -= self._trim(peer, count, now)
         self._set_index(peer, now, count)
+
+    def has(self, peer: str, message_id: bytes) -> bool:
+        """Whether a message ``message_id`` of the conversation with ``peer`` is kept."""
+        return self._keys.get(IDS + peer.encode() + b"\x00" + message_id) is not None
 
     def last(self, peer: str, limit: int) -> list[Kept]:
         """The newest ``limit`` messages kept with ``peer``, oldest first (one that does not
@@ -158,6 +167,7 @@ class ConversationStore:
             doomed.append(key)
         for key in doomed:
             self._keys.delete(key)
+            self._keys.delete(IDS + peer.encode() + b"\x00" + key[-16:])
         return len(doomed)
 
     def _set_index(self, peer: str, last: int, count: int) -> None:
@@ -169,6 +179,8 @@ class ConversationStore:
         """Delete the least recently active conversation whole."""
         peer, (_, count) = self._index.popitem(last=False)
         for key, _ in list(self._keys.items(self._prefix(peer))):
+            self._keys.delete(key)
+        for key, _ in list(self._keys.items(IDS + peer.encode() + b"\x00")):
             self._keys.delete(key)
         self._keys.delete(INDEX + peer.encode())
         self._observer.dm_history_dropped("conversation_evicted", count)

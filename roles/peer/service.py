@@ -270,6 +270,7 @@ class ChatService:
             self.name_of,
             ctx.log,
             find_peer=ctx.find_peer,
+            shown_before=conversations.has if conversations is not None else lambda p, i: False,
         )
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
