@@ -454,5 +454,9 @@ def test_dm_conversations_and_who_is_who_in_the_contract(
     }
     closed = answer(a, {"id": "c", "line": f"/leave {tag}"})
     assert closed[0]["kind"] == "dm_closed" and closed[0]["data"]["room"] == tag
+    # /leave alone in a conversation closes it (not the room behind it).
+    assert answer(a, {"id": "o", "line": f"/switch {tag}"})[0]["kind"] == "dm_opened"
+    assert answer(a, {"id": "c2", "line": "/leave"})[0]["kind"] == "dm_closed"
+    assert answer(a, {"id": "r2", "line": "/rooms"})[0]["data"]["current"] == "p2p-chat-default"
     missing = answer(a, {"id": "x", "line": "/dm nobody-here"})
     assert missing[0]["code"] == "unknown_name" and missing[-1]["ok"] is False

@@ -135,11 +135,11 @@ class DmRooms:
             self.history(min(unread, 50), reply, command)
 
     def close(self, who: str, reply: Reply) -> bool:
-        """``/leave @<who>``: close the conversation (its history is kept); False when ``who``
-        names no open conversation (nothing replied)."""
-        name = who[len(TAG) :]
+        """``/leave @<tag>`` (or ``/leave`` in it): close the conversation with that tag, as
+        ``/rooms`` lists it (its history is kept); False when no open conversation has it
+        (nothing replied)."""
         for peer in list(self._open.unread):
-            if self._name_of(peer).casefold() == name.casefold() or peer == name:
+            if self.tag(peer).casefold() == who.casefold():
                 self._open.close(peer)
                 reply(
                     NoticeEvent(

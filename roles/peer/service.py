@@ -469,8 +469,10 @@ class ChatService:
             reply(self._moderator.mods(argument or current))
         elif name in ("mute", "unmute", "remove", "unremove"):
             await self._moderator.decide(name, current, argument, self._peer_named, reply)
-        elif name == "leave" and argument.startswith(TAG):
-            if not self._dm_rooms.close(argument, reply):
+        elif name == "leave" and (
+            argument.startswith(TAG) or (self._dm_rooms.current and not argument)
+        ):
+            if not self._dm_rooms.close(argument or self.current_room, reply):
                 reply(ErrorEvent("not_in_room", f"no open conversation {argument}", "leave"))
         elif name == "leave":
             await self._leave(argument or current, reply)
