@@ -7,6 +7,7 @@ about once. And the safety number's construction (:mod:`p2pchat.roles.peer.safet
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import structlog
@@ -193,5 +194,28 @@ def test_a_flood_of_impostors_is_not_a_flood_of_warnings(tmp_path: Path) -> None
         assert _sample(registry, "p2pchat_name_conflicts_total", outcome="key_change") == 1
         assert _sample(registry, "p2pchat_name_conflicts_total", outcome="rate_limited") == 2025
         assert len(contacts._warned) == MAX_WARNED
+    finally:
+        store.close()
+
+
+def test_after_a_restart_the_oldest_bindings_go_first_not_the_first_by_name(
+    tmp_path: Path,
+) -> None:
+    names = ["b0", "d1", "a2", "e3", "c4"]  # bound in this order, not in byte order
+    peers = list(fresh_peer_ids(len(names)))
+    store = Store.open(tmp_path / "store")
+    try:
+        contacts = _contacts(store, ChatMetrics(CollectorRegistry()), 10)
+        for name, peer in zip(names, peers, strict=True):
+            contacts.claimed(peer, name)
+            time.sleep(0.005)  # distinct binding times
+    finally:
+        store.close()
+    store = Store.open(tmp_path / "store")
+    try:  # reopened with a lower bound: the two bound first are forgotten
+        contacts = _contacts(store, ChatMetrics(CollectorRegistry()), 3)
+        assert [contacts.bound_to(name) for name in names] == [None, None, *peers[2:]]
+        contacts.claimed(fresh_peer_id(), "newcomer")  # evicts the oldest left: a2
+        assert contacts.bound_to("a2") is None and contacts.bound_to("c4") == peers[4]
     finally:
         store.close()

@@ -18,7 +18,8 @@ the last :data:`MAX_WARNED`, and those of unverified names at most :data:`WARNIN
 shown, so a flood of impostors is not a flood of warnings. A verified contact's key change is
 always shown.
 
-Store layout (namespace :data:`NAMESPACE`): ``n/<name, casefolded>`` -> ``<PeerId>`` and
+Store layout (namespace :data:`NAMESPACE`): ``n/<name, casefolded>`` -> ``<PeerId>\x00<when
+bound, ms: 8 bytes>`` (read back oldest first: the first evicted after a restart) and
 ``v/<PeerId>`` -> ``<name>``. Only this peer's own bookkeeping writes there.
 """
 
@@ -91,12 +92,18 @@ class Contacts:
                 )
         # casefolded name -> PeerId, least recently used first.
         self._bound: OrderedDict[str, str] = OrderedDict()
+        # Read back oldest bound first (when each was bound is kept with it; when each was
+        # last used is not, that would be a write per message), so they are evicted first.
+        found: list[tuple[int, bytes, bytes]] = []
         for key, value in keys.items(BINDING):
+            bound_peer, _, at = value.partition(b"\x00")
+            found.append((int.from_bytes(at, "big"), key, bound_peer))
+        found.sort()
+        for _, key, bound_peer in found[-max_bindings:]:
             name = key[len(BINDING) :].decode(errors="replace")
-            if len(self._bound) < max_bindings:
-                self._bound[name] = value.decode(errors="replace")
-            else:  # the bound was lowered: forget the rest
-                keys.delete(key)
+            self._bound[name] = bound_peer.decode(errors="replace")
+        for _, key, _ in found[:-max_bindings]:
+            keys.delete(key)  # the bound was lowered: the oldest go
         self._warned: BoundedDict[tuple[str, str], None] = BoundedDict(MAX_WARNED)
         self._clock = clock
         self._warnings = TokenBucket(WARNINGS_PER_SECOND, WARNINGS_BURST, clock())
@@ -161,7 +168,8 @@ class Contacts:
             self._refusals.refused("full", peer=peer)
             return
         self._bound[folded] = peer
-        self._keys.put(BINDING + folded.encode(), peer.encode())
+        at = int(time.time() * 1000).to_bytes(8, "big")
+        self._keys.put(BINDING + folded.encode(), peer.encode() + b"\x00" + at)
         self._observer.name_bindings_count(len(self._bound))
 
     def _evict_one(self) -> bool:
