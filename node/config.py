@@ -655,6 +655,20 @@ class ChatSection(_Section):
         description="Other peers' names remembered; the least recently heard are forgotten "
         "first (a fresh key per message cannot grow it without bound).",
     )
+    dm_history: bool = Field(
+        default=True,
+        description="Keep direct messages (both directions) in the local store, per "
+        "conversation, for /history in a /dm conversation; bounded as a room's history "
+        "(history_max_messages, history_max_age_days) and to 1000 conversations.",
+    )
+    max_name_bindings: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Names bound to the first PeerId seen using them (trust on first use, kept "
+        "in the store; a known name from another PeerId is warned about). Past this the least "
+        "recently used binding of an unverified peer is forgotten (verified contacts never are).",
+    )
     history_max_age_days: float = Field(
         default=365.0, gt=0, description="Messages older than this are deleted."
     )

@@ -22,7 +22,7 @@ from p2pchat.node.wire import dm
 from p2pchat.node.wire.framing import FrameDecoder, frame
 from p2pchat.roles.peer.dm_crypto import OlmSessions, SessionLimits
 
-from tests.conftest import NodeProcess, start_node
+from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_json_contract import answer, chat_peer
 
 WAIT = 60.0
@@ -248,10 +248,14 @@ def test_no_plaintext_of_a_dm_in_the_logs_or_the_data_dirs(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     """A headless recipient logs every chat event, a DM's without its text; neither data dir
-    (store: Olm state, sessions) holds the text."""
+    (store: Olm state, sessions) holds the text when DM conversations are not kept (they are
+    by default, plaintext until encryption at rest)."""
     secret = "zebra quartz 7731"
-    a, _ = chat_peer(tmp_path / "a", nodes)
-    b = start_node(tmp_path / "b", "--bootstrap", a.addr())  # headless: events are logged
+    unkept = node_env(P2PCHAT_CHAT__DM_HISTORY="false")
+    a = start_node(tmp_path / "a", "--json", env=unkept)
+    nodes.append(a)
+    a.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    b = start_node(tmp_path / "b", "--bootstrap", a.addr(), env=unkept)  # headless: logged
     nodes.append(b)
     connected(a, b)
     assert msg(a, b.peer_id, secret, 1)["kind"] == "dm_delivered"

@@ -124,6 +124,8 @@ def test_the_validator_rejects_what_breaks_the_contract(tmp_path: Path) -> None:
         {"type": "error", "code": "oops", "text": "x", "command": None},
         {"type": "notice", "kind": "gossip", "text": "x", "data": {}},
         {"type": "notice", "kind": "room_joined", "text": "joined x", "data": {}},  # no room
+        {"type": "notice", "kind": "name_conflict", "text": "x", "data": {"name": "a"}},
+        {"type": "notice", "kind": "dm_opened", "text": "x", "data": {"peer": "12D3"}},
         {"type": "output", "command": "ready", "text": "x", "data": {"schema_version": 2}},
         {"type": "frobnicated"},
         ["not", "an", "object"],
@@ -420,3 +422,41 @@ def test_the_contract_page_documents_every_event_kind_and_code() -> None:
     for value in (*get_args(events_module.NoticeKind), *get_args(events_module.ErrorCode)):
         assert f"`{value}`" in page, f"docs/json-contract.md lacks {value}"
     assert "(docs/json-contract.md)" in (ROOT / "README.md").read_text()
+
+
+def test_dm_conversations_and_who_is_who_in_the_contract(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """/dm, a {"send"} and /history in a conversation, /rooms, /verify and /leave @: the
+    events each answers with (every line is checked against the schema by the fixture)."""
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    seen(a, lambda e: e["type"] == "connection" and e["peer"] == b.peer_id)
+    tag = f"@{b.peer_id}"  # b has no name: its conversation is tagged with its PeerId
+    opened = answer(a, {"id": "dm", "line": f"/dm {b.peer_id}"})
+    assert [(e["type"], e.get("kind")) for e in opened] == [("notice", "dm_opened"), ("done", None)]
+    assert opened[0]["data"] == {"peer": b.peer_id, "room": tag, "unread": 0}
+    sent = answer(a, {"id": "s", "send": "in the conversation"})
+    assert [e.get("kind") for e in sent] == ["dm_delivered", None]
+    b.next_event(lambda e: e["type"] == "direct" and e["text"] == "in the conversation", WAIT)
+    listed = answer(a, {"id": "h", "line": "/history"})
+    assert [e["type"] for e in listed] == ["direct", "history_end", "done"]
+    assert listed[0]["history"] is True and listed[0]["own"] is True
+    assert listed[1]["room"] == tag and listed[1]["count"] == 1
+    (rooms,) = [e for e in answer(a, {"id": "r", "line": "/rooms"}) if e["type"] == "output"]
+    assert rooms["data"]["conversations"][0]["room"] == tag
+    (verify,) = [e for e in answer(a, {"id": "v", "line": f"/verify {b.peer_id}"})[:-1]]
+    assert verify["command"] == "verify" and set(verify["data"]) == {
+        "peer",
+        "name",
+        "safety_number",
+        "verified",
+    }
+    closed = answer(a, {"id": "c", "line": f"/leave {tag}"})
+    assert closed[0]["kind"] == "dm_closed" and closed[0]["data"]["room"] == tag
+    # /leave alone in a conversation closes it (not the room behind it).
+    assert answer(a, {"id": "o", "line": f"/switch {tag}"})[0]["kind"] == "dm_opened"
+    assert answer(a, {"id": "c2", "line": "/leave"})[0]["kind"] == "dm_closed"
+    assert answer(a, {"id": "r2", "line": "/rooms"})[0]["data"]["current"] == "p2p-chat-default"
+    missing = answer(a, {"id": "x", "line": "/dm nobody-here"})
+    assert missing[0]["code"] == "unknown_name" and missing[-1]["ok"] is False

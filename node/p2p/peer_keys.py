@@ -42,3 +42,14 @@ def signed_by(peer_id: str, data: bytes, signature: bytes) -> bool:
         return key is not None and bool(key.verify(data, signature))
     except Exception:  # an unparsable PeerId, key, or a signature of the wrong shape
         return False
+
+
+def public_key_bytes(peer_id: str) -> bytes | None:
+    """The public identity key ``peer_id`` inlines, in libp2p's serialized form (the key-type
+    protobuf: the same bytes on every peer); None for a PeerId that does not inline its key
+    (RSA) or is not a PeerId (never raises)."""
+    try:
+        key = ID.from_base58(peer_id).extract_public_key()
+    except Exception:  # an unparsable PeerId or key
+        return None
+    return None if key is None else bytes(key.serialize())

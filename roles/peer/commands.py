@@ -22,6 +22,11 @@ HELP = """Commands:
   /me <action>       send an action: "* Alice waves"
   /msg <name|id> <text>
                      a direct message, end-to-end encrypted: says delivered or waiting
+  /dm <name|id>      open a direct conversation (@name, listed in /rooms): what you
+                     type goes to that peer, end-to-end encrypted; /history lists it
+  /verify <name|id> [confirm]
+                     the safety number you and that peer both see: compare it out of
+                     band, then confirm to mark the contact verified
   /history [N]       the last N messages of this room (default 50)
   /search <words>    messages of your rooms containing all the words (local history)
   /export [room] [file]
@@ -38,9 +43,10 @@ HELP = """Commands:
                      (owner) drop a peer's messages in this room until /unremove
   /unremove <name|id>
                      (owner) end a removal
-  /leave [room]      leave a room (default: the current one)
-  /rooms             the rooms you are in, with unread counts
-  /switch <room>     make a joined room current and show what arrived there
+  /leave [room]      leave a room (default: the current one); /leave @name closes a DM
+  /rooms             the rooms you are in and open DM conversations, with unread counts
+  /switch <room>     make a joined room (or @name, a DM conversation) current and show
+                     what arrived there
   /quit, /exit       leave the chat
 Anything else is sent to the current room; //text sends /text."""
 
@@ -53,6 +59,8 @@ COMMANDS = (
     "/name",
     "/me",
     "/msg",
+    "/verify",
+    "/dm",
     "/history",
     "/search",
     "/export",
@@ -80,6 +88,8 @@ _NEEDS_ARGUMENT = {
     "switch": "room",
     "me": "action",
     "msg": "name or peer id> <text",
+    "verify": "name or peer id",
+    "dm": "name or peer id",
     "whois": "name",
     "unignore": "name or peer id",
     "search": "words",

@@ -3,10 +3,13 @@
 ``/p2pchat/dm-keys/1.0.0`` hands out this peer's signed key bundle; ``/p2pchat/dm/1.0.0``
 carries one Olm message per stream and gets the recipient's ack on the same stream (the stream
 runs end to end, directly or through a relay that sees Noise ciphertext only): "delivered"
-means the recipient decrypted it. A message that cannot be delivered now (the peer is not
-reachable, or refused it for a limit) is "waiting": kept (bounded; in the store, so a restart
-keeps it: :mod:`~p2pchat.roles.peer.dm_waiting`) and sent again
-when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A peer that is not
+means the recipient decrypted it. Every message is kept in the store from the moment it is
+sent until acknowledged, so one still being sent when the node stops is sent again after the
+restart (the recipient shows it once: it remembers the ids, and those of its kept
+conversations across its own restarts: ``shown_before``). A message that cannot be
+delivered now (the peer is not reachable, or refused it for a limit) is "waiting": kept
+(bounded; in the store, so a restart keeps it: :mod:`~p2pchat.roles.peer.dm_waiting`) and sent
+again when a connection to that peer opens, or every :data:`RETRY_SECONDS`. A peer that is not
 connected is first looked up through the DHT's peer routing (when the node runs the DHT) and
 dialled at a few of the addresses found (:data:`MAX_FOUND_ADDRS`).
 
@@ -137,9 +140,13 @@ class DirectMessages:
         name_of: Callable[[str], str],
         log: structlog.stdlib.BoundLogger,
         find_peer: FindPeer | None = None,
+        shown_before: Callable[[str, bytes], bool] = lambda peer, message_id: False,
     ) -> None:
         """``find_peer``: the DHT's peer routing, to reach a recipient not connected (None when
-        the node runs no DHT: then only the addresses the node knows are dialled)."""
+        the node runs no DHT: then only the addresses the node knows are dialled).
+        ``shown_before``: whether a message (peer, id) was received before the ids remembered
+        here (the kept conversations: a resend after a restart is acknowledged, not shown)."""
+        self._shown_before = shown_before
         self._host = host
         self._find_peer = find_peer
         self._settings = settings
@@ -178,6 +185,7 @@ class DirectMessages:
         self._turns: dict[str, trio.Lock] = {}
         self._recipients = trio.CapacityLimiter(MAX_RECIPIENTS_IN_FLIGHT)
         self._sends_in_flight = 0
+        self._in_flight: set[bytes] = set()  # ids sent by their own task (at most the above)
         self._nursery: trio.Nursery | None = None
         self._retry = trio.Event()
         # When each waiting recipient not connected was last looked up by a retry pass (only
@@ -217,6 +225,9 @@ class DirectMessages:
         """Send ``text`` to ``peer``; the answer is the notice ``dm_delivered`` (and the message
         shown as sent) or ``dm_waiting``."""
         plain = Plaintext(os.urandom(16), text, int(time.time() * 1000))
+        # Kept in the waiting store before the first attempt, removed once acknowledged: a
+        # message still being sent when the node stops is sent again after its restart.
+        self._keep(peer, plain)
         nursery = self._nursery
         if nursery is None or self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
             return self._wait(peer, plain, "too many messages being sent now")
@@ -229,12 +240,14 @@ class DirectMessages:
                 outcome.append(await self._send(peer, plain))
             finally:
                 self._sends_in_flight -= 1
+                self._in_flight.discard(plain.id)
                 done.set()
             late = outcome[0]
             if answered and isinstance(late, NoticeEvent) and late.kind == "dm_delivered":
                 self._emit(late)  # the user was told "waiting": now it is delivered
 
         self._sends_in_flight += 1  # counted from now: the task starts later
+        self._in_flight.add(plain.id)  # its own task sends it: the retry passes leave it
         nursery.start_soon(sending)
         with trio.move_on_after(ANSWER_SECONDS):
             await done.wait()
@@ -295,12 +308,17 @@ class DirectMessages:
             {"peer": peer, "id": message_id},
         )
 
-    def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
-        self._observer.dm_sent_outcome("waiting")
-        if plain.id not in self._waiting:  # one waiting already keeps its place
+    def _keep(self, peer: str, plain: Plaintext) -> None:
+        """Keep ``plain`` waiting (memory and store) until acknowledged; one kept already
+        keeps its place."""
+        if plain.id not in self._waiting:
             key = self._waiting_store.add(peer, plain)
             self._waiting[plain.id] = _Waiting(peer, plain, key)
             self._trim_waiting()
+
+    def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
+        self._observer.dm_sent_outcome("waiting")
+        self._keep(peer, plain)
         return NoticeEvent(
             "dm_waiting",
             f"waiting: not delivered to {self._name_of(peer)} yet ({reason}); sent again "
@@ -341,6 +359,8 @@ class DirectMessages:
 
     async def _send_waiting_to(self, peer: str) -> None:
         for waiting in [w for w in self._waiting.values() if w.peer == peer]:
+            if waiting.plain.id in self._in_flight:
+                return  # its own send runs; those after it are behind it in the queue
             if waiting.plain.id not in self._waiting:
                 continue
             answer = await self._send(peer, waiting.plain)
@@ -512,7 +532,7 @@ class DirectMessages:
 
     def _first_time(self, peer: str, message_id: bytes) -> bool:
         key = (peer, message_id)
-        if key in self._seen:
+        if key in self._seen or self._shown_before(peer, message_id):
             return False
         self._seen[key] = None
         while len(self._seen) > REMEMBERED_IDS:

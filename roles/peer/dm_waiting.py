@@ -1,5 +1,6 @@
 """This peer's own direct messages waiting to be delivered, kept in the node's store so a
-restart does not lose them.
+restart does not lose them: each is added before its first attempt and removed when its
+recipient acknowledges it (one in flight at a stop is sent again after the restart).
 
 Key layout in the ``dm`` namespace (:data:`~p2pchat.roles.peer.dm_crypto.NAMESPACE`, whose Olm
 keys are ``account`` and ``s/...``): ``w/<serial: 8 bytes big-endian><message id: 16 bytes>``

@@ -31,6 +31,7 @@ class MessageEvent:
     history: bool = False
     action: bool = False  # /me: "* Alice waves"
     mention: bool = False  # the text names this peer's display name
+    verified: bool = False  # the sender is a contact this user verified (/verify ... confirm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class DirectEvent:
     text: str
     sent_at_ms: int
     own: bool
+    history: bool = False  # listed from the conversation's history (/history), not arriving now
+    verified: bool = False  # the peer is a contact this user verified (/verify ... confirm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,9 @@ NoticeKind = Literal[
     "dm_delivered",  # a direct message acknowledged by its recipient (data: peer, id)
     "dm_waiting",  # a direct message not delivered yet, kept to send again (data: peer, id, reason)
     "dm_session",  # a direct-message session was started anew (data: peer, reason)
+    "name_conflict",  # a known name used by another PeerId (data: name, peer, bound, verified)
+    "dm_opened",  # a DM conversation made current: /dm, /switch @name (data: peer, room, unread)
+    "dm_closed",  # a DM conversation closed: /leave @name (data: peer, room)
 ]
 
 

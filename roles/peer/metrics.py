@@ -85,6 +85,34 @@ class ChatMetrics:
             "Olm sessions this peer holds with other peers.",
             registry=registry,
         )
+        self.dm_history_dropped_total = Counter(
+            "p2pchat_dm_history_dropped",
+            "Kept direct messages deleted for a bound, by reason (conversation_evicted: the "
+            "least recently active conversation, deleted whole past 1000 conversations).",
+            ("reason",),
+            registry=registry,
+        )
+        self.name_bindings = Gauge(
+            "p2pchat_name_bindings",
+            "Names bound to the first PeerId seen using them (trust on first use).",
+            registry=registry,
+        )
+        self.name_bindings_dropped = Counter(
+            "p2pchat_name_bindings_dropped",
+            "Name bindings not kept, by reason (evicted: the least recently used of an "
+            "unverified peer, forgotten for a new one past chat.max_name_bindings; full: every "
+            "binding is a verified contact's, the new name was not bound).",
+            ("reason",),
+            registry=registry,
+        )
+        self.name_conflicts = Counter(
+            "p2pchat_name_conflicts",
+            "A known name used by another PeerId than the one it is bound to, by outcome "
+            "(key_change: a verified contact's name from another key, always warned; warned; "
+            "rate_limited: not shown, over the warning rate).",
+            ("outcome",),
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -134,3 +162,16 @@ class ChatMetrics:
 
     def dm_session_count(self, count: int) -> None:
         self.dm_sessions.set(count)
+
+    def name_bindings_count(self, count: int) -> None:
+        self.name_bindings.set(count)
+
+    def name_binding_dropped(self, reason: str) -> None:
+        self.name_bindings_dropped.labels(reason=reason).inc()
+
+    def name_conflict(self, outcome: str) -> None:
+        """A known name from another PeerId: key_change, warned or rate_limited."""
+        self.name_conflicts.labels(outcome=outcome).inc()
+
+    def dm_history_dropped(self, reason: str, count: int) -> None:
+        self.dm_history_dropped_total.labels(reason=reason).inc(count)

@@ -8,6 +8,7 @@ a fresh PeerId, so the table must not grow with what strangers send); a forgotte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pchat.node.bounded import BoundedDict
@@ -38,9 +39,18 @@ class Names:
     """
 
     def __init__(
-        self, me: str, keys: KeyValue, configured: str | None, max_known: int = MAX_KNOWN_NAMES
+        self,
+        me: str,
+        keys: KeyValue,
+        configured: str | None,
+        max_known: int = MAX_KNOWN_NAMES,
+        claims: Callable[[str, str], None] = lambda peer, name: None,
     ) -> None:
+        """``claims`` is told every (peer, name) another peer signed (announced or used):
+        who-is-who checks it against the names' bindings
+        (:class:`~p2pchat.roles.peer.trust.Trust`)."""
         self._me = me
+        self._claims = claims
         self._keys = keys
         stored = keys.get(NAME_KEY)
         self._own: str | None = stored.decode() if stored is not None else configured
@@ -78,6 +88,7 @@ class Names:
         the user about, or None (this peer itself, or the name it was already known by)."""
         if peer == self._me:
             return None
+        self._claims(peer, name)
         previous = self._known.get(peer)
         self._known[peer] = name
         return NameChange(peer, previous, name) if previous != name else None
@@ -87,6 +98,7 @@ class Names:
         and remembered as recently heard from."""
         if peer == self._me:
             return
+        self._claims(peer, name)
         if peer in self._known:
             self._known.touch(peer)
         else:

@@ -120,11 +120,12 @@ def peers_output(
     heard: Iterable[tuple[str, int]],
     name_of: NameOf,
     roles_of: RolesOf,
+    verified: Callable[[str], bool] = lambda peer: False,
 ) -> OutputEvent:
     """The answer to /peers: connected peers (direct or relayed; infrastructure by its role, chat
     peers by name, * for members of ``room``), then the senders ``heard`` lately in ``room``
     (latest first) that we are not connected to (pubsub lists just its neighbours; these are
-    reached through the mesh)."""
+    reached through the mesh). ``verified``: whether a peer is a verified contact (marked ✓)."""
     by_peer = {c.peer_id: c for c in connections}
     member_list = sorted(members)
     peers = []
@@ -135,11 +136,19 @@ def peers_output(
         infra = infrastructure(roles)
         in_room = peer in member_list
         name = name_of(peer)
+        checked = verified(peer)
         peers.append(
-            {"peer": peer, "name": name, "connection": kind, "in_room": in_room, "roles": roles}
+            {
+                "peer": peer,
+                "name": name,
+                "connection": kind,
+                "in_room": in_room,
+                "roles": roles,
+                "verified": checked,
+            }
         )
         mark = " *" if in_room else ""
-        who = ", ".join(infra) if infra else safe_name(name)
+        who = ", ".join(infra) if infra else safe_name(name) + (" ✓" if checked else "")
         lines.append(f"  {who} ({short_id(peer)}) {kind}{mark}")
     lines.append(f"in {room}: {len(member_list)} other peer(s) (marked *)")
     via_mesh: list[dict[str, object]] = []
@@ -170,6 +179,8 @@ class Whois:
     rooms: list[str]  # joined rooms it is a member of
     heard_at_ms: int | None  # when it last signed a message we saw in a joined room
     me: bool
+    first_seen: bool = False  # the name is bound to it (the first PeerId seen using it)
+    verified: bool = False  # a contact this user verified
 
 
 def whois_output(name: str, found: list[Whois]) -> OutputEvent:
@@ -180,6 +191,10 @@ def whois_output(name: str, found: list[Whois]) -> OutputEvent:
     ]
     for who in found:
         facts = ["you"] if who.me else []
+        if who.first_seen:
+            facts.append("first seen with this name")
+        if who.verified:
+            facts.append("verified")
         facts.append(who.connection or "not connected")
         if who.roles:
             facts.append("roles " + ", ".join(who.roles))
@@ -202,6 +217,8 @@ def whois_output(name: str, found: list[Whois]) -> OutputEvent:
                     "rooms": w.rooms,
                     "heard_at_ms": w.heard_at_ms,
                     "me": w.me,
+                    "first_seen": w.first_seen,
+                    "verified": w.verified,
                 }
                 for w in found
             ],

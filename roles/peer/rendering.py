@@ -61,10 +61,14 @@ class View:
     bell: bool = False
 
 
+VERIFIED = " ✓"  # after the name of a contact this user verified (/verify ... confirm)
+
+
 def render_message(event: MessageEvent, view: View = View()) -> str:
     """A chat message as the console shows it (see the module's note)."""
     room = f"#{event.room} " if view.room is not None and event.room != view.room else ""
-    who = f"{safe_name(event.sender_name)} ({short_id(event.sender)})"
+    mark = VERIFIED if event.verified else ""
+    who = f"{safe_name(event.sender_name)}{mark} ({short_id(event.sender)})"
     if event.action:
         header = f"[{timestamp(event.sent_at_ms)}] {room}* {who} "
     else:
@@ -81,7 +85,7 @@ def render_message(event: MessageEvent, view: View = View()) -> str:
 def render_direct(event: DirectEvent, view: View = View()) -> str:
     """A direct message, tagged ``[dm]`` so it never passes for a room's: ``[dm] Alice
     (12D3Ko…QPNK): …`` received, ``[dm to Alice (12D3Ko…QPNK)] …`` sent."""
-    who = f"{safe_name(event.name)} ({short_id(event.peer)})"
+    who = f"{safe_name(event.name)}{VERIFIED if event.verified else ''} ({short_id(event.peer)})"
     tag = f"[dm to {who}] " if event.own else f"[dm] {who}: "
     return after_header(f"[{timestamp(event.sent_at_ms)}] {tag}", event.text, view.width)
 

@@ -35,19 +35,27 @@ from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
 from p2pchat.node.moderation import RoomModeration, refusal_log
 from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
 from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
 from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
+from p2pchat.roles.peer.contacts import NAMESPACE as CONTACTS_NAMESPACE
+from p2pchat.roles.peer.contacts import Contacts, ContactsObserver
 from p2pchat.roles.peer.dm import NAMESPACE as DM_NAMESPACE
 from p2pchat.roles.peer.dm import DirectMessages, DmObserver
+from p2pchat.roles.peer.dm_conversations import NAMESPACE as DMLOG_NAMESPACE
+from p2pchat.roles.peer.dm_conversations import TAG, ConversationsObserver, ConversationStore
+from p2pchat.roles.peer.dm_rooms import DmRooms
 from p2pchat.roles.peer.events import (
     CaughtUpEvent,
     ChatEvent,
     ConnectionEvent,
+    DirectEvent,
     ErrorEvent,
     HistoryEndEvent,
+    MessageEvent,
     NoticeEvent,
     OutputEvent,
     PeerEvent,
@@ -76,6 +84,7 @@ from p2pchat.roles.peer.presentation import (
 from p2pchat.roles.peer.retention import Retention
 from p2pchat.roles.peer.rooms import MAX_ROOMS, RememberedRooms, Room, Rooms
 from p2pchat.roles.peer.rooms import NAMESPACE as ROOMS_NAMESPACE
+from p2pchat.roles.peer.trust import Trust
 
 HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
 
@@ -106,7 +115,9 @@ class RoomPubsub(Protocol):
     def watch_subscriptions(self, watcher: Callable[[SubscriptionEvent], None]) -> None: ...
 
 
-class ChatObserver(InboundObserver, OutboxObserver, DmObserver, Protocol):
+class ChatObserver(
+    InboundObserver, OutboxObserver, DmObserver, ContactsObserver, ConversationsObserver, Protocol
+):
     """What the chat service and its parts report (the role's metrics implement it)."""
 
     def rooms_joined(self, count: int) -> None:
@@ -173,9 +184,25 @@ class ChatService:
         self._remembered = RememberedRooms(ctx.keys(ROOMS_NAMESPACE))
         self._ignored = Ignored(ctx.keys(IGNORE_NAMESPACE))
         self._names = Names(
-            self._me, ctx.keys(NAMES_NAMESPACE), settings.name, settings.max_known_names
+            self._me,
+            ctx.keys(NAMES_NAMESPACE),
+            settings.name,
+            settings.max_known_names,
+            claims=lambda peer, name: self._trust.claimed(peer, name),
         )
         refusals = refusal_log(ctx.log)
+        self._trust = Trust(
+            self._me,
+            Contacts(
+                self._me,
+                ctx.keys(CONTACTS_NAMESPACE),
+                settings.max_name_bindings,
+                observer,
+                RefusalLog(ctx.log, "name binding dropped"),
+            ),
+            self._names,
+            emit,
+        )
         self._moderator = Moderator(
             self._me,
             RoomModeration(
@@ -201,7 +228,7 @@ class ChatService:
             observer,
             settings.max_message_bytes,
             self._retention.trim_if_over,
-            emit,
+            self._marked,
             new_sender=lambda: self._changes.note(),
             moderated=self._moderator.decided,
             refused=lambda reason, room, sender: refusals.refused(reason, room=room, sender=sender),
@@ -219,15 +246,36 @@ class ChatService:
             ctx.discovered_peers,
             self._chat_peer,
         )
+        conversations = (
+            ConversationStore(
+                ctx.keys(DMLOG_NAMESPACE),
+                observer,
+                settings.history_max_messages,
+                int(settings.history_max_age_days * 86_400_000),
+                settings.max_message_bytes,
+                refusals=RefusalLog(ctx.log, "dm conversation dropped"),
+            )
+            if settings.dm_history
+            else None
+        )
+        self._dm_rooms = DmRooms(
+            conversations,
+            self._me,
+            self.name_of,
+            self._trust.resolve,
+            self._trust.mark,
+            self._trust.bound_to,
+        )
         self._dm = DirectMessages(
             ctx.host,
             ctx.keys(DM_NAMESPACE),
             settings,
             observer,
-            emit,
+            self._direct_event,
             self.name_of,
             ctx.log,
             find_peer=ctx.find_peer,
+            shown_before=conversations.has if conversations is not None else lambda p, i: False,
         )
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
@@ -289,11 +337,14 @@ class ChatService:
 
     @property
     def current_room(self) -> str:
-        return self._rooms.current
+        """The current room's name, or the current DM conversation's tag (``@alice``)."""
+        peer = self._dm_rooms.current
+        return self._rooms.current if peer is None else self._dm_rooms.tag(peer)
 
     def unread_counts(self) -> dict[str, int]:
-        """Unread messages per joined room (safe to call from the console's thread)."""
-        return self._rooms.unread()
+        """Unread messages per joined room and open DM conversation (safe to call from the
+        console's thread)."""
+        return {**self._rooms.unread(), **self._dm_rooms.unread()}
 
     @property
     def display_name(self) -> str:
@@ -333,7 +384,7 @@ class ChatService:
         await self._emit_waiting(CaughtUpEvent(room, len(new), sources, len(shown)))
         for stored in shown:
             for event in history_events([stored], self._me, self._names.own):
-                await self._emit_waiting(event)
+                await self._emit_waiting(self._trust.mark(event))
 
     def warning(self, summary: str) -> None:
         """Show a warning of the node (a log line, summarised) as one notice."""
@@ -351,7 +402,10 @@ class ChatService:
 
     async def send(self, text: str, room: str | None = None) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) to ``room`` (default:
-        the current one, which must be joined); returns the answer, as :meth:`execute` does."""
+        the current one, which must be joined, or the current DM conversation's peer); returns
+        the answer, as :meth:`execute` does."""
+        if room is None and self._dm_rooms.current is not None:
+            return await self.send_direct(self._dm_rooms.current, text)
         target = room or self._rooms.current
         if target not in self._rooms:
             return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
@@ -369,6 +423,8 @@ class ChatService:
             return True
         if isinstance(parsed, Invalid):
             reply(ErrorEvent(parsed.code, parsed.hint, parsed.command))
+        elif isinstance(parsed, Send) and self._dm_rooms.current is not None:
+            await self._direct_to(self._dm_rooms.current, parsed.text, reply)
         elif isinstance(parsed, Send):
             refused = self._moderator.refused_to_me(self._rooms.current)
             if refused is not None:
@@ -400,6 +456,8 @@ class ChatService:
             self._unignore(argument, reply)
         elif name == "name":
             await self._set_name(argument, reply)
+        elif name == "history" and self._dm_rooms.current is not None:
+            self._dm_rooms.history(int(argument) if argument else DEFAULT_HISTORY, reply)
         elif name == "history":
             self._show_history(current, int(argument) if argument else DEFAULT_HISTORY, reply)
         elif name == "search":
@@ -416,14 +474,26 @@ class ChatService:
             reply(self._moderator.mods(argument or current))
         elif name in ("mute", "unmute", "remove", "unremove"):
             await self._moderator.decide(name, current, argument, self._peer_named, reply)
+        elif name == "leave" and (
+            argument.startswith(TAG) or (self._dm_rooms.current and not argument)
+        ):
+            if not self._dm_rooms.close(argument or self.current_room, reply):
+                reply(ErrorEvent("not_in_room", f"no open conversation {argument}", "leave"))
         elif name == "leave":
             await self._leave(argument or current, reply)
         elif name == "rooms":
-            reply(rooms_output(self._rooms.names(), current, self._rooms.unread()))
+            rooms = rooms_output(self._rooms.names(), self.current_room, self._rooms.unread())
+            reply(self._dm_rooms.rooms_output(rooms))
+        elif name == "switch" and argument.startswith(TAG):
+            self._dm_rooms.open(argument, "switch", reply)
+        elif name == "dm":
+            self._dm_rooms.open(argument, "dm", reply)
         elif name == "switch":
             self._switch(argument, reply)
         elif name == "msg":
             await self._direct(argument, reply)
+        elif name == "verify":
+            self._trust.verify(argument, reply)
 
     async def send_direct(self, to: str, text: str) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) as a direct message
@@ -465,7 +535,7 @@ class ChatService:
         shown = [m for m in messages if m.sender not in self._ignored]
         events = history_events(shown, self._me, self._names.own)
         for event in events:
-            reply(event)
+            reply(self._trust.mark(event))
         return len(events)
 
     def _show_history(self, room: str, limit: int, reply: Reply) -> None:
@@ -558,29 +628,27 @@ class ChatService:
     # --- ignoring --------------------------------------------------------------------------------
 
     def _peer_named(self, who: str, command: str, reply: Reply) -> str | None:
-        """The one peer ``who`` names: a PeerId as given, or the only known peer using that
-        name; None (and an error replied) when it names none or several."""
-        if who.startswith(("12D3Koo", "Qm")) and len(who) >= 46:
-            return who
-        peers = self._names.peers_named(who)
-        if not peers:
-            reply(
-                ErrorEvent(
-                    "unknown_name", f"nobody known here uses the name {safe_name(who)}", command
-                )
-            )
+        """The one peer ``who`` names (:meth:`Trust.resolve`); None (and an error replied)
+        when it names none or several."""
+        peer = self._trust.resolve(who, command)
+        if isinstance(peer, ErrorEvent):
+            reply(peer)
             return None
-        if len(peers) > 1:
-            reply(
-                ErrorEvent(
-                    "ambiguous_name",
-                    f"{len(peers)} peers use the name {safe_name(who)}: give the peer id "
-                    f"(/whois {safe_name(who)} lists them)",
-                    command,
-                )
-            )
-            return None
-        return peers[0]
+        return peer
+
+    def _marked(self, event: ChatEvent) -> None:
+        """What the inbound pipeline emits, messages of verified contacts marked."""
+        self._emit(self._trust.mark(event) if isinstance(event, MessageEvent) else event)
+
+    def _direct_event(self, event: ChatEvent) -> None:
+        """What direct messages emit: a received one's peer is checked against the name it
+        is shown with (who-is-who), and marked if verified."""
+        if isinstance(event, DirectEvent):
+            if not event.own:
+                self._trust.claimed(event.peer, event.name)
+            event = self._trust.mark(event)
+            self._dm_rooms.record(event)
+        self._emit(event)
 
     def _ignore(self, who: str, reply: Reply) -> None:
         """/ignore <name|id>: drop that peer's messages from now on; /ignore: the list."""
@@ -631,6 +699,9 @@ class ChatService:
 
     def _whois(self, name: str, reply: Reply) -> None:
         peers = self._names.peers_named(name)
+        bound = self._trust.bound_to(name)
+        if bound is not None and bound not in peers:
+            peers.insert(0, bound)  # known by it first, even if it uses another name now
         if self._names.display_name.casefold() == name.casefold():
             peers.insert(0, self._me)
         if not peers:
@@ -654,6 +725,8 @@ class ChatService:
                     rooms=[room.name for room in self._rooms if peer in room.members],
                     heard_at_ms=max(heard) if heard else None,
                     me=peer == self._me,
+                    first_seen=peer == bound,
+                    verified=self._trust.is_verified(peer),
                 )
             )
         reply(whois_output(name, found))
@@ -682,6 +755,7 @@ class ChatService:
         await self._join(room)
         self._remembered.joined(room)
         self._rooms.switch(room)
+        self._dm_rooms.leave_current()
         reply(NoticeEvent("room_joined", f"joined {room}", {"room": room}))
 
     async def _create(self, name: str, reply: Reply) -> None:
@@ -755,6 +829,7 @@ class ChatService:
         except KeyError:
             reply(ErrorEvent("not_in_room", f"you are not in {room}; /join {room} first", "switch"))
             return
+        self._dm_rooms.leave_current()
         unread = self._rooms.take_unread(room)
         reply(
             NoticeEvent(
@@ -846,6 +921,7 @@ class ChatService:
             room.heard_since(now_ms() - HEARD_RECENTLY_MS) if room is not None else (),
             self.name_of,
             lambda peer: self._ctx.peer_roles(peer) or (),
+            self._trust.is_verified,
         )
 
     def _info_output(self) -> OutputEvent:
