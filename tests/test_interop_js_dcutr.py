@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from p2pchat.node.relay_handover import LOOKS
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -365,17 +366,22 @@ CIRCUIT_LIMIT = 30  # seconds the test relay lets a relayed connection live (go-
 KEEP_MAX = 15  # holepunch.keep_relayed_max of the p2pchat peer when the relay allows an hour
 
 
-def _chat_round(py: NodeProcess, js: JsPunchPeer, text: str) -> None:
-    """``text`` from p2pchat to js and back from js to p2pchat; each must arrive."""
-    py.say(f"{text} from p2pchat")
+def _carries(text: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: a js peer's output line of a received chat message of ``text``."""
 
-    def from_py(event: dict[str, Any]) -> bool:
+    def predicate(event: dict[str, Any]) -> bool:
         if "message" not in event:
             return False
         got = decode(bytes.fromhex(event["message"]["data_hex"]), max_text_bytes=4096)
-        return isinstance(got, ChatText) and got.text == f"{text} from p2pchat"
+        return isinstance(got, ChatText) and got.text == text
 
-    js.next(from_py, timeout=WAIT / 2)
+    return predicate
+
+
+def _chat_round(py: NodeProcess, js: JsPunchPeer, text: str) -> None:
+    """``text`` from p2pchat to js and back from js to p2pchat; each must arrive."""
+    py.say(f"{text} from p2pchat")
+    js.next(_carries(f"{text} from p2pchat"), timeout=WAIT / 2)
     chat = ChatText(
         id=new_message_id(),
         room=ROOM,
@@ -453,3 +459,35 @@ def test_js_keeps_sending_after_the_upgrade_when_its_pubsub_ran_on_the_relay(
     handovers = "p2pchat_relayed_handover_total"
     assert _total(py, handovers, outcome="resumed") == 1, py.log[-40:]
     assert _total(py, handovers) == 1
+
+
+def test_a_peer_that_never_reopens_its_stream_is_given_up_on_after_six_renewals(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # The renewals are bounded: a js peer whose GossipSub never opens a second stream
+    # (--never-reopen) is renewed six times, then the handover ends as "failed", counted.
+    pair = _pair(
+        lab,
+        tmp_path,
+        nodes,
+        js_peers,
+        "js-dialer",
+        "--pubsub-on-limited",
+        "--keep-relayed",
+        "--never-reopen",
+        py_env={"P2PCHAT_HOLEPUNCH__KEEP_RELAYED_MAX": str(KEEP_MAX)},
+    )
+    py, js = pair.py, pair.js
+    logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    wait_members(py, 1)
+    _chat_round(py, js, "before")  # js's stream on the relayed connection, kept
+    kept = logged(py, "relayed connection kept for the peer's pubsub stream", timeout=WAIT)
+    assert kept["seconds"] >= KEEP_MAX - 1
+    finished = logged(py, "relayed handover finished", timeout=WAIT, peer=js.peer_id)
+    assert (finished["outcome"], finished["renewals"]) == ("failed", len(LOOKS))
+    handovers = "p2pchat_relayed_handover_total"
+    assert _total(py, handovers, outcome="failed") == 1
+    assert _total(py, handovers) == 1
+    # We still reach js directly; only js cannot send (its library's choice).
+    py.say("still heard by js")
+    js.next(_carries("still heard by js"), timeout=WAIT)

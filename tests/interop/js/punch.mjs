@@ -4,7 +4,7 @@
 //
 // usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
 //                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
-//                       [--pubsub-on-limited] [--keep-relayed]
+//                       [--pubsub-on-limited] [--keep-relayed] [--never-reopen]
 //   --listen IP        listen on /ip4/IP/tcp/0
 //   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay
 //   --dial CIRCUIT_MA  once ready, dial that (relayed) address
@@ -18,6 +18,8 @@
 //   --keep-relayed     DCUtR does not close the relayed connection after a successful punch:
 //                      the first close() of each relayed connection is ignored, so it is left
 //                      to the other side and to the relay's limits (a peer that keeps it)
+//   --never-reopen     GossipSub opens its outbound stream to a peer once only, never again
+//                      (a library that does not reopen it, whatever the other side does)
 //
 // js-libp2p 3 ignores TCP observed addresses (identify, js-libp2p#2620) and dials from
 // ephemeral ports, so on its own it has no TCP address a hole punch can reach. The test makes
@@ -55,7 +57,8 @@ const { values: opts } = parseArgs({
     announce: { type: 'string' },
     'fix-dcutr-roles': { type: 'boolean' },
     'pubsub-on-limited': { type: 'boolean' },
-    'keep-relayed': { type: 'boolean' }
+    'keep-relayed': { type: 'boolean' },
+    'never-reopen': { type: 'boolean' }
   }
 })
 if (opts.topic == null || opts.listen == null) {
@@ -163,6 +166,21 @@ node.services.pubsub.addEventListener('message', (event) => {
   const msg = event.detail
   say({ message: { from: msg.from?.toString(), topic: msg.topic, data_hex: Buffer.from(msg.data).toString('hex') } })
 })
+if (opts['never-reopen']) {
+  const pubsub = node.services.pubsub
+  const create = pubsub.createOutboundStream.bind(pubsub)
+  const opened = new Set()
+  pubsub.createOutboundStream = async (peerId, connection) => {
+    const id = peerId.toString()
+    if (opened.has(id)) {
+      return
+    }
+    await create(peerId, connection)
+    if (pubsub.streamsOutbound.has(id)) {
+      opened.add(id)
+    }
+  }
+}
 if (opts['fix-dcutr-roles']) {
   dialDcutrAsResponder(node)
 }
