@@ -461,6 +461,28 @@ def test_js_keeps_sending_after_the_upgrade_when_its_pubsub_ran_on_the_relay(
     assert _total(py, handovers) == 1
 
 
+def test_js_that_closes_the_relayed_connection_itself_keeps_sending(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # Stock js-libp2p 3: its DCUtR closes the relayed connection as soon as its dial succeeded,
+    # and its GossipSub stream (run on limited connections) with it. Nothing to keep: js must
+    # be heard on the direct connection again (its stream reopened on a new stream of ours).
+    pair = _pair(lab, tmp_path, nodes, js_peers, "js-dialer", "--pubsub-on-limited")
+    py, js = pair.py, pair.js
+    logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    js.next(_connection("close", py.peer_id, relayed=True), timeout=WAIT)
+    wait_members(py, 1)
+    for rounds in range(1, 11):
+        _chat_round(py, js, f"round {rounds}")
+        time.sleep(0.5)
+    handovers = "p2pchat_relayed_handover_total"
+    deadline = time.monotonic() + WAIT  # counted once its last renewal is answered
+    while not _total(py, handovers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _total(py, handovers, outcome="failed") == 0
+    assert _total(py, handovers) == 1
+
+
 def test_a_peer_that_never_reopens_its_stream_is_given_up_on_after_six_renewals(
     lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
 ) -> None:
