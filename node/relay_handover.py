@@ -21,9 +21,12 @@ So, :data:`GRACE` seconds after the direct connection is up (:meth:`RelayHandove
    (a peer that speaks pubsub but has no stream to us at all lost it already: on to 2.);
 2. then the relayed connection is closed (if still open), and the peer must be heard on a
    direct one: while it is not, our stream is renewed
-   (:meth:`~p2pchat.node.p2p.pubsub.NodeGossip.renew_stream`) at once and then after 0.1, 0.2,
-   0.4, 0.8, 1.6 s, and looked for again 3.2 s after the last: a new stream of ours makes
-   js-gossipsub open its own, and costs go and py nothing.
+   (:meth:`~p2pchat.node.p2p.pubsub.NodeGossip.renew_stream`) at once and then 0.1, 0.2, 0.4,
+   0.8 and 1.6 s apart (six times at most), and looked for a last time 3.2 s later: a new
+   stream of ours makes js-gossipsub open its own, and costs go and py nothing. No redial: a
+   peer behind NAT cannot simply be dialled again once its punched connection is closed (that
+   takes a new relayed connection and a new punch), and the libraries above all reopen on a
+   renewal or by themselves.
 
 Each handover ends with one outcome in ``p2pchat_relayed_handover_total``: ``not_needed`` (the
 peer's stream was not on the relay only: closed after the grace as before), ``resumed`` (the

@@ -41,6 +41,10 @@ What the library does by default, and what this module does instead:
   replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
   them until a write fails, then forgets the peer's subscriptions -> when a direct connection
   to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`);
+  the peer's own stream is its library's business: where it lives is tracked
+  (:mod:`~p2pchat.node.p2p.pubsub_streams`), and our stream can be renewed to make a
+  js-gossipsub peer reopen its own (:meth:`NodeGossip.renew_stream`, issue #20); a sending loop
+  whose queue moved to a new stream does not declare the peer dead when its old stream fails;
 - (trap 26, not in the notes) pubsub learns of peers only from connections opened after it was
   created: a peer already connected is never sent our subscriptions, so it never sends us a
   message -> when the pubsub starts, every connected peer is registered, as go-libp2p does;
