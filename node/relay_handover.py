@@ -44,6 +44,7 @@ import structlog
 import trio
 from p2pchat.node.p2p.direct import close_relayed, has_direct_connection, has_relayed
 from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.refusals import RefusalLog
 
 GRACE = 2.0  # seconds the relayed connection stays in any case after a direct one is up
 POLL = 1.0  # seconds between two looks at where the peer's stream is, while kept
@@ -106,6 +107,11 @@ class RelayHandover:
         self._log = log
         self._keep_max = keep_max
         self._running: set[str] = set()  # one handover per peer
+        # A peer not heard after the renewals (reason "renewals") or whose direct connection
+        # went away meanwhile ("direct_gone"): a warning, at most one a minute per reason.
+        self._unheard = RefusalLog(
+            log, "peer not heard after the relayed handover", level="warning"
+        )
 
     async def run(self, peer: str) -> None:
         """Retire the relayed connections to ``peer``, a direct connection being up (run as a
@@ -147,7 +153,11 @@ class RelayHandover:
         await close_relayed(self._host, peer)
         outcome, renewals = await self._resume(pubsub, peer)
         self._observer.handover_finished(outcome)
-        self._log.info("relayed handover finished", peer=peer, outcome=outcome, renewals=renewals)
+        if outcome == "resumed":
+            self._log.info("relayed handover finished", peer=peer, renewals=renewals)
+        else:
+            reason = "renewals" if renewals == len(LOOKS) else "direct_gone"
+            self._unheard.refused(reason, peer=peer, renewals=renewals)
 
     async def _resume(self, pubsub: PubsubStreams, peer: str) -> tuple[str, int]:
         """Wait for ``peer``'s stream on a direct connection, renewing ours: (outcome, how
