@@ -222,6 +222,7 @@ def _pair(
             "--reserve",
             relay_addr,
             "--fix-dcutr-roles",
+            *js_args,
         )
         circuit = f"{relay_addr}/p2p-circuit/p2p/{js.peer_id}"
         assert circuit in js.next(lambda e: "reservation" in e)["reservation"]["addrs"]
@@ -393,9 +394,21 @@ def _chat_round(py: NodeProcess, js: JsPunchPeer, text: str) -> None:
     py.next_event(is_message(f"{text} from js"), timeout=WAIT / 2)
 
 
-@pytest.mark.parametrize("ended_by", ["relay-limit", "keep-max"])
+@pytest.mark.parametrize(
+    ("js_role", "ended_by"),
+    [
+        ("js-dialer", "relay-limit"),
+        ("js-dialer", "keep-max"),
+        ("js-listener-roles-fixed", "relay-limit"),
+    ],
+)
 def test_js_keeps_sending_after_the_upgrade_when_its_pubsub_ran_on_the_relay(
-    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer], ended_by: str
+    lab: Lab,
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    js_peers: list[JsPunchPeer],
+    js_role: str,
+    ended_by: str,
 ) -> None:
     # Issue #20, bug 1. js-gossipsub run on limited connections (as js-libp2p 2.10 clients
     # do) opens its one outbound stream on the relayed connection, and opens another only when
@@ -405,14 +418,15 @@ def test_js_keeps_sending_after_the_upgrade_when_its_pubsub_ran_on_the_relay(
     # was lost, while /peers showed "direct". Now it keeps the relayed connection while the js
     # stream lives on it, until the relay's limit (30 s here) or its own keep_relayed_max (15 s
     # here, the relay allowing an hour) ends it, then has js reopen its stream on the direct
-    # connection. The chat goes on both ways, every message, past that end.
+    # connection. The chat goes on both ways, every message, past that end. Both DCUtR roles:
+    # p2pchat initiating (js dialled its circuit address) and serving (it dialled js's).
     limit = CIRCUIT_LIMIT if ended_by == "relay-limit" else KEEP_MAX
     pair = _pair(
         lab,
         tmp_path,
         nodes,
         js_peers,
-        "js-dialer",
+        js_role,
         "--pubsub-on-limited",
         "--keep-relayed",
         relay_env=(
