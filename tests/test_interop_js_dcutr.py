@@ -45,6 +45,14 @@ on an observed address without an IP (see ``_circuit_conn_addr`` in node/p2p/cir
 a js peer never learnt our protocols over a relay and never started DCUtR. And p2pchat's
 initiator retried only on the stream of its first round, which js-libp2p ends after a failed
 round: it gave up after one attempt without recording an outcome (node/holepunch.py).
+
+A third (issue #20, bug 1): js-gossipsub run on limited connections keeps its one stream on the
+relayed connection and reopens it only on a new connection or a new stream of ours arriving
+while it has none; p2pchat closed the relayed connection 2 s after the punch and js went silent
+for good. The handover tests (punch.mjs ``--pubsub-on-limited``, ``--keep-relayed``,
+``--never-reopen``) check node/relay_handover.py: the relayed connection kept while js's stream
+is on it, then js heard on the direct connection again, every message both ways, and the
+renewals bounded.
 """
 
 from __future__ import annotations
