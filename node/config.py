@@ -492,6 +492,15 @@ class HolePunchSection(_Section):
         default=True,
         description="Upgrade relayed connections to direct ones (DCUtR), and help peers do it.",
     )
+    keep_relayed_max: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="Seconds a relayed connection replaced by a direct one is kept at most while "
+        "the peer's pubsub stream to us is on it (its library may not move it: js-gossipsub); "
+        "the relay's own limits usually end it first. Then the peer is made to reopen it on "
+        "the direct connection.",
+    )
 
 
 class RelaySection(_Section):

@@ -21,9 +21,11 @@ initiate, and two punches at once through the same ports defeat each other. Then
 the smaller PeerId initiates and the other one only answers (go-libp2p leaves it to chance).
 
 On success new streams take the direct connection at once (the swarm prefers direct ones) and
-the relayed connection is closed :data:`GRACE` seconds later; GossipSub re-opens its stream on
-the direct connection. On failure everything stays on the relay. Outcomes are counted per side
-(initiator, receiver) in ``libp2p_holepunch_outcomes_total``, as go-libp2p does.
+the relayed connection is retired by the ``after_direct`` task given (the node gives
+:class:`~p2pchat.node.relay_handover.RelayHandover`, which keeps it while the peer's pubsub
+stream lives on it); without one it is closed :data:`GRACE` seconds later. On failure
+everything stays on the relay. Outcomes are counted per side (initiator, receiver) in
+``libp2p_holepunch_outcomes_total``, as go-libp2p does.
 
 The receiver serves DCUtR only over relayed connections, one exchange per peer at a time, at
 most :data:`MAX_ATTEMPTS` rounds. Malformed, oversized, unexpected or late messages end the
@@ -32,7 +34,7 @@ exchange and are counted; they never reach the node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import multiaddr
@@ -143,9 +145,16 @@ class HolePunch:
     """Upgrades this node's relayed connections to direct ones, and helps peers do the same."""
 
     def __init__(
-        self, host: P2PHost, observer: HolePunchObserver, log: structlog.stdlib.BoundLogger
+        self,
+        host: P2PHost,
+        observer: HolePunchObserver,
+        log: structlog.stdlib.BoundLogger,
+        after_direct: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """``after_direct(peer)`` runs as a task once a direct connection to ``peer`` replaced
+        a relayed one, to retire the relayed one (default: closed after :data:`GRACE`)."""
         self._host = host
+        self._after_direct = after_direct if after_direct is not None else self._close_relayed_later
         self._observer = observer
         self._log = log
         self._initiating: set[str] = set()  # peers we may punch towards (checks, dials, rounds)
@@ -377,7 +386,7 @@ class HolePunch:
 
     def _migrate(self, peer: str) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(self._close_relayed_later, peer)
+            self._nursery.start_soon(self._after_direct, peer)
 
     async def _close_relayed_later(self, peer: str) -> None:
         await trio.sleep(GRACE)

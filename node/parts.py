@@ -38,6 +38,7 @@ from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.p2p.pubsub import NodeGossip, PubsubLimits
 from p2pchat.node.p2p.scoring import ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings
+from p2pchat.node.relay_handover import RelayHandover
 from p2pchat.node.rendezvous import ArchiverFinder, Rendezvous
 from p2pchat.node.role import NodeContext, Role
 from p2pchat.node.store import Store
@@ -189,7 +190,14 @@ def _autorelay(w: Wiring) -> Capability:
 
 
 def _holepunch(w: Wiring) -> Capability:
-    return HolePunch(w.host, w.metrics.holepunch, w.log)
+    handover = RelayHandover(
+        w.host,
+        lambda: w.gossip,  # built after this part (rooms), None in a node without rooms
+        w.metrics.holepunch,
+        w.log,
+        keep_max=w.config.holepunch.keep_relayed_max,
+    )
+    return HolePunch(w.host, w.metrics.holepunch, w.log, after_direct=handover.run)
 
 
 def pubsub_limits(section: PubsubSection) -> PubsubLimits:

@@ -9,6 +9,7 @@ See tests/nat_lab.py for the topology.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,21 @@ def test_hole_punch_through_nat(
     for node, side in ((listener, "initiator"), (dialer, "receiver")):
         assert node.metric("libp2p_holepunch_outcomes_total", side=side, outcome=outcome) == 1, side
         assert node.metric("p2pchat_holepunch_protocol_errors_total", side=side) == 0
+    if nat == "port-preserving":
+        # Each side retired the relayed connection once, and heard the other directly after.
+        for node in (listener, dialer):
+            assert _handovers(node) == {"not_needed": 1} or _handovers(node) == {"resumed": 1}
+
+
+def _handovers(node: NodeProcess) -> dict[str, float]:
+    """``node``'s p2pchat_relayed_handover_total by outcome (those above 0), once one is
+    counted (the side that did not close the relayed connection counts after its grace)."""
+    deadline = time.monotonic() + 30
+    while True:
+        counts = {
+            outcome: node.metric("p2pchat_relayed_handover_total", outcome=outcome)
+            for outcome in ("not_needed", "resumed", "failed")
+        }
+        if any(counts.values()) or time.monotonic() > deadline:
+            return {outcome: count for outcome, count in counts.items() if count}
+        time.sleep(0.2)

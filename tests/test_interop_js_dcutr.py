@@ -45,6 +45,14 @@ on an observed address without an IP (see ``_circuit_conn_addr`` in node/p2p/cir
 a js peer never learnt our protocols over a relay and never started DCUtR. And p2pchat's
 initiator retried only on the stream of its first round, which js-libp2p ends after a failed
 round: it gave up after one attempt without recording an outcome (node/holepunch.py).
+
+A third (issue #20, bug 1): js-gossipsub run on limited connections keeps its one stream on the
+relayed connection and reopens it only on a new connection or a new stream of ours arriving
+while it has none; p2pchat closed the relayed connection 2 s after the punch and js went silent
+for good. The handover tests (punch.mjs ``--pubsub-on-limited``, ``--keep-relayed``,
+``--never-reopen``) check node/relay_handover.py: the relayed connection kept while js's stream
+is on it, then js heard on the direct connection again, every message both ways, and the
+renewals bounded.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from p2pchat.node.relay_handover import LOOKS
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -193,12 +202,21 @@ class Pair:
 
 
 def _pair(
-    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer], js_role: str
+    lab: Lab,
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    js_peers: list[JsPunchPeer],
+    js_role: str,
+    *js_args: str,
+    relay_env: dict[str, str] = CHAT_FRIENDLY,
+    py_env: dict[str, str] | None = None,
 ) -> Pair:
-    """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
-    listener's circuit address. Returns once the relayed connection is open."""
+    """A p2pchat relay (its config from ``relay_env``), then the pair: the listener reserves a
+    slot on it, the dialer dials the listener's circuit address (the js peer started with
+    ``js_args`` too, the p2pchat peer with ``py_env`` in its environment). Returns once the
+    relayed connection is open."""
     relay = start_node_in(
-        lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
+        lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **relay_env
     )
     relay_addr = next(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
@@ -212,6 +230,7 @@ def _pair(
             "--reserve",
             relay_addr,
             "--fix-dcutr-roles",
+            *js_args,
         )
         circuit = f"{relay_addr}/p2p-circuit/p2p/{js.peer_id}"
         assert circuit in js.next(lambda e: "reservation" in e)["reservation"]["addrs"]
@@ -224,6 +243,7 @@ def _pair(
                 "--json",
                 "--bootstrap",
                 circuit,
+                **(py_env or {}),
             ),
             js,
             lab.dialer_ns,
@@ -238,10 +258,11 @@ def _pair(
             "--json",
             P2PCHAT_AUTORELAY__MODE="on",
             P2PCHAT_AUTORELAY__RELAYS=relay_addr,
+            **(py_env or {}),
         )
         logged(py, "relay reservation", relay=relay.peer_id)
         circuit = f"{relay_addr}/p2p-circuit/p2p/{py.peer_id}"
-        js = _js(js_peers, lab, lab.dialer_ns, lab.dialer_ip, "--dial", circuit)
+        js = _js(js_peers, lab, lab.dialer_ns, lab.dialer_ip, "--dial", circuit, *js_args)
         pair = Pair(py, js, lab.listener_ns, "initiator")
     pair.py.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     # They meet through the relay: the only way, each NAT drops the other's connections.
@@ -348,3 +369,173 @@ def test_a_failed_hole_punch_with_js_libp2p_takes_three_attempts(
     assert connection_kind(py, js.peer_id) == "relayed"
     to_py = [c for c in js.connections() if c["peer"] == py.peer_id]
     assert to_py and all(c["relayed"] and c["limited"] for c in to_py), to_py
+
+
+CIRCUIT_LIMIT = 30  # seconds the test relay lets a relayed connection live (go-libp2p: 120)
+KEEP_MAX = 15  # holepunch.keep_relayed_max of the p2pchat peer when the relay allows an hour
+
+
+def _carries(text: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: a js peer's output line of a received chat message of ``text``."""
+
+    def predicate(event: dict[str, Any]) -> bool:
+        if "message" not in event:
+            return False
+        got = decode(bytes.fromhex(event["message"]["data_hex"]), max_text_bytes=4096)
+        return isinstance(got, ChatText) and got.text == text
+
+    return predicate
+
+
+def _chat_round(py: NodeProcess, js: JsPunchPeer, text: str) -> None:
+    """``text`` from p2pchat to js and back from js to p2pchat; each must arrive."""
+    py.say(f"{text} from p2pchat")
+    js.next(_carries(f"{text} from p2pchat"), timeout=WAIT / 2)
+    chat = ChatText(
+        id=new_message_id(),
+        room=ROOM,
+        sender_name="js",
+        text=f"{text} from js",
+        sent_at_ms=int(time.time() * 1000),
+    )
+    js.send(f"publish {encode(chat).hex()}")
+    py.next_event(is_message(f"{text} from js"), timeout=WAIT / 2)
+
+
+@pytest.mark.parametrize(
+    ("js_role", "ended_by"),
+    [
+        ("js-dialer", "relay-limit"),
+        ("js-dialer", "keep-max"),
+        ("js-listener-roles-fixed", "relay-limit"),
+    ],
+)
+def test_js_keeps_sending_after_the_upgrade_when_its_pubsub_ran_on_the_relay(
+    lab: Lab,
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    js_peers: list[JsPunchPeer],
+    js_role: str,
+    ended_by: str,
+) -> None:
+    # Issue #20, bug 1. js-gossipsub run on limited connections (as js-libp2p 2.10 clients
+    # do) opens its one outbound stream on the relayed connection, and opens another only when
+    # that one is gone and a new connection or a new inbound stream of ours tells it to. Here js
+    # keeps the relayed connection after its DCUtR (--keep-relayed), so p2pchat is the one to
+    # end it. p2pchat used to close it 2 s after the punch: from then on every message from js
+    # was lost, while /peers showed "direct". Now it keeps the relayed connection while the js
+    # stream lives on it, until the relay's limit (30 s here) or its own keep_relayed_max (15 s
+    # here, the relay allowing an hour) ends it, then has js reopen its stream on the direct
+    # connection. The chat goes on both ways, every message, past that end. Both DCUtR roles:
+    # p2pchat initiating (js dialled its circuit address) and serving (it dialled js's).
+    limit = CIRCUIT_LIMIT if ended_by == "relay-limit" else KEEP_MAX
+    pair = _pair(
+        lab,
+        tmp_path,
+        nodes,
+        js_peers,
+        js_role,
+        "--pubsub-on-limited",
+        "--keep-relayed",
+        relay_env=(
+            {
+                "P2PCHAT_RELAY__CIRCUIT_DURATION": str(CIRCUIT_LIMIT),
+                "P2PCHAT_RELAY__CIRCUIT_DATA": str(1 << 20),
+            }
+            if ended_by == "relay-limit"
+            else CHAT_FRIENDLY
+        ),
+        py_env=(
+            {"P2PCHAT_HOLEPUNCH__KEEP_RELAYED_MAX": str(KEEP_MAX)} if ended_by == "keep-max" else {}
+        ),
+    )
+    relayed_since = time.monotonic()
+    py, js = pair.py, pair.js
+    logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    js.next(_connection("open", py.peer_id, relayed=False), timeout=PUNCH_WAIT)
+    wait_members(py, 1)
+
+    relay_gone = _connection("close", py.peer_id, relayed=True)
+    gone_at: float | None = None
+    rounds = 0
+    deadline = relayed_since + limit + 3 * WAIT
+    # Every message both ways, until well after the relayed connection ended.
+    while gone_at is None or time.monotonic() - gone_at < 10:
+        assert time.monotonic() < deadline, f"relayed connection never closed ({rounds} rounds)"
+        rounds += 1
+        try:
+            _chat_round(py, js, f"round {rounds}")
+        except AssertionError as error:
+            told = [line for line in py.raw_stderr if "relayed" in line or "pubsub" in line]
+            raise AssertionError(f"round {rounds}: {error}\np2pchat: {''.join(told)}") from None
+        if gone_at is None and any(relay_gone(e) for e in js.seen):
+            gone_at = time.monotonic()
+        time.sleep(1)
+    assert time.monotonic() - relayed_since > limit
+    kept = logged(py, "relayed connection kept for the peer's pubsub stream", peer=js.peer_id)
+    assert kept["seconds"] >= KEEP_MAX - 1 if ended_by == "keep-max" else kept["seconds"] > 0
+    assert connection_kind(py, js.peer_id) == "direct"
+    assert _open_relayed(py) == 0
+    # p2pchat kept the relayed connection for js's stream, then had js reopen it on the direct
+    # one; nothing else was retired.
+    handovers = "p2pchat_relayed_handover_total"
+    assert _total(py, handovers, outcome="resumed") == 1, py.log[-40:]
+    assert _total(py, handovers) == 1
+
+
+def test_js_that_closes_the_relayed_connection_itself_keeps_sending(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # Stock js-libp2p 3: its DCUtR closes the relayed connection as soon as its dial succeeded,
+    # and its GossipSub stream (run on limited connections) with it. Nothing to keep: js must
+    # be heard on the direct connection again (its stream reopened on a new stream of ours).
+    pair = _pair(lab, tmp_path, nodes, js_peers, "js-dialer", "--pubsub-on-limited")
+    py, js = pair.py, pair.js
+    logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    js.next(_connection("close", py.peer_id, relayed=True), timeout=WAIT)
+    wait_members(py, 1)
+    for rounds in range(1, 11):
+        _chat_round(py, js, f"round {rounds}")
+        time.sleep(0.5)
+    handovers = "p2pchat_relayed_handover_total"
+    deadline = time.monotonic() + WAIT  # counted once its last renewal is answered
+    while not _total(py, handovers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _total(py, handovers, outcome="failed") == 0
+    assert _total(py, handovers) == 1
+
+
+def test_a_peer_that_never_reopens_its_stream_is_given_up_on_after_six_renewals(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # The renewals are bounded: a js peer whose GossipSub never opens a second stream
+    # (--never-reopen) is renewed six times, then the handover ends as "failed", counted.
+    pair = _pair(
+        lab,
+        tmp_path,
+        nodes,
+        js_peers,
+        "js-dialer",
+        "--pubsub-on-limited",
+        "--keep-relayed",
+        "--never-reopen",
+        py_env={"P2PCHAT_HOLEPUNCH__KEEP_RELAYED_MAX": str(KEEP_MAX)},
+    )
+    py, js = pair.py, pair.js
+    logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=js.peer_id)
+    wait_members(py, 1)
+    _chat_round(py, js, "before")  # js's stream on the relayed connection, kept
+    kept = logged(py, "relayed connection kept for the peer's pubsub stream", timeout=WAIT)
+    assert kept["seconds"] >= KEEP_MAX - 1
+    unheard = logged(py, "peer not heard after the relayed handover", timeout=WAIT, peer=js.peer_id)
+    assert (unheard["reason"], unheard["renewals"], unheard["level"]) == (
+        "renewals",
+        len(LOOKS),
+        "warning",
+    )
+    handovers = "p2pchat_relayed_handover_total"
+    assert _total(py, handovers, outcome="failed") == 1
+    assert _total(py, handovers) == 1
+    # We still reach js directly; only js cannot send (its library's choice).
+    py.say("still heard by js")
+    js.next(_carries("still heard by js"), timeout=WAIT)

@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 
 class HolePunchMetrics:
-    """Implements :class:`~p2pchat.node.holepunch.HolePunchObserver`."""
+    """Implements :class:`~p2pchat.node.holepunch.HolePunchObserver` and
+    :class:`~p2pchat.node.relay_handover.HandoverObserver`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.outcomes = Counter(
@@ -30,6 +31,17 @@ class HolePunchMetrics:
             ("side",),
             registry=registry,
         )
+        self.handovers = Counter(
+            "p2pchat_relayed_handover",
+            "Relayed connections retired after a direct one replaced them, by outcome: "
+            "not_needed (the peer's pubsub stream was not on the relay only), resumed (kept while "
+            "the peer's stream was on it, then the peer heard on the direct one again), failed "
+            "(not heard on the direct one after six renewals of our stream).",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in ("not_needed", "resumed", "failed"):
+            self.handovers.labels(outcome=outcome)
 
     def direct_dial_finished(self, succeeded: bool) -> None:
         """Count a direct dial tried before hole punching."""
@@ -42,3 +54,7 @@ class HolePunchMetrics:
     def exchange_dropped(self, side: str) -> None:
         """Count a DCUtR exchange dropped for breaking the protocol or timing out."""
         self.protocol_errors.labels(side=side).inc()
+
+    def handover_finished(self, outcome: str) -> None:
+        """Count a relayed connection retired, by outcome (a fixed word)."""
+        self.handovers.labels(outcome=outcome).inc()

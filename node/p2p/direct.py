@@ -124,6 +124,11 @@ def has_direct_connection(host: P2PHost, peer: str) -> bool:
     return any(not _is_relayed(conn) for conn in _connections(host, peer))
 
 
+def has_relayed(host: P2PHost, peer: str) -> bool:
+    """Whether a connection to ``peer`` through a relay is open."""
+    return any(_is_relayed(conn) for conn in _connections(host, peer))
+
+
 def has_outbound_relayed(host: P2PHost, peer: str) -> bool:
     """Whether we dialled ``peer`` through a relay (and that connection is open)."""
     return any(

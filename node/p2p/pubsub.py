@@ -41,6 +41,10 @@ What the library does by default, and what this module does instead:
   replaced by a hole-punched one), the library keeps the peer with dead streams and sends into
   them until a write fails, then forgets the peer's subscriptions -> when a direct connection
   to a peer appears, its outbound stream moves there, queue and all (:meth:`_ChatPubsub.move_to`);
+  the peer's own stream is its library's business: where it lives is tracked
+  (:mod:`~p2pchat.node.p2p.pubsub_streams`), and our stream can be renewed to make a
+  js-gossipsub peer reopen its own (:meth:`NodeGossip.renew_stream`, issue #20); a sending loop
+  whose queue moved to a new stream does not declare the peer dead when its old stream fails;
 - (trap 26, not in the notes) pubsub learns of peers only from connections opened after it was
   created: a peer already connected is never sent our subscriptions, so it never sends us a
   message -> when the pubsub starts, every connected peer is registered, as go-libp2p does;
@@ -91,9 +95,11 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationResult
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
+from p2pchat.node.p2p.pubsub_streams import InboundStreams
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
@@ -380,6 +386,30 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         self._view: _ManagerView | None = None
         self._my_id_bytes = self.my_id.to_bytes()
         self._write_locks: WeakKeyDictionary[INetStream, trio.Lock] = WeakKeyDictionary()
+        self.inbound_streams = InboundStreams()  # where each peer's own sending lives (#20)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        # The library's handler, its error handling included; the stream is listed while read.
+        peer_id = stream.muxed_conn.peer_id
+        self.inbound_streams.add(peer_id, stream)
+        try:
+            await super().stream_handler(stream)
+        finally:
+            self.inbound_streams.remove(peer_id, stream)
+
+    async def handle_sending_messages(
+        self, peer_id: ID, stream: INetStream, queue: RpcQueue
+    ) -> None:
+        # The library's loop, except that a loop whose queue was handed over to a new stream
+        # (move_to, renew) failing on its last write is not the peer's death: the old stream
+        # may be closed under it.
+        try:
+            while (rpc := await queue.pop()) is not None:
+                if not await self.write_msg(stream, rpc):
+                    return
+        except Exception:  # the library's catch: any failure of the write ends the loop
+            if self.peer_queues.get(peer_id) is queue:
+                self._handle_dead_peer(peer_id)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         # Trap 30: besides a peer's send queue, GossipSub writes to the same stream itself
@@ -556,15 +586,19 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         for peer in peers:
             self.manager.run_task(self._handle_new_peer_with_retry, ID.from_base58(peer))
 
-    async def move_to(self, peer_id: ID) -> bool:
+    async def move_to(self, peer_id: ID, *, renew: bool = False) -> bool:
         """Move our outbound stream to ``peer_id`` off a relayed connection, onto the best one
         the swarm now has (a direct one), keeping the messages queued for it (trap 23).
 
         The new stream starts with the hello (our subscriptions), as any pubsub stream does; the
         peer reads both streams until the old one ends with its connection. Whether it moved.
+
+        ``renew``: replace the stream even if it is already direct, and close the old one once
+        its current write is done: a new stream of ours is what makes js-gossipsub open its own
+        again when it has none (issue #20, bug 1; :mod:`~p2pchat.node.p2p.pubsub_streams`).
         """
         old = self.peers.get(peer_id)
-        if old is None or transport_label(old.muxed_conn) != "p2p-circuit":
+        if old is None or (not renew and transport_label(old.muxed_conn) != "p2p-circuit"):
             return False
         stream = await self.host.new_stream(peer_id, self.protocols)
         if (
@@ -586,7 +620,20 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         self.peers[peer_id] = stream
         self.peer_queues[peer_id] = successor
         self.manager.run_task(self.handle_sending_messages, peer_id, stream, successor)
+        if renew:
+            self.manager.run_task(self._close_after_write, old)
         return True
+
+    async def _close_after_write(self, stream: INetStream) -> None:
+        """Close our replaced outbound ``stream`` once no RPC is being written to it."""
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            try:
+                await stream.close()
+            except Exception:  # already reset or gone with its connection: nothing to close
+                return
 
     async def process_received(self) -> None:
         """Validate, deliver and forward received messages in arrival order until cancelled.
@@ -1277,6 +1324,38 @@ class NodeGossip:
 
     def connection_closed(self, info: ConnectionInfo) -> None:
         return None
+
+    def remote_stream_transports(self, peer: str) -> list[str]:
+        """The transports of the connections ``peer``'s own live pubsub streams to us are on
+        (``tcp``, ``p2p-circuit``, ...; one per stream), empty if it has none: whether and
+        where we can hear it (:mod:`~p2pchat.node.p2p.pubsub_streams`)."""
+        try:
+            return self._pubsub.inbound_streams.transports(ID.from_base58(peer))
+        except ValueError:  # not a PeerId
+            return []
+
+    async def stream_ended(self, peer: str) -> None:
+        """Return when one of ``peer``'s pubsub streams to us ends next."""
+        await self._pubsub.inbound_streams.next_end(ID.from_base58(peer)).wait()
+
+    def has_stream_to(self, peer: str) -> bool:
+        """Whether we have a pubsub stream to ``peer`` (it speaks a pubsub protocol)."""
+        try:
+            return ID.from_base58(peer) in self._pubsub.peers
+        except ValueError:  # not a PeerId
+            return False
+
+    async def renew_stream(self, peer: str) -> bool:
+        """Replace our pubsub stream to ``peer`` with a new one on its best connection (a
+        direct one if any), queued messages kept, the old one closed: a peer whose library
+        opens its own stream only when one of ours arrives (js-gossipsub) opens it again.
+        Whether it was replaced; never raises."""
+        try:
+            renewed = await self._pubsub.move_to(ID.from_base58(peer), renew=True)
+        except Exception as error:  # the connection went away meanwhile, or not a PeerId
+            log.info("pubsub stream renewal failed", peer=peer, error=str(error))
+            return False
+        return bool(renewed)
 
     async def _move_streams(self) -> None:
         async for peer in self._direct_out:

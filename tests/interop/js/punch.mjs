@@ -4,12 +4,22 @@
 //
 // usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
 //                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
+//                       [--pubsub-on-limited] [--keep-relayed] [--never-reopen]
 //   --listen IP        listen on /ip4/IP/tcp/0
 //   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay
 //   --dial CIRCUIT_MA  once ready, dial that (relayed) address
 //   --dial-port PORT   every outbound TCP dial leaves from local port PORT (see below)
 //   --announce MA      announce MA besides the listen and circuit addresses
 //   --fix-dcutr-roles  make DCUtR's B side the server of the simultaneous open (see below)
+//   --pubsub-on-limited  run GossipSub on limited (relayed) connections too (its
+//                      runOnLimitedConnection): js-gossipsub then opens its one outbound stream
+//                      on the relayed connection and never reopens it when that connection
+//                      closes (issue #20's bug 1, as js-libp2p 2.10 clients run it)
+//   --keep-relayed     DCUtR does not close the relayed connection after a successful punch:
+//                      the first close() of each relayed connection is ignored, so it is left
+//                      to the other side and to the relay's limits (a peer that keeps it)
+//   --never-reopen     GossipSub opens its outbound stream to a peer once only, never again
+//                      (a library that does not reopen it, whatever the other side does)
 //
 // js-libp2p 3 ignores TCP observed addresses (identify, js-libp2p#2620) and dials from
 // ephemeral ports, so on its own it has no TCP address a hole punch can reach. The test makes
@@ -45,7 +55,10 @@ const { values: opts } = parseArgs({
     dial: { type: 'string' },
     'dial-port': { type: 'string' },
     announce: { type: 'string' },
-    'fix-dcutr-roles': { type: 'boolean' }
+    'fix-dcutr-roles': { type: 'boolean' },
+    'pubsub-on-limited': { type: 'boolean' },
+    'keep-relayed': { type: 'boolean' },
+    'never-reopen': { type: 'boolean' }
   }
 })
 if (opts.topic == null || opts.listen == null) {
@@ -125,16 +138,49 @@ const node = await createLibp2p({
   services: {
     identify: identify(),
     dcutr: dcutr(),
-    pubsub: gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true, globalSignaturePolicy: 'StrictSign' })
+    pubsub: gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true, globalSignaturePolicy: 'StrictSign', runOnLimitedConnection: opts['pubsub-on-limited'] === true })
   }
 })
 node.addEventListener('connection:open', (event) => say({ connection: { event: 'open', ...describe(event.detail) } }))
+if (opts['keep-relayed']) {
+  // @libp2p/dcutr closes the relayed connection as soon as its direct dial succeeded: spare it
+  node.addEventListener('connection:open', (event) => {
+    const conn = event.detail
+    if (!describe(conn).relayed) {
+      return
+    }
+    const close = conn.close.bind(conn)
+    let spared = false
+    conn.close = async (options) => {
+      if (!spared) {
+        spared = true
+        return
+      }
+      return close(options)
+    }
+  })
+}
 node.addEventListener('connection:close', (event) => say({ connection: { event: 'close', ...describe(event.detail) } }))
 node.services.pubsub.subscribe(opts.topic)
 node.services.pubsub.addEventListener('message', (event) => {
   const msg = event.detail
   say({ message: { from: msg.from?.toString(), topic: msg.topic, data_hex: Buffer.from(msg.data).toString('hex') } })
 })
+if (opts['never-reopen']) {
+  const pubsub = node.services.pubsub
+  const create = pubsub.createOutboundStream.bind(pubsub)
+  const opened = new Set()
+  pubsub.createOutboundStream = async (peerId, connection) => {
+    const id = peerId.toString()
+    if (opened.has(id)) {
+      return
+    }
+    await create(peerId, connection)
+    if (pubsub.streamsOutbound.has(id)) {
+      opened.add(id)
+    }
+  }
+}
 if (opts['fix-dcutr-roles']) {
   dialDcutrAsResponder(node)
 }

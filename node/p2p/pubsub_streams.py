@@ -1,0 +1,69 @@
+"""The pubsub streams a peer opened to us, by peer: which connections its sending lives on.
+
+GossipSub keeps one outbound stream per peer, and libraries differ in when they open another
+(issue #20, bug 1): go-libp2p-pubsub and py-libp2p open a new one when theirs dies while the
+peer is still connected; js-gossipsub opens one only on a new connection or when a new stream of
+ours arrives while it has none. So after a relayed connection is replaced by a direct one, what
+matters for hearing a peer is where *its* stream is, which only the receiving side sees: the
+pubsub registers every inbound pubsub stream here while it reads it
+(:meth:`~p2pchat.node.p2p.pubsub._ChatPubsub.stream_handler`).
+
+Bounded by the streams themselves: an entry lives exactly as long as the library reads that
+stream, and inbound streams per peer and protocol are capped by the stream limits
+(:mod:`~p2pchat.node.p2p.stream_limits`).
+"""
+
+from __future__ import annotations
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.peer.id import ID
+from p2pchat.node.p2p.streams import transport_label
+
+
+def _open(stream: INetStream) -> bool:
+    return not getattr(stream.muxed_conn, "is_closed", False)
+
+
+class InboundStreams:
+    """The live inbound pubsub streams of each peer."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[ID, set[INetStream]] = {}
+        # peer -> set when one of its streams ends next (asked for by a waiter, dropped when set)
+        self._ends: dict[ID, trio.Event] = {}
+
+    def add(self, peer: ID, stream: INetStream) -> None:
+        """``peer`` opened ``stream`` and it is being read."""
+        self._by_peer.setdefault(peer, set()).add(stream)
+
+    def remove(self, peer: ID, stream: INetStream) -> None:
+        """``stream`` of ``peer`` is no longer read (it ended, or failed)."""
+        streams = self._by_peer.get(peer)
+        if streams is None:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self._by_peer[peer]
+        ended = self._ends.pop(peer, None)
+        if ended is not None:
+            ended.set()
+
+    def next_end(self, peer: ID) -> trio.Event:
+        """An event set when one of ``peer``'s streams ends next (at most one kept per peer)."""
+        ended = self._ends.get(peer)
+        if ended is None:
+            ended = self._ends[peer] = trio.Event()
+        return ended
+
+    def transports(self, peer: ID) -> list[str]:
+        """The transports (``tcp``, ``ws``, ``p2p-circuit``, ...) of the connections ``peer``'s
+        live inbound pubsub streams are on, one entry per stream; empty if it has none."""
+        return sorted(
+            transport_label(stream.muxed_conn)
+            for stream in self._by_peer.get(peer, ())
+            if _open(stream)
+        )
+
+    def __len__(self) -> int:
+        return sum(len(streams) for streams in self._by_peer.values())
