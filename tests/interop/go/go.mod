@@ -1,6 +1,6 @@
 module p2pchat/interop/go
 
-go 1.26.8
+go 1.26.6
 
 require (
 	github.com/libp2p/go-libp2p v0.52.0
