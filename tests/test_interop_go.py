@@ -12,6 +12,7 @@ builds the peer; without it these tests fail with one line, they never skip.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -41,17 +42,25 @@ class GoPeer:
     """tests/interop/go's binary: its JSON lines are kept (a later `next` can match an earlier
     line), and its stderr too, for failures."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, netns: str | None = None) -> None:
         if not GO_PEER.exists():
             pytest.fail(
                 f"{GO_PEER} is missing: run `make interop-go` (needs Go; README, go-libp2p)"
             )
         self.proc = subprocess.Popen(
-            [str(GO_PEER), "-topic", ROOM, *args],
+            [
+                *(["ip", "netns", "exec", netns] if netns else []),
+                str(GO_PEER),
+                "-topic",
+                ROOM,
+                *args,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # go-libp2p's hole punching log, kept with stderr for failures.
+            env={**os.environ, "GOLOG_LOG_LEVEL": "error,p2p-holepunch=debug"},
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
@@ -127,6 +136,7 @@ def go_peers() -> Iterator[list[GoPeer]]:
     yield started
     for peer in started:
         peer.stop()
+        print(f"go peer {peer.ready.get('peer_id')} stderr:\n{''.join(peer.stderr)[-6000:]}")
 
 
 def go_peer(go_peers: list[GoPeer], *args: str) -> GoPeer:

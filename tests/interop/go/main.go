@@ -4,10 +4,11 @@
 // StrictSign on one room topic, p2pchat's chat payload (node/wire/chat.proto, Go code generated
 // into pb/) and its history protocol (node/wire/store_query.proto). With -relay it is also a
 // circuit relay v2 server (go-libp2p's default limits); as a client it can reserve a slot on a
-// relay.
+// relay. With -holepunch it runs go-libp2p's DCUtR.
 //
 // stdout: one JSON object per line, first {"ready": {"peer_id", "addrs"}}, then
-// {"message": {...}} for every message received on the topic and one reply per command.
+// {"message": {...}} for every message received on the topic, {"connection": {...}} for every
+// connection opened or closed, and one reply per command.
 // stdin: one command per line:
 //
 //	dial <multiaddr>            connect to a peer
@@ -17,6 +18,7 @@
 //	reserve <multiaddr>         reserve a slot on that relay; replies with the circuit address
 //	peers                       the connected peers and whether each connection is limited
 //	topic-peers                 the peers GossipSub knows in the room
+//	protocols                   the protocols this peer serves now
 //
 // A failed command answers {"error": "..."}; the peer goes on.
 package main
@@ -37,6 +39,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
@@ -63,6 +66,7 @@ func main() {
 	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "listen address")
 	name := flag.String("name", "go", "sender_name of the messages said with `say`")
 	relay := flag.Bool("relay", false, "serve circuit relay v2 (go-libp2p's default limits)")
+	holePunch := flag.Bool("holepunch", false, "run DCUtR (go-libp2p's hole punching service)")
 	flag.Parse()
 
 	opts := []libp2p.Option{
@@ -76,12 +80,19 @@ func main() {
 		// The relay service starts only once the host believes it is publicly reachable.
 		opts = append(opts, libp2p.EnableRelayService(), libp2p.ForceReachabilityPublic())
 	}
+	if *holePunch {
+		opts = append(opts, libp2p.EnableHolePunching())
+	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "libp2p:", err)
 		os.Exit(1)
 	}
 	defer h.Close()
+	h.Network().Notify(&network.NotifyBundle{
+		ConnectedF:    func(_ network.Network, c network.Conn) { sayConnection("open", c) },
+		DisconnectedF: func(_ network.Network, c network.Conn) { sayConnection("close", c) },
+	})
 	ctx := context.Background()
 	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMessageSignaturePolicy(pubsub.StrictSign))
 	if err != nil {
@@ -121,6 +132,16 @@ func main() {
 	}
 }
 
+// sayConnection reports a connection opened or closed: to whom, over which address, and
+// whether it is relayed and limited (GossipSub skips limited ones).
+func sayConnection(event string, c network.Conn) {
+	addr := c.RemoteMultiaddr().String()
+	say(map[string]any{"connection": map[string]any{
+		"event": event, "peer": c.RemotePeer().String(), "addr": addr,
+		"relayed": strings.Contains(addr, "/p2p-circuit"), "limited": c.Stat().Limited,
+	}})
+}
+
 // receive prints every message of the room that another peer signed.
 func receive(ctx context.Context, h host.Host, sub *pubsub.Subscription) {
 	for {
@@ -143,6 +164,8 @@ func run(ctx context.Context, h host.Host, ps *pubsub.PubSub, topic *pubsub.Topi
 		if err != nil {
 			return nil, err
 		}
+		// A circuit address gives a limited connection, which Connect refuses unless allowed.
+		ctx = network.WithAllowLimitedConn(ctx, "interop test dial")
 		return map[string]string{"dialed": info.ID.String()}, h.Connect(ctx, *info)
 	case "say":
 		data, id := chatText(room, name, arg)
@@ -171,12 +194,19 @@ func run(ctx context.Context, h host.Host, ps *pubsub.PubSub, topic *pubsub.Topi
 	case "peers":
 		peers := []map[string]any{}
 		for _, c := range h.Network().Conns() {
+			addr := c.RemoteMultiaddr().String()
 			peers = append(peers, map[string]any{
-				"peer": c.RemotePeer().String(), "addr": c.RemoteMultiaddr().String(),
-				"limited": c.Stat().Limited,
+				"peer": c.RemotePeer().String(), "addr": addr,
+				"relayed": strings.Contains(addr, "/p2p-circuit"), "limited": c.Stat().Limited,
 			})
 		}
 		return map[string]any{"peers": peers}, nil
+	case "protocols":
+		ids := []string{}
+		for _, p := range h.Mux().Protocols() {
+			ids = append(ids, string(p))
+		}
+		return map[string]any{"protocols": ids}, nil
 	case "topic-peers":
 		ids := []string{}
 		for _, p := range ps.ListPeers(room) {
