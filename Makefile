@@ -75,7 +75,7 @@ GO          ?= go
 GO_PEER     := tests/interop/go
 GO_CACHE    ?= $(HOME)/.cache/p2pchat/go
 GO_ENV      := GOCACHE=$(GO_CACHE)/build GOMODCACHE=$(GO_CACHE)/mod GOPATH=$(GO_CACHE)/path \
-	GOFLAGS=-mod=readonly GOTOOLCHAIN=local
+	GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local
 GO_PEER_BIN := $(GO_PEER)/build/peer
 $(GO_PEER_BIN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum $(wildcard $(GO_PEER)/*.go $(GO_PEER)/pb/*.go)
 	@command -v $(GO) >/dev/null 2>&1 || { echo "interop-go: no Go toolchain ('$(GO)' is not on PATH); the go-libp2p interop tests need Go 1.26.6 or newer (README, go-libp2p)" >&2; exit 1; }

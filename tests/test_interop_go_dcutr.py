@@ -16,6 +16,9 @@ p2pchat counting one successful punch and no protocol error, and chat crossing t
 connection both ways: go-libp2p-pubsub runs no GossipSub on a limited (relayed) connection and
 the relay joins no room, so the chat cannot have crossed anything else.
 
+Through symmetric NATs every punch fails: p2pchat makes its three attempts, records the
+failure, and the pair stays relayed, with no GossipSub between them (go's side).
+
 go-libp2p needs a public address of its own before its DCUtR service answers or initiates, and
 takes observed addresses (one observer is enough for hole punching) only when they are public
 (``manet.IsPublicAddr``): the lab's internet is :data:`INTERNET`, a range it counts as public;
@@ -34,7 +37,7 @@ import pytest
 
 from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import Lab, nat_lab
-from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
+from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind, logged
 from tests.test_chat import is_message, wait_members
 from tests.test_interop_go import GoPeer, go_peers
 from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
@@ -45,8 +48,9 @@ __all__ = ["go_peers"]
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    with nat_lab("port-preserving", internet=INTERNET) as built:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The NAT lab on :data:`INTERNET`; port-preserving NATs unless parametrized otherwise."""
+    with nat_lab(getattr(request, "param", "port-preserving"), internet=INTERNET) as built:
         yield built
 
 
@@ -69,14 +73,12 @@ def serves_dcutr(go: GoPeer) -> None:
         time.sleep(0.25)
 
 
-@pytest.mark.parametrize("go_role", ["go-dialer", "go-listener"])
-def test_hole_punch_between_p2pchat_and_go_libp2p(
-    lab: Lab,  # first: built first, torn down after every process is gone
-    tmp_path: Path,
-    nodes: list[NodeProcess],
-    go_peers: list[GoPeer],
-    go_role: str,
-) -> None:
+def _pair(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer], go_role: str
+) -> tuple[NodeProcess, GoPeer, str, str]:
+    """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
+    listener's circuit address. Returns (p2pchat, go, p2pchat's namespace, p2pchat's side)
+    once the relayed connection is open."""
     relay = start_node_in(
         lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
     )
@@ -113,6 +115,18 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     # They meet through the relay first: each NAT drops the other's connections.
     first = go.next(_is_connection("open", py.peer_id, relayed=True))
     assert first["connection"]["limited"], first
+    return py, go, py_ns, py_side
+
+
+@pytest.mark.parametrize("go_role", ["go-dialer", "go-listener"])
+def test_hole_punch_between_p2pchat_and_go_libp2p(
+    lab: Lab,  # first: built first, torn down after every process is gone
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    go_peers: list[GoPeer],
+    go_role: str,
+) -> None:
+    py, go, py_ns, py_side = _pair(lab, tmp_path, nodes, go_peers, go_role)
 
     punched = logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=go.peer_id)
     assert punched["side"] == py_side
@@ -138,3 +152,26 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     assert _total(py, outcomes, side=py_side, outcome="success") == 1
     assert _total(py, outcomes) == 1
     assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
+
+
+@pytest.mark.parametrize("lab", ["symmetric"], indirect=True)
+def test_behind_symmetric_nat_a_go_peer_and_p2pchat_stay_relayed_and_do_not_chat(
+    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    # Symmetric NATs: every punch fails. p2pchat initiates, go-libp2p serves each round; after
+    # three attempts p2pchat gives up cleanly and the pair stays on the relay, where
+    # go-libp2p-pubsub runs no GossipSub: the two have no chat path of their own (README,
+    # go-libp2p).
+    py, go, _, _ = _pair(lab, tmp_path, nodes, go_peers, "go-dialer")
+    failed = logged(py, "hole punch failed; staying relayed", timeout=PUNCH_WAIT, peer=go.peer_id)
+    assert (failed["side"], failed["attempts"], failed["outcome"]) == ("initiator", 3, "failed")
+    outcomes = "libp2p_holepunch_outcomes_total"
+    assert _total(py, outcomes, side="initiator", outcome="failed", num_attempts="3") == 1
+    assert _total(py, outcomes) == 1
+    assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
+    assert connection_kind(py, go.peer_id) == "relayed"
+    to_py = [c for c in go.run("peers", "peers") if c["peer"] == py.peer_id]
+    assert to_py and all(c["relayed"] and c["limited"] for c in to_py), to_py
+    assert go.run("topic-peers", "topic_peers") == []
+    peers = {p["peer"]: p for p in command(py, "/peers", "peers")["peers"]}
+    assert peers[go.peer_id]["in_room"] is False
