@@ -125,6 +125,14 @@ class GoPeer:
             self.next(lambda e: e.get("message", {}).get("text") == text, timeout)["message"]
         )
 
+    def wait_topic_peer(self, peer_id: str) -> None:
+        """Wait until GossipSub on the go peer knows ``peer_id`` is in the room: before that,
+        a message it publishes is not sent to that peer, and nothing sends it again."""
+        deadline = time.monotonic() + WAIT
+        while peer_id not in self.run("topic-peers", "topic_peers"):
+            assert time.monotonic() < deadline, f"{peer_id} never joined the go peer's room"
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=10)
@@ -167,6 +175,7 @@ def test_chat_with_a_go_libp2p_peer_both_ways(
     got = go.message("hello go-libp2p")
     assert (got["from"], got["room"]) == (a.peer_id, ROOM)
 
+    go.wait_topic_peer(a.peer_id)
     go.run("say signed in go", "published")
     from_go = a.next_event(is_message("signed in go"), timeout=WAIT)
     assert (from_go["sender"], from_go["sender_name"]) == (go.peer_id, "go")
@@ -182,6 +191,7 @@ def test_a_go_hub_between_two_p2pchat_peers(
     for node in (a, c):
         sees_peer(node, go.peer_id)
         assert node.metric("p2pchat_connected_peers") == 1  # A and C only meet through go
+        go.wait_topic_peer(node.peer_id)  # so that go forwards to both
 
     a.say("across go's mesh")
     assert c.next_event(is_message("across go's mesh"), timeout=WAIT)["sender"] == a.peer_id
@@ -205,6 +215,7 @@ def test_a_p2pchat_hub_between_go_and_p2pchat(
     wait_members(p, 1)
     wait_members(hub, 2)
 
+    go.wait_topic_peer(hub.peer_id)
     go.run("say through a p2pchat hub", "published")
     from_go = p.next_event(is_message("through a p2pchat hub"), timeout=WAIT)
     assert (from_go["sender"], from_go["sender_name"]) == (go.peer_id, "go")
@@ -264,10 +275,12 @@ def test_a_p2pchat_relay_serves_a_go_client(
     assert connection_kind(b, go.peer_id) == "relayed"
     assert relay.metric("libp2p_relaysvc_connections_total", type="opened") >= 1
     wait_members(b, 1)
+    wait_members(relay, 2)  # B and go
 
     b.say("to go, by way of the relay")
     got = go.message("to go, by way of the relay")
     assert (got["from"], got["via"]) == (b.peer_id, relay.peer_id)
+    go.wait_topic_peer(relay.peer_id)
     go.run("say from go, by way of the relay", "published")
     from_go = b.next_event(is_message("from go, by way of the relay"), timeout=WAIT)
     assert from_go["sender"] == go.peer_id
@@ -283,7 +296,8 @@ def test_a_p2pchat_relay_serves_a_go_client(
 def test_a_go_relay_serves_two_p2pchat_peers(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
-    relay = go_peer(go_peers, "-relay")
+    # Not a room member itself: the chat can only cross the circuit.
+    relay = go_peer(go_peers, "-relay", "-subscribe=false")
     a = chat_peer(
         tmp_path / "a",
         nodes,

@@ -137,6 +137,7 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     wait_members(py, 1)
     py.say("hello go, directly")
     assert go.message("hello go, directly")["from"] == py.peer_id
+    go.wait_topic_peer(py.peer_id)
     go.run("say hello p2pchat, directly", "published")
     got = py.next_event(is_message("hello p2pchat, directly"), timeout=WAIT)
     assert (got["sender"], got["sender_name"]) == (go.peer_id, "go")

@@ -66,6 +66,7 @@ func main() {
 	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "listen address")
 	name := flag.String("name", "go", "sender_name of the messages said with `say`")
 	relay := flag.Bool("relay", false, "serve circuit relay v2 (go-libp2p's default limits)")
+	subscribe := flag.Bool("subscribe", true, "be a member of the room (false: a relay only)")
 	holePunch := flag.Bool("holepunch", false, "run DCUtR (go-libp2p's hole punching service)")
 	flag.Parse()
 
@@ -104,12 +105,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "join:", err)
 		os.Exit(1)
 	}
-	sub, err := topic.Subscribe()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "subscribe:", err)
-		os.Exit(1)
+	if *subscribe {
+		sub, err := topic.Subscribe()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "subscribe:", err)
+			os.Exit(1)
+		}
+		go receive(ctx, h, sub)
 	}
-	go receive(ctx, h, sub)
 
 	addrs := []string{}
 	for _, a := range h.Addrs() {
