@@ -79,13 +79,17 @@ GO_ENV      := GOCACHE=$(GO_CACHE)/build GOMODCACHE=$(GO_CACHE)/mod GOPATH=$(GO_
 GO_PEER_BIN := $(GO_PEER)/build/peer
 $(GO_PEER_BIN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum $(wildcard $(GO_PEER)/*.go $(GO_PEER)/pb/*.go)
 	@command -v $(GO) >/dev/null 2>&1 || { echo "interop-go: no Go toolchain ('$(GO)' is not on PATH); the go-libp2p interop tests need Go 1.26.6 or newer (README, go-libp2p)" >&2; exit 1; }
-	@echo "==> building the go-libp2p interop peer ($$($(GO) version); cold about 50 s, warm about 1 s: README, go-libp2p)"
+	@echo "==> building the go-libp2p interop peer ($$($(GO) version); cold about 80 s, warm about 2 s: README, go-libp2p)"
 	cd $(GO_PEER) && $(GO_ENV) $(GO) build -trimpath -o build/peer .
-interop-go: $(GO_PEER_BIN)
+# protoc-gen-go at the version go.mod pins: tests/test_interop_go.py checks with it that the
+# committed Go code of the wire formats is current.
+GO_PROTOC_GEN := $(GO_CACHE)/path/bin/protoc-gen-go
+$(GO_PROTOC_GEN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum
+	cd $(GO_PEER) && $(GO_ENV) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
+interop-go: $(GO_PEER_BIN) $(GO_PROTOC_GEN)
 
 # Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
-go-proto: $(DEV)
-	cd $(GO_PEER) && $(GO_ENV) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
+go-proto: $(DEV) $(GO_PROTOC_GEN)
 	PATH="$(GO_CACHE)/path/bin:$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
 		--go_out=$(GO_PEER)/pb --go_opt=paths=source_relative \
 		--go_opt=Mchat.proto=p2pchat/interop/go/pb --go_opt=Mstore_query.proto=p2pchat/interop/go/pb \
@@ -97,7 +101,7 @@ go-proto: $(DEV)
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
 TEST_WORKERS ?= 0
 
-unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json $(GO_PEER_BIN)
+unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit

@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,11 @@ from tests.test_autorelay import (
 )
 from tests.test_chat import is_message, wait_members
 
-GO_PEER = Path(__file__).parent / "interop" / "go" / "build" / "peer"
+GO_DIR = Path(__file__).parent / "interop" / "go"
+GO_PEER = GO_DIR / "build" / "peer"
+# Built by `make interop-go` at the version go.mod pins (Makefile: GO_PROTOC_GEN).
+PROTOC_GEN_GO = Path.home() / ".cache" / "p2pchat" / "go" / "path" / "bin" / "protoc-gen-go"
+WIRE = Path(__file__).parent.parent / "node" / "wire"
 ROOM = "p2p-chat-default"
 WAIT = 60.0
 
@@ -312,3 +317,32 @@ def test_a_go_relay_serves_two_p2pchat_peers(
     chat_both_ways(a, b, "through a go relay", "and back through it")
     assert connection_kind(b, a.peer_id) == "relayed"
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") == 1
+
+
+def test_the_go_code_of_the_wire_formats_is_current(tmp_path: Path) -> None:
+    # The go peer's pb/ is generated from node/wire's .proto files and committed: a field added
+    # there and not regenerated (`make go-proto`) would be invisible to the go peer.
+    if not PROTOC_GEN_GO.exists():
+        pytest.fail(f"{PROTOC_GEN_GO} is missing: run `make interop-go` (needs Go)")
+    go_package = "p2pchat/interop/go/pb"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{WIRE}",
+            f"--plugin=protoc-gen-go={PROTOC_GEN_GO}",
+            f"--go_out={tmp_path}",
+            "--go_opt=paths=source_relative",
+            f"--go_opt=Mchat.proto={go_package}",
+            f"--go_opt=Mstore_query.proto={go_package}",
+            str(WIRE / "chat.proto"),
+            str(WIRE / "store_query.proto"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("chat.pb.go", "store_query.pb.go"):
+        fresh = (tmp_path / name).read_text()
+        assert fresh == (GO_DIR / "pb" / name).read_text(), f"{name} is stale: `make go-proto`"
