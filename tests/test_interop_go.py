@@ -346,3 +346,26 @@ def test_the_go_code_of_the_wire_formats_is_current(tmp_path: Path) -> None:
     for name in ("chat.pb.go", "store_query.pb.go"):
         fresh = (tmp_path / name).read_text()
         assert fresh == (GO_DIR / "pb" / name).read_text(), f"{name} is stale: `make go-proto`"
+
+
+def test_over_a_circuit_without_limits_go_and_p2pchat_chat(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    # The other side of the limited-connection rule: a relay that sends no limit (go-libp2p's
+    # WithInfiniteLimits; no p2pchat relay does, README go-libp2p) gives a circuit that
+    # go-libp2p counts as a full connection, and its GossipSub runs over it.
+    relay = go_peer(go_peers, "-relay", "-unlimited", "-subscribe=false")
+    go = go_peer(go_peers)
+    circuit = go.run(f"reserve {relay.addr}", "reserved")["circuit"]
+    b = chat_peer(tmp_path / "b", nodes, "--bootstrap", circuit, P2PCHAT_HOLEPUNCH__ENABLED="false")
+    b.next_event(lambda e: e["type"] == "connection" and e["peer"] == go.peer_id, timeout=WAIT)
+    assert connection_kind(b, go.peer_id) == "relayed"
+    to_b = [c for c in go.run("peers", "peers") if c["peer"] == b.peer_id]
+    assert to_b and all(c["relayed"] and not c["limited"] for c in to_b), to_b
+    wait_members(b, 1)
+    go.wait_topic_peer(b.peer_id)
+    b.say("over a circuit without limits")
+    assert go.message("over a circuit without limits")["from"] == b.peer_id
+    go.run("say back over it", "published")
+    assert b.next_event(is_message("back over it"), timeout=WAIT)["sender"] == go.peer_id
+    assert connection_kind(b, go.peer_id) == "relayed"

@@ -43,6 +43,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
@@ -66,6 +67,7 @@ func main() {
 	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "listen address")
 	name := flag.String("name", "go", "sender_name of the messages said with `say`")
 	relay := flag.Bool("relay", false, "serve circuit relay v2 (go-libp2p's default limits)")
+	unlimited := flag.Bool("unlimited", false, "with -relay: circuits without limits (not limited)")
 	subscribe := flag.Bool("subscribe", true, "be a member of the room (false: a relay only)")
 	holePunch := flag.Bool("holepunch", false, "run DCUtR (go-libp2p's hole punching service)")
 	flag.Parse()
@@ -79,7 +81,11 @@ func main() {
 	}
 	if *relay {
 		// The relay service starts only once the host believes it is publicly reachable.
-		opts = append(opts, libp2p.EnableRelayService(), libp2p.ForceReachabilityPublic())
+		var relayOpts []relayv2.Option
+		if *unlimited {
+			relayOpts = append(relayOpts, relayv2.WithInfiniteLimits())
+		}
+		opts = append(opts, libp2p.EnableRelayService(relayOpts...), libp2p.ForceReachabilityPublic())
 	}
 	if *holePunch {
 		opts = append(opts, libp2p.EnableHolePunching())
