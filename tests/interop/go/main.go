@@ -4,7 +4,9 @@
 // StrictSign on one room topic, p2pchat's chat payload (node/wire/chat.proto, Go code generated
 // into pb/) and its history protocol (node/wire/store_query.proto). With -relay it is also a
 // circuit relay v2 server (go-libp2p's default limits); as a client it can reserve a slot on a
-// relay. With -holepunch it runs go-libp2p's DCUtR.
+// relay. With -holepunch it runs go-libp2p's DCUtR. -unlimited makes the relay's circuits
+// unlimited (no limit sent, so not "limited" connections); -subscribe=false keeps the peer out
+// of the room (a relay that carries no chat itself).
 //
 // stdout: one JSON object per line, first {"ready": {"peer_id", "addrs"}}, then
 // {"message": {...}} for every message received on the topic, {"connection": {...}} for every
@@ -49,7 +51,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// out writes one JSON line; the reader goroutine and the command loop share stdout.
+// say writes one JSON line; the receiving goroutine, the connection notifications and the
+// command loop share stdout.
 var outMu sync.Mutex
 
 func say(v any) {
@@ -231,6 +234,9 @@ func reserve(ctx context.Context, h host.Host, addr string) (any, error) {
 	info, err := peer.AddrInfoFromString(addr)
 	if err != nil {
 		return nil, err
+	}
+	if len(info.Addrs) == 0 {
+		return nil, fmt.Errorf("no address of the relay in %s", addr)
 	}
 	if err := h.Connect(ctx, *info); err != nil {
 		return nil, err
