@@ -5,7 +5,10 @@ Yamux, GossipSub with StrictSign, p2pchat's payload and history protocol, circui
 server and client) is driven line by line over stdin/stdout JSON. Each test starts real
 processes on 127.0.0.1: chat both ways, a go hub between two p2pchat peers and a p2pchat hub
 between go and p2pchat, a history query answered to go, a p2pchat relay serving a go client,
-and a go relay serving two p2pchat peers. `make interop-go` (a prerequisite of `make test`)
+a go relay serving two p2pchat peers, and a circuit without limits; and the committed Go code
+of the wire formats is checked to be current. go-libp2p-pubsub runs no GossipSub on a limited
+(relayed) connection: the relay tests show what that means (README, go-libp2p). DCUtR with the
+go peer is tests/test_interop_go_dcutr.py. `make interop-go` (a prerequisite of `make test`)
 builds the peer; without it these tests fail with one line, they never skip.
 """
 
