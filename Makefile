@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,13 +68,40 @@ JS_PEER := tests/interop/js
 $(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
 	cd $(JS_PEER) && npm ci --no-audit --no-fund --loglevel=error
 
+# The go-libp2p peer of the interop tests (tests/interop/go), pinned by its go.mod and go.sum.
+# Go's caches live outside the clone, so a second clone or CI run on the same machine builds
+# warm (README, "go-libp2p" has the cold and warm times). Missing Go fails here, in one line.
+GO          ?= go
+GO_PEER     := tests/interop/go
+GO_CACHE    ?= $(HOME)/.cache/p2pchat/go
+GO_ENV      := GOCACHE=$(GO_CACHE)/build GOMODCACHE=$(GO_CACHE)/mod GOPATH=$(GO_CACHE)/path \
+	GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local
+GO_PEER_BIN := $(GO_PEER)/build/peer
+$(GO_PEER_BIN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum $(wildcard $(GO_PEER)/*.go $(GO_PEER)/pb/*.go)
+	@command -v $(GO) >/dev/null 2>&1 || { echo "interop-go: no Go toolchain ('$(GO)' is not on PATH); the go-libp2p interop tests need Go 1.26.6 or newer (README, go-libp2p)" >&2; exit 1; }
+	@echo "==> building the go-libp2p interop peer ($$($(GO) version); cold about 80 s, warm about 2 s: README, go-libp2p)"
+	cd $(GO_PEER) && $(GO_ENV) $(GO) build -trimpath -o build/peer .
+# protoc-gen-go at the version go.mod pins: tests/test_interop_go.py checks with it that the
+# committed Go code of the wire formats is current.
+GO_PROTOC_GEN := $(GO_CACHE)/path/bin/protoc-gen-go
+$(GO_PROTOC_GEN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum
+	cd $(GO_PEER) && $(GO_ENV) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
+interop-go: $(GO_PEER_BIN) $(GO_PROTOC_GEN)
+
+# Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
+go-proto: $(DEV) $(GO_PROTOC_GEN)
+	PATH="$(GO_CACHE)/path/bin:$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
+		--go_out=$(GO_PEER)/pb --go_opt=paths=source_relative \
+		--go_opt=Mchat.proto=p2pchat/interop/go/pb --go_opt=Mstore_query.proto=p2pchat/interop/go/pb \
+		node/wire/chat.proto node/wire/store_query.proto
+
 # The suite on TEST_WORKERS pytest-xdist workers: most tests wait on real processes and sockets,
 # so several at once use the cores better. The load-sensitive kinds (the hostile suite, the
 # container and NAT labs, the namespace labs) still run one test at a time, each kind on one
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
 TEST_WORKERS ?= 0
 
-unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json
+unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit

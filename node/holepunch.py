@@ -217,11 +217,13 @@ class HolePunch:
         return False
 
     async def _speaks_dcutr(self, peer: str) -> bool:
+        """Whether ``peer`` serves DCUtR, by its first identify or by an identify push within
+        IDENTIFY_WAIT: go-libp2p adds DCUtR only once it knows a public address of its own,
+        which a fresh go peer may learn (from the relay) after its relayed connection opened."""
         with trio.move_on_after(IDENTIFY_WAIT):
             while self._host.is_connected(peer):
-                protocols = self._host.peer_protocols(peer)
-                if protocols:
-                    return PROTOCOL_ID in protocols
+                if PROTOCOL_ID in self._host.peer_protocols(peer):
+                    return True
                 await self._host.identify_received()
         return False
 
