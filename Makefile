@@ -110,6 +110,7 @@ test: lint typecheck unit
 bench: $(DEV)
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
+	$(BIN)/python -m tests.bench.relayed_chat
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric

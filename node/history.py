@@ -524,6 +524,11 @@ class History:
         count, size = _TOTALS.unpack(raw)
         return int(count), int(size)
 
+    def held(self, room: str, message_ids: Iterable[bytes]) -> set[bytes]:
+        """Those of ``message_ids`` that ``room`` holds (one index read each, no value read)."""
+        id_prefix = _room(_HID, room)
+        return {i for i in dict.fromkeys(message_ids) if self._db.get(id_prefix + i) is not None}
+
     def lookup(self, room: str, message_ids: Iterable[bytes]) -> list[StoredMessage]:
         """The messages of ``room`` among ``message_ids`` (unknown ids are left out), in
         history order."""

@@ -18,8 +18,9 @@ byte budget is paced rather than failed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
@@ -55,6 +56,9 @@ from p2pchat.node.wire.store_query import (
 )
 
 REPLY_TIMEOUT = 15.0
+# An ids-first walk lists at most this many ids per message it may fetch (a catch-up that
+# overlaps a stored history skips what it holds; this bounds the walk of a huge range).
+IDS_PER_FETCHED = 4
 # Pages asked over a relayed connection: a relay's circuit is limited (go-libp2p's default:
 # 128 KiB per direction), so a 2 MiB page would outrun what is left of it and be lost whole.
 RELAYED_PAGE_BYTES = 16 * 1024
@@ -153,6 +157,26 @@ class Fetched:
     # before are kept in ``messages``; ``cursor`` then continues the walk (see Resume).
     failed: str | None = None
     cursor: bytes | None = None
+    # With an ids-first walk: the ids the source listed that this node held already (so not
+    # fetched); with the verified messages, what the source is known to hold.
+    skipped: set[bytes] = field(default_factory=set)
+
+
+Known = Callable[[str, list[bytes]], Collection[bytes]]
+"""Given a room and some of its message ids, those this node holds already."""
+
+Ask = Callable[[Query], Awaitable[Reply]]
+"""Sends one query on a history stream and returns its OK reply (raises SourceError)."""
+
+
+def _check_page(reply: Reply, limit: int) -> None:
+    """A page's own consistency: no more entries than asked, a cursor past the last one."""
+    if len(reply.entries) > limit:
+        raise SourceError(f"{len(reply.entries)} messages where {limit} were asked")
+    if reply.next_cursor is not None and (
+        not reply.entries or reply.next_cursor != reply.entries[-1].message_id
+    ):
+        raise SourceError("the cursor does not advance past the page")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,14 +203,23 @@ class StoreClient:
         start_ms: int | None,
         max_messages: int,
         resume: Resume | None = None,
+        known: Known | None = None,
     ) -> Fetched:
         """Every verified message of ``room`` sent at or after ``start_ms`` that ``peer``
         holds, oldest first, at most ``max_messages``; with ``resume``, the rest of an earlier
         walk instead (its range, after its cursor).
 
+        With ``known`` (which of some ids of the room this node holds already), the walk asks
+        for ids only, page by page, and then for the messages of the ids not known: a
+        catch-up that overlaps what is stored costs ~30 bytes per message it already has,
+        not the message (on a relayed connection that is what decides whether a catch-up fits
+        the circuit's data limit at all). The listed ids this node held are in ``skipped``;
+        other listed ids are only trusted once their message is fetched and verified. At
+        most :data:`IDS_PER_FETCHED` times ``max_messages`` ids are walked.
+
         Over a relayed connection pages are at most :data:`RELAYED_PAGE_BYTES`. A walk that
-        fails after some pages returns them, with ``failed`` and the ``cursor`` to resume at:
-        a relay's circuit that ends part-way through a big catch-up loses nothing fetched.
+        fails after some pages returns what came, with ``failed`` and the ``cursor`` to resume
+        at: a relay's circuit that ends part-way through a big catch-up loses nothing fetched.
 
         Raises:
             SourceError: the peer could not be asked, refused, or broke the protocol before
@@ -195,29 +228,107 @@ class StoreClient:
         fetched = Fetched(peer, [], 0, complete=False)
         if resume is not None:
             start_ms, fetched.cursor = resume.start_ms, resume.cursor
+        first_cursor = fetched.cursor
         try:
-            async for entries, last in self._pages(fetched, room, start_ms, max_messages):
-                now = now_ms()
-                for entry in entries:
-                    try:
-                        message = verify_entry(entry, room, self._max_text_bytes, now)
-                        fetched.messages.append(message)
-                    except Rejected as error:
-                        fetched.rejected += 1
-                        self._observer.entry_rejected(error.reason)
-                fetched.complete = last
+            async with self._asker(fetched) as ask:
+                if known is None:
+                    await self._walk_messages(ask, fetched, room, start_ms, max_messages)
+                else:
+                    await self._walk_ids(ask, fetched, room, start_ms, max_messages, known)
         except SourceError as error:
-            if not fetched.messages:
+            if fetched.cursor == first_cursor:  # not one page came
                 raise
             fetched.failed = str(error)
         self._observer.entries_fetched(len(fetched.messages))
         return fetched
 
-    async def _pages(
-        self, fetched: Fetched, room: str, start_ms: int | None, max_messages: int
-    ) -> AsyncIterator[tuple[tuple[Entry, ...], bool]]:
-        """The pages of ``fetched.source``'s answer, from ``fetched.cursor`` if set (sets
-        ``fetched.remote_ip``, and ``fetched.cursor`` to the cursor after each page)."""
+    def _take(self, fetched: Fetched, entries: Iterable[Entry], room: str) -> None:
+        """Verify ``entries`` into ``fetched`` (rejected ones counted)."""
+        now = now_ms()
+        for entry in entries:
+            try:
+                fetched.messages.append(verify_entry(entry, room, self._max_text_bytes, now))
+            except Rejected as error:
+                fetched.rejected += 1
+                self._observer.entry_rejected(error.reason)
+
+    async def _walk_messages(
+        self, ask: Ask, fetched: Fetched, room: str, start_ms: int | None, max_messages: int
+    ) -> None:
+        """The range's messages, whole, page by page (from ``fetched.cursor`` if set)."""
+        received = 0
+        while received < max_messages:
+            limit = min(MAX_LIMIT, max_messages - received)
+            query = Query(0, room, start_ms, None, fetched.cursor, limit)
+            reply = await ask(query)
+            _check_page(reply, limit)
+            received += len(reply.entries)
+            self._take(fetched, reply.entries, room)
+            if reply.entries:
+                fetched.cursor = reply.entries[-1].message_id
+            if reply.next_cursor is None:
+                fetched.complete = True
+                return
+
+    async def _walk_ids(
+        self,
+        ask: Ask,
+        fetched: Fetched,
+        room: str,
+        start_ms: int | None,
+        max_messages: int,
+        known: Known,
+    ) -> None:
+        """The range's ids page by page, then each page's unknown messages by lookup."""
+        walked = 0
+        while len(fetched.messages) < max_messages and walked < max_messages * IDS_PER_FETCHED:
+            reply = await ask(
+                Query(0, room, start_ms, None, fetched.cursor, MAX_LIMIT, ids_only=True)
+            )
+            _check_page(reply, MAX_LIMIT)
+            walked += len(reply.entries)
+            ids = [entry.message_id for entry in reply.entries]
+            have = known(room, ids)
+            room_left = max_messages - len(fetched.messages)
+            unknown = [n for n, message_id in enumerate(ids) if message_id not in have]
+            if len(unknown) > room_left:  # this page is the last: stop before the first left out
+                ids = ids[: unknown[room_left]]
+            fetched.skipped.update(i for i in ids if i in have)
+            await self._look_up(ask, fetched, room, ids, [i for i in ids if i not in have])
+            if ids:
+                fetched.cursor = ids[-1]
+            if reply.next_cursor is None and len(ids) == len(reply.entries):
+                fetched.complete = True
+                return
+
+    async def _look_up(
+        self, ask: Ask, fetched: Fetched, room: str, page: list[bytes], wanted: list[bytes]
+    ) -> None:
+        """The messages of ``wanted``, ids of ``page`` (an ids page, in history order), over
+        as many replies as the server's size budget cuts them into. After each reply the walk's
+        cursor moves to the last message it brought: the page's ids up to there are all held
+        now (or not served), so a walk that fails later resumes after them."""
+        if not wanted:
+            return
+        asked = set(wanted)
+        position = {message_id: n for n, message_id in enumerate(page)}
+        cursor: bytes | None = None
+        while True:
+            reply = await ask(Query(0, room, message_ids=tuple(wanted), cursor=cursor))
+            if any(entry.message_id not in asked for entry in reply.entries):
+                raise SourceError("a lookup answered with messages that were not asked for")
+            _check_page(reply, len(wanted))
+            self._take(fetched, reply.entries, room)
+            if reply.entries:
+                fetched.cursor = page[position[reply.entries[-1].message_id]]
+            if reply.next_cursor is None:
+                return
+            cursor = reply.next_cursor
+
+    @asynccontextmanager
+    async def _asker(self, fetched: Fetched) -> AsyncIterator[Ask]:
+        """A history stream to ``fetched.source`` (sets ``fetched.remote_ip``), as the function
+        that asks one query on it and returns the OK reply; the stream is closed after."""
         peer = fetched.source
         try:
             stream = await self._host.new_stream(peer, [PROTOCOL_ID])
@@ -234,35 +345,13 @@ class StoreClient:
         # left of its data limit; a page cut short by its end would be lost whole.
         page_bytes = RELAYED_PAGE_BYTES if stream.remote_ip is None else 0
         decoder = FrameDecoder(MAX_REPLY_BYTES)
-        cursor = fetched.cursor
-        received = 0
+
+        async def ask(query: Query) -> Reply:
+            numbered = replace(query, request_id=next(self._request_ids), max_bytes=page_bytes)
+            return await self._ask(stream, decoder, numbered)
+
         try:
-            while received < max_messages:
-                limit = min(MAX_LIMIT, max_messages - received)
-                query = Query(
-                    next(self._request_ids),
-                    room,
-                    start_ms,
-                    None,
-                    cursor,
-                    limit,
-                    max_bytes=page_bytes,
-                )
-                reply = await self._ask(stream, decoder, query)
-                if len(reply.entries) > limit:
-                    raise SourceError(f"{len(reply.entries)} messages where {limit} were asked")
-                received += len(reply.entries)
-                if reply.next_cursor is not None and (
-                    not reply.entries or reply.next_cursor != reply.entries[-1].message_id
-                ):
-                    raise SourceError("the cursor does not advance past the page")
-                last = reply.next_cursor is None
-                if reply.entries:
-                    fetched.cursor = reply.entries[-1].message_id
-                yield reply.entries, last
-                if last:
-                    return
-                cursor = reply.next_cursor
+            yield ask
         finally:
             await close_quietly(stream)
 

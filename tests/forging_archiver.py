@@ -33,6 +33,7 @@ from p2pchat.node.wire.store_query import (
     MAX_QUERY_BYTES,
     PROTOCOL_ID,
     Entry,
+    Query,
     Reply,
     decode_query,
     encode_reply,
@@ -41,6 +42,7 @@ from p2pchat.node.wire.store_query import (
 from tests.history_fixtures import chosen_number
 
 OTHER_ROOM_ID = 104  # tests/test_archive_forgery.py stores messages 100.. in another room
+INJECTED_CHOSEN = (999).to_bytes(16, "big")  # the payload id the injected message chooses
 
 
 def _altered(envelope: bytes) -> bytes:
@@ -58,7 +60,7 @@ def _forged(envelope: bytes, forger_key: object) -> Entry:
     message.ParseFromString(envelope)
     payload = decode(bytes(message.data), max_text_bytes=4096)
     assert isinstance(payload, ChatText)
-    fake = replace(payload, id=(999).to_bytes(16, "big"), text="INJECTED by the archiver")
+    fake = replace(payload, id=INJECTED_CHOSEN, text="INJECTED by the archiver")
     message.data = encode(fake)
     message.signature = forger_key.sign(b"libp2p-pubsub:" + message.SerializeToString())  # type: ignore[attr-defined]
     return Entry(fake.id, fake.sent_at_ms, message.SerializeToString())
@@ -86,6 +88,23 @@ def falsify(reply: Reply, history: History, forger_key: object) -> Reply:
     return replace(reply, entries=tuple(entries))
 
 
+def lie(history: History, query: Query, forger_key: object) -> Reply:
+    """The falsified answer to ``query``: a page of ids lists the falsified page's ids (2
+    left out, the injected one in); a lookup answers the falsified messages asked for (the
+    injected one too, when its id is asked)."""
+    if query.message_ids:
+        honest = replace(
+            query, message_ids=tuple(i for i in query.message_ids if i != INJECTED_CHOSEN)
+        )
+        lied = falsify(answer(history, honest), history, forger_key)
+        asked = set(query.message_ids)
+        return replace(lied, entries=tuple(e for e in lied.entries if e.message_id in asked))
+    lied = falsify(answer(history, replace(query, ids_only=False)), history, forger_key)
+    if not query.ids_only:
+        return lied
+    return replace(lied, entries=tuple(replace(e, envelope=b"") for e in lied.entries))
+
+
 async def main(data_dir: Path) -> None:
     identity = load_or_create_identity(data_dir)
     store = Store.open(data_dir / "store")
@@ -99,7 +118,7 @@ async def main(data_dir: Path) -> None:
                 query = decode_query(await read_frame(stream, decoder))
             except StreamEnded:
                 return
-            reply = falsify(answer(history, query), history, identity.key_pair.private_key)
+            reply = lie(history, query, identity.key_pair.private_key)
             await stream.write(encode_reply(reply))
 
     async with host.run():

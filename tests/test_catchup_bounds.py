@@ -10,7 +10,7 @@ from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
-from p2pchat.node.store_client import Fetched, Resume
+from p2pchat.node.store_client import Fetched, Known, Resume
 
 from tests.peer_ids import fresh_peer_ids
 
@@ -31,6 +31,7 @@ class _EmptySources:
         start_ms: int,
         max_messages: int,
         resume: Resume | None = None,
+        known: Known | None = None,
     ) -> Fetched:
         self.asked.append(source)
         return Fetched(source, [], 0, True)

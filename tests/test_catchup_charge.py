@@ -15,7 +15,7 @@ from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
-from p2pchat.node.store_client import Fetched, Resume
+from p2pchat.node.store_client import Fetched, Known, Resume
 
 ROOM = "room"
 
@@ -102,6 +102,7 @@ class _Source:
         start_ms: int,
         max_messages: int,
         resume: Resume | None = None,
+        known: Known | None = None,
     ) -> Fetched:
         return Fetched(source, self.messages[:max_messages], 1, True)
 
@@ -257,6 +258,7 @@ class _Sources:
         start_ms: int,
         max_messages: int,
         resume: Resume | None = None,
+        known: Known | None = None,
     ) -> Fetched:
         messages, ip = self.served[source]
         return Fetched(source, messages[:max_messages], 0, True, remote_ip=ip)
