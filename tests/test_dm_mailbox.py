@@ -1,0 +1,212 @@
+"""Sealed offline delivery between real ``p2pchat`` processes on 127.0.0.1 (issue #19): a direct
+message to a stopped peer is sealed and deposited with two archivers, the sender stops too, and
+the recipient, back, fetches it from the archivers and shows it exactly once; with one of the
+two archivers dead it is still delivered; the archivers' data dirs and logs hold neither the
+text nor the recipient's PeerId; and an in-process attacker's tampered, oversized, forged and
+flooding requests from fresh PeerIds are refused, bounded and counted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nacl.signing
+import trio
+from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
+from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.p2p.peer_keys import peer_id_bytes
+from p2pchat.node.p2p.streams import read_frame_within
+from p2pchat.node.wire import mailbox
+from p2pchat.node.wire.framing import FrameDecoder, frame
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.test_dm import WAIT, connected, direct_from, msg
+from tests.test_json_contract import chat_peer
+
+# The archivers keep a room nobody joins: nothing of the peers' rooms lands in their stores.
+NO_ROOM = "mailbox-test-nobody-here"
+
+
+def archiver(path: Path, nodes: list[NodeProcess], **env: str) -> NodeProcess:
+    node = start_node(
+        path, "--role", "archiver", env=node_env(P2PCHAT_ARCHIVER__ROOMS=NO_ROOM, **env)
+    )
+    nodes.append(node)
+    return node
+
+
+def wait_metric(node: NodeProcess, name: str, value: float, **labels: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if node.metric(name, **labels) == value:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name}{labels} never became {value} (is {node.metric(name, **labels)})")
+
+
+def deposit_while_away(
+    tmp_path: Path, nodes: list[NodeProcess], text: str
+) -> tuple[NodeProcess, NodeProcess, str, str]:
+    """Two archivers; A and B meet (A learns B's bundle); B stops; A's /msg is deposited with
+    both archivers; A stops. Returns the archivers, A's PeerId and B's."""
+    x = archiver(tmp_path / "x", nodes)
+    y = archiver(tmp_path / "y", nodes)
+    archivers = f"{x.addr()},{y.addr()}"
+    a, _ = chat_peer(tmp_path / "a", nodes, "--bootstrap", archivers)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{archivers},{a.addr()}")
+    connected(a, b)
+    assert msg(a, b.peer_id, "hello while you are here", 1)["kind"] == "dm_delivered"
+    direct_from(b, a.peer_id, "hello while you are here")
+    recipient = b.peer_id
+    assert b.stop() == 0
+    nodes.remove(b)
+    waiting = msg(a, recipient, text, 2)
+    if waiting["data"].get("deposited") is None:  # answered before the dial gave up
+        waiting = a.next_event(
+            lambda e: e["type"] == "notice" and e["data"].get("deposited") is not None,
+            timeout=WAIT,
+        )
+    assert waiting["kind"] == "dm_waiting", waiting
+    assert waiting["data"]["deposited"] == 2, waiting
+    assert "deposited with 2 archivers" in waiting["text"]
+    wait_metric(x, "p2pchat_mailbox_letters", 1)
+    wait_metric(y, "p2pchat_mailbox_letters", 1)
+    assert a.stop() == 0  # only the archivers can deliver it now
+    nodes.remove(a)
+    return x, y, a.peer_id, recipient
+
+
+def test_a_message_to_a_stopped_peer_is_fetched_from_two_archivers_exactly_once(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    text = "sealed for you while you were out"
+    x, y, sender, recipient = deposit_while_away(tmp_path, nodes, text)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{x.addr()},{y.addr()}")
+    assert b.peer_id == recipient
+    shown = direct_from(b, sender, text)
+    assert shown["own"] is False
+    # Read, then deleted from both archivers; shown once (the second copy is not shown).
+    wait_metric(x, "p2pchat_mailbox_letters", 0)
+    wait_metric(y, "p2pchat_mailbox_letters", 0)
+    assert [e["text"] for e in b.drain_events() if e["type"] == "direct"].count(text) == 1
+    assert b.metric("p2pchat_dm_received_total") == 1
+    assert b.metric("p2pchat_dm_mail_fetched_total") == 1  # the same letter twice: opened once
+    for archived in (x, y):
+        assert archived.metric("p2pchat_mailbox_deposits_total") == 1
+        _assert_knows_nothing(archived, text, recipient)
+
+
+def test_still_delivered_with_one_of_two_archivers_dead(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    text = "one archiver is enough"
+    x, y, sender, _ = deposit_while_away(tmp_path, nodes, text)
+    assert y.stop() == 0
+    nodes.remove(y)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{x.addr()},{y.addr()}")
+    direct_from(b, sender, text)
+    wait_metric(x, "p2pchat_mailbox_letters", 0)
+    assert b.metric("p2pchat_dm_received_total") == 1
+
+
+def _assert_knows_nothing(archived: NodeProcess, text: str, recipient: str) -> None:
+    """Neither the text nor the recipient's PeerId (text or binary) in the data dir; the text in
+    no log line, the recipient in no mailbox log line (the connection log names every peer that
+    connects: an archiver sees who fetches, README's threat model says so)."""
+    secrets = [text.encode(), recipient.encode(), peer_id_bytes(recipient)]
+    for path in archived.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret not in data, f"{secret!r} found in {path}"
+    log = "".join(archived.raw_stderr)
+    assert text not in log
+    mailbox_lines = [line for line in archived.raw_stderr if "mailbox" in line]
+    assert mailbox_lines  # "mailboxes served"
+    assert not [line for line in mailbox_lines if recipient in line]
+
+
+async def test_hostile_deposits_and_fetches_are_bounded_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    x = archiver(
+        tmp_path / "x",
+        nodes,
+        P2PCHAT_MAILBOX__MAX_ENTRY_BYTES="1024",
+        P2PCHAT_MAILBOX__MAX_ENTRIES_PER_DEPOSITOR="3",
+        P2PCHAT_MAILBOX__MAX_ENTRIES_PER_GROUP="5",
+        P2PCHAT_MAILBOX__MAX_ENTRIES_PER_MAILBOX="4",
+        P2PCHAT_MAILBOX__FETCH_BURST="2",
+    )
+    auth = nacl.signing.SigningKey.generate()
+    address = mailbox.address_of(bytes(auth.verify_key))
+    other = mailbox.address_of(bytes(nacl.signing.SigningKey.generate().verify_key))
+
+    async def request(host: P2PHost, payload: bytes) -> mailbox.Response | None:
+        stream = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])
+        await stream.write(frame(payload))
+        try:
+            return mailbox.decode_response(
+                await read_frame_within(stream, FrameDecoder(mailbox.MAX_RESPONSE_BYTES), 30)
+            )
+        except Exception:
+            return None
+
+    def deposit(to: bytes, size: int = 200) -> bytes:
+        return mailbox.encode_request(mailbox.Deposit(to, b"\x01" * size))
+
+    def fetch(key: nacl.signing.SigningKey, at_ms: int | None = None) -> bytes:
+        at = int(time.time() * 1000) if at_ms is None else at_ms
+        signed = mailbox.fetch_signed_bytes(peer_id_bytes(x.peer_id), at, ())
+        return mailbox.encode_request(
+            mailbox.Fetch(bytes(key.verify_key), at, key.sign(signed).signature)
+        )
+
+    statuses: list[mailbox.Status | None] = []
+    with trio.fail_after(WAIT * 2):
+        # Three fresh PeerIds from one address: each may hold 3 letters, the group 5, and
+        # B's mailbox 4 (the fifth letter goes to another mailbox).
+        for n in range(3):
+            identity = load_or_create_identity(tmp_path / f"mallory{n}")
+            host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
+            async with host.run(listen=False):
+                await host.connect(x.addr())
+                for i in range(3):
+                    target = other if n == 2 or (n, i) == (1, 1) else address
+                    response = await request(host, deposit(target))
+                    statuses.append(None if response is None else response.status)
+                if n == 0:
+                    # Oversized, garbage, a forged fetch, a stale fetch, then the rate.
+                    too_big = await request(host, deposit(address, 2000))
+                    assert too_big is not None and too_big.status is mailbox.Status.TOO_LARGE
+                    garbage = await request(host, b"\xff\xfe not protobuf")
+                    assert garbage is not None and garbage.status is mailbox.Status.MALFORMED
+                    forged = await request(host, fetch(nacl.signing.SigningKey.generate())[:-1])
+                    assert forged is not None and forged.status is mailbox.Status.MALFORMED
+                    wrong = mailbox.Fetch(
+                        bytes(auth.verify_key), int(time.time() * 1000), b"\0" * 64
+                    )
+                    refused = await request(host, mailbox.encode_request(wrong))
+                    assert refused is not None and refused.status is mailbox.Status.UNAUTHORIZED
+                    stale = await request(host, fetch(auth, int(time.time() * 1000) - 3_600_000))
+                    assert stale is not None and stale.status is mailbox.Status.UNAUTHORIZED
+                if n == 2:
+                    # The holder's fetch lists its four letters (another's is not listed).
+                    listed = await request(host, fetch(auth))
+                    assert listed is not None and listed.status is mailbox.Status.OK
+                    assert len(listed.entries) == 4 and not listed.more
+                    second = await request(host, fetch(auth))
+                    assert second is not None and second.status is mailbox.Status.OK
+                    limited = await request(host, fetch(auth))
+                    assert limited is not None and limited.status is mailbox.Status.RATE
+    ok, full, quota = mailbox.Status.OK, mailbox.Status.FULL, mailbox.Status.QUOTA
+    assert statuses == [ok, ok, ok, ok, ok, full, quota, quota, quota], statuses
+    assert x.metric("p2pchat_mailbox_letters") == 5
+    assert x.metric("p2pchat_mailbox_bytes") == 5 * 200
+    assert x.metric("p2pchat_mailboxes") == 2
+    assert x.metric("p2pchat_mailbox_refused_total", reason="quota") == 3
+    assert x.metric("p2pchat_mailbox_refused_total", reason="mailbox_full") == 1
+    assert x.metric("p2pchat_mailbox_refused_total", reason="too_large") == 1
+    assert x.metric("p2pchat_mailbox_refused_total", reason="malformed") == 2
+    assert x.metric("p2pchat_mailbox_refused_total", reason="unauthorized") == 2
+    assert x.metric("p2pchat_mailbox_refused_total", reason="rate") == 1
