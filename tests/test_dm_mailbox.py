@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import nacl.public
 import nacl.signing
 import trio
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import load_or_create_identity
-from p2pchat.node.p2p.peer_keys import peer_id_bytes
+from p2pchat.node.p2p.peer_keys import peer_id_bytes, signed_by
 from p2pchat.node.p2p.streams import read_frame_within
-from p2pchat.node.wire import mailbox
+from p2pchat.node.store import Store
+from p2pchat.node.wire import dm, mailbox
 from p2pchat.node.wire.framing import FrameDecoder, frame
+from p2pchat.roles.peer.dm_crypto import OlmSessions, SessionLimits
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_dm import WAIT, connected, direct_from, msg
@@ -210,3 +213,93 @@ async def test_hostile_deposits_and_fetches_are_bounded_and_counted(
     assert x.metric("p2pchat_mailbox_refused_total", reason="malformed") == 2
     assert x.metric("p2pchat_mailbox_refused_total", reason="unauthorized") == 2
     assert x.metric("p2pchat_mailbox_refused_total", reason="rate") == 1
+
+
+async def test_bad_letters_in_a_mailbox_are_dropped_counted_and_deleted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """Anyone who has B's bundle can compute its mailbox: junk, a letter holding garbage, a
+    letter whose first message carries a bundle not signed by its sender, and a replay are
+    dropped, counted and deleted; the one genuine letter is shown, once."""
+    x = archiver(tmp_path / "x", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", x.addr())
+    recipient = b.peer_id
+    mallory = load_or_create_identity(tmp_path / "mallory")
+    other = load_or_create_identity(tmp_path / "other")
+    store = Store.open(tmp_path / "mallory" / "store")
+    host = P2PHost(mallory, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
+    sessions = OlmSessions(
+        store.namespace("dm"),
+        mallory.peer_id_text,
+        peer_id_bytes(mallory.peer_id_text),
+        host.sign,
+        signed_by,
+        SessionLimits(),
+    )
+    me = peer_id_bytes(mallory.peer_id_text)
+
+    def sealed_to(key: bytes, letter: bytes) -> bytes:
+        return bytes(nacl.public.SealedBox(nacl.public.PublicKey(key)).encrypt(letter))
+
+    def letter_of(message: dm.DirectMessage) -> bytes:
+        return mailbox.encode_letter(mailbox.Letter(me, dm.encode_message(message)))
+
+    try:
+        async with host.run(listen=False):
+            with trio.fail_after(WAIT * 2):
+                await host.connect(b.addr())
+                stream = await host.new_stream(recipient, [dm.KEYS_PROTOCOL_ID])
+                signed = dm.decode_signed_bundle(
+                    await read_frame_within(stream, FrameDecoder(dm.MAX_BUNDLE_BYTES), 30)
+                )
+                bundle = sessions.verified_bundle(recipient, peer_id_bytes(recipient), signed)
+                assert len(bundle.sealing_key) == 32 and len(bundle.mailbox_key) == 32
+                address = mailbox.address_of(bundle.mailbox_key)
+                assert b.stop() == 0
+                nodes.remove(b)
+
+                def plaintext(text: str, ident: bytes) -> bytes:
+                    return dm.encode_plaintext(dm.Plaintext(ident, text, int(time.time() * 1000)))
+
+                genuine = sessions.encrypt(recipient, plaintext("genuine", b"g" * 16), bundle)
+                assert genuine.sender_bundle is not None
+                forged = dm.DirectMessage(
+                    genuine.olm_type,
+                    genuine.ciphertext,
+                    dm.SignedBundle(
+                        genuine.sender_bundle.bundle,
+                        bytes(
+                            other.key_pair.private_key.sign(genuine.sender_bundle.signed_bytes())
+                        ),
+                    ),
+                )
+                letters = [
+                    b"\x00" * 120,  # junk: no sealed box opens it
+                    sealed_to(bundle.sealing_key, b"\xff\xfe garbage"),  # sealed, not a letter
+                    sealed_to(bundle.sealing_key, letter_of(forged)),  # bundle not the sender's
+                    sealed_to(bundle.sealing_key, letter_of(genuine)),
+                    sealed_to(bundle.sealing_key, letter_of(genuine)),  # replayed, sealed anew
+                ]
+                await host.connect(x.addr())
+                for sealed in letters:
+                    stream = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])
+                    await stream.write(
+                        frame(mailbox.encode_request(mailbox.Deposit(address, sealed)))
+                    )
+                    response = mailbox.decode_response(
+                        await read_frame_within(stream, FrameDecoder(1024), 30)
+                    )
+                    assert response.status is mailbox.Status.OK
+    finally:
+        store.close()
+
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", x.addr())
+    b.next_event(lambda e: e["type"] == "direct" and e["text"] == "genuine", timeout=WAIT)
+    wait_metric(x, "p2pchat_mailbox_letters", 0)  # read, the bad ones too, and deleted
+    assert b.metric("p2pchat_dm_dropped_total", reason="unsealable") == 1
+    assert b.metric("p2pchat_dm_dropped_total", reason="malformed") == 1
+    assert b.metric("p2pchat_dm_dropped_total", reason="bad_bundle") == 1
+    assert b.metric("p2pchat_dm_dropped_total", reason="undecryptable") == 1
+    assert b.metric("p2pchat_dm_received_total") == 1
+    shown = [e["text"] for e in b.drain_events() if e["type"] == "direct"]
+    assert shown == ["genuine"], shown
