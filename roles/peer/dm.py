@@ -332,7 +332,8 @@ class DirectMessages:
             key = self._waiting_store.add(peer, plain)
             self._waiting[plain.id] = _Waiting(peer, plain, key)
             self._trim_waiting()
-        where = f" (deposited with {deposited} archivers)" if deposited else ""
+        archivers = "archiver" if deposited == 1 else "archivers"
+        where = f" (deposited with {deposited} {archivers})" if deposited else ""
         return NoticeEvent(
             "dm_waiting",
             f"waiting{where}: not delivered to {self._name_of(peer)} yet ({reason}); sent "
@@ -366,6 +367,8 @@ class DirectMessages:
                     self._looked_up[peer] = now
                     lookups += 1
                     nursery.start_soon(self._send_waiting_to, peer)
+                else:  # not tried now: what it has waiting goes to archivers meanwhile
+                    nursery.start_soon(self._deposit_waiting, peer)
 
     def _lookup_due(self, peer: str, now: float) -> bool:
         last = self._looked_up.get(peer)
@@ -377,8 +380,20 @@ class DirectMessages:
                 continue
             answer = await self._send(peer, waiting.plain)
             if not (isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered"):
+                await self._deposit_waiting(peer)
                 return
             self._emit(answer)
+
+    async def _deposit_waiting(self, peer: str) -> None:
+        """Deposit, in order, every message waiting for ``peer`` (not connected) that is not
+        deposited yet: those that waited without a deposit (too many sends in flight, or no
+        archiver then)."""
+        if self._mail is None or self._host.is_connected(peer):
+            return
+        async with self._turn(peer):
+            for waiting in [w for w in self._waiting.values() if w.peer == peer]:
+                if waiting.plain.id in self._waiting:
+                    await self._mail.deposit(peer, waiting.plain)
 
     async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
         """One message's exchange; the caller holds ``peer``'s turn (a session changes with
