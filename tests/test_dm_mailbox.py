@@ -7,6 +7,7 @@ flooding requests from fresh PeerIds are refused, bounded and counted."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def wait_metric(node: NodeProcess, name: str, value: float, **labels: str) -> No
             return
         time.sleep(0.2)
     raise AssertionError(f"{name}{labels} never became {value} (is {node.metric(name, **labels)})")
+
+
+async def metric_reaches(node: NodeProcess, name: str, value: float, **labels: str) -> None:
+    """As :func:`wait_metric`, without blocking trio (an in-process host runs meanwhile)."""
+    with trio.fail_after(WAIT):
+        while node.metric(name, **labels) != value:
+            await trio.sleep(0.2)
 
 
 def deposit_while_away(
@@ -303,3 +311,50 @@ async def test_bad_letters_in_a_mailbox_are_dropped_counted_and_deleted(
     assert b.metric("p2pchat_dm_received_total") == 1
     shown = [e["text"] for e in b.drain_events() if e["type"] == "direct"]
     assert shown == ["genuine"], shown
+
+
+async def test_deposit_rate_streams_wait_and_ttl_bounded_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A real archiver with a 2-letter deposit burst, one request at a time and a 2 s TTL: the
+    third deposit is refused for the rate; a second stream while one is held is reset
+    (``busy``); a stream that sends nothing is ended after 10 s (``timeout``); the letters
+    kept expire and are deleted by the sweep."""
+    x = archiver(
+        tmp_path / "x",
+        nodes,
+        P2PCHAT_MAILBOX__DEPOSIT_RATE="0.001",
+        P2PCHAT_MAILBOX__DEPOSIT_BURST="2",
+        P2PCHAT_MAILBOX__MAX_STREAMS="1",
+        P2PCHAT_MAILBOX__TTL="2",
+        P2PCHAT_MAILBOX__SWEEP_INTERVAL="0.5",
+    )
+    identity = load_or_create_identity(tmp_path / "mallory")
+    host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
+    deposit = mailbox.encode_request(mailbox.Deposit(b"a" * 32, b"\x01" * 100))
+    statuses = []
+    with trio.fail_after(WAIT * 2):
+        async with host.run(listen=False):
+            await host.connect(x.addr())
+            for _ in range(3):
+                stream = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])
+                await stream.write(frame(deposit))
+                response = mailbox.decode_response(
+                    await read_frame_within(stream, FrameDecoder(1024), 30)
+                )
+                statuses.append(response.status)
+            held = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])  # says nothing
+            await held.write(b"\x05")  # half a frame: the archiver has taken the stream
+            await trio.sleep(0.5)
+            other = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])
+            await other.write(frame(deposit))
+            with trio.move_on_after(30), contextlib.suppress(Exception):
+                await read_frame_within(other, FrameDecoder(1024), 30)
+            await metric_reaches(x, "p2pchat_mailbox_refused_total", 1, reason="busy")
+            await metric_reaches(x, "p2pchat_mailbox_letters", 0)  # expired and swept
+            await metric_reaches(x, "p2pchat_mailbox_refused_total", 1, reason="timeout")
+    ok, rate = mailbox.Status.OK, mailbox.Status.RATE
+    assert statuses == [ok, ok, rate], statuses
+    assert x.metric("p2pchat_mailbox_refused_total", reason="rate") == 1
+    assert x.metric("p2pchat_mailbox_served_total", outcome="expired") == 2
+    assert x.metric("p2pchat_mailbox_bytes") == 0
