@@ -270,7 +270,7 @@ class DirectMessages:
             "dm_waiting",
             f"waiting: no answer from {self._name_of(peer)} yet; still sending (told when "
             "delivered)",
-            {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet"},
+            {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet", "deposited": 0},
         )
 
     @asynccontextmanager
