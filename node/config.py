@@ -1016,6 +1016,13 @@ class MailboxSection(_Section):
         description="Chat peer: archivers (multiaddrs with /p2p/) dialled to deposit and fetch "
         "mail, besides the connected ones.",
     )
+    fetch_interval: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="Chat peer: seconds between two fetches of its own mail from the archivers "
+        "connected (also fetched at start and on each connection to an archiver).",
+    )
     max_entry_bytes: int = Field(
         default=24_576,
         ge=1024,

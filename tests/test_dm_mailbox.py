@@ -358,3 +358,39 @@ async def test_deposit_rate_streams_wait_and_ttl_bounded_and_counted(
     assert x.metric("p2pchat_mailbox_refused_total", reason="rate") == 1
     assert x.metric("p2pchat_mailbox_served_total", outcome="expired") == 2
     assert x.metric("p2pchat_mailbox_bytes") == 0
+
+
+def test_a_recipient_online_but_unreachable_gets_its_mail_at_the_next_fetch(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """B comes back at another port, connected to the archiver only; A (no DHT) cannot reach it
+    and deposits; B, online all along, fetches it at its next periodic fetch."""
+    x = archiver(tmp_path / "x", nodes)
+    no_dht = node_env(P2PCHAT_DHT__ENABLED="false")
+    a = start_node(tmp_path / "a", "--json", "--bootstrap", x.addr(), env=no_dht)
+    nodes.append(a)
+    a.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{x.addr()},{a.addr()}")
+    connected(a, b)
+    assert msg(a, b.peer_id, "hello", 1)["kind"] == "dm_delivered"
+    assert b.stop() == 0
+    nodes.remove(b)
+    b = start_node(
+        tmp_path / "b",
+        "--json",
+        "--bootstrap",
+        x.addr(),
+        env=node_env(P2PCHAT_MAILBOX__FETCH_INTERVAL="2"),
+    )
+    nodes.append(b)
+    b.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    assert b.metric("p2pchat_dm_mail_fetched_total") == 0
+    text = "left while you were online elsewhere"
+    waiting = msg(a, b.peer_id, text, 2)
+    if waiting["data"]["deposited"] == 0:  # answered before the dial gave up
+        waiting = a.next_event(
+            lambda e: e["type"] == "notice" and e["data"].get("deposited"), timeout=WAIT
+        )
+    assert waiting["kind"] == "dm_waiting" and waiting["data"]["deposited"] == 1, waiting
+    direct_from(b, a.peer_id, text)
+    assert b.metric("p2pchat_dm_mail_fetched_total") == 1

@@ -316,15 +316,23 @@ class Mail:
 
     async def run(self) -> None:
         """Fetch from the archivers connected now and the configured ones, then from each
-        archiver as its connection is identified; until cancelled."""
+        archiver as its connection is identified, and from those connected every
+        ``mailbox.fetch_interval`` seconds (a sender that could not reach this peer while it was
+        online left mail meanwhile); until cancelled."""
         self._host.watch_identify(self.identified)
-        for archiver in self.archivers():
-            self._queue(archiver)
-        for addr in self._settings.archivers:
-            try:
-                self._queue(await self._host.connect(addr))
-            except DialError:
-                continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch_queued)
+            for addr in self._settings.archivers:
+                try:
+                    self._queue(await self._host.connect(addr))
+                except DialError:
+                    continue
+            while True:
+                for archiver in self.archivers():
+                    self._queue(archiver)
+                await trio.sleep(self._settings.fetch_interval)
+
+    async def _fetch_queued(self) -> None:
         async for archiver in self._fetch_queue:
             batch = [archiver]
             while True:  # every archiver queued now: fetched at once, their letters merged
