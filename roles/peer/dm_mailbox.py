@@ -345,40 +345,33 @@ class Mail:
 
     async def fetch(self, archivers: list[str]) -> None:
         """Fetch this peer's letters from ``archivers`` (at once), show the new messages, and
-        delete what was read."""
+        delete what was read: each request deletes what the last one read from that archiver
+        and lists what is left, until an archiver lists nothing (at most
+        :data:`MAX_FETCH_ROUNDS` requests each; what is left waits for the next fetch)."""
+        deleting: dict[str, tuple[bytes, ...]] = dict.fromkeys(archivers, ())
         for _ in range(MAX_FETCH_ROUNDS):
-            read, more = await self._read(archivers)
+            read = await self._read(deleting)
             self._open_all([e for entries in read.values() for e in entries])
-            async with trio.open_nursery() as nursery:
-                for archiver, entries in read.items():
-                    if entries:
-                        nursery.start_soon(self._delete, archiver, entries)
-            if not more:
+            deleting = {a: tuple(e.id for e in entries) for a, entries in read.items() if entries}
+            if not deleting:
                 return
-            archivers = sorted(more)
+        await self._read(deleting)  # the last deletes; what it lists is read next time
 
-    async def _read(self, archivers: list[str]) -> tuple[dict[str, list[Entry]], set[str]]:
-        """One fetch from each of ``archivers``: the entries each listed, and those that hold
-        more."""
+    async def _read(self, deleting: dict[str, tuple[bytes, ...]]) -> dict[str, list[Entry]]:
+        """One request to each archiver of ``deleting``, deleting the ids given for it: the
+        entries each lists."""
         read: dict[str, list[Entry]] = {}
-        more: set[str] = set()
 
-        async def one(archiver: str) -> None:
-            response = await self._request(archiver, encode_request(self._own.fetch(archiver, ())))
-            if response is None or response.status is not Status.OK:
-                return
-            read[archiver] = list(response.entries)
-            if response.more:
-                more.add(archiver)
+        async def one(archiver: str, ids: tuple[bytes, ...]) -> None:
+            request = encode_request(self._own.fetch(archiver, ids))
+            response = await self._request(archiver, request)
+            if response is not None and response.status is Status.OK:
+                read[archiver] = list(response.entries)
 
         async with trio.open_nursery() as nursery:
-            for archiver in archivers:
-                nursery.start_soon(one, archiver)
-        return read, more
-
-    async def _delete(self, archiver: str, entries: list[Entry]) -> None:
-        ids = tuple(e.id for e in entries)
-        await self._request(archiver, encode_request(self._own.fetch(archiver, ids)))
+            for archiver, ids in deleting.items():
+                nursery.start_soon(one, archiver, ids)
+        return read
 
     def _open_all(self, entries: list[Entry]) -> None:
         """Open, check and show the letters of one fetch (several archivers' answers)."""
