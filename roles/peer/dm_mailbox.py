@@ -52,6 +52,7 @@ from p2pchat.node.p2p.streams import (
     read_frame_within,
     reset_quietly,
 )
+from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.dm import (
     DmWireError,
@@ -130,10 +131,6 @@ class MailKeys:
     def mailbox_key(self) -> bytes:
         return bytes(self._auth.verify_key)
 
-    @property
-    def address(self) -> bytes:
-        return address_of(self.mailbox_key)
-
     def open(self, sealed: bytes) -> bytes:
         """Raises nacl.exceptions.CryptoError when it is not sealed to this key."""
         return bytes(nacl.public.SealedBox(self._sealing).decrypt(sealed))
@@ -174,6 +171,7 @@ class Mail:
         self._log = log
         self._show = show
         self._refused = refused
+        self._deposit_refusals = RefusalLog(log, "mailbox deposit refused by an archiver")
         self._contacts = {key[len(_CONTACTS) :] for key, _ in keys.items(_CONTACTS)}
         self._deposited: OrderedDict[bytes, int] = OrderedDict()
         self._opened: OrderedDict[bytes, None] = OrderedDict()
@@ -253,7 +251,7 @@ class Mail:
             if outcome == "ok":
                 taken += 1
             elif response is not None:
-                self._log.info("mailbox deposit refused", status=response.status.name)
+                self._deposit_refusals.refused(response.status.name.lower(), archiver=archiver)
 
         async with trio.open_nursery() as nursery:
             for archiver in archivers:
