@@ -56,10 +56,11 @@ async def metric_reaches(node: NodeProcess, name: str, value: float, **labels: s
 
 
 def deposit_while_away(
-    tmp_path: Path, nodes: list[NodeProcess], text: str
+    tmp_path: Path, nodes: list[NodeProcess], text: str, *more: str
 ) -> tuple[NodeProcess, NodeProcess, str, str]:
-    """Two archivers; A and B meet (A learns B's bundle); B stops; A's /msg is deposited with
-    both archivers; A stops. Returns the archivers, A's PeerId and B's."""
+    """Two archivers; A and B meet (A learns B's bundle); B stops; A's /msg ``text`` (then
+    ``more``) is deposited with both archivers; A stops. Returns the archivers, A's PeerId and
+    B's."""
     x = archiver(tmp_path / "x", nodes)
     y = archiver(tmp_path / "y", nodes)
     archivers = f"{x.addr()},{y.addr()}"
@@ -72,16 +73,18 @@ def deposit_while_away(
     assert b.stop() == 0
     nodes.remove(b)
     waiting = msg(a, recipient, text, 2)
-    if waiting["data"].get("deposited") is None:  # answered before the dial gave up
+    if waiting["data"]["reason"] == "no answer yet":  # answered before the dial gave up
         waiting = a.next_event(
-            lambda e: e["type"] == "notice" and e["data"].get("deposited") is not None,
-            timeout=WAIT,
+            lambda e: e["type"] == "notice" and e["data"].get("deposited"), timeout=WAIT
         )
     assert waiting["kind"] == "dm_waiting", waiting
     assert waiting["data"]["deposited"] == 2, waiting
     assert "deposited with 2 archivers" in waiting["text"]
-    wait_metric(x, "p2pchat_mailbox_letters", 1)
-    wait_metric(y, "p2pchat_mailbox_letters", 1)
+    for n, later in enumerate(more, 3):  # behind a waiting one: deposited at once
+        got = msg(a, recipient, later, n)
+        assert got["data"]["deposited"] == 2, got
+    wait_metric(x, "p2pchat_mailbox_letters", 1 + len(more))
+    wait_metric(y, "p2pchat_mailbox_letters", 1 + len(more))
     assert a.stop() == 0  # only the archivers can deliver it now
     nodes.remove(a)
     return x, y, a.peer_id, recipient
@@ -91,20 +94,24 @@ def test_a_message_to_a_stopped_peer_is_fetched_from_two_archivers_exactly_once(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     text = "sealed for you while you were out"
-    x, y, sender, recipient = deposit_while_away(tmp_path, nodes, text)
+    texts = [text, "a second one", "and a third"]
+    x, y, sender, recipient = deposit_while_away(tmp_path, nodes, *texts)
     b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{x.addr()},{y.addr()}")
     assert b.peer_id == recipient
     shown = direct_from(b, sender, text)
     assert shown["own"] is False
+    direct_from(b, sender, texts[-1])
     # Read, then deleted from both archivers; shown once (the second copy is not shown).
     wait_metric(x, "p2pchat_mailbox_letters", 0)
     wait_metric(y, "p2pchat_mailbox_letters", 0)
-    assert [e["text"] for e in b.drain_events() if e["type"] == "direct"].count(text) == 1
-    assert b.metric("p2pchat_dm_received_total") == 1
-    assert b.metric("p2pchat_dm_mail_fetched_total") == 1  # the same letter twice: opened once
+    # Each once, in the order sent.
+    assert [e["text"] for e in b.drain_events() if e["type"] == "direct"] == texts
+    assert b.metric("p2pchat_dm_received_total") == 3
+    assert b.metric("p2pchat_dm_mail_fetched_total") == 3  # each letter twice: opened once
     for archived in (x, y):
-        assert archived.metric("p2pchat_mailbox_deposits_total") == 1
-        _assert_knows_nothing(archived, text, recipient)
+        assert archived.metric("p2pchat_mailbox_deposits_total") == 3
+        for said in texts:
+            _assert_knows_nothing(archived, said, recipient)
 
 
 def test_still_delivered_with_one_of_two_archivers_dead(
@@ -387,7 +394,7 @@ def test_a_recipient_online_but_unreachable_gets_its_mail_at_the_next_fetch(
     assert b.metric("p2pchat_dm_mail_fetched_total") == 0
     text = "left while you were online elsewhere"
     waiting = msg(a, b.peer_id, text, 2)
-    if waiting["data"]["deposited"] == 0:  # answered before the dial gave up
+    if waiting["data"]["reason"] == "no answer yet":  # answered before the dial gave up
         waiting = a.next_event(
             lambda e: e["type"] == "notice" and e["data"].get("deposited"), timeout=WAIT
         )

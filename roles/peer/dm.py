@@ -297,8 +297,7 @@ class DirectMessages:
             if self._waiting_before(peer, plain.id):
                 if self._host.is_connected(peer):
                     self._retry.set()
-                    return self._wait(peer, plain, "earlier messages to it are waiting")
-                deposited = await self._deposit(peer, plain)
+                deposited = await self._deposit_behind(peer, plain)
                 return self._wait(peer, plain, "earlier messages to it are waiting", deposited)
             try:
                 ack = await self._deliver(peer, plain)
@@ -321,6 +320,17 @@ class DirectMessages:
             f"delivered to {self._name_of(peer)} ({peer[-6:]})",
             {"peer": peer, "id": message_id},
         )
+
+    async def _deposit_behind(self, peer: str, plain: Plaintext) -> int:
+        """Deposit a message behind a waiting one when the peer is not connected, or when the
+        one in front was deposited (a connection to a peer that just went away is still listed
+        for a while)."""
+        if self._mail is None:
+            return 0
+        first = next(w for w in self._waiting.values() if w.peer == peer)
+        if self._host.is_connected(peer) and not self._mail.deposited(first.plain.id):
+            return 0
+        return await self._mail.deposit(peer, plain)
 
     async def _deposit(self, peer: str, plain: Plaintext) -> int:
         """Deposit ``plain`` with archivers (sealed delivery); with how many it is."""

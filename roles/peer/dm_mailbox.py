@@ -208,6 +208,10 @@ class Mail:
             if PROTOCOL_ID in self._host.peer_protocols(peer)
         ]
 
+    def deposited(self, message_id: bytes) -> bool:
+        """Whether the message ``message_id`` was deposited with an archiver."""
+        return message_id in self._deposited
+
     async def deposit(self, peer: str, plain: Plaintext) -> int:
         """Deposit ``plain`` for ``peer`` (the caller holds ``peer``'s turn: the Olm session
         advances); returns with how many archivers it is deposited (0: none took it, or the
