@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import nacl.public
 import nacl.signing
@@ -55,6 +56,18 @@ async def metric_reaches(node: NodeProcess, name: str, value: float, **labels: s
             await trio.sleep(0.2)
 
 
+def deposited(node: NodeProcess, answered: dict[str, Any]) -> dict[str, Any]:
+    """The ``dm_waiting`` that says where a message was deposited: the /msg's answer, or, when
+    that came first (``no answer yet``: a slow dial or deposit), the live notice after it."""
+    if answered["data"]["reason"] != "no answer yet":
+        return answered
+    ident = answered["data"]["id"]
+    return node.next_event(
+        lambda e: e["type"] == "notice" and e["kind"] == "dm_waiting" and e["data"]["id"] == ident,
+        timeout=WAIT,
+    )
+
+
 def deposit_while_away(
     tmp_path: Path, nodes: list[NodeProcess], text: str, *more: str
 ) -> tuple[NodeProcess, NodeProcess, str, str]:
@@ -73,15 +86,12 @@ def deposit_while_away(
     assert b.stop() == 0
     nodes.remove(b)
     waiting = msg(a, recipient, text, 2)
-    if waiting["data"]["reason"] == "no answer yet":  # answered before the dial gave up
-        waiting = a.next_event(
-            lambda e: e["type"] == "notice" and e["data"].get("deposited"), timeout=WAIT
-        )
+    waiting = deposited(a, waiting)
     assert waiting["kind"] == "dm_waiting", waiting
     assert waiting["data"]["deposited"] == 2, waiting
     assert "deposited with 2 archivers" in waiting["text"]
     for n, later in enumerate(more, 3):  # behind a waiting one: deposited at once
-        got = msg(a, recipient, later, n)
+        got = deposited(a, msg(a, recipient, later, n))
         assert got["data"]["deposited"] == 2, got
     wait_metric(x, "p2pchat_mailbox_letters", 1 + len(more))
     wait_metric(y, "p2pchat_mailbox_letters", 1 + len(more))
@@ -394,10 +404,7 @@ def test_a_recipient_online_but_unreachable_gets_its_mail_at_the_next_fetch(
     assert b.metric("p2pchat_dm_mail_fetched_total") == 0
     text = "left while you were online elsewhere"
     waiting = msg(a, b.peer_id, text, 2)
-    if waiting["data"]["reason"] == "no answer yet":  # answered before the dial gave up
-        waiting = a.next_event(
-            lambda e: e["type"] == "notice" and e["data"].get("deposited"), timeout=WAIT
-        )
+    waiting = deposited(a, waiting)
     assert waiting["kind"] == "dm_waiting" and waiting["data"]["deposited"] == 1, waiting
     direct_from(b, a.peer_id, text)
     assert b.metric("p2pchat_dm_mail_fetched_total") == 1
