@@ -408,3 +408,41 @@ def test_a_recipient_online_but_unreachable_gets_its_mail_at_the_next_fetch(
     assert waiting["kind"] == "dm_waiting" and waiting["data"]["deposited"] == 1, waiting
     direct_from(b, a.peer_id, text)
     assert b.metric("p2pchat_dm_mail_fetched_total") == 1
+
+
+async def test_a_flood_of_deposits_from_fresh_peer_ids_is_bounded_in_memory_and_disk(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """20 fresh PeerIds from one address deposit 50 letters of 1 KiB each, to 1,000 mailboxes:
+    the address group's quota keeps 100, every other deposit is refused (quota or rate) and
+    counted, and the archiver's memory stays flat."""
+    x = archiver(tmp_path / "x", nodes, P2PCHAT_MAILBOX__MAX_ENTRIES_PER_GROUP="100")
+    rss_before = x.metric("process_resident_memory_bytes")
+    refused = 0
+    with trio.fail_after(WAIT * 4):
+        for n in range(20):
+            identity = load_or_create_identity(tmp_path / f"sybil{n}")
+            host = P2PHost(identity, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
+            async with host.run(listen=False):
+                await host.connect(x.addr())
+                for i in range(50):
+                    address = (n * 50 + i).to_bytes(32, "big")
+                    stream = await host.new_stream(x.peer_id, [mailbox.PROTOCOL_ID])
+                    await stream.write(
+                        frame(mailbox.encode_request(mailbox.Deposit(address, b"\x02" * 1024)))
+                    )
+                    response = mailbox.decode_response(
+                        await read_frame_within(stream, FrameDecoder(1024), 30)
+                    )
+                    refused += response.status is not mailbox.Status.OK
+    assert refused == 900
+    assert x.metric("p2pchat_mailbox_letters") == 100
+    assert x.metric("p2pchat_mailboxes") == 100
+    assert x.metric("p2pchat_mailbox_bytes") == 100 * 1024
+    counted = sum(
+        x.metric("p2pchat_mailbox_refused_total", reason=reason) for reason in ("quota", "rate")
+    )
+    assert counted == 900
+    growth = x.metric("process_resident_memory_bytes") - rss_before
+    print(f"archiver RSS growth over 1,000 deposits: {growth / 2**20:.1f} MiB")
+    assert growth < 32 * 2**20
