@@ -46,6 +46,7 @@ from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, f
 from p2pchat.node.wire.mailbox import (
     PROTOCOL_ID,
     Deposit,
+    Fetch,
     MailboxWireError,
     Response,
     Status,
@@ -177,8 +178,7 @@ class MailboxServer:
             if isinstance(request, Deposit):
                 response = self._deposit(stream, request)
             else:
-                check_fetch(request, self._me, self._wall_ms())
-                response = self._fetch(stream, request.address, request.delete)
+                response = self._fetch(stream, request)
         except MailboxWireError as error:
             self._refused(error.reason, stream)
             response = Response(_STATUS[error.reason])
@@ -206,10 +206,13 @@ class MailboxServer:
         self._report()
         return Response(Status.OK)
 
-    def _fetch(self, stream: Stream, address: bytes, delete: tuple[bytes, ...]) -> Response:
+    def _fetch(self, stream: Stream, fetch: Fetch) -> Response:
+        # The rate first: a forged fetch costs a token before it costs a signature check.
         if not self._fetches.allow(stream.remote_peer, trio.current_time()):
             raise MailboxWireError("rate", "too many fetches")
-        deleted = self._store.delete(address, delete)
+        check_fetch(fetch, self._me, self._wall_ms())
+        address = fetch.address
+        deleted = self._store.delete(address, fetch.delete)
         entries, more = self._store.fetch(address, self._settings.max_fetch_bytes, self._wall_ms())
         self._observer.mailbox_fetched(len(entries), deleted)
         if deleted:
