@@ -1050,6 +1050,121 @@ class ArchiverSection(_Section):
         return self.room_retention.get(room, self.retention)
 
 
+class MailboxSection(_Section):
+    """Sealed offline delivery (issue #19): the mailboxes an archiver keeps for peers that are
+    away, and how a chat peer uses them. Every bound is counted when it refuses
+    (p2pchat_mailbox_refused_total{reason})."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Chat peer: deposit direct messages for an unreachable peer with archivers "
+        "and fetch this peer's own mail from them. An archiver serves mailboxes either way.",
+    )
+    deposit_archivers: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Chat peer: archivers a waiting direct message is deposited with (connected "
+        "peers serving /p2pchat/mailbox/1.0.0, and the `archivers` below), for redundancy.",
+    )
+    archivers: PeerAddrs = Field(
+        default_factory=list,
+        description="Chat peer: archivers (multiaddrs with /p2p/) dialled to deposit and fetch "
+        "mail, besides the connected ones.",
+    )
+    fetch_interval: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="Chat peer: seconds between two fetches of its own mail from the archivers "
+        "connected (also fetched at start and on each connection to an archiver).",
+    )
+    max_entry_bytes: int = Field(
+        default=24_576,
+        ge=1024,
+        le=1 << 20,
+        description="Archiver: largest sealed letter kept (a direct message frame and ~130 "
+        "bytes of sealing); larger is refused (reason=too_large).",
+    )
+    max_entries_per_mailbox: int = Field(
+        default=200, ge=1, le=100_000, description="Archiver: letters one mailbox holds."
+    )
+    max_bytes_per_mailbox: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30, description="Archiver: bytes one mailbox holds."
+    )
+    max_mailboxes: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Archiver: mailboxes held at once."
+    )
+    max_entries: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Archiver: letters held in all (about 100 bytes of memory each).",
+    )
+    max_bytes: int = Field(
+        default=256 << 20, ge=1024, le=1 << 40, description="Archiver: letter bytes held in all."
+    )
+    ttl: float = Field(
+        default=14 * 86_400.0,
+        gt=0,
+        le=366 * 86_400.0,
+        description="Archiver: seconds a letter is kept unfetched; then it is deleted.",
+    )
+    max_entries_per_depositor: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Archiver: letters one depositing PeerId may have held at once (reason=quota).",
+    )
+    max_bytes_per_depositor: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="Archiver: letter bytes one depositing PeerId may have held at once.",
+    )
+    max_entries_per_group: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description="Archiver: letters the depositors of one address group (IPv4 address, "
+        "IPv6 /64; all relayed depositors together) may have held at once (PeerIds are free).",
+    )
+    max_bytes_per_group: int = Field(
+        default=8 << 20,
+        ge=1024,
+        le=1 << 40,
+        description="Archiver: letter bytes one address group's depositors may have held.",
+    )
+    deposit_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=10_000,
+        description="Archiver: deposits per second one PeerId, and (x10) one address group, "
+        "may make sustained (reason=rate).",
+    )
+    deposit_burst: int = Field(
+        default=30, ge=1, le=100_000, description="Archiver: deposits one PeerId makes at once."
+    )
+    fetch_rate: float = Field(
+        default=0.5, gt=0, le=10_000, description="Archiver: fetches per second one PeerId makes."
+    )
+    fetch_burst: int = Field(
+        default=20, ge=1, le=100_000, description="Archiver: fetches one PeerId makes at once."
+    )
+    max_fetch_bytes: int = Field(
+        default=1 << 20,
+        ge=64 * 1024,
+        le=2 << 20,
+        description="Archiver: letter bytes one fetch's answer carries (the rest: next fetch).",
+    )
+    max_streams: int = Field(
+        default=64, ge=1, le=10_000, description="Archiver: mailbox requests served at once."
+    )
+    sweep_interval: float = Field(
+        default=60.0, gt=0, le=86_400, description="Archiver: seconds between two TTL sweeps."
+    )
+
+
 class StreamsSection(_Section):
     """What one remote peer may make this node hold through streams, and how long a stream may
     take to negotiate its protocol. Anchors: go-libp2p's resource manager defaults (256 inbound
@@ -1212,6 +1327,7 @@ class Config(_Section):
     pubsub: PubsubSection = Field(default_factory=PubsubSection)
     history: HistorySection = Field(default_factory=HistorySection)
     archiver: ArchiverSection = Field(default_factory=ArchiverSection)
+    mailbox: MailboxSection = Field(default_factory=MailboxSection)
     streams: StreamsSection = Field(default_factory=StreamsSection)
     peerstore: PeerstoreSection = Field(default_factory=PeerstoreSection)
 

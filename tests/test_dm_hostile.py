@@ -35,6 +35,8 @@ RSS_BOUND_MIB = 160.0
 class MemoryKeys:
     """A KeyValue in memory: the attacker's throw-away Olm accounts keep nothing."""
 
+    pickle_key = bytes(32)  # no passphrase: the store's fixed key
+
     def __init__(self) -> None:
         self._data: dict[bytes, bytes] = {}
 

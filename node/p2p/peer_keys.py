@@ -32,6 +32,20 @@ def peer_id_bytes(peer_id: str) -> bytes:
     return bytes(ID.from_base58(peer_id).to_bytes())
 
 
+def peer_id_text(data: bytes) -> str:
+    """The base58 form of a binary PeerId (a multihash: SHA-256, or identity with the key
+    inlined).
+
+    Raises:
+        ValueError: not a PeerId's shape.
+    """
+    sha256 = len(data) == 34 and data[:2] == b"\x12\x20"
+    inlined = len(data) >= 3 and data[0] == 0 and data[1] == len(data) - 2 and data[1] < 0x80
+    if not (sha256 or inlined):
+        raise ValueError("not a PeerId")
+    return str(ID(data).to_base58())
+
+
 def signed_by(peer_id: str, data: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``data`` was made by the key of ``peer_id`` (never raises;
     False for a PeerId whose key it does not inline)."""

@@ -50,12 +50,15 @@ class AckStatus(IntEnum):
 @dataclass(frozen=True, slots=True)
 class KeyBundle:
     """The Olm keys of one peer: ``peer_id`` (binary PeerId), its Curve25519 identity and
-    fallback keys (32 bytes each), when it was made."""
+    fallback keys (32 bytes each), when it was made; and its mailbox keys (32 bytes each, or
+    empty for a peer without mailboxes: :mod:`p2pchat.node.wire.mailbox`)."""
 
     peer_id: bytes
     identity_key: bytes
     fallback_key: bytes
     created_at_ms: int
+    sealing_key: bytes = b""
+    mailbox_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,8 @@ def encode_bundle(bundle: KeyBundle) -> bytes:
         identity_key=bundle.identity_key,
         fallback_key=bundle.fallback_key,
         created_at_ms=bundle.created_at_ms,
+        sealing_key=bundle.sealing_key,
+        mailbox_key=bundle.mailbox_key,
     ).SerializeToString()
 
 
@@ -152,11 +157,18 @@ def decode_bundle(signed: SignedBundle, peer_id: bytes) -> KeyBundle:
         raise DmWireError("bad_bundle", "bundle of another peer")
     if len(message.identity_key) != KEY_BYTES or len(message.fallback_key) != KEY_BYTES:
         raise DmWireError("bad_bundle", "keys are not 32 bytes")
+    if len(message.sealing_key) not in (0, KEY_BYTES) or len(message.mailbox_key) not in (
+        0,
+        KEY_BYTES,
+    ):
+        raise DmWireError("bad_bundle", "mailbox keys are not 32 bytes")
     return KeyBundle(
         bytes(message.peer_id),
         bytes(message.identity_key),
         bytes(message.fallback_key),
         message.created_at_ms,
+        bytes(message.sealing_key),
+        bytes(message.mailbox_key),
     )
 
 

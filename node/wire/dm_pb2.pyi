@@ -63,6 +63,8 @@ class KeyBundle(_message.Message):
     IDENTITY_KEY_FIELD_NUMBER: _builtins.int
     FALLBACK_KEY_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    SEALING_KEY_FIELD_NUMBER: _builtins.int
+    MAILBOX_KEY_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.bytes
     """The PeerId (binary) these keys belong to; a bundle for another peer is refused."""
     identity_key: _builtins.bytes
@@ -71,6 +73,12 @@ class KeyBundle(_message.Message):
     """Olm Curve25519 fallback key (the signed prekey a first message is made from), 32 bytes."""
     created_at_ms: _builtins.int
     """When the bundle was made, Unix ms (the newest one wins)."""
+    sealing_key: _builtins.bytes
+    """X25519 public key letters for this peer are sealed to (mailbox.proto), 32 bytes; absent
+    from a peer without mailboxes.
+    """
+    mailbox_key: _builtins.bytes
+    """Ed25519 public key this peer's mailbox address is derived from (mailbox.proto), 32 bytes."""
     def __init__(
         self,
         *,
@@ -78,10 +86,12 @@ class KeyBundle(_message.Message):
         identity_key: _builtins.bytes = ...,
         fallback_key: _builtins.bytes = ...,
         created_at_ms: _builtins.int = ...,
+        sealing_key: _builtins.bytes = ...,
+        mailbox_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "fallback_key", b"fallback_key", "identity_key", b"identity_key", "peer_id", b"peer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "fallback_key", b"fallback_key", "identity_key", b"identity_key", "mailbox_key", b"mailbox_key", "peer_id", b"peer_id", "sealing_key", b"sealing_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,32 @@ class ArchiveMetrics:
         )
         if store_size is not None:
             self.store_bytes.set_function(store_size)
+        self.mailbox_refused_total = Counter(
+            "p2pchat_mailbox_refused",
+            "Mailbox requests refused, by reason (busy, timeout, too_large, malformed, rate, "
+            "unauthorized, full, mailbox_full, quota).",
+            ("reason",),
+            registry=registry,
+        )
+        self.mailbox_deposits = Counter(
+            "p2pchat_mailbox_deposits", "Sealed letters kept in a mailbox.", registry=registry
+        )
+        self.mailbox_served = Counter(
+            "p2pchat_mailbox_served",
+            "Mailbox letters, by what became of them: fetched (listed to their holder), "
+            "deleted (by their holder), expired (mailbox.ttl).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.mailbox_letters = Gauge(
+            "p2pchat_mailbox_letters", "Sealed letters held in all mailboxes.", registry=registry
+        )
+        self.mailbox_bytes = Gauge(
+            "p2pchat_mailbox_bytes", "Bytes of the sealed letters held.", registry=registry
+        )
+        self.mailboxes = Gauge(
+            "p2pchat_mailboxes", "Mailboxes holding at least one letter.", registry=registry
+        )
 
     def message_dropped(self, topic: str, reason: str) -> None:
         """A message failed verification or validation; ``topic`` is not a label (unbounded)."""
@@ -120,3 +146,22 @@ class ArchiveMetrics:
     def rooms_on_probation(self, count: int) -> None:
         """``count`` rooms heard of are on probation now."""
         self.room_candidates.set(count)
+
+    def mailbox_refused(self, reason: str) -> None:
+        """A mailbox request was refused for ``reason``."""
+        self.mailbox_refused_total.labels(reason=reason).inc()
+
+    def mailbox_deposited(self) -> None:
+        self.mailbox_deposits.inc()
+
+    def mailbox_fetched(self, entries: int, deleted: int) -> None:
+        self.mailbox_served.labels(outcome="fetched").inc(entries)
+        self.mailbox_served.labels(outcome="deleted").inc(deleted)
+
+    def mailbox_expired(self, count: int) -> None:
+        self.mailbox_served.labels(outcome="expired").inc(count)
+
+    def mailbox_held(self, entries: int, size: int, mailboxes: int) -> None:
+        self.mailbox_letters.set(entries)
+        self.mailbox_bytes.set(size)
+        self.mailboxes.set(mailboxes)

@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol, Self
 
 import trio
 from p2pchat.node.bounded import BoundedDict
-from p2pchat.node.config import ArchiverSection, Config
+from p2pchat.node.config import ArchiverSection, Config, MailboxSection
 from p2pchat.node.history import now_ms
 from p2pchat.node.moderation import MAX_DECISIONS, MAX_TARGETS, RoomModeration, refusal_log
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
@@ -46,10 +46,14 @@ from p2pchat.node.wire.chat import (
     moderation_refused,
     validate_room,
 )
+from p2pchat.node.wire.mailbox import PROTOCOL_ID as MAILBOX_PROTOCOL_ID
 from p2pchat.node.wire.room_names import room_owner
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 from p2pchat.roles.archiver.admission import HELD_PER_CANDIDATE, RoomAdmission
 from p2pchat.roles.archiver.ingest import Archive, ArchiveObserver
+from p2pchat.roles.archiver.mailbox import MailboxServer
+from p2pchat.roles.archiver.mailbox_store import NAMESPACE as MAILBOX_NAMESPACE
+from p2pchat.roles.archiver.mailbox_store import MailboxStore
 from p2pchat.roles.archiver.metrics import ArchiveMetrics
 
 ADMISSION_TICK = 1.0  # seconds between two looks at probation (also woken by announcements)
@@ -77,7 +81,12 @@ class ArchiverRole:
     """Archiver node."""
 
     name: ClassVar[str] = "archiver"
-    protocols: ClassVar[Sequence[str]] = (PROTOCOL_ID, "/meshsub/1.2.0", "/meshsub/1.1.0")
+    protocols: ClassVar[Sequence[str]] = (
+        PROTOCOL_ID,
+        MAILBOX_PROTOCOL_ID,
+        "/meshsub/1.2.0",
+        "/meshsub/1.1.0",
+    )
     in_rooms: ClassVar[bool] = True
 
     def __init__(
@@ -85,6 +94,7 @@ class ArchiverRole:
         settings: ArchiverSection,
         max_message_bytes: int,
         max_decisions: tuple[int, int] = (MAX_TARGETS, MAX_DECISIONS),
+        mailbox: MailboxSection | None = None,
     ) -> None:
         """``settings``: the rooms and their retention (the ``archiver`` config section);
         ``max_message_bytes``: the largest text accepted, as chat peers accept it;
@@ -92,6 +102,7 @@ class ArchiverRole:
         self._settings = settings
         self._max_message_bytes = max_message_bytes
         self._max_decisions = max_decisions
+        self._mailbox = mailbox or MailboxSection()
         self._admission = RoomAdmission(
             set(),
             max_rooms=settings.max_rooms,
@@ -111,6 +122,7 @@ class ArchiverRole:
             config.archiver,
             chat.max_message_bytes,
             (chat.max_decisions_per_room, chat.max_decisions),
+            config.mailbox,
         )
 
     async def run(
@@ -127,6 +139,10 @@ class ArchiverRole:
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(archive.run)
+            mailboxes = MailboxStore(ctx.keys(MAILBOX_NAMESPACE), self._mailbox)
+            await nursery.start(
+                MailboxServer(ctx.host, mailboxes, self._mailbox, metrics, ctx.log).run
+            )
             rooms.nursery = nursery
             for room in settings.rooms:
                 if len(self._admission.archived) >= settings.max_rooms:

@@ -45,7 +45,7 @@ from typing import Protocol
 
 import structlog
 import trio
-from p2pchat.node.config import ChatSection
+from p2pchat.node.config import ChatSection, MailboxSection
 from p2pchat.node.errors import P2PChatError
 from p2pchat.node.p2p.host import ConnectionInfo, DialError, P2PHost, Stream
 from p2pchat.node.p2p.peer_keys import peer_id_bytes, signed_by
@@ -82,6 +82,7 @@ from p2pchat.node.wire.dm import (
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, FrameTooLarge, frame
 from p2pchat.roles.peer.dm_crypto import NAMESPACE as NAMESPACE
 from p2pchat.roles.peer.dm_crypto import DmDrop, OlmSessions, SessionLimits
+from p2pchat.roles.peer.dm_mailbox import Mail, MailKeys, MailObserver
 from p2pchat.roles.peer.dm_waiting import WaitingStore
 from p2pchat.roles.peer.events import ChatEvent, DirectEvent, NoticeEvent
 
@@ -102,7 +103,7 @@ MAX_LOOKUPS_PER_PASS = 8  # recipients not connected looked up by one retry pass
 FindPeer = Callable[[str], Awaitable[list[str]]]
 
 
-class DmObserver(Protocol):
+class DmObserver(MailObserver, Protocol):
     """What direct messages report (the role's metrics implement it). Called inline."""
 
     def dm_sent_outcome(self, outcome: str) -> None: ...
@@ -141,11 +142,14 @@ class DirectMessages:
         log: structlog.stdlib.BoundLogger,
         find_peer: FindPeer | None = None,
         shown_before: Callable[[str, bytes], bool] = lambda peer, message_id: False,
+        mailbox: MailboxSection | None = None,
     ) -> None:
         """``find_peer``: the DHT's peer routing, to reach a recipient not connected (None when
         the node runs no DHT: then only the addresses the node knows are dialled).
         ``shown_before``: whether a message (peer, id) was received before the ids remembered
-        here (the kept conversations: a resend after a restart is acknowledged, not shown)."""
+        here (the kept conversations: a resend after a restart is acknowledged, not shown).
+        ``mailbox``: sealed offline delivery (:mod:`~p2pchat.roles.peer.dm_mailbox`; None or
+        not enabled: none)."""
         self._shown_before = shown_before
         self._host = host
         self._find_peer = find_peer
@@ -155,6 +159,7 @@ class DirectMessages:
         self._name_of = name_of
         self._refusals = RefusalLog(log, "direct message refused")
         self._log = log
+        mail_keys = MailKeys(keys)
         self.olm = OlmSessions(
             keys,
             host.peer_id,
@@ -169,7 +174,23 @@ class DirectMessages:
                 new_sessions_per_second=settings.dm_new_sessions_rate,
                 new_sessions_burst=settings.dm_new_sessions_burst,
             ),
+            mailbox_keys=(mail_keys.sealing_key, mail_keys.mailbox_key),
         )
+        self._mail: Mail | None = None
+        if mailbox is not None and mailbox.enabled:
+            self._mail = Mail(
+                host,
+                keys,
+                mail_keys,
+                self.olm,
+                mailbox,
+                settings.max_message_bytes,
+                settings.dm_max_message_bytes,
+                observer,
+                log,
+                self._show_fetched,
+                self._refused,
+            )
         self._inbound = 0
         self._inbound_of: dict[str, int] = {}
         self._seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
@@ -205,6 +226,8 @@ class DirectMessages:
             self._log.info("direct messages: new keys (peers start new sessions with us)")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._mail is not None:
+                nursery.start_soon(self._mail.run)
             task_status.started()
             while True:
                 with trio.move_on_after(RETRY_SECONDS):
@@ -245,6 +268,8 @@ class DirectMessages:
             late = outcome[0]
             if answered and isinstance(late, NoticeEvent) and late.kind == "dm_delivered":
                 self._emit(late)  # the user was told "waiting": now it is delivered
+            elif answered and isinstance(late, NoticeEvent) and late.data.get("deposited"):
+                self._emit(late)  # told "waiting" already: now deposited with archivers
 
         self._sends_in_flight += 1  # counted from now: the task starts later
         self._in_flight.add(plain.id)  # its own task sends it: the retry passes leave it
@@ -258,7 +283,7 @@ class DirectMessages:
             "dm_waiting",
             f"waiting: no answer from {self._name_of(peer)} yet; still sending (told when "
             "delivered)",
-            {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet"},
+            {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet", "deposited": 0},
         )
 
     @asynccontextmanager
@@ -285,11 +310,12 @@ class DirectMessages:
             if self._waiting_before(peer, plain.id):
                 if self._host.is_connected(peer):
                     self._retry.set()
-                return self._wait(peer, plain, "earlier messages to it are waiting")
+                deposited = await self._deposit_behind(peer, plain)
+                return self._wait(peer, plain, "earlier messages to it are waiting", deposited)
             try:
                 ack = await self._deliver(peer, plain)
             except _Unreachable as error:
-                return self._wait(peer, plain, str(error))
+                return self._wait(peer, plain, str(error), await self._deposit(peer, plain))
         message_id = plain.id.hex()
         if ack.status is not AckStatus.DELIVERED or ack.id != plain.id:
             return self._wait(peer, plain, f"the recipient refused it for now ({ack.status.name})")
@@ -316,14 +342,31 @@ class DirectMessages:
             self._waiting[plain.id] = _Waiting(peer, plain, key)
             self._trim_waiting()
 
-    def _wait(self, peer: str, plain: Plaintext, reason: str) -> ChatEvent:
+    async def _deposit_behind(self, peer: str, plain: Plaintext) -> int:
+        """Deposit a message behind a waiting one when the peer is not connected, or when the
+        one in front was deposited (a connection to a peer that just went away is still listed
+        for a while)."""
+        if self._mail is None:
+            return 0
+        first = next(w for w in self._waiting.values() if w.peer == peer)
+        if self._host.is_connected(peer) and not self._mail.deposited(first.plain.id):
+            return 0
+        return await self._mail.deposit(peer, plain)
+
+    async def _deposit(self, peer: str, plain: Plaintext) -> int:
+        """Deposit ``plain`` with archivers (sealed delivery); with how many it is."""
+        return 0 if self._mail is None else await self._mail.deposit(peer, plain)
+
+    def _wait(self, peer: str, plain: Plaintext, reason: str, deposited: int = 0) -> ChatEvent:
         self._observer.dm_sent_outcome("waiting")
         self._keep(peer, plain)
+        archivers = "archiver" if deposited == 1 else "archivers"
+        where = f" (deposited with {deposited} {archivers})" if deposited else ""
         return NoticeEvent(
             "dm_waiting",
-            f"waiting: not delivered to {self._name_of(peer)} yet ({reason}); sent again "
-            "when it is back",
-            {"peer": peer, "id": plain.id.hex(), "reason": reason},
+            f"waiting{where}: not delivered to {self._name_of(peer)} yet ({reason}); sent "
+            "again when it is back",
+            {"peer": peer, "id": plain.id.hex(), "reason": reason, "deposited": deposited},
         )
 
     def _trim_waiting(self) -> None:
@@ -352,6 +395,8 @@ class DirectMessages:
                     self._looked_up[peer] = now
                     lookups += 1
                     nursery.start_soon(self._send_waiting_to, peer)
+                else:  # not tried now: what it has waiting goes to archivers meanwhile
+                    nursery.start_soon(self._deposit_waiting, peer)
 
     def _lookup_due(self, peer: str, now: float) -> bool:
         last = self._looked_up.get(peer)
@@ -365,8 +410,20 @@ class DirectMessages:
                 continue
             answer = await self._send(peer, waiting.plain)
             if not (isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered"):
+                await self._deposit_waiting(peer)
                 return
             self._emit(answer)
+
+    async def _deposit_waiting(self, peer: str) -> None:
+        """Deposit, in order, every message waiting for ``peer`` (not connected) that is not
+        deposited yet: those that waited without a deposit (too many sends in flight, or no
+        archiver then)."""
+        if self._mail is None or self._host.is_connected(peer):
+            return
+        async with self._turn(peer):
+            for waiting in [w for w in self._waiting.values() if w.peer == peer]:
+                if waiting.plain.id in self._waiting:
+                    await self._mail.deposit(peer, waiting.plain)
 
     async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
         """One message's exchange; the caller holds ``peer``'s turn (a session changes with
@@ -429,9 +486,11 @@ class DirectMessages:
                 raise _Unreachable(f"no key bundle: {error}") from None
             await close_quietly(stream)
             try:
-                return self.olm.verified_bundle(
-                    peer, peer_id_bytes(peer), decode_signed_bundle(data)
-                )
+                signed = decode_signed_bundle(data)
+                bundle = self.olm.verified_bundle(peer, peer_id_bytes(peer), signed)
+                if self._mail is not None:
+                    self._mail.remember(peer, signed)
+                return bundle
             except (DmDrop, DmWireError) as error:
                 self._refused(error.reason, peer)
                 raise _Unreachable(f"its key bundle is not valid ({error.reason})") from None
@@ -516,6 +575,19 @@ class DirectMessages:
             return
         finally:
             self._observer.dm_session_count(self.olm.session_count())
+        if self._mail is not None and message.sender_bundle is not None:
+            self._mail.remember(peer, message.sender_bundle)
+        self._show(peer, plain)
+        await self._answer(stream, Ack(AckStatus.DELIVERED, plain.id))
+
+    def _show_fetched(self, peer: str, plains: list[Plaintext]) -> None:
+        """Messages of ``peer`` fetched from mailboxes, in order."""
+        self._observer.dm_session_count(self.olm.session_count())
+        for plain in plains:
+            self._show(peer, plain)
+
+    def _show(self, peer: str, plain: Plaintext) -> None:
+        """Show a message received, unless it was shown already."""
         if self._first_time(peer, plain.id):
             self._observer.dm_message_received()
             self._emit(
@@ -528,7 +600,6 @@ class DirectMessages:
                     own=False,
                 )
             )
-        await self._answer(stream, Ack(AckStatus.DELIVERED, plain.id))
 
     def _first_time(self, peer: str, message_id: bytes) -> bool:
         key = (peer, message_id)

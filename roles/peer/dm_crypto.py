@@ -101,9 +101,12 @@ class OlmSessions:
         limits: SessionLimits,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        mailbox_keys: tuple[bytes, bytes] = (b"", b""),
     ) -> None:
         """``me``/``me_bytes``: this peer's PeerId (text, binary); ``sign`` signs with its
-        libp2p key; ``signed_by`` checks another peer's signature."""
+        libp2p key; ``signed_by`` checks another peer's signature; ``mailbox_keys``: the
+        sealing and mailbox keys published in the bundle (:mod:`.dm_mailbox`)."""
+        self._mailbox_keys = mailbox_keys
         self._keys = keys
         self._pickle_key = keys.pickle_key
         self._me = me
@@ -150,6 +153,8 @@ class OlmSessions:
                 identity_key=self.account.curve25519_key.to_bytes(),
                 fallback_key=fallback.to_bytes(),
                 created_at_ms=self._wall_ms(),
+                sealing_key=self._mailbox_keys[0],
+                mailbox_key=self._mailbox_keys[1],
             )
         )
         signed = SignedBundle(bundle, b"")

@@ -94,7 +94,7 @@ NoticeKind = Literal[
     "moderation",  # an owned room's owner decided about a peer (data: room, owner, target, ...)
     "warning",  # a log warning of the node, in one line (details in the log file)
     "dm_delivered",  # a direct message acknowledged by its recipient (data: peer, id)
-    "dm_waiting",  # a direct message not delivered yet, kept to send again (data: peer, id, reason)
+    "dm_waiting",  # not delivered yet, kept to send again (data: peer, id, reason, deposited)
     "dm_session",  # a direct-message session was started anew (data: peer, reason)
     "name_conflict",  # a known name used by another PeerId (data: name, peer, bound, verified)
     "dm_opened",  # a DM conversation made current: /dm, /switch @name (data: peer, room, unread)

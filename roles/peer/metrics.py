@@ -76,7 +76,8 @@ class ChatMetrics:
         self.dm_dropped = Counter(
             "p2pchat_dm_dropped",
             "Direct messages and key bundles refused on receive, by reason (oversized, "
-            "malformed, bad_bundle, undecryptable, session_rate, busy, timeout).",
+            "malformed, bad_bundle, undecryptable, session_rate, busy, timeout; for letters "
+            "fetched from mailboxes also unsealable).",
             ("reason",),
             registry=registry,
         )
@@ -111,6 +112,18 @@ class ChatMetrics:
             "(key_change: a verified contact's name from another key, always warned; warned; "
             "rate_limited: not shown, over the warning rate).",
             ("outcome",),
+            registry=registry,
+        )
+        self.mail_deposits = Counter(
+            "p2pchat_dm_mail_deposits",
+            "Sealed letters this peer deposited for an unreachable recipient, one per archiver, "
+            "by outcome (ok, refused: the archiver's limits; failed: no answer).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.mail_letters = Counter(
+            "p2pchat_dm_mail_fetched",
+            "Sealed letters fetched from this peer's mailboxes (new ones, before the checks).",
             registry=registry,
         )
         self.store_bytes = Gauge(
@@ -159,6 +172,14 @@ class ChatMetrics:
     def dm_refused(self, reason: str) -> None:
         """A direct message or key bundle from another peer was refused for ``reason``."""
         self.dm_dropped.labels(reason=reason).inc()
+
+    def mail_deposited(self, outcome: str) -> None:
+        """One deposit of a sealed letter with one archiver, by ``outcome``."""
+        self.mail_deposits.labels(outcome=outcome).inc()
+
+    def mail_fetched(self, letters: int) -> None:
+        """``letters`` new sealed letters were fetched."""
+        self.mail_letters.inc(letters)
 
     def dm_session_count(self, count: int) -> None:
         self.dm_sessions.set(count)

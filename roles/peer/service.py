@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import trio
-from p2pchat.node.config import ChatSection
+from p2pchat.node.config import ChatSection, MailboxSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
@@ -150,6 +150,7 @@ class ChatService:
         log_file: Callable[[], Path | None] = lambda: None,
         missed_inline: int | None = None,
         emit_waiting: Callable[[ChatEvent], Awaitable[None]] | None = None,
+        mailbox: MailboxSection | None = None,
     ) -> None:
         """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
         (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
@@ -276,6 +277,7 @@ class ChatService:
             ctx.log,
             find_peer=ctx.find_peer,
             shown_before=conversations.has if conversations is not None else lambda p, i: False,
+            mailbox=mailbox,
         )
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
