@@ -67,6 +67,7 @@ from p2pchat.node.wire.dm import (
     DmWireError,
     KeyBundle,
     Plaintext,
+    RoomKey,
     decode_ack,
     decode_message,
     decode_plaintext,
@@ -184,6 +185,8 @@ class DirectMessages:
         # recipients with messages waiting: at most MAX_WAITING).
         self._looked_up: dict[str, float] = {}
         observer.dm_session_count(self.olm.session_count())
+        # Private rooms' keys received (roles/peer/private_rooms.py sets it): never shown.
+        self.on_room_key: Callable[[str, RoomKey], Awaitable[None]] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -248,6 +251,24 @@ class DirectMessages:
             {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet"},
         )
 
+    def send_room_key(self, peer: str, key: RoomKey) -> None:
+        """Send a private room's ``key`` to ``peer`` in the background, in order with the texts
+        to it, waiting (and sent again) like them; its outcome is not shown."""
+        plain = Plaintext(os.urandom(16), "", int(time.time() * 1000), key)
+        nursery = self._nursery
+        if nursery is None or self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
+            self._wait(peer, plain, "too many messages being sent now")
+            return
+
+        async def sending() -> None:
+            try:
+                await self._send(peer, plain)
+            finally:
+                self._sends_in_flight -= 1
+
+        self._sends_in_flight += 1
+        nursery.start_soon(sending)
+
     @asynccontextmanager
     async def _turn(self, peer: str) -> AsyncIterator[None]:
         """Hold ``peer``'s queue (in the order asked) and one of the recipients' places."""
@@ -284,6 +305,8 @@ class DirectMessages:
         if delivered is not None:
             self._waiting_store.remove(delivered.key)
         self._observer.dm_sent_outcome("delivered")
+        if plain.room_key is not None:  # a private room's key: nothing to show
+            return NoticeEvent("dm_delivered", "", {"peer": peer, "id": message_id})
         self._emit(
             DirectEvent(
                 peer, self._name_of(peer), message_id, plain.text, plain.sent_at_ms, own=True
@@ -346,7 +369,8 @@ class DirectMessages:
             answer = await self._send(peer, waiting.plain)
             if not (isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered"):
                 return
-            self._emit(answer)
+            if waiting.plain.room_key is None:
+                self._emit(answer)
 
     async def _deliver(self, peer: str, plain: Plaintext) -> Ack:
         """One message's exchange; the caller holds ``peer``'s turn (a session changes with
@@ -496,7 +520,10 @@ class DirectMessages:
             return
         finally:
             self._observer.dm_session_count(self.olm.session_count())
-        if self._first_time(peer, plain.id):
+        if plain.room_key is not None:
+            if self._first_time(peer, plain.id) and self.on_room_key is not None:
+                await self.on_room_key(peer, plain.room_key)
+        elif self._first_time(peer, plain.id):
             self._observer.dm_message_received()
             self._emit(
                 DirectEvent(

@@ -56,6 +56,13 @@ _ACCOUNT = b"account"
 _SESSIONS = b"s/"
 _STAMP = struct.Struct(">Q")  # last use, Unix ms, before each session's pickle
 
+
+def pickle_key() -> bytes:
+    """The key of every vodozemac pickle in the store (Olm here, Megolm in
+    :mod:`~p2pchat.roles.peer.group_crypto`): the one place at-rest encryption changes."""
+    return _PICKLE_KEY
+
+
 Signer = Callable[[bytes], bytes]
 SignatureCheck = Callable[[str, bytes, bytes], bool]
 """(peer_id, data, signature) -> whether the PeerId's key signed ``data``."""

@@ -93,6 +93,11 @@ NoticeKind = Literal[
     "dm_delivered",  # a direct message acknowledged by its recipient (data: peer, id)
     "dm_waiting",  # a direct message not delivered yet, kept to send again (data: peer, id, reason)
     "dm_session",  # a direct-message session was started anew (data: peer, reason)
+    "private_created",  # /create-private made a room (data: room, name)
+    # a peer added this peer to a private room (data: room, name, creator, members)
+    "private_invited",
+    "private_member",  # a private room's member invited or removed (data: room, peer, change)
+    "private_removed",  # this peer was removed from a private room (data: room, name, creator)
 ]
 
 
@@ -127,6 +132,7 @@ ErrorCode = Literal[
     "not_moderated",  # /unmute, /unremove of a peer that is not muted, removed
     "moderation_full",  # the room holds as many decisions in force as it may
     "muted",  # a message to a room whose owner muted or removed this peer: not sent
+    "not_private",  # /members, /invite, /remove of private rooms in a room that is not one
 ]
 
 

@@ -85,6 +85,14 @@ class ChatMetrics:
             "Olm sessions this peer holds with other peers.",
             registry=registry,
         )
+        self.private_dropped = Counter(
+            "p2pchat_private_dropped",
+            "Private-room messages and room keys dropped on receive, by reason (not_member, "
+            "unknown_session, undecryptable, replayed, mismatch, plaintext, malformed, "
+            "bad_key, invalid, ignored, too_many_rooms).",
+            ("reason",),
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -134,3 +142,7 @@ class ChatMetrics:
 
     def dm_session_count(self, count: int) -> None:
         self.dm_sessions.set(count)
+
+    def private_dropped_reason(self, reason: str) -> None:
+        """A private room's message or key was dropped for ``reason``."""
+        self.private_dropped.labels(reason=reason).inc()

@@ -1,0 +1,146 @@
+"""Private rooms between real ``p2pchat --json`` processes on 127.0.0.1 (issue #19, Megolm):
+three peers chat in a room the creator made and invited the others to; a removed member decrypts
+nothing sent after its removal, even with a copy of the keys it held; an archiver of the room
+stores and serves ciphertext only (its data dir and log hold none of the texts, while a public
+room's text is found there: the search works)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.test_archive import wait_metric
+from tests.test_json_contract import answer, chat_peer
+
+WAIT = 60.0
+
+
+def line(node: NodeProcess, text: str, ident: str) -> list[dict[str, Any]]:
+    events = answer(node, {"id": ident, "line": text})
+    assert events[-1]["ok"] is True, events
+    return events
+
+
+def notice(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [e for e in events if e["type"] == "notice" and e["kind"] == kind]
+    assert found, events
+    return found[0]
+
+
+def seen_text(node: NodeProcess, text: str) -> bool:
+    return any(e["type"] == "message" and e["text"] == text for e in node.drain_events())
+
+
+def said_until_heard(sender: NodeProcess, room: str, text: str, hearers: list[NodeProcess]) -> None:
+    """``sender`` says ``text #n`` in ``room`` every few seconds until each of ``hearers``
+    showed one of them (meshes and keys take a moment after an invitation)."""
+    deadline = time.monotonic() + WAIT
+    sent = 0
+    while time.monotonic() < deadline:
+        answer(sender, {"id": f"say{sent}", "send": f"{text} #{sent}", "room": room})
+        sent += 1
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            if all(
+                any(e["type"] == "message" and e["text"].startswith(text) for e in h.drain_events())
+                for h in hearers
+            ):
+                return
+            time.sleep(0.2)
+    logs = [[ln for ln in h.raw_stderr if "refused" in ln or "rror" in ln][-5:] for h in hearers]
+    raise AssertionError(f"{text} never reached every hearer: {logs}")
+
+
+def grep(path: Path, needle: str) -> list[Path]:
+    """The files under ``path`` that contain ``needle`` (bytes)."""
+    wanted = needle.encode()
+    return [f for f in path.rglob("*") if f.is_file() and wanted in f.read_bytes()]
+
+
+def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_no_plaintext(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    archiver = start_node(
+        tmp_path / "archiver",
+        "--role",
+        "archiver",
+        env=node_env(P2PCHAT_ARCHIVER__ALL_ROOMS="true", P2PCHAT_ARCHIVER__ADMIT_SENDERS="1"),
+    )
+    nodes.append(archiver)
+    a, _ = chat_peer(tmp_path / "a", nodes, "--bootstrap", archiver.addr())
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
+
+    created = notice(line(a, "/create-private club", "create"), "private_created")
+    room = created["data"]["room"]
+    assert room.startswith("private-") and len(room) == len("private-") + 32
+    line(a, f"/invite {b.peer_id}", "invite-b")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    line(a, f"/invite {c.peer_id}", "invite-c")
+    c.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    members = [e for e in line(a, "/members", "members") if e["type"] == "output"]
+    assert sorted(members[0]["data"]["members"]) == sorted([a.peer_id, b.peer_id, c.peer_id])
+
+    # Every member reads every other: each has the others' Megolm keys.
+    said_until_heard(a, room, "secret from a", [b, c])
+    said_until_heard(b, room, "secret from b", [a, c])
+    said_until_heard(c, room, "secret from c", [a, b])
+    # A public room's text, to show the search below finds a text where one is stored.
+    answer(a, {"id": "pub", "send": "public canary", "room": "p2p-chat-default"})
+    wait_metric(archiver, "p2pchat_archive_inserted_total", 4)
+
+    # C's keys as they are before its removal: a copy of its data dir.
+    snapshot = tmp_path / "c-snapshot"
+    assert c.stop() == 0
+    nodes.remove(c)
+    shutil.copytree(tmp_path / "c", snapshot)
+    c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
+
+    removed = [e for e in line(a, f"/remove {c.peer_id}", "remove") if e["type"] == "notice"]
+    assert removed[0]["kind"] == "private_member" and removed[0]["data"]["change"] == "removed"
+    c.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_removed", timeout=WAIT)
+    b.next_event(
+        lambda e: (
+            e["type"] == "notice"
+            and e["kind"] == "private_member"
+            and e["data"]["change"] == "removed"
+        ),
+        timeout=WAIT,
+    )
+    # B rotated: A reads B's new session, B reads A's.
+    said_until_heard(a, room, "after removal from a", [b])
+    said_until_heard(b, room, "after removal from b", [a])
+    assert not seen_text(c, "after removal from a #0")
+    inserted = archiver.metric("p2pchat_archive_inserted_total")
+    assert inserted >= 6
+
+    # C with the keys it held before, in the room again: what it gets (live, and from the
+    # archiver's catch-up) does not decrypt with them.
+    assert c.stop() == 0
+    nodes.remove(c)
+    shutil.rmtree(tmp_path / "c")
+    shutil.copytree(snapshot, tmp_path / "c")
+    c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
+    c.next_event(lambda e: e["type"] == "caught_up" and e["room"] == room, timeout=WAIT)
+    answer(a, {"id": "late", "send": "after removal, live", "room": room})
+    deadline = time.monotonic() + WAIT
+    while c.metric("p2pchat_private_dropped_total", reason="unknown_session") < 2:
+        assert time.monotonic() < deadline, "C never got the ciphertext"
+        time.sleep(0.5)
+    texts = [e["text"] for e in c.drain_events() if e["type"] == "message"]
+    assert not any("after removal" in t for t in texts), texts
+    # ... while what was sent before its removal still reads (it held those keys).
+    line(c, f"/switch {room}", "switch")
+    history = [e["text"] for e in line(c, "/history", "hist") if e["type"] == "message"]
+    assert any(t.startswith("secret from a") for t in history), history
+    assert not any("after removal" in t for t in history), history
+
+    # The archiver: ciphertext only, in its store and its log; the public text is there.
+    assert grep(tmp_path / "archiver", "public canary")
+    for secret in ("secret from", "after removal", "club"):
+        assert not grep(tmp_path / "archiver", secret), secret
+        assert not any(secret in entry for entry in archiver.raw_stderr), secret
+    assert not grep(tmp_path / "a", "secret from")  # members store ciphertext too
