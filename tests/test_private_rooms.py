@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+from p2pchat.node.wire.chat import ChatText, PrivateText, decode, encode, new_message_id
+
 from tests.conftest import NodeProcess, node_env, start_node
+from tests.hostile.moderation_attacks import rogue
 from tests.test_archive import wait_metric
 from tests.test_json_contract import answer, chat_peer
 
@@ -144,3 +148,105 @@ def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_n
         assert not grep(tmp_path / "archiver", secret), secret
         assert not any(secret in entry for entry in archiver.raw_stderr), secret
     assert not grep(tmp_path / "a", "secret from")  # members store ciphertext too
+
+
+def invited(node: NodeProcess, room: str) -> bool:
+    return any(
+        e["type"] == "notice" and e["kind"] == "private_invited" and e["data"]["room"] == room
+        for e in node.drain_events()
+    )
+
+
+def wait_dropped(node: NodeProcess, reason: str, count: float = 1) -> None:
+    deadline = time.monotonic() + WAIT
+    while node.metric("p2pchat_private_dropped_total", reason=reason) < count:
+        assert time.monotonic() < deadline, f"never dropped as {reason}"
+        time.sleep(0.3)
+
+
+def test_invites_are_bounded_per_creator_and_refused_from_an_ignored_peer(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b = start_node(
+        tmp_path / "b",
+        "--json",
+        "--bootstrap",
+        a.addr(),
+        env=node_env(P2PCHAT_CHAT__PRIVATE_ROOMS_PER_CREATOR="1"),
+    )
+    nodes.append(b)
+    b.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
+    line(b, f"/ignore {c.peer_id}", "ignore")
+
+    first = notice(line(a, "/create-private one", "one"), "private_created")["data"]["room"]
+    line(a, f"/invite {b.peer_id}", "invite-1")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    # A second room of the same creator: over chat.private_rooms_per_creator.
+    second = notice(line(a, "/create-private two", "two"), "private_created")["data"]["room"]
+    line(a, f"/invite {b.peer_id}", "invite-2")
+    wait_dropped(b, "too_many_rooms")
+    # An ignored peer's invitation.
+    third = notice(line(c, "/create-private three", "three"), "private_created")["data"]["room"]
+    line(c, f"/invite {b.peer_id}", "invite-3")
+    wait_dropped(b, "ignored")
+    rooms = next(e for e in line(b, "/rooms", "rooms") if e["type"] == "output")["data"]["rooms"]
+    assert first in rooms and second not in rooms and third not in rooms, rooms
+    assert not invited(b, second) and not invited(b, third)
+    # Commands of the creator only, and of private rooms only.
+    line(b, f"/switch {first}", "switch")
+    errors = [e for e in answer(b, {"id": "x", "line": f"/invite {c.peer_id}"})]
+    assert errors[0]["type"] == "error" and errors[0]["code"] == "not_owner", errors
+    errors = [e for e in answer(b, {"id": "y", "line": "/members p2p-chat-default"})]
+    assert errors[0]["type"] == "error" and errors[0]["code"] == "not_private", errors
+
+
+async def test_a_stranger_on_the_topic_is_dropped_counted_and_never_shown(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A peer that learned the topic (a leak, a removed member) publishes validly signed
+    messages on it: a plain text, ciphertext of no session, a member's session id over junk,
+    and a member's real ciphertext replayed under its own signature. The member shows none,
+    counts each, and still reads the creator."""
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    room = notice(line(a, "/create-private club", "create"), "private_created")["data"]["room"]
+    line(a, f"/invite {b.peer_id}", "invite")
+    await trio.to_thread.run_sync(
+        lambda: b.next_event(
+            lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT
+        )
+    )
+    await trio.to_thread.run_sync(lambda: said_until_heard(a, room, "real", [b]))
+    async with rogue(tmp_path / "mallory", room, a, b) as mallory:
+        captured: list[bytes] = []
+        subscription = await mallory.pubsub.subscribe(room)
+        await trio.to_thread.run_sync(
+            lambda: answer(a, {"id": "cap", "send": "to be replayed", "room": room})
+        )
+        with trio.fail_after(WAIT):
+            while not captured:
+                message = await subscription.get()
+                payload = decode(message.data, max_text_bytes=4096)
+                if isinstance(payload, PrivateText):
+                    captured.append(message.data)
+        real = decode(captured[0], max_text_bytes=4096)
+        assert isinstance(real, PrivateText)
+        now = int(time.time() * 1000)
+        await mallory.publish(
+            encode(ChatText(new_message_id(), room, "Mallory", "plain words", now))
+        )
+        await mallory.publish(
+            encode(PrivateText(new_message_id(), room, now, "A" * 43, b"\x03" + b"x" * 120))
+        )
+        await mallory.publish(
+            encode(PrivateText(new_message_id(), room, now, real.session_id, b"\x03junk"))
+        )
+        await mallory.publish(captured[0])  # A's ciphertext, signed by Mallory
+        await trio.to_thread.run_sync(lambda: wait_dropped(b, "plaintext"))
+        await trio.to_thread.run_sync(lambda: wait_dropped(b, "unknown_session", 3))
+    await trio.to_thread.run_sync(lambda: said_until_heard(a, room, "still heard", [b]))
+    shown = [e for e in b.drain_events() if e["type"] == "message"]
+    assert all(e["sender"] == a.peer_id for e in shown), shown
+    assert b.metric("p2pchat_private_dropped_total", reason="undecryptable") == 0

@@ -1,0 +1,95 @@
+"""Megolm sessions of the private rooms (roles/peer/group_crypto.py) on real vodozemac and a
+real RocksDB store: what a member reads, and what it refuses (tampered, replayed, another
+member's session, before the index it was given, a bad key), counted by reason; the bound on
+sessions per room; the sessions kept across a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from p2pchat.node.store import Store
+from p2pchat.roles.peer.group_crypto import GroupDrop, GroupKeys
+
+ROOM = "private-" + "ab" * 16
+ALICE = "12D3KooWAlice"
+BOB = "12D3KooWBob"
+MALLORY = "12D3KooWMallory"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+def keys(store: Store, me: str, max_sessions: int = 256) -> GroupKeys:
+    return GroupKeys(store.namespace(f"megolm-{me}"), me, max_sessions)
+
+
+def refused(reason: str, keys: GroupKeys, *args: object) -> None:
+    with pytest.raises(GroupDrop) as caught:
+        keys.decrypt(*args)  # type: ignore[arg-type]
+    assert caught.value.reason == reason
+
+
+def test_a_member_reads_from_the_index_it_was_given_and_refuses_the_rest(store: Store) -> None:
+    alice, bob = keys(store, ALICE), keys(store, BOB)
+    _, early = alice.encrypt(ROOM, b"before bob was invited")
+    session_id, key = alice.share(ROOM)
+    assert bob.add_inbound(ROOM, ALICE, key) == session_id
+    sid, message = alice.encrypt(ROOM, b"hello bob")
+    assert bob.decrypt(ROOM, ALICE, sid, message, b"id-1") == b"hello bob"
+    assert bob.decrypt(ROOM, ALICE, sid, message, b"id-1") == b"hello bob"  # history again
+    refused("undecryptable", bob, ROOM, ALICE, sid, early, b"id-0")  # before its index
+    tampered = bytearray(message)
+    tampered[len(tampered) // 2] ^= 1
+    refused("undecryptable", bob, ROOM, ALICE, sid, bytes(tampered), b"id-2")
+    refused("undecryptable", bob, ROOM, ALICE, sid, b"\x03junk", b"id-3")
+    refused("replayed", bob, ROOM, ALICE, sid, message, b"another id")  # same index
+    # Alice's session passed off as Mallory's (she signed the envelope): not hers.
+    refused("unknown_session", bob, ROOM, MALLORY, sid, message, b"id-1")
+    refused("unknown_session", bob, ROOM, ALICE, "A" * 43, message, b"id-1")
+    with pytest.raises(GroupDrop) as caught:
+        bob.add_inbound(ROOM, ALICE, "not a session key")
+    assert caught.value.reason == "bad_key"
+    with pytest.raises(GroupDrop):  # Alice's session claimed by Mallory
+        bob.add_inbound(ROOM, MALLORY, key)
+
+
+def test_rotation_leaves_the_old_key_holder_unable_to_read(store: Store) -> None:
+    alice, bob = keys(store, ALICE), keys(store, BOB)
+    bob.add_inbound(ROOM, ALICE, alice.share(ROOM)[1])
+    alice.rotate(ROOM)
+    sid, message = alice.encrypt(ROOM, b"after the rotation")
+    refused("unknown_session", bob, ROOM, ALICE, sid, message, b"id")
+    # Alice reads her own messages: her new session is kept inbound too.
+    assert alice.decrypt(ROOM, ALICE, sid, message, b"id") == b"after the rotation"
+
+
+def test_sessions_per_room_are_bounded_a_senders_oldest_first(store: Store) -> None:
+    alice, bob = keys(store, ALICE), keys(store, BOB, max_sessions=3)
+    for _ in range(10):
+        bob.add_inbound(ROOM, ALICE, alice.rotate(ROOM).session_key.to_base64())
+    assert bob.session_count() == 3
+    sid, message = alice.encrypt(ROOM, b"newest")
+    assert bob.decrypt(ROOM, ALICE, sid, message, b"id") == b"newest"
+
+
+def test_sessions_are_kept_across_a_restart(tmp_path: Path) -> None:
+    first = Store.open(tmp_path / "s")
+    alice, bob = keys(first, ALICE), keys(first, BOB)
+    bob.add_inbound(ROOM, ALICE, alice.share(ROOM)[1])
+    sid, message = alice.encrypt(ROOM, b"kept")
+    first.close()
+    again = Store.open(tmp_path / "s")
+    alice, bob = keys(again, ALICE), keys(again, BOB)
+    assert bob.decrypt(ROOM, ALICE, sid, message, b"id") == b"kept"
+    sid2, message2 = alice.encrypt(ROOM, b"same session after the restart")
+    assert sid2 == sid
+    assert bob.decrypt(ROOM, ALICE, sid, message2, b"id2") == b"same session after the restart"
+    bob.forget(ROOM)
+    refused("unknown_session", bob, ROOM, ALICE, sid, message, b"id")
+    again.close()
