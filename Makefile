@@ -86,6 +86,7 @@ bench: $(DEV)
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric
+	$(BIN)/python -m tests.bench.private_rooms
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).
