@@ -90,6 +90,14 @@ def test_sessions_are_kept_across_a_restart(tmp_path: Path) -> None:
     sid2, message2 = alice.encrypt(ROOM, b"same session after the restart")
     assert sid2 == sid
     assert bob.decrypt(ROOM, ALICE, sid, message2, b"id2") == b"same session after the restart"
+    # Many sessions (their base64 ids have "/" in them, most of them): every one read back.
+    for _ in range(20):
+        bob.add_inbound(ROOM, ALICE, alice.rotate(ROOM).session_key.to_base64())
+    held = bob.session_count()
+    again.close()
+    third = Store.open(tmp_path / "s")
+    bob = keys(third, BOB)
+    assert bob.session_count() == held == 21
     bob.forget(ROOM)
     refused("unknown_session", bob, ROOM, ALICE, sid, message, b"id")
-    again.close()
+    third.close()

@@ -83,8 +83,16 @@ def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_n
     assert room.startswith("private-") and len(room) == len("private-") + 32
     line(a, f"/invite {b.peer_id}", "invite-b")
     b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    # Said before C was invited (the archiver keeps it): C fetches it, cannot read it.
+    said_until_heard(a, room, "before c was invited", [b])
+    wait_metric(archiver, "p2pchat_archive_inserted_total", 1)
     line(a, f"/invite {c.peer_id}", "invite-c")
     c.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while c.metric("p2pchat_private_dropped_total", reason="undecryptable") < 1:
+        assert time.monotonic() < deadline, "C never fetched what was said before its invitation"
+        time.sleep(0.3)
+    assert not any("before c was invited" in str(e.get("text")) for e in c.drain_events())
     members = [e for e in line(a, "/members", "members") if e["type"] == "output"]
     assert sorted(members[0]["data"]["members"]) == sorted([a.peer_id, b.peer_id, c.peer_id])
 
@@ -92,6 +100,9 @@ def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_n
     said_until_heard(a, room, "secret from a", [b, c])
     said_until_heard(b, room, "secret from b", [a, c])
     said_until_heard(c, room, "secret from c", [a, b])
+    # What C fetched at its invitation, it could not read: no catch-up of it was shown.
+    fetched = [e for e in c.drain_events() if e["type"] == "caught_up" and e["room"] == room]
+    assert not fetched, fetched
     # A public room's text, to show the search below finds a text where one is stored.
     answer(a, {"id": "pub", "send": "public canary", "room": "p2p-chat-default"})
     wait_metric(archiver, "p2pchat_archive_inserted_total", 4)
@@ -128,10 +139,15 @@ def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_n
     shutil.rmtree(tmp_path / "c")
     shutil.copytree(snapshot, tmp_path / "c")
     c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
-    c.next_event(lambda e: e["type"] == "caught_up" and e["room"] == room, timeout=WAIT)
-    answer(a, {"id": "late", "send": "after removal, live", "room": room})
+    # Catch-up fetches what A and B said after the removal (at least two messages): none
+    # decrypts, so no caught_up event is shown, only the count.
     deadline = time.monotonic() + WAIT
     while c.metric("p2pchat_private_dropped_total", reason="unknown_session") < 2:
+        assert time.monotonic() < deadline, "C never got the ciphertext from the archiver"
+        time.sleep(0.5)
+    answer(a, {"id": "late", "send": "after removal, live", "room": room})
+    deadline = time.monotonic() + WAIT
+    while c.metric("p2pchat_private_dropped_total", reason="unknown_session") < 3:
         assert time.monotonic() < deadline, "C never got the ciphertext"
         time.sleep(0.5)
     texts = [e["text"] for e in c.drain_events() if e["type"] == "message"]
@@ -139,7 +155,11 @@ def test_three_members_chat_a_removed_one_reads_nothing_after_and_the_archiver_n
     # ... while what was sent before its removal still reads (it held those keys).
     line(c, f"/switch {room}", "switch")
     history = [e["text"] for e in line(c, "/history", "hist") if e["type"] == "message"]
-    assert any(t.startswith("secret from a") for t in history), history
+    reasons = {
+        r: c.metric("p2pchat_private_dropped_total", reason=r)
+        for r in ("unknown_session", "undecryptable", "replayed", "mismatch", "not_member")
+    }
+    assert any(t.startswith("secret from a") for t in history), (history, reasons)
     assert not any("after removal" in t for t in history), history
 
     # The archiver: ciphertext only, in its store and its log; the public text is there.

@@ -198,7 +198,8 @@ class GroupKeys:
                 self._keys.delete(key)
         for key, value in list(self._keys.items(_IN)):
             try:
-                room, session_id = key[len(_IN) :].decode().rsplit("/", 1)
+                # A room has no "/"; a session id (base64) may have some.
+                room, session_id = key[len(_IN) :].decode().split("/", 1)
                 (length,) = _LEN.unpack_from(value)
                 owner = value[_LEN.size : _LEN.size + length].decode()
                 pickled = value[_LEN.size + length :].decode()

@@ -285,15 +285,25 @@ class PrivateRooms:
 
     # --- receiving messages ----------------------------------------------------------------------
 
-    def reveal(self, payload: ChatText | PrivateText, sender: str, room: str) -> ChatText | None:
+    def reveal(
+        self, payload: ChatText | PrivateText, sender: str, room: str, *, count: bool = True
+    ) -> ChatText | None:
         """The text of a message of ``room`` (a private room, or a private text anywhere),
-        decrypted and checked; None when dropped (counted by reason)."""
+        decrypted and checked; None when dropped (counted by reason, unless not ``count``:
+        a stored message shown again was counted when it arrived)."""
+        opened = self._open(payload, sender, room)
+        if isinstance(opened, str):
+            if count:
+                self._dropped(opened, room, sender)
+            return None
+        return opened
+
+    def _open(self, payload: ChatText | PrivateText, sender: str, room: str) -> ChatText | str:
+        """The decrypted text, or the reason it is dropped."""
         if isinstance(payload, ChatText):
-            self._dropped("plaintext", room, sender)
-            return None
+            return "plaintext"
         if room not in self._rooms or payload.room != room:
-            self._dropped("not_member", room, sender)
-            return None
+            return "not_member"
         try:
             raw = self._group.decrypt(
                 room,
@@ -304,29 +314,27 @@ class PrivateRooms:
             )
             inner = check_inner_text(raw, self._settings.max_message_bytes)
         except GroupDrop as drop:
-            self._dropped(drop.reason, room, sender)
-            return None
+            return drop.reason
         except WireError:
-            self._dropped("malformed", room, sender)
-            return None
+            return "malformed"
         if (inner.id, inner.room, inner.sent_at_ms) != (
             payload.id,
             payload.room,
             payload.sent_at_ms,
         ):
-            self._dropped("mismatch", room, sender)
-            return None
+            return "mismatch"
         return inner
 
-    def reveal_stored(self, stored: StoredMessage) -> ChatText | None:
-        """The text of a stored message of a private room (None: not one this peer reads)."""
+    def reveal_stored(self, stored: StoredMessage, *, count: bool = False) -> ChatText | None:
+        """The text of a stored message of a private room (None: not one this peer reads);
+        ``count``: a drop is counted (a message just fetched by catch-up)."""
         try:
             payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
         except (WireError, ValueError):
             return None
         if not isinstance(payload, ChatText | PrivateText):
             return None
-        return self.reveal(payload, stored.sender, stored.room)
+        return self.reveal(payload, stored.sender, stored.room, count=count)
 
     def _dropped(self, reason: str, room: str, sender: str) -> None:
         self._observer.private_dropped_reason(reason)

@@ -344,6 +344,10 @@ class ChatService:
         stored): how many, then the newest ``missed_inline`` of them (all: None) in order, each
         handed over as the front end takes it (``emit_waiting``), so a long catch-up shown to a
         script loses none and holds no second copy of the messages."""
+        if self._private.is_private(room):
+            # What this peer decrypts (a newcomer fetches the ciphertext from before it was
+            # invited too: dropped, counted here, once).
+            new = [m for m in new if self._private.reveal_stored(m, count=True) is not None]
         if not new:
             return
         ordered = sorted(new, key=lambda m: (m.sent_at_ms, m.message_id))
