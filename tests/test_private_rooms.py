@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from p2pchat.node.wire.chat import ChatText, PrivateText, decode, encode, new_message_id
+from p2pchat.node.wire.chat import (
+    PRIVATE_OVERHEAD_BYTES,
+    ChatText,
+    PrivateText,
+    decode,
+    encode,
+    new_message_id,
+)
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.hostile.moderation_attacks import rogue
@@ -177,11 +184,15 @@ def invited(node: NodeProcess, room: str) -> bool:
     )
 
 
-def wait_dropped(node: NodeProcess, reason: str, count: float = 1) -> None:
+def wait_counted(node: NodeProcess, name: str, count: float = 1, **labels: str) -> None:
     deadline = time.monotonic() + WAIT
-    while node.metric("p2pchat_private_dropped_total", reason=reason) < count:
-        assert time.monotonic() < deadline, f"never dropped as {reason}"
+    while node.metric(name, **labels) < count:
+        assert time.monotonic() < deadline, f"{name} {labels} never reached {count}"
         time.sleep(0.3)
+
+
+def wait_dropped(node: NodeProcess, reason: str, count: float = 1) -> None:
+    wait_counted(node, "p2pchat_private_dropped_total", count, reason=reason)
 
 
 def test_invites_are_bounded_per_creator_and_refused_from_an_ignored_peer(
@@ -264,8 +275,15 @@ async def test_a_stranger_on_the_topic_is_dropped_counted_and_never_shown(
             encode(PrivateText(new_message_id(), room, now, real.session_id, b"\x03junk"))
         )
         await mallory.publish(captured[0])  # A's ciphertext, signed by Mallory
+        over = 4096 + PRIVATE_OVERHEAD_BYTES + 1  # chat.max_message_bytes + the overhead + 1
+        await mallory.publish(
+            encode(PrivateText(new_message_id(), room, now, real.session_id, b"\x03" * over))
+        )
         await trio.to_thread.run_sync(lambda: wait_dropped(b, "plaintext"))
         await trio.to_thread.run_sync(lambda: wait_dropped(b, "unknown_session", 3))
+        await trio.to_thread.run_sync(
+            lambda: wait_counted(b, "p2pchat_messages_dropped_total", reason="oversized")
+        )
     await trio.to_thread.run_sync(lambda: said_until_heard(a, room, "still heard", [b]))
     shown = [e for e in b.drain_events() if e["type"] == "message"]
     assert all(e["sender"] == a.peer_id for e in shown), shown
