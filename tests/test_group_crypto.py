@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from p2pchat.node.store import Store
-from p2pchat.roles.peer.group_crypto import GroupDrop, GroupKeys
+from p2pchat.roles.peer.group_crypto import MAX_SEEN_INDEXES, GroupDrop, GroupKeys
 
 ROOM = "private-" + "ab" * 16
 ALICE = "12D3KooWAlice"
@@ -101,3 +101,12 @@ def test_sessions_are_kept_across_a_restart(tmp_path: Path) -> None:
     bob.forget(ROOM)
     refused("unknown_session", bob, ROOM, ALICE, sid, message, b"id")
     third.close()
+
+
+def test_the_indexes_remembered_against_replays_are_bounded(store: Store) -> None:
+    alice, bob = keys(store, ALICE), keys(store, BOB)
+    bob.add_inbound(ROOM, ALICE, alice.share(ROOM)[1])
+    for n in range(MAX_SEEN_INDEXES + 50):
+        sid, message = alice.encrypt(ROOM, b"x")
+        bob.decrypt(ROOM, ALICE, sid, message, n.to_bytes(16, "big"))
+    assert len(bob._seen[ROOM]) == MAX_SEEN_INDEXES

@@ -151,3 +151,16 @@ async def test_removed_by_the_creator_leaves_and_forgets(store: Store) -> None:
     assert any(isinstance(e, NoticeEvent) and e.kind == "private_removed" for e in seen.events)
     again, _ = member(store, bob)  # forgotten in the store too
     assert not again.is_private(ROOM)
+
+
+async def test_rooms_and_members_are_bounded(store: Store) -> None:
+    alice, bob, carol, dave = (fresh_peer_id() for _ in range(4))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob, private_max_rooms=1, private_max_members=3)
+    crowded = invitation(alice, alice_keys, bob, carol, dave)  # 4 members, over 3
+    await rooms.received(alice, crowded)
+    assert seen.dropped == Counter(invalid=1) and not rooms.topics()
+    await rooms.received(alice, invitation(alice, alice_keys, bob, carol))
+    # Another creator's room: over private_max_rooms (1) in all.
+    await rooms.received(carol, invitation(carol, alice_keys, bob, topic="private-" + "44" * 16))
+    assert seen.dropped == Counter(invalid=1, too_many_rooms=1) and rooms.topics() == [ROOM]
