@@ -25,6 +25,7 @@ from tests.conftest import NodeProcess, node_env, start_node
 from tests.hostile.moderation_attacks import rogue
 from tests.test_archive import wait_metric
 from tests.test_json_contract import answer, chat_peer
+from tests.test_json_contract import seen as seen_event
 
 WAIT = 60.0
 
@@ -288,3 +289,70 @@ async def test_a_stranger_on_the_topic_is_dropped_counted_and_never_shown(
     shown = [e for e in b.drain_events() if e["type"] == "message"]
     assert all(e["sender"] == a.peer_id for e in shown), shown
     assert b.metric("p2pchat_private_dropped_total", reason="undecryptable") == 0
+
+
+async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature_is_dropped(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """B's signing key in other hands (stolen, or B's software gone bad): B's real ciphertext
+    with one byte flipped, and unchanged under a new message id, both validly signed by B. A
+    decrypts neither, counts each by its reason, and shows neither."""
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    room = notice(line(a, "/create-private club", "create"), "private_created")["data"]["room"]
+    line(a, f"/invite {b.peer_id}", "invite")
+    await trio.to_thread.run_sync(
+        lambda: b.next_event(
+            lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT
+        )
+    )
+    await trio.to_thread.run_sync(lambda: said_until_heard(a, room, "hello b", [b]))
+    await trio.to_thread.run_sync(lambda: said_until_heard(b, room, "hello a", [a]))
+    # A listener on the topic captures one of B's texts as it travels.
+    async with rogue(tmp_path / "listener", room, a) as listener:
+        subscription = await listener.pubsub.subscribe(room)
+        await trio.to_thread.run_sync(
+            lambda: answer(b, {"id": "t", "send": "to be tampered", "room": room})
+        )
+        with trio.fail_after(WAIT):
+            while True:
+                message = await subscription.get()
+                original = decode(message.data, max_text_bytes=4096)
+                if isinstance(original, PrivateText) and message.from_id != listener.pubsub.my_id:
+                    break
+    await trio.to_thread.run_sync(lambda: seen_or_wait(a, "to be tampered"))
+    assert b.stop() == 0
+    nodes.remove(b)
+    gone = b.peer_id
+    await trio.to_thread.run_sync(
+        lambda: seen_event(
+            a, lambda e: e["type"] == "connection" and e["change"] == "closed" and e["peer"] == gone
+        )
+    )
+    async with rogue(tmp_path / "b", room, a) as forger:  # B's identity: signed as B
+        forger._seqno = 1 << 62  # past every seqno B used (A's seen cache keys on it)
+        flipped = bytearray(original.ciphertext)
+        flipped[len(flipped) // 2] ^= 0x01
+        now = int(time.time() * 1000)
+        sid = original.session_id
+        for reason, ciphertext in (
+            ("undecryptable", bytes(flipped)),
+            ("replayed", original.ciphertext),
+        ):
+            # Sent again (under a new id) until A counts it: the forger's mesh forms on its
+            # first heartbeats.
+            with trio.fail_after(WAIT):
+                while not await trio.to_thread.run_sync(
+                    lambda r=reason: a.metric("p2pchat_private_dropped_total", reason=r)
+                ):
+                    await forger.publish(
+                        encode(PrivateText(new_message_id(), room, now, sid, ciphertext))
+                    )
+                    await trio.sleep(1)
+    texts = [e["text"] for e in a.drain_events() if e["type"] == "message"]
+    assert texts.count("to be tampered") == 1, texts
+
+
+def seen_or_wait(node: NodeProcess, text: str) -> None:
+    if not seen_text(node, text):
+        node.next_event(lambda e: e["type"] == "message" and e["text"] == text, timeout=WAIT)
