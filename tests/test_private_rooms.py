@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from libp2p.peer.id import ID
 from p2pchat.node.wire.chat import (
     PRIVATE_OVERHEAD_BYTES,
     ChatText,
@@ -309,6 +310,7 @@ async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature
     await trio.to_thread.run_sync(lambda: said_until_heard(a, room, "hello b", [b]))
     await trio.to_thread.run_sync(lambda: said_until_heard(b, room, "hello a", [a]))
     # A listener on the topic captures one of B's texts as it travels.
+    b_id = ID.from_base58(b.peer_id).to_bytes()
     async with rogue(tmp_path / "listener", room, a) as listener:
         subscription = await listener.pubsub.subscribe(room)
         await trio.to_thread.run_sync(
@@ -318,8 +320,8 @@ async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature
             while True:
                 message = await subscription.get()
                 original = decode(message.data, max_text_bytes=4096)
-                if isinstance(original, PrivateText) and message.from_id != listener.pubsub.my_id:
-                    break
+                if isinstance(original, PrivateText) and message.from_id == b_id:
+                    break  # B's (a late copy of A's own might come first)
     await trio.to_thread.run_sync(lambda: seen_or_wait(a, "to be tampered"))
     assert b.stop() == 0
     nodes.remove(b)
@@ -341,7 +343,7 @@ async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature
         ):
             # Sent again (under a new id) until A counts it: the forger's mesh forms on its
             # first heartbeats.
-            with trio.fail_after(WAIT):
+            with trio.move_on_after(WAIT):
                 while not await trio.to_thread.run_sync(
                     lambda r=reason: a.metric("p2pchat_private_dropped_total", reason=r)
                 ):
@@ -349,6 +351,11 @@ async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature
                         encode(PrivateText(new_message_id(), room, now, sid, ciphertext))
                     )
                     await trio.sleep(1)
+            assert a.metric("p2pchat_private_dropped_total", reason=reason), (
+                reason,
+                [ln for ln in a.http_get("/metrics")[1].splitlines() if "dropped_total{" in ln],
+                [ln for ln in a.raw_stderr if "refused" in ln][-5:],
+            )
     texts = [e["text"] for e in a.drain_events() if e["type"] == "message"]
     assert texts.count("to be tampered") == 1, texts
 
