@@ -28,6 +28,10 @@ the streams being received at once (``chat.dm_max_inbound``, and from one peer
 (:mod:`~p2pchat.roles.peer.dm_crypto`, ``session_rate``), and the ids remembered to acknowledge
 a resent message without showing it twice (:data:`REMEMBERED_IDS`). Bad ciphertext is dropped
 (``undecryptable``) and never shown.
+
+Private rooms' keys (:mod:`~p2pchat.roles.peer.private_rooms`) travel the same way, queued and
+retried in order with the texts (:meth:`DirectMessages.send_room_key`); received, they go to
+``on_room_key`` and are never shown.
 """
 
 from __future__ import annotations
