@@ -46,8 +46,9 @@ code is node/wire/chat.py, and tests/test_wire_rules.py checks the numbers here 
 - Moderation: see the Moderation message; signed by anyone but the owner [not_owner].
 - PrivateText (a private room's message, Megolm ciphertext): `id`, `sent_at_ms` and `room` as
   a ChatText's [invalid]; `session_id` 1-64 characters of unpadded base64 [invalid];
-  `ciphertext` 1 to chat.max_message_bytes + 1024 bytes [oversized]. Every peer relays and
-  archivers store it as it is (they cannot read it). A member of the room then checks, and
+  `ciphertext` not empty [invalid], at most chat.max_message_bytes + 1024 bytes [oversized].
+  Every peer relays and archivers store it as it is (they cannot read it). A member of the
+  room then checks, and
   drops counted in p2pchat_private_dropped_total{reason}: the room is one of its private
   rooms [not_member]; the session is one a member shared with it over Olm, and that member
   signed the envelope [unknown_session]; Megolm decrypts it (MAC and the session's Ed25519
