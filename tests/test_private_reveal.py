@@ -35,12 +35,16 @@ class Recorder:
         self.keys_sent: list[tuple[str, RoomKey]] = []
         self.events: list[ChatEvent] = []
         self.ignored: set[str] = set()
+        self.rooms_full = False  # the chat service is in as many rooms as it may be
 
     def private_dropped_reason(self, reason: str) -> None:
         self.dropped[reason] += 1
 
-    async def join_private(self, topic: str) -> None:
+    async def join_private(self, topic: str) -> bool:
+        if self.rooms_full:
+            return False
         self.joined.append(topic)
+        return True
 
     async def leave_private(self, topic: str) -> None:
         self.left.append(topic)
@@ -164,3 +168,8 @@ async def test_rooms_and_members_are_bounded(store: Store) -> None:
     # Another creator's room: over private_max_rooms (1) in all.
     await rooms.received(carol, invitation(carol, alice_keys, bob, topic="private-" + "44" * 16))
     assert seen.dropped == Counter(invalid=1, too_many_rooms=1) and rooms.topics() == [ROOM]
+    # The chat service in as many rooms (public ones too) as it may be: refused, not kept.
+    rooms_again, seen_again = member(store, dave)
+    seen_again.rooms_full = True
+    await rooms_again.received(alice, invitation(alice, alice_keys, dave))
+    assert seen_again.dropped == Counter(too_many_rooms=1) and not rooms_again.topics()

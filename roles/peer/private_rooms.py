@@ -76,8 +76,9 @@ class PrivateObserver(Protocol):
 class RoomHooks(Protocol):
     """What the private rooms need of the chat service."""
 
-    async def join_private(self, topic: str) -> None:
-        """Join ``topic`` (and remember it), not making it current."""
+    async def join_private(self, topic: str) -> bool:
+        """Join ``topic`` (and remember it), not making it current; False when this peer is in
+        as many rooms as it may be."""
 
     async def leave_private(self, topic: str) -> None:
         """Leave ``topic`` and forget it."""
@@ -176,9 +177,15 @@ class PrivateRooms:
             )
             return None
         topic = TOPIC_PREFIX + os.urandom(16).hex()
+        if not await self._hooks.join_private(topic):
+            reply(
+                ErrorEvent(
+                    "too_many_rooms", "you are in as many rooms as you may be", "create-private"
+                )
+            )
+            return None
         self._put(PrivateRoom(topic, name, self._me, [self._me]))
         self._group.rotate(topic)
-        await self._hooks.join_private(topic)
         reply(
             NoticeEvent(
                 "private_created",
@@ -397,10 +404,12 @@ class PrivateRooms:
             ):
                 self._dropped("too_many_rooms", topic, creator)
                 return None
+            if not await self._hooks.join_private(topic):
+                self._dropped("too_many_rooms", topic, creator)
+                return None
             room = PrivateRoom(topic, name, creator, members)
             self._put(room)
             self._group.rotate(topic)
-            await self._hooks.join_private(topic)
             for member in members:  # the newcomer's key, and theirs in return
                 if member not in (self._me, creator):
                     self._send_key(member, self._key_of(room, want_key=True))

@@ -488,11 +488,16 @@ class ChatService:
             else:
                 self._private.remove(current, peer, reply)
 
-    async def join_private(self, topic: str) -> None:
-        """Join private room ``topic`` (remembered), not making it current (an invitation)."""
-        if topic not in self._rooms and len(self._rooms) < MAX_ROOMS:
-            await self._join(topic)
-            self._remembered.joined(topic)
+    async def join_private(self, topic: str) -> bool:
+        """Join private room ``topic`` (remembered), not making it current (an invitation);
+        False when this peer is in :data:`MAX_ROOMS` rooms already."""
+        if topic in self._rooms:
+            return True
+        if len(self._rooms) >= MAX_ROOMS:
+            return False
+        await self._join(topic)
+        self._remembered.joined(topic)
+        return True
 
     async def leave_private(self, topic: str) -> None:
         """Leave private room ``topic`` (this peer was removed from it)."""
