@@ -115,6 +115,7 @@ bench: $(DEV)
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric
 	$(BIN)/python -m tests.bench.mailbox
+	$(BIN)/python -m tests.bench.private_rooms
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).

@@ -758,6 +758,36 @@ class ChatSection(_Section):
         description="Direct messages being received at once from one peer; more are reset "
         "(reason=busy), so one peer holding streams does not take the others' places.",
     )
+    private_max_rooms: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Private rooms (/create-private, invites) this peer is in at once; an "
+        "invite past it is refused (p2pchat_private_dropped_total{reason=too_many_rooms}).",
+    )
+    private_rooms_per_creator: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Private rooms one other peer may have invited this peer to and keep it "
+        "in; its next invite is refused (reason=too_many_rooms). Invites from ignored peers "
+        "are refused (reason=ignored).",
+    )
+    private_max_members: int = Field(
+        default=64,
+        ge=2,
+        le=1000,
+        description="Members of a private room, creator included (each one's Megolm key is "
+        "kept; /invite past it is refused, and so is a room announced with more).",
+    )
+    private_max_sessions_per_room: int = Field(
+        default=256,
+        ge=2,
+        le=100_000,
+        description="Megolm sessions kept per private room (every member's, and a new one at "
+        "each rotation, about 0.6 KiB each); past it a member's oldest session goes (its "
+        "messages no longer decrypt here).",
+    )
 
 
 class PubsubSection(_Section):

@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError
 from p2pchat.node.atrest import AtRestKeys, SealError
 from p2pchat.node.p2p.envelopes import envelope_data
 from p2pchat.node.store import Store
-from p2pchat.node.wire.chat import ChatText, Moderation, WireError, decode
+from p2pchat.node.wire.chat import ChatText, Moderation, PrivateText, WireError, decode
 from rocksdict import WriteBatch, WriteOptions
 
 MESSAGE_ID_BYTES = 16
@@ -155,7 +155,11 @@ class StoredMessage:
 
     @classmethod
     def of_text(
-        cls, text: ChatText | Moderation, sender: str, envelope: bytes, received_at_ms: int
+        cls,
+        text: ChatText | Moderation | PrivateText,
+        sender: str,
+        envelope: bytes,
+        received_at_ms: int,
     ) -> StoredMessage:
         """The history entry of chat text ``text`` (or of a room owner's moderation decision,
         kept in the history so that peers that were away and archivers learn it), verified as

@@ -41,7 +41,7 @@ NODE_NAMESPACES = frozenset({"meta", "hist", "hid", "hcnt", "hmeta", "hsnd", "hs
 # The namespaces whose values are private bodies, sealed when the data dir has a passphrase:
 # "dm" (the Olm account and sessions, the DMs waiting: roles/peer/dm_crypto.py, dm_waiting.py),
 # "pend" (room messages waiting to be published: roles/peer/outbox.py).
-SEALED_NAMESPACES = frozenset({"dm", "dmlog", "pend"})
+SEALED_NAMESPACES = frozenset({"dm", "dmlog", "pend", "private"})
 
 
 class KeyValue(Protocol):

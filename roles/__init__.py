@@ -9,7 +9,7 @@ from p2pchat.node.role import Role
 from p2pchat.node.store import KeyValue
 from p2pchat.roles.archiver import ArchiverRole
 from p2pchat.roles.bootstrap import BootstrapRole
-from p2pchat.roles.peer import PeerRole, dm_crypto
+from p2pchat.roles.peer import PeerRole, dm_crypto, group_crypto
 from p2pchat.roles.peer.console import INPUT_HISTORY
 from p2pchat.roles.relay import RelayRole
 
@@ -28,7 +28,9 @@ def repickle_at_rest(namespace: Callable[[str], KeyValue], old: bytes, new: byte
     """Re-pickle every role's ratchet state (vodozemac pickles) in the store's namespaces from
     pickle key ``old`` to ``new``, for ``p2pchat passphrase set|remove``; how many pickles were.
     A role that pickles state adds its namespace here."""
-    return dm_crypto.repickle(namespace(dm_crypto.NAMESPACE), old, new)
+    return dm_crypto.repickle(namespace(dm_crypto.NAMESPACE), old, new) + group_crypto.repickle(
+        namespace(group_crypto.NAMESPACE), old, new
+    )
 
 
 # Files the roles keep in the data dir in plaintext, deleted when a passphrase is set (they

@@ -330,6 +330,24 @@ def test_every_input_form_and_every_event_type(tmp_path: Path, nodes: list[NodeP
     assert to_room[-1]["ok"] is True
     assert a.next_event(is_message("to ops, from the JSON input"), timeout=WAIT)["room"] == "ops"
 
+    # A private room: created (and made current), a member invited, told, listed; a message
+    # to it by room arrives decrypted (sent again until the new member's mesh has formed).
+    created = answer(a, {"id": "p1", "line": "/create-private club"})
+    kinds = [(e["type"], e.get("kind")) for e in created]
+    assert kinds == [("notice", "private_created"), ("done", None)]
+    club = created[0]["data"]["room"]
+    invited = answer(a, {"id": "p2", "line": f"/invite {b.peer_id}"})
+    assert invited[0]["kind"] == "private_member" and invited[0]["data"]["change"] == "invited"
+    seen(b, lambda e: e["type"] == "notice" and e["kind"] == "private_invited")
+    members = answer(b, {"id": "p3", "line": f"/members {club}"})
+    assert members[0]["command"] == "members"
+    assert set(members[0]["data"]["members"]) == {a.peer_id, b.peer_id}
+    deadline = time.monotonic() + WAIT
+    while not any(e["type"] == "message" and e["room"] == club for e in b.drain_events()):
+        assert time.monotonic() < deadline, "the private room's message never arrived"
+        assert answer(a, {"id": "p4", "send": "for members only", "room": club})[-1]["ok"]
+        time.sleep(2)
+
     # Errors: a stable code, the command that caused it, the id, and done says not ok.
     unknown = answer(a, {"id": 6, "line": "/frobnicate now"})
     assert unknown[0]["type"] == "error" and unknown[0]["code"] == "unknown_command"

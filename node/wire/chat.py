@@ -31,6 +31,9 @@ never sets a name must still be heard (it was dropped as ``invalid`` before)."""
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_REASON_BYTES = 200  # of a moderation decision's reason
 MAX_MUTE_MS = 366 * 86_400_000  # a mute lasts at most a year (a removal has no end)
+PRIVATE_OVERHEAD_BYTES = 1024  # a private text's ciphertext beyond its ChatText's text limit
+MAX_SESSION_ID_CHARS = 64
+_SESSION_ID = re.compile(r"[A-Za-z0-9+/]{1,64}")
 
 DropReason = Literal[
     "malformed",
@@ -102,8 +105,21 @@ class Moderation:
         return (self.sent_at_ms, self.id)
 
 
-ChatPayload = ChatText | NameAnnouncement | Moderation
-HISTORY_PAYLOADS = (ChatText, Moderation)
+@dataclass(frozen=True, slots=True)
+class PrivateText:
+    """A private room's message: a :class:`ChatText`, Megolm-encrypted (see ``PrivateText`` in
+    chat.proto). This codec checks the envelope only; members decrypt it
+    (``roles/peer/private_rooms.py``)."""
+
+    id: bytes
+    room: str
+    sent_at_ms: int
+    session_id: str
+    ciphertext: bytes
+
+
+ChatPayload = ChatText | NameAnnouncement | Moderation | PrivateText
+HISTORY_PAYLOADS = (ChatText, Moderation, PrivateText)
 """What a room's history keeps (both name their room); a tuple: ``isinstance`` with a ``|``
 union builds the union on every call (~3x the cost, per message received)."""
 
@@ -187,6 +203,16 @@ def encode(payload: ChatPayload) -> bytes:
                 reason=payload.reason,
             )
         )
+    elif isinstance(payload, PrivateText):
+        envelope.private.CopyFrom(
+            chat_pb2.PrivateText(
+                id=payload.id,
+                room=payload.room,
+                sent_at_ms=payload.sent_at_ms,
+                session_id=payload.session_id,
+                ciphertext=payload.ciphertext,
+            )
+        )
     else:
         envelope.name.CopyFrom(
             chat_pb2.NameAnnouncement(
@@ -226,6 +252,8 @@ def decode(
         return _check_name(envelope.name)
     if body == "moderation":
         return _check_moderation(envelope.moderation)
+    if body == "private":
+        return _check_private(envelope.private, max_text_bytes)
     raise WireError("malformed", "payload has no body")
 
 
@@ -260,6 +288,56 @@ def _check_text(message: chat_pb2.ChatText, max_text_bytes: int) -> ChatText:
         sent_at_ms=message.sent_at_ms,
         action=message.action,
     )
+
+
+def _check_private(message: chat_pb2.PrivateText, max_text_bytes: int) -> PrivateText:
+    """The envelope of a private text; its ciphertext is the members' to check."""
+    _check_common(message.id, message.sent_at_ms)
+    try:
+        room = validate_room(message.room)
+    except ValueError as error:
+        raise WireError("invalid", str(error)) from None
+    if _SESSION_ID.fullmatch(message.session_id) is None:
+        raise WireError("invalid", "a private text's session id is 1-64 base64 characters")
+    size = len(message.ciphertext)
+    if size > max_text_bytes + PRIVATE_OVERHEAD_BYTES:
+        raise WireError("oversized", f"ciphertext of {size} bytes")
+    if not size:
+        raise WireError("invalid", "a private text without ciphertext")
+    return PrivateText(
+        id=bytes(message.id),
+        room=room,
+        sent_at_ms=message.sent_at_ms,
+        session_id=message.session_id,
+        ciphertext=bytes(message.ciphertext),
+    )
+
+
+def check_inner_text(data: bytes, max_text_bytes: int) -> ChatText:
+    """The ChatText a private text's ciphertext held (decrypted), checked as a ChatText on
+    the wire is.
+
+    Raises:
+        WireError: as :func:`decode` for a text.
+    """
+    message = chat_pb2.ChatText()
+    try:
+        message.ParseFromString(data)
+    except (DecodeError, ValueError) as error:
+        raise WireError("malformed", f"not a chat text: {error}") from None
+    return _check_text(message, max_text_bytes)
+
+
+def encode_inner_text(text: ChatText) -> bytes:
+    """The bytes a private text encrypts: ``text`` as a ChatText message."""
+    return chat_pb2.ChatText(
+        id=text.id,
+        room=text.room,
+        sender_name=text.sender_name,
+        text=text.text,
+        sent_at_ms=text.sent_at_ms,
+        action=text.action,
+    ).SerializeToString()
 
 
 def _check_name(message: chat_pb2.NameAnnouncement) -> NameAnnouncement:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nchat.proto\x12\x0fp2pchat.chat.v1\"\xb8\x01\n\x0c\x43hatEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.p2pchat.chat.v1.ChatTextH\x00\x12\x31\n\x04name\x18\x03 \x01(\x0b\x32!.p2pchat.chat.v1.NameAnnouncementH\x00\x12\x31\n\nmoderation\x18\x04 \x01(\x0b\x32\x1b.p2pchat.chat.v1.ModerationH\x00\x42\x06\n\x04\x62ody\"k\n\x08\x43hatText\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x13\n\x0bsender_name\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\x08\"@\n\x10NameAnnouncement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\n\n\x02id\x18\x03 \x01(\x0c\"\xe5\x01\n\nModeration\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x32\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\".p2pchat.chat.v1.Moderation.Action\x12\x10\n\x08until_ms\x18\x05 \x01(\x04\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x04\x12\x0e\n\x06reason\x18\x07 \x01(\t\"C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04MUTE\x10\x01\x12\n\n\x06REMOVE\x10\x02\x12\x0b\n\x07RESTORE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nchat.proto\x12\x0fp2pchat.chat.v1\"\xe9\x01\n\x0c\x43hatEnvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.p2pchat.chat.v1.ChatTextH\x00\x12\x31\n\x04name\x18\x03 \x01(\x0b\x32!.p2pchat.chat.v1.NameAnnouncementH\x00\x12\x31\n\nmoderation\x18\x04 \x01(\x0b\x32\x1b.p2pchat.chat.v1.ModerationH\x00\x12/\n\x07private\x18\x05 \x01(\x0b\x32\x1c.p2pchat.chat.v1.PrivateTextH\x00\x42\x06\n\x04\x62ody\"c\n\x0bPrivateText\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x04\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"k\n\x08\x43hatText\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x13\n\x0bsender_name\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nsent_at_ms\x18\x05 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\x08\"@\n\x10NameAnnouncement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsent_at_ms\x18\x02 \x01(\x04\x12\n\n\x02id\x18\x03 \x01(\x0c\"\xe5\x01\n\nModeration\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04room\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x32\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\".p2pchat.chat.v1.Moderation.Action\x12\x10\n\x08until_ms\x18\x05 \x01(\x04\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x04\x12\x0e\n\x06reason\x18\x07 \x01(\t\"C\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04MUTE\x10\x01\x12\n\n\x06REMOVE\x10\x02\x12\x0b\n\x07RESTORE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHATENVELOPE']._serialized_start=32
-  _globals['_CHATENVELOPE']._serialized_end=216
-  _globals['_CHATTEXT']._serialized_start=218
-  _globals['_CHATTEXT']._serialized_end=325
-  _globals['_NAMEANNOUNCEMENT']._serialized_start=327
-  _globals['_NAMEANNOUNCEMENT']._serialized_end=391
-  _globals['_MODERATION']._serialized_start=394
-  _globals['_MODERATION']._serialized_end=623
-  _globals['_MODERATION_ACTION']._serialized_start=556
-  _globals['_MODERATION_ACTION']._serialized_end=623
+  _globals['_CHATENVELOPE']._serialized_end=265
+  _globals['_PRIVATETEXT']._serialized_start=267
+  _globals['_PRIVATETEXT']._serialized_end=366
+  _globals['_CHATTEXT']._serialized_start=368
+  _globals['_CHATTEXT']._serialized_end=475
+  _globals['_NAMEANNOUNCEMENT']._serialized_start=477
+  _globals['_NAMEANNOUNCEMENT']._serialized_end=541
+  _globals['_MODERATION']._serialized_start=544
+  _globals['_MODERATION']._serialized_end=773
+  _globals['_MODERATION_ACTION']._serialized_start=706
+  _globals['_MODERATION_ACTION']._serialized_end=773
 # @@protoc_insertion_point(module_scope)

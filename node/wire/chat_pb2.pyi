@@ -45,6 +45,18 @@ code is node/wire/chat.py, and tests/test_wire_rules.py checks the numbers here 
   make its own times strictly increase, and date a reply after what it saw (p2pchat uses
   max(now, last + 1, min(newest seen, now + 1000) + 1)).
 - Moderation: see the Moderation message; signed by anyone but the owner [not_owner].
+- PrivateText (a private room's message, Megolm ciphertext): `id`, `sent_at_ms` and `room` as
+  a ChatText's [invalid]; `session_id` 1-64 characters of unpadded base64 [invalid];
+  `ciphertext` not empty [invalid], at most chat.max_message_bytes + 1024 bytes [oversized].
+  Every peer relays and archivers store it as it is (they cannot read it). A member of the
+  room then checks, and
+  drops counted in p2pchat_private_dropped_total{reason}: the room is one of its private
+  rooms [not_member]; the session is one a member shared with it over Olm, and that member
+  signed the envelope [unknown_session]; Megolm decrypts it (MAC and the session's Ed25519
+  signature) [undecryptable]; the plaintext is a ChatText as above whose id, room and
+  sent_at_ms equal the PrivateText's [mismatch]; no other message of the room used that
+  session's message index [replayed]. A plain ChatText on a private room's topic is dropped
+  by members [plaintext].
 - Unknown fields are ignored (fields are only ever added).
 """
 
@@ -70,6 +82,7 @@ class ChatEnvelope(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     MODERATION_FIELD_NUMBER: _builtins.int
+    PRIVATE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Payload format version; this schema is version 1."""
     @_builtins.property
@@ -78,6 +91,8 @@ class ChatEnvelope(_message.Message):
     def name(self) -> Global___NameAnnouncement: ...
     @_builtins.property
     def moderation(self) -> Global___Moderation: ...
+    @_builtins.property
+    def private(self) -> Global___PrivateText: ...
     def __init__(
         self,
         *,
@@ -85,16 +100,59 @@ class ChatEnvelope(_message.Message):
         text: Global___ChatText | None = ...,
         name: Global___NameAnnouncement | None = ...,
         moderation: Global___Moderation | None = ...,
+        private: Global___PrivateText | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "private", b"private", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "text", b"text", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "moderation", b"moderation", "name", b"name", "private", b"private", "text", b"text", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "name", "moderation"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["text", "name", "moderation", "private"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___ChatEnvelope: _TypeAlias = ChatEnvelope  # noqa: Y015
+
+@_typing.final
+class PrivateText(_message.Message):
+    """A message of a private room (roles/peer/private_rooms.py): a ChatText encrypted with the
+    sender's outbound Megolm session (vodozemac), whose key the sender gave each member over
+    their pairwise Olm session (dm.proto PrivateRoomKey). The topic is "private-" and 32 hex
+    digits, known to the members only; relays and archivers carry and store the ciphertext.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROOM_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    id: _builtins.bytes
+    """As ChatText.id; the encrypted ChatText has the same id."""
+    room: _builtins.str
+    """The topic, as ChatText.room; the encrypted ChatText has the same room."""
+    sent_at_ms: _builtins.int
+    """As ChatText.sent_at_ms (orders history); the encrypted ChatText has the same time."""
+    session_id: _builtins.str
+    """The Megolm session id (unpadded base64 of its Ed25519 key)."""
+    ciphertext: _builtins.bytes
+    """A vodozemac MegolmMessage (bytes): version, index, AES-CBC ciphertext, MAC, signature."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.bytes = ...,
+        room: _builtins.str = ...,
+        sent_at_ms: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "id", b"id", "room", b"room", "sent_at_ms", b"sent_at_ms", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivateText: _TypeAlias = PrivateText  # noqa: Y015
 
 @_typing.final
 class ChatText(_message.Message):

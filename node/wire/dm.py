@@ -83,12 +83,28 @@ class DirectMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomKey:
+    """A private room's membership and/or a member's Megolm key (``PrivateRoomKey``); the
+    values are checked by the private rooms, which know the room (only sizes here)."""
+
+    topic: str
+    name: str = ""
+    creator: str = ""
+    members: tuple[str, ...] = ()
+    session_id: str = ""
+    session_key: str = ""
+    want_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plaintext:
-    """What a DM's ciphertext holds."""
+    """What a DM's ciphertext holds: a text, or (``room_key`` set, text empty) a private
+    room's key, never shown as a DM."""
 
     id: bytes
     text: str
     sent_at_ms: int
+    room_key: RoomKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +221,21 @@ def decode_message(data: bytes, limit: int) -> DirectMessage:
 
 
 def encode_plaintext(plain: Plaintext) -> bytes:
-    return pb.DmPlaintext(
-        id=plain.id, text=plain.text, sent_at_ms=plain.sent_at_ms
-    ).SerializeToString()
+    message = pb.DmPlaintext(id=plain.id, text=plain.text, sent_at_ms=plain.sent_at_ms)
+    key = plain.room_key
+    if key is not None:
+        message.room_key.CopyFrom(
+            pb.PrivateRoomKey(
+                topic=key.topic,
+                name=key.name,
+                creator=key.creator,
+                members=list(key.members),
+                session_id=key.session_id,
+                session_key=key.session_key,
+                want_key=key.want_key,
+            )
+        )
+    return message.SerializeToString()
 
 
 def decode_plaintext(data: bytes, max_text_bytes: int) -> Plaintext:
@@ -215,11 +243,28 @@ def decode_plaintext(data: bytes, max_text_bytes: int) -> Plaintext:
     ``oversized`` (text over ``max_text_bytes`` UTF-8 bytes)."""
     message = pb.DmPlaintext()
     _parse(message, data, "DM plaintext")
-    if len(message.id) != MESSAGE_ID_BYTES or not message.text:
+    keyed = message.HasField("room_key")
+    if len(message.id) != MESSAGE_ID_BYTES or not (message.text or keyed):
         raise DmWireError("malformed", "no 16-byte id, or no text")
     if len(message.text.encode()) > max_text_bytes:
         raise DmWireError("oversized", f"text over {max_text_bytes} bytes")
-    return Plaintext(bytes(message.id), message.text, message.sent_at_ms)
+    if not keyed:
+        return Plaintext(bytes(message.id), message.text, message.sent_at_ms)
+    key = message.room_key
+    return Plaintext(
+        bytes(message.id),
+        "",
+        message.sent_at_ms,
+        RoomKey(
+            topic=key.topic,
+            name=key.name,
+            creator=key.creator,
+            members=tuple(key.members),
+            session_id=key.session_id,
+            session_key=key.session_key,
+            want_key=key.want_key,
+        ),
+    )
 
 
 def encode_ack(ack: Ack) -> bytes:

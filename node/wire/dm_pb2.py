@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x08\x64m.proto\x12\rp2pchat.dm.v1\"\x89\x01\n\tKeyBundle\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x66\x61llback_key\x18\x03 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x04\x12\x13\n\x0bsealing_key\x18\x05 \x01(\x0c\x12\x13\n\x0bmailbox_key\x18\x06 \x01(\x0c\"4\n\x0fSignedKeyBundle\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"l\n\rDirectMessage\x12\x10\n\x08olm_type\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x35\n\rsender_bundle\x18\x03 \x01(\x0b\x32\x1e.p2pchat.dm.v1.SignedKeyBundle\";\n\x0b\x44mPlaintext\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x04\"=\n\x05\x44mAck\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.p2pchat.dm.v1.AckStatus\x12\n\n\x02id\x18\x02 \x01(\x0c*7\n\tAckStatus\x12\r\n\tDELIVERED\x10\x00\x12\x0e\n\nNO_SESSION\x10\x01\x12\x0b\n\x07REFUSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x08\x64m.proto\x12\rp2pchat.dm.v1\"\x89\x01\n\tKeyBundle\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x02 \x01(\x0c\x12\x14\n\x0c\x66\x61llback_key\x18\x03 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x04 \x01(\x04\x12\x13\n\x0bsealing_key\x18\x05 \x01(\x0c\x12\x13\n\x0bmailbox_key\x18\x06 \x01(\x0c\"4\n\x0fSignedKeyBundle\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"l\n\rDirectMessage\x12\x10\n\x08olm_type\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x35\n\rsender_bundle\x18\x03 \x01(\x0b\x32\x1e.p2pchat.dm.v1.SignedKeyBundle\"l\n\x0b\x44mPlaintext\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nsent_at_ms\x18\x03 \x01(\x04\x12/\n\x08room_key\x18\n \x01(\x0b\x32\x1d.p2pchat.dm.v1.PrivateRoomKey\"\x8a\x01\n\x0ePrivateRoomKey\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63reator\x18\x03 \x01(\t\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x13\n\x0bsession_key\x18\x06 \x01(\t\x12\x10\n\x08want_key\x18\x07 \x01(\x08\"=\n\x05\x44mAck\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.p2pchat.dm.v1.AckStatus\x12\n\n\x02id\x18\x02 \x01(\x0c*7\n\tAckStatus\x12\r\n\tDELIVERED\x10\x00\x12\x0e\n\nNO_SESSION\x10\x01\x12\x0b\n\x07REFUSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACKSTATUS']._serialized_start=455
-  _globals['_ACKSTATUS']._serialized_end=510
+  _globals['_ACKSTATUS']._serialized_start=645
+  _globals['_ACKSTATUS']._serialized_end=700
   _globals['_KEYBUNDLE']._serialized_start=28
   _globals['_KEYBUNDLE']._serialized_end=165
   _globals['_SIGNEDKEYBUNDLE']._serialized_start=167
@@ -40,7 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIRECTMESSAGE']._serialized_start=221
   _globals['_DIRECTMESSAGE']._serialized_end=329
   _globals['_DMPLAINTEXT']._serialized_start=331
-  _globals['_DMPLAINTEXT']._serialized_end=390
-  _globals['_DMACK']._serialized_start=392
-  _globals['_DMACK']._serialized_end=453
+  _globals['_DMPLAINTEXT']._serialized_end=439
+  _globals['_PRIVATEROOMKEY']._serialized_start=442
+  _globals['_PRIVATEROOMKEY']._serialized_end=580
+  _globals['_DMACK']._serialized_start=582
+  _globals['_DMACK']._serialized_end=643
 # @@protoc_insertion_point(module_scope)

@@ -14,8 +14,10 @@ closes. The ack comes from the recipient itself (the stream is end to end), afte
 decrypted and stored the message.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -160,24 +162,91 @@ class DmPlaintext(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    ROOM_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.bytes
     """16 random bytes, chosen by the sender; the ack names it."""
     text: _builtins.str
+    """Empty only when `room_key` is set (then no text is shown)."""
     sent_at_ms: _builtins.int
+    @_builtins.property
+    def room_key(self) -> Global___PrivateRoomKey:
+        """Fields 10-19: private rooms (roles/peer/private_rooms.py).
+        A private room's membership and/or a member's Megolm session key: never shown as a DM.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.bytes = ...,
         text: _builtins.str = ...,
         sent_at_ms: _builtins.int = ...,
+        room_key: Global___PrivateRoomKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["room_key", b"room_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "sent_at_ms", b"sent_at_ms", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "room_key", b"room_key", "sent_at_ms", b"sent_at_ms", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DmPlaintext: _TypeAlias = DmPlaintext  # noqa: Y015
+
+@_typing.final
+class PrivateRoomKey(_message.Message):
+    """A private room (chat.proto PrivateText), told over the pairwise Olm session. Only the room's
+    creator defines it: from the creator, `members` is the member list in force (a member not in
+    it was removed; a peer newly in it was invited); from another member only `session_*` is
+    read (that member's own outbound Megolm session), and only if it is a member.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATOR_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_KEY_FIELD_NUMBER: _builtins.int
+    WANT_KEY_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The room's GossipSub topic: "private-" and 32 lowercase hex digits (128 random bits)."""
+    name: _builtins.str
+    """The display name the creator gave it (1-32 characters, as a display name)."""
+    creator: _builtins.str
+    """The creator's PeerId (base58); a message claiming another creator than its sender is only
+    a key share.
+    """
+    session_id: _builtins.str
+    """The sender's outbound Megolm session: its id and its session key (vodozemac SessionKey,
+    base64, signed by the session's Ed25519 key) at its current index: the receiver decrypts
+    the sender's messages from this index on, none before. Both empty: no key in this message.
+    """
+    session_key: _builtins.str
+    want_key: _builtins.bool
+    """The sender asks the receiver to answer with its own current session key (a newcomer asks
+    every member once).
+    """
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The members, PeerIds (base58), creator included; at most chat.private_max_members."""
+
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        name: _builtins.str = ...,
+        creator: _builtins.str = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        session_id: _builtins.str = ...,
+        session_key: _builtins.str = ...,
+        want_key: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "members", b"members", "name", b"name", "session_id", b"session_id", "session_key", b"session_key", "topic", b"topic", "want_key", b"want_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivateRoomKey: _TypeAlias = PrivateRoomKey  # noqa: Y015
 
 @_typing.final
 class DmAck(_message.Message):

@@ -43,6 +43,11 @@ HELP = """Commands:
                      (owner) drop a peer's messages in this room until /unremove
   /unremove <name|id>
                      (owner) end a removal
+  /create-private <name>
+                     a private room: invite-only, end-to-end encrypted (Megolm), made current
+  /invite <name|id>  (creator) add a peer to the current private room
+  /remove <name|id>  in a private room (creator): remove a member; the keys rotate
+  /members [room]    the members of a private room (default: the current one)
   /leave [room]      leave a room (default: the current one); /leave @name closes a DM
   /rooms             the rooms you are in and open DM conversations, with unread counts
   /switch <room>     make a joined room (or @name, a DM conversation) current and show
@@ -72,6 +77,9 @@ COMMANDS = (
     "/unmute",
     "/remove",
     "/unremove",
+    "/create-private",
+    "/invite",
+    "/members",
     "/leave",
     "/rooms",
     "/switch",
@@ -98,6 +106,8 @@ _NEEDS_ARGUMENT = {
     "unmute": "name or peer id",
     "remove": "name or peer id",
     "unremove": "name or peer id",
+    "create-private": "name",
+    "invite": "name or peer id",
 }
 
 _DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

@@ -31,6 +31,10 @@ the streams being received at once (``chat.dm_max_inbound``, and from one peer
 (:mod:`~p2pchat.roles.peer.dm_crypto`, ``session_rate``), and the ids remembered to acknowledge
 a resent message without showing it twice (:data:`REMEMBERED_IDS`). Bad ciphertext is dropped
 (``undecryptable``) and never shown.
+
+Private rooms' keys (:mod:`~p2pchat.roles.peer.private_rooms`) travel the same way, queued and
+retried in order with the texts (:meth:`DirectMessages.send_room_key`); received, they go to
+``on_room_key`` and are never shown.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from p2pchat.node.wire.dm import (
     DmWireError,
     KeyBundle,
     Plaintext,
+    RoomKey,
     decode_ack,
     decode_message,
     decode_plaintext,
@@ -213,6 +218,8 @@ class DirectMessages:
         # recipients with messages waiting: at most MAX_WAITING).
         self._looked_up: dict[str, float] = {}
         observer.dm_session_count(self.olm.session_count())
+        # Private rooms' keys received (roles/peer/private_rooms.py sets it): never shown.
+        self.on_room_key: Callable[[str, RoomKey], Awaitable[None]] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -286,6 +293,24 @@ class DirectMessages:
             {"peer": peer, "id": plain.id.hex(), "reason": "no answer yet", "deposited": 0},
         )
 
+    def send_room_key(self, peer: str, key: RoomKey) -> None:
+        """Send a private room's ``key`` to ``peer`` in the background, in order with the texts
+        to it, waiting (and sent again) like them; its outcome is not shown."""
+        plain = Plaintext(os.urandom(16), "", int(time.time() * 1000), key)
+        nursery = self._nursery
+        if nursery is None or self._sends_in_flight >= MAX_SENDS_IN_FLIGHT:
+            self._wait(peer, plain, "too many messages being sent now")
+            return
+
+        async def sending() -> None:
+            try:
+                await self._send(peer, plain)
+            finally:
+                self._sends_in_flight -= 1
+
+        self._sends_in_flight += 1
+        nursery.start_soon(sending)
+
     @asynccontextmanager
     async def _turn(self, peer: str) -> AsyncIterator[None]:
         """Hold ``peer``'s queue (in the order asked) and one of the recipients' places."""
@@ -323,6 +348,8 @@ class DirectMessages:
         if delivered is not None:
             self._waiting_store.remove(delivered.key)
         self._observer.dm_sent_outcome("delivered")
+        if plain.room_key is not None:  # a private room's key: nothing to show
+            return NoticeEvent("dm_delivered", "", {"peer": peer, "id": message_id})
         self._emit(
             DirectEvent(
                 peer, self._name_of(peer), message_id, plain.text, plain.sent_at_ms, own=True
@@ -412,7 +439,8 @@ class DirectMessages:
             if not (isinstance(answer, NoticeEvent) and answer.kind == "dm_delivered"):
                 await self._deposit_waiting(peer)
                 return
-            self._emit(answer)
+            if waiting.plain.room_key is None:
+                self._emit(answer)
 
     async def _deposit_waiting(self, peer: str) -> None:
         """Deposit, in order, every message waiting for ``peer`` (not connected) that is not
@@ -577,14 +605,22 @@ class DirectMessages:
             self._observer.dm_session_count(self.olm.session_count())
         if self._mail is not None and message.sender_bundle is not None:
             self._mail.remember(peer, message.sender_bundle)
-        self._show(peer, plain)
+        if plain.room_key is not None:
+            if self._first_time(peer, plain.id) and self.on_room_key is not None:
+                await self.on_room_key(peer, plain.room_key)
+        else:
+            self._show(peer, plain)
         await self._answer(stream, Ack(AckStatus.DELIVERED, plain.id))
 
     def _show_fetched(self, peer: str, plains: list[Plaintext]) -> None:
-        """Messages of ``peer`` fetched from mailboxes, in order."""
+        """Messages of ``peer`` fetched from mailboxes, in order (a private room's key among
+        them is handed to ``on_room_key``, never shown)."""
         self._observer.dm_session_count(self.olm.session_count())
         for plain in plains:
-            self._show(peer, plain)
+            if plain.room_key is None:
+                self._show(peer, plain)
+            elif self._first_time(peer, plain.id) and self.on_room_key and self._nursery:
+                self._nursery.start_soon(self.on_room_key, peer, plain.room_key)
 
     def _show(self, peer: str, plain: Plaintext) -> None:
         """Show a message received, unless it was shown already."""

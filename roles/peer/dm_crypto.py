@@ -57,6 +57,7 @@ _ACCOUNT = b"account"
 _SESSIONS = b"s/"
 _STAMP = struct.Struct(">Q")  # last use, Unix ms, before each session's pickle
 
+
 Signer = Callable[[bytes], bytes]
 SignatureCheck = Callable[[str, bytes, bytes], bool]
 """(peer_id, data, signature) -> whether the PeerId's key signed ``data``."""

@@ -99,6 +99,11 @@ NoticeKind = Literal[
     "name_conflict",  # a known name used by another PeerId (data: name, peer, bound, verified)
     "dm_opened",  # a DM conversation made current: /dm, /switch @name (data: peer, room, unread)
     "dm_closed",  # a DM conversation closed: /leave @name (data: peer, room)
+    "private_created",  # /create-private made a room (data: room, name)
+    # a peer added this peer to a private room (data: room, name, creator, members)
+    "private_invited",
+    "private_member",  # a private room's member invited or removed (data: room, peer, change)
+    "private_removed",  # this peer was removed from a private room (data: room, name, creator)
 ]
 
 
@@ -133,6 +138,7 @@ ErrorCode = Literal[
     "not_moderated",  # /unmute, /unremove of a peer that is not muted, removed
     "moderation_full",  # the room holds as many decisions in force as it may
     "muted",  # a message to a room whose owner muted or removed this peer: not sent
+    "not_private",  # /members, /invite, /remove of private rooms in a room that is not one
 ]
 
 

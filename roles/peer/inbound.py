@@ -24,6 +24,7 @@ from p2pchat.node.wire.chat import (
     ChatText,
     Moderation,
     NameAnnouncement,
+    PrivateText,
     WireError,
     decode,
     decode_for_room,
@@ -36,7 +37,17 @@ from p2pchat.roles.peer.rooms import Rooms
 
 MAX_VALIDATED = 8192  # decoded payloads kept between validation and acceptance
 
-Payload = ChatText | NameAnnouncement | Moderation
+Payload = ChatText | NameAnnouncement | Moderation | PrivateText
+
+
+class PrivateGate(Protocol):
+    """The private rooms, as the inbound pipeline sees them
+    (:class:`~p2pchat.roles.peer.private_rooms.PrivateRooms`)."""
+
+    def is_private(self, topic: str) -> bool: ...
+
+    def reveal(self, payload: ChatText | PrivateText, sender: str, room: str) -> ChatText | None:
+        """The decrypted text, or None (dropped and counted)."""
 
 
 class InboundObserver(Protocol):
@@ -100,6 +111,8 @@ class Inbound:
         self._heard_live = heard_live
         self._seen = seen
         self._validated: BoundedDict[bytes, Payload] = BoundedDict(MAX_VALIDATED)
+        # The private rooms (set by the service): their texts are decrypted before showing.
+        self.private: PrivateGate | None = None
 
     def validator(self, room: str) -> Callable[[bytes], str | None]:
         """The payload check of ``room``'s topic: None if valid, else the drop reason."""
@@ -162,6 +175,16 @@ class Inbound:
                     self._emit(name_event(change))
                 continue
             stored = StoredMessage.of_text(payload, message.sender, message.envelope, received_at)
+            private = self.private
+            if isinstance(payload, PrivateText) or (
+                private is not None and private.is_private(room) and isinstance(payload, ChatText)
+            ):
+                # A private text is stored (as ciphertext) and shown only if it decrypts; a
+                # plain text in a private room, never.
+                revealed = private.reveal(payload, message.sender, room) if private else None
+                if revealed is not None:
+                    texts.append((stored, revealed))
+                continue
             if isinstance(payload, Moderation):
                 decisions.append(stored)  # applied as it was validated
                 continue

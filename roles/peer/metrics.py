@@ -126,6 +126,14 @@ class ChatMetrics:
             "Sealed letters fetched from this peer's mailboxes (new ones, before the checks).",
             registry=registry,
         )
+        self.private_dropped = Counter(
+            "p2pchat_private_dropped",
+            "Private-room messages and room keys dropped on receive, by reason (not_member, "
+            "unknown_session, undecryptable, replayed, mismatch, plaintext, malformed, "
+            "bad_key, invalid, ignored, too_many_rooms).",
+            ("reason",),
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -196,3 +204,7 @@ class ChatMetrics:
 
     def dm_history_dropped(self, reason: str, count: int) -> None:
         self.dm_history_dropped_total.labels(reason=reason).inc(count)
+
+    def private_dropped_reason(self, reason: str) -> None:
+        """A private room's message or key was dropped for ``reason``."""
+        self.private_dropped.labels(reason=reason).inc()

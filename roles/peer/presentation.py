@@ -63,13 +63,17 @@ def stored_text(stored: StoredMessage) -> ChatText | None:
 
 
 def history_events(
-    messages: Iterable[StoredMessage], me: str, my_name: str | None = None
+    messages: Iterable[StoredMessage],
+    me: str,
+    my_name: str | None = None,
+    reveal: Callable[[StoredMessage], ChatText | None] = stored_text,
 ) -> list[MessageEvent]:
     """Stored texts as message events marked as history, in the order given (entries that do
-    not decode as texts are skipped)."""
+    not decode as texts, or that ``reveal`` does not read, are skipped: a private room's are
+    decrypted by it)."""
     events: list[MessageEvent] = []
     for stored in messages:
-        payload = stored_text(stored)
+        payload = reveal(stored)
         if payload is not None:
             events.append(message_event(payload, stored, me, history=True, my_name=my_name))
     return events

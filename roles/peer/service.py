@@ -38,7 +38,13 @@ from p2pchat.node.p2p.pubsub import GossipMessage, SubscriptionEvent
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.role import NodeContext
 from p2pchat.node.terminal_text import safe_name
-from p2pchat.node.wire.chat import NameAnnouncement, encode, new_message_id, validate_room
+from p2pchat.node.wire.chat import (
+    ChatText,
+    NameAnnouncement,
+    encode,
+    new_message_id,
+    validate_room,
+)
 from p2pchat.node.wire.room_names import owned_room, room_owner
 from p2pchat.roles.peer.commands import DEFAULT_HISTORY, HELP, Command, Invalid, Send, parse_line
 from p2pchat.roles.peer.contacts import NAMESPACE as CONTACTS_NAMESPACE
@@ -60,6 +66,8 @@ from p2pchat.roles.peer.events import (
     OutputEvent,
     PeerEvent,
 )
+from p2pchat.roles.peer.group_crypto import NAMESPACE as MEGOLM_NAMESPACE
+from p2pchat.roles.peer.group_crypto import GroupKeys
 from p2pchat.roles.peer.ignored import NAMESPACE as IGNORE_NAMESPACE
 from p2pchat.roles.peer.ignored import Ignored
 from p2pchat.roles.peer.inbound import Inbound, InboundObserver
@@ -79,8 +87,11 @@ from p2pchat.roles.peer.presentation import (
     infrastructure,
     peers_output,
     rooms_output,
+    stored_text,
     whois_output,
 )
+from p2pchat.roles.peer.private_rooms import NAMESPACE as PRIVATE_NAMESPACE
+from p2pchat.roles.peer.private_rooms import PrivateObserver, PrivateRooms
 from p2pchat.roles.peer.retention import Retention
 from p2pchat.roles.peer.rooms import MAX_ROOMS, RememberedRooms, Room, Rooms
 from p2pchat.roles.peer.rooms import NAMESPACE as ROOMS_NAMESPACE
@@ -116,7 +127,13 @@ class RoomPubsub(Protocol):
 
 
 class ChatObserver(
-    InboundObserver, OutboxObserver, DmObserver, ContactsObserver, ConversationsObserver, Protocol
+    InboundObserver,
+    OutboxObserver,
+    DmObserver,
+    ContactsObserver,
+    ConversationsObserver,
+    PrivateObserver,
+    Protocol,
 ):
     """What the chat service and its parts report (the role's metrics implement it)."""
 
@@ -279,6 +296,19 @@ class ChatService:
             shown_before=conversations.has if conversations is not None else lambda p, i: False,
             mailbox=mailbox,
         )
+        self._private = PrivateRooms(
+            self._me,
+            ctx.keys(PRIVATE_NAMESPACE),
+            GroupKeys(ctx.keys(MEGOLM_NAMESPACE), self._me, settings.private_max_sessions_per_room),
+            settings,
+            self._dm.send_room_key,
+            self,
+            observer,
+            emit,
+            RefusalLog(ctx.log, "private room input refused"),
+        )
+        self._inbound.private = self._private
+        self._dm.on_room_key = self._private.received
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
         gossip.watch_subscriptions(self._changes.note)
@@ -377,6 +407,10 @@ class ChatService:
         stored): how many, then the newest ``missed_inline`` of them (all: None) in order, each
         handed over as the front end takes it (``emit_waiting``), so a long catch-up shown to a
         script loses none and holds no second copy of the messages."""
+        if self._private.is_private(room):
+            # What this peer decrypts (a newcomer fetches the ciphertext from before it was
+            # invited too: dropped, counted here, once).
+            new = [m for m in new if self._private.reveal_stored(m, count=True) is not None]
         if not new:
             return
         ordered = sorted(new, key=lambda m: (m.sent_at_ms, m.message_id))
@@ -385,8 +419,14 @@ class ChatService:
         # Catch-up verified each: every one decodes as a text (history_events skips none).
         await self._emit_waiting(CaughtUpEvent(room, len(new), sources, len(shown)))
         for stored in shown:
-            for event in history_events([stored], self._me, self._names.own):
+            for event in history_events([stored], self._me, self._names.own, self._reveal):
                 await self._emit_waiting(self._trust.mark(event))
+
+    def _reveal(self, stored: StoredMessage) -> ChatText | None:
+        """The text of a stored message: decrypted in a private room, else as stored."""
+        if self._private.is_private(stored.room):
+            return self._private.reveal_stored(stored)
+        return stored_text(stored)
 
     def warning(self, summary: str) -> None:
         """Show a warning of the node (a log line, summarised) as one notice."""
@@ -416,6 +456,9 @@ class ChatService:
         refused = self._moderator.refused_to_me(target)
         if refused is not None:
             return [refused]
+        if self._private.is_private(target):
+            answer = await self._private.send(target, self.display_name, text, False)
+            return [answer] if answer is not None else []
         answer = await self._outbox.send(target, self.display_name, text)
         return [answer] if answer is not None else []
 
@@ -432,9 +475,14 @@ class ChatService:
             if refused is not None:
                 reply(refused)
                 return True
-            answer = await self._outbox.send(
-                self._rooms.current, self.display_name, parsed.text, action=parsed.action
-            )
+            if self._private.is_private(self._rooms.current):
+                answer = await self._private.send(
+                    self._rooms.current, self.display_name, parsed.text, parsed.action
+                )
+            else:
+                answer = await self._outbox.send(
+                    self._rooms.current, self.display_name, parsed.text, action=parsed.action
+                )
             if answer is not None:
                 reply(answer)
         elif isinstance(parsed, Command):
@@ -474,6 +522,10 @@ class ChatService:
             await self._create(argument, reply)
         elif name == "mods":
             reply(self._moderator.mods(argument or current))
+        elif name in ("create-private", "invite", "members") or (
+            name == "remove" and self._private.is_private(current)
+        ):
+            await self._private_command(name, argument, reply)
         elif name in ("mute", "unmute", "remove", "unremove"):
             await self._moderator.decide(name, current, argument, self._peer_named, reply)
         elif name == "leave" and (
@@ -496,6 +548,49 @@ class ChatService:
             await self._direct(argument, reply)
         elif name == "verify":
             self._trust.verify(argument, reply)
+
+    async def _private_command(self, name: str, argument: str, reply: Reply) -> None:
+        """/create-private, /invite, /remove (in a private room), /members."""
+        current = self._rooms.current
+        if name == "create-private":
+            if len(self._rooms) >= MAX_ROOMS:
+                reply(ErrorEvent("too_many_rooms", f"you are in {MAX_ROOMS} rooms", name))
+                return
+            topic = await self._private.create(argument, reply)
+            if topic is not None:
+                self._rooms.switch(topic)
+        elif name == "members":
+            self._private.members(argument or current, reply)
+        else:
+            peer = self._peer_named(argument.split(maxsplit=1)[0], name, reply)
+            if peer is None:
+                return
+            if name == "invite":
+                self._private.invite(current, peer, reply)
+            else:
+                self._private.remove(current, peer, reply)
+
+    async def join_private(self, topic: str) -> bool:
+        """Join private room ``topic`` (remembered), not making it current (an invitation);
+        False when this peer is in :data:`MAX_ROOMS` rooms already."""
+        if topic in self._rooms:
+            return True
+        if len(self._rooms) >= MAX_ROOMS:
+            return False
+        await self._join(topic)
+        self._remembered.joined(topic)
+        return True
+
+    async def leave_private(self, topic: str) -> None:
+        """Leave private room ``topic`` (this peer was removed from it)."""
+        await self._leave(topic, lambda event: None)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self._gossip.publish(topic, data)
+        self._observer.message_published()
+
+    def is_ignored(self, peer: str) -> bool:
+        return peer in self._ignored
 
     async def send_direct(self, to: str, text: str) -> list[ChatEvent]:
         """Send ``text`` verbatim (it may start with ``/`` and span lines) as a direct message
@@ -535,7 +630,7 @@ class ChatService:
         """Reply with stored ``messages`` as history message events, those of ignored peers
         left out; returns how many were listed (what the end marker counts)."""
         shown = [m for m in messages if m.sender not in self._ignored]
-        events = history_events(shown, self._me, self._names.own)
+        events = history_events(shown, self._me, self._names.own, self._reveal)
         for event in events:
             reply(self._trust.mark(event))
         return len(events)
@@ -623,6 +718,8 @@ class ChatService:
     async def _announce_name(self, room: str) -> None:
         name = self._names.own
         if name is None or not self._gossip.has_subscribers(room):
+            return
+        if self._private.is_private(room):  # names are said inside its encrypted texts
             return
         announcement = NameAnnouncement(id=new_message_id(), name=name, sent_at_ms=now_ms())
         await self._gossip.publish(room, encode(announcement))
@@ -812,6 +909,7 @@ class ChatService:
             )
             return
         self._remembered.left(room)
+        await self._private.forget(room)
         left.scope.cancel()
         await self._gossip.leave(room)
         self._changes.note()

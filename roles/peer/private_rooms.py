@@ -1,0 +1,497 @@
+"""Private rooms: invite-only rooms whose messages only their members can read.
+
+A private room is a GossipSub topic nobody can guess (``private-`` and 128 random bits in hex)
+whose messages are :class:`~p2pchat.node.wire.chat.PrivateText`: a ChatText encrypted with the
+sender's Megolm session (:mod:`~p2pchat.roles.peer.group_crypto`). Relays, archivers and
+anyone else who learns the topic carry and store ciphertext; catch-up fetches it, and members
+decrypt what they hold keys for.
+
+Membership: the creator (``/create-private``) alone defines it. ``/invite`` tells the existing
+members the new list, then gives the newcomer the room (topic, name, members) and the creator's
+session key at its current index, over the pairwise Olm session of the direct messages (a
+``PrivateRoomKey`` in a ``DmPlaintext``, sent and retried like a DM, never shown). Every member
+has its own outbound session: a member that learns of a newcomer gives it its key (and asks
+for the newcomer's), and a newcomer gives every member its key (and asks for theirs), so each
+pair ends up with the other's key whichever message arrives first. ``/remove`` tells the
+remaining members the new list with the creator's new session (rotated), and the removed peer
+that it was removed; each remaining member rotates its own session and gives the new key to
+the remaining members only. The removed member never gets a key made after its removal, so it
+reads nothing sent with them (a message a member sent before it learned of the removal is
+readable by the removed peer: the window of one DM's delivery).
+
+A newcomer is given keys at their current index: it reads from its invitation on, not before.
+
+Bounds (config ``chat.private_*``): rooms held (``private_max_rooms``), rooms one other peer
+made this peer join (``private_rooms_per_creator``), members (``private_max_members``),
+sessions per room (``private_max_sessions_per_room``); an invite from an ignored peer is
+refused. Each drop is counted (``p2pchat_private_dropped_total{reason}``) and logged
+rate-limited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from p2pchat.node.config import ChatSection
+from p2pchat.node.history import StoredMessage, history_id, now_ms
+from p2pchat.node.ids import short_id
+from p2pchat.node.p2p.envelopes import envelope_data
+from p2pchat.node.refusals import RefusalLog
+from p2pchat.node.store import KeyValue
+from p2pchat.node.terminal_text import safe_name
+from p2pchat.node.wire.chat import (
+    ChatText,
+    PrivateText,
+    WireError,
+    check_inner_text,
+    decode,
+    encode,
+    encode_inner_text,
+    new_message_id,
+    validate_name,
+)
+from p2pchat.node.wire.dm import RoomKey
+from p2pchat.node.wire.room_names import is_peer_id
+from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent, OutputEvent
+from p2pchat.roles.peer.group_crypto import GroupDrop, GroupKeys
+
+NAMESPACE = "private"  # of the node's store: one key per private room (topic -> JSON)
+TOPIC_PREFIX = "private-"
+_TOPIC = re.compile(r"private-[0-9a-f]{32}")
+
+Reply = Callable[[ChatEvent], None]
+
+
+class PrivateObserver(Protocol):
+    """What the private rooms report (the role's metrics implement it). Called inline."""
+
+    def private_dropped_reason(self, reason: str) -> None: ...
+
+
+class RoomHooks(Protocol):
+    """What the private rooms need of the chat service."""
+
+    async def join_private(self, topic: str) -> bool:
+        """Join ``topic`` (and remember it), not making it current; False when this peer is in
+        as many rooms as it may be."""
+
+    async def leave_private(self, topic: str) -> None:
+        """Leave ``topic`` and forget it."""
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    def is_ignored(self, peer: str) -> bool: ...
+
+    def name_of(self, peer: str) -> str: ...
+
+
+def is_private_topic(topic: str) -> bool:
+    return _TOPIC.fullmatch(topic) is not None
+
+
+@dataclass
+class PrivateRoom:
+    topic: str
+    name: str
+    creator: str
+    members: list[str] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"name": self.name, "creator": self.creator, "members": self.members}
+        ).encode()
+
+
+class PrivateRooms:
+    """This peer's private rooms (one object per chat service)."""
+
+    def __init__(
+        self,
+        me: str,
+        keys: KeyValue,
+        group: GroupKeys,
+        settings: ChatSection,
+        send_key: Callable[[str, RoomKey], None],
+        hooks: RoomHooks,
+        observer: PrivateObserver,
+        emit: Callable[[ChatEvent], None],
+        refusals: RefusalLog,
+    ) -> None:
+        self._me = me
+        self._keys = keys
+        self._group = group
+        self._settings = settings
+        self._send_key = send_key
+        self._hooks = hooks
+        self._observer = observer
+        self._emit = emit
+        self._refusals = refusals
+        self._last_sent_ms = 0
+        self._rooms: dict[str, PrivateRoom] = {}
+        for key, value in list(keys.items()):
+            try:
+                record = json.loads(value)
+                room = PrivateRoom(
+                    key.decode(), str(record["name"]), str(record["creator"]), record["members"]
+                )
+            except (ValueError, KeyError, TypeError):
+                keys.delete(key)
+                continue
+            if is_private_topic(room.topic) and all(isinstance(m, str) for m in room.members):
+                self._rooms[room.topic] = room
+
+    # --- questions -------------------------------------------------------------------------------
+
+    def is_private(self, topic: str) -> bool:
+        return topic in self._rooms
+
+    def topics(self) -> list[str]:
+        return list(self._rooms)
+
+    def label(self, topic: str) -> str:
+        room = self._rooms.get(topic)
+        return f"{safe_name(room.name)} ({topic})" if room is not None else topic
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def create(self, name: str, reply: Reply) -> str | None:
+        """/create-private <name>: a new room with this peer alone in it; returns its topic."""
+        try:
+            name = validate_name(name)
+        except ValueError as error:
+            reply(ErrorEvent("invalid_room", f"a private room's name: {error}", "create-private"))
+            return None
+        if len(self._rooms) >= self._settings.private_max_rooms:
+            reply(
+                ErrorEvent(
+                    "too_many_rooms",
+                    f"you are in {len(self._rooms)} private rooms, the most "
+                    "(chat.private_max_rooms); /leave one first",
+                    "create-private",
+                )
+            )
+            return None
+        topic = TOPIC_PREFIX + os.urandom(16).hex()
+        if not await self._hooks.join_private(topic):
+            reply(
+                ErrorEvent(
+                    "too_many_rooms", "you are in as many rooms as you may be", "create-private"
+                )
+            )
+            return None
+        self._put(PrivateRoom(topic, name, self._me, [self._me]))
+        self._group.rotate(topic)
+        reply(
+            NoticeEvent(
+                "private_created",
+                f"created private room {safe_name(name)} ({topic}); /invite <name|id> adds members",
+                {"room": topic, "name": name},
+            )
+        )
+        return topic
+
+    def invite(self, topic: str, peer: str, reply: Reply) -> None:
+        """/invite in ``topic`` (the creator's): ``peer`` becomes a member."""
+        room = self._creator_room(topic, "invite", reply)
+        if room is None:
+            return
+        if peer == self._me or peer in room.members:
+            reply(ErrorEvent("bad_argument", "already a member of this room", "invite"))
+            return
+        if len(room.members) >= self._settings.private_max_members:
+            reply(
+                ErrorEvent(
+                    "too_many_rooms",
+                    f"a private room has at most {self._settings.private_max_members} members "
+                    "(chat.private_max_members)",
+                    "invite",
+                )
+            )
+            return
+        before = [m for m in room.members if m != self._me]
+        room.members.append(peer)
+        self._put(room)
+        for member in before:  # first: they then take the newcomer's key when it comes
+            self._send_key(member, self._membership(room))
+        self._send_key(peer, self._membership(room, with_key=True, want_key=True))
+        reply(self._member_notice(room, peer, "invited"))
+
+    def remove(self, topic: str, peer: str, reply: Reply) -> None:
+        """/remove in ``topic`` (the creator's): ``peer`` is no member any more; this peer's
+        session rotates and the others are told to rotate theirs."""
+        room = self._creator_room(topic, "remove", reply)
+        if room is None:
+            return
+        if peer == self._me or peer not in room.members:
+            reply(ErrorEvent("bad_argument", "not a member of this room (or yourself)", "remove"))
+            return
+        room.members.remove(peer)
+        self._put(room)
+        self._group.rotate(topic)
+        self._send_key(peer, self._membership(room))  # without it: removed
+        for member in room.members:
+            if member != self._me:
+                self._send_key(member, self._membership(room, with_key=True))
+        reply(self._member_notice(room, peer, "removed"))
+
+    def members(self, topic: str, reply: Reply) -> None:
+        """/members: the members of private room ``topic``."""
+        room = self._rooms.get(topic)
+        if room is None:
+            reply(ErrorEvent("not_private", f"{topic} is not a private room", "members"))
+            return
+        names = ", ".join(
+            f"{safe_name(self._hooks.name_of(m))} ({short_id(m)})"
+            + (" (creator)" if m == room.creator else "")
+            for m in room.members
+        )
+        reply(
+            OutputEvent(
+                "members",
+                f"members of {self.label(topic)}: {names}",
+                {
+                    "room": topic,
+                    "name": room.name,
+                    "creator": room.creator,
+                    "members": room.members,
+                },
+            )
+        )
+
+    async def forget(self, topic: str) -> None:
+        """This peer left ``topic``: its keys and record go (an invite brings it back)."""
+        if self._rooms.pop(topic, None) is not None:
+            self._keys.delete(topic.encode())
+            self._group.forget(topic)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    async def send(self, topic: str, sender_name: str, text: str, action: bool) -> ChatEvent | None:
+        """Encrypt and publish ``text`` in private room ``topic``; an error, or None (it shows
+        when it comes back through the subscription, decrypted)."""
+        command = "me" if action else None
+        limit = self._settings.max_message_bytes
+        if len(text.encode()) > limit:
+            return ErrorEvent("message_too_long", f"message not sent: over {limit} bytes", command)
+        self._last_sent_ms = max(now_ms(), self._last_sent_ms + 1)
+        inner = ChatText(new_message_id(), topic, sender_name, text, self._last_sent_ms, action)
+        data = encode_inner_text(inner)
+        try:
+            check_inner_text(data, limit)
+        except WireError as error:
+            return ErrorEvent("not_sent", f"message not sent: {error}", command)
+        session_id, ciphertext = self._group.encrypt(topic, data)
+        payload = PrivateText(inner.id, topic, inner.sent_at_ms, session_id, ciphertext)
+        await self._hooks.publish(topic, encode(payload))
+        return None
+
+    # --- receiving messages ----------------------------------------------------------------------
+
+    def reveal(
+        self, payload: ChatText | PrivateText, sender: str, room: str, *, count: bool = True
+    ) -> ChatText | None:
+        """The text of a message of ``room`` (a private room, or a private text anywhere),
+        decrypted and checked; None when dropped (counted by reason, unless not ``count``:
+        a stored message shown again was counted when it arrived)."""
+        opened = self._open(payload, sender, room)
+        if isinstance(opened, str):
+            if count:
+                self._dropped(opened, room, sender)
+            return None
+        return opened
+
+    def _open(self, payload: ChatText | PrivateText, sender: str, room: str) -> ChatText | str:
+        """The decrypted text, or the reason it is dropped."""
+        if isinstance(payload, ChatText):
+            return "plaintext"
+        if room not in self._rooms or payload.room != room:
+            return "not_member"
+        try:
+            raw = self._group.decrypt(
+                room,
+                sender,
+                payload.session_id,
+                payload.ciphertext,
+                history_id(sender, payload.id),
+            )
+            inner = check_inner_text(raw, self._settings.max_message_bytes)
+        except GroupDrop as drop:
+            return drop.reason
+        except WireError:
+            return "malformed"
+        if (inner.id, inner.room, inner.sent_at_ms) != (
+            payload.id,
+            payload.room,
+            payload.sent_at_ms,
+        ):
+            return "mismatch"
+        return inner
+
+    def reveal_stored(self, stored: StoredMessage, *, count: bool = False) -> ChatText | None:
+        """The text of a stored message of a private room (None: not one this peer reads);
+        ``count``: a drop is counted (a message just fetched by catch-up)."""
+        try:
+            payload = decode(envelope_data(stored.envelope), max_text_bytes=1 << 20)
+        except (WireError, ValueError):
+            return None
+        if not isinstance(payload, ChatText | PrivateText):
+            return None
+        return self.reveal(payload, stored.sender, stored.room, count=count)
+
+    def _dropped(self, reason: str, room: str, sender: str) -> None:
+        self._observer.private_dropped_reason(reason)
+        self._refusals.refused(reason, room=room, sender=sender)
+
+    # --- receiving keys --------------------------------------------------------------------------
+
+    async def received(self, peer: str, key: RoomKey) -> None:
+        """A private room's key or membership from ``peer`` (over the authenticated Olm
+        session). Never raises: what is refused is counted."""
+        topic = key.topic
+        if not is_private_topic(topic):
+            self._dropped("invalid", topic[:80], peer)
+            return
+        room = self._rooms.get(topic)
+        if key.creator == peer and (room is None or room.creator == peer):
+            room = await self._membership_from_creator(peer, key, room)
+            if room is None:
+                return
+        elif room is None or peer not in room.members:
+            self._dropped("not_member", topic, peer)
+            return
+        if key.session_key:
+            try:
+                self._group.add_inbound(topic, peer, key.session_key)
+            except GroupDrop as drop:
+                self._dropped(drop.reason, topic, peer)
+                return
+        if key.want_key:
+            self._send_key(peer, self._key_of(room))
+
+    async def _membership_from_creator(
+        self, creator: str, key: RoomKey, room: PrivateRoom | None
+    ) -> PrivateRoom | None:
+        topic = key.topic
+        members = list(dict.fromkeys(key.members))
+        try:
+            name = validate_name(key.name)
+        except ValueError:
+            self._dropped("invalid", topic, creator)
+            return None
+        if (
+            len(members) > self._settings.private_max_members
+            or creator not in members
+            or not all(is_peer_id(m) for m in members)
+        ):
+            self._dropped("invalid", topic, creator)
+            return None
+        if room is None:
+            if self._me not in members:
+                self._dropped("not_member", topic, creator)
+                return None
+            if self._hooks.is_ignored(creator):
+                self._dropped("ignored", topic, creator)
+                return None
+            by_creator = sum(1 for r in self._rooms.values() if r.creator == creator)
+            if (
+                len(self._rooms) >= self._settings.private_max_rooms
+                or by_creator >= self._settings.private_rooms_per_creator
+            ):
+                self._dropped("too_many_rooms", topic, creator)
+                return None
+            if not await self._hooks.join_private(topic):
+                self._dropped("too_many_rooms", topic, creator)
+                return None
+            room = PrivateRoom(topic, name, creator, members)
+            self._put(room)
+            self._group.rotate(topic)
+            for member in members:  # the newcomer's key, and theirs in return
+                if member not in (self._me, creator):
+                    self._send_key(member, self._key_of(room, want_key=True))
+            self._emit(
+                NoticeEvent(
+                    "private_invited",
+                    f"{safe_name(self._hooks.name_of(creator))} ({short_id(creator)}) added you "
+                    f"to private room {self.label(topic)}; /switch {topic} to chat there",
+                    {"room": topic, "name": name, "creator": creator, "members": members},
+                )
+            )
+            return room
+        if self._me not in members:
+            await self._removed(room)
+            return None
+        added = [m for m in members if m not in room.members and m != self._me]
+        removed = [m for m in room.members if m not in members]
+        room.members = members
+        self._put(room)
+        if removed:
+            self._group.rotate(topic)
+            for member in members:
+                if member != self._me:
+                    self._send_key(member, self._key_of(room))
+            for peer in removed:
+                self._emit(self._member_notice(room, peer, "removed"))
+        for peer in added:
+            if peer not in removed:
+                self._send_key(peer, self._key_of(room, want_key=True))
+                self._emit(self._member_notice(room, peer, "invited"))
+        return room
+
+    async def _removed(self, room: PrivateRoom) -> None:
+        await self.forget(room.topic)
+        await self._hooks.leave_private(room.topic)
+        self._emit(
+            NoticeEvent(
+                "private_removed",
+                f"you were removed from private room {safe_name(room.name)} ({room.topic}) by "
+                f"{safe_name(self._hooks.name_of(room.creator))}",
+                {"room": room.topic, "name": room.name, "creator": room.creator},
+            )
+        )
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _creator_room(self, topic: str, command: str, reply: Reply) -> PrivateRoom | None:
+        room = self._rooms.get(topic)
+        if room is None:
+            reply(ErrorEvent("not_private", f"{topic} is not a private room", command))
+            return None
+        if room.creator != self._me:
+            reply(ErrorEvent("not_owner", "only the room's creator does that", command))
+            return None
+        return room
+
+    def _membership(
+        self, room: PrivateRoom, *, with_key: bool = False, want_key: bool = False
+    ) -> RoomKey:
+        session_id, session_key = self._group.share(room.topic) if with_key else ("", "")
+        return RoomKey(
+            room.topic,
+            room.name,
+            room.creator,
+            tuple(room.members),
+            session_id,
+            session_key,
+            want_key,
+        )
+
+    def _key_of(self, room: PrivateRoom, *, want_key: bool = False) -> RoomKey:
+        session_id, session_key = self._group.share(room.topic)
+        return RoomKey(room.topic, "", "", (), session_id, session_key, want_key)
+
+    def _member_notice(self, room: PrivateRoom, peer: str, change: str) -> NoticeEvent:
+        return NoticeEvent(
+            "private_member",
+            f"{safe_name(self._hooks.name_of(peer))} ({short_id(peer)}) {change} "
+            f"{'to' if change == 'invited' else 'from'} private room {self.label(room.topic)}",
+            {"room": room.topic, "peer": peer, "change": change},
+        )
+
+    def _put(self, room: PrivateRoom) -> None:
+        self._rooms[room.topic] = room
+        self._keys.put(room.topic.encode(), room.to_json())

@@ -1,0 +1,175 @@
+"""What a member of a private room accepts, sans-IO (roles/peer/private_rooms.py on real
+vodozemac and a real RocksDB store; the chat service's hooks are recorded): room keys from
+the creator and from members, the bounds on invitations, a removal, and the checks of a
+decrypted text (mismatch, plaintext, not a member), each counted by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from p2pchat.node.config import ChatSection
+from p2pchat.node.refusals import RefusalLog
+from p2pchat.node.store import Store
+from p2pchat.node.wire.chat import ChatText, PrivateText, encode_inner_text, new_message_id
+from p2pchat.node.wire.dm import RoomKey
+from p2pchat.roles.peer.events import ChatEvent, NoticeEvent
+from p2pchat.roles.peer.group_crypto import GroupKeys
+from p2pchat.roles.peer.private_rooms import PrivateRooms
+
+from tests.peer_ids import fresh_peer_id
+
+ROOM = "private-" + "5a" * 16
+
+
+class Recorder:
+    """The hooks and observer a chat service gives the private rooms, recorded."""
+
+    def __init__(self) -> None:
+        self.dropped: Counter[str] = Counter()
+        self.joined: list[str] = []
+        self.left: list[str] = []
+        self.keys_sent: list[tuple[str, RoomKey]] = []
+        self.events: list[ChatEvent] = []
+        self.ignored: set[str] = set()
+        self.rooms_full = False  # the chat service is in as many rooms as it may be
+
+    def private_dropped_reason(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+    async def join_private(self, topic: str) -> bool:
+        if self.rooms_full:
+            return False
+        self.joined.append(topic)
+        return True
+
+    async def leave_private(self, topic: str) -> None:
+        self.left.append(topic)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        return None
+
+    def is_ignored(self, peer: str) -> bool:
+        return peer in self.ignored
+
+    def name_of(self, peer: str) -> str:
+        return "anon"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+def member(store: Store, me: str, **settings: int) -> tuple[PrivateRooms, Recorder]:
+    recorder = Recorder()
+    rooms = PrivateRooms(
+        me,
+        store.namespace(f"private-{me}"),
+        GroupKeys(store.namespace(f"megolm-{me}"), me, 256),
+        ChatSection(**settings),  # type: ignore[arg-type]
+        lambda peer, key: recorder.keys_sent.append((peer, key)),
+        recorder,
+        recorder,
+        recorder.events.append,
+        RefusalLog(structlog.get_logger(), "private room input refused"),
+    )
+    return rooms, recorder
+
+
+def invitation(creator: str, keys: GroupKeys, *members: str, topic: str = ROOM) -> RoomKey:
+    session_id, session_key = keys.share(topic)
+    return RoomKey(topic, "club", creator, (creator, *members), session_id, session_key, True)
+
+
+async def test_an_invitation_a_text_and_what_does_not_match(store: Store) -> None:
+    alice, bob = fresh_peer_id(), fresh_peer_id()
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob)
+    await rooms.received(alice, invitation(alice, alice_keys, bob))
+    assert seen.joined == [ROOM] and rooms.is_private(ROOM)
+    assert [peer for peer, key in seen.keys_sent if key.session_key] == [alice]  # want_key
+    assert any(isinstance(e, NoticeEvent) and e.kind == "private_invited" for e in seen.events)
+
+    def sealed(inner: ChatText, outer_id: bytes | None = None) -> PrivateText:
+        session_id, ciphertext = alice_keys.encrypt(ROOM, encode_inner_text(inner))
+        return PrivateText(outer_id or inner.id, ROOM, inner.sent_at_ms, session_id, ciphertext)
+
+    text = ChatText(new_message_id(), ROOM, "alice", "hello", 1_700_000_000_000)
+    assert rooms.reveal(sealed(text), alice, ROOM) == text
+    assert rooms.reveal(sealed(text, outer_id=new_message_id()), alice, ROOM) is None
+    other_room = ChatText(new_message_id(), "private-" + "77" * 16, "a", "x", text.sent_at_ms)
+    assert rooms.reveal(sealed(other_room, outer_id=other_room.id), alice, ROOM) is None
+    assert rooms.reveal(text, alice, ROOM) is None  # a plain text on the private topic
+    assert rooms.reveal(sealed(text), alice, "private-" + "00" * 16) is None
+    assert seen.dropped == Counter(mismatch=2, plaintext=1, not_member=1)
+
+
+async def test_keys_from_strangers_and_invitations_over_the_bounds_are_refused(
+    store: Store,
+) -> None:
+    alice, bob, carol, mallory = (fresh_peer_id() for _ in range(4))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob, private_rooms_per_creator=1, private_max_members=3)
+    await rooms.received(alice, invitation(alice, alice_keys, bob))
+    # A second room of the same creator; a room with too many members; a bad topic; an
+    # invitation naming others only; a key from a peer that is no member.
+    await rooms.received(alice, invitation(alice, alice_keys, bob, topic="private-" + "11" * 16))
+    await rooms.received(carol, invitation(carol, alice_keys, bob, alice, mallory, topic=ROOM[:-2]))
+    await rooms.received(carol, invitation(carol, alice_keys, bob, topic="lobby"))
+    await rooms.received(carol, invitation(carol, alice_keys, alice, topic="private-" + "22" * 16))
+    await rooms.received(mallory, RoomKey(ROOM, session_id="x", session_key="y"))
+    seen.ignored.add(carol)
+    await rooms.received(carol, invitation(carol, alice_keys, bob, topic="private-" + "33" * 16))
+    assert seen.dropped == Counter(too_many_rooms=1, invalid=2, not_member=2, ignored=1), (
+        seen.dropped
+    )
+    assert rooms.topics() == [ROOM]
+    # A member's key is taken; junk as a key is refused.
+    await rooms.received(alice, RoomKey(ROOM, session_id="x", session_key="junk"))
+    assert seen.dropped["bad_key"] == 1
+
+
+async def test_removed_by_the_creator_leaves_and_forgets(store: Store) -> None:
+    alice, bob, carol = (fresh_peer_id() for _ in range(3))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob)
+    await rooms.received(alice, invitation(alice, alice_keys, bob, carol))
+    seen.keys_sent.clear()
+    # Carol removed: Bob rotates and gives his new key to Alice only.
+    removal = RoomKey(ROOM, "club", alice, (alice, bob))
+    await rooms.received(alice, removal)
+    assert [peer for peer, _ in seen.keys_sent] == [alice]
+    assert any(
+        isinstance(e, NoticeEvent) and e.kind == "private_member" and e.data["peer"] == carol
+        for e in seen.events
+    )
+    # Bob removed.
+    await rooms.received(alice, RoomKey(ROOM, "club", alice, (alice,)))
+    assert seen.left == [ROOM] and not rooms.is_private(ROOM)
+    assert any(isinstance(e, NoticeEvent) and e.kind == "private_removed" for e in seen.events)
+    again, _ = member(store, bob)  # forgotten in the store too
+    assert not again.is_private(ROOM)
+
+
+async def test_rooms_and_members_are_bounded(store: Store) -> None:
+    alice, bob, carol, dave = (fresh_peer_id() for _ in range(4))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob, private_max_rooms=1, private_max_members=3)
+    crowded = invitation(alice, alice_keys, bob, carol, dave)  # 4 members, over 3
+    await rooms.received(alice, crowded)
+    assert seen.dropped == Counter(invalid=1) and not rooms.topics()
+    await rooms.received(alice, invitation(alice, alice_keys, bob, carol))
+    # Another creator's room: over private_max_rooms (1) in all.
+    await rooms.received(carol, invitation(carol, alice_keys, bob, topic="private-" + "44" * 16))
+    assert seen.dropped == Counter(invalid=1, too_many_rooms=1) and rooms.topics() == [ROOM]
+    # The chat service in as many rooms (public ones too) as it may be: refused, not kept.
+    rooms_again, seen_again = member(store, dave)
+    seen_again.rooms_full = True
+    await rooms_again.received(alice, invitation(alice, alice_keys, dave))
+    assert seen_again.dropped == Counter(too_many_rooms=1) and not rooms_again.topics()
