@@ -99,7 +99,7 @@ go-proto: $(DEV) $(GO_PROTOC_GEN)
 # so several at once use the cores better. The load-sensitive kinds (the hostile suite, the
 # container and NAT labs, the namespace labs) still run one test at a time, each kind on one
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 3
 
 unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
