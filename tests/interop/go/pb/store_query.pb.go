@@ -183,7 +183,13 @@ type StoreQuery struct {
 	// The found ones come in history order; a reply over 2 MiB is cut and sets next_cursor.
 	MessageIds [][]byte `protobuf:"bytes,8,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
 	// Presence query: entries carry id and time only, no envelope.
-	IdsOnly       bool `protobuf:"varint,9,opt,name=ids_only,json=idsOnly,proto3" json:"ids_only,omitempty"`
+	IdsOnly bool `protobuf:"varint,9,opt,name=ids_only,json=idsOnly,proto3" json:"ids_only,omitempty"`
+	// The most bytes of messages (StoreEntry wire bytes) the reply may carry; 0 means the
+	// server's own budget (2 MiB). A client on a limited (relayed) connection asks for small
+	// pages, so that a page fits what is left of the circuit's data limit. The first message
+	// is sent whatever its size, so a walk always advances. (Added in 0.2; an older server
+	// ignores it and answers pages of up to 2 MiB.)
+	MaxBytes      uint32 `protobuf:"varint,10,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -279,6 +285,13 @@ func (x *StoreQuery) GetIdsOnly() bool {
 		return x.IdsOnly
 	}
 	return false
+}
+
+func (x *StoreQuery) GetMaxBytes() uint32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
 }
 
 type StoreEntry struct {
@@ -439,7 +452,7 @@ var File_store_query_proto protoreflect.FileDescriptor
 
 const file_store_query_proto_rawDesc = "" +
 	"\n" +
-	"\x11store_query.proto\x12\x10p2pchat.store.v1\"\xd4\x02\n" +
+	"\x11store_query.proto\x12\x10p2pchat.store.v1\"\xf1\x02\n" +
 	"\n" +
 	"StoreQuery\x12\x1d\n" +
 	"\n" +
@@ -452,7 +465,9 @@ const file_store_query_proto_rawDesc = "" +
 	"\tdirection\x18\a \x01(\x0e2\x1b.p2pchat.store.v1.DirectionR\tdirection\x12\x1f\n" +
 	"\vmessage_ids\x18\b \x03(\fR\n" +
 	"messageIds\x12\x19\n" +
-	"\bids_only\x18\t \x01(\bR\aidsOnlyB\x10\n" +
+	"\bids_only\x18\t \x01(\bR\aidsOnly\x12\x1b\n" +
+	"\tmax_bytes\x18\n" +
+	" \x01(\rR\bmaxBytesB\x10\n" +
 	"\x0e_time_start_msB\x0e\n" +
 	"\f_time_end_ms\"V\n" +
 	"\n" +
