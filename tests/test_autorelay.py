@@ -25,7 +25,7 @@ from libp2p.pubsub.utils import maybe_consume_signed_record as library_maybe_con
 from p2pchat.node.p2p import pubsub as _patches  # noqa: F401  (applies the host layer's fixes)
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.test_chat import WAIT, is_message, wait_members
+from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 from tests.test_dht import wait_metric
 from tests.test_host import running_host
 
@@ -65,6 +65,23 @@ def logged(node: NodeProcess, event: str, timeout: float = WAIT, **fields: Any) 
             continue
         with contextlib.suppress(json.JSONDecodeError):
             node.log.append(json.loads(line))
+
+
+def unreachable_peer(path: Path, nodes: list[NodeProcess], circuit: str) -> NodeProcess:
+    """A --json chat peer that knows only ``circuit`` (a peer's circuit address) and cannot be
+    dialled (it announces a dead port, reserves no relay slot, punches no hole): every
+    connection it has to that peer runs through the relay."""
+    return chat_peer(
+        path,
+        nodes,
+        "--bootstrap",
+        circuit,
+        env=node_env(
+            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
+            P2PCHAT_AUTORELAY__MODE="off",
+            P2PCHAT_HOLEPUNCH__ENABLED="false",
+        ),
+    )
 
 
 def tcp_circuit(node: NodeProcess, relay: NodeProcess) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_archive import AWAY, history_texts
-from tests.test_autorelay import dead_port, relayed_peer, tcp_circuit
+from tests.test_autorelay import relayed_peer, tcp_circuit, unreachable_peer
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 
 CIRCUIT_DATA = 64 * 1024
@@ -51,17 +51,7 @@ def test_history_bigger_than_a_circuit_arrives_whole_over_several_circuits(
     assert c.stop() == 0
     time.sleep(AWAY)  # past GossipSub's message cache: B can get them from history only
 
-    b = chat_peer(
-        tmp_path / "b",
-        nodes,
-        "--bootstrap",
-        circuit,
-        env=node_env(
-            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-            P2PCHAT_AUTORELAY__MODE="off",
-            P2PCHAT_HOLEPUNCH__ENABLED="false",
-        ),
-    )
+    b = unreachable_peer(tmp_path / "b", nodes, circuit)
     caught = 0
     deadline = time.monotonic() + CATCH_UP_WAIT
     while caught < MESSAGES:

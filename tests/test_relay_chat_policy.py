@@ -15,8 +15,14 @@ from p2pchat.roles.relay.chat_policy import OTHER, ChatPolicy
 from p2pchat.roles.relay.limits import RelayLimits
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
-from tests.test_autorelay import connection_kind, dead_port, relayed_peer, tcp_circuit
-from tests.test_chat import WAIT, chat_peer, is_message, wait_members
+from tests.test_autorelay import (
+    connection_kind,
+    dead_port,
+    relayed_peer,
+    tcp_circuit,
+    unreachable_peer,
+)
+from tests.test_chat import WAIT, is_message, wait_members
 from tests.test_dht import wait_metric
 
 CIRCUIT_DATA = 8192
@@ -47,20 +53,6 @@ def _identity(path: Path) -> str:
     return made.stdout.strip()
 
 
-def _unreachable_peer(path: Path, nodes: list[NodeProcess], circuit: str) -> NodeProcess:
-    return chat_peer(
-        path,
-        nodes,
-        "--bootstrap",
-        circuit,
-        env=node_env(
-            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-            P2PCHAT_AUTORELAY__MODE="off",
-            P2PCHAT_HOLEPUNCH__ENABLED="false",
-        ),
-    )
-
-
 def test_listed_peers_chat_past_the_default_limit_and_others_are_cut_at_it(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
@@ -83,7 +75,7 @@ def test_listed_peers_chat_past_the_default_limit_and_others_are_cut_at_it(
         P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
     )
     circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
-    b = _unreachable_peer(tmp_path / "b", nodes, circuit)
+    b = unreachable_peer(tmp_path / "b", nodes, circuit)
     assert b.peer_id == b_id
     wait_members(b, 1)
     for n in range(ROUNDS):
@@ -100,6 +92,6 @@ def test_listed_peers_chat_past_the_default_limit_and_others_are_cut_at_it(
     assert relay.metric("p2pchat_relay_bytes_total", entry="other") == 0
 
     # C is not listed: its circuit to A has the default 8 KiB, and the relay cuts it there.
-    _unreachable_peer(tmp_path / "c", nodes, circuit)
+    unreachable_peer(tmp_path / "c", nodes, circuit)
     wait_metric(relay, "p2pchat_relay_circuit_resets_total", 1, limit="data")
     assert relay.metric("p2pchat_relay_bytes_total", entry="other") > 0
