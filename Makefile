@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,10 @@ unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
+
+# The README's interop matrix, from a run of every interop test (tests/interop_matrix.py).
+interop-matrix: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
+	$(BIN)/python -m tests.interop_matrix
 
 # Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
 bench: $(DEV)

@@ -171,6 +171,7 @@ def sees_peer(node: NodeProcess, peer_id: str) -> None:
     node.next_event(lambda e: e["type"] == "peer" and e["peer"] == peer_id, timeout=WAIT)
 
 
+@pytest.mark.interop("go", "tcp", "chat")
 def test_chat_with_a_go_libp2p_peer_both_ways(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
@@ -191,6 +192,7 @@ def test_chat_with_a_go_libp2p_peer_both_ways(
         assert a.metric("p2pchat_messages_dropped_total", reason=reason) == 0
 
 
+@pytest.mark.interop("go", "tcp", "hub")
 def test_a_go_hub_between_two_p2pchat_peers(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
@@ -212,6 +214,7 @@ def test_a_go_hub_between_two_p2pchat_peers(
     assert c.peer_id not in {p["peer"] for p in command(a, "/peers", "peers")["peers"]}
 
 
+@pytest.mark.interop("go", "tcp", "hub")
 def test_a_p2pchat_hub_between_go_and_p2pchat(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
@@ -233,6 +236,7 @@ def test_a_p2pchat_hub_between_go_and_p2pchat(
     assert go.peer_id not in {x["peer"] for x in command(p, "/peers", "peers")["peers"]}
 
 
+@pytest.mark.interop("go", "tcp", "history")
 def test_history_is_answered_to_a_go_peer(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
@@ -254,6 +258,7 @@ def test_history_is_answered_to_a_go_peer(
     assert go.run(f"history {a.peer_id} 501", "history")["status"] == "BAD_REQUEST"
 
 
+@pytest.mark.interop("go", "tcp", "relay-ours")
 def test_a_p2pchat_relay_serves_a_go_client(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
@@ -301,6 +306,7 @@ def test_a_p2pchat_relay_serves_a_go_client(
     assert b_peers[go.peer_id]["in_room"] is False
 
 
+@pytest.mark.interop("go", "tcp", "relay-theirs")
 def test_a_go_relay_serves_two_p2pchat_peers(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:

@@ -118,7 +118,13 @@ def _pair(
     return py, go, py_ns, py_side
 
 
-@pytest.mark.parametrize("go_role", ["go-dialer", "go-listener"])
+@pytest.mark.parametrize(
+    "go_role",
+    [
+        pytest.param("go-dialer", marks=pytest.mark.interop("go", "tcp", "dcutr-they-dial")),
+        pytest.param("go-listener", marks=pytest.mark.interop("go", "tcp", "dcutr-we-dial")),
+    ],
+)
 def test_hole_punch_between_p2pchat_and_go_libp2p(
     lab: Lab,  # first: built first, torn down after every process is gone
     tmp_path: Path,

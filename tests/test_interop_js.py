@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 
@@ -71,6 +72,7 @@ class JsPeer:
         self.proc.wait(timeout=10)
 
 
+@pytest.mark.interop("js", "tcp", "chat")
 def test_chat_crosses_a_js_libp2p_peer_both_ways(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     js = JsPeer()
     try:
@@ -113,6 +115,7 @@ def test_chat_crosses_a_js_libp2p_peer_both_ways(tmp_path: Path, nodes: list[Nod
         js.stop()
 
 
+@pytest.mark.interop("js", "ws", "chat")
 def test_a_minimal_js_client_on_websocket_only_is_reached_and_heard(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

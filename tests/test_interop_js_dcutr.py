@@ -298,7 +298,16 @@ def _connection(event: str, peer: str, *, relayed: bool) -> Callable[[dict[str, 
     )
 
 
-@pytest.mark.parametrize("js_role", ["js-dialer", "js-listener-roles-fixed"])
+@pytest.mark.interop("js", "tcp", "relay-ours")
+@pytest.mark.parametrize(
+    "js_role",
+    [
+        pytest.param("js-dialer", marks=pytest.mark.interop("js", "tcp", "dcutr-they-dial")),
+        pytest.param(
+            "js-listener-roles-fixed", marks=pytest.mark.interop("js", "tcp", "dcutr-we-dial")
+        ),
+    ],
+)
 def test_hole_punch_between_p2pchat_and_js_libp2p(
     lab: Lab,  # first: built first, torn down after every process is gone
     tmp_path: Path,
