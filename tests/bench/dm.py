@@ -9,7 +9,9 @@ Scenarios:
 Latency is what a user sees, as tests.bench.chat times room messages: from the moment the
 benchmark writes ``/msg <PeerId> <text>`` to the sender's stdin to the moment the recipient's
 ``direct`` event for it is read from its stdout (decrypted, acknowledged on the stream, shown).
-A first DM opens the Olm session (fetches the bundle, pre-key message) and is left out.
+A first DM opens the Olm session (fetches the bundle, pre-key message) and is left out. CPU
+per DM: each process's CPU over the run less its idle rate (measured for 10 s just before)
+times the run's length.
 
 Usage: python -m tests.bench.dm [direct|relayed ...]; prints one JSON object per scenario.
 """
@@ -33,6 +35,7 @@ from tests.test_autorelay import dead_port, tcp_circuit
 COUNT = int(os.environ.get("BENCH_DM_COUNT", "200"))
 INTERVAL = 0.1  # a DM every 100 ms: each is delivered (~ms) long before the next
 WAIT = 60.0
+IDLE_SECONDS = 10.0
 
 
 class Shown:
@@ -71,6 +74,14 @@ def _measure(
             break
         if time.monotonic() > deadline:
             raise RuntimeError("the first DM never arrived")
+    # The two processes' CPU while idle (heartbeats, keep-alives), to take out of the run's.
+    idle_before, idle_began = [cpu_seconds(n) for n in (sender, recipient)], time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    idle_seconds = time.monotonic() - idle_began
+    idle_rate = [
+        (cpu_seconds(n) - b) / idle_seconds
+        for n, b in zip((sender, recipient), idle_before, strict=True)
+    ]
     cpu_before = [cpu_seconds(n) for n in (sender, recipient)]
     sent: dict[str, float] = {}
     began = time.monotonic()
@@ -83,7 +94,11 @@ def _measure(
         sender.say(f"/msg {recipient.peer_id} {text}")
     shown.wait(f"{label} dm {COUNT - 1}")
     time.sleep(1)
-    cpu_used = [cpu_seconds(n) - b for n, b in zip((sender, recipient), cpu_before, strict=True)]
+    run_seconds = time.monotonic() - began
+    cpu_used = [
+        cpu_seconds(n) - b - idle * run_seconds
+        for n, b, idle in zip((sender, recipient), cpu_before, idle_rate, strict=True)
+    ]
     latencies = [(shown.at[t] - at) * 1000 for t, at in sent.items() if t in shown.at]
     return {
         "sent": COUNT,
@@ -92,7 +107,7 @@ def _measure(
         "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
         "latency_ms_p99": round(percentile(latencies, 0.99), 2) if latencies else None,
         "latency_ms_max": round(max(latencies), 2) if latencies else None,
-        # CPU over the run (paced: mostly idle time is not counted), per DM
+        # CPU over the run less what the process used idle for as long, per DM
         "cpu_ms_per_dm_sender_recipient": [round(1000 * u / COUNT, 3) for u in cpu_used],
     }
 
