@@ -13,7 +13,7 @@ from typing import Any
 
 from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver
 from p2pchat.node.p2p.identity import load_or_create_identity
-from p2pchat.node.p2p.streams import StreamEnded, read_frame_within
+from p2pchat.node.p2p.streams import StreamError, read_frame_within
 from p2pchat.node.wire import uc
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint
 
@@ -136,10 +136,10 @@ async def test_hostile_file_requests_are_refused_and_counted(
     async def request(payload: bytes) -> bytes | None:
         """Send ``payload`` on a file stream; the answer frame, or None when reset."""
         stream = await host.new_stream(victim.peer_id, [uc.FILE_PROTOCOL])
-        await stream.write(payload)
         try:
+            await stream.write(payload)
             return await read_frame_within(stream, FrameDecoder(1 << 20), WAIT)
-        except StreamEnded:
+        except StreamError:  # reset by the victim (possibly before our write)
             return None
 
     async with host.run(listen=False):
