@@ -65,7 +65,7 @@ def say_until_heard(a: NodeProcess, b: NodeProcess, text: str) -> dict[str, Any]
 def test_chat_files_and_discovery_in_universal_connectivitys_room(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    a = uc_peer(tmp_path / "a", nodes)
+    a = uc_peer(tmp_path / "a", nodes, P2PCHAT_UC__DISCOVERY_INTERVAL="2")
     # B fetches at most 64 KiB.
     b = uc_peer(tmp_path / "b", nodes, "--bootstrap", a.addr(), P2PCHAT_UC__MAX_FILE_BYTES="65536")
     connected(a, b)
@@ -112,13 +112,25 @@ def test_chat_files_and_discovery_in_universal_connectivitys_room(
     assert errors and errors[0]["code"] == "not_sent", refused
     assert b.metric("p2pchat_uc_refused_total", reason="file_too_large") == 1
     assert not (tmp_path / "b" / "uc-files" / large_id).exists()
-    # An id nobody announced, a path that is no file: one clear line each.
-    for ident, line in (("get3", "/get nothing-such"), ("share3", f"/send-file {tmp_path}/none")):
+    # An id nobody announced, a path that is no file, UC's topic as a p2pchat room: one clear
+    # line each.
+    for ident, line, code in (
+        ("get3", "/get nothing-such", "bad_argument"),
+        ("share3", f"/send-file {tmp_path}/none", "bad_argument"),
+        ("join", f"/join {uc.CHAT_TOPIC}", "invalid_room"),
+    ):
         events = answer(b, {"id": ident, "line": line})
-        assert [e["code"] for e in events if e["type"] == "error"] == ["bad_argument"], events
+        assert [e["code"] for e in events if e["type"] == "error"] == [code], events
 
-    # C knows only B; A's record on UC's discovery topic reaches it through B and C dials A.
-    c = uc_peer(tmp_path / "c", nodes, "--bootstrap", b.addr(), P2PCHAT_UC__DISCOVERY_INTERVAL="1")
+    # C knows only B, and is in a p2pchat room of its own (no room rendezvous finds A for it);
+    # A's record on UC's discovery topic reaches it through B and C dials A.
+    c = uc_peer(
+        tmp_path / "c",
+        nodes,
+        "--bootstrap",
+        b.addr(),
+        P2PCHAT_CHAT__ROOM="c-alone",
+    )
     assert wait_metric(c, "p2pchat_uc_events_total", 1, what="peer_dialled") >= 1
     seen(
         c,

@@ -328,6 +328,12 @@ class ChatService:
             if uc is not None and uc.enabled
             else None
         )
+        if self._uc is not None and settings.room in self._uc.topics:
+            ctx.log.warning(
+                "universal-connectivity not joined: chat.room is one of its topics",
+                room=settings.room,
+            )
+            self._uc = None
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
         gossip.watch_subscriptions(self._changes.note)
@@ -348,6 +354,8 @@ class ChatService:
                 await nursery.start(self._uc.run)
             await self._join(self._rooms.current)
             for room in self._remembered.names():
+                if self._uc is not None and room in self._uc.topics:
+                    continue  # universal-connectivity's (remembered before uc.enabled)
                 if room not in self._rooms and len(self._rooms) < MAX_ROOMS:
                     await self._join(room)
             nursery.start_soon(self._watch_members)
@@ -882,6 +890,10 @@ class ChatService:
             return
         if room in self._rooms:  # already in it: as /switch, showing what arrived there
             self._switch(room, reply)
+            return
+        if self._uc is not None and room in self._uc.topics:
+            text = f"{room} is universal-connectivity's topic here: /uc <text> talks there"
+            reply(ErrorEvent("invalid_room", text, "join"))
             return
         if len(self._rooms) >= MAX_ROOMS:
             reply(

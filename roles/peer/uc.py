@@ -104,6 +104,12 @@ class UcPeer:
         self._me = host.peer_id
         self.room = settings.room
         self._file_topic = wire.file_topic(settings.room)
+        # The topics this peer joins: no p2pchat room may be one of them (its validator would
+        # refuse UC's payloads, and a role joins a topic once).
+        self.topics = frozenset(
+            (settings.room, self._file_topic)
+            + ((wire.DISCOVERY_TOPIC,) if settings.discovery else ())
+        )
         # id -> path of the files this peer serves, oldest first (bounded: max_shared_files)
         self._shared: collections.OrderedDict[str, Path] = collections.OrderedDict()
         # id -> the peer that announced it, oldest first (bounded: max_announced_files)
