@@ -95,7 +95,8 @@ def test_chat_files_and_discovery_in_universal_connectivitys_room(
     saved = Path(output[0]["data"]["path"])
     assert saved.parent == tmp_path / "b" / "uc-files"
     assert saved.read_bytes() == small.read_bytes()
-    assert a.metric("p2pchat_uc_events_total", what="file_served") == 1
+    # (counted once the answer is written and closed: B may have read it first)
+    assert wait_metric(a, "p2pchat_uc_events_total", 1, what="file_served") == 1
     assert b.metric("p2pchat_uc_events_total", what="file_fetched") == 1
 
     # One over B's limit: refused before it is buffered, counted, nothing saved.
