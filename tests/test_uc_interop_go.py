@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2pchat.node.p2p.multiaddr_bytes import to_bytes
+from p2pchat.node.p2p.peer_keys import public_key_bytes
 from p2pchat.node.wire import uc
 
 from tests.conftest import NodeProcess
 from tests.test_interop_go import GoPeer, go_peer, go_peers
 from tests.test_json_contract import answer
-from tests.test_uc import ROOM, WAIT, uc_peer
+from tests.test_uc import ROOM, WAIT, uc_peer, wait_metric
 
 __all__ = ["go_peers"]  # the fixture, used by name
 
@@ -39,3 +41,27 @@ def test_chat_with_a_go_libp2p_peer_in_universal_connectivitys_topic(
     assert (heard["from"], heard["topic"]) == (a.peer_id, uc.CHAT_TOPIC), heard
     assert a.metric("p2pchat_uc_events_total", what="chat_received") == 1
     assert a.metric("p2pchat_messages_dropped_total", reason="bad_signature") == 0
+
+
+def test_discovery_records_from_go_libp2p_are_checked_against_their_signer(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    """The go peer publishes on UC's discovery topic, signed with its key (StrictSign): a record
+    of its own key is taken (it is connected: nothing to dial), one naming another key is
+    dropped as ``wrong_key`` and one over 4 KiB as ``oversized``, none forwarded."""
+    go = go_peer(go_peers, "-topic", uc.DISCOVERY_TOPIC)
+    a = uc_peer(tmp_path / "a", nodes, "--bootstrap", go.addr)
+    go.wait_topic_peer(a.peer_id)
+    own_key = public_key_bytes(go.peer_id)
+    other_key = public_key_bytes(a.peer_id)
+    assert own_key is not None and other_key is not None
+    addr = to_bytes("/ip4/127.0.0.1/tcp/9")
+    assert addr is not None
+    for key, addrs in ((other_key, (addr,)), (own_key, (b"\x00" * 5000,)), (own_key, (addr,))):
+        data = uc.encode_peer(uc.PeerRecord(key, addrs))
+        go.run(f"publish {data.hex()}", "published")
+    assert wait_metric(a, "p2pchat_uc_refused_total", 1, reason="wrong_key") == 1
+    assert wait_metric(a, "p2pchat_uc_refused_total", 1, reason="oversized") == 1
+    # The one good record was taken: its sender is connected, so nobody is dialled.
+    assert a.metric("p2pchat_uc_events_total", what="peer_dialled") == 0
+    assert a.metric("p2pchat_uc_refused_total", reason="no_dialable_address") == 0
