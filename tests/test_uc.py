@@ -142,14 +142,21 @@ def test_chat_files_and_discovery_in_universal_connectivitys_room(
 async def test_hostile_file_requests_are_refused_and_counted(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    victim = uc_peer(tmp_path / "victim", nodes, P2PCHAT_UC__REQUESTS_PER_MINUTE="4")
+    victim = uc_peer(
+        tmp_path / "victim",
+        nodes,
+        P2PCHAT_UC__REQUESTS_PER_MINUTE="6",
+        P2PCHAT_UC__MAX_TRANSFERS="1",
+        P2PCHAT_UC__TRANSFER_TIMEOUT="5",
+    )
     mallory = load_or_create_identity(tmp_path / "mallory")
     host = P2PHost(mallory, HostSettings(listen=["/ip4/127.0.0.1/tcp/0"]), QuietObserver())
 
     async def request(payload: bytes) -> bytes | None:
         """Send ``payload`` on a file stream; the answer frame, or None when reset."""
-        stream = await host.new_stream(victim.peer_id, [uc.FILE_PROTOCOL])
         try:
+            # A reset right after the negotiation may come before its answer is read.
+            stream = await host.new_stream(victim.peer_id, [uc.FILE_PROTOCOL])
             await stream.write(payload)
             return await read_frame_within(stream, FrameDecoder(1 << 20), WAIT)
         except StreamError:  # reset by the victim (possibly before our write)
@@ -163,8 +170,20 @@ async def test_hostile_file_requests_are_refused_and_counted(
         assert await request(uc.file_request("x")[:1] + b"\xff") is None
         assert await request(uc.file_request("no-such-file")) is None
         assert await request(uc.file_request("again")) is None
-        # The fifth request in a minute: over the per-peer rate.
+        # Half a request, held: it takes the one transfer allowed (uc.max_transfers 1), so the
+        # next request is refused as busy; the held one is reset after uc.transfer_timeout.
+        held = await host.new_stream(victim.peer_id, [uc.FILE_PROTOCOL])
+        await held.write(uc.file_request("held")[:3])
+        assert await request(uc.file_request("while-held")) is None
+        try:
+            await read_frame_within(held, FrameDecoder(1 << 20), WAIT)
+            raise AssertionError("the held request was answered")
+        except StreamError:
+            pass
+        # The seventh request in a minute: over the per-peer rate.
         assert await request(uc.file_request("more")) is None
     assert victim.metric("p2pchat_uc_refused_total", reason="bad_file_id") == 2
     assert victim.metric("p2pchat_uc_refused_total", reason="unknown_file") == 2
+    assert victim.metric("p2pchat_uc_refused_total", reason="busy") == 1
+    assert victim.metric("p2pchat_uc_refused_total", reason="timeout") == 1
     assert victim.metric("p2pchat_uc_refused_total", reason="rate") == 1

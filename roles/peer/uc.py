@@ -34,6 +34,7 @@ from p2pchat.node.p2p.pubsub import GossipMessage
 from p2pchat.node.p2p.streams import (
     Stream,
     StreamError,
+    StreamIdle,
     close_quietly,
     read_frame_within,
     reset_quietly,
@@ -314,6 +315,9 @@ class UcPeer:
             self._refused(getattr(error, "reason", "bad_file_id"), what="file request", peer=peer)
             await reset_quietly(stream)
             return
+        except StreamIdle:  # no whole request in time: reset by the reader
+            self._refused("timeout", what="file request", peer=peer)
+            return
         except StreamError:
             return
         path = self._shared.get(file_id)
@@ -378,6 +382,9 @@ class UcPeer:
             self._refused("malformed", what="file fetch", peer=peer)
             await reset_quietly(stream)
             return ErrorEvent("not_sent", f"{file_id}: not a file response", "get")
+        except StreamIdle:
+            self._refused("timeout", what="file fetch", peer=peer)
+            return ErrorEvent("not_sent", f"{file_id}: no answer in time", "get")
         except StreamError as error:
             return ErrorEvent("not_sent", f"{file_id}: {error}", "get")
         await reset_quietly(stream)  # nothing more is read: done with it either way
