@@ -438,13 +438,14 @@ class UcPeer:
         if target is None:
             self._refused("no_dialable_address", what="peer record", sender=peer)
             return
-        if self._dials is None or not self._dials.take(now):
-            self._refused("dial_rate", what="peer record", sender=peer)
-            return
-        try:
+        try:  # first: a record refused as busy must not spend the minute's dials
             self._dialling.acquire_nowait()
         except trio.WouldBlock:
             self._refused("dial_busy", what="peer record", sender=peer)
+            return
+        if self._dials is None or not self._dials.take(now):
+            self._dialling.release()
+            self._refused("dial_rate", what="peer record", sender=peer)
             return
         self._dialled.pop(peer, None)
         self._dialled[peer] = now
