@@ -93,3 +93,30 @@ def test_discovery_records_from_go_libp2p_are_checked_against_their_signer(
     # The one good record was taken: its sender is connected, so nobody is dialled.
     assert a.metric("p2pchat_uc_events_total", what="peer_dialled") == 0
     assert a.metric("p2pchat_uc_refused_total", reason="no_dialable_address") == 0
+
+
+def test_a_file_announced_by_go_libp2p_is_shown_and_a_failed_get_is_one_line(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    """The go peer on UC's file topic announces a file id (as UC's peers do: the id's bytes);
+    it serves no file protocol, so /get answers with one error line."""
+    go = go_peer(go_peers, "-topic", uc.file_topic(uc.CHAT_TOPIC))
+    a = uc_peer(tmp_path / "a", nodes, "--bootstrap", go.addr)
+    go.wait_topic_peer(a.peer_id)
+    file_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    deadline = time.monotonic() + WAIT
+    while True:  # published again until heard (see above)
+        go.run(f"publish {file_id.encode().hex()}", "published")
+        try:
+            notice = a.next_event(
+                lambda e: e["type"] == "notice" and e["kind"] == "uc_file", timeout=3
+            )
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    assert notice["data"] == {"id": file_id, "peer": go.peer_id, "room": ROOM}, notice
+    events = answer(a, {"id": "get", "line": f"/get {file_id}"})
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["not_sent"], events
+    assert "\n" not in errors[0]["text"]
