@@ -6,6 +6,8 @@ builds the go peer; without it this test fails with one line, it never skips."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -95,11 +97,12 @@ def test_discovery_records_from_go_libp2p_are_checked_against_their_signer(
     assert a.metric("p2pchat_uc_refused_total", reason="no_dialable_address") == 0
 
 
-def test_a_file_announced_by_go_libp2p_is_shown_and_a_failed_get_is_one_line(
+def test_files_both_ways_with_go_libp2p_over_ucs_file_protocol(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
 ) -> None:
-    """The go peer on UC's file topic announces a file id (as UC's peers do: the id's bytes);
-    it serves no file protocol, so /get answers with one error line."""
+    """The go peer on UC's file topic (tests/interop/go/uc.go: the protocol as UC's go and rust
+    peers frame it) announces a file: a uc_file notice; /get before it serves it is one error
+    line, then fetches it whole. A file shared with /send-file is fetched by the go peer."""
     go = go_peer(go_peers, "-topic", uc.file_topic(uc.CHAT_TOPIC))
     a = uc_peer(tmp_path / "a", nodes, "--bootstrap", go.addr)
     go.wait_topic_peer(a.peer_id)
@@ -116,7 +119,22 @@ def test_a_file_announced_by_go_libp2p_is_shown_and_a_failed_get_is_one_line(
             if time.monotonic() > deadline:
                 raise
     assert notice["data"] == {"id": file_id, "peer": go.peer_id, "room": ROOM}, notice
-    events = answer(a, {"id": "get", "line": f"/get {file_id}"})
+    events = answer(a, {"id": "get1", "line": f"/get {file_id}"})
     errors = [e for e in events if e["type"] == "error"]
     assert [e["code"] for e in errors] == ["not_sent"], events
     assert "\n" not in errors[0]["text"]
+
+    body = os.urandom(300_000)
+    go.run(f"ucshare {file_id} {body.hex()}", "ucshared")
+    events = answer(a, {"id": "get2", "line": f"/get {file_id}"})
+    output = next(e for e in events if e["type"] == "output")
+    assert Path(output["data"]["path"]).read_bytes() == body
+
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(os.urandom(200_000))
+    shared = answer(a, {"id": "share", "line": f"/send-file {mine}"})
+    mine_id = next(e for e in shared if e["type"] == "output")["data"]["id"]
+    go.next(lambda e: e.get("message", {}).get("data_hex") == mine_id.encode().hex())
+    got = go.run(f"ucget {a.peer_id} {mine_id}", "ucfile")
+    assert (got["bytes"], got["sha256"]) == (200_000, hashlib.sha256(mine.read_bytes()).hexdigest())
+    assert wait_metric(a, "p2pchat_uc_events_total", 1, what="file_served") == 1
