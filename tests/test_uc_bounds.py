@@ -101,8 +101,8 @@ def record(peer: str, *addrs: str) -> bytes:
 def test_announcements_remembered_are_bounded(tmp_path: Path) -> None:
     peer, _, _, _ = make(tmp_path, max_announced_files=3)
     for n in range(5):
-        peer._file_announced(message("universal-connectivity-file", f"id-{n}".encode(), PEERS[0]))
-    assert list(peer._announced) == ["id-2", "id-3", "id-4"]
+        peer.files.announced(message("universal-connectivity-file", f"id-{n}".encode(), PEERS[0]))
+    assert list(peer.files._announced) == ["id-2", "id-3", "id-4"]
 
 
 async def test_files_shared_are_bounded(tmp_path: Path) -> None:
@@ -111,17 +111,19 @@ async def test_files_shared_are_bounded(tmp_path: Path) -> None:
     path.write_bytes(b"x")
     for _ in range(3):
         await peer.send_file(str(path))
-    assert len(peer._shared) == 2
+    assert len(peer.files._shared) == 2
     assert len(gossip.published) == 3  # each announced
 
 
 async def test_discovery_dials_are_bounded_per_minute_and_at_once(tmp_path: Path) -> None:
     peer, host, _, counts = make(tmp_path, discovery_dials_per_minute=3)
+    discovery = peer.discovery
+    assert discovery is not None
     async with trio.open_nursery() as nursery:
-        peer._nursery = nursery
+        discovery.nursery = nursery
         for n, sender in enumerate(PEERS):
             data = record(sender, "/ip4/127.0.0.1/tcp/4001")
-            peer._peer_announced(message(wire.DISCOVERY_TOPIC, data, sender, n))
+            discovery.announced(message(wire.DISCOVERY_TOPIC, data, sender, n))
         await trio.testing.wait_all_tasks_blocked()
         # Two dials at once; the third peer found both taken; the fourth one more.
         assert len(host.dialled) == 2
@@ -130,17 +132,17 @@ async def test_discovery_dials_are_bounded_per_minute_and_at_once(tmp_path: Path
         await trio.testing.wait_all_tasks_blocked()
         assert counts.done["peer_dialled"] == 2
         # The bucket held 3 for the minute: one more dial, then dial_rate.
-        peer._peer_announced(
+        discovery.announced(
             message(wire.DISCOVERY_TOPIC, record(PEERS[2], "/ip4/127.0.0.1/tcp/1"), PEERS[2], 9)
         )
-        peer._peer_announced(
+        discovery.announced(
             message(wire.DISCOVERY_TOPIC, record(PEERS[3], "/ip4/127.0.0.1/tcp/1"), PEERS[3], 9)
         )
         await trio.testing.wait_all_tasks_blocked()
         assert len(host.dialled) == 3
         assert counts.refused["dial_rate"] == 1
         # A peer dialled a moment ago is not dialled again.
-        peer._peer_announced(
+        discovery.announced(
             message(wire.DISCOVERY_TOPIC, record(PEERS[0], "/ip4/127.0.0.1/tcp/1"), PEERS[0], 10)
         )
         assert len(host.dialled) == 3 and counts.refused["dial_rate"] == 1
@@ -148,6 +150,8 @@ async def test_discovery_dials_are_bounded_per_minute_and_at_once(tmp_path: Path
 
 def test_a_record_without_a_dialable_address_is_refused(tmp_path: Path) -> None:
     peer, host, _, counts = make(tmp_path)
+    discovery = peer.discovery
+    assert discovery is not None
     data = record(PEERS[0], "/ip4/1.2.3.4/udp/1/quic-v1", f"/ip4/1.2.3.4/tcp/1/p2p/{PEERS[1]}")
-    peer._peer_announced(message(wire.DISCOVERY_TOPIC, data, PEERS[0]))
+    discovery.announced(message(wire.DISCOVERY_TOPIC, data, PEERS[0]))
     assert counts.refused["no_dialable_address"] == 1 and host.dialled == []
