@@ -15,11 +15,18 @@ OTHER = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
 def test_chat_is_the_text_itself() -> None:
     assert uc.encode_chat("héllo") == "héllo".encode()
     assert uc.decode_chat("héllo".encode(), 100) == "héllo"
+    assert uc.decode_chat(b"two\n\tlines", 100) == "two\n\tlines"
 
 
 @pytest.mark.parametrize(
     ("data", "reason"),
-    [(b"x" * 101, "oversized"), (b"\xff\xfe", "malformed"), (b"  \n", "malformed")],
+    [
+        (b"x" * 101, "oversized"),
+        (b"\xff\xfe", "malformed"),
+        (b"  \n", "malformed"),
+        (b"red \x1b[31m text", "malformed"),  # a terminal escape sequence
+        ("abc \u202e cba".encode(), "malformed"),  # a bidi override
+    ],
 )
 def test_chat_refusals(data: bytes, reason: str) -> None:
     with pytest.raises(uc.UcWireError) as caught:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from p2pchat.node.wire import uc_peer_pb2 as pb
+from p2pchat.node.wire.chat import unsafe_in_text
 from p2pchat.node.wire.framing import frame
 
 CHAT_TOPIC = "universal-connectivity"
@@ -62,7 +63,8 @@ def decode_chat(data: bytes, max_bytes: int) -> str:
     """The text of a chat-topic message.
 
     Raises:
-        UcWireError: over ``max_bytes`` (oversized), not UTF-8 or blank (malformed).
+        UcWireError: over ``max_bytes`` (oversized); not UTF-8, blank, or holding control
+            characters other than newline and tab, surrogates or bidi controls (malformed).
     """
     if len(data) > max_bytes:
         raise UcWireError("oversized", f"chat message of {len(data)} bytes (limit {max_bytes})")
@@ -72,6 +74,8 @@ def decode_chat(data: bytes, max_bytes: int) -> str:
         raise UcWireError("malformed", "chat message is not UTF-8") from None
     if not text.strip():
         raise UcWireError("malformed", "empty chat message")
+    if unsafe_in_text(text):  # p2pchat's own rule for texts: no terminal control sequences
+        raise UcWireError("malformed", "control characters in a chat message")
     return text
 
 
