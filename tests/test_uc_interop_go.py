@@ -17,7 +17,7 @@ from p2pchat.node.wire import uc
 
 from tests.conftest import NodeProcess
 from tests.test_interop_go import GoPeer, go_peer, go_peers
-from tests.test_json_contract import answer
+from tests.test_json_contract import answer, seen
 from tests.test_uc import ROOM, WAIT, uc_peer, wait_metric
 
 __all__ = ["go_peers"]  # the fixture, used by name
@@ -138,3 +138,28 @@ def test_files_both_ways_with_go_libp2p_over_ucs_file_protocol(
     got = go.run(f"ucget {a.peer_id} {mine_id}", "ucfile")
     assert (got["bytes"], got["sha256"]) == (200_000, hashlib.sha256(mine.read_bytes()).hexdigest())
     assert wait_metric(a, "p2pchat_uc_events_total", 1, what="file_served") == 1
+
+
+def test_a_go_libp2p_peer_announced_on_the_discovery_topic_is_dialled(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    """The go peer, connected to B only, publishes its record (its key, its TCP address) on
+    UC's discovery topic; C, connected to B only, hears it through B and dials the go peer."""
+    go = go_peer(go_peers, "-topic", uc.DISCOVERY_TOPIC)
+    b = uc_peer(tmp_path / "b", nodes, "--bootstrap", go.addr)
+    c = uc_peer(tmp_path / "c", nodes, "--bootstrap", b.addr())
+    go.wait_topic_peer(b.peer_id)
+    key = public_key_bytes(go.peer_id)
+    addr = to_bytes(go.addr.rsplit("/p2p/", 1)[0])
+    assert key is not None and addr is not None
+    record = uc.encode_peer(uc.PeerRecord(key, (addr,)))
+    deadline = time.monotonic() + WAIT
+    while c.metric("p2pchat_uc_events_total", what="peer_dialled") < 1:
+        assert time.monotonic() < deadline, "C never dialled the go peer"
+        go.run(f"publish {record.hex()}", "published")
+        time.sleep(2)
+    seen(
+        c,
+        lambda e: e["type"] == "connection" and e["change"] == "opened" and e["peer"] == go.peer_id,
+    )
+    go.next(lambda e: e.get("connection", {}).get("peer") == c.peer_id)
