@@ -1339,6 +1339,97 @@ class PeerstoreSection(_Section):
     )
 
 
+class UcSection(_Section):
+    """universal-connectivity (libp2p's chat demo, issue #20): a chat peer can join its room
+    as one of its peers: its chat topic and plain-text payload, its file topic and protocol
+    (``/send-file``, ``/get``), its peer-discovery topic. Every bound is counted when it
+    refuses (p2pchat_uc_refused_total{reason})."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Chat peer: join universal-connectivity's room (its chat and file topics, "
+        "and its peer discovery); /uc sends to it, /send-file and /get share files there.",
+    )
+    room: str = Field(
+        default="universal-connectivity",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The universal-connectivity chat topic (its peers' -room flag); the file "
+        "topic is this name + `-file`.",
+    )
+    discovery: bool = Field(
+        default=True,
+        description="Publish this peer's addresses on universal-connectivity's peer-discovery "
+        "topic and dial (a few of) the peers announced there.",
+    )
+    discovery_interval: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="Seconds between two announcements of this peer's addresses (js-libp2p's "
+        "pubsub-peer-discovery: 10 s).",
+    )
+    discovery_dials_per_minute: int = Field(
+        default=6,
+        ge=0,
+        le=600,
+        description="Peers announced on the discovery topic dialled per minute at most (one "
+        "address each, the first dialable one); more are refused (reason=dial_rate).",
+    )
+    dial_private_addresses: bool = Field(
+        default=False,
+        description="Dial announced loopback, private and link-local addresses too (a LAN or a "
+        "test); off, an announcement cannot aim this node at its own network.",
+    )
+    max_text_bytes: int = Field(
+        default=4096,
+        ge=64,
+        le=65_536,
+        description="Largest universal-connectivity chat message received or sent (plain UTF-8 "
+        "text); larger is dropped (reason=oversized).",
+    )
+    max_file_bytes: int = Field(
+        default=10 << 20,
+        ge=1024,
+        le=256 << 20,
+        description="Largest file shared (/send-file) or fetched (/get); a response announcing "
+        "more is refused before anything is buffered (reason=file_too_large).",
+    )
+    max_shared_files: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Files this peer serves at once (/send-file); the oldest share ends first.",
+    )
+    max_announced_files: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="File announcements remembered for /get (the oldest forgotten first).",
+    )
+    max_transfers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Files served and fetched at once; a request past it is reset (reason=busy).",
+    )
+    requests_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=6000,
+        description="File requests served per remote peer per minute (burst: the same); more "
+        "are reset (reason=rate).",
+    )
+    transfer_timeout: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Seconds a file transfer (request and response) may take, served or "
+        "fetched; slower is reset (reason=timeout).",
+    )
+
+
 class Config(_Section):
     """A node's whole configuration."""
 
@@ -1360,6 +1451,7 @@ class Config(_Section):
     mailbox: MailboxSection = Field(default_factory=MailboxSection)
     streams: StreamsSection = Field(default_factory=StreamsSection)
     peerstore: PeerstoreSection = Field(default_factory=PeerstoreSection)
+    uc: UcSection = Field(default_factory=UcSection)
 
     @model_validator(mode="after")
     def _peerstore_holds_every_connection(self) -> Config:

@@ -127,6 +127,7 @@ def test_the_validator_rejects_what_breaks_the_contract(tmp_path: Path) -> None:
         {"type": "notice", "kind": "name_conflict", "text": "x", "data": {"name": "a"}},
         {"type": "notice", "kind": "dm_opened", "text": "x", "data": {"peer": "12D3"}},
         {"type": "output", "command": "ready", "text": "x", "data": {"schema_version": 2}},
+        {"type": "notice", "kind": "uc_file", "text": "x", "data": {"id": "f"}},  # no peer, room
         {"type": "frobnicated"},
         ["not", "an", "object"],
     ):
@@ -431,6 +432,20 @@ def test_a_reader_that_lags_gets_every_object_whole(tmp_path: Path) -> None:
     objects = [json.loads(line) for line in out.decode().splitlines()]  # each line whole
     answered = [o for o in objects if o["type"] == "output" and o.get("command") == "help"]
     assert len(answered) == helps, len(answered)
+
+
+def test_universal_connectivity_events_are_in_the_contract() -> None:
+    """A UC room's message (room ``uc:<topic>``) and the ``uc_file`` notice, as roles/peer/uc.py
+    makes them; tests/test_uc.py checks the live ones."""
+    peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+    message = events_module.MessageEvent(
+        "uc:universal-connectivity", "ab12", peer, peer[-8:], "hi", 1, False
+    )
+    notice = events_module.NoticeEvent(
+        "uc_file", "x", {"id": "f", "peer": peer, "room": "uc:universal-connectivity"}
+    )
+    for event in (message, notice):
+        assert contract_violations(events_module.to_json_object(event)) == [], event
 
 
 def test_the_contract_page_documents_every_event_kind_and_code() -> None:

@@ -157,6 +157,12 @@ def _unsafe_in_text(text: str) -> bool:
     return _UNSAFE_IN_TEXT.search(text) is not None
 
 
+def unsafe_in_text(text: str) -> bool:
+    """Whether ``text`` holds what no chat text may (:func:`_unsafe_in_text`): for the codecs
+    of other chat formats (universal-connectivity's plain text), the same rule."""
+    return _unsafe_in_text(text)
+
+
 # Both validators are pure and see the same few names and rooms in every message received.
 @functools.lru_cache(maxsize=1024)
 def validate_name(name: str) -> str:

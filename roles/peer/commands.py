@@ -52,6 +52,9 @@ HELP = """Commands:
   /rooms             the rooms you are in and open DM conversations, with unread counts
   /switch <room>     make a joined room (or @name, a DM conversation) current and show
                      what arrived there
+  /uc <text>         send to universal-connectivity's room (libp2p's chat demo; uc.enabled)
+  /send-file <path>  share a file in universal-connectivity's room
+  /get <id>          fetch a file shared there (saved under <data dir>/uc-files/)
   /quit, /exit       leave the chat
 Anything else is sent to the current room; //text sends /text."""
 
@@ -83,6 +86,9 @@ COMMANDS = (
     "/leave",
     "/rooms",
     "/switch",
+    "/uc",
+    "/send-file",
+    "/get",
     "/quit",
     "/exit",
 )
@@ -108,6 +114,9 @@ _NEEDS_ARGUMENT = {
     "unremove": "name or peer id",
     "create-private": "name",
     "invite": "name or peer id",
+    "uc": "text",
+    "send-file": "path",
+    "get": "file id",
 }
 
 _DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

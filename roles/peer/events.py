@@ -104,6 +104,7 @@ NoticeKind = Literal[
     "private_invited",
     "private_member",  # a private room's member invited or removed (data: room, peer, change)
     "private_removed",  # this peer was removed from a private room (data: room, name, creator)
+    "uc_file",  # a file shared in universal-connectivity's room: /get <id> (data: id, peer, room)
 ]
 
 

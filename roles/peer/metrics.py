@@ -134,6 +134,22 @@ class ChatMetrics:
             ("reason",),
             registry=registry,
         )
+        self.uc_refused_total = Counter(
+            "p2pchat_uc_refused",
+            "universal-connectivity input refused, by reason (oversized, malformed, "
+            "bad_file_id, wrong_key, no_dialable_address, dial_rate, dial_busy, rate, busy, "
+            "timeout, unknown_file, file_too_large).",
+            ("reason",),
+            registry=registry,
+        )
+        self.uc_done_total = Counter(
+            "p2pchat_uc_events",
+            "What the universal-connectivity peer did, by what (chat_received, chat_sent, "
+            "file_shared, file_announced, file_served, file_fetched, peer_announced, "
+            "peer_dialled, peer_dial_failed).",
+            ("what",),
+            registry=registry,
+        )
         self.store_bytes = Gauge(
             "p2pchat_store_bytes", "Bytes the local store occupies on disk.", registry=registry
         )
@@ -208,3 +224,11 @@ class ChatMetrics:
     def private_dropped_reason(self, reason: str) -> None:
         """A private room's message or key was dropped for ``reason``."""
         self.private_dropped.labels(reason=reason).inc()
+
+    def uc_refused(self, reason: str) -> None:
+        """universal-connectivity input refused for ``reason``."""
+        self.uc_refused_total.labels(reason=reason).inc()
+
+    def uc_done(self, what: str) -> None:
+        """The universal-connectivity peer did ``what``."""
+        self.uc_done_total.labels(what=what).inc()

@@ -19,7 +19,7 @@ from p2pchat.node.atrest import is_encrypted
 from p2pchat.node.catchup import CatchUp
 from p2pchat.node.catchup_charge import ChargeSettings
 from p2pchat.node.catchup_sources import SourceAllowance
-from p2pchat.node.config import ChatSection, Config, HistorySection, MailboxSection
+from p2pchat.node.config import ChatSection, Config, HistorySection, MailboxSection, UcSection
 from p2pchat.node.role import NodeContext
 from p2pchat.node.store_client import StoreClient
 from p2pchat.node.wire.dm import KEYS_PROTOCOL_ID as DM_KEYS_PROTOCOL
@@ -56,6 +56,7 @@ class PeerRole:
         node_roles: Sequence[str],
         data_dir: Path,
         mailbox: MailboxSection | None = None,
+        uc: UcSection | None = None,
     ) -> None:
         """``chat`` and ``history``: their config sections; ``node_roles``: every role of this
         node (``/info`` shows them); ``data_dir``: the node's data directory (the console keeps
@@ -65,12 +66,20 @@ class PeerRole:
         self._node_roles = tuple(node_roles)
         self._data_dir = data_dir
         self._mailbox = mailbox
+        self._uc = uc
 
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The chat peer with the ``chat`` and ``history`` sections of ``config``, the node's
         roles and its data directory."""
-        return cls(config.chat, config.history, config.roles, config.data_dir(), config.mailbox)
+        return cls(
+            config.chat,
+            config.history,
+            config.roles,
+            config.data_dir(),
+            config.mailbox,
+            config.uc,
+        )
 
     async def run(
         self, ctx: NodeContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -108,6 +117,7 @@ class PeerRole:
             missed_inline=None if ui == "json" else self._chat.missed_inline,
             emit_waiting=send.send,
             mailbox=self._mailbox,
+            uc=self._uc,
         )
         if settings.catchup:
             client = StoreClient(ctx.host, ctx.metrics.history_client, self._chat.max_message_bytes)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import trio
-from p2pchat.node.config import ChatSection, MailboxSection
+from p2pchat.node.config import ChatSection, MailboxSection, UcSection
 from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.ids import short_id
 from p2pchat.node.moderation import NAMESPACE as MODS_NAMESPACE
@@ -96,6 +96,8 @@ from p2pchat.roles.peer.retention import Retention
 from p2pchat.roles.peer.rooms import MAX_ROOMS, RememberedRooms, Room, Rooms
 from p2pchat.roles.peer.rooms import NAMESPACE as ROOMS_NAMESPACE
 from p2pchat.roles.peer.trust import Trust
+from p2pchat.roles.peer.uc import ROOM_PREFIX as UC_ROOM_PREFIX
+from p2pchat.roles.peer.uc import UcObserver, UcPeer
 
 HEARD_RECENTLY_MS = 10 * 60_000  # /peers lists mesh members heard in the last ten minutes
 
@@ -133,6 +135,7 @@ class ChatObserver(
     ContactsObserver,
     ConversationsObserver,
     PrivateObserver,
+    UcObserver,
     Protocol,
 ):
     """What the chat service and its parts report (the role's metrics implement it)."""
@@ -168,6 +171,7 @@ class ChatService:
         missed_inline: int | None = None,
         emit_waiting: Callable[[ChatEvent], Awaitable[None]] | None = None,
         mailbox: MailboxSection | None = None,
+        uc: UcSection | None = None,
     ) -> None:
         """``settings``: the ``chat`` config section; ``node_roles``: the roles of this node
         (``/info`` shows them); ``emit`` receives live events; ``on_join`` is told each room
@@ -309,6 +313,27 @@ class ChatService:
         )
         self._inbound.private = self._private
         self._dm.on_room_key = self._private.received
+        # universal-connectivity's room, when configured (issue #20): roles/peer/uc.py.
+        self._uc = (
+            UcPeer(
+                ctx.host,
+                gossip,
+                uc,
+                data_dir or Path("."),
+                emit,
+                observer,
+                RefusalLog(ctx.log, "universal-connectivity input refused"),
+                is_ignored=self.is_ignored,
+            )
+            if uc is not None and uc.enabled
+            else None
+        )
+        if self._uc is not None and settings.room in self._uc.topics:
+            ctx.log.warning(
+                "universal-connectivity not joined: chat.room is one of its topics",
+                room=settings.room,
+            )
+            self._uc = None
         self._max_message_bytes = settings.max_message_bytes
         self._changes = ChangeSignal()
         gossip.watch_subscriptions(self._changes.note)
@@ -325,8 +350,12 @@ class ChatService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._dm.run)
+            if self._uc is not None:
+                await nursery.start(self._uc.run)
             await self._join(self._rooms.current)
             for room in self._remembered.names():
+                if self._uc is not None and room in self._uc.topics:
+                    continue  # universal-connectivity's (remembered before uc.enabled)
                 if room not in self._rooms and len(self._rooms) < MAX_ROOMS:
                     await self._join(room)
             nursery.start_soon(self._watch_members)
@@ -448,6 +477,10 @@ class ChatService:
         the answer, as :meth:`execute` does."""
         if room is None and self._dm_rooms.current is not None:
             return await self.send_direct(self._dm_rooms.current, text)
+        if self._uc is not None and room == UC_ROOM_PREFIX + self._uc.room:
+            if not text.strip():
+                return [ErrorEvent("bad_argument", "an empty message is not sent")]
+            return [await self._uc.say(text)]
         target = room or self._rooms.current
         if target not in self._rooms:
             return [ErrorEvent("not_in_room", f"you are not in {target}; /join {target} first")]
@@ -548,6 +581,22 @@ class ChatService:
             await self._direct(argument, reply)
         elif name == "verify":
             self._trust.verify(argument, reply)
+        elif name in ("uc", "send-file", "get"):
+            reply(await self._uc_command(name, argument))
+
+    async def _uc_command(self, name: str, argument: str) -> ChatEvent:
+        if self._uc is None:
+            return ErrorEvent(
+                "not_in_room",
+                "universal-connectivity is off here: set uc.enabled (README, universal-"
+                "connectivity)",
+                name,
+            )
+        if name == "uc":
+            return await self._uc.say(argument)
+        if name == "send-file":
+            return await self._uc.send_file(argument)
+        return await self._uc.get(argument)
 
     async def _private_command(self, name: str, argument: str, reply: Reply) -> None:
         """/create-private, /invite, /remove (in a private room), /members."""
@@ -841,6 +890,10 @@ class ChatService:
             return
         if room in self._rooms:  # already in it: as /switch, showing what arrived there
             self._switch(room, reply)
+            return
+        if self._uc is not None and room in self._uc.topics:
+            text = f"{room} is universal-connectivity's topic here: /uc <text> talks there"
+            reply(ErrorEvent("invalid_room", text, "join"))
             return
         if len(self._rooms) >= MAX_ROOMS:
             reply(

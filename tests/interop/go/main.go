@@ -21,6 +21,8 @@
 //	peers                       the connected peers and whether each connection is limited
 //	topic-peers                 the peers GossipSub knows in the room
 //	protocols                   the protocols this peer serves now
+//	ucshare <id> <hex>          serve these bytes as file <id> on /universal-connectivity-file/1
+//	ucget <peer id> <id>        fetch file <id> from the peer; replies with its size and SHA-256
 //
 // A failed command answers {"error": "..."}; the peer goes on.
 package main
@@ -103,6 +105,7 @@ func main() {
 		ConnectedF:    func(_ network.Network, c network.Conn) { sayConnection("open", c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { sayConnection("close", c) },
 	})
+	h.SetStreamHandler(ucFileProtocol, ucServe)
 	ctx := context.Background()
 	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMessageSignaturePolicy(pubsub.StrictSign))
 	if err != nil {
@@ -219,6 +222,9 @@ func run(ctx context.Context, h host.Host, ps *pubsub.PubSub, topic *pubsub.Topi
 			ids = append(ids, string(p))
 		}
 		return map[string]any{"protocols": ids}, nil
+	case "ucshare", "ucget": // universal-connectivity's file protocol (uc.go)
+		reply, _, err := ucCommand(ctx, h, command, arg)
+		return reply, err
 	case "topic-peers":
 		ids := []string{}
 		for _, p := range ps.ListPeers(room) {
