@@ -45,11 +45,17 @@ class RustPeer:
     """tests/interop/rust's binary: its JSON lines are kept (a later `next` can match an
     earlier line), and its stderr too, for failures."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, netns: str | None = None) -> None:
         if not RUST_PEER.exists():
             pytest.fail(f"{RUST_PEER} is missing: run `make interop-rust` (README, rust-libp2p)")
         self.proc = subprocess.Popen(
-            [str(RUST_PEER), "-topic", ROOM, *args],
+            [
+                *(["ip", "netns", "exec", netns] if netns else []),
+                str(RUST_PEER),
+                "-topic",
+                ROOM,
+                *args,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
