@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,25 @@ $(GO_PROTOC_GEN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum
 	cd $(GO_PEER) && $(GO_ENV) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
 interop-go: $(GO_PEER_BIN) $(GO_PROTOC_GEN)
 
+# The rust-libp2p peer of the interop tests (tests/interop/rust), pinned by its Cargo.lock.
+# Cargo's registry and build directory live outside the clone, so a second clone or CI run on
+# the same machine builds warm (README, "rust-libp2p" has the cold and warm times). Its build.rs
+# generates the Rust code of node/wire's .proto files with prost (protoc from a crate, not the
+# machine). The binary is copied into the clone, as the go peer's is built there. Missing cargo
+# fails here, in one line.
+CARGO       ?= cargo
+RUST_PEER   := tests/interop/rust
+RUST_CACHE  ?= $(HOME)/.cache/p2pchat/rust
+RUST_ENV    := CARGO_HOME=$(RUST_CACHE)/home CARGO_TARGET_DIR=$(RUST_CACHE)/target
+RUST_PEER_BIN := $(RUST_PEER)/build/peer
+$(RUST_PEER_BIN): $(RUST_PEER)/Cargo.toml $(RUST_PEER)/Cargo.lock $(RUST_PEER)/build.rs \
+		$(wildcard $(RUST_PEER)/src/*.rs $(RUST_PEER)/proto/*.proto) node/wire/chat.proto node/wire/store_query.proto
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "interop-rust: no Rust toolchain ('$(CARGO)' is not on PATH); the rust-libp2p interop tests need cargo 1.88 or newer (README, rust-libp2p)" >&2; exit 1; }
+	@echo "==> building the rust-libp2p interop peer ($$($(CARGO) --version); cold about 5 min, warm about 1 s: README, rust-libp2p)"
+	cd $(RUST_PEER) && $(RUST_ENV) $(CARGO) build --release --locked
+	mkdir -p $(RUST_PEER)/build && cp $(RUST_CACHE)/target/release/peer $@
+interop-rust: $(RUST_PEER_BIN)
+
 # Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
 go-proto: $(DEV) $(GO_PROTOC_GEN)
 	PATH="$(GO_CACHE)/path/bin:$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
@@ -101,6 +120,8 @@ go-proto: $(DEV) $(GO_PROTOC_GEN)
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
 TEST_WORKERS ?= 3
 
+# The rust peer is built by its tests (tests/test_interop_rust.py, ensure_built), beside the rest
+# of the suite: a cold build takes minutes.
 unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

@@ -38,6 +38,7 @@ SERIAL_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_holepunch_simultaneous.py",
         "tests/test_interop_js_dcutr.py",
         "tests/test_interop_go_dcutr.py",
+        "tests/test_interop_rust_dcutr.py",
         "tests/test_mdns.py",
         "tests/test_catchup_reconnect.py",
     ),
