@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto load-go
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,15 @@ $(GO_PROTOC_GEN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum
 	cd $(GO_PEER) && $(GO_ENV) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go
 interop-go: $(GO_PEER_BIN) $(GO_PROTOC_GEN)
 
+# The relay's load generator (tests/load/go): N go-libp2p conversations through one relay,
+# for tests/bench/relay_capacity.py. Same pinned modules as the interop peer.
+GO_LOAD     := tests/load/go
+GO_LOAD_BIN := $(GO_LOAD)/build/load
+$(GO_LOAD_BIN): $(GO_LOAD)/go.mod $(GO_LOAD)/go.sum $(wildcard $(GO_LOAD)/*.go)
+	@command -v $(GO) >/dev/null 2>&1 || { echo "load-go: no Go toolchain ('$(GO)' is not on PATH); the relay capacity benchmark needs Go 1.26.6 or newer" >&2; exit 1; }
+	cd $(GO_LOAD) && $(GO_ENV) $(GO) build -trimpath -o build/load .
+load-go: $(GO_LOAD_BIN)
+
 # Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
 go-proto: $(DEV) $(GO_PROTOC_GEN)
 	PATH="$(GO_CACHE)/path/bin:$$PATH" $(BIN)/python -m grpc_tools.protoc -I node/wire \
@@ -107,10 +116,11 @@ unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 test: lint typecheck unit
 
 # Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
-bench: $(DEV)
+bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
 	$(BIN)/python -m tests.bench.relayed_chat
+	BENCH_CAPACITY_SECONDS=30 $(BIN)/python -m tests.bench.relay_capacity 100 250
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric
