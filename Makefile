@@ -110,7 +110,7 @@ go-proto: $(DEV) $(GO_PROTOC_GEN)
 # worker (tests/scheduling.py). TEST_WORKERS=0: every test in one process, one after another.
 TEST_WORKERS ?= 3
 
-unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
+unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go load-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit

@@ -80,8 +80,9 @@ def _relay(base: Path, pairs: int, profile: str | None) -> NodeProcess:
     )
 
 
-def capacity_step(pairs: int) -> dict[str, Any]:
-    """One relay, ``pairs`` conversations through it; the measurements above."""
+def capacity_step(pairs: int, seconds: float = SECONDS) -> dict[str, Any]:
+    """One relay, ``pairs`` conversations through it for a ``seconds`` window; the
+    measurements above."""
     if not LOAD.exists():
         raise SystemExit(f"{LOAD} is missing: run `make load-go` (needs Go)")
     profile = os.environ.get("BENCH_CAPACITY_PROFILE")
@@ -101,7 +102,7 @@ def capacity_step(pairs: int) -> dict[str, Any]:
                     "-size",
                     str(SIZE),
                     "-seconds",
-                    str(SECONDS),
+                    str(seconds),
                     "-warmup",
                     str(WARMUP),
                     "-grace",
@@ -124,7 +125,7 @@ def capacity_step(pairs: int) -> dict[str, Any]:
                     peak_rss[0] = max(peak_rss[0], _rss_mib(relay.proc.pid))
 
             threading.Thread(target=sample_rss, daemon=True).start()
-            time.sleep(SECONDS)
+            time.sleep(seconds)
             cpu1, wall1 = _cpu_seconds(relay.proc.pid), time.monotonic()
             relayed = relay.metric(RELAYED_BYTES) - bytes_before
             done.set()
@@ -140,7 +141,7 @@ def capacity_step(pairs: int) -> dict[str, Any]:
                 "setup_s": round(setup.get("setup_s", 0), 1),
                 "rate_per_pair": RATE,
                 "message_bytes": SIZE,
-                "window_s": SECONDS,
+                "window_s": seconds,
                 "messages": messages,
                 "delivered_ratio": round(result.get("delivered_ratio", 0), 5),
                 "lost": result.get("lost"),
@@ -154,7 +155,7 @@ def capacity_step(pairs: int) -> dict[str, Any]:
                 "relay_rss_mib_peak": round(peak_rss[0]),
                 "relayed_bytes_per_message": round(relayed / messages) if messages else None,
                 "generator_cpu_share": round(
-                    result.get("generator_cpu_s", 0) / (WARMUP + SECONDS + GRACE), 3
+                    result.get("generator_cpu_s", 0) / (WARMUP + seconds + GRACE), 3
                 ),
                 "stream_errors": result.get("stream_errors"),
             }
