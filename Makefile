@@ -119,7 +119,7 @@ test: lint typecheck unit
 bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
-	$(BIN)/python -m tests.bench.relayed_chat
+	$(BIN)/python -m tests.bench.relayed_chat conversation overhead
 	BENCH_CAPACITY_SECONDS=30 $(BIN)/python -m tests.bench.relay_capacity 100 250
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
