@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust load-go
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,14 @@ $(RUST_PEER_BIN): $(RUST_PEER)/Cargo.toml $(RUST_PEER)/Cargo.lock $(RUST_PEER)/b
 	cd $(RUST_PEER) && $(RUST_ENV) $(CARGO) build --release --locked
 	mkdir -p $(RUST_PEER)/build && cp $(RUST_CACHE)/target/release/peer $@
 interop-rust: $(RUST_PEER_BIN)
+# The relay's load generator (tests/load/go): N go-libp2p conversations through one relay,
+# for tests/bench/relay_capacity.py. Same pinned modules as the interop peer.
+GO_LOAD     := tests/load/go
+GO_LOAD_BIN := $(GO_LOAD)/build/load
+$(GO_LOAD_BIN): $(GO_LOAD)/go.mod $(GO_LOAD)/go.sum $(wildcard $(GO_LOAD)/*.go)
+	@command -v $(GO) >/dev/null 2>&1 || { echo "load-go: no Go toolchain ('$(GO)' is not on PATH); the relay capacity benchmark needs Go 1.26.6 or newer" >&2; exit 1; }
+	cd $(GO_LOAD) && $(GO_ENV) $(GO) build -trimpath -o build/load .
+load-go: $(GO_LOAD_BIN)
 
 # Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
 go-proto: $(DEV) $(GO_PROTOC_GEN)
@@ -122,7 +130,7 @@ TEST_WORKERS ?= 3
 
 # The rust peer is built by its tests (tests/test_interop_rust.py, ensure_built), beside the rest
 # of the suite: a cold build takes minutes.
-unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
+unit: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go load-go
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint typecheck unit
@@ -132,10 +140,11 @@ interop-matrix: $(DEV) $(JS_PEER)/node_modules/.package-lock.json interop-go
 	$(BIN)/python -m tests.interop_matrix
 
 # Benchmarks: real processes on 127.0.0.1, one JSON object per scenario on stdout.
-bench: $(DEV)
+bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.chat burst paced
 	$(BIN)/python -m tests.bench.relay reservations relayed_latency
-	$(BIN)/python -m tests.bench.relayed_chat
+	$(BIN)/python -m tests.bench.relayed_chat conversation overhead
+	BENCH_CAPACITY_SECONDS=30 $(BIN)/python -m tests.bench.relay_capacity 100 250
 	$(BIN)/python -m tests.bench.holepunch
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric

@@ -53,6 +53,14 @@ from p2pchat.node.role import Role
 from p2pchat.node.store import Store
 
 SHUTDOWN_GRACE = 4.0
+# The collector's thresholds once the node is ready (CPython's: 700, 10, 10). A young pass every
+# 700 allocations promotes objects that live a few milliseconds (a relayed message's frames,
+# tasks and buffers) into the oldest generation, where they die by refcount but still count
+# towards its next full pass: a relay carrying 1,000 conversations ran a full pass over ~800k
+# live objects, 0.4-1.2 s of frozen loop, every 1.5-10 s, collecting nothing (tests/bench/
+# relay_capacity.py, README Measurements). A young pass every 20,000 allocations lets them die
+# young; the young passes cost about the same in all.
+GC_THRESHOLDS = (20_000, 10, 10)
 # Bits the node's umask always holds: no file or directory it creates is group/other accessible.
 PRIVATE_UMASK = 0o077
 
@@ -276,6 +284,7 @@ async def _run(
                     # as long as the process: keep it out of the collector's full passes, each
                     # of which took 25-75 ms of loop time over those objects.
                     gc.freeze()
+                    gc.set_threshold(*GC_THRESHOLDS)
                     readiness.ready = True
                     metrics.status.node_ready()
                     log.info(
