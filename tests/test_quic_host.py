@@ -8,13 +8,19 @@ connection metrics.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from libp2p.transport.quic.listener import QUICListener
+from p2pchat.node.p2p.admission import PER_IP, TRANSIENT_FULL, AdmissionLimits
 from p2pchat.node.p2p.host import HostSettings, IdentifyReceived, P2PHost, Stream
 from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.p2p.quic import handshake_refusal
 
 from tests.test_host import RecordingObserver
 
@@ -22,12 +28,29 @@ QUIC = ("/ip4/127.0.0.1/udp/0/quic-v1",)
 ECHO = "/p2pchat/test-echo/1.0.0"
 
 
+class Refusals:
+    """An admission observer that keeps the refusal reasons."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def connection_refused(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def transient_connections(self, count: int) -> None:
+        return None
+
+
 @asynccontextmanager
 async def quic_host(
-    data_dir: Path, listen: tuple[str, ...] = QUIC
+    data_dir: Path,
+    listen: tuple[str, ...] = QUIC,
+    connections: AdmissionLimits | None = None,
+    refusals: Refusals | None = None,
 ) -> AsyncIterator[tuple[P2PHost, RecordingObserver]]:
     observer = RecordingObserver()
-    host = P2PHost(load_or_create_identity(data_dir), HostSettings(listen=listen), observer)
+    settings = HostSettings(listen=listen, connections=connections or AdmissionLimits())
+    host = P2PHost(load_or_create_identity(data_dir), settings, observer, refusals)
     async with host.run():
         yield host, observer
 
@@ -78,3 +101,71 @@ async def test_two_hosts_connect_identify_and_stream_over_quic(tmp_path: Path) -
                 for i in range(20):
                     nursery.start_soon(ask, i)
         assert sorted(answers) == sorted(f"hello {i}".encode() for i in range(20))
+
+
+# --- trap 36: handshakes within the admission limits --------------------------------------------
+
+
+def quic_port(host: P2PHost) -> int:
+    return int(quic_addr(host).split("/")[4])
+
+
+def pending_handshakes(host: P2PHost) -> int:
+    listeners = host.libp2p_host.get_network().listeners.values()
+    listener = next(x for x in listeners if isinstance(x, QUICListener))
+    return len(listener._registry._pending)
+
+
+async def send_initials(source_ip: str, port: int, count: int) -> None:
+    """``count`` QUIC Initial packets (each a new connection: a ClientHello with a fresh
+    connection id) from one UDP socket, as a flood would; none is ever continued."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind((source_ip, 0))
+        for _ in range(count):
+            client = QuicConnection(
+                configuration=QuicConfiguration(is_client=True, alpn_protocols=["libp2p"])
+            )
+            client.connect(("127.0.0.1", port), now=time.time())
+            for data, _ in client.datagrams_to_send(now=time.time()):
+                await sock.sendto(data, ("127.0.0.1", port))
+            await trio.sleep(0.02)  # let the listener take each one in
+
+
+def test_the_handshake_policy() -> None:
+    limits = AdmissionLimits(per_ip=2, transient=4, per_ip_exempt=("127.0.0.1/32",))
+    assert handshake_refusal([], "10.0.0.1", limits) is None
+    assert handshake_refusal(["10.0.0.1"], "10.0.0.1", limits) is None
+    assert handshake_refusal(["10.0.0.1", "10.0.0.1"], "10.0.0.1", limits) == PER_IP
+    assert handshake_refusal(["10.0.0.1", "10.0.0.1"], "10.0.0.2", limits) is None
+    assert handshake_refusal(["127.0.0.1"] * 3, "127.0.0.1", limits) is None  # exempt
+    assert handshake_refusal(["10.0.0.9", None, "10.0.0.8", None], "10.0.0.1", limits) == (
+        TRANSIENT_FULL
+    )
+
+
+async def test_handshakes_from_one_address_are_bounded_per_address(tmp_path: Path) -> None:
+    # The library would keep all 12 (up to 256); per_ip (2) binds, and a peer from another
+    # address still connects.
+    refusals = Refusals()
+    limits = AdmissionLimits(per_ip=2, per_ip_exempt=("127.0.0.1/32",))
+    async with (
+        quic_host(tmp_path / "a", connections=limits, refusals=refusals) as (a, _),
+        quic_host(tmp_path / "b") as (b, _),
+    ):
+        await send_initials("127.0.0.2", quic_port(a), 12)
+        await wait_until(lambda: len(refusals.reasons) >= 10)
+        assert pending_handshakes(a) <= 2
+        assert set(refusals.reasons) == {PER_IP}
+        with trio.fail_after(30):
+            assert await b.connect(quic_addr(a)) == a.peer_id
+
+
+async def test_handshakes_in_all_are_bounded_by_the_transient_limit(tmp_path: Path) -> None:
+    refusals = Refusals()
+    limits = AdmissionLimits(transient=3)  # loopback is exempt from per_ip by default
+    async with quic_host(tmp_path / "a", connections=limits, refusals=refusals) as (a, _):
+        await send_initials("127.0.0.1", quic_port(a), 10)
+        await wait_until(lambda: len(refusals.reasons) >= 7)
+        assert pending_handshakes(a) <= 3
+        assert set(refusals.reasons) == {TRANSIENT_FULL}

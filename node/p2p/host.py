@@ -63,7 +63,16 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     listening on TCP alone cannot dial a ``/ws`` address ("No supported transport found": a
     js-libp2p browser-style peer is unreachable), nor one listening on ``/ws`` alone a plain
     TCP one -> :func:`_dial_every_transport` adds the missing ones, for dialling (a transport
-    listens only where a listen address asks it to).
+    listens only where a listen address asks it to); QUIC too.
+35. (not in the notes) QUIC (``/udp/N/quic-v1``) brings its own TLS and streams, so neither the
+    Noise-only options nor the muxer guards reach it, and it admits 1000 inbound streams per
+    connection; the host layer assumed TCP (port probe, bound-address check, labels) -> its
+    config takes the node's stream limits (:func:`p2pchat.node.p2p.quic.quic_config`), UDP ports
+    are probed with UDP, connections are labelled ``quic``;
+36. (not in the notes) the QUIC listener starts a TLS handshake for every Initial packet, with
+    no per-address limit, and keeps 256 of them (evicting the oldest, honest ones included) ->
+    new handshakes are admitted within the inbound admission limits (``transient``,
+    ``per_ip``: :func:`p2pchat.node.p2p.quic.gate_handshakes`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -126,7 +135,7 @@ from p2pchat.node.p2p.dial_admission import DialLimits, Dials, Relayed
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
 from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits, PeerstoreObserver
-from p2pchat.node.p2p.quic import quic_config
+from p2pchat.node.p2p.quic import gate_handshakes, quic_config
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
 from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
@@ -667,12 +676,27 @@ class P2PHost:
             self.admission_observer,
             self._wait_identified,
         )
+        self._gate_quic_handshakes()
         # Issue #18: every dial takes a slot (outbound in all, per peer, in flight), and the
         # circuits relays bring take one of the relayed slots (circuit.serve_circuits).
         self.dials = outbound.install(
             self._host.get_network(), Dials(settings.dials), self.admission_observer
         )
         self.relayed = Relayed(settings.dials)
+
+    def _gate_quic_handshakes(self) -> None:
+        """Trap 36: QUIC handshakes within the inbound admission limits, refusals counted and
+        logged like the inbound gate's."""
+        refusals = inbound.refusal_log()
+
+        def refused(reason: str, group: str) -> None:
+            self.admission_observer.connection_refused(reason)
+            if not refusals.refused(reason, group=group, transport="quic"):
+                log.debug("inbound QUIC handshake refused (%s, %s)", reason, group)
+
+        for transport in self._host.get_network().transport_manager.get_transports():
+            if isinstance(transport, QUICTransport):
+                gate_handshakes(transport, self.admission.limits, refused)
 
     @property
     def peer_id(self) -> str:
