@@ -17,10 +17,12 @@ import trio
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from libp2p.transport.quic.listener import QUICListener
+from libp2p.transport.quic.transport import QUICTransport
 from p2pchat.node.p2p.admission import PER_IP, TRANSIENT_FULL, AdmissionLimits
 from p2pchat.node.p2p.host import HostSettings, IdentifyReceived, P2PHost, Stream
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.p2p.quic import handshake_refusal
+from p2pchat.node.p2p.stream_limits import StreamLimits
 
 from tests.test_host import RecordingObserver
 
@@ -169,3 +171,18 @@ async def test_handshakes_in_all_are_bounded_by_the_transient_limit(tmp_path: Pa
         await wait_until(lambda: len(refusals.reasons) >= 7)
         assert pending_handshakes(a) <= 3
         assert set(refusals.reasons) == {TRANSIENT_FULL}
+
+
+def test_quic_takes_the_nodes_stream_limits(tmp_path: Path) -> None:
+    # The library's own: 1000 inbound streams per connection, 30 s per negotiation.
+    streams = StreamLimits(streams_per_connection=7, negotiation_timeout=3.0)
+    for listen in (QUIC, ("/ip4/127.0.0.1/tcp/0",)):  # listening on QUIC, or dialling only
+        settings = HostSettings(listen=listen, streams=streams)
+        host = P2PHost(
+            load_or_create_identity(tmp_path / listen[0][5:9]), settings, RecordingObserver()
+        )
+        transports = host.libp2p_host.get_network().transport_manager.get_transports()
+        quic = [t for t in transports if isinstance(t, QUICTransport)]
+        assert len(quic) == 1
+        assert quic[0]._config.MAX_INCOMING_STREAMS == 7
+        assert quic[0]._config.NEGOTIATE_TIMEOUT == 3.0
