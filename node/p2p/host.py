@@ -570,7 +570,9 @@ def _ensure_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
         with socket.socket(family, sock_type) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == "tcp":  # TIME_WAIT leftovers; on UDP it would share the QUIC listener's
+                # port (which sets SO_REUSEADDR and SO_REUSEPORT) instead of failing
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((ip, port))
             except OSError as error:
