@@ -186,3 +186,38 @@ def test_quic_takes_the_nodes_stream_limits(tmp_path: Path) -> None:
         assert len(quic) == 1
         assert quic[0]._config.MAX_INCOMING_STREAMS == 7
         assert quic[0]._config.NEGOTIATE_TIMEOUT == 3.0
+
+
+async def test_quic_streams_are_under_the_per_protocol_stream_limit(tmp_path: Path) -> None:
+    # QUIC streams bypass the Yamux and mplex guards; the host's own negotiation still counts
+    # them: 80 streams held open on one protocol -> 64 (streams_per_protocol_per_peer) served,
+    # the rest reset and counted, and the connection stays.
+    hold = "/p2pchat/test-hold/1.0.0"
+    served = 0
+
+    async def handler(stream: Stream) -> None:
+        nonlocal served
+        served += 1
+        await trio.sleep_forever()
+
+    async with quic_host(tmp_path / "a") as (a, a_seen), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(hold, handler)
+        await b.connect(quic_addr(a))
+        streams: list[Stream] = []
+
+        async def open_one() -> None:
+            try:
+                stream = await b.new_stream(a.peer_id, [hold])
+                await stream.write(b"x")
+                streams.append(stream)
+            except Exception:  # refused: reset by the limit (the test counts the others)
+                return
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(80):
+                    nursery.start_soon(open_one)
+            await wait_until(lambda: served + a_seen.limits.count("streams_per_protocol") >= 80)
+        assert served == 64
+        assert a_seen.limits.count("streams_per_protocol") == 16
+        assert b.is_connected(a.peer_id)
