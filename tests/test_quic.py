@@ -4,17 +4,22 @@ py-libp2p 0.8.1 ships a QUIC transport (aioquic, TLS 1.3 with the libp2p certifi
 QUIC's own streams). Real processes on 127.0.0.1: nodes listening on QUIC only connect over it,
 identify each other (pubsub needs the protocol list) and chat both ways over several streams;
 a node listening on TCP only still dials a QUIC address (trap 34); a UDP port already in use
-stops the start with one line.
+stops the start with one line; a flood of QUIC handshakes is refused within the admission
+limits and counted, and peers still chat over TCP meanwhile.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import NodeProcess, start_node
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_node import failure_line
 
 WAIT = 60
@@ -87,3 +92,42 @@ def test_a_udp_port_held_by_another_node_is_refused(
     )
     nodes.append(second)
     assert f"UDP port {port}" in failure_line(second, 1)
+
+
+def flood_initials(port: int, count: int) -> None:
+    """``count`` QUIC Initial packets, each a new handshake that is never continued."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(count):
+            client = QuicConnection(
+                configuration=QuicConfiguration(is_client=True, alpn_protocols=["libp2p"])
+            )
+            client.connect(("127.0.0.1", port), now=time.time())
+            for data, _ in client.datagrams_to_send(now=time.time()):
+                sock.sendto(data, ("127.0.0.1", port))
+            time.sleep(0.01)
+
+
+def test_a_quic_handshake_flood_is_refused_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # The library would start and keep up to 256 handshakes; connections.transient (4 here)
+    # binds, the rest are dropped and counted, and a TCP peer still chats with the victim.
+    listen = f"/ip4/127.0.0.1/tcp/0,{QUIC}"
+    victim = start_node(
+        tmp_path / "victim",
+        "--json",
+        "--listen",
+        listen,
+        env=node_env(P2PCHAT_CONNECTIONS__TRANSIENT="4"),
+    )
+    nodes.append(victim)
+    victim.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    flood_initials(int(victim.addr("quic").split("/")[4]), 40)
+    deadline = time.monotonic() + WAIT
+    refused = 0.0
+    while time.monotonic() < deadline and refused < 30:
+        refused = victim.metric("p2pchat_connections_refused_total", reason="transient_full")
+        time.sleep(0.5)
+    assert 30 <= refused <= 40
+    honest = peer(tmp_path / "honest", nodes, "/ip4/127.0.0.1/tcp/0", "--bootstrap", victim.addr())
+    chat_both_ways(honest, victim)
