@@ -143,8 +143,10 @@ class NodeSection(_Section):
     )
     listen: ListenAddrs = Field(
         default=["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws"],
-        description="Listen multiaddrs: TCP and WebSocket; port 0 picks a free port. A TCP and "
-        "a /ws address on the same port share one socket.",
+        description="Listen multiaddrs: TCP, WebSocket (/tcp/<port>/ws) and QUIC "
+        "(/udp/<port>/quic-v1, not in the default set); port 0 picks a free port. A TCP and "
+        "a /ws address on the same port share one socket. Every transport can be dialled "
+        "whatever is listened on.",
     )
     announce: AnnounceAddrs = Field(
         default=[],

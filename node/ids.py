@@ -98,27 +98,31 @@ def check_peer_addr(value: str, what: str = "peer address") -> multiaddr.Multiad
 
 
 def check_listen_addr(value: str, what: str = "listen address") -> multiaddr.Multiaddr:
-    """``value`` as an address to listen on: ``/ip4|ip6/<address>/tcp/<port>[/ws]``.
+    """``value`` as an address to listen on: ``/ip4|ip6/<address>/tcp/<port>[/ws]`` or
+    ``/ip4|ip6/<address>/udp/<port>/quic-v1``.
 
     Raises:
         AddressError: see the class.
     """
     addr = _parse(value, what, LISTEN_ADDR_EXAMPLE)
     names = _names(addr)
-    if len(names) < 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+    if len(names) < 2 or names[0] not in ("ip4", "ip6") or names[1] not in ("tcp", "udp"):
         raise _error(
             value,
             what,
             "must be /ip4/<address>/tcp/<port> or /ip6/<address>/tcp/<port> (a local IP "
-            "address, 0.0.0.0 for all; add /ws for WebSocket)",
+            "address, 0.0.0.0 for all; add /ws for WebSocket), or /ip4/<address>/udp/<port>"
+            "/quic-v1 for QUIC",
             LISTEN_ADDR_EXAMPLE,
         )
-    if names[2:] not in ([], ["ws"]):
-        extra = "/" + "/".join(names[2:])
+    allowed = [[], ["ws"]] if names[1] == "tcp" else [["quic-v1"]]
+    if names[2:] not in allowed:
+        extra = "/" + "/".join(names[2:]) if names[2:] else "nothing"
         raise _error(
             value,
             what,
-            f"has {extra}: p2pchat listens on TCP and WebSocket (/ws) only",
+            f"has {extra} after the port: p2pchat listens on TCP, WebSocket (/tcp/<port>/ws) "
+            "and QUIC (/udp/<port>/quic-v1) only",
             LISTEN_ADDR_EXAMPLE,
         )
     return addr

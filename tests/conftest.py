@@ -242,8 +242,8 @@ class NodeProcess:
     def addr(self, transport: str = "tcp") -> str:
         """A dialable /ip4/127.0.0.1 address of this node ending in /p2p/<id>."""
         for addr in self.ready["advertised"]:
-            is_ws = "/ws/" in addr
-            if addr.startswith("/ip4/127.0.0.1/") and is_ws == (transport == "ws"):
+            kind = "ws" if "/ws/" in addr else "quic" if "/quic-v1/" in addr else "tcp"
+            if addr.startswith("/ip4/127.0.0.1/") and kind == transport:
                 return str(addr)
         raise AssertionError(f"no 127.0.0.1 {transport} address in {self.ready['advertised']}")
 

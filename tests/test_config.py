@@ -119,7 +119,7 @@ def test_effective_config_round_trips_through_yaml(tmp_path: Path) -> None:
             "after /ip4, which is not an IPv4 address",
         ),
         (
-            'node:\n  listen: ["/ip4/127.0.0.1/udp/1/quic-v1"]\n',
+            'node:\n  listen: ["/ip4/127.0.0.1/udp/1/quic"]\n',
             "node.listen[0] (from file {file}): listen address",
         ),
         (
@@ -302,12 +302,16 @@ def test_a_bad_peer_address_is_explained_in_plain_words(addr: str, says: str) ->
 
 def test_listen_and_announce_addresses_are_explained_too() -> None:
     cases = [
-        ("listen", "/ip4/127.0.0.1/udp/1/quic-v1", "must be /ip4/<address>/tcp/<port>"),
+        ("listen", "/dns4/example.org/tcp/1", "must be /ip4/<address>/tcp/<port>"),
         (
             "listen",
             "/ip4/127.0.0.1/tcp/1/wss",
-            "has /wss: p2pchat listens on TCP and WebSocket (/ws) only",
+            "has /wss after the port: p2pchat listens on TCP, WebSocket (/tcp/<port>/ws) and "
+            "QUIC (/udp/<port>/quic-v1) only",
         ),
+        # QUIC draft-29 (/quic), and a UDP port without QUIC, are not listened on.
+        ("listen", "/ip4/127.0.0.1/udp/1/quic", "has /quic after the port"),
+        ("listen", "/ip4/127.0.0.1/udp/1", "has nothing after the port"),
         ("announce", f"/ip4/1.2.3.4/tcp/1/p2p/{PEER_ID}", "must not contain /p2p/"),
         ("announce", "/dns4//tcp/1", "has /dns4 without a host name after it"),
     ]
@@ -325,10 +329,12 @@ def test_listen_and_announce_addresses_are_explained_too() -> None:
                     f"/dns4/relay.example.org/tcp/4011/p2p/{PEER_ID}/p2p-circuit/p2p/{PEER_ID}",
                 ],
                 "announce": ["/dns4/chat.example.org/tcp/4001"],
+                "listen": ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::1/udp/4001/quic-v1"],
             }
         },
     )
     assert len(fine.node.bootstrap) == 2
+    assert len(fine.node.listen) == 2
 
 
 def test_short_id_is_the_consoles_format() -> None:

@@ -63,7 +63,16 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     listening on TCP alone cannot dial a ``/ws`` address ("No supported transport found": a
     js-libp2p browser-style peer is unreachable), nor one listening on ``/ws`` alone a plain
     TCP one -> :func:`_dial_every_transport` adds the missing ones, for dialling (a transport
-    listens only where a listen address asks it to).
+    listens only where a listen address asks it to); QUIC too.
+35. (not in the notes) QUIC (``/udp/N/quic-v1``) brings its own TLS and streams, so neither the
+    Noise-only options nor the muxer guards reach it, and it admits 1000 inbound streams per
+    connection; the host layer assumed TCP (port probe, bound-address check, labels) -> its
+    config takes the node's stream limits (:func:`p2pchat.node.p2p.quic.quic_config`), UDP ports
+    are probed with UDP, connections are labelled ``quic``;
+36. (not in the notes) the QUIC listener starts a TLS handshake for every Initial packet, with
+    no per-address limit, and keeps 256 of them (evicting the oldest, honest ones included) ->
+    new handshakes are admitted within the inbound admission limits (``transient``,
+    ``per_ip``: :func:`p2pchat.node.p2p.quic.gate_handshakes`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -109,6 +118,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.quic.transport import QUICTransport
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.websocket.transport import WebsocketTransport
 from p2pchat.node.errors import P2PChatError, StartupError
@@ -125,6 +135,7 @@ from p2pchat.node.p2p.dial_admission import DialLimits, Dials, Relayed
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
 from p2pchat.node.p2p.peerstore_bounds import BoundedPeerStore, PeerstoreLimits, PeerstoreObserver
+from p2pchat.node.p2p.quic import gate_handshakes, quic_config
 from p2pchat.node.p2p.stream_limits import StreamLimits
 from p2pchat.node.p2p.streams import Stream as Stream  # re-exported: handlers are given one
 from p2pchat.node.p2p.streams import StreamRefused, StreamTimeout, reset_quietly
@@ -152,7 +163,7 @@ class ConnectionInfo:
 
     peer_id: str
     direction: str  # inbound | outbound | unknown
-    transport: str  # tcp | websocket | p2p-circuit | other
+    transport: str  # tcp | websocket | quic | p2p-circuit | other
     security: str  # e.g. /noise
     muxer: str  # e.g. /yamux/1.0.0
 
@@ -456,7 +467,10 @@ def _build(
 ) -> IHost:
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
-    connection_config = ConnectionConfig(
+    # A QUIC transport's config is the swarm's too (it extends ConnectionConfig): the one
+    # new_host passes to the QUIC transport it builds for a /quic-v1 listen address (trap 35).
+    connection_config = quic_config(
+        settings.streams,
         max_connections=settings.max_connections,
         # Trap 22: the pruner cuts connections above high_watermark (default 300) whatever
         # max_connections says, and a max_connections below 300 fails validation.
@@ -479,7 +493,7 @@ def _build(
         resource_manager=_resource_manager(settings.max_connections),
         peerstore_opt=peerstore,
     )
-    _dial_every_transport(host)
+    _dial_every_transport(host, identity, connection_config)
     return host
 
 
@@ -487,12 +501,14 @@ def _build(
 _DIALABLE = {
     "tcp": multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1"),
     "ws": multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1/ws"),
+    "quic": multiaddr.Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1"),
 }
 
 
-def _dial_every_transport(host: IHost) -> None:
-    """Trap 34: give the swarm a TCP and a WebSocket transport whatever it listens on, so it can
-    dial every peer that speaks either (the upgrader, Noise and muxers, is the swarm's own)."""
+def _dial_every_transport(host: IHost, identity: Identity, config: ConnectionConfig) -> None:
+    """Trap 34: give the swarm a TCP, a WebSocket and a QUIC transport whatever it listens on,
+    so it can dial every peer that speaks one (the upgrader, Noise and muxers, is the swarm's
+    own; QUIC brings TLS and streams of its own, configured by ``config``)."""
     swarm = host.get_network()
     manager = swarm.transport_manager
     for name, example in _DIALABLE.items():
@@ -501,6 +517,8 @@ def _dial_every_transport(host: IHost) -> None:
             continue
         if name == "tcp":
             manager.add_transport(TCP())
+        elif name == "quic":
+            manager.add_transport(QUICTransport(identity.key_pair.private_key, config=config))
         else:
             manager.add_transport(WebsocketTransport(swarm.upgrader))
 
@@ -527,7 +545,7 @@ def _unbound(
 
     def shape(addr: multiaddr.Multiaddr) -> tuple[tuple[str, ...], str]:
         names = tuple(proto.name for proto in addr.protocols())
-        return names, str(addr.value_for_protocol("tcp"))
+        return names, str(_ip_port(addr)[1])
 
     bound_shapes = [shape(addr) for addr in bound]
     missing = []
@@ -544,26 +562,36 @@ def _ensure_ports_free(listen: Sequence[multiaddr.Multiaddr]) -> None:
 
     A plain bind (SO_REUSEADDR only, so TIME_WAIT leftovers do not count) fails on a port with a
     listening socket, even one that set SO_REUSEPORT, which the library's own bind would share.
+    A UDP port (QUIC) is probed with a UDP socket: TCP and UDP ports are distinct.
     """
-    for ip, port in sorted({_ip_port(addr) for addr in listen}):
+    for ip, port, kind in sorted({(*_ip_port(addr), _port_kind(addr)) for addr in listen}):
         if port == 0:
             continue
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+        with socket.socket(family, sock_type) as probe:
+            if kind == "tcp":  # TIME_WAIT leftovers; on UDP it would share the QUIC listener's
+                # port (which sets SO_REUSEADDR and SO_REUSEPORT) instead of failing
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((ip, port))
             except OSError as error:
                 raise StartupError(
-                    f"cannot listen on {ip} port {port}: {error.strerror or error}"
+                    f"cannot listen on {ip} {'UDP port' if kind == 'udp' else 'port'} {port}: "
+                    f"{error.strerror or error}"
                 ) from None
+
+
+def _port_kind(addr: multiaddr.Multiaddr) -> str:
+    """``udp`` for a QUIC address, ``tcp`` for a TCP or WebSocket one."""
+    return "udp" if any(p.name == "udp" for p in addr.protocols()) else "tcp"
 
 
 def _ip_port(addr: multiaddr.Multiaddr) -> tuple[str, int]:
     # value_for_protocol raises for a protocol the address lacks: an /ip6 listen address
     # failed the start with a traceback before.
     family = next(p.name for p in addr.protocols() if p.name in ("ip4", "ip6"))
-    return str(addr.value_for_protocol(family)), int(addr.value_for_protocol("tcp"))
+    return str(addr.value_for_protocol(family)), int(addr.value_for_protocol(_port_kind(addr)))
 
 
 # What the library's new_stream raises when a stream cannot be opened: its own errors (swarm,
@@ -650,12 +678,27 @@ class P2PHost:
             self.admission_observer,
             self._wait_identified,
         )
+        self._gate_quic_handshakes()
         # Issue #18: every dial takes a slot (outbound in all, per peer, in flight), and the
         # circuits relays bring take one of the relayed slots (circuit.serve_circuits).
         self.dials = outbound.install(
             self._host.get_network(), Dials(settings.dials), self.admission_observer
         )
         self.relayed = Relayed(settings.dials)
+
+    def _gate_quic_handshakes(self) -> None:
+        """Trap 36: QUIC handshakes within the inbound admission limits, refusals counted and
+        logged like the inbound gate's."""
+        refusals = inbound.refusal_log()
+
+        def refused(reason: str, group: str) -> None:
+            self.admission_observer.connection_refused(reason)
+            if not refusals.refused(reason, group=group, transport="quic"):
+                log.debug("inbound QUIC handshake refused (%s, %s)", reason, group)
+
+        for transport in self._host.get_network().transport_manager.get_transports():
+            if isinstance(transport, QUICTransport):
+                gate_handshakes(transport, self.admission.limits, refused)
 
     @property
     def peer_id(self) -> str:

@@ -105,8 +105,8 @@ def _mapped(error: BaseException, what: str) -> StreamError:
 
 
 def transport_label(layer: Any) -> str:
-    """``p2p-circuit``, ``websocket``, ``tcp`` or ``other``: what carries ``layer`` (a muxed,
-    secured or raw connection), found by walking down the layers beneath it."""
+    """``p2p-circuit``, ``websocket``, ``tcp``, ``quic`` or ``other``: what carries ``layer``
+    (a muxed, secured or raw connection), found by walking down the layers beneath it."""
     for _ in range(8):
         if (
             isinstance(layer, RawConnection)
@@ -118,6 +118,8 @@ def transport_label(layer: Any) -> str:
             return "websocket"
         if "tcp" in name:
             return "tcp"
+        if "quic" in name:  # QUICConnection: secured and muxed in one layer
+            return "quic"
         layer = (
             getattr(layer, "secured_conn", None)
             or getattr(layer, "conn", None)

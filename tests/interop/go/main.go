@@ -1,6 +1,7 @@
 // Command peer is a go-libp2p peer for p2pchat's interop tests (tests/test_interop_go.py).
 //
-// It is what an outside Go client of p2pchat would be: TCP, Noise, Yamux, GossipSub with
+// It is what an outside Go client of p2pchat would be: TCP, Noise, Yamux (and QUIC v1, when
+// -listen has a /udp/N/quic-v1 address or a peer is dialled at one), GossipSub with
 // StrictSign on one room topic, p2pchat's chat payload (node/wire/chat.proto, Go code generated
 // into pb/) and its history protocol (node/wire/store_query.proto). With -relay it is also a
 // circuit relay v2 server (go-libp2p's default limits); as a client it can reserve a slot on a
@@ -49,6 +50,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -69,7 +71,7 @@ func say(v any) {
 
 func main() {
 	room := flag.String("topic", "p2p-chat-default", "the room (GossipSub topic)")
-	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "listen address")
+	listen := flag.String("listen", "/ip4/127.0.0.1/tcp/0", "listen addresses, comma-separated (TCP, QUIC /udp/N/quic-v1)")
 	name := flag.String("name", "go", "sender_name of the messages said with `say`")
 	relay := flag.Bool("relay", false, "serve circuit relay v2 (go-libp2p's default limits)")
 	unlimited := flag.Bool("unlimited", false, "with -relay: circuits without limits (not limited)")
@@ -78,8 +80,9 @@ func main() {
 	flag.Parse()
 
 	opts := []libp2p.Option{
-		libp2p.ListenAddrStrings(*listen),
+		libp2p.ListenAddrStrings(strings.Split(*listen, ",")...),
 		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.EnableRelay(), // the client side: dial and accept circuit connections

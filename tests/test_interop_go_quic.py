@@ -1,0 +1,57 @@
+"""QUIC with go-libp2p (#20, must-have 2): a p2pchat peer and our go-libp2p peer
+(tests/interop/go, go-libp2p's QUIC transport, quic-go) chat over ``/udp/N/quic-v1``, each
+side dialling the other: libp2p TLS in QUIC (no Noise, no Yamux), identify, GossipSub with
+StrictSign and p2pchat's payload. Real processes on 127.0.0.1; ``make interop-go`` builds the
+go peer (these tests fail, never skip, without it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeProcess
+from tests.test_chat import is_message, wait_members
+from tests.test_interop_go import ROOM, WAIT, GoPeer, chat_peer, go_peer, sees_peer
+from tests.test_interop_go import go_peers as go_peers  # the fixture
+
+QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+
+def go_quic_addr(go: GoPeer) -> str:
+    return next(str(a) for a in go.ready["addrs"] if "/quic-v1/" in a)
+
+
+def chat_with_go(a: NodeProcess, go: GoPeer) -> None:
+    sees_peer(a, go.peer_id)
+    wait_members(a, 1)
+    a.say("hello go over quic")
+    got = go.message("hello go over quic")
+    assert (got["from"], got["room"]) == (a.peer_id, ROOM)
+    go.wait_topic_peer(a.peer_id)
+    go.run("say quic from go", "published")
+    from_go = a.next_event(is_message("quic from go"), timeout=WAIT)
+    assert from_go["sender"] == go.peer_id
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="quic") == 1
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="tcp") == 0
+
+
+@pytest.mark.interop("go", "quic", "chat")
+def test_a_p2pchat_peer_dials_go_over_quic(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    go = go_peer(go_peers, "-listen", f"/ip4/127.0.0.1/tcp/0,{QUIC}")
+    a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC, "--bootstrap", go_quic_addr(go))
+    chat_with_go(a, go)
+
+
+@pytest.mark.interop("go", "quic", "chat")
+def test_go_dials_a_p2pchat_peer_over_quic(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    go = go_peer(go_peers, "-listen", QUIC)
+    a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC)
+    a.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    go.run(f"dial {a.addr('quic')}", "dialed")
+    chat_with_go(a, go)

@@ -1,0 +1,223 @@
+"""QUIC through the host layer, in-process (#20): two hosts on 127.0.0.1 over real UDP.
+
+What py-libp2p 0.8.1's QUIC transport must do for p2pchat, checked one by one: listen on
+``/udp/<port>/quic-v1``, dial it, authenticate the peer (TLS with the libp2p certificate
+extension, no Noise), carry identify and many concurrent streams, and be labelled ``quic`` in the
+connection metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from libp2p.transport.quic.listener import QUICListener
+from libp2p.transport.quic.transport import QUICTransport
+from p2pchat.node.p2p.admission import PER_IP, TRANSIENT_FULL, AdmissionLimits
+from p2pchat.node.p2p.host import HostSettings, IdentifyReceived, P2PHost, Stream
+from p2pchat.node.p2p.identity import load_or_create_identity
+from p2pchat.node.p2p.quic import handshake_refusal
+from p2pchat.node.p2p.stream_limits import StreamLimits
+
+from tests.test_host import RecordingObserver
+
+QUIC = ("/ip4/127.0.0.1/udp/0/quic-v1",)
+ECHO = "/p2pchat/test-echo/1.0.0"
+
+
+class Refusals:
+    """An admission observer that keeps the refusal reasons."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def connection_refused(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def transient_connections(self, count: int) -> None:
+        return None
+
+
+@asynccontextmanager
+async def quic_host(
+    data_dir: Path,
+    listen: tuple[str, ...] = QUIC,
+    connections: AdmissionLimits | None = None,
+    refusals: Refusals | None = None,
+) -> AsyncIterator[tuple[P2PHost, RecordingObserver]]:
+    observer = RecordingObserver()
+    settings = HostSettings(listen=listen, connections=connections or AdmissionLimits())
+    host = P2PHost(load_or_create_identity(data_dir), settings, observer, refusals)
+    async with host.run():
+        yield host, observer
+
+
+def quic_addr(host: P2PHost) -> str:
+    return next(a for a in host.advertised_addrs() if "/quic-v1/" in a)
+
+
+async def wait_until(check: Callable[[], object], timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.02)
+
+
+async def echo(stream: Stream) -> None:
+    data = await stream.read(1024)
+    await stream.write(data)
+    await stream.close()
+
+
+async def test_two_hosts_connect_identify_and_stream_over_quic(tmp_path: Path) -> None:
+    async with (
+        quic_host(tmp_path / "a") as (a, a_seen),
+        quic_host(tmp_path / "b") as (b, b_seen),
+    ):
+        assert a.listen_addrs() and all("/udp/" in x for x in a.listen_addrs())
+        a.set_stream_handler(ECHO, echo)
+        received: list[IdentifyReceived] = []
+        b.watch_identify(received.append)
+        assert await b.connect(quic_addr(a)) == a.peer_id
+        await wait_until(lambda: a_seen.opened and b_seen.opened)
+        assert (b_seen.opened[0].transport, b_seen.opened[0].direction) == ("quic", "outbound")
+        assert (a_seen.opened[0].transport, a_seen.opened[0].direction) == ("quic", "inbound")
+        assert a_seen.opened[0].peer_id == b.peer_id  # the TLS handshake authenticated b
+        await wait_until(lambda: any(e.peer_id == a.peer_id for e in received))
+        assert ECHO in b.peer_protocols(a.peer_id)
+
+        answers: list[bytes] = []
+
+        async def ask(i: int) -> None:
+            stream = await b.new_stream(a.peer_id, [ECHO])
+            await stream.write(f"hello {i}".encode())
+            answers.append(await stream.read(1024))
+            await stream.close()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(ask, i)
+        assert sorted(answers) == sorted(f"hello {i}".encode() for i in range(20))
+
+
+# --- trap 36: handshakes within the admission limits --------------------------------------------
+
+
+def quic_port(host: P2PHost) -> int:
+    return int(quic_addr(host).split("/")[4])
+
+
+def pending_handshakes(host: P2PHost) -> int:
+    listeners = host.libp2p_host.get_network().listeners.values()
+    listener = next(x for x in listeners if isinstance(x, QUICListener))
+    return len(listener._registry._pending)
+
+
+async def send_initials(source_ip: str, port: int, count: int) -> None:
+    """``count`` QUIC Initial packets (each a new connection: a ClientHello with a fresh
+    connection id) from one UDP socket, as a flood would; none is ever continued."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind((source_ip, 0))
+        for _ in range(count):
+            client = QuicConnection(
+                configuration=QuicConfiguration(is_client=True, alpn_protocols=["libp2p"])
+            )
+            client.connect(("127.0.0.1", port), now=time.time())
+            for data, _ in client.datagrams_to_send(now=time.time()):
+                await sock.sendto(data, ("127.0.0.1", port))
+            await trio.sleep(0.02)  # let the listener take each one in
+
+
+def test_the_handshake_policy() -> None:
+    limits = AdmissionLimits(per_ip=2, transient=4, per_ip_exempt=("127.0.0.1/32",))
+    assert handshake_refusal([], "10.0.0.1", limits) is None
+    assert handshake_refusal(["10.0.0.1"], "10.0.0.1", limits) is None
+    assert handshake_refusal(["10.0.0.1", "10.0.0.1"], "10.0.0.1", limits) == PER_IP
+    assert handshake_refusal(["10.0.0.1", "10.0.0.1"], "10.0.0.2", limits) is None
+    assert handshake_refusal(["127.0.0.1"] * 3, "127.0.0.1", limits) is None  # exempt
+    assert handshake_refusal(["10.0.0.9", None, "10.0.0.8", None], "10.0.0.1", limits) == (
+        TRANSIENT_FULL
+    )
+
+
+async def test_handshakes_from_one_address_are_bounded_per_address(tmp_path: Path) -> None:
+    # The library would keep all 12 (up to 256); per_ip (2) binds, and a peer from another
+    # address still connects.
+    refusals = Refusals()
+    limits = AdmissionLimits(per_ip=2, per_ip_exempt=("127.0.0.1/32",))
+    async with (
+        quic_host(tmp_path / "a", connections=limits, refusals=refusals) as (a, _),
+        quic_host(tmp_path / "b") as (b, _),
+    ):
+        await send_initials("127.0.0.2", quic_port(a), 12)
+        await wait_until(lambda: len(refusals.reasons) >= 10)
+        assert pending_handshakes(a) <= 2
+        assert set(refusals.reasons) == {PER_IP}
+        with trio.fail_after(30):
+            assert await b.connect(quic_addr(a)) == a.peer_id
+
+
+async def test_handshakes_in_all_are_bounded_by_the_transient_limit(tmp_path: Path) -> None:
+    refusals = Refusals()
+    limits = AdmissionLimits(transient=3)  # loopback is exempt from per_ip by default
+    async with quic_host(tmp_path / "a", connections=limits, refusals=refusals) as (a, _):
+        await send_initials("127.0.0.1", quic_port(a), 10)
+        await wait_until(lambda: len(refusals.reasons) >= 7)
+        assert pending_handshakes(a) <= 3
+        assert set(refusals.reasons) == {TRANSIENT_FULL}
+
+
+def test_quic_takes_the_nodes_stream_limits(tmp_path: Path) -> None:
+    # The library's own: 1000 inbound streams per connection, 30 s per negotiation.
+    streams = StreamLimits(streams_per_connection=7, negotiation_timeout=3.0)
+    for listen in (QUIC, ("/ip4/127.0.0.1/tcp/0",)):  # listening on QUIC, or dialling only
+        settings = HostSettings(listen=listen, streams=streams)
+        host = P2PHost(
+            load_or_create_identity(tmp_path / listen[0][5:9]), settings, RecordingObserver()
+        )
+        transports = host.libp2p_host.get_network().transport_manager.get_transports()
+        quic = [t for t in transports if isinstance(t, QUICTransport)]
+        assert len(quic) == 1
+        assert quic[0]._config.MAX_INCOMING_STREAMS == 7
+        assert quic[0]._config.NEGOTIATE_TIMEOUT == 3.0
+
+
+async def test_quic_streams_are_under_the_per_protocol_stream_limit(tmp_path: Path) -> None:
+    # QUIC streams bypass the Yamux and mplex guards; the host's own negotiation still counts
+    # them: 80 streams held open on one protocol -> 64 (streams_per_protocol_per_peer) served,
+    # the rest reset and counted, and the connection stays.
+    hold = "/p2pchat/test-hold/1.0.0"
+    served = 0
+
+    async def handler(stream: Stream) -> None:
+        nonlocal served
+        served += 1
+        await trio.sleep_forever()
+
+    async with quic_host(tmp_path / "a") as (a, a_seen), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(hold, handler)
+        await b.connect(quic_addr(a))
+        streams: list[Stream] = []
+
+        async def open_one() -> None:
+            try:
+                stream = await b.new_stream(a.peer_id, [hold])
+                await stream.write(b"x")
+                streams.append(stream)
+            except Exception:  # refused: reset by the limit (the test counts the others)
+                return
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(80):
+                    nursery.start_soon(open_one)
+            await wait_until(lambda: served + a_seen.limits.count("streams_per_protocol") >= 80)
+        assert served == 64
+        assert a_seen.limits.count("streams_per_protocol") == 16
+        assert b.is_connected(a.peer_id)
