@@ -1,0 +1,151 @@
+"""Seamless relayed conversations (issue #21, must-have 3): the next circuit before the relay
+resets the current one, and another relay when one dies.
+
+Real processes on loopback. A holds reservations; B knows only A's circuit address and cannot be
+dialled, nor can A (both announce a dead port, hole punching off): every byte between them goes
+through a relay. Relay limits are small so that they are reached within the test.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NodeProcess, node_env, start_node
+from tests.test_autorelay import dead_port, relayed_peer, tcp_circuit
+from tests.test_chat import WAIT, chat_peer, is_message, wait_members
+
+CIRCUIT_DATA = 24 * 1024  # per direction: reached after ~15 messages of 1 KB
+MESSAGES = 60
+TEXT_BYTES = 1000
+PACE = 0.15  # seconds between two messages: the renewal looks every 0.5 s
+RENEWALS = "p2pchat_relayed_circuit_renewals_total"
+
+
+def _unreachable(**env: str) -> dict[str, str]:
+    return {
+        "P2PCHAT_NODE__ANNOUNCE": f"/ip4/127.0.0.1/tcp/{dead_port()}",
+        "P2PCHAT_HOLEPUNCH__ENABLED": "false",
+        **env,
+    }
+
+
+def _relay(path: Path, nodes: list[NodeProcess], **env: str) -> NodeProcess:
+    relay = start_node(path, "--role", "relay", env=node_env(**env))
+    nodes.append(relay)
+    return relay
+
+
+def _texts(label: str, count: int) -> list[str]:
+    return [f"{label}{n:03d} " + "r" * TEXT_BYTES for n in range(count)]
+
+
+def _shown(node: NodeProcess, texts: list[str], timeout: float) -> list[str]:
+    """The texts among ``texts`` that ``node`` showed (each time it showed one), waiting until
+    all were shown or ``timeout`` passed."""
+    wanted = set(texts)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = [e["text"] for e in node.drain_events() if e["type"] == "message"]
+        shown = [t for t in shown if t in wanted]
+        if set(shown) == wanted:
+            return shown
+        time.sleep(0.3)
+    return [
+        e["text"] for e in node.drain_events() if e["type"] == "message" and e["text"] in wanted
+    ]
+
+
+@pytest.mark.parametrize("renew_at", ["0.75", "0"])
+def test_the_next_circuit_opens_before_the_relay_resets_the_current_one(
+    tmp_path: Path, nodes: list[NodeProcess], renew_at: str
+) -> None:
+    relay = _relay(tmp_path / "relay", nodes, P2PCHAT_RELAY__CIRCUIT_DATA=str(CIRCUIT_DATA))
+    a = relayed_peer(
+        tmp_path / "a",
+        nodes,
+        **_unreachable(P2PCHAT_AUTORELAY__RELAYS=relay.addr()),
+    )
+    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
+    b = chat_peer(
+        tmp_path / "b",
+        nodes,
+        "--bootstrap",
+        circuit,
+        env=node_env(
+            **_unreachable(
+                P2PCHAT_AUTORELAY__MODE="off", P2PCHAT_AUTORELAY__RENEW_CIRCUITS_AT=renew_at
+            )
+        ),
+    )
+    wait_members(a, 1)
+    wait_members(b, 1)
+    b.drain_events()
+    texts = _texts("A", MESSAGES)
+    for text in texts:
+        a.say(text)
+        time.sleep(PACE)
+    shown = _shown(b, texts, WAIT)
+    resets = relay.metric("p2pchat_relay_circuit_resets_total", limit="data")
+    if renew_at == "0":
+        # Negative control: the same conversation outruns a circuit when nothing renews it.
+        assert resets >= 1
+        return
+    assert sorted(shown) == texts, f"{len(set(shown))} of {MESSAGES} shown"  # once each
+    assert resets == 0  # every circuit was replaced before the relay had to reset it
+    assert b.metric(RENEWALS, trigger="limit", outcome="renewed") >= 1
+    assert b.metric(RENEWALS, trigger="limit", outcome="failed") == 0
+    assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") >= 2
+    # No notice: A never left B's side.
+    events = b.drain_events()
+    closed = [e for e in events if e["type"] == "connection" and e["change"] == "closed"]
+    assert not [e for e in closed if e["peer"] == a.peer_id]
+    # Both sides send on the new circuit: B hears A there, and A hears B.
+    b.say("and back, on the latest circuit")
+    a.next_event(is_message("and back, on the latest circuit"), timeout=WAIT)
+
+
+def test_the_conversation_moves_to_another_relay_when_one_dies(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    first = _relay(tmp_path / "first", nodes)
+    second = _relay(tmp_path / "second", nodes)
+    a = relayed_peer(
+        tmp_path / "a",
+        nodes,
+        **_unreachable(
+            P2PCHAT_AUTORELAY__RELAYS=f"{first.addr()},{second.addr()}",
+            P2PCHAT_AUTORELAY__DISCOVER="false",
+        ),
+    )
+    circuit = f"{tcp_circuit(a, first)}/p2p/{a.peer_id}"
+    tcp_circuit(a, second)  # A holds both reservations (identify tells B both addresses)
+    b = chat_peer(
+        tmp_path / "b",
+        nodes,
+        "--bootstrap",
+        circuit,
+        env=node_env(**_unreachable(P2PCHAT_AUTORELAY__MODE="off")),
+    )
+    wait_members(a, 1)
+    wait_members(b, 1)
+    b.drain_events()
+    before = _texts("before", 5)
+    for text in before:
+        a.say(text)
+    assert sorted(_shown(b, before, WAIT)) == before
+    # B must know the second relay's address of A (identify push after its reservation).
+    time.sleep(2)
+    first.stop(signal.SIGKILL)  # dies: no goodbye to anyone
+    after = _texts("after", 20)
+    for text in after:
+        a.say(text)
+        time.sleep(0.2)
+    shown = _shown(b, after, WAIT)
+    assert sorted(shown) == after, f"{len(set(shown))} of {len(after)} shown after the relay died"
+    assert b.metric(RENEWALS, trigger="relay_gone", outcome="renewed") >= 1
+    b.say("back through the second relay")
+    a.next_event(is_message("back through the second relay"), timeout=WAIT)
