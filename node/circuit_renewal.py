@@ -16,7 +16,7 @@ successor (trigger ``limit``):
    the same when it sees a second relayed connection from us (:meth:`CircuitRenewal.
    connection_opened`), so that both sides send on the new circuit;
 3. once the peer is heard on the new circuit (at most :data:`HEAR_WAIT` seconds, our stream
-   renewed again in between), the old connection is closed; catch-up asks again at once when a
+   renewed once more in between), the old connection is closed; catch-up asks again at once when a
    connection to a source closes while another stays (:meth:`~p2pchat.node.catchup.CatchUp.
    connection_closed`), so whatever the old circuit dropped is filled.
 
@@ -58,6 +58,9 @@ RETRY_AFTER = 5.0  # seconds before a failed attempt is tried again
 # Seconds between renewals of our stream while waiting to hear the peer on the new circuit.
 LOOKS = (0.2, 0.4, 0.8, 1.6, 3.2)
 HEAR_WAIT = sum(LOOKS)
+# At which looks our stream is (re)moved onto the new circuit: at once, and once more if the
+# peer is still not heard there 1.4 s later (its library may wait for a new stream of ours).
+RENEW_AT_LOOKS = (0, 3)
 DIAL_SECONDS = 15.0  # a next circuit: relay connection, hop, Noise, muxer
 
 TRIGGERS = ("limit", "relay_gone")
@@ -139,8 +142,7 @@ class CircuitRenewal:
             if usage.outbound:
                 self._dialled[peer] = usage.relay
             if (
-                len(circuits) == 1
-                and usage.outbound
+                usage.outbound
                 and usage.renewals < ATTEMPTS
                 and now >= usage.retry_at
                 and usage.used(now) >= self._renew_at
@@ -159,7 +161,10 @@ class CircuitRenewal:
                 self._finished(peer, "limit", "failed")
                 return
             outcome = await self._move(peer, new)
-            await close_connection(old)
+            # The old circuit, and any other left over (a keep-alive's dial racing ours).
+            for conn, _ in relayed_circuits(self._host, peer):
+                if conn is not new:
+                    await close_connection(conn)
             self._finished(peer, "limit", outcome)
         finally:
             self._running.discard(peer)
@@ -208,12 +213,13 @@ class CircuitRenewal:
         pubsub = self._pubsub()
         if pubsub is None or not pubsub.has_stream_to(peer):
             return "renewed"  # no pubsub between us: the connection is all there is to move
-        for look in LOOKS:
+        for n, look in enumerate(LOOKS):
             if pubsub.heard_on(peer, new):
                 return "renewed"
             if new.is_closed:
                 break
-            await pubsub.renew_stream_on(peer, new)
+            if n in RENEW_AT_LOOKS:
+                await pubsub.renew_stream_on(peer, new)
             await trio.sleep(look)
         return "renewed" if pubsub.heard_on(peer, new) else "unheard"
 

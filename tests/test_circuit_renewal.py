@@ -13,15 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+from p2pchat.node.p2p import circuit_usage
+from p2pchat.node.p2p.circuit_usage import CircuitUsage, CountedStream, sparing_relayed
+from p2pchat.node.wire.circuit import Limit
 
 from tests.conftest import NodeProcess, node_env, start_node
 from tests.test_autorelay import dead_port, relayed_peer, tcp_circuit
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 
 CIRCUIT_DATA = 24 * 1024  # per direction: reached after ~15 messages of 1 KB
-MESSAGES = 60
+MESSAGES = 50
 TEXT_BYTES = 1000
-PACE = 0.15  # seconds between two messages: the renewal looks every 0.5 s
+PACE = 0.3  # seconds between two messages: ~3 KB/s, the renewal looks every 0.5 s
 RENEWALS = "p2pchat_relayed_circuit_renewals_total"
 
 
@@ -139,13 +143,84 @@ def test_the_conversation_moves_to_another_relay_when_one_dies(
     assert sorted(_shown(b, before, WAIT)) == before
     # B must know the second relay's address of A (identify push after its reservation).
     time.sleep(2)
+    opened = b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit")
     first.stop(signal.SIGKILL)  # dies: no goodbye to anyone
+    died = time.monotonic()
     after = _texts("after", 20)
+    recovered: float | None = None
     for text in after:
         a.say(text)
         time.sleep(0.2)
+        if recovered is None and b.metric(RENEWALS, trigger="relay_gone", outcome="renewed"):
+            recovered = time.monotonic() - died
     shown = _shown(b, after, WAIT)
     assert sorted(shown) == after, f"{len(set(shown))} of {len(after)} shown after the relay died"
     assert b.metric(RENEWALS, trigger="relay_gone", outcome="renewed") >= 1
+    assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") > opened
+    print(f"recovered within {recovered} s of the relay's death")  # for the README's figure
     b.say("back through the second relay")
     a.next_event(is_message("back through the second relay"), timeout=WAIT)
+
+
+# --- the pieces, without processes --------------------------------------------------------------
+
+
+async def test_a_circuits_use_is_its_largest_share_of_any_limit() -> None:
+    usage = CircuitUsage("peer", "relay", outbound=True, limit=Limit(duration=100, data=1000))
+    usage.opened = trio.current_time() - 10  # 10% of the time
+    assert usage.used(trio.current_time()) == pytest.approx(0.1, abs=0.01)
+    usage.received = 800  # one direction is what a relay counts against the limit
+    assert usage.used(trio.current_time()) == pytest.approx(0.8)
+    usage.sent = 900
+    assert usage.used(trio.current_time()) == pytest.approx(0.9)
+    unlimited = CircuitUsage("peer", "relay", outbound=True, limit=None, sent=10**9)
+    assert unlimited.used(trio.current_time() + 10**6) == 0.0
+    assert CircuitUsage("p", "r", outbound=False, limit=Limit()).used(10**9) == 0.0
+
+
+async def test_a_counted_stream_counts_both_ways() -> None:
+    class _Library:
+        remote = "left alone"
+
+        async def read(self, n: int | None = None) -> bytes:
+            return b"x" * 7
+
+        async def write(self, data: bytes) -> None:
+            pass
+
+    usage = CircuitUsage("peer", "relay", outbound=True, limit=Limit(data=100))
+    counted = CountedStream(_Library(), usage)  # type: ignore[arg-type]
+    await counted.write(b"y" * 5)
+    assert await counted.read(100) == b"x" * 7
+    assert (usage.sent, usage.received) == (5, 7)
+    assert counted.remote == "left alone"
+
+
+def test_the_swarm_spares_a_peer_with_a_relayed_connection_from_its_trim() -> None:
+    trimmed: list[str] = []
+
+    class _Muxed:
+        def __init__(self, relayed: bool) -> None:
+            self.relayed = relayed
+
+    class _Conn:
+        def __init__(self, relayed: bool) -> None:
+            self.muxed_conn = _Muxed(relayed)
+
+    class _Swarm:
+        def __init__(self) -> None:
+            self.connections = {"relayed": [_Conn(True), _Conn(False)], "direct": [_Conn(False)]}
+
+    def library_trim(swarm: object, peer: str) -> None:
+        trimmed.append(peer)
+
+    trim = sparing_relayed(library_trim)
+    labels = {True: "p2p-circuit", False: "tcp"}
+    original = circuit_usage.transport_label
+    circuit_usage.transport_label = lambda muxed: labels[muxed.relayed]  # type: ignore[assignment]
+    try:
+        trim(_Swarm(), "relayed")
+        trim(_Swarm(), "direct")
+    finally:
+        circuit_usage.transport_label = original
+    assert trimmed == ["direct"]

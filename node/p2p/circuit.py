@@ -246,11 +246,12 @@ async def dial_through(host: P2PHost, relay: str, target: str) -> Any:
         addresses=[addr],
     )
     network = host.libp2p_host.get_network()
-    muxed = await _secured(
+    upgraded = await _secured(
         stream,
         lambda: network.upgrade_outbound_raw_conn(raw, ID.from_base58(target)),
         f"the circuit to {target}",
     )
+    muxed = getattr(upgraded, "muxed_conn", upgraded)  # the swarm's connection, its muxer
     host.circuits.add(muxed, usage)
     return _swarm_conn(host, muxed)
 

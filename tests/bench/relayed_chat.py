@@ -191,6 +191,13 @@ def relayed_conversation() -> dict[str, Any]:
                     limit: relay.metric("p2pchat_relay_circuit_resets_total", limit=limit)
                     for limit in ("data", "duration")
                 },
+                "next_circuits_by_b": {
+                    f"{trigger}/{outcome}": b.metric(
+                        "p2pchat_relayed_circuit_renewals_total", trigger=trigger, outcome=outcome
+                    )
+                    for trigger in ("limit", "relay_gone")
+                    for outcome in ("renewed", "unheard", "failed")
+                },
                 "relayed_connections_opened_by_b": b.metric(
                     "libp2p_swarm_connections_opened_total", transport="p2p-circuit"
                 ),
