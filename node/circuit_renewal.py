@@ -20,6 +20,10 @@ successor (trigger ``limit``):
    connection to a source closes while another stays (:meth:`~p2pchat.node.catchup.CatchUp.
    connection_closed`), so whatever the old circuit dropped is filled.
 
+When a relayed connection ends while another to the same peer stays, our pubsub stream is
+renewed on the newest (:meth:`CircuitRenewal._refresh`): a relay reset that came before both
+sides had moved makes the side whose write failed forget the peer's subscriptions.
+
 When a relayed connection we dialled ends and the peer is left with none (the relay reset it
 before a successor was up, or the relay died), a new circuit is dialled at once (trigger
 ``relay_gone``), through another relay the peer holds a reservation on first, the one just lost
@@ -61,6 +65,7 @@ HEAR_WAIT = sum(LOOKS)
 # At which looks our stream is (re)moved onto the new circuit: at once, and once more if the
 # peer is still not heard there 1.4 s later (its library may wait for a new stream of ours).
 RENEW_AT_LOOKS = (0, 3)
+REFRESH_AFTER = 0.5  # seconds after a relayed connection ended before our hello is sent again
 DIAL_SECONDS = 15.0  # a next circuit: relay connection, hop, Noise, muxer
 
 TRIGGERS = ("limit", "relay_gone")
@@ -111,6 +116,7 @@ class CircuitRenewal:
         self._log = log
         self._renew_at = renew_at
         self._running: set[str] = set()  # peers with a renewal or a follow under way
+        self._refreshing: set[str] = set()  # peers whose subscriptions are said again
         # peer -> the relay of the last circuit we dialled to it (kept while it is connected
         # through one, and until its recovery ends: bounded by the connections)
         self._dialled: dict[str, str] = {}
@@ -238,6 +244,27 @@ class CircuitRenewal:
         finally:
             self._running.discard(peer)
 
+    async def _refresh(self, peer: str) -> None:
+        """A relayed connection to ``peer`` ended while another stays. If the relay reset it
+        before both sides had moved, the side whose stream was on it took the peer for dead
+        (its write failed), forgot its subscriptions and reopened a stream without them: it
+        would never send that peer anything again. A new stream of ours carries our
+        subscriptions (the hello) again."""
+        try:
+            await trio.sleep(REFRESH_AFTER)
+            pubsub = self._pubsub()
+            circuits = relayed_circuits(self._host, peer)
+            if (
+                pubsub is None
+                or not circuits
+                or has_direct_connection(self._host, peer)  # the handover's business
+                or not pubsub.has_stream_to(peer)
+            ):
+                return
+            await pubsub.renew_stream_on(peer, circuits[-1][0])
+        finally:
+            self._refreshing.discard(peer)
+
     def _finished(self, peer: str, trigger: str, outcome: str) -> None:
         self._observer.circuit_renewal_finished(trigger, outcome)
         if outcome == "failed":
@@ -263,10 +290,17 @@ class CircuitRenewal:
         nursery.start_soon(self._follow, info.peer_id)
 
     def connection_closed(self, info: ConnectionInfo) -> None:
-        """A relayed connection we dialled ended: if it was the last, dial another at once."""
+        """A relayed connection ended: if another is left, say our subscriptions again on it;
+        if it was the last and we dialled it, dial another at once."""
         nursery = self._nursery
         peer = info.peer_id
-        if nursery is None or not info.relayed or info.direction != "outbound":
+        if nursery is None or not info.relayed:
+            return
+        if self._host.is_connected(peer) and peer not in self._refreshing:
+            self._refreshing.add(peer)
+            nursery.start_soon(self._refresh, peer)
+            return
+        if info.direction != "outbound":
             return
         lost = self._dialled.get(peer)
         if lost is None or peer in self._running or self._host.is_connected(peer):

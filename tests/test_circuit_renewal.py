@@ -63,7 +63,9 @@ def _shown(node: NodeProcess, texts: list[str], timeout: float) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("renew_at", ["0.75", "0"])
+# 0.75: the default; 0.95: so late that the relay often resets the old circuit before both
+# sides moved (what a burst does with the default); 0: off, the negative control.
+@pytest.mark.parametrize("renew_at", ["0.75", "0.95", "0"])
 def test_the_next_circuit_opens_before_the_relay_resets_the_current_one(
     tmp_path: Path, nodes: list[NodeProcess], renew_at: str
 ) -> None:
@@ -99,14 +101,15 @@ def test_the_next_circuit_opens_before_the_relay_resets_the_current_one(
         assert resets >= 1
         return
     assert sorted(shown) == texts, f"{len(set(shown))} of {MESSAGES} shown"  # once each
-    assert resets == 0  # every circuit was replaced before the relay had to reset it
-    assert b.metric(RENEWALS, trigger="limit", outcome="renewed") >= 1
-    assert b.metric(RENEWALS, trigger="limit", outcome="failed") == 0
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") >= 2
-    # No notice: A never left B's side.
-    events = b.drain_events()
-    closed = [e for e in events if e["type"] == "connection" and e["change"] == "closed"]
-    assert not [e for e in closed if e["peer"] == a.peer_id]
+    if renew_at == "0.75":
+        assert resets == 0  # every circuit was replaced before the relay had to reset it
+        assert b.metric(RENEWALS, trigger="limit", outcome="renewed") >= 1
+        assert b.metric(RENEWALS, trigger="limit", outcome="failed") == 0
+        # No notice: A never left B's side.
+        events = b.drain_events()
+        closed = [e for e in events if e["type"] == "connection" and e["change"] == "closed"]
+        assert not [e for e in closed if e["peer"] == a.peer_id]
     # Both sides send on the new circuit: B hears A there, and A hears B.
     b.say("and back, on the latest circuit")
     a.next_event(is_message("and back, on the latest circuit"), timeout=WAIT)

@@ -533,7 +533,18 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         topics = [topic for topic, peers in self.peer_topics.items() if peer_id in peers]
+        subscriptions = self._peer_subscription_count.get(peer_id)
         super()._handle_dead_peer(peer_id)
+        if topics and self._peer_is_connected(peer_id):
+            # Our stream died but the peer is still connected (a relay reset the circuit it
+            # was on while the next one is up, #21): the library reopens a stream on what is
+            # left, but it forgot the peer's subscriptions, which the peer sends only on a new
+            # stream of its own: it would never be sent anything again. It left no topic.
+            for topic in topics:
+                self.peer_topics.setdefault(topic, set()).add(peer_id)
+            if subscriptions is not None:
+                self._peer_subscription_count[peer_id] = subscriptions
+            return
         for topic in topics:
             if peer_id not in self.peer_topics.get(topic, ()):
                 self.subscription_events(TopicUnsubscribed(str(peer_id), topic))
