@@ -168,10 +168,12 @@ class CircuitRenewal:
                 return
             outcome = await self._move(peer, new)
             # The old circuit, and any other left over (a keep-alive's dial racing ours).
-            for conn, _ in relayed_circuits(self._host, peer):
-                if conn is not new:
-                    await close_connection(conn)
-            self._finished(peer, "limit", outcome)
+            older = [conn for conn, _ in relayed_circuits(self._host, peer) if conn is not new]
+            for conn in older:
+                await close_connection(conn)
+            # Whether the old one carried the conversation until it had moved (not closed by
+            # the relay or the swarm meanwhile): logged for tests and operators.
+            self._finished(peer, "limit", outcome, old_kept=old in older)
         finally:
             self._running.discard(peer)
 
@@ -265,13 +267,19 @@ class CircuitRenewal:
         finally:
             self._refreshing.discard(peer)
 
-    def _finished(self, peer: str, trigger: str, outcome: str) -> None:
+    def _finished(
+        self, peer: str, trigger: str, outcome: str, *, old_kept: bool | None = None
+    ) -> None:
         self._observer.circuit_renewal_finished(trigger, outcome)
         if outcome == "failed":
             self._failures.refused(trigger, peer=peer)
         else:
             self._log.info(
-                "relayed conversation moved", peer=peer, trigger=trigger, outcome=outcome
+                "relayed conversation moved",
+                peer=peer,
+                trigger=trigger,
+                outcome=outcome,
+                old_kept=old_kept,
             )
 
     # --- ConnectionWatcher: called inline by the swarm, must not block -------------------------

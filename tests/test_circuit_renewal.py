@@ -19,7 +19,7 @@ from p2pchat.node.p2p.circuit_usage import CircuitUsage, CountedStream, sparing_
 from p2pchat.node.wire.circuit import Limit
 
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.test_autorelay import dead_port, relayed_peer, tcp_circuit
+from tests.test_autorelay import dead_port, logged, relayed_peer, tcp_circuit
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 
 CIRCUIT_DATA = 24 * 1024  # per direction: reached after ~15 messages of 1 KB
@@ -113,6 +113,31 @@ def test_the_next_circuit_opens_before_the_relay_resets_the_current_one(
     # Both sides send on the new circuit: B hears A there, and A hears B.
     b.say("and back, on the latest circuit")
     a.next_event(is_message("and back, on the latest circuit"), timeout=WAIT)
+
+
+def test_an_old_circuit_carries_the_conversation_until_it_has_moved(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A time limit: the renewal comes 24 s into a circuit, past the swarm's 20 s grace for new
+    # connections, after which it used to close a peer's older connection the moment another
+    # registered (trap 4's one connection per peer).
+    relay = _relay(tmp_path / "relay", nodes, P2PCHAT_RELAY__CIRCUIT_DURATION="32")
+    a = relayed_peer(tmp_path / "a", nodes, **_unreachable(P2PCHAT_AUTORELAY__RELAYS=relay.addr()))
+    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
+    b = chat_peer(
+        tmp_path / "b",
+        nodes,
+        "--bootstrap",
+        circuit,
+        env=node_env(**_unreachable(P2PCHAT_AUTORELAY__MODE="off")),
+    )
+    moved = logged(b, "relayed conversation moved", timeout=WAIT, trigger="limit")
+    assert moved["outcome"] == "renewed"
+    assert moved["old_kept"] is True
+    assert relay.metric("p2pchat_relay_circuit_resets_total", limit="duration") == 0
+    wait_members(b, 1)
+    b.say("after the move")
+    a.next_event(is_message("after the move"), timeout=WAIT)
 
 
 def test_the_conversation_moves_to_another_relay_when_one_dies(
