@@ -10,7 +10,8 @@ Both send at a human pace, ``RATE`` messages per second each, texts of 100 to 4,
 a burst of ``BURST`` messages every ``BURST_EVERY`` seconds, for ``SECONDS`` seconds; then up
 to ``SETTLE`` seconds pass for catch-up. Reported, per direction and together: sent, shown
 (live or caught up), shown twice, shown out of the sender's order, lost; the time from sending
-to being shown (p50, p99, max); the relay's circuit resets; B's relayed connections opened.
+to being shown (p50, p99, max); the relay's circuit resets; B's next circuits (opened before a
+limit, or at once after a loss: :mod:`p2pchat.node.circuit_renewal`) and relayed connections opened.
 
 Usage: python -m tests.bench.relayed_chat; BENCH_RELAYED_SECONDS sets the length (default 180;
 the issue's long run is 1800). One JSON object.
