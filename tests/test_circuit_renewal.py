@@ -115,6 +115,41 @@ def test_the_next_circuit_opens_before_the_relay_resets_the_current_one(
     a.next_event(is_message("and back, on the latest circuit"), timeout=WAIT)
 
 
+def test_next_circuits_a_relay_refuses_are_tried_at_most_twice_per_circuit_and_counted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # One circuit per source: every next circuit is refused while the current one lives, which
+    # is its last 3 s (renewals look every 0.5 s from 75% of its 12 s).
+    relay = _relay(
+        tmp_path / "relay",
+        nodes,
+        P2PCHAT_RELAY__CIRCUIT_DURATION="12",
+        P2PCHAT_RELAY__MAX_CIRCUITS_PER_SOURCE="1",
+    )
+    a = relayed_peer(tmp_path / "a", nodes, **_unreachable(P2PCHAT_AUTORELAY__RELAYS=relay.addr()))
+    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
+    b = chat_peer(
+        tmp_path / "b",
+        nodes,
+        "--bootstrap",
+        circuit,
+        env=node_env(**_unreachable(P2PCHAT_AUTORELAY__MODE="off")),
+    )
+    wait_members(a, 1)
+    wait_members(b, 1)
+    texts = _texts("A", 30)
+    for text in texts:
+        a.say(text)
+        time.sleep(1.0)
+    shown = _shown(b, texts, WAIT)
+    assert set(shown) == set(texts)  # the reset and a dial after it (catch-up fills the gap)
+    failed = b.metric(RENEWALS, trigger="limit", outcome="failed")
+    circuits = b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit")
+    assert failed >= 1
+    assert failed <= 2 * circuits  # ATTEMPTS per circuit, however long it lives
+    assert b.metric(RENEWALS, trigger="limit", outcome="renewed") == 0
+
+
 def test_an_old_circuit_carries_the_conversation_until_it_has_moved(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
