@@ -158,6 +158,7 @@ class CatchUp:
         self._observer = observer
         self._log = log
         self._pending: set[str] = set()
+        self._watching = False  # told of connections (run() started)
         self._wake = trio.Event()
         # (room, source) -> when it was last asked
         self._asked: BoundedDict[tuple[str, str], float] = BoundedDict(MAX_ASKED)
@@ -193,10 +194,16 @@ class CatchUp:
         # once, however recently it was asked (REASK_AFTER only damps other peers' triggers).
         for key in [k for k in self._asked if k[1] == info.peer_id]:
             del self._asked[key]
+        if self._watching and self._host.is_connected(info.peer_id):
+            # Another connection stays (a relayed conversation moved to its next circuit, or
+            # to a direct one): ask now for what the closed one may have dropped (#21).
+            self._pending.update(self._rooms())
+            self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch rooms up as triggers arrive, until cancelled."""
         self._host.watch_connections(self)
+        self._watching = True
         task_status.started()
         while True:
             await self._wake.wait()

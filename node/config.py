@@ -481,6 +481,16 @@ class AutoRelaySection(_Section):
         "announced in the DHT.",
     )
     reservations: int = Field(default=2, ge=1, le=16, description="Relays to hold a slot on.")
+    renew_circuits_at: float = Field(
+        default=0.75,
+        ge=0,
+        le=0.99,
+        description="Share of a relayed circuit's limit (data in either direction, or time, as "
+        "the relay announced them) after which the peer that dialled it opens the next circuit "
+        "to the same peer and moves the conversation onto it before the relay resets the old "
+        "one; a relayed connection we dialled that is lost is replaced at once, through another "
+        "relay if one died. 0: off (the keep-alive dials again after a reset).",
+    )
 
     def wanted(self, reachability: str) -> bool:
         """Whether to hold reservations, given AutoNAT's verdict."""

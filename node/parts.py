@@ -23,6 +23,7 @@ import trio
 from p2pchat.node.autonat import AutoNatClient, AutoNatServer, Reachability
 from p2pchat.node.autorelay import AutoRelay
 from p2pchat.node.capability import Capability
+from p2pchat.node.circuit_renewal import CircuitRenewal
 from p2pchat.node.config import Config, DhtSection, PubsubSection
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.history import History
@@ -200,6 +201,16 @@ def _holepunch(w: Wiring) -> Capability:
     return HolePunch(w.host, w.metrics.holepunch, w.log, after_direct=handover.run)
 
 
+def _circuit_renewal(w: Wiring) -> Capability:
+    return CircuitRenewal(
+        w.host,
+        lambda: w.gossip,  # built after this part (rooms), None in a node without rooms
+        w.metrics.holepunch,
+        w.log,
+        renew_at=w.config.autorelay.renew_circuits_at,
+    )
+
+
 def pubsub_limits(section: PubsubSection) -> PubsubLimits:
     """The pubsub's limits from the ``pubsub`` config section."""
     return PubsubLimits(
@@ -326,6 +337,12 @@ PARTS: tuple[Part, ...] = (
     Part("autonat", "autonat.probe", lambda c, roles: c.autonat.probe, _autonat),
     Part("autorelay", "autorelay.mode", lambda c, roles: True, _autorelay),
     Part("holepunch", "holepunch.enabled", lambda c, roles: c.holepunch.enabled, _holepunch),
+    Part(
+        "circuit-renewal",
+        "autorelay.renew_circuits_at > 0",
+        lambda c, roles: c.autorelay.renew_circuits_at > 0,
+        _circuit_renewal,
+    ),
     Part("rooms", "a role in rooms (peer, archiver)", lambda c, roles: _in_rooms(roles), _rooms),
     Part(
         "history-server",

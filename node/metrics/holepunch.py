@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 class HolePunchMetrics:
     """Implements :class:`~p2pchat.node.holepunch.HolePunchObserver` and
-    :class:`~p2pchat.node.relay_handover.HandoverObserver`."""
+    :class:`~p2pchat.node.relay_handover.HandoverObserver` and
+    :class:`~p2pchat.node.circuit_renewal.RenewalObserver`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.outcomes = Counter(
@@ -42,6 +43,18 @@ class HolePunchMetrics:
         )
         for outcome in ("not_needed", "resumed", "failed"):
             self.handovers.labels(outcome=outcome)
+        self.renewals = Counter(
+            "p2pchat_relayed_circuit_renewals",
+            "Next circuits opened to a relayed peer, by trigger (limit: the circuit we dialled "
+            "neared its relay's limit; relay_gone: it ended with no other connection to the "
+            "peer) and outcome (renewed: the peer heard on the new circuit; unheard: a new "
+            "circuit, the peer's stream not on it in time; failed: no circuit through any relay).",
+            ("trigger", "outcome"),
+            registry=registry,
+        )
+        for trigger in ("limit", "relay_gone"):
+            for outcome in ("renewed", "unheard", "failed"):
+                self.renewals.labels(trigger=trigger, outcome=outcome)
 
     def direct_dial_finished(self, succeeded: bool) -> None:
         """Count a direct dial tried before hole punching."""
@@ -54,6 +67,10 @@ class HolePunchMetrics:
     def exchange_dropped(self, side: str) -> None:
         """Count a DCUtR exchange dropped for breaking the protocol or timing out."""
         self.protocol_errors.labels(side=side).inc()
+
+    def circuit_renewal_finished(self, trigger: str, outcome: str) -> None:
+        """Count a next circuit, by trigger and outcome (fixed words)."""
+        self.renewals.labels(trigger=trigger, outcome=outcome).inc()
 
     def handover_finished(self, outcome: str) -> None:
         """Count a relayed connection retired, by outcome (a fixed word)."""

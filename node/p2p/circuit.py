@@ -23,6 +23,7 @@ import structlog
 import trio
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
+from p2pchat.node.p2p.circuit_usage import CircuitUsage, CountedStream, connections_to
 from p2pchat.node.p2p.dial_admission import RELAYED_DEADLINE, RELAYED_FAILED, Slot
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # the host dials circuit addresses with this module
     from p2pchat.node.p2p.host import P2PHost
 
 RESPONSE_TIMEOUT = 10.0
+MAX_CIRCUIT_RELAYS = 4  # relays a next circuit to one peer is tried through, at most
 CLOSE_SECONDS = 2.0
 LOG_EVERY = 10.0
 
@@ -223,51 +225,95 @@ def _circuit_conn_addr(relay_stream: Stream, relay: str, peer: str) -> multiaddr
     return multiaddr.Multiaddr((transport[0] if transport and transport[0] else "") + suffix)
 
 
-async def dial_through(host: P2PHost, relay: str, target: str) -> None:
+async def dial_through(host: P2PHost, relay: str, target: str) -> Any:
     """Connect to ``target`` through the connected ``relay``: a circuit, secured and muxed like
-    any connection and added to the swarm.
+    any connection and added to the swarm (even if ``target`` is connected already: a next
+    circuit, :mod:`~p2pchat.node.circuit_renewal`). The swarm's new connection (None if the
+    swarm did not keep it); its usage is in ``host.circuits``.
 
     Raises:
         CircuitError: the circuit or its upgrade failed.
     """
-    stream, _ = await request_circuit(host, relay, target)
+    stream, limit = await request_circuit(host, relay, target)
     addr = _circuit_conn_addr(stream, relay, target)
+    usage = CircuitUsage(target, relay, outbound=True, limit=limit)
     # The library's stream beneath ours carries the connection: the swarm reads and writes
-    # it itself, and its errors are the library's to handle.
+    # it itself, and its errors are the library's to handle. Counted on the way.
     raw = RawConnection(
-        stream.library_stream,
+        CountedStream(stream.library_stream, usage),
         initiator=True,
         connection_type=ConnectionType.RELAYED,
         addresses=[addr],
     )
     network = host.libp2p_host.get_network()
-    await _secured(
+    upgraded = await _secured(
         stream,
         lambda: network.upgrade_outbound_raw_conn(raw, ID.from_base58(target)),
         f"the circuit to {target}",
     )
+    muxed = getattr(upgraded, "muxed_conn", upgraded)  # the swarm's connection, its muxer
+    host.circuits.add(muxed, usage)
+    return _swarm_conn(host, muxed)
 
 
-async def upgrade_inbound(host: P2PHost, stream: Stream, source: str) -> object:
-    """Make an accepted circuit from ``source`` a libp2p connection of ``host``; the library's
-    muxed connection. Unbounded in time: the caller bounds it (:func:`serve_circuits`: the
-    inbound transient deadline).
+def relayed_circuits(host: P2PHost, peer: str) -> list[tuple[Any, CircuitUsage]]:
+    """The open relayed connections to ``peer`` this host counts, with their usage, oldest
+    first."""
+    found = []
+    for conn in connections_to(host.libp2p_host.get_network(), peer):
+        usage = host.circuits.usage_of(conn)
+        if usage is not None:
+            found.append((conn, usage))
+    return sorted(found, key=lambda pair: pair[1].opened)
+
+
+def circuit_relays(host: P2PHost, peer: str) -> list[tuple[str, str]]:
+    """``(relay address with /p2p/relay, relay)`` of every relay ``peer`` says (identify) it
+    can be reached through: where a next circuit to it can go. At most
+    :data:`MAX_CIRCUIT_RELAYS`."""
+    try:
+        addrs = host.libp2p_host.get_peerstore().addrs(ID.from_base58(peer))
+    except Exception:  # unknown peer, or not a PeerId: no relay known
+        return []
+    relays: list[tuple[str, str]] = []
+    for addr in map(str, addrs):
+        full = addr if addr.endswith(f"/p2p/{peer}") else f"{addr}/p2p/{peer}"
+        split = split_circuit_addr(full)
+        if split is not None and split[2] == peer and split[1] not in {r for _, r in relays}:
+            relays.append((split[0], split[1]))
+    return relays[:MAX_CIRCUIT_RELAYS]
+
+
+async def close_connection(conn: Any) -> None:
+    """Close ``conn`` (quietly: it may be gone already)."""
+    await _close_conn(conn)
+
+
+async def upgrade_inbound(
+    host: P2PHost, stream: Stream, source: str, limit: Limit | None = None
+) -> object:
+    """Make an accepted circuit from ``source`` (``limit``: the relay's, from its CONNECT) a
+    libp2p connection of ``host``; the library's muxed connection. Unbounded in time: the
+    caller bounds it (:func:`serve_circuits`: the inbound transient deadline).
 
     Raises:
         CircuitError: the security or muxer handshake failed.
     """
     relay = stream.remote_peer
     addr = _circuit_conn_addr(stream, relay, source)
+    usage = CircuitUsage(source, relay, outbound=False, limit=limit)
     raw = RawConnection(
-        stream.library_stream,
+        CountedStream(stream.library_stream, usage),
         initiator=False,
         connection_type=ConnectionType.RELAYED,
         addresses=[addr],
     )
     network = host.libp2p_host.get_network()
-    return await _upgraded(
+    muxed = await _upgraded(
         stream, lambda: network.upgrade_inbound_raw_conn(raw, addr), f"the circuit from {source}"
     )
+    host.circuits.add(muxed, usage)
+    return muxed
 
 
 async def _secured(stream: Stream, upgrade: Callable[[], Awaitable[object]], what: str) -> object:
@@ -322,8 +368,8 @@ def serve_circuits(host: P2PHost) -> None:
         try:
             with trio.move_on_after(host.admission.limits.transient_deadline) as deadline:
                 try:
-                    source, _ = await accept_circuit(stream, admit)
-                    muxed: Any = await upgrade_inbound(host, stream, source)
+                    source, limit = await accept_circuit(stream, admit)
+                    muxed: Any = await upgrade_inbound(host, stream, source, limit)
                 except CircuitRefused as refusal:
                     refused(refusal.reason, relay, str(refusal))
                     return

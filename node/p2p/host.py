@@ -131,6 +131,7 @@ from p2pchat.node.p2p.admission import (
     QuietAdmissionObserver,
 )
 from p2pchat.node.p2p.circuit import CircuitError, dial_through, split_circuit_addr
+from p2pchat.node.p2p.circuit_usage import CircuitLedger
 from p2pchat.node.p2p.dial_admission import DialLimits, Dials, Relayed
 from p2pchat.node.p2p.identity import Identity
 from p2pchat.node.p2p.muxer_guards import guard_muxers
@@ -685,6 +686,8 @@ class P2PHost:
             self._host.get_network(), Dials(settings.dials), self.admission_observer
         )
         self.relayed = Relayed(settings.dials)
+        # What each relayed connection used of its circuit's limit (circuit renewal, #21).
+        self.circuits = CircuitLedger()
 
     def _gate_quic_handshakes(self) -> None:
         """Trap 36: QUIC handshakes within the inbound admission limits, refusals counted and

@@ -34,6 +34,7 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.kad_dht import peer_routing as kad_peer_routing_module
 from libp2p.kad_dht import provider_store as kad_provider_store_module
 from libp2p.kad_dht import value_store as kad_value_store_module
+from libp2p.network.swarm import Swarm
 from libp2p.pubsub import floodsub as floodsub_module
 from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
@@ -42,6 +43,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p import (
     agent,
+    circuit_usage,
     kad_answers,
     pubsub_reader,
     records,
@@ -208,6 +210,15 @@ PATCHES: tuple[Patch, ...] = (
         yamux_unread.dropping_unread,
         "a reset or finished Yamux stream's unread bytes are kept for 60-90 s",
         "tests/hostile/test_yamux_retention.py::test_bytes_nobody_reads_are_dropped_when_their_stream_ends",
+    ),
+    Patch(
+        Swarm,
+        "_trim_connections",
+        circuit_usage.sparing_relayed,
+        "a second connection to a peer closes the older one at once (max_connections_per_peer "
+        "1, trap 4): a relayed conversation's next circuit killed the current one before the "
+        "conversation had moved to it",
+        "tests/test_circuit_renewal.py::test_an_old_circuit_carries_the_conversation_until_it_has_moved",
     ),
     # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
     *(

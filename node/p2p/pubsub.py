@@ -89,7 +89,7 @@ from weakref import WeakKeyDictionary
 import multiaddr
 import structlog
 import trio
-from libp2p.abc import INetStream
+from libp2p.abc import INetConn, INetStream
 from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -98,6 +98,7 @@ from libp2p.pubsub.pubsub import Pubsub, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
+from p2pchat.node.p2p.circuit_usage import new_stream_on
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
 from p2pchat.node.p2p.pubsub_streams import InboundStreams
 from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
@@ -532,7 +533,18 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
     def _handle_dead_peer(self, peer_id: ID) -> None:
         topics = [topic for topic, peers in self.peer_topics.items() if peer_id in peers]
+        subscriptions = self._peer_subscription_count.get(peer_id)
         super()._handle_dead_peer(peer_id)
+        if topics and self._peer_is_connected(peer_id):
+            # Our stream died but the peer is still connected (a relay reset the circuit it
+            # was on while the next one is up, #21): the library reopens a stream on what is
+            # left, but it forgot the peer's subscriptions, which the peer sends only on a new
+            # stream of its own: it would never be sent anything again. It left no topic.
+            for topic in topics:
+                self.peer_topics.setdefault(topic, set()).add(peer_id)
+            if subscriptions is not None:
+                self._peer_subscription_count[peer_id] = subscriptions
+            return
         for topic in topics:
             if peer_id not in self.peer_topics.get(topic, ()):
                 self.subscription_events(TopicUnsubscribed(str(peer_id), topic))
@@ -586,7 +598,9 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         for peer in peers:
             self.manager.run_task(self._handle_new_peer_with_retry, ID.from_base58(peer))
 
-    async def move_to(self, peer_id: ID, *, renew: bool = False) -> bool:
+    async def move_to(
+        self, peer_id: ID, *, renew: bool = False, conn: INetConn | None = None
+    ) -> bool:
         """Move our outbound stream to ``peer_id`` off a relayed connection, onto the best one
         the swarm now has (a direct one), keeping the messages queued for it (trap 23).
 
@@ -596,15 +610,23 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         ``renew``: replace the stream even if it is already direct, and close the old one once
         its current write is done: a new stream of ours is what makes js-gossipsub open its own
         again when it has none (issue #20, bug 1; :mod:`~p2pchat.node.p2p.pubsub_streams`).
+
+        ``conn``: onto this connection (renew implied), even a relayed one: the next circuit to
+        the peer, opened before the relay resets the current one (issue #21).
         """
         old = self.peers.get(peer_id)
-        if old is None or (not renew and transport_label(old.muxed_conn) != "p2p-circuit"):
-            return False
-        stream = await self.host.new_stream(peer_id, self.protocols)
-        if (
-            transport_label(stream.muxed_conn) == "p2p-circuit"
-            or self.peers.get(peer_id) is not old
+        if old is None or (
+            not renew and conn is None and transport_label(old.muxed_conn) != "p2p-circuit"
         ):
+            return False
+        if conn is not None:
+            renew = True
+            stream = await new_stream_on(conn, self.protocols)
+        else:
+            stream = await self.host.new_stream(peer_id, self.protocols)
+        if (conn is None and transport_label(stream.muxed_conn) == "p2p-circuit") or self.peers.get(
+            peer_id
+        ) is not old:
             await stream.close()  # nothing better to move to, or the peer re-registered meanwhile
             return False
         await stream.write(encode_varint_prefixed(self.get_hello_packet().SerializeToString()))
@@ -1344,6 +1366,24 @@ class NodeGossip:
             return ID.from_base58(peer) in self._pubsub.peers
         except ValueError:  # not a PeerId
             return False
+
+    def heard_on(self, peer: str, conn: object) -> bool:
+        """Whether one of ``peer``'s live pubsub streams to us is on the connection ``conn``."""
+        try:
+            return self._pubsub.inbound_streams.on_connection(ID.from_base58(peer), conn)
+        except ValueError:  # not a PeerId
+            return False
+
+    async def renew_stream_on(self, peer: str, conn: object) -> bool:
+        """Replace our pubsub stream to ``peer`` with a new one on the connection ``conn`` (the
+        next circuit), queued messages kept, the old one closed after its current write.
+        Whether it was replaced; never raises."""
+        try:
+            moved = await self._pubsub.move_to(ID.from_base58(peer), conn=conn)
+        except Exception as error:  # the connection went away meanwhile, or not a PeerId
+            log.info("pubsub stream move to the next circuit failed", peer=peer, error=str(error))
+            return False
+        return bool(moved)
 
     async def renew_stream(self, peer: str) -> bool:
         """Replace our pubsub stream to ``peer`` with a new one on its best connection (a

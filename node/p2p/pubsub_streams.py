@@ -65,5 +65,13 @@ class InboundStreams:
             if _open(stream)
         )
 
+    def on_connection(self, peer: ID, conn: object) -> bool:
+        """Whether one of ``peer``'s live inbound pubsub streams is on the swarm connection
+        ``conn`` (its muxed connection)."""
+        muxed = getattr(conn, "muxed_conn", None)
+        return any(
+            stream.muxed_conn is muxed and _open(stream) for stream in self._by_peer.get(peer, ())
+        )
+
     def __len__(self) -> int:
         return sum(len(streams) for streams in self._by_peer.values())

@@ -10,7 +10,8 @@ Both send at a human pace, ``RATE`` messages per second each, texts of 100 to 4,
 a burst of ``BURST`` messages every ``BURST_EVERY`` seconds, for ``SECONDS`` seconds; then up
 to ``SETTLE`` seconds pass for catch-up. Reported, per direction and together: sent, shown
 (live or caught up), shown twice, shown out of the sender's order, lost; the time from sending
-to being shown (p50, p99, max); the relay's circuit resets; B's relayed connections opened.
+to being shown (p50, p99, max); the relay's circuit resets; B's next circuits (opened before a
+limit, or at once after a loss: :mod:`p2pchat.node.circuit_renewal`) and relayed connections opened.
 
 Usage: python -m tests.bench.relayed_chat [conversation|overhead ...] (default: conversation);
 BENCH_RELAYED_SECONDS sets the conversation's length (default 180; the issue's long run is
@@ -201,6 +202,13 @@ def relayed_conversation() -> dict[str, Any]:
                 "circuit_resets": {
                     limit: relay.metric("p2pchat_relay_circuit_resets_total", limit=limit)
                     for limit in ("data", "duration")
+                },
+                "next_circuits_by_b": {
+                    f"{trigger}/{outcome}": b.metric(
+                        "p2pchat_relayed_circuit_renewals_total", trigger=trigger, outcome=outcome
+                    )
+                    for trigger in ("limit", "relay_gone")
+                    for outcome in ("renewed", "unheard", "failed")
                 },
                 "relayed_connections_opened_by_b": b.metric(
                     "libp2p_swarm_connections_opened_total", transport="p2p-circuit"
