@@ -27,7 +27,15 @@ def names(parts: Sequence[str]) -> set[str]:
 
 def test_a_chat_peer_runs_rooms_history_and_finds_peers_after_listening() -> None:
     on = started({})
-    assert on["start"] == ["dht", "autonat", "autorelay", "holepunch", "rooms", "history-server"]
+    assert on["start"] == [
+        "dht",
+        "autonat",
+        "autorelay",
+        "holepunch",
+        "circuit-renewal",
+        "rooms",
+        "history-server",
+    ]
     assert on["listening"] == ["discovery", "mdns", "archiver-discovery"]
 
 
@@ -49,6 +57,7 @@ def test_each_switch_turns_its_part_off() -> None:
             "P2PCHAT_HOLEPUNCH__ENABLED": "false",
             "P2PCHAT_AUTONAT__PROBE": "false",
             "P2PCHAT_HISTORY__SERVE": "false",
+            "P2PCHAT_AUTORELAY__RENEW_CIRCUITS_AT": "0",
         },
     )
     assert on["start"] == ["autorelay", "rooms"]

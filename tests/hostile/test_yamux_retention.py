@@ -146,5 +146,8 @@ def test_refused_kad_frames_cost_a_bootstrap_nothing_once_reset(
     assert outcome["sent_mib"] > 4 * RSS_MARGIN_MIB, "the attack sent too little to tell"
     footprint.assert_rss_below(footprint.baseline_rss_mib + RSS_MARGIN_MIB)
     footprint.assert_fds_back()
-    assert refused > 0
+    # Not asserted: how many frames were refused as too large (reported above). Whether the
+    # victim reads a stream's length prefix before the attacker's reset arrives depends on the
+    # scheduling (0 of 4,896 in a clean-clone CI run, hundreds in others); either way the
+    # stream's bytes must be dropped, which is what is asserted.
     assert dropped_mib > outcome["sent_mib"] / 2, outcome
