@@ -66,6 +66,8 @@ async def test_a_muted_rogue_and_its_forged_decisions_cost_the_owner_nothing_kep
                     sent += 1
                 await trio.sleep(0.1)
             delivery = await trio.to_thread.run_sync(chat.stop)
+        # Read while the rogue is still connected (a peer's score is forgotten when it goes).
+        graylisted_peers = victim.metric("p2pchat_pubsub_graylisted_peers")
 
     def dropped(reason: str) -> float:
         return victim.metric("p2pchat_messages_dropped_total", reason=reason)
@@ -73,9 +75,15 @@ async def test_a_muted_rogue_and_its_forged_decisions_cost_the_owner_nothing_kep
     muted, not_owner = dropped("muted"), dropped("not_owner")
     # Refused by moderation first; then the forged decisions (invalid messages) cost the
     # connection they came on its GossipSub score, and the victim graylists it: everything
-    # else it sends is ignored before it is looked at.
-    graylisted = victim.metric("p2pchat_pubsub_control_dropped_total", limit="graylisted")
-    assert muted >= 1 and not_owner >= 1 and graylisted >= 1, (muted, not_owner, graylisted)
+    # else it sends is ignored before it is looked at. How much more it sends is up to the
+    # rogue's library (it stops publishing to a peer that pruned it; a CI run saw none), so
+    # the ignored count is reported, and the graylisting itself asserted.
+    ignored = victim.metric("p2pchat_pubsub_control_dropped_total", limit="graylisted")
+    assert muted >= 1 and not_owner >= 1 and graylisted_peers >= 1, (
+        muted,
+        not_owner,
+        graylisted_peers,
+    )
     victim.say(f"/mods {room}")
     mods = victim.next_event(lambda e: e["type"] == "output" and e["command"] == "mods")
     assert [(m["target"], m["action"]) for m in mods["data"]["in_force"]] == [(mallory, "mute")]
@@ -91,5 +99,6 @@ async def test_a_muted_rogue_and_its_forged_decisions_cost_the_owner_nothing_kep
         sent_each=sent,
         dropped_muted=muted,
         dropped_not_owner=not_owner,
-        ignored_graylisted=graylisted,
+        graylisted_peers=graylisted_peers,
+        ignored_graylisted=ignored,
     )
