@@ -49,9 +49,14 @@ async def quic_host(
     listen: tuple[str, ...] = QUIC,
     connections: AdmissionLimits | None = None,
     refusals: Refusals | None = None,
+    streams: StreamLimits | None = None,
 ) -> AsyncIterator[tuple[P2PHost, RecordingObserver]]:
     observer = RecordingObserver()
-    settings = HostSettings(listen=listen, connections=connections or AdmissionLimits())
+    settings = HostSettings(
+        listen=listen,
+        connections=connections or AdmissionLimits(),
+        streams=streams or StreamLimits(),
+    )
     host = P2PHost(load_or_create_identity(data_dir), settings, observer, refusals)
     async with host.run():
         yield host, observer
@@ -221,3 +226,124 @@ async def test_quic_streams_are_under_the_per_protocol_stream_limit(tmp_path: Pa
         assert served == 64
         assert a_seen.limits.count("streams_per_protocol") == 16
         assert b.is_connected(a.peer_id)
+
+
+# --- trap 37: STOP_SENDING ends our sending only ------------------------------------------------
+
+
+async def test_stop_sending_leaves_our_read_half_open(tmp_path: Path) -> None:
+    # As go-libp2p's identify answers: the handler stops reading (STOP_SENDING) at once and its
+    # answer follows. The library closed the opener's stream as a whole at the STOP_SENDING, so
+    # a read made before the answer arrived failed.
+    answer = "/p2pchat/test-answer/1.0.0"
+
+    async def handler(stream: Stream) -> None:
+        # The answering side is played in aioquic itself, as a go or rust peer's QUIC does:
+        # our RESET_STREAM (the answer to its STOP_SENDING) ends its reading, not its answer.
+        # py-libp2p's stream would take it for a reset of both halves, so it is set aside.
+        quic = stream.library_stream.muxed_stream
+        connection, stream_id = quic._connection, quic._stream_id
+        connection._streams.pop(stream_id)
+        connection._stream_cache.pop(stream_id, None)
+        connection._quic.stop_stream(stream_id, 0)
+        await connection._transmit()
+        await trio.sleep(1)
+        connection._quic.send_stream_data(stream_id, b"the answer", end_stream=True)
+        await connection._transmit()
+
+    async with quic_host(tmp_path / "a") as (a, _), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(answer, handler)
+        await b.connect(quic_addr(a))
+        stream = await b.new_stream(a.peer_id, [answer])
+        opened = stream.library_stream.muxed_stream
+        await wait_until(lambda: opened._write_closed)  # the STOP_SENDING has arrived
+        with trio.fail_after(30):
+            assert await stream.read(100) == b"the answer"
+        assert b.is_connected(a.peer_id)
+
+
+# --- traps 39 and 40: streams within the peer's stream credit, which resets give back --------
+
+
+async def test_a_stream_past_the_peers_credit_waits_for_it(tmp_path: Path) -> None:
+    # a grants 128 streams at first (aioquic) and serves every one, holding it. The library
+    # opened the 129th and 130th anyway (aioquic queued them), reset them when their
+    # negotiation timed out, and a closed the connection at the RESET_STREAMs past its credit
+    # (STREAM_LIMIT_ERROR). Now they wait for credit and fail alone; a stream that ends gives
+    # its credit back, and the next one opens.
+    hold = "/p2pchat/test-hold/1.0.0"
+    streams = StreamLimits(streams_per_protocol_per_peer=256, negotiation_timeout=3.0)
+    served = 0
+
+    async def handler(stream: Stream) -> None:
+        nonlocal served
+        served += 1
+        await trio.sleep_forever()
+
+    async with (
+        quic_host(tmp_path / "a", streams=streams) as (a, a_seen),
+        quic_host(tmp_path / "b", streams=streams) as (b, _),
+    ):
+        a.set_stream_handler(hold, handler)
+        await b.connect(quic_addr(a))
+        held: list[Stream] = []
+        failed: list[BaseException] = []
+
+        async def open_one() -> None:
+            try:
+                stream = await b.new_stream(a.peer_id, [hold])
+                await stream.write(b"x")
+                held.append(stream)
+            except Exception as error:  # past the credit: no stream
+                failed.append(error)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(130):
+                    nursery.start_soon(open_one)
+            await wait_until(lambda: served == 128)
+            assert (len(held), len(failed)) == (128, 2)
+            await trio.sleep(1)  # a's answer to a RESET_STREAM past its credit would be here
+            assert not a_seen.closed and b.is_connected(a.peer_id)
+
+            await held.pop().reset()  # its credit comes back (trap 40)
+            await open_one()
+            await wait_until(lambda: served == 129)
+        assert not a_seen.closed
+
+
+async def test_streams_reset_by_the_peer_give_their_credit_back(tmp_path: Path) -> None:
+    # 200 streams on one protocol: 64 held (streams_per_protocol_per_peer), the rest reset by
+    # a. The library ended only a's sending half of each, so a never gave their credit back:
+    # after 128 streams nothing more opened on the connection. Now every one is answered.
+    hold = "/p2pchat/test-hold/1.0.0"
+    served = 0
+    failed = 0
+
+    async def handler(stream: Stream) -> None:
+        nonlocal served
+        served += 1
+        await trio.sleep_forever()
+
+    async with quic_host(tmp_path / "a") as (a, a_seen), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(hold, handler)
+        await b.connect(quic_addr(a))
+
+        async def open_one() -> None:
+            nonlocal failed
+            try:
+                stream = await b.new_stream(a.peer_id, [hold])
+                await stream.write(b"x")
+                await stream.read(1)  # a held one never answers; a refused one is reset
+            except Exception:  # refused: reset by the limit (counted below)
+                failed += 1
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(200):
+                    nursery.start_soon(open_one)
+                await wait_until(lambda: failed == 200 - 64, timeout=110)
+                nursery.cancel_scope.cancel()
+        assert served == 64
+        assert a_seen.limits.count("streams_per_protocol") == 200 - 64
+        assert not a_seen.closed and b.is_connected(a.peer_id)

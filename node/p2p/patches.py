@@ -40,12 +40,15 @@ from libp2p.pubsub import gossipsub as gossipsub_module
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.transport.quic.connection import QUICConnection
+from libp2p.transport.quic.stream import QUICStream
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p import (
     agent,
     circuit_usage,
     kad_answers,
     pubsub_reader,
+    quic_streams,
     records,
     remote_address,
     tcp_reads,
@@ -219,6 +222,38 @@ PATCHES: tuple[Patch, ...] = (
         "1, trap 4): a relayed conversation's next circuit killed the current one before the "
         "conversation had moved to it",
         "tests/test_circuit_renewal.py::test_an_old_circuit_carries_the_conversation_until_it_has_moved",
+    ),
+    Patch(
+        QUICStream,
+        "handle_stop_sending",
+        quic_streams.stop_sending_ends_our_sending,
+        "a QUIC peer's STOP_SENDING closes a stream we opened as a whole: a read made before "
+        "its answer arrived fails (go-libp2p's identify answers so; trap 37)",
+        "tests/test_quic_host.py::test_stop_sending_leaves_our_read_half_open",
+    ),
+    Patch(
+        QUICConnection,
+        "open_stream",
+        quic_streams.opening_within_credit,
+        "QUIC streams are opened past the peer's MAX_STREAMS credit; one reset before it could "
+        "open sends a RESET_STREAM the peer answers by closing the connection (trap 39)",
+        "tests/test_quic_host.py::test_a_stream_past_the_peers_credit_waits_for_it",
+    ),
+    Patch(
+        QUICStream,
+        "reset",
+        quic_streams.resetting_both_halves,
+        "a QUIC stream reset ends our sending half only: the peer's stays open, and QUIC never "
+        "returns the stream's credit (trap 40)",
+        "tests/test_quic_host.py::test_streams_reset_by_the_peer_give_their_credit_back",
+    ),
+    Patch(
+        QUICStream,
+        "handle_reset",
+        quic_streams.ending_our_half_at_their_reset,
+        "a QUIC peer's RESET_STREAM ends the stream for the library, but not our sending half, "
+        "so QUIC never returns the stream's credit (trap 40)",
+        "tests/test_quic_host.py::test_streams_reset_by_the_peer_give_their_credit_back",
     ),
     # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
     *(

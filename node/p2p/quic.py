@@ -9,7 +9,15 @@ through a QUIC connection is bounded here instead, from the same :class:`StreamL
 
 - inbound streams per connection: the library admits 1000 (``MAX_INCOMING_STREAMS``) ->
   ``streams_per_connection``, as on Yamux;
-- multistream negotiation on a stream: the library waits 30 s -> ``negotiation_timeout``.
+- multistream negotiation on a stream: the library waits 30 s -> ``negotiation_timeout``;
+- opening a stream, which waits for the peer's stream credit (trap 39,
+  :mod:`~p2pchat.node.p2p.quic_streams`): the library waits 30 s -> ``negotiation_timeout``;
+- a read that waits (trap 38): the library gives up after 30 s (``STREAM_READ_TIMEOUT``) and
+  resets the stream -> no limit, as on Yamux and TCP. A quiet room's GossipSub stream carries
+  nothing for minutes; at 30 s the library reset the peer's stream to us, and go-libp2p-pubsub
+  then dropped our subscription with its dead stream, so it never sent us the room's messages
+  again. Each protocol of the node bounds its own waits (``read_frame_within``), as it must
+  on Yamux.
 
 Connections themselves go through the same gate as TCP and WebSocket ones (the swarm's inbound
 handler, :mod:`~p2pchat.node.p2p.inbound`): per address, per peer and in total; their handshakes
@@ -18,6 +26,7 @@ are admitted by :func:`gate_handshakes` (trap 36, below).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +45,8 @@ def quic_config(streams: StreamLimits, **connection: Any) -> QUICTransportConfig
         max_concurrent_streams=streams.streams_per_connection,
         MAX_INCOMING_STREAMS=streams.streams_per_connection,
         NEGOTIATE_TIMEOUT=streams.negotiation_timeout,
+        STREAM_OPEN_TIMEOUT=streams.negotiation_timeout,
+        STREAM_READ_TIMEOUT=math.inf,
     )
 
 
