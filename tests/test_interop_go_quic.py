@@ -7,6 +7,7 @@ go peer (these tests fail, never skip, without it).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tests.test_interop_go import ROOM, WAIT, GoPeer, chat_peer, go_peer, sees_p
 from tests.test_interop_go import go_peers as go_peers  # the fixture
 
 QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
+QUIET = 40.0  # seconds without a word: past py-libp2p's 30 s QUIC read timeout
 
 
 def go_quic_addr(go: GoPeer) -> str:
@@ -48,8 +50,10 @@ def test_a_p2pchat_peer_dials_go_over_quic(
 
 @pytest.mark.xfail(
     strict=False,
-    reason="go dialling p2pchat over QUIC: no GossipSub peering within 60 s in some runs (a "
-    "clean-clone CI run of f70df83, and 4 of 6 runs at load 12); cause not found yet (#20)",
+    reason="go dialling p2pchat over QUIC at a load average of 10-12: in about 1 run of 12 the "
+    "go peer's message after connecting never reaches us (go-libp2p-pubsub logs no RPC sent to "
+    "us after its GRAFT; our side receives nothing more on go's stream); two causes found and "
+    "fixed (traps 37, 38), this one not yet (#20)",
 )
 def test_go_dials_a_p2pchat_peer_over_quic(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
@@ -57,5 +61,25 @@ def test_go_dials_a_p2pchat_peer_over_quic(
     go = go_peer(go_peers, "-listen", QUIC)
     a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC)
     a.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
+    # go-libp2p's identify answers with STOP_SENDING first: a loaded machine made our read of
+    # the answer fail and the connection close unidentified (trap 37, node/p2p/quic_streams.py).
     go.run(f"dial {a.addr('quic')}", "dialed")
     chat_with_go(a, go)
+
+
+@pytest.mark.interop("go", "quic", "chat")
+def test_a_quiet_quic_conversation_with_go_goes_on(
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+) -> None:
+    # py-libp2p gives up a QUIC read after 30 s and resets the stream: go's GossipSub stream to
+    # us, quiet for 30 s, was reset, and go-libp2p-pubsub forgot our subscription with it, so
+    # nothing the go peer said reached us again (trap 38, node/p2p/quic.py).
+    go = go_peer(go_peers, "-listen", QUIC)
+    a = chat_peer(tmp_path / "a", nodes, "--bootstrap", go_quic_addr(go))
+    chat_with_go(a, go)
+    time.sleep(QUIET)
+    assert a.peer_id in go.run("topic-peers", "topic_peers")
+    go.run("say still here", "published")
+    assert a.next_event(is_message("still here"), timeout=WAIT)["sender"] == go.peer_id
+    a.say("and here too")
+    assert go.message("and here too")["from"] == a.peer_id
