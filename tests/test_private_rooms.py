@@ -22,9 +22,8 @@ from p2pchat.node.wire.chat import (
     new_message_id,
 )
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.hostile.moderation_attacks import rogue
-from tests.test_archive import wait_metric
 from tests.test_json_contract import answer, chat_peer
 from tests.test_json_contract import seen as seen_event
 
