@@ -756,6 +756,16 @@ class ChatSection(_Section):
         description="New direct-message sessions opened here at once, all peers together (one "
         "peer: a tenth of it, at least 1).",
     )
+    dm_fallback_rotation: float = Field(
+        default=14 * 86_400.0,
+        ge=1,
+        le=366 * 86_400.0,
+        description="Seconds between two fallback keys in this peer's published key bundle "
+        "(the key first direct messages to it are made with). The previous key is kept one "
+        "more period, so a first message sealed for an archiver before a rotation still "
+        "opens, then forgotten: a later copy of the keys no longer reads first messages made "
+        "with it. At least mailbox.ttl.",
+    )
     dm_max_inbound: int = Field(
         default=32,
         ge=1,
@@ -1474,6 +1484,18 @@ class Config(_Section):
                 "peerstore.max_peers must be greater than node.max_connections "
                 f"({self.peerstore.max_peers} <= {self.node.max_connections}): every connected "
                 "peer keeps its record"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fallback_key_outlives_letters(self) -> Config:
+        # The previous fallback key is kept one rotation period: a letter sealed with it must
+        # still open while an archiver may keep it.
+        if self.chat.dm_fallback_rotation < self.mailbox.ttl:
+            raise ValueError(
+                "chat.dm_fallback_rotation must be at least mailbox.ttl "
+                f"({self.chat.dm_fallback_rotation:g} < {self.mailbox.ttl:g}): a first message "
+                "sealed with the previous fallback key must open while an archiver keeps it"
             )
         return self
 
