@@ -1131,6 +1131,15 @@ class MailboxSection(_Section):
         description="Chat peer: seconds between two fetches of its own mail from the archivers "
         "connected (also fetched at start and on each connection to an archiver).",
     )
+    max_pair_mailboxes: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Chat peer: per-contact mailboxes fetched besides the published one, those "
+        "of the peers written to last (a peer that heard from this one deposits in their "
+        "pair's mailbox). Each costs a request per archiver and fetch, within the archivers' "
+        "fetch_burst (20 by default).",
+    )
     max_entry_bytes: int = Field(
         default=24_576,
         ge=1024,

@@ -330,3 +330,62 @@ def test_the_fallback_key_rotates_the_previous_opens_for_one_period_then_is_forg
 def test_no_rotation_without_a_period(store: Store) -> None:
     bob = sessions(store, Peer())
     assert bob.fallback_due_in() is None and not bob.rotate_fallback_if_due()
+
+
+def test_the_pair_mailboxes_fetched_are_bounded_to_those_written_to_last(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Of 12 peers written to, a recipient with ``max_pair_mailboxes`` 3 fetches its published
+    mailbox and the pair mailboxes of the last 3; each pair's key is the one the peer computes
+    from its own side (so it deposits where the recipient fetches)."""
+    import structlog
+    from p2pchat.node.config import MailboxSection
+    from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.roles.peer.dm_mailbox import Mail, MailKeys
+    from p2pchat.roles.peer.metrics import ChatMetrics
+    from prometheus_client import CollectorRegistry
+
+    from tests.chat_fakes import FakeHost
+
+    def mail_of(store: Store, peer: Peer, settings: MailboxSection) -> tuple[Mail, MailKeys]:
+        own = MailKeys(store.namespace("dm"))
+        olm = OlmSessions(
+            store.namespace("dm"),
+            peer.text,
+            peer.raw,
+            peer.sign,
+            signed_by,
+            SessionLimits(),
+            mailbox_keys=(own.sealing_key, own.mailbox_key),
+        )
+        mail = Mail(
+            FakeHost(load_or_create_identity(tmp_path / peer.text)),  # type: ignore[arg-type]
+            store.namespace("dm"),
+            own,
+            olm,
+            settings,
+            4096,
+            16384,
+            ChatMetrics(CollectorRegistry()),
+            structlog.get_logger(),
+            lambda sender, plains: None,
+            lambda reason, peer: None,
+        )
+        mail.bundle = olm.bundle  # type: ignore[attr-defined]
+        return mail, own
+
+    settings = MailboxSection(max_pair_mailboxes=3)
+    bob = Peer()
+    b_store = Store.open(tmp_path / "bob")
+    b_mail, b_keys = mail_of(b_store, bob, settings)
+    others = [Peer() for _ in range(12)]
+    stores = [Store.open(tmp_path / f"o{n}") for n in range(12)]
+    pairs = []
+    for peer, store in zip(others, stores, strict=True):
+        mail, keys = mail_of(store, peer, settings)
+        b_mail.remember(peer.text, mail.bundle)  # type: ignore[attr-defined]
+        b_mail.wrote_to(peer.text)
+        pairs.append(bytes(keys.pair(b_keys.sealing_key).verify_key))
+    fetched = b_mail.fetched_mailboxes()
+    assert fetched[0] is None and len(fetched) == 4
+    assert {bytes(k.verify_key) for k in fetched[1:] if k is not None} == set(pairs[-3:])
+    for store in [b_store, *stores]:
+        store.close()

@@ -363,6 +363,8 @@ class DirectMessages:
         delivered = self._waiting.pop(plain.id, None)
         if delivered is not None:
             self._waiting_store.remove(delivered.key)
+        if self._mail is not None:
+            self._mail.wrote_to(peer)
         self._observer.dm_sent_outcome("delivered")
         if plain.room_key is not None:  # a private room's key: nothing to show
             return NoticeEvent("dm_delivered", "", {"peer": peer, "id": message_id})
@@ -619,8 +621,10 @@ class DirectMessages:
             return
         finally:
             self._observer.dm_session_count(self.olm.session_count())
-        if self._mail is not None and message.sender_bundle is not None:
-            self._mail.remember(peer, message.sender_bundle)
+        if self._mail is not None:
+            if message.sender_bundle is not None:
+                self._mail.remember(peer, message.sender_bundle)
+            self._mail.heard_from(peer)
         if plain.room_key is not None:
             if self._first_time(peer, plain.id) and self.on_room_key is not None:
                 await self.on_room_key(peer, plain.room_key)
@@ -632,6 +636,8 @@ class DirectMessages:
         """Messages of ``peer`` fetched from mailboxes, in order (a private room's key among
         them is handed to ``on_room_key``, never shown)."""
         self._observer.dm_session_count(self.olm.session_count())
+        if self._mail is not None:
+            self._mail.heard_from(peer)
         for plain in plains:
             if plain.room_key is None:
                 self._show(peer, plain)
