@@ -1135,10 +1135,10 @@ class MailboxSection(_Section):
         default=8,
         ge=0,
         le=64,
-        description="Chat peer: per-contact mailboxes fetched besides the published one, those "
-        "of the peers written to last (a peer that heard from this one deposits in their "
-        "pair's mailbox). Each costs a request per archiver and fetch, within the archivers' "
-        "fetch_burst (20 by default).",
+        description="Chat peer: per-contact mailboxes fetched besides the published one: half "
+        "those of the peers written to last, half the others' in turn from fetch to fetch (a "
+        "peer that heard from this one deposits in their pair's mailbox). Each costs a request "
+        "per archiver and fetch, within the archivers' fetch_burst (20 by default).",
     )
     max_entry_bytes: int = Field(
         default=24_576,
