@@ -130,6 +130,7 @@ from p2pchat.node.p2p import (
     outbound,
     patches,
     peer_keys,
+    quic_punch,
 )
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.admission import (
@@ -716,6 +717,8 @@ class P2PHost:
         for transport in self._host.get_network().transport_manager.get_transports():
             if isinstance(transport, QUICTransport):
                 gate_handshakes(transport, self.admission.limits, refused)
+                # Hole punching over QUIC dials from the listen port (quic_punch).
+                quic_punch.install(transport)
 
     @property
     def peer_id(self) -> str:
