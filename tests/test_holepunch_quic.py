@@ -118,7 +118,8 @@ def test_hole_punch_over_quic_through_nat(
         punched = logged(listener, "hole punch succeeded", timeout=PUNCH_WAIT, peer=dialer.peer_id)
         assert punched["side"] == "initiator"
         logged(dialer, "hole punch succeeded", timeout=PUNCH_WAIT, peer=listener.peer_id)
-        logged(listener, "relayed connection closed; chat is direct", timeout=PUNCH_WAIT)
+        # How the relayed connection is retired (at once, or kept while the peer's pubsub
+        # stream is on it) is node/relay_handover.py's business, tested on its own.
         expected, outcome = "direct", "success"
     else:
         failed = logged(listener, "hole punch failed; staying relayed", timeout=PUNCH_WAIT)
