@@ -49,8 +49,10 @@ from p2pchat.node.p2p.direct import (
     has_direct_connection,
     has_outbound_relayed,
     own_punch_addrs,
+    peer_quic_addrs,
     peer_tcp_addrs,
     punch_targets,
+    with_listen_ports,
     worth_a_direct_dial,
 )
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
@@ -290,7 +292,9 @@ class HolePunch:
                         return
                     stream = fresh
                     rtt, answer = await self._connect_round(stream, ours)
-                theirs = _addr_texts(answer.addrs)
+                theirs = with_listen_ports(
+                    _addr_texts(answer.addrs), peer_quic_addrs(self._host, peer)
+                )
                 self._log.debug("hole punch round", peer=peer, ours=ours, theirs=theirs, rtt=rtt)
                 if not theirs:
                     self._finished("initiator", peer, attempt, "no_suitable_address")
@@ -345,7 +349,9 @@ class HolePunch:
                     request = await _receive(stream, Connect)
                     await stream.write(encode(Connect(_addr_bytes(ours))))
                     await _receive(stream, Sync)
-                theirs = _addr_texts(request.addrs)
+                theirs = with_listen_ports(
+                    _addr_texts(request.addrs), peer_quic_addrs(self._host, peer)
+                )
                 self._log.debug("hole punch round", peer=peer, ours=ours, theirs=theirs)
                 if not theirs or not ours:
                     self._finished("receiver", peer, attempt, "no_suitable_address")

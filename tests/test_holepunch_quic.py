@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from p2pchat.node.p2p.direct import punch_addrs, punch_targets, quic_addrs
+from p2pchat.node.p2p.direct import punch_addrs, punch_targets, quic_addrs, with_listen_ports
 
 from tests.conftest import NodeProcess, node_env, start_node, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
@@ -59,6 +59,20 @@ def test_punch_addrs_predict_the_quic_listen_port_at_the_observed_ip() -> None:
         "/ip4/198.51.100.7/udp/4001/quic-v1",
         "/ip4/192.168.1.5/udp/4001/quic-v1",
     ]
+
+
+def test_a_tcp_only_connect_gets_the_quic_listen_port_at_its_ip() -> None:
+    # go-libp2p observed over TCP only: its CONNECT names its NAT's TCP address; its identify
+    # named its QUIC listen port at its LAN address.
+    theirs = ["/ip4/11.77.0.2/tcp/33127"]
+    known = ["/ip4/10.77.1.2/udp/33373/quic-v1"]
+    assert with_listen_ports(theirs, known) == [
+        "/ip4/11.77.0.2/tcp/33127",
+        "/ip4/11.77.0.2/udp/33373/quic-v1",
+    ]
+    assert with_listen_ports(theirs, []) == theirs
+    # Nothing is implied across address families, and what the peer said stays first.
+    assert with_listen_ports(["/ip6/2001:db8::1/tcp/1"], known) == ["/ip6/2001:db8::1/tcp/1"]
 
 
 @pytest.fixture(params=["port-preserving", "symmetric"])

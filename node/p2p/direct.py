@@ -94,9 +94,35 @@ def quic_addrs(addrs: Iterable[str]) -> list[str]:
 
 
 def punch_targets(addrs: Iterable[str]) -> list[str]:
-    """The addresses of ``addrs`` a hole punch can use: plain TCP ones, then plain QUIC ones."""
+    """The addresses of ``addrs`` a hole punch can use: plain TCP ones, then plain QUIC ones,
+    then the QUIC ones a port-preserving NAT implies (:func:`implied_quic_addrs`)."""
     listed = list(addrs)
-    return tcp_addrs(listed) + quic_addrs(listed)
+    quic = quic_addrs(listed)
+    implied = [addr for addr in implied_quic_addrs(listed) if addr not in quic]
+    return tcp_addrs(listed) + quic + implied
+
+
+def implied_quic_addrs(addrs: Sequence[str]) -> list[str]:
+    """Each IP of the TCP addresses among ``addrs`` with each QUIC port among them. A peer
+    that was observed over TCP only knows its NAT's address for TCP (go-libp2p and py-libp2p
+    keep an observation for listen addresses of the same transport), so it offers its QUIC
+    listen port at its LAN address only; a port-preserving NAT maps that port at the address
+    its TCP was seen at. Only IPs and ports the peer named itself."""
+    ips = []
+    for endpoint in map(_tcp_endpoint, addrs):
+        if endpoint is not None and (endpoint[0], endpoint[1]) not in ips:
+            ips.append((endpoint[0], endpoint[1]))
+    ports = []
+    for endpoint in map(_quic_endpoint, addrs):
+        if endpoint is not None and (endpoint[0], endpoint[2]) not in ports:
+            ports.append((endpoint[0], endpoint[2]))
+    combined = [
+        f"/{family}/{ip}/udp/{port}/quic-v1"
+        for family, ip in ips
+        for quic_family, port in ports
+        if family == quic_family
+    ]
+    return quic_addrs(combined)
 
 
 def tcp_addrs(addrs: Iterable[str]) -> list[str]:
@@ -215,6 +241,26 @@ def peer_tcp_addrs(host: P2PHost, peer: str) -> list[str]:
     except (PeerStoreError, ValueError):
         return []
     return tcp_addrs(str(addr) for addr in addrs)
+
+
+def peer_quic_addrs(host: P2PHost, peer: str) -> list[str]:
+    """The QUIC addresses the peerstore holds for ``peer`` (its identify's listen addresses)."""
+    try:
+        addrs = host.libp2p_host.get_peerstore().addrs(ID.from_base58(peer))
+    except (PeerStoreError, ValueError):
+        return []
+    return quic_addrs(str(addr) for addr in addrs)
+
+
+def with_listen_ports(theirs: Sequence[str], known_quic: Sequence[str]) -> list[str]:
+    """``theirs`` (a peer's CONNECT addresses, as :func:`punch_targets`) and the QUIC addresses
+    its TCP addresses' IPs imply with the QUIC listen ports of ``known_quic`` (from its
+    identify): a peer observed over TCP only (go-libp2p reaching a relay over TCP) offers no
+    QUIC address at all, but a port-preserving NAT maps its QUIC listen port at the IP its TCP
+    was seen at. The ``known_quic`` addresses themselves (LAN ones, usually) are not added."""
+    implied = implied_quic_addrs([*tcp_addrs(theirs), *known_quic])
+    extra = [addr for addr in implied if addr not in theirs and addr not in known_quic]
+    return [*theirs, *extra]
 
 
 def own_punch_addrs(host: P2PHost) -> list[str]:
