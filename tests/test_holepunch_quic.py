@@ -18,7 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from p2pchat.node.p2p.direct import punch_addrs, punch_targets, quic_addrs, with_listen_ports
+from p2pchat.node.p2p.direct import (
+    MAX_IMPLIED,
+    implied_quic_addrs,
+    punch_addrs,
+    punch_targets,
+    quic_addrs,
+    with_listen_ports,
+)
 
 from tests.conftest import NodeProcess, node_env, start_node, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
@@ -73,6 +80,14 @@ def test_a_tcp_only_connect_gets_the_quic_listen_port_at_its_ip() -> None:
     assert with_listen_ports(theirs, []) == theirs
     # Nothing is implied across address families, and what the peer said stays first.
     assert with_listen_ports(["/ip6/2001:db8::1/tcp/1"], known) == ["/ip6/2001:db8::1/tcp/1"]
+
+
+def test_implied_addresses_are_bounded_whatever_a_peer_names() -> None:
+    many = [f"/ip4/11.0.{i // 250}.{i % 250}/tcp/1" for i in range(1000)]
+    many += [f"/ip4/10.0.0.1/udp/{port}/quic-v1" for port in range(1000, 2000)]
+    implied = implied_quic_addrs(many)
+    assert len(implied) == MAX_IMPLIED * MAX_IMPLIED
+    assert implied[0] == "/ip4/11.0.0.0/udp/1000/quic-v1"
 
 
 @pytest.fixture(params=["port-preserving", "symmetric"])

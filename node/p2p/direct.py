@@ -39,6 +39,7 @@ log = logging.getLogger("p2pchat.host.direct")
 DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
 MAX_DIAL_ADDRS = 8  # addresses dialled per attempt: a peer cannot make us dial a long list
 MAX_PUNCH_ADDRS = 16  # addresses we offer in CONNECT
+MAX_IMPLIED = 4  # IPs and QUIC ports combined into implied QUIC addresses (at most 16)
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -107,15 +108,18 @@ def implied_quic_addrs(addrs: Sequence[str]) -> list[str]:
     that was observed over TCP only knows its NAT's address for TCP (go-libp2p and py-libp2p
     keep an observation for listen addresses of the same transport), so it offers its QUIC
     listen port at its LAN address only; a port-preserving NAT maps that port at the address
-    its TCP was seen at. Only IPs and ports the peer named itself."""
-    ips = []
+    its TCP was seen at. Only IPs and ports the peer named itself, the first
+    :data:`MAX_IMPLIED` of each (so at most their product)."""
+    ips: list[tuple[str, IPAddress]] = []
     for endpoint in map(_tcp_endpoint, addrs):
-        if endpoint is not None and (endpoint[0], endpoint[1]) not in ips:
-            ips.append((endpoint[0], endpoint[1]))
-    ports = []
+        key = endpoint[:2] if endpoint is not None else None
+        if key is not None and key not in ips and len(ips) < MAX_IMPLIED:
+            ips.append(key)
+    ports: list[tuple[str, int]] = []
     for endpoint in map(_quic_endpoint, addrs):
-        if endpoint is not None and (endpoint[0], endpoint[2]) not in ports:
-            ports.append((endpoint[0], endpoint[2]))
+        key2 = (endpoint[0], endpoint[2]) if endpoint is not None else None
+        if key2 is not None and key2 not in ports and len(ports) < MAX_IMPLIED:
+            ports.append(key2)
     combined = [
         f"/{family}/{ip}/udp/{port}/quic-v1"
         for family, ip in ips
