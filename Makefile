@@ -152,6 +152,7 @@ bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.private_rooms
 	$(BIN)/python -m tests.bench.dm
 	$(BIN)/python -m tests.bench.connection_setup
+	$(BIN)/python -m tests.bench.connection_setup_lab
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).

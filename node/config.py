@@ -156,13 +156,23 @@ class NodeSection(_Section):
     bootstrap: PeerAddrs = Field(
         default=[],
         description="Peers dialled at start and re-dialled with backoff while disconnected "
-        "(multiaddrs ending in /p2p/<peer id>).",
+        "(multiaddrs ending in /p2p/<peer id>); several direct addresses of one peer are "
+        "dialled together, a QUIC and a TCP one raced (quic_head_start).",
     )
     muxers: MuxerNames = Field(
         default=["yamux", "mplex"], min_length=1, description="Stream muxers, preferred first."
     )
     max_connections: int = Field(default=300, ge=1, le=100_000)
     dial_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds per dial.")
+    quic_head_start: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="Seconds a QUIC dial to a peer runs alone before its TCP and WebSocket "
+        "addresses are dialled too (go-libp2p's 250 ms); the first connection wins, the other "
+        "dials are cancelled. Each further address of the race starts this much later; 0 "
+        "dials all at once.",
+    )
     bootstrap_backoff_max: float = Field(
         default=60.0, ge=1, le=3600, description="Longest wait between bootstrap re-dials (s)."
     )
