@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust load-go
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust load-go bench-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -153,6 +153,12 @@ bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.dm
 	$(BIN)/python -m tests.bench.connection_setup
 	$(BIN)/python -m tests.bench.connection_setup_lab
+	$(MAKE) bench-long
+
+# The long ones, in the NAT lab's network namespaces (root, iproute2, iptables): a 30-minute
+# relayed conversation through symmetric NATs, and bursts bigger than a circuit's budget.
+bench-long: $(DEV)
+	$(BIN)/python -m tests.bench.relayed_nat long overburst
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).

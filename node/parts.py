@@ -242,6 +242,8 @@ def _rooms(w: Wiring) -> Capability:
         px_observer=w.metrics.swarm,
         limits=pubsub_limits(w.config.pubsub),
         observer=w.metrics.pubsub,
+        # with no renewal, there is no next circuit to wait for
+        hold_for_next_circuit=w.config.autorelay.renew_circuits_at > 0,
     )
     return w.gossip
 
