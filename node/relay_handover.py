@@ -106,6 +106,10 @@ class PubsubStreams(Protocol):
         """Send ``peer`` an empty RPC on our current pubsub stream: whether it was queued."""
         ...
 
+    def streams_opened_to(self, peer: str) -> int:
+        """How many pubsub streams we opened on the connection our stream to ``peer`` is on."""
+        ...
+
 
 class HandoverObserver(Protocol):
     """What the handover reports (the metrics implement it). Called inline: must not block."""
@@ -190,10 +194,13 @@ class RelayHandover:
         await close_relayed(self._host, peer)
         outcome, renewals, reason = await self._resume(pubsub, peer)
         self._observer.handover_finished(outcome)
+        streams = pubsub.streams_opened_to(peer)  # within STREAMS_PER_CONNECTION
         if outcome == "resumed":
-            self._log.info("relayed handover finished", peer=peer, renewals=renewals)
+            self._log.info(
+                "relayed handover finished", peer=peer, renewals=renewals, streams=streams
+            )
             return None
-        self._unheard.refused(reason, peer=peer, renewals=renewals)
+        self._unheard.refused(reason, peer=peer, renewals=renewals, streams=streams)
         return pubsub if reason == "renewals" else None
 
     async def _watch(self, pubsub: PubsubStreams, peer: str) -> None:

@@ -541,6 +541,8 @@ def test_a_peer_that_never_reopens_its_stream_is_given_up_on_after_the_renewals(
     unheard = logged(py, "peer not heard after the relayed handover", timeout=WAIT, peer=js.peer_id)
     assert (unheard["reason"], unheard["level"]) == ("renewals", "warning")
     assert 1 <= unheard["renewals"] <= min(len(LOOKS), STREAMS_PER_CONNECTION - 1)
+    # The budget is what stopped them: exactly that many streams of ours on the connection.
+    assert unheard["streams"] == STREAMS_PER_CONNECTION
     handovers = "p2pchat_relayed_handover_total"
     assert _total(py, handovers, outcome="failed") == 1
     assert _total(py, handovers) == 1
