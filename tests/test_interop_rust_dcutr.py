@@ -185,12 +185,16 @@ def test_after_the_relayed_connection_is_retired_rust_and_p2pchat_still_chat(
     deadline = time.monotonic() + WAIT  # counted at its next look (a nudge apart)
     while not _total(py, handovers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _total(py, handovers, outcome="resumed") == 1, py.log[-40:]
+    # Resumed (rust heard on the direct connection once it spoke), or, when rust happened to
+    # open its stream there before the grace ended (its send queue and our move met), not
+    # needed (1 run of 15); never failed.
+    assert _total(py, handovers, outcome="failed") == 0, py.log[-40:]
     assert _total(py, handovers) == 1
-    # Within rust-libp2p's budget: never more than STREAMS_PER_CONNECTION streams of ours on
-    # the direct connection (the move, maybe a respawn, the renewals).
-    finished = logged(py, "relayed handover finished", peer=rust.peer_id)
-    assert 1 + finished["renewals"] <= finished["streams"] <= STREAMS_PER_CONNECTION
+    if _total(py, handovers, outcome="resumed"):
+        # Within rust-libp2p's budget: never more than STREAMS_PER_CONNECTION streams of ours
+        # on the direct connection (the move, maybe a respawn, the renewals).
+        finished = logged(py, "relayed handover finished", peer=rust.peer_id)
+        assert 1 + finished["renewals"] <= finished["streams"] <= STREAMS_PER_CONNECTION
 
 
 @pytest.mark.interop("rust", "tcp", "dcutr-they-dial")
