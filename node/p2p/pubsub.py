@@ -102,7 +102,7 @@ from p2pchat.node.p2p.circuit_room import HOLD as CIRCUIT_HOLD
 from p2pchat.node.p2p.circuit_room import fits, room_left, wait_for_room
 from p2pchat.node.p2p.circuit_usage import CircuitLedger, new_stream_on
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
-from p2pchat.node.p2p.pubsub_streams import InboundStreams
+from p2pchat.node.p2p.pubsub_streams import InboundStreams, OutboundStreamCounts
 from p2pchat.node.p2p.rpc_queue import COALESCE_BYTES, QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
@@ -396,6 +396,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         self._my_id_bytes = self.my_id.to_bytes()
         self._write_locks: WeakKeyDictionary[INetStream, trio.Lock] = WeakKeyDictionary()
         self.inbound_streams = InboundStreams()  # where each peer's own sending lives (#20)
+        self.outbound_counts = OutboundStreamCounts()  # ours per connection, within a budget
 
     async def stream_handler(self, stream: INetStream) -> None:
         # The library's handler, its error handling included; the stream is listed while read.
@@ -487,10 +488,14 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # nearly every time. What changed meanwhile is sent once the peer is listed.
         touched: set[str] = set()  # topics joined or left while this peer registers
         self._registering.append(touched)
+        before = self.peers.get(peer_id)
         try:
             await super()._handle_new_peer(peer_id)
         finally:
             self._registering.remove(touched)
+        opened = self.peers.get(peer_id)
+        if opened is not None and opened is not before:
+            self.outbound_counts.opened(opened)
         queue = self.peer_queues.get(peer_id)
         if queue is None or not touched:
             return
@@ -642,11 +647,17 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
         ``conn``: onto this connection (renew implied), even a relayed one: the next circuit to
         the peer, opened before the relay resets the current one (issue #21).
+
+        A renewal (``renew``, no ``conn``) is not made once we opened
+        :data:`~p2pchat.node.p2p.pubsub_streams.STREAMS_PER_CONNECTION` pubsub streams on the
+        current stream's connection: rust-libp2p would disable GossipSub there.
         """
         old = self.peers.get(peer_id)
         if old is None or (
             not renew and conn is None and transport_label(old.muxed_conn) != "p2p-circuit"
         ):
+            return False
+        if renew and conn is None and not self.outbound_counts.room_beside(old):
             return False
         if conn is not None:
             renew = True
@@ -658,6 +669,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         ) is not old:
             await stream.close()  # nothing better to move to, or the peer re-registered meanwhile
             return False
+        self.outbound_counts.opened(stream)
         await stream.write(encode_varint_prefixed(self.get_hello_packet().SerializeToString()))
         if self.peers.get(peer_id) is not old:
             await stream.close()
@@ -1425,6 +1437,7 @@ class NodeGossip:
         """Replace our pubsub stream to ``peer`` with a new one on its best connection (a
         direct one if any), queued messages kept, the old one closed: a peer whose library
         opens its own stream only when one of ours arrives (js-gossipsub) opens it again.
+        Not past the budget of streams per connection (:meth:`_ChatPubsub.move_to`).
         Whether it was replaced; never raises."""
         try:
             renewed = await self._pubsub.move_to(ID.from_base58(peer), renew=True)
@@ -1432,6 +1445,25 @@ class NodeGossip:
             log.info("pubsub stream renewal failed", peer=peer, error=str(error))
             return False
         return bool(renewed)
+
+    def nudge(self, peer: str) -> bool:
+        """Send ``peer`` an empty RPC on our pubsub stream (no new stream): any frame arriving
+        on its connection makes rust-libp2p-gossipsub look at its send queue and open its own
+        stream there if it has something to send (:mod:`~p2pchat.node.relay_handover`).
+        Whether it was queued; never raises."""
+        try:
+            queue = self._pubsub.peer_queues.get(ID.from_base58(peer))
+        except ValueError:  # not a PeerId
+            return False
+        return queue is not None and bool(queue.push(rpc_pb2.RPC()))
+
+    def streams_opened_to(self, peer: str) -> int:
+        """How many pubsub streams we opened on the connection our stream to ``peer`` is on."""
+        try:
+            stream = self._pubsub.peers.get(ID.from_base58(peer))
+        except ValueError:  # not a PeerId
+            return 0
+        return 0 if stream is None else self._pubsub.outbound_counts.on(stream)
 
     async def _move_streams(self) -> None:
         async for peer in self._direct_out:
