@@ -38,7 +38,8 @@ So, :data:`GRACE` seconds after the direct connection is up (:meth:`RelayHandove
    forward). So, still unheard after the renewals, the peer is *nudged*: an empty RPC on our
    stream (:meth:`~p2pchat.node.p2p.pubsub.NodeGossip.nudge`) every :data:`NUDGE_EVERY`
    seconds, until it is heard directly; the outcome is counted after :data:`NUDGES` of them,
-   and the nudges go on (:meth:`RelayHandover._watch`, one per peer) for as long as the peer is
+   and the nudges go on, every :data:`WATCH_NUDGE_EVERY` seconds (:meth:`RelayHandover._watch`,
+   one per peer), for as long as the peer is
    still unheard on a direct connection: a rust peer may stay silent for an hour, and its first
    word would otherwise be dropped. A rust peer that says nothing in that first window is
    counted ``failed`` (and warned about) though it is not lost.
@@ -49,8 +50,8 @@ peer is heard on the direct connection again), ``failed`` (not after the renewal
 the direct connection went away). Bounded: one handover per peer at a time (peers are bounded by
 the connection limits), each at most ``keep_max`` + 9 s + :data:`NUDGES` x :data:`NUDGE_EVERY`,
 six renewals (fewer within the streams budget); then one nudge (an empty RPC, 13 bytes with
-Yamux's header) every :data:`NUDGE_EVERY` seconds per peer still unheard, ended with its direct
-connections.
+Yamux's header) every :data:`WATCH_NUDGE_EVERY` seconds per peer still unheard, ended with its
+direct connections.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ LOOKS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 # deadlines (module docstring, 3.). The outcome is counted after this many.
 NUDGE_EVERY = 0.5
 NUDGES = 20
+# After the outcome, a peer still unheard is nudged this often for as long as it stays so: still
+# under rust's 5 s publish deadline, at a quarter of the cost (7 bytes/s per silent peer).
+WATCH_NUDGE_EVERY = 2.0
 CIRCUIT = "p2p-circuit"
 
 OUTCOMES = ("not_needed", "resumed", "failed")
@@ -216,7 +220,7 @@ class RelayHandover:
                 )
                 return
             pubsub.nudge(peer)
-            await trio.sleep(NUDGE_EVERY)
+            await trio.sleep(WATCH_NUDGE_EVERY)
 
     async def _resume(self, pubsub: PubsubStreams, peer: str) -> tuple[str, int, str]:
         """Wait for ``peer``'s stream on a direct connection, renewing ours, then nudging:
