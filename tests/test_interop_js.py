@@ -9,67 +9,16 @@ packages (`npm ci`); without node or them, this test fails, it never skips.
 
 from __future__ import annotations
 
-import json
-import queue
-import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 
 from tests.conftest import NodeProcess, start_node
+from tests.interop_peers import ROOM, WAIT, JsPeer
 from tests.test_chat import is_message
-
-JS_PEER = Path(__file__).parent / "interop" / "js" / "peer.mjs"
-ROOM = "p2p-chat-default"
-WAIT = 60.0
-
-
-class JsPeer:
-    def __init__(self, transport: str = "tcp") -> None:
-        self.proc = subprocess.Popen(
-            ["node", str(JS_PEER), ROOM, transport],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=JS_PEER.parent,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.ready = self.next(lambda e: "ready" in e)["ready"]
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-
-    def next(self, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                event = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    assert self.proc.stderr is not None
-                    raise AssertionError(f"js peer exited: {self.proc.stderr.read()}") from None
-                continue
-            if predicate(event):
-                return event
-        raise AssertionError("js peer: no matching output")
-
-    def publish(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"publish {data.hex()}\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 @pytest.mark.interop("js", "tcp", "chat")
