@@ -5,7 +5,8 @@ The go peer (tests/interop/go) and the rust peer (tests/interop/rust) speak one 
 protocol, JSON lines over stdin/stdout (tests/interop_peers.py), and each says its
 ``sender_name`` is its implementation's name. Real processes on 127.0.0.1: chat both ways over
 a direct connection, their hub between two p2pchat peers and a p2pchat hub between them and
-p2pchat, a history query answered to them, and their relay serving two p2pchat peers. What
+p2pchat, a history query answered to them, their relay serving two p2pchat peers, and chat
+both ways over WebSocket (/ws), each side dialling. What
 differs between the two (a p2pchat relay serving them: go-libp2p-pubsub runs no GossipSub on a
 limited connection, rust-libp2p does) stays in tests/test_interop_go.py and
 tests/test_interop_rust.py.
@@ -24,6 +25,7 @@ from tests.interop_peers import (
     ROOM,
     WAIT,
     LineDrivenPeer,
+    PubsubCommandPeer,
     chat_peer,
     line_peers,
     sees_peer,
@@ -43,12 +45,8 @@ def each_implementation(feature: str, transport: str = "tcp") -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("impl", each_implementation("chat"))
-def test_chat_with_them_both_ways(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
-) -> None:
-    them = start_peer(line_peers, impl)
-    a = chat_peer(tmp_path / "a", nodes, "--bootstrap", them.addr)
+def chat_with(a: NodeProcess, them: PubsubCommandPeer, impl: str) -> None:
+    """``a`` and ``them``, connected, chat both ways; ``a`` shows their name, drops nothing."""
     sees_peer(a, them.peer_id)
     wait_members(a, 1)
 
@@ -62,6 +60,42 @@ def test_chat_with_them_both_ways(
     assert (from_them["sender"], from_them["sender_name"]) == (them.peer_id, impl)
     for reason in ("bad_signature", "invalid", "malformed"):
         assert a.metric("p2pchat_messages_dropped_total", reason=reason) == 0
+
+
+@pytest.mark.parametrize("impl", each_implementation("chat"))
+def test_chat_with_them_both_ways(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
+) -> None:
+    them = start_peer(line_peers, impl)
+    a = chat_peer(tmp_path / "a", nodes, "--bootstrap", them.addr)
+    chat_with(a, them, impl)
+
+
+WS = "/ip4/127.0.0.1/tcp/0/ws"
+WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket beside TCP
+
+
+@pytest.mark.parametrize("dialer", ["they-dial", "we-dial"])
+@pytest.mark.parametrize("impl", each_implementation("chat", "ws"))
+def test_chat_with_them_over_websocket(
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    line_peers: list[LineDrivenPeer],
+    impl: str,
+    dialer: str,
+) -> None:
+    # Each side listens on /ws only, so the one connection between them can only be a
+    # WebSocket one, whoever dials.
+    them = start_peer(line_peers, impl, *WS_ARGS[impl], "-listen", WS)
+    assert them.addr.split("/p2p/")[0].endswith("/ws"), them.ready
+    if dialer == "we-dial":
+        a = chat_peer(tmp_path / "a", nodes, "--listen", WS, "--bootstrap", them.addr)
+    else:
+        a = chat_peer(tmp_path / "a", nodes, "--listen", WS)
+        them.run(f"dial {a.addr('ws')}", "dialed")
+    chat_with(a, them, impl)
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="websocket") == 1
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="tcp") == 0
 
 
 @pytest.mark.parametrize("impl", each_implementation("hub"))
