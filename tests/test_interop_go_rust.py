@@ -170,6 +170,14 @@ def test_their_relay_serves_two_p2pchat_peers(
 ) -> None:
     # Not a room member itself: the chat can only cross the circuit.
     relay = start_peer(line_peers, impl, "-relay", "-subscribe=false")
+    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, impl)
+
+
+def two_p2pchat_peers_chat_through(
+    relay: LineDrivenPeer, tmp_path: Path, nodes: list[NodeProcess], impl: str
+) -> None:
+    """A reserves a slot on ``relay`` (a circuit relay v2 server of another implementation,
+    ``impl``), B dials A's circuit address, and they chat both ways over the circuit."""
     a = chat_peer(
         tmp_path / "a",
         nodes,
