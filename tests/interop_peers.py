@@ -282,6 +282,24 @@ def start_peer(started: list[Any], impl: str, *args: str) -> PubsubCommandPeer:
     return peer
 
 
+WS = "/ip4/127.0.0.1/tcp/0/ws"
+WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket beside TCP
+LABEL = {"tcp": "tcp", "ws": "websocket"}  # in libp2p_swarm_connections_opened_total
+
+
+def listening_on(impl: str, transport: str) -> tuple[str, ...]:
+    """The arguments that make the ``impl`` peer listen on ``transport`` only."""
+    return (*WS_ARGS[impl], "-listen", WS) if transport == "ws" else ()
+
+
+def only_over(node: NodeProcess, transport: str) -> None:
+    """Every direct connection ``node`` opened or accepted went over ``transport``."""
+    opened = "libp2p_swarm_connections_opened_total"
+    other = "tcp" if transport == "ws" else "ws"
+    assert node.metric(opened, transport=LABEL[transport]) >= 1
+    assert node.metric(opened, transport=LABEL[other]) == 0
+
+
 def chat_peer(path: Path, nodes: list[NodeProcess], *args: str, **env: str) -> NodeProcess:
     """A p2pchat peer driven by --json, ``env`` (P2PCHAT_* settings) in its environment."""
     node = start_node(path, "--json", *args, env=node_env(**env) if env else None)

@@ -26,9 +26,11 @@ from tests.interop_peers import (
     GO_PEER,
     ROOM,
     WAIT,
+    WS_ARGS,
     GoPeer,
     chat_peer,
     go_peers,
+    only_over,
     sees_peer,
 )
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind
@@ -48,9 +50,12 @@ def go_peer(go_peers: list[GoPeer], *args: str) -> GoPeer:
     return peer
 
 
-@pytest.mark.interop("go", "tcp", "relay-ours")
+@pytest.mark.parametrize(
+    "transport",
+    [pytest.param(t, marks=pytest.mark.interop("go", t, "relay-ours")) for t in ("tcp", "ws")],
+)
 def test_a_p2pchat_relay_serves_a_go_client(
-    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer]
+    tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer], transport: str
 ) -> None:
     # go-libp2p-pubsub opens its pubsub stream only on a connection that is not limited (its
     # handlePendingPeers wants Connectedness Connected), and every circuit of a p2pchat relay is
@@ -61,10 +66,10 @@ def test_a_p2pchat_relay_serves_a_go_client(
         tmp_path / "relay", "--role", "relay,peer", "--json", env=node_env(**CHAT_FRIENDLY)
     )
     nodes.append(relay)
-    go = go_peer(go_peers)
-    reserved = go.run(f"reserve {relay.addr()}", "reserved")
+    go = go_peer(go_peers, *(WS_ARGS["go"] if transport == "ws" else ()))
+    reserved = go.run(f"reserve {relay.addr(transport)}", "reserved")
     assert relay.metric("p2pchat_relay_reservations") == 1
-    assert reserved["circuit"].startswith(f"{relay.addr()}/p2p-circuit/p2p/{go.peer_id}")
+    assert reserved["circuit"].startswith(f"{relay.addr(transport)}/p2p-circuit/p2p/{go.peer_id}")
     # B knows nothing but go's address through the relay.
     b = chat_peer(
         tmp_path / "b",
@@ -94,6 +99,7 @@ def test_a_p2pchat_relay_serves_a_go_client(
     assert go.run("topic-peers", "topic_peers") == [relay.peer_id]
     b_peers = {p["peer"]: p for p in command(b, "/peers", "peers")["peers"]}
     assert b_peers[go.peer_id]["in_room"] is False
+    only_over(relay, transport)  # the client's and B's connections to it
 
 
 def test_the_go_code_of_the_wire_formats_is_current(tmp_path: Path) -> None:

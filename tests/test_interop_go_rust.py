@@ -24,10 +24,13 @@ from tests.interop_peers import (
     IMPLEMENTATIONS,
     ROOM,
     WAIT,
+    WS,
     LineDrivenPeer,
     PubsubCommandPeer,
     chat_peer,
     line_peers,
+    listening_on,
+    only_over,
     sees_peer,
     start_peer,
 )
@@ -42,6 +45,20 @@ def each_implementation(feature: str, transport: str = "tcp") -> list[Any]:
     return [
         pytest.param(impl, marks=pytest.mark.interop(impl, transport, feature), id=impl)
         for impl in IMPLEMENTATIONS
+    ]
+
+
+def each_implementation_and_transport(feature: str) -> list[Any]:
+    """(impl, transport) parameters over TCP and WebSocket, each marked with its cell."""
+    return [
+        pytest.param(
+            impl,
+            transport,
+            marks=pytest.mark.interop(impl, transport, feature),
+            id=f"{impl}-{transport}",
+        )
+        for impl in IMPLEMENTATIONS
+        for transport in ("tcp", "ws")
     ]
 
 
@@ -71,10 +88,6 @@ def test_chat_with_them_both_ways(
     chat_with(a, them, impl)
 
 
-WS = "/ip4/127.0.0.1/tcp/0/ws"
-WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket beside TCP
-
-
 @pytest.mark.parametrize("dialer", ["they-dial", "we-dial"])
 @pytest.mark.parametrize("impl", each_implementation("chat", "ws"))
 def test_chat_with_them_over_websocket(
@@ -86,7 +99,7 @@ def test_chat_with_them_over_websocket(
 ) -> None:
     # Each side listens on /ws only, so the one connection between them can only be a
     # WebSocket one, whoever dials.
-    them = start_peer(line_peers, impl, *WS_ARGS[impl], "-listen", WS)
+    them = start_peer(line_peers, impl, *listening_on(impl, "ws"))
     assert them.addr.split("/p2p/")[0].endswith("/ws"), them.ready
     if dialer == "we-dial":
         a = chat_peer(tmp_path / "a", nodes, "--listen", WS, "--bootstrap", them.addr)
@@ -94,15 +107,18 @@ def test_chat_with_them_over_websocket(
         a = chat_peer(tmp_path / "a", nodes, "--listen", WS)
         them.run(f"dial {a.addr('ws')}", "dialed")
     chat_with(a, them, impl)
-    assert a.metric("libp2p_swarm_connections_opened_total", transport="websocket") == 1
-    assert a.metric("libp2p_swarm_connections_opened_total", transport="tcp") == 0
+    only_over(a, "ws")
 
 
-@pytest.mark.parametrize("impl", each_implementation("hub"))
+@pytest.mark.parametrize(("impl", "transport"), each_implementation_and_transport("hub"))
 def test_their_hub_between_two_p2pchat_peers(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    line_peers: list[LineDrivenPeer],
+    impl: str,
+    transport: str,
 ) -> None:
-    hub = start_peer(line_peers, impl)
+    hub = start_peer(line_peers, impl, *listening_on(impl, transport))
     a, c = (chat_peer(tmp_path / name, nodes, "--bootstrap", hub.addr) for name in ("a", "c"))
     for node in (a, c):
         sees_peer(node, hub.peer_id)
@@ -118,16 +134,22 @@ def test_their_hub_between_two_p2pchat_peers(
         c.peer_id,
     }
     assert c.peer_id not in {p["peer"] for p in command(a, "/peers", "peers")["peers"]}
+    only_over(a, transport)
+    only_over(c, transport)
 
 
-@pytest.mark.parametrize("impl", each_implementation("hub"))
+@pytest.mark.parametrize(("impl", "transport"), each_implementation_and_transport("hub"))
 def test_a_p2pchat_hub_between_them_and_p2pchat(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    line_peers: list[LineDrivenPeer],
+    impl: str,
+    transport: str,
 ) -> None:
     hub = chat_peer(tmp_path / "hub", nodes)
-    them = start_peer(line_peers, impl)
-    them.run(f"dial {hub.addr()}", "dialed")
-    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr())
+    them = start_peer(line_peers, impl, *listening_on(impl, transport))
+    them.run(f"dial {hub.addr(transport)}", "dialed")
+    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr(transport))
     sees_peer(p, hub.peer_id)
     wait_members(p, 1)
     wait_members(hub, 2)
@@ -140,15 +162,20 @@ def test_a_p2pchat_hub_between_them_and_p2pchat(
     got = them.message("back through the hub")
     assert (got["from"], got["via"]) == (p.peer_id, hub.peer_id)
     assert them.peer_id not in {x["peer"] for x in command(p, "/peers", "peers")["peers"]}
+    only_over(hub, transport)
 
 
-@pytest.mark.parametrize("impl", each_implementation("history"))
+@pytest.mark.parametrize(("impl", "transport"), each_implementation_and_transport("history"))
 def test_history_is_answered_to_them(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    line_peers: list[LineDrivenPeer],
+    impl: str,
+    transport: str,
 ) -> None:
     a = chat_peer(tmp_path / "a", nodes)
-    them = start_peer(line_peers, impl)
-    them.run(f"dial {a.addr()}", "dialed")
+    them = start_peer(line_peers, impl, *listening_on(impl, transport))
+    them.run(f"dial {a.addr(transport)}", "dialed")
     wait_members(a, 1)
     for n in range(3):
         a.say(f"stored by a {n}")
@@ -162,22 +189,29 @@ def test_history_is_answered_to_them(
         (a.peer_id, "stored by a 2"),
     ]
     assert them.run(f"history {a.peer_id} 501", "history")["status"] == "BAD_REQUEST"
+    only_over(a, transport)
 
 
-@pytest.mark.parametrize("impl", each_implementation("relay-theirs"))
+@pytest.mark.parametrize(("impl", "transport"), each_implementation_and_transport("relay-theirs"))
 def test_their_relay_serves_two_p2pchat_peers(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], impl: str
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    line_peers: list[LineDrivenPeer],
+    impl: str,
+    transport: str,
 ) -> None:
     # Not a room member itself: the chat can only cross the circuit.
-    relay = start_peer(line_peers, impl, "-relay", "-subscribe=false")
-    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, impl)
+    args = listening_on(impl, transport)
+    relay = start_peer(line_peers, impl, "-relay", "-subscribe=false", *args)
+    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, impl, transport)
 
 
 def two_p2pchat_peers_chat_through(
-    relay: LineDrivenPeer, tmp_path: Path, nodes: list[NodeProcess], impl: str
+    relay: LineDrivenPeer, tmp_path: Path, nodes: list[NodeProcess], impl: str, transport: str
 ) -> None:
     """A reserves a slot on ``relay`` (a circuit relay v2 server of another implementation,
-    ``impl``), B dials A's circuit address, and they chat both ways over the circuit."""
+    ``impl``, listening on ``transport``), B dials A's circuit address, and they chat both ways
+    over the circuit."""
     a = chat_peer(
         tmp_path / "a",
         nodes,
@@ -192,3 +226,5 @@ def two_p2pchat_peers_chat_through(
     chat_both_ways(a, b, f"through a {impl} relay", "and back through it")
     assert connection_kind(b, a.peer_id) == "relayed"
     assert b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit") == 1
+    only_over(a, transport)  # their connections to the relay
+    only_over(b, transport)

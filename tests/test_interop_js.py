@@ -33,7 +33,7 @@ from tests.interop_peers import (
 )
 from tests.test_autorelay import command
 from tests.test_chat import is_message, wait_members
-from tests.test_interop_go_rust import two_p2pchat_peers_chat_through
+from tests.test_interop_go_rust import only_over, two_p2pchat_peers_chat_through
 
 __all__ = ["line_peers"]  # the fixture, used by name
 
@@ -150,15 +150,38 @@ def test_a_minimal_js_client_on_websocket_only_is_reached_and_heard(
         js.stop()
 
 
-@pytest.mark.interop("js", "tcp", "hub")
+def each_transport(feature: str) -> list[Any]:
+    """The ``transport`` parameters, TCP and WebSocket, each marked with its matrix cell."""
+    return [
+        pytest.param(transport, marks=pytest.mark.interop("js", transport, feature))
+        for transport in ("tcp", "ws")
+    ]
+
+
+def js_listening_on(transport: str, *args: str) -> tuple[str, ...]:
+    """peer.mjs's arguments to listen on ``transport`` only (TCP unless "ws")."""
+    return ("ws", *args) if transport == "ws" else args
+
+
+def joined_by(js: JsPeer, transport: str, path: Path, nodes: list[NodeProcess]) -> NodeProcess:
+    """A p2pchat peer connected to ``js`` over ``transport``: js dials it over TCP; over
+    WebSocket the p2pchat peer dials js (js-libp2p dials WebSocket with Node 22's global
+    WebSocket, which Node 20, this machine's, lacks)."""
+    if transport == "ws":
+        return chat_peer(path, nodes, "--bootstrap", js.addr)
+    node = chat_peer(path, nodes)
+    js.run(f"dial {node.addr(transport)}", "dialed")
+    return node
+
+
+@pytest.mark.parametrize("transport", each_transport("hub"))
 def test_a_p2pchat_hub_between_js_and_p2pchat(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer]
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
 ) -> None:
-    hub = chat_peer(tmp_path / "hub", nodes)
-    js = JsPeer()
+    js = JsPeer(*js_listening_on(transport))
     line_peers.append(js)
-    js.run(f"dial {hub.addr()}", "dialed")
-    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr())
+    hub = joined_by(js, transport, tmp_path / "hub", nodes)
+    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr(transport))
     sees_peer(p, hub.peer_id)
     wait_members(p, 1)
     wait_members(hub, 2)
@@ -170,19 +193,19 @@ def test_a_p2pchat_hub_between_js_and_p2pchat(
     p.say("back through the hub")
     assert js_heard(js, "back through the hub")["from"] == p.peer_id
     assert js.peer_id not in {x["peer"] for x in command(p, "/peers", "peers")["peers"]}
+    only_over(hub, transport)
 
 
-@pytest.mark.interop("js", "tcp", "history")
+@pytest.mark.parametrize("transport", each_transport("history"))
 def test_history_is_answered_to_a_js_peer(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer]
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
 ) -> None:
     # js-libp2p asks p2pchat's history protocol (/p2pchat/store-query/2.0.0, written from
     # store_query.proto alone: tests/interop/js/history.mjs) and checks every envelope's
     # StrictSign signature itself.
-    a = chat_peer(tmp_path / "a", nodes)
-    js = JsPeer()
+    js = JsPeer(*js_listening_on(transport))
     line_peers.append(js)
-    js.run(f"dial {a.addr()}", "dialed")
+    a = joined_by(js, transport, tmp_path / "a", nodes)
     wait_members(a, 1)
     for n in range(3):
         a.say(f"stored by a {n}")
@@ -199,14 +222,15 @@ def test_history_is_answered_to_a_js_peer(
     senders = {base58.b58encode(bytes.fromhex(m["from_hex"])).decode() for m in history["messages"]}
     assert senders == {a.peer_id}
     assert js.run(f"history {a.peer_id} 501", "history")["status"] == "BAD_REQUEST"
+    only_over(a, transport)
 
 
-@pytest.mark.interop("js", "tcp", "relay-theirs")
+@pytest.mark.parametrize("transport", each_transport("relay-theirs"))
 def test_a_js_relay_serves_two_p2pchat_peers(
-    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer]
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
 ) -> None:
     # js-libp2p's circuit relay v2 server (@libp2p/circuit-relay-v2, its default limits), no
     # member of the room: the chat can only cross the circuit.
-    relay = JsPeer("--relay", "--no-subscribe")
+    relay = JsPeer(*js_listening_on(transport, "--relay", "--no-subscribe"))
     line_peers.append(relay)
-    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, "js")
+    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, "js", transport)

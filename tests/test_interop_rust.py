@@ -28,6 +28,7 @@ from tests.interop_peers import (
     RustPeer,
     chat_peer,
     ensure_rust_built,
+    only_over,
     rust_peers,
 )
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind
@@ -46,19 +47,22 @@ def rust_peer(rust_peers: list[RustPeer], *args: str) -> RustPeer:
     return peer
 
 
-@pytest.mark.interop("rust", "tcp", "relay-ours")
+@pytest.mark.parametrize(
+    "transport",
+    [pytest.param(t, marks=pytest.mark.interop("rust", t, "relay-ours")) for t in ("tcp", "ws")],
+)
 def test_a_p2pchat_relay_serves_a_rust_client(
-    tmp_path: Path, nodes: list[NodeProcess], rust_peers: list[RustPeer]
+    tmp_path: Path, nodes: list[NodeProcess], rust_peers: list[RustPeer], transport: str
 ) -> None:
     # The relay is no member of the room: the chat can only cross the circuit. Every circuit
     # of a p2pchat relay is limited (relay.circuit_duration, circuit_data), and rust-libp2p's
     # GossipSub, unlike go-libp2p-pubsub's, runs over a limited connection all the same.
     relay = start_node(tmp_path / "relay", "--role", "relay", env=node_env(**CHAT_FRIENDLY))
     nodes.append(relay)
-    rust = rust_peer(rust_peers)
-    reserved = rust.run(f"reserve {relay.addr()}", "reserved")
+    rust = rust_peer(rust_peers)  # WebSocket beside TCP always
+    reserved = rust.run(f"reserve {relay.addr(transport)}", "reserved")
     assert relay.metric("p2pchat_relay_reservations") == 1
-    assert reserved["circuit"] == f"{relay.addr()}/p2p-circuit/p2p/{rust.peer_id}"
+    assert reserved["circuit"] == f"{relay.addr(transport)}/p2p-circuit/p2p/{rust.peer_id}"
     assert reserved["limit_duration_s"] == int(CHAT_FRIENDLY["P2PCHAT_RELAY__CIRCUIT_DURATION"])
     # B knows nothing but rust's address through the relay.
     b = chat_peer(
@@ -85,6 +89,7 @@ def test_a_p2pchat_relay_serves_a_rust_client(
     assert to_b and all(c["relayed"] for c in to_b), to_b
     b_peers = {p["peer"]: p for p in command(b, "/peers", "peers")["peers"]}
     assert b_peers[rust.peer_id]["in_room"] is True
+    only_over(relay, transport)  # the client's and B's connections to it
 
 
 def test_missing_cargo_fails_in_one_line(tmp_path: Path) -> None:
