@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime
 DEV     := $(VENV)/.dev
 
-.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust load-go
+.PHONY: run test lint typecheck unit install dev clean proto generated bench image interop-go go-proto interop-matrix interop-rust load-go bench-long
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,13 +106,13 @@ $(RUST_PEER_BIN): $(RUST_PEER)/Cargo.toml $(RUST_PEER)/Cargo.lock $(RUST_PEER)/b
 	cd $(RUST_PEER) && $(RUST_ENV) $(CARGO) build --release --locked
 	mkdir -p $(RUST_PEER)/build && cp $(RUST_CACHE)/target/release/peer $@
 interop-rust: $(RUST_PEER_BIN)
-# The relay's load generator (tests/load/go): N go-libp2p conversations through one relay,
-# for tests/bench/relay_capacity.py. Same pinned modules as the interop peer.
-GO_LOAD     := tests/load/go
-GO_LOAD_BIN := $(GO_LOAD)/build/load
-$(GO_LOAD_BIN): $(GO_LOAD)/go.mod $(GO_LOAD)/go.sum $(wildcard $(GO_LOAD)/*.go)
+# The relay's load generator (tests/interop/go/cmd/load): N go-libp2p conversations through one
+# relay, for tests/bench/relay_capacity.py. A second command of the interop peer's module, so
+# the same go.mod and go.sum pin both.
+GO_LOAD_BIN := $(GO_PEER)/build/load
+$(GO_LOAD_BIN): $(GO_PEER)/go.mod $(GO_PEER)/go.sum $(wildcard $(GO_PEER)/cmd/load/*.go)
 	@command -v $(GO) >/dev/null 2>&1 || { echo "load-go: no Go toolchain ('$(GO)' is not on PATH); the relay capacity benchmark needs Go 1.26.6 or newer" >&2; exit 1; }
-	cd $(GO_LOAD) && $(GO_ENV) $(GO) build -trimpath -o build/load .
+	cd $(GO_PEER) && $(GO_ENV) $(GO) build -trimpath -o build/load ./cmd/load
 load-go: $(GO_LOAD_BIN)
 
 # Regenerate the Go code of the wire formats for the go peer (committed, as the Python code is).
@@ -152,6 +152,13 @@ bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.private_rooms
 	$(BIN)/python -m tests.bench.dm
 	$(BIN)/python -m tests.bench.connection_setup
+	$(BIN)/python -m tests.bench.connection_setup_lab
+	$(MAKE) bench-long
+
+# The long ones, in the NAT lab's network namespaces (root, iproute2, iptables): a 30-minute
+# relayed conversation through symmetric NATs, and bursts bigger than a circuit's budget.
+bench-long: $(DEV)
+	$(BIN)/python -m tests.bench.relayed_nat long overburst
 
 # The container image p2pchat:local (Dockerfile), built with no image registry: local base
 # image and wheelhouse (ops/containers/README.md).

@@ -237,6 +237,45 @@ def rewrap(data_dir: Path, old: str, new: str, params: KdfParams = DEFAULT_KDF) 
     _write_vault(data_dir, new, keys._data_key, params)
 
 
+PENDING_FILE = "at-rest.pending"
+PENDING_ACTIONS = ("set", "remove")
+
+
+def pending_action(data_dir: Path) -> str | None:
+    """The ``passphrase`` action (``set``, ``remove``) begun on ``data_dir`` and not finished:
+    the data dir is half converted until it is run again; None if none is."""
+    try:
+        text = (data_dir / PENDING_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return "set"  # unreadable: the safe reading (set again finishes or fails clearly)
+    return text if text in PENDING_ACTIONS else "set"
+
+
+def mark_pending(data_dir: Path, action: str) -> None:
+    """Record, durably, that ``action`` begins converting ``data_dir`` (before the first
+    record changes): a run killed in the middle is detected at the next start."""
+    path = data_dir / PENDING_FILE
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(action + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _sync_dir(data_dir)
+
+
+def clear_pending(data_dir: Path) -> None:
+    """The conversion is finished (every record, the compaction, the files): forget it."""
+    (data_dir / PENDING_FILE).unlink(missing_ok=True)
+    _sync_dir(data_dir)
+
+
 def remove_vault(data_dir: Path) -> None:
     """Delete ``at-rest.json`` (once nothing sealed is left in the data dir)."""
     vault_path(data_dir).unlink(missing_ok=True)

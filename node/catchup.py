@@ -62,7 +62,7 @@ from p2pchat.node.history import History, StoredMessage, now_ms
 from p2pchat.node.netprefix import address_group
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.refusals import RefusalLog
-from p2pchat.node.store_client import Fetched, Resume, SourceError, StoreClient
+from p2pchat.node.store_client import Fetched, RangeSource, Resume, SourceError
 from p2pchat.node.wire.store_query import PROTOCOL_ID
 
 SETTLE = 1.0  # after a trigger: let identify finish and other connections arrive
@@ -127,7 +127,7 @@ class CatchUp:
         self,
         host: P2PHost,
         history: History,
-        client: StoreClient,
+        client: RangeSource,
         settings: HistorySection,
         rooms: Callable[[], list[str]],
         on_caught_up: CaughtUp,

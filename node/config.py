@@ -156,13 +156,23 @@ class NodeSection(_Section):
     bootstrap: PeerAddrs = Field(
         default=[],
         description="Peers dialled at start and re-dialled with backoff while disconnected "
-        "(multiaddrs ending in /p2p/<peer id>).",
+        "(multiaddrs ending in /p2p/<peer id>); several direct addresses of one peer are "
+        "dialled together, a QUIC and a TCP one raced (quic_head_start).",
     )
     muxers: MuxerNames = Field(
         default=["yamux", "mplex"], min_length=1, description="Stream muxers, preferred first."
     )
     max_connections: int = Field(default=300, ge=1, le=100_000)
     dial_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds per dial.")
+    quic_head_start: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="Seconds a QUIC dial to a peer runs alone before its TCP and WebSocket "
+        "addresses are dialled too (go-libp2p's 250 ms); the first connection wins, the other "
+        "dials are cancelled. Each further address of the race starts this much later; 0 "
+        "dials all at once.",
+    )
     bootstrap_backoff_max: float = Field(
         default=60.0, ge=1, le=3600, description="Longest wait between bootstrap re-dials (s)."
     )
@@ -756,6 +766,16 @@ class ChatSection(_Section):
         description="New direct-message sessions opened here at once, all peers together (one "
         "peer: a tenth of it, at least 1).",
     )
+    dm_fallback_rotation: float = Field(
+        default=14 * 86_400.0,
+        ge=1,
+        le=366 * 86_400.0,
+        description="Seconds between two fallback keys in this peer's published key bundle "
+        "(the key first direct messages to it are made with). The previous key is kept one "
+        "more period, so a first message sealed for an archiver before a rotation still "
+        "opens, then forgotten: a later copy of the keys no longer reads first messages made "
+        "with it. At least mailbox.ttl.",
+    )
     dm_max_inbound: int = Field(
         default=32,
         ge=1,
@@ -1121,6 +1141,15 @@ class MailboxSection(_Section):
         description="Chat peer: seconds between two fetches of its own mail from the archivers "
         "connected (also fetched at start and on each connection to an archiver).",
     )
+    max_pair_mailboxes: int = Field(
+        default=8,
+        ge=0,
+        le=64,
+        description="Chat peer: per-contact mailboxes fetched besides the published one: half "
+        "those of the peers written to last, half the others' in turn from fetch to fetch (a "
+        "peer that heard from this one deposits in their pair's mailbox). Each costs a request "
+        "per archiver and fetch, within the archivers' fetch_burst (20 by default).",
+    )
     max_entry_bytes: int = Field(
         default=24_576,
         ge=1024,
@@ -1474,6 +1503,18 @@ class Config(_Section):
                 "peerstore.max_peers must be greater than node.max_connections "
                 f"({self.peerstore.max_peers} <= {self.node.max_connections}): every connected "
                 "peer keeps its record"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fallback_key_outlives_letters(self) -> Config:
+        # The previous fallback key is kept one rotation period: a letter sealed with it must
+        # still open while an archiver may keep it.
+        if self.chat.dm_fallback_rotation < self.mailbox.ttl:
+            raise ValueError(
+                "chat.dm_fallback_rotation must be at least mailbox.ttl "
+                f"({self.chat.dm_fallback_rotation:g} < {self.mailbox.ttl:g}): a first message "
+                "sealed with the previous fallback key must open while an archiver keeps it"
             )
         return self
 

@@ -11,7 +11,10 @@ protocols, it
    :data:`MAX_ATTEMPTS` times on that stream, sends CONNECT with its own addresses and times
    the peer's CONNECT answer as the round trip, sends SYNC, waits half the round trip and dials
    the peer's addresses from its listen port, while the peer, on SYNC, dials ours at once: a
-   TCP simultaneous open through both NATs (see :mod:`p2pchat.node.p2p.direct`). A peer that
+   TCP simultaneous open through both NATs (see :mod:`p2pchat.node.p2p.direct`). QUIC
+   addresses (``/udp/N/quic-v1``) are punched in the same round: the peer dials them from its
+   QUIC listen port while we send it random UDP packets from ours
+   (:mod:`p2pchat.node.p2p.quic_punch`). A peer that
    ends the stream after a failed round (go-libp2p and js-libp2p serve one round per stream)
    gets the next round on a new stream.
 
@@ -46,8 +49,10 @@ from p2pchat.node.p2p.direct import (
     has_direct_connection,
     has_outbound_relayed,
     own_punch_addrs,
+    peer_quic_addrs,
     peer_tcp_addrs,
-    tcp_addrs,
+    punch_targets,
+    with_listen_ports,
     worth_a_direct_dial,
 )
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
@@ -96,7 +101,7 @@ def _addr_texts(raw: Sequence[bytes]) -> list[str]:
             texts.append(str(multiaddr.Multiaddr(item)))
         except Exception:  # not a multiaddr: skip that one (a peer's garbage costs it only that)
             continue
-    return tcp_addrs(texts)
+    return punch_targets(texts)
 
 
 async def _receive(stream: Stream, expected: type[_R]) -> _R:
@@ -287,7 +292,10 @@ class HolePunch:
                         return
                     stream = fresh
                     rtt, answer = await self._connect_round(stream, ours)
-                theirs = _addr_texts(answer.addrs)
+                theirs = with_listen_ports(
+                    _addr_texts(answer.addrs), peer_quic_addrs(self._host, peer)
+                )
+                self._log.debug("hole punch round", peer=peer, ours=ours, theirs=theirs, rtt=rtt)
                 if not theirs:
                     self._finished("initiator", peer, attempt, "no_suitable_address")
                     return
@@ -341,7 +349,10 @@ class HolePunch:
                     request = await _receive(stream, Connect)
                     await stream.write(encode(Connect(_addr_bytes(ours))))
                     await _receive(stream, Sync)
-                theirs = _addr_texts(request.addrs)
+                theirs = with_listen_ports(
+                    _addr_texts(request.addrs), peer_quic_addrs(self._host, peer)
+                )
+                self._log.debug("hole punch round", peer=peer, ours=ours, theirs=theirs)
                 if not theirs or not ours:
                     self._finished("receiver", peer, attempt, "no_suitable_address")
                     return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 import trio
@@ -12,10 +12,22 @@ FIRST_BACKOFF = 1.0
 CHECK_INTERVAL = 1.0
 
 
+def group_by_peer(addrs: Sequence[str]) -> list[list[str]]:
+    """``addrs`` grouped by the PeerId they end in, in order of first appearance: several
+    direct addresses of one peer are dialled as one (:meth:`P2PHost.connect`'s ``also``).
+    A circuit address stays alone (it is dialled through its relay)."""
+    groups: dict[str, list[str]] = {}
+    for index, addr in enumerate(addrs):
+        key = addr if "/p2p-circuit" in addr else addr.rsplit("/p2p/", 1)[-1]
+        groups.setdefault(key or str(index), []).append(addr)
+    return list(groups.values())
+
+
 async def keep_connected(
     host: P2PHost,
     peer_addr: str,
     *,
+    also: Sequence[str] = (),
     what: str,
     backoff_max: float,
     log: structlog.stdlib.BoundLogger,
@@ -32,7 +44,7 @@ async def keep_connected(
             await trio.sleep(CHECK_INTERVAL)
             continue
         try:
-            peer_id = await host.connect(peer_addr)
+            peer_id = await host.connect(peer_addr, also=also)
         except DialError as error:
             on_dial(False)
             log.warning(f"{what} dial failed", addr=peer_addr, error=str(error), retry_in=backoff)

@@ -28,7 +28,7 @@ from p2pchat.node.config import Config, DhtSection, PubsubSection
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.history import History
 from p2pchat.node.holepunch import HolePunch
-from p2pchat.node.keepalive import keep_connected
+from p2pchat.node.keepalive import group_by_peer, keep_connected
 from p2pchat.node.metrics import NodeMetrics
 from p2pchat.node.p2p.dht import Dht, KadLimits
 from p2pchat.node.p2p.dialback import DialBack
@@ -242,6 +242,8 @@ def _rooms(w: Wiring) -> Capability:
         px_observer=w.metrics.swarm,
         limits=pubsub_limits(w.config.pubsub),
         observer=w.metrics.pubsub,
+        # with no renewal, there is no next circuit to wait for
+        hold_for_next_circuit=w.config.autorelay.renew_circuits_at > 0,
     )
     return w.gossip
 
@@ -289,12 +291,14 @@ class _BootstrapDials:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         w = self._w
         async with trio.open_nursery() as nursery:
-            for peer_addr in w.config.node.bootstrap:
+            # Several direct addresses of one peer are dialled together: raced, QUIC first.
+            for peer_addr, *also in group_by_peer(w.config.node.bootstrap):
                 nursery.start_soon(
                     partial(
                         keep_connected,
                         w.host,
                         peer_addr,
+                        also=also,
                         what="bootstrap",
                         backoff_max=w.config.node.bootstrap_backoff_max,
                         log=w.log,

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from p2pchat.node.atrest import (
     AtRestKeys,
+    clear_pending,
     create_vault,
     is_encrypted,
+    mark_pending,
+    pending_action,
     pickle_key,
     remove_vault,
     rewrap,
@@ -88,6 +91,8 @@ def unlock_data_dir(config: Config, *, can_ask: bool) -> AtRestKeys | None:
         PassphraseError: encrypted and no passphrase given (nor asked), or a wrong one.
     """
     data_dir = config.data_dir()
+    if (pending := pending_action(data_dir)) is not None:
+        raise PassphraseError(_interrupted(data_dir, pending))
     given = given_passphrase(config)
     if not is_encrypted(data_dir):
         if given is not None:
@@ -101,6 +106,13 @@ def unlock_data_dir(config: Config, *, can_ask: bool) -> AtRestKeys | None:
             raise PassphraseError(_where_to_give(data_dir))
         given = _prompt(f"Passphrase for {data_dir}: ")
     return unlock(data_dir, given)
+
+
+def _interrupted(data_dir: Path, pending: str) -> str:
+    return (
+        f"data dir {data_dir}: an interrupted 'p2pchat passphrase {pending}' did not finish "
+        f"(part of the data dir is converted); run 'p2pchat passphrase {pending}' again"
+    )
 
 
 def _new_passphrase(new_file: Path | None, environ: Mapping[str, str], env_name: str) -> str:
@@ -143,6 +155,13 @@ def cmd_passphrase(
     os.umask(0o077)  # what the store writes is private, as the node's own (runtime.run_node)
     data_dir = config.data_dir()
     encrypted = is_encrypted(data_dir)
+    pending = pending_action(data_dir)
+    if pending is not None and pending != action:
+        raise PassphraseError(_interrupted(data_dir, pending))
+    if pending == "remove" and not encrypted:  # killed after the last step: nothing left
+        clear_pending(data_dir)
+        sys.stderr.write(f"p2pchat: data dir {data_dir} decrypted (an interrupted remove)\n")
+        return EXIT_OK
     if action == "change":
         if not encrypted:
             raise PassphraseError(f"data dir {data_dir} has no passphrase (use: set)")
@@ -162,12 +181,14 @@ def cmd_passphrase(
                 f"data dir {data_dir}: cannot create: {error.strerror or error}"
             ) from None
         store = Store.open(data_dir / STORE_DIR)  # fails now if a node is running
+        mark_pending(data_dir, action)  # before anything changes: a kill is detected
         keys = create_vault(data_dir, passphrase)  # first: a resumed run finds the key
         # The data dir made private; a key created now is created sealed.
         load_or_create_identity(data_dir, keys)
     else:  # set again (finish an interrupted set) or remove: the current passphrase
         keys = unlock(data_dir, _current(config, environ))
         store = Store.open(data_dir / STORE_DIR, keys)
+        mark_pending(data_dir, action)
     seal = action == "set"
     # The roles re-pickle through namespaces that seal (the values are sealed at that moment):
     # after sealing when turning it on, before opening when removing it.
@@ -189,6 +210,7 @@ def cmd_passphrase(
             (data_dir / name).unlink(missing_ok=True)
     if not seal:
         remove_vault(data_dir)  # last: an interrupted remove is finished by running it again
+    clear_pending(data_dir)  # last of all: until here a kill leaves the data dir marked
     verb = "encrypted" if seal else "decrypted"
     sys.stderr.write(
         f"p2pchat: data dir {data_dir} {verb}: {done.history} history bodies, {done.values} "

@@ -161,6 +161,7 @@ def host_settings(config: Config) -> HostSettings:
         muxers=node.muxers,
         max_connections=node.max_connections,
         dial_timeout=node.dial_timeout,
+        quic_head_start=node.quic_head_start,
         agent_version=agent_version(__version__, config.roles),
         connections=AdmissionLimits(
             per_ip=connections.per_ip,
@@ -252,7 +253,11 @@ async def _run(
     store = Store.open(config.data_dir() / "store", identity.at_rest)
     try:
         host = P2PHost(
-            identity, host_settings(config), _Observer(metrics.swarm, log), metrics.connections
+            identity,
+            host_settings(config),
+            _Observer(metrics.swarm, log),
+            metrics.connections,
+            race_observer=metrics.connections,
         )
         host.watch_identify(partial(_log_identified, log))
         async with trio.open_nursery() as nursery:

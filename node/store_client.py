@@ -165,6 +165,21 @@ class Fetched:
 Known = Callable[[str, list[bytes]], Collection[bytes]]
 """Given a room and some of its message ids, those this node holds already."""
 
+
+class RangeSource(Protocol):
+    """What catch-up needs of a history client: :meth:`StoreClient.fetch_range`."""
+
+    async def fetch_range(
+        self,
+        peer: str,
+        room: str,
+        start_ms: int | None,
+        max_messages: int,
+        resume: Resume | None = None,
+        known: Known | None = None,
+    ) -> Fetched: ...
+
+
 Ask = Callable[[Query], Awaitable[Reply]]
 """Sends one query on a history stream and returns its OK reply (raises SourceError)."""
 

@@ -327,6 +327,21 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def wait_metric(
+    node: NodeProcess, name: str, at_least: float, timeout: float = 60.0, **labels: str
+) -> float:
+    """Until ``node``'s metric ``name`` (with ``labels``) reaches ``at_least``: its value then.
+    Raises AssertionError, naming the value it got to, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = node.metric(name, **labels)
+        if value >= at_least:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{name}{labels} never reached {at_least} (is {value})")
+        time.sleep(0.2)
+
+
 def start_node(
     data_dir: Path,
     *args: str,

@@ -169,3 +169,16 @@ def nat_lab(nat: str, internet: str = DEFAULT_INTERNET) -> Iterator[Lab]:
         )
     finally:
         made.remove()
+
+
+def block_tcp_between_nats(lab: Lab) -> None:
+    """Drop every TCP packet between the two routers' internet addresses (either way), so the
+    peers behind them can reach each other directly only over UDP (a QUIC hole punch); the
+    relay stays reachable over TCP."""
+    routers = list(lab.routers.items())
+    for (router, _), (_, other_ip) in zip(routers, reversed(routers), strict=True):
+        for direction in ("-s", "-d"):
+            sh(
+                *("ip", "netns", "exec", router, "iptables", "-I", "FORWARD"),
+                *("-p", "tcp", direction, other_ip, "-j", "DROP"),
+            )

@@ -15,7 +15,7 @@ from typing import Any
 from p2pchat.node.p2p.identity import ephemeral_identity
 from p2pchat.roles.peer.role import EVENT_BUFFER
 
-from tests.conftest import NodeProcess, start_node
+from tests.conftest import NodeProcess, start_node, wait_metric
 from tests.history_fixtures import fill_store, signed_message
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 
@@ -30,15 +30,6 @@ def archiver(path: Path, nodes: list[NodeProcess], *args: str) -> NodeProcess:
     node = start_node(path, "--role", "archiver", *args)
     nodes.append(node)
     return node
-
-
-def wait_metric(node: NodeProcess, name: str, value: float, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.metric(name) >= value:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{name} never reached {value} (is {node.metric(name)})")
 
 
 _asked = itertools.count()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import NodeProcess, node_env, start_node
-from tests.test_archive import AWAY, caught_up, history_texts, wait_metric
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
+from tests.test_archive import AWAY, caught_up, history_texts
 from tests.test_autorelay import logged
 from tests.test_chat import chat_peer, wait_members
 

@@ -25,11 +25,11 @@ from p2pchat.node.wire.autonat import (
 )
 from p2pchat.node.wire.framing import FrameDecoder, FrameError, encode_uvarint, frame
 
-from tests.conftest import NodeProcess, start_node_in
+from tests.conftest import NodeProcess, start_node_in, wait_metric
 from tests.nat_lab import nat_lab
 from tests.test_autorelay import logged
 from tests.test_chat import chat_peer
-from tests.test_dht import bootstrap_node, wait_metric
+from tests.test_dht import bootstrap_node
 
 PEER = bytes.fromhex("0024080112201c4c2d45b6c6b6d6e2d5a8c2e3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4")
 

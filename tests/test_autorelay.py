@@ -24,9 +24,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.utils import maybe_consume_signed_record as library_maybe_consume
 from p2pchat.node.p2p import pubsub as _patches  # noqa: F401  (applies the host layer's fixes)
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
-from tests.test_dht import wait_metric
 from tests.test_host import running_host
 
 # Chat-friendly relay settings, as the README recommends: GossipSub's heartbeats and a busy room

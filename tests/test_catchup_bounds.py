@@ -10,43 +10,24 @@ from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
-from p2pchat.node.store_client import Fetched, Known, Resume
 
+from tests.catchup_fakes import MemorySources
 from tests.peer_ids import fresh_peer_ids
 
 FLOOD = 10_000
 ROOM = "p2p-chat-default"
 
 
-class _EmptySources:
-    """Every source answers at once, with nothing."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def fetch_range(
-        self,
-        source: str,
-        room: str,
-        start_ms: int,
-        max_messages: int,
-        resume: Resume | None = None,
-        known: Known | None = None,
-    ) -> Fetched:
-        self.asked.append(source)
-        return Fetched(source, [], 0, True)
-
-
 async def _nothing_to_show(room: str, new: list[StoredMessage], sources: list[str]) -> None:
     return None
 
 
-def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
+def _catch_up(tmp_path: Path, client: MemorySources) -> CatchUp:
     store = Store.open(tmp_path / "store")
     return CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         History(store),
-        client,  # type: ignore[arg-type]
+        client,
         HistorySection(catchup_sources=16),
         lambda: [ROOM],
         _nothing_to_show,
@@ -56,7 +37,7 @@ def _catch_up(tmp_path: Path, client: _EmptySources) -> CatchUp:
 
 
 async def test_a_flood_of_fresh_sources_is_remembered_up_to_the_bound(tmp_path: Path) -> None:
-    client = _EmptySources()
+    client = MemorySources()
     catch_up = _catch_up(tmp_path, client)
     sources = list(fresh_peer_ids(FLOOD))
     for first in range(0, FLOOD, 16):
@@ -70,7 +51,7 @@ async def test_a_flood_of_fresh_sources_is_remembered_up_to_the_bound(tmp_path: 
 
 
 async def test_a_source_that_disconnected_is_asked_again_at_once(tmp_path: Path) -> None:
-    client = _EmptySources()
+    client = MemorySources()
     catch_up = _catch_up(tmp_path, client)
     source, other = fresh_peer_ids(2)
     await catch_up.catch_up(ROOM, [source, other])
@@ -95,7 +76,7 @@ def test_peers_claiming_to_be_archivers_never_take_every_place_of_a_catch_up(
     tmp_path: Path,
 ) -> None:
     claimants = [f"claims-archiver-{n}" for n in range(5)]
-    catch_up = _catch_up(tmp_path, _EmptySources())  # catchup_sources=16
+    catch_up = _catch_up(tmp_path, MemorySources())  # catchup_sources=16
     catch_up._settings = HistorySection(catchup_sources=3)
     catch_up._host = _ClaimingHost(set(claimants))  # type: ignore[assignment]
     order = catch_up._archivers_first(["chat-peer", *claimants])

@@ -15,7 +15,8 @@ from p2pchat.node.config import HistorySection
 from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.p2p.host import ConnectionInfo
 from p2pchat.node.store import Store
-from p2pchat.node.store_client import Fetched, Known, Resume
+
+from tests.catchup_fakes import MemorySources
 
 ROOM = "room"
 
@@ -89,24 +90,6 @@ def test_settings_are_checked() -> None:
         ChargeSettings(10, 0.1, 0.0)
 
 
-class _Source:
-    """One source, serving whatever it was given."""
-
-    def __init__(self, messages: list[StoredMessage]) -> None:
-        self.messages = messages
-
-    async def fetch_range(
-        self,
-        source: str,
-        room: str,
-        start_ms: int,
-        max_messages: int,
-        resume: Resume | None = None,
-        known: Known | None = None,
-    ) -> Fetched:
-        return Fetched(source, self.messages[:max_messages], 1, True)
-
-
 class _Refusals(QuietCatchUpObserver):
     """The quiet observer, remembering the refusals it is told of."""
 
@@ -119,6 +102,14 @@ class _Refusals(QuietCatchUpObserver):
 
 async def _nothing_to_show(room: str, new: list[StoredMessage], sources: list[str]) -> None:
     return None
+
+
+def _sources(served: dict[str, tuple[list[StoredMessage], str | None]]) -> MemorySources:
+    """Sources by PeerId, each serving what it was given from the address it was given."""
+    return MemorySources(
+        {peer: messages for peer, (messages, _) in served.items()},
+        ips={peer: ip for peer, (_, ip) in served.items() if ip is not None},
+    )
 
 
 @pytest.mark.parametrize("charged", [True, False])
@@ -140,7 +131,7 @@ async def test_a_source_serving_sybils_cannot_push_the_honest_history_out(
     catch_up = CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         history,
-        _Source(honest + sybils(200, 10, 1_000)),  # type: ignore[arg-type]
+        MemorySources(everywhere=honest + sybils(200, 10, 1_000)),
         HistorySection(),
         lambda: [ROOM],
         _nothing_to_show,
@@ -168,7 +159,7 @@ async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
     history = History(store)
     honest = [msg(f"h-{n}", "alice", n) for n in range(60)]
     history.add_many(honest)
-    source = _Source(sybils(200, 10, 1_000))
+    source = MemorySources(everywhere=sybils(200, 10, 1_000))
 
     def trim(room: str) -> int:
         return history.apply_retention(
@@ -178,7 +169,7 @@ async def test_sybils_brought_in_once_stay_newcomers_at_the_next_catch_up(
     catch_up = CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         history,
-        source,  # type: ignore[arg-type]
+        source,
         HistorySection(),
         lambda: [ROOM],
         _nothing_to_show,
@@ -211,7 +202,7 @@ async def test_the_strangers_remembered_are_bounded(tmp_path: Path) -> None:
     catch_up = CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         history,
-        _Source(flood),  # type: ignore[arg-type]
+        MemorySources(everywhere=flood),
         HistorySection(),
         lambda: [ROOM],
         _nothing_to_show,
@@ -245,25 +236,6 @@ def test_a_source_allowance_is_per_peer_and_per_group_and_refills() -> None:
         SourceAllowance(0, 1.0)
 
 
-class _Sources:
-    """Sources by PeerId, each serving what it was given from the address it was given."""
-
-    def __init__(self, served: dict[str, tuple[list[StoredMessage], str | None]]) -> None:
-        self.served = served
-
-    async def fetch_range(
-        self,
-        source: str,
-        room: str,
-        start_ms: int,
-        max_messages: int,
-        resume: Resume | None = None,
-        known: Known | None = None,
-    ) -> Fetched:
-        messages, ip = self.served[source]
-        return Fetched(source, messages[:max_messages], 0, True, remote_ip=ip)
-
-
 def _repeat_catch_up(
     tmp_path: Path, source: object, per_source: SourceAllowance | None
 ) -> tuple[History, Store, CatchUp]:
@@ -279,7 +251,7 @@ def _repeat_catch_up(
     catch_up = CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         history,
-        source,  # type: ignore[arg-type]
+        source,
         HistorySection(),
         lambda: [ROOM],
         _nothing_to_show,
@@ -296,7 +268,7 @@ def _repeat_catch_up(
 async def test_a_source_reconnecting_cannot_bring_newcomers_again_and_again(
     tmp_path: Path, limited: bool
 ) -> None:
-    source = _Sources({"hostile": (sybils(200, 10, 1_000), "192.0.2.7")})
+    source = _sources({"hostile": (sybils(200, 10, 1_000), "192.0.2.7")})
     allowance = SourceAllowance(10, 86_400.0) if limited else None
     history, store, catch_up = _repeat_catch_up(tmp_path, source, allowance)
     observer = catch_up._observer
@@ -320,7 +292,7 @@ async def test_a_first_join_is_not_charged_to_its_source(tmp_path: Path) -> None
     catch_up = CatchUp(
         None,  # type: ignore[arg-type]  # the host is only used by run()
         history,
-        _Sources({"archiver": (flood, "192.0.2.7")}),  # type: ignore[arg-type]
+        _sources({"archiver": (flood, "192.0.2.7")}),
         HistorySection(),
         lambda: [ROOM],
         _nothing_to_show,
@@ -338,7 +310,7 @@ async def test_a_stranger_heard_live_is_charged_by_what_it_holds(
     tmp_path: Path, heard: bool
 ) -> None:
     first = [msg(f"s-{n}", f"sybil-{n}", 1_000 + n) for n in range(20)]
-    source = _Sources({"archiver": (first, None)})
+    source = _sources({"archiver": (first, None)})
     history, store, catch_up = _repeat_catch_up(tmp_path, source, None)
     await catch_up.catch_up(ROOM, ["archiver"])
     assert ("room", "sybil-0") in catch_up._strangers  # 10 of the 20, one each
@@ -351,7 +323,7 @@ async def test_a_stranger_heard_live_is_charged_by_what_it_holds(
     said += [
         msg(f"o-{n}-{k}", f"other-{n}", 7_000 + 10 * n + k) for n in range(9) for k in range(3)
     ]
-    source.served["archiver"] = (said, None)
+    source.served["archiver"] = said
     catch_up.connection_closed(ConnectionInfo("archiver", "inbound", "tcp", "/noise", "/yy"))
     await catch_up.catch_up(ROOM, ["archiver"])
     brought = sum(m.sender == stranger and m.sent_at_ms >= 6_000 for m in history.range(ROOM, 0))
@@ -370,7 +342,7 @@ async def test_sources_in_one_address_group_share_an_allowance(
     tmp_path: Path, second_ip: str | None, shared: bool
 ) -> None:
     # Two PeerIds, the second in the first's IPv6 /64 or not.
-    source = _Sources(
+    source = _sources(
         {
             "one": (sybils(100, 10, 1_000), "2001:db8::1"),
             "two": (sybils(100, 10, 100_000), second_ip),
@@ -389,7 +361,7 @@ async def test_relayed_sources_share_one_allowance(tmp_path: Path) -> None:
     # gets no new allowance.
     served = {f"fresh-{n}": (sybils(100, 10, 1_000 * (n + 1)), None) for n in range(3)}
     history, store, catch_up = _repeat_catch_up(
-        tmp_path, _Sources(served), SourceAllowance(10, 86_400.0)
+        tmp_path, _sources(served), SourceAllowance(10, 86_400.0)
     )
     for name in served:
         await catch_up.catch_up(ROOM, [name])

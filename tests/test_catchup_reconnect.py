@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NodeProcess, start_node_in
+from tests.conftest import NodeProcess, start_node_in, wait_metric
 from tests.nat_lab import sh
-from tests.test_archive import AWAY, caught_up, history_texts, wait_metric
+from tests.test_archive import AWAY, caught_up, history_texts
 from tests.test_autorelay import logged
 from tests.test_chat import WAIT, is_message, wait_members
 

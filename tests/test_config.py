@@ -342,3 +342,12 @@ def test_short_id_is_the_consoles_format() -> None:
     assert short_id("QmShort") == "QmShort"
     assert short_id("x" * 14) == "x" * 14
     assert short_id("x" * 15) == "xxxxxx…xxxx"
+
+
+def test_the_fallback_key_period_is_no_shorter_than_the_mailbox_ttl() -> None:
+    with pytest.raises(
+        ConfigError, match=r"chat\.dm_fallback_rotation must be at least mailbox\.ttl"
+    ):
+        load_config(environ={"P2PCHAT_CHAT__DM_FALLBACK_ROTATION": "3600"})
+    both = {"P2PCHAT_CHAT__DM_FALLBACK_ROTATION": "60", "P2PCHAT_MAILBOX__TTL": "60"}
+    assert load_config(environ=both).chat.dm_fallback_rotation == 60

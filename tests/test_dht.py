@@ -3,14 +3,13 @@ know only a bootstrap node finding each other and chatting."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import trio
 from p2pchat.node.p2p.dht import Dht, content_key
 from p2pchat.node.rendezvous import room_key
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.test_chat import WAIT, chat_peer, is_message, wait_members
 from tests.test_host import loopback_addr, running_host, wait_until
 
@@ -81,13 +80,6 @@ async def test_lookups_dial_no_peer_outside_the_routing_table(tmp_path: Path) ->
             assert await a.find_providers(room_key("lobby")) == []
             assert len(bystander.opened) == 1  # only the connection A made on purpose
             nursery.cancel_scope.cancel()
-
-
-def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while node.metric(name, **labels) < at_least:
-        assert time.monotonic() < deadline, f"{name}{labels} never reached {at_least}"
-        time.sleep(0.2)
 
 
 def bootstrap_node(path: Path, nodes: list[NodeProcess]) -> NodeProcess:

@@ -255,3 +255,143 @@ def test_a_message_made_by_one_olm_account_with_another_peers_bundle_is_refused(
     assert refused.value.reason == "undecryptable" and b.session_count() == 0
     for store in stores:
         store.close()
+
+
+def test_the_fallback_key_rotates_the_previous_opens_for_one_period_then_is_forgotten(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Bob's fallback key rotates every 10 s (a fake wall clock): a first message made with
+    the key of his earlier bundle still opens after one rotation (the grace) and no longer
+    after two; the bundle he serves has the new key. The schedule survives a restart, and an
+    account saved rotated by a run killed before stamping it is stamped, not rotated again."""
+    alice, bob = Peer(), Peer()
+    now = [1_000_000]
+    b_store = Store.open(tmp_path / "b")
+
+    def bobs() -> OlmSessions:
+        return OlmSessions(
+            b_store.namespace("dm"),
+            bob.text,
+            bob.raw,
+            bob.sign,
+            signed_by,
+            SessionLimits(),
+            wall_ms=lambda: now[0],
+            fallback_rotation=10.0,
+        )
+
+    def first_message(with_bundle: dm.SignedBundle) -> dm.DirectMessage:
+        a_store = Store.open(tmp_path / f"a{now[0]}-{len(list(tmp_path.iterdir()))}")
+        a = sessions(a_store, alice)
+        message = a.encrypt(bob.text, b"first", a.verified_bundle(bob.text, bob.raw, with_bundle))
+        a_store.close()
+        return message
+
+    def opens(b: OlmSessions, message: dm.DirectMessage) -> bool:
+        b.forget(alice.text)  # a new inbound session each time: only the fallback key decides
+        try:
+            return b.decrypt(alice.text, alice.raw, message) == b"first"
+        except DmDrop:
+            return False
+
+    b = bobs()
+    old_bundle = b.bundle
+    to_old = [first_message(old_bundle) for _ in range(2)]
+    assert b.fallback_due_in() == 10.0 and not b.rotate_fallback_if_due()
+    now[0] += 9_999
+    assert not b.rotate_fallback_if_due()
+    now[0] += 1
+    assert b.rotate_fallback_if_due()
+    assert b.bundle != old_bundle
+    new_key = dm.decode_bundle(b.bundle, bob.raw).fallback_key
+    assert new_key != dm.decode_bundle(old_bundle, bob.raw).fallback_key
+    assert opens(b, to_old[0])  # within the grace
+    to_new = first_message(b.bundle)
+    # A restart keeps the schedule: not due again before a whole period.
+    b = bobs()
+    assert dm.decode_bundle(b.bundle, bob.raw).fallback_key == new_key
+    assert b.fallback_due_in() == 10.0
+    now[0] += 10_000
+    assert b.rotate_fallback_if_due()
+    assert not opens(b, to_old[1])  # rotated out twice: forgotten
+    assert opens(b, to_new)  # the control: the previous key still opens
+    # Killed between saving the rotated account and its stamp: stamped at the next start.
+    stale = b_store.namespace("dm").get(b"fallback-at")
+    assert stale is not None
+    now[0] += 10_000
+    assert b.rotate_fallback_if_due()
+    b_store.namespace("dm").put(b"fallback-at", stale)
+    now[0] += 3_000
+    b = bobs()
+    assert b.fallback_due_in() == 10.0  # stamped now, not rotated again at once
+    b_store.close()
+
+
+def test_no_rotation_without_a_period(store: Store) -> None:
+    bob = sessions(store, Peer())
+    assert bob.fallback_due_in() is None and not bob.rotate_fallback_if_due()
+
+
+def test_the_pair_mailboxes_fetched_are_bounded_to_those_written_to_last(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Of 12 peers written to, a recipient with ``max_pair_mailboxes`` 3 fetches its published
+    mailbox, the pair mailboxes of the last 2 and 1 of the others in turn (all within 10
+    fetches); each pair's key is the one the peer computes
+    from its own side (so it deposits where the recipient fetches)."""
+    import structlog
+    from p2pchat.node.config import MailboxSection
+    from p2pchat.node.p2p.identity import load_or_create_identity
+    from p2pchat.roles.peer.dm_mailbox import Mail, MailKeys
+    from p2pchat.roles.peer.metrics import ChatMetrics
+    from prometheus_client import CollectorRegistry
+
+    from tests.chat_fakes import FakeHost
+
+    def mail_of(store: Store, peer: Peer, settings: MailboxSection) -> tuple[Mail, MailKeys]:
+        own = MailKeys(store.namespace("dm"))
+        olm = OlmSessions(
+            store.namespace("dm"),
+            peer.text,
+            peer.raw,
+            peer.sign,
+            signed_by,
+            SessionLimits(),
+            mailbox_keys=(own.sealing_key, own.mailbox_key),
+        )
+        mail = Mail(
+            FakeHost(load_or_create_identity(tmp_path / peer.text)),  # type: ignore[arg-type]
+            store.namespace("dm"),
+            own,
+            olm,
+            settings,
+            4096,
+            16384,
+            ChatMetrics(CollectorRegistry()),
+            structlog.get_logger(),
+            lambda sender, plains: None,
+            lambda reason, peer: None,
+        )
+        mail.bundle = olm.bundle  # type: ignore[attr-defined]
+        return mail, own
+
+    settings = MailboxSection(max_pair_mailboxes=3)
+    bob = Peer()
+    b_store = Store.open(tmp_path / "bob")
+    b_mail, b_keys = mail_of(b_store, bob, settings)
+    others = [Peer() for _ in range(12)]
+    stores = [Store.open(tmp_path / f"o{n}") for n in range(12)]
+    pairs = []
+    for peer, store in zip(others, stores, strict=True):
+        mail, keys = mail_of(store, peer, settings)
+        b_mail.remember(peer.text, mail.bundle)  # type: ignore[attr-defined]
+        b_mail.wrote_to(peer.text)
+        pairs.append(bytes(keys.pair(b_keys.sealing_key).verify_key))
+    read: set[bytes] = set()
+    for _ in range(10):  # 2 newest each time, and 1 of the 10 others in turn
+        fetched = b_mail.fetched_mailboxes()
+        assert fetched[0] is None and len(fetched) == 4
+        keys = [bytes(k.verify_key) for k in fetched[1:] if k is not None]
+        assert set(pairs[-2:]) <= set(keys)
+        read.update(keys)
+    assert read == set(pairs)  # every peer written to had its turn
+    for store in [b_store, *stores]:
+        store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import trio
@@ -16,20 +15,12 @@ from p2pchat.node.p2p.host import HostSettings, P2PHost, QuietObserver, Stream
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.wire import dm
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.hostile.harness import Footprint, report
 from tests.test_dm import WAIT, connected, direct_from, msg
 from tests.test_json_contract import answer, chat_peer
 
 RSS_BOUND_MIB = 200  # the victim's; a chat peer idles near 125 MiB
-
-
-def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) -> None:
-    """Until ``node``'s metric ``name`` (with ``labels``) reaches ``at_least``."""
-    deadline = time.monotonic() + WAIT
-    while node.metric(name, **labels) < at_least:
-        assert time.monotonic() < deadline, f"{name}{labels} never reached {at_least}"
-        time.sleep(0.5)
 
 
 def test_msg_reaches_a_peer_known_only_to_a_bootstrap_through_the_dht_even_after_it_moved(

@@ -282,6 +282,23 @@ async def test_rpcs_queued_for_a_peer_leave_merged_in_order_within_the_budget() 
     assert pubsub_module.RpcQueue is rpc_queue.CoalescingRpcQueue
 
 
+async def test_an_rpc_given_back_leaves_first_and_moves_with_the_queue() -> None:
+    # The pubsub writer on a nearly spent circuit (node/p2p/circuit_room.py) merges only what
+    # fits, and gives back an RPC that does not fit: it must be the next out, here or on the
+    # queue's successor (the stream on the next circuit), ahead of everything behind it.
+    queue = rpc_queue.CoalescingRpcQueue()
+    for n in range(4):
+        queue.push(_rpc(b"m%d" % n))
+    first = await queue.pop(max_bytes=1)  # merges nothing: the room left was 1 byte
+    assert _payloads(first) == [b"m0"]
+    queue.put_front(first)
+    assert len(queue) == 4
+    successor = queue.hand_over()
+    assert await queue.pop() is None  # the old writer ends: its successor writes the rest
+    assert _payloads(await successor.pop()) == [b"m0"]
+    assert _payloads(await successor.pop()) == [b"m1", b"m2", b"m3"]
+
+
 def test_validation_results_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(p2pchat_pubsub.time, "time", lambda: now[0])

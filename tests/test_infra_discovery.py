@@ -20,9 +20,9 @@ from p2pchat.node.rendezvous import (
     ArchiverFinder,
 )
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.peer_ids import fresh_peer_ids
-from tests.test_archive import AWAY, caught_up, history_texts, wait_metric
+from tests.test_archive import AWAY, caught_up, history_texts
 from tests.test_autorelay import logged
 from tests.test_chat import WAIT, chat_peer
 

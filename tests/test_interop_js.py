@@ -1,78 +1,78 @@
 """Interop with js-libp2p: p2pchat peers and a js-libp2p GossipSub peer share a room.
 
-The js peer (tests/interop/js/peer.mjs: Noise, Yamux, GossipSub with StrictSign) sits between
-two p2pchat peers that are not connected to each other, so every message between them crosses
-js-libp2p's mesh; and the js peer publishes a chat payload itself. A second test runs it as the
-outside client of #20: WebSocket only, no sender_name. `.ci/run` installs its pinned
-packages (`npm ci`); without node or them, this test fails, it never skips.
+The js peer (tests/interop/js/peer.mjs: Noise, Yamux, GossipSub with StrictSign; driven by
+JSON lines, tests/interop_peers.py) sits between two p2pchat peers that are not connected to
+each other, so every message between them crosses js-libp2p's mesh both ways; it publishes a
+chat payload itself; a p2pchat hub carries the room between it and a p2pchat peer; it asks a
+p2pchat peer for history (tests/interop/js/history.mjs) and checks every envelope's signature;
+and as js-libp2p's circuit relay v2 server it carries two p2pchat peers' conversation. A
+further test runs it as the outside client of #20: WebSocket only, no sender_name. `.ci/run`
+installs its pinned packages (`npm ci`); without node or them, these tests fail, never skip.
 """
 
 from __future__ import annotations
 
-import json
-import queue
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import base58
 import pytest
 from p2pchat.node.wire import chat_pb2
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 
 from tests.conftest import NodeProcess, start_node
-from tests.test_chat import is_message
+from tests.interop_peers import (
+    ROOM,
+    WAIT,
+    JsPeer,
+    LineDrivenPeer,
+    chat_peer,
+    line_peers,
+    sees_peer,
+)
+from tests.test_autorelay import command
+from tests.test_chat import is_message, wait_members
+from tests.test_interop_go_rust import only_over, two_p2pchat_peers_chat_through
 
-JS_PEER = Path(__file__).parent / "interop" / "js" / "peer.mjs"
-ROOM = "p2p-chat-default"
-WAIT = 60.0
+__all__ = ["line_peers"]  # the fixture, used by name
 
 
-class JsPeer:
-    def __init__(self, transport: str = "tcp") -> None:
-        self.proc = subprocess.Popen(
-            ["node", str(JS_PEER), ROOM, transport],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=JS_PEER.parent,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.ready = self.next(lambda e: "ready" in e)["ready"]
+def js_says(js: JsPeer, text: str) -> None:
+    """The js peer signs and publishes a chat message ``text`` (sender_name "js")."""
+    chat = ChatText(
+        id=new_message_id(),
+        room=ROOM,
+        sender_name="js",
+        text=text,
+        sent_at_ms=int(time.time() * 1000),
+    )
+    js.publish(encode(chat))
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
 
-    def next(self, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                event = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    assert self.proc.stderr is not None
-                    raise AssertionError(f"js peer exited: {self.proc.stderr.read()}") from None
-                continue
-            if predicate(event):
-                return event
-        raise AssertionError("js peer: no matching output")
+def js_heard(js: JsPeer, text: str) -> dict[str, Any]:
+    """The message ``text`` as the js peer received it (its from, topic, data_hex)."""
 
-    def publish(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"publish {data.hex()}\n")
-        self.proc.stdin.flush()
+    def carries(event: dict[str, Any]) -> bool:
+        if "message" not in event:
+            return False
+        got = decode(bytes.fromhex(event["message"]["data_hex"]), max_text_bytes=4096)
+        return isinstance(got, ChatText) and got.text == text
 
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+    return dict(js.next(carries)["message"])
+
+
+def wait_topic_peer(js: JsPeer, peer_id: str) -> None:
+    """Wait until js-gossipsub knows ``peer_id`` is in the room (before that, what js publishes
+    is not sent to it)."""
+    deadline = time.monotonic() + WAIT
+    while peer_id not in js.run("topic-peers", "topic_peers"):
+        assert time.monotonic() < deadline, f"{peer_id} never joined the js peer's room"
+        time.sleep(0.2)
 
 
 @pytest.mark.interop("js", "tcp", "chat")
+@pytest.mark.interop("js", "tcp", "hub")
 def test_chat_crosses_a_js_libp2p_peer_both_ways(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     js = JsPeer()
     try:
@@ -95,17 +95,13 @@ def test_chat_crosses_a_js_libp2p_peer_both_ways(tmp_path: Path, nodes: list[Nod
             "hello through js-libp2p"
         )
 
-        js.publish(
-            encode(
-                ChatText(
-                    id=new_message_id(),
-                    room=ROOM,
-                    sender_name="js",
-                    text="signed in js",
-                    sent_at_ms=int(time.time() * 1000),
-                )
-            )
-        )
+        c.say("and back through js-libp2p")
+        got = a.next_event(is_message("and back through js-libp2p"), timeout=WAIT)
+        assert got["sender"] == c.peer_id
+        assert js_heard(js, "and back through js-libp2p")["from"] == c.peer_id
+        assert c.peer_id not in {p["peer"] for p in command(a, "/peers", "peers")["peers"]}
+
+        js_says(js, "signed in js")
         for node in (a, c):
             from_js = node.next_event(is_message("signed in js"), timeout=WAIT)
             assert from_js["sender"] == js_id
@@ -152,3 +148,89 @@ def test_a_minimal_js_client_on_websocket_only_is_reached_and_heard(
         assert node.metric("p2pchat_messages_dropped_total", reason="invalid") == 0
     finally:
         js.stop()
+
+
+def each_transport(feature: str) -> list[Any]:
+    """The ``transport`` parameters, TCP and WebSocket, each marked with its matrix cell."""
+    return [
+        pytest.param(transport, marks=pytest.mark.interop("js", transport, feature))
+        for transport in ("tcp", "ws")
+    ]
+
+
+def js_listening_on(transport: str, *args: str) -> tuple[str, ...]:
+    """peer.mjs's arguments to listen on ``transport`` only (TCP unless "ws")."""
+    return ("ws", *args) if transport == "ws" else args
+
+
+def joined_by(js: JsPeer, transport: str, path: Path, nodes: list[NodeProcess]) -> NodeProcess:
+    """A p2pchat peer connected to ``js`` over ``transport``: js dials it over TCP; over
+    WebSocket the p2pchat peer dials js (js-libp2p dials WebSocket with Node 22's global
+    WebSocket, which Node 20, this machine's, lacks)."""
+    if transport == "ws":
+        return chat_peer(path, nodes, "--bootstrap", js.addr)
+    node = chat_peer(path, nodes)
+    js.run(f"dial {node.addr(transport)}", "dialed")
+    return node
+
+
+@pytest.mark.parametrize("transport", each_transport("hub"))
+def test_a_p2pchat_hub_between_js_and_p2pchat(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
+) -> None:
+    js = JsPeer(*js_listening_on(transport))
+    line_peers.append(js)
+    hub = joined_by(js, transport, tmp_path / "hub", nodes)
+    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr(transport))
+    sees_peer(p, hub.peer_id)
+    wait_members(p, 1)
+    wait_members(hub, 2)
+
+    wait_topic_peer(js, hub.peer_id)
+    js_says(js, "through a p2pchat hub")
+    from_js = p.next_event(is_message("through a p2pchat hub"), timeout=WAIT)
+    assert (from_js["sender"], from_js["sender_name"]) == (js.peer_id, "js")
+    p.say("back through the hub")
+    assert js_heard(js, "back through the hub")["from"] == p.peer_id
+    assert js.peer_id not in {x["peer"] for x in command(p, "/peers", "peers")["peers"]}
+    only_over(hub, transport)
+
+
+@pytest.mark.parametrize("transport", each_transport("history"))
+def test_history_is_answered_to_a_js_peer(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
+) -> None:
+    # js-libp2p asks p2pchat's history protocol (/p2pchat/store-query/2.0.0, written from
+    # store_query.proto alone: tests/interop/js/history.mjs) and checks every envelope's
+    # StrictSign signature itself.
+    js = JsPeer(*js_listening_on(transport))
+    line_peers.append(js)
+    a = joined_by(js, transport, tmp_path / "a", nodes)
+    wait_members(a, 1)
+    for n in range(3):
+        a.say(f"stored by a {n}")
+        js_heard(js, f"stored by a {n}")  # sent, so stored
+    history = js.run(f"history {a.peer_id} 2", "history")
+    assert history["status"] == "OK"
+    assert history["unverified"] == 0
+    assert history["more"] is True  # a page of 2 of the 3, newest first, listed oldest first
+    texts = [
+        decode(bytes.fromhex(m["data_hex"]), max_text_bytes=4096).text  # type: ignore[union-attr]
+        for m in history["messages"]
+    ]
+    assert texts == ["stored by a 1", "stored by a 2"]
+    senders = {base58.b58encode(bytes.fromhex(m["from_hex"])).decode() for m in history["messages"]}
+    assert senders == {a.peer_id}
+    assert js.run(f"history {a.peer_id} 501", "history")["status"] == "BAD_REQUEST"
+    only_over(a, transport)
+
+
+@pytest.mark.parametrize("transport", each_transport("relay-theirs"))
+def test_a_js_relay_serves_two_p2pchat_peers(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], transport: str
+) -> None:
+    # js-libp2p's circuit relay v2 server (@libp2p/circuit-relay-v2, its default limits), no
+    # member of the room: the chat can only cross the circuit.
+    relay = JsPeer(*js_listening_on(transport, "--relay", "--no-subscribe"))
+    line_peers.append(relay)
+    two_p2pchat_peers_chat_through(relay, tmp_path, nodes, "js", transport)

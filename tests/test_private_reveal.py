@@ -173,3 +173,54 @@ async def test_rooms_and_members_are_bounded(store: Store) -> None:
     seen_again.rooms_full = True
     await rooms_again.received(alice, invitation(alice, alice_keys, dave))
     assert seen_again.dropped == Counter(too_many_rooms=1) and not rooms_again.topics()
+
+
+async def test_a_members_list_only_adds_and_is_checked(store: Store) -> None:
+    """From a member other than the creator, a list adds its newcomers (who get this member's
+    key, asked for theirs) and never removes; another creator, a stranger's list and a list
+    past the member bound are refused and counted."""
+    alice, bob, carol, dave, mallory = (fresh_peer_id() for _ in range(5))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    rooms, seen = member(store, bob, private_max_members=5)
+    await rooms.received(alice, invitation(alice, alice_keys, bob, carol))
+    seen.keys_sent.clear()
+
+    def listed(*members: str, creator: str = alice) -> RoomKey:
+        return RoomKey(ROOM, "club", creator, members)
+
+    await rooms.received(carol, listed(carol, bob, dave, creator=carol))  # another creator
+    await rooms.received(mallory, listed(alice, bob, mallory))  # not a member
+    await rooms.received(carol, listed(alice, bob, carol, *(fresh_peer_id() for _ in range(3))))
+    assert seen.dropped == Counter(invalid=2, not_member=1)
+    assert sorted(rooms._rooms[ROOM].members) == sorted([alice, bob, carol])
+    # Carol invites Dave, and her list leaves Bob out: Dave added, Bob still in the room.
+    await rooms.received(carol, listed(alice, carol, dave))
+    assert rooms.is_private(ROOM) and not seen.left
+    assert sorted(rooms._rooms[ROOM].members) == sorted([alice, bob, carol, dave])
+    assert [(peer, key.want_key) for peer, key in seen.keys_sent] == [(dave, True)]
+    assert any(
+        isinstance(e, NoticeEvent) and e.kind == "private_member" and e.data["peer"] == dave
+        for e in seen.events
+    )
+
+
+async def test_an_invitation_from_a_member_counts_against_that_inviter(store: Store) -> None:
+    """Dave is invited by Carol, a member, not the creator: he joins (the creator named in the
+    room), gives his key to every member but Carol (hers came with the invitation); Carol's
+    next room is over private_rooms_per_creator (1) for her, not for the creator."""
+    alice, carol, dave = fresh_peer_id(), fresh_peer_id(), fresh_peer_id()
+    carol_keys = GroupKeys(store.namespace("carol"), carol, 256)
+    rooms, seen = member(store, dave, private_rooms_per_creator=1)
+    session_id, session_key = carol_keys.share(ROOM)
+    first = RoomKey(ROOM, "club", alice, (alice, carol, dave), session_id, session_key, True)
+    await rooms.received(carol, first)
+    assert seen.joined == [ROOM] and rooms._rooms[ROOM].creator == alice
+    assert sorted(peer for peer, key in seen.keys_sent if key.want_key) == [alice]
+    other = "private-" + "6b" * 16
+    second = RoomKey(other, "two", alice, (alice, carol, dave), *carol_keys.share(other), True)
+    await rooms.received(carol, second)
+    assert seen.dropped == Counter(too_many_rooms=1) and not rooms.is_private(other)
+    third = "private-" + "7c" * 16
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    await rooms.received(alice, invitation(alice, alice_keys, dave, topic=third))
+    assert rooms.is_private(third)  # the creator's count is its own

@@ -22,9 +22,8 @@ from p2pchat.node.wire.chat import (
     new_message_id,
 )
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.hostile.moderation_attacks import rogue
-from tests.test_archive import wait_metric
 from tests.test_json_contract import answer, chat_peer
 from tests.test_json_contract import seen as seen_event
 
@@ -227,9 +226,9 @@ def test_invites_are_bounded_per_creator_and_refused_from_an_ignored_peer(
     rooms = next(e for e in line(b, "/rooms", "rooms") if e["type"] == "output")["data"]["rooms"]
     assert first in rooms and second not in rooms and third not in rooms, rooms
     assert not invited(b, second) and not invited(b, third)
-    # Commands of the creator only, and of private rooms only.
+    # /remove is the creator's only (/invite is any member's), and of private rooms only.
     line(b, f"/switch {first}", "switch")
-    errors = [e for e in answer(b, {"id": "x", "line": f"/invite {c.peer_id}"})]
+    errors = [e for e in answer(b, {"id": "x", "line": f"/remove {a.peer_id}"})]
     assert errors[0]["type"] == "error" and errors[0]["code"] == "not_owner", errors
     errors = [e for e in answer(b, {"id": "y", "line": "/members p2p-chat-default"})]
     assert errors[0]["type"] == "error" and errors[0]["code"] == "not_private", errors
@@ -363,3 +362,39 @@ async def test_a_members_ciphertext_tampered_or_replayed_under_its_own_signature
 def seen_or_wait(node: NodeProcess, text: str) -> None:
     if not seen_text(node, text):
         node.next_event(lambda e: e["type"] == "message" and e["text"] == text, timeout=WAIT)
+
+
+def test_a_member_other_than_the_creator_invites_and_every_member_shares_keys_with_the_newcomer(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A creates the room and invites B; B (not the creator) invites C: C joins with B's key,
+    A and B count C as a member, and each of the three reads the other two."""
+    a, _ = chat_peer(tmp_path / "a", nodes)
+    b, _ = chat_peer(tmp_path / "b", nodes, "--bootstrap", a.addr())
+    c, _ = chat_peer(tmp_path / "c", nodes, "--bootstrap", f"{a.addr()},{b.addr()}")
+    room = notice(line(a, "/create-private club", "create"), "private_created")["data"]["room"]
+    line(a, f"/invite {b.peer_id}", "invite-b")
+    b.next_event(lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT)
+    line(b, f"/switch {room}", "switch")
+    invited_c = notice(line(b, f"/invite {c.peer_id}", "invite-c"), "private_member")
+    assert invited_c["data"] == {"room": room, "peer": c.peer_id, "change": "invited"}
+    got = c.next_event(
+        lambda e: e["type"] == "notice" and e["kind"] == "private_invited", timeout=WAIT
+    )
+    assert got["data"]["creator"] == a.peer_id and got["data"]["room"] == room
+    assert sorted(got["data"]["members"]) == sorted([a.peer_id, b.peer_id, c.peer_id])
+    a.next_event(
+        lambda e: (
+            e["type"] == "notice"
+            and e["kind"] == "private_member"
+            and e["data"]["peer"] == c.peer_id
+        ),
+        timeout=WAIT,
+    )
+    members = [e for e in line(a, f"/members {room}", "members") if e["type"] == "output"]
+    assert sorted(members[0]["data"]["members"]) == sorted([a.peer_id, b.peer_id, c.peer_id])
+    said_until_heard(c, room, "from the newcomer", [a, b])
+    said_until_heard(a, room, "from the creator", [b, c])
+    said_until_heard(b, room, "from the inviter", [a, c])
+    for node in (a, b, c):
+        assert node.metric("p2pchat_private_dropped_total", reason="not_member") in (None, 0)

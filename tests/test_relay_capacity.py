@@ -1,8 +1,8 @@
 """The relay carries many go-libp2p conversations at once, every message delivered (#21, 5).
 
 A small run of the capacity benchmark (tests/bench/relay_capacity.py): a real relay process
-and the Go load generator (tests/load/go, built by `make load-go`, a prerequisite of `make
-unit`) with ``PAIRS`` conversations, each two go-libp2p hosts over one circuit through the
+and the Go load generator (tests/interop/go/cmd/load, built by `make load-go`, a prerequisite
+of `make unit`) with ``PAIRS`` conversations, each two go-libp2p hosts over one circuit through the
 relay, exchanging chat-sized messages for a few seconds. It also keeps the benchmark's
 generator and driver working.
 """

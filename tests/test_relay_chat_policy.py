@@ -14,7 +14,7 @@ from p2pchat.node.wire.circuit import Limit
 from p2pchat.roles.relay.chat_policy import OTHER, ChatPolicy
 from p2pchat.roles.relay.limits import RelayLimits
 
-from tests.conftest import NodeProcess, node_env, run_cli, start_node
+from tests.conftest import NodeProcess, node_env, run_cli, start_node, wait_metric
 from tests.test_autorelay import (
     connection_kind,
     dead_port,
@@ -23,7 +23,6 @@ from tests.test_autorelay import (
     unreachable_peer,
 )
 from tests.test_chat import WAIT, is_message, wait_members
-from tests.test_dht import wait_metric
 
 CIRCUIT_DATA = 8192
 TEXT = "y" * 2000

@@ -1,4 +1,5 @@
-"""A stream's remote IP, IPv4 and IPv6 (py-libp2p answers None for every IPv6 connection)."""
+"""A stream's remote IP, IPv4 and IPv6, over TCP and WebSocket (py-libp2p answers None for every
+IPv6 connection and every WebSocket one)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,28 @@ async def test_a_peer_connected_over_ipv6_is_seen_at_its_address(tmp_path: Path)
                     await trio.sleep(0.02)
             await stream.close()
     assert seen == ["::1", "127.0.0.1"]
+
+
+async def test_a_peer_connected_over_websocket_is_seen_at_its_address(tmp_path: Path) -> None:
+    # Both directions: the stream the server accepts and the one the client opened.
+    seen: list[str | None] = []
+    listen = ("/ip4/127.0.0.1/tcp/0/ws",)
+    async with (
+        running_host(tmp_path / "server", listen=listen) as (server, _),
+        running_host(tmp_path / "client", listen=listen) as (client, _),
+    ):
+
+        async def handle(stream: Stream) -> None:
+            seen.append(stream_origin(stream).remote_ip)
+            await stream.close()
+
+        server.set_stream_handler(PROTOCOL, handle)
+        addr = next(a for a in server.advertised_addrs() if "/ws" in a)
+        await client.connect(addr)
+        with trio.fail_after(20):
+            stream = await client.new_stream(server.peer_id, [PROTOCOL])
+            while not seen:
+                await trio.sleep(0.02)
+        seen.append(stream_origin(stream).remote_ip)
+        await stream.close()
+    assert seen == ["127.0.0.1", "127.0.0.1"]

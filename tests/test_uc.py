@@ -17,7 +17,7 @@ from p2pchat.node.p2p.streams import StreamError, read_frame_within
 from p2pchat.node.wire import uc
 from p2pchat.node.wire.framing import FrameDecoder, encode_uvarint
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.test_dm import WAIT, connected
 from tests.test_json_contract import answer, seen
 
@@ -32,15 +32,6 @@ def uc_peer(path: Path, nodes: list[NodeProcess], *args: str, **env: str) -> Nod
     nodes.append(node)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node
-
-
-def wait_metric(node: NodeProcess, name: str, at_least: float, **labels: str) -> float:
-    deadline = time.monotonic() + WAIT
-    while True:
-        value = node.metric(name, **labels)
-        if value >= at_least or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 def say_until_heard(a: NodeProcess, b: NodeProcess, text: str) -> dict[str, Any]:

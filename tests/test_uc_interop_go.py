@@ -15,10 +15,10 @@ from p2pchat.node.p2p.multiaddr_bytes import to_bytes
 from p2pchat.node.p2p.peer_keys import public_key_bytes
 from p2pchat.node.wire import uc
 
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, wait_metric
 from tests.test_interop_go import GoPeer, go_peer, go_peers
 from tests.test_json_contract import answer, seen
-from tests.test_uc import ROOM, WAIT, uc_peer, wait_metric
+from tests.test_uc import ROOM, WAIT, uc_peer
 
 __all__ = ["go_peers"]  # the fixture, used by name
 

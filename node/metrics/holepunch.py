@@ -37,7 +37,8 @@ class HolePunchMetrics:
             "Relayed connections retired after a direct one replaced them, by outcome: "
             "not_needed (the peer's pubsub stream was not on the relay only), resumed (kept while "
             "the peer's stream was on it, then the peer heard on the direct one again), failed "
-            "(not heard on the direct one after six renewals of our stream).",
+            "(not heard on the direct one after the renewals of our stream and 20 nudges; a "
+            "rust-libp2p peer that has said nothing yet is counted here too).",
             ("outcome",),
             registry=registry,
         )

@@ -95,6 +95,12 @@ class CircuitLedger:
         entry = self._by_muxed.get(id(conn.muxed_conn))
         return entry[1] if entry is not None and entry[0] is conn.muxed_conn else None
 
+    def usage_of_muxed(self, muxed: object) -> CircuitUsage | None:
+        """The usage of the relayed connection whose muxed connection is ``muxed`` (a stream's
+        ``muxed_conn``); None if it is not a relayed one of ours."""
+        entry = self._by_muxed.get(id(muxed))
+        return entry[1] if entry is not None and entry[0] is muxed else None
+
     def _prune(self) -> None:
         for key, (muxed, _) in list(self._by_muxed.items()):
             if getattr(muxed, "is_closed", False):

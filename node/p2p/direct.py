@@ -10,13 +10,18 @@ open both ends have "dialled", so the security roles are fixed by DCUtR instead:
 dialled through the relay is the initiator, the peer that received the relayed connection the
 responder (go-libp2p's rule).
 
-Everything here is bounded: at most :data:`MAX_DIAL_ADDRS` addresses per attempt, dialled
-together, within :data:`DIAL_TIMEOUT` seconds.
+QUIC addresses are punched too (UDP: the dialler becomes the QUIC client, the other side opens
+its NAT with random packets; :mod:`p2pchat.node.p2p.quic_punch`), each dial from the QUIC
+listen port.
+
+Everything here is bounded: at most :data:`MAX_DIAL_ADDRS` addresses per attempt (TCP and QUIC
+together), dialled together, within :data:`DIAL_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -26,12 +31,15 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
-from p2pchat.node.p2p import outbound
+from p2pchat.node.p2p import outbound, quic_punch
 from p2pchat.node.p2p.host import P2PHost, connection_info, transport_label
+
+log = logging.getLogger("p2pchat.host.direct")
 
 DIAL_TIMEOUT = 5.0  # go-libp2p's hole-punch dial timeout
 MAX_DIAL_ADDRS = 8  # addresses dialled per attempt: a peer cannot make us dial a long list
 MAX_PUNCH_ADDRS = 16  # addresses we offer in CONNECT
+MAX_IMPLIED = 4  # IPs and QUIC ports combined into implied QUIC addresses (at most 16)
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -51,6 +59,74 @@ def _tcp_endpoint(text: str) -> tuple[str, IPAddress, int] | None:
     except ValueError:
         return None
     return (parts[1], ip, port) if 0 < port < 65536 else None
+
+
+def _quic_endpoint(text: str) -> tuple[str, IPAddress, int] | None:
+    """``(family, ip, port)`` of a plain QUIC address (``/ip4|ip6/<ip>/udp/<port>/quic-v1``,
+    any ``/p2p/`` suffix ignored); None for anything else."""
+    if "/p2p-circuit" in text:
+        return None
+    parts = text.split("/p2p/", 1)[0].split("/")
+    # ['', 'ip4', '<ip>', 'udp', '<port>', 'quic-v1'] and nothing more
+    if len(parts) != 6 or parts[1] not in ("ip4", "ip6") or parts[3:6:2] != ["udp", "quic-v1"]:
+        return None
+    try:
+        ip = ipaddress.ip_address(parts[2])
+        port = int(parts[4])
+    except ValueError:
+        return None
+    return (parts[1], ip, port) if 0 < port < 65536 else None
+
+
+def quic_addrs(addrs: Iterable[str]) -> list[str]:
+    """The plain QUIC addresses (``/ip4|ip6/<ip>/udp/<port>/quic-v1``, any ``/p2p/`` suffix
+    dropped) among ``addrs``, in order, without duplicates; others and unspecified IPs left
+    out."""
+    result: list[str] = []
+    for text in addrs:
+        endpoint = _quic_endpoint(text)
+        if endpoint is None or endpoint[1].is_unspecified:
+            continue
+        family, ip, port = endpoint
+        addr = f"/{family}/{ip}/udp/{port}/quic-v1"
+        if addr not in result:
+            result.append(addr)
+    return result
+
+
+def punch_targets(addrs: Iterable[str]) -> list[str]:
+    """The addresses of ``addrs`` a hole punch can use: plain TCP ones, then plain QUIC ones,
+    then the QUIC ones a port-preserving NAT implies (:func:`implied_quic_addrs`)."""
+    listed = list(addrs)
+    quic = quic_addrs(listed)
+    implied = [addr for addr in implied_quic_addrs(listed) if addr not in quic]
+    return tcp_addrs(listed) + quic + implied
+
+
+def implied_quic_addrs(addrs: Sequence[str]) -> list[str]:
+    """Each IP of the TCP addresses among ``addrs`` with each QUIC port among them. A peer
+    that was observed over TCP only knows its NAT's address for TCP (go-libp2p and py-libp2p
+    keep an observation for listen addresses of the same transport), so it offers its QUIC
+    listen port at its LAN address only; a port-preserving NAT maps that port at the address
+    its TCP was seen at. Only IPs and ports the peer named itself, the first
+    :data:`MAX_IMPLIED` of each (so at most their product)."""
+    ips: list[tuple[str, IPAddress]] = []
+    for endpoint in map(_tcp_endpoint, addrs):
+        key = endpoint[:2] if endpoint is not None else None
+        if key is not None and key not in ips and len(ips) < MAX_IMPLIED:
+            ips.append(key)
+    ports: list[tuple[str, int]] = []
+    for endpoint in map(_quic_endpoint, addrs):
+        key2 = (endpoint[0], endpoint[2]) if endpoint is not None else None
+        if key2 is not None and key2 not in ports and len(ports) < MAX_IMPLIED:
+            ports.append(key2)
+    combined = [
+        f"/{family}/{ip}/udp/{port}/quic-v1"
+        for family, ip in ips
+        for quic_family, port in ports
+        if family == quic_family
+    ]
+    return quic_addrs(combined)
 
 
 def tcp_addrs(addrs: Iterable[str]) -> list[str]:
@@ -90,19 +166,29 @@ def punch_addrs(
 
     First the predictions: each IP that others observed us at, with each TCP listen port (what a
     port-preserving NAT maps a dial from the listen port to; the observed ports themselves belong
-    to ephemeral dials and are useless for a punch). Then our advertised TCP addresses (right
-    for a node that is not behind NAT at all). Pure, for testing with vectors.
+    to ephemeral dials and are useless for a punch), and with each QUIC listen port (UDP: the
+    same for a punch from the QUIC listen port, :mod:`~p2pchat.node.p2p.quic_punch`). Then our
+    advertised TCP and QUIC addresses (right for a node that is not behind NAT at all). TCP
+    first: peers that punch over TCP only read the list in order. Pure, for testing with
+    vectors.
     """
-    ports: dict[str, list[int]] = {}  # ip4 / ip6 -> listen ports
+    tcp_ports: dict[str, list[int]] = {}  # ip4 / ip6 -> listen ports
+    udp_ports: dict[str, list[int]] = {}
     for endpoint in map(_tcp_endpoint, listen):
         if endpoint is not None:
-            ports.setdefault(endpoint[0], []).append(endpoint[2])
+            tcp_ports.setdefault(endpoint[0], []).append(endpoint[2])
+    for endpoint in map(_quic_endpoint, listen):
+        if endpoint is not None:
+            udp_ports.setdefault(endpoint[0], []).append(endpoint[2])
     predicted = []
-    for endpoint in map(_tcp_endpoint, observed):
-        if endpoint is not None:  # an unspecified observed IP falls out in tcp_addrs below
+    for endpoint in [*map(_tcp_endpoint, observed), *map(_quic_endpoint, observed)]:
+        if endpoint is not None:  # an unspecified observed IP falls out below
             family, ip, _ = endpoint
-            predicted += [f"/{family}/{ip}/tcp/{port}" for port in ports.get(family, [])]
-    return tcp_addrs(predicted + list(advertised))[:MAX_PUNCH_ADDRS]
+            predicted += [f"/{family}/{ip}/tcp/{port}" for port in tcp_ports.get(family, [])]
+            predicted += [
+                f"/{family}/{ip}/udp/{port}/quic-v1" for port in udp_ports.get(family, [])
+            ]
+    return punch_targets(predicted + list(advertised))[:MAX_PUNCH_ADDRS]
 
 
 # --- the live host ------------------------------------------------------------------------------
@@ -161,6 +247,26 @@ def peer_tcp_addrs(host: P2PHost, peer: str) -> list[str]:
     return tcp_addrs(str(addr) for addr in addrs)
 
 
+def peer_quic_addrs(host: P2PHost, peer: str) -> list[str]:
+    """The QUIC addresses the peerstore holds for ``peer`` (its identify's listen addresses)."""
+    try:
+        addrs = host.libp2p_host.get_peerstore().addrs(ID.from_base58(peer))
+    except (PeerStoreError, ValueError):
+        return []
+    return quic_addrs(str(addr) for addr in addrs)
+
+
+def with_listen_ports(theirs: Sequence[str], known_quic: Sequence[str]) -> list[str]:
+    """``theirs`` (a peer's CONNECT addresses, as :func:`punch_targets`) and the QUIC addresses
+    its TCP addresses' IPs imply with the QUIC listen ports of ``known_quic`` (from its
+    identify): a peer observed over TCP only (go-libp2p reaching a relay over TCP) offers no
+    QUIC address at all, but a port-preserving NAT maps its QUIC listen port at the IP its TCP
+    was seen at. The ``known_quic`` addresses themselves (LAN ones, usually) are not added."""
+    implied = implied_quic_addrs([*tcp_addrs(theirs), *known_quic])
+    extra = [addr for addr in implied if addr not in theirs and addr not in known_quic]
+    return [*theirs, *extra]
+
+
 def own_punch_addrs(host: P2PHost) -> list[str]:
     """What this node offers in a DCUtR CONNECT (see :func:`punch_addrs`)."""
     manager: Any = getattr(host.libp2p_host, "_observed_addr_manager", None)
@@ -170,9 +276,11 @@ def own_punch_addrs(host: P2PHost) -> list[str]:
     return punch_addrs(observed, host.listen_addrs(), host.advertised_addrs())
 
 
-def _listen_source(host: P2PHost, family: str) -> tuple[str, int] | None:
-    """The (ip, port) of our TCP listener of ``family``: hole-punch dials leave from it."""
-    for endpoint in map(_tcp_endpoint, host.listen_addrs()):
+def _listen_source(host: P2PHost, family: str, quic: bool = False) -> tuple[str, int] | None:
+    """The (ip, port) of our TCP (or QUIC) listener of ``family``: hole-punch dials leave from
+    it."""
+    parse = _quic_endpoint if quic else _tcp_endpoint
+    for endpoint in map(parse, host.listen_addrs()):
         if endpoint is not None and endpoint[0] == family:
             return str(endpoint[1]), endpoint[2]
     return None
@@ -181,8 +289,13 @@ def _listen_source(host: P2PHost, family: str) -> tuple[str, int] | None:
 async def _dial_one(host: P2PHost, peer: str, addr: str, *, punch: bool, initiator: bool) -> None:
     swarm: Any = host.libp2p_host.get_network()
     target = multiaddr.Multiaddr(addr)
-    source = _listen_source(host, addr.split("/")[1]) if punch else None
-    if initiator:
+    quic = _quic_endpoint(addr) is not None
+    source = _listen_source(host, addr.split("/")[1], quic) if punch else None
+    if quic:
+        # QUIC's client is whoever dials (no simultaneous open to settle roles); a punch dial
+        # without a QUIC listener to leave from is a plain dial, which a NAT will not let in.
+        await swarm._dial_addr_single_attempt(target, ID.from_base58(peer), source)
+    elif initiator:
         # One attempt, no library retries: DCUtR runs its own rounds.
         await swarm._dial_addr_single_attempt(target, ID.from_base58(peer), source)
     else:
@@ -192,23 +305,41 @@ async def _dial_one(host: P2PHost, peer: str, addr: str, *, punch: bool, initiat
 async def dial_direct(
     host: P2PHost, peer: str, addrs: Sequence[str], *, punch: bool, initiator: bool = True
 ) -> bool:
-    """Dial ``peer`` at its TCP ``addrs`` (the first :data:`MAX_DIAL_ADDRS`) all at once, each
-    dial from our listen port if ``punch``, upgrading as the security ``initiator`` or the
-    responder. Whether a direct connection to ``peer`` is open afterwards (ours, or the peer's
-    dial that arrived meanwhile). Never raises for a failed dial."""
-    targets = tcp_addrs(addrs)[:MAX_DIAL_ADDRS]
+    """Dial ``peer`` at its TCP and QUIC ``addrs`` (the first :data:`MAX_DIAL_ADDRS`) all at
+    once, each dial from our listen port if ``punch``, upgrading TCP as the security
+    ``initiator`` or the responder. QUIC addresses in a punch: the ``initiator`` (the peer that
+    dialled through the relay) dials them, the other side sends them punch packets instead
+    (:mod:`~p2pchat.node.p2p.quic_punch`). Whether a direct connection to ``peer`` is open
+    afterwards (ours, or the peer's dial that arrived meanwhile). Never raises for a failed
+    dial."""
+    targets = punch_targets(addrs)[:MAX_DIAL_ADDRS]
+    packets = [addr for addr in targets if punch and not initiator and _quic_endpoint(addr)]
+    targets = [addr for addr in targets if addr not in packets]
 
     async def attempt(addr: str, done: trio.CancelScope) -> None:
         try:
             await _dial_one(host, peer, addr, punch=punch, initiator=initiator)
-        except Exception:  # refused, unreachable, wrong peer, handshake failed: next address.
-            # The host layer's one mapping of the library's dial failures, which come from every
-            # layer (swarm, transport, Noise, muxer) and are not all its own types.
+        except Exception as error:  # refused, unreachable, wrong peer, handshake failed: next
+            # address. The host layer's one mapping of the library's dial failures, which come
+            # from every layer (swarm, transport, Noise, muxer) and are not all its own types.
+            log.debug("hole punch dial failed: %s: %s", addr, error)
             return
         done.cancel()
+
+    async def send_packets(done: trio.CancelScope) -> None:
+        endpoints = [_quic_endpoint(addr) for addr in packets]
+        where = [(str(end[1]), end[2]) for end in endpoints if end is not None]
+        transports = host.libp2p_host.get_network().transport_manager.get_transports()
+        await quic_punch.send_punch_packets(
+            transports, where, lambda: has_direct_connection(host, peer)
+        )
+        if has_direct_connection(host, peer):
+            done.cancel()
 
     with trio.move_on_after(DIAL_TIMEOUT) as scope, outbound.direct_dials():
         async with trio.open_nursery() as nursery:
             for addr in targets:
                 nursery.start_soon(attempt, addr, scope)
+            if packets:
+                nursery.start_soon(send_packets, scope)
     return has_direct_connection(host, peer)

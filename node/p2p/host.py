@@ -73,6 +73,12 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     no per-address limit, and keeps 256 of them (evicting the oldest, honest ones included) ->
     new handshakes are admitted within the inbound admission limits (``transient``,
     ``per_ip``: :func:`p2pchat.node.p2p.quic.gate_handshakes`).
+37. (not in the notes) the QUIC transport dials from a new socket on port 0 (and its
+    ``_initiate_connection`` rebinds even a socket it is given), so a UDP hole punch, which
+    must leave from the listen port a port-preserving NAT maps to the port the peer was told,
+    never gets through -> the transport gets a ``dial_with_source`` that dials from the listen
+    port on a socket of the listener's reuseport group connected to the peer
+    (:mod:`p2pchat.node.p2p.quic_punch`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -122,7 +128,16 @@ from libp2p.transport.quic.transport import QUICTransport
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.transport.websocket.transport import WebsocketTransport
 from p2pchat.node.errors import P2PChatError, StartupError
-from p2pchat.node.p2p import agent, inbound, inbound_streams, outbound, patches, peer_keys
+from p2pchat.node.p2p import (
+    agent,
+    dial_race,
+    inbound,
+    inbound_streams,
+    outbound,
+    patches,
+    peer_keys,
+    quic_punch,
+)
 from p2pchat.node.p2p.addresses import advertised_addrs_factory
 from p2pchat.node.p2p.admission import (
     Admission,
@@ -250,6 +265,9 @@ class HostSettings:
     muxers: Sequence[str] = ("yamux", "mplex")
     max_connections: int = 300
     dial_timeout: float = 10.0
+    # Seconds a QUIC dial runs alone before TCP and WebSocket dials to the same peer start
+    # (:mod:`~p2pchat.node.p2p.dial_race`; go-libp2p's 250 ms).
+    quic_head_start: float = 0.25
     # Sent in identify (:func:`~p2pchat.node.p2p.agent.agent_version`: the node's roles);
     # None: the library's own, ``py-libp2p/<version>`` (one-off clients, helper hosts).
     agent_version: str | None = None
@@ -633,9 +651,10 @@ class P2PHost:
         settings: HostSettings,
         observer: HostObserver,
         admission_observer: AdmissionObserver | None = None,
+        race_observer: dial_race.RaceObserver | None = None,
     ) -> None:
         """``admission_observer`` is told of every connection refused (inbound, outbound dials,
-        relayed; metrics).
+        relayed; metrics); ``race_observer`` of every race of a peer's QUIC and TCP addresses.
 
         Raises:
         LibraryMismatch: the installed py-libp2p is not the one the host layer patches
@@ -688,6 +707,8 @@ class P2PHost:
         self.relayed = Relayed(settings.dials)
         # What each relayed connection used of its circuit's limit (circuit renewal, #21).
         self.circuits = CircuitLedger()
+        self._race_observer = race_observer or dial_race.QuietRaceObserver()
+        self._racing: dict[str, trio.Event] = {}  # peer -> set when its race ends
 
     def _gate_quic_handshakes(self) -> None:
         """Trap 36: QUIC handshakes within the inbound admission limits, refusals counted and
@@ -702,6 +723,8 @@ class P2PHost:
         for transport in self._host.get_network().transport_manager.get_transports():
             if isinstance(transport, QUICTransport):
                 gate_handshakes(transport, self.admission.limits, refused)
+                # Hole punching over QUIC dials from the listen port (quic_punch).
+                quic_punch.install(transport)
 
     @property
     def peer_id(self) -> str:
@@ -845,8 +868,10 @@ class P2PHost:
             raise _open_failure(error, peer_id, protocols) from None
         return Stream(library_stream)
 
-    async def connect(self, peer_addr: str) -> str:
-        """Dial a peer by a multiaddr ending in /p2p/<id>; return its PeerId.
+    async def connect(self, peer_addr: str, also: Sequence[str] = ()) -> str:
+        """Dial a peer by a multiaddr ending in /p2p/<id>; return its PeerId. ``also``: more
+        direct addresses of the same peer, dialled with it (a QUIC and a TCP address are
+        raced: :mod:`~p2pchat.node.p2p.dial_race`).
 
         A circuit address (``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<id>``) is dialled through
         that relay (connected first if need be): trap 5, the library's swarm refuses them.
@@ -863,20 +888,92 @@ class P2PHost:
             raise DialError(f"invalid peer address {peer_addr!r}: {error}") from None
         if info.peer_id == self._identity.peer_id:
             raise DialError(f"{peer_addr} is this node itself")
+        for other in also:
+            try:
+                more = info_from_p2p_addr(multiaddr.Multiaddr(other))
+            except Exception as error:  # the multiaddr and PeerId decoders raise many types
+                raise DialError(f"invalid peer address {other!r}: {error}") from None
+            if more.peer_id != info.peer_id:
+                raise DialError(f"{other} is not an address of {info.peer_id}")
+            info.addrs += [addr for addr in more.addrs if addr not in info.addrs]
         # The swarm refuses for 60 s to dial a peer whose addresses all failed once (its
         # "negative cache"). Our dials come with their own backoff, so a peer that restarted
         # must be reachable on the next attempt, not a minute later.
         self._host.get_network()._negative_peer_cache.evict(str(info.peer_id))
         self._put_first(info.peer_id, info.addrs)
+        planned = self._race_plan(info.peer_id, info.addrs)
         try:
             with trio.fail_after(self._settings.dial_timeout):
-                await self._host.connect(info)
+                if dial_race.worth_racing(planned):
+                    await self._race(info.peer_id, info.addrs, planned)
+                else:
+                    await self._host.connect(info)
         except trio.TooSlowError:
             raise DialError(f"dial {peer_addr}: timed out") from None
         except Exception as error:  # the host layer's one mapping of a failed dial: the
             # library's come from every layer (swarm, transport, Noise, muxer), not all its own
             raise DialError(f"dial {peer_addr}: {outbound.refusal_in(error) or error}") from None
         return str(info.peer_id)
+
+    def _race_plan(self, peer: ID, given: list[multiaddr.Multiaddr]) -> list[dial_race.Planned]:
+        """The dial plan over ``given`` and the addresses the peerstore knows for ``peer``
+        (identify, DHT, discovery), given ones first within each transport."""
+        try:
+            known = list(self._host.get_peerstore().addrs(peer))
+        except PeerStoreError:
+            known = []
+        texts = [str(addr) for addr in given] + [str(addr) for addr in known]
+        return dial_race.plan(texts, self._settings.quic_head_start)
+
+    async def _race(
+        self, peer: ID, given: list[multiaddr.Multiaddr], planned: list[dial_race.Planned]
+    ) -> None:
+        """Connect to ``peer`` by racing ``planned`` (:mod:`~p2pchat.node.p2p.dial_race`): QUIC
+        first, TCP after the head start, the first connection kept. One race per peer at a
+        time: a second caller waits for the first one's outcome."""
+        key = str(peer)
+        running = self._racing.get(key)
+        if running is not None:
+            await running.wait()
+            if self.is_connected(key):
+                return
+        # As the library's connect does: the given addresses join the peerstore (120 s).
+        self._host.get_peerstore().add_addrs(peer, given, 120)
+        if self.is_connected(key):
+            return
+        swarm: Any = self._host.get_network()
+        done = trio.Event()
+        self._racing[key] = done
+
+        async def dial(addr: str) -> Any:
+            return await swarm._dial_with_retry(multiaddr.Multiaddr(addr), peer)
+
+        async def discard(conn: Any) -> None:
+            try:
+                await conn.close()
+            except Exception:  # already closing: whatever its layers raise, it is gone
+                return
+
+        start = trio.current_time()
+        try:
+            won = await dial_race.race(planned, dial, discard)
+        except dial_race.RaceLost as lost:
+            self._race_observer.dial_race_finished(None, trio.current_time() - start)
+            swarm._negative_peer_cache.mark_failed(key)
+            refused = next(filter(None, map(outbound.refusal_in, lost.errors.values())), None)
+            raise DialError(f"dial {key}: {refused or lost}") from None
+        finally:
+            done.set()
+            if self._racing.get(key) is done:
+                del self._racing[key]
+        self._race_observer.dial_race_finished(won.transport, won.elapsed)
+        log.info(
+            "dial race won by %s (%s) after %.0f ms, started at %.0f ms",
+            won.transport,
+            won.addr,
+            won.elapsed * 1000,
+            won.started_after * 1000,
+        )
 
     def _put_first(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         # Trap 28: the swarm dials one address per transport, the first the peerstore lists

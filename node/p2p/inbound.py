@@ -28,6 +28,7 @@ and logged, at WARNING at most once per :data:`LOG_EVERY` seconds per reason.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -57,6 +58,8 @@ CLOSE_SECONDS = 2.0
 # The library's wait for the 3 bytes that tell TCP from WebSocket on a shared port
 # (libp2p.transport.cmux._IDENTIFY_TIMEOUT, 5 s), less a margin for the clock.
 CLASSIFY_SECONDS = 4.9
+CLASSIFY_BYTES = 3  # libp2p.transport.cmux._PEEK_SIZE, as go-libp2p's tcpreuse
+CLASSIFY_POLL = 0.01  # seconds between looks while fewer have arrived
 LOG_EVERY = 10.0
 
 
@@ -75,6 +78,28 @@ protocols (a returning peer is not identified again), else at the next identify 
 
 class HandshakeTooLarge(Exception):
     """The remote sent more than ``handshake_max_bytes`` before the muxer was agreed."""
+
+
+async def _classification_bytes(stream: trio.SocketStream) -> None:
+    """Wait (without reading them) until the 3 bytes that tell TCP from WebSocket have arrived,
+    the peer closed, or :data:`CLASSIFY_SECONDS` passed.
+
+    The library classifies on one ``receive_some(3)``, which returns whatever has arrived: a
+    dialler whose first segment holds fewer than 3 bytes is classified UNKNOWN and closed.
+    js-libp2p 3.3 sends multistream-select's length prefix (``\\x13``) on its own often enough
+    that most of its TCP dials to a node listening on TCP and WebSocket at one port failed
+    (``handshake_failed``; tests/test_interop_js.py). go-libp2p reads exactly 3 (io.ReadFull).
+    Peeking leaves the bytes to the library and to the handshake byte budget.
+    """
+    with trio.move_on_after(CLASSIFY_SECONDS):
+        while True:
+            try:
+                seen = await stream.socket.recv(CLASSIFY_BYTES, socket.MSG_PEEK)
+            except OSError:
+                return  # the library's own read meets the same error and closes it
+            if len(seen) >= CLASSIFY_BYTES or not seen:
+                return
+            await trio.sleep(CLASSIFY_POLL)  # readable already: recv would not wait
 
 
 class _ByteBudget:
@@ -183,6 +208,7 @@ class InboundGate:
                 ticket.cull = nursery.cancel_scope.cancel
                 budget.on_exceeded = nursery.cancel_scope.cancel
                 nursery.start_soon(self._expire, ticket, nursery.cancel_scope)
+                await _classification_bytes(stream)
                 await classify_and_route(stream)
                 nursery.cancel_scope.cancel()
             if ticket not in self._handled and not ticket.released:

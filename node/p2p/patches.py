@@ -42,6 +42,7 @@ from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.quic.connection import QUICConnection
 from libp2p.transport.quic.stream import QUICStream
+from libp2p.transport.websocket.connection import P2PWebSocketConnection
 from p2pchat.node.errors import StartupError
 from p2pchat.node.p2p import (
     agent,
@@ -114,6 +115,13 @@ PATCHES: tuple[Patch, ...] = (
         remote_address.with_ipv6,
         "an IPv6 connection has no remote address (getpeername's 4-tuple is refused)",
         "tests/test_stream_remote_ip.py::test_a_peer_connected_over_ipv6_is_seen_at_its_address",
+    ),
+    Patch(
+        P2PWebSocketConnection,
+        "get_remote_address",
+        remote_address.websocket_with_address,
+        "a WebSocket connection has no remote address (a placeholder answers None)",
+        "tests/test_stream_remote_ip.py::test_a_peer_connected_over_websocket_is_seen_at_its_address",
     ),
     Patch(
         YamuxStream,

@@ -98,10 +98,12 @@ from libp2p.pubsub.pubsub import Pubsub, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
-from p2pchat.node.p2p.circuit_usage import new_stream_on
+from p2pchat.node.p2p.circuit_room import HOLD as CIRCUIT_HOLD
+from p2pchat.node.p2p.circuit_room import fits, room_left, wait_for_room
+from p2pchat.node.p2p.circuit_usage import CircuitLedger, new_stream_on
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
-from p2pchat.node.p2p.pubsub_streams import InboundStreams
-from p2pchat.node.p2p.rpc_queue import QUEUE_SIZE, CoalescingRpcQueue
+from p2pchat.node.p2p.pubsub_streams import InboundStreams, OutboundStreamCounts
+from p2pchat.node.p2p.rpc_queue import COALESCE_BYTES, QUEUE_SIZE, CoalescingRpcQueue
 from p2pchat.node.p2p.scoring import ChatScorer, ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings, RoomBudget
 from p2pchat.node.p2p.signatures import current_check, has_valid_signature
@@ -369,11 +371,17 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         limits: PubsubLimits,
         defence: PubsubObserver,
         control_counts: _ControlCounts,
+        circuits: CircuitLedger | None = None,
+        circuit_hold: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             *args, max_subscriptions_per_peer=limits.max_subscriptions_per_peer, **kwargs
         )
+        # Relayed connections' usage, and how long a write that would pass a circuit's data
+        # limit waits for the next circuit (0: never; :mod:`~p2pchat.node.p2p.circuit_room`).
+        self._circuits = circuits
+        self._circuit_hold = circuit_hold
         self._report = report
         self._limits = limits
         self._defence = defence
@@ -388,6 +396,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         self._my_id_bytes = self.my_id.to_bytes()
         self._write_locks: WeakKeyDictionary[INetStream, trio.Lock] = WeakKeyDictionary()
         self.inbound_streams = InboundStreams()  # where each peer's own sending lives (#20)
+        self.outbound_counts = OutboundStreamCounts()  # ours per connection, within a budget
 
     async def stream_handler(self, stream: INetStream) -> None:
         # The library's handler, its error handling included; the stream is listed while read.
@@ -405,12 +414,33 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # (move_to, renew) failing on its last write is not the peer's death: the old stream
         # may be closed under it.
         try:
-            while (rpc := await queue.pop()) is not None:
+            while (rpc := await self._next_rpc(stream, queue)) is not None:
                 if not await self.write_msg(stream, rpc):
                     return
         except Exception:  # the library's catch: any failure of the write ends the loop
             if self.peer_queues.get(peer_id) is queue:
                 self._handle_dead_peer(peer_id)
+
+    async def _next_rpc(self, stream: INetStream, queue: RpcQueue) -> rpc_pb2.RPC | None:
+        """The next RPC to write on ``stream``; on a relayed connection, only what fits what is
+        left of its circuit (:mod:`~p2pchat.node.p2p.circuit_room`): merged up to the room
+        left, and one that does not fit is kept at the queue's front while the renewal moves
+        the queue onto the next circuit (None: moved, or closed; this writer is done)."""
+        circuits = self._circuits
+        if circuits is None or not self._circuit_hold or not isinstance(queue, CoalescingRpcQueue):
+            rpc: rpc_pb2.RPC | None = await queue.pop()
+            return rpc
+        left = room_left(circuits, stream)
+        rpc = await queue.pop(COALESCE_BYTES if left is None else max(1, min(left, COALESCE_BYTES)))
+        if rpc is None:
+            return None
+        size = rpc.ByteSize() + 5  # and its length prefix
+        if fits(circuits, stream, size):
+            return rpc
+        queue.put_front(rpc)
+        if await wait_for_room(circuits, stream, size, lambda: queue.closed, self._circuit_hold):
+            return None  # its successor, on the next circuit, writes it
+        return await queue.pop(size)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         # Trap 30: besides a peer's send queue, GossipSub writes to the same stream itself
@@ -458,10 +488,14 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # nearly every time. What changed meanwhile is sent once the peer is listed.
         touched: set[str] = set()  # topics joined or left while this peer registers
         self._registering.append(touched)
+        before = self.peers.get(peer_id)
         try:
             await super()._handle_new_peer(peer_id)
         finally:
             self._registering.remove(touched)
+        opened = self.peers.get(peer_id)
+        if opened is not None and opened is not before:
+            self.outbound_counts.opened(opened)
         queue = self.peer_queues.get(peer_id)
         if queue is None or not touched:
             return
@@ -613,11 +647,17 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
 
         ``conn``: onto this connection (renew implied), even a relayed one: the next circuit to
         the peer, opened before the relay resets the current one (issue #21).
+
+        A renewal (``renew``, no ``conn``) is not made once we opened
+        :data:`~p2pchat.node.p2p.pubsub_streams.STREAMS_PER_CONNECTION` pubsub streams on the
+        current stream's connection: rust-libp2p would disable GossipSub there.
         """
         old = self.peers.get(peer_id)
         if old is None or (
             not renew and conn is None and transport_label(old.muxed_conn) != "p2p-circuit"
         ):
+            return False
+        if renew and conn is None and not self.outbound_counts.room_beside(old):
             return False
         if conn is not None:
             renew = True
@@ -629,6 +669,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         ) is not old:
             await stream.close()  # nothing better to move to, or the peer re-registered meanwhile
             return False
+        self.outbound_counts.opened(stream)
         await stream.write(encode_varint_prefixed(self.get_hello_packet().SerializeToString()))
         if self.peers.get(peer_id) is not old:
             await stream.close()
@@ -1263,10 +1304,15 @@ class NodeGossip:
         px_observer: PxObserver | None = None,
         limits: PubsubLimits | None = None,
         observer: PubsubObserver | None = None,
+        *,
+        hold_for_next_circuit: bool = False,
     ) -> None:
         """``px_observer`` is told of every peer-exchange record refused, ``observer`` of every
         other defence (:class:`PubsubObserver`); ``limits``: :class:`PubsubLimits` (its
-        defaults when None)."""
+        defaults when None). ``hold_for_next_circuit``: a write that would pass a relayed
+        circuit's data limit waits (up to :data:`~p2pchat.node.p2p.circuit_room.HOLD` s) for
+        the next circuit, which the circuit renewal opens (:mod:`~p2pchat.node.p2p.
+        circuit_room`)."""
         self._host = host
         self._limits = limits = limits if limits is not None else PubsubLimits()
         defence: PubsubObserver = observer if observer is not None else _NoPubsubObserver()
@@ -1297,6 +1343,8 @@ class NodeGossip:
             limits=limits,
             defence=defence,
             control_counts=counts,
+            circuits=host.circuits,
+            circuit_hold=CIRCUIT_HOLD if hold_for_next_circuit else 0.0,
         )
         cache = self._pubsub.validation_cache
         self._pubsub.validation_cache = _ValidationResults(cache.ttl, cache.max_size)
@@ -1389,6 +1437,7 @@ class NodeGossip:
         """Replace our pubsub stream to ``peer`` with a new one on its best connection (a
         direct one if any), queued messages kept, the old one closed: a peer whose library
         opens its own stream only when one of ours arrives (js-gossipsub) opens it again.
+        Not past the budget of streams per connection (:meth:`_ChatPubsub.move_to`).
         Whether it was replaced; never raises."""
         try:
             renewed = await self._pubsub.move_to(ID.from_base58(peer), renew=True)
@@ -1396,6 +1445,25 @@ class NodeGossip:
             log.info("pubsub stream renewal failed", peer=peer, error=str(error))
             return False
         return bool(renewed)
+
+    def nudge(self, peer: str) -> bool:
+        """Send ``peer`` an empty RPC on our pubsub stream (no new stream): any frame arriving
+        on its connection makes rust-libp2p-gossipsub look at its send queue and open its own
+        stream there if it has something to send (:mod:`~p2pchat.node.relay_handover`).
+        Whether it was queued; never raises."""
+        try:
+            queue = self._pubsub.peer_queues.get(ID.from_base58(peer))
+        except ValueError:  # not a PeerId
+            return False
+        return queue is not None and bool(queue.push(rpc_pb2.RPC()))
+
+    def streams_opened_to(self, peer: str) -> int:
+        """How many pubsub streams we opened on the connection our stream to ``peer`` is on."""
+        try:
+            stream = self._pubsub.peers.get(ID.from_base58(peer))
+        except ValueError:  # not a PeerId
+            return 0
+        return 0 if stream is None else self._pubsub.outbound_counts.on(stream)
 
     async def _move_streams(self) -> None:
         async for peer in self._direct_out:

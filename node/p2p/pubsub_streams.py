@@ -11,9 +11,19 @@ pubsub registers every inbound pubsub stream here while it reads it
 Bounded by the streams themselves: an entry lives exactly as long as the library reads that
 stream, and inbound streams per peer and protocol are capped by the stream limits
 (:mod:`~p2pchat.node.p2p.stream_limits`).
+
+The other way, :class:`OutboundStreamCounts` counts the pubsub streams *we* opened on each
+connection, because a receiver may accept only so many over a connection's life:
+rust-libp2p-gossipsub (0.50, read in its ``handler.rs``) counts every inbound stream of a
+connection and, at the fifth (``MAX_SUBSTREAM_ATTEMPTS``), disables GossipSub on that
+connection for good: it refuses our streams and sends nothing more there. So no more than
+:data:`STREAMS_PER_CONNECTION` of ours go to one connection (the library's first stream, a move
+off a relay and a respawn after a failed stream count too); renewals stop there.
 """
 
 from __future__ import annotations
+
+from weakref import WeakKeyDictionary
 
 import trio
 from libp2p.abc import INetStream
@@ -75,3 +85,30 @@ class InboundStreams:
 
     def __len__(self) -> int:
         return sum(len(streams) for streams in self._by_peer.values())
+
+
+STREAMS_PER_CONNECTION = 4
+"""Pubsub streams we open on one connection at most by choice (renewals): one under the fifth
+at which rust-libp2p-gossipsub disables itself on the connection (see the module docstring)."""
+
+
+class OutboundStreamCounts:
+    """How many pubsub streams we opened on each connection (its muxed connection), for as
+    long as the connection lives: bounded by the connections themselves (weak keys)."""
+
+    def __init__(self) -> None:
+        self._by_conn: WeakKeyDictionary[object, int] = WeakKeyDictionary()
+
+    def opened(self, stream: INetStream) -> None:
+        """We opened ``stream`` (negotiated: the remote counts it)."""
+        conn = stream.muxed_conn
+        self._by_conn[conn] = self._by_conn.get(conn, 0) + 1
+
+    def on(self, stream: INetStream) -> int:
+        """How many pubsub streams we opened on ``stream``'s connection, itself included."""
+        return self._by_conn.get(stream.muxed_conn, 0)
+
+    def room_beside(self, stream: INetStream) -> bool:
+        """Whether one more stream of ours on ``stream``'s connection stays within
+        :data:`STREAMS_PER_CONNECTION`."""
+        return self.on(stream) < STREAMS_PER_CONNECTION

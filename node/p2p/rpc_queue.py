@@ -9,6 +9,8 @@ write: one Yamux frame, one Noise encryption, one ``send`` each. This one holds
 
 from __future__ import annotations
 
+from collections import deque
+
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue
 
@@ -32,6 +34,14 @@ class CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__(max_size=QUEUE_SIZE)
         self._held: rpc_pb2.RPC | None = None  # popped, but did not fit the last merge
+        # popped, but given back unwritten (:meth:`put_front`): first out, before ``_held``
+        self._front: deque[rpc_pb2.RPC] = deque()
+
+    def put_front(self, rpc: rpc_pb2.RPC) -> None:
+        """Give back ``rpc``, just popped and not written: the next :meth:`pop` (or this
+        queue's successor, after :meth:`hand_over`) returns it first. Bounded by the caller:
+        one RPC at a time, the one its writer holds."""
+        self._front.append(rpc)
 
     def hand_over(self) -> CoalescingRpcQueue:
         """A new queue holding everything still waiting here, in order and in its tier
@@ -39,6 +49,7 @@ class CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
         its current write (if any) is done."""
         successor = CoalescingRpcQueue()
         successor._held, self._held = self._held, None
+        successor._front, self._front = self._front, deque()
         waiting = self._queue
         successor._queue._priority.extend(waiting._priority)
         successor._queue._non_priority.extend(waiting._non_priority)
@@ -48,7 +59,7 @@ class CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
         return successor
 
     def __len__(self) -> int:
-        return int(super().__len__()) + (self._held is not None)
+        return int(super().__len__()) + (self._held is not None) + len(self._front)
 
     def split_rpc(self, rpc: rpc_pb2.RPC) -> list[rpc_pb2.RPC]:
         # The library walks every item of every RPC to size it, even one far below the limit.
@@ -56,7 +67,11 @@ class CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
             return [rpc]
         return list(super().split_rpc(rpc))
 
-    async def pop(self) -> rpc_pb2.RPC | None:
+    async def pop(self, max_bytes: int = COALESCE_BYTES) -> rpc_pb2.RPC | None:
+        """The next RPC, merged with those waiting behind it up to ``max_bytes`` (the first
+        one whatever its size); None once the queue is closed and empty."""
+        if self._front:
+            return self._front.popleft()  # already merged as far as it would go
         if self._held is not None:
             first, self._held = self._held, None
         else:
@@ -64,12 +79,12 @@ class CoalescingRpcQueue(RpcQueue):  # type: ignore[misc]
             if first is None:
                 return None
         size = first.ByteSize()
-        while size < COALESCE_BYTES:
+        while size < max_bytes:
             following = self._queue.pop()
             if following is None:
                 break
             following_size = following.ByteSize()
-            if size + following_size > COALESCE_BYTES:
+            if size + following_size > max_bytes:
                 self._held = following
                 break
             first.MergeFrom(following)

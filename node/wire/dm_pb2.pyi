@@ -192,10 +192,12 @@ Global___DmPlaintext: _TypeAlias = DmPlaintext  # noqa: Y015
 
 @_typing.final
 class PrivateRoomKey(_message.Message):
-    """A private room (chat.proto PrivateText), told over the pairwise Olm session. Only the room's
+    """A private room (chat.proto PrivateText), told over the pairwise Olm session. The room's
     creator defines it: from the creator, `members` is the member list in force (a member not in
-    it was removed; a peer newly in it was invited); from another member only `session_*` is
-    read (that member's own outbound Megolm session), and only if it is a member.
+    it was removed; a peer newly in it was invited). From another member, `members` (with the
+    same `creator`) only adds: the peers in it not yet members were invited by that member (to
+    a peer not in the room yet, it is its invitation); `session_*` is that member's own outbound
+    Megolm session, read only if it is a member.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

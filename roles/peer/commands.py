@@ -45,7 +45,7 @@ HELP = """Commands:
                      (owner) end a removal
   /create-private <name>
                      a private room: invite-only, end-to-end encrypted (Megolm), made current
-  /invite <name|id>  (creator) add a peer to the current private room
+  /invite <name|id>  (any member) add a peer to the current private room
   /remove <name|id>  in a private room (creator): remove a member; the keys rotate
   /members [room]    the members of a private room (default: the current one)
   /leave [room]      leave a room (default: the current one); /leave @name closes a DM

@@ -121,6 +121,8 @@ class DmObserver(MailObserver, Protocol):
 
     def dm_session_count(self, count: int) -> None: ...
 
+    def dm_fallback_rotated(self) -> None: ...
+
 
 class _Unreachable(Exception):
     """The peer could not be reached, or did not answer as it should."""
@@ -180,7 +182,9 @@ class DirectMessages:
                 new_sessions_burst=settings.dm_new_sessions_burst,
             ),
             mailbox_keys=(mail_keys.sealing_key, mail_keys.mailbox_key),
+            fallback_rotation=settings.dm_fallback_rotation,
         )
+        self._rotate_fallback()  # before the first fetch of mail: it needs the previous key
         self._mail: Mail | None = None
         if mailbox is not None and mailbox.enabled:
             self._mail = Mail(
@@ -235,12 +239,24 @@ class DirectMessages:
             self._nursery = nursery
             if self._mail is not None:
                 nursery.start_soon(self._mail.run)
+            nursery.start_soon(self._fallback_rotations)
             task_status.started()
             while True:
                 with trio.move_on_after(RETRY_SECONDS):
                     await self._retry.wait()
                 self._retry = trio.Event()
                 await self._send_waiting()
+
+    async def _fallback_rotations(self) -> None:
+        """Rotate the published fallback key whenever it is due (see :mod:`.dm_crypto`)."""
+        while (due := self.olm.fallback_due_in()) is not None:
+            await trio.sleep(max(1.0, due))
+            self._rotate_fallback()
+
+    def _rotate_fallback(self) -> None:
+        if self.olm.rotate_fallback_if_due():
+            self._observer.dm_fallback_rotated()
+            self._log.info("direct messages: new fallback key published, the one before forgotten")
 
     def connection_opened(self, info: ConnectionInfo) -> None:
         if any(w.peer == info.peer_id for w in self._waiting.values()):
@@ -347,6 +363,8 @@ class DirectMessages:
         delivered = self._waiting.pop(plain.id, None)
         if delivered is not None:
             self._waiting_store.remove(delivered.key)
+        if self._mail is not None:
+            self._mail.wrote_to(peer)
         self._observer.dm_sent_outcome("delivered")
         if plain.room_key is not None:  # a private room's key: nothing to show
             return NoticeEvent("dm_delivered", "", {"peer": peer, "id": message_id})
@@ -603,8 +621,10 @@ class DirectMessages:
             return
         finally:
             self._observer.dm_session_count(self.olm.session_count())
-        if self._mail is not None and message.sender_bundle is not None:
-            self._mail.remember(peer, message.sender_bundle)
+        if self._mail is not None:
+            if message.sender_bundle is not None:
+                self._mail.remember(peer, message.sender_bundle)
+            self._mail.heard_from(peer)
         if plain.room_key is not None:
             if self._first_time(peer, plain.id) and self.on_room_key is not None:
                 await self.on_room_key(peer, plain.room_key)
@@ -616,6 +636,8 @@ class DirectMessages:
         """Messages of ``peer`` fetched from mailboxes, in order (a private room's key among
         them is handed to ``on_room_key``, never shown)."""
         self._observer.dm_session_count(self.olm.session_count())
+        if self._mail is not None:
+            self._mail.heard_from(peer)
         for plain in plains:
             if plain.room_key is None:
                 self._show(peer, plain)

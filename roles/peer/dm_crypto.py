@@ -17,6 +17,18 @@ message was made with). Only the fallback key is published, not one-time keys: h
 one-time key to whoever asks lets a stranger drain them; the cost is a weaker first message
 until the recipient answers (as with Signal's signed prekey alone).
 
+Fallback-key rotation: the fallback key in the bundle is replaced every ``fallback_rotation``
+(vodozemac's ``generate_fallback_key``); the account then still holds the previous one, so a
+first message made with it (a sealed letter waiting on an archiver, or a bundle a sender kept)
+still opens, until the next rotation makes the account forget it. So a key lives at most two
+periods, the grace is one period, and the configuration keeps the period no shorter than the
+mailbox TTL (a letter sealed just before a rotation still opens when fetched before its TTL).
+A later copy of the account (a stolen disk) no longer holds a key rotated out twice, so it cannot
+read the first messages made with it. The binding has no ``forget_fallback_key``; none is needed:
+vodozemac keeps exactly the current and the previous fallback key. When the current key was made
+is kept beside the account with that key's public part: an account saved rotated with its stamp
+not yet written (a kill between the two writes) is stamped at the next start, never rotated twice.
+
 State: the account and every session are pickled (vodozemac's encrypted pickles) into the
 role's store namespace after every change, so a restart keeps the sessions. The pickle key is
 the store's (:attr:`~p2pchat.node.store.KeyValue.pickle_key`): derived from the data dir's
@@ -56,6 +68,7 @@ NAMESPACE = "dm"
 _ACCOUNT = b"account"
 _SESSIONS = b"s/"
 _STAMP = struct.Struct(">Q")  # last use, Unix ms, before each session's pickle
+_FALLBACK_AT = b"fallback-at"  # when the current fallback key was made (Unix ms) + its key
 
 
 Signer = Callable[[bytes], bytes]
@@ -103,10 +116,15 @@ class OlmSessions:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         mailbox_keys: tuple[bytes, bytes] = (b"", b""),
+        fallback_rotation: float | None = None,
     ) -> None:
         """``me``/``me_bytes``: this peer's PeerId (text, binary); ``sign`` signs with its
         libp2p key; ``signed_by`` checks another peer's signature; ``mailbox_keys``: the
-        sealing and mailbox keys published in the bundle (:mod:`.dm_mailbox`)."""
+        sealing and mailbox keys published in the bundle (:mod:`.dm_mailbox`);
+        ``fallback_rotation``: seconds between two fallback keys (None: never rotated; the
+        rotation is :meth:`rotate_fallback_if_due`'s, called by the role)."""
+        self._sign = sign
+        self._rotation_ms = None if fallback_rotation is None else int(fallback_rotation * 1000)
         self._mailbox_keys = mailbox_keys
         self._keys = keys
         self._pickle_key = keys.pickle_key
@@ -125,6 +143,7 @@ class OlmSessions:
             limits.new_sessions_per_second, limits.new_sessions_burst, clock()
         )
         self.account, self.restored = self._load_account()
+        self._fallback_at = self._load_fallback_at()
         self.bundle = self._own_bundle(sign)
         # peer -> its sessions, most recently used last; peers least recently used first.
         self._sessions: OrderedDict[str, list[_Session]] = OrderedDict()
@@ -145,14 +164,55 @@ class OlmSessions:
         self._keys.put(_ACCOUNT, account.pickle(self._pickle_key).encode())
         return account, False
 
-    def _own_bundle(self, sign: Signer) -> SignedBundle:
+    def _current_fallback(self) -> bytes:
         fallback: vodozemac.Curve25519PublicKey
         (fallback,) = self.account.fallback_key.values()  # type: ignore[attr-defined]
+        return fallback.to_bytes()
+
+    def _load_fallback_at(self) -> int:
+        """When the current fallback key was made; now if that is not known (an account from
+        before rotation, or saved rotated by a run killed before it stamped it)."""
+        stamped = self._keys.get(_FALLBACK_AT)
+        if (
+            stamped is not None
+            and len(stamped) == _STAMP.size + 32
+            and stamped[_STAMP.size :] == self._current_fallback()
+        ):
+            return int(_STAMP.unpack_from(stamped)[0])
+        return self._stamp_fallback()
+
+    def _stamp_fallback(self) -> int:
+        now = self._wall_ms()
+        self._keys.put(_FALLBACK_AT, _STAMP.pack(now) + self._current_fallback())
+        return now
+
+    def fallback_due_in(self) -> float | None:
+        """Seconds until the fallback key is to be rotated (0: now); None if it never is."""
+        if self._rotation_ms is None:
+            return None
+        return max(0.0, (self._fallback_at + self._rotation_ms - self._wall_ms()) / 1000)
+
+    def rotate_fallback_if_due(self) -> bool:
+        """Replace the published fallback key if it is as old as the rotation period: the
+        account keeps the previous one (a first message made with it still opens) and forgets
+        the one before; the bundle served from now on has the new key. Whether it rotated."""
+        due = self.fallback_due_in()
+        if due is None or due > 0:
+            return False
+        self.account.generate_fallback_key()  # type: ignore[attr-defined]
+        # The account first: killed before the stamp, the next start stamps it (see above).
+        self._keys.put(_ACCOUNT, self.account.pickle(self._pickle_key).encode())
+        self._fallback_at = self._stamp_fallback()
+        self.bundle = self._own_bundle(self._sign)
+        return True
+
+    def _own_bundle(self, sign: Signer) -> SignedBundle:
+        fallback = self._current_fallback()
         bundle = encode_bundle(
             KeyBundle(
                 peer_id=self._me_bytes,
                 identity_key=self.account.curve25519_key.to_bytes(),
-                fallback_key=fallback.to_bytes(),
+                fallback_key=fallback,
                 created_at_ms=self._wall_ms(),
                 sealing_key=self._mailbox_keys[0],
                 mailbox_key=self._mailbox_keys[1],

@@ -23,6 +23,16 @@ archivers it fetched from. The same letter from several archivers is opened once
 message directly too) is not shown again. Bad letters are dropped, counted in
 ``p2pchat_dm_dropped_total`` (``unsealable``, ``malformed``, and the Olm reasons) and deleted.
 
+Per-contact mailboxes: once this peer has heard from a peer (a direct message received from it,
+so that peer knows this one's bundle), letters to it go to the mailbox of their pair, not to its
+published one: the pair's Ed25519 key is made from the X25519 key both can compute from their
+sealing keys (libsodium's ``crypto_box_beforenm``, PyNaCl ``Box.shared_key``), hashed with a
+domain of its own (BLAKE2b, personalised) into the key's seed. The recipient fetches its
+published mailbox and the pair mailboxes of the ``mailbox.max_pair_mailboxes`` peers it wrote
+to last (it wrote to them: they have heard from it). An archiver holding letters for one
+recipient from several senders cannot tell, from the addresses, they are for the same peer;
+it still links the mailboxes its recipient fetches together (one connection fetches them all).
+
 "Delivered": an archiver's acceptance is not delivery. The sender's message stays waiting and
 is resent directly when the recipient is connected again; the recipient acknowledges it then
 (a message it already showed from its mailbox is acknowledged without being shown again), and
@@ -38,6 +48,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import nacl.exceptions
+import nacl.hash
 import nacl.public
 import nacl.signing
 import nacl.utils
@@ -89,6 +100,9 @@ from p2pchat.roles.peer.dm_crypto import DmDrop, OlmSessions
 _SEALING = b"m/seal"
 _AUTH = b"m/auth"
 _CONTACTS = b"m/k/"
+_HEARD = b"m/h/"  # peers heard from: letters to them go to the pair's mailbox
+_WROTE = b"m/w/"  # peers written to (Unix ms, last): the pair mailboxes fetched
+_PAIR_DOMAIN = b"p2pchat-mbox-v1"  # BLAKE2b personalisation of a pair mailbox key's seed
 MAX_CONTACTS = 4096  # peers whose last signed bundle is kept (to seal for them while away)
 REMEMBERED_DEPOSITS = 4096  # own messages deposited already (not deposited again)
 REMEMBERED_LETTERS = 4096  # letters opened already (the same one from another archiver)
@@ -135,10 +149,33 @@ class MailKeys:
         """Raises nacl.exceptions.CryptoError when it is not sealed to this key."""
         return bytes(nacl.public.SealedBox(self._sealing).decrypt(sealed))
 
-    def fetch(self, archiver: str, delete: tuple[bytes, ...]) -> Fetch:
+    def pair(self, their_sealing_key: bytes) -> nacl.signing.SigningKey:
+        """The Ed25519 key of the mailbox this peer and the holder of ``their_sealing_key``
+        share (both compute it: the X25519 secret of their two sealing keys).
+
+        Raises:
+            nacl.exceptions.CryptoError, TypeError, ValueError: not an X25519 public key.
+        """
+        shared = nacl.public.Box(self._sealing, nacl.public.PublicKey(their_sealing_key))
+        seed = nacl.hash.blake2b(
+            shared.shared_key(),
+            digest_size=32,
+            person=_PAIR_DOMAIN,
+            encoder=nacl.encoding.RawEncoder,
+        )
+        return nacl.signing.SigningKey(seed)
+
+    def fetch(
+        self,
+        archiver: str,
+        delete: tuple[bytes, ...],
+        key: nacl.signing.SigningKey | None = None,
+    ) -> Fetch:
+        """A fetch of the mailbox of ``key`` (None: this peer's published one)."""
+        auth = self._auth if key is None else key
         at_ms = int(time.time() * 1000)
         signed = fetch_signed_bytes(peer_id_bytes(archiver), at_ms, delete)
-        return Fetch(self.mailbox_key, at_ms, self._auth.sign(signed).signature, delete)
+        return Fetch(bytes(auth.verify_key), at_ms, auth.sign(signed).signature, delete)
 
 
 class Mail:
@@ -173,6 +210,13 @@ class Mail:
         self._refused = refused
         self._deposit_refusals = RefusalLog(log, "mailbox deposit refused by an archiver")
         self._contacts = {key[len(_CONTACTS) :] for key, _ in keys.items(_CONTACTS)}
+        self._heard = {key[len(_HEARD) :] for key, _ in keys.items(_HEARD)}
+        self._wrote: dict[bytes, int] = {
+            key[len(_WROTE) :]: int.from_bytes(value[:8], "big")
+            for key, value in keys.items(_WROTE)
+        }
+        self._last_wrote = max(self._wrote.values(), default=0)
+        self._turn = 0  # where the next fetch's turn over the older peers written to starts
         self._deposited: OrderedDict[bytes, int] = OrderedDict()
         self._opened: OrderedDict[bytes, None] = OrderedDict()
         self._to_fetch, self._fetch_queue = trio.open_memory_channel[str](FETCH_QUEUE)
@@ -187,6 +231,67 @@ class Mail:
             self._keys.delete(_CONTACTS + self._contacts.pop())
         self._contacts.add(key)
         self._keys.put(_CONTACTS + key, encode_signed_bundle(signed))
+
+    def heard_from(self, peer: str) -> None:
+        """A direct message from ``peer`` was received: it knows this peer's bundle, so it
+        fetches the pair's mailbox; letters to it go there from now on."""
+        key = peer.encode()
+        if key in self._heard:
+            return
+        if len(self._heard) >= MAX_CONTACTS:
+            self._keys.delete(_HEARD + self._heard.pop())
+        self._heard.add(key)
+        self._keys.put(_HEARD + key, b"")
+
+    def wrote_to(self, peer: str) -> None:
+        """A direct message to ``peer`` was delivered or deposited: it will use the pair's
+        mailbox, which this peer then fetches (if among the last it wrote to)."""
+        key = peer.encode()
+        if key not in self._wrote and len(self._wrote) >= MAX_CONTACTS:
+            oldest = min(self._wrote, key=self._wrote.__getitem__)
+            del self._wrote[oldest]
+            self._keys.delete(_WROTE + oldest)
+        # Strictly increasing: the order written in, even within one millisecond.
+        now = max(int(time.time() * 1000), self._last_wrote + 1)
+        self._last_wrote = now
+        self._wrote[key] = now
+        self._keys.put(_WROTE + key, now.to_bytes(8, "big"))
+
+    def _address_for(self, peer: str, bundle: KeyBundle) -> bytes:
+        """Where a letter to ``peer`` goes: the pair's mailbox once heard from it, else its
+        published one."""
+        if peer.encode() in self._heard:
+            try:
+                return address_of(bytes(self._own.pair(bundle.sealing_key).verify_key))
+            except (nacl.exceptions.CryptoError, TypeError, ValueError):
+                pass
+        return address_of(bundle.mailbox_key)
+
+    def fetched_mailboxes(self) -> list[nacl.signing.SigningKey | None]:
+        """The mailboxes one fetch reads, at most ``1 + mailbox.max_pair_mailboxes``: the
+        published one (None); the pair mailboxes of the peers written to last (half of the
+        pair mailboxes, rounded up); and, taking turns from one fetch to the next, those of
+        the other peers written to (so each is read within ``len / turns`` fetches: 4,096
+        peers with the default 8 take 1,023 fetches, 3.6 days at one fetch each 5 min, within
+        the archivers' 14-day TTL). Peers whose bundle is not kept have none."""
+        limit = self._settings.max_pair_mailboxes
+        newest = sorted(self._wrote, key=self._wrote.__getitem__, reverse=True)
+        recent, rest = newest[: (limit + 1) // 2], newest[(limit + 1) // 2 :]
+        turn = limit - len(recent)
+        if rest and turn:
+            start = self._turn % len(rest)
+            self._turn = start + turn
+            recent += (rest[start:] + rest[:start])[:turn]
+        mailboxes: list[nacl.signing.SigningKey | None] = [None]
+        for key in recent:
+            bundle = self.bundle_of(key.decode(errors="replace"))
+            if bundle is None or not bundle.sealing_key:
+                continue
+            try:
+                mailboxes.append(self._own.pair(bundle.sealing_key))
+            except (nacl.exceptions.CryptoError, TypeError, ValueError):
+                continue
+        return mailboxes
 
     def bundle_of(self, peer: str) -> KeyBundle | None:
         """``peer``'s keys from its last signed bundle, checked again; None if none is kept."""
@@ -238,7 +343,7 @@ class Mail:
         sealed = bytes(
             nacl.public.SealedBox(nacl.public.PublicKey(bundle.sealing_key)).encrypt(letter)
         )
-        request = encode_request(Deposit(address_of(bundle.mailbox_key), sealed))
+        request = encode_request(Deposit(self._address_for(peer, bundle), sealed))
         taken = 0
 
         async def one(archiver: str) -> None:
@@ -261,6 +366,7 @@ class Mail:
             for archiver in archivers:
                 nursery.start_soon(one, archiver)
         if taken:
+            self.wrote_to(peer)
             self._deposited[plain.id] = taken
             while len(self._deposited) > REMEMBERED_DEPOSITS:
                 self._deposited.popitem(last=False)
@@ -346,26 +452,35 @@ class Mail:
             await self.fetch(batch)
 
     async def fetch(self, archivers: list[str]) -> None:
-        """Fetch this peer's letters from ``archivers`` (at once), show the new messages, and
-        delete what was read: each request deletes what the last one read from that archiver
-        and lists what is left, until an archiver lists nothing (at most
-        :data:`MAX_FETCH_ROUNDS` requests each; what is left waits for the next fetch)."""
+        """Fetch this peer's letters from ``archivers`` (at once), mailbox after mailbox
+        (:meth:`fetched_mailboxes`), show the new messages, and delete what was read: each
+        request deletes what the last one read from that archiver and lists what is left,
+        until an archiver lists nothing (at most :data:`MAX_FETCH_ROUNDS` requests each per
+        mailbox; what is left waits for the next fetch)."""
+        for key in self.fetched_mailboxes():
+            await self._fetch_mailbox(archivers, key)
+
+    async def _fetch_mailbox(
+        self, archivers: list[str], key: nacl.signing.SigningKey | None
+    ) -> None:
         deleting: dict[str, tuple[bytes, ...]] = dict.fromkeys(archivers, ())
         for _ in range(MAX_FETCH_ROUNDS):
-            read = await self._read(deleting)
+            read = await self._read(deleting, key)
             self._open_all([e for entries in read.values() for e in entries])
             deleting = {a: tuple(e.id for e in entries) for a, entries in read.items() if entries}
             if not deleting:
                 return
-        await self._read(deleting)  # the last deletes; what it lists is read next time
+        await self._read(deleting, key)  # the last deletes; what it lists is read next time
 
-    async def _read(self, deleting: dict[str, tuple[bytes, ...]]) -> dict[str, list[Entry]]:
-        """One request to each archiver of ``deleting``, deleting the ids given for it: the
-        entries each lists."""
+    async def _read(
+        self, deleting: dict[str, tuple[bytes, ...]], key: nacl.signing.SigningKey | None
+    ) -> dict[str, list[Entry]]:
+        """One request to each archiver of ``deleting`` for the mailbox of ``key``, deleting
+        the ids given for it: the entries each lists."""
         read: dict[str, list[Entry]] = {}
 
         async def one(archiver: str, ids: tuple[bytes, ...]) -> None:
-            request = encode_request(self._own.fetch(archiver, ids))
+            request = encode_request(self._own.fetch(archiver, ids, key))
             response = await self._request(archiver, request)
             if response is not None and response.status is Status.OK:
                 read[archiver] = list(response.entries)

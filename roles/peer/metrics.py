@@ -86,6 +86,12 @@ class ChatMetrics:
             "Olm sessions this peer holds with other peers.",
             registry=registry,
         )
+        self.dm_fallback_rotations = Counter(
+            "p2pchat_dm_fallback_rotations",
+            "Fallback keys replaced in this peer's published key bundle "
+            "(chat.dm_fallback_rotation).",
+            registry=registry,
+        )
         self.dm_history_dropped_total = Counter(
             "p2pchat_dm_history_dropped",
             "Kept direct messages deleted for a bound, by reason (conversation_evicted: the "
@@ -207,6 +213,9 @@ class ChatMetrics:
 
     def dm_session_count(self, count: int) -> None:
         self.dm_sessions.set(count)
+
+    def dm_fallback_rotated(self) -> None:
+        self.dm_fallback_rotations.inc()
 
     def name_bindings_count(self, count: int) -> None:
         self.name_bindings.set(count)

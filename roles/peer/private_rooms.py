@@ -6,13 +6,18 @@ sender's Megolm session (:mod:`~p2pchat.roles.peer.group_crypto`). Relays, archi
 anyone else who learns the topic carry and store ciphertext; catch-up fetches it, and members
 decrypt what they hold keys for.
 
-Membership: the creator (``/create-private``) alone defines it. ``/invite`` tells the existing
-members the new list, then gives the newcomer the room (topic, name, members) and the creator's
-session key at its current index, over the pairwise Olm session of the direct messages (a
-``PrivateRoomKey`` in a ``DmPlaintext``, sent and retried like a DM, never shown). Every member
+Membership: the creator (``/create-private``) defines it; any member may add to it. ``/invite``
+(any member's) tells the existing members the new list, then gives the newcomer the room
+(topic, name, members) and the inviter's session key at its current index, over the pairwise
+Olm session of the direct messages (a ``PrivateRoomKey`` in a ``DmPlaintext``, sent and retried
+like a DM, never shown). Every member
 has its own outbound session: a member that learns of a newcomer gives it its key (and asks
 for the newcomer's), and a newcomer gives every member its key (and asks for theirs), so each
-pair ends up with the other's key whichever message arrives first. ``/remove`` tells the
+pair ends up with the other's key whichever message arrives first. A list from a member other
+than the creator only adds (the peers in it the receiver does not count as members yet); only
+the creator's list removes, so a creator's list sent before it learned of a member's newcomer
+removes that newcomer (the window of one DM's delivery; the inviter can invite it again).
+``/remove`` (the creator's) tells the
 remaining members the new list with the creator's new session (rotated), and the removed peer
 that it was removed; each remaining member rotates its own session and gives the new key to
 the remaining members only. The removed member never gets a key made after its removal, so it
@@ -100,10 +105,16 @@ class PrivateRoom:
     name: str
     creator: str
     members: list[str] = field(default_factory=list)
+    inviter: str = ""  # who invited this peer ("" : the creator), for private_rooms_per_creator
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"name": self.name, "creator": self.creator, "members": self.members}
+            {
+                "name": self.name,
+                "creator": self.creator,
+                "members": self.members,
+                "inviter": self.inviter or self.creator,
+            }
         ).encode()
 
 
@@ -137,7 +148,11 @@ class PrivateRooms:
             try:
                 record = json.loads(value)
                 room = PrivateRoom(
-                    key.decode(), str(record["name"]), str(record["creator"]), record["members"]
+                    key.decode(),
+                    str(record["name"]),
+                    str(record["creator"]),
+                    record["members"],
+                    str(record.get("inviter") or record["creator"]),
                 )
             except (ValueError, KeyError, TypeError):
                 keys.delete(key)
@@ -196,8 +211,8 @@ class PrivateRooms:
         return topic
 
     def invite(self, topic: str, peer: str, reply: Reply) -> None:
-        """/invite in ``topic`` (the creator's): ``peer`` becomes a member."""
-        room = self._creator_room(topic, "invite", reply)
+        """/invite in ``topic`` (any member's): ``peer`` becomes a member."""
+        room = self._member_room(topic, "invite", reply)
         if room is None:
             return
         if peer == self._me or peer in room.members:
@@ -361,8 +376,14 @@ class PrivateRooms:
             room = await self._membership_from_creator(peer, key, room)
             if room is None:
                 return
+        elif room is None and key.members and peer in key.members:
+            room = await self._invited(peer, key)  # by a member other than the creator
+            if room is None:
+                return
         elif room is None or peer not in room.members:
             self._dropped("not_member", topic, peer)
+            return
+        elif key.members and not self._added_by_member(peer, key, room):
             return
         if key.session_key:
             try:
@@ -373,55 +394,96 @@ class PrivateRooms:
         if key.want_key:
             self._send_key(peer, self._key_of(room))
 
-    async def _membership_from_creator(
-        self, creator: str, key: RoomKey, room: PrivateRoom | None
-    ) -> PrivateRoom | None:
-        topic = key.topic
+    def _checked_list(self, sender: str, key: RoomKey) -> tuple[str, list[str]] | None:
+        """The name and member list of a membership ``key`` from ``sender``, if well formed
+        (a name, at most ``private_max_members`` PeerIds, the creator and the sender among
+        them); None, counted, if not."""
         members = list(dict.fromkeys(key.members))
         try:
             name = validate_name(key.name)
         except ValueError:
-            self._dropped("invalid", topic, creator)
+            self._dropped("invalid", key.topic, sender)
             return None
         if (
             len(members) > self._settings.private_max_members
-            or creator not in members
+            or key.creator not in members
+            or sender not in members
             or not all(is_peer_id(m) for m in members)
         ):
-            self._dropped("invalid", topic, creator)
+            self._dropped("invalid", key.topic, sender)
             return None
-        if room is None:
-            if self._me not in members:
-                self._dropped("not_member", topic, creator)
-                return None
-            if self._hooks.is_ignored(creator):
-                self._dropped("ignored", topic, creator)
-                return None
-            by_creator = sum(1 for r in self._rooms.values() if r.creator == creator)
-            if (
-                len(self._rooms) >= self._settings.private_max_rooms
-                or by_creator >= self._settings.private_rooms_per_creator
-            ):
-                self._dropped("too_many_rooms", topic, creator)
-                return None
-            if not await self._hooks.join_private(topic):
-                self._dropped("too_many_rooms", topic, creator)
-                return None
-            room = PrivateRoom(topic, name, creator, members)
-            self._put(room)
-            self._group.rotate(topic)
-            for member in members:  # the newcomer's key, and theirs in return
-                if member not in (self._me, creator):
-                    self._send_key(member, self._key_of(room, want_key=True))
-            self._emit(
-                NoticeEvent(
-                    "private_invited",
-                    f"{safe_name(self._hooks.name_of(creator))} ({short_id(creator)}) added you "
-                    f"to private room {self.label(topic)}; /switch {topic} to chat there",
-                    {"room": topic, "name": name, "creator": creator, "members": members},
-                )
+        return name, members
+
+    async def _invited(self, inviter: str, key: RoomKey) -> PrivateRoom | None:
+        """This peer invited to the room of ``key`` by ``inviter`` (its creator or another
+        member): it joins, within the bounds, and gives every member its key, asking theirs
+        (the inviter's came with the invitation)."""
+        topic = key.topic
+        checked = self._checked_list(inviter, key)
+        if checked is None:
+            return None
+        name, members = checked
+        if self._me not in members:
+            self._dropped("not_member", topic, inviter)
+            return None
+        if self._hooks.is_ignored(inviter):
+            self._dropped("ignored", topic, inviter)
+            return None
+        by_inviter = sum(1 for r in self._rooms.values() if (r.inviter or r.creator) == inviter)
+        if (
+            len(self._rooms) >= self._settings.private_max_rooms
+            or by_inviter >= self._settings.private_rooms_per_creator
+        ):
+            self._dropped("too_many_rooms", topic, inviter)
+            return None
+        if not await self._hooks.join_private(topic):
+            self._dropped("too_many_rooms", topic, inviter)
+            return None
+        room = PrivateRoom(topic, name, key.creator, members, inviter)
+        self._put(room)
+        self._group.rotate(topic)
+        for member in members:  # the newcomer's key, and theirs in return
+            if member not in (self._me, inviter):
+                self._send_key(member, self._key_of(room, want_key=True))
+        self._emit(
+            NoticeEvent(
+                "private_invited",
+                f"{safe_name(self._hooks.name_of(inviter))} ({short_id(inviter)}) added you "
+                f"to private room {self.label(topic)}; /switch {topic} to chat there",
+                {"room": topic, "name": name, "creator": key.creator, "members": members},
             )
-            return room
+        )
+        return room
+
+    def _added_by_member(self, member: str, key: RoomKey, room: PrivateRoom) -> bool:
+        """A member other than the creator invited peers: those of its list not members here
+        become members (its list never removes one). Whether the list was good."""
+        if self._checked_list(member, key) is None or key.creator != room.creator:
+            if key.creator != room.creator:
+                self._dropped("invalid", room.topic, member)
+            return False
+        added = [m for m in dict.fromkeys(key.members) if m not in room.members and m != self._me]
+        if len(room.members) + len(added) > self._settings.private_max_members:
+            self._dropped("invalid", room.topic, member)
+            return False
+        if added:
+            room.members.extend(added)
+            self._put(room)
+        for peer in added:
+            self._send_key(peer, self._key_of(room, want_key=True))
+            self._emit(self._member_notice(room, peer, "invited"))
+        return True
+
+    async def _membership_from_creator(
+        self, creator: str, key: RoomKey, room: PrivateRoom | None
+    ) -> PrivateRoom | None:
+        if room is None:
+            return await self._invited(creator, key)
+        topic = key.topic
+        checked = self._checked_list(creator, key)
+        if checked is None:
+            return None
+        _, members = checked
         if self._me not in members:
             await self._removed(room)
             return None
@@ -455,6 +517,13 @@ class PrivateRooms:
         )
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _member_room(self, topic: str, command: str, reply: Reply) -> PrivateRoom | None:
+        room = self._rooms.get(topic)
+        if room is None:
+            reply(ErrorEvent("not_private", f"{topic} is not a private room", command))
+            return None
+        return room
 
     def _creator_room(self, topic: str, command: str, reply: Reply) -> PrivateRoom | None:
         room = self._rooms.get(topic)

@@ -33,9 +33,8 @@ from p2pchat.node.history import History, StoredMessage
 from p2pchat.node.store import Store
 from p2pchat.node.wire.store_query import PROTOCOL_ID, Query, Status
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.history_fixtures import ROOM, ask, fill_store, make_messages, reply_decoder, signer
-from tests.test_archive import wait_metric
 from tests.test_host import running_host
 
 ARCHIVE_SIZE = int(os.environ.get("BENCH_ARCHIVE_SIZE", "1000000"))

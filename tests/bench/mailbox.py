@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import NodeProcess, node_env, start_node
-from tests.test_archive import wait_metric
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.test_json_contract import answer
 
 MESSAGES = int(os.environ.get("BENCH_MAILBOX_MESSAGES", "1000"))

@@ -2,9 +2,9 @@
 
 One real relay (``p2pchat --role relay``, chat-friendly circuits for 127.0.0.1 so none is reset
 for its age or size, and room for every connection and reservation), and the load generator
-tests/load/go (``make load-go``): N conversations, each two go-libp2p hosts talking over a
-circuit through the relay, chat-sized frames at ``BENCH_CAPACITY_RATE`` messages per second per
-conversation (see that program's note for why a raw stream and not GossipSub).
+tests/interop/go/cmd/load (``make load-go``): N conversations, each two go-libp2p hosts talking
+over a circuit through the relay, chat-sized frames at ``BENCH_CAPACITY_RATE`` messages per
+second per conversation (see that program's note for why a raw stream and not GossipSub).
 
 For each N of ``BENCH_CAPACITY_STEPS`` (a fresh relay each): the setup time, then, over the
 measuring window, the relay's CPU (its share of one core), its resident memory, the relayed
@@ -35,7 +35,7 @@ from tests import conftest
 from tests.conftest import NodeProcess, node_env, start_node
 
 ROOT = Path(__file__).resolve().parents[2]
-LOAD = ROOT / "tests" / "load" / "go" / "build" / "load"
+LOAD = ROOT / "tests" / "interop" / "go" / "build" / "load"
 STEPS = [int(n) for n in os.environ.get("BENCH_CAPACITY_STEPS", "100,250,500,1000").split(",")]
 SECONDS = float(os.environ.get("BENCH_CAPACITY_SECONDS", "60"))
 RATE = float(os.environ.get("BENCH_CAPACITY_RATE", "1.0"))

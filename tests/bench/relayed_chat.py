@@ -6,123 +6,49 @@ Both announce a dead port, so neither can dial the other directly: every byte be
 goes through the relay, over as many circuits as it takes (B's bootstrap keep-alive dials A's
 circuit address again whenever the relay resets one).
 
-Both send at a human pace, ``RATE`` messages per second each, texts of 100 to 4,000 bytes, plus
-a burst of ``BURST`` messages every ``BURST_EVERY`` seconds, for ``SECONDS`` seconds; then up
-to ``SETTLE`` seconds pass for catch-up. Reported, per direction and together: sent, shown
-(live or caught up), shown twice, shown out of the sender's order, lost; the time from sending
-to being shown (p50, p99, max); the relay's circuit resets; B's next circuits (opened before a
-limit, or at once after a loss: :mod:`p2pchat.node.circuit_renewal`) and relayed connections opened.
+Both send at a human pace (tests/relayed_conversation.py, the driver the NAT lab's test and
+benchmark use too): 1 message per second each, texts of random length up to 4 KiB, plus a
+burst of 50 messages every ``BENCH_RELAYED_BURST_EVERY`` seconds, for ``BENCH_RELAYED_SECONDS``
+seconds; then up to 90 seconds pass for catch-up. Reported, per direction and together: sent,
+shown (live or caught up), shown twice, shown out of the sender's order, lost; the time from
+sending to being shown (p50, p99, max); the relay's circuit resets; the peers' next circuits
+(opened before a limit, or at once after a loss: :mod:`p2pchat.node.circuit_renewal`) and
+relayed connections opened.
 
 Usage: python -m tests.bench.relayed_chat [conversation|overhead ...] (default: conversation);
-BENCH_RELAYED_SECONDS sets the conversation's length (default 180; the issue's long run is
-1800). One JSON object per scenario. ``overhead``: bytes relayed and relay CPU per chat message
-by text size, measured and computed (see :func:`relayed_overhead`).
+BENCH_RELAYED_SECONDS sets the conversation's length (default 180; the 30-minute run is in
+the NAT lab: tests/bench/relayed_nat.py). One JSON object per scenario. ``overhead``: bytes
+relayed and relay CPU per chat message by text size, measured and computed (see
+:func:`relayed_overhead`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.chat import percentile
 from tests.conftest import NodeProcess, node_env, start_node
+from tests.relayed_conversation import (
+    Scenario,
+    Side,
+    circuit_figures,
+    converse,
+    faults,
+    summary,
+)
 from tests.test_autorelay import dead_port, tcp_circuit
 
-SECONDS = float(os.environ.get("BENCH_RELAYED_SECONDS", "180"))
-RATE = 1.0
-BURST = 50
-BURST_EVERY = float(os.environ.get("BENCH_RELAYED_BURST_EVERY", "300"))
-BURST_AT = float(os.environ.get("BENCH_RELAYED_FIRST_BURST", "60"))
-SETTLE = 90.0
-SIZES = (100, 400, 1000, 2000, 4000)
-
-
-@dataclass
-class Side:
-    """One peer's view: what it sent (text -> when) and what it showed (text -> times)."""
-
-    node: NodeProcess
-    label: str
-    sent: dict[str, float] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)  # texts in the order this side sent them
-    shown: dict[str, list[float]] = field(default_factory=dict)
-    shown_order: list[str] = field(default_factory=list)
-
-    def read(self, stop: threading.Event) -> None:
-        assert self.node.proc.stdout is not None
-        for line in self.node.proc.stdout:
-            at = time.monotonic()
-            if '"type": "message"' not in line:
-                continue
-            event = json.loads(line)
-            text = event.get("text", "")
-            if not text.startswith(("A ", "B ")) or text.startswith(self.label):
-                continue
-            key = text.split(" ", 2)[1]
-            self.shown.setdefault(key, []).append(at)
-            self.shown_order.append(key)
-            if stop.is_set():
-                return
-
-
-def _text(label: str, index: int) -> tuple[str, str]:
-    key = f"{label}{index}"
-    size = SIZES[index % len(SIZES)]
-    return key, f"{label} {key} " + "z" * size
-
-
-def _talk(side: Side, began: float, stop: threading.Event) -> None:
-    """Send at RATE, with a burst every BURST_EVERY s from BURST_AT, until SECONDS pass."""
-    index = 0
-    next_burst = BURST_AT
-    while (elapsed := time.monotonic() - began) < SECONDS:
-        count = 1
-        if elapsed >= next_burst:
-            count, next_burst = BURST, next_burst + BURST_EVERY
-        for _ in range(count):
-            key, text = _text(side.label, index)
-            side.sent[key] = time.monotonic()
-            side.order.append(key)
-            side.node.say(text)
-            index += 1
-        target = began + index / RATE if count == 1 else time.monotonic() + 1 / RATE
-        time.sleep(max(0.0, min(target - time.monotonic(), 1 / RATE)) + random.random() * 0.01)
-
-
-def _direction(sender: Side, receiver: Side) -> dict[str, Any]:
-    latencies = [
-        (receiver.shown[key][0] - sender.sent[key]) * 1000
-        for key in sender.order
-        if key in receiver.shown
-    ]
-    shown_keys = [k for k in receiver.shown_order if k in sender.sent]
-    first_seen: list[str] = []
-    seen: set[str] = set()
-    for key in shown_keys:
-        if key not in seen:
-            seen.add(key)
-            first_seen.append(key)
-    rank = {key: n for n, key in enumerate(sender.order)}
-    out_of_order = sum(1 for a, b in itertools.pairwise(first_seen) if rank[b] < rank[a])
-    return {
-        "sent": len(sender.order),
-        "shown": len(seen),
-        "lost": len(sender.order) - len(seen),
-        "shown_twice": sum(1 for times in receiver.shown.values() if len(times) > 1),
-        "shown_out_of_order": out_of_order,
-        "delay_ms_p50": round(percentile(latencies, 0.5)) if latencies else None,
-        "delay_ms_p99": round(percentile(latencies, 0.99)) if latencies else None,
-        "delay_ms_max": round(max(latencies)) if latencies else None,
-    }
+SCENARIO = Scenario(
+    seconds=float(os.environ.get("BENCH_RELAYED_SECONDS", "180")),
+    burst_every=float(os.environ.get("BENCH_RELAYED_BURST_EVERY", "300")),
+    first_burst=float(os.environ.get("BENCH_RELAYED_FIRST_BURST", "60")),
+)
 
 
 def relayed_pair(base: Path, nodes: list[NodeProcess], **relay_env: str) -> tuple[NodeProcess, ...]:
@@ -172,55 +98,23 @@ def relayed_conversation() -> dict[str, Any]:
         nodes: list[NodeProcess] = []
         try:
             relay, a, b = relayed_pair(Path(tmp), nodes)
-            sides = Side(a, "A"), Side(b, "B")
-            stop = threading.Event()
-            for side in sides:
-                threading.Thread(target=side.read, args=(stop,), daemon=True).start()
-            began = time.monotonic()
-            talkers = [threading.Thread(target=_talk, args=(s, began, stop)) for s in sides]
-            for talker in talkers:
-                talker.start()
-            for talker in talkers:
-                talker.join()
-            settle_end = time.monotonic() + SETTLE
-            while time.monotonic() < settle_end:
-                if all(len(o.shown) >= len(s.order) for s, o in (sides, sides[::-1])):
-                    break
-                time.sleep(0.5)
-            stop.set()
-            a_to_b, b_to_a = _direction(sides[0], sides[1]), _direction(sides[1], sides[0])
-            relayed = relay.metric("libp2p_relaysvc_data_transferred_bytes_total")
-            cpu = relay.metric("process_cpu_seconds_total")
-            sent = a_to_b["sent"] + b_to_a["sent"]
-            text_bytes = sum(len(_text(s.label, i)[1]) for s in sides for i in range(len(s.order)))
+            report = summary(converse(a, b, SCENARIO))
+            figures = circuit_figures(relay, (a, b), report["messages"])
+            messages = report["messages"]
             return {
                 "scenario": "relayed_conversation",
-                "seconds": SECONDS,
+                "seconds": SCENARIO.seconds,
                 "relay_limits": "default (120 s, 128 KiB per direction)",
-                "a_to_b": a_to_b,
-                "b_to_a": b_to_a,
-                "circuit_resets": {
-                    limit: relay.metric("p2pchat_relay_circuit_resets_total", limit=limit)
-                    for limit in ("data", "duration")
-                },
-                "next_circuits_by_b": {
-                    f"{trigger}/{outcome}": b.metric(
-                        "p2pchat_relayed_circuit_renewals_total", trigger=trigger, outcome=outcome
-                    )
-                    for trigger in ("limit", "relay_gone")
-                    for outcome in ("renewed", "unheard", "failed")
-                },
-                "relayed_connections_opened_by_b": b.metric(
-                    "libp2p_swarm_connections_opened_total", transport="p2p-circuit"
-                ),
-                "relayed_bytes": relayed,
-                "relay_cpu_seconds": cpu,
+                "faults": faults(report),
+                **report,
+                **figures,
                 # Everything the relay carried (chat, catch-up, re-dial handshakes, control)
                 # per message sent, against the texts' own bytes; and the relay's whole CPU
                 # (its idle work included) per message.
-                "relayed_bytes_per_message": round(relayed / sent) if sent else None,
-                "text_bytes_per_message": round(text_bytes / sent) if sent else None,
-                "relay_cpu_ms_per_message": round(cpu / sent * 1000, 2) if sent else None,
+                "text_bytes_per_message": round(report["text_bytes"] / messages),
+                "relay_cpu_ms_per_message": round(
+                    figures["relay_cpu_seconds"] / messages * 1000, 2
+                ),
             }
         finally:
             for node in nodes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from p2pchat.node.rendezvous import room_key
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric
 from tests.hostile.harness import (
     MIN_DELIVERY,
     WAIT,
@@ -37,7 +37,6 @@ from tests.hostile.kad_attacks import (
 )
 from tests.test_chat import is_message
 from tests.test_chat_attacks import ROOM
-from tests.test_dht import wait_metric
 
 REFUSED = "p2pchat_dht_refused_total"
 

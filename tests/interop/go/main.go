@@ -1,13 +1,14 @@
 // Command peer is a go-libp2p peer for p2pchat's interop tests (tests/test_interop_go.py).
 //
 // It is what an outside Go client of p2pchat would be: TCP, Noise, Yamux (and QUIC v1, when
-// -listen has a /udp/N/quic-v1 address or a peer is dialled at one), GossipSub with
-// StrictSign on one room topic, p2pchat's chat payload (node/wire/chat.proto, Go code generated
-// into pb/) and its history protocol (node/wire/store_query.proto). With -relay it is also a
-// circuit relay v2 server (go-libp2p's default limits); as a client it can reserve a slot on a
-// relay. With -holepunch it runs go-libp2p's DCUtR. -unlimited makes the relay's circuits
-// unlimited (no limit sent, so not "limited" connections); -subscribe=false keeps the peer out
-// of the room (a relay that carries no chat itself).
+// -listen has a /udp/N/quic-v1 address or a peer is dialled at one; WebSocket with -ws, when
+// -listen has a /ws address or a peer is dialled at one), GossipSub with StrictSign on one
+// room topic, p2pchat's chat payload (node/wire/chat.proto, Go code generated into pb/) and its
+// history protocol (node/wire/store_query.proto). With -relay it is also a circuit relay v2
+// server (go-libp2p's default limits); as a client it can reserve a slot on a relay. With
+// -holepunch it runs go-libp2p's DCUtR. -unlimited makes the relay's circuits unlimited (no
+// limit sent, so not "limited" connections); -subscribe=false keeps the peer out of the room
+// (a relay that carries no chat itself).
 //
 // stdout: one JSON object per line, first {"ready": {"peer_id", "addrs"}}, then
 // {"message": {...}} for every message received on the topic, {"connection": {...}} for every
@@ -52,6 +53,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/libp2p/go-libp2p/p2p/transport/websocket"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -77,6 +79,7 @@ func main() {
 	unlimited := flag.Bool("unlimited", false, "with -relay: circuits without limits (not limited)")
 	subscribe := flag.Bool("subscribe", true, "be a member of the room (false: a relay only)")
 	holePunch := flag.Bool("holepunch", false, "run DCUtR (go-libp2p's hole punching service)")
+	ws := flag.Bool("ws", false, "also the WebSocket transport: listen on a /ws address of -listen, dial /ws")
 	flag.Parse()
 
 	opts := []libp2p.Option{
@@ -97,6 +100,9 @@ func main() {
 	}
 	if *holePunch {
 		opts = append(opts, libp2p.EnableHolePunching())
+	}
+	if *ws {
+		opts = append(opts, libp2p.Transport(websocket.New))
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {

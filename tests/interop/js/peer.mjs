@@ -2,8 +2,14 @@
 // Noise + Yamux over TCP on 127.0.0.1, GossipSub with StrictSign, one topic (argv[2]).
 // stdout: one JSON object per line: {"ready": {"peer_id", "addrs"}} then
 // {"message": {"from", "topic", "data_hex"}} for every message received.
-// stdin: "publish <hex>" publishes those bytes on the topic; "dial <multiaddr>" dials a peer.
-// argv[3] "ws": listen on WebSocket only (a browser-style peer), else on TCP only.
+// stdin: "publish <hex>" publishes those bytes on the topic; "dial <multiaddr>" dials a peer;
+// "history <peer id> <limit>" asks a connected p2pchat peer for the room's newest messages
+// (history.mjs), answered {"history": {"status", "messages": [{"from_hex", "data_hex"}],
+// "unverified", "more", ...}}; "topic-peers" lists the peers GossipSub knows in the room.
+// A failed command answers {"error": "..."}.
+// Flags after the topic: "ws": listen on WebSocket only (a browser-style peer), else on TCP
+// only; "--relay": also a circuit relay v2 server (@libp2p/circuit-relay-v2, its default
+// limits); "--no-subscribe": not a member of the room (a relay that carries no chat itself).
 import './node20.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
@@ -12,11 +18,14 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import { gossipsub } from '@libp2p/gossipsub'
+import { circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { multiaddr } from '@multiformats/multiaddr'
 import readline from 'node:readline'
+import { queryHistory } from './history.mjs'
 
-const topic = process.argv[2]
-const ws = process.argv[3] === 'ws'
+const [topic, ...flags] = process.argv.slice(2)
+const ws = flags.includes('ws')
+const relay = flags.includes('--relay') ? { relay: circuitRelayServer() } : {}
 const node = await createLibp2p({
   addresses: { listen: [ws ? '/ip4/127.0.0.1/tcp/0/ws' : '/ip4/127.0.0.1/tcp/0'] },
   transports: [tcp(), webSockets()],
@@ -24,11 +33,12 @@ const node = await createLibp2p({
   streamMuxers: [yamux()],
   services: {
     identify: identify(),
-    pubsub: gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true, globalSignaturePolicy: 'StrictSign' })
+    pubsub: gossipsub({ emitSelf: false, allowPublishToZeroTopicPeers: true, globalSignaturePolicy: 'StrictSign' }),
+    ...relay
   }
 })
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-node.services.pubsub.subscribe(topic)
+if (!flags.includes('--no-subscribe')) node.services.pubsub.subscribe(topic)
 node.services.pubsub.addEventListener('message', (event) => {
   const msg = event.detail
   say({ message: { from: msg.from?.toString(), topic: msg.topic, data_hex: Buffer.from(msg.data).toString('hex') } })
@@ -36,7 +46,7 @@ node.services.pubsub.addEventListener('message', (event) => {
 say({ ready: { peer_id: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) } })
 const lines = readline.createInterface({ input: process.stdin })
 for await (const line of lines) {
-  const [command, arg] = line.trim().split(' ')
+  const [command, arg, arg2] = line.trim().split(' ')
   try {
     if (command === 'publish') {
       await node.services.pubsub.publish(topic, Buffer.from(arg, 'hex'))
@@ -44,6 +54,12 @@ for await (const line of lines) {
     } else if (command === 'dial') {
       await node.dial(multiaddr(arg))
       say({ dialed: arg })
+    } else if (command === 'history') {
+      say({ history: await queryHistory(node, arg, topic, Number(arg2 ?? 50)) })
+    } else if (command === 'topic-peers') {
+      say({ topic_peers: node.services.pubsub.getSubscribers(topic).map(String) })
+    } else {
+      say({ error: `unknown command ${command}` })
     }
   } catch (error) {
     say({ error: String(error) })

@@ -1,6 +1,7 @@
 //! A rust-libp2p peer for p2pchat's interop tests (tests/test_interop_rust.py).
 //!
-//! It is what an outside Rust client of p2pchat would be: TCP, Noise, Yamux, GossipSub with
+//! It is what an outside Rust client of p2pchat would be: TCP and WebSocket (`-listen` with a
+//! `/ws` address; any dialled), Noise, Yamux, GossipSub with
 //! strict signing (ValidationMode::Strict) on one room topic, identify, p2pchat's chat payload
 //! (node/wire/chat.proto) and its history protocol (node/wire/store_query.proto) through
 //! request-response, a circuit relay v2 client, and DCUtR. With `-relay` it is also a circuit
@@ -155,6 +156,9 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
             noise::Config::new,
             yamux::Config::default,
         )?
+        // WebSocket beside TCP: it listens on a /ws address given to -listen and dials any.
+        .with_websocket(noise::Config::new, yamux::Config::default)
+        .await?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(
             |key, relay_client| -> Result<Behaviour, Box<dyn Error + Send + Sync>> {
