@@ -73,7 +73,7 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     no per-address limit, and keeps 256 of them (evicting the oldest, honest ones included) ->
     new handshakes are admitted within the inbound admission limits (``transient``,
     ``per_ip``: :func:`p2pchat.node.p2p.quic.gate_handshakes`).
-37. (not in the notes) the QUIC transport dials from a new socket on port 0 (and its
+41. (not in the notes) the QUIC transport dials from a new socket on port 0 (and its
     ``_initiate_connection`` rebinds even a socket it is given), so a UDP hole punch, which
     must leave from the listen port a port-preserving NAT maps to the port the peer was told,
     never gets through -> the transport gets a ``dial_with_source`` that dials from the listen
