@@ -347,3 +347,44 @@ async def test_streams_reset_by_the_peer_give_their_credit_back(tmp_path: Path) 
         assert served == 64
         assert a_seen.limits.count("streams_per_protocol") == 200 - 64
         assert not a_seen.closed and b.is_connected(a.peer_id)
+
+
+# --- trap 42: a stream whose reader fell behind is reset, not cut ------------------------------
+
+
+async def test_a_stream_whose_reader_fell_behind_is_reset_not_cut(tmp_path: Path) -> None:
+    # The handler reads nothing while 3 MiB arrive: past the library's 2 MiB receive buffer it
+    # dropped the rest and the stream went on (a reader then read a stream with a hole in it).
+    # Reset and counted; then the reader learns the stream failed; the connection stays.
+    slow = "/p2pchat/test-slow/1.0.0"
+    outcome: list[str] = []
+    reading = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await reading.wait()
+        got = 0
+        try:
+            while chunk := await stream.read(65536):
+                got += len(chunk)
+        except Exception:
+            outcome.append("failed")
+            return
+        outcome.append(f"ended after {got} bytes")
+
+    async with quic_host(tmp_path / "a") as (a, a_seen), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(slow, handler)
+        await b.connect(quic_addr(a))
+        stream = await b.new_stream(a.peer_id, [slow])
+        with trio.move_on_after(60):
+            try:
+                for _ in range(48):
+                    await stream.write(b"x" * 65536)
+                await stream.close()
+            except Exception:  # reset by a: what the sender should learn
+                pass
+        await wait_until(lambda: "quic_stream_buffer" in a_seen.limits, timeout=60)
+        reading.set()
+        await wait_until(lambda: outcome, timeout=30)
+        assert outcome == ["failed"]
+        assert a_seen.limits.count("quic_stream_buffer") == 1
+        assert b.is_connected(a.peer_id)

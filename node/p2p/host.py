@@ -483,6 +483,7 @@ def _build(
     settings: HostSettings,
     listen: list[multiaddr.Multiaddr],
     peerstore: BoundedPeerStore,
+    stream_limit_exceeded: Callable[[str], None],
 ) -> IHost:
     noise = NoiseTransport(identity.key_pair, noise_privkey=create_x25519_key_pair().private_key)
     muxers = {TProtocol(_MUXERS[name][0]): _MUXERS[name][1] for name in settings.muxers}
@@ -490,6 +491,7 @@ def _build(
     # new_host passes to the QUIC transport it builds for a /quic-v1 listen address (trap 35).
     connection_config = quic_config(
         settings.streams,
+        stream_limit_exceeded,
         max_connections=settings.max_connections,
         # Trap 22: the pruner cuts connections above high_watermark (default 300) whatever
         # max_connections says, and a max_connections below 300 fails validation.
@@ -666,7 +668,9 @@ class P2PHost:
         self._observer = observer
         self._listen = [multiaddr.Multiaddr(text) for text in settings.listen]
         self._peerstore = _peerstore(identity, settings, observer)
-        self._host = _build(identity, settings, self._listen, self._peerstore)
+        self._host = _build(
+            identity, settings, self._listen, self._peerstore, observer.stream_limit_exceeded
+        )
         network = self._host.get_network()
         self._peerstore.bind(lambda peer: bool(network.get_connections(peer)))
         self.watch_connections(_PeerstoreWatcher(self._peerstore))

@@ -263,6 +263,14 @@ PATCHES: tuple[Patch, ...] = (
         "so QUIC never returns the stream's credit (trap 40)",
         "tests/test_quic_host.py::test_streams_reset_by_the_peer_give_their_credit_back",
     ),
+    Patch(
+        QUICStream,
+        "handle_data_received",
+        quic_streams.resetting_an_overflowing_stream,
+        "a QUIC stream's bytes past its 2 MiB receive buffer are dropped and the stream goes "
+        "on without them: a reader gets a stream with a hole in it (trap 42)",
+        "tests/test_quic_host.py::test_a_stream_whose_reader_fell_behind_is_reset_not_cut",
+    ),
     # Kad-DHT (#18); the server side is bounded in node/p2p/kad_inbound.py.
     *(
         Patch(

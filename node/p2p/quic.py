@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from libp2p.transport.quic.config import QUICTransportConfig
@@ -37,10 +38,24 @@ from p2pchat.node.p2p.admission import PER_IP, TRANSIENT_FULL, AdmissionLimits
 from p2pchat.node.p2p.stream_limits import StreamLimits
 
 
-def quic_config(streams: StreamLimits, **connection: Any) -> QUICTransportConfig:
+@dataclass
+class ChatQuicConfig(QUICTransportConfig):  # type: ignore[misc]  # untyped library
+    """The library's QUIC config, telling the host of streams reset by a bound of ours
+    (:func:`p2pchat.node.p2p.quic_streams.resetting_an_overflowing_stream`)."""
+
+    stream_limit_exceeded: Callable[[str], None] | None = None
+
+
+def quic_config(
+    streams: StreamLimits,
+    stream_limit_exceeded: Callable[[str], None] | None = None,
+    **connection: Any,
+) -> QUICTransportConfig:
     """The swarm's connection config (``connection``: :class:`ConnectionConfig`'s fields), as a
-    QUIC transport config whose stream limits are ``streams``'."""
-    return QUICTransportConfig(
+    QUIC transport config whose stream limits are ``streams``' (a stream reset by one of them
+    is told to ``stream_limit_exceeded``)."""
+    return ChatQuicConfig(
+        stream_limit_exceeded=stream_limit_exceeded,
         **connection,
         max_concurrent_streams=streams.streams_per_connection,
         MAX_INCOMING_STREAMS=streams.streams_per_connection,

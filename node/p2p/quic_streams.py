@@ -33,6 +33,14 @@ side is never finished on the other, QUIC never returns its credit, and after 12
 :func:`resetting_both_halves` also asks the peer to stop sending (STOP_SENDING, which the peer's
 QUIC answers with its RESET_STREAM); :func:`ending_our_half_at_their_reset` answers the peer's
 RESET_STREAM with ours. Either alone returns the credit; both, whatever the peer's library.
+
+**A stream whose reader fell behind is reset, not cut** (trap 42). aioquic raises a stream's
+flow-control window as data arrives, not as it is read, so a peer may send a stream more than
+py-libp2p 0.8.1's receive buffer holds (``MAX_STREAM_RECEIVE_BUFFER``, 2 MiB); the library
+then drops the bytes past it and the stream goes on without them: a reader gets a stream with
+a hole in it. :func:`resetting_an_overflowing_stream` resets the stream instead (both halves)
+and counts it as ``quic_stream_buffer`` (what go-mplex does for a reader that fell behind, and
+``mplex_stream_buffer`` here): the reader learns the stream failed, nothing is taken for whole.
 """
 
 from __future__ import annotations
@@ -149,3 +157,27 @@ def ending_our_half_at_their_reset(original: Reset) -> Reset:
             return
 
     return handle_reset
+
+
+Receive = Callable[[QUICStream, bytes, bool], Awaitable[None]]
+
+STREAM_BUFFER_RESET = 0x1  # the application error code of that reset (any code is allowed)
+
+
+def resetting_an_overflowing_stream(original: Receive) -> Receive:
+    """``QUICStream.handle_data_received`` that resets a stream its data would overflow."""
+
+    async def handle_data_received(self: QUICStream, data: bytes, end_stream: bool) -> None:
+        if (
+            data
+            and self._state is not StreamState.RESET
+            and len(self._receive_buffer) + len(data) > self.MAX_RECEIVE_BUFFER_SIZE
+        ):
+            report = getattr(self._connection._transport._config, "stream_limit_exceeded", None)
+            if report is not None:
+                report("quic_stream_buffer")
+            await self.reset(STREAM_BUFFER_RESET)
+            return
+        await original(self, data, end_stream)
+
+    return handle_data_received

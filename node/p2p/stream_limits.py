@@ -47,6 +47,7 @@ LIMITS = (
     "stream_open_rate",  # inbound stream refused: opened too fast
     "refusals_per_connection",  # a connection refused too often: closed
     "mplex_stream_buffer",  # an mplex stream whose reader fell behind: reset (as go-mplex)
+    "quic_stream_buffer",  # a QUIC stream whose reader fell behind by 2 MiB: reset
     "mplex_protocol",  # an mplex frame that cannot be read (undecryptable, malformed): closed
     "streams_per_peer",  # inbound stream reset before negotiation
     "streams_per_protocol",  # inbound stream reset after negotiation (per protocol, per peer)
