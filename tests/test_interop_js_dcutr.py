@@ -87,11 +87,15 @@ PUNCH_WAIT = 90.0  # identify, a 5 s direct-dial attempt, up to three punch roun
 
 
 class JsPunchPeer:
-    """punch.mjs in a network namespace; its JSON lines are kept, its stderr too (for failures)."""
+    """punch.mjs in a network namespace (None: on this host's loopback); its JSON lines are
+    kept, its stderr too (for failures)."""
 
-    def __init__(self, netns: str, *args: str) -> None:
+    def __init__(self, netns: str | None, *args: str) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "node", str(JS_PUNCH), "--topic", ROOM, *args],
+            [
+                *(["ip", "netns", "exec", netns] if netns else []),
+                *["node", str(JS_PUNCH), "--topic", ROOM, *args],
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
