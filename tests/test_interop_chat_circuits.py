@@ -19,14 +19,22 @@ the STOP CONNECT), and the reverse (``they-dial``: their side reads the HOP STAT
 ends listed the circuit is not limited for them and chat crosses it both ways; the control,
 the same relay with its default (limited) circuits, shows their side marks the circuit
 limited and never gossips over it.
+
+Last, the next circuit (node/circuit_renewal.py) with js-libp2p on the other side, on a relay's
+limited circuits (js's GossipSub told to run on them): js renews no circuit, and keeps its
+stream on the old one until that closes, so p2pchat opens every next circuit, as the dialler or
+as the listener (through js's own reservation), and closes the old one once the wait to hear js
+on the new one is over ("unheard"); js then reopens its stream on the new one.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from p2pchat.node.wire.chat import ChatText, encode, new_message_id
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
 from tests.test_autorelay import (
@@ -40,7 +48,7 @@ from tests.test_autorelay import (
 from tests.test_chat import is_message, wait_members
 from tests.test_interop_go import GoPeer, go_peer
 from tests.test_interop_go import go_peers as go_peers  # the fixture
-from tests.test_interop_js_dcutr import JsPunchPeer, _carries, _chat_round
+from tests.test_interop_js_dcutr import ROOM, JsPunchPeer, _carries, _chat_round
 
 WAIT = 60.0
 # How long the controls wait for a message that must not come: many GossipSub heartbeats (1 s)
@@ -215,3 +223,106 @@ def test_js_does_not_gossip_over_a_default_circuit(
     with pytest.raises(AssertionError, match="no matching output"):
         js.next(_carries("over a default circuit from p2pchat"), timeout=NOT_DELIVERED)
     assert not _in_room(b, js.peer_id)
+
+
+# --- the next circuit, with js-libp2p on the other side -----------------------------------------
+
+CIRCUIT_DATA = 64 * 1024  # per direction: reached after ~50 messages of 1 KB
+MESSAGES = 80
+PACE = 0.3  # seconds between two messages
+RENEWALS = "p2pchat_relayed_circuit_renewals_total"
+
+
+def _js_text(text: str) -> str:
+    return encode(
+        ChatText(
+            id=new_message_id(),
+            room=ROOM,
+            sender_name="js",
+            text=text,
+            sent_at_ms=int(time.time() * 1000),
+        )
+    ).hex()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_relayed_conversation_with_js_moves_to_the_next_circuit(
+    tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer], role: str
+) -> None:
+    # js-libp2p renews no circuit and its GossipSub runs on a limited one only when told to
+    # (--pubsub-on-limited): p2pchat opens each next circuit, as the dialler (they-listen) or,
+    # since js does not, as the listener through js's own reservation (they-dial).
+    relay = start_node(
+        tmp_path / "relay",
+        "--role",
+        "relay",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        env=node_env(P2PCHAT_RELAY__CIRCUIT_DATA=str(CIRCUIT_DATA)),
+    )
+    nodes.append(relay)
+    renew = {"P2PCHAT_AUTORELAY__RENEW_CIRCUITS_AT": "0.5"}
+    js_args = ["--listen", "127.0.0.1", "--reserve", relay.addr(), "--pubsub-on-limited"]
+    if role == "they-listen":
+        js = JsPunchPeer(None, *js_args)
+        js_peers.append(js)
+        circuit = next(
+            a
+            for a in js.next(lambda e: "reservation" in e)["reservation"]["addrs"]
+            if a.startswith("/ip4/127.0.0.1/tcp/")
+        )
+        py = start_node(
+            tmp_path / "py",
+            "--json",
+            "--bootstrap",
+            circuit,
+            env=node_env(
+                P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
+                P2PCHAT_AUTORELAY__MODE="off",
+                P2PCHAT_HOLEPUNCH__ENABLED="false",
+                **renew,
+            ),
+        )
+        nodes.append(py)
+        trigger = "limit"
+    else:
+        py = relayed_peer(
+            tmp_path / "py",
+            nodes,
+            P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
+            P2PCHAT_HOLEPUNCH__ENABLED="false",
+            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
+            **renew,
+        )
+        js = JsPunchPeer(None, *js_args, "--dial", f"{tcp_circuit(py, relay)}/p2p/{py.peer_id}")
+        js_peers.append(js)
+        trigger = "listener_limit"
+    wait_members(py, 1)
+    py.drain_events()
+    texts = [f"py{n:03d} " + "r" * 1000 for n in range(MESSAGES)]
+    back = [f"js{n:03d}" for n in range(MESSAGES // 10)]
+    for n, text in enumerate(texts):
+        py.say(text)
+        if n % 10 == 5:
+            js.send(f"publish {_js_text(back[n // 10])}")
+        time.sleep(PACE)
+    for text in texts:
+        js.next(_carries(text), timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    shown: set[str] = set()
+    while set(back) - shown and time.monotonic() < deadline:
+        shown |= {e["text"] for e in py.drain_events() if e["type"] == "message"}
+        time.sleep(0.3)
+    assert set(back) <= shown, f"from js: {sorted(shown & set(back))} of {back}"
+    assert (
+        py.metric(RENEWALS, trigger=trigger, outcome="renewed")
+        + py.metric(RENEWALS, trigger=trigger, outcome="unheard")
+        >= 1
+    )
+    print(
+        "renewals:",
+        {o: py.metric(RENEWALS, trigger=trigger, outcome=o) for o in ("renewed", "unheard")},
+        "resets:",
+        relay.metric("p2pchat_relay_circuit_resets_total", limit="data"),
+    )
+    assert relay.metric("p2pchat_relay_circuit_resets_total", limit="data") == 0

@@ -207,7 +207,7 @@ def relayed_conversation() -> dict[str, Any]:
                     f"{trigger}/{outcome}": b.metric(
                         "p2pchat_relayed_circuit_renewals_total", trigger=trigger, outcome=outcome
                     )
-                    for trigger in ("limit", "relay_gone")
+                    for trigger in ("limit", "listener_limit", "relay_gone")
                     for outcome in ("renewed", "unheard", "failed")
                 },
                 "relayed_connections_opened_by_b": b.metric(
