@@ -68,12 +68,7 @@ def _relay(path: Path, nodes: list[NodeProcess], chat_peers: list[str]) -> NodeP
     """A relay only (no room member) on the default limits (2 min, 128 KiB per direction),
     serving chat-friendly circuits without limits to ``chat_peers``."""
     env = {"P2PCHAT_RELAY__CHAT_PEERS": ",".join(chat_peers)} if chat_peers else {}
-    # TCP alone: a js-libp2p dial to a TCP port shared with /ws fails its handshake at times
-    # ("EncryptionFailedError: read ECONNRESET", 2 of 6 dials on loopback; 0 of 6 to TCP
-    # alone), a bug of the shared port's not this test's.
-    relay = start_node(
-        path, "--role", "relay", "--listen", "/ip4/127.0.0.1/tcp/0", env=node_env(**env)
-    )
+    relay = start_node(path, "--role", "relay", env=node_env(**env))
     nodes.append(relay)
     return relay
 
@@ -256,8 +251,6 @@ def test_a_relayed_conversation_with_js_moves_to_the_next_circuit(
         tmp_path / "relay",
         "--role",
         "relay",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
         env=node_env(P2PCHAT_RELAY__CIRCUIT_DATA=str(CIRCUIT_DATA)),
     )
     nodes.append(relay)

@@ -73,6 +73,11 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     no per-address limit, and keeps 256 of them (evicting the oldest, honest ones included) ->
     new handshakes are admitted within the inbound admission limits (``transient``,
     ``per_ip``: :func:`p2pchat.node.p2p.quic.gate_handshakes`).
+37. (not in the notes) on a TCP port shared with ``/ws`` the library classifies a connection by
+    the bytes of one ``receive_some(3)``, however few: a client whose first write is one byte
+    (js-libp2p's multistream-select length byte, at times) is cut as an unknown protocol (2 of
+    6 js-libp2p dials on loopback) -> the inbound gate waits for 3 bytes, peeked, before it
+    (:func:`p2pchat.node.p2p.inbound._prefix_arrived`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are

@@ -28,6 +28,8 @@ and logged, at WARNING at most once per :data:`LOG_EVERY` seconds per reason.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -57,6 +59,14 @@ CLOSE_SECONDS = 2.0
 # The library's wait for the 3 bytes that tell TCP from WebSocket on a shared port
 # (libp2p.transport.cmux._IDENTIFY_TIMEOUT, 5 s), less a margin for the clock.
 CLASSIFY_SECONDS = 4.9
+# The library classifies a connection on a shared port by the bytes of ONE receive_some(3),
+# however few it returns: a client whose first write is shorter than 3 bytes (js-libp2p sends
+# multistream-select's length byte alone at times) was taken for an unknown protocol and cut
+# (2 of 6 js-libp2p dials on loopback). The first 3 bytes are peeked for first, without
+# taking them from the socket, at growing intervals (a short write's rest follows at once; a
+# client that stalls costs a few dozen peeks until CLASSIFY_SECONDS).
+PREFIX_BYTES = 3
+PEEK_POLLS = (0.002, 0.01, 0.05, 0.25)  # seconds between two peeks, the last repeated
 LOG_EVERY = 10.0
 
 
@@ -183,6 +193,8 @@ class InboundGate:
                 ticket.cull = nursery.cancel_scope.cancel
                 budget.on_exceeded = nursery.cancel_scope.cancel
                 nursery.start_soon(self._expire, ticket, nursery.cancel_scope)
+                with trio.move_on_after(CLASSIFY_SECONDS):
+                    await _prefix_arrived(stream)
                 await classify_and_route(stream)
                 nursery.cancel_scope.cancel()
             if ticket not in self._handled and not ticket.released:
@@ -391,3 +403,17 @@ def install(
     for demux in getattr(swarm.transport_manager, "_port_demuxers", {}).values():
         demux._classify_and_route = partial(gate.classify, demux._classify_and_route)
     return gate
+
+
+async def _prefix_arrived(stream: trio.SocketStream) -> None:
+    """Return once :data:`PREFIX_BYTES` bytes have arrived on ``stream`` (peeked, left in the
+    socket), or it ended or failed: the library's classification then reads them all at once.
+    Unbounded in time: the caller bounds it."""
+    for n in itertools.count():
+        try:
+            data = await stream.socket.recv(PREFIX_BYTES, socket.MSG_PEEK)
+        except OSError:
+            return
+        if not data or len(data) >= PREFIX_BYTES:
+            return
+        await trio.sleep(PEEK_POLLS[min(n, len(PEEK_POLLS) - 1)])
