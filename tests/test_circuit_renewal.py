@@ -150,6 +150,10 @@ def test_next_circuits_a_relay_refuses_are_tried_at_most_twice_per_circuit_and_c
     assert failed >= 1
     assert failed <= 2 * circuits  # ATTEMPTS per circuit, however long it lives
     assert b.metric(RENEWALS, trigger="limit", outcome="renewed") == 0
+    # B holds no reservation, so A, the listener, cannot dial it back: A tries nothing, and the
+    # relay's reset, B's re-dial and catch-up carry the conversation (all shown above).
+    for outcome in ("renewed", "unheard", "failed"):
+        assert a.metric(RENEWALS, trigger="listener_limit", outcome=outcome) == 0
 
 
 def test_the_listener_renews_a_circuit_its_dialler_cannot(
