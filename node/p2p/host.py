@@ -109,6 +109,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.identity.identify_push.identify_push import push_identify_to_peers
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import LOW_WATERMARK as LIBRARY_LOW_WATERMARK
 from libp2p.network.config import MIN_CONNECTIONS as LIBRARY_MIN_CONNECTIONS
@@ -790,6 +791,13 @@ class P2PHost:
         """Advertise these ``.../p2p/<relay>/p2p-circuit`` addresses too (identify, DHT): the
         relays that hold a reservation for this node. Replaces the previous set."""
         self._circuit_addrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+
+    async def push_identify(self) -> None:
+        """Tell every connected peer our addresses again (identify push): peers connected
+        before a reservation was taken learn the circuit address (a circuit's listener dials
+        its dialler back through it, :mod:`~p2pchat.node.circuit_renewal`). The library
+        pushes to a bounded number of peers at a time; the caller bounds the whole."""
+        await push_identify_to_peers(self._host)
 
     def watch_identify(self, watcher: Callable[[IdentifyReceived], None]) -> None:
         """Tell ``watcher`` of every identify (or identify push) received from now on. Called
