@@ -29,7 +29,7 @@ import trio
 from p2pchat.node.config import AutoNatSection
 from p2pchat.node.netprefix import address_group
 from p2pchat.node.p2p.dialback import DialBack
-from p2pchat.node.p2p.host import P2PHost
+from p2pchat.node.p2p.host import ConnectionInfo, P2PHost
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
     Stream,
@@ -59,7 +59,12 @@ Reachability = Literal["unknown", "public", "private"]
 
 REQUEST_TIMEOUT = 10.0  # to read a request, or (client) to get an answer after the dial-back
 SERVERS_PER_ROUND = 3
+# With no server connected, the client looks for one again only on news (a connection opened,
+# an identify received), at most once per FIRST_PROBE_DELAY, and every IDLE_LOOK seconds
+# without news (a safety net: a look lists every connected peer's protocols, and a node with
+# many peers and no AutoNAT server among them once did that every second).
 FIRST_PROBE_DELAY = 1.0
+IDLE_LOOK = 60.0
 
 
 class Throttle:
@@ -268,10 +273,14 @@ class AutoNatClient:
         self._observer = observer
         self._log = log
         self._peer_id_bytes = peer_id_bytes(host.peer_id)
+        self._news = trio.Event()  # set when a server may have appeared since the last look
         self.reachability: Reachability = "unknown"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Probe until cancelled: soon after servers appear, then every ``interval``."""
+        """Probe until cancelled: soon after servers appear, then every ``interval``. While
+        none is connected, look again only on news (see :data:`IDLE_LOOK`)."""
+        self._host.watch_identify(lambda _: self._news.set())
+        self._host.watch_connections(self)
         task_status.started()
         while True:
             servers = [
@@ -280,12 +289,28 @@ class AutoNatClient:
                 if PROTOCOL_ID in self._host.peer_protocols(peer)
             ]
             if not servers:
-                await trio.sleep(FIRST_PROBE_DELAY)
+                await self._wait_for_news()
                 continue
             random.shuffle(servers)
             verdicts = [await self._ask(server) for server in servers[:SERVERS_PER_ROUND]]
             self._decide(verdicts)
             await trio.sleep(self._interval)
+
+    async def _wait_for_news(self) -> None:
+        with trio.move_on_after(IDLE_LOOK):
+            await self._news.wait()
+        self._news = trio.Event()
+        # A connection's identify follows it shortly; and at most one look per second.
+        await trio.sleep(FIRST_PROBE_DELAY)
+
+    # --- ConnectionWatcher: called inline by the swarm, must not block -------------------------
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        """A new connection may be to a server (one identified before is not identified again)."""
+        self._news.set()
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
+        """Nothing to do: a server gone is seen at the next look."""
 
     def _decide(self, verdicts: list[Status | None]) -> None:
         if Status.OK in verdicts:

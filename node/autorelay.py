@@ -36,6 +36,8 @@ from p2pchat.node.rendezvous import RELAY_KEY, Rendezvous
 from p2pchat.node.wire.circuit import HOP_PROTOCOL_ID
 
 CHECK_INTERVAL = 1.0
+# Seconds to tell connected peers our new circuit addresses (identify push), at most.
+PUSH_SECONDS = 10.0
 RETRY_AFTER = 60.0
 MAX_REMEMBERED_RELAYS = 1024  # relays whose last failure is remembered
 FIRST_LOOKUP_DELAY = 1.0
@@ -128,6 +130,7 @@ class AutoRelay:
         self._observer = observer
         self._log = log
         self._held: dict[str, _Held] = {}
+        self._advertised: list[str] = []  # the circuit addresses last advertised
         # relay PeerId -> configured address
         self._configured = {addr.rsplit("/p2p/", 1)[1]: addr for addr in settings.relays}
         # Keyed by any peer that offers the relay protocol, so bounded: fresh identities are free.
@@ -178,7 +181,9 @@ class AutoRelay:
                 if len(self._held) >= self._settings.reservations:
                     break
                 await self._reserve(relay, renewal=False)
-        self._advertise()
+        if self._advertise():
+            with trio.move_on_after(PUSH_SECONDS):
+                await self._host.push_identify()
 
     async def _find_relays(self) -> None:
         """Connect relays announced in the DHT; connected, they become candidates."""
@@ -263,7 +268,11 @@ class AutoRelay:
             self._observer.reservation_closed()
             self._log.info("relay reservation lost", relay=relay, reason=why)
 
-    def _advertise(self) -> None:
+    def _advertise(self) -> bool:
+        """Advertise the circuit addresses of the reservations held; whether they changed."""
         addrs = [addr for held in self._held.values() for addr in held.addrs]
         self._observer.reservations_advertised(len(self._held), len(addrs))
         self._host.set_circuit_addrs(addrs)
+        changed = addrs != self._advertised
+        self._advertised = addrs
+        return changed

@@ -24,6 +24,14 @@ When a relayed connection ends while another to the same peer stays, our pubsub 
 renewed on the newest (:meth:`CircuitRenewal._refresh`): a relay reset that came before both
 sides had moved makes the side whose write failed forget the peer's subscriptions.
 
+The listener of a circuit (the peer that holds the reservation) renews it too when the dialler
+did not (gone quiet, or its next circuits refused: a relay's per-source budget spent): once the
+circuit has used :func:`listener_share` of its limit, halfway from ``renew_at`` to the reset, it
+dials the peer through a relay the peer's identify names (trigger ``listener_limit``); the
+dialler follows as a listener does. A dialler that names no relay (it holds no reservation)
+cannot be dialled back through one: then nothing is tried, and the relay's reset and the
+dialler's re-dial are what is left.
+
 When a relayed connection we dialled ends and the peer is left with none (the relay reset it
 before a successor was up, or the relay died), a new circuit is dialled at once (trigger
 ``relay_gone``), through another relay the peer holds a reservation on first, the one just lost
@@ -68,8 +76,14 @@ RENEW_AT_LOOKS = (0, 3)
 REFRESH_AFTER = 0.5  # seconds after a relayed connection ended before our hello is sent again
 DIAL_SECONDS = 15.0  # a next circuit: relay connection, hop, Noise, muxer
 
-TRIGGERS = ("limit", "relay_gone")
+TRIGGERS = ("limit", "listener_limit", "relay_gone")
 OUTCOMES = ("renewed", "unheard", "failed")
+
+
+def listener_share(renew_at: float) -> float:
+    """The share of a circuit's limit at which its listener renews it: halfway from the
+    dialler's ``renew_at`` to the reset, so that the dialler's attempts come first."""
+    return renew_at + (1.0 - renew_at) / 2
 
 
 class PubsubOnConnections(Protocol):
@@ -115,6 +129,7 @@ class CircuitRenewal:
         self._observer = observer
         self._log = log
         self._renew_at = renew_at
+        self._listener_at = listener_share(renew_at)
         self._running: set[str] = set()  # peers with a renewal or a follow under way
         self._refreshing: set[str] = set()  # peers whose subscriptions are said again
         # peer -> the relay of the last circuit we dialled to it (kept while it is connected
@@ -147,24 +162,31 @@ class CircuitRenewal:
             conn, usage = circuits[-1]  # the newest: older ones are on their way out
             if usage.outbound:
                 self._dialled[peer] = usage.relay
-            if (
-                usage.outbound
-                and usage.renewals < ATTEMPTS
-                and now >= usage.retry_at
-                and usage.used(now) >= self._renew_at
+            if usage.renewals >= ATTEMPTS or now < usage.retry_at:
+                continue
+            used = usage.used(now)
+            if usage.outbound and used >= self._renew_at:
+                trigger = "limit"
+            elif (
+                not usage.outbound
+                and used >= self._listener_at
+                and circuit_relays(self._host, peer)  # else it cannot be dialled back
             ):
-                usage.renewals += 1
-                self._running.add(peer)
-                nursery.start_soon(self._renew, peer, conn, usage.relay)
+                trigger = "listener_limit"
+            else:
+                continue
+            usage.renewals += 1
+            self._running.add(peer)
+            nursery.start_soon(self._renew, peer, conn, usage.relay, trigger)
 
-    async def _renew(self, peer: str, old: Any, relay: str) -> None:
+    async def _renew(self, peer: str, old: Any, relay: str, trigger: str) -> None:
         try:
             new = await self._next_circuit(peer, prefer=relay)
             if new is None:
                 usage = self._host.circuits.usage_of(old)
                 if usage is not None:
                     usage.retry_at = trio.current_time() + RETRY_AFTER
-                self._finished(peer, "limit", "failed")
+                self._finished(peer, trigger, "failed")
                 return
             outcome = await self._move(peer, new)
             # The old circuit, and any other left over (a keep-alive's dial racing ours).
@@ -173,7 +195,7 @@ class CircuitRenewal:
                 await close_connection(conn)
             # Whether the old one carried the conversation until it had moved (not closed by
             # the relay or the swarm meanwhile): logged for tests and operators.
-            self._finished(peer, "limit", outcome, old_kept=old in older)
+            self._finished(peer, trigger, outcome, old_kept=old in older)
         finally:
             self._running.discard(peer)
 
@@ -238,7 +260,11 @@ class CircuitRenewal:
             for look in LOOKS:
                 await trio.sleep(look)
                 circuits = relayed_circuits(self._host, peer)
-                if pubsub is None or len(circuits) < 2 or not pubsub.has_stream_to(peer):
+                if len(circuits) < 2:
+                    # A first circuit (or the old one is gone): nothing to follow. Waiting on
+                    # would keep the peer "running" for HEAR_WAIT, its own renewal skipped.
+                    return
+                if pubsub is None or not pubsub.has_stream_to(peer):
                     continue
                 if await pubsub.renew_stream_on(peer, circuits[-1][0]):
                     self._log.info("pubsub stream moved to the next circuit", peer=peer)

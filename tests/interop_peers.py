@@ -236,11 +236,11 @@ class JsPeer(LineDrivenPeer):
 
 class JsPunchPeer(LineDrivenPeer):
     """tests/interop/js/punch.mjs (js-libp2p with circuit relay and DCUtR) in a network
-    namespace, with its DCUtR log on stderr for failures."""
+    namespace (None: on this host's loopback), with its DCUtR log on stderr for failures."""
 
     name = "js peer"
 
-    def __init__(self, netns: str, *args: str) -> None:
+    def __init__(self, netns: str | None, *args: str) -> None:
         super().__init__(
             ["node", str(JS_DIR / "punch.mjs"), "--topic", ROOM, *args],
             netns=netns,

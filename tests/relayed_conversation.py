@@ -200,7 +200,7 @@ def faults(report: dict[str, Any]) -> list[str]:
     return out
 
 
-RENEWAL_TRIGGERS = ("limit", "relay_gone")
+RENEWAL_TRIGGERS = ("limit", "listener_limit", "relay_gone")
 RENEWAL_OUTCOMES = ("renewed", "unheard", "failed")
 
 
@@ -209,7 +209,8 @@ def circuit_figures(
 ) -> dict[str, Any]:
     """What carrying the conversation took, from the nodes' metrics: the relay's circuit resets
     by limit, the peers' next circuits by trigger and outcome (``limit``: opened before the
-    relay's limit; ``relay_gone``: dialled again after a circuit was lost), the relayed
+    relay's limit by the dialler, ``listener_limit`` by the listener; ``relay_gone``: dialled
+    again after a circuit was lost), the relayed
     connections they opened, and the bytes the relay carried (in both directions: chat,
     catch-up, control, handshakes), in all and per message sent."""
     relayed = relay.metric("libp2p_relaysvc_data_transferred_bytes_total")

@@ -150,6 +150,53 @@ def test_next_circuits_a_relay_refuses_are_tried_at_most_twice_per_circuit_and_c
     assert failed >= 1
     assert failed <= 2 * circuits  # ATTEMPTS per circuit, however long it lives
     assert b.metric(RENEWALS, trigger="limit", outcome="renewed") == 0
+    # B holds no reservation, so A, the listener, cannot dial it back: A tries nothing, and the
+    # relay's reset, B's re-dial and catch-up carry the conversation (all shown above).
+    for outcome in ("renewed", "unheard", "failed"):
+        assert a.metric(RENEWALS, trigger="listener_limit", outcome=outcome) == 0
+
+
+def test_the_listener_renews_a_circuit_its_dialler_cannot(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # One circuit per source: while a circuit lives, its dialler's next one is refused (its
+    # relay budget spent), and only the listener, the source of none, can open the next one,
+    # through the dialler's own reservation. Both hold one; B dials A first. Renewal at 0.5: the
+    # dialler tries at 16 KiB, the listener at 24 KiB (listener_share), 8 KiB before the reset.
+    relay = _relay(
+        tmp_path / "relay",
+        nodes,
+        P2PCHAT_RELAY__CIRCUIT_DATA=str(CIRCUIT_DATA),
+        P2PCHAT_RELAY__MAX_CIRCUITS_PER_SOURCE="1",
+    )
+    renew = {"P2PCHAT_AUTORELAY__RENEW_CIRCUITS_AT": "0.5"}
+    a = relayed_peer(
+        tmp_path / "a", nodes, **_unreachable(P2PCHAT_AUTORELAY__RELAYS=relay.addr(), **renew)
+    )
+    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
+    b = relayed_peer(
+        tmp_path / "b",
+        nodes,
+        "--bootstrap",
+        circuit,
+        **_unreachable(P2PCHAT_AUTORELAY__RELAYS=relay.addr(), **renew),
+    )
+    tcp_circuit(b, relay)  # B holds a reservation too: A can dial B back through the relay
+    wait_members(a, 1)
+    wait_members(b, 1)
+    b.drain_events()
+    texts = _texts("A", MESSAGES)
+    for text in texts:
+        a.say(text)
+        time.sleep(PACE)
+    shown = _shown(b, texts, WAIT)
+    assert sorted(shown) == texts, f"{len(set(shown))} of {MESSAGES} shown"  # once each
+    # The listener renewed (A, of B's first circuit), each circuit before the relay's reset.
+    assert a.metric(RENEWALS, trigger="listener_limit", outcome="renewed") >= 1
+    assert relay.metric("p2pchat_relay_circuit_resets_total", limit="data") == 0
+    assert b.metric(RENEWALS, trigger="limit", outcome="failed") >= 1  # B's was refused
+    b.say("and back, on the latest circuit")
+    a.next_event(is_message("and back, on the latest circuit"), timeout=WAIT)
 
 
 def test_an_old_circuit_carries_the_conversation_until_it_has_moved(

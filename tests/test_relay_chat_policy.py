@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2pchat.node.wire.circuit import Limit
+from p2pchat.node.wire import circuit_pb2
+from p2pchat.node.wire.circuit import (
+    MAX_MESSAGE_BYTES,
+    HopStatus,
+    Limit,
+    Status,
+    StopConnect,
+    encode,
+)
+from p2pchat.node.wire.framing import FrameDecoder
 from p2pchat.roles.relay.chat_policy import OTHER, ChatPolicy
 from p2pchat.roles.relay.limits import RelayLimits
 
@@ -94,3 +103,23 @@ def test_listed_peers_chat_past_the_default_limit_and_others_are_cut_at_it(
     unreachable_peer(tmp_path / "c", nodes, circuit)
     wait_metric(relay, "p2pchat_relay_circuit_resets_total", 1, limit="data")
     assert relay.metric("p2pchat_relay_bytes_total", entry="other") > 0
+
+
+def test_a_chat_circuits_answers_carry_no_limit_field_at_all() -> None:
+    # go-libp2p counts a connection limited when the Limit field is present, even empty
+    # (tests/test_interop_chat_circuits.py fails with an empty one): the field must be absent
+    # from both the dialler's HOP STATUS and the listener's STOP CONNECT.
+    terms = ChatPolicy([A_ID, B_ID], 0, 0, RelayLimits()).terms(A_ID, None, B_ID, None)
+    hop, stop = circuit_pb2.HopMessage(), circuit_pb2.StopMessage()
+    hop.ParseFromString(_unframed(encode(HopStatus(Status.OK, limit=terms.limit))))
+    stop.ParseFromString(_unframed(encode(StopConnect(b"\x00", terms.limit))))
+    assert not hop.HasField("limit") and not stop.HasField("limit")
+    default = ChatPolicy([A_ID], 0, 0, RelayLimits()).terms(A_ID, None, B_ID, None)
+    hop.ParseFromString(_unframed(encode(HopStatus(Status.OK, limit=default.limit))))
+    assert hop.HasField("limit") and hop.limit.data == RelayLimits().circuit_data
+
+
+def _unframed(framed: bytes) -> bytes:
+    decoder = FrameDecoder(MAX_MESSAGE_BYTES)
+    (payload,) = decoder.feed(framed)
+    return bytes(payload)

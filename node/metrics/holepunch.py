@@ -47,13 +47,14 @@ class HolePunchMetrics:
         self.renewals = Counter(
             "p2pchat_relayed_circuit_renewals",
             "Next circuits opened to a relayed peer, by trigger (limit: the circuit we dialled "
-            "neared its relay's limit; relay_gone: it ended with no other connection to the "
-            "peer) and outcome (renewed: the peer heard on the new circuit; unheard: a new "
+            "neared its relay's limit; listener_limit: the circuit the peer dialled came nearer "
+            "still, not renewed by it; relay_gone: one we dialled ended with no other connection "
+            "to the peer) and outcome (renewed: the peer heard on the new circuit; unheard: a new "
             "circuit, the peer's stream not on it in time; failed: no circuit through any relay).",
             ("trigger", "outcome"),
             registry=registry,
         )
-        for trigger in ("limit", "relay_gone"):
+        for trigger in ("limit", "listener_limit", "relay_gone"):
             for outcome in ("renewed", "unheard", "failed"):
                 self.renewals.labels(trigger=trigger, outcome=outcome)
 

@@ -79,6 +79,11 @@ Traps handled here (numbers refer to shared/notes/py-libp2p-0.8.1.md):
     never gets through -> the transport gets a ``dial_with_source`` that dials from the listen
     port on a socket of the listener's reuseport group connected to the peer
     (:mod:`p2pchat.node.p2p.quic_punch`).
+43. (not in the notes) on a TCP port shared with ``/ws`` the library classifies a connection by
+    the bytes of one ``receive_some(3)``, however few: a client whose first write is one byte
+    (js-libp2p's multistream-select length byte, at times) is cut as an unknown protocol (2 of
+    6 js-libp2p dials on loopback) -> the inbound gate waits for 3 bytes, peeked, before it
+    (:func:`p2pchat.node.p2p.inbound._classification_bytes`).
 
 Streams: handlers are given, and :meth:`P2PHost.new_stream` returns, the project's
 :class:`~p2pchat.node.p2p.streams.Stream`, whose errors are the project's own; the library's are
@@ -110,6 +115,7 @@ from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.identity.identify_push.identify_push import push_identify_to_peers
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import LOW_WATERMARK as LIBRARY_LOW_WATERMARK
 from libp2p.network.config import MIN_CONNECTIONS as LIBRARY_MIN_CONNECTIONS
@@ -812,6 +818,13 @@ class P2PHost:
         """Advertise these ``.../p2p/<relay>/p2p-circuit`` addresses too (identify, DHT): the
         relays that hold a reservation for this node. Replaces the previous set."""
         self._circuit_addrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+
+    async def push_identify(self) -> None:
+        """Tell every connected peer our addresses again (identify push): peers connected
+        before a reservation was taken learn the circuit address (a circuit's listener dials
+        its dialler back through it, :mod:`~p2pchat.node.circuit_renewal`). The library
+        pushes to a bounded number of peers at a time; the caller bounds the whole."""
+        await push_identify_to_peers(self._host)
 
     def watch_identify(self, watcher: Callable[[IdentifyReceived], None]) -> None:
         """Tell ``watcher`` of every identify (or identify push) received from now on. Called
