@@ -523,6 +523,21 @@ class HolePunchSection(_Section):
         "the relay's own limits usually end it first. Then the peer is made to reopen it on "
         "the direct connection.",
     )
+    give_up_after: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Hole punches towards a peer that may fail in a row before no more are "
+        "tried for retry_after seconds (a peer behind a symmetric NAT cannot be punched, and "
+        "every new relay circuit to it would otherwise try again, over the circuit).",
+    )
+    retry_after: float = Field(
+        default=600.0,
+        ge=0,
+        le=86_400,
+        description="Seconds without hole punches towards a peer after give_up_after failed "
+        "in a row; then one is tried again.",
+    )
 
 
 class RelaySection(_Section):

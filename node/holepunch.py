@@ -64,6 +64,7 @@ from p2pchat.node.p2p.streams import (
     read_single_frame,
     reset_quietly,
 )
+from p2pchat.node.punch_backoff import PunchBackoff
 from p2pchat.node.wire.dcutr import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_ID,
@@ -155,9 +156,13 @@ class HolePunch:
         observer: HolePunchObserver,
         log: structlog.stdlib.BoundLogger,
         after_direct: Callable[[str], Awaitable[None]] | None = None,
+        backoff: PunchBackoff | None = None,
     ) -> None:
         """``after_direct(peer)`` runs as a task once a direct connection to ``peer`` replaced
-        a relayed one, to retire the relayed one (default: closed after :data:`GRACE`)."""
+        a relayed one, to retire the relayed one (default: closed after :data:`GRACE`).
+        ``backoff``: which peers not to punch towards for now, after failed punches (None:
+        punch on every inbound relayed connection)."""
+        self._backoff = backoff
         self._host = host
         self._after_direct = after_direct if after_direct is not None else self._close_relayed_later
         self._observer = observer
@@ -194,6 +199,10 @@ class HolePunch:
     # --- initiator: the side that received the relayed connection ---
 
     async def _initiate(self, peer: str) -> None:
+        if self._backoff is not None and not self._backoff.allowed(peer, trio.current_time()):
+            # Its punches failed again and again (a symmetric NAT): not on every new circuit.
+            self._log.debug("hole punch not tried (failed recently)", peer=peer)
+            return
         self._initiating.add(peer)
         try:
             if not await self._speaks_dcutr(peer) or has_direct_connection(self._host, peer):
@@ -201,6 +210,8 @@ class HolePunch:
             if self._leaves_punch_to(peer):
                 return
             if await self._direct_dial(peer):
+                if self._backoff is not None:
+                    self._backoff.succeeded(peer)
                 self._migrate(peer)
                 return
             if self._leaves_punch_to(peer):  # the peer's relayed connection came meanwhile
@@ -380,6 +391,11 @@ class HolePunch:
 
     def _finished(self, side: str, peer: str, attempts: int, outcome: str, **extra: float) -> None:
         self._observer.punch_finished(side, attempts, outcome)
+        if self._backoff is not None and side == "initiator":
+            if outcome == "success":
+                self._backoff.succeeded(peer)
+            else:
+                self._backoff.failed(peer, trio.current_time())
         if outcome == "success":
             self._log.info("hole punch succeeded", peer=peer, side=side, attempts=attempts, **extra)
             self._migrate(peer)

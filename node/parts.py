@@ -39,6 +39,7 @@ from p2pchat.node.p2p.mdns import run_mdns
 from p2pchat.node.p2p.pubsub import NodeGossip, PubsubLimits
 from p2pchat.node.p2p.scoring import ScoreSettings
 from p2pchat.node.p2p.sender_budget import BudgetSettings
+from p2pchat.node.punch_backoff import PunchBackoff
 from p2pchat.node.relay_handover import RelayHandover
 from p2pchat.node.rendezvous import ArchiverFinder, Rendezvous
 from p2pchat.node.role import NodeContext, Role
@@ -198,7 +199,8 @@ def _holepunch(w: Wiring) -> Capability:
         w.log,
         keep_max=w.config.holepunch.keep_relayed_max,
     )
-    return HolePunch(w.host, w.metrics.holepunch, w.log, after_direct=handover.run)
+    backoff = PunchBackoff(w.config.holepunch.give_up_after, w.config.holepunch.retry_after)
+    return HolePunch(w.host, w.metrics.holepunch, w.log, after_direct=handover.run, backoff=backoff)
 
 
 def _circuit_renewal(w: Wiring) -> Capability:

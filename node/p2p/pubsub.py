@@ -77,6 +77,7 @@ as rust-libp2p's ``gossipsub::Event::Subscribed`` / ``Unsubscribed``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import time
@@ -100,7 +101,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils import encode_varint_prefixed
 from p2pchat.node.p2p.circuit_room import HOLD as CIRCUIT_HOLD
 from p2pchat.node.p2p.circuit_room import fits, room_left, wait_for_room
-from p2pchat.node.p2p.circuit_usage import CircuitLedger, new_stream_on
+from p2pchat.node.p2p.circuit_usage import CircuitLedger, connections_to, new_stream_on
 from p2pchat.node.p2p.host import ConnectionInfo, P2PHost, transport_label
 from p2pchat.node.p2p.pubsub_streams import InboundStreams, OutboundStreamCounts
 from p2pchat.node.p2p.rpc_queue import COALESCE_BYTES, QUEUE_SIZE, CoalescingRpcQueue
@@ -414,18 +415,22 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # (move_to, renew) failing on its last write is not the peer's death: the old stream
         # may be closed under it.
         try:
-            while (rpc := await self._next_rpc(stream, queue)) is not None:
+            while (rpc := await self._next_rpc(peer_id, stream, queue)) is not None:
                 if not await self.write_msg(stream, rpc):
                     return
         except Exception:  # the library's catch: any failure of the write ends the loop
             if self.peer_queues.get(peer_id) is queue:
                 self._handle_dead_peer(peer_id)
 
-    async def _next_rpc(self, stream: INetStream, queue: RpcQueue) -> rpc_pb2.RPC | None:
+    async def _next_rpc(
+        self, peer_id: ID, stream: INetStream, queue: RpcQueue
+    ) -> rpc_pb2.RPC | None:
         """The next RPC to write on ``stream``; on a relayed connection, only what fits what is
         left of its circuit (:mod:`~p2pchat.node.p2p.circuit_room`): merged up to the room
         left, and one that does not fit is kept at the queue's front while the renewal moves
-        the queue onto the next circuit (None: moved, or closed; this writer is done)."""
+        the queue onto the next circuit (None: moved, or closed; this writer is done). If the
+        renewal did not move it in time (the circuit closed under it, or the wait ran out) but
+        another connection to the peer is open, the queue moves there itself."""
         circuits = self._circuits
         if circuits is None or not self._circuit_hold or not isinstance(queue, CoalescingRpcQueue):
             rpc: rpc_pb2.RPC | None = await queue.pop()
@@ -440,6 +445,16 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         queue.put_front(rpc)
         if await wait_for_room(circuits, stream, size, lambda: queue.closed, self._circuit_hold):
             return None  # its successor, on the next circuit, writes it
+        if not fits(circuits, stream, size) or getattr(stream.muxed_conn, "is_closed", False):
+            others = [
+                conn
+                for conn in connections_to(self.host.get_network(), str(peer_id))
+                if conn.muxed_conn is not stream.muxed_conn
+            ]
+            if others:
+                with contextlib.suppress(Exception):  # gone meanwhile: written here after all
+                    if await self.move_to(peer_id, conn=others[-1]):
+                        return None
         return await queue.pop(size)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:

@@ -34,6 +34,7 @@ returns before the connection starts reading.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from enum import Enum
@@ -61,6 +62,10 @@ Dropped = Callable[[str, int], None]  # told (reason, size) of unread bytes drop
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 NOOP = _HEADER.pack(0, TYPE_WINDOW_UPDATE, 0, 0, 0)
 PRUNE_EVERY = 0.25  # seconds between two recounts of a full connection's live streams
+# Seconds a frame's write to the secured connection may take once begun, cancelled or not (see
+# YamuxFrameGuard.write); then the connection is closed. A peer that does not read for this
+# long is gone for chat anyway.
+WRITE_SECONDS = 30.0
 
 
 class Action(Enum):
@@ -206,7 +211,33 @@ class YamuxFrameGuard:
         return getattr(self.secured_conn, name)
 
     async def write(self, data: bytes) -> None:
-        await self.secured_conn.write(data)
+        """Write ``data`` (whole frames, under the library's write lock) to the secured
+        connection, whole even if the caller is cancelled meanwhile.
+
+        Trap (not in the notes): the library's Noise encrypts a message, using its nonce,
+        before it awaits the socket; a write cancelled there leaves the message unsent or half
+        sent, and the peer's next decryption fails: its Yamux reading ends, and with it the
+        whole connection. A relay cancels one direction of a circuit's copy when the other ends
+        (:mod:`p2pchat.roles.relay.hop`), and the peer it was writing to lost its connection to
+        the relay, its reservation with it. So the write is shielded from the caller's
+        cancellation, for at most :data:`WRITE_SECONDS`; past that, what was sent is a broken
+        message, and the connection is closed.
+
+        Raises:
+            RawConnError: the write did not finish in time (the connection is closed).
+        """
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + WRITE_SECONDS
+            await self.secured_conn.write(data)
+        if scope.cancelled_caught:
+            # (broken already, it may raise: closed either way)
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(1),
+                contextlib.suppress(Exception),
+            ):
+                await self.secured_conn.close()
+            raise RawConnError(f"yamux write not done in {WRITE_SECONDS:.0f} s: closed")
 
     async def read(self, n: int | None = None) -> bytes:
         try:
