@@ -32,6 +32,7 @@ from libp2p.stream_muxer.mplex.datastructures import StreamID
 from libp2p.stream_muxer.mplex.exceptions import MplexUnavailable
 from libp2p.stream_muxer.mplex.mplex import Mplex
 from p2pchat.node.p2p.stream_limits import InboundOpens, StreamLimits
+from p2pchat.node.p2p.whole_writes import write_whole
 
 Report = Callable[[str], None]
 MAX_NAME_BYTES = 64
@@ -101,8 +102,8 @@ def guard_mplex(muxer: Mplex, limits: StreamLimits, report: Report) -> None:
             raise MplexUnavailable(f"mplex connection closed: {error!r}") from None
 
     async def write_to_stream(data: bytes) -> None:
-        async with writing:
-            await write(data)
+        async with writing:  # (cancelled while waiting for it: nothing written, nothing broken)
+            await write_whole(lambda: write(data), muxer.secured_conn.close, "mplex")
 
     muxer._handle_new_stream = handle_new_stream
     muxer._handle_message = handle_message

@@ -34,7 +34,6 @@ returns before the connection starts reading.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from collections.abc import Callable
 from enum import Enum
@@ -56,16 +55,13 @@ from libp2p.stream_muxer.yamux.yamux import (
     Yamux,
 )
 from p2pchat.node.p2p.stream_limits import YAMUX_INITIAL_WINDOW, InboundOpens, StreamLimits
+from p2pchat.node.p2p.whole_writes import write_whole
 
 Report = Callable[[str], None]
 Dropped = Callable[[str, int], None]  # told (reason, size) of unread bytes dropped
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 NOOP = _HEADER.pack(0, TYPE_WINDOW_UPDATE, 0, 0, 0)
 PRUNE_EVERY = 0.25  # seconds between two recounts of a full connection's live streams
-# Seconds a frame's write to the secured connection may take once begun, cancelled or not (see
-# YamuxFrameGuard.write); then the connection is closed. A peer that does not read for this
-# long is gone for chat anyway.
-WRITE_SECONDS = 30.0
 
 
 class Action(Enum):
@@ -220,24 +216,15 @@ class YamuxFrameGuard:
         whole connection. A relay cancels one direction of a circuit's copy when the other ends
         (:mod:`p2pchat.roles.relay.hop`), and the peer it was writing to lost its connection to
         the relay, its reservation with it. So the write is shielded from the caller's
-        cancellation, for at most :data:`WRITE_SECONDS`; past that, what was sent is a broken
+        cancellation (:func:`~p2pchat.node.p2p.whole_writes.write_whole`), for at most
+        :data:`~p2pchat.node.p2p.whole_writes.WRITE_SECONDS`; past that, what was sent is a broken
         message, and the connection is closed.
 
         Raises:
             RawConnError: the write did not finish in time (the connection is closed).
         """
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + WRITE_SECONDS
-            await self.secured_conn.write(data)
-        if scope.cancelled_caught:
-            # (broken already, it may raise: closed either way)
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(1),
-                contextlib.suppress(Exception),
-            ):
-                await self.secured_conn.close()
-            raise RawConnError(f"yamux write not done in {WRITE_SECONDS:.0f} s: closed")
+        secured = self.secured_conn
+        await write_whole(lambda: secured.write(data), secured.close, "yamux")
 
     async def read(self, n: int | None = None) -> bytes:
         try:

@@ -1,4 +1,4 @@
-"""A stream write cancelled half-way must not break its whole connection (issue #21, finding 2).
+"""A stream write cancelled half-way must not break its whole connection, Yamux or Mplex (#21).
 
 py-libp2p's Noise encrypts a message (its nonce is then used) before it awaits the socket: a
 write cancelled at that await leaves the message unsent, or half sent, and the peer's next
@@ -15,6 +15,8 @@ way, then the connection still carries a stream.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,19 +25,36 @@ import pytest
 import trio
 import trio.lowlevel
 from libp2p.network.connection.exceptions import RawConnError
-from p2pchat.node.p2p import yamux_guard
+from p2pchat.node.p2p import whole_writes, yamux_guard
+from p2pchat.node.p2p.host import HostSettings, P2PHost
+from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.p2p.stream_limits import StreamLimits
 
-from tests.test_host import loopback_addr, running_host, wait_until
+from tests.test_host import LOOPBACK, RecordingObserver, loopback_addr, wait_until
 
 SINK = "/test/sink/1.0.0"
 ECHO = "/test/echo/1.0.0"
 
 
-async def test_writes_cancelled_half_way_leave_the_connection_whole(tmp_path: Path) -> None:
+@asynccontextmanager
+async def muxed_host(
+    data_dir: Path, muxer: str
+) -> AsyncIterator[tuple[P2PHost, RecordingObserver]]:
+    """A host on loopback speaking only ``muxer``."""
+    observer = RecordingObserver()
+    settings = HostSettings(listen=LOOPBACK, muxers=(muxer,))
+    host = P2PHost(load_or_create_identity(data_dir), settings, observer)
+    async with host.run():
+        yield host, observer
+
+
+@pytest.mark.parametrize("muxer", ["yamux", "mplex"])
+async def test_writes_cancelled_half_way_leave_the_connection_whole(
+    tmp_path: Path, muxer: str
+) -> None:
     async with (
-        running_host(tmp_path / "server") as (server, seen),
-        running_host(tmp_path / "client") as (client, _),
+        muxed_host(tmp_path / "server", muxer) as (server, seen),
+        muxed_host(tmp_path / "client", muxer) as (client, _),
     ):
         received = 0
 
@@ -69,7 +88,7 @@ async def test_writes_cancelled_half_way_leave_the_connection_whole(tmp_path: Pa
                 scope.cancel()
             if not server.is_connected(client.peer_id):
                 break
-        assert "yamux_protocol" not in seen.limits
+        assert f"{muxer}_protocol" not in seen.limits
         assert server.is_connected(client.peer_id)
         probe = await client.new_stream(server.peer_id, [ECHO])
         await probe.write(b"still whole")
@@ -96,8 +115,8 @@ async def test_a_shielded_write_is_bounded_in_time_and_then_closes_the_connectio
 ) -> None:
     # The shield keeps a write whole, not forever: a caller cancelled meanwhile still waits,
     # until WRITE_SECONDS, and then the connection is closed.
-    assert 0 < yamux_guard.WRITE_SECONDS <= 60
-    monkeypatch.setattr(yamux_guard, "WRITE_SECONDS", 0.3)
+    assert 0 < whole_writes.WRITE_SECONDS <= 60
+    monkeypatch.setattr(whole_writes, "WRITE_SECONDS", 0.3)
     conn = _StuckConn()
     guard = yamux_guard.YamuxFrameGuard(
         SimpleNamespace(secured_conn=conn),  # type: ignore[arg-type]
