@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -82,13 +82,23 @@ def quic_addrs(addrs: Iterable[str]) -> list[str]:
     """The plain QUIC addresses (``/ip4|ip6/<ip>/udp/<port>/quic-v1``, any ``/p2p/`` suffix
     dropped) among ``addrs``, in order, without duplicates; others and unspecified IPs left
     out."""
+    return _plain(addrs, _quic_endpoint, "udp/{port}/quic-v1")
+
+
+def _plain(
+    addrs: Iterable[str],
+    endpoint_of: Callable[[str], tuple[str, IPAddress, int] | None],
+    transport: str,
+) -> list[str]:
+    """``/<family>/<ip>/`` + ``transport`` (formatted with the port) for each address of
+    ``addrs`` ``endpoint_of`` reads, in order, without duplicates; unspecified IPs left out."""
     result: list[str] = []
     for text in addrs:
-        endpoint = _quic_endpoint(text)
+        endpoint = endpoint_of(text)
         if endpoint is None or endpoint[1].is_unspecified:
             continue
         family, ip, port = endpoint
-        addr = f"/{family}/{ip}/udp/{port}/quic-v1"
+        addr = f"/{family}/{ip}/" + transport.format(port=port)
         if addr not in result:
             result.append(addr)
     return result
@@ -133,16 +143,7 @@ def tcp_addrs(addrs: Iterable[str]) -> list[str]:
     """The plain TCP addresses (``/ip4|ip6/<ip>/tcp/<port>``, any ``/p2p/`` suffix dropped) among
     ``addrs``, in order, without duplicates; circuit, WebSocket, unspecified and unparsable
     addresses are left out."""
-    result: list[str] = []
-    for text in addrs:
-        endpoint = _tcp_endpoint(text)
-        if endpoint is None or endpoint[1].is_unspecified:
-            continue
-        family, ip, port = endpoint
-        addr = f"/{family}/{ip}/tcp/{port}"
-        if addr not in result:
-            result.append(addr)
-    return result
+    return _plain(addrs, _tcp_endpoint, "tcp/{port}")
 
 
 def worth_a_direct_dial(addrs: Iterable[str]) -> list[str]:
