@@ -246,7 +246,7 @@ def pending_action(data_dir: Path) -> str | None:
     the data dir is half converted until it is run again; None if none is."""
     try:
         text = (data_dir / PENDING_FILE).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no marker, or no data dir to convert
         return None
     except (OSError, UnicodeDecodeError):
         return "set"  # unreadable: the safe reading (set again finishes or fails clearly)
