@@ -18,7 +18,8 @@ from p2pchat.node.wire.chat import ChatText, PrivateText, encode_inner_text, new
 from p2pchat.node.wire.dm import RoomKey
 from p2pchat.roles.peer.events import ChatEvent, NoticeEvent
 from p2pchat.roles.peer.group_crypto import GroupKeys
-from p2pchat.roles.peer.private_rooms import PrivateRooms
+from p2pchat.roles.peer.held_keys import HeldKeys
+from p2pchat.roles.peer.private_rooms import PrivateRoom, PrivateRooms
 
 from tests.peer_ids import fresh_peer_id
 
@@ -123,10 +124,10 @@ async def test_keys_from_strangers_and_invitations_over_the_bounds_are_refused(
     await rooms.received(carol, invitation(carol, alice_keys, bob, alice, mallory, topic=ROOM[:-2]))
     await rooms.received(carol, invitation(carol, alice_keys, bob, topic="lobby"))
     await rooms.received(carol, invitation(carol, alice_keys, alice, topic="private-" + "22" * 16))
-    await rooms.received(mallory, RoomKey(ROOM, session_id="x", session_key="y"))
+    await rooms.received(mallory, RoomKey(ROOM, session_id="x", session_key="y"))  # held
     seen.ignored.add(carol)
     await rooms.received(carol, invitation(carol, alice_keys, bob, topic="private-" + "33" * 16))
-    assert seen.dropped == Counter(too_many_rooms=1, invalid=2, not_member=2, ignored=1), (
+    assert seen.dropped == Counter(too_many_rooms=1, invalid=2, not_member=1, ignored=1), (
         seen.dropped
     )
     assert rooms.topics() == [ROOM]
@@ -224,3 +225,70 @@ async def test_an_invitation_from_a_member_counts_against_that_inviter(store: St
     alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
     await rooms.received(alice, invitation(alice, alice_keys, dave, topic=third))
     assert rooms.is_private(third)  # the creator's count is its own
+
+
+def sealed_by(keys: GroupKeys, text: str) -> tuple[ChatText, PrivateText]:
+    inner = ChatText(new_message_id(), ROOM, "anon", text, 1_700_000_000_000)
+    session_id, ciphertext = keys.encrypt(ROOM, encode_inner_text(inner))
+    return inner, PrivateText(inner.id, ROOM, inner.sent_at_ms, session_id, ciphertext)
+
+
+async def test_a_newcomers_key_that_outruns_the_list_naming_it_is_held_and_taken(
+    store: Store,
+) -> None:
+    """Bob invites Carol: Carol's key reaches Alice before Bob's list does. Alice holds it,
+    takes it when the list comes (no drop, not asked again) and reads Carol's first words."""
+    alice, bob, carol = (fresh_peer_id() for _ in range(3))
+    carol_keys = GroupKeys(store.namespace("carol"), carol, 256)
+    rooms, seen = member(store, alice)
+    rooms._put(PrivateRoom(ROOM, "club", alice, [alice, bob]))
+    await rooms.received(carol, RoomKey(ROOM, "", "", (), *carol_keys.share(ROOM), True))
+    assert not seen.dropped and not seen.keys_sent
+    await rooms.received(bob, RoomKey(ROOM, "club", alice, (alice, bob, carol)))
+    assert [(peer, key.want_key) for peer, key in seen.keys_sent] == [(carol, False)]
+    inner, text = sealed_by(carol_keys, "hello from the newcomer")
+    assert rooms.reveal(text, carol, ROOM) == inner
+    assert not seen.dropped
+
+
+async def test_a_members_key_that_outruns_the_invitation_is_held_and_taken(store: Store) -> None:
+    """Alice (told of Dave by Bob) gives Dave her key before Bob's invitation reaches him:
+    Dave holds it, and on joining takes it instead of asking Alice for it."""
+    alice, bob, dave = (fresh_peer_id() for _ in range(3))
+    alice_keys = GroupKeys(store.namespace("alice"), alice, 256)
+    bob_keys = GroupKeys(store.namespace("bob"), bob, 256)
+    rooms, seen = member(store, dave)
+    await rooms.received(alice, RoomKey(ROOM, "", "", (), *alice_keys.share(ROOM), True))
+    assert not seen.dropped and not rooms.is_private(ROOM)
+    await rooms.received(
+        bob, RoomKey(ROOM, "club", alice, (alice, bob, dave), *bob_keys.share(ROOM), True)
+    )
+    assert sorted((peer, key.want_key) for peer, key in seen.keys_sent) == sorted(
+        [(alice, False), (bob, False)]
+    )
+    inner, text = sealed_by(alice_keys, "welcome")
+    assert rooms.reveal(text, alice, ROOM) == inner
+    assert not seen.dropped
+
+
+def test_held_keys_expire_and_are_bounded_each_given_up_counted_once() -> None:
+    given_up: list[tuple[str, str]] = []
+    now = [0.0]
+    held = HeldKeys(
+        lambda topic, peer: given_up.append((topic, peer)),
+        limit=3,
+        hold_for=60.0,
+        clock=lambda: now[0],
+    )
+    peers = [fresh_peer_id() for _ in range(5)]
+    for peer in peers[:4]:
+        held.hold(peer, RoomKey(ROOM, session_id="s", session_key="k"))
+    assert len(held) == 3 and given_up == [(ROOM, peers[0])]  # the oldest made room
+    held.hold(peers[1], RoomKey(ROOM, session_id="s2", session_key="k2"))  # replaces, no drop
+    assert len(held) == 3 and len(given_up) == 1
+    now[0] = 61.0
+    assert held.claim(ROOM, peers[1]) is None  # expired: the rest given up, in order
+    assert given_up == [(ROOM, p) for p in (peers[0], peers[2], peers[3], peers[1])]
+    held.hold(peers[4], RoomKey(ROOM, session_id="s", session_key="k"))
+    held.forget(ROOM)  # left the room: gone, not counted
+    assert len(held) == 0 and len(given_up) == 4

@@ -13,7 +13,9 @@ Olm session of the direct messages (a ``PrivateRoomKey`` in a ``DmPlaintext``, s
 like a DM, never shown). Every member
 has its own outbound session: a member that learns of a newcomer gives it its key (and asks
 for the newcomer's), and a newcomer gives every member its key (and asks for theirs), so each
-pair ends up with the other's key whichever message arrives first. A list from a member other
+pair ends up with the other's key whichever message arrives first; a key that outruns the list
+or invitation naming its sender is held until that comes (:mod:`~p2pchat.roles.peer.held_keys`),
+not dropped, so the newcomer's first words are readable. A list from a member other
 than the creator only adds (the peers in it the receiver does not count as members yet); only
 the creator's list removes, so a creator's list sent before it learned of a member's newcomer
 removes that newcomer (the window of one DM's delivery; the inviter can invite it again).
@@ -64,6 +66,7 @@ from p2pchat.node.wire.dm import RoomKey
 from p2pchat.node.wire.room_names import is_peer_id
 from p2pchat.roles.peer.events import ChatEvent, ErrorEvent, NoticeEvent, OutputEvent
 from p2pchat.roles.peer.group_crypto import GroupDrop, GroupKeys
+from p2pchat.roles.peer.held_keys import HeldKeys
 
 NAMESPACE = "private"  # of the node's store: one key per private room (topic -> JSON)
 TOPIC_PREFIX = "private-"
@@ -144,6 +147,8 @@ class PrivateRooms:
         self._refusals = refusals
         self._last_sent_ms = 0
         self._rooms: dict[str, PrivateRoom] = {}
+        # A newcomer's key may outrun the list (or the invitation) naming it: held, not lost.
+        self._held = HeldKeys(lambda topic, peer: self._dropped("not_member", topic, peer))
         for key, value in list(keys.items()):
             try:
                 record = json.loads(value)
@@ -280,6 +285,7 @@ class PrivateRooms:
 
     async def forget(self, topic: str) -> None:
         """This peer left ``topic``: its keys and record go (an invite brings it back)."""
+        self._held.forget(topic)
         if self._rooms.pop(topic, None) is not None:
             self._keys.delete(topic.encode())
             self._group.forget(topic)
@@ -380,19 +386,34 @@ class PrivateRooms:
             room = await self._invited(peer, key)  # by a member other than the creator
             if room is None:
                 return
+        elif (room is None or peer not in room.members) and key.session_key and not key.members:
+            self._held.hold(peer, key)  # taken when the list or invitation naming peer comes
+            return
         elif room is None or peer not in room.members:
             self._dropped("not_member", topic, peer)
             return
         elif key.members and not self._added_by_member(peer, key, room):
             return
-        if key.session_key:
-            try:
-                self._group.add_inbound(topic, peer, key.session_key)
-            except GroupDrop as drop:
-                self._dropped(drop.reason, topic, peer)
-                return
+        if key.session_key and not self._took_key(topic, peer, key):
+            return
         if key.want_key:
             self._send_key(peer, self._key_of(room))
+
+    def _took_key(self, topic: str, peer: str, key: RoomKey) -> bool:
+        """``peer``'s session key for ``topic`` taken; False (counted) if refused."""
+        try:
+            self._group.add_inbound(topic, peer, key.session_key)
+        except GroupDrop as drop:
+            self._dropped(drop.reason, topic, peer)
+            return False
+        return True
+
+    def _welcome(self, room: PrivateRoom, peer: str) -> None:
+        """``peer`` just became a member as this peer sees it: it gets this peer's key, and is
+        asked for its own unless that came first and was held."""
+        held = self._held.claim(room.topic, peer)
+        took = held is not None and self._took_key(room.topic, peer, held)
+        self._send_key(peer, self._key_of(room, want_key=not took))
 
     def _checked_list(self, sender: str, key: RoomKey) -> tuple[str, list[str]] | None:
         """The name and member list of a membership ``key`` from ``sender``, if well formed
@@ -444,7 +465,7 @@ class PrivateRooms:
         self._group.rotate(topic)
         for member in members:  # the newcomer's key, and theirs in return
             if member not in (self._me, inviter):
-                self._send_key(member, self._key_of(room, want_key=True))
+                self._welcome(room, member)
         self._emit(
             NoticeEvent(
                 "private_invited",
@@ -470,7 +491,7 @@ class PrivateRooms:
             room.members.extend(added)
             self._put(room)
         for peer in added:
-            self._send_key(peer, self._key_of(room, want_key=True))
+            self._welcome(room, peer)
             self._emit(self._member_notice(room, peer, "invited"))
         return True
 
@@ -500,7 +521,7 @@ class PrivateRooms:
                 self._emit(self._member_notice(room, peer, "removed"))
         for peer in added:
             if peer not in removed:
-                self._send_key(peer, self._key_of(room, want_key=True))
+                self._welcome(room, peer)
                 self._emit(self._member_notice(room, peer, "invited"))
         return room
 
