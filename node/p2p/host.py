@@ -137,6 +137,7 @@ from p2pchat.node.errors import P2PChatError, StartupError
 from p2pchat.node.p2p import (
     agent,
     dial_race,
+    identify_retry,
     inbound,
     inbound_streams,
     outbound,
@@ -288,6 +289,9 @@ class HostSettings:
     # never evicts besides this node's own (configured bootstrap and relay peers).
     peerstore: PeerstoreLimits = field(default_factory=PeerstoreLimits)
     protected_peers: Sequence[str] = ()
+    # Seconds before each new identify of a peer the library left unidentified (trap 44,
+    # :mod:`~p2pchat.node.p2p.identify_retry`); empty: never again.
+    identify_retry_schedule: Sequence[float] = identify_retry.RETRY_SCHEDULE
 
 
 # --- trap 1: guarded handlers -------------------------------------------------------------------
@@ -413,6 +417,19 @@ class _ConnectionNotifee(INotifee):  # type: ignore[misc]
         return None
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class _IdentifyRetryWatcher:
+    """Hands every connection opened to the identify retry (trap 44)."""
+
+    def __init__(self, retry: identify_retry.IdentifyRetry) -> None:
+        self._retry = retry
+
+    def connection_opened(self, info: ConnectionInfo) -> None:
+        self._retry.connection_opened(info.peer_id)
+
+    def connection_closed(self, info: ConnectionInfo) -> None:
         return None
 
 
@@ -698,6 +715,13 @@ class P2PHost:
         self._identify_watchers: list[Callable[[IdentifyReceived], None]] = []
         self._identified = trio.Event()  # set (and replaced) at each identify received
         _report_identify(self._host, self._identify_received)
+        self.identify_retry = identify_retry.IdentifyRetry(
+            lambda peer: bool(self.peer_protocols(peer)),
+            self.is_connected,
+            self._identify_again,
+            settings.identify_retry_schedule,
+        )
+        self.watch_connections(_IdentifyRetryWatcher(self.identify_retry))
         self.admission = Admission(
             replace(settings.connections, max_connections=settings.max_connections)
         )
@@ -769,6 +793,7 @@ class P2PHost:
         _ensure_ports_free(self._listen)
         async with self._host.run([]), trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep_peerstore)
+            self.identify_retry.start(nursery)
             try:
                 if listen:
                     await self.listen()
@@ -777,6 +802,12 @@ class P2PHost:
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
                     await self._close_listeners()
+
+    async def _identify_again(self, peer_id: str) -> None:
+        # The library's own identify of one peer (private, pinned by patches.WRITTEN_FOR): it
+        # records what the peer tells, reports it (``_report_identify``) and never raises for
+        # a failed identify.
+        await self._host._identify_peer(ID.from_base58(peer_id), reason="p2pchat-retry")
 
     async def _sweep_peerstore(self) -> None:
         """Trap 32: the library never removes a record; expired ones go here."""
