@@ -86,6 +86,36 @@ async def test_our_own_messages_reach_a_room_member_outside_the_mesh(tmp_path: P
         assert [message.data for message in batch] == [b"said as you joined"]
 
 
+async def test_a_subscription_that_came_before_our_stream_was_open_is_grafted_at_once(
+    tmp_path: Path,
+) -> None:
+    # Trap 45: the library grafts a newly subscribed peer at once, but not one whose
+    # subscription came while our own stream to it was being opened (QUIC under load); that
+    # waited for a heartbeat, and a go peer publishes to its mesh only: what it said before
+    # either side's heartbeat reached nobody (#20). No heartbeat runs here, and B never grafts
+    # by itself (degree_low 0): only A's GRAFT can put them in each other's mesh.
+    async with two_pubsubs(tmp_path) as (a_host, b_host, a, b):
+        for gossip in (a, b):
+            gossip._router.heartbeat_interval = 3600
+        b._router.degree_low = 0
+        await trio.sleep(1.5)  # the heartbeat under way ends; no other comes
+        await a.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+        await b.handle(NoDrops()).join("room", lambda data: None)  # type: ignore[arg-type]
+        a_id, b_id = ID.from_base58(a_host.peer_id), ID.from_base58(b_host.peer_id)
+        library_host = a._pubsub.host
+        open_stream = library_host.new_stream
+
+        async def after_their_subscription(peer_id: ID, protocols: list[str]) -> object:
+            if peer_id == b_id and any("meshsub" in p for p in protocols):
+                await wait_until(lambda: b_id in a._pubsub.peer_topics.get("room", ()), WAIT)
+            return await open_stream(peer_id, protocols)
+
+        library_host.new_stream = after_their_subscription
+        await a_host.connect(loopback_addr(b_host))
+        await wait_until(lambda: a_id in b._router.mesh.get("room", ()), WAIT)
+        assert b_id in a._router.mesh["room"]
+
+
 async def test_two_roles_share_a_topic_and_leaving_and_rejoining_leaves_no_dead_topic(
     tmp_path: Path,
 ) -> None:

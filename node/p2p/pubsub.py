@@ -55,6 +55,10 @@ What the library does by default, and what this module does instead:
 - (trap 31, not in the notes) a new peer's hello (our subscriptions) is built and written
   before the peer is listed among those a subscription is announced to: a topic joined or left
   in between never reached it -> sent once it is listed (:meth:`_ChatPubsub._handle_new_peer`);
+- (trap 45, not in the notes) the library grafts a peer when its subscription arrives, but not
+  one whose subscription arrived before our own stream to it was open: it waited for a
+  heartbeat, and a go peer (which publishes to its mesh only) sent its words meanwhile to
+  nobody -> grafted once our stream is open (:meth:`_ChatPubsub._graft_early_subscriber`);
 - (trap 27, not in the notes) with adaptive gossip off, the time of every message published
   or forwarded is kept forever (only the health check trims that list) -> dropped after each
   publish (:class:`_ChatGossipSub`);
@@ -511,6 +515,7 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         opened = self.peers.get(peer_id)
         if opened is not None and opened is not before:
             self.outbound_counts.opened(opened)
+            self._graft_early_subscriber(peer_id)
         queue = self.peer_queues.get(peer_id)
         if queue is None or not touched:
             return
@@ -522,6 +527,18 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
             ]
         )
         queue.push(update, priority=True)
+
+    def _graft_early_subscriber(self, peer_id: ID) -> None:
+        # Trap 45 (not in the notes): the library grafts a peer the moment its subscription
+        # to one of our topics arrives, if the mesh has room, but only a peer it has
+        # registered (our stream to it open): a subscription that arrived while our stream was
+        # being opened (QUIC under load) waited for a heartbeat, and the peer's may come
+        # first. go-libp2p-pubsub publishes only to its mesh (no flood publishing by default),
+        # so what a go peer said before either heartbeat reached nobody. Now registered, it is
+        # grafted as the library would have; the GRAFT follows the hello on the same stream.
+        for topic, peers in self.peer_topics.items():
+            if peer_id in peers and topic in self.topic_ids:
+                self.manager.run_task(self.router.on_peer_subscribed, peer_id, topic)
 
     async def subscribe(self, topic_id: str) -> Any:
         for touched in self._registering:
@@ -577,6 +594,9 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         after = origin_id in self.peer_topics.get(topic, ())
         if after and not before:
             self.subscription_events(TopicSubscribed(str(origin_id), topic))
+            router = self.router
+            if isinstance(router, _ChatGossipSub) and router.graft_newcomer(origin_id, topic):
+                self.manager.run_task(router.emit_graft, topic, origin_id)
         elif before and not after:
             self.subscription_events(TopicUnsubscribed(str(origin_id), topic))
 
@@ -832,6 +852,9 @@ class _PxState:
         return None
 
 
+_GOSSIPSUB_PROTOCOLS = (PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12)  # those we speak
+
+
 class _ChatGossipSub(GossipSub):  # type: ignore[misc]
     """GossipSub that sends IDONTWANT only for messages of at least :data:`IDONTWANT_MIN_BYTES`,
     and that does not keep a timestamp of every message forever.
@@ -871,6 +894,32 @@ class _ChatGossipSub(GossipSub):  # type: ignore[misc]
             scorer = ChatScorer(limits.scoring, observer=defence)
             scorer.track_topics(self.mesh.keys())  # only the rooms we are in are scored
             self.scorer = scorer
+
+    # -- a newcomer grafted at once --------------------------------------------------------------
+
+    def graft_newcomer(self, peer: ID, topic: str) -> bool:
+        """``peer`` just subscribed to ``topic``: whether it goes into our mesh now (the
+        caller sends the GRAFT), not at the next heartbeat. Yes when we are in the topic, our
+        mesh has fewer than ``degree_low`` peers, and the peer speaks GossipSub, is not in
+        backoff and is not scored below zero, as rust-libp2p does.
+
+        Why: go-libp2p-pubsub 0.19 publishes only to its mesh (flood publishing is off by
+        default), so a go peer that had heard our subscription but not grafted us yet (up to
+        a heartbeat, 1 s) sent what it published then to nobody, and gossip never brought it
+        to us either once we were grafted. Our GRAFT puts us in its mesh when it arrives."""
+        mesh = self.mesh.get(topic)
+        if mesh is None or peer in mesh or len(mesh) >= self.degree_low:
+            return False
+        if self.peer_protocol.get(peer) not in _GOSSIPSUB_PROTOCOLS:
+            return False
+        if self._check_back_off(peer, topic) or self._score(peer) < 0:
+            return False
+        mesh.add(peer)
+        self._notify_mesh_peer_added(peer, topic)
+        scorer = self.scorer
+        if isinstance(scorer, ChatScorer):
+            scorer.on_join_mesh(peer, topic)
+        return True
 
     # -- peer scoring and control-message bounds (#18) ----------------------------------------
 
