@@ -27,6 +27,10 @@
 //	ucget <peer id> <id>        fetch file <id> from the peer; replies with its size and SHA-256
 //
 // A failed command answers {"error": "..."}; the peer goes on.
+//
+// P2PCHAT_GO_PUBSUB_TRACE=<file> writes go-libp2p-pubsub's JSON event trace there (every RPC
+// sent, received and dropped, every GRAFT and PRUNE): what showed the go peer publishing before
+// its mesh held us, go-libp2p-pubsub publishing to its mesh only (README, go-libp2p over QUIC).
 package main
 
 import (
@@ -116,7 +120,18 @@ func main() {
 	})
 	h.SetStreamHandler(ucFileProtocol, ucServe)
 	ctx := context.Background()
-	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMessageSignaturePolicy(pubsub.StrictSign))
+	// go-libp2p-pubsub's defaults otherwise (flood publishing off among them), as a Go
+	// application would have them.
+	psOpts := []pubsub.Option{pubsub.WithMessageSignaturePolicy(pubsub.StrictSign)}
+	if trace := os.Getenv("P2PCHAT_GO_PUBSUB_TRACE"); trace != "" {
+		tracer, err := pubsub.NewJSONTracer(trace)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tracer:", err)
+			os.Exit(1)
+		}
+		psOpts = append(psOpts, pubsub.WithEventTracer(tracer))
+	}
+	ps, err := pubsub.NewGossipSub(ctx, h, psOpts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gossipsub:", err)
 		os.Exit(1)
