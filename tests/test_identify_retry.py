@@ -13,6 +13,7 @@ import trio
 from libp2p.identity.identify import identify as identify_module
 from libp2p.network.stream.net_stream import INetStream
 from p2pchat.node.p2p.host import HostSettings, IdentifyReceived, P2PHost
+from p2pchat.node.p2p.identify_retry import IdentifyRetry
 from p2pchat.node.p2p.identity import load_or_create_identity
 
 from tests.test_host import RecordingObserver, loopback_addr, wait_until
@@ -83,3 +84,20 @@ async def test_a_peer_identified_or_gone_is_not_asked_again(tmp_path: Path) -> N
         await wait_until(lambda: a.peer_protocols(b.peer_id))
         await trio.sleep(1.0)  # past the whole schedule
         assert a.identify_retry.retried == 0
+
+
+async def test_watches_are_bounded_and_each_ends_with_its_schedule() -> None:
+    """At most ``max_watches`` peers are watched at once: connections from peers coming and
+    going faster than the schedule ends cannot pile watches up."""
+    asked: list[str] = []
+
+    async def identify(peer: str) -> None:
+        asked.append(peer)
+
+    retry = IdentifyRetry(lambda peer: False, lambda peer: True, identify, (0.2,), max_watches=2)
+    async with trio.open_nursery() as nursery:
+        retry.start(nursery)
+        for peer in ("p1", "p2", "p3", "p1"):
+            retry.connection_opened(peer)
+        assert retry.watching == 2 and retry.unwatched == 1
+    assert sorted(asked) == ["p1", "p2"] and retry.watching == 0

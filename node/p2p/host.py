@@ -720,6 +720,7 @@ class P2PHost:
             self.is_connected,
             self._identify_again,
             settings.identify_retry_schedule,
+            max_watches=settings.max_connections,
         )
         self.watch_connections(_IdentifyRetryWatcher(self.identify_retry))
         self.admission = Admission(

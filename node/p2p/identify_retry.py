@@ -11,9 +11,10 @@ nothing else learns its addresses.
 :class:`IdentifyRetry` watches every connection opened: a peer still connected and not
 identified ``schedule[0]`` seconds later is identified again, through the library's own
 identify, and again after each further delay of the schedule; then it is left alone. One
-watch per peer at a time (a second connection of a peer being watched adds nothing), so the
-watches are bounded by the connections the host admits, and each ends within the schedule's
-sum plus one identify's deadline per attempt.
+watch per peer at a time (a second connection of a peer being watched adds nothing), at most
+``max_watches`` at once (the host's connection limit: peers connecting and leaving faster than
+the watches end cannot pile them up; a connection past it is not watched), and each ends
+within the schedule's sum plus one identify's deadline per attempt.
 """
 
 from __future__ import annotations
@@ -47,14 +48,22 @@ class IdentifyRetry:
         connected: Callable[[str], bool],
         identify: Callable[[str], Awaitable[None]],
         schedule: Sequence[float] = RETRY_SCHEDULE,
+        max_watches: int = 300,
     ) -> None:
         self._identified = identified
         self._connected = connected
         self._identify = identify
         self._schedule = tuple(schedule)
+        self._max_watches = max_watches
         self._watched: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.retried = 0  # identifies made again (after the library's own failed)
+        self.unwatched = 0  # connections not watched: max_watches were being watched
+
+    @property
+    def watching(self) -> int:
+        """Peers being watched now."""
+        return len(self._watched)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Watch connections from now on, each watch a task of ``nursery`` (the host's)."""
@@ -63,6 +72,9 @@ class IdentifyRetry:
     def connection_opened(self, peer: str) -> None:
         """A connection to ``peer`` opened (called by the host's connection watcher)."""
         if self._nursery is None or not self._schedule or peer in self._watched:
+            return
+        if len(self._watched) >= self._max_watches:
+            self.unwatched += 1
             return
         self._watched.add(peer)
         self._nursery.start_soon(self._watch, peer)
