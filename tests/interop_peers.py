@@ -283,21 +283,33 @@ def start_peer(started: list[Any], impl: str, *args: str) -> PubsubCommandPeer:
 
 
 WS = "/ip4/127.0.0.1/tcp/0/ws"
+QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
 WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket beside TCP
-LABEL = {"tcp": "tcp", "ws": "websocket"}  # in libp2p_swarm_connections_opened_total
+# The transports each implementation's peer is tested over (QUIC: go's quic-go so far).
+TRANSPORTS = {"go": ("tcp", "ws", "quic"), "rust": ("tcp", "ws")}
+# Transport labels in libp2p_swarm_connections_opened_total.
+LABEL = {"tcp": "tcp", "ws": "websocket", "quic": "quic"}
 
 
 def listening_on(impl: str, transport: str) -> tuple[str, ...]:
     """The arguments that make the ``impl`` peer listen on ``transport`` only."""
-    return (*WS_ARGS[impl], "-listen", WS) if transport == "ws" else ()
+    if transport == "ws":
+        return (*WS_ARGS[impl], "-listen", WS)
+    return ("-listen", QUIC) if transport == "quic" else ()
+
+
+def p2pchat_listening_on(transport: str) -> tuple[str, ...]:
+    """The arguments that make a p2pchat peer listen where ``transport`` can reach it: its
+    default listen set has TCP and WebSocket; for QUIC, QUIC only."""
+    return ("--listen", QUIC) if transport == "quic" else ()
 
 
 def only_over(node: NodeProcess, transport: str) -> None:
     """Every direct connection ``node`` opened or accepted went over ``transport``."""
     opened = "libp2p_swarm_connections_opened_total"
-    other = "tcp" if transport == "ws" else "ws"
     assert node.metric(opened, transport=LABEL[transport]) >= 1
-    assert node.metric(opened, transport=LABEL[other]) == 0
+    for other in LABEL.keys() - {transport}:
+        assert node.metric(opened, transport=LABEL[other]) == 0, other
 
 
 def chat_peer(path: Path, nodes: list[NodeProcess], *args: str, **env: str) -> NodeProcess:

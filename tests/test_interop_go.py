@@ -25,12 +25,14 @@ from tests.interop_peers import (
     GO_DIR,
     GO_PEER,
     ROOM,
+    TRANSPORTS,
     WAIT,
     WS_ARGS,
     GoPeer,
     chat_peer,
     go_peers,
     only_over,
+    p2pchat_listening_on,
     sees_peer,
 )
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind
@@ -52,7 +54,7 @@ def go_peer(go_peers: list[GoPeer], *args: str) -> GoPeer:
 
 @pytest.mark.parametrize(
     "transport",
-    [pytest.param(t, marks=pytest.mark.interop("go", t, "relay-ours")) for t in ("tcp", "ws")],
+    [pytest.param(t, marks=pytest.mark.interop("go", t, "relay-ours")) for t in TRANSPORTS["go"]],
 )
 def test_a_p2pchat_relay_serves_a_go_client(
     tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer], transport: str
@@ -63,7 +65,12 @@ def test_a_p2pchat_relay_serves_a_go_client(
     # between go and B. Chat between them crosses the relay's own direct connections, as the
     # relay is also a peer in the room (README, go-libp2p).
     relay = start_node(
-        tmp_path / "relay", "--role", "relay,peer", "--json", env=node_env(**CHAT_FRIENDLY)
+        tmp_path / "relay",
+        "--role",
+        "relay,peer",
+        "--json",
+        *p2pchat_listening_on(transport),
+        env=node_env(**CHAT_FRIENDLY),
     )
     nodes.append(relay)
     go = go_peer(go_peers, *(WS_ARGS["go"] if transport == "ws" else ()))

@@ -5,8 +5,9 @@ The go peer (tests/interop/go) and the rust peer (tests/interop/rust) speak one 
 protocol, JSON lines over stdin/stdout (tests/interop_peers.py), and each says its
 ``sender_name`` is its implementation's name. Real processes on 127.0.0.1: chat both ways over
 a direct connection, their hub between two p2pchat peers and a p2pchat hub between them and
-p2pchat, a history query answered to them, their relay serving two p2pchat peers, and chat
-both ways over WebSocket (/ws), each side dialling. What
+p2pchat, a history query answered to them, their relay serving two p2pchat peers (each over
+TCP, WebSocket and, with go, QUIC: ``TRANSPORTS``), and chat both ways over WebSocket (/ws),
+each side dialling. What
 differs between the two (a p2pchat relay serving them: go-libp2p-pubsub runs no GossipSub on a
 limited connection, rust-libp2p does) stays in tests/test_interop_go.py and
 tests/test_interop_rust.py.
@@ -23,6 +24,7 @@ from tests.conftest import NodeProcess
 from tests.interop_peers import (
     IMPLEMENTATIONS,
     ROOM,
+    TRANSPORTS,
     WAIT,
     WS,
     LineDrivenPeer,
@@ -31,6 +33,7 @@ from tests.interop_peers import (
     line_peers,
     listening_on,
     only_over,
+    p2pchat_listening_on,
     sees_peer,
     start_peer,
 )
@@ -49,7 +52,8 @@ def each_implementation(feature: str, transport: str = "tcp") -> list[Any]:
 
 
 def each_implementation_and_transport(feature: str) -> list[Any]:
-    """(impl, transport) parameters over TCP and WebSocket, each marked with its cell."""
+    """(impl, transport) parameters over each transport of ``TRANSPORTS``, each marked with its
+    cell."""
     return [
         pytest.param(
             impl,
@@ -58,7 +62,7 @@ def each_implementation_and_transport(feature: str) -> list[Any]:
             id=f"{impl}-{transport}",
         )
         for impl in IMPLEMENTATIONS
-        for transport in ("tcp", "ws")
+        for transport in TRANSPORTS[impl]
     ]
 
 
@@ -146,10 +150,12 @@ def test_a_p2pchat_hub_between_them_and_p2pchat(
     impl: str,
     transport: str,
 ) -> None:
-    hub = chat_peer(tmp_path / "hub", nodes)
+    hub = chat_peer(tmp_path / "hub", nodes, *p2pchat_listening_on(transport))
     them = start_peer(line_peers, impl, *listening_on(impl, transport))
     them.run(f"dial {hub.addr(transport)}", "dialed")
-    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr(transport))
+    p = chat_peer(
+        tmp_path / "p", nodes, *p2pchat_listening_on(transport), "--bootstrap", hub.addr(transport)
+    )
     sees_peer(p, hub.peer_id)
     wait_members(p, 1)
     wait_members(hub, 2)
@@ -173,7 +179,7 @@ def test_history_is_answered_to_them(
     impl: str,
     transport: str,
 ) -> None:
-    a = chat_peer(tmp_path / "a", nodes)
+    a = chat_peer(tmp_path / "a", nodes, *p2pchat_listening_on(transport))
     them = start_peer(line_peers, impl, *listening_on(impl, transport))
     them.run(f"dial {a.addr(transport)}", "dialed")
     wait_members(a, 1)
@@ -220,7 +226,7 @@ def two_p2pchat_peers_chat_through(
         P2PCHAT_HOLEPUNCH__ENABLED="false",
     )
     addrs = logged(a, "relay reservation", relay=relay.peer_id)["addrs"]
-    circuit = next(x for x in addrs if x.startswith("/ip4/127.0.0.1/tcp/"))
+    circuit = next(x for x in addrs if x.startswith("/ip4/127.0.0.1/"))
     b = chat_peer(tmp_path / "b", nodes, "--bootstrap", f"{circuit}/p2p/{a.peer_id}")
     # Their libraries' default relay limits (2 min, 128 KiB per circuit) are what it gets.
     chat_both_ways(a, b, f"through a {impl} relay", "and back through it")
