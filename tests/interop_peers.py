@@ -220,6 +220,11 @@ class RustPeer(PubsubCommandPeer):
 JS_DIR = ROOT / "tests" / "interop" / "js"
 
 
+# js-libp2p dials WebSocket with the global WebSocket, which Node 22 has and Node 20 (this
+# machine kind's) has behind this flag; without it, every /ws dial of a js peer failed.
+NODE = ("node", "--experimental-websocket")
+
+
 class JsPeer(LineDrivenPeer):
     """tests/interop/js/peer.mjs (js-libp2p, GossipSub): ``publish <hex>`` and ``dial <ma>``;
     received messages as ``{"message": {"from", "topic", "data_hex"}}``. Its packages come from
@@ -228,7 +233,7 @@ class JsPeer(LineDrivenPeer):
     name = "js peer"
 
     def __init__(self, *args: str) -> None:
-        super().__init__(["node", str(JS_DIR / "peer.mjs"), ROOM, *args], cwd=JS_DIR)
+        super().__init__([*NODE, str(JS_DIR / "peer.mjs"), ROOM, *args], cwd=JS_DIR)
 
     def publish(self, data: bytes) -> None:
         self.send(f"publish {data.hex()}")
@@ -242,7 +247,7 @@ class JsPunchPeer(LineDrivenPeer):
 
     def __init__(self, netns: str | None, *args: str) -> None:
         super().__init__(
-            ["node", str(JS_DIR / "punch.mjs"), "--topic", ROOM, *args],
+            [*NODE, str(JS_DIR / "punch.mjs"), "--topic", ROOM, *args],
             netns=netns,
             cwd=JS_DIR,
             env={"DEBUG": "libp2p:dcutr*"},

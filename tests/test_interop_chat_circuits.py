@@ -37,7 +37,7 @@ import pytest
 from p2pchat.node.wire.chat import ChatText, encode, new_message_id
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
-from tests.interop_peers import ROOM, JsPunchPeer
+from tests.interop_peers import ROOM, JsPunchPeer, only_over
 from tests.test_autorelay import (
     command,
     connection_kind,
@@ -205,6 +205,29 @@ def test_js_gossips_over_a_chat_circuit_of_a_p2pchat_relay(
     assert connection_kind(b, js.peer_id) == "relayed"
     assert relay.metric("p2pchat_relay_bytes_total", entry=LOOPBACK) > 0
     assert relay.metric("p2pchat_relay_bytes_total", entry="other") == 0
+
+
+@pytest.mark.interop("js", "ws", "relay-ours")
+def test_js_reserves_on_a_p2pchat_relay_over_websocket(
+    tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+) -> None:
+    # js-libp2p dials the relay's /ws address (Node 20's WebSocket, tests/interop_peers.py
+    # NODE), reserves a slot there, and B reaches it through the circuit, over WebSocket too.
+    relay = _relay(tmp_path / "relay", nodes, [LOOPBACK])
+    js = JsPunchPeer(None, "--listen", "127.0.0.1", "--reserve", relay.addr("ws"))
+    js_peers.append(js)
+    circuit = next(
+        a
+        for a in js.next(lambda e: "reservation" in e, timeout=WAIT)["reservation"]["addrs"]
+        if a.startswith("/ip4/127.0.0.1/tcp/") and "/ws/" in a
+    )
+    b = unreachable_peer(tmp_path / "b", nodes, circuit)
+    b.next_event(lambda e: e["type"] == "connection" and e["peer"] == js.peer_id, timeout=WAIT)
+    assert connection_kind(b, js.peer_id) == "relayed"
+    wait_members(b, 1)
+    _chat_round(b, js, "through a relay reached over websocket")
+    assert relay.metric("p2pchat_relay_reservations") == 1
+    only_over(relay, "ws")  # js's reservation and B's circuit both came in over WebSocket
 
 
 @pytest.mark.parametrize("role", ROLES)

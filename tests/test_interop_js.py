@@ -164,11 +164,7 @@ def js_listening_on(transport: str, *args: str) -> tuple[str, ...]:
 
 
 def joined_by(js: JsPeer, transport: str, path: Path, nodes: list[NodeProcess]) -> NodeProcess:
-    """A p2pchat peer connected to ``js`` over ``transport``: js dials it over TCP; over
-    WebSocket the p2pchat peer dials js (js-libp2p dials WebSocket with Node 22's global
-    WebSocket, which Node 20, this machine's, lacks)."""
-    if transport == "ws":
-        return chat_peer(path, nodes, "--bootstrap", js.addr)
+    """A p2pchat peer that ``js`` dialled over ``transport``."""
     node = chat_peer(path, nodes)
     js.run(f"dial {node.addr(transport)}", "dialed")
     return node

@@ -1,12 +1,14 @@
 // A js-libp2p peer for p2pchat's hole-punching interop test (tests/test_interop_js_dcutr.py):
 // TCP, Noise, Yamux, identify, GossipSub (StrictSign) on one topic, the circuit relay v2
-// transport and js-libp2p's own DCUtR service. Run it inside a network namespace.
+// transport and js-libp2p's own DCUtR service, and WebSocket for dialling (a relay's /ws
+// address). Run it inside a network namespace.
 //
 // usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
 //                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
 //                       [--pubsub-on-limited] [--keep-relayed] [--never-reopen]
 //   --listen IP        listen on /ip4/IP/tcp/0
-//   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay
+//   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay (TCP
+//                      or WebSocket)
 //   --dial CIRCUIT_MA  once ready, dial that (relayed) address
 //   --dial-port PORT   every outbound TCP dial leaves from local port PORT (see below)
 //   --announce MA      announce MA besides the listen and circuit addresses
@@ -37,6 +39,7 @@
 import './node20.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
@@ -131,6 +134,8 @@ const node = await createLibp2p({
   transports: [
     // localPort is a net.connect option; @libp2p/tcp passes dialOpts through to it
     tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
+    // Dials only (it listens on TCP): a relay reached at a /ws address.
+    webSockets(),
     circuitRelayTransport()
   ],
   connectionEncrypters: [noise()],
