@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.chat import cpu_seconds, percentile
+from tests.bench.relayed_pair import relayed_pair
 from tests.conftest import NodeProcess, node_env, start_node
-from tests.test_autorelay import CHAT_FRIENDLY, dead_port, tcp_circuit
+from tests.test_autorelay import CHAT_FRIENDLY
 
 COUNT = int(os.environ.get("BENCH_DM_COUNT", "200"))
 INTERVAL = 0.1  # a DM every 100 ms: each is delivered (~ms) long before the next
@@ -138,34 +139,7 @@ def relayed() -> dict[str, Any]:
         try:
             # Circuits without go-libp2p's 2 min / 128 KiB limit: this measures a DM's way
             # through a relay, not a circuit's renewal (tests.bench.relayed_chat measures that).
-            relay = start_node(base / "relay", "--role", "relay", env=node_env(**CHAT_FRIENDLY))
-            nodes.append(relay)
-            a = start_node(
-                base / "a",
-                "--json",
-                env=node_env(
-                    P2PCHAT_AUTORELAY__MODE="on",
-                    P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
-                    P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-                    P2PCHAT_HOLEPUNCH__ENABLED="false",
-                ),
-                read_output=False,
-            )
-            nodes.append(a)
-            circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
-            b = start_node(
-                base / "b",
-                "--json",
-                "--bootstrap",
-                circuit,
-                env=node_env(
-                    P2PCHAT_AUTORELAY__MODE="off",
-                    P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-                    P2PCHAT_HOLEPUNCH__ENABLED="false",
-                ),
-                discard_output=True,
-            )
-            nodes.append(b)
+            _, a, b = relayed_pair(base, nodes, relay_env=CHAT_FRIENDLY, b_discards_output=True)
             result = _measure(b, a, Shown(a), "relayed")
             circuits = b.metric("libp2p_swarm_connections_opened_total", transport="p2p-circuit")
             return {

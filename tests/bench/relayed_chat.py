@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.bench.relayed_pair import relayed_pair
+from tests.conftest import NodeProcess
 from tests.relayed_conversation import (
     Scenario,
     Side,
@@ -42,7 +43,8 @@ from tests.relayed_conversation import (
     faults,
     summary,
 )
-from tests.test_autorelay import dead_port, tcp_circuit
+
+BURSTY = {"P2PCHAT_PUBSUB__SENDER_BURST": "100"}  # the 50-message burst, with room
 
 SCENARIO = Scenario(
     seconds=float(os.environ.get("BENCH_RELAYED_SECONDS", "180")),
@@ -51,53 +53,11 @@ SCENARIO = Scenario(
 )
 
 
-def relayed_pair(base: Path, nodes: list[NodeProcess], **relay_env: str) -> tuple[NodeProcess, ...]:
-    """(relay, A, B): B reaches A only through the relay, over as many circuits as it takes."""
-    relay = start_node(base / "relay", "--role", "relay", env=node_env(**relay_env))
-    nodes.append(relay)
-    unreachable = {
-        "P2PCHAT_HOLEPUNCH__ENABLED": "false",
-        "P2PCHAT_PUBSUB__SENDER_BURST": "100",  # the 50-message burst, with room
-    }
-    a = start_node(
-        base / "a",
-        "--json",
-        env=node_env(
-            P2PCHAT_AUTORELAY__MODE="on",
-            P2PCHAT_AUTORELAY__RELAYS=relay.addr(),
-            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-            **unreachable,
-        ),
-        read_output=False,
-    )
-    nodes.append(a)
-    circuit = f"{tcp_circuit(a, relay)}/p2p/{a.peer_id}"
-    b = start_node(
-        base / "b",
-        "--json",
-        "--bootstrap",
-        circuit,
-        env=node_env(
-            P2PCHAT_AUTORELAY__MODE="off",
-            P2PCHAT_NODE__ANNOUNCE=f"/ip4/127.0.0.1/tcp/{dead_port()}",
-            **unreachable,
-        ),
-        read_output=False,
-    )
-    nodes.append(b)
-    deadline = time.monotonic() + 60
-    while a.metric("p2pchat_room_peers") < 1 or b.metric("p2pchat_room_peers") < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the relayed pair did not form")
-        time.sleep(0.2)
-    return relay, a, b
-
-
 def relayed_conversation() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
         nodes: list[NodeProcess] = []
         try:
-            relay, a, b = relayed_pair(Path(tmp), nodes)
+            relay, a, b = relayed_pair(Path(tmp), nodes, peer_env=BURSTY)
             report = summary(converse(a, b, SCENARIO))
             figures = circuit_figures(relay, (a, b), report["messages"])
             messages = report["messages"]
@@ -189,7 +149,12 @@ def relayed_overhead() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
         nodes: list[NodeProcess] = []
         try:
-            relay, a, b = relayed_pair(Path(tmp), nodes, P2PCHAT_RELAY__CHAT_PEERS="127.0.0.1/32")
+            relay, a, b = relayed_pair(
+                Path(tmp),
+                nodes,
+                relay_env={"P2PCHAT_RELAY__CHAT_PEERS": "127.0.0.1/32"},
+                peer_env=BURSTY,
+            )
             receiver = Side(b, "B")
             stop = threading.Event()
             threading.Thread(target=receiver.read, args=(stop,), daemon=True).start()
