@@ -24,6 +24,14 @@ takes observed addresses (one observer is enough for hole punching) only when th
 (``manet.IsPublicAddr``): the lab's internet is :data:`INTERNET`, a range it counts as public;
 no namespace has a route out of the lab, so nothing is sent beyond it. It dials from its
 listening port (SO_REUSEPORT), so a port-preserving NAT maps it to that port.
+
+Over QUIC (``[quic-...]``, #20 must-have 2): both peers listen on TCP and QUIC, and the lab's
+routers drop TCP between each other (``block_tcp_between_nats``), so the direct connection can
+only be a punched QUIC one. go-libp2p punches QUIC from its listen socket (quic-go reuses it)
+and sends random packets from it on the other side, as p2pchat does (node/p2p/quic_punch.py).
+go-libp2p's CONNECT names no QUIC address here (it offers only public addresses, and it learnt
+its NAT's address for TCP only: the relay saw it over TCP), so p2pchat punches the QUIC listen
+port its identify named at the IP its CONNECT names (``direct.with_listen_ports``).
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import NodeProcess, start_node_in
-from tests.nat_lab import Lab, nat_lab
+from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind, logged
 from tests.test_chat import is_message, wait_members
+from tests.test_holepunch_quic import quic_peer
 from tests.test_interop_go import GoPeer, go_peers
 from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
 
@@ -73,12 +82,41 @@ def serves_dcutr(go: GoPeer) -> None:
         time.sleep(0.25)
 
 
+def _go(ip: str, netns: str, transport: str) -> GoPeer:
+    """The go peer with DCUtR, listening on TCP at ``ip`` (and QUIC with ``transport`` "quic")."""
+    listen = f"/ip4/{ip}/tcp/0" + (f",/ip4/{ip}/udp/0/quic-v1" if transport == "quic" else "")
+    return GoPeer("-holepunch", "-listen", listen, netns=netns)
+
+
+def _p2pchat(
+    netns: str,
+    ip: str,
+    path: Path,
+    nodes: list[NodeProcess],
+    transport: str,
+    *args: str,
+    **env: str,
+) -> NodeProcess:
+    """A p2pchat peer in ``netns`` at ``ip``, listening on QUIC too with ``transport`` "quic"."""
+    if transport == "quic":
+        return quic_peer(netns, ip, path, nodes, *args, **env)
+    return start_node_in(netns, ip, path, nodes, "--json", *args, **env)
+
+
 def _pair(
-    lab: Lab, tmp_path: Path, nodes: list[NodeProcess], go_peers: list[GoPeer], go_role: str
+    lab: Lab,
+    tmp_path: Path,
+    nodes: list[NodeProcess],
+    go_peers: list[GoPeer],
+    go_role: str,
+    transport: str = "tcp",
 ) -> tuple[NodeProcess, GoPeer, str, str]:
     """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
-    listener's circuit address. Returns (p2pchat, go, p2pchat's namespace, p2pchat's side)
+    listener's circuit address; both also listen on QUIC with ``transport`` "quic", and TCP
+    between the NATs is dropped. Returns (p2pchat, go, p2pchat's namespace, p2pchat's side)
     once the relayed connection is open."""
+    if transport == "quic":
+        block_tcp_between_nats(lab)
     relay = start_node_in(
         lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
     )
@@ -86,26 +124,26 @@ def _pair(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
     )
     if go_role == "go-listener":
-        go = GoPeer("-holepunch", "-listen", f"/ip4/{lab.listener_ip}/tcp/0", netns=lab.listener_ns)
+        go = _go(lab.listener_ip, lab.listener_ns, transport)
         go_peers.append(go)
         circuit = go.run(f"reserve {relay_addr}", "reserved")["circuit"]
         serves_dcutr(go)
-        py = start_node_in(
-            lab.dialer_ns, lab.dialer_ip, tmp_path / "py", nodes, "--json", "--bootstrap", circuit
+        py = _p2pchat(
+            lab.dialer_ns, lab.dialer_ip, tmp_path / "py", nodes, transport, "--bootstrap", circuit
         )
         py_ns, py_side = lab.dialer_ns, "receiver"
     else:
-        py = start_node_in(
+        py = _p2pchat(
             lab.listener_ns,
             lab.listener_ip,
             tmp_path / "py",
             nodes,
-            "--json",
+            transport,
             P2PCHAT_AUTORELAY__MODE="on",
             P2PCHAT_AUTORELAY__RELAYS=relay_addr,
         )
         logged(py, "relay reservation", relay=relay.peer_id)
-        go = GoPeer("-holepunch", "-listen", f"/ip4/{lab.dialer_ip}/tcp/0", netns=lab.dialer_ns)
+        go = _go(lab.dialer_ip, lab.dialer_ns, transport)
         go_peers.append(go)
         # Dialled at once: go-libp2p adds DCUtR to its protocols only once the relay told it
         # its public address, and says so in an identify push after the relayed connection's
@@ -119,10 +157,16 @@ def _pair(
 
 
 @pytest.mark.parametrize(
-    "go_role",
+    ("transport", "go_role"),
     [
-        pytest.param("go-dialer", marks=pytest.mark.interop("go", "tcp", "dcutr-they-dial")),
-        pytest.param("go-listener", marks=pytest.mark.interop("go", "tcp", "dcutr-we-dial")),
+        pytest.param(
+            transport,
+            role,
+            marks=pytest.mark.interop("go", transport, cell),
+            id=f"{transport}-{role}",
+        )
+        for transport in ("tcp", "quic")
+        for role, cell in (("go-dialer", "dcutr-they-dial"), ("go-listener", "dcutr-we-dial"))
     ],
 )
 def test_hole_punch_between_p2pchat_and_go_libp2p(
@@ -130,15 +174,18 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     tmp_path: Path,
     nodes: list[NodeProcess],
     go_peers: list[GoPeer],
+    transport: str,
     go_role: str,
 ) -> None:
-    py, go, py_ns, py_side = _pair(lab, tmp_path, nodes, go_peers, go_role)
+    py, go, py_ns, py_side = _pair(lab, tmp_path, nodes, go_peers, go_role, transport)
 
     punched = logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=go.peer_id)
     assert punched["side"] == py_side
     direct = go.next(_is_connection("open", py.peer_id, relayed=False), PUNCH_WAIT)
     assert not direct["connection"]["limited"]
-    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}/tcp/")
+    over = "/udp/" if transport == "quic" else "/tcp/"
+    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}{over}")
+    assert ("/quic-v1" in direct["connection"]["addr"]) == (transport == "quic")
 
     wait_members(py, 1)
     py.say("hello go, directly")
