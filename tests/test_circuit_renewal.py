@@ -51,16 +51,16 @@ def _shown(node: NodeProcess, texts: list[str], timeout: float) -> list[str]:
     """The texts among ``texts`` that ``node`` showed (each time it showed one), waiting until
     all were shown or ``timeout`` passed."""
     wanted = set(texts)
-    shown: list[str] = []
     deadline = time.monotonic() + timeout
-    while True:
-        # Accumulated: texts shown across several looks count together.
-        shown += [
-            e["text"] for e in node.drain_events() if e["type"] == "message" and e["text"] in wanted
-        ]
-        if set(shown) == wanted or time.monotonic() >= deadline:
+    while time.monotonic() < deadline:
+        shown = [e["text"] for e in node.drain_events() if e["type"] == "message"]
+        shown = [t for t in shown if t in wanted]
+        if set(shown) == wanted:
             return shown
         time.sleep(0.3)
+    return [
+        e["text"] for e in node.drain_events() if e["type"] == "message" and e["text"] in wanted
+    ]
 
 
 # 0.5: half the circuit (16 KiB, ~5 s at this pace) left for the renewal, so that none is late
