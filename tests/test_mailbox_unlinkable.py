@@ -150,3 +150,29 @@ async def test_a_flood_from_50_fresh_peer_ids_meets_the_address_group_bounds(
     assert x.metric("p2pchat_mailbox_refused_total", reason="rate") == 80
     assert x.metric("p2pchat_mailbox_letters") == 10
     assert NO_ROOM  # the archiver keeps no room of anyone's
+
+
+def test_a_failed_throwaway_dial_is_counted_never_made_from_the_own_identity(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """A is connected to the archiver as itself (it bootstraps through it), but its configured
+    address of the archiver is a dead port: the throwaway dial fails, counted; the letter is not
+    deposited over A's own connection instead (the archiver holds none), the message waits."""
+    x = archiver(tmp_path / "x", nodes)
+    host_port, peer = x.addr().rsplit("/p2p/", 1)
+    dead = f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"
+    assert host_port != "/ip4/127.0.0.1/tcp/1"
+    env = {"P2PCHAT_MAILBOX__ARCHIVERS": dead}
+    a = _chat_peer(tmp_path / "a", nodes, env, "--bootstrap", x.addr())
+    b = _chat_peer(tmp_path / "b", nodes, env, "--bootstrap", a.addr())
+    connected(a, b)
+    assert msg(a, b.peer_id, "hello while you are here", 1)["kind"] == "dm_delivered"
+    recipient = b.peer_id
+    assert b.stop() == 0
+    nodes.remove(b)
+    waiting = deposited(a, msg(a, recipient, "not through my own connection", 2))
+    assert waiting["kind"] == "dm_waiting" and waiting["data"]["deposited"] == 0, waiting
+    assert a.metric("p2pchat_dm_mail_routes_total", outcome="failed") >= 1
+    assert a.metric("p2pchat_dm_mail_deposits_total", outcome="failed") >= 1
+    assert x.metric("p2pchat_mailbox_deposits_total") == 0
+    assert x.metric("p2pchat_mailbox_letters") == 0
