@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import structlog
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
@@ -28,6 +29,8 @@ from p2pchat.node.p2p.identity import ephemeral_identity
 
 DIAL_TIMEOUT = 10.0  # the host's default dial timeout
 CLOSE_SECONDS = 5.0  # closing the connection when done
+
+log = structlog.get_logger("p2pchat.host.throwaway")
 
 
 class Throwaway:
@@ -84,23 +87,34 @@ class Throwaway:
         ``done`` is set."""
         done = trio.Event()
         direct = [addr for addr in full if "/p2p-circuit" not in addr]
-        async with self._slots:
-            host = P2PHost(ephemeral_identity(), self._settings, QuietObserver())
-            async with host.run():
-                try:
-                    if direct:  # raced together (QUIC and TCP: the host's dial race)
-                        await host.connect(direct[0], also=direct[1:])
-                    else:  # relayed only: through the first relay named
-                        await host.connect(full[0])
-                except DialError as error:
-                    task_status.started((error, done))  # raised by the caller: run()'s
-                    return  # nursery would wrap it
-                task_status.started((host, done))
-                await done.wait()
-                # Closed explicitly: leaving run() alone left the peer's side open until its
-                # handshake deadline (its inbound slot held, 15 s).
-                with trio.move_on_after(CLOSE_SECONDS):
-                    await host.disconnect(peer_id)
+        started = False
+        try:
+            async with self._slots:
+                host = P2PHost(ephemeral_identity(), self._settings, QuietObserver())
+                async with host.run():
+                    try:
+                        if direct:  # raced together (QUIC and TCP: the host's dial race)
+                            await host.connect(direct[0], also=direct[1:])
+                        else:  # relayed only: through the first relay named
+                            await host.connect(full[0])
+                    except DialError as error:
+                        started = True
+                        task_status.started((error, done))  # raised by the caller: run()'s
+                        return  # nursery would wrap it
+                    started = True
+                    task_status.started((host, done))
+                    await done.wait()
+                    # Closed explicitly: leaving run() alone left the peer's side open until
+                    # its handshake deadline (its inbound slot held, 15 s).
+                    with trio.move_on_after(CLOSE_SECONDS):
+                        await host.disconnect(peer_id)
+        except Exception as error:  # the library's host setup and teardown raise many types
+            # (and run()'s nursery groups them): a throwaway host must never take its caller,
+            # nor run()'s other hosts, down with it
+            if not started:
+                task_status.started((DialError(f"throwaway connection: {error!r}"), done))
+            else:
+                log.debug("throwaway connection closed uncleanly", error=repr(error))
 
 
 def _with_peer(addr: str, peer_id: str) -> str:
