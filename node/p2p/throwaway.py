@@ -123,10 +123,24 @@ def _with_peer(addr: str, peer_id: str) -> str:
 
 
 def known_addrs(host: P2PHost, peer_id: str) -> list[str]:
-    """The addresses ``host``'s peerstore holds for ``peer_id`` (its identify's listen
-    addresses, the DHT's, configuration's): where a throwaway connection dials it."""
+    """Where a throwaway connection dials ``peer_id``: first the addresses ``host``'s own
+    outbound direct connections to it use now (known to work; the swarm dials only the first
+    address of each transport, trap 28), then those its peerstore holds (identify's listen
+    addresses, the DHT's, configuration's), without the ``/p2p/`` suffix."""
     try:
-        addrs = host.libp2p_host.get_peerstore().addrs(ID.from_base58(peer_id))
+        peer = ID.from_base58(peer_id)
+        stored = [str(addr) for addr in host.libp2p_host.get_peerstore().addrs(peer)]
+        conns = host.libp2p_host.get_network().get_connections(peer)
     except (PeerStoreError, ValueError):
         return []
-    return [str(addr) for addr in addrs]
+    found: list[str] = []
+    for conn in conns:
+        if "outbound" not in str(getattr(conn, "direction", "")).lower():
+            continue  # an inbound connection's remote port is not one it listens on
+        try:
+            found += [str(addr) for addr in conn.get_transport_addresses()]
+        except Exception:  # the library's connection types raise their own when closing
+            continue
+    suffix = f"/p2p/{peer_id}"
+    found += [addr.removesuffix(suffix) for addr in stored]
+    return list(dict.fromkeys(found))
