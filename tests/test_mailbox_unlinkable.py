@@ -176,3 +176,40 @@ def test_a_failed_throwaway_dial_is_counted_never_made_from_the_own_identity(
     assert a.metric("p2pchat_dm_mail_deposits_total", outcome="failed") >= 1
     assert x.metric("p2pchat_mailbox_deposits_total") == 0
     assert x.metric("p2pchat_mailbox_letters") == 0
+
+
+async def test_throwaway_connections_open_at_once_are_bounded(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """``mailbox.route_parallel``: 8 requests at once through a Throwaway of 2 slots: never more
+    than 2 connections open at once (a slot is held until the close ends), all 8 made, each
+    from its own PeerId (the archiver names 8 throwaway PeerIds in its connection log)."""
+    x = archiver(tmp_path / "x", nodes)
+    route = Throwaway(parallel=2)
+    open_now = most = done = 0
+
+    async def one() -> None:
+        nonlocal open_now, most, done
+        async with route.connection(x.peer_id, [x.addr()]) as host:
+            open_now += 1
+            most = max(most, open_now)
+            assert host.is_connected(x.peer_id)
+            await trio.sleep(0.3)
+            open_now -= 1
+        done += 1
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(route.run)
+            async with trio.open_nursery() as requests:
+                for _ in range(8):
+                    requests.start_soon(one)
+            nursery.cancel_scope.cancel()
+    assert (most, done) == (2, 8)
+    await trio.sleep(1.0)
+    connected_ids = {
+        line.split('"remote": "')[1].split('"')[0]
+        for line in x.raw_stderr
+        if "peer connected" in line and '"remote": "' in line
+    }
+    assert len(connected_ids) == 8, connected_ids
