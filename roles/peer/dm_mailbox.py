@@ -31,7 +31,9 @@ domain of its own (BLAKE2b, personalised) into the key's seed. The recipient fet
 published mailbox and the pair mailboxes of the ``mailbox.max_pair_mailboxes`` peers it wrote
 to last (it wrote to them: they have heard from it). An archiver holding letters for one
 recipient from several senders cannot tell, from the addresses, they are for the same peer;
-it still links the mailboxes its recipient fetches together (one connection fetches them all).
+it can still link the mailboxes its recipient fetches together by their requests' IP address
+and time (each comes from its own throwaway PeerId, below; over one connection when
+``mailbox.unlinkable`` is off).
 
 Unlinkable requests (``mailbox.unlinkable``, the default): each deposit and each fetch request
 (a fetch's deletes included) goes over a connection of its own from a fresh throwaway identity
