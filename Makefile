@@ -149,6 +149,7 @@ bench: $(DEV) load-go
 	$(BIN)/python -m tests.bench.archive ingest query catchup
 	$(BIN)/python -m tests.bench.nat port-preserving symmetric
 	$(BIN)/python -m tests.bench.mailbox
+	$(BIN)/python -m tests.bench.mailbox_routes
 	$(BIN)/python -m tests.bench.private_rooms
 	$(BIN)/python -m tests.bench.dm
 	$(BIN)/python -m tests.bench.connection_setup

@@ -1149,6 +1149,22 @@ class MailboxSection(_Section):
         description="Chat peer: archivers (multiaddrs with /p2p/) dialled to deposit and fetch "
         "mail, besides the connected ones.",
     )
+    unlinkable: bool = Field(
+        default=True,
+        description="Chat peer: make every deposit and every mailbox fetch request over a "
+        "connection of its own from a fresh throwaway identity (no listeners, closed after), so "
+        "an archiver sees neither the sender's nor the recipient's PeerId (it still sees the IP "
+        "address and the time). A throwaway dial that fails is counted and retried later, never "
+        "made from this peer's own identity instead. false: over this peer's own connection, "
+        "and configured archivers are connected to as peers.",
+    )
+    route_parallel: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Chat peer: throwaway connections (see unlinkable) open at once; more "
+        "requests wait. Under an archiver's connections.per_ip (8 by default).",
+    )
     fetch_interval: float = Field(
         default=300.0,
         ge=1,
@@ -1163,7 +1179,8 @@ class MailboxSection(_Section):
         description="Chat peer: per-contact mailboxes fetched besides the published one: half "
         "those of the peers written to last, half the others' in turn from fetch to fetch (a "
         "peer that heard from this one deposits in their pair's mailbox). Each costs a request "
-        "per archiver and fetch, within the archivers' fetch_burst (20 by default).",
+        "per archiver and fetch, within the archivers' fetch_burst (20 by default; 200 per "
+        "address group).",
     )
     max_entry_bytes: int = Field(
         default=24_576,
@@ -1232,10 +1249,18 @@ class MailboxSection(_Section):
         default=30, ge=1, le=100_000, description="Archiver: deposits one PeerId makes at once."
     )
     fetch_rate: float = Field(
-        default=0.5, gt=0, le=10_000, description="Archiver: fetches per second one PeerId makes."
+        default=0.5,
+        gt=0,
+        le=10_000,
+        description="Archiver: fetches per second one PeerId, and (x10) one address group, "
+        "may make sustained (reason=rate; unlinkable peers fetch from a new PeerId each time: "
+        "the group's binds).",
     )
     fetch_burst: int = Field(
-        default=20, ge=1, le=100_000, description="Archiver: fetches one PeerId makes at once."
+        default=20,
+        ge=1,
+        le=100_000,
+        description="Archiver: fetches one PeerId (x10: one address group) makes at once.",
     )
     max_fetch_bytes: int = Field(
         default=1 << 20,

@@ -140,7 +140,8 @@ def test_still_delivered_with_one_of_two_archivers_dead(
 def _assert_knows_nothing(archived: NodeProcess, text: str, recipient: str) -> None:
     """Neither the text nor the recipient's PeerId (text or binary) in the data dir; the text in
     no log line, the recipient in no mailbox log line (the connection log names every peer that
-    connects: an archiver sees who fetches, README's threat model says so)."""
+    connects, and here the peers bootstrap through the archivers: tests/test_mailbox_unlinkable.py
+    keeps them apart)."""
     secrets = [text.encode(), recipient.encode(), peer_id_bytes(recipient)]
     for path in archived.data_dir.rglob("*"):
         if path.is_file():

@@ -5,18 +5,20 @@ mailbox) or a fetch (the mailbox's holder, proving it holds the key the address 
 from, deletes the letters it has read and lists the rest). The letters are kept by
 :class:`~p2pchat.roles.archiver.mailbox_store.MailboxStore`, which bounds them.
 
-What this archiver learns: the PeerId and IP address of the connection that deposits (the
-sender's, unless it deposits through another identity), the sizes and times of letters, and,
-at a fetch, the PeerId of the connection that fetches (the recipient's) and the key its
-mailbox address is derived from. It never sees whom a letter is from (sealed), nor its text;
+What this archiver learns: the IP address of the connection that deposits and its PeerId (a
+throwaway one, unless the sender turned ``mailbox.unlinkable`` off: then its own), the sizes
+and times of letters, and, at a fetch, the IP address and PeerId of the connection that
+fetches (throwaway, or the recipient's own) and the key its mailbox address is derived from.
+It never sees whom a letter is from (sealed), nor its text;
 nothing in a deposit names the recipient. README "Sealed offline delivery" has the whole
 threat model.
 
 Bounds, each refusal counted in ``p2pchat_mailbox_refused_total{reason}`` and logged
 rate-limited: requests served at once (``mailbox.max_streams``: ``busy``), the wait for the
 request (:data:`READ_SECONDS`: ``timeout``), its size (``too_large``) and form (``malformed``),
-deposits per PeerId and per address group and fetches per PeerId (token buckets:
-``rate``), a fetch's authorization (``unauthorized``), and the store's (``full``,
+deposits and fetches per PeerId and per address group (token buckets: ``rate``; a peer
+that makes each request from a fresh throwaway identity, as chat peers do by default, meets
+only the group's), a fetch's authorization (``unauthorized``), and the store's (``full``,
 ``mailbox_full``, ``quota``).
 """
 
@@ -59,7 +61,7 @@ from p2pchat.roles.archiver.mailbox_store import MailboxStore
 
 READ_SECONDS = 10.0  # for a request's one frame
 RELAYED_GROUP = "relayed"  # every relayed depositor together: the relay's address is not theirs
-GROUP_RATE_FACTOR = 10  # an address group may deposit this many times one PeerId's rate
+GROUP_RATE_FACTOR = 10  # an address group may deposit or fetch this many times one PeerId's rate
 MAX_RATE_KEYS = 10_000
 
 _STATUS = {
@@ -117,6 +119,12 @@ class MailboxServer:
         )
         self._fetches = PeerRateLimit(
             settings.fetch_rate, settings.fetch_burst, max_peers=MAX_RATE_KEYS
+        )
+        # PeerIds are free (every unlinkable request comes from a new one): the group binds.
+        self._group_fetches = TokenBuckets(
+            settings.fetch_rate * GROUP_RATE_FACTOR,
+            settings.fetch_burst * GROUP_RATE_FACTOR,
+            MAX_RATE_KEYS,
         )
         self._serving = 0
 
@@ -208,7 +216,10 @@ class MailboxServer:
 
     def _fetch(self, stream: Stream, fetch: Fetch) -> Response:
         # The rate first: a forged fetch costs a token before it costs a signature check.
-        if not self._fetches.allow(stream.remote_peer, trio.current_time()):
+        now = trio.current_time()
+        if not self._fetches.allow(stream.remote_peer, now) or not self._group_fetches.allow(
+            self._group(stream), now
+        ):
             raise MailboxWireError("rate", "too many fetches")
         check_fetch(fetch, self._me, self._wall_ms())
         address = fetch.address

@@ -31,7 +31,19 @@ domain of its own (BLAKE2b, personalised) into the key's seed. The recipient fet
 published mailbox and the pair mailboxes of the ``mailbox.max_pair_mailboxes`` peers it wrote
 to last (it wrote to them: they have heard from it). An archiver holding letters for one
 recipient from several senders cannot tell, from the addresses, they are for the same peer;
-it still links the mailboxes its recipient fetches together (one connection fetches them all).
+it can still link the mailboxes its recipient fetches together by their requests' IP address
+and time (each comes from its own throwaway PeerId, below; over one connection when
+``mailbox.unlinkable`` is off).
+
+Unlinkable requests (``mailbox.unlinkable``, the default): each deposit and each fetch request
+(a fetch's deletes included) goes over a connection of its own from a fresh throwaway identity
+(:class:`~p2pchat.node.p2p.throwaway.Throwaway`: a new Ed25519 key per request, so never one
+identity for two mailboxes nor this peer's own), dialled to the archiver's known addresses
+(configured, or its peerstore's) and closed after; at most ``mailbox.route_parallel`` at once,
+each within :data:`REQUEST_SECONDS`. Configured archivers are then never connected to as peers.
+A throwaway dial that fails is not made again from this peer's own identity: the request fails
+(``p2pchat_dm_mail_routes_total{outcome="failed"}``) and is retried when failed requests are
+(a waiting message's next deposit, the next fetch). The archiver still sees the IP address.
 
 "Delivered": an archiver's acceptance is not delivery. The sender's message stays waiting and
 is resent directly when the recipient is connected again; the recipient acknowledges it then
@@ -63,6 +75,7 @@ from p2pchat.node.p2p.streams import (
     read_frame_within,
     reset_quietly,
 )
+from p2pchat.node.p2p.throwaway import Throwaway, known_addrs
 from p2pchat.node.refusals import RefusalLog
 from p2pchat.node.store import KeyValue
 from p2pchat.node.wire.dm import (
@@ -119,6 +132,9 @@ class MailObserver(Protocol):
 
     def mail_fetched(self, letters: int) -> None:
         """``letters`` new letters were fetched and opened (before the Olm checks)."""
+
+    def mail_routed(self, outcome: str) -> None:
+        """One throwaway connection for a mailbox request: ``ok``, ``failed`` (no dial)."""
 
 
 class MailKeys:
@@ -221,6 +237,11 @@ class Mail:
         self._opened: OrderedDict[bytes, None] = OrderedDict()
         self._to_fetch, self._fetch_queue = trio.open_memory_channel[str](FETCH_QUEUE)
         self._queued: set[str] = set()
+        # Unlinkable: requests from throwaway identities; configured archivers by PeerId.
+        self._route = Throwaway(settings.route_parallel) if settings.unlinkable else None
+        self._configured: dict[str, list[str]] = {}
+        for addr in settings.archivers:
+            self._configured.setdefault(addr.rsplit("/p2p/", 1)[-1], []).append(addr)
 
     # --- contacts' keys --------------------------------------------------------------------------
 
@@ -327,7 +348,10 @@ class Mail:
         if bundle is None or not bundle.sealing_key or not bundle.mailbox_key:
             return 0
         archivers = self.archivers()[: self._settings.deposit_archivers]
-        if len(archivers) < self._settings.deposit_archivers:
+        if self._route is not None:  # configured ones are reached from throwaway identities
+            archivers += [a for a in self._configured if a not in archivers]
+            archivers = archivers[: self._settings.deposit_archivers]
+        elif len(archivers) < self._settings.deposit_archivers:
             archivers += await self._dial_configured(
                 self._settings.deposit_archivers - len(archivers), archivers
             )
@@ -387,24 +411,40 @@ class Mail:
         return found
 
     async def _request(self, archiver: str, request: bytes) -> Response | None:
-        """One request to ``archiver``; its answer, or None if it failed."""
+        """One request to ``archiver`` (over a throwaway connection when unlinkable); its
+        answer, or None if it failed."""
         with trio.move_on_after(REQUEST_SECONDS):
+            if self._route is None:
+                return await self._exchange(self._host, archiver, request)
+            addrs = self._configured.get(archiver) or known_addrs(self._host, archiver)
             try:
-                stream = await self._host.new_stream(archiver, [PROTOCOL_ID])
-            except StreamError:
+                async with self._route.connection(archiver, addrs) as host:
+                    self._observer.mail_routed("ok")
+                    return await self._exchange(host, archiver, request)
+            except DialError:
+                # Never again from this peer's own identity: counted, retried later.
+                self._observer.mail_routed("failed")
                 return None
-            try:
-                await stream.write(frame(request))
-                data = await read_frame_within(
-                    stream, FrameDecoder(MAX_RESPONSE_BYTES), REQUEST_SECONDS
-                )
-                response = decode_response(data)
-            except (StreamError, FrameError, MailboxWireError):
-                await reset_quietly(stream)
-                return None
-            await close_quietly(stream)
-            return response
         return None
+
+    @staticmethod
+    async def _exchange(host: P2PHost, archiver: str, request: bytes) -> Response | None:
+        """Write ``request`` on a new stream of ``host`` to ``archiver``, read its answer."""
+        try:
+            stream = await host.new_stream(archiver, [PROTOCOL_ID])
+        except StreamError:
+            return None
+        try:
+            await stream.write(frame(request))
+            data = await read_frame_within(
+                stream, FrameDecoder(MAX_RESPONSE_BYTES), REQUEST_SECONDS
+            )
+            response = decode_response(data)
+        except (StreamError, FrameError, MailboxWireError):
+            await reset_quietly(stream)
+            return None
+        await close_quietly(stream)
+        return response
 
     # --- receiving -------------------------------------------------------------------------------
 
@@ -429,8 +469,13 @@ class Mail:
         online left mail meanwhile); until cancelled."""
         self._host.watch_identify(self.identified)
         async with trio.open_nursery() as nursery:
+            if self._route is not None:
+                await nursery.start(self._route.run)
             nursery.start_soon(self._fetch_queued)
             for addr in self._settings.archivers:
+                if self._route is not None:
+                    self._queue(addr.rsplit("/p2p/", 1)[-1])  # never connected as this peer
+                    continue
                 try:
                     self._queue(await self._host.connect(addr))
                 except DialError:

@@ -127,6 +127,14 @@ class ChatMetrics:
             ("outcome",),
             registry=registry,
         )
+        self.mail_routes = Counter(
+            "p2pchat_dm_mail_routes",
+            "Throwaway connections this peer opened for its mailbox requests (mailbox.unlinkable), "
+            "by outcome (ok; failed: the dial failed, the request is retried later, never from "
+            "this peer's own identity).",
+            ("outcome",),
+            registry=registry,
+        )
         self.mail_letters = Counter(
             "p2pchat_dm_mail_fetched",
             "Sealed letters fetched from this peer's mailboxes (new ones, before the checks).",
@@ -206,6 +214,10 @@ class ChatMetrics:
     def mail_deposited(self, outcome: str) -> None:
         """One deposit of a sealed letter with one archiver, by ``outcome``."""
         self.mail_deposits.labels(outcome=outcome).inc()
+
+    def mail_routed(self, outcome: str) -> None:
+        """One throwaway connection for a mailbox request, by ``outcome``."""
+        self.mail_routes.labels(outcome=outcome).inc()
 
     def mail_fetched(self, letters: int) -> None:
         """``letters`` new sealed letters were fetched."""
