@@ -102,7 +102,7 @@ RUST_PEER_BIN := $(RUST_PEER)/build/peer
 $(RUST_PEER_BIN): $(RUST_PEER)/Cargo.toml $(RUST_PEER)/Cargo.lock $(RUST_PEER)/build.rs \
 		$(wildcard $(RUST_PEER)/src/*.rs $(RUST_PEER)/proto/*.proto) node/wire/chat.proto node/wire/store_query.proto
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "interop-rust: no Rust toolchain ('$(CARGO)' is not on PATH); the rust-libp2p interop tests need cargo 1.88 or newer (README, rust-libp2p)" >&2; exit 1; }
-	@echo "==> building the rust-libp2p interop peer ($$($(CARGO) --version); cold about 5 min, warm about 1 s: README, rust-libp2p)"
+	@echo "==> building the rust-libp2p interop peer ($$($(CARGO) --version); cold 3 to 5 min, warm under 1 s: README, rust-libp2p)"
 	cd $(RUST_PEER) && $(RUST_ENV) $(CARGO) build --release --locked
 	mkdir -p $(RUST_PEER)/build && cp $(RUST_CACHE)/target/release/peer $@
 interop-rust: $(RUST_PEER_BIN)

@@ -1,7 +1,8 @@
 //! A rust-libp2p peer for p2pchat's interop tests (tests/test_interop_rust.py).
 //!
-//! It is what an outside Rust client of p2pchat would be: TCP and WebSocket (`-listen` with a
-//! `/ws` address; any dialled), Noise, Yamux, GossipSub with
+//! It is what an outside Rust client of p2pchat would be: TCP and WebSocket with Noise and
+//! Yamux, and QUIC (`/udp/N/quic-v1`: libp2p TLS inside QUIC, QUIC's own streams); `-listen`
+//! takes comma-separated addresses of any of them, and any is dialled. GossipSub with
 //! strict signing (ValidationMode::Strict) on one room topic, identify, p2pchat's chat payload
 //! (node/wire/chat.proto) and its history protocol (node/wire/store_query.proto) through
 //! request-response, a circuit relay v2 client, and DCUtR. With `-relay` it is also a circuit
@@ -9,7 +10,8 @@
 //! `-subscribe=false` keeps it out of the room (a relay that carries no chat itself).
 //!
 //! The command protocol is tests/interop/go's, so that the tests of both look alike.
-//! stdout: one JSON object per line, first {"ready": {"peer_id", "addrs"}}, then
+//! stdout: one JSON object per line, first {"ready": {"peer_id", "addrs"}} (one address per
+//! -listen address, in their order, once every listener has one), then
 //! {"message": {...}} for every message received on the topic, {"connection": {...}} for every
 //! connection opened or closed, {"holepunch": {...}} for every DCUtR outcome, and one reply
 //! per command. stdin: one command per line:
@@ -38,6 +40,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::core::transport::ListenerId;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{dcutr, identify, noise, relay, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use prost::Message as _;
@@ -62,6 +65,7 @@ struct Behaviour {
 /// tests pass the same flags to both peers.
 struct Args {
     topic: String,
+    /// Comma-separated listen addresses (as the go peer's -listen).
     listen: String,
     name: String,
     relay: bool,
@@ -129,11 +133,22 @@ struct Peer {
     relay_mode: bool,
     connections: HashMap<ConnectionId, (PeerId, Multiaddr, bool)>,
     waiting: Vec<(Waiting, Instant)>,
+    /// One per -listen address, in its order: the first address it reported. "ready" is
+    /// said once every one has an address, so a test sees them all (TCP and QUIC alike).
+    listeners: Vec<(ListenerId, Option<Multiaddr>)>,
     ready: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // rust-libp2p's log: errors only unless RUST_LOG asks for more, on stderr (stdout is JSON).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
@@ -157,6 +172,11 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
             yamux::Config::default,
         )?
         // WebSocket beside TCP: it listens on a /ws address given to -listen and dials any.
+        // QUIC (libp2p-quic: quinn, libp2p TLS): listens on a /quic-v1 address of -listen.
+        .with_quic()
+        // The DNS phase stands between QUIC and WebSocket in the builder (a /dns address is
+        // resolved; the tests use none).
+        .with_dns()?
         .with_websocket(noise::Config::new, yamux::Config::default)
         .await?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
@@ -201,6 +221,7 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
         relay_mode,
         connections: HashMap::new(),
         waiting: Vec::new(),
+        listeners: Vec::new(),
         ready: false,
     };
     // A topic is known to GossipSub only once subscribed: a relay-only peer joins no room.
@@ -210,7 +231,14 @@ async fn run(args: Args) -> Result<(), Box<dyn Error>> {
             .gossipsub
             .subscribe(&peer.topic)?;
     }
-    peer.swarm.listen_on(args.listen.parse()?)?;
+    for addr in args.listen.split(',').map(str::trim) {
+        let parsed: Multiaddr = addr.parse().map_err(|e| format!("-listen {addr}: {e}"))?;
+        let id = peer
+            .swarm
+            .listen_on(parsed)
+            .map_err(|e| format!("-listen {addr}: {e:?}"))?;
+        peer.listeners.push((id, None));
+    }
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -323,6 +351,22 @@ impl Peer {
         Ok(())
     }
 
+    /// Says "ready" with every listener's first address, once all have one.
+    fn say_ready_once_listening(&mut self) {
+        if self.ready || self.listeners.iter().any(|(_, a)| a.is_none()) {
+            return;
+        }
+        self.ready = true;
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<String> = self
+            .listeners
+            .iter()
+            .filter_map(|(_, a)| a.clone())
+            .map(|a| a.with(Protocol::P2p(me)).to_string())
+            .collect();
+        say(json!({"ready": {"peer_id": me.to_string(), "addrs": addrs}}));
+    }
+
     fn wait(&mut self, waiting: Waiting) {
         self.waiting
             .push((waiting, Instant::now() + COMMAND_TIMEOUT));
@@ -354,7 +398,10 @@ impl Peer {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
                 if is_relayed(&address) {
                     return;
                 }
@@ -362,14 +409,12 @@ impl Peer {
                     // rust-libp2p's relay serves only once it has a confirmed external address.
                     self.swarm.add_external_address(address.clone());
                 }
-                if !self.ready {
-                    self.ready = true;
-                    let me = *self.swarm.local_peer_id();
-                    say(json!({"ready": {
-                        "peer_id": me.to_string(),
-                        "addrs": [address.with(Protocol::P2p(me)).to_string()],
-                    }}));
+                if let Some((_, first @ None)) =
+                    self.listeners.iter_mut().find(|(id, _)| *id == listener_id)
+                {
+                    *first = Some(address);
                 }
+                self.say_ready_once_listening();
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -413,10 +458,15 @@ impl Peer {
                 );
             }
             SwarmEvent::ListenerClosed {
+                listener_id,
                 addresses,
                 reason: Err(e),
-                ..
             } => {
+                if !self.ready && self.listeners.iter().any(|(id, _)| *id == listener_id) {
+                    // A -listen address that cannot be served: one line, as a bad flag.
+                    eprintln!("peer: -listen: {e}");
+                    std::process::exit(1);
+                }
                 let relays: Vec<PeerId> = addresses.iter().filter_map(last_peer_id).collect();
                 self.answer(
                     |w| matches!(w, Waiting::Reserve { relay, .. } if relays.contains(relay)),
