@@ -24,11 +24,13 @@ from tests.conftest import NodeProcess, node_env, start_node
 from tests.interop_peers import (
     ROOM,
     RUST_PEER,
+    TRANSPORTS,
     WAIT,
     RustPeer,
     chat_peer,
     ensure_rust_built,
     only_over,
+    p2pchat_listening_on,
     rust_peers,
 )
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind
@@ -49,7 +51,10 @@ def rust_peer(rust_peers: list[RustPeer], *args: str) -> RustPeer:
 
 @pytest.mark.parametrize(
     "transport",
-    [pytest.param(t, marks=pytest.mark.interop("rust", t, "relay-ours")) for t in ("tcp", "ws")],
+    [
+        pytest.param(t, marks=pytest.mark.interop("rust", t, "relay-ours"))
+        for t in TRANSPORTS["rust"]
+    ],
 )
 def test_a_p2pchat_relay_serves_a_rust_client(
     tmp_path: Path, nodes: list[NodeProcess], rust_peers: list[RustPeer], transport: str
@@ -57,9 +62,15 @@ def test_a_p2pchat_relay_serves_a_rust_client(
     # The relay is no member of the room: the chat can only cross the circuit. Every circuit
     # of a p2pchat relay is limited (relay.circuit_duration, circuit_data), and rust-libp2p's
     # GossipSub, unlike go-libp2p-pubsub's, runs over a limited connection all the same.
-    relay = start_node(tmp_path / "relay", "--role", "relay", env=node_env(**CHAT_FRIENDLY))
+    relay = start_node(
+        tmp_path / "relay",
+        "--role",
+        "relay",
+        *p2pchat_listening_on(transport),
+        env=node_env(**CHAT_FRIENDLY),
+    )
     nodes.append(relay)
-    rust = rust_peer(rust_peers)  # WebSocket beside TCP always
+    rust = rust_peer(rust_peers)  # WebSocket beside TCP always; dials QUIC too
     reserved = rust.run(f"reserve {relay.addr(transport)}", "reserved")
     assert relay.metric("p2pchat_relay_reservations") == 1
     assert reserved["circuit"] == f"{relay.addr(transport)}/p2p-circuit/p2p/{rust.peer_id}"
