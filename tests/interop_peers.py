@@ -293,7 +293,7 @@ WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket bes
 # The transports each implementation's peer is tested over. rust over QUIC beyond chat (its
 # hub, history and relay scenarios) failed 2 of 45 runs (the rust peer never seen in the room;
 # no reservation on its relay within 60 s), causes not found yet: its chat over QUIC has its
-# own tests (tests/test_interop_rust_quic.py).
+# own tests (tests/test_interop_quic_chat.py).
 TRANSPORTS = {"go": ("tcp", "ws", "quic"), "rust": ("tcp", "ws")}
 # Transport labels in libp2p_swarm_connections_opened_total.
 LABEL = {"tcp": "tcp", "ws": "websocket", "quic": "quic"}

@@ -42,9 +42,6 @@ SERIAL_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/test_mdns.py",
         "tests/test_catchup_reconnect.py",
         "tests/test_relayed_nat_chat.py",
-        # QUIC with go: the GossipSub peering over quic-go timed out under heavy load (4 of 6
-        # runs at a load average of 12; none at 5), so it runs with the timing-sensitive kind.
-        "tests/test_interop_go_quic.py",
     ),
 }
 

@@ -8,7 +8,7 @@ tests/test_interop_go_rust.py, run for each. Here, with real processes on 127.0.
 relay serving a go client and a circuit without limits (go-libp2p-pubsub runs no GossipSub on a
 limited, relayed, connection: README, go-libp2p), and the committed Go code of the wire formats
 checked to be current. DCUtR with the go peer is tests/test_interop_go_dcutr.py, QUIC
-tests/test_interop_go_quic.py. `make interop-go` (a prerequisite of `make test`) builds the
+tests/test_interop_quic_chat.py. `make interop-go` (a prerequisite of `make test`) builds the
 peer; without it these tests fail with one line, they never skip.
 """
 

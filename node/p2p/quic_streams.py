@@ -8,7 +8,7 @@ handler writes the answer and closes its read side at once. py-libp2p 0.8.1's
 after the STOP_SENDING arrived and before the answer did fails ("Stream ... is closed"): our
 identify of a go peer failed whenever its answer was a few milliseconds behind the frame (a
 loaded machine), the peer stayed unidentified, and the node's identify deadline closed the
-connection (``tests/test_interop_go_quic.py``: 1 of 6 runs at load 12).
+connection (``tests/test_interop_quic_chat.py``: 1 of 6 runs at load 12).
 :func:`stop_sending_ends_our_sending` closes only the write half (aioquic answers with RESET_STREAM,
 as the RFC asks); the read half stays open until the peer's FIN or reset.
 
