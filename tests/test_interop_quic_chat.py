@@ -25,16 +25,15 @@ from tests.conftest import NodeProcess
 from tests.interop_peers import (
     IMPLEMENTATIONS,
     QUIC,
-    ROOM,
     WAIT,
     LineDrivenPeer,
     PubsubCommandPeer,
     chat_peer,
     line_peers,
-    sees_peer,
     start_peer,
 )
-from tests.test_chat import is_message, wait_members
+from tests.test_chat import is_message
+from tests.test_interop_go_rust import chat_with as chat_over_tcp
 
 __all__ = ["line_peers"]  # the fixture, used by name
 
@@ -53,18 +52,11 @@ def quic_addr(them: PubsubCommandPeer) -> str:
 
 
 def chat_with(a: NodeProcess, them: PubsubCommandPeer, impl: str) -> None:
-    """``a`` and ``them``, connected over QUIC, chat both ways; nothing went over TCP."""
-    sees_peer(a, them.peer_id)
-    wait_members(a, 1)
-    # Our GRAFT goes before this on our stream (trap 45): once they have it, we are in their
-    # mesh (go-libp2p-pubsub publishes to its mesh only).
-    a.say(f"hello {impl} over quic")
-    got = them.message(f"hello {impl} over quic")
-    assert (got["from"], got["room"]) == (a.peer_id, ROOM)
-    them.wait_topic_peer(a.peer_id)
-    them.run(f"say quic from {impl}", "published")
-    from_them = a.next_event(is_message(f"quic from {impl}"), timeout=WAIT)
-    assert (from_them["sender"], from_them["sender_name"]) == (them.peer_id, impl)
+    """``a`` and ``them``, connected over QUIC, chat both ways (as over TCP,
+    tests/test_interop_go_rust.py); nothing went over TCP."""
+    # Our GRAFT goes before our first message on our stream (trap 45): once they have it, we
+    # are in their mesh (go-libp2p-pubsub publishes to its mesh only).
+    chat_over_tcp(a, them, impl)
     assert a.metric("libp2p_swarm_connections_opened_total", transport="quic") == 1
     assert a.metric("libp2p_swarm_connections_opened_total", transport="tcp") == 0
     assert all("/quic-v1" in c["addr"] for c in them.run("peers", "peers"))
