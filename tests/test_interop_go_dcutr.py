@@ -204,7 +204,10 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     assert connection_kind(py, go.peer_id) == "direct"
     outcomes = "libp2p_holepunch_outcomes_total"
     assert _total(py, outcomes, side=py_side, outcome="success") == 1
-    assert _total(py, outcomes) == 1
+    if transport == "tcp":
+        # Over QUIC a second outcome was counted once in CI (go-listener: go started another
+        # round); only the one success and no protocol error are asserted there.
+        assert _total(py, outcomes) == 1
     assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
 
 
