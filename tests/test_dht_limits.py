@@ -400,6 +400,13 @@ async def test_a_lookup_takes_no_more_than_k_peers_of_an_answer(tmp_path: Path) 
                 await client_host.connect(loopback_addr(server))
                 await wait_until(lambda: client.routing_table_size() == 1)
                 found = await client.find_providers(random_key(), count=1000)
+                # A lookup that asked nobody (it once read no answer in a loaded clean-clone CI
+                # run) proves nothing about the cut: look again, a few times at most.
+                for _ in range(5):
+                    if answers[Message.MessageType.GET_PROVIDERS]:
+                        break
+                    await trio.sleep(1)
+                    found = await client.find_providers(random_key(), count=1000)
                 nursery.cancel_scope.cancel()
     # Every answer was cut, each cut counted; no more providers than one server may name.
     assert refusals["closer_peers"] >= 1
