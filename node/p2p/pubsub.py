@@ -536,8 +536,8 @@ class _ChatPubsub(Pubsub):  # type: ignore[misc]
         # first. go-libp2p-pubsub publishes only to its mesh (no flood publishing by default),
         # so what a go peer said before either heartbeat reached nobody. Now registered, it is
         # grafted as the library would have; the GRAFT follows the hello on the same stream.
-        for topic, peers in self.peer_topics.items():
-            if peer_id in peers and topic in self.topic_ids:
+        for topic in self.topic_ids:  # ours, a few; the topics peers are known in may be many
+            if peer_id in self.peer_topics.get(topic, ()):
                 self.manager.run_task(self.router.on_peer_subscribed, peer_id, topic)
 
     async def subscribe(self, topic_id: str) -> Any:

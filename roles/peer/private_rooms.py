@@ -386,11 +386,11 @@ class PrivateRooms:
             room = await self._invited(peer, key)  # by a member other than the creator
             if room is None:
                 return
-        elif (room is None or peer not in room.members) and key.session_key and not key.members:
-            self._held.hold(peer, key)  # taken when the list or invitation naming peer comes
-            return
         elif room is None or peer not in room.members:
-            self._dropped("not_member", topic, peer)
+            if key.session_key and not key.members:  # a key share: the list may come second
+                self._held.hold(peer, key)  # taken when the list or invitation naming peer comes
+            else:
+                self._dropped("not_member", topic, peer)
             return
         elif key.members and not self._added_by_member(peer, key, room):
             return
