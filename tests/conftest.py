@@ -342,6 +342,22 @@ def wait_metric(
         time.sleep(0.2)
 
 
+def wait_metric_down(
+    node: NodeProcess, name: str, at_most: float, timeout: float = 60.0, **labels: str
+) -> float:
+    """Until ``node``'s metric ``name`` (with ``labels``) falls to ``at_most``: its value then.
+    For what a node releases after its peer left (the teardown runs on its own time).
+    Raises AssertionError, naming the value it stayed at, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = node.metric(name, **labels)
+        if value <= at_most:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{name}{labels} never fell to {at_most} (is {value})")
+        time.sleep(0.2)
+
+
 def start_node(
     data_dir: Path,
     *args: str,

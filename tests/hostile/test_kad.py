@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from p2pchat.node.rendezvous import room_key
 
-from tests.conftest import NodeProcess, node_env, start_node, wait_metric
+from tests.conftest import NodeProcess, node_env, start_node, wait_metric, wait_metric_down
 from tests.hostile.harness import (
     MIN_DELIVERY,
     WAIT,
@@ -177,7 +177,8 @@ def test_more_held_streams_than_slots_cannot_hold_the_dht(
     # reached its 32 depends on how the evictions fell (tests/test_dht_limits.py checks that
     # bound on its own).
     assert victim.metric(REFUSED, reason="evicted") >= 1
-    assert victim.metric("p2pchat_dht_inbound_streams") == 0  # all gone with the attacker
+    # All gone with the attacker (a clean-clone CI run once read 1 as the last were closing).
+    wait_metric_down(victim, "p2pchat_dht_inbound_streams", 0)
     footprint.assert_rss_below(footprint.baseline_rss_mib + 40)
     report(
         "Kad streams held open (16 PeerIds x 40 streams, idle or a partial frame)",
