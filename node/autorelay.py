@@ -8,7 +8,10 @@ protocol, and when those are too few, from relays announced in the DHT (looked u
 apart, doubling, to every :data:`RETRY_AFTER` seconds, then connected). A reservation is renewed
 when three quarters of its time are gone; one whose relay disconnects, refuses a renewal or
 expires is dropped and another relay is tried (failover). A relay that refused or failed is not
-asked again for :data:`RETRY_AFTER` seconds. The circuit addresses (``<relay
+asked again for :data:`RETRY_AFTER` seconds, except a configured one: the operator chose it, and
+one that refused while it was still starting would otherwise leave the node unreachable for a
+minute, so it is asked again after :data:`CONFIGURED_FIRST_RETRY` seconds, doubling to
+:data:`RETRY_AFTER`. The circuit addresses (``<relay
 addr>/p2p/<relay>/p2p-circuit``) go into the host's advertised addresses, hence into identify
 and the DHT provider records of room rendezvous.
 
@@ -39,6 +42,7 @@ CHECK_INTERVAL = 1.0
 # Seconds to tell connected peers our new circuit addresses (identify push), at most.
 PUSH_SECONDS = 10.0
 RETRY_AFTER = 60.0
+CONFIGURED_FIRST_RETRY = 2.0  # seconds after a configured relay's first failure (doubling)
 MAX_REMEMBERED_RELAYS = 1024  # relays whose last failure is remembered
 FIRST_LOOKUP_DELAY = 1.0
 RENEW_AT = 0.75  # of a reservation's lifetime
@@ -133,8 +137,11 @@ class AutoRelay:
         self._advertised: list[str] = []  # the circuit addresses last advertised
         # relay PeerId -> configured address
         self._configured = {addr.rsplit("/p2p/", 1)[1]: addr for addr in settings.relays}
-        # Keyed by any peer that offers the relay protocol, so bounded: fresh identities are free.
-        self._failed_at: BoundedDict[str, float] = BoundedDict(MAX_REMEMBERED_RELAYS)
+        # When a relay that failed may be asked again (time.monotonic()). Keyed by any peer
+        # that offers the relay protocol, so bounded: fresh identities are free.
+        self._retry_at: BoundedDict[str, float] = BoundedDict(MAX_REMEMBERED_RELAYS)
+        # A configured relay's current wait after a failure (one entry per configured relay).
+        self._configured_backoff: dict[str, float] = {}
 
     @property
     def relays(self) -> list[str]:
@@ -202,7 +209,7 @@ class AutoRelay:
                 return
             if relay in self._held or self._host.is_connected(relay):
                 continue
-            if now - self._failed_at.get(relay, float("-inf")) < RETRY_AFTER:
+            if not self._may_ask(relay, now):
                 continue
             for addr in addrs:
                 if "/p2p-circuit" in addr:  # a relay reachable only through a relay: no use
@@ -216,7 +223,7 @@ class AutoRelay:
                 wanted -= 1
                 break
             else:
-                self._failed_at[relay] = now
+                self._failed(relay, now)
 
     def _candidates(self) -> list[str]:
         """Connected relays to try, configured ones first; not those held or recently failed."""
@@ -229,12 +236,20 @@ class AutoRelay:
                 if peer not in self._configured
                 and HOP_PROTOCOL_ID in self._host.peer_protocols(peer)
             ]
-        return [
-            peer
-            for peer in found
-            if peer not in self._held
-            and now - self._failed_at.get(peer, float("-inf")) >= RETRY_AFTER
-        ]
+        return [peer for peer in found if peer not in self._held and self._may_ask(peer, now)]
+
+    def _may_ask(self, relay: str, now: float) -> bool:
+        return now >= self._retry_at.get(relay, float("-inf"))
+
+    def _failed(self, relay: str, now: float) -> None:
+        """``relay`` failed or refused at ``now`` (time.monotonic()): not asked again for a
+        while (:data:`RETRY_AFTER`; a configured relay sooner, doubling)."""
+        wait = RETRY_AFTER
+        if relay in self._configured:
+            previous = self._configured_backoff.get(relay)
+            wait = CONFIGURED_FIRST_RETRY if previous is None else min(previous * 2, RETRY_AFTER)
+            self._configured_backoff[relay] = wait
+        self._retry_at[relay] = now + wait
 
     async def _reserve(self, relay: str, *, renewal: bool) -> None:
         kind = "refresh" if renewal else "new"
@@ -243,12 +258,14 @@ class AutoRelay:
         except CircuitError as error:
             outcome = error.status.name.lower() if error.status is not None else "error"
             self._observer.reservation_requested(kind, outcome)
-            self._failed_at[relay] = time.monotonic()
+            self._failed(relay, time.monotonic())
             self._log.warning("relay reservation failed", relay=relay, error=str(error))
             if renewal:
                 self._drop(relay, "renewal refused")
             return
         self._observer.reservation_requested(kind, "success")
+        self._configured_backoff.pop(relay, None)
+        self._retry_at.pop(relay, None)
         now = time.time()
         expire = float(granted.reservation.expire)
         if expire <= now:  # a relay clock far off ours: trust neither, renew soon

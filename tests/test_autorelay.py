@@ -57,7 +57,10 @@ def logged(node: NodeProcess, event: str, timeout: float = WAIT, **fields: Any) 
         for entry in node.log:
             if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
                 return entry
-        assert time.monotonic() < deadline, f"no {event!r} {fields} logged within {timeout}s"
+        assert time.monotonic() < deadline, (
+            f"no {event!r} {fields} logged within {timeout}s; its last warnings: "
+            f"{[e for e in node.log if e.get('level') in ('warning', 'error')][-5:]}"
+        )
         try:
             line = node.lines.get(timeout=0.2)
         except queue.Empty:
@@ -223,6 +226,36 @@ def test_a_peer_moves_to_another_relay_when_its_relay_dies(
     info = command(a, "/info", "info")
     assert info["relays"] == [second.peer_id]
     assert not any(first.peer_id in addr for addr in info["advertised"])
+
+
+def test_a_configured_relay_that_refused_is_asked_again_soon(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # A relay with one slot, taken by x: a's reservation is refused until x leaves.
+    relay = start_node(
+        tmp_path / "relay",
+        "--role",
+        "relay",
+        env=node_env(P2PCHAT_RELAY__MAX_RESERVATIONS="1", **CHAT_FRIENDLY),
+    )
+    nodes.append(relay)
+    x = relayed_peer(tmp_path / "x", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())
+    tcp_circuit(x, relay)
+    a = relayed_peer(tmp_path / "a", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())
+    # Three refusals within 50 s: asked again after 2 s, then 4 s (a relay not configured, or
+    # before this was built, is asked again after 60 s: two refusals would take over a minute).
+    wait_metric(
+        a,
+        "libp2p_autorelay_reservation_requests_outcome_total",
+        3,
+        timeout=50,
+        request_type="new",
+        outcome="reservation_refused",
+    )
+    x.proc.kill()
+    x.proc.wait(timeout=10)
+    tcp_circuit(a, relay)  # the slot x left, taken at a's next request
+    assert relay.metric("p2pchat_relay_reservations") == 1
 
 
 def test_a_reservation_is_renewed_before_it_expires(

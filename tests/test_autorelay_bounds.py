@@ -50,8 +50,8 @@ async def test_relays_that_failed_are_remembered_up_to_the_bound() -> None:
     )
     await autorelay._find_relays()
     assert host.dials == FLOOD  # each tried once, none reachable
-    assert len(autorelay._failed_at) == MAX_REMEMBERED_RELAYS
+    assert len(autorelay._retry_at) == MAX_REMEMBERED_RELAYS
     assert (
-        list(autorelay._failed_at)
+        list(autorelay._retry_at)
         == [peer for peer, _ in rendezvous.relays][-MAX_REMEMBERED_RELAYS:]
     )
