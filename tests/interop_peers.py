@@ -290,11 +290,9 @@ def start_peer(started: list[Any], impl: str, *args: str) -> PubsubCommandPeer:
 WS = "/ip4/127.0.0.1/tcp/0/ws"
 QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
 WS_ARGS = {"go": ("-ws",), "rust": ()}  # the rust peer always has WebSocket beside TCP
-# The transports each implementation's peer is tested over. rust over QUIC beyond chat (its
-# hub, history and relay scenarios) failed 2 of 45 runs (the rust peer never seen in the room;
-# no reservation on its relay within 60 s), causes not found yet: its chat over QUIC has its
-# own tests (tests/test_interop_quic_chat.py).
-TRANSPORTS = {"go": ("tcp", "ws", "quic"), "rust": ("tcp", "ws")}
+# The transports each implementation's peer is tested over (chat over QUIC has its own tests,
+# tests/test_interop_quic_chat.py).
+TRANSPORTS = {"go": ("tcp", "ws", "quic"), "rust": ("tcp", "ws", "quic")}
 # Transport labels in libp2p_swarm_connections_opened_total.
 LABEL = {"tcp": "tcp", "ws": "websocket", "quic": "quic"}
 
