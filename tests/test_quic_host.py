@@ -8,6 +8,7 @@ connection metrics.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,12 +18,14 @@ import trio
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from libp2p.transport.quic.listener import QUICListener
+from libp2p.transport.quic.stream import QUICStream
 from libp2p.transport.quic.transport import QUICTransport
 from p2pchat.node.p2p.admission import PER_IP, TRANSIENT_FULL, AdmissionLimits
 from p2pchat.node.p2p.host import HostSettings, IdentifyReceived, P2PHost, Stream
 from p2pchat.node.p2p.identity import load_or_create_identity
 from p2pchat.node.p2p.quic import handshake_refusal
 from p2pchat.node.p2p.stream_limits import StreamLimits
+from p2pchat.node.p2p.streams import StreamEnded
 
 from tests.test_host import RecordingObserver
 
@@ -260,6 +263,61 @@ async def test_stop_sending_leaves_our_read_half_open(tmp_path: Path) -> None:
         with trio.fail_after(30):
             assert await stream.read(100) == b"the answer"
         assert b.is_connected(a.peer_id)
+
+
+# --- trap 46: the bytes that come with a stream's end ---------------------------------------
+
+
+async def test_bytes_that_come_with_the_end_are_read(tmp_path: Path) -> None:
+    # An answer and its FIN arrive while a read waits for the stream's state lock (held here,
+    # as the library's other tasks hold it on a loaded machine): the library's read had looked
+    # at its empty buffer before, and reports the end with the answer unread. Ours reads it.
+    answer = "/p2pchat/test-answer/1.0.0"
+    go_on = trio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await go_on.wait()
+        await stream.write(b"the answer")
+        await stream.close()
+
+    library_read = inspect.getclosurevars(QUICStream.read).nonlocals["original"]
+    ours = QUICStream.read
+    async with quic_host(tmp_path / "a") as (a, _), quic_host(tmp_path / "b") as (b, _):
+        a.set_stream_handler(answer, handler)
+        await b.connect(quic_addr(a))
+        results = []
+        for read in (library_read, ours):
+            go_on = trio.Event()
+            QUICStream.read = read  # type: ignore[method-assign]
+            try:
+                results.append(await _read_as_the_end_arrives(b, a.peer_id, answer, go_on))
+            finally:
+                QUICStream.read = ours  # type: ignore[method-assign]
+    assert results == ["ended", b"the answer"]
+
+
+async def _read_as_the_end_arrives(
+    b: P2PHost, a: str, protocol: str, go_on: trio.Event
+) -> bytes | str:
+    stream = await b.new_stream(a, [protocol])
+    opened = stream.library_stream.muxed_stream
+    got: list[bytes | str] = []
+
+    async def reader() -> None:
+        try:
+            got.append(await stream.read(100))
+        except StreamEnded:
+            got.append("ended")
+
+    async with trio.open_nursery() as nursery, opened._state_lock:
+        nursery.start_soon(reader)
+        await wait_until(lambda: opened._state_lock.statistics().tasks_waiting == 1)
+        go_on.set()  # the answer and the FIN come now, the read waiting for the lock
+        await wait_until(lambda: opened._read_closed and opened._receive_buffer)
+    with trio.fail_after(30):
+        while not got:
+            await trio.sleep(0.01)
+    return got[0]
 
 
 # --- traps 39 and 40: streams within the peer's stream credit, which resets give back --------
