@@ -88,7 +88,7 @@ def _go(ip: str, netns: str, transport: str) -> GoPeer:
     return GoPeer("-holepunch", "-listen", listen, netns=netns)
 
 
-def _p2pchat(
+def p2pchat_peer_in(
     netns: str,
     ip: str,
     path: Path,
@@ -128,12 +128,12 @@ def _pair(
         go_peers.append(go)
         circuit = go.run(f"reserve {relay_addr}", "reserved")["circuit"]
         serves_dcutr(go)
-        py = _p2pchat(
+        py = p2pchat_peer_in(
             lab.dialer_ns, lab.dialer_ip, tmp_path / "py", nodes, transport, "--bootstrap", circuit
         )
         py_ns, py_side = lab.dialer_ns, "receiver"
     else:
-        py = _p2pchat(
+        py = p2pchat_peer_in(
             lab.listener_ns,
             lab.listener_ip,
             tmp_path / "py",

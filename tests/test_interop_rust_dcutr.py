@@ -19,6 +19,9 @@ after a silence longer than the handover's (the third).
 rust-libp2p learns the address its NAT maps it to from the relay's identify (an external
 address candidate, which its DCUtR offers) and dials from its listening port, so a
 port-preserving NAT maps it to the port the other side is told.
+
+Over QUIC (``[quic-...]``, #20 must-have 2): both peers listen on TCP and QUIC and the lab's
+TCP between the NATs is dropped, so the direct connection can only be a punched QUIC one.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ import pytest
 from p2pchat.node.p2p.pubsub_streams import STREAMS_PER_CONNECTION
 
 from tests.conftest import NodeProcess, start_node_in
-from tests.nat_lab import Lab
+from tests.nat_lab import Lab, block_tcp_between_nats
 from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
 from tests.test_chat import is_message, wait_members
-from tests.test_interop_go_dcutr import lab
+from tests.test_interop_go_dcutr import lab, p2pchat_peer_in
 from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
 from tests.test_interop_rust import RustPeer, rust_peers
 
@@ -64,11 +67,15 @@ def _pair(
     peers: list[RustPeer],
     rust_role: str,
     keep: dict[str, str] | None = None,
+    transport: str = "tcp",
 ) -> tuple[NodeProcess, RustPeer, str, str]:
     """A p2pchat relay, then the pair: the listener reserves a slot on it, the dialer dials the
-    listener's circuit address. Returns (p2pchat, rust, p2pchat's namespace, p2pchat's side)
+    listener's circuit address; with ``transport`` "quic" both also listen on QUIC and TCP
+    between the NATs is dropped. Returns (p2pchat, rust, p2pchat's namespace, p2pchat's side)
     once the relayed connection is open. ``keep``: the p2pchat peer's environment."""
     keep = keep or {}
+    if transport == "quic":
+        block_tcp_between_nats(lab)
     relay = start_node_in(
         lab.relay_ns, lab.relay_ip, tmp_path / "relay", nodes, "--role", "relay", **CHAT_FRIENDLY
     )
@@ -76,39 +83,44 @@ def _pair(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
     )
     if rust_role == "rust-listener":
-        rust = RustPeer("-listen", f"/ip4/{lab.listener_ip}/tcp/0", netns=lab.listener_ns)
+        rust = RustPeer("-listen", _listen(lab.listener_ip, transport), netns=lab.listener_ns)
         peers.append(rust)
         circuit = rust.run(f"reserve {relay_addr}", "reserved")["circuit"]
-        py = start_node_in(
+        py = p2pchat_peer_in(
             lab.dialer_ns,
             lab.dialer_ip,
             tmp_path / "py",
             nodes,
-            "--json",
+            transport,
             "--bootstrap",
             circuit,
             **keep,
         )
         py_ns, py_side = lab.dialer_ns, "receiver"
     else:
-        py = start_node_in(
+        py = p2pchat_peer_in(
             lab.listener_ns,
             lab.listener_ip,
             tmp_path / "py",
             nodes,
-            "--json",
+            transport,
             P2PCHAT_AUTORELAY__MODE="on",
             P2PCHAT_AUTORELAY__RELAYS=relay_addr,
             **keep,
         )
         logged(py, "relay reservation", relay=relay.peer_id)
-        rust = RustPeer("-listen", f"/ip4/{lab.dialer_ip}/tcp/0", netns=lab.dialer_ns)
+        rust = RustPeer("-listen", _listen(lab.dialer_ip, transport), netns=lab.dialer_ns)
         peers.append(rust)
         rust.run(f"dial {relay_addr}/p2p-circuit/p2p/{py.peer_id}", "dialed")
         py_ns, py_side = lab.listener_ns, "initiator"
     # They meet through the relay first: each NAT drops the other's connections.
     rust.next(_is_connection("open", py.peer_id, relayed=True))
     return py, rust, py_ns, py_side
+
+
+def _listen(ip: str, transport: str) -> str:
+    """The rust peer's listen addresses at ``ip``: TCP, and QUIC with ``transport`` "quic"."""
+    return f"/ip4/{ip}/tcp/0" + (f",/ip4/{ip}/udp/0/quic-v1" if transport == "quic" else "")
 
 
 def _chat_both_ways(py: NodeProcess, rust: RustPeer, there: str, back: str) -> None:
@@ -121,24 +133,39 @@ def _chat_both_ways(py: NodeProcess, rust: RustPeer, there: str, back: str) -> N
     assert (got["sender"], got["sender_name"]) == (rust.peer_id, "rust")
 
 
-def _punched(py: NodeProcess, rust: RustPeer, py_ns: str, py_side: str, lab: Lab) -> None:
-    """The punch succeeded as both sides see it, p2pchat counting one clean success."""
+def _punched(
+    py: NodeProcess, rust: RustPeer, py_ns: str, py_side: str, lab: Lab, transport: str = "tcp"
+) -> None:
+    """The punch succeeded as both sides see it, over ``transport``, p2pchat counting one
+    clean success."""
     punched = logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=rust.peer_id)
     assert punched["side"] == py_side
     direct = rust.next(_is_connection("open", py.peer_id, relayed=False), PUNCH_WAIT)
-    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}/tcp/")
+    over = "/udp/" if transport == "quic" else "/tcp/"
+    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}{over}")
+    assert ("/quic-v1" in direct["connection"]["addr"]) == (transport == "quic")
     assert connection_kind(py, rust.peer_id) == "direct"
     outcomes = "libp2p_holepunch_outcomes_total"
     assert _total(py, outcomes, side=py_side, outcome="success") == 1
-    assert _total(py, outcomes) == 1
+    if transport == "tcp":
+        # Over QUIC a first round failed 1 run in 5 (rust-listener: rust initiates, we answer;
+        # rust's second round, as DCUtR allows, succeeded); as with go, one success and no
+        # protocol error is what is asserted there.
+        assert _total(py, outcomes) == 1
     assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
 
 
 @pytest.mark.parametrize(
-    "rust_role",
+    ("transport", "rust_role"),
     [
-        pytest.param("rust-dialer", marks=pytest.mark.interop("rust", "tcp", "dcutr-they-dial")),
-        pytest.param("rust-listener", marks=pytest.mark.interop("rust", "tcp", "dcutr-we-dial")),
+        pytest.param(
+            transport,
+            role,
+            marks=pytest.mark.interop("rust", transport, cell),
+            id=f"{transport}-{role}",
+        )
+        for transport in ("tcp", "quic")
+        for role, cell in (("rust-dialer", "dcutr-they-dial"), ("rust-listener", "dcutr-we-dial"))
     ],
 )
 def test_hole_punch_between_p2pchat_and_rust_libp2p(
@@ -146,10 +173,13 @@ def test_hole_punch_between_p2pchat_and_rust_libp2p(
     tmp_path: Path,
     nodes: list[NodeProcess],
     rust_peers: list[RustPeer],
+    transport: str,
     rust_role: str,
 ) -> None:
-    py, rust, py_ns, py_side = _pair(lab, tmp_path, nodes, rust_peers, rust_role)
-    _punched(py, rust, py_ns, py_side, lab)
+    py, rust, py_ns, py_side = _pair(
+        lab, tmp_path, nodes, rust_peers, rust_role, transport=transport
+    )
+    _punched(py, rust, py_ns, py_side, lab, transport)
     _chat_both_ways(py, rust, "hello rust, directly", "hello p2pchat, directly")
 
 
