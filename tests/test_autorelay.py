@@ -36,8 +36,11 @@ CHAT_FRIENDLY = {
 }
 
 
-def relay_node(path: Path, nodes: list[NodeProcess], *roles: str) -> NodeProcess:
-    node = start_node(path, "--role", ",".join(roles or ("relay",)), env=node_env(**CHAT_FRIENDLY))
+def relay_node(path: Path, nodes: list[NodeProcess], *roles: str, **env: str) -> NodeProcess:
+    """A node of ``roles`` (the relay by default) with chat-friendly relay settings and ``env``."""
+    node = start_node(
+        path, "--role", ",".join(roles or ("relay",)), env=node_env(**{**CHAT_FRIENDLY, **env})
+    )
     nodes.append(node)
     return node
 
@@ -232,13 +235,7 @@ def test_a_configured_relay_that_refused_is_asked_again_soon(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # A relay with one slot, taken by x: a's reservation is refused until x leaves.
-    relay = start_node(
-        tmp_path / "relay",
-        "--role",
-        "relay",
-        env=node_env(P2PCHAT_RELAY__MAX_RESERVATIONS="1", **CHAT_FRIENDLY),
-    )
-    nodes.append(relay)
+    relay = relay_node(tmp_path / "relay", nodes, P2PCHAT_RELAY__MAX_RESERVATIONS="1")
     x = relayed_peer(tmp_path / "x", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())
     tcp_circuit(x, relay)
     a = relayed_peer(tmp_path / "a", nodes, P2PCHAT_AUTORELAY__RELAYS=relay.addr())

@@ -156,19 +156,22 @@ def _pair(
     return py, go, py_ns, py_side
 
 
-@pytest.mark.parametrize(
-    ("transport", "go_role"),
-    [
+def each_transport_and_role(impl: str) -> list[Any]:
+    """(transport, role) parameters, TCP and QUIC by ``impl``-dialer and ``impl``-listener, each
+    marked with its matrix cell (the dialer dials our circuit: they dial, we answer)."""
+    return [
         pytest.param(
             transport,
-            role,
-            marks=pytest.mark.interop("go", transport, cell),
-            id=f"{transport}-{role}",
+            f"{impl}-{role}",
+            marks=pytest.mark.interop(impl, transport, cell),
+            id=f"{transport}-{impl}-{role}",
         )
         for transport in ("tcp", "quic")
-        for role, cell in (("go-dialer", "dcutr-they-dial"), ("go-listener", "dcutr-we-dial"))
-    ],
-)
+        for role, cell in (("dialer", "dcutr-they-dial"), ("listener", "dcutr-we-dial"))
+    ]
+
+
+@pytest.mark.parametrize(("transport", "go_role"), each_transport_and_role("go"))
 def test_hole_punch_between_p2pchat_and_go_libp2p(
     lab: Lab,  # first: built first, torn down after every process is gone
     tmp_path: Path,

@@ -38,7 +38,7 @@ from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats
 from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
 from tests.test_chat import is_message, wait_members
-from tests.test_interop_go_dcutr import lab, p2pchat_peer_in
+from tests.test_interop_go_dcutr import each_transport_and_role, lab, p2pchat_peer_in
 from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
 from tests.test_interop_rust import RustPeer, rust_peers
 
@@ -155,19 +155,7 @@ def _punched(
     assert _total(py, "p2pchat_holepunch_protocol_errors_total") == 0
 
 
-@pytest.mark.parametrize(
-    ("transport", "rust_role"),
-    [
-        pytest.param(
-            transport,
-            role,
-            marks=pytest.mark.interop("rust", transport, cell),
-            id=f"{transport}-{role}",
-        )
-        for transport in ("tcp", "quic")
-        for role, cell in (("rust-dialer", "dcutr-they-dial"), ("rust-listener", "dcutr-we-dial"))
-    ],
-)
+@pytest.mark.parametrize(("transport", "rust_role"), each_transport_and_role("rust"))
 def test_hole_punch_between_p2pchat_and_rust_libp2p(
     lab: Lab,  # first: built first, torn down after every process is gone
     tmp_path: Path,
