@@ -32,6 +32,7 @@ import structlog
 import trio
 from p2pchat.node.bounded import BoundedDict
 from p2pchat.node.config import AutoRelaySection
+from p2pchat.node.ids import addr_peer
 from p2pchat.node.keepalive import keep_connected
 from p2pchat.node.p2p.circuit import CircuitError, request_reservation, serve_circuits
 from p2pchat.node.p2p.host import DialError, P2PHost
@@ -136,7 +137,7 @@ class AutoRelay:
         self._held: dict[str, _Held] = {}
         self._advertised: list[str] = []  # the circuit addresses last advertised
         # relay PeerId -> configured address
-        self._configured = {addr.rsplit("/p2p/", 1)[1]: addr for addr in settings.relays}
+        self._configured = {addr_peer(addr): addr for addr in settings.relays}
         # When a relay that failed may be asked again (time.monotonic()). Keyed by any peer
         # that offers the relay protocol, so bounded: fresh identities are free.
         self._retry_at: BoundedDict[str, float] = BoundedDict(MAX_REMEMBERED_RELAYS)

@@ -65,6 +65,12 @@ def short_id(peer_id: str) -> str:
     return f"{peer_id[:6]}…{peer_id[-4:]}"
 
 
+def addr_peer(addr: str) -> str:
+    """The PeerId an address names last (after its last ``/p2p/``: for a circuit address, the
+    peer reached through the relay); the address itself when it names none."""
+    return addr.rsplit("/p2p/", 1)[-1]
+
+
 class AddressError(ValueError):
     """A multiaddr the user gave is wrong. The message is one line: which address, what is wrong
     with it, and a right example."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 import trio
+from p2pchat.node.ids import addr_peer
 from p2pchat.node.p2p.host import DialError, P2PHost
 
 FIRST_BACKOFF = 1.0
@@ -18,7 +19,7 @@ def group_by_peer(addrs: Sequence[str]) -> list[list[str]]:
     A circuit address stays alone (it is dialled through its relay)."""
     groups: dict[str, list[str]] = {}
     for index, addr in enumerate(addrs):
-        key = addr if "/p2p-circuit" in addr else addr.rsplit("/p2p/", 1)[-1]
+        key = addr if "/p2p-circuit" in addr else addr_peer(addr)
         groups.setdefault(key or str(index), []).append(addr)
     return list(groups.values())
 

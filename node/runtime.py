@@ -32,6 +32,7 @@ from p2pchat.node.config import Config
 from p2pchat.node.discovery import DiscoveryConnector
 from p2pchat.node.errors import EXIT_RUNTIME
 from p2pchat.node.http import make_app, serve_http
+from p2pchat.node.ids import addr_peer
 from p2pchat.node.logs import get_logger
 from p2pchat.node.metrics import CONTENT_TYPE, NodeMetrics
 from p2pchat.node.p2p.admission import AdmissionLimits
@@ -192,7 +193,7 @@ def host_settings(config: Config) -> HostSettings:
 def _configured_peer_ids(config: Config) -> tuple[str, ...]:
     """The PeerIds of the configured bootstrap and relay peers (the peerstore keeps them)."""
     addrs = [*config.node.bootstrap, *config.autorelay.relays]
-    return tuple(addr.rsplit("/p2p/", 1)[1] for addr in addrs if "/p2p/" in addr)
+    return tuple(addr_peer(addr) for addr in addrs if "/p2p/" in addr)
 
 
 async def _stop_on_signal(

@@ -23,6 +23,7 @@ import structlog
 import trio
 from libp2p.network.connection.raw_connection import ConnectionType, RawConnection
 from libp2p.peer.id import ID
+from p2pchat.node.ids import addr_peer
 from p2pchat.node.p2p.circuit_usage import CircuitUsage, CountedStream, connections_to
 from p2pchat.node.p2p.dial_admission import RELAYED_DEADLINE, RELAYED_FAILED, Slot
 from p2pchat.node.p2p.identity import peer_id_bytes, peer_id_text
@@ -88,7 +89,7 @@ def split_circuit_addr(addr: str) -> tuple[str, str, str] | None:
     head, marker, tail = addr.partition("/p2p-circuit")
     if not marker or not tail.startswith("/p2p/") or "/p2p/" not in head:
         return None
-    relay = head.rsplit("/p2p/", 1)[1]
+    relay = addr_peer(head)
     target = tail.removeprefix("/p2p/")
     if not relay or not target or "/" in target or "/" in relay:
         return None

@@ -67,6 +67,7 @@ import nacl.utils
 import structlog
 import trio
 from p2pchat.node.config import MailboxSection
+from p2pchat.node.ids import addr_peer
 from p2pchat.node.p2p.host import DialError, IdentifyReceived, P2PHost
 from p2pchat.node.p2p.peer_keys import peer_id_bytes, peer_id_text
 from p2pchat.node.p2p.streams import (
@@ -241,7 +242,7 @@ class Mail:
         self._route = Throwaway(settings.route_parallel) if settings.unlinkable else None
         self._configured: dict[str, list[str]] = {}
         for addr in settings.archivers:
-            self._configured.setdefault(addr.rsplit("/p2p/", 1)[-1], []).append(addr)
+            self._configured.setdefault(addr_peer(addr), []).append(addr)
 
     # --- contacts' keys --------------------------------------------------------------------------
 
@@ -474,7 +475,7 @@ class Mail:
             nursery.start_soon(self._fetch_queued)
             for addr in self._settings.archivers:
                 if self._route is not None:
-                    self._queue(addr.rsplit("/p2p/", 1)[-1])  # never connected as this peer
+                    self._queue(addr_peer(addr))  # never connected as this peer
                     continue
                 try:
                     self._queue(await self._host.connect(addr))
