@@ -9,8 +9,8 @@ and as js-libp2p's circuit relay v2 server it carries two p2pchat peers' convers
 over TCP, WebSocket and QUIC: ``each_transport``). A further test runs it as the outside client
 of #20: WebSocket only, no sender_name; and it chats with a p2pchat peer over QUIC
 (``@chainsafe/libp2p-quic``, #20 must-have 2), each side dialling, and after 40 s of quiet.
-`.ci/run` installs its pinned packages (`npm ci`); without node or them, these tests fail,
-never skip.
+`make unit` installs its pinned packages (package-lock.json); without node or them, these
+tests fail, never skip.
 """
 
 from __future__ import annotations

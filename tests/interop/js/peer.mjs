@@ -11,21 +11,22 @@
 // A failed command answers {"error": "..."}.
 // Flags after the topic, the listen addresses: "ws" (WebSocket: a browser-style peer), "quic"
 // (/udp/0/quic-v1), "tcp"; any of them together; none: TCP only. It dials all three whatever
-// it listens on. "--relay": also a circuit relay v2 server (@libp2p/circuit-relay-v2, its
-// default limits); "--no-subscribe": not a member of the room (a relay that carries no chat).
+// it listens on (QUIC where its native add-on loads: quic.mjs). "--relay": also a circuit
+// relay v2 server (@libp2p/circuit-relay-v2, its default limits); "--no-subscribe": not a
+// member of the room (a relay that carries no chat).
 import './node20.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { quic } from '@chainsafe/libp2p-quic'
 import { identify } from '@libp2p/identify'
 import { gossipsub } from '@libp2p/gossipsub'
 import { circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { multiaddr } from '@multiformats/multiaddr'
 import readline from 'node:readline'
 import { queryHistory } from './history.mjs'
+import { quicTransports } from './quic.mjs'
 
 const [topic, ...flags] = process.argv.slice(2)
 const LISTEN = { tcp: '/ip4/127.0.0.1/tcp/0', ws: '/ip4/127.0.0.1/tcp/0/ws', quic: '/ip4/127.0.0.1/udp/0/quic-v1' }
@@ -33,7 +34,7 @@ const listen = Object.keys(LISTEN).filter((name) => flags.includes(name)).map((n
 const relay = flags.includes('--relay') ? { relay: circuitRelayServer() } : {}
 const node = await createLibp2p({
   addresses: { listen: listen.length > 0 ? listen : [LISTEN.tcp] },
-  transports: [tcp(), webSockets(), quic()],
+  transports: [tcp(), webSockets(), ...await quicTransports(flags.includes('quic'))],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {

@@ -42,7 +42,6 @@ import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { quic } from '@chainsafe/libp2p-quic'
 import { identify } from '@libp2p/identify'
 import { gossipsub } from '@libp2p/gossipsub'
 import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
@@ -50,6 +49,7 @@ import { dcutr } from '@libp2p/dcutr'
 import { CODE_P2P, multiaddr } from '@multiformats/multiaddr'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
+import { quicTransports } from './quic.mjs'
 
 const { values: opts } = parseArgs({
   options: {
@@ -137,7 +137,7 @@ const node = await createLibp2p({
     tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
     // Dial only (it listens on TCP): a relay reached at a /ws or /quic-v1 address.
     webSockets(),
-    quic(),
+    ...await quicTransports(false),
     circuitRelayTransport()
   ],
   connectionEncrypters: [noise()],
