@@ -63,10 +63,13 @@ proto: $(DEV)
 generated: $(DEV)
 	$(BIN)/python tools/cli_files.py
 
-# The js-libp2p peer of the interop test, pinned by its package-lock.json.
+# The js-libp2p peer of the interop test, pinned by its package-lock.json. `npm install
+# --no-save` installs exactly the lock's tree and writes nothing; not `npm ci`, which (npm >=
+# 11.16, npm/cli#9846) rejects the lock npm itself wrote because the registry serves the QUIC
+# add-on for linux-x64-gnu only, not its other platforms (optional dependencies; README, QUIC).
 JS_PEER := tests/interop/js
 $(JS_PEER)/node_modules/.package-lock.json: $(JS_PEER)/package-lock.json
-	cd $(JS_PEER) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(JS_PEER) && npm install --no-save --no-audit --no-fund --loglevel=error
 
 # The go-libp2p peer of the interop tests (tests/interop/go), pinned by its go.mod and go.sum.
 # Go's caches live outside the clone, so a second clone or CI run on the same machine builds

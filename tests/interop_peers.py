@@ -226,9 +226,9 @@ NODE = ("node", "--experimental-websocket")
 
 
 class JsPeer(LineDrivenPeer):
-    """tests/interop/js/peer.mjs (js-libp2p, GossipSub): ``publish <hex>`` and ``dial <ma>``;
-    received messages as ``{"message": {"from", "topic", "data_hex"}}``. Its packages come from
-    `npm ci` (.ci/run, make unit)."""
+    """tests/interop/js/peer.mjs (js-libp2p, GossipSub): ``publish <hex>``, ``dial <ma>``,
+    ``connections``; received messages as ``{"message": {"from", "topic", "data_hex"}}``. Its
+    packages come from package-lock.json (`make unit` installs them)."""
 
     name = "js peer"
 

@@ -37,7 +37,7 @@ import pytest
 from p2pchat.node.wire.chat import ChatText, encode, new_message_id
 
 from tests.conftest import NodeProcess, node_env, run_cli, start_node
-from tests.interop_peers import ROOM, JsPunchPeer, only_over
+from tests.interop_peers import ROOM, JsPunchPeer, only_over, p2pchat_listening_on
 from tests.test_autorelay import (
     command,
     connection_kind,
@@ -65,11 +65,11 @@ def _identity(path: Path) -> str:
     return made.stdout.strip()
 
 
-def _relay(path: Path, nodes: list[NodeProcess], chat_peers: list[str]) -> NodeProcess:
+def _relay(path: Path, nodes: list[NodeProcess], chat_peers: list[str], *args: str) -> NodeProcess:
     """A relay only (no room member) on the default limits (2 min, 128 KiB per direction),
-    serving chat-friendly circuits without limits to ``chat_peers``."""
+    serving chat-friendly circuits without limits to ``chat_peers``; ``args`` for p2pchat."""
     env = {"P2PCHAT_RELAY__CHAT_PEERS": ",".join(chat_peers)} if chat_peers else {}
-    relay = start_node(path, "--role", "relay", env=node_env(**env))
+    relay = start_node(path, "--role", "relay", *args, env=node_env(**env))
     nodes.append(relay)
     return relay
 
@@ -207,27 +207,32 @@ def test_js_gossips_over_a_chat_circuit_of_a_p2pchat_relay(
     assert relay.metric("p2pchat_relay_bytes_total", entry="other") == 0
 
 
-@pytest.mark.interop("js", "ws", "relay-ours")
-def test_js_reserves_on_a_p2pchat_relay_over_websocket(
-    tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer]
+@pytest.mark.parametrize(
+    "transport",
+    [pytest.param(t, marks=pytest.mark.interop("js", t, "relay-ours")) for t in ("ws", "quic")],
+)
+def test_js_reserves_on_a_p2pchat_relay_over_websocket_or_quic(
+    tmp_path: Path, nodes: list[NodeProcess], js_peers: list[JsPunchPeer], transport: str
 ) -> None:
     # js-libp2p dials the relay's /ws address (Node 20's WebSocket, tests/interop_peers.py
-    # NODE), reserves a slot there, and B reaches it through the circuit, over WebSocket too.
-    relay = _relay(tmp_path / "relay", nodes, [LOOPBACK])
-    js = JsPunchPeer(None, "--listen", "127.0.0.1", "--reserve", relay.addr("ws"))
+    # NODE) or its /quic-v1 one (@chainsafe/libp2p-quic; the relay listens on QUIC only),
+    # reserves a slot there, and B reaches it through the circuit, over the same transport.
+    relay = _relay(tmp_path / "relay", nodes, [LOOPBACK], *p2pchat_listening_on(transport))
+    js = JsPunchPeer(None, "--listen", "127.0.0.1", "--reserve", relay.addr(transport))
     js_peers.append(js)
+    marker = "/ws/" if transport == "ws" else "/quic-v1/"
     circuit = next(
         a
         for a in js.next(lambda e: "reservation" in e, timeout=WAIT)["reservation"]["addrs"]
-        if a.startswith("/ip4/127.0.0.1/tcp/") and "/ws/" in a
+        if a.startswith("/ip4/127.0.0.1/") and marker in a
     )
     b = unreachable_peer(tmp_path / "b", nodes, circuit)
     b.next_event(lambda e: e["type"] == "connection" and e["peer"] == js.peer_id, timeout=WAIT)
     assert connection_kind(b, js.peer_id) == "relayed"
     wait_members(b, 1)
-    _chat_round(b, js, "through a relay reached over websocket")
+    _chat_round(b, js, f"through a relay reached over {transport}")
     assert relay.metric("p2pchat_relay_reservations") == 1
-    only_over(relay, "ws")  # js's reservation and B's circuit both came in over WebSocket
+    only_over(relay, transport)  # js's reservation and B's circuit both came in over it
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -5,9 +5,12 @@ JSON lines, tests/interop_peers.py) sits between two p2pchat peers that are not 
 each other, so every message between them crosses js-libp2p's mesh both ways; it publishes a
 chat payload itself; a p2pchat hub carries the room between it and a p2pchat peer; it asks a
 p2pchat peer for history (tests/interop/js/history.mjs) and checks every envelope's signature;
-and as js-libp2p's circuit relay v2 server it carries two p2pchat peers' conversation. A
-further test runs it as the outside client of #20: WebSocket only, no sender_name. `.ci/run`
-installs its pinned packages (`npm ci`); without node or them, these tests fail, never skip.
+and as js-libp2p's circuit relay v2 server it carries two p2pchat peers' conversation (each
+over TCP, WebSocket and QUIC: ``each_transport``). A further test runs it as the outside client
+of #20: WebSocket only, no sender_name; and it chats with a p2pchat peer over QUIC
+(``@chainsafe/libp2p-quic``, #20 must-have 2), each side dialling, and after 40 s of quiet.
+`make unit` installs its pinned packages (package-lock.json); without node or them, these
+tests fail, never skip.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 
 from tests.conftest import NodeProcess, start_node
 from tests.interop_peers import (
+    QUIC,
     ROOM,
     WAIT,
     JsPeer,
     LineDrivenPeer,
     chat_peer,
     line_peers,
+    p2pchat_listening_on,
     sees_peer,
 )
 from tests.test_autorelay import command
 from tests.test_chat import is_message, wait_members
 from tests.test_interop_go_rust import only_over, two_p2pchat_peers_chat_through
+from tests.test_interop_quic_chat import QUIET, quic_addr
 
 __all__ = ["line_peers"]  # the fixture, used by name
 
@@ -150,24 +156,92 @@ def test_a_minimal_js_client_on_websocket_only_is_reached_and_heard(
         js.stop()
 
 
+def chat_with_js_over_quic(a: NodeProcess, js: JsPeer) -> None:
+    """``a`` and ``js``, connected over QUIC, chat both ways; ``a`` drops nothing, and their
+    one connection is a QUIC one on both sides (none over TCP)."""
+    sees_peer(a, js.peer_id)
+    wait_members(a, 1)
+    a.say("hello js-libp2p over quic")
+    assert js_heard(js, "hello js-libp2p over quic")["from"] == a.peer_id
+    wait_topic_peer(js, a.peer_id)
+    js_says(js, "signed in js over quic")
+    from_js = a.next_event(is_message("signed in js over quic"), timeout=WAIT)
+    assert (from_js["sender"], from_js["sender_name"]) == (js.peer_id, "js")
+    for reason in ("bad_signature", "invalid", "malformed"):
+        assert a.metric("p2pchat_messages_dropped_total", reason=reason) == 0
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="quic") == 1
+    only_over(a, "quic")
+    js_only_over(js, "quic")
+
+
+@pytest.mark.interop("js", "quic", "chat")
+@pytest.mark.parametrize("dialer", ["we-dial", "they-dial"])
+def test_chat_with_a_js_peer_over_quic(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer], dialer: str
+) -> None:
+    # js-libp2p with ChainSafe's QUIC transport (@chainsafe/libp2p-quic: quinn and libp2p TLS
+    # in a native add-on). When we dial, js listens on TCP too: p2pchat, told only its QUIC
+    # address, must not end on TCP.
+    if dialer == "we-dial":
+        js = JsPeer("tcp", "quic")
+        line_peers.append(js)
+        a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC, "--bootstrap", quic_addr(js))
+    else:
+        js = JsPeer("quic")
+        line_peers.append(js)
+        a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC)
+        js.run(f"dial {a.addr('quic')}", "dialed")
+    chat_with_js_over_quic(a, js)
+
+
+@pytest.mark.interop("js", "quic", "chat")
+def test_a_quiet_quic_conversation_with_js_goes_on(
+    tmp_path: Path, nodes: list[NodeProcess], line_peers: list[LineDrivenPeer]
+) -> None:
+    # ChainSafe's QUIC closes a connection idle for 10 s unless its 5 s keep-alive holds it (as
+    # rust-libp2p's), and py-libp2p gives up a QUIC read after 30 s (trap 38): 40 s without a
+    # word must leave the room as it was.
+    js = JsPeer("quic")
+    line_peers.append(js)
+    a = chat_peer(tmp_path / "a", nodes, "--listen", QUIC, "--bootstrap", quic_addr(js))
+    chat_with_js_over_quic(a, js)
+    time.sleep(QUIET)
+    assert a.peer_id in js.run("topic-peers", "topic_peers")
+    js_says(js, "still here")
+    assert a.next_event(is_message("still here"), timeout=WAIT)["sender"] == js.peer_id
+    a.say("and here too")
+    assert js_heard(js, "and here too")["from"] == a.peer_id
+    assert a.metric("libp2p_swarm_connections_opened_total", transport="quic") == 1
+
+
 def each_transport(feature: str) -> list[Any]:
-    """The ``transport`` parameters, TCP and WebSocket, each marked with its matrix cell."""
+    """The ``transport`` parameters, TCP, WebSocket and QUIC, each marked with its matrix
+    cell."""
     return [
         pytest.param(transport, marks=pytest.mark.interop("js", transport, feature))
-        for transport in ("tcp", "ws")
+        for transport in ("tcp", "ws", "quic")
     ]
 
 
 def js_listening_on(transport: str, *args: str) -> tuple[str, ...]:
-    """peer.mjs's arguments to listen on ``transport`` only (TCP unless "ws")."""
-    return ("ws", *args) if transport == "ws" else args
+    """peer.mjs's arguments to listen on ``transport`` only."""
+    return (transport, *args)
 
 
 def joined_by(js: JsPeer, transport: str, path: Path, nodes: list[NodeProcess]) -> NodeProcess:
-    """A p2pchat peer that ``js`` dialled over ``transport``."""
-    node = chat_peer(path, nodes)
+    """A p2pchat peer that ``js`` dialled over ``transport`` (for QUIC, one listening on QUIC
+    only)."""
+    node = chat_peer(path, nodes, *p2pchat_listening_on(transport))
     js.run(f"dial {node.addr(transport)}", "dialed")
     return node
+
+
+def js_only_over(js: JsPeer, transport: str) -> None:
+    """Every connection the js peer has open is a QUIC one if ``transport`` is QUIC, else none
+    is."""
+    connections = js.run("connections", "connections")
+    assert connections
+    assert all(("/quic-v1" in c["addr"]) == (transport == "quic") for c in connections), connections
 
 
 @pytest.mark.parametrize("transport", each_transport("hub"))
@@ -177,7 +251,9 @@ def test_a_p2pchat_hub_between_js_and_p2pchat(
     js = JsPeer(*js_listening_on(transport))
     line_peers.append(js)
     hub = joined_by(js, transport, tmp_path / "hub", nodes)
-    p = chat_peer(tmp_path / "p", nodes, "--bootstrap", hub.addr(transport))
+    p = chat_peer(
+        tmp_path / "p", nodes, *p2pchat_listening_on(transport), "--bootstrap", hub.addr(transport)
+    )
     sees_peer(p, hub.peer_id)
     wait_members(p, 1)
     wait_members(hub, 2)
@@ -190,6 +266,7 @@ def test_a_p2pchat_hub_between_js_and_p2pchat(
     assert js_heard(js, "back through the hub")["from"] == p.peer_id
     assert js.peer_id not in {x["peer"] for x in command(p, "/peers", "peers")["peers"]}
     only_over(hub, transport)
+    js_only_over(js, transport)
 
 
 @pytest.mark.parametrize("transport", each_transport("history"))
@@ -219,6 +296,7 @@ def test_history_is_answered_to_a_js_peer(
     assert senders == {a.peer_id}
     assert js.run(f"history {a.peer_id} 501", "history")["status"] == "BAD_REQUEST"
     only_over(a, transport)
+    js_only_over(js, transport)
 
 
 @pytest.mark.parametrize("transport", each_transport("relay-theirs"))

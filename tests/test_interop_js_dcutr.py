@@ -13,8 +13,8 @@ GossipSub with StrictSign), each behind its own NAT. Both directions run:
 
 Each must end with the pair on a direct (non-relayed) TCP connection as both sides report it,
 p2pchat counting one successful hole punch and no protocol error, and chat crossing that
-direct connection both ways, with nothing relayed left between them. `.ci/run` installs the
-pinned js packages (`npm ci`); without node or them this test fails, it never skips.
+direct connection both ways, with nothing relayed left between them. `make unit` installs the
+pinned js packages (package-lock.json); without node or them this test fails, it never skips.
 
 What js-libp2p 3.3.11 does (read in node_modules) shapes the lab and the js peer:
 

@@ -47,7 +47,7 @@ def each_implementation() -> list[Any]:
     ]
 
 
-def quic_addr(them: PubsubCommandPeer) -> str:
+def quic_addr(them: LineDrivenPeer) -> str:
     return next(str(a) for a in them.ready["addrs"] if "/quic-v1/" in a)
 
 

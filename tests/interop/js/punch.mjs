@@ -1,14 +1,14 @@
 // A js-libp2p peer for p2pchat's hole-punching interop test (tests/test_interop_js_dcutr.py):
 // TCP, Noise, Yamux, identify, GossipSub (StrictSign) on one topic, the circuit relay v2
-// transport and js-libp2p's own DCUtR service, and WebSocket for dialling (a relay's /ws
-// address). Run it inside a network namespace.
+// transport and js-libp2p's own DCUtR service, and WebSocket and QUIC (@chainsafe/libp2p-quic)
+// for dialling (a relay's /ws or /quic-v1 address). Run it inside a network namespace.
 //
 // usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
 //                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
 //                       [--pubsub-on-limited] [--keep-relayed] [--never-reopen]
 //   --listen IP        listen on /ip4/IP/tcp/0
-//   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay (TCP
-//                      or WebSocket)
+//   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay (TCP,
+//                      WebSocket or QUIC)
 //   --dial CIRCUIT_MA  once ready, dial that (relayed) address
 //   --dial-port PORT   every outbound TCP dial leaves from local port PORT (see below)
 //   --announce MA      announce MA besides the listen and circuit addresses
@@ -49,6 +49,7 @@ import { dcutr } from '@libp2p/dcutr'
 import { CODE_P2P, multiaddr } from '@multiformats/multiaddr'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
+import { quicTransports } from './quic.mjs'
 
 const { values: opts } = parseArgs({
   options: {
@@ -134,8 +135,9 @@ const node = await createLibp2p({
   transports: [
     // localPort is a net.connect option; @libp2p/tcp passes dialOpts through to it
     tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
-    // Dials only (it listens on TCP): a relay reached at a /ws address.
+    // Dial only (it listens on TCP): a relay reached at a /ws or /quic-v1 address.
     webSockets(),
+    ...await quicTransports(false),
     circuitRelayTransport()
   ],
   connectionEncrypters: [noise()],
