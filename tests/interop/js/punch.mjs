@@ -5,8 +5,15 @@
 //
 // usage: node punch.mjs --topic T --listen IP [--reserve RELAY_MA | --dial CIRCUIT_MA]
 //                       [--dial-port PORT --announce MA] [--fix-dcutr-roles]
+//                       [--quic [--announce-quic-client IP]]
 //                       [--pubsub-on-limited] [--keep-relayed] [--never-reopen]
-//   --listen IP        listen on /ip4/IP/tcp/0
+//   --listen IP        listen on /ip4/IP/tcp/0 (with --quic: /ip4/IP/udp/0/quic-v1)
+//   --quic             QUIC only: listen and dial on QUIC, no TCP or WebSocket transport, so
+//                      DCUtR dials only QUIC addresses (js-libp2p dials a peer's addresses one
+//                      after another, TCP first, and a dropped TCP dial would use up the
+//                      punch's 5 s); the relay is then reached at its /quic-v1 address
+//   --announce-quic-client IP  announce /ip4/IP/udp/PORT/quic-v1, PORT the local port of the
+//                      QUIC transport's client socket (see below)
 //   --reserve RELAY_MA also listen on RELAY_MA/p2p-circuit: reserve a slot on that relay (TCP,
 //                      WebSocket or QUIC)
 //   --dial CIRCUIT_MA  once ready, dial that (relayed) address
@@ -29,6 +36,15 @@
 // port and announce that port at the NAT's public IP. A TCP simultaneous open meets the
 // dialling socket itself, so that port needs no listener.
 //
+// @chainsafe/libp2p-quic 2.1.1 dials every QUIC connection from one client socket of its own
+// (napi.Client, bound to 0.0.0.0:0 when the transport is built), never from its listening
+// socket (napi.Server), and offers no option to choose that port. A port-preserving NAT maps
+// the client's port, so --announce-quic-client announces that port at the NAT's address: the
+// one address at which a hole punched by js-libp2p's QUIC dial can be reached. The port is
+// read from /proc (the process's one IPv4 UDP socket bound to the wildcard address) and the
+// address is confirmed in the address manager (confirmObservedAddr, as AutoNAT would), since
+// it is known only after the transport exists.
+//
 // stdout, one JSON object per line:
 //   {"ready": {"peer_id", "addrs"}}
 //   {"reservation": {"addrs"}}                      the circuit addresses, once reserved
@@ -47,6 +63,7 @@ import { gossipsub } from '@libp2p/gossipsub'
 import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
 import { CODE_P2P, multiaddr } from '@multiformats/multiaddr'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import readline from 'node:readline'
 import { parseArgs } from 'node:util'
 import { quicTransports } from './quic.mjs'
@@ -59,6 +76,8 @@ const { values: opts } = parseArgs({
     dial: { type: 'string' },
     'dial-port': { type: 'string' },
     announce: { type: 'string' },
+    quic: { type: 'boolean' },
+    'announce-quic-client': { type: 'string' },
     'fix-dcutr-roles': { type: 'boolean' },
     'pubsub-on-limited': { type: 'boolean' },
     'keep-relayed': { type: 'boolean' },
@@ -123,7 +142,29 @@ function dialDcutrAsResponder (node) {
   }
 }
 
-const listen = [`/ip4/${opts.listen}/tcp/0`]
+// The local port of this process's QUIC client socket: its IPv4 UDP socket bound to 0.0.0.0
+// (the listener is bound to the listen IP), found by matching /proc/self/fd's socket inodes
+// against /proc/self/net/udp.
+function quicClientPort () {
+  const inodes = new Set()
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const link = readlinkSync(`/proc/self/fd/${fd}`)
+      const match = /^socket:\[(\d+)\]$/.exec(link)
+      if (match != null) inodes.add(match[1])
+    } catch {}
+  }
+  const ports = readFileSync('/proc/self/net/udp', 'utf8').split('\n').slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => cols.length > 9 && inodes.has(cols[9]) && cols[1].startsWith('00000000:'))
+    .map((cols) => parseInt(cols[1].split(':')[1], 16))
+  if (ports.length !== 1) {
+    throw new Error(`expected one QUIC client socket, found ports ${ports}`)
+  }
+  return ports[0]
+}
+
+const listen = [opts.quic ? `/ip4/${opts.listen}/udp/0/quic-v1` : `/ip4/${opts.listen}/tcp/0`]
 if (opts.reserve != null) {
   listen.push(`${opts.reserve}/p2p-circuit`)
 }
@@ -132,14 +173,16 @@ const node = await createLibp2p({
     listen,
     appendAnnounce: opts.announce != null ? [opts.announce] : []
   },
-  transports: [
-    // localPort is a net.connect option; @libp2p/tcp passes dialOpts through to it
-    tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
-    // Dial only (it listens on TCP): a relay reached at a /ws or /quic-v1 address.
-    webSockets(),
-    ...await quicTransports(false),
-    circuitRelayTransport()
-  ],
+  transports: opts.quic
+    ? [...await quicTransports(true), circuitRelayTransport()]
+    : [
+        // localPort is a net.connect option; @libp2p/tcp passes dialOpts through to it
+        tcp(opts['dial-port'] != null ? { dialOpts: { localPort: Number(opts['dial-port']) } } : {}),
+        // Dial only (it listens on TCP): a relay reached at a /ws or /quic-v1 address.
+        webSockets(),
+        ...await quicTransports(false),
+        circuitRelayTransport()
+      ],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
@@ -190,6 +233,10 @@ if (opts['never-reopen']) {
 }
 if (opts['fix-dcutr-roles']) {
   dialDcutrAsResponder(node)
+}
+if (opts['announce-quic-client'] != null) {
+  const addr = multiaddr(`/ip4/${opts['announce-quic-client']}/udp/${quicClientPort()}/quic-v1`)
+  node.components.addressManager.confirmObservedAddr(addr, { type: 'observed' })
 }
 say({ ready: { peer_id: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) } })
 if (opts.reserve != null) {
