@@ -204,12 +204,11 @@ def reading_what_arrived(original: Read) -> Read:
         try:
             return await original(self, n)
         except (QUICStreamEOF, QUICStreamClosedError):
-            if self._state is StreamState.RESET or not self._receive_buffer:
-                raise
-            async with self._receive_buffer_lock:
-                if self._receive_buffer:
-                    data: bytes = self._extract_data_from_buffer(-1 if n is None else n)
-                    return data
+            if self._state is not StreamState.RESET:
+                async with self._receive_buffer_lock:
+                    if self._receive_buffer:
+                        data: bytes = self._extract_data_from_buffer(-1 if n is None else n)
+                        return data
             raise
 
     return read
