@@ -475,16 +475,28 @@ def start_node(
     return node
 
 
+def lab_listen(ip: str, *, quic: bool = False) -> str:
+    """A listen value at ``ip``: TCP on a free port, and QUIC beside it with ``quic``."""
+    return f"/ip4/{ip}/tcp/0" + (f",/ip4/{ip}/udp/0/quic-v1" if quic else "")
+
+
 def start_node_in(
-    netns: str, ip: str, path: Path, nodes: list[NodeProcess], *args: str, **env: str
+    netns: str,
+    ip: str,
+    path: Path,
+    nodes: list[NodeProcess],
+    *args: str,
+    quic: bool = False,
+    **env: str,
 ) -> NodeProcess:
-    """Start ``p2pchat`` in network namespace ``netns``, listening on TCP at ``ip`` and serving
-    metrics on the namespace's loopback; ``env`` adds P2PCHAT_* settings. Kept in ``nodes``."""
+    """Start ``p2pchat`` in network namespace ``netns``, listening on TCP (and QUIC with
+    ``quic``) at ``ip`` and serving metrics on the namespace's loopback; ``env`` adds P2PCHAT_*
+    settings. Kept in ``nodes``."""
     node = start_node(
         path,
         *args,
         "--listen",
-        f"/ip4/{ip}/tcp/0",
+        lab_listen(ip, quic=quic),
         "--metrics",
         "127.0.0.1:0",
         env=node_env(**env),

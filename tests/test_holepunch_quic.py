@@ -27,7 +27,7 @@ from p2pchat.node.p2p.direct import (
     with_listen_ports,
 )
 
-from tests.conftest import NodeProcess, node_env, start_node, start_node_in
+from tests.conftest import NodeProcess, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, chat_both_ways, connection_kind, logged
 from tests.test_chat import wait_members
@@ -100,18 +100,7 @@ def quic_peer(
     netns: str, ip: str, path: Path, nodes: list[NodeProcess], *args: str, **env: str
 ) -> NodeProcess:
     """A p2pchat peer in ``netns`` listening on TCP and QUIC at ``ip``."""
-    node = start_node(
-        path,
-        "--json",
-        *args,
-        "--listen",
-        f"/ip4/{ip}/tcp/0,/ip4/{ip}/udp/0/quic-v1",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**env),
-        netns=netns,
-    )
-    nodes.append(node)
+    node = start_node_in(netns, ip, path, nodes, "--json", *args, quic=True, **env)
     node.next_event(lambda e: e["type"] == "output" and e["command"] == "ready")
     return node
 

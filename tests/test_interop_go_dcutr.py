@@ -43,13 +43,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NodeProcess, start_node_in
+from tests.conftest import NodeProcess, lab_listen, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, command, connection_kind, logged
 from tests.test_chat import is_message, wait_members
 from tests.test_holepunch_quic import quic_peer
 from tests.test_interop_go import GoPeer, go_peers
-from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
+from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total, direct_over
 
 INTERNET = "11.77.0"  # public for go-libp2p (see the module docstring); stays in the lab
 
@@ -84,8 +84,7 @@ def serves_dcutr(go: GoPeer) -> None:
 
 def _go(ip: str, netns: str, transport: str) -> GoPeer:
     """The go peer with DCUtR, listening on TCP at ``ip`` (and QUIC with ``transport`` "quic")."""
-    listen = f"/ip4/{ip}/tcp/0" + (f",/ip4/{ip}/udp/0/quic-v1" if transport == "quic" else "")
-    return GoPeer("-holepunch", "-listen", listen, netns=netns)
+    return GoPeer("-holepunch", "-listen", lab_listen(ip, quic=transport == "quic"), netns=netns)
 
 
 def p2pchat_peer_in(
@@ -186,9 +185,7 @@ def test_hole_punch_between_p2pchat_and_go_libp2p(
     assert punched["side"] == py_side
     direct = go.next(_is_connection("open", py.peer_id, relayed=False), PUNCH_WAIT)
     assert not direct["connection"]["limited"]
-    over = "/udp/" if transport == "quic" else "/tcp/"
-    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}{over}")
-    assert ("/quic-v1" in direct["connection"]["addr"]) == (transport == "quic")
+    direct_over(direct["connection"]["addr"], lab.outside_ip(py_ns), transport)
 
     wait_members(py, 1)
     py.say("hello go, directly")

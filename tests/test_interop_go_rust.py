@@ -51,9 +51,9 @@ def each_implementation(feature: str, transport: str = "tcp") -> list[Any]:
     ]
 
 
-def each_implementation_and_transport(feature: str, leave_out: tuple[str, ...] = ()) -> list[Any]:
-    """(impl, transport) parameters over each transport of ``TRANSPORTS`` but ``leave_out``,
-    each marked with its cell."""
+def each_implementation_and_transport(feature: str) -> list[Any]:
+    """(impl, transport) parameters over each transport of ``TRANSPORTS``, each marked with its
+    cell."""
     return [
         pytest.param(
             impl,
@@ -63,7 +63,6 @@ def each_implementation_and_transport(feature: str, leave_out: tuple[str, ...] =
         )
         for impl in IMPLEMENTATIONS
         for transport in TRANSPORTS[impl]
-        if transport not in leave_out
     ]
 
 

@@ -102,7 +102,7 @@ from p2pchat.node.relay_handover import LOOKS
 from p2pchat.node.wire.chat import ChatText, decode, encode, new_message_id
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import NodeProcess, node_env, start_node, start_node_in
+from tests.conftest import NodeProcess, start_node_in
 from tests.interop_peers import ROOM, JsPunchPeer, stopped_at_teardown
 from tests.nat_lab import Lab, block_tcp_between_nats, nat_lab
 from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
@@ -222,6 +222,14 @@ def _pair(
     return pair
 
 
+def direct_over(addr: str, ip: str, transport: str) -> None:
+    """``addr``, the other side's address of a punched connection, is ``ip`` (the NAT's
+    outside address) over ``transport``: ``tcp``, or ``quic`` (``/udp/N/quic-v1``)."""
+    over = "/udp/" if transport == "quic" else "/tcp/"
+    assert addr.startswith(f"/ip4/{ip}{over}"), addr
+    assert ("/quic-v1" in addr) == (transport == "quic"), addr
+
+
 def _total(node: NodeProcess, name: str, **labels: str) -> float:
     """The sum of the samples ``name`` in ``node``'s /metrics whose labels include ``labels``."""
     status, text = node.http_get("/metrics")
@@ -283,9 +291,7 @@ def _punched_then_chat(lab: Lab, pair: Pair, transport: str) -> None:
     assert punched["side"] == pair.py_side
     direct = js.next(_connection("open", py.peer_id, relayed=False), timeout=PUNCH_WAIT)
     assert not direct["connection"]["limited"]
-    over = "/udp/" if transport == "quic" else "/tcp/"
-    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(pair.py_ns)}{over}")
-    assert ("/quic-v1" in direct["connection"]["addr"]) == (transport == "quic")
+    direct_over(direct["connection"]["addr"], lab.outside_ip(pair.py_ns), transport)
 
     # Chat both ways. js-libp2p runs no GossipSub on a limited (relayed) connection and the
     # relay joins no room, so these messages can only cross the direct connection.
@@ -325,18 +331,16 @@ def _quic_pair(
     the js peer on QUIC only (``--quic``: it reaches the relay at its QUIC address) and
     announcing its QUIC client port at its router's address (see the module docstring)."""
     block_tcp_between_nats(lab)
-    relay = start_node(
+    relay = start_node_in(
+        lab.relay_ns,
+        lab.relay_ip,
         tmp_path / "relay",
+        nodes,
         "--role",
         "relay",
-        "--listen",
-        f"/ip4/{lab.relay_ip}/tcp/0,/ip4/{lab.relay_ip}/udp/0/quic-v1",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**CHAT_FRIENDLY),
-        netns=lab.relay_ns,
+        quic=True,
+        **CHAT_FRIENDLY,
     )
-    nodes.append(relay)
     advertised = relay.ready["advertised"]
     relay_tcp = next(a for a in advertised if a.startswith(f"/ip4/{lab.relay_ip}/tcp/"))
     relay_quic = next(a for a in advertised if a.startswith(f"/ip4/{lab.relay_ip}/udp/"))

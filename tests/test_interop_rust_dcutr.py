@@ -34,12 +34,12 @@ from typing import Any
 import pytest
 from p2pchat.node.p2p.pubsub_streams import STREAMS_PER_CONNECTION
 
-from tests.conftest import NodeProcess, start_node_in
+from tests.conftest import NodeProcess, lab_listen, start_node_in
 from tests.nat_lab import Lab, block_tcp_between_nats
 from tests.test_autorelay import CHAT_FRIENDLY, connection_kind, logged
 from tests.test_chat import is_message, wait_members
 from tests.test_interop_go_dcutr import each_transport_and_role, lab, p2pchat_peer_in
-from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total
+from tests.test_interop_js_dcutr import PUNCH_WAIT, WAIT, _open_relayed, _total, direct_over
 from tests.test_interop_rust import RustPeer, rust_peers
 
 __all__ = ["lab", "rust_peers"]
@@ -83,7 +83,9 @@ def _pair(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
     )
     if rust_role == "rust-listener":
-        rust = RustPeer("-listen", _listen(lab.listener_ip, transport), netns=lab.listener_ns)
+        rust = RustPeer(
+            "-listen", lab_listen(lab.listener_ip, quic=transport == "quic"), netns=lab.listener_ns
+        )
         peers.append(rust)
         circuit = rust.run(f"reserve {relay_addr}", "reserved")["circuit"]
         py = p2pchat_peer_in(
@@ -109,18 +111,15 @@ def _pair(
             **keep,
         )
         logged(py, "relay reservation", relay=relay.peer_id)
-        rust = RustPeer("-listen", _listen(lab.dialer_ip, transport), netns=lab.dialer_ns)
+        rust = RustPeer(
+            "-listen", lab_listen(lab.dialer_ip, quic=transport == "quic"), netns=lab.dialer_ns
+        )
         peers.append(rust)
         rust.run(f"dial {relay_addr}/p2p-circuit/p2p/{py.peer_id}", "dialed")
         py_ns, py_side = lab.listener_ns, "initiator"
     # They meet through the relay first: each NAT drops the other's connections.
     rust.next(_is_connection("open", py.peer_id, relayed=True))
     return py, rust, py_ns, py_side
-
-
-def _listen(ip: str, transport: str) -> str:
-    """The rust peer's listen addresses at ``ip``: TCP, and QUIC with ``transport`` "quic"."""
-    return f"/ip4/{ip}/tcp/0" + (f",/ip4/{ip}/udp/0/quic-v1" if transport == "quic" else "")
 
 
 def _chat_both_ways(py: NodeProcess, rust: RustPeer, there: str, back: str) -> None:
@@ -141,9 +140,7 @@ def _punched(
     punched = logged(py, "hole punch succeeded", timeout=PUNCH_WAIT, peer=rust.peer_id)
     assert punched["side"] == py_side
     direct = rust.next(_is_connection("open", py.peer_id, relayed=False), PUNCH_WAIT)
-    over = "/udp/" if transport == "quic" else "/tcp/"
-    assert direct["connection"]["addr"].startswith(f"/ip4/{lab.outside_ip(py_ns)}{over}")
-    assert ("/quic-v1" in direct["connection"]["addr"]) == (transport == "quic")
+    direct_over(direct["connection"]["addr"], lab.outside_ip(py_ns), transport)
     assert connection_kind(py, rust.peer_id) == "direct"
     outcomes = "libp2p_holepunch_outcomes_total"
     assert _total(py, outcomes, side=py_side, outcome="success") == 1

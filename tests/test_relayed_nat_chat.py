@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.conftest import NodeProcess, node_env, start_node
+from tests.conftest import NodeProcess, node_env, start_node, start_node_in
 from tests.nat_lab import Lab, nat_lab
 from tests.relayed_conversation import Scenario, circuit_figures, converse, faults, summary
 from tests.test_autorelay import logged
@@ -56,18 +56,9 @@ def symmetric_pair(
 ) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
     """(relay, A, B) in ``lab``: A (listener) holds a reservation on the relay, B (dialer)
     reaches A through it, and both see each other in the room."""
-    relay = start_node(
-        base / "relay",
-        "--role",
-        "relay",
-        "--listen",
-        f"/ip4/{lab.relay_ip}/tcp/0",
-        "--metrics",
-        "127.0.0.1:0",
-        env=node_env(**relay_env),
-        netns=lab.relay_ns,
+    relay = start_node_in(
+        lab.relay_ns, lab.relay_ip, base / "relay", nodes, "--role", "relay", **relay_env
     )
-    nodes.append(relay)
     relay_addr = next(
         a for a in relay.ready["advertised"] if a.startswith(f"/ip4/{lab.relay_ip}/tcp/")
     )
